@@ -1,1 +1,129 @@
-fn main() {}
+//! `hearth`: create a mesh, manage keys, review and approve manifests, and delegate
+//! capabilities. Commands that need a running node arrive with the node.
+
+mod cmd;
+mod data_dir;
+mod error;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::data_dir::DataDir;
+use crate::error::CliError;
+use crate::output::Output;
+
+/// Hearth: a personal data mesh. Your data stays on your devices; computations travel
+/// to it.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, propagate_version = true)]
+struct Cli {
+    /// The node's data directory [default: $HEARTH_DATA_DIR, else ~/.local/share/hearth].
+    #[arg(long, global = true, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new mesh on this device: owner key, node key, device certificate, config.
+    Init(cmd::init::Args),
+    /// Holder keys for developers and apps, and the owner's recovery phrase.
+    #[command(subcommand)]
+    Key(cmd::key::Command),
+    /// Review and approve app and computation manifests.
+    #[command(subcommand)]
+    App(cmd::app::Command),
+    /// Show and delegate capabilities.
+    #[command(subcommand)]
+    Cap(cmd::cap::Command),
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let data_dir = DataDir::resolve(cli.data_dir)?;
+    let mut out = Output::new(cli.json);
+    match cli.command {
+        Command::Init(args) => cmd::init::run(&data_dir, args, &mut out),
+        Command::Key(command) => cmd::key::run(&data_dir, command, &mut out),
+        Command::App(command) => cmd::app::run(&data_dir, command, &mut out),
+        Command::Cap(command) => cmd::cap::run(&data_dir, command, &mut out),
+    }
+}
+
+/// Parses arguments; a usage error becomes one line on stderr and exit code 2.
+fn parse_args() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                err.exit();
+            }
+            let rendered = err.render().to_string();
+            let message = rendered
+                .lines()
+                .map(str::trim)
+                .filter(|line| {
+                    !line.is_empty()
+                        && !line.starts_with("Usage:")
+                        && !line.starts_with("For more information")
+                })
+                .map(|line| line.strip_prefix("error: ").unwrap_or(line))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let error = CliError::new(error::Exit::Usage, message).hint("see `hearth --help`");
+            output::error_line(&error);
+            std::process::exit(error.exit as i32);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = parse_args();
+    init_tracing(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            output::error_line(&err);
+            ExitCode::from(err.exit as u8)
+        }
+    }
+}

@@ -63,7 +63,8 @@ impl PublicKey {
         let mut hasher = Sha256::new();
         hasher.update(b"hearth/v1/mesh-id");
         hasher.update(self.as_bytes());
-        hex::encode(&hasher.finalize()[..8])
+        let digest: [u8; 32] = hasher.finalize().into();
+        hex::encode(&digest[..8])
     }
 }
 

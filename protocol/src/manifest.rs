@@ -399,14 +399,14 @@ impl Manifest {
     }
 
     fn validate(loc: &Locator<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
-        if let Some(version) = &raw.manifest_version {
-            if *version.get_ref() != 1 {
-                return Err(loc.error(
-                    version.span(),
-                    "manifest_version",
-                    format!("expected 1, found {}", version.get_ref()),
-                ));
-            }
+        if let Some(version) = &raw.manifest_version
+            && *version.get_ref() != 1
+        {
+            return Err(loc.error(
+                version.span(),
+                "manifest_version",
+                format!("expected 1, found {}", version.get_ref()),
+            ));
         }
         let name = text_field(loc, &raw.name, "name", false)?;
         if !is_valid_name(&name) {
@@ -800,10 +800,9 @@ fn validate_grant(
                 .transpose()?;
             if let (Some(s), Some(u), Some(span)) =
                 (since, until_value, until.as_ref().map(|u| u.span()))
+                && u <= s
             {
-                if u <= s {
-                    return Err(loc.error(span, field("until"), "expected a date after `since`"));
-                }
+                return Err(loc.error(span, field("until"), "expected a date after `since`"));
             }
             History::Window {
                 since,

@@ -1,6 +1,13 @@
 //! Property tests of capability documents: encoding, tamper evidence, attenuation and
 //! the verifier's refusals.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -222,15 +229,15 @@ fn narrowed(parent: Vec<Grant>) -> impl Strategy<Value = Vec<Grant>> {
                     continue;
                 }
                 let mut c = g.clone();
-                if let Resource::Store(p) = &g.resource {
-                    if p.ends_with('*') && bits & 1 == 1 {
-                        let narrower = STORE_PATTERNS.iter().find(|s| {
-                            Resource::Store((*s).to_string()).within(&g.resource)
-                                && **s != p.as_str()
-                        });
-                        if let Some(s) = narrower {
-                            c.resource = Resource::Store((*s).to_owned());
-                        }
+                if let Resource::Store(p) = &g.resource
+                    && p.ends_with('*')
+                    && bits & 1 == 1
+                {
+                    let narrower = STORE_PATTERNS.iter().find(|s| {
+                        Resource::Store((*s).to_string()).within(&g.resource) && **s != p.as_str()
+                    });
+                    if let Some(s) = narrower {
+                        c.resource = Resource::Store((*s).to_owned());
                     }
                 }
                 // Narrow caveats by intersecting with random extra ones.

@@ -225,6 +225,11 @@ impl Actions {
         self.0 & other.0 == other.0
     }
 
+    /// The actions in both sets.
+    pub fn intersection(self, other: Actions) -> Actions {
+        Actions(self.0 & other.0)
+    }
+
     /// Is the set empty?
     pub fn is_empty(self) -> bool {
         self.0 == 0
@@ -486,10 +491,10 @@ impl Caveats {
                 }
             }
         }
-        if let Some(range) = &self.time_range {
-            if range.end < range.start {
-                return Err("the time range ends before it starts".into());
-            }
+        if let Some(range) = &self.time_range
+            && range.end < range.start
+        {
+            return Err("the time range ends before it starts".into());
         }
         Ok(())
     }
@@ -552,6 +557,77 @@ impl Grant {
         self.resource.within(&parent.resource)
             && parent.actions.contains(self.actions)
             && self.caveats.within(&parent.caveats)
+    }
+
+    /// The grant in plain words, e.g. `read the store "location" (only fields lat, lon;
+    /// aggregates only; at most 10 runs)`.
+    pub fn describe(&self) -> String {
+        let what = match &self.resource {
+            Resource::Store(p) if p == "*" => "every store".to_owned(),
+            Resource::Store(p) if p.ends_with('*') => {
+                format!(
+                    "every store whose name starts with \"{}\"",
+                    p.trim_end_matches('*')
+                )
+            }
+            Resource::Store(p) => format!("the store \"{p}\""),
+            Resource::Compute => "computations".to_owned(),
+            Resource::Export(d) if d.ends_with('*') => {
+                format!(
+                    "data to any URL starting with {} (outside the mesh)",
+                    d.trim_end_matches('*')
+                )
+            }
+            Resource::Export(d) => format!("data to {d} (outside the mesh)"),
+            Resource::DevicesAdmit => "new devices into the mesh".to_owned(),
+            Resource::Device { name, role } => {
+                return format!("is the mesh's device \"{name}\" with role {role}");
+            }
+        };
+        let verbs = self.actions.names().join(" and ");
+        let c = &self.caveats;
+        let mut limits: Vec<String> = Vec::new();
+        if let Some(fields) = &c.fields {
+            limits.push(format!(
+                "only field{} {}",
+                if fields.len() == 1 { "" } else { "s" },
+                fields.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if c.aggregate_only {
+            limits.push("aggregates only".into());
+        }
+        if let Some(r) = &c.time_range {
+            limits.push(match (r.start.0, r.end.0) {
+                (0, u64::MAX) => "data of any time".into(),
+                (_, u64::MAX) => format!("data from {} on", r.start),
+                (0, _) => format!("data before {}", r.end),
+                _ => format!("data from {} until {}", r.start, r.end),
+            });
+        }
+        if let Some(max) = c.max_result_bytes {
+            limits.push(format!("results of at most {max} bytes"));
+        }
+        if let Some(hash) = &c.module_hash {
+            limits.push(format!("only module sha256:{}…", hex::encode(&hash.0[..6])));
+        }
+        if let Some(devices) = &c.devices {
+            limits.push(format!(
+                "only on {}",
+                devices.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if let Some(max) = c.max_runs {
+            limits.push(format!(
+                "at most {max} run{}",
+                if max == 1 { "" } else { "s" }
+            ));
+        }
+        if limits.is_empty() {
+            format!("{verbs} {what}")
+        } else {
+            format!("{verbs} {what} ({})", limits.join("; "))
+        }
     }
 
     /// Does this grant allow `access`?

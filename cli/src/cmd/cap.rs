@@ -1,0 +1,425 @@
+//! `hearth cap show` and `hearth cap delegate`: read a capability and hand a narrower
+//! one on.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hearth_protocol::capability::{
+    Actions, Capability, Chain, ChainError, Grant, Resource, RevocationSet, TimeRange, Verifier,
+    VerifierConfig, is_valid_name, is_valid_store_pattern,
+};
+use hearth_protocol::key::{HolderKey, PublicKey};
+use hearth_protocol::time::UnixMillis;
+use serde_json::{Value, json};
+
+use super::{
+    ensure_absent, now, parse_duration, parse_instant, parse_public_key, random_bytes,
+    write_new_file,
+};
+use crate::data_dir::DataDir;
+use crate::error::{CliError, Exit, Result};
+use crate::output::Output;
+
+/// Capability commands.
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Render a capability file: every link, its grants in words, and whether it is
+    /// valid now.
+    Show {
+        /// The capability file.
+        capfile: PathBuf,
+    },
+    /// Hand a narrower copy of a capability you hold to another holder.
+    Delegate(DelegateArgs),
+}
+
+/// Arguments of `hearth cap delegate`. Every narrowing flag can only take away.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DelegateArgs {
+    /// The capability you hold.
+    capfile: PathBuf,
+    /// The new holder's public key.
+    #[arg(long, value_parser = parse_public_key)]
+    holder: PublicKey,
+    /// Your holder key file (the audience of CAPFILE).
+    #[arg(long, value_name = "KEYFILE")]
+    key: PathBuf,
+    /// Where to write the delegated capability (never overwritten).
+    #[arg(long, value_name = "CAPFILE2")]
+    out: PathBuf,
+    /// Expire after this long (at the latest when CAPFILE expires).
+    #[arg(long, value_parser = parse_duration)]
+    expires: Option<Duration>,
+    /// Keep only store grants within these store names or patterns (repeatable).
+    #[arg(long = "store", value_name = "PATTERN")]
+    stores: Vec<String>,
+    /// Keep only these actions (comma-separated: read, write, subscribe, run, export, admit).
+    #[arg(long, value_delimiter = ',')]
+    actions: Vec<String>,
+    /// Only these fields (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    fields: Vec<String>,
+    /// Only aggregates, no raw records.
+    #[arg(long)]
+    aggregate_only: bool,
+    /// Drop every export grant: nothing may leave the mesh under the delegation.
+    #[arg(long)]
+    no_export: bool,
+    /// Results of at most N bytes.
+    #[arg(long, value_name = "N")]
+    max_result_bytes: Option<u64>,
+    /// At most N runs.
+    #[arg(long, value_name = "N")]
+    max_runs: Option<u64>,
+    /// Only on these devices (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Only data from this instant (RFC 3339 or milliseconds).
+    #[arg(long, value_parser = parse_instant)]
+    since: Option<UnixMillis>,
+    /// Only data before this instant (RFC 3339 or milliseconds).
+    #[arg(long, value_parser = parse_instant)]
+    until: Option<UnixMillis>,
+}
+
+pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
+    match command {
+        Command::Show { capfile } => show(dir, &capfile, out),
+        Command::Delegate(args) => delegate(dir, args, out),
+    }
+}
+
+pub(crate) fn read_chain(path: &Path) -> Result<Chain> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| CliError::read(path, err, "capability file"))?;
+    Chain::from_text(&text).map_err(|err| CliError::bad_capability_file(path, err))
+}
+
+/// The owner to verify against: this data dir's mesh, else the chain's own root issuer.
+fn owner_for(dir: &DataDir, chain: &Chain) -> (PublicKey, bool) {
+    match dir.owner_public() {
+        Ok(owner) => (owner, true),
+        Err(_) => (chain.root_link().capability().issuer, false),
+    }
+}
+
+fn verify(owner: PublicKey, chain: &Chain, at: UnixMillis) -> std::result::Result<(), ChainError> {
+    let mut verifier = Verifier::new(owner, VerifierConfig::default().with_cache_capacity(0));
+    verifier
+        .verify(chain, at, &RevocationSet::new(owner))
+        .map(|_| ())
+}
+
+fn show(dir: &DataDir, path: &Path, out: &mut Output) -> Result<()> {
+    let chain = read_chain(path)?;
+    let (owner, from_mesh) = owner_for(dir, &chain);
+    let status = verify(owner, &chain, now());
+    let scope = if from_mesh {
+        "against this mesh's owner"
+    } else {
+        "against its own root issuer (no mesh here)"
+    };
+    out.emit(
+        || {
+            let mut text = String::new();
+            for (index, link) in chain.links().iter().enumerate() {
+                let c = link.capability();
+                let issuer = if c.issuer == owner { format!("{} (mesh owner)", c.issuer.short()) } else { c.issuer.short() };
+                text.push_str(&format!(
+                    "{label} {id}\n  issued by {issuer} to {audience}\n  valid from {nb} until {exp}\n",
+                    label = if index == 0 { "Capability".to_owned() } else { format!("  delegated ({index}):") },
+                    id = link.id(),
+                    audience = c.audience,
+                    nb = c.not_before,
+                    exp = c.expires,
+                ));
+                for grant in &c.grants {
+                    text.push_str(&format!("  - {}\n", grant.describe()));
+                }
+            }
+            match &status {
+                Ok(()) => text.push_str(&format!("Valid now, checked {scope}.\n")),
+                Err(err) => text.push_str(&format!("NOT VALID, checked {scope}: {err}.\n")),
+            }
+            text
+        },
+        || {
+            json!({
+                "cap_id": chain.leaf().id().to_string(),
+                "holder": chain.leaf().capability().audience.to_string(),
+                "valid": status.is_ok(),
+                "error": status.as_ref().err().map(ToString::to_string),
+                "checked_against_mesh": from_mesh,
+                "capability": chain_json(&chain),
+            })
+        },
+    );
+    Ok(())
+}
+
+fn delegate(dir: &DataDir, args: DelegateArgs, out: &mut Output) -> Result<()> {
+    ensure_absent(&args.out)?;
+    let chain = read_chain(&args.capfile)?;
+    let key = HolderKey::read(&args.key).map_err(|err| {
+        CliError::key_file(err, &args.key, "pass the holder key file (made by `hearth key new`) whose public key the capability names")
+    })?;
+    let leaf = chain.leaf().capability();
+    if key.public() != leaf.audience {
+        return Err(CliError::new(
+            Exit::Refused,
+            format!(
+                "{} does not hold this capability: it is held by {}",
+                args.key.display(),
+                leaf.audience.short()
+            ),
+        )
+        .hint("pass the key whose public key the capability was approved for"));
+    }
+    let (owner, _) = owner_for(dir, &chain);
+    let issued = now();
+    verify(owner, &chain, issued).map_err(CliError::refused)?;
+
+    let grants = narrow(&leaf.grants, &args)?;
+    let expires = match args.expires {
+        None => leaf.expires,
+        Some(d) => {
+            let wanted = issued.saturating_add(d);
+            if wanted > leaf.expires {
+                return Err(CliError::new(
+                    Exit::Refused,
+                    format!(
+                        "a delegation cannot outlive its parent, which expires at {}",
+                        leaf.expires
+                    ),
+                )
+                .hint("pass a shorter --expires, or leave it out to keep the parent's expiry"));
+            }
+            wanted
+        }
+    };
+    let child = Capability {
+        issuer: key.public(),
+        audience: args.holder,
+        parent: Some(chain.leaf().id()),
+        grants,
+        not_before: issued.max(leaf.not_before),
+        expires,
+        nonce: random_bytes()?,
+    };
+    if !child.within(leaf) {
+        return Err(CliError::new(
+            Exit::Refused,
+            "the narrowed capability would grant more than its parent",
+        ));
+    }
+    let signed = child
+        .sign(key.secret())
+        .map_err(|err| CliError::new(Exit::Usage, format!("cannot sign the delegation: {err}")))?;
+    let delegated = chain
+        .extend(signed)
+        .map_err(|err| CliError::new(Exit::Refused, format!("cannot delegate further: {err}")))?;
+    verify(owner, &delegated, issued).map_err(CliError::refused)?;
+
+    let leaf = delegated.leaf();
+    let header = format!(
+        "# Hearth capability {id}: delegated by {from} to {to}, until {until}.\n",
+        id = leaf.id().short(),
+        from = key.public().short(),
+        to = args.holder.short(),
+        until = leaf.capability().expires,
+    );
+    write_new_file(
+        &args.out,
+        format!("{header}{}\n", delegated.to_text()).as_bytes(),
+    )?;
+    let id = leaf.id();
+    let until = leaf.capability().expires;
+    out.emit(
+        || {
+            format!(
+                "Delegated capability {} to {} until {until}; written to {}.",
+                id.short(),
+                args.holder.short(),
+                args.out.display()
+            )
+        },
+        || {
+            json!({
+                "cap_id": id.to_string(),
+                "file": args.out.display().to_string(),
+                "holder": args.holder.to_string(),
+                "expires": until.to_string(),
+                "depth": delegated.links().len(),
+                "capability": chain_json(&delegated),
+            })
+        },
+    );
+    Ok(())
+}
+
+fn name_set(values: &[String], flag: &str) -> Result<Option<BTreeSet<String>>> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    for value in values {
+        if !is_valid_name(value) {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("{value:?} is not a valid name for --{flag}"),
+            )
+            .hint("use letters, digits, `.`, `_`, `-` or `/`"));
+        }
+    }
+    Ok(Some(values.iter().cloned().collect()))
+}
+
+fn intersect(
+    current: &Option<BTreeSet<String>>,
+    wanted: Option<BTreeSet<String>>,
+) -> Option<BTreeSet<String>> {
+    match (current, wanted) {
+        (None, w) => w,
+        (Some(c), None) => Some(c.clone()),
+        (Some(c), Some(w)) => Some(c.intersection(&w).cloned().collect()),
+    }
+}
+
+fn min_limit(current: Option<u64>, wanted: Option<u64>) -> Option<u64> {
+    match (current, wanted) {
+        (Some(c), Some(w)) => Some(c.min(w)),
+        (c, w) => c.or(w),
+    }
+}
+
+/// Applies the narrowing flags to the parent's grants.
+fn narrow(parent: &[Grant], args: &DelegateArgs) -> Result<Vec<Grant>> {
+    for pattern in &args.stores {
+        if !is_valid_store_pattern(pattern) {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("{pattern:?} is not a store name or pattern"),
+            )
+            .hint("use a name like `location` or a prefix like `sensors/*`"));
+        }
+    }
+    let mut keep_actions = Actions::NONE;
+    for name in &args.actions {
+        keep_actions = keep_actions
+            | Actions::parse_one(name).ok_or_else(|| {
+                CliError::new(Exit::Usage, format!("{name:?} is not an action"))
+                    .hint("use read, write, subscribe, run, export or admit")
+            })?;
+    }
+    let fields = name_set(&args.fields, "fields")?;
+    let devices = name_set(&args.devices, "devices")?;
+    if let (Some(since), Some(until)) = (args.since, args.until)
+        && until <= since
+    {
+        return Err(CliError::new(Exit::Usage, "--until must be after --since"));
+    }
+
+    let mut out = Vec::new();
+    for grant in parent {
+        let mut g = grant.clone();
+        if let Resource::Store(pattern) = &grant.resource {
+            if !args.stores.is_empty() {
+                // Keep the narrowest form: the requested pattern where it lies within the
+                // parent's, the parent's where it lies within the requested one.
+                let narrowed = args.stores.iter().find_map(|wanted| {
+                    let wanted_resource = Resource::Store(wanted.clone());
+                    if wanted_resource.within(&grant.resource) {
+                        Some(wanted_resource)
+                    } else if grant.resource.within(&wanted_resource) {
+                        Some(Resource::Store(pattern.clone()))
+                    } else {
+                        None
+                    }
+                });
+                match narrowed {
+                    Some(resource) => g.resource = resource,
+                    None => continue,
+                }
+            }
+        } else if args.no_export && matches!(grant.resource, Resource::Export(_)) {
+            continue;
+        }
+        if !args.actions.is_empty() {
+            let kept = g.actions.intersection(keep_actions);
+            if kept.is_empty() && !matches!(g.resource, Resource::Device { .. }) {
+                continue;
+            }
+            g.actions = kept;
+        }
+        let c = &mut g.caveats;
+        if !matches!(g.resource, Resource::Device { .. }) {
+            c.fields = intersect(&c.fields, fields.clone());
+            c.devices = intersect(&c.devices, devices.clone());
+            c.aggregate_only |= args.aggregate_only;
+            c.max_result_bytes = min_limit(c.max_result_bytes, args.max_result_bytes);
+            c.max_runs = min_limit(c.max_runs, args.max_runs);
+            if args.since.is_some() || args.until.is_some() {
+                let current = c.time_range.unwrap_or(TimeRange {
+                    start: UnixMillis(0),
+                    end: UnixMillis(u64::MAX),
+                });
+                let start = current.start.max(args.since.unwrap_or(UnixMillis(0)));
+                let end = current.end.min(args.until.unwrap_or(UnixMillis(u64::MAX)));
+                c.time_range = Some(TimeRange {
+                    start,
+                    end: end.max(start),
+                });
+            }
+        }
+        out.push(g);
+    }
+    if out.is_empty() {
+        return Err(CliError::new(
+            Exit::Refused,
+            "the narrowing flags leave nothing of the capability",
+        )
+        .hint("check --store and --actions against `hearth cap show CAPFILE`"));
+    }
+    Ok(out)
+}
+
+/// A chain as JSON: every link with its grants and caveats.
+pub(crate) fn chain_json(chain: &Chain) -> Value {
+    let links: Vec<Value> = chain
+        .links()
+        .iter()
+        .map(|link| {
+            let c = link.capability();
+            json!({
+                "id": link.id().to_string(),
+                "issuer": c.issuer.to_string(),
+                "audience": c.audience.to_string(),
+                "parent": c.parent.map(|p| p.to_string()),
+                "not_before": c.not_before.to_string(),
+                "expires": c.expires.to_string(),
+                "grants": c.grants.iter().map(grant_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "links": links, "text": chain.to_text() })
+}
+
+fn grant_json(grant: &Grant) -> Value {
+    let c = &grant.caveats;
+    json!({
+        "resource": grant.resource.to_string(),
+        "actions": grant.actions.names(),
+        "caveats": {
+            "fields": c.fields,
+            "time_range": c.time_range.map(|r| json!({ "start": r.start.0, "end": r.end.0 })),
+            "aggregate_only": c.aggregate_only,
+            "max_result_bytes": c.max_result_bytes,
+            "module_hash": c.module_hash.map(|h| h.to_string()),
+            "devices": c.devices,
+            "max_runs": c.max_runs,
+        },
+        "description": grant.describe(),
+    })
+}

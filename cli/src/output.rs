@@ -1,0 +1,64 @@
+//! Writing results: text for people, one JSON document for scripts. A closed pipe
+//! (`hearth … | head`) ends the program quietly with success.
+
+use std::io::Write as _;
+
+use crate::error::CliError;
+
+/// Where a command's result goes.
+#[derive(Debug)]
+pub(crate) struct Output {
+    json: bool,
+}
+
+impl Output {
+    pub(crate) fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    /// Prints `text` (a person's view) or `value` (a script's), whichever was asked for.
+    pub(crate) fn emit(
+        &mut self,
+        text: impl FnOnce() -> String,
+        value: impl FnOnce() -> serde_json::Value,
+    ) {
+        let rendered = if self.json {
+            let mut s = value().to_string();
+            s.push('\n');
+            s
+        } else {
+            let mut s = text();
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s
+        };
+        write_stdout(&rendered);
+    }
+
+    /// A progress or advisory note for people, on stderr; silent under `--json`.
+    pub(crate) fn note(&mut self, text: &str) {
+        if !self.json {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "{text}");
+        }
+    }
+}
+
+fn write_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(_) => std::process::exit(1),
+    }
+}
+
+/// Prints an error as one line on stderr.
+pub(crate) fn error_line(err: &CliError) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "hearth: error: {err}");
+}

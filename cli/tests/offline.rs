@@ -1,0 +1,535 @@
+//! The offline commands, driven through the real `hearth` binary: init, keys, manifest
+//! review and approval, capability show and delegation, and their refusals.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use hearth_protocol::capability::{Actions, Capability, Chain, Grant, Resource};
+use hearth_protocol::key::OwnerKey;
+use hearth_protocol::time::UnixMillis;
+use serde_json::Value;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn hearth(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("HEARTH_DATA_DIR")
+            .env("HOME", self.dir.path())
+            .env_remove("XDG_DATA_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok_json(&self, args: &[&str]) -> Value {
+        let out = self.hearth(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Every file under the temp dir and its bytes.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.insert(path.clone(), std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+
+    /// Runs a command that must fail with `code`, print exactly one line on stderr
+    /// containing `needle`, and change no file.
+    fn refuses(&self, args: &[&str], code: i32, needle: &str) {
+        let before = self.snapshot();
+        let out = self.hearth(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} lacks {needle:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+        assert_eq!(self.snapshot(), before, "{args:?} changed files");
+    }
+
+    fn init_mesh(&self) -> Value {
+        self.ok_json(&["--data-dir", "home", "--json", "init", "--name", "home"])
+    }
+
+    fn write_manifest(&self, name: &str, body: &str) -> String {
+        std::fs::write(self.path("module.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        std::fs::write(self.path(name), body).unwrap();
+        name.to_owned()
+    }
+}
+
+const MANIFEST: &str = r#"
+name = "places"
+version = "0.1.0"
+description = "Where you stay."
+
+[module]
+path = "module.wasm"
+
+[[grants]]
+store = "location"
+fields = ["lat", "lon", "tst"]
+purpose = "Find places."
+
+[[outputs]]
+type = "export"
+destination = "https://study.example.org/in"
+purpose = "A study."
+"#;
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_creates_a_mesh_once() {
+    let env = Env::new();
+    let v = env.init_mesh();
+    for field in ["mesh_id", "owner", "peer_id", "name", "role"] {
+        assert!(v[field].is_string(), "missing {field}: {v}");
+    }
+    assert_eq!(v["role"], "home");
+    assert!(v["peer_id"].as_str().unwrap().starts_with("12D3KooW"));
+    assert_eq!(mode(&env.path("home/owner.key")), 0o600);
+    assert_eq!(mode(&env.path("home/node.key")), 0o600);
+    let cert =
+        Chain::from_text(&std::fs::read_to_string(env.path("home/device.cap")).unwrap()).unwrap();
+    assert_eq!(cert.leaf().capability().device().unwrap().0, "home");
+    assert!(cert.leaf().signature_is_valid());
+    env.refuses(
+        &["--data-dir", "home", "init", "--name", "again"],
+        1,
+        "already holds a Hearth node",
+    );
+    env.refuses(
+        &["--data-dir", "other", "init", "--name", "bad name!"],
+        2,
+        "not a valid device name",
+    );
+}
+
+#[test]
+fn the_recovery_phrase_restores_the_owner_key() {
+    let env = Env::new();
+    let v = env.init_mesh();
+    let phrase = env.ok_json(&["--data-dir", "home", "--json", "key", "recovery-phrase"]);
+    let phrase = phrase["recovery_phrase"].as_str().unwrap().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "--data-dir",
+            "restored",
+            "--json",
+            "init",
+            "--name",
+            "home2",
+            "--recover",
+        ])
+        .current_dir(env.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "{phrase}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let restored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(restored["owner"], v["owner"]);
+    assert_eq!(restored["mesh_id"], v["mesh_id"]);
+}
+
+#[test]
+fn key_new_writes_a_private_file_and_never_overwrites() {
+    let env = Env::new();
+    let v = env.ok_json(&["--json", "key", "new", "--out", "dev.key"]);
+    assert_eq!(v["public_key"].as_str().unwrap().len(), 64);
+    assert_eq!(mode(&env.path("dev.key")), 0o600);
+    env.refuses(&["key", "new", "--out", "dev.key"], 1, "already exists");
+    let public = env.ok_json(&["--json", "key", "public", "--key", "dev.key"]);
+    assert_eq!(public["public_key"], v["public_key"]);
+}
+
+#[test]
+fn review_names_every_destination_and_errors_point_at_the_line() {
+    let env = Env::new();
+    let m = env.write_manifest("m.toml", MANIFEST);
+    let out = env.hearth(&["app", "review", &m]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("SENDS DATA OUT OF YOUR MESH to https://study.example.org/in"),
+        "{text}"
+    );
+    assert!(text.contains("only the fields lat, lon, tst"), "{text}");
+    assert!(text.contains("Module hash: sha256:"), "{text}");
+    let v = env.ok_json(&["--json", "app", "review", &m]);
+    assert_eq!(v["export_destinations"][0], "https://study.example.org/in");
+
+    let bad = env.write_manifest("bad.toml", &MANIFEST.replace("fields = [", "fields = 3 #["));
+    env.refuses(&["app", "review", &bad], 1, "line 11");
+    env.refuses(&["app", "review", "missing.toml"], 4, "does not exist");
+}
+
+#[test]
+fn approve_then_show_then_delegate() {
+    let env = Env::new();
+    env.init_mesh();
+    let dev = env.ok_json(&["--json", "key", "new", "--out", "dev.key"]);
+    let dev_pub = dev["public_key"].as_str().unwrap();
+    let m = env.write_manifest("m.toml", MANIFEST);
+    let approved = env.ok_json(&[
+        "--data-dir",
+        "home",
+        "--json",
+        "app",
+        "approve",
+        &m,
+        "--holder",
+        dev_pub,
+        "--out",
+        "places.cap",
+        "--yes",
+    ]);
+    assert_eq!(approved["holder"], dev_pub);
+    let shown = env.ok_json(&["--data-dir", "home", "--json", "cap", "show", "places.cap"]);
+    assert_eq!(shown["valid"], true);
+    assert_eq!(shown["checked_against_mesh"], true);
+    let grants = &shown["capability"]["links"][0]["grants"];
+    assert!(
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["resource"] == "export:https://study.example.org/in")
+    );
+
+    let app = env.ok_json(&["--json", "key", "new", "--out", "app.key"]);
+    let app_pub = app["public_key"].as_str().unwrap();
+    let delegated = env.ok_json(&[
+        "--data-dir",
+        "home",
+        "--json",
+        "cap",
+        "delegate",
+        "places.cap",
+        "--holder",
+        app_pub,
+        "--key",
+        "dev.key",
+        "--out",
+        "app.cap",
+        "--store",
+        "location",
+        "--no-export",
+        "--fields",
+        "lat,lon",
+        "--aggregate-only",
+        "--max-runs",
+        "3",
+        "--expires",
+        "1d",
+    ]);
+    assert_eq!(delegated["depth"], 2);
+    let shown = env.ok_json(&["--data-dir", "home", "--json", "cap", "show", "app.cap"]);
+    assert_eq!(shown["valid"], true);
+    let leaf = &shown["capability"]["links"][1];
+    let store_grant = leaf["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["resource"] == "store:location")
+        .unwrap();
+    assert_eq!(
+        store_grant["caveats"]["fields"],
+        serde_json::json!(["lat", "lon"])
+    );
+    assert_eq!(store_grant["caveats"]["aggregate_only"], true);
+    assert_eq!(store_grant["caveats"]["max_runs"], 3);
+    // The export grant was dropped by --no-export.
+    assert!(
+        !leaf["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["resource"].as_str().unwrap().starts_with("export:"))
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_the_right_code_and_no_change() {
+    let env = Env::new();
+    env.init_mesh();
+    let dev = env.ok_json(&["--json", "key", "new", "--out", "dev.key"]);
+    let dev_pub = dev["public_key"].as_str().unwrap().to_owned();
+    env.ok_json(&["--json", "key", "new", "--out", "other.key"]);
+    let m = env.write_manifest("m.toml", MANIFEST);
+
+    // A malformed holder key is a usage error.
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "app",
+            "approve",
+            &m,
+            "--holder",
+            "xyz",
+            "--out",
+            "c.cap",
+            "--yes",
+        ],
+        2,
+        "hex",
+    );
+    // No owner key here: not found, with advice.
+    env.refuses(
+        &[
+            "--data-dir",
+            "nowhere",
+            "app",
+            "approve",
+            &m,
+            "--holder",
+            &dev_pub,
+            "--out",
+            "c.cap",
+            "--yes",
+        ],
+        4,
+        "hearth init",
+    );
+    // A malformed manifest.
+    let bad = env.write_manifest(
+        "bad.toml",
+        &MANIFEST.replace("type = \"export\"", "type = \"upload\""),
+    );
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "app",
+            "approve",
+            &bad,
+            "--holder",
+            &dev_pub,
+            "--out",
+            "c.cap",
+            "--yes",
+        ],
+        1,
+        "outputs[0].type",
+    );
+    // Without --yes and without a terminal, nothing is approved.
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "app",
+            "approve",
+            &m,
+            "--holder",
+            &dev_pub,
+            "--out",
+            "c.cap",
+        ],
+        2,
+        "--yes",
+    );
+
+    env.ok_json(&[
+        "--data-dir",
+        "home",
+        "--json",
+        "app",
+        "approve",
+        &m,
+        "--holder",
+        &dev_pub,
+        "--out",
+        "c.cap",
+        "--yes",
+    ]);
+    let other_pub = env.ok_json(&["--json", "key", "public", "--key", "other.key"])["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Output file exists.
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "app",
+            "approve",
+            &m,
+            "--holder",
+            &dev_pub,
+            "--out",
+            "c.cap",
+            "--yes",
+        ],
+        1,
+        "already exists",
+    );
+    // Missing key file.
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "cap",
+            "delegate",
+            "c.cap",
+            "--holder",
+            &other_pub,
+            "--key",
+            "nokey.key",
+            "--out",
+            "d.cap",
+        ],
+        4,
+        "hearth key new",
+    );
+    // A key that does not hold the capability.
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "cap",
+            "delegate",
+            "c.cap",
+            "--holder",
+            &other_pub,
+            "--key",
+            "other.key",
+            "--out",
+            "d.cap",
+        ],
+        3,
+        "does not hold this capability",
+    );
+    // An owner key where a holder key is needed.
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "cap",
+            "delegate",
+            "c.cap",
+            "--holder",
+            &other_pub,
+            "--key",
+            "home/owner.key",
+            "--out",
+            "d.cap",
+        ],
+        2,
+        "holder key is needed",
+    );
+    // Outliving the parent.
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "cap",
+            "delegate",
+            "c.cap",
+            "--holder",
+            &other_pub,
+            "--key",
+            "dev.key",
+            "--out",
+            "d.cap",
+            "--expires",
+            "400d",
+        ],
+        3,
+        "cannot outlive",
+    );
+    // Not a capability file.
+    env.refuses(
+        &["--data-dir", "home", "cap", "show", "m.toml"],
+        1,
+        "not a valid capability file",
+    );
+
+    // An expired capability, signed long ago by this mesh's owner.
+    let owner = OwnerKey::read(&env.path("home/owner.key")).unwrap();
+    let expired = Capability {
+        issuer: owner.public(),
+        audience: dev_pub.parse().unwrap(),
+        parent: None,
+        grants: vec![Grant::new(
+            Resource::Store("location".into()),
+            Actions::READ,
+        )],
+        not_before: UnixMillis(1_000_000_000_000),
+        expires: UnixMillis(1_000_086_400_000),
+        nonce: [0; 16],
+    }
+    .sign(owner.secret())
+    .unwrap();
+    std::fs::write(env.path("old.cap"), Chain::root(expired).to_text()).unwrap();
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "cap",
+            "delegate",
+            "old.cap",
+            "--holder",
+            &other_pub,
+            "--key",
+            "dev.key",
+            "--out",
+            "d.cap",
+        ],
+        3,
+        "expired",
+    );
+    let shown = env.ok_json(&["--data-dir", "home", "--json", "cap", "show", "old.cap"]);
+    assert_eq!(shown["valid"], false);
+}
