@@ -19,33 +19,43 @@ pub const PUBLIC_KEY_LEN: usize = 32;
 /// Length of an ed25519 signature in bytes.
 pub const SIGNATURE_LEN: usize = 64;
 
-/// An ed25519 public key, already checked to be a valid curve point.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+/// An ed25519 public key.
+///
+/// Held as its 32 bytes: decoding a document does not pay for point decompression,
+/// which happens only when a signature is checked (an invalid point never verifies).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKey([u8; PUBLIC_KEY_LEN]);
 
 impl PublicKey {
-    /// Parses 32 bytes, refusing values that are not a valid point.
-    pub fn from_bytes(bytes: &[u8; PUBLIC_KEY_LEN]) -> Result<Self, DecodeError> {
-        VerifyingKey::from_bytes(bytes)
-            .map(Self)
-            .map_err(|_| DecodeError::BadKey { what: "public key" })
+    /// Wraps 32 bytes. Whether they are a valid point is checked when verifying, or
+    /// up front with [`PublicKey::is_valid_point`].
+    pub fn from_bytes(bytes: [u8; PUBLIC_KEY_LEN]) -> Self {
+        Self(bytes)
     }
 
     /// The 32 bytes of the key.
     pub fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
-        self.0.as_bytes()
+        &self.0
+    }
+
+    /// Are the bytes a valid ed25519 point?
+    pub fn is_valid_point(&self) -> bool {
+        VerifyingKey::from_bytes(&self.0).is_ok()
     }
 
     /// The first ten hex digits, for logs and tables.
     pub fn short(&self) -> String {
-        hex::encode(&self.as_bytes()[..5])
+        hex::encode(&self.0[..5])
     }
 
     /// Checks `signature` over `message` with strict ed25519 rules (no small-order
-    /// keys, no malleable signatures).
+    /// keys, no malleable signatures). An invalid point never verifies.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> bool {
+        let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
+            return false;
+        };
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-        self.0.verify_strict(message, &sig).is_ok()
+        key.verify_strict(message, &sig).is_ok()
     }
 
     /// The libp2p PeerId of a node with this key, in its usual base58 text form.
@@ -65,18 +75,6 @@ impl PublicKey {
         hasher.update(self.as_bytes());
         let digest: [u8; 32] = hasher.finalize().into();
         hex::encode(&digest[..8])
-    }
-}
-
-impl PartialOrd for PublicKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PublicKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
@@ -107,7 +105,11 @@ impl std::str::FromStr for PublicKey {
                 truncate_for_message(s)
             ),
         })?;
-        Self::from_bytes(&bytes)
+        let key = Self(bytes);
+        if !key.is_valid_point() {
+            return Err(DecodeError::BadKey { what: "public key" });
+        }
+        Ok(key)
     }
 }
 
@@ -146,7 +148,7 @@ impl SecretKey {
 
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.0.verifying_key().to_bytes())
     }
 
     /// Signs `message`.

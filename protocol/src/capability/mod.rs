@@ -148,8 +148,8 @@ impl Capability {
         }
         let mut r = Reader::new(body);
         r.magic(BODY_MAGIC, VERSION, WHAT)?;
-        let issuer = PublicKey::from_bytes(&r.array("issuer")?)?;
-        let audience = PublicKey::from_bytes(&r.array("audience")?)?;
+        let issuer = PublicKey::from_bytes(r.array("issuer")?);
+        let audience = PublicKey::from_bytes(r.array("audience")?);
         let parent = match r.u8("parent flag")? {
             0 => None,
             1 => Some(CapId(r.array("parent id")?)),

@@ -61,10 +61,10 @@ impl Revocation {
 
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.magic(MAGIC, VERSION, "revocation")?;
-        let issuer = PublicKey::from_bytes(&r.array("revocation issuer")?)?;
+        let issuer = PublicKey::from_bytes(r.array("revocation issuer")?);
         let target = match r.u8("revocation target")? {
             1 => RevocationTarget::Capability(CapId(r.array("revoked capability id")?)),
-            2 => RevocationTarget::Key(PublicKey::from_bytes(&r.array("revoked key")?)?),
+            2 => RevocationTarget::Key(PublicKey::from_bytes(r.array("revoked key")?)),
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "revocation target",
