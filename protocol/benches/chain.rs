@@ -3,7 +3,13 @@
 //! Run: `cargo bench -p hearth-protocol --bench chain`. Figures are recorded in
 //! docs/benchmarks.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::cast_possible_truncation, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 use std::collections::BTreeSet;
 use std::hint::black_box;

@@ -31,6 +31,9 @@
 pub mod capability;
 pub mod device;
 pub mod encoding;
+#[doc(hidden)]
+#[allow(clippy::panic, missing_docs)]
+pub mod fuzz;
 pub mod key;
 pub mod manifest;
 pub mod time;

@@ -124,20 +124,31 @@ fn show(dir: &DataDir, path: &Path, out: &mut Output) -> Result<()> {
     };
     out.emit(
         || {
-            let mut text = String::new();
-            for (index, link) in chain.links().iter().enumerate() {
+            let links = chain.links();
+            let mut text = format!(
+                "Capability {} ({} link{}), held by {}\n",
+                chain.leaf().id().short(),
+                links.len(),
+                if links.len() == 1 { "" } else { "s" },
+                chain.leaf().capability().audience,
+            );
+            for (index, link) in links.iter().enumerate() {
                 let c = link.capability();
-                let issuer = if c.issuer == owner { format!("{} (mesh owner)", c.issuer.short()) } else { c.issuer.short() };
+                let issuer = if c.issuer == owner {
+                    format!("the mesh owner ({})", c.issuer.short())
+                } else {
+                    c.issuer.short()
+                };
+                let verb = if index == 0 { "issued" } else { "delegated" };
                 text.push_str(&format!(
-                    "{label} {id}\n  issued by {issuer} to {audience}\n  valid from {nb} until {exp}\n",
-                    label = if index == 0 { "Capability".to_owned() } else { format!("  delegated ({index}):") },
-                    id = link.id(),
-                    audience = c.audience,
+                    "[{index}] {id}: {verb} by {issuer} to {audience}\n    valid from {nb} until {exp}\n",
+                    id = link.id().short(),
+                    audience = c.audience.short(),
                     nb = c.not_before,
                     exp = c.expires,
                 ));
                 for grant in &c.grants {
-                    text.push_str(&format!("  - {}\n", grant.describe()));
+                    text.push_str(&format!("    - {}\n", grant.describe()));
                 }
             }
             match &status {
@@ -353,13 +364,17 @@ fn narrow(parent: &[Grant], args: &DelegateArgs) -> Result<Vec<Grant>> {
             }
             g.actions = kept;
         }
+        let is_store = matches!(g.resource, Resource::Store(_));
         let c = &mut g.caveats;
         if !matches!(g.resource, Resource::Device { .. }) {
-            c.fields = intersect(&c.fields, fields.clone());
             c.devices = intersect(&c.devices, devices.clone());
-            c.aggregate_only |= args.aggregate_only;
             c.max_result_bytes = min_limit(c.max_result_bytes, args.max_result_bytes);
             c.max_runs = min_limit(c.max_runs, args.max_runs);
+        }
+        // Data caveats narrow what is read, so they apply to store grants.
+        if is_store {
+            c.fields = intersect(&c.fields, fields.clone());
+            c.aggregate_only |= args.aggregate_only;
             if args.since.is_some() || args.until.is_some() {
                 let current = c.time_range.unwrap_or(TimeRange {
                     start: UnixMillis(0),

@@ -1,0 +1,87 @@
+//! Entry points shared by the fuzz targets (`fuzz/`) and their regression tests.
+//! Each takes arbitrary bytes, must never panic on them, and asserts the invariants
+//! that hold for any input that is accepted.
+
+use crate::capability::{
+    Capability, Chain, RevocationSet, SignedCapability, SignedInvocation, SignedRevocation,
+    Verifier, VerifierConfig,
+};
+use crate::key::OwnerKey;
+use crate::manifest::Manifest;
+use crate::time::UnixMillis;
+
+/// Every decoder of signed documents, and the verifier on whatever decodes.
+pub fn capability_input(data: &[u8]) {
+    if let Ok(chain) = Chain::decode(data) {
+        // Canonical: what decodes re-encodes to the same bytes.
+        assert_eq!(
+            chain.encode(),
+            data,
+            "a decoded chain re-encodes differently"
+        );
+        let owner = chain.root_link().capability().issuer;
+        let mut verifier = Verifier::new(owner, VerifierConfig::default());
+        let revocations = RevocationSet::new(owner);
+        let at = chain.leaf().capability().not_before;
+        let first = verifier.verify(&chain, at, &revocations);
+        // The cache never changes a verdict.
+        assert_eq!(first, verifier.verify(&chain, at, &revocations));
+        let _ = Chain::from_text(&chain.to_text()).map(|c| assert_eq!(c, chain));
+    }
+    if let Ok(signed) = SignedCapability::decode(data) {
+        assert_eq!(signed.encode(), data);
+        let _ = signed.signature_is_valid();
+    }
+    if let Ok(cap) = Capability::decode(data) {
+        assert_eq!(cap.encode(), data);
+    }
+    if let Ok(revocation) = SignedRevocation::decode(data) {
+        assert_eq!(revocation.encode(), data);
+        let mut set = RevocationSet::new(revocation.revocation().issuer);
+        let _ = set.insert(&revocation);
+    }
+    if let Ok(invocation) = SignedInvocation::decode(data) {
+        assert_eq!(invocation.encode(), data);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Chain::from_text(text);
+        let _ = text.parse::<crate::key::PublicKey>();
+    }
+}
+
+/// The manifest parser, and the grants an approval of an accepted manifest would sign.
+pub fn manifest_input(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(manifest) = Manifest::parse(text) else {
+        return;
+    };
+    let _ = manifest.render_plain();
+    let owner = OwnerKey::from_seed([1; 32]);
+    let grants = manifest.to_grants(
+        crate::capability::ModuleHash([2; 32]),
+        UnixMillis(1_000_000_000_000),
+    );
+    for grant in &grants {
+        assert_eq!(
+            grant.validate(),
+            Ok(()),
+            "an accepted manifest produced an invalid grant"
+        );
+    }
+    let signed = Capability {
+        issuer: owner.public(),
+        audience: owner.public(),
+        parent: None,
+        grants,
+        not_before: UnixMillis(1_000_000_000_000),
+        expires: UnixMillis(1_000_086_400_000),
+        nonce: [0; 16],
+    }
+    .sign(owner.secret());
+    assert!(
+        signed.is_ok(),
+        "an accepted manifest could not be approved: {signed:?}"
+    );
+}
