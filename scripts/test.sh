@@ -10,6 +10,6 @@ if [ "${CI:-}" = "true" ]; then
     profile=ci
 fi
 
-cargo nextest run --workspace --locked --profile "$profile"
 # nextest does not run doc tests; the crate-level examples are tests too.
 cargo test --workspace --locked --doc
+cargo nextest run --workspace --locked --profile "$profile"
