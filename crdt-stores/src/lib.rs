@@ -1,8 +1,23 @@
-//! Per-source stores for Hearth (kv, timeseries, doc), the backends that persist them,
-//! the catalogue and the audit log.
-//!
-//! Not built yet: this crate is a placeholder in the workspace layout so that the
-//! dependency direction (protocol ← stores ← node ← cli) is fixed from the start. It
-//! exports nothing.
+//! Per-source stores for Hearth: kv, timeseries and doc stores on automerge, persisted
+//! through a [`backend::Backend`] (memory, sled or redb) with checksummed records and
+//! group-committed durable writes.
 
 #![deny(missing_docs)]
+
+mod automerge_json;
+pub mod backend;
+mod error;
+mod frame;
+mod fsutil;
+pub mod query;
+mod reading;
+mod registry;
+mod store;
+
+pub use error::StoreError;
+pub use reading::{MAX_READING_BYTES, Reading};
+pub use registry::{StoreInfo, Stores, StoresConfig};
+pub use store::{
+    Change, Clock, DEFAULT_WINDOW_MS, Kind, MAX_BATCH, MAX_KEY_LEN, MAX_VALUE_BYTES, Store,
+    StoreMeta,
+};

@@ -1,0 +1,314 @@
+//! The stores of one node: created, listed, opened and removed by name. Each store lives
+//! in its own directory with its own database file, so damage to one store's file
+//! leaves the others usable.
+//!
+//! ```text
+//! ROOT/index.json        [{name, id, kind, backend}], replaced atomically
+//! ROOT/<id>/data.redb    one store (or data.sled/ for sled)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use automerge::ActorId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::backend::BackendKind;
+use crate::error::StoreError;
+use crate::store::{Clock, Kind, Store, StoreMeta};
+
+/// How a node's stores are kept.
+#[derive(Clone)]
+pub struct StoresConfig {
+    /// Directory holding every store.
+    pub root: PathBuf,
+    /// Backend for new stores (existing stores keep theirs).
+    pub backend: BackendKind,
+    /// This device's automerge actor id (16 bytes, stable per device).
+    pub actor: [u8; 16],
+    /// Wall clock, in ms since the epoch.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for StoresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoresConfig")
+            .field("root", &self.root)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexEntry {
+    name: String,
+    id: String,
+    kind: Kind,
+    backend: String,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Ready(Arc<Store>),
+    Broken {
+        entry: IndexEntry,
+        error: StoreError,
+    },
+}
+
+/// A summary of one store for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreInfo {
+    /// Name.
+    pub name: String,
+    /// Stable id.
+    pub id: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Readings (timeseries) or keys (kv, doc); absent when the store is broken.
+    pub records: Option<u64>,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Why the store cannot be used, if it cannot.
+    pub error: Option<String>,
+}
+
+/// Every store of a node.
+#[derive(Debug)]
+pub struct Stores {
+    config: StoresConfig,
+    stores: RwLock<BTreeMap<String, Entry>>,
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+impl Stores {
+    /// Opens every store under `config.root` (creating the directory if needed). A
+    /// store that cannot be opened is kept as broken, with its error, and the others
+    /// open normally.
+    pub fn open(config: StoresConfig) -> Result<Self, StoreError> {
+        let io = |err: std::io::Error| StoreError::Io {
+            store: "(all stores)".into(),
+            detail: format!("{}: {err}", config.root.display()),
+        };
+        std::fs::create_dir_all(&config.root).map_err(io)?;
+        let index_path = config.root.join("index.json");
+        let index: Vec<IndexEntry> = match std::fs::read(&index_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
+                store: "(store index)".into(),
+                detail: format!("{}: {err}", index_path.display()),
+            })?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(io(err)),
+        };
+        let mut stores = BTreeMap::new();
+        for entry in index {
+            let opened = entry
+                .backend
+                .parse::<BackendKind>()
+                .map_err(StoreError::Invalid)
+                .and_then(|backend| {
+                    Store::open(
+                        &config.root.join(&entry.id),
+                        backend,
+                        &entry.name,
+                        ActorId::from(config.actor.as_slice()),
+                        config.clock.clone(),
+                    )
+                });
+            let name = entry.name.clone();
+            match opened {
+                Ok(store) => {
+                    stores.insert(name, Entry::Ready(Arc::new(store)));
+                }
+                Err(error) => {
+                    tracing::error!(store = %name, %error, "store could not be opened");
+                    stores.insert(name, Entry::Broken { entry, error });
+                }
+            }
+        }
+        Ok(Self {
+            config,
+            stores: RwLock::new(stores),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.stores
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.stores
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Creates a store. `window_ms` sets a timeseries store's chunk window.
+    pub fn create(
+        &self,
+        name: &str,
+        kind: Kind,
+        window_ms: Option<u64>,
+    ) -> Result<Arc<Store>, StoreError> {
+        if !hearth_protocol::capability::is_valid_name(name) {
+            return Err(StoreError::Invalid(format!(
+                "{name:?} is not a valid store name (1 to 128 of A-Z a-z 0-9 . _ - /)"
+            )));
+        }
+        let window_ms = window_ms.unwrap_or(crate::store::DEFAULT_WINDOW_MS);
+        if window_ms == 0 {
+            return Err(StoreError::Invalid(
+                "a chunk window must be above zero".into(),
+            ));
+        }
+        let mut stores = self.write();
+        if stores.contains_key(name) {
+            return Err(StoreError::Exists(name.to_owned()));
+        }
+        let created = (self.config.clock)();
+        let mut hasher = Sha256::new();
+        hasher.update(self.config.actor);
+        hasher.update(name.as_bytes());
+        hasher.update(created.to_be_bytes());
+        let digest: [u8; 32] = hasher.finalize().into();
+        let id = hex::encode(&digest[..16]);
+        let meta = StoreMeta {
+            name: name.to_owned(),
+            id: id.clone(),
+            kind,
+            created,
+            window_ms,
+        };
+        let dir = self.config.root.join(&id);
+        std::fs::create_dir_all(&dir).map_err(|err| StoreError::Io {
+            store: name.to_owned(),
+            detail: err.to_string(),
+        })?;
+        let store = match Store::create(
+            &dir,
+            self.config.backend,
+            meta,
+            ActorId::from(self.config.actor.as_slice()),
+            self.config.clock.clone(),
+        ) {
+            Ok(store) => Arc::new(store),
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+        };
+        stores.insert(name.to_owned(), Entry::Ready(store.clone()));
+        if let Err(err) = self.write_index(&stores) {
+            stores.remove(name);
+            drop(store);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+        Ok(store)
+    }
+
+    /// The store called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Store>, StoreError> {
+        match self.read().get(name) {
+            Some(Entry::Ready(store)) => Ok(store.clone()),
+            Some(Entry::Broken { error, .. }) => Err(error.clone()),
+            None => Err(StoreError::NotFound(name.to_owned())),
+        }
+    }
+
+    /// Every store, by name.
+    pub fn list(&self) -> Vec<StoreInfo> {
+        self.read()
+            .iter()
+            .map(|(name, entry)| match entry {
+                Entry::Ready(store) => {
+                    let records = store.records();
+                    StoreInfo {
+                        name: name.clone(),
+                        id: store.meta().id.clone(),
+                        kind: store.meta().kind,
+                        records: records.as_ref().ok().copied(),
+                        bytes: dir_size(&self.config.root.join(&store.meta().id)),
+                        error: records.err().map(|e| e.to_string()),
+                    }
+                }
+                Entry::Broken { entry, error } => StoreInfo {
+                    name: name.clone(),
+                    id: entry.id.clone(),
+                    kind: entry.kind,
+                    records: None,
+                    bytes: dir_size(&self.config.root.join(&entry.id)),
+                    error: Some(error.to_string()),
+                },
+            })
+            .collect()
+    }
+
+    /// Deletes a store and its data.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let mut stores = self.write();
+        let entry = stores
+            .remove(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        let id = match &entry {
+            Entry::Ready(store) => store.meta().id.clone(),
+            Entry::Broken { entry, .. } => entry.id.clone(),
+        };
+        if let Err(err) = self.write_index(&stores) {
+            stores.insert(name.to_owned(), entry);
+            return Err(err);
+        }
+        drop(entry);
+        let _ = std::fs::remove_dir_all(self.config.root.join(id));
+        Ok(())
+    }
+
+    fn write_index(&self, stores: &BTreeMap<String, Entry>) -> Result<(), StoreError> {
+        let entries: Vec<IndexEntry> = stores
+            .iter()
+            .map(|(name, entry)| match entry {
+                Entry::Ready(store) => IndexEntry {
+                    name: name.clone(),
+                    id: store.meta().id.clone(),
+                    kind: store.meta().kind,
+                    backend: self.backend_of(store).to_owned(),
+                },
+                Entry::Broken { entry, .. } => entry.clone(),
+            })
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&entries)
+            .map_err(|err| StoreError::Invalid(err.to_string()))?;
+        crate::fsutil::write_atomic(&self.config.root.join("index.json"), &bytes).map_err(|err| {
+            if crate::backend::is_disk_full(&err) {
+                StoreError::DiskFull {
+                    store: "(store index)".into(),
+                }
+            } else {
+                StoreError::Io {
+                    store: "(store index)".into(),
+                    detail: err.to_string(),
+                }
+            }
+        })
+    }
+
+    fn backend_of(&self, store: &Store) -> &'static str {
+        store.backend_kind().as_str()
+    }
+}

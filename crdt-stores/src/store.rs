@@ -1,0 +1,1097 @@
+//! One store: a data source's automerge documents, persisted through a [`Backend`], with
+//! group-committed durable writes and change subscriptions.
+//!
+//! Keys inside a store's backend (every value is checksummed, see `frame.rs`):
+//!
+//! ```text
+//! m                         store metadata (JSON)
+//! c <seq:8>                 kv/doc: an incremental automerge save (changes)
+//! s                         kv/doc: a full automerge save replacing earlier changes
+//! i <start:8>               timeseries: chunk index entry (JSON)
+//! t <start:8> c <seq:8>     timeseries: incremental save of an open chunk
+//! t <start:8> s             timeseries: full save of a closed chunk
+//! t <start:8> r             timeseries: a closed chunk's readings, sorted (binary)
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use automerge::transaction::{CommitOptions, Transactable as _};
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc as _, ScalarValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::broadcast;
+
+use crate::backend::{Backend, BackendKind, Batch};
+use crate::error::StoreError;
+use crate::frame;
+use crate::query::{Aggregate, Filter, Selection, aggregate};
+use crate::reading::{self, MAX_READING_BYTES, Reading};
+
+/// Milliseconds since the Unix epoch, from the caller's clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Longest kv key, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Largest kv or doc value, as JSON text.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Readings in one append.
+pub const MAX_BATCH: usize = 100_000;
+/// Default time window of a timeseries chunk: one hour.
+pub const DEFAULT_WINDOW_MS: u64 = 3_600_000;
+/// Change records a kv or doc store accumulates before it writes one compact save.
+const COMPACT_AFTER: u64 = 1000;
+/// Decoded readings of closed chunks kept in memory per store.
+const CACHE_READINGS: usize = 2_000_000;
+/// Change events buffered per subscriber before it is told it lagged.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// The kind of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Keys to JSON values, each value replaced as a whole.
+    Kv,
+    /// Timestamped readings, chunked by time window.
+    Timeseries,
+    /// A free-form JSON document whose nested fields merge independently.
+    Doc,
+}
+
+impl Kind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kv => "kv",
+            Kind::Timeseries => "timeseries",
+            Kind::Doc => "doc",
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kv" => Ok(Kind::Kv),
+            "timeseries" => Ok(Kind::Timeseries),
+            "doc" => Ok(Kind::Doc),
+            other => Err(format!(
+                "unknown store kind {other:?}; expected kv, timeseries or doc"
+            )),
+        }
+    }
+}
+
+/// What a store is, as written in its metadata record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    /// The store's name, unique on a node.
+    pub name: String,
+    /// Stable id (hex), the same on every replica.
+    pub id: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// When it was created (ms).
+    pub created: u64,
+    /// Timeseries chunk window (ms).
+    pub window_ms: u64,
+}
+
+/// A change, as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum Change {
+    /// A kv or doc key was set.
+    Put {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: Value,
+    },
+    /// A kv or doc key was removed.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Readings were appended.
+    Append {
+        /// The readings.
+        readings: Vec<Reading>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Write {
+    Put { key: String, value: Value },
+    Delete { key: String },
+    Append(Vec<Reading>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChunkMeta {
+    count: u64,
+    min_ts: u64,
+    max_ts: u64,
+    closed: bool,
+    /// SHA-256 over the sorted heads, set when closed.
+    hash: Option<String>,
+    /// Change records written for the open chunk.
+    changes: u64,
+}
+
+#[derive(Debug)]
+struct OpenChunk {
+    doc: AutoCommit,
+    list: ObjId,
+    readings: Arc<Vec<Reading>>,
+}
+
+#[derive(Debug, Default)]
+struct ChunkCache {
+    chunks: BTreeMap<u64, Arc<Vec<Reading>>>,
+    order: VecDeque<u64>,
+    readings: usize,
+}
+
+impl ChunkCache {
+    fn get(&self, start: u64) -> Option<Arc<Vec<Reading>>> {
+        self.chunks.get(&start).cloned()
+    }
+
+    fn insert(&mut self, start: u64, readings: Arc<Vec<Reading>>) {
+        if let Some(old) = self.chunks.insert(start, readings.clone()) {
+            self.readings -= old.len();
+        } else {
+            self.order.push_back(start);
+        }
+        self.readings += readings.len();
+        while self.readings > CACHE_READINGS && self.order.len() > 1 {
+            if let Some(oldest) = self.order.pop_front()
+                && let Some(old) = self.chunks.remove(&oldest)
+            {
+                self.readings -= old.len();
+            }
+        }
+    }
+
+    fn remove(&mut self, start: u64) {
+        if let Some(old) = self.chunks.remove(&start) {
+            self.readings -= old.len();
+            self.order.retain(|s| *s != start);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DocState {
+    doc: AutoCommit,
+    next_seq: u64,
+    changes: u64,
+}
+
+#[derive(Debug)]
+struct SeriesState {
+    index: BTreeMap<u64, ChunkMeta>,
+    open: BTreeMap<u64, OpenChunk>,
+    cache: ChunkCache,
+}
+
+#[derive(Debug)]
+enum Body {
+    Doc(Box<DocState>),
+    Series(SeriesState),
+}
+
+#[derive(Debug)]
+struct State {
+    backend: Box<dyn Backend>,
+    body: Body,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<(u64, Write)>,
+    next_ticket: u64,
+    done: u64,
+    failures: BTreeMap<u64, StoreError>,
+    leader: bool,
+}
+
+/// An open store.
+pub struct Store {
+    meta: StoreMeta,
+    path: PathBuf,
+    backend_kind: BackendKind,
+    actor: ActorId,
+    clock: Clock,
+    state: Mutex<State>,
+    queue: Mutex<Queue>,
+    cond: Condvar,
+    changes: broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("name", &self.meta.name)
+            .field("kind", &self.meta.kind)
+            .field("backend", &self.backend_kind)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A writer that panicked cannot leave a half-applied batch behind: state changes
+    // are committed or reloaded from disk before the lock is released.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+const META_KEY: &[u8] = b"m";
+const SNAPSHOT_KEY: &[u8] = b"s";
+
+fn change_key(seq: u64) -> Vec<u8> {
+    let mut key = vec![b'c'];
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn index_key(start: u64) -> Vec<u8> {
+    let mut key = vec![b'i'];
+    key.extend_from_slice(&start.to_be_bytes());
+    key
+}
+
+fn chunk_key(start: u64, suffix: &[u8]) -> Vec<u8> {
+    let mut key = vec![b't'];
+    key.extend_from_slice(&start.to_be_bytes());
+    key.extend_from_slice(suffix);
+    key
+}
+
+fn chunk_change_key(start: u64, seq: u64) -> Vec<u8> {
+    let mut key = chunk_key(start, b"c");
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn put_sealed(batch: &mut Batch, key: Vec<u8>, payload: &[u8]) {
+    let value = frame::seal(&key, payload);
+    batch.put(key, value);
+}
+
+impl Store {
+    /// Creates a new store in `dir` (which must not hold one).
+    pub(crate) fn create(
+        dir: &Path,
+        backend_kind: BackendKind,
+        meta: StoreMeta,
+        actor: ActorId,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
+        let path = dir.join(backend_kind.file_name());
+        let backend = backend_kind
+            .open(&path)
+            .map_err(|err| StoreError::backend(&meta.name, err))?;
+        let payload =
+            serde_json::to_vec(&meta).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        let mut batch = Batch::new();
+        put_sealed(&mut batch, META_KEY.to_vec(), &payload);
+        backend
+            .commit(batch)
+            .map_err(|err| StoreError::backend(&meta.name, err))?;
+        Self::with_backend(path, backend_kind, backend, meta, actor, clock)
+    }
+
+    /// Opens an existing store; `name` is what the registry knows it as, for errors.
+    pub(crate) fn open(
+        dir: &Path,
+        backend_kind: BackendKind,
+        name: &str,
+        actor: ActorId,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
+        let path = dir.join(backend_kind.file_name());
+        let backend = backend_kind
+            .open(&path)
+            .map_err(|err| StoreError::backend(name, err))?;
+        let raw = backend
+            .get(META_KEY)
+            .map_err(|err| StoreError::backend(name, err))?
+            .ok_or_else(|| StoreError::corrupt(name, "the metadata record is missing"))?;
+        let payload = frame::open(META_KEY, &raw)
+            .ok_or_else(|| StoreError::corrupt(name, "the metadata record fails its checksum"))?;
+        let meta: StoreMeta = serde_json::from_slice(payload).map_err(|err| {
+            StoreError::corrupt(name, format!("the metadata record is unreadable: {err}"))
+        })?;
+        Self::with_backend(path, backend_kind, backend, meta, actor, clock)
+    }
+
+    fn with_backend(
+        path: PathBuf,
+        backend_kind: BackendKind,
+        backend: Box<dyn Backend>,
+        meta: StoreMeta,
+        actor: ActorId,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
+        let body = load_body(&meta, backend.as_ref(), &actor)?;
+        let (changes, _) = broadcast::channel(SUBSCRIBER_BUFFER);
+        Ok(Self {
+            meta,
+            path,
+            backend_kind,
+            actor,
+            clock,
+            state: Mutex::new(State { backend, body }),
+            queue: Mutex::new(Queue::default()),
+            cond: Condvar::new(),
+            changes,
+        })
+    }
+
+    /// The store's metadata.
+    pub fn meta(&self) -> &StoreMeta {
+        &self.meta
+    }
+
+    /// The backend the store is kept in.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.backend_kind
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// Follows changes committed from now on. A subscriber that falls more than 1024
+    /// changes behind receives `RecvError::Lagged` and should re-read.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn wrong_kind(&self, operation: &'static str, expected: &'static str) -> StoreError {
+        StoreError::WrongKind {
+            store: self.meta.name.clone(),
+            kind: self.meta.kind.as_str(),
+            operation,
+            expected,
+        }
+    }
+
+    // ---- kv and doc ----------------------------------------------------------------
+
+    /// Sets `key` to `value` (kv and doc stores). Returns once it is on disk.
+    pub fn put(&self, key: &str, value: Value) -> Result<(), StoreError> {
+        if self.meta.kind == Kind::Timeseries {
+            return Err(self.wrong_kind("put", "kv or doc"));
+        }
+        check_key(key)?;
+        let size = value.to_string().len();
+        if size > MAX_VALUE_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "the value is {size} bytes; the limit is {MAX_VALUE_BYTES}"
+            )));
+        }
+        self.submit(Write::Put {
+            key: key.to_owned(),
+            value,
+        })
+    }
+
+    /// Removes `key` (kv and doc stores). Returns whether it existed.
+    pub fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        if self.meta.kind == Kind::Timeseries {
+            return Err(self.wrong_kind("delete", "kv or doc"));
+        }
+        check_key(key)?;
+        if self.get(key)?.is_none() {
+            return Ok(false);
+        }
+        self.submit(Write::Delete {
+            key: key.to_owned(),
+        })?;
+        Ok(true)
+    }
+
+    /// The value at `key` (kv and doc stores).
+    pub fn get(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        let state = lock(&self.state);
+        let Body::Doc(doc) = &state.body else {
+            return Err(self.wrong_kind("get", "kv or doc"));
+        };
+        Ok(match self.meta.kind {
+            Kind::Kv => match doc.doc.get(ROOT, key) {
+                Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                    ScalarValue::Str(text) => Some(serde_json::from_str(text).map_err(|err| {
+                        StoreError::corrupt(
+                            &self.meta.name,
+                            format!("key {key:?} holds invalid JSON: {err}"),
+                        )
+                    })?),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => crate::automerge_json::get(&doc.doc, &ROOT, key),
+        })
+    }
+
+    /// Every key, sorted (kv and doc stores).
+    pub fn keys(&self) -> Result<Vec<String>, StoreError> {
+        let state = lock(&self.state);
+        let Body::Doc(doc) = &state.body else {
+            return Err(self.wrong_kind("keys", "kv or doc"));
+        };
+        let mut keys: Vec<String> = doc.doc.keys(ROOT).collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    // ---- timeseries ------------------------------------------------------------------
+
+    /// Appends readings (timeseries stores). Returns once they are on disk.
+    pub fn append(&self, readings: Vec<Reading>) -> Result<(), StoreError> {
+        if self.meta.kind != Kind::Timeseries {
+            return Err(self.wrong_kind("append", "timeseries"));
+        }
+        if readings.is_empty() {
+            return Ok(());
+        }
+        if readings.len() > MAX_BATCH {
+            return Err(StoreError::Invalid(format!(
+                "{} readings in one append; the limit is {MAX_BATCH}",
+                readings.len()
+            )));
+        }
+        for reading in &readings {
+            let size = reading.value.to_string().len();
+            if size > MAX_READING_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "a reading is {size} bytes; the limit is {MAX_READING_BYTES}"
+                )));
+            }
+        }
+        self.submit(Write::Append(readings))
+    }
+
+    /// The readings a selection and optional filter pick, oldest first.
+    pub fn read(
+        &self,
+        selection: Selection,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Reading>, StoreError> {
+        let chunks = self.chunks_for(selection, filter.is_some())?;
+        let (start, end) = selection.bounds();
+        let keep =
+            |r: &&Reading| r.ts >= start && r.ts < end && filter.is_none_or(|f| f.matches(r));
+        if let Some(limit) = selection.newest_first_limit() {
+            let mut out: Vec<Reading> = chunks
+                .iter()
+                .rev()
+                .flat_map(|c| c.iter().rev())
+                .filter(keep)
+                .take(limit)
+                .cloned()
+                .collect();
+            out.reverse();
+            return Ok(out);
+        }
+        let limit = selection.oldest_first_limit().unwrap_or(usize::MAX);
+        Ok(chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(keep)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    /// An aggregate over what a selection and filter pick.
+    pub fn aggregate(
+        &self,
+        function: Aggregate,
+        field: Option<&str>,
+        selection: Selection,
+        filter: Option<&Filter>,
+    ) -> Result<Option<f64>, StoreError> {
+        if selection.newest_first_limit().is_some() || selection.oldest_first_limit().is_some() {
+            let readings = self.read(selection, filter)?;
+            return Ok(aggregate(function, field, readings.iter()));
+        }
+        let chunks = self.chunks_for(selection, filter.is_some())?;
+        let (start, end) = selection.bounds();
+        let selected = chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(|r| r.ts >= start && r.ts < end && filter.is_none_or(|f| f.matches(r)));
+        Ok(aggregate(function, field, selected))
+    }
+
+    /// Number of readings (timeseries) or keys (kv, doc).
+    pub fn records(&self) -> Result<u64, StoreError> {
+        let state = lock(&self.state);
+        Ok(match &state.body {
+            Body::Doc(doc) => doc.doc.keys(ROOT).count() as u64,
+            Body::Series(series) => series.index.values().map(|c| c.count).sum(),
+        })
+    }
+
+    /// The chunks (sorted readings) that can hold readings of `selection`, oldest first.
+    fn chunks_for(
+        &self,
+        selection: Selection,
+        filtered: bool,
+    ) -> Result<Vec<Arc<Vec<Reading>>>, StoreError> {
+        let mut state = lock(&self.state);
+        let State { backend, body } = &mut *state;
+        let Body::Series(series) = body else {
+            return Err(self.wrong_kind("read", "timeseries"));
+        };
+        let (start, end) = selection.bounds();
+        let window = self.meta.window_ms;
+        let first = start - start % window;
+        let starts: Vec<u64> = series
+            .index
+            .range(first..)
+            .take_while(|(s, _)| **s < end)
+            .map(|(s, _)| *s)
+            .collect();
+        // Newest-first selections stop early: load chunks from the end until enough.
+        let newest_limit = selection.newest_first_limit();
+        let oldest_limit = selection.oldest_first_limit();
+        let mut out = Vec::new();
+        let mut seen = 0u64;
+        let order: Box<dyn Iterator<Item = &u64>> = if newest_limit.is_some() {
+            Box::new(starts.iter().rev())
+        } else {
+            Box::new(starts.iter())
+        };
+        for start in order {
+            let readings = self.chunk_readings(backend.as_ref(), series, *start)?;
+            seen += readings.len() as u64;
+            out.push(readings);
+            // Without a filter every reading in the bounds counts, so a count-limited
+            // selection can stop once the chunks gathered hold enough.
+            if let Some(limit) = newest_limit.or(oldest_limit)
+                && !filtered
+                && seen >= limit as u64
+            {
+                break;
+            }
+        }
+        if newest_limit.is_some() {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    fn chunk_readings(
+        &self,
+        backend: &dyn Backend,
+        series: &mut SeriesState,
+        start: u64,
+    ) -> Result<Arc<Vec<Reading>>, StoreError> {
+        if let Some(open) = series.open.get(&start) {
+            return Ok(open.readings.clone());
+        }
+        if let Some(cached) = series.cache.get(start) {
+            return Ok(cached);
+        }
+        let key = chunk_key(start, b"r");
+        let raw = backend
+            .get(&key)
+            .map_err(|err| StoreError::backend(&self.meta.name, err))?
+            .ok_or_else(|| {
+                StoreError::corrupt(
+                    &self.meta.name,
+                    format!("chunk {start} has no readings record"),
+                )
+            })?;
+        let payload = frame::open(&key, &raw).ok_or_else(|| {
+            StoreError::corrupt(&self.meta.name, format!("chunk {start} fails its checksum"))
+        })?;
+        let readings = Arc::new(reading::decode_many(payload).ok_or_else(|| {
+            StoreError::corrupt(&self.meta.name, format!("chunk {start} is unreadable"))
+        })?);
+        series.cache.insert(start, readings.clone());
+        Ok(readings)
+    }
+
+    // ---- the write pipeline ------------------------------------------------------------
+
+    /// Queues a write and returns when the batch holding it is on disk. One writer at a
+    /// time leads: it takes every queued write, applies them, and commits them in one
+    /// durable transaction, so concurrent writers share one flush.
+    fn submit(&self, write: Write) -> Result<(), StoreError> {
+        let mut queue = lock(&self.queue);
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.pending.push((ticket, write));
+        loop {
+            if queue.done > ticket {
+                return match queue.failures.remove(&ticket) {
+                    Some(err) => Err(err),
+                    None => Ok(()),
+                };
+            }
+            if !queue.leader {
+                queue.leader = true;
+                let batch = std::mem::take(&mut queue.pending);
+                drop(queue);
+                let last = batch.last().map(|(t, _)| *t).unwrap_or(ticket);
+                let result = self.apply(batch.iter().map(|(_, w)| w));
+                queue = lock(&self.queue);
+                if let Err(err) = result {
+                    for (t, _) in &batch {
+                        queue.failures.insert(*t, err.clone());
+                    }
+                }
+                queue.done = last + 1;
+                queue.leader = false;
+                self.cond.notify_all();
+                continue;
+            }
+            queue = self
+                .cond
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn apply<'a>(&self, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        let now = i64::try_from((self.clock)()).unwrap_or(i64::MAX);
+        let mut batch = Batch::new();
+        let mut events = Vec::new();
+        let State { backend, body } = &mut *state;
+        let applied = match body {
+            Body::Doc(doc) => apply_doc(&self.meta, doc, writes, now, &mut batch, &mut events),
+            Body::Series(series) => apply_series(
+                &self.meta,
+                &self.actor,
+                backend.as_ref(),
+                series,
+                writes,
+                now,
+                &mut batch,
+                &mut events,
+            ),
+        };
+        let result = applied.and_then(|()| {
+            state
+                .backend
+                .commit(batch)
+                .map_err(|err| StoreError::backend(&self.meta.name, err))
+        });
+        match result {
+            Ok(()) => {
+                for event in events {
+                    // No subscribers is fine.
+                    let _ = self.changes.send(event);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                // The in-memory documents hold writes that did not reach the disk: put
+                // them back as the disk has them. A storage engine may refuse all work
+                // after a failed commit, so reopen it first.
+                tracing::warn!(store = %self.meta.name, error = %err, "write failed; reloading the store from disk");
+                if let Err(reload) = self.reload(&mut state) {
+                    tracing::error!(store = %self.meta.name, error = %reload, "could not reload the store");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn reload(&self, state: &mut State) -> Result<(), StoreError> {
+        if self.backend_kind != BackendKind::Memory {
+            // Drop the old handle before opening the file again (both engines lock it).
+            state.backend = Box::new(crate::backend::MemoryBackend::new());
+            state.backend = self
+                .backend_kind
+                .open(&self.path)
+                .map_err(|err| StoreError::backend(&self.meta.name, err))?;
+        }
+        state.body = load_body(&self.meta, state.backend.as_ref(), &self.actor)?;
+        Ok(())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(StoreError::Invalid(format!(
+            "a key is 1 to {MAX_KEY_LEN} bytes long"
+        )));
+    }
+    Ok(())
+}
+
+fn am_err(store: &str, err: automerge::AutomergeError) -> StoreError {
+    StoreError::corrupt(store, format!("automerge: {err}"))
+}
+
+fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result<Body, StoreError> {
+    let name = meta.name.as_str();
+    let be = |err| StoreError::backend(name, err);
+    match meta.kind {
+        Kind::Kv | Kind::Doc => {
+            let mut doc = AutoCommit::new().with_actor(actor.clone());
+            if let Some(raw) = backend.get(SNAPSHOT_KEY).map_err(be)? {
+                let payload = frame::open(SNAPSHOT_KEY, &raw)
+                    .ok_or_else(|| StoreError::corrupt(name, "the snapshot fails its checksum"))?;
+                doc.load_incremental(payload)
+                    .map_err(|err| am_err(name, err))?;
+            }
+            let changes = backend
+                .range(&change_key(0), &change_key(u64::MAX))
+                .map_err(be)?;
+            let mut next_seq = 0;
+            for (key, raw) in &changes {
+                let payload = frame::open(key, raw).ok_or_else(|| {
+                    StoreError::corrupt(name, "a change record fails its checksum")
+                })?;
+                doc.load_incremental(payload)
+                    .map_err(|err| am_err(name, err))?;
+                next_seq = key
+                    .get(1..9)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(|b| u64::from_be_bytes(b) + 1)
+                    .unwrap_or(next_seq);
+            }
+            Ok(Body::Doc(Box::new(DocState {
+                doc,
+                next_seq,
+                changes: changes.len() as u64,
+            })))
+        }
+        Kind::Timeseries => {
+            let mut index = BTreeMap::new();
+            let mut open = BTreeMap::new();
+            for (key, raw) in backend
+                .range(&index_key(0), &index_key(u64::MAX))
+                .map_err(be)?
+            {
+                let start = key
+                    .get(1..9)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::corrupt(name, "a chunk index key is malformed"))?;
+                let payload = frame::open(&key, &raw).ok_or_else(|| {
+                    StoreError::corrupt(name, format!("chunk index {start} fails its checksum"))
+                })?;
+                let chunk: ChunkMeta = serde_json::from_slice(payload).map_err(|err| {
+                    StoreError::corrupt(name, format!("chunk index {start}: {err}"))
+                })?;
+                if !chunk.closed {
+                    open.insert(start, load_open_chunk(name, backend, actor, start)?);
+                }
+                index.insert(start, chunk);
+            }
+            Ok(Body::Series(SeriesState {
+                index,
+                open,
+                cache: ChunkCache::default(),
+            }))
+        }
+    }
+}
+
+fn new_chunk_doc(actor: &ActorId) -> Result<(AutoCommit, ObjId), automerge::AutomergeError> {
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
+    let list = doc.put_object(ROOT, "readings", ObjType::List)?;
+    Ok((doc, list))
+}
+
+fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> {
+    let list = match doc.get(ROOT, "readings") {
+        Ok(Some((automerge::Value::Object(ObjType::List), id))) => id,
+        _ => {
+            return Err(StoreError::corrupt(
+                name,
+                "a chunk document has no readings list",
+            ));
+        }
+    };
+    let mut readings = Vec::with_capacity(doc.length(&list));
+    for item in doc.list_range(&list, ..) {
+        let value = item.value.into_value();
+        let bytes = value.as_bytes().ok_or_else(|| {
+            StoreError::corrupt(name, "a chunk holds a reading that is not bytes")
+        })?;
+        readings.push(
+            Reading::decode(bytes)
+                .ok_or_else(|| StoreError::corrupt(name, "a chunk holds an unreadable reading"))?,
+        );
+    }
+    readings.sort_by_key(|r| r.ts);
+    Ok(OpenChunk {
+        doc,
+        list,
+        readings: Arc::new(readings),
+    })
+}
+
+fn load_open_chunk(
+    name: &str,
+    backend: &dyn Backend,
+    actor: &ActorId,
+    start: u64,
+) -> Result<OpenChunk, StoreError> {
+    let be = |err| StoreError::backend(name, err);
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
+    for (key, raw) in backend
+        .range(
+            &chunk_change_key(start, 0),
+            &chunk_change_key(start, u64::MAX),
+        )
+        .map_err(be)?
+    {
+        let payload = frame::open(&key, &raw).ok_or_else(|| {
+            StoreError::corrupt(
+                name,
+                format!("a change of chunk {start} fails its checksum"),
+            )
+        })?;
+        doc.load_incremental(payload)
+            .map_err(|err| am_err(name, err))?;
+    }
+    chunk_from_doc(name, doc)
+}
+
+fn apply_doc<'a>(
+    meta: &StoreMeta,
+    state: &mut DocState,
+    writes: impl Iterator<Item = &'a Write>,
+    now: i64,
+    batch: &mut Batch,
+    events: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let name = meta.name.as_str();
+    for write in writes {
+        match write {
+            Write::Put { key, value } => {
+                match meta.kind {
+                    Kind::Kv => state
+                        .doc
+                        .put(
+                            ROOT,
+                            key.as_str(),
+                            ScalarValue::Str(value.to_string().into()),
+                        )
+                        .map_err(|err| am_err(name, err))?,
+                    _ => crate::automerge_json::put(&mut state.doc, &ROOT, key, value)
+                        .map_err(|err| am_err(name, err))?,
+                }
+                events.push(Change::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+            }
+            Write::Delete { key } => {
+                state
+                    .doc
+                    .delete(ROOT, key.as_str())
+                    .map_err(|err| am_err(name, err))?;
+                events.push(Change::Delete { key: key.clone() });
+            }
+            Write::Append(_) => {
+                return Err(StoreError::Invalid("append to a kv or doc store".into()));
+            }
+        }
+    }
+    state
+        .doc
+        .commit_with(CommitOptions::default().with_time(now));
+    if state.changes + 1 >= COMPACT_AFTER {
+        let save = state.doc.save();
+        put_sealed(batch, SNAPSHOT_KEY.to_vec(), &save);
+        for seq in state.next_seq.saturating_sub(state.changes)..state.next_seq {
+            batch.delete(change_key(seq));
+        }
+        state.changes = 0;
+    } else {
+        let bytes = state.doc.save_incremental();
+        put_sealed(batch, change_key(state.next_seq), &bytes);
+        state.next_seq += 1;
+        state.changes += 1;
+    }
+    Ok(())
+}
+
+fn heads_hash(doc: &mut AutoCommit) -> String {
+    let mut heads = doc.get_heads();
+    heads.sort();
+    let mut hasher = Sha256::new();
+    for head in heads {
+        hasher.update(head.0);
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_series<'a>(
+    meta: &StoreMeta,
+    actor: &ActorId,
+    backend: &dyn Backend,
+    series: &mut SeriesState,
+    writes: impl Iterator<Item = &'a Write>,
+    now: i64,
+    batch: &mut Batch,
+    events: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let name = meta.name.as_str();
+    let window = meta.window_ms;
+    let mut touched = std::collections::BTreeSet::new();
+    for write in writes {
+        let Write::Append(readings) = write else {
+            return Err(StoreError::Invalid(
+                "put or delete on a timeseries store".into(),
+            ));
+        };
+        for reading in readings {
+            let start = reading.ts - reading.ts % window;
+            if !series.open.contains_key(&start) {
+                let chunk = match series.index.get(&start) {
+                    Some(_) if series.index.get(&start).is_some_and(|c| c.closed) => {
+                        // A late reading reopens a closed chunk: its compact save becomes
+                        // the chunk's first change record again.
+                        let key = chunk_key(start, b"s");
+                        let raw = backend
+                            .get(&key)
+                            .map_err(|err| StoreError::backend(name, err))?
+                            .ok_or_else(|| {
+                                StoreError::corrupt(
+                                    name,
+                                    format!("closed chunk {start} has no document"),
+                                )
+                            })?;
+                        let save = frame::open(&key, &raw).ok_or_else(|| {
+                            StoreError::corrupt(
+                                name,
+                                format!("closed chunk {start} fails its checksum"),
+                            )
+                        })?;
+                        let doc = AutoCommit::load(save)
+                            .map_err(|err| am_err(name, err))?
+                            .with_actor(actor.clone());
+                        let chunk = chunk_from_doc(name, doc)?;
+                        put_sealed(batch, chunk_change_key(start, 0), save);
+                        batch.delete(key);
+                        batch.delete(chunk_key(start, b"r"));
+                        series.cache.remove(start);
+                        if let Some(info) = series.index.get_mut(&start) {
+                            info.closed = false;
+                            info.hash = None;
+                            info.changes = 1;
+                        }
+                        chunk
+                    }
+                    Some(_) => {
+                        return Err(StoreError::corrupt(
+                            name,
+                            format!("open chunk {start} is not loaded"),
+                        ));
+                    }
+                    None => {
+                        let (doc, list) = new_chunk_doc(actor).map_err(|err| am_err(name, err))?;
+                        series.index.insert(
+                            start,
+                            ChunkMeta {
+                                count: 0,
+                                min_ts: reading.ts,
+                                max_ts: reading.ts,
+                                closed: false,
+                                hash: None,
+                                changes: 0,
+                            },
+                        );
+                        OpenChunk {
+                            doc,
+                            list,
+                            readings: Arc::new(Vec::new()),
+                        }
+                    }
+                };
+                series.open.insert(start, chunk);
+            }
+            let (Some(chunk), Some(info)) =
+                (series.open.get_mut(&start), series.index.get_mut(&start))
+            else {
+                return Err(StoreError::corrupt(
+                    name,
+                    "chunk bookkeeping is inconsistent",
+                ));
+            };
+            let position = chunk.doc.length(&chunk.list);
+            chunk
+                .doc
+                .insert(&chunk.list, position, ScalarValue::Bytes(reading.encode()))
+                .map_err(|err| am_err(name, err))?;
+            let readings = Arc::make_mut(&mut chunk.readings);
+            let at = readings.partition_point(|r| r.ts <= reading.ts);
+            readings.insert(at, reading.clone());
+            info.count += 1;
+            info.min_ts = info.min_ts.min(reading.ts);
+            info.max_ts = info.max_ts.max(reading.ts);
+            touched.insert(start);
+        }
+        events.push(Change::Append {
+            readings: readings.clone(),
+        });
+    }
+    for start in &touched {
+        let (Some(chunk), Some(info)) = (series.open.get_mut(start), series.index.get_mut(start))
+        else {
+            continue;
+        };
+        chunk
+            .doc
+            .commit_with(CommitOptions::default().with_time(now));
+        let bytes = chunk.doc.save_incremental();
+        put_sealed(batch, chunk_change_key(*start, info.changes), &bytes);
+        info.changes += 1;
+        let payload =
+            serde_json::to_vec(&*info).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        put_sealed(batch, index_key(*start), &payload);
+    }
+    // Close chunks more than one window older than the newest open chunk: their
+    // documents become one compact save, their readings one sorted record.
+    let newest = series.open.keys().next_back().copied().unwrap_or(0);
+    let closing: Vec<u64> = series
+        .open
+        .keys()
+        .copied()
+        .filter(|s| s.saturating_add(window) < newest)
+        .collect();
+    for start in closing {
+        let (Some(mut chunk), Some(info)) =
+            (series.open.remove(&start), series.index.get_mut(&start))
+        else {
+            continue;
+        };
+        let save = chunk.doc.save();
+        put_sealed(batch, chunk_key(start, b"s"), &save);
+        put_sealed(
+            batch,
+            chunk_key(start, b"r"),
+            &reading::encode_many(&chunk.readings),
+        );
+        for seq in 0..info.changes {
+            batch.delete(chunk_change_key(start, seq));
+        }
+        info.closed = true;
+        info.hash = Some(heads_hash(&mut chunk.doc));
+        info.changes = 0;
+        let payload =
+            serde_json::to_vec(&*info).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        put_sealed(batch, index_key(start), &payload);
+        series.cache.insert(start, chunk.readings);
+    }
+    Ok(())
+}
