@@ -207,9 +207,11 @@ mod tests {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| Reading {
-                ts: i as u64,
-                value: json!({ "x": v, "tag": if i % 2 == 0 { "even" } else { "odd" } }),
+            .map(|(i, v)| {
+                Reading::new(
+                    i as u64,
+                    json!({ "x": v, "tag": if i % 2 == 0 { "even" } else { "odd" } }),
+                )
             })
             .collect()
     }

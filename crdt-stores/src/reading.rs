@@ -1,21 +1,31 @@
 //! Timeseries readings and their binary form.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Largest value of one reading, as JSON text.
 pub const MAX_READING_BYTES: usize = 64 * 1024;
 
-/// One timestamped record of a timeseries store.
+/// One timestamped record of a timeseries store. Cloning is cheap: the value is shared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
     /// The record's value: any JSON.
-    pub value: Value,
+    pub value: Arc<Value>,
 }
 
 impl Reading {
+    /// A reading at `ts` with `value`.
+    pub fn new(ts: u64, value: Value) -> Self {
+        Self {
+            ts,
+            value: Arc::new(value),
+        }
+    }
+
     /// `varint(ts) || JSON`, the form kept inside chunk documents and chunk indexes.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let json = self.value.to_string();
@@ -28,7 +38,7 @@ impl Reading {
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         let (ts, rest) = get_varint(bytes)?;
         let value = serde_json::from_slice(rest).ok()?;
-        Some(Self { ts, value })
+        Some(Self::new(ts, value))
     }
 
     /// The value at a dotted path (`a.b.c`; digits index arrays); the value itself for
@@ -37,7 +47,7 @@ impl Reading {
         if path.is_empty() {
             return Some(&self.value);
         }
-        let mut current = &self.value;
+        let mut current: &Value = &self.value;
         for part in path.split('.') {
             current = match current {
                 Value::Object(map) => map.get(part)?,

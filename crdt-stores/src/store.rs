@@ -126,9 +126,15 @@ pub enum Change {
 
 #[derive(Debug, Clone)]
 enum Write {
-    Put { key: String, value: Value },
-    Delete { key: String },
-    Append(Vec<Reading>),
+    Put {
+        key: String,
+        value: Value,
+    },
+    Delete {
+        key: String,
+    },
+    /// Readings with their encodings, made before the write lock is taken.
+    Append(Vec<(Reading, Vec<u8>)>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +153,8 @@ struct ChunkMeta {
 struct OpenChunk {
     doc: AutoCommit,
     list: ObjId,
+    /// Length of `list` (automerge's `length` walks the list).
+    len: usize,
     readings: Arc<Vec<Reading>>,
 }
 
@@ -468,15 +476,18 @@ impl Store {
                 readings.len()
             )));
         }
-        for reading in &readings {
-            let size = reading.value.to_string().len();
-            if size > MAX_READING_BYTES {
+        let mut encoded = Vec::with_capacity(readings.len());
+        for reading in readings {
+            let bytes = reading.encode();
+            if bytes.len() > MAX_READING_BYTES + 10 {
                 return Err(StoreError::Invalid(format!(
-                    "a reading is {size} bytes; the limit is {MAX_READING_BYTES}"
+                    "a reading is {} bytes; the limit is {MAX_READING_BYTES}",
+                    bytes.len()
                 )));
             }
+            encoded.push((reading, bytes));
         }
-        self.submit(Write::Append(readings))
+        self.submit(Write::Append(encoded))
     }
 
     /// The readings a selection and optional filter pick, oldest first.
@@ -668,6 +679,7 @@ impl Store {
         let now = i64::try_from((self.clock)()).unwrap_or(i64::MAX);
         let mut batch = Batch::new();
         let mut events = Vec::new();
+        let want_events = self.changes.receiver_count() > 0;
         let State { backend, body } = &mut *state;
         let applied = match body {
             Body::Doc(doc) => apply_doc(&self.meta, doc, writes, now, &mut batch, &mut events),
@@ -680,6 +692,7 @@ impl Store {
                 now,
                 &mut batch,
                 &mut events,
+                want_events,
             ),
         };
         let result = applied.and_then(|()| {
@@ -818,7 +831,8 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
             ));
         }
     };
-    let mut readings = Vec::with_capacity(doc.length(&list));
+    let len = doc.length(&list);
+    let mut readings = Vec::with_capacity(len);
     for item in doc.list_range(&list, ..) {
         let value = item.value.into_value();
         let bytes = value.as_bytes().ok_or_else(|| {
@@ -833,6 +847,7 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
     Ok(OpenChunk {
         doc,
         list,
+        len,
         readings: Arc::new(readings),
     })
 }
@@ -944,6 +959,7 @@ fn apply_series<'a>(
     now: i64,
     batch: &mut Batch,
     events: &mut Vec<Change>,
+    want_events: bool,
 ) -> Result<(), StoreError> {
     let name = meta.name.as_str();
     let window = meta.window_ms;
@@ -954,7 +970,7 @@ fn apply_series<'a>(
                 "put or delete on a timeseries store".into(),
             ));
         };
-        for reading in readings {
+        for (reading, encoded) in readings {
             let start = reading.ts - reading.ts % window;
             if !series.open.contains_key(&start) {
                 let chunk = match series.index.get(&start) {
@@ -1014,6 +1030,7 @@ fn apply_series<'a>(
                         OpenChunk {
                             doc,
                             list,
+                            len: 0,
                             readings: Arc::new(Vec::new()),
                         }
                     }
@@ -1028,11 +1045,11 @@ fn apply_series<'a>(
                     "chunk bookkeeping is inconsistent",
                 ));
             };
-            let position = chunk.doc.length(&chunk.list);
             chunk
                 .doc
-                .insert(&chunk.list, position, ScalarValue::Bytes(reading.encode()))
+                .insert(&chunk.list, chunk.len, ScalarValue::Bytes(encoded.clone()))
                 .map_err(|err| am_err(name, err))?;
+            chunk.len += 1;
             let readings = Arc::make_mut(&mut chunk.readings);
             let at = readings.partition_point(|r| r.ts <= reading.ts);
             readings.insert(at, reading.clone());
@@ -1041,9 +1058,11 @@ fn apply_series<'a>(
             info.max_ts = info.max_ts.max(reading.ts);
             touched.insert(start);
         }
-        events.push(Change::Append {
-            readings: readings.clone(),
-        });
+        if want_events {
+            events.push(Change::Append {
+                readings: readings.iter().map(|(r, _)| r.clone()).collect(),
+            });
+        }
     }
     for start in &touched {
         let (Some(chunk), Some(info)) = (series.open.get_mut(start), series.index.get_mut(start))

@@ -161,9 +161,8 @@ fn run(ops: Vec<Op>, backend: BackendKind) -> Result<(), TestCaseError> {
             Op::Append(items) => {
                 let readings: Vec<Reading> = items
                     .iter()
-                    .map(|(ts, v, tag)| Reading {
-                        ts: *ts,
-                        value: json!({ "v": v, "tag": TAGS[*tag as usize] }),
+                    .map(|(ts, v, tag)| {
+                        Reading::new(*ts, json!({ "v": v, "tag": TAGS[*tag as usize] }))
                     })
                     .collect();
                 stores.get("ts").unwrap().append(readings.clone()).unwrap();

@@ -1,0 +1,231 @@
+//! Store throughput and query latency on each disk backend; prints a table.
+//!
+//! Run: `cargo bench -p hearth-stores --bench stores` (add `-- --quick` for a shorter
+//! run, `-- --large` for the 10-million-reading check). Figures are recorded in
+//! docs/benchmarks.md.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_stores::backend::BackendKind;
+use hearth_stores::query::{Aggregate, Selection};
+use hearth_stores::{Kind, Reading, Stores, StoresConfig};
+use serde_json::json;
+
+fn open(dir: &std::path::Path, backend: BackendKind) -> Stores {
+    Stores::open(StoresConfig {
+        root: dir.to_path_buf(),
+        backend,
+        actor: [1; 16],
+        clock: Arc::new(|| 1_700_000_000_000),
+    })
+    .unwrap()
+}
+
+fn reading(ts: u64, i: u64) -> Reading {
+    Reading::new(
+        ts,
+        json!({ "load1": (i % 100) as f64 / 10.0, "room": if i.is_multiple_of(2) { "kitchen" } else { "hall" } }),
+    )
+}
+
+fn rate(count: u64, elapsed: Duration) -> String {
+    format!("{:>10.0}/s", count as f64 / elapsed.as_secs_f64())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let large = args.iter().any(|a| a == "--large");
+    let backends = [BackendKind::Redb, BackendKind::Sled];
+    for backend in backends {
+        println!("== backend {backend}");
+        let dir = tempfile::tempdir().unwrap();
+        let stores = open(dir.path(), backend);
+
+        // 1. Durable single appends, one writer.
+        let store = stores.create("single", Kind::Timeseries, None).unwrap();
+        let n = if quick { 300 } else { 2000 };
+        let start = Instant::now();
+        for i in 0..n {
+            store
+                .append(vec![reading(1_700_000_000_000 + i * 1000, i)])
+                .unwrap();
+        }
+        let e = start.elapsed();
+        println!(
+            "single appends, 1 writer          {}  ({:.3} ms each)",
+            rate(n, e),
+            e.as_secs_f64() * 1000.0 / n as f64
+        );
+
+        // 2. 16 concurrent writers, single readings: group commit shares flushes.
+        let store = stores.create("concurrent", Kind::Timeseries, None).unwrap();
+        let per = if quick { 100 } else { 500 };
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for w in 0..16u64 {
+                let store = store.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        store
+                            .append(vec![reading(1_700_000_000_000 + (i * 16 + w) * 1000, i)])
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let e = start.elapsed();
+        println!("single appends, 16 writers        {}", rate(16 * per, e));
+
+        // 3. Batches of 1000, one writer and 16 writers.
+        let store = stores.create("batches", Kind::Timeseries, None).unwrap();
+        let batches = if quick { 20 } else { 200 };
+        let start = Instant::now();
+        for b in 0..batches {
+            let batch: Vec<Reading> = (0..1000)
+                .map(|i| reading(1_700_000_000_000 + (b * 1000 + i) * 10, i))
+                .collect();
+            store.append(batch).unwrap();
+        }
+        let e = start.elapsed();
+        println!(
+            "batches of 1000, 1 writer         {}  readings",
+            rate(batches * 1000, e)
+        );
+
+        let store = stores.create("batches16", Kind::Timeseries, None).unwrap();
+        let per = if quick { 4 } else { 25 };
+        // Writers append current readings: timestamps from one shared counter.
+        let next = std::sync::atomic::AtomicU64::new(0);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..16u64 {
+                let store = store.clone();
+                let next = &next;
+                s.spawn(move || {
+                    for _ in 0..per {
+                        let base = next.fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
+                        let batch: Vec<Reading> = (0..1000)
+                            .map(|i| reading(1_700_000_000_000 + (base + i) * 10, i))
+                            .collect();
+                        store.append(batch).unwrap();
+                    }
+                });
+            }
+        });
+        let e = start.elapsed();
+        println!(
+            "batches of 1000, 16 writers       {}  readings",
+            rate(16 * per * 1000, e)
+        );
+
+        // 4. Queries over one million readings (one reading per second, hourly chunks).
+        let million = if quick { 100_000 } else { 1_000_000 };
+        let store = stores.create("million", Kind::Timeseries, None).unwrap();
+        let start = Instant::now();
+        for b in 0..million / 10_000 {
+            let batch: Vec<Reading> = (0..10_000)
+                .map(|i| reading(1_700_000_000_000 + (b * 10_000 + i) * 1000, i))
+                .collect();
+            store.append(batch).unwrap();
+        }
+        println!(
+            "load {million} readings            {:>8.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        drop(store);
+        drop(stores);
+        let stores = open(dir.path(), backend);
+        let store = stores.get("million").unwrap();
+        let all = Selection::Range(1_700_000_000_000, u64::MAX);
+        let start = Instant::now();
+        let count = store.read(all, None).unwrap().len();
+        println!(
+            "range read of {count}, cold          {:>8.1} ms",
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+        let start = Instant::now();
+        let count = store.read(all, None).unwrap().len();
+        println!(
+            "range read of {count}, warm          {:>8.1} ms",
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+        for agg in [
+            Aggregate::Count,
+            Aggregate::Sum,
+            Aggregate::Min,
+            Aggregate::Max,
+            Aggregate::Mean,
+            Aggregate::Median,
+            Aggregate::Sd,
+        ] {
+            let start = Instant::now();
+            let value = store.aggregate(agg, Some("load1"), all, None).unwrap();
+            println!(
+                "{:<6} over {million}               {:>8.1} ms  ({:?})",
+                agg.as_str(),
+                start.elapsed().as_secs_f64() * 1000.0,
+                value.map(|v| (v * 1000.0).round() / 1000.0)
+            );
+        }
+        let start = Instant::now();
+        let latest = store.read(Selection::LastN(100), None).unwrap().len();
+        println!(
+            "last 100 ({latest})                     {:>8.3} ms",
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+
+        if large && backend == BackendKind::Redb {
+            large_store(&stores);
+        }
+    }
+}
+
+/// A store with 10 million readings appends and reads a recent range as fast as an
+/// empty one.
+fn large_store(stores: &Stores) {
+    let empty = stores.create("empty", Kind::Timeseries, None).unwrap();
+    let big = stores
+        .create("ten-million", Kind::Timeseries, None)
+        .unwrap();
+    let start = Instant::now();
+    for b in 0..1000u64 {
+        let batch: Vec<Reading> = (0..10_000)
+            .map(|i| reading(1_600_000_000_000 + (b * 10_000 + i) * 1000, i))
+            .collect();
+        big.append(batch).unwrap();
+    }
+    println!(
+        "load 10M readings                 {:>8.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    for (name, store, base) in [
+        ("empty", &empty, 1_700_000_000_000u64),
+        ("10M", &big, 1_610_000_000_000),
+    ] {
+        let start = Instant::now();
+        for i in 0..200u64 {
+            store.append(vec![reading(base + i * 1000, i)]).unwrap();
+        }
+        let append = start.elapsed() / 200;
+        let start = Instant::now();
+        for _ in 0..100 {
+            store.read(Selection::Since(base + 100_000), None).unwrap();
+        }
+        let read = start.elapsed() / 100;
+        println!(
+            "{name:<6} store: append {:.3} ms, read recent range {:.3} ms",
+            append.as_secs_f64() * 1000.0,
+            read.as_secs_f64() * 1000.0
+        );
+    }
+}
