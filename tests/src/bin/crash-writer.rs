@@ -60,7 +60,7 @@ fn main() {
             s.spawn(|| {
                 loop {
                     let id = next.fetch_add(1, Ordering::Relaxed);
-                    let result = if id % 3 == 0 {
+                    let result = if id.is_multiple_of(3) {
                         kv.put(&format!("k{id}"), serde_json::json!(id))
                     } else {
                         // Timestamps spread over many chunk windows, so chunks open,
