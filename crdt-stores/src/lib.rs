@@ -4,11 +4,13 @@
 
 #![deny(missing_docs)]
 
+pub mod audit;
 mod automerge_json;
 pub mod backend;
 mod error;
 mod frame;
 mod fsutil;
+mod pipeline;
 pub mod query;
 mod reading;
 mod registry;

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use automerge::transaction::{CommitOptions, Transactable as _};
 use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc as _, ScalarValue};
@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 use crate::backend::{Backend, BackendKind, Batch};
 use crate::error::StoreError;
 use crate::frame;
+use crate::pipeline::GroupCommit;
 use crate::query::{Aggregate, Filter, Selection, aggregate};
 use crate::reading::{self, MAX_READING_BYTES, Reading};
 
@@ -220,15 +221,6 @@ struct State {
     body: Body,
 }
 
-#[derive(Debug, Default)]
-struct Queue {
-    pending: Vec<(u64, Write)>,
-    next_ticket: u64,
-    done: u64,
-    failures: BTreeMap<u64, StoreError>,
-    leader: bool,
-}
-
 /// An open store.
 pub struct Store {
     meta: StoreMeta,
@@ -237,8 +229,7 @@ pub struct Store {
     actor: ActorId,
     clock: Clock,
     state: Mutex<State>,
-    queue: Mutex<Queue>,
-    cond: Condvar,
+    commits: GroupCommit<Write, StoreError>,
     changes: broadcast::Sender<Change>,
 }
 
@@ -355,8 +346,7 @@ impl Store {
             actor,
             clock,
             state: Mutex::new(State { backend, body }),
-            queue: Mutex::new(Queue::default()),
-            cond: Condvar::new(),
+            commits: GroupCommit::new(),
             changes,
         })
     }
@@ -635,43 +625,10 @@ impl Store {
 
     // ---- the write pipeline ------------------------------------------------------------
 
-    /// Queues a write and returns when the batch holding it is on disk. One writer at a
-    /// time leads: it takes every queued write, applies them, and commits them in one
-    /// durable transaction, so concurrent writers share one flush.
+    /// Queues a write and returns when the batch holding it is on disk (group commit:
+    /// concurrent writers share one flush).
     fn submit(&self, write: Write) -> Result<(), StoreError> {
-        let mut queue = lock(&self.queue);
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.pending.push((ticket, write));
-        loop {
-            if queue.done > ticket {
-                return match queue.failures.remove(&ticket) {
-                    Some(err) => Err(err),
-                    None => Ok(()),
-                };
-            }
-            if !queue.leader {
-                queue.leader = true;
-                let batch = std::mem::take(&mut queue.pending);
-                drop(queue);
-                let last = batch.last().map(|(t, _)| *t).unwrap_or(ticket);
-                let result = self.apply(batch.iter().map(|(_, w)| w));
-                queue = lock(&self.queue);
-                if let Err(err) = result {
-                    for (t, _) in &batch {
-                        queue.failures.insert(*t, err.clone());
-                    }
-                }
-                queue.done = last + 1;
-                queue.leader = false;
-                self.cond.notify_all();
-                continue;
-            }
-            queue = self
-                .cond
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.commits.submit(write, |batch| self.apply(batch.iter()))
     }
 
     fn apply<'a>(&self, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
