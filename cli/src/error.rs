@@ -19,6 +19,8 @@ pub(crate) enum Exit {
     Refused = 3,
     /// A named thing (file, store, device) does not exist.
     NotFound = 4,
+    /// Unavailable: node not running, no holder of the data online, peer unreachable.
+    Unavailable = 5,
 }
 
 /// A failure to report to the user.

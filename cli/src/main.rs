@@ -1,6 +1,11 @@
 //! `hearth`: create a mesh, manage keys, review and approve manifests, and delegate
 //! capabilities. Commands that need a running node arrive with the node.
 
+// The CLI reads API answers with serde_json's `value["field"]`, which yields `Null` for a
+// missing field and never panics; the lint cannot tell it from slice indexing.
+#![allow(clippy::indexing_slicing)]
+
+mod client;
 mod cmd;
 mod data_dir;
 mod error;
@@ -53,6 +58,16 @@ enum Command {
     /// Show and delegate capabilities.
     #[command(subcommand)]
     Cap(cmd::cap::Command),
+    /// Run the node.
+    #[command(subcommand)]
+    Node(cmd::node::Command),
+    /// This node, its peers and its stores.
+    Status,
+    /// Stores on the running node: kv, timeseries and doc.
+    #[command(subcommand)]
+    Store(cmd::store::Command),
+    /// The audit log: list entries, or `verify` it.
+    Audit(cmd::audit::Args),
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {
@@ -80,6 +95,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Key(command) => cmd::key::run(&data_dir, command, &mut out),
         Command::App(command) => cmd::app::run(&data_dir, command, &mut out),
         Command::Cap(command) => cmd::cap::run(&data_dir, command, &mut out),
+        Command::Node(command) => cmd::node::run(&data_dir, command, &mut out),
+        Command::Status => cmd::node::status(&data_dir, &mut out),
+        Command::Store(command) => cmd::store::run(&data_dir, command, &mut out),
+        Command::Audit(args) => cmd::audit::run(&data_dir, args, &mut out),
     }
 }
 

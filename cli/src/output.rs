@@ -36,6 +36,18 @@ impl Output {
         write_stdout(&rendered);
     }
 
+    /// Is `--json` on?
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Prints one line as it comes (for streams such as `tail`).
+    pub(crate) fn line(&mut self, text: &str) {
+        let mut line = text.to_owned();
+        line.push('\n');
+        write_stdout(&line);
+    }
+
     /// A progress or advisory note for people, on stderr; silent under `--json`.
     pub(crate) fn note(&mut self, text: &str) {
         if !self.json {

@@ -214,30 +214,45 @@ pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError>
             continue;
         }
         match serde_json::from_str::<Line>(&line) {
-            Err(_) => result
-                .findings
-                .push(find(number, "the line is not an audit entry or checkpoint".into())),
+            Err(_) => result.findings.push(find(
+                number,
+                "the line is not an audit entry or checkpoint".into(),
+            )),
             Ok(Line::Entry(entry)) => {
                 result.entries += 1;
                 if entry.seq > expected_seq {
                     result.findings.push(find(
                         number,
-                        format!("entries {expected_seq} to {} are missing (removed)", entry.seq - 1),
+                        format!(
+                            "entries {expected_seq} to {} are missing (removed)",
+                            entry.seq - 1
+                        ),
                     ));
                 } else if entry.seq < expected_seq {
                     result.findings.push(find(
                         number,
-                        format!("entry {} appears after entry {} (reordered or inserted)", entry.seq, expected_seq - 1),
+                        format!(
+                            "entry {} appears after entry {} (reordered or inserted)",
+                            entry.seq,
+                            expected_seq - 1
+                        ),
                     ));
                 }
                 if entry.compute_hash() != entry.hash {
-                    result
-                        .findings
-                        .push(find(number, format!("entry {} was changed: its hash does not match its contents", entry.seq)));
+                    result.findings.push(find(
+                        number,
+                        format!(
+                            "entry {} was changed: its hash does not match its contents",
+                            entry.seq
+                        ),
+                    ));
                 } else if entry.prev != prev_hash && entry.seq == expected_seq {
                     result.findings.push(find(
                         number,
-                        format!("entry {} does not follow the entry before it (the chain is broken)", entry.seq),
+                        format!(
+                            "entry {} does not follow the entry before it (the chain is broken)",
+                            entry.seq
+                        ),
                     ));
                 }
                 let slot = usize::try_from(entry.seq).unwrap_or(usize::MAX);
@@ -255,38 +270,60 @@ pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError>
             Ok(Line::Checkpoint(cp)) => {
                 let signed = cp.node == node.to_string()
                     && <[u8; 64]>::try_from(hex::decode(&cp.signature).unwrap_or_default())
-                        .map(|sig| node.verify(&checkpoint_message(cp.checkpoint, &cp.hash), &Signature::from_bytes(sig)))
+                        .map(|sig| {
+                            node.verify(
+                                &checkpoint_message(cp.checkpoint, &cp.hash),
+                                &Signature::from_bytes(sig),
+                            )
+                        })
                         .unwrap_or(false);
                 if !signed {
-                    result
-                        .findings
-                        .push(find(number, format!("checkpoint {} is not signed by this node's key", cp.checkpoint)));
+                    result.findings.push(find(
+                        number,
+                        format!(
+                            "checkpoint {} is not signed by this node's key",
+                            cp.checkpoint
+                        ),
+                    ));
                     continue;
                 }
                 result.checkpoints += 1;
-                let covered = usize::try_from(cp.checkpoint).ok().and_then(|i| hashes.get(i)).cloned().flatten();
+                let covered = usize::try_from(cp.checkpoint)
+                    .ok()
+                    .and_then(|i| hashes.get(i))
+                    .cloned()
+                    .flatten();
                 match covered {
                     Some(hash) if hash == cp.hash => {}
                     Some(_) => result.findings.push(find(
                         number,
-                        format!("entry {} differs from what checkpoint {} signed", cp.checkpoint, cp.checkpoint),
+                        format!(
+                            "entry {} differs from what checkpoint {} signed",
+                            cp.checkpoint, cp.checkpoint
+                        ),
                     )),
                     None => result.findings.push(find(
                         number,
-                        format!("checkpoint {} covers entry {} which is missing", cp.checkpoint, cp.checkpoint),
+                        format!(
+                            "checkpoint {} covers entry {} which is missing",
+                            cp.checkpoint, cp.checkpoint
+                        ),
                     )),
                 }
-                last_checkpoint = Some(last_checkpoint.map_or(cp.checkpoint, |l| l.max(cp.checkpoint)));
+                last_checkpoint =
+                    Some(last_checkpoint.map_or(cp.checkpoint, |l| l.max(cp.checkpoint)));
             }
         }
     }
-    if let Some(last) = last_checkpoint {
-        if last >= expected_seq {
-            result.findings.push(Finding {
-                line: 0,
-                problem: format!("the log ends at entry {expected_seq} but was signed up to entry {last} (truncated)"),
-            });
-        }
+    if let Some(last) = last_checkpoint
+        && last >= expected_seq
+    {
+        result.findings.push(Finding {
+            line: 0,
+            problem: format!(
+                "the log ends at entry {expected_seq} but was signed up to entry {last} (truncated)"
+            ),
+        });
     }
     result.unsigned_tail = match last_checkpoint {
         Some(last) => expected_seq.saturating_sub(last + 1),
@@ -316,7 +353,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -421,7 +460,8 @@ impl AuditLog {
         let mut tail = self.lock();
         let now = (self.clock)();
         let mut text = String::new();
-        let (mut seq, mut prev, mut since) = (tail.next_seq, tail.prev.clone(), tail.since_checkpoint);
+        let (mut seq, mut prev, mut since) =
+            (tail.next_seq, tail.prev.clone(), tail.since_checkpoint);
         let mut checkpoint_time = tail.last_checkpoint_time;
         for event in events {
             let mut entry = Entry {
@@ -443,14 +483,19 @@ impl AuditLog {
             prev = entry.hash;
             seq += 1;
             since += 1;
-            if since >= CHECKPOINT_EVERY || now.saturating_sub(checkpoint_time) >= CHECKPOINT_INTERVAL_MS {
+            if since >= CHECKPOINT_EVERY
+                || now.saturating_sub(checkpoint_time) >= CHECKPOINT_INTERVAL_MS
+            {
                 text.push_str(&self.checkpoint_line(seq - 1, &prev, now));
                 since = 0;
                 checkpoint_time = now;
             }
         }
         let start = tail.file.metadata().map_err(io)?.len();
-        let written = tail.file.write_all(text.as_bytes()).and_then(|()| tail.file.sync_data());
+        let written = tail
+            .file
+            .write_all(text.as_bytes())
+            .and_then(|()| tail.file.sync_data());
         if let Err(err) = written {
             // Leave the file as it was: cut off whatever part of the batch got in.
             let _ = tail.file.set_len(start);
@@ -500,7 +545,12 @@ impl AuditLog {
 
     /// Entries matching the filters, oldest first: `since` (ms), `device`, `action`
     /// (an exact action or a prefix ending in `.`).
-    pub fn entries(&self, since: Option<u64>, device: Option<&str>, action: Option<&str>) -> Result<Vec<Entry>, AuditError> {
+    pub fn entries(
+        &self,
+        since: Option<u64>,
+        device: Option<&str>,
+        action: Option<&str>,
+    ) -> Result<Vec<Entry>, AuditError> {
         let _guard = self.lock();
         let file = File::open(&self.path).map_err(|err| AuditError::Io {
             path: self.path.display().to_string(),

@@ -41,7 +41,11 @@ impl<W, E: Clone> GroupCommit<W, E> {
 
     /// Queues `write` and returns once a step holding it has run `apply`; the step's
     /// error is every one of its writers' error.
-    pub(crate) fn submit(&self, write: W, apply: impl Fn(Vec<W>) -> Result<(), E>) -> Result<(), E> {
+    pub(crate) fn submit(
+        &self,
+        write: W,
+        apply: impl Fn(Vec<W>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut queue = lock(&self.queue);
         let ticket = queue.first_pending + queue.pending.len() as u64;
         queue.pending.push(write);
@@ -71,7 +75,10 @@ impl<W, E: Clone> GroupCommit<W, E> {
                 self.cond.notify_all();
                 continue;
             }
-            queue = self.cond.wait(queue).unwrap_or_else(PoisonError::into_inner);
+            queue = self
+                .cond
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }

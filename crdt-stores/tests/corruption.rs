@@ -1,7 +1,15 @@
 //! A flipped byte in a store's file is detected and reported with the store's name; it
 //! never panics and never serves wrong data, and the other stores stay usable.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,12 +30,21 @@ fn open(root: &Path, backend: BackendKind) -> Stores {
 }
 
 fn fill(stores: &Stores, name: &str) -> (Vec<Reading>, Vec<(String, serde_json::Value)>) {
-    let series = stores.create(&format!("{name}-series"), Kind::Timeseries, Some(60_000)).unwrap();
-    let kv = stores.create(&format!("{name}-kv"), Kind::Kv, None).unwrap();
+    let series = stores
+        .create(&format!("{name}-series"), Kind::Timeseries, Some(60_000))
+        .unwrap();
+    let kv = stores
+        .create(&format!("{name}-kv"), Kind::Kv, None)
+        .unwrap();
     let mut readings = Vec::new();
     for b in 0..20u64 {
         let batch: Vec<Reading> = (0..50u64)
-            .map(|i| Reading::new(1_700_000_000_000 + (b * 50 + i) * 5_000, json!({ "v": b * 50 + i })))
+            .map(|i| {
+                Reading::new(
+                    1_700_000_000_000 + (b * 50 + i) * 5_000,
+                    json!({ "v": b * 50 + i }),
+                )
+            })
             .collect();
         series.append(batch.clone()).unwrap();
         readings.extend(batch);
@@ -56,7 +73,10 @@ fn served_or_named(
         other => panic!("unexpected error for {store}: {other:?}"),
     };
     let series_name = format!("{name}-series");
-    match stores.get(&series_name).and_then(|s| s.read(Selection::All, None)) {
+    match stores
+        .get(&series_name)
+        .and_then(|s| s.read(Selection::All, None))
+    {
         Ok(got) => assert_eq!(got, readings, "{series_name} served wrong data"),
         Err(err) => {
             named(&err, &series_name);
@@ -92,7 +112,8 @@ fn flips(backend: BackendKind) {
     let (victim_readings, victim_pairs) = fill(&stores, "victim");
     let (other_readings, other_pairs) = fill(&stores, "other");
     drop(stores);
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
     let victims: Vec<std::path::PathBuf> = index
         .as_array()
         .unwrap()
@@ -136,15 +157,27 @@ fn flips(backend: BackendKind) {
             .unwrap();
             detected += served_or_named(&stores, "victim", &victim_readings, &victim_pairs);
             // The other stores are untouched and fully usable.
-            assert_eq!(served_or_named(&stores, "other", &other_readings, &other_pairs), 0);
-            stores.get("other-kv").unwrap().put("after", json!(1)).unwrap();
+            assert_eq!(
+                served_or_named(&stores, "other", &other_readings, &other_pairs),
+                0
+            );
+            stores
+                .get("other-kv")
+                .unwrap()
+                .put("after", json!(1))
+                .unwrap();
             drop(stores);
             std::fs::write(file, &original).unwrap();
             rounds += 1;
         }
     }
-    eprintln!("{backend}: {rounds} flipped bytes, {detected} reported as corruption, the rest harmless");
-    assert!(detected > 0, "no flip was ever detected: the test is not reaching the data");
+    eprintln!(
+        "{backend}: {rounds} flipped bytes, {detected} reported as corruption, the rest harmless"
+    );
+    assert!(
+        detected > 0,
+        "no flip was ever detected: the test is not reaching the data"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

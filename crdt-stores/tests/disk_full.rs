@@ -2,7 +2,15 @@
 //! full" error, nothing acknowledged is lost, and once space is freed the store works.
 //! Needs root (to mount); it fails rather than skip when it cannot mount.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +35,11 @@ impl Tmpfs {
             .arg(&path)
             .status()
             .expect("the mount command is missing");
-        assert!(status.success(), "cannot mount a tmpfs at {} (the disk-full test needs root)", path.display());
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {} (the disk-full test needs root)",
+            path.display()
+        );
         Self { path, _dir: dir }
     }
 }
@@ -50,7 +62,12 @@ fn open(root: &Path, backend: BackendKind) -> Stores {
 
 fn batch(first: u64) -> Vec<Reading> {
     (first..first + 200)
-        .map(|i| Reading::new(1_700_000_000_000 + i * 1000, json!({ "id": i, "pad": "x".repeat(200) })))
+        .map(|i| {
+            Reading::new(
+                1_700_000_000_000 + i * 1000,
+                json!({ "id": i, "pad": "x".repeat(200) }),
+            )
+        })
         .collect()
 }
 
@@ -72,7 +89,9 @@ fn fill_until_full(backend: BackendKind) {
     let filler = fs.path.join("filler");
     std::fs::write(&filler, vec![0u8; 6 * 1024 * 1024]).unwrap();
     let stores = open(&root, backend);
-    stores.create("series", Kind::Timeseries, Some(60_000)).unwrap();
+    stores
+        .create("series", Kind::Timeseries, Some(60_000))
+        .unwrap();
     let mut acked: Vec<u64> = Vec::new();
     let mut next = 0;
     let err = loop {
@@ -85,7 +104,10 @@ fn fill_until_full(backend: BackendKind) {
             Err(err) => break err,
         }
     };
-    assert!(matches!(err, StoreError::DiskFull { .. }), "{backend}: expected disk full, got {err:?}");
+    assert!(
+        matches!(err, StoreError::DiskFull { .. }),
+        "{backend}: expected disk full, got {err:?}"
+    );
     assert!(err.to_string().contains("disk is full"), "{err}");
     // The failed batch may or may not have reached the disk (a write that reports an
     // error has an unknown outcome); everything acknowledged must be there.
@@ -98,8 +120,15 @@ fn fill_until_full(backend: BackendKind) {
         // sled writes while opening, so on a full disk it cannot reopen; it must say so
         // plainly (and open again once there is space). redb reopens read-only work fine.
         Err(err) => {
-            assert_eq!(backend, BackendKind::Sled, "{backend} could not reopen on a full disk: {err}");
-            assert!(matches!(err, StoreError::DiskFull { .. }), "{backend}: {err:?}");
+            assert_eq!(
+                backend,
+                BackendKind::Sled,
+                "{backend} could not reopen on a full disk: {err}"
+            );
+            assert!(
+                matches!(err, StoreError::DiskFull { .. }),
+                "{backend}: {err:?}"
+            );
         }
     }
     drop(stores);
@@ -112,7 +141,13 @@ fn fill_until_full(backend: BackendKind) {
     acked.extend(more..more + 200);
     drop(stores);
     let stores = open(&root, backend);
-    check(backend, "after space was freed", &ids(&stores), &acked, &failed);
+    check(
+        backend,
+        "after space was freed",
+        &ids(&stores),
+        &acked,
+        &failed,
+    );
 }
 
 /// Every acknowledged id is stored, and nothing is stored but acknowledged ids and the
@@ -120,9 +155,22 @@ fn fill_until_full(backend: BackendKind) {
 fn check(backend: BackendKind, when: &str, stored: &[u64], acked: &[u64], failed: &[u64]) {
     let stored: std::collections::BTreeSet<u64> = stored.iter().copied().collect();
     let lost: Vec<&u64> = acked.iter().filter(|id| !stored.contains(id)).collect();
-    assert!(lost.is_empty(), "{backend} {when}: {} acknowledged readings lost, first {:?}", lost.len(), lost.first());
-    let unexpected: Vec<&u64> = stored.iter().filter(|id| !acked.contains(id) && !failed.contains(id)).collect();
-    assert!(unexpected.is_empty(), "{backend} {when}: {} readings nobody wrote, first {:?}", unexpected.len(), unexpected.first());
+    assert!(
+        lost.is_empty(),
+        "{backend} {when}: {} acknowledged readings lost, first {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let unexpected: Vec<&u64> = stored
+        .iter()
+        .filter(|id| !acked.contains(id) && !failed.contains(id))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{backend} {when}: {} readings nobody wrote, first {:?}",
+        unexpected.len(),
+        unexpected.first()
+    );
 }
 
 #[test]

@@ -1,8 +1,29 @@
-//! The Hearth node as a library: the libp2p swarm, the compute runtime, the arbiter
-//! checks, the export gateway, drivers and the local HTTP API.
+//! The Hearth node as a library. Today it is the local node: it opens the node's stores
+//! and audit log and serves the local HTTP API on 127.0.0.1 for the `hearth` CLI. The
+//! mesh, compute runtime and drivers come later.
 //!
-//! Not built yet: this crate is a placeholder in the workspace layout and exports
-//! nothing. The `hearth` CLI's offline commands (init, keys, manifests, capabilities)
-//! work without it.
+//! Actors (one today):
+//!
+//! ```text
+//! hearth node run
+//! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key
+//!     └── blocking store and audit calls on tokio's blocking pool
+//! ```
+//!
+//! The data directory (shared with the CLI):
+//!
+//! ```text
+//! DATA_DIR/config.toml   name, role, owner (written by `hearth init`)
+//! DATA_DIR/node.key      this device's key
+//! DATA_DIR/api.key       the local API's bearer key (0600, made on first start)
+//! DATA_DIR/api.addr      the API address while the node runs
+//! DATA_DIR/stores/       one directory per store
+//! DATA_DIR/audit.log     the audit log
+//! ```
 
 #![deny(missing_docs)]
+
+pub mod api;
+mod node;
+
+pub use node::{Node, NodeConfig, NodeError, layout};

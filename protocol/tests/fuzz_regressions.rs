@@ -2,7 +2,15 @@
 //! (`fuzz/seeds/<target>/`, `fuzz/regressions/<target>/`) through the same entry
 //! points the fuzz targets call.
 
-#![allow(clippy::panic, clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,11 @@
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::cast_possible_truncation,
+    clippy::print_stderr,
+    clippy::print_stdout
 )]
 
 use std::time::Duration;

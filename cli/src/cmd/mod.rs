@@ -1,9 +1,12 @@
 //! One module per subcommand, plus the helpers they share.
 
 pub(crate) mod app;
+pub(crate) mod audit;
 pub(crate) mod cap;
 pub(crate) mod init;
 pub(crate) mod key;
+pub(crate) mod node;
+pub(crate) mod store;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

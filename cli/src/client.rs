@@ -1,0 +1,206 @@
+//! The CLI's side of the local API: finds the node through the data directory and
+//! maps API errors to exit codes.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use hearth_node::layout;
+use serde_json::Value;
+
+use crate::data_dir::DataDir;
+use crate::error::{CliError, Exit, Result};
+
+/// A connection to the node of one data directory.
+#[derive(Debug)]
+pub(crate) struct Client {
+    base: String,
+    key: String,
+    agent: ureq::Agent,
+    streaming: ureq::Agent,
+}
+
+/// Percent-encodes one path segment (store names may contain `/`).
+pub(crate) fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn not_running(dir: &DataDir) -> CliError {
+    CliError::new(
+        Exit::Unavailable,
+        format!("no Hearth node is running for {}", dir.root().display()),
+    )
+    .hint(format!(
+        "start one with `hearth node run{}`",
+        crate::cmd::init::data_dir_flag(dir)
+    ))
+}
+
+impl Client {
+    pub(crate) fn connect(dir: &DataDir) -> Result<Self> {
+        let addr = match std::fs::read_to_string(dir.root().join(layout::API_ADDR_FILE)) {
+            Ok(addr) => addr.trim().to_owned(),
+            Err(_) => {
+                if !dir.is_initialised() {
+                    return Err(CliError::new(
+                        Exit::NotFound,
+                        format!("{} is not a Hearth data directory", dir.root().display()),
+                    )
+                    .hint("run `hearth init --name NAME` first, or pass the right --data-dir"));
+                }
+                return Err(not_running(dir));
+            }
+        };
+        let key_path = dir.root().join(layout::API_KEY_FILE);
+        let key = std::fs::read_to_string(&key_path)
+            .map_err(|err| CliError::read(&key_path, err, "API key"))?
+            .trim()
+            .to_owned();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let streaming = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Ok(Self {
+            base: format!("http://{addr}"),
+            key,
+            agent,
+            streaming,
+        })
+    }
+
+    fn unavailable(&self, err: &ureq::Error) -> CliError {
+        CliError::new(
+            Exit::Unavailable,
+            format!("the node at {} does not answer: {err}", self.base),
+        )
+        .hint("start it with `hearth node run`")
+    }
+
+    fn finish(
+        &self,
+        response: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
+        let response = response.map_err(|err| self.unavailable(&err))?;
+        let status = response.status().as_u16();
+        let mut text = String::new();
+        response
+            .into_body()
+            .into_reader()
+            .read_to_string(&mut text)
+            .map_err(|err| {
+                CliError::new(
+                    Exit::Unavailable,
+                    format!("the node's answer was cut off: {err}"),
+                )
+            })?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let message = value["error"]
+            .as_str()
+            .unwrap_or("the node refused the request")
+            .to_owned();
+        let exit = match status {
+            404 => Exit::NotFound,
+            401 | 403 => Exit::Refused,
+            503 => Exit::Unavailable,
+            _ => Exit::Error,
+        };
+        Err(CliError::new(exit, message))
+    }
+
+    fn url(&self, path: &str, query: &[(&str, String)]) -> String {
+        let mut url = format!("{}{path}", self.base);
+        for (i, (k, v)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&segment(v));
+        }
+        url
+    }
+
+    pub(crate) fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        let url = self.url(path, query);
+        self.finish(
+            self.agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {}", self.key))
+                .call(),
+        )
+    }
+
+    pub(crate) fn send(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
+        let url = self.url(path, &[]);
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let auth = format!("Bearer {}", self.key);
+        let response = match method {
+            "POST" => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .content_type("application/json")
+                .send(&bytes[..]),
+            _ => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .content_type("application/json")
+                .send(&bytes[..]),
+        };
+        self.finish(response)
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> Result<Value> {
+        let url = self.url(path, &[]);
+        self.finish(
+            self.agent
+                .delete(&url)
+                .header("Authorization", &format!("Bearer {}", self.key))
+                .call(),
+        )
+    }
+
+    /// Follows a server-sent event stream, calling `each` with every event's data.
+    pub(crate) fn stream(&self, path: &str, mut each: impl FnMut(&str) -> bool) -> Result<()> {
+        let url = self.url(path, &[]);
+        let response = self
+            .streaming
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .call()
+            .map_err(|err| self.unavailable(&err))?;
+        if !response.status().is_success() {
+            return self.finish(Ok(response)).map(|_| ());
+        }
+        let reader = std::io::BufReader::new(response.into_body().into_reader());
+        for line in std::io::BufRead::lines(reader) {
+            let line = line.map_err(|err| {
+                CliError::new(
+                    Exit::Unavailable,
+                    format!("the node closed the stream: {err}"),
+                )
+            })?;
+            if let Some(data) = line.strip_prefix("data:")
+                && !each(data.trim_start())
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! `hearth node run` and `hearth status`.
+
+use std::net::SocketAddr;
+
+use hearth_node::{Node, NodeConfig};
+use hearth_protocol::key::NodeKey;
+use hearth_stores::backend::BackendKind;
+
+use crate::client::Client;
+use crate::data_dir::DataDir;
+use crate::error::{CliError, Exit, Result};
+use crate::output::Output;
+
+/// Arguments of `hearth node run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Address of the local API (loopback only; port 0 lets the system choose).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api: SocketAddr,
+    /// Storage engine for new stores.
+    #[arg(long, default_value = "redb", value_parser = ["redb", "sled"])]
+    backend: String,
+}
+
+/// Node commands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Run the node in the foreground until SIGINT or SIGTERM.
+    Run(RunArgs),
+}
+
+pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
+    let Command::Run(args) = command;
+    let config = dir.config()?;
+    let key_path = dir.root().join("node.key");
+    let node_key = NodeKey::read(&key_path).map_err(|err| {
+        CliError::key_file(
+            err,
+            &key_path,
+            "run `hearth init` to create this device's key",
+        )
+    })?;
+    let backend: BackendKind = args
+        .backend
+        .parse()
+        .map_err(|err: String| CliError::new(Exit::Usage, err))?;
+    let node = Node::open(NodeConfig {
+        data_dir: dir.root().to_path_buf(),
+        name: config.name.clone(),
+        role: config.role.clone(),
+        node_key,
+        api: args.api,
+        backend,
+    })
+    .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| CliError::new(Exit::Error, format!("cannot start the runtime: {err}")))?;
+    let name = config.name.clone();
+    let json = out.json();
+    runtime
+        .block_on(node.serve(shutdown_signal(), move |addr| {
+            tracing::info!(%addr, "node {name} running");
+            if !json {
+                let mut stderr = std::io::stderr();
+                let _ = std::io::Write::write_all(
+                    &mut stderr,
+                    format!("Node {name} is running; local API on {addr}. Stop it with Ctrl-C.\n")
+                        .as_bytes(),
+                );
+            }
+        }))
+        .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
+    out.note("Node stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `hearth status`.
+pub(crate) fn status(dir: &DataDir, out: &mut Output) -> Result<()> {
+    let client = Client::connect(dir)?;
+    let status = client.get("/v1/status", &[])?;
+    out.emit(
+        || {
+            let mut text = format!(
+                "{} ({}), peer id {}\n",
+                status["name"].as_str().unwrap_or("?"),
+                status["role"].as_str().unwrap_or("?"),
+                status["peer_id"].as_str().unwrap_or("?")
+            );
+            let peers = status["peers"].as_array().map(Vec::len).unwrap_or(0);
+            text.push_str(&format!(
+                "Peers: {peers} (the mesh is not built yet; this node runs alone)\n"
+            ));
+            text.push_str("Stores:\n");
+            for store in status["stores"].as_array().into_iter().flatten() {
+                text.push_str(&format!("  {}\n", store["name"].as_str().unwrap_or("?")));
+            }
+            text
+        },
+        || status.clone(),
+    );
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! `hearth store …`: kv, doc and timeseries stores on the running node.
+
+use std::io::BufRead as _;
+
+use hearth_protocol::time::UnixMillis;
+use serde_json::{Value, json};
+
+use super::now;
+use crate::client::{Client, segment};
+use crate::data_dir::DataDir;
+use crate::error::{CliError, Exit, Result};
+use crate::output::Output;
+
+/// Which readings (at most one of these; all readings when none is given).
+#[derive(Debug, Clone, clap::Args)]
+#[group(multiple = false)]
+pub(crate) struct SelectArgs {
+    /// The newest reading.
+    #[arg(long)]
+    latest: bool,
+    /// The oldest reading.
+    #[arg(long)]
+    earliest: bool,
+    /// The newest N readings.
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
+    /// The oldest N readings.
+    #[arg(long, value_name = "N")]
+    first: Option<usize>,
+    /// Readings from T on (RFC 3339, milliseconds, or a duration such as 1h meaning that long ago).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    since: Option<u64>,
+    /// Readings with T1 <= ts < T2.
+    #[arg(long, num_args = 2, value_names = ["T1", "T2"], value_parser = parse_time)]
+    range: Option<Vec<u64>>,
+}
+
+impl SelectArgs {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if self.latest {
+            q.push(("select", "latest".to_owned()));
+        } else if self.earliest {
+            q.push(("select", "earliest".to_owned()));
+        } else if let Some(n) = self.last {
+            q.push(("select", "last".to_owned()));
+            q.push(("n", n.to_string()));
+        } else if let Some(n) = self.first {
+            q.push(("select", "first".to_owned()));
+            q.push(("n", n.to_string()));
+        } else if let Some(t) = self.since {
+            q.push(("select", "since".to_owned()));
+            q.push(("from", t.to_string()));
+        } else if let Some(range) = &self.range {
+            q.push(("select", "range".to_owned()));
+            q.push(("from", range.first().copied().unwrap_or(0).to_string()));
+            q.push(("to", range.get(1).copied().unwrap_or(0).to_string()));
+        }
+        q
+    }
+}
+
+fn parse_time(text: &str) -> std::result::Result<u64, String> {
+    if let Some(t) = UnixMillis::parse(text) {
+        return Ok(t.0);
+    }
+    humantime::parse_duration(text)
+        .map(|d| now().saturating_sub(d).0)
+        .map_err(|_| {
+            "expected RFC 3339 (2026-11-22T10:00:00Z), milliseconds, or a duration such as 1h"
+                .into()
+        })
+}
+
+fn parse_filter(text: &str) -> std::result::Result<String, String> {
+    hearth_stores::query::Filter::parse(text).map(|_| text.to_owned())
+}
+
+/// Store commands.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Create a store.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its kind.
+        #[arg(long, value_parser = ["kv", "timeseries", "doc"])]
+        kind: String,
+        /// Timeseries chunk window (default 1h).
+        #[arg(long, value_parser = crate::cmd::parse_duration)]
+        window: Option<std::time::Duration>,
+    },
+    /// List the stores.
+    Ls,
+    /// Set a key (kv and doc stores).
+    Put {
+        /// The store.
+        name: String,
+        /// The key.
+        key: String,
+        /// The value, as JSON.
+        #[arg(value_name = "JSON")]
+        value: String,
+    },
+    /// Read a key.
+    Get {
+        /// The store.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// Delete a key.
+    Del {
+        /// The store.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// List the keys.
+    Keys {
+        /// The store.
+        name: String,
+    },
+    /// Append readings to a timeseries store.
+    Append {
+        /// The store.
+        name: String,
+        /// A reading as JSON, or `-` for JSON lines on stdin. `{"ts": MILLIS, "value": …}`
+        /// is a record; any other JSON is the value, stamped with --ts or now.
+        #[arg(value_name = "JSON")]
+        value: String,
+        /// Timestamp for values without one (milliseconds).
+        #[arg(long)]
+        ts: Option<u64>,
+    },
+    /// Read readings.
+    Read {
+        /// The store.
+        name: String,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Only readings whose TAG equals VALUE.
+        #[arg(long, value_name = "TAG=VALUE", value_parser = parse_filter)]
+        filter: Option<String>,
+    },
+    /// An aggregate over readings.
+    Agg {
+        /// The store.
+        name: String,
+        /// count, sum, min, max, mean, median or sd.
+        #[arg(value_parser = ["count", "sum", "min", "max", "mean", "median", "sd"])]
+        function: String,
+        /// Dotted path of the number inside each value.
+        #[arg(long)]
+        field: Option<String>,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Only readings whose TAG equals VALUE.
+        #[arg(long, value_name = "TAG=VALUE", value_parser = parse_filter)]
+        filter: Option<String>,
+    },
+    /// Follow new records and changes as JSON lines.
+    Tail {
+        /// The store.
+        name: String,
+    },
+    /// Delete a store and all its data.
+    Rm {
+        /// The store.
+        name: String,
+    },
+}
+
+fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|err| {
+        CliError::new(Exit::Usage, format!("not valid JSON: {err}"))
+            .hint("quote the JSON for the shell, e.g. '{\"celsius\": 21.5}'")
+    })
+}
+
+/// A record `{ts, value}` or a bare value stamped with `ts`.
+fn to_record(value: Value, ts: u64) -> Value {
+    if let Value::Object(map) = &value
+        && map.len() == 2
+        && map.get("ts").is_some_and(Value::is_u64)
+        && map.contains_key("value")
+    {
+        return value;
+    }
+    json!({ "ts": ts, "value": value })
+}
+
+fn store_path(name: &str) -> String {
+    format!("/v1/stores/{}", segment(name))
+}
+
+fn print_records(out: &mut Output, value: &Value) {
+    out.emit(
+        || {
+            let mut text = String::new();
+            for r in value["records"].as_array().into_iter().flatten() {
+                let ts = r["ts"].as_u64().unwrap_or(0);
+                text.push_str(&format!("{}  {}\n", UnixMillis(ts), r["value"]));
+            }
+            if text.is_empty() {
+                text.push_str("(no records)\n");
+            }
+            text
+        },
+        || value.clone(),
+    );
+}
+
+pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
+    let client = Client::connect(dir)?;
+    match command {
+        Command::Create { name, kind, window } => {
+            let mut body = json!({ "name": name, "kind": kind });
+            if let Some(w) = window {
+                body["window_ms"] = json!(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+            }
+            let info = client.send("POST", "/v1/stores", &body)?;
+            out.emit(|| format!("Created {kind} store {name}."), || info.clone());
+        }
+        Command::Ls => {
+            let list = client.get("/v1/stores", &[])?;
+            out.emit(
+                || {
+                    let mut text = format!(
+                        "{:<32} {:<11} {:>10} {:>12}\n",
+                        "NAME", "KIND", "RECORDS", "BYTES"
+                    );
+                    for s in list["stores"].as_array().into_iter().flatten() {
+                        let records = s["records"]
+                            .as_u64()
+                            .map_or("-".to_owned(), |r| r.to_string());
+                        text.push_str(&format!(
+                            "{:<32} {:<11} {:>10} {:>12}{}\n",
+                            s["name"].as_str().unwrap_or("?"),
+                            s["kind"].as_str().unwrap_or("?"),
+                            records,
+                            s["bytes"].as_u64().unwrap_or(0),
+                            s["error"]
+                                .as_str()
+                                .map(|e| format!("  ERROR: {e}"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                    text
+                },
+                || list.clone(),
+            );
+        }
+        Command::Put { name, key, value } => {
+            let value = parse_json(&value)?;
+            let r = client.send(
+                "PUT",
+                &format!("{}/keys/{}", store_path(&name), segment(&key)),
+                &value,
+            )?;
+            out.emit(|| format!("Set {key} in {name}."), || r.clone());
+        }
+        Command::Get { name, key } => {
+            let r = client.get(
+                &format!("{}/keys/{}", store_path(&name), segment(&key)),
+                &[],
+            )?;
+            out.emit(|| r["value"].to_string(), || r.clone());
+        }
+        Command::Del { name, key } => {
+            let r = client.delete(&format!("{}/keys/{}", store_path(&name), segment(&key)))?;
+            out.emit(|| format!("Deleted {key} from {name}."), || r.clone());
+        }
+        Command::Keys { name } => {
+            let r = client.get(&format!("{}/keys", store_path(&name)), &[])?;
+            out.emit(
+                || {
+                    r["keys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || r.clone(),
+            );
+        }
+        Command::Append {
+            name,
+            value: json,
+            ts,
+        } => {
+            let stamp = ts.unwrap_or_else(|| now().0);
+            let mut records = Vec::new();
+            if json == "-" {
+                for (index, line) in std::io::stdin().lock().lines().enumerate() {
+                    let line = line.map_err(|err| {
+                        CliError::new(Exit::Error, format!("cannot read stdin: {err}"))
+                    })?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let value = serde_json::from_str(&line).map_err(|err| {
+                        CliError::new(
+                            Exit::Usage,
+                            format!("line {} of stdin is not valid JSON: {err}", index + 1),
+                        )
+                    })?;
+                    records.push(to_record(value, stamp));
+                }
+            } else {
+                records.push(to_record(parse_json(&json)?, stamp));
+            }
+            let mut appended = 0u64;
+            for chunk in records.chunks(hearth_stores::MAX_BATCH.min(10_000)) {
+                let r = client.send(
+                    "POST",
+                    &format!("{}/records", store_path(&name)),
+                    &Value::Array(chunk.to_vec()),
+                )?;
+                appended += r["appended"].as_u64().unwrap_or(0);
+            }
+            out.emit(
+                || {
+                    format!(
+                        "Appended {appended} record{} to {name}.",
+                        if appended == 1 { "" } else { "s" }
+                    )
+                },
+                || json!({ "appended": appended }),
+            );
+        }
+        Command::Read {
+            name,
+            select,
+            filter,
+        } => {
+            let mut q = select.query();
+            if let Some(f) = filter {
+                q.push(("filter", f));
+            }
+            let r = client.get(&format!("{}/records", store_path(&name)), &q)?;
+            print_records(out, &r);
+        }
+        Command::Agg {
+            name,
+            function,
+            field,
+            select,
+            filter,
+        } => {
+            let mut q = select.query();
+            q.push(("fn", function.clone()));
+            if let Some(f) = field {
+                q.push(("field", f));
+            }
+            if let Some(f) = filter {
+                q.push(("filter", f));
+            }
+            let r = client.get(&format!("{}/aggregate", store_path(&name)), &q)?;
+            out.emit(
+                || match &r["result"] {
+                    Value::Null => format!("no values to compute the {function} of"),
+                    v => v.to_string(),
+                },
+                || r.clone(),
+            );
+        }
+        Command::Tail { name } => {
+            client.stream(&format!("{}/tail", store_path(&name)), |data| {
+                out.line(data);
+                true
+            })?;
+        }
+        Command::Rm { name } => {
+            let r = client.delete(&store_path(&name))?;
+            out.emit(
+                || format!("Removed store {name} and its data."),
+                || r.clone(),
+            );
+        }
+    }
+    Ok(())
+}

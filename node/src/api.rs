@@ -1,0 +1,506 @@
+//! The local HTTP API (JSON; server-sent events for `tail`). Every request needs
+//! `Authorization: Bearer <DATA_DIR/api.key>`. Store names go in one path segment, with
+//! `/` written as `%2F`.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /v1/status` | this node |
+//! | `GET /v1/stores` · `POST /v1/stores` · `DELETE /v1/stores/{name}` | list, create, remove |
+//! | `GET /v1/stores/{name}/keys` · `GET`/`PUT`/`DELETE /v1/stores/{name}/keys/{key}` | kv and doc |
+//! | `POST /v1/stores/{name}/records` · `GET /v1/stores/{name}/records` | append, read |
+//! | `GET /v1/stores/{name}/aggregate` | aggregates |
+//! | `GET /v1/stores/{name}/tail` | changes, as server-sent events |
+//! | `GET /v1/audit` · `GET /v1/audit/verify` | the audit log |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::Stream;
+use hearth_stores::audit::{AuditError, Event};
+use hearth_stores::query::{Aggregate, Filter, Selection};
+use hearth_stores::{Kind, Reading, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::node::Node;
+
+/// Largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// An API error: an HTTP status, a machine-readable code and a sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        let (status, code) = match &err {
+            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            StoreError::Exists(_) => (StatusCode::CONFLICT, "exists"),
+            StoreError::WrongKind { .. } | StoreError::Invalid(_) => {
+                (StatusCode::BAD_REQUEST, "invalid")
+            }
+            StoreError::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            StoreError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
+            StoreError::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "locked"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+        };
+        Self::new(status, code, err.to_string())
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(err: AuditError) -> Self {
+        let (status, code) = match err {
+            AuditError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "audit"),
+        };
+        Self::new(status, code, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "code": self.code })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// The API's routes over a node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/stores", get(list_stores).post(create_store))
+        .route("/v1/stores/{name}", axum::routing::delete(remove_store))
+        .route("/v1/stores/{name}/keys", get(keys))
+        .route(
+            "/v1/stores/{name}/keys/{key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route(
+            "/v1/stores/{name}/records",
+            get(read_records).post(append_records),
+        )
+        .route("/v1/stores/{name}/aggregate", get(aggregate))
+        .route("/v1/stores/{name}/tail", get(tail))
+        .route("/v1/audit", get(audit))
+        .route("/v1/audit/verify", get(audit_verify))
+        .layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+/// Refuses every request without the bearer key (compared in constant time).
+async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = node.api_key.as_bytes();
+    let equal = presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !equal {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key (see DATA_DIR/api.key)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Runs blocking store or audit work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|err| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            err.to_string(),
+        )
+    })?
+}
+
+/// Records an audit entry for a local request; a failure to audit fails the request.
+fn record(
+    node: &Node,
+    action: &str,
+    object: &str,
+    outcome: &str,
+    bytes: u64,
+) -> Result<(), ApiError> {
+    node.audit.record(Event {
+        actor: "local".into(),
+        action: action.into(),
+        object: object.into(),
+        cap_id: None,
+        outcome: outcome.into(),
+        bytes,
+    })?;
+    Ok(())
+}
+
+async fn status(State(node): State<Arc<Node>>) -> ApiResult {
+    let stores = node.stores.list();
+    let c = &node.config;
+    Ok(Json(json!({
+        "peer_id": c.node_key.public().peer_id(),
+        "name": c.name,
+        "role": c.role,
+        "listen": [],
+        "peers": [],
+        "stores": stores.iter().map(|s| json!({
+            "name": s.name,
+            "replicas": [{ "device": c.name, "in_sync": s.error.is_none(), "lag": 0 }],
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+fn info_json(node: &Node, s: &hearth_stores::StoreInfo) -> Value {
+    json!({
+        "name": s.name,
+        "id": s.id,
+        "kind": s.kind,
+        "origin": node.config.name,
+        "replicas": [node.config.name],
+        "records": s.records,
+        "bytes": s.bytes,
+        "error": s.error,
+    })
+}
+
+async fn list_stores(State(node): State<Arc<Node>>) -> ApiResult {
+    let list = blocking({
+        let node = node.clone();
+        move || Ok(node.stores.list())
+    })
+    .await?;
+    Ok(Json(
+        json!({ "stores": list.iter().map(|s| info_json(&node, s)).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateStore {
+    name: String,
+    kind: String,
+    window_ms: Option<u64>,
+}
+
+async fn create_store(
+    State(node): State<Arc<Node>>,
+    Json(body): Json<CreateStore>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let kind: Kind = body.kind.parse().map_err(ApiError::invalid)?;
+    let info = blocking({
+        let node = node.clone();
+        move || {
+            node.stores.create(&body.name, kind, body.window_ms)?;
+            record(&node, "store.create", &body.name, "allowed", 0)?;
+            node.stores
+                .list()
+                .into_iter()
+                .find(|s| s.name == body.name)
+                .ok_or_else(|| StoreError::NotFound(body.name.clone()).into())
+        }
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info_json(&node, &info))))
+}
+
+async fn remove_store(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    blocking(move || {
+        node.stores.remove(&name)?;
+        record(&node, "store.remove", &name, "allowed", 0)?;
+        Ok(Json(json!({ "removed": name })))
+    })
+    .await
+}
+
+async fn keys(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    blocking(move || {
+        let keys = node.stores.get(&name)?.keys()?;
+        record(&node, "store.keys", &name, "allowed", 0)?;
+        Ok(Json(json!({ "keys": keys })))
+    })
+    .await
+}
+
+async fn get_key(
+    State(node): State<Arc<Node>>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult {
+    blocking(move || {
+        let value = node.stores.get(&name)?.get(&key)?;
+        let Some(value) = value else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("store {name:?} has no key {key:?}"),
+            ));
+        };
+        record(
+            &node,
+            "store.get",
+            &name,
+            "allowed",
+            value.to_string().len() as u64,
+        )?;
+        Ok(Json(json!({ "key": key, "value": value })))
+    })
+    .await
+}
+
+async fn put_key(
+    State(node): State<Arc<Node>>,
+    Path((name, key)): Path<(String, String)>,
+    Json(value): Json<Value>,
+) -> ApiResult {
+    blocking(move || {
+        let bytes = value.to_string().len() as u64;
+        node.stores.get(&name)?.put(&key, value)?;
+        record(&node, "store.put", &name, "allowed", bytes)?;
+        Ok(Json(json!({ "key": key })))
+    })
+    .await
+}
+
+async fn delete_key(
+    State(node): State<Arc<Node>>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult {
+    blocking(move || {
+        let existed = node.stores.get(&name)?.delete(&key)?;
+        if !existed {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("store {name:?} has no key {key:?}"),
+            ));
+        }
+        record(&node, "store.delete", &name, "allowed", 0)?;
+        Ok(Json(json!({ "deleted": key })))
+    })
+    .await
+}
+
+async fn append_records(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Json(records): Json<Vec<Reading>>,
+) -> ApiResult {
+    blocking(move || {
+        let count = records.len();
+        let bytes: u64 = records
+            .iter()
+            .map(|r| r.value.to_string().len() as u64 + 8)
+            .sum();
+        node.stores.get(&name)?.append(records)?;
+        record(&node, "store.append", &name, "allowed", bytes)?;
+        Ok(Json(json!({ "appended": count })))
+    })
+    .await
+}
+
+/// Query parameters that pick readings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectQuery {
+    /// `all` (default), `latest`, `earliest`, `last`, `first`, `since`, `range`.
+    pub select: Option<String>,
+    /// Count for `last` and `first`.
+    pub n: Option<usize>,
+    /// Start (ms) for `since` and `range`.
+    pub from: Option<u64>,
+    /// End (ms, excluded) for `range`.
+    pub to: Option<u64>,
+    /// `TAG=VALUE`.
+    pub filter: Option<String>,
+    /// Aggregate function (for `/aggregate`).
+    #[serde(rename = "fn")]
+    pub function: Option<String>,
+    /// Dotted field path (for `/aggregate`).
+    pub field: Option<String>,
+}
+
+impl SelectQuery {
+    fn selection(&self) -> Result<Selection, ApiError> {
+        let need = |v: Option<u64>, what: &str| {
+            v.ok_or_else(|| ApiError::invalid(format!("this selection needs `{what}`")))
+        };
+        Ok(match self.select.as_deref().unwrap_or("all") {
+            "all" => Selection::All,
+            "latest" => Selection::Latest,
+            "earliest" => Selection::Earliest,
+            "last" => Selection::LastN(
+                self.n
+                    .ok_or_else(|| ApiError::invalid("`last` needs `n`"))?,
+            ),
+            "first" => Selection::FirstN(
+                self.n
+                    .ok_or_else(|| ApiError::invalid("`first` needs `n`"))?,
+            ),
+            "since" => Selection::Since(need(self.from, "from")?),
+            "range" => {
+                let (from, to) = (need(self.from, "from")?, need(self.to, "to")?);
+                if to < from {
+                    return Err(ApiError::invalid("a range ends before it starts"));
+                }
+                Selection::Range(from, to)
+            }
+            other => return Err(ApiError::invalid(format!("unknown selection {other:?}"))),
+        })
+    }
+
+    fn filter(&self) -> Result<Option<Filter>, ApiError> {
+        self.filter
+            .as_deref()
+            .map(Filter::parse)
+            .transpose()
+            .map_err(ApiError::invalid)
+    }
+}
+
+async fn read_records(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(q): Query<SelectQuery>,
+) -> ApiResult {
+    let selection = q.selection()?;
+    let filter = q.filter()?;
+    blocking(move || {
+        let records = node.stores.get(&name)?.read(selection, filter.as_ref())?;
+        let body = json!({ "records": records });
+        record(
+            &node,
+            "store.read",
+            &name,
+            "allowed",
+            body.to_string().len() as u64,
+        )?;
+        Ok(Json(body))
+    })
+    .await
+}
+
+async fn aggregate(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(q): Query<SelectQuery>,
+) -> ApiResult {
+    let selection = q.selection()?;
+    let filter = q.filter()?;
+    let function: Aggregate = q
+        .function
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid("`fn` is required"))?
+        .parse()
+        .map_err(ApiError::invalid)?;
+    blocking(move || {
+        let result = node.stores.get(&name)?.aggregate(
+            function,
+            q.field.as_deref(),
+            selection,
+            filter.as_ref(),
+        )?;
+        record(&node, "store.aggregate", &name, "allowed", 8)?;
+        Ok(Json(json!({ "result": result })))
+    })
+    .await
+}
+
+async fn tail(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let store = node.stores.get(&name)?;
+    let receiver = store.subscribe();
+    blocking({
+        let node = node.clone();
+        move || record(&node, "store.tail", &name, "allowed", 0)
+    })
+    .await?;
+    let stream = BroadcastStream::new(receiver).map(|item| {
+        let data = match item {
+            Ok(change) => serde_json::to_string(&change).unwrap_or_default(),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                json!({ "change": "lagged", "missed": n }).to_string()
+            }
+        };
+        Ok(SseEvent::default().data(data))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    since: Option<u64>,
+    device: Option<String>,
+    action: Option<String>,
+}
+
+async fn audit(State(node): State<Arc<Node>>, Query(q): Query<AuditQuery>) -> ApiResult {
+    blocking(move || {
+        let entries = node
+            .audit
+            .entries(q.since, q.device.as_deref(), q.action.as_deref())?;
+        Ok(Json(json!({ "entries": entries })))
+    })
+    .await
+}
+
+async fn audit_verify(State(node): State<Arc<Node>>) -> ApiResult {
+    blocking(move || {
+        let result =
+            hearth_stores::audit::verify(node.audit.path(), &node.config.node_key.public())?;
+        Ok(Json(json!({
+            "ok": result.ok(),
+            "entries": result.entries,
+            "checkpoints": result.checkpoints,
+            "unsigned_tail": result.unsigned_tail,
+            "findings": result.findings,
+        })))
+    })
+    .await
+}

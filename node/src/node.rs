@@ -1,0 +1,191 @@
+//! Starting and stopping the local node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hearth_protocol::key::NodeKey;
+use hearth_stores::audit::{AuditError, AuditLog};
+use hearth_stores::backend::BackendKind;
+use hearth_stores::{Clock, StoreError, Stores, StoresConfig};
+
+/// File and directory names inside a data directory.
+pub mod layout {
+    /// The API's bearer key.
+    pub const API_KEY_FILE: &str = "api.key";
+    /// The API's address, written while the node runs.
+    pub const API_ADDR_FILE: &str = "api.addr";
+    /// The stores.
+    pub const STORES_DIR: &str = "stores";
+    /// The audit log.
+    pub const AUDIT_FILE: &str = "audit.log";
+}
+
+/// What a node needs to start.
+#[derive(Debug)]
+pub struct NodeConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// This device's name.
+    pub name: String,
+    /// This device's role.
+    pub role: String,
+    /// This device's key.
+    pub node_key: NodeKey,
+    /// Where the API listens (port 0 lets the OS choose).
+    pub api: SocketAddr,
+    /// Backend for new stores.
+    pub backend: BackendKind,
+}
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The stores could not be opened.
+    #[error("cannot open the stores: {0}")]
+    Stores(#[from] StoreError),
+    /// The audit log could not be opened.
+    #[error("cannot open the audit log: {0}")]
+    Audit(#[from] AuditError),
+    /// The API address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API may only listen on a loopback address.
+    #[error("the local API listens on loopback only, not {0}")]
+    NotLoopback(SocketAddr),
+    /// A file in the data directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A stable 16-byte automerge actor id for a device: the first half of its node key.
+fn actor_of(key: &hearth_protocol::key::PublicKey) -> [u8; 16] {
+    let mut actor = [0u8; 16];
+    actor.copy_from_slice(&key.as_bytes()[..16]);
+    actor
+}
+
+/// Shared state of a running node.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    pub(crate) stores: Stores,
+    pub(crate) audit: AuditLog,
+    pub(crate) api_key: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+fn read_or_create_api_key(path: &Path) -> Result<String, NodeError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() == 64 => return Ok(text.trim().to_owned()),
+        Ok(_) => {
+            std::fs::remove_file(path).map_err(io_err(path))?;
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_err(path)(err)),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| NodeError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    let key = hex::encode(bytes);
+    hearth_protocol::key::write_secret_file(path, format!("{key}\n").as_bytes()).map_err(
+        |err| NodeError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other(err.to_string()),
+        },
+    )?;
+    Ok(key)
+}
+
+impl Node {
+    /// Opens the stores and the audit log.
+    pub fn open(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        if !config.api.ip().is_loopback() {
+            return Err(NodeError::NotLoopback(config.api));
+        }
+        let clock = system_clock();
+        let stores = Stores::open(StoresConfig {
+            root: config.data_dir.join(layout::STORES_DIR),
+            backend: config.backend,
+            actor: actor_of(&config.node_key.public()),
+            clock: clock.clone(),
+        })?;
+        let audit = AuditLog::open(
+            &config.data_dir.join(layout::AUDIT_FILE),
+            &config.name,
+            config.node_key.clone(),
+            clock,
+        )?;
+        let api_key = read_or_create_api_key(&config.data_dir.join(layout::API_KEY_FILE))?;
+        Ok(Arc::new(Self {
+            config,
+            stores,
+            audit,
+            api_key,
+        }))
+    }
+
+    /// Serves the API until `shutdown` completes, then stops cleanly: the API stops
+    /// accepting, in-flight requests finish, the audit log is checkpointed and the
+    /// address file removed. Calls `ready` with the bound address once listening.
+    pub async fn serve(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        ready: impl FnOnce(SocketAddr),
+    ) -> Result<(), NodeError> {
+        let listener = tokio::net::TcpListener::bind(self.config.api)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: self.config.api,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: self.config.api,
+            source,
+        })?;
+        let addr_path = self.config.data_dir.join(layout::API_ADDR_FILE);
+        std::fs::write(&addr_path, format!("{addr}\n")).map_err(io_err(&addr_path))?;
+        tracing::info!(%addr, "local API listening");
+        ready(addr);
+        let app = crate::api::router(self.clone());
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = std::fs::remove_file(&addr_path);
+        if let Err(err) = self.audit.checkpoint() {
+            tracing::error!(error = %err, "could not checkpoint the audit log");
+        }
+        served.map_err(|source| NodeError::Bind { addr, source })
+    }
+}
