@@ -42,8 +42,9 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const MAX_BATCH: usize = 100_000;
 /// Default time window of a timeseries chunk: one hour.
 pub const DEFAULT_WINDOW_MS: u64 = 3_600_000;
-/// Change records a kv or doc store accumulates before it writes one compact save.
-const COMPACT_AFTER: u64 = 1000;
+/// Change records a kv or doc store, or an open chunk, accumulates before they are
+/// folded into one compact save.
+const COMPACT_AFTER: u64 = 500;
 /// Decoded readings of closed chunks kept in memory per store.
 const CACHE_READINGS: usize = 2_000_000;
 /// Change events buffered per subscriber before it is told it lagged.
@@ -734,6 +735,8 @@ fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result
                     .map(|b| u64::from_be_bytes(b) + 1)
                     .unwrap_or(next_seq);
             }
+            // Start incremental saves from what is on disk, not from the beginning.
+            let _ = doc.save_incremental();
             Ok(Body::Doc(Box::new(DocState {
                 doc,
                 next_seq,
@@ -791,8 +794,8 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
     let len = doc.length(&list);
     let mut readings = Vec::with_capacity(len);
     for item in doc.list_range(&list, ..) {
-        let value = item.value.into_value();
-        let bytes = value.as_bytes().ok_or_else(|| {
+        let value = item.value;
+        let bytes = value.to_bytes().ok_or_else(|| {
             StoreError::corrupt(name, "a chunk holds a reading that is not bytes")
         })?;
         readings.push(
@@ -950,9 +953,10 @@ fn apply_series<'a>(
                                 format!("closed chunk {start} fails its checksum"),
                             )
                         })?;
-                        let doc = AutoCommit::load(save)
+                        let mut doc = AutoCommit::load(save)
                             .map_err(|err| am_err(name, err))?
                             .with_actor(actor.clone());
+                        let _ = doc.save_incremental();
                         let chunk = chunk_from_doc(name, doc)?;
                         put_sealed(batch, chunk_change_key(start, 0), save);
                         batch.delete(key);
