@@ -62,7 +62,9 @@ struct RunningNode {
     addr: String,
 }
 
-/// Starts `hearth node run` and waits for the line that says it listens.
+/// Starts `hearth node run` and waits for the line that says it listens. The caller
+/// owns the child and waits for it in `stop`.
+#[allow(clippy::zombie_processes)]
 fn start(dir: &Path) -> RunningNode {
     let mut child = Command::new(hearth_bin())
         .arg("--data-dir")
