@@ -56,4 +56,41 @@ echo "exit code: $code"
 [ "$code" -eq 3 ] || { echo "demo: expected exit code 3" >&2; exit 1; }
 [ ! -e stolen.cap ] || { echo "demo: a refused delegation wrote a file" >&2; exit 1; }
 
+say "Starting the node: it opens its stores and audit log and serves the local API on 127.0.0.1."
+"$hearth" --data-dir home node run > node.log 2>&1 &
+node_pid=$!
+trap 'kill -TERM $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; [ "$keep" = true ] || rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do
+    [ -s home/api.addr ] && break
+    sleep 0.1
+done
+[ -s home/api.addr ] || { echo "demo: the node did not start:" >&2; cat node.log >&2; exit 1; }
+cat node.log
+
+say "A timeseries store for the kitchen thermometer; a day of readings, one every 10 minutes."
+"$hearth" --data-dir home store create sensors/kitchen --kind timeseries
+start=$(( ($(date +%s) - 86400) * 1000 ))
+for i in $(seq 0 143); do
+    printf '{"ts": %d, "value": {"celsius": %d.%d, "room": "kitchen"}}\n' $(( start + i * 600000 )) $(( 18 + (i % 48) / 8 )) $(( i % 10 ))
+done | "$hearth" --data-dir home store append sensors/kitchen -
+"$hearth" --data-dir home store read sensors/kitchen --last 3
+printf 'mean %s, min %s, max %s over the day\n' \
+    "$("$hearth" --data-dir home store agg sensors/kitchen mean --field celsius)" \
+    "$("$hearth" --data-dir home store agg sensors/kitchen min --field celsius)" \
+    "$("$hearth" --data-dir home store agg sensors/kitchen max --field celsius)"
+
+say "A kv store for settings, and the list of stores."
+"$hearth" --data-dir home store create settings --kind kv
+"$hearth" --data-dir home store put settings units '"metric"'
+"$hearth" --data-dir home store get settings units
+"$hearth" --data-dir home store ls
+
+say "Every request was written to the tamper-evident audit log."
+"$hearth" --data-dir home audit --action store. | tail -n 5
+
+say "Stopping the node cleanly, then verifying the audit log's hash chain and signed checkpoints."
+kill -TERM "$node_pid"
+wait "$node_pid" || true
+"$hearth" --data-dir home audit verify
+
 say "Done. Mesh, keys and capabilities were in $work$( [ "$keep" = true ] && echo ' (kept)' || echo ' (removed)')."
