@@ -119,12 +119,12 @@ fn verify(dir: &DataDir, out: &mut Output) -> Result<()> {
         || {
             let mut text = String::new();
             if result.ok() {
-                let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+                let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
                 text.push_str(&format!(
                     "The audit log is intact: {}, {} ({} after the last checkpoint protected by the hash chain only).\n",
-                    plural(result.entries, "entry").replace("entrys", "entries"),
-                    plural(result.checkpoints, "signed checkpoint"),
-                    plural(result.unsigned_tail, "entry").replace("entrys", "entries"),
+                    plural(result.entries, "entry", "entries"),
+                    plural(result.checkpoints, "signed checkpoint", "signed checkpoints"),
+                    plural(result.unsigned_tail, "entry", "entries"),
                 ));
             } else {
                 text.push_str(&format!("The audit log has been tampered with ({} problems):\n", result.findings.len()));
