@@ -903,6 +903,10 @@ fn apply_doc<'a>(
                 });
             }
             Write::Delete { key } => {
+                // Another writer may have deleted it since the caller looked.
+                if matches!(state.doc.get(ROOT, key.as_str()), Ok(None)) {
+                    continue;
+                }
                 state
                     .doc
                     .delete(ROOT, key.as_str())

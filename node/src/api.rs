@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -92,6 +93,24 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": self.message, "code": self.code })),
         )
             .into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::invalid(format!(
+            "the request body is not acceptable: {}",
+            rejection.body_text()
+        ))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::invalid(format!(
+            "the query is not acceptable: {}",
+            rejection.body_text()
+        ))
     }
 }
 
@@ -229,8 +248,9 @@ struct CreateStore {
 
 async fn create_store(
     State(node): State<Arc<Node>>,
-    Json(body): Json<CreateStore>,
+    body: Result<Json<CreateStore>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body?;
     let kind: Kind = body.kind.parse().map_err(ApiError::invalid)?;
     let info = blocking({
         let node = node.clone();
@@ -294,8 +314,9 @@ async fn get_key(
 async fn put_key(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
-    Json(value): Json<Value>,
+    value: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
+    let Json(value) = value?;
     blocking(move || {
         let bytes = value.to_string().len() as u64;
         node.stores.get(&name)?.put(&key, value)?;
@@ -327,8 +348,9 @@ async fn delete_key(
 async fn append_records(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Json(records): Json<Vec<Reading>>,
+    records: Result<Json<Vec<Reading>>, JsonRejection>,
 ) -> ApiResult {
+    let Json(records) = records?;
     blocking(move || {
         let count = records.len();
         let bytes: u64 = records
@@ -404,8 +426,9 @@ impl SelectQuery {
 async fn read_records(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Query(q): Query<SelectQuery>,
+    q: Result<Query<SelectQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Query(q) = q?;
     let selection = q.selection()?;
     let filter = q.filter()?;
     blocking(move || {
@@ -426,8 +449,9 @@ async fn read_records(
 async fn aggregate(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Query(q): Query<SelectQuery>,
+    q: Result<Query<SelectQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Query(q) = q?;
     let selection = q.selection()?;
     let filter = q.filter()?;
     let function: Aggregate = q
@@ -480,7 +504,11 @@ struct AuditQuery {
     action: Option<String>,
 }
 
-async fn audit(State(node): State<Arc<Node>>, Query(q): Query<AuditQuery>) -> ApiResult {
+async fn audit(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
     blocking(move || {
         let entries = node
             .audit

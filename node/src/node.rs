@@ -20,6 +20,8 @@ pub mod layout {
     pub const STORES_DIR: &str = "stores";
     /// The audit log.
     pub const AUDIT_FILE: &str = "audit.log";
+    /// Locked while a node runs on the data directory.
+    pub const LOCK_FILE: &str = "node.lock";
 }
 
 /// What a node needs to start.
@@ -58,6 +60,9 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// Another node runs on this data directory.
+    #[error("another Hearth node is already running on {0}")]
+    AlreadyRunning(String),
     /// The API may only listen on a loopback address.
     #[error("the local API listens on loopback only, not {0}")]
     NotLoopback(SocketAddr),
@@ -86,6 +91,8 @@ pub struct Node {
     pub(crate) stores: Stores,
     pub(crate) audit: AuditLog,
     pub(crate) api_key: String,
+    /// Held for the node's lifetime: one node per data directory.
+    _lock: std::fs::File,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
@@ -134,6 +141,22 @@ impl Node {
         if !config.api.ip().is_loopback() {
             return Err(NodeError::NotLoopback(config.api));
         }
+        let lock_path = config.data_dir.join(layout::LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(NodeError::AlreadyRunning(
+                    config.data_dir.display().to_string(),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
+        }
         let clock = system_clock();
         let stores = Stores::open(StoresConfig {
             root: config.data_dir.join(layout::STORES_DIR),
@@ -153,6 +176,7 @@ impl Node {
             stores,
             audit,
             api_key,
+            _lock: lock,
         }))
     }
 

@@ -140,6 +140,33 @@ fn stores_and_audit_through_a_running_node() {
         node.addr
     );
 
+    // One node per data directory.
+    let second = hearth(&dir, &["node", "run"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("api.addr"))
+            .unwrap()
+            .trim(),
+        node.addr
+    );
+
+    // A malformed body is refused with a JSON error and changes nothing.
+    let key = std::fs::read_to_string(dir.join("api.key")).unwrap();
+    let mut stream = std::net::TcpStream::connect(&node.addr).unwrap();
+    let body = "{\"name\": 5}";
+    write!(
+        stream,
+        "POST /v1/stores HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        key.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("\"code\":\"invalid\""), "{response}");
+
     // A request without the key is refused.
     let mut stream = std::net::TcpStream::connect(&node.addr).unwrap();
     write!(
