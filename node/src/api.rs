@@ -54,6 +54,14 @@ impl ApiError {
         }
     }
 
+    fn no_key(store: &str, key: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("store {store:?} has no key {key:?}"),
+        )
+    }
+
     fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
@@ -293,11 +301,7 @@ async fn get_key(
     blocking(move || {
         let value = node.stores.get(&name)?.get(&key)?;
         let Some(value) = value else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("store {name:?} has no key {key:?}"),
-            ));
+            return Err(ApiError::no_key(&name, &key));
         };
         record(
             &node,
@@ -333,11 +337,7 @@ async fn delete_key(
     blocking(move || {
         let existed = node.stores.get(&name)?.delete(&key)?;
         if !existed {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("store {name:?} has no key {key:?}"),
-            ));
+            return Err(ApiError::no_key(&name, &key));
         }
         record(&node, "store.delete", &name, "allowed", 0)?;
         Ok(Json(json!({ "deleted": key })))
