@@ -239,6 +239,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(bytes).map_err(|_| DecodeError::BadUtf8 { what })
     }
 
+    /// Everything not read yet.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.input)
+    }
+
     pub(crate) fn finish(self, what: &'static str) -> Result<(), DecodeError> {
         if self.input.is_empty() {
             Ok(())

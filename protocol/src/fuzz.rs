@@ -85,3 +85,40 @@ pub fn manifest_input(data: &[u8]) {
         "an accepted manifest could not be approved: {signed:?}"
     );
 }
+
+/// The admission decoder, and a connection fed whatever decodes (or not).
+pub fn admission_input(data: &[u8]) {
+    use crate::capability::{RevocationSet, Verifier, VerifierConfig};
+    use crate::key::NodeKey;
+    use crate::mesh::admission::{Config, Connection, Gate, Message, Opening};
+
+    if let Ok(message) = Message::decode(data) {
+        assert_eq!(
+            message.encode(),
+            data,
+            "a decoded admission message re-encodes differently"
+        );
+    }
+    let owner = OwnerKey::from_seed([1; 32]);
+    let local = NodeKey::from_seed([2; 32]);
+    let remote = NodeKey::from_seed([3; 32]).public();
+    let mut gate = Gate::new(
+        local.public(),
+        Verifier::new(owner.public(), VerifierConfig::default()),
+        RevocationSet::new(owner.public()),
+        Some(crate::mesh::admission::Issuer {
+            key: owner.secret().clone(),
+            admit: None,
+        }),
+    );
+    let opening = Opening::Joiner {
+        ticket: [0; 16],
+        proof: [0; 32],
+        name: "fuzz".into(),
+        role: crate::capability::Role::Mobile,
+    };
+    let mut connection = Connection::new(UnixMillis(1), remote, opening, &Config::default());
+    connection.handle_message(UnixMillis(2), data, &mut gate);
+    while connection.poll_transmit().is_some() {}
+    while connection.poll_event().is_some() {}
+}

@@ -36,4 +36,5 @@ pub mod encoding;
 pub mod fuzz;
 pub mod key;
 pub mod manifest;
+pub mod mesh;
 pub mod time;

@@ -56,3 +56,9 @@ fn manifest_parser_inputs() {
     let count = replay("manifest_parse", hearth_protocol::fuzz::manifest_input);
     assert!(count >= 3, "the manifest seeds are missing");
 }
+
+#[test]
+fn admission_decoder_inputs() {
+    let count = replay("admission_decode", hearth_protocol::fuzz::admission_input);
+    assert!(count >= 2, "the admission seeds are missing");
+}

@@ -1,0 +1,6 @@
+//! The private mesh's sans-IO machines. [`admission`] decides, per connection, whether
+//! the remote peer is one of this owner's devices (or a new device redeeming a
+//! [`ticket::Ticket`]) before any other protocol is served to it.
+
+pub mod admission;
+pub mod ticket;
