@@ -427,21 +427,22 @@ async fn read_records(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     q: Result<Query<SelectQuery>, QueryRejection>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let Query(q) = q?;
     let selection = q.selection()?;
     let filter = q.filter()?;
     blocking(move || {
         let records = node.stores.get(&name)?.read(selection, filter.as_ref())?;
-        let body = json!({ "records": records });
-        record(
-            &node,
-            "store.read",
-            &name,
-            "allowed",
-            body.to_string().len() as u64,
-        )?;
-        Ok(Json(body))
+        // Serialize once: the audit entry records the size of what leaves.
+        let body = serde_json::to_vec(&json!({ "records": records })).map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                err.to_string(),
+            )
+        })?;
+        record(&node, "store.read", &name, "allowed", body.len() as u64)?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
     })
     .await
 }
