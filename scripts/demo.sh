@@ -57,7 +57,7 @@ echo "exit code: $code"
 [ ! -e stolen.cap ] || { echo "demo: a refused delegation wrote a file" >&2; exit 1; }
 
 say "Starting the node: it opens its stores and audit log and serves the local API on 127.0.0.1."
-"$hearth" --data-dir home node run > node.log 2>&1 &
+"$hearth" --data-dir home node run --no-mdns --listen /ip4/127.0.0.1/udp/0/quic-v1 > node.log 2>&1 &
 node_pid=$!
 trap 'kill -TERM $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; [ "$keep" = true ] || rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do

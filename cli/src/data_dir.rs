@@ -31,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) role: String,
     /// The mesh owner's public key (hex).
     pub(crate) owner: String,
+    /// Mesh addresses to dial at start (the device that invited this one, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) bootstrap: Vec<String>,
 }
 
 impl DataDir {
@@ -120,6 +123,15 @@ impl DataDir {
                 ),
             )
         })
+    }
+
+    /// Reads this device's certificate.
+    pub(crate) fn device_cert(&self) -> Result<hearth_protocol::capability::Chain> {
+        let path = self.device_cert_path();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|err| CliError::read(&path, err, "device certificate"))?;
+        hearth_protocol::capability::Chain::from_text(&text)
+            .map_err(|err| CliError::bad_capability_file(&path, err))
     }
 
     /// Loads the owner key; only the device that ran `hearth init` has it.

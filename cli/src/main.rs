@@ -58,6 +58,20 @@ enum Command {
     /// Show and delegate capabilities.
     #[command(subcommand)]
     Cap(cmd::cap::Command),
+    /// A one-time ticket for a new device (needs a running node with the owner key).
+    Invite {
+        /// How long the ticket works.
+        #[arg(long, default_value = "10m", value_parser = cmd::parse_duration)]
+        ttl: std::time::Duration,
+        /// The new device's role (overrides what it asks for).
+        #[arg(long, value_parser = ["home", "mobile", "cloud"])]
+        role: Option<String>,
+        /// The new device's name (overrides what it asks for).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Join an existing mesh with a ticket (on a fresh data directory).
+    Join(cmd::join::Args),
     /// Run the node.
     #[command(subcommand)]
     Node(cmd::node::Command),
@@ -95,6 +109,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Key(command) => cmd::key::run(&data_dir, command, &mut out),
         Command::App(command) => cmd::app::run(&data_dir, command, &mut out),
         Command::Cap(command) => cmd::cap::run(&data_dir, command, &mut out),
+        Command::Invite { ttl, role, name } => {
+            cmd::node::invite(&data_dir, ttl, role, name, &mut out)
+        }
+        Command::Join(args) => cmd::join::run(&data_dir, args, &mut out),
         Command::Node(command) => cmd::node::run(&data_dir, command, &mut out),
         Command::Status => cmd::node::status(&data_dir, &mut out),
         Command::Store(command) => cmd::store::run(&data_dir, command, &mut out),

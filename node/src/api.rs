@@ -143,6 +143,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/stores/{name}/tail", get(tail))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/invite", axum::routing::post(invite))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -209,12 +210,18 @@ fn record(
 async fn status(State(node): State<Arc<Node>>) -> ApiResult {
     let stores = node.stores.list();
     let c = &node.config;
+    let mesh = match node.mesh.get() {
+        Some(handle) => Some(handle.status().await.map_err(|err| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", err.to_string())
+        })?),
+        None => None,
+    };
     Ok(Json(json!({
         "peer_id": c.node_key.public().peer_id(),
         "name": c.name,
         "role": c.role,
-        "listen": [],
-        "peers": [],
+        "listen": mesh.as_ref().map(|m| m.listen.clone()).unwrap_or_default(),
+        "peers": mesh.as_ref().map(|m| m.peers.clone()).unwrap_or_default(),
         "stores": stores.iter().map(|s| json!({
             "name": s.name,
             "replicas": [{ "device": c.name, "in_sync": s.error.is_none(), "lag": 0 }],
@@ -532,4 +539,47 @@ async fn audit_verify(State(node): State<Arc<Node>>) -> ApiResult {
         })))
     })
     .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteRequest {
+    ttl_ms: Option<u64>,
+    name: Option<String>,
+    role: Option<String>,
+}
+
+async fn invite(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<InviteRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let Some(mesh) = node.mesh.get() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh",
+            "this node runs without the mesh",
+        ));
+    };
+    let role = body
+        .role
+        .as_deref()
+        .map(str::parse::<hearth_protocol::capability::Role>)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let ttl = std::time::Duration::from_millis(body.ttl_ms.unwrap_or(600_000));
+    let ticket = mesh
+        .invite(ttl, body.name, role)
+        .await
+        .map_err(|err| match err {
+            crate::mesh::MeshError::CannotAdmit => {
+                ApiError::new(StatusCode::FORBIDDEN, "refused", err.to_string())
+            }
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", other.to_string()),
+        })?;
+    let expires = hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now())
+        .saturating_add(ttl);
+    Ok(Json(
+        json!({ "ticket": ticket, "expires": expires.to_string() }),
+    ))
 }

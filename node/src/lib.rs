@@ -1,11 +1,12 @@
-//! The Hearth node as a library. Today it is the local node: it opens the node's stores
-//! and audit log and serves the local HTTP API on 127.0.0.1 for the `hearth` CLI. The
-//! mesh, compute runtime and drivers come later.
+//! The Hearth node as a library: it opens the node's stores and audit log, joins the
+//! private mesh (libp2p, with admission by device certificate) and serves the local HTTP
+//! API on 127.0.0.1 for the `hearth` CLI. Replication, compute and drivers come later.
 //!
 //! Actors (one today):
 //!
 //! ```text
 //! hearth node run
+//! ├── mesh loop (libp2p swarm: admission, identify, ping, mdns)   MeshHandle
 //! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key
 //!     └── blocking store and audit calls on tokio's blocking pool
 //! ```
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod mesh;
 mod node;
 
-pub use node::{Node, NodeConfig, NodeError, layout};
+pub use node::{MeshSetup, Node, NodeConfig, NodeError, layout};

@@ -39,6 +39,22 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// Backend for new stores.
     pub backend: BackendKind,
+    /// The mesh, when this device has a certificate: its certificate, the owner key
+    /// if this device holds it (to admit new devices), and the network settings.
+    pub mesh: Option<MeshSetup>,
+}
+
+/// What the mesh needs from the data directory.
+#[derive(Debug)]
+pub struct MeshSetup {
+    /// This device's certificate.
+    pub certificate: hearth_protocol::capability::Chain,
+    /// The mesh owner's public key.
+    pub owner: hearth_protocol::key::PublicKey,
+    /// The owner key, on the device that holds it.
+    pub owner_key: Option<hearth_protocol::key::OwnerKey>,
+    /// Listen, bootstrap, mDNS.
+    pub config: crate::mesh::MeshConfig,
 }
 
 /// Why the node could not start or stopped with an error.
@@ -63,6 +79,9 @@ pub enum NodeError {
     /// Another node runs on this data directory.
     #[error("another Hearth node is already running on {0}")]
     AlreadyRunning(String),
+    /// The mesh could not start.
+    #[error("{0}")]
+    Mesh(String),
     /// The API may only listen on a loopback address.
     #[error("the local API listens on loopback only, not {0}")]
     NotLoopback(SocketAddr),
@@ -89,7 +108,8 @@ fn actor_of(key: &hearth_protocol::key::PublicKey) -> [u8; 16] {
 pub struct Node {
     pub(crate) config: NodeConfig,
     pub(crate) stores: Stores,
-    pub(crate) audit: AuditLog,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) mesh: std::sync::OnceLock<crate::mesh::MeshHandle>,
     pub(crate) api_key: String,
     /// Held for the node's lifetime: one node per data directory.
     _lock: std::fs::File,
@@ -174,20 +194,54 @@ impl Node {
         Ok(Arc::new(Self {
             config,
             stores,
-            audit,
+            audit: Arc::new(audit),
+            mesh: std::sync::OnceLock::new(),
             api_key,
             _lock: lock,
         }))
     }
 
-    /// Serves the API until `shutdown` completes, then stops cleanly: the API stops
-    /// accepting, in-flight requests finish, the audit log is checkpointed and the
-    /// address file removed. Calls `ready` with the bound address once listening.
+    /// Serves the API (and runs the mesh) until `shutdown` completes, then stops
+    /// cleanly: the API stops accepting, in-flight requests finish, the mesh stops, the
+    /// audit log is checkpointed and the address file removed. Calls `ready` with the
+    /// bound address once listening.
     pub async fn serve(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
         ready: impl FnOnce(SocketAddr),
     ) -> Result<(), NodeError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(setup) = &self.config.mesh {
+            let verifier =
+                hearth_protocol::capability::Verifier::new(setup.owner, Default::default());
+            let gate = hearth_protocol::mesh::admission::Gate::new(
+                self.config.node_key.public(),
+                verifier,
+                hearth_protocol::capability::RevocationSet::new(setup.owner),
+                setup
+                    .owner_key
+                    .as_ref()
+                    .map(|k| hearth_protocol::mesh::admission::Issuer {
+                        key: k.secret().clone(),
+                        admit: None,
+                    }),
+            );
+            let handle = crate::mesh::spawn(
+                &self.config.node_key,
+                setup.certificate.clone(),
+                gate,
+                setup.config.clone(),
+                self.audit.clone(),
+                stop_rx.clone(),
+            )
+            .await
+            .map_err(|err| NodeError::Mesh(err.to_string()))?;
+            let _ = self.mesh.set(handle);
+        }
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
         let listener = tokio::net::TcpListener::bind(self.config.api)
             .await
             .map_err(|source| NodeError::Bind {

@@ -269,6 +269,13 @@ role_key!(
     KeyRole::Holder
 );
 
+impl NodeKey {
+    /// The 32-byte seed, for building the node's libp2p identity.
+    pub fn to_seed(&self) -> Zeroizing<[u8; 32]> {
+        self.0.seed()
+    }
+}
+
 impl OwnerKey {
     /// The 24-word BIP-39 English recovery phrase that encodes this key's seed.
     pub fn recovery_phrase(&self) -> Zeroizing<String> {

@@ -82,6 +82,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         name: args.name.clone(),
         role: role.to_string(),
         owner: owner.public().to_string(),
+        bootstrap: Vec::new(),
     };
     let config_text = toml::to_string(&config)
         .map_err(|err| CliError::new(Exit::Error, format!("cannot write the config: {err}")))?;

@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-use hearth_node::{Node, NodeConfig};
+use hearth_node::mesh::MeshConfig;
+use hearth_node::{MeshSetup, Node, NodeConfig};
 use hearth_protocol::key::NodeKey;
 use hearth_stores::backend::BackendKind;
 
@@ -20,6 +21,30 @@ pub(crate) struct RunArgs {
     /// Storage engine for new stores.
     #[arg(long, default_value = "redb", value_parser = ["redb", "sled"])]
     backend: String,
+    /// Mesh address to listen on (repeatable) [default: QUIC and TCP on 0.0.0.0, ports chosen by the system].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Address to dial at start and after losing it (repeatable), e.g. a cloud node.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Do not look for devices on the LAN with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+fn multiaddrs(values: &[String], flag: &str) -> Result<Vec<hearth_node::mesh::Address>> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse().map_err(|err| {
+                CliError::new(
+                    Exit::Usage,
+                    format!("--{flag} {v:?} is not a multiaddr: {err}"),
+                )
+                .hint("write it like /ip4/192.0.2.1/udp/4001/quic-v1")
+            })
+        })
+        .collect()
 }
 
 /// Node commands.
@@ -44,6 +69,26 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         .backend
         .parse()
         .map_err(|err: String| CliError::new(Exit::Usage, err))?;
+    let mut mesh_config = MeshConfig::default();
+    if !args.listen.is_empty() {
+        mesh_config.listen = multiaddrs(&args.listen, "listen")?;
+    }
+    let mut bootstrap = config.bootstrap.clone();
+    bootstrap.extend(args.bootstrap.iter().cloned());
+    mesh_config.bootstrap = multiaddrs(&bootstrap, "bootstrap")?;
+    mesh_config.mdns = !args.no_mdns;
+    let owner = dir.owner_public()?;
+    let owner_key = if dir.owner_key_path().exists() {
+        Some(dir.owner_key()?)
+    } else {
+        None
+    };
+    let mesh = MeshSetup {
+        certificate: dir.device_cert()?,
+        owner,
+        owner_key,
+        config: mesh_config,
+    };
     let node = Node::open(NodeConfig {
         data_dir: dir.root().to_path_buf(),
         name: config.name.clone(),
@@ -51,6 +96,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         node_key,
         api: args.api,
         backend,
+        mesh: Some(mesh),
     })
     .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -112,9 +158,20 @@ pub(crate) fn status(dir: &DataDir, out: &mut Output) -> Result<()> {
                 status["peer_id"].as_str().unwrap_or("?")
             );
             let peers = status["peers"].as_array().map(Vec::len).unwrap_or(0);
-            text.push_str(&format!(
-                "Peers: {peers} (the mesh is not built yet; this node runs alone)\n"
-            ));
+            text.push_str(&format!("Peers: {peers}\n"));
+            for peer in status["peers"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "  {:<16} {:<7} {:<10} {}\n",
+                    peer["name"].as_str().unwrap_or("?"),
+                    peer["role"].as_str().unwrap_or("?"),
+                    if peer["connected"].as_bool().unwrap_or(false) {
+                        "connected"
+                    } else {
+                        "offline"
+                    },
+                    peer["peer_id"].as_str().unwrap_or("?"),
+                ));
+            }
             text.push_str("Stores:\n");
             for store in status["stores"].as_array().into_iter().flatten() {
                 text.push_str(&format!("  {}\n", store["name"].as_str().unwrap_or("?")));
@@ -122,6 +179,34 @@ pub(crate) fn status(dir: &DataDir, out: &mut Output) -> Result<()> {
             text
         },
         || status.clone(),
+    );
+    Ok(())
+}
+
+/// `hearth invite`.
+pub(crate) fn invite(
+    dir: &DataDir,
+    ttl: std::time::Duration,
+    role: Option<String>,
+    name: Option<String>,
+    out: &mut Output,
+) -> Result<()> {
+    let client = Client::connect(dir)?;
+    let body = serde_json::json!({
+        "ttl_ms": u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        "role": role,
+        "name": name,
+    });
+    let answer = client.send("POST", "/v1/invite", &body)?;
+    out.emit(
+        || {
+            format!(
+                "{}\nGive this one-time ticket to the new device; it works until {}:\n  hearth join TICKET --name NAME",
+                answer["ticket"].as_str().unwrap_or(""),
+                answer["expires"].as_str().unwrap_or("?")
+            )
+        },
+        || answer.clone(),
     );
     Ok(())
 }
