@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use hearth_protocol::capability::{Chain, Role};
-use hearth_protocol::device::Device;
 use hearth_protocol::key::{NodeKey, PublicKey};
 use hearth_protocol::mesh::admission::{
     self, Config as AdmissionConfig, Connection, Event, Gate, Opening,
@@ -60,6 +59,9 @@ pub struct MeshConfig {
     pub mdns: bool,
     /// Admission settings (deadline).
     pub admission: AdmissionConfig,
+    /// Where the devices this node has admitted, and their addresses, are remembered,
+    /// so that a restarted node finds them again. Default: nowhere.
+    pub peers_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MeshConfig {
@@ -76,6 +78,7 @@ impl Default for MeshConfig {
             bootstrap: Vec::new(),
             mdns: true,
             admission: AdmissionConfig::default(),
+            peers_file: None,
         }
     }
 }
@@ -367,10 +370,56 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
 }
 
 struct Known {
-    device: Device,
+    name: String,
+    role: String,
     connected: bool,
     last_seen: u64,
     addrs: Vec<Multiaddr>,
+}
+
+/// One remembered device in the peers file.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    peer_id: String,
+    name: String,
+    role: String,
+    last_seen: u64,
+    addrs: Vec<String>,
+}
+
+fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return BTreeMap::new();
+    };
+    let list: Vec<Remembered> = match serde_json::from_slice(&bytes) {
+        Ok(list) => list,
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "ignoring an unreadable peers file");
+            return BTreeMap::new();
+        }
+    };
+    list.into_iter()
+        .take(1024)
+        .filter_map(|r| {
+            let peer = r.peer_id.parse().ok()?;
+            let addrs = r
+                .addrs
+                .iter()
+                .take(16)
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            Some((
+                peer,
+                Known {
+                    name: r.name,
+                    role: r.role,
+                    connected: false,
+                    last_seen: r.last_seen,
+                    addrs,
+                },
+            ))
+        })
+        .collect()
 }
 
 struct MeshLoop {
@@ -386,6 +435,8 @@ struct MeshLoop {
     identified: BTreeMap<PeerId, Vec<Multiaddr>>,
     /// Refused peers, disconnected once their refusal had time to reach them.
     closing: Vec<(PeerId, UnixMillis)>,
+    /// The peers file needs writing.
+    dirty: bool,
 }
 
 /// Starts the mesh loop. `issuer` lets this node admit devices (it holds the owner key).
@@ -412,6 +463,11 @@ pub async fn spawn(
         }
     }
     let owner = *gate.owner();
+    let config_peers = config
+        .peers_file
+        .as_deref()
+        .map(load_peers)
+        .unwrap_or_default();
     let (commands, receiver) = mpsc::channel(64);
     let mesh = MeshLoop {
         swarm,
@@ -421,9 +477,10 @@ pub async fn spawn(
         config,
         audit,
         admitting: BTreeMap::new(),
-        known: BTreeMap::new(),
+        known: config_peers,
         identified: BTreeMap::new(),
         closing: Vec::new(),
+        dirty: false,
     };
     tokio::spawn(mesh.run(receiver, shutdown));
     Ok(MeshHandle { commands })
@@ -472,8 +529,8 @@ impl MeshLoop {
                         .known
                         .iter()
                         .map(|(peer, k)| PeerStatus {
-                            name: k.device.name.clone(),
-                            role: k.device.role.to_string(),
+                            name: k.name.clone(),
+                            role: k.role.clone(),
                             peer_id: peer.to_string(),
                             connected: k.connected,
                             last_seen: k.last_seen,
@@ -584,7 +641,10 @@ impl MeshLoop {
                 // Only admitted devices' addresses are passed on; until admission they wait.
                 let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
                 match self.known.get_mut(&peer_id) {
-                    Some(k) if k.connected => add_addrs(&mut k.addrs, addrs),
+                    Some(k) if k.connected => {
+                        add_addrs(&mut k.addrs, addrs);
+                        self.dirty = true;
+                    }
                     _ if self.swarm.is_connected(&peer_id) => {
                         self.identified.insert(peer_id, addrs);
                     }
@@ -685,12 +745,15 @@ impl MeshLoop {
                     self.audit("mesh.admit", &device.name, "allowed");
                     tracing::info!(peer = %peer, device = %device.name, "peer admitted");
                     let entry = self.known.entry(peer).or_insert_with(|| Known {
-                        device: device.clone(),
+                        name: device.name.clone(),
+                        role: device.role.to_string(),
                         connected: true,
                         last_seen: 0,
                         addrs: Vec::new(),
                     });
-                    entry.device = device;
+                    entry.name = device.name.clone();
+                    entry.role = device.role.to_string();
+                    self.dirty = true;
                     entry.connected = true;
                     entry.last_seen = now().0;
                     if let Some(addrs) = self.identified.remove(&peer) {
@@ -740,6 +803,34 @@ impl MeshLoop {
             if k.connected && self.swarm.is_connected(peer) {
                 k.last_seen = now.0;
             }
+        }
+        if self.dirty {
+            self.dirty = false;
+            self.save_peers();
+        }
+    }
+
+    fn save_peers(&self) {
+        let Some(path) = &self.config.peers_file else {
+            return;
+        };
+        let list: Vec<Remembered> = self
+            .known
+            .iter()
+            .map(|(peer, k)| Remembered {
+                peer_id: peer.to_string(),
+                name: k.name.clone(),
+                role: k.role.clone(),
+                last_seen: k.last_seen,
+                addrs: k.addrs.iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        let Ok(bytes) = serde_json::to_vec_pretty(&list) else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        if let Err(err) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remember peers");
         }
     }
 

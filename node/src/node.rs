@@ -20,6 +20,8 @@ pub mod layout {
     pub const STORES_DIR: &str = "stores";
     /// The audit log.
     pub const AUDIT_FILE: &str = "audit.log";
+    /// The devices this node has admitted and where they were.
+    pub const PEERS_FILE: &str = "peers.json";
     /// Locked while a node runs on the data directory.
     pub const LOCK_FILE: &str = "node.lock";
 }
@@ -226,11 +228,15 @@ impl Node {
                         admit: None,
                     }),
             );
+            let mut mesh_config = setup.config.clone();
+            if mesh_config.peers_file.is_none() {
+                mesh_config.peers_file = Some(self.config.data_dir.join(layout::PEERS_FILE));
+            }
             let handle = crate::mesh::spawn(
                 &self.config.node_key,
                 setup.certificate.clone(),
                 gate,
-                setup.config.clone(),
+                mesh_config,
                 self.audit.clone(),
                 stop_rx.clone(),
             )

@@ -33,3 +33,131 @@ impl Rng {
         low + self.next_u64() % (high - low).max(1)
     }
 }
+
+/// Driving the real `hearth` binary: run commands, start and stop nodes.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+pub mod cli {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+
+    use serde_json::Value;
+
+    pub fn hearth_bin() -> PathBuf {
+        // The `hearth` binary sits next to this test's binary's parent directory.
+        let mut path = std::env::current_exe().unwrap();
+        path.pop();
+        if path.ends_with("deps") {
+            path.pop();
+        }
+        let bin = path.join("hearth");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build -p hearth-cli`",
+            bin.display()
+        );
+        bin
+    }
+
+    pub fn hearth(dir: &Path, args: &[&str]) -> Output {
+        Command::new(hearth_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn json_ok(dir: &Path, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = hearth(dir, &all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+            panic!("{args:?}: {err}: {}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    #[derive(Debug)]
+    pub struct RunningNode {
+        /// The node process.
+        pub child: Child,
+        /// Its API address.
+        pub addr: String,
+    }
+
+    /// Starts `hearth node run` and waits for the line that says it listens. The caller
+    /// owns the child and waits for it in `stop`.
+    #[allow(clippy::zombie_processes)]
+    pub fn start(dir: &Path) -> RunningNode {
+        start_with(
+            dir,
+            &["--no-mdns", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+        )
+    }
+
+    /// Starts `hearth node run` with extra arguments (an API on 127.0.0.1, port chosen by
+    /// the system) and waits for the line that says it listens.
+    #[allow(clippy::zombie_processes)]
+    pub fn start_with(dir: &Path, extra: &[&str]) -> RunningNode {
+        let mut child = Command::new(hearth_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["node", "run", "--api", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "the node exited before listening"
+            );
+            if let Some(rest) = line.split("local API on ").nth(1) {
+                let addr = rest.split('.').take(4).collect::<Vec<_>>().join(".");
+                let addr = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches('.')
+                    .to_owned();
+                // Keep draining stderr so the node never blocks on a full pipe.
+                std::thread::spawn(move || {
+                    let mut sink = String::new();
+                    let _ = stderr.read_to_string(&mut sink);
+                });
+                return RunningNode { child, addr };
+            }
+        }
+    }
+
+    pub fn stop(node: RunningNode) {
+        let RunningNode { mut child, .. } = node;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "the node did not stop cleanly: {exit}");
+    }
+
+    pub fn init(dir: &Path) {
+        let out = hearth(dir, &["init", "--name", "home"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

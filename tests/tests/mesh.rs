@@ -1,0 +1,172 @@
+//! The private mesh with three real `hearth` processes on loopback (home, phone, cloud):
+//! pairing with invite and join, every node seeing the other two, outsiders and bad
+//! tickets refused, and a killed node found again after a restart.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hearth_tests::cli::{RunningNode, hearth, init, json_ok, start_with};
+use serde_json::Value;
+
+const LISTEN: [&str; 5] = [
+    "--no-mdns",
+    "--listen",
+    "/ip4/127.0.0.1/udp/0/quic-v1",
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+];
+
+fn start(dir: &Path) -> RunningNode {
+    start_with(dir, &LISTEN)
+}
+
+fn invite(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["invite"];
+    args.extend_from_slice(extra);
+    json_ok(dir, &args)["ticket"].as_str().unwrap().to_owned()
+}
+
+/// Waits (at most 20 s) until `dir`'s node lists `names` as connected peers, and no others.
+fn wait_for_peers(dir: &Path, names: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = json_ok(dir, &["status"]);
+        let mut connected: Vec<String> = status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["connected"] == true)
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect();
+        connected.sort();
+        let mut want: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        if connected == want {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} sees {connected:?}, expected {want:?}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill9(node: RunningNode) {
+    let RunningNode { mut child, .. } = node;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn three_devices_pair_and_see_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, phone, cloud) = (
+        tmp.path().join("home"),
+        tmp.path().join("phone"),
+        tmp.path().join("cloud"),
+    );
+    init(&home);
+    let home_node = start(&home);
+
+    let ticket = invite(&home, &[]);
+    let joined = json_ok(
+        &phone,
+        &["join", &ticket, "--name", "phone", "--role", "mobile"],
+    );
+    assert_eq!(joined["name"], "phone");
+    let owner = joined["owner"].clone();
+    // A ticket works once.
+    let again = hearth(
+        &tmp.path().join("other"),
+        &["join", &ticket, "--name", "other"],
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already used"));
+    assert!(!tmp.path().join("other").join("node.key").exists());
+
+    let ticket = invite(&home, &["--role", "cloud"]);
+    let joined = json_ok(&cloud, &["join", &ticket, "--name", "vm"]);
+    assert_eq!(joined["role"], "cloud");
+    assert_eq!(joined["owner"], owner, "both devices joined the same mesh");
+
+    // An expired ticket is refused.
+    let stale = invite(&home, &["--ttl", "1ms"]);
+    let out = hearth(
+        &tmp.path().join("late"),
+        &["join", &stale, "--name", "late"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+
+    let phone_node = start(&phone);
+    let cloud_node = start(&cloud);
+    wait_for_peers(&home, &["phone", "vm"]);
+    wait_for_peers(&phone, &["home", "vm"]);
+    let status = wait_for_peers(&cloud, &["home", "phone"]);
+    assert!(!status["listen"].as_array().unwrap().is_empty());
+
+    // A node of another mesh dials home: refused, audited, never a peer.
+    let stranger = tmp.path().join("stranger");
+    init(&stranger);
+    let home_addr = json_ok(&home, &["status"])["listen"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let home_peer = json_ok(&home, &["status"])["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bootstrap = format!("{home_addr}/p2p/{home_peer}");
+    let mut args: Vec<&str> = LISTEN.to_vec();
+    args.extend(["--bootstrap", &bootstrap]);
+    let stranger_node = start_with(&stranger, &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let audit = json_ok(&home, &["audit", "--action", "mesh.admit"]);
+        let refused = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["outcome"].as_str().unwrap().contains("another mesh"));
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "home never refused the stranger: {audit}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peers = json_ok(&home, &["status"])["peers"].clone();
+    assert_eq!(peers.as_array().unwrap().len(), 2, "{peers}");
+    kill9(stranger_node);
+
+    // Home is killed and restarted: the others find it again by themselves.
+    kill9(home_node);
+    wait_for_peers(&phone, &["vm"]);
+    let home_node = start(&home);
+    wait_for_peers(&home, &["phone", "vm"]);
+    wait_for_peers(&phone, &["home", "vm"]);
+    wait_for_peers(&cloud, &["home", "phone"]);
+
+    for node in [home_node, phone_node, cloud_node] {
+        hearth_tests::cli::stop(node);
+    }
+}
