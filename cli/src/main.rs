@@ -72,6 +72,8 @@ enum Command {
     },
     /// Join an existing mesh with a ticket (on a fresh data directory).
     Join(cmd::join::Args),
+    /// The devices of the mesh; `revoke NAME` removes one.
+    Devices(cmd::devices::Args),
     /// Run the node.
     #[command(subcommand)]
     Node(cmd::node::Command),
@@ -113,6 +115,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             cmd::node::invite(&data_dir, ttl, role, name, &mut out)
         }
         Command::Join(args) => cmd::join::run(&data_dir, args, &mut out),
+        Command::Devices(args) => cmd::devices::run(&data_dir, args, &mut out),
         Command::Node(command) => cmd::node::run(&data_dir, command, &mut out),
         Command::Status => cmd::node::status(&data_dir, &mut out),
         Command::Store(command) => cmd::store::run(&data_dir, command, &mut out),

@@ -144,6 +144,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/invite", axum::routing::post(invite))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/{name}/revoke", axum::routing::post(revoke))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -582,4 +584,38 @@ async fn invite(
     Ok(Json(
         json!({ "ticket": ticket, "expires": expires.to_string() }),
     ))
+}
+
+fn mesh_of(node: &Node) -> Result<&crate::mesh::MeshHandle, ApiError> {
+    node.mesh.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh",
+            "this node runs without the mesh",
+        )
+    })
+}
+
+async fn devices(State(node): State<Arc<Node>>) -> ApiResult {
+    let list = mesh_of(&node)?
+        .devices()
+        .await
+        .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", err.to_string()))?;
+    Ok(Json(json!({ "devices": list })))
+}
+
+async fn revoke(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    let peer = mesh_of(&node)?
+        .revoke(&name)
+        .await
+        .map_err(|err| match err {
+            crate::mesh::MeshError::NoSuchDevice(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
+            }
+            crate::mesh::MeshError::NotOwner => {
+                ApiError::new(StatusCode::FORBIDDEN, "refused", err.to_string())
+            }
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", other.to_string()),
+        })?;
+    Ok(Json(json!({ "revoked": name, "peer_id": peer })))
 }

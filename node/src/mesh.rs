@@ -62,6 +62,8 @@ pub struct MeshConfig {
     /// Where the devices this node has admitted, and their addresses, are remembered,
     /// so that a restarted node finds them again. Default: nowhere.
     pub peers_file: Option<std::path::PathBuf>,
+    /// Where revocations are kept across restarts. Default: nowhere.
+    pub revocations_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MeshConfig {
@@ -79,6 +81,7 @@ impl Default for MeshConfig {
             mdns: true,
             admission: AdmissionConfig::default(),
             peers_file: None,
+            revocations_file: None,
         }
     }
 }
@@ -213,6 +216,12 @@ pub enum MeshError {
     /// Pairing failed.
     #[error("{0}")]
     Join(String),
+    /// No device has that name.
+    #[error("no device is named {0:?}")]
+    NoSuchDevice(String),
+    /// Only the owner key can revoke devices.
+    #[error("only the device holding the owner key can revoke devices")]
+    NotOwner,
 }
 
 /// A peer as the mesh sees it.
@@ -230,6 +239,23 @@ pub struct PeerStatus {
     pub last_seen: u64,
 }
 
+/// A device of the mesh, for `hearth devices`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceStatus {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// PeerId.
+    pub peer_id: String,
+    /// Connected now (this device is always online).
+    pub online: bool,
+    /// Last seen (ms; 0 when never).
+    pub last_seen: u64,
+    /// Revoked?
+    pub revoked: bool,
+}
+
 /// What `status` reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MeshStatus {
@@ -241,6 +267,11 @@ pub struct MeshStatus {
 
 enum Command {
     Status(oneshot::Sender<MeshStatus>),
+    Devices(oneshot::Sender<Vec<DeviceStatus>>),
+    Revoke {
+        name: String,
+        reply: oneshot::Sender<Result<String, MeshError>>,
+    },
     Invite {
         ttl: Duration,
         name: Option<String>,
@@ -259,6 +290,8 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Status(_) => "Status",
+            Command::Devices(_) => "Devices",
+            Command::Revoke { .. } => "Revoke",
             Command::Invite { .. } => "Invite",
         })
     }
@@ -273,6 +306,29 @@ impl MeshHandle {
             .await
             .map_err(|_| MeshError::Stopped)?;
         answer.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Every device this node knows, itself included.
+    pub async fn devices(&self) -> Result<Vec<DeviceStatus>, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Devices(reply))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Revokes the device called `name` (needs the owner key); returns its PeerId.
+    pub async fn revoke(&self, name: &str) -> Result<String, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Revoke {
+                name: name.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)?
     }
 
     /// A one-time pairing ticket, as text.
@@ -387,6 +443,39 @@ struct Remembered {
     addrs: Vec<String>,
 }
 
+/// Revocations as stored and passed on: each `u16` length (big endian) then its bytes.
+fn encode_revocations(list: &[hearth_protocol::capability::SignedRevocation]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in list {
+        let bytes = r.encode();
+        if out.len() + bytes.len() + 2 > admission::MAX_MESSAGE_BYTES {
+            break;
+        }
+        out.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn decode_revocations(mut bytes: &[u8]) -> Vec<hearth_protocol::capability::SignedRevocation> {
+    let mut out = Vec::new();
+    while let Some((len, rest)) = bytes.split_first_chunk::<2>() {
+        let len = usize::from(u16::from_be_bytes(*len));
+        let Some(one) = rest.get(..len) else { break };
+        if let Ok(r) = hearth_protocol::capability::SignedRevocation::decode(one) {
+            out.push(r);
+        }
+        bytes = rest.get(len..).unwrap_or_default();
+    }
+    out
+}
+
+fn load_revocations(path: &std::path::Path) -> Vec<hearth_protocol::capability::SignedRevocation> {
+    std::fs::read(path)
+        .map(|b| decode_revocations(&b))
+        .unwrap_or_default()
+}
+
 fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
     let Ok(bytes) = std::fs::read(path) else {
         return BTreeMap::new();
@@ -437,13 +526,19 @@ struct MeshLoop {
     closing: Vec<(PeerId, UnixMillis)>,
     /// The peers file needs writing.
     dirty: bool,
+    /// The owner key, on the device that holds it.
+    owner_key: Option<hearth_protocol::key::OwnerKey>,
+    /// This device's name and role.
+    me: (String, String),
 }
 
 /// Starts the mesh loop. `issuer` lets this node admit devices (it holds the owner key).
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     key: &NodeKey,
     certificate: Chain,
-    gate: Gate,
+    mut gate: Gate,
+    owner_key: Option<hearth_protocol::key::OwnerKey>,
     config: MeshConfig,
     audit: Arc<AuditLog>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -463,6 +558,19 @@ pub async fn spawn(
         }
     }
     let owner = *gate.owner();
+    if let Some(path) = &config.revocations_file {
+        for revocation in load_revocations(path) {
+            if let Err(err) = gate.revocations.insert(&revocation) {
+                tracing::warn!(error = %err, "ignoring a stored revocation");
+            }
+        }
+    }
+    let me = certificate
+        .leaf()
+        .capability()
+        .device()
+        .map(|(n, r)| (n.to_owned(), r.to_string()))
+        .unwrap_or_default();
     let config_peers = config
         .peers_file
         .as_deref()
@@ -481,6 +589,8 @@ pub async fn spawn(
         identified: BTreeMap::new(),
         closing: Vec::new(),
         dirty: false,
+        owner_key,
+        me,
     };
     tokio::spawn(mesh.run(receiver, shutdown));
     Ok(MeshHandle { commands })
@@ -539,6 +649,32 @@ impl MeshLoop {
                 };
                 let _ = reply.send(status);
             }
+            Command::Devices(reply) => {
+                let me = *self.swarm.local_peer_id();
+                let mut list = vec![DeviceStatus {
+                    name: self.me.0.clone(),
+                    role: self.me.1.clone(),
+                    peer_id: me.to_string(),
+                    online: true,
+                    last_seen: now().0,
+                    revoked: false,
+                }];
+                list.extend(
+                    self.known.iter().map(|(peer, k)| DeviceStatus {
+                        name: k.name.clone(),
+                        role: k.role.clone(),
+                        peer_id: peer.to_string(),
+                        online: k.connected,
+                        last_seen: k.last_seen,
+                        revoked: peer_key(peer)
+                            .is_some_and(|key| self.gate.revocations.is_key_revoked(&key)),
+                    }),
+                );
+                let _ = reply.send(list);
+            }
+            Command::Revoke { name, reply } => {
+                let _ = reply.send(self.revoke(&name));
+            }
             Command::Invite {
                 ttl,
                 name,
@@ -547,6 +683,82 @@ impl MeshLoop {
             } => {
                 let _ = reply.send(self.invite(ttl, name, role));
             }
+        }
+    }
+
+    fn revoke(&mut self, name: &str) -> Result<String, MeshError> {
+        let Some(owner_key) = self.owner_key.clone() else {
+            return Err(MeshError::NotOwner);
+        };
+        let (peer, _) = self
+            .known
+            .iter()
+            .find(|(_, k)| k.name == name)
+            .ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))?;
+        let peer = *peer;
+        let key = peer_key(&peer).ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))?;
+        let revocation = hearth_protocol::capability::Revocation {
+            issuer: owner_key.public(),
+            target: hearth_protocol::capability::RevocationTarget::Key(key),
+            issued_at: now(),
+            reason: format!("device {name} revoked by the owner"),
+        }
+        .sign(owner_key.secret())
+        .map_err(|err| MeshError::Start(err.to_string()))?;
+        self.accept_revocations(vec![revocation]);
+        // Tell every connected device now rather than at the next exchange.
+        self.share_peers();
+        Ok(peer.to_string())
+    }
+
+    /// Takes in revocations (checked by the revocation set), drops revoked peers, keeps
+    /// the set on disk.
+    fn accept_revocations(&mut self, list: Vec<hearth_protocol::capability::SignedRevocation>) {
+        let mut changed = false;
+        for revocation in list {
+            match self.gate.revocations.insert(&revocation) {
+                Ok(true) => {
+                    changed = true;
+                    if let hearth_protocol::capability::RevocationTarget::Key(key) =
+                        revocation.revocation().target
+                    {
+                        self.audit("mesh.revoke", &key.short(), "allowed");
+                        if let Some(peer) = peer_id(&key) {
+                            if let Some(k) = self.known.get_mut(&peer) {
+                                k.connected = false;
+                            }
+                            let _ = self.swarm.disconnect_peer_id(peer);
+                        }
+                    }
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(error = %err, "ignoring a revocation"),
+            }
+        }
+        if changed {
+            if let Some(path) = &self.config.revocations_file {
+                let bytes = encode_revocations(self.gate.revocations.signed());
+                let tmp = path.with_extension("tmp");
+                if let Err(err) =
+                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
+                {
+                    tracing::error!(error = %err, "cannot store revocations");
+                }
+            }
+            self.dirty = true;
+        }
+    }
+
+    fn share_peers(&mut self) {
+        let connected: Vec<PeerId> = self
+            .known
+            .iter()
+            .filter(|(_, k)| k.connected)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in connected {
+            let list = self.peer_list();
+            self.swarm.behaviour_mut().peers.send_request(&peer, list);
         }
     }
 
@@ -849,11 +1061,17 @@ impl MeshLoop {
             .collect();
         let mut text = text.into_bytes();
         text.truncate(admission::MAX_MESSAGE_BYTES);
-        Frames(vec![text])
+        Frames(vec![
+            text,
+            encode_revocations(self.gate.revocations.signed()),
+        ])
     }
 
     /// Dials devices an admitted peer told us about; admission decides about them.
     fn learn_peers(&mut self, frames: &Frames) {
+        if let Some(revocations) = frames.0.get(1) {
+            self.accept_revocations(decode_revocations(revocations));
+        }
         let me = *self.swarm.local_peer_id();
         for frame in frames.0.iter().take(1) {
             let text = String::from_utf8_lossy(frame);
@@ -866,7 +1084,9 @@ impl MeshLoop {
                     continue;
                 }
                 let addrs: Vec<Multiaddr> = parts.take(16).filter_map(|a| a.parse().ok()).collect();
-                if addrs.is_empty() {
+                let revoked =
+                    peer_key(&peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key));
+                if addrs.is_empty() || revoked {
                     continue;
                 }
                 let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
@@ -880,20 +1100,15 @@ impl MeshLoop {
     /// Redials admitted peers that dropped, and bootstrap addresses not connected; asks
     /// connected peers which devices they know.
     fn redial(&mut self) {
-        let connected: Vec<PeerId> = self
-            .known
-            .iter()
-            .filter(|(_, k)| k.connected)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in connected {
-            let list = self.peer_list();
-            self.swarm.behaviour_mut().peers.send_request(&peer, list);
-        }
+        self.share_peers();
         let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
             .known
             .iter()
-            .filter(|(peer, k)| !k.connected && !self.swarm.is_connected(peer))
+            .filter(|(peer, k)| {
+                !k.connected
+                    && !self.swarm.is_connected(peer)
+                    && !peer_key(peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key))
+            })
             .map(|(peer, k)| (*peer, k.addrs.clone()))
             .collect();
         for (peer, addrs) in targets {

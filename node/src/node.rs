@@ -20,6 +20,8 @@ pub mod layout {
     pub const STORES_DIR: &str = "stores";
     /// The audit log.
     pub const AUDIT_FILE: &str = "audit.log";
+    /// Revocations this node knows (owner-signed), kept across restarts.
+    pub const REVOCATIONS_FILE: &str = "revocations.bin";
     /// The devices this node has admitted and where they were.
     pub const PEERS_FILE: &str = "peers.json";
     /// Locked while a node runs on the data directory.
@@ -232,10 +234,15 @@ impl Node {
             if mesh_config.peers_file.is_none() {
                 mesh_config.peers_file = Some(self.config.data_dir.join(layout::PEERS_FILE));
             }
+            if mesh_config.revocations_file.is_none() {
+                mesh_config.revocations_file =
+                    Some(self.config.data_dir.join(layout::REVOCATIONS_FILE));
+            }
             let handle = crate::mesh::spawn(
                 &self.config.node_key,
                 setup.certificate.clone(),
                 gate,
+                setup.owner_key.clone(),
                 mesh_config,
                 self.audit.clone(),
                 stop_rx.clone(),

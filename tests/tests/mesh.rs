@@ -166,6 +166,58 @@ fn three_devices_pair_and_see_each_other() {
     wait_for_peers(&phone, &["home", "vm"]);
     wait_for_peers(&cloud, &["home", "phone"]);
 
+    // The phone is lost: revoked on home, it is dropped everywhere within 5 seconds and
+    // stays out.
+    let revoked = json_ok(&home, &["devices", "revoke", "phone"]);
+    assert_eq!(revoked["revoked"], "phone");
+    let started = Instant::now();
+    wait_for_peers(&home, &["vm"]);
+    wait_for_peers(&cloud, &["home"]);
+    wait_for_peers(&phone, &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "revocation took {:?}",
+        started.elapsed()
+    );
+    for dir in [&home, &cloud] {
+        let devices = json_ok(dir, &["devices"]);
+        let phone_entry = devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "phone")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            phone_entry["revoked"],
+            true,
+            "{} does not know the phone is revoked",
+            dir.display()
+        );
+        assert_eq!(phone_entry["online"], false);
+    }
+    // It keeps trying (every 2 s) and keeps being refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let audit = json_ok(&cloud, &["audit", "--action", "mesh.admit"]);
+        let refusals = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["outcome"].as_str().unwrap().contains("revoked"))
+            .count();
+        if refusals > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked phone was never refused by the cloud: {audit}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for_peers(&phone, &[]);
+    wait_for_peers(&home, &["vm"]);
+
     for node in [home_node, phone_node, cloud_node] {
         hearth_tests::cli::stop(node);
     }

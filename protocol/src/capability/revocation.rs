@@ -177,6 +177,8 @@ pub struct RevocationSet {
     owner: PublicKey,
     capabilities: BTreeMap<CapId, BTreeSet<PublicKey>>,
     keys: BTreeSet<PublicKey>,
+    /// Every accepted revocation, in the order accepted, to pass on to other devices.
+    signed: Vec<SignedRevocation>,
 }
 
 impl RevocationSet {
@@ -186,7 +188,13 @@ impl RevocationSet {
             owner,
             capabilities: BTreeMap::new(),
             keys: BTreeSet::new(),
+            signed: Vec::new(),
         }
+    }
+
+    /// Every revocation accepted so far, to persist or pass on.
+    pub fn signed(&self) -> &[SignedRevocation] {
+        &self.signed
     }
 
     /// Adds a revocation after checking its signature. Returns whether it was new.
@@ -195,17 +203,21 @@ impl RevocationSet {
             return Err(RevocationError::BadSignature);
         }
         let r = revocation.revocation();
-        match r.target {
+        let new = match r.target {
             RevocationTarget::Capability(id) => {
-                Ok(self.capabilities.entry(id).or_default().insert(r.issuer))
+                self.capabilities.entry(id).or_default().insert(r.issuer)
             }
             RevocationTarget::Key(key) => {
                 if r.issuer != self.owner {
                     return Err(RevocationError::NotOwner);
                 }
-                Ok(self.keys.insert(key))
+                self.keys.insert(key)
             }
+        };
+        if new {
+            self.signed.push(revocation.clone());
         }
+        Ok(new)
     }
 
     /// Is this key revoked?
