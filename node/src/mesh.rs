@@ -388,7 +388,13 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
             let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config {
+                        query_interval: Duration::from_secs(30),
+                        ..mdns::Config::default()
+                    },
+                    peer,
+                )?)
             } else {
                 None
             };
@@ -415,7 +421,13 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                     "/hearth/1".into(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::new(ping::Config::new()),
+                // A ping every 2 s that fails after 5 s closes the connection, so a device
+                // whose link went away is seen as offline within seconds.
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_secs(2))
+                        .with_timeout(Duration::from_secs(5)),
+                ),
                 mdns: Toggle::from(mdns),
             })
         })
@@ -893,6 +905,14 @@ impl MeshLoop {
                         }
                     }
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(err),
+            })) => {
+                tracing::info!(%peer, error = %err, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
