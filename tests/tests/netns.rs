@@ -138,6 +138,8 @@ impl Drop for Node {
     }
 }
 
+/// The returned guard owns the child and waits for it when dropped.
+#[allow(clippy::zombie_processes)]
 fn start_in(ns: &str, dir: &Path) -> Node {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
