@@ -14,3 +14,13 @@ if ! need_cmd cargo-nextest; then
     echo "setup: installing cargo-nextest"
     cargo install cargo-nextest --locked
 fi
+
+# The network-namespace test needs iproute2 (`ip netns`); the disk-full test needs `mount`.
+if ! need_cmd ip; then
+    if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
+        echo "setup: installing iproute2"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
+    else
+        echo "setup: iproute2 (the ip command) is missing; install it as root for the namespace test" >&2
+    fi
+fi
