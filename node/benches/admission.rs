@@ -4,6 +4,7 @@
 //! Run: `cargo bench -p hearth-node --bench admission`. Prints medians of 100 rounds.
 
 #![allow(
+    clippy::cast_possible_truncation,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::print_stdout,
