@@ -183,6 +183,7 @@ impl request_response::Codec for FrameCodec {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
     admission: request_response::Behaviour<FrameCodec>,
     peers: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
@@ -399,6 +400,14 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                 None
             };
             Ok(Behaviour {
+                // A person has a handful of devices: bound what strangers can open.
+                limits: libp2p::connection_limits::Behaviour::new(
+                    libp2p::connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(32))
+                        .with_max_pending_outgoing(Some(64))
+                        .with_max_established_incoming(Some(128))
+                        .with_max_established_per_peer(Some(2)),
+                ),
                 admission: request_response::Behaviour::with_codec(
                     FrameCodec,
                     [(

@@ -158,6 +158,59 @@ fn three_devices_pair_and_see_each_other() {
     assert_eq!(peers.as_array().unwrap().len(), 2, "{peers}");
     kill9(stranger_node);
 
+    // A device of this mesh whose certificate has expired: refused, audited, not a peer.
+    let expired = tmp.path().join("expired");
+    std::fs::create_dir_all(&expired).unwrap();
+    let owner_key = hearth_protocol::key::OwnerKey::read(&home.join("owner.key")).unwrap();
+    let node_key = hearth_protocol::key::NodeKey::from_seed([42; 32]);
+    node_key.write_new(&expired.join("node.key")).unwrap();
+    let cert = hearth_protocol::device::issue_certificate(
+        owner_key.secret(),
+        None,
+        node_key.public(),
+        "old-laptop",
+        hearth_protocol::capability::Role::Mobile,
+        hearth_protocol::time::UnixMillis(1_000_000_000_000),
+        hearth_protocol::time::UnixMillis(1_000_086_400_000),
+        [4; 16],
+    )
+    .unwrap();
+    std::fs::write(expired.join("device.cap"), cert.to_text()).unwrap();
+    std::fs::write(
+        expired.join("config.toml"),
+        format!(
+            "name = \"old-laptop\"\nrole = \"mobile\"\nowner = \"{}\"\n",
+            owner_key.public()
+        ),
+    )
+    .unwrap();
+    let expired_node = start_with(&expired, &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let audit = json_ok(&home, &["audit", "--action", "mesh.admit"]);
+        let refused = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["outcome"].as_str().unwrap().contains("expired"));
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "home never refused the expired certificate: {audit}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        json_ok(&home, &["status"])["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    kill9(expired_node);
+
     // Home is killed and restarted: the others find it again by themselves.
     kill9(home_node);
     wait_for_peers(&phone, &["vm"]);
