@@ -452,6 +452,35 @@ struct Known {
     connected: bool,
     last_seen: u64,
     addrs: Vec<Multiaddr>,
+    retry: Backoff,
+}
+
+/// When to try a lost device again: 2 s after losing it, doubling to 30 s.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: u64,
+    delay_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: 0,
+            delay_ms: 2_000,
+        }
+    }
+}
+
+impl Backoff {
+    /// Is an attempt due at `now`? If so, schedules the next one further out.
+    fn due(&mut self, now: u64) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.delay_ms;
+        self.delay_ms = (self.delay_ms * 2).min(30_000);
+        true
+    }
 }
 
 /// One remembered device in the peers file.
@@ -526,6 +555,7 @@ fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
                     connected: false,
                     last_seen: r.last_seen,
                     addrs,
+                    retry: Backoff::default(),
                 },
             ))
         })
@@ -547,6 +577,8 @@ struct MeshLoop {
     closing: Vec<(PeerId, UnixMillis)>,
     /// The peers file needs writing.
     dirty: bool,
+    /// When to dial each bootstrap address again.
+    bootstrap_retry: BTreeMap<String, Backoff>,
     /// The owner key, on the device that holds it.
     owner_key: Option<hearth_protocol::key::OwnerKey>,
     /// This device's name and role.
@@ -610,6 +642,7 @@ pub async fn spawn(
         identified: BTreeMap::new(),
         closing: Vec::new(),
         dirty: false,
+        bootstrap_retry: BTreeMap::new(),
         owner_key,
         me,
     };
@@ -991,7 +1024,9 @@ impl MeshLoop {
                         connected: true,
                         last_seen: 0,
                         addrs: Vec::new(),
+                        retry: Backoff::default(),
                     });
+                    entry.retry = Backoff::default();
                     entry.name = device.name.clone();
                     entry.role = device.role.to_string();
                     self.dirty = true;
@@ -1130,16 +1165,16 @@ impl MeshLoop {
     /// connected peers which devices they know.
     fn redial(&mut self) {
         self.share_peers();
-        let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .known
-            .iter()
-            .filter(|(peer, k)| {
-                !k.connected
-                    && !self.swarm.is_connected(peer)
-                    && !peer_key(peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key))
-            })
-            .map(|(peer, k)| (*peer, k.addrs.clone()))
-            .collect();
+        let now = now().0;
+        let mut targets: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        for (peer, k) in &mut self.known {
+            let lost = !k.connected
+                && !self.swarm.is_connected(peer)
+                && !peer_key(peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key));
+            if lost && k.retry.due(now) {
+                targets.push((*peer, k.addrs.clone()));
+            }
+        }
         for (peer, addrs) in targets {
             let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                 .addresses(addrs)
@@ -1151,7 +1186,10 @@ impl MeshLoop {
                 libp2p::multiaddr::Protocol::P2p(peer) => self.swarm.is_connected(&peer),
                 _ => false,
             });
-            if !connected {
+            let retry = self.bootstrap_retry.entry(addr.to_string()).or_default();
+            if connected {
+                *retry = Backoff::default();
+            } else if retry.due(now) {
                 let _ = self.swarm.dial(addr);
             }
         }
