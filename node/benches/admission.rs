@@ -157,6 +157,106 @@ async fn ping_round(transport: &str) -> Duration {
     }
 }
 
+/// From opening a node (stores, audit log, mesh) to another device seeing it admitted.
+async fn node_start_round(owner: &OwnerKey, dir: &std::path::Path, round: usize) -> Duration {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let a_key = NodeKey::from_seed([7; 32]);
+    let b_key = NodeKey::from_seed([8; 32]);
+    let cert = |key: &NodeKey, name: &str| {
+        device::issue_certificate(
+            owner.secret(),
+            None,
+            key.public(),
+            name,
+            Role::Home,
+            UnixMillis(0),
+            UnixMillis(u64::MAX / 2),
+            [9; 16],
+        )
+        .unwrap()
+    };
+    let gate = Gate::new(
+        a_key.public(),
+        Verifier::new(owner.public(), VerifierConfig::default()),
+        RevocationSet::new(owner.public()),
+        None,
+    );
+    let audit = Arc::new(
+        AuditLog::open(
+            &dir.join(format!("start-a-{round}.log")),
+            "a",
+            a_key.clone(),
+            Arc::new(|| 0),
+        )
+        .unwrap(),
+    );
+    let config = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        mdns: false,
+        ..MeshConfig::default()
+    };
+    let a = mesh::spawn(
+        &a_key,
+        cert(&a_key, "a"),
+        gate,
+        None,
+        config,
+        audit,
+        stop_rx.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = loop {
+        if let Some(addr) = a.status().await.unwrap().listen.first().cloned() {
+            break addr;
+        }
+        tokio::task::yield_now().await;
+    };
+    let bootstrap: Multiaddr = format!("{addr}/p2p/{}", mesh::peer_id(&a_key.public()).unwrap())
+        .parse()
+        .unwrap();
+    let data_dir = dir.join(format!("start-b-{round}"));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let start = Instant::now();
+    let node = hearth_node::Node::open(hearth_node::NodeConfig {
+        data_dir,
+        name: "b".into(),
+        role: "home".into(),
+        node_key: b_key.clone(),
+        api: "127.0.0.1:0".parse().unwrap(),
+        backend: hearth_stores::backend::BackendKind::Redb,
+        mesh: Some(hearth_node::MeshSetup {
+            certificate: cert(&b_key, "b"),
+            owner: owner.public(),
+            owner_key: None,
+            config: MeshConfig {
+                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+                bootstrap: vec![bootstrap],
+                mdns: false,
+                ..MeshConfig::default()
+            },
+        }),
+    })
+    .unwrap();
+    let mut stop_b = stop_rx.clone();
+    let served = tokio::spawn(node.serve(
+        async move {
+            let _ = stop_b.changed().await;
+        },
+        |_| {},
+    ));
+    loop {
+        if a.status().await.unwrap().peers.iter().any(|p| p.connected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = start.elapsed();
+    let _ = stop_tx.send(true);
+    let _ = served.await;
+    elapsed
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -185,4 +285,11 @@ fn main() {
             median(admits).as_secs_f64() * 1e3
         );
     }
+    let starts: Vec<Duration> = (0..20)
+        .map(|round| runtime.block_on(node_start_round(&owner, dir.path(), round)))
+        .collect();
+    println!(
+        "node start (stores, audit log, mesh) to first admitted peer, QUIC: {:.2} ms (median of 20)",
+        median(starts).as_secs_f64() * 1e3
+    );
 }
