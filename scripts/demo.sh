@@ -85,12 +85,26 @@ say "A kv store for settings, and the list of stores."
 "$hearth" --data-dir home store get settings units
 "$hearth" --data-dir home store ls
 
-say "Every request was written to the tamper-evident audit log."
-"$hearth" --data-dir home audit --action store. | tail -n 5
+say "A second device joins: the home node prints a one-time ticket, the phone redeems it."
+ticket=$("$hearth" --data-dir home --json invite --ttl 5m | sed -n 's/.*"ticket":"\([^"]*\)".*/\1/p')
+echo "ticket: ${ticket:0:32}…"
+"$hearth" --data-dir phone join "$ticket" --name phone --role mobile
+"$hearth" --data-dir phone node run --no-mdns --listen /ip4/127.0.0.1/udp/0/quic-v1 > phone.log 2>&1 &
+phone_pid=$!
+trap 'kill -TERM $node_pid $phone_pid 2>/dev/null; wait $node_pid $phone_pid 2>/dev/null; [ "$keep" = true ] || rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do
+    "$hearth" --data-dir home --json status 2>/dev/null | grep -q '"connected":true' && break
+    sleep 0.1
+done
+"$hearth" --data-dir home status
+"$hearth" --data-dir phone devices
 
-say "Stopping the node cleanly, then verifying the audit log's hash chain and signed checkpoints."
-kill -TERM "$node_pid"
-wait "$node_pid" || true
+say "Every request was written to the tamper-evident audit log."
+"$hearth" --data-dir home audit | tail -n 8
+
+say "Stopping both nodes cleanly, then verifying the audit log's hash chain and signed checkpoints."
+kill -TERM "$node_pid" "$phone_pid"
+wait "$node_pid" "$phone_pid" || true
 "$hearth" --data-dir home audit verify
 
 say "Done. Mesh, keys and capabilities were in $work$( [ "$keep" = true ] && echo ' (kept)' || echo ' (removed)')."
