@@ -36,7 +36,7 @@ impl Role {
         }
     }
 
-    fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             Role::Home => 1,
             Role::Mobile => 2,
@@ -44,7 +44,7 @@ impl Role {
         }
     }
 
-    fn from_tag(tag: u8) -> Result<Self, DecodeError> {
+    pub(crate) fn from_tag(tag: u8) -> Result<Self, DecodeError> {
         match tag {
             1 => Ok(Role::Home),
             2 => Ok(Role::Mobile),

@@ -64,14 +64,6 @@ pub enum Message {
     Refuse(String),
 }
 
-fn role_tag(role: Role) -> u8 {
-    match role {
-        Role::Home => 1,
-        Role::Mobile => 2,
-        Role::Cloud => 3,
-    }
-}
-
 impl Message {
     /// The wire encoding.
     pub fn encode(&self) -> Vec<u8> {
@@ -93,7 +85,7 @@ impl Message {
                 w.raw(ticket);
                 w.raw(proof);
                 w.str(name);
-                w.u8(role_tag(*role));
+                w.u8(role.tag());
             }
             Message::Welcome(chain) => {
                 w.u8(3);
@@ -132,12 +124,7 @@ impl Message {
                 let name = r
                     .str(crate::capability::MAX_NAME_LEN, "device name")?
                     .to_owned();
-                let role = match r.u8("role")? {
-                    1 => Role::Home,
-                    2 => Role::Mobile,
-                    3 => Role::Cloud,
-                    tag => return Err(DecodeError::UnknownTag { what: "role", tag }),
-                };
+                let role = Role::from_tag(r.u8("role")?)?;
                 Message::Join {
                     ticket,
                     proof,
