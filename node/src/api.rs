@@ -494,6 +494,10 @@ async fn tail(
         move || record(&node, "store.tail", &name, "allowed", 0)
     })
     .await?;
+    let mut stopping = node.stopping.subscribe();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
     let stream = BroadcastStream::new(receiver).map(|item| {
         let data = match item {
             Ok(change) => serde_json::to_string(&change).unwrap_or_default(),
@@ -503,6 +507,7 @@ async fn tail(
         };
         Ok(SseEvent::default().data(data))
     });
+    let stream = futures_util::StreamExt::take_until(stream, Box::pin(stopped));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

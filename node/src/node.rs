@@ -114,6 +114,8 @@ pub struct Node {
     pub(crate) stores: Stores,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) mesh: std::sync::OnceLock<crate::mesh::MeshHandle>,
+    /// Turns true when the node stops: ends the mesh loop and open event streams.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     pub(crate) api_key: String,
     /// Held for the node's lifetime: one node per data directory.
     _lock: std::fs::File,
@@ -200,6 +202,7 @@ impl Node {
             stores,
             audit: Arc::new(audit),
             mesh: std::sync::OnceLock::new(),
+            stopping: tokio::sync::watch::channel(false).0,
             api_key,
             _lock: lock,
         }))
@@ -214,7 +217,7 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
         ready: impl FnOnce(SocketAddr),
     ) -> Result<(), NodeError> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_rx = self.stopping.subscribe();
         if let Some(setup) = &self.config.mesh {
             let verifier =
                 hearth_protocol::capability::Verifier::new(setup.owner, Default::default());
@@ -251,9 +254,12 @@ impl Node {
             .map_err(|err| NodeError::Mesh(err.to_string()))?;
             let _ = self.mesh.set(handle);
         }
+        let stopping = self.stopping.clone();
         let shutdown = async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
+            // Ends the mesh loop and every open `tail` stream, so that the graceful
+            // shutdown is not held up by them.
+            let _ = stopping.send(true);
         };
         let listener = tokio::net::TcpListener::bind(self.config.api)
             .await

@@ -285,8 +285,22 @@ fn stores_and_audit_through_a_running_node() {
     assert_eq!(verified["ok"], true);
     assert_eq!(verified["unsigned_tail"], 0);
 
-    // A restart finds everything.
+    // A restart finds everything; a running `tail` does not hold up the next stop.
     let node = start(&dir);
+    let mut follower = Command::new(hearth_bin())
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["store", "tail", "sensors/kitchen"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        let entries = json_ok(&dir, &["audit", "--action", "store.tail"]);
+        if entries["entries"].as_array().unwrap().len() >= 2 {
+            break;
+        }
+        std::thread::yield_now();
+    }
     assert_eq!(
         json_ok(&dir, &["store", "read", "sensors/kitchen"])["records"]
             .as_array()
@@ -295,6 +309,10 @@ fn stores_and_audit_through_a_running_node() {
         3
     );
     stop(node);
+    assert!(
+        follower.wait().unwrap().success(),
+        "tail did not end with the node"
+    );
 }
 
 #[test]

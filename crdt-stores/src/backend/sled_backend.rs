@@ -21,20 +21,37 @@ fn convert(err: sled::Error) -> BackendError {
 
 impl SledBackend {
     /// Opens or creates the database in directory `path`.
+    ///
+    /// sled releases its file lock from background threads some milliseconds after the
+    /// last handle is dropped, so a reopen right after a close (after a failed commit,
+    /// or in a test) is retried for up to two seconds before it is reported as locked.
     pub fn open(path: &Path) -> Result<Self, BackendError> {
-        guard(|| {
-            let db = sled::Config::new()
-                .path(path)
-                .mode(sled::Mode::LowSpace)
-                .open()
-                .map_err(|err| match err {
-                    sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                        BackendError::Locked
-                    }
-                    other => convert(other),
-                })?;
-            Ok(Self { db })
-        })
+        let mut attempts = 0;
+        loop {
+            let result = guard(|| {
+                let db = sled::Config::new()
+                    .path(path)
+                    .mode(sled::Mode::LowSpace)
+                    .open()
+                    .map_err(|err| match err {
+                        sled::Error::Io(ref io)
+                            if io.kind() == std::io::ErrorKind::WouldBlock
+                                || io.to_string().contains("could not acquire lock") =>
+                        {
+                            BackendError::Locked
+                        }
+                        other => convert(other),
+                    })?;
+                Ok(Self { db })
+            });
+            match result {
+                Err(BackendError::Locked) if attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(40));
+                }
+                other => return other,
+            }
+        }
     }
 }
 
