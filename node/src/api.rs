@@ -210,7 +210,12 @@ fn record(
 }
 
 async fn status(State(node): State<Arc<Node>>) -> ApiResult {
-    let stores = node.stores.list();
+    // Listing reads store sizes from disk: off the async threads.
+    let stores = blocking({
+        let node = node.clone();
+        move || Ok(node.stores.list())
+    })
+    .await?;
     let c = &node.config;
     let mesh = match node.mesh.get() {
         Some(handle) => Some(handle.status().await.map_err(|err| {

@@ -101,6 +101,33 @@ pub mod cli {
         )
     }
 
+    /// Reads a starting node's stderr until it says where its API listens, returns that
+    /// address, and keeps draining stderr so the node never blocks on a full pipe.
+    pub fn await_listening(child: &mut Child) -> String {
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "the node exited before listening"
+            );
+            if let Some(rest) = line.split("local API on ").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches('.')
+                    .to_owned();
+                std::thread::spawn(move || {
+                    let mut sink = String::new();
+                    let _ = stderr.read_to_string(&mut sink);
+                });
+                return addr;
+            }
+        }
+    }
+
     /// Starts `hearth node run` with extra arguments (an API on 127.0.0.1, port chosen by
     /// the system) and waits for the line that says it listens.
     #[allow(clippy::zombie_processes)]
@@ -115,30 +142,8 @@ pub mod cli {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "the node exited before listening"
-            );
-            if let Some(rest) = line.split("local API on ").nth(1) {
-                let addr = rest.split('.').take(4).collect::<Vec<_>>().join(".");
-                let addr = addr
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .trim_end_matches('.')
-                    .to_owned();
-                // Keep draining stderr so the node never blocks on a full pipe.
-                std::thread::spawn(move || {
-                    let mut sink = String::new();
-                    let _ = stderr.read_to_string(&mut sink);
-                });
-                return RunningNode { child, addr };
-            }
-        }
+        let addr = await_listening(&mut child);
+        RunningNode { child, addr }
     }
 
     pub fn stop(node: RunningNode) {

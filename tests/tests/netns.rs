@@ -13,12 +13,11 @@
     clippy::print_stdout
 )]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hearth_tests::cli::hearth_bin;
+use hearth_tests::cli::{await_listening, hearth_bin};
 use serde_json::Value;
 
 struct Namespaces {
@@ -161,22 +160,8 @@ fn start_in(ns: &str, dir: &Path) -> Node {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the node in {ns} exited before listening"
-        );
-        if line.contains("local API on") {
-            std::thread::spawn(move || {
-                let mut sink = String::new();
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut sink);
-            });
-            return Node(child);
-        }
-    }
+    await_listening(&mut child);
+    Node(child)
 }
 
 fn connected(ns: &str, dir: &Path) -> Vec<String> {
