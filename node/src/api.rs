@@ -146,6 +146,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/invite", axum::routing::post(invite))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{name}/revoke", axum::routing::post(revoke))
+        .route(
+            "/v1/devices/{name}/allow-admit",
+            axum::routing::post(allow_admit),
+        )
+        .route(
+            "/v1/caps/{id}/revoke",
+            axum::routing::post(revoke_capability),
+        )
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -583,12 +591,7 @@ async fn invite(
     let ticket = mesh
         .invite(ttl, body.name, role)
         .await
-        .map_err(|err| match err {
-            crate::mesh::MeshError::CannotAdmit => {
-                ApiError::new(StatusCode::FORBIDDEN, "refused", err.to_string())
-            }
-            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", other.to_string()),
-        })?;
+        .map_err(mesh_error)?;
     let expires = hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now())
         .saturating_add(ttl);
     Ok(Json(
@@ -614,18 +617,58 @@ async fn devices(State(node): State<Arc<Node>>) -> ApiResult {
     Ok(Json(json!({ "devices": list })))
 }
 
+/// A mesh command's failure as an API error: unknown device 404, not allowed 403.
+fn mesh_error(err: crate::mesh::MeshError) -> ApiError {
+    match err {
+        crate::mesh::MeshError::NoSuchDevice(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
+        }
+        crate::mesh::MeshError::NotOwner(_) | crate::mesh::MeshError::CannotAdmit => {
+            ApiError::new(StatusCode::FORBIDDEN, "refused", err.to_string())
+        }
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", other.to_string()),
+    }
+}
+
 async fn revoke(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
-    let peer = mesh_of(&node)?
-        .revoke(&name)
-        .await
-        .map_err(|err| match err {
-            crate::mesh::MeshError::NoSuchDevice(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
-            }
-            crate::mesh::MeshError::NotOwner => {
-                ApiError::new(StatusCode::FORBIDDEN, "refused", err.to_string())
-            }
-            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", other.to_string()),
-        })?;
+    let peer = mesh_of(&node)?.revoke(&name).await.map_err(mesh_error)?;
     Ok(Json(json!({ "revoked": name, "peer_id": peer })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowAdmitRequest {
+    /// How long the grant lasts; default 30 days.
+    ttl_ms: Option<u64>,
+}
+
+async fn allow_admit(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Result<Json<AllowAdmitRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let ttl = std::time::Duration::from_millis(body.ttl_ms.unwrap_or(30 * 24 * 3600 * 1000));
+    let id = mesh_of(&node)?
+        .allow_admit(&name, ttl)
+        .await
+        .map_err(mesh_error)?;
+    let expires = hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now())
+        .saturating_add(ttl);
+    Ok(Json(
+        json!({ "device": name, "cap_id": id, "expires": expires.to_string() }),
+    ))
+}
+
+async fn revoke_capability(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+    let cap: hearth_protocol::capability::CapId =
+        id.parse()
+            .map_err(|err: hearth_protocol::encoding::DecodeError| {
+                ApiError::invalid(err.to_string())
+            })?;
+    mesh_of(&node)?
+        .revoke_capability(cap)
+        .await
+        .map_err(mesh_error)?;
+    Ok(Json(json!({ "revoked": cap.to_string() })))
 }

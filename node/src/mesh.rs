@@ -24,8 +24,9 @@ use futures_util::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use hearth_protocol::capability::{Chain, Role};
 use hearth_protocol::key::{NodeKey, PublicKey};
 use hearth_protocol::mesh::admission::{
-    self, Config as AdmissionConfig, Connection, Event, Gate, Opening,
+    self, Config as AdmissionConfig, Connection, Event, Gate, Issuer, Opening,
 };
+use hearth_protocol::mesh::membership::{self, Membership, Snapshot};
 use hearth_protocol::mesh::ticket::Ticket;
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::{AuditLog, Event as AuditEvent};
@@ -41,8 +42,9 @@ pub use libp2p::Multiaddr as Address;
 
 /// The admission protocol's name.
 pub const ADMISSION_PROTOCOL: &str = "/hearth/admission/1";
-/// The protocol admitted peers use to tell each other where the other devices are.
-pub const PEERS_PROTOCOL: &str = "/hearth/peers/1";
+/// The protocol admitted peers use to keep the membership store in step and to tell
+/// each other where the devices are.
+pub const MEMBERS_PROTOCOL: &str = "/hearth/members/1";
 /// Most devices listed in one peers message.
 const MAX_LISTED_PEERS: usize = 64;
 const MAX_FRAMES: usize = 4;
@@ -62,8 +64,12 @@ pub struct MeshConfig {
     /// Where the devices this node has admitted, and their addresses, are remembered,
     /// so that a restarted node finds them again. Default: nowhere.
     pub peers_file: Option<std::path::PathBuf>,
-    /// Where revocations are kept across restarts. Default: nowhere.
-    pub revocations_file: Option<std::path::PathBuf>,
+    /// Where the membership store (certificates, admit grants, revocations) is kept
+    /// across restarts. Default: nowhere.
+    pub membership_file: Option<std::path::PathBuf>,
+    /// Where this device's certificate is kept, rewritten when the owner's device
+    /// countersigns a certificate a delegated admitter issued. Default: nowhere.
+    pub certificate_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MeshConfig {
@@ -81,7 +87,8 @@ impl Default for MeshConfig {
             mdns: true,
             admission: AdmissionConfig::default(),
             peers_file: None,
-            revocations_file: None,
+            membership_file: None,
+            certificate_file: None,
         }
     }
 }
@@ -90,19 +97,30 @@ impl Default for MeshConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Frames(pub Vec<Vec<u8>>);
 
-/// Length-prefixed admission frames.
-#[derive(Debug, Clone, Default)]
-pub struct FrameCodec;
+/// Length-prefixed frames: a count byte (at most 4), then each frame as a `u32`
+/// big-endian length and its bytes, at most `max_frame` bytes each.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max_frame: usize,
+}
+
+impl FrameCodec {
+    /// A codec refusing frames longer than `max_frame`.
+    pub fn new(max_frame: usize) -> Self {
+        Self { max_frame }
+    }
+}
 
 async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
     io: &mut T,
+    max_frame: usize,
 ) -> std::io::Result<Frames> {
     let mut count = [0u8; 1];
     io.read_exact(&mut count).await?;
     if usize::from(count[0]) > MAX_FRAMES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "too many admission frames",
+            "too many frames",
         ));
     }
     let mut frames = Vec::with_capacity(usize::from(count[0]));
@@ -110,10 +128,10 @@ async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
         let mut len = [0u8; 4];
         io.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
-        if len > admission::MAX_MESSAGE_BYTES {
+        if len > max_frame {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "admission frame too large",
+                "frame too large",
             ));
         }
         let mut frame = vec![0u8; len];
@@ -146,14 +164,14 @@ impl request_response::Codec for FrameCodec {
     where
         T: futures_util::AsyncRead + Unpin + Send,
     {
-        read_frames(io).await
+        read_frames(io, self.max_frame).await
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Frames>
     where
         T: futures_util::AsyncRead + Unpin + Send,
     {
-        read_frames(io).await
+        read_frames(io, self.max_frame).await
     }
 
     async fn write_request<T>(
@@ -185,7 +203,7 @@ impl request_response::Codec for FrameCodec {
 struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
     admission: request_response::Behaviour<FrameCodec>,
-    peers: request_response::Behaviour<FrameCodec>,
+    members: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -220,9 +238,12 @@ pub enum MeshError {
     /// No device has that name.
     #[error("no device is named {0:?}")]
     NoSuchDevice(String),
-    /// Only the owner key can revoke devices.
-    #[error("only the device holding the owner key can revoke devices")]
-    NotOwner,
+    /// Only the owner key can do this.
+    #[error("only the device holding the owner key can {0}")]
+    NotOwner(&'static str),
+    /// The owner key could not sign.
+    #[error("cannot sign: {0}")]
+    Sign(String),
 }
 
 /// A peer as the mesh sees it.
@@ -279,6 +300,15 @@ enum Command {
         role: Option<Role>,
         reply: oneshot::Sender<Result<String, MeshError>>,
     },
+    AllowAdmit {
+        name: String,
+        ttl: Duration,
+        reply: oneshot::Sender<Result<String, MeshError>>,
+    },
+    RevokeCapability {
+        id: hearth_protocol::capability::CapId,
+        reply: oneshot::Sender<Result<(), MeshError>>,
+    },
 }
 
 /// A handle to the mesh loop.
@@ -294,6 +324,8 @@ impl std::fmt::Debug for Command {
             Command::Devices(_) => "Devices",
             Command::Revoke { .. } => "Revoke",
             Command::Invite { .. } => "Invite",
+            Command::AllowAdmit { .. } => "AllowAdmit",
+            Command::RevokeCapability { .. } => "RevokeCapability",
         })
     }
 }
@@ -347,6 +379,36 @@ impl MeshHandle {
                 role,
                 reply,
             })
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Lets the device called `name` admit new devices for `ttl` (needs the owner key):
+    /// signs a `devices:admit` capability for its node key and adds it to the
+    /// membership store, which carries it to that device. Returns the capability id.
+    pub async fn allow_admit(&self, name: &str, ttl: Duration) -> Result<String, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::AllowAdmit {
+                name: name.to_owned(),
+                ttl,
+                reply,
+            })
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Revokes the capability `id` (needs the owner key): every device refuses it, and
+    /// every capability delegated from it, from then on.
+    pub async fn revoke_capability(
+        &self,
+        id: hearth_protocol::capability::CapId,
+    ) -> Result<(), MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::RevokeCapability { id, reply })
             .await
             .map_err(|_| MeshError::Stopped)?;
         answer.await.map_err(|_| MeshError::Stopped)?
@@ -409,7 +471,7 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                         .with_max_established_per_peer(Some(2)),
                 ),
                 admission: request_response::Behaviour::with_codec(
-                    FrameCodec,
+                    FrameCodec::new(admission::MAX_MESSAGE_BYTES),
                     [(
                         StreamProtocol::new(ADMISSION_PROTOCOL),
                         request_response::ProtocolSupport::Full,
@@ -417,10 +479,10 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10)),
                 ),
-                peers: request_response::Behaviour::with_codec(
-                    FrameCodec,
+                members: request_response::Behaviour::with_codec(
+                    FrameCodec::new(membership::MAX_SNAPSHOT_BYTES),
                     [(
-                        StreamProtocol::new(PEERS_PROTOCOL),
+                        StreamProtocol::new(MEMBERS_PROTOCOL),
                         request_response::ProtocolSupport::Full,
                     )],
                     request_response::Config::default()
@@ -453,6 +515,8 @@ struct Known {
     last_seen: u64,
     addrs: Vec<Multiaddr>,
     retry: Backoff,
+    /// The digest of its membership store, as it last told us.
+    digest: Option<[u8; 32]>,
 }
 
 /// When to try a lost device again: 2 s after losing it, doubling to 30 s.
@@ -493,39 +557,6 @@ struct Remembered {
     addrs: Vec<String>,
 }
 
-/// Revocations as stored and passed on: each `u16` length (big endian) then its bytes.
-fn encode_revocations(list: &[hearth_protocol::capability::SignedRevocation]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for r in list {
-        let bytes = r.encode();
-        if out.len() + bytes.len() + 2 > admission::MAX_MESSAGE_BYTES {
-            break;
-        }
-        out.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(&bytes);
-    }
-    out
-}
-
-fn decode_revocations(mut bytes: &[u8]) -> Vec<hearth_protocol::capability::SignedRevocation> {
-    let mut out = Vec::new();
-    while let Some((len, rest)) = bytes.split_first_chunk::<2>() {
-        let len = usize::from(u16::from_be_bytes(*len));
-        let Some(one) = rest.get(..len) else { break };
-        if let Ok(r) = hearth_protocol::capability::SignedRevocation::decode(one) {
-            out.push(r);
-        }
-        bytes = rest.get(len..).unwrap_or_default();
-    }
-    out
-}
-
-fn load_revocations(path: &std::path::Path) -> Vec<hearth_protocol::capability::SignedRevocation> {
-    std::fs::read(path)
-        .map(|b| decode_revocations(&b))
-        .unwrap_or_default()
-}
-
 fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
     let Ok(bytes) = std::fs::read(path) else {
         return BTreeMap::new();
@@ -556,6 +587,7 @@ fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
                     last_seen: r.last_seen,
                     addrs,
                     retry: Backoff::default(),
+                    digest: None,
                 },
             ))
         })
@@ -581,12 +613,14 @@ struct MeshLoop {
     bootstrap_retry: BTreeMap<String, Backoff>,
     /// The owner key, on the device that holds it.
     owner_key: Option<hearth_protocol::key::OwnerKey>,
-    /// This device's name and role.
-    me: (String, String),
+    /// This node's key, which signs certificates under a `devices:admit` grant.
+    node_key: NodeKey,
+    /// The replicated list of devices, admit grants (revocations are in the gate).
+    membership: Membership,
 }
 
-/// Starts the mesh loop. `issuer` lets this node admit devices (it holds the owner key).
-#[allow(clippy::too_many_arguments)]
+/// Starts the mesh loop. `gate` holds the issuer when this node holds the owner key;
+/// a node without it admits devices once a `devices:admit` grant for it arrives.
 pub async fn spawn(
     key: &NodeKey,
     certificate: Chain,
@@ -611,26 +645,35 @@ pub async fn spawn(
         }
     }
     let owner = *gate.owner();
-    if let Some(path) = &config.revocations_file {
-        for revocation in load_revocations(path) {
-            if let Err(err) = gate.revocations.insert(&revocation) {
-                tracing::warn!(error = %err, "ignoring a stored revocation");
+    let mut members = Membership::new(owner);
+    if let Some(path) = &config.membership_file {
+        match std::fs::read(path).map(|bytes| Snapshot::decode(&bytes)) {
+            Ok(Ok(stored)) => {
+                let merged = members.merge(now(), &stored, &mut gate.revocations);
+                for reason in merged.rejected {
+                    tracing::info!(%reason, "a stored membership document no longer counts");
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(path = %path.display(), error = %err, "ignoring an unreadable membership file");
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot read the membership file")
             }
         }
     }
-    let me = certificate
-        .leaf()
-        .capability()
-        .device()
-        .map(|(n, r)| (n.to_owned(), r.to_string()))
-        .unwrap_or_default();
+    if let Err(reason) = members.add_device(now(), &certificate) {
+        tracing::warn!(%reason, "this device's own certificate is not valid");
+    }
+    let pending = !members.delegated().is_empty();
     let config_peers = config
         .peers_file
         .as_deref()
         .map(load_peers)
         .unwrap_or_default();
     let (commands, receiver) = mpsc::channel(64);
-    let mesh = MeshLoop {
+    let mut mesh = MeshLoop {
         swarm,
         gate,
         certificate,
@@ -644,8 +687,15 @@ pub async fn spawn(
         dirty: false,
         bootstrap_retry: BTreeMap::new(),
         owner_key,
-        me,
+        node_key: key.clone(),
+        membership: members,
     };
+    if pending {
+        mesh.countersign();
+        mesh.save_membership();
+    }
+    mesh.adopt_own_certificate();
+    mesh.refresh_issuer();
     tokio::spawn(mesh.run(receiver, shutdown));
     Ok(MeshHandle { commands })
 }
@@ -705,25 +755,28 @@ impl MeshLoop {
             }
             Command::Devices(reply) => {
                 let me = *self.swarm.local_peer_id();
-                let mut list = vec![DeviceStatus {
-                    name: self.me.0.clone(),
-                    role: self.me.1.clone(),
-                    peer_id: me.to_string(),
-                    online: true,
-                    last_seen: now().0,
-                    revoked: false,
-                }];
-                list.extend(
-                    self.known.iter().map(|(peer, k)| DeviceStatus {
-                        name: k.name.clone(),
-                        role: k.role.clone(),
-                        peer_id: peer.to_string(),
-                        online: k.connected,
-                        last_seen: k.last_seen,
-                        revoked: peer_key(peer)
-                            .is_some_and(|key| self.gate.revocations.is_key_revoked(&key)),
-                    }),
-                );
+                let list = self
+                    .membership
+                    .members(&self.gate.revocations)
+                    .into_iter()
+                    .filter_map(|member| {
+                        let peer = peer_id(&member.device.node_key)?;
+                        let known = self.known.get(&peer);
+                        let (online, last_seen) = if peer == me {
+                            (true, now().0)
+                        } else {
+                            known.map_or((false, 0), |k| (k.connected, k.last_seen))
+                        };
+                        Some(DeviceStatus {
+                            name: member.device.name,
+                            role: member.device.role.to_string(),
+                            peer_id: peer.to_string(),
+                            online,
+                            last_seen,
+                            revoked: member.revoked,
+                        })
+                    })
+                    .collect();
                 let _ = reply.send(list);
             }
             Command::Revoke { name, reply } => {
@@ -737,69 +790,233 @@ impl MeshLoop {
             } => {
                 let _ = reply.send(self.invite(ttl, name, role));
             }
+            Command::AllowAdmit { name, ttl, reply } => {
+                let _ = reply.send(self.allow_admit(&name, ttl));
+            }
+            Command::RevokeCapability { id, reply } => {
+                let result = self.sign_revocation(
+                    hearth_protocol::capability::RevocationTarget::Capability(id),
+                    "revoked by the owner".into(),
+                    "revoke capabilities",
+                );
+                let _ = reply.send(result);
+            }
         }
+    }
+
+    /// The unrevoked device called `name` in the membership store.
+    fn device_named(&self, name: &str) -> Result<PublicKey, MeshError> {
+        self.membership
+            .members(&self.gate.revocations)
+            .into_iter()
+            .find(|m| m.device.name == name && !m.revoked)
+            .map(|m| m.device.node_key)
+            .ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))
     }
 
     fn revoke(&mut self, name: &str) -> Result<String, MeshError> {
-        let Some(owner_key) = self.owner_key.clone() else {
-            return Err(MeshError::NotOwner);
-        };
-        let (peer, _) = self
-            .known
-            .iter()
-            .find(|(_, k)| k.name == name)
-            .ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))?;
-        let peer = *peer;
-        let key = peer_key(&peer).ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))?;
-        let revocation = hearth_protocol::capability::Revocation {
-            issuer: owner_key.public(),
-            target: hearth_protocol::capability::RevocationTarget::Key(key),
-            issued_at: now(),
-            reason: format!("device {name} revoked by the owner"),
+        if self.owner_key.is_none() {
+            return Err(MeshError::NotOwner("revoke devices"));
         }
-        .sign(owner_key.secret())
-        .map_err(|err| MeshError::Start(err.to_string()))?;
-        self.accept_revocations(vec![revocation]);
-        // Tell every connected device now rather than at the next exchange.
-        self.share_peers();
+        let key = self.device_named(name)?;
+        let peer = peer_id(&key).ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))?;
+        self.sign_revocation(
+            hearth_protocol::capability::RevocationTarget::Key(key),
+            format!("device {name} revoked by the owner"),
+            "revoke devices",
+        )?;
         Ok(peer.to_string())
     }
 
-    /// Takes in revocations (checked by the revocation set), drops revoked peers, keeps
-    /// the set on disk.
-    fn accept_revocations(&mut self, list: Vec<hearth_protocol::capability::SignedRevocation>) {
-        let mut changed = false;
-        for revocation in list {
-            match self.gate.revocations.insert(&revocation) {
-                Ok(true) => {
-                    changed = true;
-                    if let hearth_protocol::capability::RevocationTarget::Key(key) =
-                        revocation.revocation().target
-                    {
-                        self.audit("mesh.revoke", &key.short(), "allowed");
-                        if let Some(peer) = peer_id(&key) {
-                            if let Some(k) = self.known.get_mut(&peer) {
-                                k.connected = false;
-                            }
-                            let _ = self.swarm.disconnect_peer_id(peer);
-                        }
-                    }
+    /// Signs a revocation with the owner key, takes it in and sends it on at once.
+    fn sign_revocation(
+        &mut self,
+        target: hearth_protocol::capability::RevocationTarget,
+        reason: String,
+        what: &'static str,
+    ) -> Result<(), MeshError> {
+        let Some(owner_key) = self.owner_key.clone() else {
+            return Err(MeshError::NotOwner(what));
+        };
+        let revocation = hearth_protocol::capability::Revocation {
+            issuer: owner_key.public(),
+            target,
+            issued_at: now(),
+            reason,
+        }
+        .sign(owner_key.secret())
+        .map_err(|err| MeshError::Sign(err.to_string()))?;
+        self.take_in(&Snapshot {
+            revocations: vec![revocation],
+            ..Snapshot::default()
+        });
+        // Tell every connected device now rather than at the next exchange.
+        self.share_peers();
+        Ok(())
+    }
+
+    fn allow_admit(&mut self, name: &str, ttl: Duration) -> Result<String, MeshError> {
+        let Some(owner_key) = self.owner_key.clone() else {
+            return Err(MeshError::NotOwner("let other devices admit devices"));
+        };
+        let key = self.device_named(name)?;
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|err| MeshError::Sign(err.to_string()))?;
+        let grant = hearth_protocol::capability::Capability {
+            issuer: owner_key.public(),
+            audience: key,
+            parent: None,
+            grants: vec![hearth_protocol::capability::Grant::new(
+                hearth_protocol::capability::Resource::DevicesAdmit,
+                hearth_protocol::capability::Actions::ADMIT,
+            )],
+            not_before: now(),
+            expires: now().saturating_add(ttl),
+            nonce,
+        }
+        .sign(owner_key.secret())
+        .map_err(|err| MeshError::Sign(err.to_string()))?;
+        let id = grant.id();
+        self.take_in(&Snapshot {
+            admits: vec![Chain::root(grant)],
+            ..Snapshot::default()
+        });
+        self.audit("mesh.allow-admit", name, "allowed");
+        self.share_peers();
+        Ok(id.to_string())
+    }
+
+    /// Merges membership documents (from a peer, or made here): drops newly revoked
+    /// devices, keeps the store on disk, and adopts or drops this node's admit grant.
+    fn take_in(&mut self, snapshot: &Snapshot) {
+        let merged = self
+            .membership
+            .merge(now(), snapshot, &mut self.gate.revocations);
+        for reason in &merged.rejected {
+            tracing::warn!(%reason, "a membership document was left out");
+        }
+        for device in &merged.new_devices {
+            tracing::info!(device = %device.name, role = %device.role, "a device joined the mesh");
+        }
+        for key in &merged.revoked_keys {
+            self.audit("mesh.revoke", &key.short(), "allowed");
+            if let Some(peer) = peer_id(key) {
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.connected = false;
                 }
-                Ok(false) => {}
-                Err(err) => tracing::warn!(error = %err, "ignoring a revocation"),
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
-        if changed {
-            if let Some(path) = &self.config.revocations_file {
-                let bytes = encode_revocations(self.gate.revocations.signed());
-                let tmp = path.with_extension("tmp");
-                if let Err(err) =
-                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
+        if merged.new_revocations > 0 {
+            // A revoked capability can end a device's certificate (one issued under a
+            // withdrawn devices:admit grant, not yet countersigned): drop those too.
+            let revoked: Vec<PublicKey> = self
+                .membership
+                .members(&self.gate.revocations)
+                .into_iter()
+                .filter(|m| m.revoked)
+                .map(|m| m.device.node_key)
+                .collect();
+            for key in revoked {
+                if let Some(peer) = peer_id(&key)
+                    && self.known.get(&peer).is_some_and(|k| k.connected)
                 {
-                    tracing::error!(error = %err, "cannot store revocations");
+                    self.known.entry(peer).and_modify(|k| k.connected = false);
+                    let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
+        }
+        if merged.changed() {
+            self.countersign();
+            self.adopt_own_certificate();
+            self.save_membership();
+            self.refresh_issuer();
             self.dirty = true;
+        }
+    }
+
+    /// On the owner's device: replaces certificates issued under a `devices:admit`
+    /// grant by owner-signed ones of full lifetime, so those devices stay members
+    /// when the grant ends or is withdrawn.
+    fn countersign(&mut self) {
+        let Some(owner_key) = self.owner_key.clone() else {
+            return;
+        };
+        let now = now();
+        for device in self.membership.delegated() {
+            let mut nonce = [0u8; 16];
+            if getrandom::fill(&mut nonce).is_err() {
+                return;
+            }
+            let signed = hearth_protocol::device::issue_certificate(
+                owner_key.secret(),
+                None,
+                device.node_key,
+                &device.name,
+                device.role,
+                now,
+                now.saturating_add(admission::CERTIFICATE_LIFETIME),
+                nonce,
+            );
+            match signed.map(|chain| self.membership.add_device(now, &chain)) {
+                Ok(Ok(_)) => {
+                    self.audit("mesh.countersign", &device.name, "allowed");
+                }
+                Ok(Err(reason)) => tracing::warn!(%reason, "cannot countersign a certificate"),
+                Err(err) => tracing::warn!(error = %err, "cannot countersign a certificate"),
+            }
+        }
+    }
+
+    /// Presents (and keeps on disk) the longest-lasting certificate the membership
+    /// holds for this device, once the owner's device has countersigned it.
+    fn adopt_own_certificate(&mut self) {
+        let Some(best) = self.membership.certificate(&self.node_key.public()) else {
+            return;
+        };
+        if *best == self.certificate {
+            return;
+        }
+        self.certificate = best.clone();
+        tracing::info!("this device's certificate was renewed by the owner");
+        if let Some(path) = &self.config.certificate_file {
+            let tmp = path.with_extension("tmp");
+            let text = format!("{}\n", self.certificate.to_text());
+            if let Err(err) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))
+            {
+                tracing::error!(path = %path.display(), error = %err, "cannot store the renewed certificate");
+            }
+        }
+    }
+
+    /// A node without the owner key signs certificates while it holds a valid
+    /// `devices:admit` grant, and stops when the grant is revoked or expires.
+    fn refresh_issuer(&mut self) {
+        if self.owner_key.is_some() {
+            return;
+        }
+        let grant =
+            self.membership
+                .admit_for(&self.node_key.public(), now(), &self.gate.revocations);
+        if grant.as_ref() != self.gate.admit_grant() {
+            if grant.is_some() {
+                tracing::info!("this device may now admit new devices");
+            }
+            self.gate.set_issuer(grant.map(|admit| Issuer {
+                key: self.node_key.secret().clone(),
+                admit: Some(admit),
+            }));
+        }
+    }
+
+    fn save_membership(&self) {
+        let Some(path) = &self.config.membership_file else {
+            return;
+        };
+        let bytes = self.membership.stored(&self.gate.revocations).encode();
+        let tmp = path.with_extension("tmp");
+        if let Err(err) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
+            tracing::error!(path = %path.display(), error = %err, "cannot store the membership");
         }
     }
 
@@ -811,8 +1028,8 @@ impl MeshLoop {
             .map(|(p, _)| *p)
             .collect();
         for peer in connected {
-            let list = self.peer_list();
-            self.swarm.behaviour_mut().peers.send_request(&peer, list);
+            let list = self.peer_list(&peer);
+            self.swarm.behaviour_mut().members.send_request(&peer, list);
         }
     }
 
@@ -857,9 +1074,24 @@ impl MeshLoop {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                if self.known.get(&peer_id).is_some_and(|k| k.connected)
-                    || self.admitting.contains_key(&peer_id)
-                {
+                if self.known.get(&peer_id).is_some_and(|k| k.connected) {
+                    return;
+                }
+                if let Some(connection) = self.admitting.get_mut(&peer_id) {
+                    // Both sides dialled at once and each saw the other's connection
+                    // first, as listener: each waits for a request that would never
+                    // come. Whoever now has an outgoing connection sends its opening
+                    // (unless it already answered one, which drained it).
+                    if endpoint.is_dialer() {
+                        let frames: Vec<Vec<u8>> =
+                            std::iter::from_fn(|| connection.poll_transmit()).collect();
+                        if !frames.is_empty() {
+                            self.swarm
+                                .behaviour_mut()
+                                .admission
+                                .send_request(&peer_id, Frames(frames));
+                        }
+                    }
                     return;
                 }
                 let Some(remote) = peer_key(&peer_id) else {
@@ -917,7 +1149,7 @@ impl MeshLoop {
                     _ => {}
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Peers(request_response::Event::Message {
+            SwarmEvent::Behaviour(BehaviourEvent::Members(request_response::Event::Message {
                 peer,
                 message,
                 ..
@@ -927,23 +1159,25 @@ impl MeshLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        // Take the peer's news in first, so the answer carries the
+                        // merged membership only if it still differs from the peer's.
+                        if admitted {
+                            self.learn_peers(&peer, &request);
+                        }
                         let answer = if admitted {
-                            self.peer_list()
+                            self.peer_list(&peer)
                         } else {
                             Frames(Vec::new())
                         };
                         let _ = self
                             .swarm
                             .behaviour_mut()
-                            .peers
+                            .members
                             .send_response(channel, answer);
-                        if admitted {
-                            self.learn_peers(&request);
-                        }
                     }
                     request_response::Message::Response { response, .. } => {
                         if admitted {
-                            self.learn_peers(&response);
+                            self.learn_peers(&peer, &response);
                         }
                     }
                 }
@@ -1013,6 +1247,7 @@ impl MeshLoop {
         };
         let events: Vec<Event> = std::iter::from_fn(|| connection.poll_event()).collect();
         let done = connection.is_admitted() || connection.is_refused();
+        let certificate = connection.peer_certificate().cloned();
         for event in events {
             match event {
                 Event::Admitted(device) => {
@@ -1025,6 +1260,7 @@ impl MeshLoop {
                         last_seen: 0,
                         addrs: Vec::new(),
                         retry: Backoff::default(),
+                        digest: None,
                     });
                     entry.retry = Backoff::default();
                     entry.name = device.name.clone();
@@ -1032,9 +1268,22 @@ impl MeshLoop {
                     self.dirty = true;
                     entry.connected = true;
                     entry.last_seen = now().0;
+                    entry.digest = None;
                     if let Some(addrs) = self.identified.remove(&peer) {
                         add_addrs(&mut entry.addrs, addrs);
                     }
+                    if let Some(certificate) = &certificate {
+                        self.take_in(&Snapshot {
+                            devices: vec![certificate.clone()],
+                            ..Snapshot::default()
+                        });
+                    }
+                    // Exchange memberships now rather than at the next tick.
+                    let frames = self.peer_list(&peer);
+                    self.swarm
+                        .behaviour_mut()
+                        .members
+                        .send_request(&peer, frames);
                 }
                 Event::Joined(device) => {
                     self.audit("mesh.join", &device.name, "allowed");
@@ -1110,9 +1359,10 @@ impl MeshLoop {
         }
     }
 
-    /// The admitted devices this node knows, with their addresses, as one frame:
-    /// `peer id (text) SP address SP address …` per line.
-    fn peer_list(&self) -> Frames {
+    /// What this node tells an admitted peer: the devices it knows with their
+    /// addresses (one frame of `PEER_ID ADDRESS…` lines), its membership digest, and its
+    /// membership snapshot when the peer's last digest differs (else an empty frame).
+    fn peer_list(&self, peer: &PeerId) -> Frames {
         let text: String = self
             .known
             .iter()
@@ -1125,16 +1375,43 @@ impl MeshLoop {
             .collect();
         let mut text = text.into_bytes();
         text.truncate(admission::MAX_MESSAGE_BYTES);
-        Frames(vec![
-            text,
-            encode_revocations(self.gate.revocations.signed()),
-        ])
+        let now = now();
+        let digest = self.membership.digest(now, &self.gate.revocations);
+        let theirs = self.known.get(peer).and_then(|k| k.digest);
+        let snapshot = if theirs == Some(digest) {
+            Vec::new()
+        } else {
+            self.membership
+                .snapshot(now, &self.gate.revocations)
+                .encode()
+        };
+        Frames(vec![text, digest.to_vec(), snapshot])
     }
 
-    /// Dials devices an admitted peer told us about; admission decides about them.
-    fn learn_peers(&mut self, frames: &Frames) {
-        if let Some(revocations) = frames.0.get(1) {
-            self.accept_revocations(decode_revocations(revocations));
+    /// Takes in what an admitted peer told us: its membership (merged), its digest, and
+    /// the devices it knows, which we dial (admission decides about them).
+    fn learn_peers(&mut self, from: &PeerId, frames: &Frames) {
+        if let Some(snapshot) = frames.0.get(2).filter(|f| !f.is_empty()) {
+            match Snapshot::decode(snapshot) {
+                Ok(snapshot) => self.take_in(&snapshot),
+                Err(err) => {
+                    self.audit(
+                        "mesh.members",
+                        &from.to_string(),
+                        &format!("refused: malformed membership snapshot: {err}"),
+                    );
+                    tracing::warn!(peer = %from, error = %err, "malformed membership snapshot; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(*from);
+                    return;
+                }
+            }
+        }
+        let digest = frames
+            .0
+            .get(1)
+            .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok());
+        if let Some(k) = self.known.get_mut(from) {
+            k.digest = digest;
         }
         let me = *self.swarm.local_peer_id();
         for frame in frames.0.iter().take(1) {

@@ -20,8 +20,10 @@ pub mod layout {
     pub const STORES_DIR: &str = "stores";
     /// The audit log.
     pub const AUDIT_FILE: &str = "audit.log";
-    /// Revocations this node knows (owner-signed), kept across restarts.
-    pub const REVOCATIONS_FILE: &str = "revocations.bin";
+    /// The membership store (device certificates, admit grants, revocations).
+    pub const MEMBERSHIP_FILE: &str = "membership.bin";
+    /// This device's certificate (a capability chain in text form).
+    pub const CERTIFICATE_FILE: &str = "device.cap";
     /// The devices this node has admitted and where they were.
     pub const PEERS_FILE: &str = "peers.json";
     /// Locked while a node runs on the data directory.
@@ -237,9 +239,13 @@ impl Node {
             if mesh_config.peers_file.is_none() {
                 mesh_config.peers_file = Some(self.config.data_dir.join(layout::PEERS_FILE));
             }
-            if mesh_config.revocations_file.is_none() {
-                mesh_config.revocations_file =
-                    Some(self.config.data_dir.join(layout::REVOCATIONS_FILE));
+            if mesh_config.certificate_file.is_none() {
+                mesh_config.certificate_file =
+                    Some(self.config.data_dir.join(layout::CERTIFICATE_FILE));
+            }
+            if mesh_config.membership_file.is_none() {
+                mesh_config.membership_file =
+                    Some(self.config.data_dir.join(layout::MEMBERSHIP_FILE));
             }
             let handle = crate::mesh::spawn(
                 &self.config.node_key,

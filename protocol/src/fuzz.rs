@@ -122,3 +122,26 @@ pub fn admission_input(data: &[u8]) {
     while connection.poll_transmit().is_some() {}
     while connection.poll_event().is_some() {}
 }
+
+/// The membership snapshot decoder, and a membership merging whatever decodes.
+pub fn membership_input(data: &[u8]) {
+    use crate::mesh::membership::{Membership, Snapshot};
+
+    let Ok(snapshot) = Snapshot::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        snapshot.encode(),
+        data,
+        "a decoded membership snapshot re-encodes differently"
+    );
+    let owner = OwnerKey::from_seed([1; 32]);
+    let mut membership = Membership::new(owner.public());
+    let mut revocations = RevocationSet::new(owner.public());
+    let now = UnixMillis(1_000_000_000_000);
+    membership.merge(now, &snapshot, &mut revocations);
+    // Merging is idempotent: the same documents again change nothing.
+    let digest = membership.digest(now, &revocations);
+    assert!(!membership.merge(now, &snapshot, &mut revocations).changed());
+    assert_eq!(digest, membership.digest(now, &revocations));
+}

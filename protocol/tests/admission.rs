@@ -377,3 +377,65 @@ fn pairing_works_once_and_only_with_the_secret() {
     let (mut phone, _, _) = pairing(&m, &t, &other, t.proof(&other.public()), &mut phone_gate);
     assert!(refused(&mut phone).contains("cannot admit"));
 }
+
+#[test]
+fn a_device_with_an_admit_grant_issues_certificates_that_end_with_the_grant() {
+    use hearth_protocol::capability::{Actions, Capability, Grant, Resource};
+    let m = mesh();
+    let grant_expires = UnixMillis(NOW.0 + 3_600_000);
+    let grant = Chain::root(
+        Capability {
+            issuer: m.owner.public(),
+            audience: m.home.public(),
+            parent: None,
+            grants: vec![Grant::new(Resource::DevicesAdmit, Actions::ADMIT)],
+            not_before: UnixMillis(0),
+            expires: grant_expires,
+            nonce: [9; 16],
+        }
+        .sign(m.owner.secret())
+        .unwrap(),
+    );
+    // "home" here holds only the grant, not the owner key.
+    let mut hg = Gate::new(
+        m.home.public(),
+        Verifier::new(m.owner.public(), VerifierConfig::default()),
+        RevocationSet::new(m.owner.public()),
+        Some(Issuer {
+            key: m.home.secret().clone(),
+            admit: Some(grant.clone()),
+        }),
+    );
+    assert_eq!(hg.admit_grant(), Some(&grant));
+    let ticket = hg.invitations.issue(
+        m.owner.public(),
+        m.home.public(),
+        vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
+        [7; 16],
+        [8; 32],
+        UnixMillis(NOW.0 + 600_000),
+        None,
+        None,
+    );
+    let laptop = NodeKey::from_seed([4; 32]);
+    let (home, mut join, _) = pairing(
+        &m,
+        &ticket,
+        &laptop,
+        ticket.proof(&laptop.public()),
+        &mut hg,
+    );
+    assert!(home.is_admitted() && join.is_admitted());
+    let cert = home.peer_certificate().unwrap().clone();
+    assert_eq!(cert.links().len(), 2);
+    assert_eq!(cert.links()[0], grant.links()[0]);
+    assert_eq!(cert.leaf().capability().expires, grant_expires);
+    assert!(
+        events(&mut join)
+            .iter()
+            .any(|e| matches!(e, Event::Welcomed(c) if *c == cert))
+    );
+    // Without an issuer, pairing is refused.
+    hg.set_issuer(None);
+    assert!(!hg.can_admit());
+}

@@ -62,3 +62,9 @@ fn admission_decoder_inputs() {
     let count = replay("admission_decode", hearth_protocol::fuzz::admission_input);
     assert!(count >= 2, "the admission seeds are missing");
 }
+
+#[test]
+fn membership_decoder_inputs() {
+    let count = replay("membership_decode", hearth_protocol::fuzz::membership_input);
+    assert!(count >= 2, "the membership seeds are missing");
+}

@@ -245,7 +245,71 @@ fn three_devices_pair_and_see_each_other() {
     wait_for_peers(&phone, &[]);
     wait_for_peers(&home, &["vm"]);
 
-    for node in [home_node, phone_node, cloud_node] {
+    // The cloud holds no owner key: it may not invite until the owner lets it.
+    let refused = hearth(&cloud, &["invite"]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("devices:admit"));
+    let grant = json_ok(&home, &["devices", "allow-admit", "vm", "--ttl", "1h"]);
+    let grant_id = grant["cap_id"].as_str().unwrap().to_owned();
+    // The grant travels to the cloud in the membership store.
+    let ticket = wait_until(|| {
+        let out = hearth(&cloud, &["--json", "invite"]);
+        out.status.success().then(|| {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["ticket"].as_str().unwrap().to_owned()
+        })
+    });
+    let laptop = tmp.path().join("laptop");
+    let joined = json_ok(&laptop, &["join", &ticket, "--name", "laptop"]);
+    assert_eq!(
+        joined["owner"], owner,
+        "the cloud admitted it into the same mesh"
+    );
+    // Home learns of the laptop from the cloud's membership before ever meeting it.
+    let listed = wait_until(|| {
+        let devices = json_ok(&home, &["devices"]);
+        devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "laptop")
+            .cloned()
+    });
+    assert_eq!(listed["online"], false);
+    assert_eq!(listed["revoked"], false);
+    let laptop_node = start(&laptop);
+    wait_for_peers(&home, &["vm", "laptop"]);
+    wait_for_peers(&laptop, &["home", "vm"]);
+
+    // Home countersigned the laptop's certificate: withdrawing the grant stops the
+    // cloud from inviting, and the laptop stays a member, across a restart too.
+    wait_for_audit(&home, "mesh.countersign", "allowed");
+    json_ok(&home, &["cap", "revoke", &grant_id]);
+    wait_until(|| (hearth(&cloud, &["invite"]).status.code() == Some(3)).then_some(()));
+    wait_until(|| {
+        let cert = std::fs::read_to_string(laptop.join("device.cap")).unwrap();
+        let chain = hearth_protocol::capability::Chain::from_text(cert.trim()).unwrap();
+        (chain.links().len() == 1).then_some(())
+    });
+    kill9(laptop_node);
+    wait_for_peers(&home, &["vm"]);
+    let laptop_node = start(&laptop);
+    wait_for_peers(&home, &["vm", "laptop"]);
+    wait_for_peers(&cloud, &["home", "laptop"]);
+
+    for node in [home_node, phone_node, cloud_node, laptop_node] {
         hearth_tests::cli::stop(node);
+    }
+}
+
+/// Polls `f` (at most 20 s) until it returns something.
+fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -34,6 +34,13 @@ pub(crate) enum Command {
     },
     /// Hand a narrower copy of a capability you hold to another holder.
     Delegate(DelegateArgs),
+    /// Revoke a capability, and every capability delegated from it, on every device
+    /// (needs a running node holding the owner key).
+    Revoke {
+        /// The capability's id (64 hex digits, as `cap show` prints), or a capability
+        /// file whose last link to revoke.
+        id: String,
+    },
 }
 
 /// Arguments of `hearth cap delegate`. Every narrowing flag can only take away.
@@ -89,6 +96,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
     match command {
         Command::Show { capfile } => show(dir, &capfile, out),
         Command::Delegate(args) => delegate(dir, args, out),
+        Command::Revoke { id } => revoke(dir, &id, out),
     }
 }
 
@@ -437,4 +445,24 @@ fn grant_json(grant: &Grant) -> Value {
         },
         "description": grant.describe(),
     })
+}
+
+fn revoke(dir: &DataDir, id: &str, out: &mut Output) -> Result<()> {
+    let id: hearth_protocol::capability::CapId = match id.parse() {
+        Ok(id) => id,
+        Err(_) if Path::new(id).is_file() => read_chain(Path::new(id))?.leaf().id(),
+        Err(_) => {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("{id:?} is neither a capability id (64 hex digits) nor a capability file"),
+            ));
+        }
+    };
+    let client = crate::client::Client::connect(dir)?;
+    let answer = client.send("POST", &format!("/v1/caps/{id}/revoke"), &Value::Null)?;
+    out.emit(
+        || format!("Revoked capability {id}: every device refuses it, and what was delegated from it, once it hears of it."),
+        || answer.clone(),
+    );
+    Ok(())
 }

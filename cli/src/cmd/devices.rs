@@ -1,4 +1,4 @@
-//! `hearth devices` and `hearth devices revoke NAME`.
+//! `hearth devices`, `hearth devices revoke NAME`, `hearth devices allow-admit NAME`.
 
 use hearth_protocol::time::UnixMillis;
 use serde_json::Value;
@@ -26,6 +26,15 @@ pub(crate) enum Command {
     Revoke {
         /// The device's name.
         name: String,
+    },
+    /// Let a device admit new devices (run `hearth invite` there) for a while, through
+    /// a `devices:admit` capability the owner key signs (needs the owner key).
+    AllowAdmit {
+        /// The device's name.
+        name: String,
+        /// How long the permission lasts.
+        #[arg(long, default_value = "30d", value_parser = super::parse_duration)]
+        ttl: std::time::Duration,
     },
 }
 
@@ -75,6 +84,24 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
             )?;
             out.emit(
                 || format!("Revoked {name}: it is disconnected and refused by every device that hears of it."),
+                || answer.clone(),
+            );
+        }
+        Command::AllowAdmit { name, ttl } => {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let answer = client.send(
+                "POST",
+                &format!("/v1/devices/{}/allow-admit", segment(&name)),
+                &serde_json::json!({ "ttl_ms": ttl_ms }),
+            )?;
+            out.emit(
+                || {
+                    format!(
+                        "{name} may admit new devices until {} (capability {}; withdraw it with `hearth cap revoke`).",
+                        answer["expires"].as_str().unwrap_or("?"),
+                        answer["cap_id"].as_str().unwrap_or("?"),
+                    )
+                },
                 || answer.clone(),
             );
         }

@@ -218,6 +218,17 @@ impl Gate {
         self.issuer.is_some()
     }
 
+    /// Sets (or, with `None`, removes) who signs device certificates here: used when a
+    /// `devices:admit` grant for this node arrives, or is revoked.
+    pub fn set_issuer(&mut self, issuer: Option<Issuer>) {
+        self.issuer = issuer;
+    }
+
+    /// The `devices:admit` grant this node signs under, when it is not the owner.
+    pub fn admit_grant(&self) -> Option<&Chain> {
+        self.issuer.as_ref().and_then(|i| i.admit.as_ref())
+    }
+
     /// Checks a member's certificate presented by the peer whose key is `remote`.
     pub fn check(
         &mut self,
@@ -262,6 +273,14 @@ impl Gate {
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.nonce_counter.to_be_bytes());
         nonce[8..].copy_from_slice(&ticket[..8]);
+        // Under a devices:admit grant the certificate ends with the grant; the owner's
+        // device countersigns it for the full lifetime when it hears of it.
+        let expires = issuer
+            .admit
+            .iter()
+            .flat_map(|grant| grant.links())
+            .map(|link| link.capability().expires)
+            .fold(now.saturating_add(CERTIFICATE_LIFETIME), std::cmp::min);
         let chain = device::issue_certificate(
             &issuer.key,
             issuer.admit.as_ref(),
@@ -269,7 +288,7 @@ impl Gate {
             &redeemed.name,
             redeemed.role,
             now,
-            now.saturating_add(CERTIFICATE_LIFETIME),
+            expires,
             nonce,
         )
         .map_err(|err| format!("cannot sign a certificate: {err}"))?;
@@ -329,6 +348,7 @@ pub struct Connection {
     joining: bool,
     state: State,
     peer_device: Option<Device>,
+    peer_certificate: Option<Chain>,
     welcomed: bool,
     deadline: UnixMillis,
     transmit: VecDeque<Vec<u8>>,
@@ -361,6 +381,7 @@ impl Connection {
             joining,
             state: State::Waiting,
             peer_device: None,
+            peer_certificate: None,
             welcomed: false,
             deadline: now.saturating_add(config.deadline),
             transmit: VecDeque::from([message.encode()]),
@@ -381,6 +402,11 @@ impl Connection {
     /// The admitted peer's device.
     pub fn peer(&self) -> Option<&Device> {
         self.peer_device.as_ref()
+    }
+
+    /// The peer's certificate (presented, or issued to it at pairing) once checked.
+    pub fn peer_certificate(&self) -> Option<&Chain> {
+        self.peer_certificate.as_ref()
     }
 
     fn refuse(&mut self, reason: String, tell_peer: bool) {
@@ -426,6 +452,7 @@ impl Connection {
                 match gate.check(now, &self.remote, &chain) {
                     Ok(device) => {
                         self.peer_device = Some(device);
+                        self.peer_certificate = Some(chain);
                         self.maybe_admit();
                     }
                     Err(reason) => self.refuse(reason, true),
@@ -442,9 +469,11 @@ impl Connection {
                 }
                 match gate.join(now, &self.remote, &ticket, &proof, &name, role) {
                     Ok((device, chain)) => {
-                        self.transmit.push_back(Message::Welcome(chain).encode());
+                        self.transmit
+                            .push_back(Message::Welcome(chain.clone()).encode());
                         self.events.push_back(Event::Joined(device.clone()));
                         self.peer_device = Some(device);
+                        self.peer_certificate = Some(chain);
                         self.maybe_admit();
                     }
                     Err(reason) => self.refuse(reason, true),

@@ -1,0 +1,555 @@
+//! The membership store: every device certificate, `devices:admit` grant and
+//! revocation of the mesh, replicated to every device.
+//!
+//! It is a grow-only set of owner-rooted documents, so merging is a union and any two
+//! devices that have seen the same documents hold the same membership, whatever the
+//! order. A device leaves by revocation, never by deletion: its certificate stays (to
+//! list it as revoked) but no longer counts. Every document is checked before it is
+//! taken in: a certificate or grant must chain to the owner key and be in its time
+//! window, a revocation must carry a valid signature (and, for a key, the owner's).
+//!
+//! Two devices compare [`Membership::digest`]s and send a [`Snapshot`] only when they
+//! differ, so an unchanged membership costs 32 bytes per exchange.
+//!
+//! Snapshot encoding (canonical binary, at most [`MAX_SNAPSHOT_BYTES`]):
+//!
+//! ```text
+//! "HMEM" 01
+//! varint n, n × (varint len, chain)        device certificates, by node key
+//! varint n, n × (varint len, chain)        devices:admit grants, by capability id
+//! varint n, n × (varint len, revocation)   revocations, in byte order
+//! ```
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::capability::{
+    Actions, CapId, Chain, Grant, Resource, RevocationSet, SignedRevocation, Verifier,
+};
+use crate::device::{self, Device};
+use crate::encoding::{DecodeError, Reader, Writer};
+use crate::key::PublicKey;
+use crate::time::UnixMillis;
+
+const MAGIC: &[u8; 4] = b"HMEM";
+const VERSION: u8 = 1;
+/// Largest snapshot on the wire or on disk.
+pub const MAX_SNAPSHOT_BYTES: usize = 512 * 1024;
+/// Most device certificates a membership holds.
+pub const MAX_DEVICES: usize = 256;
+/// Most `devices:admit` grants a membership holds.
+pub const MAX_ADMITS: usize = 64;
+/// Most revocations a snapshot carries.
+pub const MAX_REVOCATIONS: usize = 1024;
+/// Largest single document in a snapshot.
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+
+/// Every document of a membership, as exchanged between devices and stored on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Device certificates.
+    pub devices: Vec<Chain>,
+    /// `devices:admit` grants.
+    pub admits: Vec<Chain>,
+    /// Revocations.
+    pub revocations: Vec<SignedRevocation>,
+}
+
+impl Snapshot {
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(1024);
+        w.raw(MAGIC);
+        w.u8(VERSION);
+        for list in [&self.devices, &self.admits] {
+            w.varint(list.len() as u64);
+            for chain in list {
+                let bytes = chain.encode();
+                w.varint(bytes.len() as u64);
+                w.raw(&bytes);
+            }
+        }
+        w.varint(self.revocations.len() as u64);
+        for revocation in &self.revocations {
+            let bytes = revocation.encode();
+            w.varint(bytes.len() as u64);
+            w.raw(&bytes);
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a snapshot; refuses oversized, malformed or over-full input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        const WHAT: &str = "membership snapshot";
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            return Err(DecodeError::TooLong {
+                what: WHAT,
+                len: bytes.len() as u64,
+                max: MAX_SNAPSHOT_BYTES as u64,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        r.magic(MAGIC, VERSION, WHAT)?;
+        let devices = read_chains(&mut r, MAX_DEVICES, "device certificates")?;
+        let admits = read_chains(&mut r, MAX_ADMITS, "admit grants")?;
+        let count = r.len(MAX_REVOCATIONS, "revocations")?;
+        let mut revocations = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = r.len(MAX_DOCUMENT_BYTES, "revocation")?;
+            revocations.push(SignedRevocation::decode(r.take(len, "revocation")?)?);
+        }
+        r.finish(WHAT)?;
+        Ok(Self {
+            devices,
+            admits,
+            revocations,
+        })
+    }
+}
+
+fn read_chains(
+    r: &mut Reader<'_>,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<Chain>, DecodeError> {
+    let count = r.len(max, what)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = r.len(MAX_DOCUMENT_BYTES, what)?;
+        out.push(Chain::decode(r.take(len, what)?)?);
+    }
+    Ok(out)
+}
+
+/// What [`Membership::add_device`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// A device not known before.
+    New(Device),
+    /// A known device with a certificate that lasts longer.
+    Renewed(Device),
+    /// Nothing new.
+    Known,
+}
+
+/// What a merge changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// Devices not known before.
+    pub new_devices: Vec<Device>,
+    /// Known devices whose certificate was replaced by one lasting longer.
+    pub renewed: Vec<Device>,
+    /// Keys revoked by revocations not known before.
+    pub revoked_keys: Vec<PublicKey>,
+    /// Number of revocations not known before (of keys and of capabilities).
+    pub new_revocations: usize,
+    /// Number of `devices:admit` grants not known before.
+    pub new_admits: usize,
+    /// Documents left out, with the reason.
+    pub rejected: Vec<String>,
+}
+
+impl Merged {
+    /// Did anything change?
+    pub fn changed(&self) -> bool {
+        !self.new_devices.is_empty()
+            || !self.renewed.is_empty()
+            || self.new_revocations > 0
+            || self.new_admits > 0
+    }
+}
+
+/// One device of the mesh as the membership knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// What its certificate says.
+    pub device: Device,
+    /// Is its key revoked?
+    pub revoked: bool,
+}
+
+/// The membership store of one device. The revocations live in the [`RevocationSet`]
+/// the admission gate checks against, and are passed in where needed.
+#[derive(Debug)]
+pub struct Membership {
+    verifier: Verifier,
+    devices: BTreeMap<PublicKey, (Device, Chain)>,
+    admits: BTreeMap<CapId, (PublicKey, Chain)>,
+}
+
+impl Membership {
+    /// An empty membership for the mesh whose owner key is `owner`.
+    pub fn new(owner: PublicKey) -> Self {
+        Self {
+            verifier: Verifier::new(owner, Default::default()),
+            devices: BTreeMap::new(),
+            admits: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a device certificate if it is valid now (revoked or not: a revoked device
+    /// is listed as such). Keeps, per node key, the certificate that expires last (ties
+    /// go to the shorter chain, then the smaller id, so every device keeps the same one).
+    pub fn add_device(&mut self, now: UnixMillis, chain: &Chain) -> Result<Added, String> {
+        let unrevoked = RevocationSet::new(*self.verifier.owner());
+        let device = device::verify_certificate(&mut self.verifier, chain, now, &unrevoked)
+            .map_err(|err| format!("device certificate: {err}"))?;
+        let rank = |device: &Device, chain: &Chain| {
+            (
+                device.expires,
+                std::cmp::Reverse(chain.links().len()),
+                std::cmp::Reverse(chain.leaf().id()),
+            )
+        };
+        match self.devices.get(&device.node_key) {
+            Some((known, known_chain)) if rank(known, known_chain) >= rank(&device, chain) => {
+                Ok(Added::Known)
+            }
+            Some((known, _)) if known.name != device.name || known.role != device.role => {
+                Err(format!(
+                    "a second certificate for device {:?} names it {:?} ({})",
+                    known.name, device.name, device.role
+                ))
+            }
+            Some(_) => {
+                self.devices
+                    .insert(device.node_key, (device.clone(), chain.clone()));
+                Ok(Added::Renewed(device))
+            }
+            None if self.devices.len() >= MAX_DEVICES => Err(format!(
+                "the membership already holds {MAX_DEVICES} devices"
+            )),
+            None => {
+                self.devices
+                    .insert(device.node_key, (device.clone(), chain.clone()));
+                Ok(Added::New(device))
+            }
+        }
+    }
+
+    /// The certificate kept for the device with this node key.
+    pub fn certificate(&self, key: &PublicKey) -> Option<&Chain> {
+        self.devices.get(key).map(|(_, chain)| chain)
+    }
+
+    /// Devices whose kept certificate was issued under a `devices:admit` grant rather
+    /// than by the owner directly: the owner's device countersigns them, so that they
+    /// stay members when the grant ends.
+    pub fn delegated(&self) -> Vec<Device> {
+        self.devices
+            .values()
+            .filter(|(_, chain)| chain.links().len() > 1)
+            .map(|(device, _)| device.clone())
+            .collect()
+    }
+
+    /// Adds a `devices:admit` grant if it is valid now. Returns whether it was new.
+    pub fn add_admit(&mut self, now: UnixMillis, chain: &Chain) -> Result<bool, String> {
+        let id = chain.leaf().id();
+        if self.admits.contains_key(&id) {
+            return Ok(false);
+        }
+        let unrevoked = RevocationSet::new(*self.verifier.owner());
+        let verified = self
+            .verifier
+            .verify(chain, now, &unrevoked)
+            .map_err(|err| format!("admit grant: {err}"))?;
+        let admit = Grant::new(Resource::DevicesAdmit, Actions::ADMIT);
+        if !verified.grants.contains(&admit) {
+            return Err("the capability does not grant devices:admit".into());
+        }
+        if self.admits.len() >= MAX_ADMITS {
+            return Err(format!(
+                "the membership already holds {MAX_ADMITS} admit grants"
+            ));
+        }
+        self.admits.insert(id, (verified.holder, chain.clone()));
+        Ok(true)
+    }
+
+    /// Takes in a peer's snapshot: revocations first (into `revocations`), then
+    /// certificates and grants. Invalid documents are left out and reported.
+    pub fn merge(
+        &mut self,
+        now: UnixMillis,
+        snapshot: &Snapshot,
+        revocations: &mut RevocationSet,
+    ) -> Merged {
+        let mut merged = Merged::default();
+        for revocation in &snapshot.revocations {
+            match revocations.insert(revocation) {
+                Ok(true) => {
+                    merged.new_revocations += 1;
+                    if let crate::capability::RevocationTarget::Key(key) =
+                        revocation.revocation().target
+                    {
+                        merged.revoked_keys.push(key);
+                    }
+                }
+                Ok(false) => {}
+                Err(err) => merged.rejected.push(format!("revocation: {err}")),
+            }
+        }
+        for chain in &snapshot.devices {
+            match self.add_device(now, chain) {
+                Ok(Added::New(device)) => merged.new_devices.push(device),
+                Ok(Added::Renewed(device)) => merged.renewed.push(device),
+                Ok(Added::Known) => {}
+                Err(reason) => merged.rejected.push(reason),
+            }
+        }
+        for chain in &snapshot.admits {
+            match self.add_admit(now, chain) {
+                Ok(true) => merged.new_admits += 1,
+                Ok(false) => {}
+                Err(reason) => merged.rejected.push(reason),
+            }
+        }
+        merged
+    }
+
+    /// Every device, revoked ones included, ordered by node key.
+    pub fn members(&self, revocations: &RevocationSet) -> Vec<Member> {
+        self.devices
+            .values()
+            .map(|(device, chain)| Member {
+                device: device.clone(),
+                revoked: revocations.revoked_link(chain).is_some(),
+            })
+            .collect()
+    }
+
+    /// The device with this node key.
+    pub fn device(&self, key: &PublicKey) -> Option<&Device> {
+        self.devices.get(key).map(|(device, _)| device)
+    }
+
+    /// A `devices:admit` grant held by `holder`, valid at `now` and unrevoked (the one
+    /// that expires last).
+    pub fn admit_for(
+        &mut self,
+        holder: &PublicKey,
+        now: UnixMillis,
+        revocations: &RevocationSet,
+    ) -> Option<Chain> {
+        let candidates: Vec<Chain> = self
+            .admits
+            .values()
+            .filter(|(h, _)| h == holder)
+            .map(|(_, chain)| chain.clone())
+            .collect();
+        candidates
+            .into_iter()
+            .filter_map(|chain| {
+                let verified = self.verifier.verify(&chain, now, revocations).ok()?;
+                Some((verified.expires, chain))
+            })
+            .max_by_key(|(expires, _)| *expires)
+            .map(|(_, chain)| chain)
+    }
+
+    /// What is passed on: the certificates and grants that are unrevoked and unexpired
+    /// at `now`, and every revocation.
+    pub fn snapshot(&self, now: UnixMillis, revocations: &RevocationSet) -> Snapshot {
+        let live = |chain: &Chain| {
+            revocations.revoked_link(chain).is_none()
+                && chain.links().iter().all(|l| l.capability().expires > now)
+        };
+        let mut revoked: Vec<(Vec<u8>, SignedRevocation)> = revocations
+            .signed()
+            .iter()
+            .map(|r| (r.encode(), r.clone()))
+            .collect();
+        revoked.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot {
+            devices: self
+                .devices
+                .values()
+                .map(|(_, chain)| chain)
+                .filter(|c| live(c))
+                .cloned()
+                .collect(),
+            admits: self
+                .admits
+                .values()
+                .map(|(_, chain)| chain)
+                .filter(|c| live(c))
+                .cloned()
+                .collect(),
+            revocations: revoked
+                .into_iter()
+                .take(MAX_REVOCATIONS)
+                .map(|(_, r)| r)
+                .collect(),
+        }
+    }
+
+    /// Everything held, revoked certificates included, to store on disk.
+    pub fn stored(&self, revocations: &RevocationSet) -> Snapshot {
+        Snapshot {
+            devices: self.devices.values().map(|(_, c)| c.clone()).collect(),
+            admits: self.admits.values().map(|(_, c)| c.clone()).collect(),
+            revocations: revocations
+                .signed()
+                .iter()
+                .take(MAX_REVOCATIONS)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// A digest of [`Membership::snapshot`]: two devices with equal digests hold the
+    /// same live membership.
+    pub fn digest(&self, now: UnixMillis, revocations: &RevocationSet) -> [u8; 32] {
+        Sha256::digest(self.snapshot(now, revocations).encode()).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::capability::{Capability, Revocation, RevocationTarget, Role};
+    use crate::key::{NodeKey, OwnerKey};
+
+    const NOW: UnixMillis = UnixMillis(1_000_000);
+    const LATER: UnixMillis = UnixMillis(10_000_000);
+
+    fn cert(owner: &OwnerKey, node: &NodeKey, name: &str, expires: UnixMillis) -> Chain {
+        device::issue_certificate(
+            owner.secret(),
+            None,
+            node.public(),
+            name,
+            Role::Home,
+            UnixMillis(0),
+            expires,
+            [0; 16],
+        )
+        .unwrap()
+    }
+
+    fn admit(owner: &OwnerKey, node: &NodeKey) -> Chain {
+        Chain::root(
+            Capability {
+                issuer: owner.public(),
+                audience: node.public(),
+                parent: None,
+                grants: vec![Grant::new(Resource::DevicesAdmit, Actions::ADMIT)],
+                not_before: UnixMillis(0),
+                expires: LATER,
+                nonce: [7; 16],
+            }
+            .sign(owner.secret())
+            .unwrap(),
+        )
+    }
+
+    fn revoke(owner: &OwnerKey, node: &NodeKey) -> SignedRevocation {
+        Revocation {
+            issuer: owner.public(),
+            target: RevocationTarget::Key(node.public()),
+            issued_at: NOW,
+            reason: "lost".into(),
+        }
+        .sign(owner.secret())
+        .unwrap()
+    }
+
+    #[test]
+    fn merging_in_any_order_converges() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let nodes: Vec<NodeKey> = (2..6).map(|i| NodeKey::from_seed([i; 32])).collect();
+        let certs: Vec<Chain> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| cert(&owner, n, &format!("d{i}"), LATER))
+            .collect();
+        let mut a = Membership::new(owner.public());
+        let mut ra = RevocationSet::new(owner.public());
+        let mut b = Membership::new(owner.public());
+        let mut rb = RevocationSet::new(owner.public());
+        a.add_device(NOW, &certs[0]).unwrap();
+        a.add_device(NOW, &certs[1]).unwrap();
+        ra.insert(&revoke(&owner, &nodes[1])).unwrap();
+        b.add_device(NOW, &certs[3]).unwrap();
+        b.add_device(NOW, &certs[2]).unwrap();
+        b.add_admit(NOW, &admit(&owner, &nodes[2])).unwrap();
+        assert_ne!(a.digest(NOW, &ra), b.digest(NOW, &rb));
+
+        let from_b = b.snapshot(NOW, &rb);
+        let merged = a.merge(NOW, &from_b, &mut ra);
+        assert_eq!(merged.new_devices.len(), 2);
+        assert_eq!(merged.new_admits, 1);
+        let from_a = Snapshot::decode(&a.snapshot(NOW, &ra).encode()).unwrap();
+        let merged = b.merge(NOW, &from_a, &mut rb);
+        assert_eq!(merged.revoked_keys, vec![nodes[1].public()]);
+        assert_eq!(a.digest(NOW, &ra), b.digest(NOW, &rb));
+        // The revoked device is listed as revoked, and not passed on.
+        let members = b.members(&rb);
+        assert_eq!(members.len(), 3);
+        assert_eq!(members.iter().filter(|m| m.revoked).count(), 0);
+        assert!(a.members(&ra).iter().any(|m| m.revoked));
+        assert_eq!(a.snapshot(NOW, &ra).devices.len(), 3);
+        // A second merge changes nothing.
+        assert!(!a.merge(NOW, &from_b, &mut ra).changed());
+    }
+
+    #[test]
+    fn foreign_and_expired_documents_are_left_out() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let stranger = OwnerKey::from_seed([9; 32]);
+        let node = NodeKey::from_seed([2; 32]);
+        let mut m = Membership::new(owner.public());
+        let mut revocations = RevocationSet::new(owner.public());
+        let snapshot = Snapshot {
+            devices: vec![
+                cert(&stranger, &node, "spy", LATER),
+                cert(&owner, &node, "old", UnixMillis(10)),
+            ],
+            admits: vec![cert(&owner, &node, "not-an-admit", LATER)],
+            revocations: vec![revoke(&stranger, &node)],
+        };
+        let merged = m.merge(NOW, &snapshot, &mut revocations);
+        assert!(!merged.changed());
+        assert_eq!(merged.rejected.len(), 4, "{:?}", merged.rejected);
+        assert!(m.members(&revocations).is_empty());
+        assert!(revocations.is_empty());
+    }
+
+    #[test]
+    fn admit_grants_are_found_for_their_holder_until_revoked() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let cloud = NodeKey::from_seed([3; 32]);
+        let mut m = Membership::new(owner.public());
+        let mut revocations = RevocationSet::new(owner.public());
+        let grant = admit(&owner, &cloud);
+        assert!(m.add_admit(NOW, &grant).unwrap());
+        assert_eq!(m.admit_for(&cloud.public(), NOW, &revocations), Some(grant));
+        assert_eq!(m.admit_for(&owner.public(), NOW, &revocations), None);
+        revocations.insert(&revoke(&owner, &cloud)).unwrap();
+        assert_eq!(m.admit_for(&cloud.public(), NOW, &revocations), None);
+    }
+
+    #[test]
+    fn decoding_refuses_garbage_and_round_trips() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let node = NodeKey::from_seed([2; 32]);
+        let snapshot = Snapshot {
+            devices: vec![cert(&owner, &node, "home", LATER)],
+            admits: vec![admit(&owner, &node)],
+            revocations: vec![revoke(&owner, &node)],
+        };
+        let bytes = snapshot.encode();
+        assert_eq!(Snapshot::decode(&bytes).unwrap(), snapshot);
+        for cut in 0..bytes.len() {
+            assert!(Snapshot::decode(&bytes[..cut]).is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(Snapshot::decode(&long).is_err());
+        assert!(Snapshot::decode(&vec![0; MAX_SNAPSHOT_BYTES + 1]).is_err());
+    }
+}
