@@ -15,6 +15,10 @@
 //! dialer sends its opening frames, the listener answers with its own frames (its
 //! certificate, a welcome for a joiner, or a refusal). Frames are admission messages,
 //! each length-prefixed (u32, big endian), at most 64 KiB each and 4 per exchange.
+//!
+//! Admitted peers then keep the membership store (`hearth_protocol::mesh::membership`)
+//! in step on `/hearth/members/1`: digests every 2 s, snapshots when they differ, and
+//! each device's listen addresses. docs/mesh.md describes both protocols.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -488,10 +492,12 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10)),
                 ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/hearth/1".into(),
-                    key.public(),
-                )),
+                // Identify runs before admission too, so it keeps the listen addresses
+                // to itself: devices tell each other those in the membership exchange.
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/hearth/1".into(), key.public())
+                        .with_hide_listen_addrs(true),
+                ),
                 // A ping every 2 s that fails after 5 s closes the connection, so a device
                 // whose link went away is seen as offline within seconds.
                 ping: ping::Behaviour::new(
@@ -603,8 +609,6 @@ struct MeshLoop {
     audit: Arc<AuditLog>,
     admitting: BTreeMap<PeerId, Connection>,
     known: BTreeMap<PeerId, Known>,
-    /// Listen addresses identify reported for peers still being admitted.
-    identified: BTreeMap<PeerId, Vec<Multiaddr>>,
     /// Refused peers, disconnected once their refusal had time to reach them.
     closing: Vec<(PeerId, UnixMillis)>,
     /// The peers file needs writing.
@@ -682,7 +686,6 @@ pub async fn spawn(
         audit,
         admitting: BTreeMap::new(),
         known: config_peers,
-        identified: BTreeMap::new(),
         closing: Vec::new(),
         dirty: false,
         bootstrap_retry: BTreeMap::new(),
@@ -1126,27 +1129,8 @@ impl MeshLoop {
                 ..
             } => {
                 self.admitting.remove(&peer_id);
-                self.identified.remove(&peer_id);
                 if let Some(k) = self.known.get_mut(&peer_id) {
                     k.connected = false;
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                // Only admitted devices' addresses are passed on; until admission they wait.
-                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
-                match self.known.get_mut(&peer_id) {
-                    Some(k) if k.connected => {
-                        add_addrs(&mut k.addrs, addrs);
-                        self.dirty = true;
-                    }
-                    _ if self.swarm.is_connected(&peer_id) => {
-                        self.identified.insert(peer_id, addrs);
-                    }
-                    _ => {}
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Members(request_response::Event::Message {
@@ -1204,8 +1188,22 @@ impl MeshLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        // A peer that asks for admission gets it judged afresh, even
+                        // one admitted before: it may have restarted while its old
+                        // connection, dead, still counts until ping gives up on it.
+                        if !self.admitting.contains_key(&peer)
+                            && !request.0.is_empty()
+                            && let Some(remote) = peer_key(&peer)
+                        {
+                            let fresh = Connection::new(
+                                now(),
+                                remote,
+                                Opening::Member(self.certificate.clone()),
+                                &self.config.admission,
+                            );
+                            self.admitting.insert(peer, fresh);
+                        }
                         let Some(connection) = self.admitting.get_mut(&peer) else {
-                            // Already admitted, or unknown: answer nothing useful.
                             let _ = self
                                 .swarm
                                 .behaviour_mut()
@@ -1269,9 +1267,6 @@ impl MeshLoop {
                     entry.connected = true;
                     entry.last_seen = now().0;
                     entry.digest = None;
-                    if let Some(addrs) = self.identified.remove(&peer) {
-                        add_addrs(&mut entry.addrs, addrs);
-                    }
                     if let Some(certificate) = &certificate {
                         self.take_in(&Snapshot {
                             devices: vec![certificate.clone()],
@@ -1296,6 +1291,10 @@ impl MeshLoop {
                         &format!("refused: {reason}"),
                     );
                     tracing::warn!(peer = %peer, %reason, "peer refused");
+                    // Also a peer admitted before whose fresh admission failed.
+                    if let Some(k) = self.known.get_mut(&peer) {
+                        k.connected = false;
+                    }
                     self.closing
                         .push((peer, now().saturating_add(Duration::from_millis(500))));
                 }
@@ -1363,16 +1362,24 @@ impl MeshLoop {
     /// addresses (one frame of `PEER_ID ADDRESS…` lines), its membership digest, and its
     /// membership snapshot when the peer's last digest differs (else an empty frame).
     fn peer_list(&self, peer: &PeerId) -> Frames {
-        let text: String = self
-            .known
-            .iter()
-            .filter(|(_, k)| !k.addrs.is_empty())
-            .take(MAX_LISTED_PEERS)
-            .map(|(peer, k)| {
-                let addrs: Vec<String> = k.addrs.iter().map(ToString::to_string).collect();
-                format!("{peer} {}\n", addrs.join(" "))
-            })
+        let me = *self.swarm.local_peer_id();
+        let own: Vec<String> = self
+            .swarm
+            .listeners()
+            .take(16)
+            .map(ToString::to_string)
             .collect();
+        let mut text = format!("{me} {}\n", own.join(" "));
+        text.extend(
+            self.known
+                .iter()
+                .filter(|(_, k)| !k.addrs.is_empty())
+                .take(MAX_LISTED_PEERS - 1)
+                .map(|(peer, k)| {
+                    let addrs: Vec<String> = k.addrs.iter().map(ToString::to_string).collect();
+                    format!("{peer} {}\n", addrs.join(" "))
+                }),
+        );
         let mut text = text.into_bytes();
         text.truncate(admission::MAX_MESSAGE_BYTES);
         let now = now();
@@ -1421,10 +1428,19 @@ impl MeshLoop {
                 let Some(Ok(peer)) = parts.next().map(str::parse::<PeerId>) else {
                     continue;
                 };
+                let addrs: Vec<Multiaddr> = parts.take(16).filter_map(|a| a.parse().ok()).collect();
+                if peer == *from {
+                    // The peer's own listen addresses: where to find it again.
+                    if let Some(k) = self.known.get_mut(from)
+                        && add_addrs(&mut k.addrs, addrs)
+                    {
+                        self.dirty = true;
+                    }
+                    continue;
+                }
                 if peer == me || self.swarm.is_connected(&peer) {
                     continue;
                 }
-                let addrs: Vec<Multiaddr> = parts.take(16).filter_map(|a| a.parse().ok()).collect();
                 let revoked =
                     peer_key(&peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key));
                 if addrs.is_empty() || revoked {
@@ -1473,13 +1489,16 @@ impl MeshLoop {
     }
 }
 
-fn add_addrs(known: &mut Vec<Multiaddr>, new: Vec<Multiaddr>) {
+/// Adds addresses not known yet (keeping at most 16); returns whether any was new.
+fn add_addrs(known: &mut Vec<Multiaddr>, new: Vec<Multiaddr>) -> bool {
+    let before = known.clone();
     for addr in new {
         if !known.contains(&addr) {
             known.push(addr);
         }
     }
     known.truncate(16);
+    *known != before
 }
 
 /// Pairs this (new) device with the inviter named in `ticket`: dials it, redeems the

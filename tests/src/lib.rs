@@ -119,9 +119,15 @@ pub mod cli {
                     .unwrap()
                     .trim_end_matches('.')
                     .to_owned();
+                // With HEARTH_TEST_LOGS=DIR, each node's log is kept in DIR/PID.log.
+                let keep = std::env::var_os("HEARTH_TEST_LOGS")
+                    .map(|dir| Path::new(&dir).join(format!("{}.log", child.id())));
                 std::thread::spawn(move || {
                     let mut sink = String::new();
                     let _ = stderr.read_to_string(&mut sink);
+                    if let Some(path) = keep {
+                        let _ = std::fs::write(path, sink);
+                    }
                 });
                 return addr;
             }
