@@ -758,7 +758,7 @@ impl MeshLoop {
             }
             Command::Devices(reply) => {
                 let me = *self.swarm.local_peer_id();
-                let list = self
+                let mut list = self
                     .membership
                     .members(&self.gate.revocations)
                     .into_iter()
@@ -779,7 +779,10 @@ impl MeshLoop {
                             revoked: member.revoked,
                         })
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                // This device first, then by name.
+                let me = me.to_string();
+                list.sort_by(|a, b| (a.peer_id != me, &a.name).cmp(&(b.peer_id != me, &b.name)));
                 let _ = reply.send(list);
             }
             Command::Revoke { name, reply } => {
