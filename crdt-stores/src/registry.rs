@@ -190,11 +190,72 @@ impl Stores {
         let id = hex::encode(&digest[..16]);
         let meta = StoreMeta {
             name: name.to_owned(),
-            id: id.clone(),
+            id,
             kind,
             created,
             window_ms,
         };
+        self.insert_new(&mut stores, meta)
+    }
+
+    /// Creates an empty local replica of a store another device holds (same id, name,
+    /// kind and window), for sync to fill.
+    pub fn create_replica(&self, meta: StoreMeta) -> Result<Arc<Store>, StoreError> {
+        let valid_id = meta.id.len() == 32 && meta.id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid_id
+            || !hearth_protocol::capability::is_valid_name(&meta.name)
+            || meta.window_ms == 0
+        {
+            return Err(StoreError::Invalid(format!(
+                "{:?} ({}) cannot be a store replica",
+                meta.name, meta.id
+            )));
+        }
+        let mut stores = self.write();
+        if let Some(existing) = stores.get(&meta.name) {
+            let same = match existing {
+                Entry::Ready(store) => store.meta().id == meta.id,
+                Entry::Broken { entry, .. } => entry.id == meta.id,
+            };
+            return match existing {
+                Entry::Ready(store) if same => Ok(store.clone()),
+                _ if same => Err(StoreError::Invalid(format!(
+                    "the replica of {:?} here is broken",
+                    meta.name
+                ))),
+                _ => Err(StoreError::Exists(meta.name.clone())),
+            };
+        }
+        self.insert_new(&mut stores, meta)
+    }
+
+    /// The store with this id.
+    pub fn get_by_id(&self, id: &str) -> Option<Arc<Store>> {
+        self.read().values().find_map(|entry| match entry {
+            Entry::Ready(store) if store.meta().id == id => Some(store.clone()),
+            _ => None,
+        })
+    }
+
+    /// Every usable store.
+    pub fn all(&self) -> Vec<Arc<Store>> {
+        self.read()
+            .values()
+            .filter_map(|entry| match entry {
+                Entry::Ready(store) => Some(store.clone()),
+                Entry::Broken { .. } => None,
+            })
+            .collect()
+    }
+
+    fn insert_new(
+        &self,
+        stores: &mut BTreeMap<String, Entry>,
+        meta: StoreMeta,
+    ) -> Result<Arc<Store>, StoreError> {
+        let name = meta.name.clone();
+        let name = name.as_str();
+        let id = meta.id.clone();
         let dir = self.config.root.join(&id);
         std::fs::create_dir_all(&dir).map_err(|err| StoreError::Io {
             store: name.to_owned(),
@@ -214,7 +275,7 @@ impl Stores {
             }
         };
         stores.insert(name.to_owned(), Entry::Ready(store.clone()));
-        if let Err(err) = self.write_index(&stores) {
+        if let Err(err) = self.write_index(stores) {
             stores.remove(name);
             drop(store);
             let _ = std::fs::remove_dir_all(&dir);

@@ -24,12 +24,16 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
+use hearth_protocol::sync::{Digest, Head, Unit, UnitHeads};
+
 use crate::backend::{Backend, BackendKind, Batch};
 use crate::error::StoreError;
 use crate::frame;
 use crate::pipeline::GroupCommit;
 use crate::query::{Aggregate, Filter, Selection, aggregate};
 use crate::reading::{self, MAX_READING_BYTES, Reading};
+
+mod sync;
 
 /// Milliseconds since the Unix epoch, from the caller's clock.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -147,6 +151,9 @@ struct ChunkMeta {
     closed: bool,
     /// SHA-256 over the sorted heads, set when closed.
     hash: Option<String>,
+    /// The automerge heads (hex), set when closed.
+    #[serde(default)]
+    heads: Vec<String>,
     /// Change records written for the open chunk.
     changes: u64,
 }
@@ -154,7 +161,9 @@ struct ChunkMeta {
 #[derive(Debug)]
 struct OpenChunk {
     doc: AutoCommit,
-    list: ObjId,
+    /// The readings list; absent in a chunk received empty from a peer until the
+    /// first reading arrives.
+    list: Option<ObjId>,
     /// Length of `list` (automerge's `length` walks the list).
     len: usize,
     readings: Arc<Vec<Reading>>,
@@ -220,6 +229,20 @@ enum Body {
 struct State {
     backend: Box<dyn Backend>,
     body: Body,
+    /// The store's digest (over every unit's heads), until the next change.
+    digest: Option<Digest>,
+}
+
+/// A local write, as the sync engine needs it: the encoded automerge changes of each
+/// document it touched, and the store's digest before and after.
+#[derive(Debug, Clone)]
+pub struct LocalChange {
+    /// Encoded changes per document.
+    pub units: Vec<(Unit, Arc<[u8]>)>,
+    /// The digest before the write.
+    pub before: Digest,
+    /// The digest after it.
+    pub after: Digest,
 }
 
 /// An open store.
@@ -232,6 +255,7 @@ pub struct Store {
     state: Mutex<State>,
     commits: GroupCommit<Write, StoreError>,
     changes: broadcast::Sender<Change>,
+    local: broadcast::Sender<LocalChange>,
 }
 
 impl std::fmt::Debug for Store {
@@ -340,15 +364,21 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let body = load_body(&meta, backend.as_ref(), &actor)?;
         let (changes, _) = broadcast::channel(SUBSCRIBER_BUFFER);
+        let (local, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         Ok(Self {
             meta,
             path,
             backend_kind,
             actor,
             clock,
-            state: Mutex::new(State { backend, body }),
+            state: Mutex::new(State {
+                backend,
+                body,
+                digest: None,
+            }),
             commits: GroupCommit::new(),
             changes,
+            local,
         })
     }
 
@@ -672,9 +702,24 @@ impl Store {
         let mut batch = Batch::new();
         let mut events = Vec::new();
         let want_events = self.changes.receiver_count() > 0;
-        let State { backend, body } = &mut *state;
+        // The sync engine wants each write's changes and the digests around it.
+        let before = if self.local.receiver_count() > 0 {
+            Some(sync::digest_locked(&mut state))
+        } else {
+            None
+        };
+        let mut pushes = Vec::new();
+        let State { backend, body, .. } = &mut *state;
         let applied = match body {
-            Body::Doc(doc) => apply_doc(&self.meta, doc, writes, now, &mut batch, &mut events),
+            Body::Doc(doc) => apply_doc(
+                &self.meta,
+                doc,
+                writes,
+                now,
+                &mut batch,
+                &mut events,
+                &mut pushes,
+            ),
             Body::Series(series) => apply_series(
                 &self.meta,
                 &self.actor,
@@ -685,6 +730,7 @@ impl Store {
                 &mut batch,
                 &mut events,
                 want_events,
+                &mut pushes,
             ),
         };
         let result = applied.and_then(|()| {
@@ -695,9 +741,20 @@ impl Store {
         });
         match result {
             Ok(()) => {
+                state.digest = None;
                 for event in events {
                     // No subscribers is fine.
                     let _ = self.changes.send(event);
+                }
+                if let Some(before) = before
+                    && !pushes.is_empty()
+                {
+                    let after = sync::digest_locked(&mut state);
+                    let _ = self.local.send(LocalChange {
+                        units: pushes,
+                        before,
+                        after,
+                    });
                 }
                 Ok(())
             }
@@ -724,6 +781,7 @@ impl Store {
                 .map_err(|err| StoreError::backend(&self.meta.name, err))?;
         }
         state.body = load_body(&self.meta, state.backend.as_ref(), &self.actor)?;
+        state.digest = None;
         Ok(())
     }
 }
@@ -792,9 +850,14 @@ fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result
                 let payload = frame::open(&key, &raw).ok_or_else(|| {
                     StoreError::corrupt(name, format!("chunk index {start} fails its checksum"))
                 })?;
-                let chunk: ChunkMeta = serde_json::from_slice(payload).map_err(|err| {
+                let mut chunk: ChunkMeta = serde_json::from_slice(payload).map_err(|err| {
                     StoreError::corrupt(name, format!("chunk index {start}: {err}"))
                 })?;
+                if chunk.closed && chunk.heads.is_empty() {
+                    // Closed before heads were kept in the index: read them once.
+                    let mut doc = load_closed_chunk(name, backend, start)?;
+                    chunk.heads = doc.get_heads().iter().map(|h| hex::encode(h.0)).collect();
+                }
                 if !chunk.closed {
                     open.insert(start, load_open_chunk(name, backend, actor, start)?);
                 }
@@ -809,15 +872,50 @@ fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result
     }
 }
 
-fn new_chunk_doc(actor: &ActorId) -> Result<(AutoCommit, ObjId), automerge::AutomergeError> {
+/// Creates a chunk's readings list in `doc` as a change every replica makes byte for
+/// byte alike (an actor and time derived from the store and the chunk, no other
+/// content), so that devices appending to the same chunk share one list instead of
+/// making rival ones.
+fn create_readings_list(
+    doc: &mut AutoCommit,
+    store_id: &str,
+    start: u64,
+    actor: &ActorId,
+) -> Result<ObjId, automerge::AutomergeError> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"hearth/v1/chunk-genesis");
+    hasher.update(store_id.as_bytes());
+    hasher.update(start.to_be_bytes());
+    let digest: [u8; 32] = hasher.finalize().into();
+    doc.set_actor(ActorId::from(digest.get(..16).unwrap_or_default()));
+    let list = doc.put_object(ROOT, "readings", ObjType::List);
+    doc.commit_with(CommitOptions::default().with_time(0));
+    doc.set_actor(actor.clone());
+    list
+}
+
+fn new_chunk_doc(
+    store_id: &str,
+    start: u64,
+    actor: &ActorId,
+) -> Result<(AutoCommit, ObjId), automerge::AutomergeError> {
     let mut doc = AutoCommit::new().with_actor(actor.clone());
-    let list = doc.put_object(ROOT, "readings", ObjType::List)?;
+    let list = create_readings_list(&mut doc, store_id, start, actor)?;
     Ok((doc, list))
 }
 
+/// The readings of a chunk document (none if it has no readings list yet).
 fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> {
     let list = match doc.get(ROOT, "readings") {
         Ok(Some((automerge::Value::Object(ObjType::List), id))) => id,
+        Ok(None) if doc.keys(ROOT).next().is_none() => {
+            return Ok(OpenChunk {
+                doc,
+                list: None,
+                len: 0,
+                readings: Arc::new(Vec::new()),
+            });
+        }
         _ => {
             return Err(StoreError::corrupt(
                 name,
@@ -840,10 +938,57 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
     readings.sort_by_key(|r| r.ts);
     Ok(OpenChunk {
         doc,
-        list,
+        list: Some(list),
         len,
         readings: Arc::new(readings),
     })
+}
+
+/// Reopens a closed chunk (a late reading, or changes from a peer): its compact save
+/// becomes the chunk's first change record again.
+fn reopen_chunk(
+    meta: &StoreMeta,
+    actor: &ActorId,
+    backend: &dyn Backend,
+    series: &mut SeriesState,
+    start: u64,
+    batch: &mut Batch,
+) -> Result<OpenChunk, StoreError> {
+    let name = meta.name.as_str();
+    let doc = load_closed_chunk(name, backend, start)?;
+    let mut doc = doc.with_actor(actor.clone());
+    let save = doc.save();
+    let chunk = chunk_from_doc(name, doc)?;
+    put_sealed(batch, chunk_change_key(start, 0), &save);
+    batch.delete(chunk_key(start, b"s"));
+    batch.delete(chunk_key(start, b"r"));
+    series.cache.remove(start);
+    if let Some(info) = series.index.get_mut(&start) {
+        info.closed = false;
+        info.hash = None;
+        info.heads = Vec::new();
+        info.changes = 1;
+    }
+    Ok(chunk)
+}
+
+/// A closed chunk's document, from its compact save.
+fn load_closed_chunk(
+    name: &str,
+    backend: &dyn Backend,
+    start: u64,
+) -> Result<AutoCommit, StoreError> {
+    let key = chunk_key(start, b"s");
+    let raw = backend
+        .get(&key)
+        .map_err(|err| StoreError::backend(name, err))?
+        .ok_or_else(|| {
+            StoreError::corrupt(name, format!("closed chunk {start} has no document"))
+        })?;
+    let save = frame::open(&key, &raw).ok_or_else(|| {
+        StoreError::corrupt(name, format!("closed chunk {start} fails its checksum"))
+    })?;
+    AutoCommit::load(save).map_err(|err| am_err(name, err))
 }
 
 fn load_open_chunk(
@@ -880,6 +1025,7 @@ fn apply_doc<'a>(
     now: i64,
     batch: &mut Batch,
     events: &mut Vec<Change>,
+    pushes: &mut Vec<(Unit, Arc<[u8]>)>,
 ) -> Result<(), StoreError> {
     let name = meta.name.as_str();
     for write in writes {
@@ -921,6 +1067,19 @@ fn apply_doc<'a>(
     state
         .doc
         .commit_with(CommitOptions::default().with_time(now));
+    let bytes = state.doc.save_incremental();
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    persist_doc_change(state, batch, &bytes);
+    pushes.push((Unit::Whole, Arc::from(bytes)));
+    Ok(())
+}
+
+/// Writes the changes `bytes` (already in the document) of a kv or doc store: as one
+/// more change record, or, every [`COMPACT_AFTER`] records, as a compact save that
+/// replaces them.
+fn persist_doc_change(state: &mut DocState, batch: &mut Batch, bytes: &[u8]) {
     if state.changes + 1 >= COMPACT_AFTER {
         let save = state.doc.save();
         put_sealed(batch, SNAPSHOT_KEY.to_vec(), &save);
@@ -929,12 +1088,10 @@ fn apply_doc<'a>(
         }
         state.changes = 0;
     } else {
-        let bytes = state.doc.save_incremental();
-        put_sealed(batch, change_key(state.next_seq), &bytes);
+        put_sealed(batch, change_key(state.next_seq), bytes);
         state.next_seq += 1;
         state.changes += 1;
     }
-    Ok(())
 }
 
 fn heads_hash(doc: &mut AutoCommit) -> String {
@@ -958,6 +1115,7 @@ fn apply_series<'a>(
     batch: &mut Batch,
     events: &mut Vec<Change>,
     want_events: bool,
+    pushes: &mut Vec<(Unit, Arc<[u8]>)>,
 ) -> Result<(), StoreError> {
     let name = meta.name.as_str();
     let window = meta.window_ms;
@@ -973,39 +1131,7 @@ fn apply_series<'a>(
             if !series.open.contains_key(&start) {
                 let chunk = match series.index.get(&start) {
                     Some(_) if series.index.get(&start).is_some_and(|c| c.closed) => {
-                        // A late reading reopens a closed chunk: its compact save becomes
-                        // the chunk's first change record again.
-                        let key = chunk_key(start, b"s");
-                        let raw = backend
-                            .get(&key)
-                            .map_err(|err| StoreError::backend(name, err))?
-                            .ok_or_else(|| {
-                                StoreError::corrupt(
-                                    name,
-                                    format!("closed chunk {start} has no document"),
-                                )
-                            })?;
-                        let save = frame::open(&key, &raw).ok_or_else(|| {
-                            StoreError::corrupt(
-                                name,
-                                format!("closed chunk {start} fails its checksum"),
-                            )
-                        })?;
-                        let mut doc = AutoCommit::load(save)
-                            .map_err(|err| am_err(name, err))?
-                            .with_actor(actor.clone());
-                        let _ = doc.save_incremental();
-                        let chunk = chunk_from_doc(name, doc)?;
-                        put_sealed(batch, chunk_change_key(start, 0), save);
-                        batch.delete(key);
-                        batch.delete(chunk_key(start, b"r"));
-                        series.cache.remove(start);
-                        if let Some(info) = series.index.get_mut(&start) {
-                            info.closed = false;
-                            info.hash = None;
-                            info.changes = 1;
-                        }
-                        chunk
+                        reopen_chunk(meta, actor, backend, series, start, batch)?
                     }
                     Some(_) => {
                         return Err(StoreError::corrupt(
@@ -1014,7 +1140,8 @@ fn apply_series<'a>(
                         ));
                     }
                     None => {
-                        let (doc, list) = new_chunk_doc(actor).map_err(|err| am_err(name, err))?;
+                        let (doc, list) = new_chunk_doc(&meta.id, start, actor)
+                            .map_err(|err| am_err(name, err))?;
                         series.index.insert(
                             start,
                             ChunkMeta {
@@ -1023,12 +1150,13 @@ fn apply_series<'a>(
                                 max_ts: reading.ts,
                                 closed: false,
                                 hash: None,
+                                heads: Vec::new(),
                                 changes: 0,
                             },
                         );
                         OpenChunk {
                             doc,
-                            list,
+                            list: Some(list),
                             len: 0,
                             readings: Arc::new(Vec::new()),
                         }
@@ -1044,9 +1172,18 @@ fn apply_series<'a>(
                     "chunk bookkeeping is inconsistent",
                 ));
             };
+            let list = match &chunk.list {
+                Some(list) => list.clone(),
+                None => {
+                    let list = create_readings_list(&mut chunk.doc, &meta.id, start, actor)
+                        .map_err(|err| am_err(name, err))?;
+                    chunk.list = Some(list.clone());
+                    list
+                }
+            };
             chunk
                 .doc
-                .insert(&chunk.list, chunk.len, ScalarValue::Bytes(encoded.clone()))
+                .insert(&list, chunk.len, ScalarValue::Bytes(encoded.clone()))
                 .map_err(|err| am_err(name, err))?;
             chunk.len += 1;
             let readings = Arc::make_mut(&mut chunk.readings);
@@ -1077,10 +1214,21 @@ fn apply_series<'a>(
         let payload =
             serde_json::to_vec(&*info).map_err(|err| StoreError::Invalid(err.to_string()))?;
         put_sealed(batch, index_key(*start), &payload);
+        pushes.push((Unit::Chunk(*start), Arc::from(bytes)));
     }
-    // Close chunks more than one window older than the newest open chunk: their
-    // documents become one compact save, their readings one sorted record.
-    let newest = series.open.keys().next_back().copied().unwrap_or(0);
+    close_old_chunks(meta, series, batch)
+}
+
+/// Closes open chunks more than one window older than the newest chunk: their
+/// documents become one compact save, their readings one sorted record. Closing
+/// changes how a chunk is kept, not its content or heads.
+fn close_old_chunks(
+    meta: &StoreMeta,
+    series: &mut SeriesState,
+    batch: &mut Batch,
+) -> Result<(), StoreError> {
+    let window = meta.window_ms;
+    let newest = series.index.keys().next_back().copied().unwrap_or(0);
     let closing: Vec<u64> = series
         .open
         .keys()
@@ -1105,6 +1253,12 @@ fn apply_series<'a>(
         }
         info.closed = true;
         info.hash = Some(heads_hash(&mut chunk.doc));
+        info.heads = chunk
+            .doc
+            .get_heads()
+            .iter()
+            .map(|h| hex::encode(h.0))
+            .collect();
         info.changes = 0;
         let payload =
             serde_json::to_vec(&*info).map_err(|err| StoreError::Invalid(err.to_string()))?;

@@ -37,4 +37,5 @@ pub mod fuzz;
 pub mod key;
 pub mod manifest;
 pub mod mesh;
+pub mod sync;
 pub mod time;

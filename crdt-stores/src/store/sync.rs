@@ -1,0 +1,388 @@
+//! A store as a replica: its documents' heads and digest, automerge sync messages,
+//! closed chunks sent whole, and changes pushed by peers, each applied durably.
+
+use std::collections::BTreeMap;
+
+use automerge::sync::SyncDoc as _;
+use hearth_protocol::sync::{ReplicaError, SyncMessage, SyncState, digest_of};
+
+use super::*;
+
+/// The store's digest, computed once per change.
+pub(super) fn digest_locked(state: &mut State) -> Digest {
+    if let Some(digest) = state.digest {
+        return digest;
+    }
+    let digest = digest_of(&units_locked(&mut state.body));
+    state.digest = Some(digest);
+    digest
+}
+
+fn heads_of(doc: &mut AutoCommit) -> Vec<Head> {
+    let mut heads: Vec<Head> = doc.get_heads().iter().map(|h| h.0).collect();
+    heads.sort_unstable();
+    heads
+}
+
+fn units_locked(body: &mut Body) -> Vec<UnitHeads> {
+    match body {
+        Body::Doc(doc) => vec![UnitHeads {
+            unit: Unit::Whole,
+            closed: false,
+            heads: heads_of(&mut doc.doc),
+        }],
+        Body::Series(series) => {
+            let SeriesState { index, open, .. } = series;
+            index
+                .iter()
+                .map(|(start, info)| {
+                    let heads = match open.get_mut(start) {
+                        Some(chunk) => heads_of(&mut chunk.doc),
+                        None => {
+                            let mut heads: Vec<Head> = info
+                                .heads
+                                .iter()
+                                .filter_map(|h| {
+                                    let mut out = [0u8; 32];
+                                    hex::decode_to_slice(h, &mut out).ok().map(|()| out)
+                                })
+                                .collect();
+                            heads.sort_unstable();
+                            heads
+                        }
+                    };
+                    UnitHeads {
+                        unit: Unit::Chunk(*start),
+                        closed: info.closed,
+                        heads,
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// What a peer sent for one document.
+enum Input<'a> {
+    /// An automerge sync message, with the sync state of that peer and document.
+    Sync(&'a mut SyncState, SyncMessage),
+    /// Changes, or a whole saved document, to merge.
+    Changes(&'a [u8]),
+}
+
+fn apply_input(doc: &mut AutoCommit, input: Input<'_>) -> Result<(), ReplicaError> {
+    match input {
+        Input::Sync(state, message) => doc
+            .sync()
+            .receive_sync_message(state, message)
+            .map_err(|err| ReplicaError::Peer(format!("automerge sync: {err}"))),
+        Input::Changes(bytes) => doc
+            .load_incremental(bytes)
+            .map(|_| ())
+            .map_err(|err| ReplicaError::Peer(format!("automerge changes: {err}"))),
+    }
+}
+
+fn local(err: StoreError) -> ReplicaError {
+    ReplicaError::Local(err.to_string())
+}
+
+impl Store {
+    /// The store's documents with their heads.
+    pub fn units(&self) -> Vec<UnitHeads> {
+        let mut state = lock(&self.state);
+        units_locked(&mut state.body)
+    }
+
+    /// The store's digest: equal on two replicas exactly when they hold the same
+    /// changes.
+    pub fn digest(&self) -> Digest {
+        digest_locked(&mut lock(&self.state))
+    }
+
+    /// Follows local writes, with their automerge changes, for the sync engine. A
+    /// subscriber that falls behind gets `RecvError::Lagged` and should compare
+    /// digests again rather than push.
+    pub fn subscribe_local(&self) -> broadcast::Receiver<LocalChange> {
+        self.local.subscribe()
+    }
+
+    /// The next automerge sync message for one document, if any.
+    pub fn sync_generate(
+        &self,
+        unit: Unit,
+        sync: &mut SyncState,
+    ) -> Result<Option<SyncMessage>, ReplicaError> {
+        let mut state = lock(&self.state);
+        let State { backend, body, .. } = &mut *state;
+        match (body, unit) {
+            (Body::Doc(doc), Unit::Whole) => Ok(doc.doc.sync().generate_sync_message(sync)),
+            (Body::Series(series), Unit::Chunk(start)) => {
+                if let Some(chunk) = series.open.get_mut(&start) {
+                    return Ok(chunk.doc.sync().generate_sync_message(sync));
+                }
+                let mut doc = if series.index.contains_key(&start) {
+                    load_closed_chunk(&self.meta.name, backend.as_ref(), start).map_err(local)?
+                } else {
+                    // Not here yet: an empty document asks the peer for everything.
+                    AutoCommit::new()
+                };
+                Ok(doc.sync().generate_sync_message(sync))
+            }
+            (_, unit) => Err(self.no_unit(unit)),
+        }
+    }
+
+    /// Applies an automerge sync message from a peer to one document, durably.
+    pub fn sync_receive(
+        &self,
+        unit: Unit,
+        sync: &mut SyncState,
+        message: SyncMessage,
+    ) -> Result<(), ReplicaError> {
+        self.remote(unit, Input::Sync(sync, message))
+    }
+
+    /// Applies changes (or a whole saved document) from a peer to one document,
+    /// durably.
+    pub fn apply_changes(&self, unit: Unit, changes: &[u8]) -> Result<(), ReplicaError> {
+        self.remote(unit, Input::Changes(changes))
+    }
+
+    /// A closed chunk's document, saved whole.
+    pub fn closed_chunk(&self, start: u64) -> Result<Option<Vec<u8>>, ReplicaError> {
+        let state = lock(&self.state);
+        let Body::Series(series) = &state.body else {
+            return Ok(None);
+        };
+        if !series.index.get(&start).is_some_and(|c| c.closed) {
+            return Ok(None);
+        }
+        let key = chunk_key(start, b"s");
+        let raw = state
+            .backend
+            .get(&key)
+            .map_err(|err| local(StoreError::backend(&self.meta.name, err)))?;
+        Ok(raw.and_then(|raw| frame::open(&key, &raw).map(<[u8]>::to_vec)))
+    }
+
+    fn no_unit(&self, unit: Unit) -> ReplicaError {
+        ReplicaError::Peer(format!(
+            "a {} store has no document {unit:?}",
+            self.meta.kind.as_str()
+        ))
+    }
+
+    /// Applies what a peer sent to one document and keeps it on disk; on any failure
+    /// the store is put back as the disk has it.
+    fn remote(&self, unit: Unit, input: Input<'_>) -> Result<(), ReplicaError> {
+        let mut state = lock(&self.state);
+        let mut batch = Batch::new();
+        let mut events = Vec::new();
+        let want_events = self.changes.receiver_count() > 0;
+        let State { backend, body, .. } = &mut *state;
+        let applied = match (body, unit) {
+            (Body::Doc(doc), Unit::Whole) => {
+                remote_doc(&self.meta, doc, input, &mut batch, &mut events, want_events)
+            }
+            (Body::Series(series), Unit::Chunk(start)) => remote_chunk(
+                &self.meta,
+                &self.actor,
+                backend.as_ref(),
+                series,
+                start,
+                input,
+                &mut batch,
+                &mut events,
+            ),
+            (_, unit) => Err(self.no_unit(unit)),
+        };
+        let result = applied.and_then(|()| {
+            state
+                .backend
+                .commit(batch)
+                .map_err(|err| local(StoreError::backend(&self.meta.name, err)))
+        });
+        match result {
+            Ok(()) => {
+                state.digest = None;
+                if want_events {
+                    for event in events {
+                        let _ = self.changes.send(event);
+                    }
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if let Err(reload) = self.reload(&mut state) {
+                    tracing::error!(store = %self.meta.name, error = %reload, "could not reload the store");
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The values of a kv or doc store, for telling subscribers what a peer changed.
+fn values(kind: Kind, doc: &AutoCommit) -> BTreeMap<String, Value> {
+    doc.keys(ROOT)
+        .filter_map(|key| {
+            let value = match kind {
+                Kind::Kv => match doc.get(ROOT, key.as_str()) {
+                    Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                        ScalarValue::Str(text) => serde_json::from_str(text).ok(),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => crate::automerge_json::get(doc, &ROOT, &key),
+            }?;
+            Some((key, value))
+        })
+        .collect()
+}
+
+fn remote_doc(
+    meta: &StoreMeta,
+    state: &mut DocState,
+    input: Input<'_>,
+    batch: &mut Batch,
+    events: &mut Vec<Change>,
+    want_events: bool,
+) -> Result<(), ReplicaError> {
+    let before = want_events.then(|| values(meta.kind, &state.doc));
+    apply_input(&mut state.doc, input)?;
+    let bytes = state.doc.save_incremental();
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    persist_doc_change(state, batch, &bytes);
+    if let Some(before) = before {
+        let after = values(meta.kind, &state.doc);
+        for (key, value) in &after {
+            if before.get(key) != Some(value) {
+                events.push(Change::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
+        for key in before.keys().filter(|k| !after.contains_key(*k)) {
+            events.push(Change::Delete { key: key.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// The readings of `new` that are not in `old` (both sorted by time).
+fn added(old: &[Reading], new: &[Reading]) -> Vec<Reading> {
+    let mut remaining: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+    for r in old {
+        remaining.entry(r.ts).or_default().push(&r.value);
+    }
+    let mut out = Vec::new();
+    for r in new {
+        let same = remaining.get_mut(&r.ts).and_then(|vs| {
+            vs.iter()
+                .position(|v| **v == *r.value)
+                .map(|i| vs.swap_remove(i))
+        });
+        if same.is_none() {
+            out.push(r.clone());
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn remote_chunk(
+    meta: &StoreMeta,
+    actor: &ActorId,
+    backend: &dyn Backend,
+    series: &mut SeriesState,
+    start: u64,
+    input: Input<'_>,
+    batch: &mut Batch,
+    events: &mut Vec<Change>,
+) -> Result<(), ReplicaError> {
+    let name = meta.name.as_str();
+    let window = meta.window_ms;
+    if !start.is_multiple_of(window) {
+        return Err(ReplicaError::Peer(format!(
+            "{start} is not the start of a {window} ms chunk"
+        )));
+    }
+    let mut created = false;
+    if !series.open.contains_key(&start) {
+        let chunk = match series.index.get(&start) {
+            Some(info) if info.closed => {
+                reopen_chunk(meta, actor, backend, series, start, batch).map_err(local)?
+            }
+            Some(_) => {
+                return Err(local(StoreError::corrupt(
+                    name,
+                    format!("open chunk {start} is not loaded"),
+                )));
+            }
+            None => {
+                created = true;
+                series.index.insert(
+                    start,
+                    ChunkMeta {
+                        count: 0,
+                        min_ts: start,
+                        max_ts: start,
+                        closed: false,
+                        hash: None,
+                        heads: Vec::new(),
+                        changes: 0,
+                    },
+                );
+                OpenChunk {
+                    doc: AutoCommit::new().with_actor(actor.clone()),
+                    list: None,
+                    len: 0,
+                    readings: Arc::new(Vec::new()),
+                }
+            }
+        };
+        series.open.insert(start, chunk);
+    }
+    let (Some(chunk), Some(info)) = (series.open.get_mut(&start), series.index.get_mut(&start))
+    else {
+        return Err(local(StoreError::corrupt(
+            name,
+            "chunk bookkeeping is inconsistent",
+        )));
+    };
+    apply_input(&mut chunk.doc, input)?;
+    let bytes = chunk.doc.save_incremental();
+    if bytes.is_empty() {
+        if created {
+            series.open.remove(&start);
+            series.index.remove(&start);
+        }
+        return Ok(());
+    }
+    let doc = std::mem::replace(&mut chunk.doc, AutoCommit::new());
+    let old = chunk.readings.clone();
+    *chunk = chunk_from_doc(name, doc).map_err(|err| {
+        ReplicaError::Peer(format!("the chunk it sent does not hold readings: {err}"))
+    })?;
+    let readings = chunk.readings.clone();
+    info.count = readings.len() as u64;
+    if let (Some(first), Some(last)) = (readings.first(), readings.last()) {
+        info.min_ts = first.ts;
+        info.max_ts = last.ts;
+    }
+    put_sealed(batch, chunk_change_key(start, info.changes), &bytes);
+    info.changes += 1;
+    let payload =
+        serde_json::to_vec(&*info).map_err(|err| local(StoreError::Invalid(err.to_string())))?;
+    put_sealed(batch, index_key(start), &payload);
+    let new = added(&old, &readings);
+    if !new.is_empty() {
+        events.push(Change::Append { readings: new });
+    }
+    close_old_chunks(meta, series, batch).map_err(local)
+}

@@ -1,0 +1,1010 @@
+//! Replication of stores between devices: a sans-IO engine that decides what to send
+//! to each peer, driven by the node over the network and by the simulator over
+//! modelled links.
+//!
+//! A store is one or more automerge documents (units): the single document of a kv or
+//! doc store, or one document per time window of a timeseries store. The engine
+//! reaches them through the [`Replica`] trait, which the store layer implements.
+//!
+//! The conversation with one peer:
+//!
+//! 1. On connect each side sends a [`Message::Summary`]: one digest over every store it
+//!    holds that the other should hold too. Equal summaries end it: unchanged stores
+//!    cost one message each way.
+//! 2. Otherwise each side sends [`Message::Digests`], the digest of every shared store
+//!    (and what a device needs to create a replica it lacks, if its policy says it
+//!    should hold one).
+//! 3. For a store whose digests differ each side sends [`Message::Units`], the heads of
+//!    each of its documents. A closed chunk the peer lacks is sent whole
+//!    ([`Message::Chunk`]); a document that differs runs automerge's sync protocol
+//!    ([`Message::Sync`]) until both sides have nothing more to send.
+//! 4. Live: a local write is pushed at once ([`Message::Push`]) to every peer whose
+//!    digest was ours before the write (confirmed, or expected after earlier pushes).
+//! 5. Whoever applies something answers [`Message::Have`] with its digest, so each side
+//!    knows, as confirmed by the peer, whether the peer's replica equals its own.
+//!    Whatever still differs when a store has been quiet for [`Config::settle`] starts
+//!    step 3 again, backing off from [`Config::retry`]: that repairs lost messages,
+//!    and passes on what one peer received from another.
+//!
+//! Bounded: at most [`Config::max_queued_bytes`] wait to be sent per peer; beyond that
+//! pushes and sync rounds are not queued but left to the catch-up of step 5 (a writer
+//! is never blocked by a slow peer, and nothing is lost: it is on the writer's disk).
+//! Every message is at most [`message::MAX_MESSAGE_BYTES`]. A message that does not
+//! decode, or data the replica refuses, ends the conversation with
+//! [`Event::Misbehaved`]: the driver disconnects that peer.
+//!
+//! The driver calls, in this order: [`Engine::handle_connected`] when a peer is
+//! admitted, [`Engine::handle_message`] for each message from it, [`Engine::local_change`]
+//! after each local write, [`Engine::store_added`] when a store is created here,
+//! [`Engine::handle_disconnected`] when it goes; after each of these it drains
+//! [`Engine::poll_transmit`] and [`Engine::poll_event`], and arms a timer for
+//! [`Engine::poll_timeout`], calling [`Engine::handle_timeout`] when it fires.
+
+pub mod message;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+pub use automerge::sync::{Message as SyncMessage, State as SyncState};
+use sha2::{Digest as _, Sha256};
+
+pub use message::{Digest, Head, Message, StoreKind, StoreRef, Unit, UnitHeads};
+
+use crate::time::UnixMillis;
+
+/// Why a replica operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// What the peer sent cannot be applied (malformed, or not for this store).
+    #[error("the peer sent bad data: {0}")]
+    Peer(String),
+    /// This device failed (its disk, say); the peer is not at fault.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// The stores of one device, as the engine needs them.
+pub trait Replica<P> {
+    /// The stores this device holds that `peer` should hold too, by policy.
+    fn shared_with(&mut self, peer: &P) -> Vec<StoreRef>;
+    /// `peer` holds `store`: should this device hold it too? If the policy says so,
+    /// make sure a local replica exists (empty if new) and return true. A store this
+    /// returns false for is never written here.
+    fn accept(&mut self, peer: &P, store: &StoreRef) -> bool;
+    /// The store's documents and their heads.
+    fn units(&mut self, store: &str) -> Result<Vec<UnitHeads>, ReplicaError>;
+    /// The store's records (readings or keys).
+    fn records(&mut self, store: &str) -> u64;
+    /// The store's digest; by default computed from [`Replica::units`].
+    fn digest(&mut self, store: &str) -> Result<Digest, ReplicaError> {
+        Ok(digest_of(&self.units(store)?))
+    }
+    /// The next automerge sync message for one document, if any.
+    fn generate(
+        &mut self,
+        store: &str,
+        unit: Unit,
+        state: &mut SyncState,
+    ) -> Result<Option<SyncMessage>, ReplicaError>;
+    /// Applies a sync message to one document (creating it if missing), durably.
+    fn receive(
+        &mut self,
+        store: &str,
+        unit: Unit,
+        state: &mut SyncState,
+        message: SyncMessage,
+    ) -> Result<(), ReplicaError>;
+    /// A closed chunk's document, saved whole.
+    fn closed_chunk(&mut self, store: &str, start: u64) -> Result<Option<Vec<u8>>, ReplicaError>;
+    /// Merges a chunk document received whole, durably.
+    fn merge_chunk(&mut self, store: &str, start: u64, save: &[u8]) -> Result<(), ReplicaError>;
+    /// Applies pushed changes to one document, durably.
+    fn apply(&mut self, store: &str, unit: Unit, changes: &[u8]) -> Result<(), ReplicaError>;
+}
+
+/// The digest of a store from its units: SHA-256 over each unit, in order, with its
+/// sorted heads.
+pub fn digest_of(units: &[UnitHeads]) -> Digest {
+    let mut sorted: Vec<&UnitHeads> = units.iter().collect();
+    sorted.sort_by_key(|u| u.unit);
+    let mut hasher = Sha256::new();
+    hasher.update(b"hearth/v1/store");
+    for unit in sorted {
+        match unit.unit {
+            Unit::Whole => hasher.update([0u8]),
+            Unit::Chunk(start) => {
+                hasher.update([1u8]);
+                hasher.update(start.to_be_bytes());
+            }
+        }
+        let mut heads = unit.heads.clone();
+        heads.sort_unstable();
+        hasher.update((heads.len() as u64).to_be_bytes());
+        for head in heads {
+            hasher.update(head);
+        }
+    }
+    hasher.finalize().into()
+}
+
+fn root_of(entries: &[(String, Digest)]) -> Digest {
+    let mut sorted: Vec<&(String, Digest)> = entries.iter().collect();
+    sorted.sort();
+    let mut hasher = Sha256::new();
+    hasher.update(b"hearth/v1/summary");
+    for (id, digest) in sorted {
+        hasher.update((id.len() as u64).to_be_bytes());
+        hasher.update(id.as_bytes());
+        hasher.update(digest);
+    }
+    hasher.finalize().into()
+}
+
+/// How the engine behaves. Every default is stated on its field.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes that may wait to be sent to one peer. Default 8 MiB.
+    pub max_queued_bytes: usize,
+    /// Quiet time after which a store that still differs from a peer's is compared
+    /// again. Default 500 ms.
+    pub settle: Duration,
+    /// First delay between comparisons of a store that keeps differing; doubles up to
+    /// [`Config::max_retry`]. Default 2 s.
+    pub retry: Duration,
+    /// Longest delay between comparisons. Default 60 s.
+    pub max_retry: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_queued_bytes: 8 * 1024 * 1024,
+            settle: Duration::from_millis(500),
+            retry: Duration::from_secs(2),
+            max_retry: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::max_queued_bytes`].
+    pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// Sets [`Config::settle`].
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Sets [`Config::retry`].
+    pub fn with_retry(mut self, retry: Duration) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// What the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<P> {
+    /// The peer sent something malformed or unusable: disconnect it (and audit).
+    Misbehaved {
+        /// The peer.
+        peer: P,
+        /// Why.
+        reason: String,
+    },
+    /// Data from the peer changed a store here (audit it).
+    Received {
+        /// The peer.
+        peer: P,
+        /// The store id.
+        store: String,
+        /// Bytes of the message that carried it.
+        bytes: u64,
+    },
+    /// A store here could not be read or written.
+    LocalError {
+        /// The store id.
+        store: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What this device knows of one store at one peer.
+#[derive(Debug)]
+struct PeerStore {
+    /// The peer's digest and records, as it last confirmed.
+    confirmed: Option<(Digest, u64)>,
+    /// The digest the peer should have after applying the pushes sent since.
+    expected: Option<Digest>,
+    /// Our digest as we last told the peer.
+    told: Option<Digest>,
+    /// Automerge sync states, per document, of the current round.
+    syncs: BTreeMap<Unit, SyncState>,
+    /// Our units were sent in the current round.
+    units_sent: bool,
+    /// When to compare again, if the store still differs.
+    due: Option<UnixMillis>,
+    /// The delay before the next comparison after this one.
+    backoff: Duration,
+    /// Last message about this store, either way.
+    active: UnixMillis,
+}
+
+impl PeerStore {
+    fn new(now: UnixMillis, config: &Config) -> Self {
+        Self {
+            confirmed: None,
+            expected: None,
+            told: None,
+            syncs: BTreeMap::new(),
+            units_sent: false,
+            due: None,
+            backoff: config.retry,
+            active: now,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    stores: BTreeMap<String, PeerStore>,
+    queue: VecDeque<Vec<u8>>,
+    queued: usize,
+}
+
+/// The replica of one store at one peer, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerReplica<P> {
+    /// The peer.
+    pub peer: P,
+    /// Its digest and records as it last confirmed them, if it did.
+    pub confirmed: Option<(Digest, u64)>,
+}
+
+/// The sync engine of one device: what to send to each connected peer.
+#[derive(Debug)]
+pub struct Engine<P> {
+    config: Config,
+    peers: BTreeMap<P, Peer>,
+    events: VecDeque<Event<P>>,
+    /// Round-robin position for [`Engine::poll_transmit`].
+    next_peer: Option<P>,
+}
+
+impl<P: Ord + Clone> Engine<P> {
+    /// An engine with no peers.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            peers: BTreeMap::new(),
+            events: VecDeque::new(),
+            next_peer: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A peer was admitted: sends it the summary of the stores it shares with us.
+    pub fn handle_connected(&mut self, now: UnixMillis, peer: P, replica: &mut impl Replica<P>) {
+        self.peers.insert(peer.clone(), Peer::default());
+        self.send_summary(now, &peer, replica);
+    }
+
+    /// The peer is gone: forgets everything about it.
+    pub fn handle_disconnected(&mut self, peer: &P) {
+        self.peers.remove(peer);
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> impl Iterator<Item = &P> {
+        self.peers.keys()
+    }
+
+    /// Each connected peer that shares `store`, with its confirmed digest.
+    pub fn replicas(&self, store: &str) -> Vec<PeerReplica<P>> {
+        self.peers
+            .iter()
+            .filter_map(|(peer, p)| {
+                p.stores.get(store).map(|s| PeerReplica {
+                    peer: peer.clone(),
+                    confirmed: s.confirmed,
+                })
+            })
+            .collect()
+    }
+
+    fn send_summary(&mut self, now: UnixMillis, peer: &P, replica: &mut impl Replica<P>) {
+        let shared = replica.shared_with(peer);
+        let mut entries = Vec::with_capacity(shared.len());
+        for store in &shared {
+            match replica.digest(&store.id) {
+                Ok(digest) => entries.push((store.id.clone(), digest)),
+                Err(err) => self.local_error(&store.id, &err),
+            }
+        }
+        let config = self.config.clone();
+        if let Some(p) = self.peers.get_mut(peer) {
+            for (id, _) in &entries {
+                p.stores
+                    .entry(id.clone())
+                    .or_insert_with(|| PeerStore::new(now, &config));
+            }
+        }
+        let message = Message::Summary {
+            root: root_of(&entries),
+            stores: entries.len() as u64,
+        };
+        self.send(peer, &message, false);
+    }
+
+    /// A store was created here: offers it to every peer that should hold it.
+    pub fn store_added(
+        &mut self,
+        now: UnixMillis,
+        store: &StoreRef,
+        replica: &mut impl Replica<P>,
+    ) {
+        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            if !replica.shared_with(&peer).iter().any(|s| s.id == store.id) {
+                continue;
+            }
+            let (Ok(digest), records) = (replica.digest(&store.id), replica.records(&store.id))
+            else {
+                continue;
+            };
+            let config = self.config.clone();
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.stores
+                    .entry(store.id.clone())
+                    .or_insert_with(|| PeerStore::new(now, &config))
+                    .told = Some(digest);
+            }
+            self.send(
+                &peer,
+                &Message::Digests(vec![(store.clone(), digest, records)]),
+                false,
+            );
+        }
+    }
+
+    /// A local write changed `store` from digest `before`; `units` are the encoded
+    /// automerge changes of each document it touched. Pushes them to every peer that
+    /// had `before`.
+    pub fn local_change<B: AsRef<[u8]>>(
+        &mut self,
+        now: UnixMillis,
+        store: &str,
+        units: &[(Unit, B)],
+        before: Digest,
+        replica: &mut impl Replica<P>,
+    ) {
+        let after = match replica.digest(store) {
+            Ok(digest) => digest,
+            Err(err) => return self.local_error(store, &err),
+        };
+        let messages: Vec<Vec<u8>> = units
+            .iter()
+            .map(|(unit, data)| {
+                Message::Push {
+                    store: store.to_owned(),
+                    unit: *unit,
+                    data: data.as_ref().to_vec(),
+                }
+                .encode()
+            })
+            .collect();
+        let size: usize = messages.iter().map(Vec::len).sum();
+        let settle = self.config.settle;
+        let max = self.config.max_queued_bytes;
+        for p in self.peers.values_mut() {
+            let Some(s) = p.stores.get_mut(store) else {
+                continue;
+            };
+            let current = s.expected.or(s.confirmed.map(|(d, _)| d));
+            if current == Some(before) && p.queued + size <= max {
+                p.queued += size;
+                p.queue.extend(messages.iter().cloned());
+                s.expected = Some(after);
+                s.active = now;
+            } else {
+                // Behind, unknown or congested: the catch-up comparison sends it.
+                s.expected = None;
+                let at = now.saturating_add(settle);
+                s.due = Some(s.due.map_or(at, |d| d.min(at)));
+            }
+        }
+    }
+
+    /// Handles one message from `peer`.
+    pub fn handle_message(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        bytes: &[u8],
+        replica: &mut impl Replica<P>,
+    ) {
+        if !self.peers.contains_key(peer) {
+            self.peers.insert(peer.clone(), Peer::default());
+        }
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            Err(err) => return self.misbehaved(peer, format!("malformed sync message: {err}")),
+        };
+        let result = match message {
+            Message::Summary { root, .. } => {
+                self.on_summary(now, peer, root, replica);
+                Ok(())
+            }
+            Message::Digests(entries) => {
+                self.on_digests(now, peer, entries, replica);
+                Ok(())
+            }
+            Message::Units { store, units } => self.on_units(now, peer, &store, units, replica),
+            Message::Sync { store, unit, data } => {
+                self.on_sync(now, peer, &store, unit, &data, replica)
+            }
+            Message::Chunk { store, start, data } => {
+                self.on_data(now, peer, &store, Data::Chunk(start), &data, replica)
+            }
+            Message::Push { store, unit, data } => {
+                self.on_data(now, peer, &store, Data::Changes(unit), &data, replica)
+            }
+            Message::Have {
+                store,
+                digest,
+                records,
+            } => {
+                self.on_have(now, peer, &store, digest, records, replica);
+                Ok(())
+            }
+        };
+        if let Err(reason) = result {
+            self.misbehaved(peer, reason);
+        }
+    }
+
+    fn on_summary(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        root: Digest,
+        replica: &mut impl Replica<P>,
+    ) {
+        let shared = replica.shared_with(peer);
+        let mut entries = Vec::with_capacity(shared.len());
+        let mut digests = Vec::with_capacity(shared.len());
+        for store in shared {
+            match replica.digest(&store.id) {
+                Ok(digest) => {
+                    let records = replica.records(&store.id);
+                    digests.push((store.id.clone(), digest));
+                    entries.push((store, digest, records));
+                }
+                Err(err) => self.local_error(&store.id, &err),
+            }
+        }
+        let config = self.config.clone();
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        for (store, _, _) in &entries {
+            p.stores
+                .entry(store.id.clone())
+                .or_insert_with(|| PeerStore::new(now, &config));
+        }
+        if root == root_of(&digests) {
+            // The peer holds exactly what we hold: every shared store is in sync.
+            for (store, digest, records) in &entries {
+                if let Some(s) = p.stores.get_mut(&store.id) {
+                    s.confirmed = Some((*digest, *records));
+                    s.told = Some(*digest);
+                    s.expected = None;
+                    s.due = None;
+                }
+            }
+            return;
+        }
+        for (store, digest, _) in &entries {
+            if let Some(s) = p.stores.get_mut(&store.id) {
+                s.told = Some(*digest);
+            }
+        }
+        self.send(peer, &Message::Digests(entries), false);
+    }
+
+    fn on_digests(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        entries: Vec<(StoreRef, Digest, u64)>,
+        replica: &mut impl Replica<P>,
+    ) {
+        for (store, digest, records) in entries {
+            let known = self
+                .peers
+                .get(peer)
+                .is_some_and(|p| p.stores.contains_key(&store.id));
+            if !known {
+                if !replica.accept(peer, &store) {
+                    continue;
+                }
+                let config = self.config.clone();
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.stores
+                        .insert(store.id.clone(), PeerStore::new(now, &config));
+                }
+            }
+            let ours = match replica.digest(&store.id) {
+                Ok(ours) => ours,
+                Err(err) => {
+                    self.local_error(&store.id, &err);
+                    continue;
+                }
+            };
+            let Some(s) = self
+                .peers
+                .get_mut(peer)
+                .and_then(|p| p.stores.get_mut(&store.id))
+            else {
+                continue;
+            };
+            s.confirmed = Some((digest, records));
+            s.active = now;
+            if digest != ours {
+                self.send_units(now, peer, &store.id, replica);
+            } else {
+                s.due = None;
+                if s.told != Some(ours) {
+                    // The peer has not heard that we agree.
+                    self.send_have(peer, &store.id, replica);
+                }
+            }
+        }
+    }
+
+    fn send_units(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        store: &str,
+        replica: &mut impl Replica<P>,
+    ) {
+        let units = match replica.units(store) {
+            Ok(units) => units,
+            Err(err) => return self.local_error(store, &err),
+        };
+        let retry = self.config.retry;
+        if let Some(s) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+        {
+            s.units_sent = true;
+            s.active = now;
+            s.due = Some(now.saturating_add(s.backoff.max(retry)));
+        }
+        let message = Message::Units {
+            store: store.to_owned(),
+            units,
+        };
+        self.send(peer, &message, true);
+    }
+
+    fn on_units(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        store: &str,
+        theirs: Vec<UnitHeads>,
+        replica: &mut impl Replica<P>,
+    ) -> Result<(), String> {
+        let Some(s) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+        else {
+            // Not a store this device shares with the peer: nothing of it is sent.
+            return Ok(());
+        };
+        s.active = now;
+        let units_sent = s.units_sent;
+        let ours = match replica.units(store) {
+            Ok(units) => units,
+            Err(err) => {
+                self.local_error(store, &err);
+                return Ok(());
+            }
+        };
+        let theirs: BTreeMap<Unit, UnitHeads> = theirs.into_iter().map(|u| (u.unit, u)).collect();
+        let mut differs = theirs.len() != ours.len();
+        for unit in &ours {
+            match theirs.get(&unit.unit) {
+                None if unit.closed => {
+                    differs = true;
+                    if let Unit::Chunk(start) = unit.unit {
+                        match replica.closed_chunk(store, start) {
+                            Ok(Some(data)) => {
+                                let message = Message::Chunk {
+                                    store: store.to_owned(),
+                                    start,
+                                    data,
+                                };
+                                self.send(peer, &message, true);
+                            }
+                            Ok(None) => {}
+                            Err(err) => self.local_error(store, &err),
+                        }
+                    }
+                }
+                Some(t) if sorted(&t.heads) == sorted(&unit.heads) => {}
+                _ => {
+                    differs = true;
+                    self.start_sync(peer, store, unit.unit, replica);
+                }
+            }
+        }
+        if differs && !units_sent {
+            self.send_units(now, peer, store, replica);
+        }
+        if !differs {
+            self.send_have(peer, store, replica);
+        }
+        Ok(())
+    }
+
+    fn start_sync(&mut self, peer: &P, store: &str, unit: Unit, replica: &mut impl Replica<P>) {
+        let Some(s) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+        else {
+            return;
+        };
+        let state = s.syncs.entry(unit).or_insert_with(SyncState::new);
+        *state = SyncState::new();
+        match replica.generate(store, unit, state) {
+            Ok(Some(message)) => {
+                let message = Message::Sync {
+                    store: store.to_owned(),
+                    unit,
+                    data: message.encode(),
+                };
+                self.send(peer, &message, true);
+            }
+            Ok(None) => {}
+            Err(err) => self.local_error(store, &err),
+        }
+    }
+
+    fn on_sync(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        store: &str,
+        unit: Unit,
+        data: &[u8],
+        replica: &mut impl Replica<P>,
+    ) -> Result<(), String> {
+        let message = SyncMessage::decode(data)
+            .map_err(|err| format!("malformed automerge sync message for {store}: {err}"))?;
+        let Some(s) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+        else {
+            return Ok(());
+        };
+        s.active = now;
+        let state = s.syncs.entry(unit).or_insert_with(SyncState::new);
+        let before = replica.digest(store).ok();
+        match replica.receive(store, unit, state, message) {
+            Ok(()) => {}
+            Err(ReplicaError::Peer(reason)) => return Err(reason),
+            Err(err) => {
+                self.local_error(store, &err);
+                return Ok(());
+            }
+        }
+        let reply = replica.generate(store, unit, state);
+        self.after_data(now, peer, store, data.len(), before, replica);
+        match reply {
+            Ok(Some(message)) => {
+                let message = Message::Sync {
+                    store: store.to_owned(),
+                    unit,
+                    data: message.encode(),
+                };
+                self.send(peer, &message, true);
+            }
+            Ok(None) => self.send_have(peer, store, replica),
+            Err(err) => self.local_error(store, &err),
+        }
+        Ok(())
+    }
+
+    fn on_data(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        store: &str,
+        what: Data,
+        data: &[u8],
+        replica: &mut impl Replica<P>,
+    ) -> Result<(), String> {
+        let Some(s) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+        else {
+            return Ok(());
+        };
+        s.active = now;
+        let before = replica.digest(store).ok();
+        let applied = match what {
+            Data::Chunk(start) => replica.merge_chunk(store, start, data),
+            Data::Changes(unit) => replica.apply(store, unit, data),
+        };
+        let len = data.len();
+        match applied {
+            Ok(()) => {}
+            Err(ReplicaError::Peer(reason)) => return Err(reason),
+            Err(err) => {
+                self.local_error(store, &err);
+                return Ok(());
+            }
+        }
+        self.after_data(now, peer, store, len, before, replica);
+        self.send_have(peer, store, replica);
+        Ok(())
+    }
+
+    /// After data from `peer` was applied: reports a change, and schedules other peers
+    /// that may now lag behind for comparison.
+    fn after_data(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        store: &str,
+        len: usize,
+        before: Option<Digest>,
+        replica: &mut impl Replica<P>,
+    ) {
+        let after = replica.digest(store).ok();
+        if after == before {
+            return;
+        }
+        self.events.push_back(Event::Received {
+            peer: peer.clone(),
+            store: store.to_owned(),
+            bytes: len as u64,
+        });
+        let settle = self.config.settle;
+        for (other, p) in &mut self.peers {
+            if other == peer {
+                continue;
+            }
+            if let Some(s) = p.stores.get_mut(store) {
+                s.expected = None;
+                let at = now.saturating_add(settle);
+                s.due = Some(s.due.map_or(at, |d| d.min(at)));
+            }
+        }
+    }
+
+    fn send_have(&mut self, peer: &P, store: &str, replica: &mut impl Replica<P>) {
+        let digest = match replica.digest(store) {
+            Ok(digest) => digest,
+            Err(err) => return self.local_error(store, &err),
+        };
+        let records = replica.records(store);
+        if let Some(s) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+        {
+            s.told = Some(digest);
+        }
+        let message = Message::Have {
+            store: store.to_owned(),
+            digest,
+            records,
+        };
+        self.send(peer, &message, false);
+    }
+
+    fn on_have(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        store: &str,
+        digest: Digest,
+        records: u64,
+        replica: &mut impl Replica<P>,
+    ) {
+        let ours = replica.digest(store).ok();
+        let settle = self.config.settle;
+        let retry = self.config.retry;
+        let Some(s) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+        else {
+            return;
+        };
+        s.active = now;
+        s.confirmed = Some((digest, records));
+        if s.expected == Some(digest) {
+            s.expected = None;
+        }
+        if Some(digest) == ours {
+            s.due = None;
+            s.units_sent = false;
+            s.syncs.clear();
+            s.backoff = retry;
+        } else {
+            let at = now.saturating_add(settle);
+            s.due = Some(s.due.map_or(at, |d| d.max(at)));
+        }
+    }
+
+    /// The next message to send, and to whom.
+    pub fn poll_transmit(&mut self) -> Option<(P, Vec<u8>)> {
+        let order: Vec<P> = match &self.next_peer {
+            Some(next) => self
+                .peers
+                .range(next.clone()..)
+                .chain(self.peers.range(..next.clone()))
+                .map(|(p, _)| p.clone())
+                .collect(),
+            None => self.peers.keys().cloned().collect(),
+        };
+        for peer in order {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            if let Some(bytes) = p.queue.pop_front() {
+                p.queued = p.queued.saturating_sub(bytes.len());
+                self.next_peer = self
+                    .peers
+                    .range((
+                        std::ops::Bound::Excluded(peer.clone()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .next()
+                    .map(|(p, _)| p.clone());
+                return Some((peer, bytes));
+            }
+        }
+        None
+    }
+
+    /// The next event to act on.
+    pub fn poll_event(&mut self) -> Option<Event<P>> {
+        self.events.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+        self.peers
+            .values()
+            .flat_map(|p| p.stores.values().filter_map(|s| s.due))
+            .min()
+    }
+
+    /// Compares again every store whose time came and that still differs.
+    pub fn handle_timeout(&mut self, now: UnixMillis, replica: &mut impl Replica<P>) {
+        let mut due: Vec<(P, String)> = Vec::new();
+        let settle = self.config.settle;
+        for (peer, p) in &mut self.peers {
+            for (store, s) in &mut p.stores {
+                let Some(at) = s.due else { continue };
+                if at > now {
+                    continue;
+                }
+                // Still busy: wait until the store has been quiet for `settle`.
+                let quiet = s.active.saturating_add(settle);
+                if quiet > now && s.units_sent {
+                    s.due = Some(quiet);
+                    continue;
+                }
+                due.push((peer.clone(), store.clone()));
+            }
+        }
+        let max_retry = self.config.max_retry;
+        for (peer, store) in due {
+            let ours = match replica.digest(&store) {
+                Ok(digest) => digest,
+                Err(err) => {
+                    self.local_error(&store, &err);
+                    continue;
+                }
+            };
+            let Some(s) = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|p| p.stores.get_mut(&store))
+            else {
+                continue;
+            };
+            if s.confirmed.map(|(d, _)| d) == Some(ours) || s.expected == Some(ours) {
+                s.due = None;
+                continue;
+            }
+            // A new round: what was in flight may be lost.
+            s.syncs.clear();
+            s.units_sent = false;
+            s.expected = None;
+            let backoff = s.backoff;
+            s.backoff = (backoff * 2).min(max_retry);
+            self.send_units(now, &peer, &store, replica);
+            if let Some(s) = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|p| p.stores.get_mut(&store))
+            {
+                s.due = Some(now.saturating_add(backoff));
+            }
+        }
+    }
+
+    /// Queues `message` for `peer`. A droppable message is not queued when the peer's
+    /// queue is full; the store's next comparison makes up for it.
+    fn send(&mut self, peer: &P, message: &Message, droppable: bool) {
+        let bytes = message.encode();
+        let max = self.config.max_queued_bytes;
+        let settle = self.config.settle;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if droppable && p.queued + bytes.len() > max {
+            if let Some(s) = message.store().and_then(|id| p.stores.get_mut(id)) {
+                s.syncs.clear();
+                s.units_sent = false;
+                s.due = Some(s.active.saturating_add(settle));
+            }
+            return;
+        }
+        p.queued += bytes.len();
+        p.queue.push_back(bytes);
+    }
+
+    fn misbehaved(&mut self, peer: &P, reason: String) {
+        self.peers.remove(peer);
+        self.events.push_back(Event::Misbehaved {
+            peer: peer.clone(),
+            reason,
+        });
+    }
+
+    fn local_error(&mut self, store: &str, err: &ReplicaError) {
+        self.events.push_back(Event::LocalError {
+            store: store.to_owned(),
+            reason: err.to_string(),
+        });
+    }
+}
+
+fn sorted(heads: &[Head]) -> Vec<Head> {
+    let mut heads = heads.to_vec();
+    heads.sort_unstable();
+    heads
+}
+
+/// What a data message carries.
+#[derive(Debug, Clone, Copy)]
+enum Data {
+    /// A closed chunk, whole.
+    Chunk(u64),
+    /// Pushed changes of one unit.
+    Changes(Unit),
+}
