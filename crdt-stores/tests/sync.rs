@@ -160,7 +160,7 @@ impl World {
                     Event::LocalError { store, reason } => {
                         panic!("node {i} store {store}: {reason}")
                     }
-                    Event::Received { .. } => {}
+                    Event::Received { .. } | Event::Sent { .. } => {}
                 }
             }
             if !moved {

@@ -82,7 +82,7 @@ async fn admission_round(
             mdns: false,
             ..MeshConfig::default()
         };
-        let handle = mesh::spawn(key, cert, gate, None, config, audit, stop_rx.clone())
+        let handle = mesh::spawn(key, cert, gate, None, config, audit, None, stop_rx.clone())
             .await
             .unwrap();
         if first_addr.is_none() {
@@ -202,6 +202,7 @@ async fn node_start_round(owner: &OwnerKey, dir: &std::path::Path, round: usize)
         None,
         config,
         audit,
+        None,
         stop_rx.clone(),
     )
     .await

@@ -130,6 +130,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/stores", get(list_stores).post(create_store))
         .route("/v1/stores/{name}", axum::routing::delete(remove_store))
+        .route("/v1/stores/{name}/policy", axum::routing::post(set_policy))
         .route("/v1/stores/{name}/keys", get(keys))
         .route(
             "/v1/stores/{name}/keys/{key}",
@@ -218,12 +219,6 @@ fn record(
 }
 
 async fn status(State(node): State<Arc<Node>>) -> ApiResult {
-    // Listing reads store sizes from disk: off the async threads.
-    let stores = blocking({
-        let node = node.clone();
-        move || Ok(node.stores.list())
-    })
-    .await?;
     let c = &node.config;
     let mesh = match node.mesh.get() {
         Some(handle) => Some(handle.status().await.map_err(|err| {
@@ -231,41 +226,182 @@ async fn status(State(node): State<Arc<Node>>) -> ApiResult {
         })?),
         None => None,
     };
+    let devices = match node.mesh.get() {
+        Some(handle) => handle.devices().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let sync = match node.replication.get() {
+        Some(handle) => handle.status().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    // Listing reads the catalogue and store sizes: off the async threads.
+    let stores = blocking({
+        let node = node.clone();
+        move || Ok(store_status(&node, &devices, &sync))
+    })
+    .await?;
     Ok(Json(json!({
         "peer_id": c.node_key.public().peer_id(),
         "name": c.name,
         "role": c.role,
         "listen": mesh.as_ref().map(|m| m.listen.clone()).unwrap_or_default(),
         "peers": mesh.as_ref().map(|m| m.peers.clone()).unwrap_or_default(),
-        "stores": stores.iter().map(|s| json!({
-            "name": s.name,
-            "replicas": [{ "device": c.name, "in_sync": s.error.is_none(), "lag": 0 }],
-        })).collect::<Vec<_>>(),
+        "stores": stores,
     })))
 }
 
-fn info_json(node: &Node, s: &hearth_stores::StoreInfo) -> Value {
-    json!({
-        "name": s.name,
-        "id": s.id,
-        "kind": s.kind,
-        "origin": node.config.name,
-        "replicas": [node.config.name],
-        "records": s.records,
-        "bytes": s.bytes,
-        "error": s.error,
-    })
+/// Each store held here, and for every device its policy places it on, whether that
+/// replica is in sync: this device always is; another is only when, connected, it
+/// confirmed a digest equal to ours. `lag` is how many records it lacks, when known.
+fn store_status(
+    node: &Node,
+    devices: &[crate::mesh::DeviceStatus],
+    sync: &[crate::replication::StoreSync],
+) -> Vec<Value> {
+    let listing = node
+        .catalogue
+        .as_ref()
+        .and_then(|c| crate::catalogue::read(c).ok())
+        .unwrap_or_default();
+    node.stores
+        .list()
+        .iter()
+        .filter(|s| s.name != crate::catalogue::NAME)
+        .map(|s| {
+            let mine = sync.iter().find(|x| x.id == s.id);
+            let mut replicas = vec![json!({ "device": node.config.name, "in_sync": s.error.is_none(), "lag": 0 })];
+            if let Some(entry) = listing.stores.get(&s.id) {
+                let policy = entry.policy();
+                for d in devices {
+                    let Ok(role) = d.role.parse() else { continue };
+                    if d.name == node.config.name || d.revoked || !policy.holds(&d.name, role, &entry.origin) {
+                        continue;
+                    }
+                    let confirmed = mine
+                        .and_then(|m| m.peers.iter().find(|(name, _)| *name == d.name))
+                        .and_then(|(_, c)| *c);
+                    let in_sync = match (mine, confirmed) {
+                        (Some(m), Some((digest, _))) => digest == m.digest,
+                        _ => false,
+                    };
+                    let lag = match (mine, confirmed) {
+                        (Some(m), Some((_, records))) => json!(m.records.saturating_sub(records)),
+                        _ => Value::Null,
+                    };
+                    replicas.push(json!({ "device": d.name, "in_sync": in_sync, "lag": lag, "online": d.online }));
+                }
+            }
+            json!({ "name": s.name, "replicas": replicas })
+        })
+        .collect()
 }
 
-async fn list_stores(State(node): State<Arc<Node>>) -> ApiResult {
+/// Every store of the mesh: those held here with their local figures, and those the
+/// catalogue lists elsewhere.
+fn store_list(node: &Node) -> Vec<Value> {
+    let listing = node
+        .catalogue
+        .as_ref()
+        .and_then(|c| crate::catalogue::read(c).ok())
+        .unwrap_or_default();
+    let local = node.stores.list();
+    let mut out: Vec<Value> = local
+        .iter()
+        .filter(|s| s.name != crate::catalogue::NAME)
+        .map(|s| {
+            let entry = listing.stores.get(&s.id);
+            json!({
+                "name": s.name,
+                "id": s.id,
+                "kind": s.kind,
+                "origin": entry.map_or(node.config.name.as_str(), |e| e.origin.as_str()),
+                "replicas": entry.map_or(hearth_protocol::sync::placement::DEFAULT_POLICY, |e| e.replicas.as_str()),
+                "held_by": held_by(&listing, &s.id, &node.config.name),
+                "here": true,
+                "records": s.records,
+                "bytes": s.bytes,
+                "error": s.error,
+            })
+        })
+        .collect();
+    for (id, e) in &listing.stores {
+        if local.iter().any(|s| s.id == *id) {
+            continue;
+        }
+        let stats = listing.replicas.get(id);
+        out.push(json!({
+            "name": e.name,
+            "id": id,
+            "kind": e.kind,
+            "origin": e.origin,
+            "replicas": e.replicas,
+            "held_by": held_by(&listing, id, ""),
+            "here": false,
+            "records": stats.and_then(|r| r.values().map(|s| s.records).max()),
+            "bytes": stats.and_then(|r| r.values().map(|s| s.bytes).max()),
+            "error": Value::Null,
+        }));
+    }
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out
+}
+
+/// The devices that report holding a store (this one included when it does).
+fn held_by(listing: &crate::catalogue::Listing, id: &str, me: &str) -> Vec<String> {
+    let mut devices: Vec<String> = listing
+        .replicas
+        .get(id)
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default();
+    if !me.is_empty() && !devices.iter().any(|d| d == me) {
+        devices.push(me.to_owned());
+    }
+    devices.sort();
+    devices
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// `hypercat` for a HyperCat 3.0 catalogue.
+    format: Option<String>,
+}
+
+async fn list_stores(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query?;
+    match query.format.as_deref() {
+        None => {}
+        Some("hypercat") => {
+            return blocking(move || {
+                let listing = node
+                    .catalogue
+                    .as_ref()
+                    .map(|c| crate::catalogue::read(c))
+                    .transpose()?
+                    .unwrap_or_default();
+                let base = node
+                    .api_addr
+                    .get()
+                    .map_or_else(String::new, |a| format!("http://{a}"));
+                Ok(Json(crate::catalogue::hypercat(&listing, &base)))
+            })
+            .await;
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "unknown listing format {other:?}; the one format is hypercat"
+            )));
+        }
+    }
     let list = blocking({
         let node = node.clone();
-        move || Ok(node.stores.list())
+        move || Ok(store_list(&node))
     })
     .await?;
-    Ok(Json(
-        json!({ "stores": list.iter().map(|s| info_json(&node, s)).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(json!({ "stores": list })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +410,22 @@ struct CreateStore {
     name: String,
     kind: String,
     window_ms: Option<u64>,
+    /// Placement policy; default `origin,role:home`.
+    replicas: Option<String>,
+    /// What the store holds, in words.
+    description: Option<String>,
+}
+
+/// Refuses changes by hand to the stores Hearth manages itself.
+fn user_store(name: &str) -> Result<(), ApiError> {
+    if name == crate::catalogue::NAME {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "refused",
+            "the catalogue is kept by Hearth itself; use `hearth store policy` to change placement",
+        ));
+    }
+    Ok(())
 }
 
 async fn create_store(
@@ -282,29 +434,136 @@ async fn create_store(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
     let kind: Kind = body.kind.parse().map_err(ApiError::invalid)?;
+    user_store(&body.name)?;
+    let policy = match &body.replicas {
+        Some(spec) => hearth_protocol::sync::placement::Policy::parse(spec)
+            .map_err(|err| ApiError::invalid(err.to_string()))?,
+        None => hearth_protocol::sync::placement::Policy::default_policy(),
+    };
+    if let Some(catalogue) = &node.catalogue {
+        let listed = blocking({
+            let catalogue = catalogue.clone();
+            let name = body.name.clone();
+            move || Ok(crate::catalogue::read(&catalogue)?.id_of(&name).is_some())
+        })
+        .await?;
+        if listed {
+            return Err(StoreError::Exists(body.name.clone()).into());
+        }
+    }
     let info = blocking({
         let node = node.clone();
         move || {
-            node.stores.create(&body.name, kind, body.window_ms)?;
+            let store = node.stores.create(&body.name, kind, body.window_ms)?;
+            if let Some(catalogue) = &node.catalogue {
+                let meta = store.meta();
+                let entry = crate::catalogue::Entry {
+                    name: meta.name.clone(),
+                    kind: meta.kind.as_str().to_owned(),
+                    window_ms: meta.window_ms,
+                    origin: node.config.name.clone(),
+                    replicas: policy.to_string(),
+                    created: meta.created,
+                    description: body.description.clone(),
+                };
+                crate::catalogue::put_entry(catalogue, &meta.id, &entry)?;
+            }
             record(&node, "store.create", &body.name, "allowed", 0)?;
-            node.stores
-                .list()
+            store_list(&node)
                 .into_iter()
-                .find(|s| s.name == body.name)
+                .find(|s| s["name"] == body.name.as_str())
                 .ok_or_else(|| StoreError::NotFound(body.name.clone()).into())
         }
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(info_json(&node, &info))))
+    if let Some(replication) = node.replication.get() {
+        replication.catalogue_changed();
+    }
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyRequest {
+    replicas: String,
+}
+
+async fn set_policy(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Result<Json<PolicyRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    user_store(&name)?;
+    let policy = hearth_protocol::sync::placement::Policy::parse(&body.replicas)
+        .map_err(|err| ApiError::invalid(err.to_string()))?;
+    let Some(catalogue) = node.catalogue.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh",
+            "this node is not part of a mesh: there is no placement to change",
+        ));
+    };
+    let answer = blocking({
+        let node = node.clone();
+        move || {
+            let listing = crate::catalogue::read(&catalogue)?;
+            let id = listing
+                .id_of(&name)
+                .ok_or_else(|| StoreError::NotFound(name.clone()))?
+                .to_owned();
+            let mut entry = listing
+                .stores
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+            entry.replicas = policy.to_string();
+            crate::catalogue::put_entry(&catalogue, &id, &entry)?;
+            record(
+                &node,
+                "store.policy",
+                &name,
+                &format!("allowed: {}", entry.replicas),
+                0,
+            )?;
+            Ok(json!({ "name": name, "id": id, "replicas": entry.replicas }))
+        }
+    })
+    .await?;
+    if let Some(replication) = node.replication.get() {
+        replication.catalogue_changed();
+    }
+    Ok(Json(answer))
 }
 
 async fn remove_store(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
-    blocking(move || {
-        node.stores.remove(&name)?;
-        record(&node, "store.remove", &name, "allowed", 0)?;
-        Ok(Json(json!({ "removed": name })))
+    user_store(&name)?;
+    let answer = blocking({
+        let node = node.clone();
+        move || {
+            let id = node.stores.get(&name).ok().map(|s| s.meta().id.clone());
+            if let Some(catalogue) = &node.catalogue {
+                // Removed from the mesh: every replica drops it.
+                let listing = crate::catalogue::read(catalogue)?;
+                match id.as_deref().or(listing.id_of(&name)) {
+                    Some(id) => crate::catalogue::remove_entry(catalogue, id)?,
+                    None => return Err(StoreError::NotFound(name.clone()).into()),
+                }
+            }
+            match node.stores.remove(&name) {
+                Ok(()) | Err(StoreError::NotFound(_)) if node.catalogue.is_some() => {}
+                Ok(()) => {}
+                Err(err) => return Err(err.into()),
+            }
+            record(&node, "store.remove", &name, "allowed", 0)?;
+            Ok(json!({ "removed": name }))
+        }
     })
-    .await
+    .await?;
+    if let Some(replication) = node.replication.get() {
+        replication.catalogue_changed();
+    }
+    Ok(Json(answer))
 }
 
 async fn keys(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
@@ -342,6 +601,7 @@ async fn put_key(
     Path((name, key)): Path<(String, String)>,
     value: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
+    user_store(&name)?;
     let Json(value) = value?;
     blocking(move || {
         let bytes = value.to_string().len() as u64;
@@ -356,6 +616,7 @@ async fn delete_key(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
 ) -> ApiResult {
+    user_store(&name)?;
     blocking(move || {
         let existed = node.stores.get(&name)?.delete(&key)?;
         if !existed {
@@ -372,6 +633,7 @@ async fn append_records(
     Path(name): Path<String>,
     records: Result<Json<Vec<Reading>>, JsonRejection>,
 ) -> ApiResult {
+    user_store(&name)?;
     let Json(records) = records?;
     blocking(move || {
         let count = records.len();

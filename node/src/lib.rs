@@ -25,7 +25,9 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod catalogue;
 pub mod mesh;
 mod node;
+pub mod replication;
 
 pub use node::{MeshSetup, Node, NodeConfig, NodeError, layout};

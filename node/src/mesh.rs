@@ -49,6 +49,8 @@ pub const ADMISSION_PROTOCOL: &str = "/hearth/admission/1";
 /// The protocol admitted peers use to keep the membership store in step and to tell
 /// each other where the devices are.
 pub const MEMBERS_PROTOCOL: &str = "/hearth/members/1";
+/// The protocol admitted peers replicate stores over (`hearth_protocol::sync`).
+pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
 /// Most devices listed in one peers message.
 const MAX_LISTED_PEERS: usize = 64;
 const MAX_FRAMES: usize = 4;
@@ -208,6 +210,7 @@ struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
     admission: request_response::Behaviour<FrameCodec>,
     members: request_response::Behaviour<FrameCodec>,
+    sync: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -313,6 +316,11 @@ enum Command {
         id: hearth_protocol::capability::CapId,
         reply: oneshot::Sender<Result<(), MeshError>>,
     },
+    SyncSend {
+        peer: PeerId,
+        bytes: Vec<u8>,
+    },
+    Disconnect(PeerId),
 }
 
 /// A handle to the mesh loop.
@@ -330,6 +338,8 @@ impl std::fmt::Debug for Command {
             Command::Invite { .. } => "Invite",
             Command::AllowAdmit { .. } => "AllowAdmit",
             Command::RevokeCapability { .. } => "RevokeCapability",
+            Command::SyncSend { .. } => "SyncSend",
+            Command::Disconnect(_) => "Disconnect",
         })
     }
 }
@@ -402,6 +412,22 @@ impl MeshHandle {
             .await
             .map_err(|_| MeshError::Stopped)?;
         answer.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Sends a sync message to an admitted peer (waits while the mesh is busy).
+    pub(crate) async fn sync_send(&self, peer: PeerId, bytes: Vec<u8>) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::SyncSend { peer, bytes })
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Disconnects a peer.
+    pub(crate) async fn disconnect(&self, peer: PeerId) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::Disconnect(peer))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Revokes the capability `id` (needs the owner key): every device refuses it, and
@@ -482,6 +508,16 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                     )],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10)),
+                ),
+                sync: request_response::Behaviour::with_codec(
+                    FrameCodec::new(hearth_protocol::sync::message::MAX_MESSAGE_BYTES),
+                    [(
+                        StreamProtocol::new(SYNC_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(32),
                 ),
                 members: request_response::Behaviour::with_codec(
                     FrameCodec::new(membership::MAX_SNAPSHOT_BYTES),
@@ -621,10 +657,14 @@ struct MeshLoop {
     node_key: NodeKey,
     /// The replicated list of devices, admit grants (revocations are in the gate).
     membership: Membership,
+    /// Where admitted peers and their sync messages go.
+    replication: Option<crate::replication::ReplicationHandle>,
 }
 
 /// Starts the mesh loop. `gate` holds the issuer when this node holds the owner key;
 /// a node without it admits devices once a `devices:admit` grant for it arrives.
+/// Admitted peers and their sync messages are handed to `replication`.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     key: &NodeKey,
     certificate: Chain,
@@ -632,6 +672,7 @@ pub async fn spawn(
     owner_key: Option<hearth_protocol::key::OwnerKey>,
     config: MeshConfig,
     audit: Arc<AuditLog>,
+    replication: Option<crate::replication::ReplicationHandle>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<MeshHandle, MeshError> {
     let mut swarm = build_swarm(key, config.mdns)?;
@@ -692,6 +733,7 @@ pub async fn spawn(
         owner_key,
         node_key: key.clone(),
         membership: members,
+        replication,
     };
     if pending {
         mesh.countersign();
@@ -798,6 +840,20 @@ impl MeshLoop {
             }
             Command::AllowAdmit { name, ttl, reply } => {
                 let _ = reply.send(self.allow_admit(&name, ttl));
+            }
+            Command::SyncSend { peer, bytes } => {
+                if self.known.get(&peer).is_some_and(|k| k.connected) {
+                    self.swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, Frames(vec![bytes]));
+                }
+            }
+            Command::Disconnect(peer) => {
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.connected = false;
+                }
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::RevokeCapability { id, reply } => {
                 let result = self.sign_revocation(
@@ -1132,6 +1188,11 @@ impl MeshLoop {
                 ..
             } => {
                 self.admitting.remove(&peer_id);
+                if self.known.contains_key(&peer_id)
+                    && let Some(replication) = &self.replication
+                {
+                    replication.deliver(crate::replication::Input::Disconnected(peer_id));
+                }
                 if let Some(k) = self.known.get_mut(&peer_id) {
                     k.connected = false;
                 }
@@ -1168,6 +1229,31 @@ impl MeshLoop {
                         }
                     }
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) => {
+                let admitted = self.known.get(&peer).is_some_and(|k| k.connected);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, Frames(Vec::new()));
+                if admitted && let Some(replication) = &self.replication {
+                    for frame in request.0 {
+                        replication.offer(peer, frame);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::OutboundFailure { peer, error, .. },
+            )) => {
+                tracing::debug!(%peer, %error, "a sync message was not delivered");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -1282,6 +1368,13 @@ impl MeshLoop {
                         .behaviour_mut()
                         .members
                         .send_request(&peer, frames);
+                    if let Some(replication) = &self.replication {
+                        replication.deliver(crate::replication::Input::Connected {
+                            peer,
+                            name: device.name.clone(),
+                            role: device.role,
+                        });
+                    }
                 }
                 Event::Joined(device) => {
                     self.audit("mesh.join", &device.name, "allowed");

@@ -113,7 +113,13 @@ fn actor_of(key: &hearth_protocol::key::PublicKey) -> [u8; 16] {
 #[derive(Debug)]
 pub struct Node {
     pub(crate) config: NodeConfig,
-    pub(crate) stores: Stores,
+    pub(crate) stores: Arc<Stores>,
+    /// The catalogue, on a device of a mesh.
+    pub(crate) catalogue: Option<Arc<hearth_stores::Store>>,
+    /// The replication loop, once the mesh runs.
+    pub(crate) replication: std::sync::OnceLock<crate::replication::ReplicationHandle>,
+    /// The API's address, once bound.
+    pub(crate) api_addr: std::sync::OnceLock<SocketAddr>,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) mesh: std::sync::OnceLock<crate::mesh::MeshHandle>,
     /// Turns true when the node stops: ends the mesh loop and open event streams.
@@ -199,9 +205,16 @@ impl Node {
             clock,
         )?;
         let api_key = read_or_create_api_key(&config.data_dir.join(layout::API_KEY_FILE))?;
+        let catalogue = match &config.mesh {
+            Some(setup) => Some(crate::catalogue::open(&stores, &setup.owner)?),
+            None => None,
+        };
         Ok(Arc::new(Self {
             config,
-            stores,
+            catalogue,
+            stores: Arc::new(stores),
+            replication: std::sync::OnceLock::new(),
+            api_addr: std::sync::OnceLock::new(),
             audit: Arc::new(audit),
             mesh: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::channel(false).0,
@@ -247,6 +260,7 @@ impl Node {
                 mesh_config.membership_file =
                     Some(self.config.data_dir.join(layout::MEMBERSHIP_FILE));
             }
+            let (replication, inputs) = crate::replication::channel();
             let handle = crate::mesh::spawn(
                 &self.config.node_key,
                 setup.certificate.clone(),
@@ -254,10 +268,31 @@ impl Node {
                 setup.owner_key.clone(),
                 mesh_config,
                 self.audit.clone(),
+                Some(replication.clone()),
                 stop_rx.clone(),
             )
             .await
             .map_err(|err| NodeError::Mesh(err.to_string()))?;
+            if let Some(catalogue) = &self.catalogue {
+                crate::replication::list_unlisted(&self.stores, catalogue, &self.config.name);
+                let role = self
+                    .config
+                    .role
+                    .parse()
+                    .unwrap_or(hearth_protocol::capability::Role::Home);
+                crate::replication::spawn(
+                    &replication,
+                    inputs,
+                    self.stores.clone(),
+                    catalogue.clone(),
+                    self.config.name.clone(),
+                    role,
+                    handle.clone(),
+                    self.audit.clone(),
+                    stop_rx.clone(),
+                );
+                let _ = self.replication.set(replication);
+            }
             let _ = self.mesh.set(handle);
         }
         let stopping = self.stopping.clone();
@@ -280,6 +315,7 @@ impl Node {
         let addr_path = self.config.data_dir.join(layout::API_ADDR_FILE);
         std::fs::write(&addr_path, format!("{addr}\n")).map_err(io_err(&addr_path))?;
         tracing::info!(%addr, "local API listening");
+        let _ = self.api_addr.set(addr);
         ready(addr);
         let app = crate::api::router(self.clone());
         let served = axum::serve(listener, app)

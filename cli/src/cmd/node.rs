@@ -174,7 +174,24 @@ pub(crate) fn status(dir: &DataDir, out: &mut Output) -> Result<()> {
             }
             text.push_str("Stores:\n");
             for store in status["stores"].as_array().into_iter().flatten() {
-                text.push_str(&format!("  {}\n", store["name"].as_str().unwrap_or("?")));
+                let replicas: Vec<String> = store["replicas"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        let device = r["device"].as_str().unwrap_or("?");
+                        match (r["in_sync"].as_bool(), r["lag"].as_u64()) {
+                            (Some(true), _) => format!("{device} in sync"),
+                            (_, Some(lag)) if lag > 0 => format!("{device} {lag} records behind"),
+                            _ => format!("{device} not in sync"),
+                        }
+                    })
+                    .collect();
+                text.push_str(&format!(
+                    "  {:<28} {}\n",
+                    store["name"].as_str().unwrap_or("?"),
+                    replicas.join(", ")
+                ));
             }
             text
         },

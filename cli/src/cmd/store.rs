@@ -90,9 +90,29 @@ pub(crate) enum Command {
         /// Timeseries chunk window (default 1h).
         #[arg(long, value_parser = crate::cmd::parse_duration)]
         window: Option<std::time::Duration>,
+        /// Which devices hold replicas: comma-separated device names, `role:home`
+        /// style entries, `origin`, `all` (default `origin,role:home`).
+        #[arg(long, value_name = "SPEC")]
+        replicas: Option<String>,
+        /// What the store holds, in words (shown in the HyperCat listing).
+        #[arg(long)]
+        description: Option<String>,
     },
-    /// List the stores.
-    Ls,
+    /// List every store of the mesh (from the catalogue), held here or elsewhere.
+    Ls {
+        /// Print the catalogue as a HyperCat 3.0 document.
+        #[arg(long)]
+        hypercat: bool,
+    },
+    /// Change which devices hold a store: devices it no longer names drop their
+    /// replica, devices it newly names receive one.
+    Policy {
+        /// The store.
+        name: String,
+        /// The new placement, e.g. `origin,role:home,phone`.
+        #[arg(long, value_name = "SPEC")]
+        replicas: String,
+    },
     /// Set a key (kv and doc stores).
     Put {
         /// The store.
@@ -165,7 +185,7 @@ pub(crate) enum Command {
         /// The store.
         name: String,
     },
-    /// Delete a store and all its data.
+    /// Delete a store and all its data, from every device of the mesh.
     Rm {
         /// The store.
         name: String,
@@ -215,32 +235,77 @@ fn print_records(out: &mut Output, value: &Value) {
 pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
     let client = Client::connect(dir)?;
     match command {
-        Command::Create { name, kind, window } => {
+        Command::Create {
+            name,
+            kind,
+            window,
+            replicas,
+            description,
+        } => {
             let mut body = json!({ "name": name, "kind": kind });
             if let Some(w) = window {
                 body["window_ms"] = json!(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
             }
+            if let Some(spec) = replicas {
+                body["replicas"] = json!(spec);
+            }
+            if let Some(text) = description {
+                body["description"] = json!(text);
+            }
             let info = client.send("POST", "/v1/stores", &body)?;
-            out.emit(|| format!("Created {kind} store {name}."), || info.clone());
+            out.emit(
+                || {
+                    format!(
+                        "Created {kind} store {name}, held by: {}.",
+                        info["replicas"].as_str().unwrap_or("?")
+                    )
+                },
+                || info.clone(),
+            );
         }
-        Command::Ls => {
+        Command::Ls { hypercat: true } => {
+            let doc = client.get("/v1/stores", &[("format", "hypercat".to_owned())])?;
+            out.emit(
+                || {
+                    format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&doc).unwrap_or_default()
+                    )
+                },
+                || doc.clone(),
+            );
+        }
+        Command::Ls { hypercat: false } => {
             let list = client.get("/v1/stores", &[])?;
             out.emit(
                 || {
                     let mut text = format!(
-                        "{:<32} {:<11} {:>10} {:>12}\n",
-                        "NAME", "KIND", "RECORDS", "BYTES"
+                        "{:<28} {:<11} {:>9} {:>11}  {:<22} {}\n",
+                        "NAME", "KIND", "RECORDS", "BYTES", "REPLICAS", "HELD BY"
                     );
                     for s in list["stores"].as_array().into_iter().flatten() {
                         let records = s["records"]
                             .as_u64()
                             .map_or("-".to_owned(), |r| r.to_string());
+                        let held: Vec<&str> = s["held_by"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        let here = if s["here"] == Value::Bool(false) {
+                            " (not here)"
+                        } else {
+                            ""
+                        };
                         text.push_str(&format!(
-                            "{:<32} {:<11} {:>10} {:>12}{}\n",
+                            "{:<28} {:<11} {:>9} {:>11}  {:<22} {}{here}{}\n",
                             s["name"].as_str().unwrap_or("?"),
                             s["kind"].as_str().unwrap_or("?"),
                             records,
                             s["bytes"].as_u64().unwrap_or(0),
+                            s["replicas"].as_str().unwrap_or("?"),
+                            held.join(","),
                             s["error"]
                                 .as_str()
                                 .map(|e| format!("  ERROR: {e}"))
@@ -250,6 +315,22 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                     text
                 },
                 || list.clone(),
+            );
+        }
+        Command::Policy { name, replicas } => {
+            let answer = client.send(
+                "POST",
+                &format!("{}/policy", store_path(&name)),
+                &json!({ "replicas": replicas }),
+            )?;
+            out.emit(
+                || {
+                    format!(
+                        "{name} is now held by: {}. Devices it no longer names drop their replica once another holder has it all.",
+                        answer["replicas"].as_str().unwrap_or("?")
+                    )
+                },
+                || answer.clone(),
             );
         }
         Command::Put { name, key, value } => {
@@ -377,7 +458,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         Command::Rm { name } => {
             let r = client.delete(&store_path(&name))?;
             out.emit(
-                || format!("Removed store {name} and its data."),
+                || format!("Removed store {name} and its data, from every device of the mesh."),
                 || r.clone(),
             );
         }

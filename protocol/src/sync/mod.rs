@@ -41,6 +41,7 @@
 //! [`Engine::poll_timeout`], calling [`Engine::handle_timeout`] when it fires.
 
 pub mod message;
+pub mod placement;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -204,6 +205,15 @@ pub enum Event<P> {
         /// The store id.
         store: String,
         /// Bytes of the message that carried it.
+        bytes: u64,
+    },
+    /// Data of a store was queued for the peer (audit it).
+    Sent {
+        /// The peer.
+        peer: P,
+        /// The store id.
+        store: String,
+        /// Bytes of the message.
         bytes: u64,
     },
     /// A store here could not be read or written.
@@ -377,6 +387,43 @@ impl<P: Ord + Clone> Engine<P> {
         }
     }
 
+    /// Which stores are shared, or their policies, may have changed: sends every peer a
+    /// fresh summary, so that stores newly shared are offered and compared.
+    pub fn rescan(&mut self, now: UnixMillis, replica: &mut impl Replica<P>) {
+        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            // Stores no longer shared with the peer are forgotten for it.
+            let shared: std::collections::BTreeSet<String> = replica
+                .shared_with(&peer)
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.stores.retain(|id, _| shared.contains(id));
+            }
+            self.send_summary(now, &peer, replica);
+        }
+    }
+
+    /// `store` changed here in a way the engine did not see (a missed local change):
+    /// compares it with every peer soon.
+    pub fn recheck(&mut self, now: UnixMillis, store: &str) {
+        let at = now.saturating_add(self.config.settle);
+        for p in self.peers.values_mut() {
+            if let Some(s) = p.stores.get_mut(store) {
+                s.expected = None;
+                s.due = Some(s.due.map_or(at, |d| d.min(at)));
+            }
+        }
+    }
+
+    /// `store` is gone from this device: nothing more is sent or accepted for it.
+    pub fn forget_store(&mut self, store: &str) {
+        for p in self.peers.values_mut() {
+            p.stores.remove(store);
+        }
+    }
+
     /// A local write changed `store` from digest `before`; `units` are the encoded
     /// automerge changes of each document it touched. Pushes them to every peer that
     /// had `before`.
@@ -406,7 +453,7 @@ impl<P: Ord + Clone> Engine<P> {
         let size: usize = messages.iter().map(Vec::len).sum();
         let settle = self.config.settle;
         let max = self.config.max_queued_bytes;
-        for p in self.peers.values_mut() {
+        for (peer, p) in &mut self.peers {
             let Some(s) = p.stores.get_mut(store) else {
                 continue;
             };
@@ -416,6 +463,11 @@ impl<P: Ord + Clone> Engine<P> {
                 p.queue.extend(messages.iter().cloned());
                 s.expected = Some(after);
                 s.active = now;
+                self.events.push_back(Event::Sent {
+                    peer: peer.clone(),
+                    store: store.to_owned(),
+                    bytes: size as u64,
+                });
             } else {
                 // Behind, unknown or congested: the catch-up comparison sends it.
                 s.expected = None;
@@ -975,7 +1027,18 @@ impl<P: Ord + Clone> Engine<P> {
             return;
         }
         p.queued += bytes.len();
+        let len = bytes.len() as u64;
         p.queue.push_back(bytes);
+        if let Message::Sync { store, .. }
+        | Message::Chunk { store, .. }
+        | Message::Push { store, .. } = message
+        {
+            self.events.push_back(Event::Sent {
+                peer: peer.clone(),
+                store: store.clone(),
+                bytes: len,
+            });
+        }
     }
 
     fn misbehaved(&mut self, peer: &P, reason: String) {

@@ -1,0 +1,562 @@
+//! Replication: the sync engine (`hearth_protocol::sync`) driven against this node's
+//! stores, under the placement policies of the catalogue.
+//!
+//! An actor: `spawn` starts its loop, which a [`ReplicationHandle`] talks to. The mesh
+//! loop feeds it admitted peers and their sync messages; a small task per store feeds
+//! it local writes; it sends through the [`MeshHandle`] (a bounded channel, so a slow
+//! network holds it back rather than queueing without end).
+//!
+//! ```text
+//! mesh loop ──Connected/Message──▶ replication loop ──SyncSend──▶ mesh loop
+//! store writes ──LocalChange──────▶   (Engine<PeerId>, stores, catalogue)
+//! ```
+//!
+//! Store reads and writes block (a write waits for the disk), so they run on tokio's
+//! blocking-capable worker via `block_in_place`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_protocol::capability::Role;
+use hearth_protocol::sync::placement::Policy;
+use hearth_protocol::sync::{Config, Digest, Engine, Event, StoreRef};
+use hearth_protocol::time::UnixMillis;
+use hearth_stores::audit::{AuditLog, Event as AuditEvent};
+use hearth_stores::replica::{Placement, StoresReplica};
+use hearth_stores::{LocalChange, Store, Stores};
+use libp2p::PeerId;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::catalogue;
+use crate::mesh::MeshHandle;
+
+/// How often each device records what it holds in the catalogue (when it changed).
+const STATS_EVERY: Duration = Duration::from_secs(30);
+/// How often sync traffic is summed up into the audit log.
+const AUDIT_EVERY: Duration = Duration::from_secs(5);
+
+/// What the replication loop is told.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A peer was admitted.
+    Connected {
+        peer: PeerId,
+        name: String,
+        role: Role,
+    },
+    /// A peer's last connection closed.
+    Disconnected(PeerId),
+    /// A sync message from an admitted peer.
+    Message { peer: PeerId, bytes: Vec<u8> },
+    /// A local write (None: writes were missed).
+    Local {
+        store: String,
+        change: Option<LocalChange>,
+    },
+    /// The catalogue was written here (a store created, a policy changed).
+    CatalogueChanged,
+    /// Where every store stands with every connected peer.
+    Status(oneshot::Sender<Vec<StoreSync>>),
+}
+
+/// One store's sync state, for `hearth status`.
+#[derive(Debug, Clone)]
+pub struct StoreSync {
+    /// The store id.
+    pub id: String,
+    /// Our digest.
+    pub digest: Digest,
+    /// Our records.
+    pub records: u64,
+    /// Each connected peer sharing it: its name and what it confirmed (digest, records).
+    pub peers: Vec<(String, Option<(Digest, u64)>)>,
+}
+
+/// A handle to the replication loop.
+#[derive(Debug, Clone)]
+pub struct ReplicationHandle {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl ReplicationHandle {
+    /// Delivers `input`, waiting for room if the loop is busy (for inputs that must
+    /// not be lost: connections, catalogue changes).
+    pub(crate) fn deliver(&self, input: Input) {
+        match self.inputs.try_send(input) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                let inputs = self.inputs.clone();
+                tokio::spawn(async move {
+                    let _ = inputs.send(input).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Delivers a peer's sync message, or drops it when the loop is busy (the engine
+    /// compares again later, so nothing is lost for good).
+    pub(crate) fn offer(&self, peer: PeerId, bytes: Vec<u8>) {
+        if self
+            .inputs
+            .try_send(Input::Message { peer, bytes })
+            .is_err()
+        {
+            tracing::debug!(%peer, "replication busy; dropping a sync message");
+        }
+    }
+
+    /// The catalogue changed here.
+    pub(crate) fn catalogue_changed(&self) {
+        self.deliver(Input::CatalogueChanged);
+    }
+
+    /// Each store's sync state with connected peers.
+    pub async fn status(&self) -> Option<Vec<StoreSync>> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Status(reply)).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// The inlet the mesh loop needs before the replication loop starts.
+pub(crate) fn channel() -> (ReplicationHandle, mpsc::Receiver<Input>) {
+    let (inputs, receiver) = mpsc::channel(1024);
+    (ReplicationHandle { inputs }, receiver)
+}
+
+/// The placement policy as the engine asks it.
+#[derive(Debug)]
+struct NodePlacement {
+    me: (String, Role),
+    catalogue_id: String,
+    devices: BTreeMap<PeerId, (String, Role)>,
+    /// Each listed store's origin and policy.
+    policies: BTreeMap<String, (String, Policy)>,
+}
+
+impl Placement<PeerId> for NodePlacement {
+    fn peer_holds(&self, peer: &PeerId, store: &StoreRef) -> bool {
+        let Some((name, role)) = self.devices.get(peer) else {
+            return false;
+        };
+        if store.id == self.catalogue_id {
+            return true;
+        }
+        self.policies
+            .get(&store.id)
+            .is_some_and(|(origin, policy)| policy.holds(name, *role, origin))
+    }
+
+    fn we_hold(&self, _: &PeerId, store: &StoreRef) -> bool {
+        if store.id == self.catalogue_id {
+            return true;
+        }
+        self.policies
+            .get(&store.id)
+            .is_some_and(|(origin, policy)| policy.holds(&self.me.0, self.me.1, origin))
+    }
+}
+
+fn now() -> UnixMillis {
+    UnixMillis::from_system_time(std::time::SystemTime::now())
+}
+
+/// Runs blocking store work without stalling the runtime's other tasks.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+struct Actor {
+    engine: Engine<PeerId>,
+    stores: Arc<Stores>,
+    catalogue: Arc<Store>,
+    placement: NodePlacement,
+    mesh: MeshHandle,
+    audit: Arc<AuditLog>,
+    inputs: mpsc::Sender<Input>,
+    /// Stores whose local writes are forwarded here.
+    watched: BTreeSet<String>,
+    /// Sync traffic not yet audited: (peer name, store id, sent?) -> (bytes, messages).
+    traffic: BTreeMap<(String, String, bool), (u64, u64)>,
+    last_audit: Instant,
+    last_stats: Instant,
+}
+
+/// Starts the replication loop for `stores` (whose catalogue is `catalogue`) on the
+/// device `name` with `role`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn(
+    handle: &ReplicationHandle,
+    receiver: mpsc::Receiver<Input>,
+    stores: Arc<Stores>,
+    catalogue: Arc<Store>,
+    name: String,
+    role: Role,
+    mesh: MeshHandle,
+    audit: Arc<AuditLog>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut actor = Actor {
+        engine: Engine::new(Config::default()),
+        placement: NodePlacement {
+            me: (name, role),
+            catalogue_id: catalogue.meta().id.clone(),
+            devices: BTreeMap::new(),
+            policies: BTreeMap::new(),
+        },
+        stores,
+        catalogue,
+        mesh,
+        audit,
+        inputs: handle.inputs.clone(),
+        watched: BTreeSet::new(),
+        traffic: BTreeMap::new(),
+        last_audit: Instant::now(),
+        last_stats: Instant::now()
+            .checked_sub(STATS_EVERY)
+            .unwrap_or_else(Instant::now),
+    };
+    blocking(|| actor.reload_catalogue(false));
+    tokio::spawn(actor.run(receiver, shutdown));
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.watch_stores();
+        loop {
+            let timeout = self
+                .engine
+                .poll_timeout()
+                .map_or(Duration::from_secs(1), |at| {
+                    Duration::from_millis(at.0.saturating_sub(now().0)).min(Duration::from_secs(1))
+                });
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(input) = inputs.recv() => blocking(|| self.input(input)),
+                () = tokio::time::sleep(timeout) => {}
+            }
+            blocking(|| self.tick());
+            self.flush().await;
+        }
+        self.audit_traffic();
+        tracing::info!("replication stopped");
+    }
+
+    fn input(&mut self, input: Input) {
+        let at = now();
+        match input {
+            Input::Connected { peer, name, role } => {
+                self.placement.devices.insert(peer, (name, role));
+                let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
+                self.engine.handle_connected(at, peer, &mut replica);
+            }
+            Input::Disconnected(peer) => {
+                self.placement.devices.remove(&peer);
+                self.engine.handle_disconnected(&peer);
+            }
+            Input::Message { peer, bytes } => {
+                if !self.placement.devices.contains_key(&peer) {
+                    return;
+                }
+                let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
+                self.engine.handle_message(at, &peer, &bytes, &mut replica);
+            }
+            Input::Local { store, change } => match change {
+                Some(change) => {
+                    let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
+                    self.engine.local_change(
+                        at,
+                        &store,
+                        &change.units,
+                        change.before,
+                        &mut replica,
+                    );
+                }
+                None => self.engine.recheck(at, &store),
+            },
+            Input::CatalogueChanged => self.reload_catalogue(true),
+            Input::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let at = now();
+        if self.engine.poll_timeout().is_some_and(|t| t <= at) {
+            let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
+            self.engine.handle_timeout(at, &mut replica);
+        }
+        if self.last_stats.elapsed() >= STATS_EVERY {
+            self.last_stats = Instant::now();
+            self.write_stats();
+        }
+        if self.last_audit.elapsed() >= AUDIT_EVERY {
+            self.last_audit = Instant::now();
+            self.audit_traffic();
+        }
+    }
+
+    /// Sends what the engine queued, acts on its events, and follows new stores.
+    async fn flush(&mut self) {
+        while let Some((peer, bytes)) = self.engine.poll_transmit() {
+            if self.mesh.sync_send(peer, bytes).await.is_err() {
+                return;
+            }
+        }
+        let mut catalogue_changed = false;
+        while let Some(event) = self.engine.poll_event() {
+            match event {
+                Event::Misbehaved { peer, reason } => {
+                    let name = self.peer_name(&peer);
+                    self.record("sync.receive", &name, &format!("refused: {reason}"), 0);
+                    tracing::warn!(%peer, %reason, "disconnecting a peer that sent bad sync data");
+                    self.placement.devices.remove(&peer);
+                    let _ = self.mesh.disconnect(peer).await;
+                }
+                Event::Received { peer, store, bytes } => {
+                    if store == self.placement.catalogue_id {
+                        catalogue_changed = true;
+                    }
+                    let name = self.peer_name(&peer);
+                    let t = self.traffic.entry((name, store, false)).or_default();
+                    t.0 += bytes;
+                    t.1 += 1;
+                }
+                Event::Sent { peer, store, bytes } => {
+                    let name = self.peer_name(&peer);
+                    let t = self.traffic.entry((name, store, true)).or_default();
+                    t.0 += bytes;
+                    t.1 += 1;
+                }
+                Event::LocalError { store, reason } => {
+                    tracing::warn!(%store, %reason, "replication cannot use a store");
+                }
+            }
+        }
+        if catalogue_changed {
+            blocking(|| self.reload_catalogue(true));
+        }
+        self.watch_stores();
+    }
+
+    fn peer_name(&self, peer: &PeerId) -> String {
+        self.placement
+            .devices
+            .get(peer)
+            .map_or_else(|| peer.to_string(), |(name, _)| name.clone())
+    }
+
+    /// Forwards local writes of every store not followed yet (replicas made by sync
+    /// included) into the loop.
+    fn watch_stores(&mut self) {
+        for store in self.stores.all() {
+            let id = store.meta().id.clone();
+            if !self.watched.insert(id.clone()) {
+                continue;
+            }
+            let mut changes = store.subscribe_local();
+            let inputs = self.inputs.clone();
+            tokio::spawn(async move {
+                loop {
+                    let change = match changes.recv().await {
+                        Ok(change) => Some(change),
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    let input = Input::Local {
+                        store: id.clone(),
+                        change,
+                    };
+                    if inputs.send(input).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Rereads the policies; offers newly shared stores, drops replicas this device no
+    /// longer holds (never the last confirmed copy).
+    fn reload_catalogue(&mut self, rescan: bool) {
+        let listing = match catalogue::read(&self.catalogue) {
+            Ok(listing) => listing,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the catalogue");
+                return;
+            }
+        };
+        let policies: BTreeMap<String, (String, Policy)> = listing
+            .stores
+            .iter()
+            .map(|(id, e)| (id.clone(), (e.origin.clone(), e.policy())))
+            .collect();
+        let changed = policies != self.placement.policies;
+        self.placement.policies = policies;
+        if !changed {
+            return;
+        }
+        self.drop_unheld();
+        if rescan {
+            let mut replica = StoresReplica::new(&self.stores, &self.placement, now().0);
+            self.engine.rescan(now(), &mut replica);
+        }
+    }
+
+    /// Removes local replicas of stores the catalogue no longer places here, once a
+    /// device that does hold the store has confirmed it has all of ours.
+    fn drop_unheld(&mut self) {
+        let (me, role) = self.placement.me.clone();
+        for store in self.stores.all() {
+            let id = store.meta().id.clone();
+            if id == self.placement.catalogue_id {
+                continue;
+            }
+            let held = match self.placement.policies.get(&id) {
+                Some((origin, policy)) => policy.holds(&me, role, origin),
+                // Not listed: removed from the mesh (or made before the catalogue; those
+                // are listed at start).
+                None => false,
+            };
+            if held {
+                continue;
+            }
+            let listed = self.placement.policies.contains_key(&id);
+            let digest = store.digest();
+            let safe = !listed
+                || self
+                    .engine
+                    .replicas(&id)
+                    .iter()
+                    .any(|r| r.confirmed.map(|(d, _)| d) == Some(digest));
+            if !safe {
+                continue;
+            }
+            let name = store.name().to_owned();
+            drop(store);
+            self.engine.forget_store(&id);
+            self.watched.remove(&id);
+            match self.stores.remove(&name) {
+                Ok(()) => {
+                    tracing::info!(store = %name, "dropped a replica the policy no longer places here");
+                    self.record("store.drop", &name, "allowed", 0);
+                }
+                Err(err) => tracing::warn!(store = %name, error = %err, "cannot drop a replica"),
+            }
+        }
+    }
+
+    fn status(&mut self) -> Vec<StoreSync> {
+        self.stores
+            .all()
+            .iter()
+            .map(|store| {
+                let id = store.meta().id.clone();
+                StoreSync {
+                    digest: store.digest(),
+                    records: store.records().unwrap_or(0),
+                    peers: self
+                        .engine
+                        .replicas(&id)
+                        .into_iter()
+                        .map(|r| (self.peer_name(&r.peer), r.confirmed))
+                        .collect(),
+                    id,
+                }
+            })
+            .collect()
+    }
+
+    fn write_stats(&mut self) {
+        let me = self.placement.me.0.clone();
+        let listing = catalogue::read(&self.catalogue).unwrap_or_default();
+        for info in self.stores.list() {
+            if info.id == self.placement.catalogue_id || !listing.stores.contains_key(&info.id) {
+                continue;
+            }
+            let Some(store) = self.stores.get_by_id(&info.id) else {
+                continue;
+            };
+            let stats = catalogue::ReplicaStats {
+                records: info.records.unwrap_or(0),
+                bytes: info.bytes,
+                digest: hex::encode(store.digest()),
+                updated: now().0,
+            };
+            if let Err(err) = catalogue::put_stats(&self.catalogue, &info.id, &me, &stats) {
+                tracing::warn!(error = %err, "cannot write replica statistics");
+            }
+        }
+    }
+
+    fn record(&self, action: &str, object: &str, outcome: &str, bytes: u64) {
+        if let Err(err) = self.audit.record(AuditEvent {
+            actor: "sync".into(),
+            action: action.into(),
+            object: object.into(),
+            cap_id: None,
+            outcome: outcome.into(),
+            bytes,
+        }) {
+            tracing::error!(error = %err, "cannot write the audit log");
+        }
+    }
+
+    /// One audit entry per peer, store and direction for the traffic since the last.
+    fn audit_traffic(&mut self) {
+        let traffic = std::mem::take(&mut self.traffic);
+        for ((peer, store, sent), (bytes, messages)) in traffic {
+            let name = self
+                .stores
+                .get_by_id(&store)
+                .map_or(store.clone(), |s| s.name().to_owned());
+            let (action, object) = if sent {
+                ("sync.send", format!("{name} to {peer}"))
+            } else {
+                ("sync.receive", format!("{name} from {peer}"))
+            };
+            self.record(
+                action,
+                &object,
+                &format!("allowed ({messages} messages)"),
+                bytes,
+            );
+        }
+    }
+}
+
+/// Lists in the catalogue every local store it does not list yet (stores made before
+/// the catalogue existed), with this device as origin and the default policy.
+pub(crate) fn list_unlisted(stores: &Stores, catalogue: &Store, me: &str) {
+    let Ok(listing) = catalogue::read(catalogue) else {
+        return;
+    };
+    for store in stores.all() {
+        let meta = store.meta();
+        if meta.id == catalogue.meta().id || listing.stores.contains_key(&meta.id) {
+            continue;
+        }
+        let entry = catalogue::Entry {
+            name: meta.name.clone(),
+            kind: meta.kind.as_str().to_owned(),
+            window_ms: meta.window_ms,
+            origin: me.to_owned(),
+            replicas: hearth_protocol::sync::placement::DEFAULT_POLICY.to_owned(),
+            created: meta.created,
+            description: None,
+        };
+        if let Err(err) = catalogue::put_entry(catalogue, &meta.id, &entry) {
+            tracing::warn!(store = %meta.name, error = %err, "cannot list a store in the catalogue");
+        }
+    }
+}

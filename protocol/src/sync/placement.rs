@@ -1,0 +1,163 @@
+//! Placement policy: which devices hold a replica of a store.
+//!
+//! A policy is a comma-separated list of entries, each naming devices that hold the
+//! store:
+//!
+//! ```text
+//! origin          the device the store was created on
+//! role:home       every device of that role (home, mobile, cloud)
+//! NAME            the device with that name
+//! all             every device
+//! ```
+//!
+//! The default, `origin,role:home`, keeps data where it was produced and on the owner's
+//! home devices; a cloud or phone holds a store only when the policy names it.
+
+use std::fmt;
+
+use crate::capability::{Role, is_valid_name};
+
+/// The policy of a store created without one.
+pub const DEFAULT_POLICY: &str = "origin,role:home";
+/// Most entries in one policy.
+pub const MAX_ENTRIES: usize = 32;
+
+/// One entry of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Holder {
+    /// The device the store was created on.
+    Origin,
+    /// Every device with this role.
+    Role(Role),
+    /// The device with this name.
+    Device(String),
+    /// Every device.
+    All,
+}
+
+/// Which devices hold a store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Policy {
+    holders: Vec<Holder>,
+}
+
+/// Why a policy text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// No entries.
+    #[error("a replica policy names at least one holder (e.g. origin,role:home)")]
+    Empty,
+    /// Too many entries.
+    #[error("a replica policy has at most {MAX_ENTRIES} entries")]
+    TooLong,
+    /// An entry that is none of the forms.
+    #[error(
+        "{0:?} is not a replica holder: use origin, all, role:home|mobile|cloud or a device name"
+    )]
+    BadEntry(String),
+}
+
+impl Policy {
+    /// Parses a policy such as `origin,role:home,phone`.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let mut holders = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let holder = match entry {
+                "origin" => Holder::Origin,
+                "all" | "*" => Holder::All,
+                _ => match entry.strip_prefix("role:") {
+                    Some(role) => Holder::Role(
+                        role.parse()
+                            .map_err(|_| PolicyError::BadEntry(entry.to_owned()))?,
+                    ),
+                    None if is_valid_name(entry) && !entry.contains(':') => {
+                        Holder::Device(entry.to_owned())
+                    }
+                    None => return Err(PolicyError::BadEntry(entry.to_owned())),
+                },
+            };
+            if !holders.contains(&holder) {
+                holders.push(holder);
+            }
+            if holders.len() > MAX_ENTRIES {
+                return Err(PolicyError::TooLong);
+            }
+        }
+        if holders.is_empty() {
+            return Err(PolicyError::Empty);
+        }
+        Ok(Self { holders })
+    }
+
+    /// The default policy, `origin,role:home`.
+    pub fn default_policy() -> Self {
+        Self {
+            holders: vec![Holder::Origin, Holder::Role(Role::Home)],
+        }
+    }
+
+    /// Every device.
+    pub fn everywhere() -> Self {
+        Self {
+            holders: vec![Holder::All],
+        }
+    }
+
+    /// Does the device `name` with `role` hold the store created on `origin`?
+    pub fn holds(&self, name: &str, role: Role, origin: &str) -> bool {
+        self.holders.iter().any(|h| match h {
+            Holder::Origin => name == origin,
+            Holder::Role(r) => *r == role,
+            Holder::Device(d) => d == name,
+            Holder::All => true,
+        })
+    }
+
+    /// The entries.
+    pub fn holders(&self) -> &[Holder] {
+        &self.holders
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, h) in self.holders.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match h {
+                Holder::Origin => f.write_str("origin")?,
+                Holder::Role(role) => write!(f, "role:{role}")?,
+                Holder::Device(name) => f.write_str(name)?,
+                Holder::All => f.write_str("all")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn parses_prints_and_decides() {
+        let p = Policy::parse("origin, role:home ,phone").unwrap();
+        assert_eq!(p.to_string(), "origin,role:home,phone");
+        assert!(p.holds("kitchen-pi", Role::Home, "phone"));
+        assert!(p.holds("phone", Role::Mobile, "laptop"));
+        assert!(p.holds("laptop", Role::Mobile, "laptop"));
+        assert!(!p.holds("vm", Role::Cloud, "phone"));
+        assert_eq!(
+            Policy::parse(DEFAULT_POLICY).unwrap(),
+            Policy::default_policy()
+        );
+        assert!(Policy::parse("all").unwrap().holds("vm", Role::Cloud, "x"));
+        for bad in ["", " , ", "role:boss", "a b", "x:y"] {
+            assert!(Policy::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Replication with three real `hearth` processes on loopback (home, phone, cloud):
+//! placement by policy, catch-up after a restart, and a status that says "in sync"
+//! only when the contents really match.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hearth_tests::cli::{RunningNode, hearth, init, json_ok, start_with, stop};
+use serde_json::Value;
+
+const LISTEN: [&str; 5] = [
+    "--no-mdns",
+    "--listen",
+    "/ip4/127.0.0.1/udp/0/quic-v1",
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+];
+
+fn start(dir: &Path) -> RunningNode {
+    start_with(dir, &LISTEN)
+}
+
+/// Polls `f` (at most 30 s) until it returns something.
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_all(dir: &Path, store: &str) -> Vec<Value> {
+    json_ok(dir, &["store", "read", store])["records"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The `in_sync` flag `dir` reports for `device`'s replica of `store`.
+fn in_sync(dir: &Path, store: &str, device: &str) -> Option<bool> {
+    let status = json_ok(dir, &["status"]);
+    status["stores"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == store)?["replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| r["device"] == device)?["in_sync"]
+        .as_bool()
+}
+
+fn files_contain(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap().flatten() {
+                stack.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+#[test]
+fn stores_follow_their_policy_and_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, phone, cloud) = (
+        tmp.path().join("home"),
+        tmp.path().join("phone"),
+        tmp.path().join("cloud"),
+    );
+    init(&home);
+    let home_node = start(&home);
+    let ticket = json_ok(&home, &["invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json_ok(
+        &phone,
+        &["join", &ticket, "--name", "phone", "--role", "mobile"],
+    );
+    let ticket = json_ok(&home, &["invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json_ok(
+        &cloud,
+        &["join", &ticket, "--name", "vm", "--role", "cloud"],
+    );
+    let phone_node = start(&phone);
+    let cloud_node = start(&cloud);
+
+    // On the phone: a location store under the default policy (the phone and home
+    // devices), and a shared notes store the cloud holds too.
+    let created = json_ok(
+        &phone,
+        &[
+            "store",
+            "create",
+            "location",
+            "--kind",
+            "timeseries",
+            "--window",
+            "1m",
+        ],
+    );
+    assert_eq!(created["replicas"], "origin,role:home");
+    let location_id = created["id"].as_str().unwrap().to_owned();
+    json_ok(
+        &phone,
+        &[
+            "store",
+            "create",
+            "notes",
+            "--kind",
+            "kv",
+            "--replicas",
+            "origin,role:home,vm",
+        ],
+    );
+    json_ok(
+        &phone,
+        &["store", "put", "notes", "shopping", r#"["bread"]"#],
+    );
+    let track: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"ts": {}, "value": {{"lat": 52.{i:04}, "lon": 4.9, "secret": "marker-{i}"}}}}"#, 1_700_000_000_000u64 + i * 10_000))
+        .collect();
+    let out = std::process::Command::new(hearth_tests::cli::hearth_bin())
+        .args([
+            "--data-dir",
+            phone.to_str().unwrap(),
+            "store",
+            "append",
+            "location",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(track.join("\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Home receives both; the cloud only the notes.
+    wait_until("home has the track", || {
+        (read_all(&home, "location").len() == 50).then_some(())
+    });
+    wait_until("the cloud has the notes", || {
+        let out = hearth(&cloud, &["--json", "store", "get", "notes", "shopping"]);
+        out.status.success().then_some(())
+    });
+    assert_eq!(read_all(&home, "location"), read_all(&phone, "location"));
+    wait_until("the phone confirms home in sync", || {
+        (in_sync(&phone, "location", "home") == Some(true)).then_some(())
+    });
+
+    // Home stops; the phone keeps recording; status says home is behind.
+    stop(home_node);
+    for i in 50..80 {
+        let record = format!(
+            r#"{{"ts": {}, "value": {{"lat": 52.{i:04}, "lon": 4.9, "secret": "marker-{i}"}}}}"#,
+            1_700_000_000_000u64 + i * 10_000
+        );
+        json_ok(&phone, &["store", "append", "location", &record]);
+    }
+    wait_until("the phone sees home out of sync", || {
+        (in_sync(&phone, "location", "home") == Some(false)).then_some(())
+    });
+    assert_eq!(read_all(&phone, "location").len(), 80);
+
+    // Home restarts and catches up by itself; only then is it reported in sync.
+    let home_node = start(&home);
+    wait_until("home catches up", || {
+        (read_all(&home, "location").len() == 80).then_some(())
+    });
+    wait_until("both report in sync", || {
+        (in_sync(&phone, "location", "home") == Some(true)
+            && in_sync(&home, "location", "phone") == Some(true))
+        .then_some(())
+    });
+    assert_eq!(read_all(&home, "location"), read_all(&phone, "location"));
+
+    // The cloud never held the location store: no store directory, no reading, no
+    // audit entry naming it.
+    assert!(!cloud.join("stores").join(&location_id).exists());
+    assert!(
+        files_contain(&cloud, b"marker-").is_empty(),
+        "readings reached the cloud: {:?}",
+        files_contain(&cloud, b"marker-")
+    );
+    let audit = json_ok(&cloud, &["audit"]);
+    for entry in audit["entries"].as_array().unwrap() {
+        assert!(
+            !entry["object"].as_str().unwrap().contains("location"),
+            "the cloud's audit log mentions the store: {entry}"
+        );
+    }
+    let listed = json_ok(&cloud, &["store", "ls"]);
+    let location = listed["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "location")
+        .unwrap()
+        .clone();
+    assert_eq!(location["here"], false, "the catalogue lists it, not held");
+    assert_eq!(location["origin"], "phone");
+
+    // Moving the notes off the cloud: it drops its replica.
+    json_ok(
+        &phone,
+        &["store", "policy", "notes", "--replicas", "origin,role:home"],
+    );
+    wait_until("the cloud drops the notes", || {
+        (!hearth(&cloud, &["store", "get", "notes", "shopping"])
+            .status
+            .success())
+        .then_some(())
+    });
+
+    // HyperCat listing.
+    let cat = json_ok(&home, &["store", "ls", "--hypercat"]);
+    assert_eq!(
+        cat["catalogue-metadata"][0]["val"],
+        "application/vnd.hypercat.catalogue+json"
+    );
+    assert!(cat["items"].as_array().unwrap().len() >= 2);
+
+    for node in [home_node, phone_node, cloud_node] {
+        stop(node);
+    }
+}
