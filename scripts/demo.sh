@@ -99,6 +99,21 @@ done
 "$hearth" --data-dir home status
 "$hearth" --data-dir phone devices
 
+say "The phone records a short walk in its own store; by the default policy it stays on the phone and the home device."
+"$hearth" --data-dir phone store create location --kind timeseries --description "where the phone was"
+walk=$(( $(date +%s) * 1000 - 600000 ))
+for i in $(seq 0 9); do
+    printf '{"ts": %d, "value": {"lat": 52.37%02d, "lon": 4.89%02d}}\n' $(( walk + i * 60000 )) "$i" "$i"
+done | "$hearth" --data-dir phone store append location -
+for _ in $(seq 1 100); do
+    "$hearth" --data-dir phone --json status 2>/dev/null | grep -q '"device":"home","in_sync":true' && break
+    sleep 0.1
+done
+"$hearth" --data-dir phone status
+echo "read on the home device:"
+"$hearth" --data-dir home store read location --last 2
+"$hearth" --data-dir home store ls
+
 say "Every request was written to the tamper-evident audit log."
 "$hearth" --data-dir home audit | tail -n 8
 

@@ -262,15 +262,17 @@ impl World {
                 self.connect(a, b);
             }
         }
-        for round in 0..10_000 {
+        let mut quiet_ticks = 0;
+        for _ in 0..2_000_000 {
             if self.wire.is_empty() {
                 self.tick(1_000);
+                quiet_ticks += 1;
                 if self.wire.is_empty()
                     && self.nodes.iter().all(|n| n.engine.poll_timeout().is_none())
                 {
                     return;
                 }
-                assert!(round < 9_000, "the mesh never went quiet");
+                assert!(quiet_ticks < 1_000, "the mesh never went quiet");
                 continue;
             }
             self.deliver(0, false);
@@ -407,4 +409,116 @@ fn replicas_converge_after_partitions_loss_duplication_and_reordering() {
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// Two devices holding the same 1,000 stores reconnect: one summary each way, a few
+/// dozen bytes, and every store known to be in sync.
+#[test]
+fn reconnecting_with_a_thousand_unchanged_stores_costs_one_round_trip() {
+    let mut world = World::new(2, 60_000);
+    for i in 0..1_000 {
+        let store = world.nodes[0]
+            .stores
+            .create(&format!("s{i}"), Kind::Kv, None)
+            .unwrap();
+        store.put("k", json!(i)).unwrap();
+    }
+    world.connect(0, 1);
+    world.heal();
+    world.check();
+    // Reconnect: count what crosses the wire until it is quiet.
+    world.cut(0, 1);
+    world.connect(0, 1);
+    let mut messages = 0;
+    let mut bytes = 0;
+    while !world.wire.is_empty() {
+        messages += 1;
+        bytes += world.wire[0].2.len();
+        world.deliver(0, false);
+    }
+    println!("reconnect with 1002 unchanged stores: {messages} messages, {bytes} bytes");
+    assert_eq!(messages, 2, "one summary each way");
+    assert!(bytes < 200, "{bytes} bytes");
+    for store in world.nodes[0].stores.all() {
+        let replicas = world.nodes[0].engine.replicas(&store.meta().id);
+        assert_eq!(replicas.len(), 1);
+        assert_eq!(replicas[0].confirmed.map(|(d, _)| d), Some(store.digest()));
+    }
+}
+
+/// Bad sync data ends the conversation with that peer and leaves the store as it was.
+#[test]
+fn bad_messages_disconnect_the_peer_and_change_nothing() {
+    use hearth_protocol::sync::{Message, Unit};
+
+    let mut world = World::new(2, 60_000);
+    world.connect(0, 1);
+    world.heal();
+    let sensor = world.nodes[1].stores.get("sensor").unwrap();
+    let settings = world.nodes[1].stores.get("settings").unwrap();
+    let (sensor_id, settings_id) = (sensor.meta().id.clone(), settings.meta().id.clone());
+    let before = (sensor.digest(), settings.digest());
+
+    // A chunk document whose readings list holds something that is not a reading.
+    let mut doc = automerge::AutoCommit::new();
+    let list = automerge::transaction::Transactable::put_object(
+        &mut doc,
+        automerge::ROOT,
+        "readings",
+        automerge::ObjType::List,
+    )
+    .unwrap();
+    automerge::transaction::Transactable::insert(&mut doc, &list, 0, "not a reading").unwrap();
+    let bad_chunk = doc.save();
+
+    let attacks: Vec<Vec<u8>> = vec![
+        b"HSYN\x01\x09garbage".to_vec(),
+        vec![0xff; 64],
+        Message::Sync {
+            store: settings_id.clone(),
+            unit: Unit::Whole,
+            data: vec![0x42, 1, 2, 3],
+        }
+        .encode(),
+        Message::Push {
+            store: settings_id.clone(),
+            unit: Unit::Whole,
+            data: b"not automerge".to_vec(),
+        }
+        .encode(),
+        Message::Chunk {
+            store: sensor_id.clone(),
+            start: 0,
+            data: bad_chunk,
+        }
+        .encode(),
+        Message::Push {
+            store: sensor_id.clone(),
+            unit: Unit::Whole,
+            data: Vec::new(),
+        }
+        .encode(),
+    ];
+    for (n, attack) in attacks.into_iter().enumerate() {
+        world.connect(0, 1);
+        let misbehaved = world.misbehaved;
+        world.wire.clear();
+        world.wire.push((0, 1, attack));
+        world.deliver(0, false);
+        assert_eq!(
+            world.misbehaved,
+            misbehaved + 1,
+            "attack {n} was not refused"
+        );
+        assert!(
+            !world.links.contains(&(0, 1)),
+            "attack {n}: still connected"
+        );
+        assert_eq!(
+            (sensor.digest(), settings.digest()),
+            before,
+            "attack {n} changed a store"
+        );
+    }
+    assert_eq!(sensor.records().unwrap(), 0);
 }

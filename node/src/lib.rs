@@ -1,12 +1,15 @@
 //! The Hearth node as a library: it opens the node's stores and audit log, joins the
 //! private mesh (libp2p, with admission by device certificate) and serves the local HTTP
-//! API on 127.0.0.1 for the `hearth` CLI. Replication, compute and drivers come later.
+//! API on 127.0.0.1 for the `hearth` CLI, and replicates stores as the catalogue's
+//! placement policies say. Compute and drivers come later.
 //!
-//! Actors (one today):
+//! Actors:
 //!
 //! ```text
 //! hearth node run
-//! ├── mesh loop (libp2p swarm: admission, identify, ping, mdns)   MeshHandle
+//! ├── mesh loop (libp2p swarm: admission, membership, sync transport)   MeshHandle
+//! ├── replication loop (sync engine over the stores and catalogue)     ReplicationHandle
+//! │   └── one forwarding task per store (local writes)
 //! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key
 //!     └── blocking store and audit calls on tokio's blocking pool
 //! ```
@@ -20,6 +23,9 @@
 //! DATA_DIR/api.addr      the API address while the node runs
 //! DATA_DIR/stores/       one directory per store
 //! DATA_DIR/audit.log     the audit log
+//! DATA_DIR/device.cap    this device's certificate
+//! DATA_DIR/membership.bin  the membership store (certificates, grants, revocations)
+//! DATA_DIR/peers.json    devices this node was connected to, and their addresses
 //! ```
 
 #![deny(missing_docs)]

@@ -365,6 +365,10 @@ impl Actor {
             if !self.watched.insert(id.clone()) {
                 continue;
             }
+            // A new replica here: say so in the catalogue at the next tick.
+            self.last_stats = Instant::now()
+                .checked_sub(STATS_EVERY)
+                .unwrap_or_else(Instant::now);
             let mut changes = store.subscribe_local();
             let inputs = self.inputs.clone();
             tokio::spawn(async move {

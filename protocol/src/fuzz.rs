@@ -145,3 +145,94 @@ pub fn membership_input(data: &[u8]) {
     assert!(!membership.merge(now, &snapshot, &mut revocations).changed());
     assert_eq!(digest, membership.digest(now, &revocations));
 }
+
+/// The sync message decoder, and a sync engine (over one in-memory automerge
+/// document) fed whatever arrives.
+pub fn sync_input(data: &[u8]) {
+    use crate::sync::{
+        Config, Engine, Message, Replica, ReplicaError, StoreKind, StoreRef, SyncMessage,
+        SyncState, Unit, UnitHeads,
+    };
+    use automerge::sync::SyncDoc as _;
+
+    if let Ok(message) = Message::decode(data) {
+        assert_eq!(
+            message.encode(),
+            data,
+            "a decoded sync message re-encodes differently"
+        );
+    }
+
+    /// One kv store of one document.
+    struct One(automerge::AutoCommit);
+
+    impl Replica<u8> for One {
+        fn shared_with(&mut self, _: &u8) -> Vec<StoreRef> {
+            vec![StoreRef {
+                id: "s".into(),
+                name: "s".into(),
+                kind: StoreKind::Kv,
+                window_ms: 1,
+            }]
+        }
+        fn accept(&mut self, _: &u8, store: &StoreRef) -> bool {
+            store.id == "s"
+        }
+        fn units(&mut self, store: &str) -> Result<Vec<UnitHeads>, ReplicaError> {
+            if store != "s" {
+                return Err(ReplicaError::Local("no such store".into()));
+            }
+            Ok(vec![UnitHeads {
+                unit: Unit::Whole,
+                closed: false,
+                heads: self.0.get_heads().iter().map(|h| h.0).collect(),
+            }])
+        }
+        fn records(&mut self, _: &str) -> u64 {
+            0
+        }
+        fn generate(
+            &mut self,
+            _: &str,
+            _: Unit,
+            state: &mut SyncState,
+        ) -> Result<Option<SyncMessage>, ReplicaError> {
+            Ok(self.0.sync().generate_sync_message(state))
+        }
+        fn receive(
+            &mut self,
+            _: &str,
+            unit: Unit,
+            state: &mut SyncState,
+            message: SyncMessage,
+        ) -> Result<(), ReplicaError> {
+            if unit != Unit::Whole {
+                return Err(ReplicaError::Peer("no such unit".into()));
+            }
+            self.0
+                .sync()
+                .receive_sync_message(state, message)
+                .map_err(|err| ReplicaError::Peer(err.to_string()))
+        }
+        fn closed_chunk(&mut self, _: &str, _: u64) -> Result<Option<Vec<u8>>, ReplicaError> {
+            Ok(None)
+        }
+        fn merge_chunk(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), ReplicaError> {
+            Err(ReplicaError::Peer("not a timeseries store".into()))
+        }
+        fn apply(&mut self, _: &str, _: Unit, changes: &[u8]) -> Result<(), ReplicaError> {
+            self.0
+                .load_incremental(changes)
+                .map(|_| ())
+                .map_err(|err| ReplicaError::Peer(err.to_string()))
+        }
+    }
+
+    let mut replica = One(automerge::AutoCommit::new());
+    let mut engine = Engine::new(Config::default());
+    engine.handle_connected(UnixMillis(1), 7u8, &mut replica);
+    engine.handle_message(UnixMillis(2), &7u8, data, &mut replica);
+    engine.handle_timeout(UnixMillis(10_000), &mut replica);
+    while engine.poll_transmit().is_some() {}
+    while engine.poll_event().is_some() {}
+}

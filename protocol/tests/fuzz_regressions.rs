@@ -68,3 +68,9 @@ fn membership_decoder_inputs() {
     let count = replay("membership_decode", hearth_protocol::fuzz::membership_input);
     assert!(count >= 2, "the membership seeds are missing");
 }
+
+#[test]
+fn sync_decoder_inputs() {
+    let count = replay("sync_decode", hearth_protocol::fuzz::sync_input);
+    assert!(count >= 5, "the sync seeds are missing");
+}
