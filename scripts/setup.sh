@@ -24,3 +24,15 @@ if ! need_cmd ip; then
         echo "setup: iproute2 (the ip command) is missing; install it as root for the namespace test" >&2
     fi
 fi
+
+# The MQTT driver's test runs a real Mosquitto broker and its command-line clients.
+if ! need_cmd mosquitto || ! need_cmd mosquitto_pub; then
+    if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
+        echo "setup: installing mosquitto and mosquitto-clients"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients
+        fi
+    else
+        echo "setup: mosquitto is missing; install mosquitto and mosquitto-clients as root for the MQTT test" >&2
+    fi
+fi

@@ -84,6 +84,9 @@ enum Command {
     Store(cmd::store::Command),
     /// The audit log: list entries, or `verify` it.
     Audit(cmd::audit::Args),
+    /// Data sources built into the node: os-monitor, http-ingest, mqtt, file-import.
+    #[command(subcommand)]
+    Driver(cmd::driver::Command),
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status => cmd::node::status(&data_dir, &mut out),
         Command::Store(command) => cmd::store::run(&data_dir, command, &mut out),
         Command::Audit(args) => cmd::audit::run(&data_dir, args, &mut out),
+        Command::Driver(command) => cmd::driver::run(&data_dir, command, &mut out),
     }
 }
 

@@ -142,6 +142,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/stores/{name}/aggregate", get(aggregate))
         .route("/v1/stores/{name}/tail", get(tail))
+        .route("/v1/drivers", get(list_drivers).post(add_driver))
+        .route("/v1/drivers/{name}", get(get_driver).delete(remove_driver))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/invite", axum::routing::post(invite))
@@ -465,6 +467,8 @@ async fn create_store(
                     replicas: policy.to_string(),
                     created: meta.created,
                     description: body.description.clone(),
+                    source: None,
+                    unit: None,
                 };
                 crate::catalogue::put_entry(catalogue, &meta.id, &entry)?;
             }
@@ -933,4 +937,148 @@ async fn revoke_capability(State(node): State<Arc<Node>>, Path(id): Path<String>
         .await
         .map_err(mesh_error)?;
     Ok(Json(json!({ "revoked": cap.to_string() })))
+}
+
+async fn list_drivers(State(node): State<Arc<Node>>) -> ApiResult {
+    Ok(Json(json!({ "drivers": node.drivers.list() })))
+}
+
+async fn get_driver(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    let listed = node
+        .drivers
+        .list()
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no driver is named {name:?}"),
+            )
+        })?;
+    Ok(Json(json!(listed)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddDriver {
+    kind: String,
+    name: Option<String>,
+    store: Option<String>,
+    interval_secs: Option<u64>,
+    listen: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    broker: Option<String>,
+    topic: Option<String>,
+    actuate: Option<String>,
+    file: Option<std::path::PathBuf>,
+    ts_column: Option<String>,
+    on_error: Option<String>,
+}
+
+async fn add_driver(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<AddDriver>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body?;
+    let kind: crate::drivers::Kind = body.kind.parse().map_err(ApiError::invalid)?;
+    let name = match body.name {
+        Some(name) => name,
+        None => {
+            let taken: Vec<String> = node.drivers.list().into_iter().map(|d| d.name).collect();
+            let base = kind.as_str().to_owned();
+            (1..)
+                .map(|n| {
+                    if n == 1 {
+                        base.clone()
+                    } else {
+                        format!("{base}-{n}")
+                    }
+                })
+                .find(|candidate| !taken.contains(candidate))
+                .unwrap_or(base)
+        }
+    };
+    let (user, password) = match (kind, body.user, body.password) {
+        (crate::drivers::Kind::HttpIngest, user, password) => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut bytes = [0u8; 18];
+                    getrandom::fill(&mut bytes)
+                        .map_err(|err| ApiError::invalid(err.to_string()))?;
+                    hex::encode(bytes)
+                }
+            };
+            (
+                Some(user.unwrap_or_else(|| "hearth".into())),
+                Some(password),
+            )
+        }
+        (_, user, password) => (user, password),
+    };
+    let spec = crate::drivers::Spec {
+        store: body
+            .store
+            .unwrap_or_else(|| kind.default_store().to_owned()),
+        name,
+        kind,
+        interval_secs: body.interval_secs,
+        listen: body.listen,
+        user,
+        password,
+        broker: body.broker,
+        topic: body.topic,
+        actuate: body.actuate,
+        file: body.file,
+        ts_column: body.ts_column,
+        on_error: body.on_error,
+    };
+    let added = blocking({
+        let node = node.clone();
+        let spec = spec.clone();
+        move || crate::drivers::add(&node, spec).map_err(ApiError::invalid)
+    })
+    .await?;
+    record(
+        &node,
+        "driver.add",
+        &added.name,
+        &format!("allowed: {}", kind.as_str()),
+        0,
+    )?;
+    let mut answer = json!(added);
+    if kind == crate::drivers::Kind::HttpIngest {
+        // The listener reports its address once bound.
+        let mut url = None;
+        for _ in 0..50 {
+            url = node
+                .drivers
+                .list()
+                .into_iter()
+                .find(|d| d.name == spec.name)
+                .and_then(|d| d.detail);
+            if url.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if let Value::Object(map) = &mut answer {
+            map.insert("url".into(), json!(url));
+            map.insert("user".into(), json!(spec.user));
+            map.insert("password".into(), json!(spec.password));
+        }
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+async fn remove_driver(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    blocking(move || {
+        crate::drivers::remove(&node, &name)
+            .map_err(|err| ApiError::new(StatusCode::NOT_FOUND, "not_found", err))?;
+        record(&node, "driver.remove", &name, "allowed", 0)?;
+        Ok(Json(json!({ "removed": name })))
+    })
+    .await
 }

@@ -60,6 +60,12 @@ pub struct Entry {
     /// What it holds, in words (for the HyperCat listing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What writes it (a driver kind), if not the CLI or an app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The unit of its values, where one applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 impl Entry {

@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod catalogue;
+pub mod drivers;
 pub mod mesh;
 mod node;
 pub mod replication;

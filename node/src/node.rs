@@ -120,6 +120,8 @@ pub struct Node {
     pub(crate) replication: std::sync::OnceLock<crate::replication::ReplicationHandle>,
     /// The API's address, once bound.
     pub(crate) api_addr: std::sync::OnceLock<SocketAddr>,
+    /// The running drivers.
+    pub(crate) drivers: crate::drivers::Drivers,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) mesh: std::sync::OnceLock<crate::mesh::MeshHandle>,
     /// Turns true when the node stops: ends the mesh loop and open event streams.
@@ -215,12 +217,66 @@ impl Node {
             stores: Arc::new(stores),
             replication: std::sync::OnceLock::new(),
             api_addr: std::sync::OnceLock::new(),
+            drivers: crate::drivers::Drivers::default(),
             audit: Arc::new(audit),
             mesh: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::channel(false).0,
             api_key,
             _lock: lock,
         }))
+    }
+
+    /// The store `name` of `kind`, made (and listed in the catalogue, with `source`
+    /// and `description`, under the default policy) if it does not exist yet.
+    pub(crate) fn ensure_store(
+        &self,
+        name: &str,
+        kind: hearth_stores::Kind,
+        description: &str,
+        source: &str,
+    ) -> Result<Arc<hearth_stores::Store>, String> {
+        if let Ok(store) = self.stores.get(name) {
+            if store.meta().kind != kind {
+                return Err(format!(
+                    "the store {name:?} exists and is a {} store, not {}",
+                    store.meta().kind.as_str(),
+                    kind.as_str()
+                ));
+            }
+            return Ok(store);
+        }
+        let store = self
+            .stores
+            .create(name, kind, None)
+            .map_err(|err| err.to_string())?;
+        if let Some(catalogue) = &self.catalogue {
+            let meta = store.meta();
+            let entry = crate::catalogue::Entry {
+                name: meta.name.clone(),
+                kind: meta.kind.as_str().to_owned(),
+                window_ms: meta.window_ms,
+                origin: self.config.name.clone(),
+                replicas: hearth_protocol::sync::placement::DEFAULT_POLICY.to_owned(),
+                created: meta.created,
+                description: Some(description.to_owned()),
+                source: Some(source.to_owned()),
+                unit: None,
+            };
+            crate::catalogue::put_entry(catalogue, &meta.id, &entry)
+                .map_err(|err| err.to_string())?;
+            if let Some(replication) = self.replication.get() {
+                replication.catalogue_changed();
+            }
+        }
+        let _ = self.audit.record(hearth_stores::audit::Event {
+            actor: format!("driver:{source}"),
+            action: "store.create".into(),
+            object: name.to_owned(),
+            cap_id: None,
+            outcome: "allowed".into(),
+            bytes: 0,
+        });
+        Ok(store)
     }
 
     /// Serves the API (and runs the mesh) until `shutdown` completes, then stops
@@ -295,11 +351,14 @@ impl Node {
             }
             let _ = self.mesh.set(handle);
         }
+        crate::drivers::start_all(&self);
         let stopping = self.stopping.clone();
+        let node = self.clone();
         let shutdown = async move {
             shutdown.await;
-            // Ends the mesh loop and every open `tail` stream, so that the graceful
-            // shutdown is not held up by them.
+            // Ends the mesh loop, the drivers and every open `tail` stream, so that the
+            // graceful shutdown is not held up by them.
+            node.drivers.stop_all();
             let _ = stopping.send(true);
         };
         let listener = tokio::net::TcpListener::bind(self.config.api)

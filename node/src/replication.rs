@@ -558,6 +558,8 @@ pub(crate) fn list_unlisted(stores: &Stores, catalogue: &Store, me: &str) {
             replicas: hearth_protocol::sync::placement::DEFAULT_POLICY.to_owned(),
             created: meta.created,
             description: None,
+            source: None,
+            unit: None,
         };
         if let Err(err) = catalogue::put_entry(catalogue, &meta.id, &entry) {
             tracing::warn!(store = %meta.name, error = %err, "cannot list a store in the catalogue");

@@ -1,0 +1,292 @@
+//! `hearth driver add KIND [options]`, `hearth driver ls`, `hearth driver rm NAME`.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::client::{Client, segment};
+use crate::data_dir::DataDir;
+use crate::error::{CliError, Exit, Result};
+use crate::output::Output;
+
+/// Driver subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Add a driver to the running node; it starts at once and on every start after.
+    #[command(subcommand)]
+    Add(Add),
+    /// Every driver, its store, state and last error.
+    Ls,
+    /// Stop a driver and remove it (its store and data stay).
+    Rm {
+        /// The driver's name.
+        name: String,
+    },
+}
+
+/// The kinds of driver.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Add {
+    /// The device's load averages, CPU use, memory, disk use and battery.
+    OsMonitor {
+        /// Time between readings.
+        #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+        interval: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// An HTTP endpoint for OwnTracks and JSON readings; prints its URL and credentials.
+    HttpIngest {
+        /// Address to listen on (default: every interface, a port chosen once and kept).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Subscribe to an MQTT broker: one store per topic filter.
+    Mqtt {
+        /// The broker, HOST:PORT.
+        #[arg(long)]
+        broker: String,
+        /// The topic filter.
+        #[arg(long)]
+        topic: String,
+        /// The broker's user name.
+        #[arg(long, requires = "password")]
+        user: Option<String>,
+        /// The broker's password.
+        #[arg(long, requires = "user")]
+        password: Option<String>,
+        /// Publish every key put into the kv store STORE-actuators to PREFIX/KEY.
+        #[arg(long, value_name = "PREFIX")]
+        actuate: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Import a CSV (with a header) or JSON-lines file; resumable and idempotent.
+    FileImport {
+        /// The file.
+        file: PathBuf,
+        /// The timestamp column or field (default: ts, timestamp or time).
+        #[arg(long, value_name = "C")]
+        ts_column: Option<String>,
+        /// On a malformed line: refuse the whole import, or skip the line.
+        #[arg(long, default_value = "refuse", value_parser = ["refuse", "skip"])]
+        on_error: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Options every kind takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Common {
+    /// The store it writes (default per kind: os-monitor, location, mqtt, import).
+    #[arg(long)]
+    store: Option<String>,
+    /// The driver's name (default: its kind).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn body(add: Add) -> Result<(Value, bool)> {
+    let with = |mut v: Value, c: Common| {
+        if let Some(store) = c.store {
+            v["store"] = json!(store);
+        }
+        if let Some(name) = c.name {
+            v["name"] = json!(name);
+        }
+        v
+    };
+    Ok(match add {
+        Add::OsMonitor { interval, common } => (
+            with(
+                json!({ "kind": "os-monitor", "interval_secs": interval.as_secs().max(1) }),
+                common,
+            ),
+            false,
+        ),
+        Add::HttpIngest { listen, common } => {
+            let mut v = json!({ "kind": "http-ingest" });
+            if let Some(listen) = listen {
+                v["listen"] = json!(listen);
+            }
+            (with(v, common), false)
+        }
+        Add::Mqtt {
+            broker,
+            topic,
+            user,
+            password,
+            actuate,
+            common,
+        } => {
+            let mut v = json!({ "kind": "mqtt", "broker": broker, "topic": topic });
+            if let (Some(user), Some(password)) = (user, password) {
+                v["user"] = json!(user);
+                v["password"] = json!(password);
+            }
+            if let Some(prefix) = actuate {
+                v["actuate"] = json!(prefix);
+            }
+            (with(v, common), false)
+        }
+        Add::FileImport {
+            file,
+            ts_column,
+            on_error,
+            common,
+        } => {
+            // The node reads the file: give it an absolute path.
+            let file = std::fs::canonicalize(&file).map_err(|err| {
+                CliError::new(Exit::NotFound, format!("{}: {err}", file.display()))
+            })?;
+            if common.store.is_none() {
+                return Err(CliError::new(
+                    Exit::Usage,
+                    "file-import needs --store NAME: the store to import into",
+                ));
+            }
+            let mut v = json!({ "kind": "file-import", "file": file, "on_error": on_error });
+            if let Some(c) = ts_column {
+                v["ts_column"] = json!(c);
+            }
+            (with(v, common), true)
+        }
+    })
+}
+
+fn progress_bar(done: u64, total: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let filled = (fraction * 40.0).round() as usize;
+    let bar: String = "#".repeat(filled) + &"-".repeat(40 - filled);
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r[{bar}] {:>5.1}%  {done}/{total} lines",
+        fraction * 100.0
+    );
+    let _ = err.flush();
+}
+
+/// Waits for a file import to finish, drawing a progress bar on a terminal.
+fn follow(client: &Client, name: &str, json: bool) -> Result<Value> {
+    let draw = !json && std::io::stderr().is_terminal();
+    loop {
+        let d = client.get(&format!("/v1/drivers/{}", segment(name)), &[])?;
+        if let (true, Some(p)) = (draw, d["progress"].as_array()) {
+            progress_bar(
+                p.first().and_then(Value::as_u64).unwrap_or(0),
+                p.get(1).and_then(Value::as_u64).unwrap_or(0),
+            );
+        }
+        match d["state"].as_str() {
+            Some("done") => {
+                if draw {
+                    let _ = writeln!(std::io::stderr());
+                }
+                return Ok(d);
+            }
+            Some("failed" | "retrying" | "stopped") => {
+                if draw {
+                    let _ = writeln!(std::io::stderr());
+                }
+                return Err(CliError::new(
+                    Exit::Error,
+                    format!(
+                        "the import of {name} failed: {}",
+                        d["last_error"].as_str().unwrap_or("no reason given")
+                    ),
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
+    let client = Client::connect(dir)?;
+    match command {
+        Command::Add(add) => {
+            let (body, wait) = body(add)?;
+            let added = client.send("POST", "/v1/drivers", &body)?;
+            let name = added["name"].as_str().unwrap_or("?").to_owned();
+            if wait {
+                let done = follow(&client, &name, out.json())?;
+                out.emit(
+                    || {
+                        format!(
+                            "{}.\n",
+                            done["detail"].as_str().unwrap_or("the import finished")
+                        )
+                    },
+                    || done.clone(),
+                );
+                return Ok(());
+            }
+            out.emit(
+                || {
+                    let mut text = format!(
+                        "Driver {name} ({}) writes the store {}.\n",
+                        added["kind"].as_str().unwrap_or("?"),
+                        added["store"].as_str().unwrap_or("?")
+                    );
+                    if let Some(url) = added["url"].as_str() {
+                        text.push_str(&format!(
+                            "Endpoint: {url}  (OwnTracks: {url}/owntracks, JSON readings: {url}/readings)\nUser: {}\nPassword: {}\n",
+                            added["user"].as_str().unwrap_or("?"),
+                            added["password"].as_str().unwrap_or("?"),
+                        ));
+                    }
+                    text
+                },
+                || added.clone(),
+            );
+        }
+        Command::Ls => {
+            let list = client.get("/v1/drivers", &[])?;
+            out.emit(
+                || {
+                    let mut text = format!(
+                        "{:<16} {:<12} {:<20} {:<9} {:>8}  {}\n",
+                        "NAME", "KIND", "STORE", "STATE", "RECORDS", "DETAIL / LAST ERROR"
+                    );
+                    for d in list["drivers"].as_array().into_iter().flatten() {
+                        let note = d["last_error"]
+                            .as_str()
+                            .map(|e| format!("error: {e}"))
+                            .or_else(|| d["detail"].as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        text.push_str(&format!(
+                            "{:<16} {:<12} {:<20} {:<9} {:>8}  {note}\n",
+                            d["name"].as_str().unwrap_or("?"),
+                            d["kind"].as_str().unwrap_or("?"),
+                            d["store"].as_str().unwrap_or("?"),
+                            d["state"].as_str().unwrap_or("?"),
+                            d["records"].as_u64().unwrap_or(0),
+                        ));
+                    }
+                    text
+                },
+                || list.clone(),
+            );
+        }
+        Command::Rm { name } => {
+            let answer = client.delete(&format!("/v1/drivers/{}", segment(&name)))?;
+            out.emit(
+                || format!("Removed driver {name}; its store and data stay."),
+                || answer.clone(),
+            );
+        }
+    }
+    Ok(())
+}
