@@ -1,7 +1,7 @@
 //! The Hearth node as a library: it opens the node's stores and audit log, joins the
 //! private mesh (libp2p, with admission by device certificate) and serves the local HTTP
 //! API on 127.0.0.1 for the `hearth` CLI, and replicates stores as the catalogue's
-//! placement policies say. Compute and drivers come later.
+//! placement policies say, and runs the built-in drivers. Compute comes later.
 //!
 //! Actors:
 //!
@@ -10,6 +10,7 @@
 //! ├── mesh loop (libp2p swarm: admission, membership, sync transport)   MeshHandle
 //! ├── replication loop (sync engine over the stores and catalogue)     ReplicationHandle
 //! │   └── one forwarding task per store (local writes)
+//! ├── drivers: one supervised task each (os-monitor, http-ingest, mqtt, file-import)
 //! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key
 //!     └── blocking store and audit calls on tokio's blocking pool
 //! ```
@@ -26,6 +27,8 @@
 //! DATA_DIR/device.cap    this device's certificate
 //! DATA_DIR/membership.bin  the membership store (certificates, grants, revocations)
 //! DATA_DIR/peers.json    devices this node was connected to, and their addresses
+//! DATA_DIR/drivers.toml  the drivers ([[driver]] tables)
+//! DATA_DIR/imports.json  file-import progress, per store and file content
 //! ```
 
 #![deny(missing_docs)]
