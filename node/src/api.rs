@@ -975,6 +975,8 @@ struct AddDriver {
     file: Option<std::path::PathBuf>,
     ts_column: Option<String>,
     on_error: Option<String>,
+    unit: Option<String>,
+    description: Option<String>,
 }
 
 async fn add_driver(
@@ -1034,6 +1036,8 @@ async fn add_driver(
         file: body.file,
         ts_column: body.ts_column,
         on_error: body.on_error,
+        unit: body.unit,
+        description: body.description,
     };
     let added = blocking({
         let node = node.clone();

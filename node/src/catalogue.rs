@@ -184,6 +184,12 @@ pub fn hypercat(listing: &Listing, base: &str) -> Value {
                 serde_json::json!({ "rel": "urn:X-hearth:rels:origin", "val": e.origin }),
                 serde_json::json!({ "rel": "urn:X-hearth:rels:replicas", "val": e.replicas }),
             ];
+            if let Some(unit) = &e.unit {
+                metadata.push(serde_json::json!({ "rel": "urn:X-hearth:rels:unit", "val": unit }));
+            }
+            if let Some(source) = &e.source {
+                metadata.push(serde_json::json!({ "rel": "urn:X-hearth:rels:source", "val": source }));
+            }
             for (device, stats) in listing.replicas.get(id).into_iter().flatten() {
                 metadata.push(serde_json::json!({
                     "rel": "urn:X-hearth:rels:heldBy",

@@ -234,6 +234,7 @@ impl Node {
         kind: hearth_stores::Kind,
         description: &str,
         source: &str,
+        unit: Option<&str>,
     ) -> Result<Arc<hearth_stores::Store>, String> {
         if let Ok(store) = self.stores.get(name) {
             if store.meta().kind != kind {
@@ -260,7 +261,7 @@ impl Node {
                 created: meta.created,
                 description: Some(description.to_owned()),
                 source: Some(source.to_owned()),
-                unit: None,
+                unit: unit.map(str::to_owned),
             };
             crate::catalogue::put_entry(catalogue, &meta.id, &entry)
                 .map_err(|err| err.to_string())?;

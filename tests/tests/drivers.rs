@@ -110,6 +110,34 @@ fn os_monitor_matches_proc() {
             .iter()
             .any(|s| s["name"] == "os-monitor")
     );
+    let cat = json_ok(&home, &["store", "ls", "--hypercat"]);
+    let item = cat["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["href"].as_str().unwrap().ends_with("/os-monitor"))
+        .unwrap()
+        .clone();
+    let rels: Vec<(String, String)> = item["item-metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["rel"].as_str().unwrap().to_owned(),
+                m["val"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        rels.iter()
+            .any(|(r, v)| r == "urn:X-hearth:rels:source" && v == "os-monitor")
+    );
+    assert!(rels.iter().any(|(r, _)| r == "urn:X-hearth:rels:unit"));
+    assert!(
+        rels.iter()
+            .any(|(r, v)| r.ends_with("hasDescription:en") && v.contains("load averages"))
+    );
     stop(node);
 }
 

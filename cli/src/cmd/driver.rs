@@ -89,6 +89,12 @@ pub(crate) struct Common {
     /// The driver's name (default: its kind).
     #[arg(long)]
     name: Option<String>,
+    /// The unit of the readings, recorded in the catalogue.
+    #[arg(long)]
+    unit: Option<String>,
+    /// What the readings are, recorded in the catalogue.
+    #[arg(long)]
+    description: Option<String>,
 }
 
 fn body(add: Add) -> Result<(Value, bool)> {
@@ -98,6 +104,12 @@ fn body(add: Add) -> Result<(Value, bool)> {
         }
         if let Some(name) = c.name {
             v["name"] = json!(name);
+        }
+        if let Some(unit) = c.unit {
+            v["unit"] = json!(unit);
+        }
+        if let Some(description) = c.description {
+            v["description"] = json!(description);
         }
         v
     };

@@ -71,6 +71,14 @@ impl Kind {
         }
     }
 
+    fn default_unit(self) -> Option<&'static str> {
+        match self {
+            Kind::OsMonitor => Some("load: run-queue length; *_percent: %; *_bytes: bytes"),
+            Kind::HttpIngest => Some("lat, lon: degrees; acc, alt: m; vel: km/h; batt: %"),
+            Kind::Mqtt | Kind::FileImport => None,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Kind::OsMonitor => "this device's load averages, CPU use, memory, disk use and battery",
@@ -139,6 +147,12 @@ pub struct Spec {
     /// anything is written) or `skip` (malformed lines are skipped and reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<String>,
+    /// The unit of the readings, for the catalogue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// What the readings are, for the catalogue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 impl Spec {
@@ -478,8 +492,9 @@ fn prepare_store(node: &Arc<Node>, spec: &Spec) -> Result<Arc<Store>, String> {
     let store = node.ensure_store(
         &spec.store,
         StoreKind::Timeseries,
-        spec.kind.describe(),
+        spec.description.as_deref().unwrap_or(spec.kind.describe()),
         spec.kind.as_str(),
+        spec.unit.as_deref().or(spec.kind.default_unit()),
     )?;
     if spec.kind == Kind::Mqtt && spec.actuate.is_some() {
         node.ensure_store(
@@ -487,6 +502,7 @@ fn prepare_store(node: &Arc<Node>, spec: &Spec) -> Result<Arc<Store>, String> {
             StoreKind::Kv,
             "actuator settings published to the MQTT broker",
             "mqtt",
+            None,
         )?;
     }
     Ok(store)
