@@ -522,3 +522,40 @@ fn bad_messages_disconnect_the_peer_and_change_nothing() {
     }
     assert_eq!(sensor.records().unwrap(), 0);
 }
+
+/// A push lost on a link that stays up is repaired by the settle comparison, without a
+/// reconnection.
+#[test]
+fn a_lost_push_is_repaired_without_reconnecting() {
+    let mut world = World::new(2, 60_000);
+    world.connect(0, 1);
+    world.heal();
+    let mut rng = Rng::new(99);
+    for n in 0..20 {
+        world.write(&mut rng, 0, 1_000 + n);
+        // The third write's messages are lost; the rest arrive in order.
+        while !world.wire.is_empty() {
+            if n == 2 {
+                world.wire.remove(0);
+            } else {
+                world.deliver(0, false);
+            }
+        }
+    }
+    // Time passes on a link that never went down.
+    for _ in 0..200 {
+        world.tick(1_000);
+        while !world.wire.is_empty() {
+            world.deliver(0, false);
+        }
+        if world
+            .nodes
+            .iter()
+            .all(|n| n.engine.poll_timeout().is_none())
+        {
+            break;
+        }
+    }
+    assert!(world.links.contains(&(0, 1)), "the link stayed up");
+    world.check();
+}

@@ -163,6 +163,37 @@ pub mod cli {
         assert!(exit.success(), "the node did not stop cleanly: {exit}");
     }
 
+    /// Mesh listeners on loopback only (QUIC and TCP, ports chosen by the system),
+    /// without mDNS: what the multi-process tests run nodes with.
+    pub const LOOPBACK_MESH: [&str; 5] = [
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ];
+
+    /// Starts a node that meshes over loopback only.
+    pub fn start_meshed(dir: &Path) -> RunningNode {
+        start_with(dir, &LOOPBACK_MESH)
+    }
+
+    /// Polls `f` every 100 ms until it returns something; fails the test with `what`
+    /// after `secs` seconds.
+    pub fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(value) = f() {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gave up waiting: {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn init(dir: &Path) {
         let out = hearth(dir, &["init", "--name", "home"]);
         assert!(

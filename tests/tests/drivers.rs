@@ -19,19 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use hearth_tests::cli::{hearth, init, json_ok, start, stop};
+use hearth_tests::cli::{hearth, init, json_ok, start, stop, wait_until};
 use serde_json::Value;
-
-fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn records(dir: &Path, store: &str) -> Vec<Value> {
     json_ok(dir, &["store", "read", store])["records"]

@@ -15,19 +15,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hearth_tests::cli::{RunningNode, hearth, init, json_ok, start_with};
+use hearth_tests::cli::{
+    LOOPBACK_MESH, RunningNode, hearth, init, json_ok, start_meshed, start_with, wait_until,
+};
 use serde_json::Value;
 
-const LISTEN: [&str; 5] = [
-    "--no-mdns",
-    "--listen",
-    "/ip4/127.0.0.1/udp/0/quic-v1",
-    "--listen",
-    "/ip4/127.0.0.1/tcp/0",
-];
-
 fn start(dir: &Path) -> RunningNode {
-    start_with(dir, &LISTEN)
+    start_meshed(dir)
 }
 
 fn invite(dir: &Path, extra: &[&str]) -> String {
@@ -157,7 +151,7 @@ fn three_devices_pair_and_see_each_other() {
         .unwrap()
         .to_owned();
     let bootstrap = format!("{home_addr}/p2p/{home_peer}");
-    let mut args: Vec<&str> = LISTEN.to_vec();
+    let mut args: Vec<&str> = LOOPBACK_MESH.to_vec();
     args.extend(["--bootstrap", &bootstrap]);
     let stranger_node = start_with(&stranger, &args);
     wait_for_audit(&home, "mesh.admit", "another mesh");
@@ -252,7 +246,7 @@ fn three_devices_pair_and_see_each_other() {
     let grant = json_ok(&home, &["devices", "allow-admit", "vm", "--ttl", "1h"]);
     let grant_id = grant["cap_id"].as_str().unwrap().to_owned();
     // The grant travels to the cloud in the membership store.
-    let ticket = wait_until(|| {
+    let ticket = wait_until("the cloud may invite", 20, || {
         let out = hearth(&cloud, &["--json", "invite"]);
         out.status.success().then(|| {
             let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -266,7 +260,7 @@ fn three_devices_pair_and_see_each_other() {
         "the cloud admitted it into the same mesh"
     );
     // Home learns of the laptop from the cloud's membership before ever meeting it.
-    let listed = wait_until(|| {
+    let listed = wait_until("home lists the laptop", 20, || {
         let devices = json_ok(&home, &["devices"]);
         devices["devices"]
             .as_array()
@@ -285,8 +279,10 @@ fn three_devices_pair_and_see_each_other() {
     // cloud from inviting, and the laptop stays a member, across a restart too.
     wait_for_audit(&home, "mesh.countersign", "allowed");
     json_ok(&home, &["cap", "revoke", &grant_id]);
-    wait_until(|| (hearth(&cloud, &["invite"]).status.code() == Some(3)).then_some(()));
-    wait_until(|| {
+    wait_until("the cloud may no longer invite", 20, || {
+        (hearth(&cloud, &["invite"]).status.code() == Some(3)).then_some(())
+    });
+    wait_until("the laptop holds a countersigned certificate", 20, || {
         let cert = std::fs::read_to_string(laptop.join("device.cap")).unwrap();
         let chain = hearth_protocol::capability::Chain::from_text(cert.trim()).unwrap();
         (chain.links().len() == 1).then_some(())
@@ -299,17 +295,5 @@ fn three_devices_pair_and_see_each_other() {
 
     for node in [home_node, phone_node, cloud_node, laptop_node] {
         hearth_tests::cli::stop(node);
-    }
-}
-
-/// Polls `f` (at most 20 s) until it returns something.
-fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

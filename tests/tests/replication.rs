@@ -13,34 +13,9 @@
 )]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use hearth_tests::cli::{RunningNode, hearth, init, json_ok, start_with, stop};
+use hearth_tests::cli::{hearth, init, json_ok, start_meshed as start, stop, wait_until};
 use serde_json::Value;
-
-const LISTEN: [&str; 5] = [
-    "--no-mdns",
-    "--listen",
-    "/ip4/127.0.0.1/udp/0/quic-v1",
-    "--listen",
-    "/ip4/127.0.0.1/tcp/0",
-];
-
-fn start(dir: &Path) -> RunningNode {
-    start_with(dir, &LISTEN)
-}
-
-/// Polls `f` (at most 30 s) until it returns something.
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn read_all(dir: &Path, store: &str) -> Vec<Value> {
     json_ok(dir, &["store", "read", store])["records"]
@@ -173,15 +148,15 @@ fn stores_follow_their_policy_and_catch_up() {
     );
 
     // Home receives both; the cloud only the notes.
-    wait_until("home has the track", || {
+    wait_until("home has the track", 30, || {
         (read_all(&home, "location").len() == 50).then_some(())
     });
-    wait_until("the cloud has the notes", || {
+    wait_until("the cloud has the notes", 30, || {
         let out = hearth(&cloud, &["--json", "store", "get", "notes", "shopping"]);
         out.status.success().then_some(())
     });
     assert_eq!(read_all(&home, "location"), read_all(&phone, "location"));
-    wait_until("the phone confirms home in sync", || {
+    wait_until("the phone confirms home in sync", 30, || {
         (in_sync(&phone, "location", "home") == Some(true)).then_some(())
     });
 
@@ -194,17 +169,17 @@ fn stores_follow_their_policy_and_catch_up() {
         );
         json_ok(&phone, &["store", "append", "location", &record]);
     }
-    wait_until("the phone sees home out of sync", || {
+    wait_until("the phone sees home out of sync", 30, || {
         (in_sync(&phone, "location", "home") == Some(false)).then_some(())
     });
     assert_eq!(read_all(&phone, "location").len(), 80);
 
     // Home restarts and catches up by itself; only then is it reported in sync.
     let home_node = start(&home);
-    wait_until("home catches up", || {
+    wait_until("home catches up", 30, || {
         (read_all(&home, "location").len() == 80).then_some(())
     });
-    wait_until("both report in sync", || {
+    wait_until("both report in sync", 30, || {
         (in_sync(&phone, "location", "home") == Some(true)
             && in_sync(&home, "location", "phone") == Some(true))
         .then_some(())
@@ -242,7 +217,7 @@ fn stores_follow_their_policy_and_catch_up() {
         &phone,
         &["store", "policy", "notes", "--replicas", "origin,role:home"],
     );
-    wait_until("the cloud drops the notes", || {
+    wait_until("the cloud drops the notes", 30, || {
         (!hearth(&cloud, &["store", "get", "notes", "shopping"])
             .status
             .success())

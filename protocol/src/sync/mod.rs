@@ -356,6 +356,13 @@ impl<P: Ord + Clone> Engine<P> {
         self.send(peer, &message, false);
     }
 
+    /// What this device knows of `store` at `peer`, if they share it.
+    fn peer_store(&mut self, peer: &P, store: &str) -> Option<&mut PeerStore> {
+        self.peers
+            .get_mut(peer)
+            .and_then(|p| p.stores.get_mut(store))
+    }
+
     /// A store was created here: offers it to every peer that should hold it.
     pub fn store_added(
         &mut self,
@@ -603,11 +610,7 @@ impl<P: Ord + Clone> Engine<P> {
                     continue;
                 }
             };
-            let Some(s) = self
-                .peers
-                .get_mut(peer)
-                .and_then(|p| p.stores.get_mut(&store.id))
-            else {
+            let Some(s) = self.peer_store(peer, &store.id) else {
                 continue;
             };
             s.confirmed = Some((digest, records));
@@ -636,11 +639,7 @@ impl<P: Ord + Clone> Engine<P> {
             Err(err) => return self.local_error(store, &err),
         };
         let retry = self.config.retry;
-        if let Some(s) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.stores.get_mut(store))
-        {
+        if let Some(s) = self.peer_store(peer, store) {
             s.units_sent = true;
             s.active = now;
             s.due = Some(now.saturating_add(s.backoff.max(retry)));
@@ -660,11 +659,7 @@ impl<P: Ord + Clone> Engine<P> {
         theirs: Vec<UnitHeads>,
         replica: &mut impl Replica<P>,
     ) -> Result<(), String> {
-        let Some(s) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.stores.get_mut(store))
-        else {
+        let Some(s) = self.peer_store(peer, store) else {
             // Not a store this device shares with the peer: nothing of it is sent.
             return Ok(());
         };
@@ -715,16 +710,25 @@ impl<P: Ord + Clone> Engine<P> {
     }
 
     fn start_sync(&mut self, peer: &P, store: &str, unit: Unit, replica: &mut impl Replica<P>) {
-        let Some(s) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.stores.get_mut(store))
-        else {
+        let Some(s) = self.peer_store(peer, store) else {
             return;
         };
         let state = s.syncs.entry(unit).or_insert_with(SyncState::new);
         *state = SyncState::new();
-        match replica.generate(store, unit, state) {
+        let generated = replica.generate(store, unit, state);
+        self.send_generated(peer, store, unit, generated);
+    }
+
+    /// Sends what automerge generated for one document; true when it had nothing more
+    /// to say.
+    fn send_generated(
+        &mut self,
+        peer: &P,
+        store: &str,
+        unit: Unit,
+        generated: Result<Option<SyncMessage>, ReplicaError>,
+    ) -> bool {
+        match generated {
             Ok(Some(message)) => {
                 let message = Message::Sync {
                     store: store.to_owned(),
@@ -732,9 +736,13 @@ impl<P: Ord + Clone> Engine<P> {
                     data: message.encode(),
                 };
                 self.send(peer, &message, true);
+                false
             }
-            Ok(None) => {}
-            Err(err) => self.local_error(store, &err),
+            Ok(None) => true,
+            Err(err) => {
+                self.local_error(store, &err);
+                false
+            }
         }
     }
 
@@ -749,11 +757,7 @@ impl<P: Ord + Clone> Engine<P> {
     ) -> Result<(), String> {
         let message = SyncMessage::decode(data)
             .map_err(|err| format!("malformed automerge sync message for {store}: {err}"))?;
-        let Some(s) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.stores.get_mut(store))
-        else {
+        let Some(s) = self.peer_store(peer, store) else {
             return Ok(());
         };
         s.active = now;
@@ -769,17 +773,8 @@ impl<P: Ord + Clone> Engine<P> {
         }
         let reply = replica.generate(store, unit, state);
         self.after_data(now, peer, store, data.len(), before, replica);
-        match reply {
-            Ok(Some(message)) => {
-                let message = Message::Sync {
-                    store: store.to_owned(),
-                    unit,
-                    data: message.encode(),
-                };
-                self.send(peer, &message, true);
-            }
-            Ok(None) => self.send_have(peer, store, replica),
-            Err(err) => self.local_error(store, &err),
+        if self.send_generated(peer, store, unit, reply) {
+            self.send_have(peer, store, replica);
         }
         Ok(())
     }
@@ -793,11 +788,7 @@ impl<P: Ord + Clone> Engine<P> {
         data: &[u8],
         replica: &mut impl Replica<P>,
     ) -> Result<(), String> {
-        let Some(s) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.stores.get_mut(store))
-        else {
+        let Some(s) = self.peer_store(peer, store) else {
             return Ok(());
         };
         s.active = now;
@@ -859,11 +850,7 @@ impl<P: Ord + Clone> Engine<P> {
             Err(err) => return self.local_error(store, &err),
         };
         let records = replica.records(store);
-        if let Some(s) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.stores.get_mut(store))
-        {
+        if let Some(s) = self.peer_store(peer, store) {
             s.told = Some(digest);
         }
         let message = Message::Have {
@@ -886,11 +873,7 @@ impl<P: Ord + Clone> Engine<P> {
         let ours = replica.digest(store).ok();
         let settle = self.config.settle;
         let retry = self.config.retry;
-        let Some(s) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.stores.get_mut(store))
-        else {
+        let Some(s) = self.peer_store(peer, store) else {
             return;
         };
         s.active = now;
@@ -903,6 +886,11 @@ impl<P: Ord + Clone> Engine<P> {
             s.units_sent = false;
             s.syncs.clear();
             s.backoff = retry;
+            // The peer confirmed it holds what we hold; if it has not heard the same
+            // from us (after pushes it received, say), tell it, once.
+            if s.told != Some(digest) {
+                self.send_have(peer, store, replica);
+            }
         } else {
             let at = now.saturating_add(settle);
             s.due = Some(s.due.map_or(at, |d| d.max(at)));
@@ -981,14 +969,12 @@ impl<P: Ord + Clone> Engine<P> {
                     continue;
                 }
             };
-            let Some(s) = self
-                .peers
-                .get_mut(&peer)
-                .and_then(|p| p.stores.get_mut(&store))
-            else {
+            let Some(s) = self.peer_store(&peer, &store) else {
                 continue;
             };
-            if s.confirmed.map(|(d, _)| d) == Some(ours) || s.expected == Some(ours) {
+            // Only what the peer confirmed counts: an expected digest may rest on a
+            // push that was lost.
+            if s.confirmed.map(|(d, _)| d) == Some(ours) {
                 s.due = None;
                 continue;
             }
@@ -999,11 +985,7 @@ impl<P: Ord + Clone> Engine<P> {
             let backoff = s.backoff;
             s.backoff = (backoff * 2).min(max_retry);
             self.send_units(now, &peer, &store, replica);
-            if let Some(s) = self
-                .peers
-                .get_mut(&peer)
-                .and_then(|p| p.stores.get_mut(&store))
-            {
+            if let Some(s) = self.peer_store(&peer, &store) {
                 s.due = Some(now.saturating_add(backoff));
             }
         }
