@@ -82,10 +82,12 @@ pub struct Recorder {
     raw_to_cloud: u64,
     /// Size of every Push message sent, in order.
     pub pushes: Vec<u64>,
-    /// Messages dropped by a rule (loss) or refused before admission.
+    /// Messages dropped by a rule (datagram loss) or refused before admission.
     pub dropped: u64,
     /// Messages delivered twice.
     pub duplicated: u64,
+    /// Messages lost once and sent again (reliable transport).
+    pub retransmitted: u64,
     /// Messages lost because their link went down.
     pub lost_on_cut: u64,
     /// Peers disconnected for misbehaving.
@@ -263,6 +265,8 @@ pub struct Summary {
     pub messages_dropped: u64,
     /// Messages duplicated.
     pub messages_duplicated: u64,
+    /// Messages lost once and sent again (reliable transport).
+    pub messages_retransmitted: u64,
     /// Messages lost because their link went down.
     pub messages_lost_on_cut: u64,
     /// Admissions.
@@ -335,6 +339,7 @@ impl Summary {
             },
             messages_dropped: r.dropped,
             messages_duplicated: r.duplicated,
+            messages_retransmitted: r.retransmitted,
             messages_lost_on_cut: r.lost_on_cut,
             admissions: r.admissions,
             admissions_refused: r.refused,

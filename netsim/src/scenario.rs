@@ -75,6 +75,16 @@ impl Strategy {
     }
 }
 
+/// What a lost message means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Streams over QUIC or TCP, as the node uses: a lost packet is sent again after a
+    /// retransmission timeout (the message arrives late), a duplicate is discarded.
+    Reliable,
+    /// Every loss and duplicate reaches the protocol machines (a stress model).
+    Datagram,
+}
+
 /// How a link's one-way latency is drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Latency {
@@ -263,6 +273,8 @@ pub struct Scenario {
     pub households: u32,
     /// The default strategy of `run`.
     pub strategy: Strategy,
+    /// What loss and duplication do to messages.
+    pub transport: Transport,
     /// Width of the time buckets of the over-time metrics.
     pub bucket: Duration,
     /// Link classes by name.
@@ -300,6 +312,8 @@ struct Raw {
     households: u32,
     #[serde(default)]
     strategy: Option<String>,
+    #[serde(default)]
+    transport: Option<String>,
     #[serde(default)]
     bucket: Option<String>,
     lan: String,
@@ -502,6 +516,16 @@ impl Scenario {
                     format!("{s:?} is not a strategy: use compute-to-data, data-to-cloud or data-to-home"),
                 )
             })?,
+        };
+        let transport = match raw.transport.as_deref() {
+            None | Some("reliable") => Transport::Reliable,
+            Some("datagram") => Transport::Datagram,
+            Some(other) => {
+                return Err(invalid(
+                    "transport",
+                    format!("{other:?} is not a transport: use reliable or datagram"),
+                ));
+            }
         };
         let bucket = match raw.bucket.as_deref() {
             None => (duration_ / 60).max(Duration::from_secs(1)),
@@ -825,6 +849,7 @@ impl Scenario {
             duration: duration_,
             households: raw.households,
             strategy,
+            transport,
             bucket,
             links,
             lan,

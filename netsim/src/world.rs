@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use crate::fault::{LinkFaults, Packet, Partitions, Rule, Verdict};
 use crate::metrics::{ConvergenceRecord, JobRecord, Recorder, TrafficKind};
 use crate::rng::Rng;
-use crate::scenario::{AtHome, Churn, Cut, Latency, Scenario, Strategy, StreamKind};
+use crate::scenario::{AtHome, Churn, Cut, Latency, Scenario, Strategy, StreamKind, Transport};
 
 /// The Unix time (ms) at which every run starts: 2026-01-01T00:00:00Z.
 pub const BASE_MS: u64 = 1_767_225_600_000;
@@ -35,6 +35,8 @@ pub const BASE_MS: u64 = 1_767_225_600_000;
 /// network keeps running, so that replicas can converge.
 pub const DRAIN: Duration = Duration::from_secs(600);
 const DAY_US: u64 = 86_400_000_000;
+/// Shortest retransmission timeout of a reliable transport.
+const RTO_MIN_US: u64 = 200_000;
 /// Delay before a refused or failed connection is tried again.
 const RECONNECT_US: u64 = 5_000_000;
 
@@ -735,13 +737,21 @@ impl World {
         }
         let mut copies = 1;
         let mut delayed = false;
+        let reliable = self.scenario.transport == Transport::Reliable;
         for v in verdicts {
             match v {
                 Verdict::Pass => {}
+                Verdict::Drop if reliable => {
+                    // Sent again after a retransmission timeout.
+                    self.recorder.retransmitted += 1;
+                    arrival += (3 * latency).max(RTO_MIN_US);
+                    delayed = true;
+                }
                 Verdict::Drop => {
                     self.recorder.dropped += 1;
                     return;
                 }
+                Verdict::Duplicate if reliable => {}
                 Verdict::Duplicate => copies = 2,
                 Verdict::Delay(d) => {
                     arrival += us(d);
