@@ -1017,7 +1017,7 @@ impl World {
     /// Steps until `until` (µs) or until nothing is left to do.
     pub fn run_until(&mut self, until: u64, progress: &mut dyn FnMut(u64)) {
         while self.step(until) {
-            if self.events % 4096 == 0 {
+            if self.events.is_multiple_of(4096) {
                 progress(self.now);
             }
         }
