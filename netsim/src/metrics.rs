@@ -14,6 +14,8 @@ use crate::svg;
 pub enum TrafficKind {
     /// Admission handshakes.
     Admission,
+    /// Membership exchanges.
+    Membership,
     /// Sync engine messages.
     Sync,
     /// Job requests and results.
@@ -24,6 +26,7 @@ impl TrafficKind {
     fn as_str(self) -> &'static str {
         match self {
             TrafficKind::Admission => "admission",
+            TrafficKind::Membership => "membership",
             TrafficKind::Sync => "sync",
             TrafficKind::Job => "job",
         }
@@ -100,6 +103,8 @@ pub struct Recorder {
     pub refused: u64,
     /// Writes not yet everywhere at the scenario's end.
     pub unconverged_at_end: usize,
+    /// Nodes whose membership lists every device of their household at the end.
+    pub membership_complete: usize,
     /// Replicas compared after the drain.
     pub replicas_checked: usize,
     /// Replicas that differed from their origin after the drain.
@@ -277,6 +282,8 @@ pub struct Summary {
     pub misbehaved: u64,
     /// Store errors.
     pub local_errors: u64,
+    /// Nodes whose membership lists every device of their household at the end.
+    pub membership_complete: usize,
     /// Replicas compared with their origin after the drain.
     pub replicas_checked: usize,
     /// Of those, different.
@@ -345,6 +352,7 @@ impl Summary {
             admissions_refused: r.refused,
             misbehaved: r.misbehaved,
             local_errors: r.local_errors,
+            membership_complete: r.membership_complete,
             replicas_checked: r.replicas_checked,
             replicas_divergent: r.replicas_divergent,
         }

@@ -15,12 +15,13 @@ use hearth_protocol::capability::{Chain, RevocationSet, Role, Verifier, Verifier
 use hearth_protocol::device;
 use hearth_protocol::key::{PublicKey, SecretKey};
 use hearth_protocol::mesh::admission::{self, Connection, Gate, Opening};
+use hearth_protocol::mesh::membership::{Membership, Snapshot};
 use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::sync::{self, Engine, Message, StoreRef};
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::backend::BackendKind;
 use hearth_stores::replica::{Placement, StoresReplica};
-use hearth_stores::{Kind, LocalChange, Reading, Stores, StoresConfig};
+use hearth_stores::{Kind, LocalChange, Reading, StoreMeta, Stores, StoresConfig};
 use serde_json::json;
 use tokio::sync::broadcast;
 
@@ -35,6 +36,19 @@ pub const BASE_MS: u64 = 1_767_225_600_000;
 /// network keeps running, so that replicas can converge.
 pub const DRAIN: Duration = Duration::from_secs(600);
 const DAY_US: u64 = 86_400_000_000;
+/// The name of each household's catalogue store.
+const CATALOGUE: &str = "catalogue";
+
+/// The catalogue's store id: derived from the owner key, the same on every device.
+fn catalogue_id(owner: &PublicKey) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"hearth/v1/catalogue");
+    hasher.update(owner.as_bytes());
+    let digest: [u8; 32] = hasher.finalize().into();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Shortest retransmission timeout of a reliable transport.
 const RTO_MIN_US: u64 = 200_000;
 /// Delay before a refused or failed connection is tried again.
@@ -132,6 +146,9 @@ struct Node {
     admitted: BTreeSet<u32>,
     powered: bool,
     timer: Option<u64>,
+    membership: Membership,
+    /// Each peer's membership digest, as it last sent it.
+    member_digests: BTreeMap<u32, [u8; 32]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -154,6 +171,9 @@ enum Payload {
     Sync(Vec<u8>),
     JobRequest(u64),
     JobResult(u64),
+    /// A membership exchange: the sender's digest and, if the receiver's last digest
+    /// differed, the snapshot.
+    Members([u8; 32], Option<Vec<u8>>),
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +345,28 @@ impl World {
                     node: label.clone(),
                     reason: err.to_string(),
                 })?;
+                let mut membership = Membership::new(owner.public());
+                membership
+                    .add_device(UnixMillis(BASE_MS), &certificate)
+                    .map_err(|reason| SimError::Certificate {
+                        node: label.clone(),
+                        reason,
+                    })?;
+                // Every device starts the household's catalogue: one kv store whose id
+                // comes from the owner key, held by every device.
+                let catalogue_id = catalogue_id(&owner.public());
+                stores
+                    .create_replica(StoreMeta {
+                        name: CATALOGUE.to_owned(),
+                        id: catalogue_id,
+                        kind: Kind::Kv,
+                        created: BASE_MS,
+                        window_ms: hearth_stores::DEFAULT_WINDOW_MS,
+                    })
+                    .map_err(|err| SimError::Stores {
+                        node: label.clone(),
+                        reason: err.to_string(),
+                    })?;
                 nodes.push(Node {
                     stores,
                     engine: Engine::new(sync::Config::default()),
@@ -336,6 +378,8 @@ impl World {
                     admitted: BTreeSet::new(),
                     powered: true,
                     timer: None,
+                    membership,
+                    member_digests: BTreeMap::new(),
                 });
                 node_rngs.push(rng);
                 devices.push(info);
@@ -444,7 +488,25 @@ impl World {
     }
 
     fn setup(&mut self) -> Result<(), SimError> {
+        let per = self.scenario.devices.len();
         for h in 0..self.scenario.households {
+            let first = u32::try_from(h as usize * per).unwrap_or(0);
+            if let Some(catalogue) = self.node(first).stores.get(CATALOGUE).ok() {
+                let id = catalogue.meta().id.clone();
+                let origin_name = self
+                    .devices
+                    .get(first as usize)
+                    .map_or_else(String::new, |d| d.name.clone());
+                self.catalog.insert(
+                    id,
+                    StoreEntry {
+                        household: h,
+                        origin: first,
+                        origin_name,
+                        policy: Policy::everywhere(),
+                    },
+                );
+            }
             for (s, stream) in self.scenario.streams.clone().iter().enumerate() {
                 let Some(origin) = self.node_of(h, &stream.device) else {
                     continue;
@@ -460,6 +522,23 @@ impl World {
                         reason: err.to_string(),
                     })?;
                 let id = store.meta().id.clone();
+                // The origin records the store in the catalogue.
+                if let Ok(catalogue) = node.stores.get(CATALOGUE) {
+                    let entry = json!({
+                        "name": stream.store,
+                        "kind": "timeseries",
+                        "window_ms": window,
+                        "origin": stream.device,
+                        "replicas": policy.to_string(),
+                        "created": BASE_MS,
+                    });
+                    catalogue
+                        .put(&format!("store/{id}"), entry)
+                        .map_err(|err| SimError::Stores {
+                            node: self.label(origin),
+                            reason: err.to_string(),
+                        })?;
+                }
                 let rx = store.subscribe_local();
                 if let Some(n) = self.nodes.get_mut(origin as usize) {
                     n.local.insert(id.clone(), rx);
@@ -692,6 +771,7 @@ impl World {
         // Accounting.
         let kind = match &payload {
             Payload::Admission(_) => TrafficKind::Admission,
+            Payload::Members(..) => TrafficKind::Membership,
             Payload::Sync(_) => TrafficKind::Sync,
             Payload::JobRequest(_) | Payload::JobResult(_) => TrafficKind::Job,
         };
@@ -983,6 +1063,7 @@ impl World {
                     if let Some(node) = self.nodes.get_mut(x as usize) {
                         node.admitted.insert(y);
                     }
+                    self.send_members(x, y);
                     self.with_engine(x, |e, r, now| e.handle_connected(now, y, r));
                 }
                 admission::Event::Refused { .. } => {
@@ -993,6 +1074,21 @@ impl World {
                 admission::Event::Joined(_) | admission::Event::Welcomed(_) => {}
             }
         }
+    }
+
+    /// Sends `y` this node's membership digest, and its snapshot unless `y` last
+    /// reported the same digest (what `/hearth/members/1` does right after admission).
+    fn send_members(&mut self, x: u32, y: u32) {
+        let now = self.now_ms();
+        let node = self.node(x);
+        let digest = node.membership.digest(now, &node.gate.revocations);
+        let snapshot = (node.member_digests.get(&y) != Some(&digest)).then(|| {
+            node.membership
+                .snapshot(now, &node.gate.revocations)
+                .encode()
+        });
+        let bytes = 32 + snapshot.as_ref().map_or(0, |s| s.len() as u64);
+        self.send(x, y, Payload::Members(digest, snapshot), bytes);
     }
 
     /// Handles the next event, if it is due by `until`. False when none is.
@@ -1060,6 +1156,12 @@ impl World {
                 }
             }
         }
+        let per = self.scenario.devices.len();
+        self.recorder.membership_complete = self
+            .nodes
+            .iter()
+            .filter(|n| n.membership.members(&n.gate.revocations).len() == per)
+            .count();
         self.recorder.replicas_checked = checked;
         self.recorder.replicas_divergent = divergent;
         self.recorder.nodes = self.nodes.len();
@@ -1163,6 +1265,26 @@ impl World {
                     return;
                 }
                 self.with_engine(to, |e, r, now| e.handle_message(now, &from, &bytes, r));
+            }
+            Payload::Members(digest, snapshot) => {
+                if !self.node(to).admitted.contains(&from) {
+                    self.recorder.dropped += 1;
+                    return;
+                }
+                let now = self.now_ms();
+                let Some(node) = self.nodes.get_mut(to as usize) else {
+                    return;
+                };
+                node.member_digests.insert(from, digest);
+                if let Some(bytes) = snapshot {
+                    match Snapshot::decode(&bytes) {
+                        Ok(snapshot) => {
+                            node.membership
+                                .merge(now, &snapshot, &mut node.gate.revocations);
+                        }
+                        Err(_) => self.recorder.misbehaved += 1,
+                    }
+                }
             }
             Payload::JobRequest(id) => self.job_arrived(id, to),
             Payload::JobResult(id) => self.complete(id),

@@ -1,6 +1,7 @@
 //! The sync engine's invariant at scale: 40 households of 3 devices (120 nodes), every
 //! store held by every device of its household, lossy and reordering links, random
-//! partitions and reboots; once the partitions heal, every replica equals its origin.
+//! partitions and reboots; once the partitions heal, every replica (the catalogue
+//! included) equals its origin, and every membership lists the whole household.
 
 #![allow(
     clippy::unwrap_used,
@@ -114,7 +115,8 @@ fn replicas_converge_after_random_partitions_heal_at_120_nodes() {
             .unwrap_or_else(|err| panic!("seed {seed}: {err}"));
         let ok = summary.nodes == 120
             && summary.writes > 1000
-            && summary.replicas_checked == 160
+            && summary.replicas_checked == 240
+            && summary.membership_complete == 120
             && summary.replicas_divergent == 0
             && summary.writes_converged == summary.writes
             && summary.misbehaved == 0
