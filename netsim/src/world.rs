@@ -491,7 +491,7 @@ impl World {
         let per = self.scenario.devices.len();
         for h in 0..self.scenario.households {
             let first = u32::try_from(h as usize * per).unwrap_or(0);
-            if let Some(catalogue) = self.node(first).stores.get(CATALOGUE).ok() {
+            if let Ok(catalogue) = self.node(first).stores.get(CATALOGUE) {
                 let id = catalogue.meta().id.clone();
                 let origin_name = self
                     .devices
