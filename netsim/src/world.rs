@@ -107,6 +107,8 @@ struct StoreEntry {
     origin: u32,
     origin_name: String,
     policy: Policy,
+    /// Is this the household's catalogue?
+    catalogue: bool,
 }
 
 struct SimPlacement<'a> {
@@ -504,6 +506,7 @@ impl World {
                         origin: first,
                         origin_name,
                         policy: Policy::everywhere(),
+                        catalogue: true,
                     },
                 );
             }
@@ -550,6 +553,7 @@ impl World {
                         origin,
                         origin_name: stream.device.clone(),
                         policy,
+                        catalogue: false,
                     },
                 );
                 self.stream_ids.insert((h, s), id);
@@ -789,19 +793,21 @@ impl World {
                 Message::Push { .. } | Message::Sync { .. } | Message::Chunk { .. }
             )
         {
-            let origin = message
-                .store()
-                .and_then(|id| self.catalog.get(id))
-                .map(|e| e.origin);
-            if matches!(message, Message::Push { .. }) {
+            let entry = message.store().and_then(|id| self.catalog.get(id));
+            // The catalogue is metadata (store names, kinds, policies), not raw data.
+            let raw = entry.is_some_and(|e| !e.catalogue);
+            let origin = entry.map(|e| e.origin);
+            if raw && matches!(message, Message::Push { .. }) {
                 self.recorder.pushes.push(bytes);
             }
             let to_cloud = self
                 .devices
                 .get(to as usize)
                 .is_some_and(|d| d.role == Role::Cloud);
-            self.recorder
-                .raw(origin == Some(from), wan, to_cloud, bytes);
+            if raw {
+                self.recorder
+                    .raw(origin == Some(from), wan, to_cloud, bytes);
+            }
         }
         // Faults.
         let packet = Packet {
