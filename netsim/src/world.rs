@@ -817,14 +817,20 @@ impl World {
             bytes,
             classes: &classes,
         };
-        let mut verdicts = vec![self.link_faults.verdict(&packet, &mut self.rule_rng)];
+        // The link classes' own faults go through the transport: on a reliable one a
+        // loss is a retransmission and a duplicate is discarded. Other rules act on
+        // messages as they are.
+        let reliable = self.scenario.transport == Transport::Reliable;
+        let mut verdicts = vec![(
+            self.link_faults.verdict(&packet, &mut self.rule_rng),
+            reliable,
+        )];
         for rule in &mut self.extra_rules {
-            verdicts.push(rule.verdict(&packet, &mut self.rule_rng));
+            verdicts.push((rule.verdict(&packet, &mut self.rule_rng), false));
         }
         let mut copies = 1;
         let mut delayed = false;
-        let reliable = self.scenario.transport == Transport::Reliable;
-        for v in verdicts {
+        for (v, reliable) in verdicts {
             match v {
                 Verdict::Pass => {}
                 Verdict::Drop if reliable => {
