@@ -1,0 +1,1603 @@
+//! The simulator: a virtual clock, an ordered queue of events, modelled links and the
+//! real protocol machines of every node (admission, sync engine, stores).
+//!
+//! A [`World`] is a stepper like quinn-proto's test `Pair`: [`World::step`] handles the
+//! next event, [`World::run_until`] steps to an instant. Time is in microseconds from
+//! the start of the run; the protocol machines see it as Unix milliseconds from
+//! [`BASE_MS`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hearth_protocol::capability::{Chain, RevocationSet, Role, Verifier, VerifierConfig};
+use hearth_protocol::device;
+use hearth_protocol::key::{PublicKey, SecretKey};
+use hearth_protocol::mesh::admission::{self, Connection, Gate, Opening};
+use hearth_protocol::mesh::membership::{Membership, Snapshot};
+use hearth_protocol::sync::placement::Policy;
+use hearth_protocol::sync::{self, Engine, Message, StoreRef};
+use hearth_protocol::time::UnixMillis;
+use hearth_stores::backend::BackendKind;
+use hearth_stores::replica::{Placement, StoresReplica};
+use hearth_stores::{Kind, LocalChange, Reading, StoreMeta, Stores, StoresConfig};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::fault::{LinkFaults, Packet, Partitions, Rule, Verdict};
+use crate::metrics::{ConvergenceRecord, JobRecord, Recorder, TrafficKind};
+use crate::rng::Rng;
+use crate::scenario::{AtHome, Churn, Cut, Latency, Scenario, Strategy, StreamKind, Transport};
+
+/// The Unix time (ms) at which every run starts: 2026-01-01T00:00:00Z.
+pub const BASE_MS: u64 = 1_767_225_600_000;
+/// Virtual time after the scenario's duration during which workloads stop and the
+/// network keeps running, so that replicas can converge.
+pub const DRAIN: Duration = Duration::from_secs(600);
+const DAY_US: u64 = 86_400_000_000;
+/// The name of each household's catalogue store.
+const CATALOGUE: &str = "catalogue";
+
+/// The catalogue's store id: derived from the owner key, the same on every device.
+fn catalogue_id(owner: &PublicKey) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"hearth/v1/catalogue");
+    hasher.update(owner.as_bytes());
+    let digest: [u8; 32] = hasher.finalize().into();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Shortest retransmission timeout of a reliable transport.
+const RTO_MIN_US: u64 = 200_000;
+/// Delay before a refused or failed connection is tried again.
+const RECONNECT_US: u64 = 5_000_000;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// A node's stores could not be set up.
+    #[error("cannot set up the stores of {node}: {reason}")]
+    Stores {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// A certificate could not be issued.
+    #[error("cannot issue the certificate of {node}: {reason}")]
+    Certificate {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// A scratch directory could not be made.
+    #[error("cannot make a scratch directory: {0}")]
+    Scratch(#[from] std::io::Error),
+}
+
+/// One node's identity in the world.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Its household.
+    pub household: u32,
+    /// Its name in the household's mesh.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its access link class (an index into the world's classes).
+    access: usize,
+    at_home: AtHome,
+}
+
+impl DeviceInfo {
+    /// `h003/phone`: household and name.
+    pub fn label(&self) -> String {
+        format!("h{:03}/{}", self.household, self.name)
+    }
+}
+
+/// What every node knows of a store (the catalogue's entry).
+#[derive(Debug, Clone)]
+struct StoreEntry {
+    household: u32,
+    origin: u32,
+    origin_name: String,
+    policy: Policy,
+    /// Is this the household's catalogue?
+    catalogue: bool,
+}
+
+struct SimPlacement<'a> {
+    me: u32,
+    devices: &'a [DeviceInfo],
+    catalog: &'a BTreeMap<String, StoreEntry>,
+}
+
+fn holds(devices: &[DeviceInfo], node: u32, entry: &StoreEntry) -> bool {
+    devices.get(node as usize).is_some_and(|d| {
+        d.household == entry.household && entry.policy.holds(&d.name, d.role, &entry.origin_name)
+    })
+}
+
+impl Placement<u32> for SimPlacement<'_> {
+    fn peer_holds(&self, peer: &u32, store: &StoreRef) -> bool {
+        self.catalog
+            .get(&store.id)
+            .is_some_and(|e| holds(self.devices, *peer, e))
+    }
+
+    fn we_hold(&self, _peer: &u32, store: &StoreRef) -> bool {
+        self.catalog
+            .get(&store.id)
+            .is_some_and(|e| holds(self.devices, self.me, e))
+    }
+}
+
+struct Node {
+    stores: Stores,
+    engine: Engine<u32>,
+    local: BTreeMap<String, broadcast::Receiver<LocalChange>>,
+    key: PublicKey,
+    certificate: Chain,
+    gate: Gate,
+    connections: BTreeMap<u32, Connection>,
+    admitted: BTreeSet<u32>,
+    powered: bool,
+    timer: Option<u64>,
+    membership: Membership,
+    /// Each peer's membership digest, as it last sent it.
+    member_digests: BTreeMap<u32, [u8; 32]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Resource {
+    Lan(u32),
+    Home(u32, bool),
+    Shared(bool),
+    Access(u32, bool),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Link {
+    up: bool,
+    epoch: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Payload {
+    Admission(Vec<u8>),
+    Sync(Vec<u8>),
+    JobRequest(u64),
+    JobResult(u64),
+    /// A membership exchange: the sender's digest and, if the receiver's last digest
+    /// differed, the snapshot.
+    Members([u8; 32], Option<Vec<u8>>),
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Deliver {
+        from: u32,
+        to: u32,
+        epoch: u64,
+        payload: Payload,
+    },
+    Timer(u32),
+    Reconnect,
+    AdmissionDeadline(u32, u32, u64),
+    Write(u32, usize),
+    Job(u32, usize),
+    JobRan(u64),
+    JobTimeout(u64),
+    Power(u32, bool),
+}
+
+#[derive(Debug)]
+struct Pending {
+    record: usize,
+    target: u64,
+    remaining: BTreeSet<u32>,
+}
+
+#[derive(Debug)]
+struct JobState {
+    record: usize,
+    submitter: u32,
+    executor: u32,
+    done: bool,
+}
+
+/// A simulated world of households, their devices and the links between them.
+pub struct World {
+    scenario: Scenario,
+    strategy: Strategy,
+    now: u64,
+    end: u64,
+    draining: bool,
+    clock: Arc<AtomicU64>,
+    queue: BTreeMap<(u64, u64), Event>,
+    seq: u64,
+    classes: Vec<crate::scenario::LinkClass>,
+    lan: usize,
+    home_uplink: usize,
+    shared_uplink: Option<usize>,
+    devices: Vec<DeviceInfo>,
+    nodes: Vec<Node>,
+    catalog: BTreeMap<String, StoreEntry>,
+    /// Store id per (household, stream).
+    stream_ids: BTreeMap<(u32, usize), String>,
+    links: BTreeMap<(u32, u32), Link>,
+    busy: BTreeMap<Resource, u64>,
+    fifo: BTreeMap<(u32, u32), u64>,
+    link_faults: LinkFaults,
+    partitions: Partitions,
+    extra_rules: Vec<Box<dyn Rule>>,
+    seed: u64,
+    link_rngs: BTreeMap<(u32, u32), Rng>,
+    rule_rng: Rng,
+    node_rngs: Vec<Rng>,
+    pending: BTreeMap<String, Vec<Pending>>,
+    jobs: BTreeMap<u64, JobState>,
+    next_job: u64,
+    offline_daily: Vec<(u32, u64, u64)>,
+    /// What happened, for the metrics.
+    pub recorder: Recorder,
+    events: u64,
+    _scratch: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("scenario", &self.scenario.name)
+            .field("now", &self.now)
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn seed32(rng: &mut Rng) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_be_bytes());
+    }
+    out
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn pair(a: u32, b: u32) -> (u32, u32) {
+    (a.min(b), a.max(b))
+}
+
+impl World {
+    /// Builds the world of `scenario` under `strategy`, seeded by `seed`: every node with
+    /// its keys, certificate and stores, and the first events of every workload.
+    pub fn new(scenario: &Scenario, strategy: Strategy, seed: u64) -> Result<Self, SimError> {
+        let scratch = tempfile::Builder::new().prefix("hearth-netsim").tempdir()?;
+        let clock = Arc::new(AtomicU64::new(BASE_MS));
+        let classes: Vec<crate::scenario::LinkClass> = scenario.links.values().cloned().collect();
+        let index = |name: &str| classes.iter().position(|c| c.name == name).unwrap_or(0);
+        let lan = index(&scenario.lan);
+        let home_uplink = index(&scenario.home_uplink);
+        let shared_uplink = scenario.shared_uplink.as_deref().map(index);
+        let link_faults = LinkFaults {
+            classes: classes
+                .iter()
+                .map(|c| (c.loss, c.duplicate, c.reorder, c.reorder_delay))
+                .collect(),
+        };
+        let mut devices = Vec::new();
+        let mut nodes = Vec::new();
+        let mut node_rngs = Vec::new();
+        for h in 0..scenario.households {
+            let mut owner_rng = Rng::new(Rng::child_seed(seed, &format!("owner/{h}")));
+            let owner = SecretKey::from_seed(seed32(&mut owner_rng));
+            for spec in &scenario.devices {
+                let id = u32::try_from(devices.len()).unwrap_or(u32::MAX);
+                let info = DeviceInfo {
+                    household: h,
+                    name: spec.name.clone(),
+                    role: spec.role,
+                    access: index(&spec.access),
+                    at_home: spec.at_home,
+                };
+                let label = info.label();
+                let mut rng = Rng::new(Rng::child_seed(seed, &format!("node/{label}")));
+                let secret = SecretKey::from_seed(seed32(&mut rng));
+                let key = secret.public();
+                let mut nonce = [0u8; 16];
+                nonce[..4].copy_from_slice(&id.to_be_bytes());
+                let certificate = device::issue_certificate(
+                    &owner,
+                    None,
+                    key,
+                    &spec.name,
+                    spec.role,
+                    UnixMillis(BASE_MS),
+                    UnixMillis(BASE_MS + 10 * 365 * 86_400_000),
+                    nonce,
+                )
+                .map_err(|err| SimError::Certificate {
+                    node: label.clone(),
+                    reason: err.to_string(),
+                })?;
+                let gate = Gate::new(
+                    key,
+                    Verifier::new(owner.public(), VerifierConfig::default()),
+                    RevocationSet::new(owner.public()),
+                    None,
+                );
+                let mut actor = [0u8; 16];
+                actor.copy_from_slice(&seed32(&mut rng)[..16]);
+                let c = clock.clone();
+                let stores = Stores::open(StoresConfig {
+                    root: scratch.path().join(format!("n{id}")),
+                    backend: BackendKind::Memory,
+                    actor,
+                    clock: Arc::new(move || c.load(Ordering::Relaxed)),
+                })
+                .map_err(|err| SimError::Stores {
+                    node: label.clone(),
+                    reason: err.to_string(),
+                })?;
+                let mut membership = Membership::new(owner.public());
+                membership
+                    .add_device(UnixMillis(BASE_MS), &certificate)
+                    .map_err(|reason| SimError::Certificate {
+                        node: label.clone(),
+                        reason,
+                    })?;
+                // Every device starts the household's catalogue: one kv store whose id
+                // comes from the owner key, held by every device.
+                let catalogue_id = catalogue_id(&owner.public());
+                stores
+                    .create_replica(StoreMeta {
+                        name: CATALOGUE.to_owned(),
+                        id: catalogue_id,
+                        kind: Kind::Kv,
+                        created: BASE_MS,
+                        window_ms: hearth_stores::DEFAULT_WINDOW_MS,
+                    })
+                    .map_err(|err| SimError::Stores {
+                        node: label.clone(),
+                        reason: err.to_string(),
+                    })?;
+                nodes.push(Node {
+                    stores,
+                    engine: Engine::new(sync::Config::default()),
+                    local: BTreeMap::new(),
+                    key,
+                    certificate,
+                    gate,
+                    connections: BTreeMap::new(),
+                    admitted: BTreeSet::new(),
+                    powered: true,
+                    timer: None,
+                    membership,
+                    member_digests: BTreeMap::new(),
+                });
+                node_rngs.push(rng);
+                devices.push(info);
+            }
+        }
+        let end = us(scenario.duration);
+        let mut partitions = Partitions {
+            windows: Vec::new(),
+        };
+        let nodes_named = |name: &str| -> Vec<u32> {
+            devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.name == name)
+                .filter_map(|(i, _)| u32::try_from(i).ok())
+                .collect()
+        };
+        for p in &scenario.partitions {
+            let nodes = match &p.cut {
+                Cut::Internet => None,
+                Cut::Device(name) => Some(nodes_named(name)),
+            };
+            partitions.windows.push((us(p.start), us(p.end), nodes));
+        }
+        if let Some(r) = &scenario.random_partitions {
+            let mut rng = Rng::new(Rng::child_seed(seed, "random-partitions"));
+            let n = devices.len() as u64;
+            for _ in 0..r.count {
+                let len = us(r.min) + rng.below(us(r.max) - us(r.min) + 1);
+                let start = rng.below(us(r.until) - len);
+                let cut = if rng.chance(0.2) {
+                    None
+                } else {
+                    let count = 1 + rng.below(n.min(8));
+                    Some(
+                        (0..count)
+                            .filter_map(|_| u32::try_from(rng.below(n)).ok())
+                            .collect(),
+                    )
+                };
+                partitions.windows.push((start, start + len, cut));
+            }
+        }
+        let mut world = Self {
+            scenario: scenario.clone(),
+            strategy,
+            now: 0,
+            end,
+            draining: false,
+            clock,
+            queue: BTreeMap::new(),
+            seq: 0,
+            classes,
+            lan,
+            home_uplink,
+            shared_uplink,
+            devices,
+            nodes,
+            catalog: BTreeMap::new(),
+            stream_ids: BTreeMap::new(),
+            links: BTreeMap::new(),
+            busy: BTreeMap::new(),
+            fifo: BTreeMap::new(),
+            link_faults,
+            partitions,
+            extra_rules: Vec::new(),
+            seed,
+            link_rngs: BTreeMap::new(),
+            rule_rng: Rng::new(Rng::child_seed(seed, "rules")),
+            node_rngs,
+            pending: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_job: 0,
+            offline_daily: Vec::new(),
+            recorder: Recorder::new(us(scenario.bucket)),
+            events: 0,
+            _scratch: scratch,
+        };
+        world.setup()?;
+        Ok(world)
+    }
+
+    /// Adds a fault rule; it sees every message after the link classes' own faults.
+    pub fn add_rule(&mut self, rule: Box<dyn Rule>) {
+        self.extra_rules.push(rule);
+    }
+
+    fn policy_for(&self, stream: usize) -> Policy {
+        match self.strategy {
+            Strategy::ComputeToData => self
+                .scenario
+                .streams
+                .get(stream)
+                .map_or_else(Policy::default_policy, |s| s.policy.clone()),
+            Strategy::DataToCloud => {
+                Policy::parse("origin,role:cloud").unwrap_or_else(|_| Policy::default_policy())
+            }
+            Strategy::DataToHome => Policy::default_policy(),
+        }
+    }
+
+    fn node_of(&self, household: u32, name: &str) -> Option<u32> {
+        let per = self.scenario.devices.len();
+        let i = self.scenario.devices.iter().position(|d| d.name == name)?;
+        u32::try_from(household as usize * per + i).ok()
+    }
+
+    fn setup(&mut self) -> Result<(), SimError> {
+        let per = self.scenario.devices.len();
+        for h in 0..self.scenario.households {
+            let first = u32::try_from(h as usize * per).unwrap_or(0);
+            if let Ok(catalogue) = self.node(first).stores.get(CATALOGUE) {
+                let id = catalogue.meta().id.clone();
+                let origin_name = self
+                    .devices
+                    .get(first as usize)
+                    .map_or_else(String::new, |d| d.name.clone());
+                self.catalog.insert(
+                    id,
+                    StoreEntry {
+                        household: h,
+                        origin: first,
+                        origin_name,
+                        policy: Policy::everywhere(),
+                        catalogue: true,
+                    },
+                );
+            }
+            for (s, stream) in self.scenario.streams.clone().iter().enumerate() {
+                let Some(origin) = self.node_of(h, &stream.device) else {
+                    continue;
+                };
+                let policy = self.policy_for(s);
+                let node = self.node(origin);
+                let window = u64::try_from(stream.window.as_millis()).unwrap_or(u64::MAX);
+                let store = node
+                    .stores
+                    .create(&stream.store, Kind::Timeseries, Some(window))
+                    .map_err(|err| SimError::Stores {
+                        node: self.label(origin),
+                        reason: err.to_string(),
+                    })?;
+                let id = store.meta().id.clone();
+                // The origin records the store in the catalogue.
+                if let Ok(catalogue) = node.stores.get(CATALOGUE) {
+                    let entry = json!({
+                        "name": stream.store,
+                        "kind": "timeseries",
+                        "window_ms": window,
+                        "origin": stream.device,
+                        "replicas": policy.to_string(),
+                        "created": BASE_MS,
+                    });
+                    catalogue
+                        .put(&format!("store/{id}"), entry)
+                        .map_err(|err| SimError::Stores {
+                            node: self.label(origin),
+                            reason: err.to_string(),
+                        })?;
+                }
+                let rx = store.subscribe_local();
+                if let Some(n) = self.nodes.get_mut(origin as usize) {
+                    n.local.insert(id.clone(), rx);
+                }
+                self.catalog.insert(
+                    id.clone(),
+                    StoreEntry {
+                        household: h,
+                        origin,
+                        origin_name: stream.device.clone(),
+                        policy,
+                        catalogue: false,
+                    },
+                );
+                self.stream_ids.insert((h, s), id);
+                let mut rng = Rng::new(Rng::child_seed(self.seed, &format!("stream/{h}/{s}")));
+                let first = rng.below(us(stream.every).max(1));
+                self.schedule(first, Event::Write(h, s));
+            }
+            for (j, job) in self.scenario.jobs.clone().iter().enumerate() {
+                let mut rng = Rng::new(Rng::child_seed(self.seed, &format!("job/{h}/{j}")));
+                let first = us(job.start) + rng.below(us(job.every).max(1));
+                self.schedule(first, Event::Job(h, j));
+            }
+        }
+        // Churn.
+        let days = self.end / DAY_US + 2;
+        let mut boundaries: BTreeSet<u64> = self
+            .partitions
+            .windows
+            .iter()
+            .flat_map(|(s, e, _)| [*s, *e])
+            .collect();
+        for churn in self.scenario.churn.clone() {
+            match churn {
+                Churn::OfflineDaily {
+                    device,
+                    from,
+                    until,
+                } => {
+                    for (i, d) in self.devices.iter().enumerate() {
+                        if d.name == device
+                            && let Ok(i) = u32::try_from(i)
+                        {
+                            self.offline_daily.push((i, from * 1000, until * 1000));
+                        }
+                    }
+                    for day in 0..days {
+                        boundaries.insert(day * DAY_US + from * 1000);
+                        boundaries.insert(day * DAY_US + until * 1000);
+                    }
+                }
+                Churn::Reboot {
+                    device,
+                    every,
+                    down,
+                } => {
+                    let targets: Vec<u32> = self
+                        .devices
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, d)| d.name == device)
+                        .filter_map(|(i, _)| u32::try_from(i).ok())
+                        .collect();
+                    let mut t = us(every);
+                    while t < self.end {
+                        for &n in &targets {
+                            self.schedule(t, Event::Power(n, false));
+                            self.schedule(t + us(down), Event::Power(n, true));
+                        }
+                        t += us(every);
+                    }
+                }
+            }
+        }
+        for d in &self.scenario.devices {
+            if let AtHome::Daily(a, b) = d.at_home {
+                for day in 0..days {
+                    boundaries.insert(day * DAY_US + a * 1000);
+                    boundaries.insert(day * DAY_US + b * 1000);
+                }
+            }
+        }
+        boundaries.insert(0);
+        for b in boundaries {
+            if b <= self.end + us(DRAIN) {
+                self.schedule(b, Event::Reconnect);
+            }
+        }
+        Ok(())
+    }
+
+    fn node(&self, i: u32) -> &Node {
+        // Node ids are dense indices made in `new`.
+        #[allow(clippy::indexing_slicing)]
+        &self.nodes[i as usize]
+    }
+
+    fn label(&self, i: u32) -> String {
+        self.devices
+            .get(i as usize)
+            .map_or_else(|| format!("node {i}"), DeviceInfo::label)
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), event);
+    }
+
+    fn now_ms(&self) -> UnixMillis {
+        UnixMillis(BASE_MS + self.now / 1000)
+    }
+
+    /// Virtual time, µs from the start.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The end of the scenario, µs from the start (the drain follows).
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Events handled so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    fn at_home(&self, i: u32) -> bool {
+        let Some(d) = self.devices.get(i as usize) else {
+            return false;
+        };
+        match d.at_home {
+            AtHome::Always => true,
+            AtHome::Never => false,
+            AtHome::Daily(a, b) => in_daily(self.now, a * 1000, b * 1000),
+        }
+    }
+
+    fn online(&self, i: u32) -> bool {
+        self.nodes.get(i as usize).is_some_and(|n| n.powered)
+            && !self
+                .offline_daily
+                .iter()
+                .any(|(n, a, b)| *n == i && in_daily(self.now, *a, *b))
+    }
+
+    /// The hops of the path from `a` to `b`: resource and link class; and whether it
+    /// leaves a home LAN.
+    fn path(&self, a: u32, b: u32) -> (Vec<(Resource, usize)>, bool) {
+        let (Some(da), Some(db)) = (self.devices.get(a as usize), self.devices.get(b as usize))
+        else {
+            return (Vec::new(), true);
+        };
+        let (ha, hb) = (self.at_home(a), self.at_home(b));
+        if ha && hb && da.household == db.household {
+            return (vec![(Resource::Lan(da.household), self.lan)], false);
+        }
+        let side = |node: u32, d: &DeviceInfo, home: bool, up: bool| {
+            let mut hops = Vec::new();
+            if home {
+                hops.push((Resource::Home(d.household, up), self.home_uplink));
+                if let Some(s) = self.shared_uplink {
+                    hops.push((Resource::Shared(up), s));
+                }
+            } else {
+                hops.push((Resource::Access(node, up), d.access));
+            }
+            hops
+        };
+        let mut hops = side(a, da, ha, true);
+        let mut back = side(b, db, hb, false);
+        back.reverse();
+        hops.extend(back);
+        (hops, true)
+    }
+
+    fn sample_latency(&mut self, from: u32, to: u32, class: usize) -> u64 {
+        let seed = self.seed;
+        let rng = self
+            .link_rngs
+            .entry((from, to))
+            .or_insert_with(|| Rng::new(Rng::child_seed(seed, &format!("link/{from}/{to}"))));
+        let Some(c) = self.classes.get(class) else {
+            return 0;
+        };
+        match c.latency {
+            Latency::Fixed(d) => us(d),
+            Latency::Uniform { base, spread } => {
+                let f = 1.0 - spread + 2.0 * spread * rng.unit();
+                to_us(base.as_secs_f64() * f)
+            }
+            Latency::LogNormal { median, sigma } => {
+                let f = (sigma * rng.normal()).exp();
+                to_us(median.as_secs_f64() * f)
+            }
+        }
+    }
+
+    /// Sends `payload` of `bytes` from `from` to `to` over their link, if it is up.
+    fn send(&mut self, from: u32, to: u32, payload: Payload, bytes: u64) {
+        let link = self.links.get(&pair(from, to)).copied().unwrap_or_default();
+        if !link.up {
+            self.recorder.lost_on_cut += 1;
+            return;
+        }
+        let (hops, wan) = self.path(from, to);
+        let mut t = self.now;
+        let mut latency = 0;
+        let mut classes = Vec::with_capacity(hops.len());
+        for (resource, class) in &hops {
+            let bps = self
+                .classes
+                .get(*class)
+                .map_or(1, |c| c.bits_per_second.max(1));
+            let ser = u64::try_from((u128::from(bytes) * 8 * 1_000_000).div_ceil(u128::from(bps)))
+                .unwrap_or(u64::MAX);
+            let busy = self.busy.entry(*resource).or_insert(0);
+            let start = t.max(*busy);
+            *busy = start + ser;
+            t = start + ser;
+            latency += self.sample_latency(from, to, *class);
+            classes.push(*class);
+        }
+        let mut arrival = t + latency;
+        // Accounting.
+        let kind = match &payload {
+            Payload::Admission(_) => TrafficKind::Admission,
+            Payload::Members(..) => TrafficKind::Membership,
+            Payload::Sync(_) => TrafficKind::Sync,
+            Payload::JobRequest(_) | Payload::JobResult(_) => TrafficKind::Job,
+        };
+        for class in &classes {
+            let name = self
+                .classes
+                .get(*class)
+                .map_or_else(String::new, |c| c.name.clone());
+            self.recorder.traffic(self.now, &name, kind, bytes);
+        }
+        if let Payload::Sync(data) = &payload
+            && let Ok(message) = Message::decode(data)
+            && matches!(
+                message,
+                Message::Push { .. } | Message::Sync { .. } | Message::Chunk { .. }
+            )
+        {
+            let entry = message.store().and_then(|id| self.catalog.get(id));
+            // The catalogue is metadata (store names, kinds, policies), not raw data.
+            let raw = entry.is_some_and(|e| !e.catalogue);
+            let origin = entry.map(|e| e.origin);
+            if raw && matches!(message, Message::Push { .. }) {
+                self.recorder.pushes.push(bytes);
+            }
+            let to_cloud = self
+                .devices
+                .get(to as usize)
+                .is_some_and(|d| d.role == Role::Cloud);
+            if raw {
+                self.recorder
+                    .raw(origin == Some(from), wan, to_cloud, bytes);
+            }
+        }
+        // Faults.
+        let packet = Packet {
+            now: self.now,
+            from,
+            to,
+            bytes,
+            classes: &classes,
+        };
+        // The link classes' own faults go through the transport: on a reliable one a
+        // loss is a retransmission and a duplicate is discarded. Other rules act on
+        // messages as they are.
+        let reliable = self.scenario.transport == Transport::Reliable;
+        let mut verdicts = vec![(
+            self.link_faults.verdict(&packet, &mut self.rule_rng),
+            reliable,
+        )];
+        for rule in &mut self.extra_rules {
+            verdicts.push((rule.verdict(&packet, &mut self.rule_rng), false));
+        }
+        let mut copies = 1;
+        let mut delayed = false;
+        for (v, reliable) in verdicts {
+            match v {
+                Verdict::Pass => {}
+                Verdict::Drop if reliable => {
+                    // Sent again after a retransmission timeout.
+                    self.recorder.retransmitted += 1;
+                    arrival += (3 * latency).max(RTO_MIN_US);
+                    delayed = true;
+                }
+                Verdict::Drop => {
+                    self.recorder.dropped += 1;
+                    return;
+                }
+                Verdict::Duplicate if reliable => {}
+                Verdict::Duplicate => copies = 2,
+                Verdict::Delay(d) => {
+                    arrival += us(d);
+                    delayed = true;
+                }
+            }
+        }
+        if !delayed {
+            // A connection delivers in order: a message never overtakes an earlier one.
+            let last = self.fifo.entry((from, to)).or_insert(0);
+            arrival = arrival.max(*last);
+            *last = arrival;
+        }
+        if copies > 1 {
+            self.recorder.duplicated += 1;
+            self.schedule(
+                arrival,
+                Event::Deliver {
+                    from,
+                    to,
+                    epoch: link.epoch,
+                    payload: payload.clone(),
+                },
+            );
+        }
+        self.schedule(
+            arrival,
+            Event::Deliver {
+                from,
+                to,
+                epoch: link.epoch,
+                payload,
+            },
+        );
+    }
+
+    /// Runs `f` on node `i`'s engine with its replica, then sends what it queued.
+    fn with_engine(
+        &mut self,
+        i: u32,
+        f: impl FnOnce(&mut Engine<u32>, &mut StoresReplica<'_, SimPlacement<'_>>, UnixMillis),
+    ) {
+        let now = self.now_ms();
+        let placement = SimPlacement {
+            me: i,
+            devices: &self.devices,
+            catalog: &self.catalog,
+        };
+        let Some(node) = self.nodes.get_mut(i as usize) else {
+            return;
+        };
+        let mut replica = StoresReplica::new(&node.stores, &placement, now.0);
+        f(&mut node.engine, &mut replica, now);
+        self.flush(i);
+    }
+
+    fn flush(&mut self, i: u32) {
+        loop {
+            let Some(node) = self.nodes.get_mut(i as usize) else {
+                return;
+            };
+            let mut out = Vec::new();
+            while let Some(t) = node.engine.poll_transmit() {
+                out.push(t);
+            }
+            let mut events = Vec::new();
+            while let Some(e) = node.engine.poll_event() {
+                events.push(e);
+            }
+            if out.is_empty() && events.is_empty() {
+                break;
+            }
+            for (to, bytes) in out {
+                let len = bytes.len() as u64;
+                self.send(i, to, Payload::Sync(bytes), len);
+            }
+            for event in events {
+                match event {
+                    sync::Event::Received { store, .. } => self.reached(i, &store),
+                    sync::Event::Misbehaved { peer, .. } => {
+                        self.recorder.misbehaved += 1;
+                        self.link_down(i, peer);
+                    }
+                    sync::Event::LocalError { .. } => self.recorder.local_errors += 1,
+                    sync::Event::Sent { .. } => {}
+                }
+            }
+        }
+        self.arm(i);
+    }
+
+    fn arm(&mut self, i: u32) {
+        let Some(node) = self.nodes.get(i as usize) else {
+            return;
+        };
+        let Some(due) = node.engine.poll_timeout() else {
+            return;
+        };
+        let t = due.0.saturating_sub(BASE_MS).saturating_mul(1000);
+        let at = if t > self.now { t } else { self.now + 1000 };
+        if node
+            .timer
+            .is_some_and(|armed| armed <= at && armed > self.now)
+        {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(i as usize) {
+            node.timer = Some(at);
+        }
+        self.schedule(at, Event::Timer(i));
+    }
+
+    /// Data reached node `i` for `store`: writes it now holds have reached it.
+    fn reached(&mut self, i: u32, store: &str) {
+        let Some(list) = self.pending.get_mut(store) else {
+            return;
+        };
+        let records = self
+            .nodes
+            .get(i as usize)
+            .and_then(|n| n.stores.get_by_id(store))
+            .and_then(|s| s.records().ok())
+            .unwrap_or(0);
+        let now = self.now;
+        let recorder = &mut self.recorder;
+        list.retain_mut(|p| {
+            if p.target <= records {
+                p.remaining.remove(&i);
+            }
+            if p.remaining.is_empty() {
+                if let Some(r) = recorder.convergence.get_mut(p.record) {
+                    r.converged_us = Some(now);
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Brings links up and down to match who is online and what the rules cut.
+    fn reconnect(&mut self) {
+        let per = self.scenario.devices.len();
+        let total = u32::try_from(self.nodes.len()).unwrap_or(0);
+        let mut a = 0u32;
+        while a < total {
+            let household_end = (a as usize / per + 1) * per;
+            for b in a + 1..u32::try_from(household_end).unwrap_or(0).min(total) {
+                let (_, wan) = self.path(a, b);
+                let want = self.online(a)
+                    && self.online(b)
+                    && !self.partitions.cuts(self.now, a, b, wan)
+                    && !self.extra_rules.iter().any(|r| r.cuts(self.now, a, b, wan));
+                let up = self.links.get(&(a, b)).is_some_and(|l| l.up);
+                if want && !up {
+                    self.link_up(a, b);
+                } else if !want && up {
+                    self.link_down(a, b);
+                }
+            }
+            a += 1;
+        }
+    }
+
+    fn link_up(&mut self, a: u32, b: u32) {
+        let link = self.links.entry(pair(a, b)).or_default();
+        link.up = true;
+        link.epoch += 1;
+        let epoch = link.epoch;
+        let now = self.now_ms();
+        let config = admission::Config::default();
+        for (x, y) in [(a, b), (b, a)] {
+            let remote = self.node(y).key;
+            let opening = Opening::Member(self.node(x).certificate.clone());
+            if let Some(node) = self.nodes.get_mut(x as usize) {
+                node.connections
+                    .insert(y, Connection::new(now, remote, opening, &config));
+            }
+        }
+        self.admission_flush(a, b);
+        self.admission_flush(b, a);
+        self.schedule(
+            self.now + us(config.deadline),
+            Event::AdmissionDeadline(a, b, epoch),
+        );
+    }
+
+    fn link_down(&mut self, a: u32, b: u32) {
+        let link = self.links.entry(pair(a, b)).or_default();
+        if !link.up {
+            return;
+        }
+        link.up = false;
+        link.epoch += 1;
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(node) = self.nodes.get_mut(x as usize) {
+                node.connections.remove(&y);
+                if node.admitted.remove(&y) {
+                    node.engine.handle_disconnected(&y);
+                }
+            }
+        }
+    }
+
+    /// Sends what the admission of `x`'s connection to `y` queued, and acts on its events.
+    fn admission_flush(&mut self, x: u32, y: u32) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        if let Some(conn) = self
+            .nodes
+            .get_mut(x as usize)
+            .and_then(|n| n.connections.get_mut(&y))
+        {
+            while let Some(m) = conn.poll_transmit() {
+                out.push(m);
+            }
+            while let Some(e) = conn.poll_event() {
+                events.push(e);
+            }
+        }
+        for m in out {
+            let len = m.len() as u64;
+            self.send(x, y, Payload::Admission(m), len);
+        }
+        for e in events {
+            match e {
+                admission::Event::Admitted(_) => {
+                    self.recorder.admissions += 1;
+                    if let Some(node) = self.nodes.get_mut(x as usize) {
+                        node.admitted.insert(y);
+                    }
+                    self.send_members(x, y);
+                    self.with_engine(x, |e, r, now| e.handle_connected(now, y, r));
+                }
+                admission::Event::Refused { .. } => {
+                    self.recorder.refused += 1;
+                    self.link_down(x, y);
+                    self.schedule(self.now + RECONNECT_US, Event::Reconnect);
+                }
+                admission::Event::Joined(_) | admission::Event::Welcomed(_) => {}
+            }
+        }
+    }
+
+    /// Sends `y` this node's membership digest, and its snapshot unless `y` last
+    /// reported the same digest (what `/hearth/members/1` does right after admission).
+    fn send_members(&mut self, x: u32, y: u32) {
+        let now = self.now_ms();
+        let node = self.node(x);
+        let digest = node.membership.digest(now, &node.gate.revocations);
+        let snapshot = (node.member_digests.get(&y) != Some(&digest)).then(|| {
+            node.membership
+                .snapshot(now, &node.gate.revocations)
+                .encode()
+        });
+        let bytes = 32 + snapshot.as_ref().map_or(0, |s| s.len() as u64);
+        self.send(x, y, Payload::Members(digest, snapshot), bytes);
+    }
+
+    /// Handles the next event, if it is due by `until`. False when none is.
+    pub fn step(&mut self, until: u64) -> bool {
+        let Some((&(at, seq), _)) = self.queue.first_key_value() else {
+            return false;
+        };
+        if at > until {
+            return false;
+        }
+        let Some(event) = self.queue.remove(&(at, seq)) else {
+            return false;
+        };
+        self.now = self.now.max(at);
+        self.clock
+            .store(BASE_MS + self.now / 1000, Ordering::Relaxed);
+        self.events += 1;
+        self.handle(event);
+        true
+    }
+
+    /// Steps until `until` (µs) or until nothing is left to do.
+    pub fn run_until(&mut self, until: u64, progress: &mut dyn FnMut(u64)) {
+        while self.step(until) {
+            if self.events.is_multiple_of(4096) {
+                progress(self.now);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs the scenario to its end, then the drain; returns the records.
+    pub fn run(mut self, progress: &mut dyn FnMut(u64, u64)) -> Recorder {
+        let end = self.end;
+        let total = end + us(DRAIN);
+        self.run_until(end, &mut |now| progress(now, total));
+        self.recorder.unconverged_at_end = self.pending.values().map(Vec::len).sum();
+        self.draining = true;
+        self.run_until(total, &mut |now| progress(now, total));
+        progress(total, total);
+        self.finish()
+    }
+
+    fn finish(mut self) -> Recorder {
+        // Every holder's replica against the origin's.
+        let mut divergent = 0;
+        let mut checked = 0;
+        for (id, entry) in &self.catalog {
+            let Some(origin) = self
+                .nodes
+                .get(entry.origin as usize)
+                .and_then(|n| n.stores.get_by_id(id))
+            else {
+                continue;
+            };
+            let digest = origin.digest();
+            for (i, node) in self.nodes.iter().enumerate() {
+                let Ok(i) = u32::try_from(i) else { continue };
+                if i == entry.origin || !holds(&self.devices, i, entry) {
+                    continue;
+                }
+                checked += 1;
+                if node.stores.get_by_id(id).map(|s| s.digest()) != Some(digest) {
+                    divergent += 1;
+                }
+            }
+        }
+        let per = self.scenario.devices.len();
+        self.recorder.membership_complete = self
+            .nodes
+            .iter()
+            .filter(|n| n.membership.members(&n.gate.revocations).len() == per)
+            .count();
+        self.recorder.replicas_checked = checked;
+        self.recorder.replicas_divergent = divergent;
+        self.recorder.nodes = self.nodes.len();
+        self.recorder.events = self.events;
+        self.recorder.end_us = self.end;
+        self.recorder
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver {
+                from,
+                to,
+                epoch,
+                payload,
+            } => self.deliver(from, to, epoch, payload),
+            Event::Timer(i) => {
+                let now_ms = self.now_ms();
+                let Some(node) = self.nodes.get_mut(i as usize) else {
+                    return;
+                };
+                if node.timer.is_some_and(|t| t <= self.now) {
+                    node.timer = None;
+                }
+                if node.engine.poll_timeout().is_some_and(|d| d <= now_ms) {
+                    self.with_engine(i, |e, r, now| e.handle_timeout(now, r));
+                } else {
+                    self.arm(i);
+                }
+            }
+            Event::Reconnect => self.reconnect(),
+            Event::AdmissionDeadline(a, b, epoch) => {
+                if self
+                    .links
+                    .get(&pair(a, b))
+                    .is_some_and(|l| l.epoch == epoch && l.up)
+                {
+                    let now = self.now_ms();
+                    for (x, y) in [(a, b), (b, a)] {
+                        if let Some(c) = self
+                            .nodes
+                            .get_mut(x as usize)
+                            .and_then(|n| n.connections.get_mut(&y))
+                        {
+                            c.handle_timeout(now);
+                        }
+                        self.admission_flush(x, y);
+                    }
+                }
+            }
+            Event::Write(h, s) => self.write(h, s),
+            Event::Job(h, j) => self.submit(h, j),
+            Event::JobRan(id) => self.job_ran(id),
+            Event::JobTimeout(id) => {
+                if let Some(job) = self.jobs.get_mut(&id)
+                    && !job.done
+                {
+                    job.done = true;
+                    if let Some(r) = self.recorder.jobs.get_mut(job.record) {
+                        r.outcome = "timeout";
+                    }
+                }
+            }
+            Event::Power(i, on) => {
+                if let Some(node) = self.nodes.get_mut(i as usize) {
+                    node.powered = on;
+                    if on {
+                        // A reboot: the engine starts afresh; the stores are on disk.
+                        node.engine = Engine::new(sync::Config::default());
+                        node.timer = None;
+                    }
+                }
+                self.reconnect();
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: u32, to: u32, epoch: u64, payload: Payload) {
+        if !self
+            .links
+            .get(&pair(from, to))
+            .is_some_and(|l| l.up && l.epoch == epoch)
+        {
+            self.recorder.lost_on_cut += 1;
+            return;
+        }
+        match payload {
+            Payload::Admission(bytes) => {
+                let now = self.now_ms();
+                if let Some(node) = self.nodes.get_mut(to as usize)
+                    && let Some(conn) = node.connections.get_mut(&from)
+                {
+                    conn.handle_message(now, &bytes, &mut node.gate);
+                }
+                self.admission_flush(to, from);
+            }
+            Payload::Sync(bytes) => {
+                if !self.node(to).admitted.contains(&from) {
+                    // Nothing is served before admission.
+                    self.recorder.dropped += 1;
+                    return;
+                }
+                self.with_engine(to, |e, r, now| e.handle_message(now, &from, &bytes, r));
+            }
+            Payload::Members(digest, snapshot) => {
+                if !self.node(to).admitted.contains(&from) {
+                    self.recorder.dropped += 1;
+                    return;
+                }
+                let now = self.now_ms();
+                let Some(node) = self.nodes.get_mut(to as usize) else {
+                    return;
+                };
+                node.member_digests.insert(from, digest);
+                if let Some(bytes) = snapshot {
+                    match Snapshot::decode(&bytes) {
+                        Ok(snapshot) => {
+                            node.membership
+                                .merge(now, &snapshot, &mut node.gate.revocations);
+                        }
+                        Err(_) => self.recorder.misbehaved += 1,
+                    }
+                }
+            }
+            Payload::JobRequest(id) => self.job_arrived(id, to),
+            Payload::JobResult(id) => self.complete(id),
+        }
+    }
+
+    fn write(&mut self, h: u32, s: usize) {
+        let Some(stream) = self.scenario.streams.get(s).cloned() else {
+            return;
+        };
+        if self.draining {
+            return;
+        }
+        self.schedule(self.now + us(stream.every), Event::Write(h, s));
+        let Some(origin) = self.node_of(h, &stream.device) else {
+            return;
+        };
+        if !self.node(origin).powered {
+            return;
+        }
+        let Some(id) = self.stream_ids.get(&(h, s)).cloned() else {
+            return;
+        };
+        let now_ms = self.now_ms().0;
+        let rng = match self.node_rngs.get_mut(origin as usize) {
+            Some(rng) => rng,
+            None => return,
+        };
+        let readings: Vec<Reading> = (0..u64::from(stream.batch))
+            .map(|k| {
+                let value = match stream.kind {
+                    StreamKind::Sensor => json!({ "celsius": round2(15.0 + 10.0 * rng.unit()) }),
+                    StreamKind::Location => json!({
+                        "lat": round5(51.5 + 0.05 * rng.unit()),
+                        "lon": round5(-0.12 + 0.05 * rng.unit()),
+                        "acc": 5 + rng.below(30),
+                    }),
+                };
+                Reading::new(now_ms + k, value)
+            })
+            .collect();
+        let Some(store) = self.node(origin).stores.get_by_id(&id) else {
+            return;
+        };
+        if store.append(readings).is_err() {
+            self.recorder.local_errors += 1;
+            return;
+        }
+        let target = store.records().unwrap_or(0);
+        // Who must receive it.
+        let remaining: BTreeSet<u32> = match self.catalog.get(&id) {
+            Some(entry) => (0..u32::try_from(self.devices.len()).unwrap_or(0))
+                .filter(|&n| n != origin && holds(&self.devices, n, entry))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        if !remaining.is_empty() {
+            let record = self.recorder.convergence.len();
+            self.recorder.convergence.push(ConvergenceRecord {
+                store: stream.store.clone(),
+                origin: self.label(origin),
+                written_us: self.now,
+                converged_us: None,
+            });
+            self.pending.entry(id.clone()).or_default().push(Pending {
+                record,
+                target,
+                remaining,
+            });
+        }
+        self.pump_local(origin);
+    }
+
+    /// Hands the node's local writes to its engine.
+    fn pump_local(&mut self, i: u32) {
+        let mut changes = Vec::new();
+        if let Some(node) = self.nodes.get_mut(i as usize) {
+            for (id, rx) in &mut node.local {
+                loop {
+                    match rx.try_recv() {
+                        Ok(change) => changes.push((id.clone(), change)),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        for (id, change) in changes {
+            self.with_engine(i, |e, r, now| {
+                e.local_change(now, &id, &change.units, change.before, r);
+            });
+        }
+    }
+
+    fn reachable(&self, from: u32, to: u32) -> bool {
+        from == to
+            || (self.node(from).admitted.contains(&to) && self.node(to).admitted.contains(&from))
+    }
+
+    fn executor(&self, h: u32, submitter: u32, reads: &[String]) -> Option<u32> {
+        let per = self.scenario.devices.len();
+        let first = u32::try_from(h as usize * per).ok()?;
+        let last = u32::try_from((h as usize + 1) * per).ok()?;
+        let mut best: Option<(u8, u8, u32)> = None;
+        for n in first..last {
+            let d = self.devices.get(n as usize)?;
+            let fits = match self.strategy {
+                Strategy::DataToCloud => d.role == Role::Cloud,
+                Strategy::DataToHome => d.role == Role::Home,
+                Strategy::ComputeToData => reads.iter().all(|store| {
+                    self.scenario
+                        .streams
+                        .iter()
+                        .position(|s| &s.store == store)
+                        .and_then(|s| self.stream_ids.get(&(h, s)))
+                        .and_then(|id| self.catalog.get(id))
+                        .is_some_and(|e| holds(&self.devices, n, e))
+                }),
+            };
+            if !fits || !self.node(n).powered || !self.reachable(submitter, n) {
+                continue;
+            }
+            let role = match d.role {
+                Role::Home => 0,
+                Role::Cloud => 1,
+                Role::Mobile => 2,
+            };
+            let key = (role, u8::from(n != submitter), n);
+            if best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, n)| n)
+    }
+
+    fn submit(&mut self, h: u32, j: usize) {
+        let Some(job) = self.scenario.jobs.get(j).cloned() else {
+            return;
+        };
+        if self.draining {
+            return;
+        }
+        self.schedule(self.now + us(job.every), Event::Job(h, j));
+        let Some(submitter) = self.node_of(h, &job.from) else {
+            return;
+        };
+        if !self.node(submitter).powered {
+            return;
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        let record = self.recorder.jobs.len();
+        let executor = self.executor(h, submitter, &job.reads);
+        self.recorder.jobs.push(JobRecord {
+            job: job.name.clone(),
+            from: self.label(submitter),
+            ran_on: executor.map(|e| self.label(e)),
+            submitted_us: self.now,
+            outcome: "pending",
+            latency_us: None,
+            records_scanned: 0,
+            records_missing: 0,
+            during_partition: self.partitions.active(self.now),
+        });
+        let Some(executor) = executor else {
+            if let Some(r) = self.recorder.jobs.get_mut(record) {
+                r.outcome = "unavailable";
+            }
+            return;
+        };
+        self.jobs.insert(
+            id,
+            JobState {
+                record,
+                submitter,
+                executor,
+                done: false,
+            },
+        );
+        self.schedule(self.now + us(job.timeout), Event::JobTimeout(id));
+        if executor == submitter {
+            self.job_arrived(id, executor);
+        } else {
+            self.send(
+                submitter,
+                executor,
+                Payload::JobRequest(id),
+                job.request_bytes,
+            );
+        }
+    }
+
+    fn job_arrived(&mut self, id: u64, at: u32) {
+        let Some(state) = self.jobs.get(&id) else {
+            return;
+        };
+        let Some(record) = self.recorder.jobs.get(state.record) else {
+            return;
+        };
+        let Some(spec) = self
+            .scenario
+            .jobs
+            .iter()
+            .find(|j| j.name == record.job)
+            .cloned()
+        else {
+            return;
+        };
+        if !self.node(at).powered {
+            return;
+        }
+        let h = self.devices.get(at as usize).map_or(0, |d| d.household);
+        let mut scanned = 0;
+        let mut missing = 0;
+        for store in &spec.reads {
+            let Some(id) = self
+                .scenario
+                .streams
+                .iter()
+                .position(|s| &s.store == store)
+                .and_then(|s| self.stream_ids.get(&(h, s)))
+            else {
+                continue;
+            };
+            let here = self
+                .node(at)
+                .stores
+                .get_by_id(id)
+                .and_then(|s| s.records().ok())
+                .unwrap_or(0);
+            let at_origin = self
+                .catalog
+                .get(id)
+                .and_then(|e| self.node(e.origin).stores.get_by_id(id))
+                .and_then(|s| s.records().ok())
+                .unwrap_or(0);
+            scanned += here;
+            missing += at_origin.saturating_sub(here);
+        }
+        if let Some(r) = self
+            .jobs
+            .get(&id)
+            .and_then(|s| self.recorder.jobs.get_mut(s.record))
+        {
+            r.records_scanned = scanned;
+            r.records_missing = missing;
+        }
+        let cost = us(spec.overhead) + us(spec.per_record).saturating_mul(scanned);
+        self.schedule(self.now + cost, Event::JobRan(id));
+    }
+
+    fn job_ran(&mut self, id: u64) {
+        let Some(state) = self.jobs.get(&id) else {
+            return;
+        };
+        let (submitter, executor) = (state.submitter, state.executor);
+        if submitter == executor {
+            return self.complete(id);
+        }
+        let bytes = self
+            .recorder
+            .jobs
+            .get(state.record)
+            .and_then(|r| self.scenario.jobs.iter().find(|j| j.name == r.job))
+            .map_or(0, |j| j.result_bytes);
+        self.send(executor, submitter, Payload::JobResult(id), bytes);
+    }
+
+    fn complete(&mut self, id: u64) {
+        let Some(state) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if state.done {
+            return;
+        }
+        state.done = true;
+        if let Some(r) = self.recorder.jobs.get_mut(state.record) {
+            r.outcome = "ok";
+            r.latency_us = Some(self.now - r.submitted_us);
+        }
+    }
+}
+
+fn in_daily(now: u64, from: u64, until: u64) -> bool {
+    let t = now % DAY_US;
+    if from <= until {
+        from <= t && t < until
+    } else {
+        t >= from || t < until
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn to_us(seconds: f64) -> u64 {
+    (seconds * 1_000_000.0).round().max(0.0) as u64
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn round5(x: f64) -> f64 {
+    (x * 100_000.0).round() / 100_000.0
+}
