@@ -483,6 +483,7 @@ fn bad_messages_disconnect_the_peer_and_change_nothing() {
         Message::Push {
             store: settings_id.clone(),
             unit: Unit::Whole,
+            digest: [0; 32],
             data: b"not automerge".to_vec(),
         }
         .encode(),
@@ -495,6 +496,7 @@ fn bad_messages_disconnect_the_peer_and_change_nothing() {
         Message::Push {
             store: sensor_id.clone(),
             unit: Unit::Whole,
+            digest: [0; 32],
             data: Vec::new(),
         }
         .encode(),

@@ -7,7 +7,8 @@
 //! 3 Units    str id, varint n, n × unit-heads
 //! 4 Sync     str id, unit, bytes               an automerge sync message
 //! 5 Chunk    str id, varint start, bytes       a closed chunk, whole (an automerge save)
-//! 6 Push     str id, unit, bytes               new changes of a local write
+//! 6 Push     str id, unit, digest(32), bytes   new changes of a local write, and the
+//!                                              sender's digest once they are applied
 //! 7 Have     str id, digest(32), varint records
 //!
 //! store       = str id, str name, u8 kind (1 kv, 2 timeseries, 3 doc), varint window_ms
@@ -147,6 +148,8 @@ pub enum Message {
         store: String,
         /// The unit written.
         unit: Unit,
+        /// The sender's digest of the store with the write applied.
+        digest: Digest,
         /// Encoded automerge changes.
         data: Vec<u8>,
     },
@@ -242,10 +245,16 @@ impl Message {
                 w.varint(*start);
                 write_bytes(&mut w, data);
             }
-            Message::Push { store, unit, data } => {
+            Message::Push {
+                store,
+                unit,
+                digest,
+                data,
+            } => {
                 w.u8(6);
                 w.str(store);
                 write_unit(&mut w, *unit);
+                w.raw(digest);
                 write_bytes(&mut w, data);
             }
             Message::Have {
@@ -344,6 +353,7 @@ impl Message {
             6 => Message::Push {
                 store: read_id(&mut r)?,
                 unit: read_unit(&mut r)?,
+                digest: r.array("digest")?,
                 data: read_bytes(&mut r, "changes")?,
             },
             7 => Message::Have {
@@ -425,6 +435,7 @@ mod tests {
             Message::Push {
                 store: "s".into(),
                 unit: Unit::Chunk(0),
+                digest: [6; 32],
                 data: vec![],
             },
             Message::Have {

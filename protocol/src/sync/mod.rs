@@ -452,6 +452,7 @@ impl<P: Ord + Clone> Engine<P> {
                 Message::Push {
                     store: store.to_owned(),
                     unit: *unit,
+                    digest: after,
                     data: data.as_ref().to_vec(),
                 }
                 .encode()
@@ -515,9 +516,19 @@ impl<P: Ord + Clone> Engine<P> {
             Message::Chunk { store, start, data } => {
                 self.on_data(now, peer, &store, Data::Chunk(start), &data, replica)
             }
-            Message::Push { store, unit, data } => {
-                self.on_data(now, peer, &store, Data::Changes(unit), &data, replica)
-            }
+            Message::Push {
+                store,
+                unit,
+                digest,
+                data,
+            } => self.on_data(
+                now,
+                peer,
+                &store,
+                Data::Changes(unit, digest),
+                &data,
+                replica,
+            ),
             Message::Have {
                 store,
                 digest,
@@ -795,7 +806,7 @@ impl<P: Ord + Clone> Engine<P> {
         let before = replica.digest(store).ok();
         let applied = match what {
             Data::Chunk(start) => replica.merge_chunk(store, start, data),
-            Data::Changes(unit) => replica.apply(store, unit, data),
+            Data::Changes(unit, _) => replica.apply(store, unit, data),
         };
         let len = data.len();
         match applied {
@@ -807,6 +818,16 @@ impl<P: Ord + Clone> Engine<P> {
             }
         }
         self.after_data(now, peer, store, len, before, replica);
+        if let Data::Changes(_, theirs) = what
+            && replica.digest(store).ok() == Some(theirs)
+        {
+            // The push says what the sender holds with it: we now hold the same.
+            let records = replica.records(store);
+            if let Some(s) = self.peer_store(peer, store) {
+                s.confirmed = Some((theirs, records));
+                s.due = None;
+            }
+        }
         self.send_have(peer, store, replica);
         Ok(())
     }
@@ -886,11 +907,6 @@ impl<P: Ord + Clone> Engine<P> {
             s.units_sent = false;
             s.syncs.clear();
             s.backoff = retry;
-            // The peer confirmed it holds what we hold; if it has not heard the same
-            // from us (after pushes it received, say), tell it, once.
-            if s.told != Some(digest) {
-                self.send_have(peer, store, replica);
-            }
         } else {
             let at = now.saturating_add(settle);
             s.due = Some(s.due.map_or(at, |d| d.max(at)));
@@ -1050,6 +1066,6 @@ fn sorted(heads: &[Head]) -> Vec<Head> {
 enum Data {
     /// A closed chunk, whole.
     Chunk(u64),
-    /// Pushed changes of one unit.
-    Changes(Unit),
+    /// Pushed changes of one unit, and the sender's digest with them applied.
+    Changes(Unit, Digest),
 }
