@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, as far as Hearth is built: create a mesh, make a developer key,
 # review and approve a computation's manifest, delegate a narrower capability to an
-# app, and show that a key that does not hold a capability is refused.
+# app, show that a key that does not hold a capability is refused, run a node, pair a
+# phone, feed drivers (os-monitor; OwnTracks over http-ingest) and watch the track
+# replicate by policy.
 # Everything happens in a temporary directory that is removed at the end
 # (pass --keep to leave it).
 set -euo pipefail
@@ -99,19 +101,33 @@ done
 "$hearth" --data-dir home status
 "$hearth" --data-dir phone devices
 
-say "The phone records a short walk in its own store; by the default policy it stays on the phone and the home device."
-"$hearth" --data-dir phone store create location --kind timeseries --description "where the phone was"
-walk=$(( $(date +%s) * 1000 - 600000 ))
-for i in $(seq 0 9); do
-    printf '{"ts": %d, "value": {"lat": 52.37%02d, "lon": 4.89%02d}}\n' $(( walk + i * 60000 )) "$i" "$i"
-done | "$hearth" --data-dir phone store append location -
+say "The home device watches itself: an os-monitor driver writes load, CPU, memory and disk every 2 s."
+"$hearth" --data-dir home driver add os-monitor --interval 2s
+sleep 2.5
+"$hearth" --data-dir home store read os-monitor --latest
+
+say "The phone takes its own location track as the OwnTracks app posts it: an http-ingest driver on the phone."
+added=$("$hearth" --data-dir phone --json driver add http-ingest --listen 127.0.0.1:0 --store location \
+    --description "where the phone was")
+url=$(echo "$added" | sed -n 's/.*"url":"\([^"]*\)".*/\1/p')
+user=$(echo "$added" | sed -n 's/.*"user":"\([^"]*\)".*/\1/p')
+password=$(echo "$added" | sed -n 's/.*"password":"\([^"]*\)".*/\1/p')
+echo "endpoint: $url/owntracks (user $user)"
+for body in "$OLDPWD"/tests/fixtures/owntracks/*.json; do
+    curl -sS -u "$user:$password" -H 'Content-Type: application/json' -H 'X-Limit-U: anna' -H 'X-Limit-D: phone' \
+        --data-binary "@$body" "$url/owntracks"
+    echo "  <- $(basename "$body")"
+done
+"$hearth" --data-dir phone driver ls
+
+say "By the default policy (origin,role:home) the track lives on the phone and the home device, nowhere else."
 for _ in $(seq 1 100); do
     "$hearth" --data-dir phone --json status 2>/dev/null | grep -q '"device":"home","in_sync":true' && break
     sleep 0.1
 done
 "$hearth" --data-dir phone status
 echo "read on the home device:"
-"$hearth" --data-dir home store read location --last 2
+"$hearth" --data-dir home store read location
 "$hearth" --data-dir home store ls
 
 say "Every request was written to the tamper-evident audit log."

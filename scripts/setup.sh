@@ -36,3 +36,15 @@ if ! need_cmd mosquitto || ! need_cmd mosquitto_pub; then
         echo "setup: mosquitto is missing; install mosquitto and mosquitto-clients as root for the MQTT test" >&2
     fi
 fi
+
+# The demo posts OwnTracks bodies with curl, as the phone app would.
+if ! need_cmd curl; then
+    if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
+        echo "setup: installing curl"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl || {
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+        }
+    else
+        echo "setup: curl is missing; the demo needs it" >&2
+    fi
+fi
