@@ -8,7 +8,7 @@ cargo build --release --locked -q -p hearth-cli -p hearth-tests --bin hearth --b
 hearth="$PWD/target/release/hearth"
 load="$PWD/target/release/ingest-load"
 work=$(mktemp -d)
-trap 'kill -TERM $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -TERM $node_pid 2>/dev/null || true; wait $node_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
 "$hearth" --data-dir home init --name home > /dev/null
 "$hearth" --data-dir home node run --no-mdns --listen /ip4/127.0.0.1/udp/0/quic-v1 > node.log 2>&1 &

@@ -61,7 +61,7 @@ echo "exit code: $code"
 say "Starting the node: it opens its stores and audit log and serves the local API on 127.0.0.1."
 "$hearth" --data-dir home node run --no-mdns --listen /ip4/127.0.0.1/udp/0/quic-v1 > node.log 2>&1 &
 node_pid=$!
-trap 'kill -TERM $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; [ "$keep" = true ] || rm -rf "$work"' EXIT
+trap 'kill -TERM $node_pid 2>/dev/null || true; wait $node_pid 2>/dev/null || true; [ "$keep" = true ] || rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do
     [ -s home/api.addr ] && break
     sleep 0.1
@@ -93,7 +93,7 @@ echo "ticket: ${ticket:0:32}…"
 "$hearth" --data-dir phone join "$ticket" --name phone --role mobile
 "$hearth" --data-dir phone node run --no-mdns --listen /ip4/127.0.0.1/udp/0/quic-v1 > phone.log 2>&1 &
 phone_pid=$!
-trap 'kill -TERM $node_pid $phone_pid 2>/dev/null; wait $node_pid $phone_pid 2>/dev/null; [ "$keep" = true ] || rm -rf "$work"' EXIT
+trap 'kill -TERM $node_pid $phone_pid 2>/dev/null || true; wait $node_pid $phone_pid 2>/dev/null || true; [ "$keep" = true ] || rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do
     "$hearth" --data-dir home --json status 2>/dev/null | grep -q '"connected":true' && break
     sleep 0.1
