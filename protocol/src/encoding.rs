@@ -152,6 +152,22 @@ impl<'a> Reader<'a> {
         Self { input }
     }
 
+    /// A reader over a whole message of at most `max` bytes.
+    pub(crate) fn bounded(
+        input: &'a [u8],
+        max: usize,
+        what: &'static str,
+    ) -> Result<Self, DecodeError> {
+        if input.len() > max {
+            return Err(DecodeError::TooLong {
+                what,
+                len: input.len() as u64,
+                max: max as u64,
+            });
+        }
+        Ok(Self { input })
+    }
+
     pub(crate) fn take(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.input.len() < len {
             return Err(DecodeError::Truncated { what });

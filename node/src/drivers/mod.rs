@@ -405,11 +405,6 @@ impl Drivers {
             .collect()
     }
 
-    /// The configuration of the driver `name`.
-    pub fn spec(&self, name: &str) -> Option<Spec> {
-        self.lock().get(name).map(|r| r.spec.clone())
-    }
-
     /// Stops every driver.
     pub fn stop_all(&self) {
         for running in self.lock().values() {

@@ -82,14 +82,7 @@ impl Snapshot {
     /// Decodes a snapshot; refuses oversized, malformed or over-full input.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         const WHAT: &str = "membership snapshot";
-        if bytes.len() > MAX_SNAPSHOT_BYTES {
-            return Err(DecodeError::TooLong {
-                what: WHAT,
-                len: bytes.len() as u64,
-                max: MAX_SNAPSHOT_BYTES as u64,
-            });
-        }
-        let mut r = Reader::new(bytes);
+        let mut r = Reader::bounded(bytes, MAX_SNAPSHOT_BYTES, WHAT)?;
         r.magic(MAGIC, VERSION, WHAT)?;
         let devices = read_chains(&mut r, MAX_DEVICES, "device certificates")?;
         let admits = read_chains(&mut r, MAX_ADMITS, "admit grants")?;
@@ -318,11 +311,6 @@ impl Membership {
                 revoked: revocations.revoked_link(chain).is_some(),
             })
             .collect()
-    }
-
-    /// The device with this node key.
-    pub fn device(&self, key: &PublicKey) -> Option<&Device> {
-        self.devices.get(key).map(|(device, _)| device)
     }
 
     /// A `devices:admit` grant held by `holder`, valid at `now` and unrevoked (the one

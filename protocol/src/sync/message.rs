@@ -274,14 +274,7 @@ impl Message {
     /// Decodes a message; refuses oversized, malformed or non-canonical input.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         const WHAT: &str = "sync message";
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(DecodeError::TooLong {
-                what: WHAT,
-                len: bytes.len() as u64,
-                max: MAX_MESSAGE_BYTES as u64,
-            });
-        }
-        let mut r = Reader::new(bytes);
+        let mut r = Reader::bounded(bytes, MAX_MESSAGE_BYTES, WHAT)?;
         r.magic(MAGIC, VERSION, WHAT)?;
         let message = match r.u8("message tag")? {
             1 => Message::Summary {
