@@ -360,10 +360,21 @@ fn mqtt_survives_broker_restarts_and_actuates() {
     broker.publish("home/kitchen/temperature", "21.5");
     broker.publish("home/bedroom/temperature", "{\"celsius\": 18.0}");
     broker.publish("home/kitchen/humidity", "40");
+    // A payload larger than a reading may be is refused with a reason and acknowledged,
+    // so it does not block the ones behind it.
+    let big = format!("\"{}\"", "x".repeat(70 * 1024));
+    broker.publish("home/attic/temperature", &big);
     wait_until("two readings", 20, || {
         (records(&home, "climate").len() == 2).then_some(())
     });
     let got = records(&home, "climate");
+    wait_until("the oversized message is reported", 20, || {
+        driver(&home, "mqtt")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("home/attic/temperature"))
+            .then_some(())
+    });
+    assert_eq!(records(&home, "climate").len(), 2);
     assert_eq!(got[0]["value"]["topic"], "home/kitchen/temperature");
     assert_eq!(got[0]["value"]["value"], 21.5);
     assert_eq!(got[1]["value"]["value"]["celsius"], 18.0);

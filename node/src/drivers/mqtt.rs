@@ -93,6 +93,9 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     options.set_keep_alive(Duration::from_secs(10));
     options.set_clean_session(false);
     options.set_manual_acks(true);
+    // Room for any payload a reading can hold (and more, so that an oversized one is
+    // refused by the store with a reason instead of breaking the connection).
+    options.set_max_packet_size(4 * 1024 * 1024, 1024 * 1024);
     if let (Some(user), Some(password)) = (&ctx.spec.user, &ctx.spec.password) {
         options.set_credentials(user.clone(), password.clone());
     }
@@ -134,11 +137,22 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
                     });
                     let store = ctx.store.clone();
                     let reading = Reading::new(super::now_ms(), value);
-                    tokio::task::spawn_blocking(move || store.append(vec![reading]))
+                    match tokio::task::spawn_blocking(move || store.append(vec![reading]))
                         .await
                         .map_err(|err| err.to_string())?
-                        .map_err(|err| format!("cannot write: {err}"))?;
-                    ctx.wrote(1);
+                    {
+                        Ok(()) => ctx.wrote(1),
+                        // A message no reading can hold (too large, say): say so and
+                        // acknowledge it, or the broker would send it again forever.
+                        Err(hearth_stores::StoreError::Invalid(reason)) => {
+                            let topic = message.topic.clone();
+                            tracing::warn!(%topic, %reason, "dropping an MQTT message");
+                            ctx.set(|s| {
+                                s.last_error = Some(format!("dropped a message on {topic}: {reason}"));
+                            });
+                        }
+                        Err(err) => return Err(format!("cannot write: {err}")),
+                    }
                     // Only now: a message not stored is redelivered.
                     client.ack(&message).await.map_err(|err| err.to_string())?;
                 }
