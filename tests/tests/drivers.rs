@@ -570,6 +570,10 @@ fn file_import_of_a_million_lines_is_idempotent_and_reports_bad_lines() {
         .collect();
     lines[499] = "{\"ts\": \"soon\", \"steps\": 1}".into();
     lines[799] = "{not json".into();
+    lines[899] = format!(
+        "{{\"ts\": 1700000900000, \"note\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
     std::fs::write(&bad, lines.join("\n")).unwrap();
     let bad = bad.to_str().unwrap();
     let refused = hearth(
@@ -597,11 +601,11 @@ fn file_import_of_a_million_lines_is_idempotent_and_reports_bad_lines() {
         ],
     );
     let detail = skipped["detail"].as_str().unwrap();
-    assert!(detail.starts_with("imported 998 records"), "{detail}");
+    assert!(detail.starts_with("imported 997 records"), "{detail}");
     assert!(
-        detail.contains("line 500") && detail.contains("line 800"),
+        detail.contains("line 500") && detail.contains("line 800") && detail.contains("line 900"),
         "{detail}"
     );
-    assert_eq!(count("steps"), 998);
+    assert_eq!(count("steps"), 997);
     stop(node);
 }

@@ -150,8 +150,30 @@ fn ts_key<'a>(
 /// One data record: its line number and what it gave.
 type Parsed = (u64, Result<Reading, String>);
 
+/// A reading the store will take, or why not.
+fn fits(parsed: Result<Reading, String>) -> Result<Reading, String> {
+    let reading = parsed?;
+    let size = reading.value.to_string().len();
+    if size > hearth_stores::MAX_READING_BYTES {
+        return Err(format!(
+            "the value is {size} bytes; a reading holds at most {}",
+            hearth_stores::MAX_READING_BYTES
+        ));
+    }
+    Ok(reading)
+}
+
 /// Reads every data record of the file, in order, calling `each` until it returns false.
 fn records(
+    path: &Path,
+    ts_column: Option<&str>,
+    each: impl FnMut(Parsed) -> bool,
+) -> Result<(), String> {
+    let mut each = each;
+    read_records(path, ts_column, |(line, parsed)| each((line, fits(parsed))))
+}
+
+fn read_records(
     path: &Path,
     ts_column: Option<&str>,
     mut each: impl FnMut(Parsed) -> bool,
