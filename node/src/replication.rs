@@ -360,7 +360,12 @@ impl Actor {
     /// Forwards local writes of every store not followed yet (replicas made by sync
     /// included) into the loop.
     fn watch_stores(&mut self) {
-        for store in self.stores.all() {
+        let stores = self.stores.all();
+        // A removed store's task ends with it; forget it, so a replica made again later
+        // is followed again.
+        self.watched
+            .retain(|id| stores.iter().any(|s| s.meta().id == *id));
+        for store in stores {
             let id = store.meta().id.clone();
             if !self.watched.insert(id.clone()) {
                 continue;
