@@ -165,6 +165,29 @@ impl Client {
         self.finish(response)
     }
 
+    /// POSTs raw bytes (an encoded job), waiting up to `timeout` for the answer.
+    pub(crate) fn post_bytes(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<Value> {
+        let url = self.url(path, query);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        self.finish(
+            agent
+                .post(&url)
+                .header("Authorization", &format!("Bearer {}", self.key))
+                .content_type("application/octet-stream")
+                .send(bytes),
+        )
+    }
+
     pub(crate) fn delete(&self, path: &str) -> Result<Value> {
         let url = self.url(path, &[]);
         self.finish(

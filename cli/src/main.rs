@@ -87,6 +87,22 @@ enum Command {
     /// Data sources built into the node: os-monitor, http-ingest, mqtt, file-import.
     #[command(subcommand)]
     Driver(cmd::driver::Command),
+    /// Run a computation where the data is; prints its result and signed receipt.
+    Run(cmd::compute::RunArgs),
+    /// Receipts of computations.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+}
+
+/// Receipt commands.
+#[derive(Debug, clap::Subcommand)]
+enum ReceiptCommand {
+    /// Check, offline, a receipt saved from `hearth run --json`: signed by a device of
+    /// this mesh, and (when the file has it) for this very result.
+    Verify {
+        /// The saved JSON (`-` for stdin).
+        file: std::path::PathBuf,
+    },
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {
@@ -124,6 +140,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Store(command) => cmd::store::run(&data_dir, command, &mut out),
         Command::Audit(args) => cmd::audit::run(&data_dir, args, &mut out),
         Command::Driver(command) => cmd::driver::run(&data_dir, command, &mut out),
+        Command::Run(args) => cmd::compute::run(&data_dir, args, &mut out),
+        Command::Receipt(ReceiptCommand::Verify { file }) => {
+            cmd::compute::verify_receipt(&data_dir, &file, &mut out)
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //! | `GET /v1/stores/{name}/aggregate` | aggregates |
 //! | `GET /v1/stores/{name}/tail` | changes, as server-sent events |
 //! | `GET /v1/audit` · `GET /v1/audit/verify` | the audit log |
+//! | `POST /v1/jobs?wait_ms=N` | run a job (body: an encoded job); the result and receipt |
+//! | `GET /v1/apps` · `DELETE /v1/apps/{name}` | continuous apps: list, stop |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -157,6 +159,9 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/caps/{id}/revoke",
             axum::routing::post(revoke_capability),
         )
+        .route("/v1/jobs", axum::routing::post(submit_job))
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/apps/{name}", axum::routing::delete(stop_app))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -1085,4 +1090,92 @@ async fn remove_driver(State(node): State<Arc<Node>>, Path(name): Path<String>) 
         Ok(Json(json!({ "removed": name })))
     })
     .await
+}
+
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    /// How long to wait for a holder of the data to come online.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// A signed receipt as JSON: its fields, and the whole of it encoded (base64) so that
+/// it can be verified offline.
+pub fn receipt_json(signed: &hearth_protocol::compute::SignedReceipt) -> Value {
+    use base64::Engine as _;
+    let r = &signed.receipt;
+    json!({
+        "job": r.job.to_string(),
+        "ran_on": r.ran_on,
+        "node": r.node.peer_id(),
+        "module_hash": hex::encode(r.module_hash.0),
+        "cap_id": r.cap_id.to_string(),
+        "data_heads": r.data_heads.iter().map(|v| json!({
+            "store": v.store,
+            "digest": hex::encode(v.digest),
+        })).collect::<Vec<_>>(),
+        "result_hash": hex::encode(r.result_hash),
+        "fuel": r.fuel,
+        "finished": r.finished.0,
+        "signature": hex::encode(signed.signature.to_bytes()),
+        "encoded": base64::engine::general_purpose::STANDARD.encode(signed.encode()),
+    })
+}
+
+async fn submit_job(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<JobQuery>, QueryRejection>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    use hearth_protocol::compute::JobReply;
+    let Query(query) = query?;
+    let wait = std::time::Duration::from_millis(query.wait_ms.min(24 * 3600 * 1000));
+    match crate::compute::submit(&node, body.to_vec(), wait).await {
+        JobReply::Done { result, receipt } => {
+            let parsed: Value =
+                serde_json::from_str(&result).unwrap_or(Value::String(result.clone()));
+            Ok(Json(json!({
+                "result": parsed,
+                "result_text": result,
+                "receipt": receipt_json(&receipt),
+            })))
+        }
+        JobReply::Deployed { app, device } => Ok(Json(json!({ "app": app, "device": device }))),
+        JobReply::Refused(reason) => Err(ApiError::new(StatusCode::FORBIDDEN, "refused", reason)),
+        JobReply::Unavailable(reason) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            reason,
+        )),
+        JobReply::Failed(reason) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "failed",
+            reason,
+        )),
+    }
+}
+
+async fn list_apps(State(node): State<Arc<Node>>) -> ApiResult {
+    let apps = blocking(move || Ok(crate::compute::apps::list_all(&node))).await?;
+    Ok(Json(json!({ "apps": apps })))
+}
+
+async fn stop_app(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    let stopped = blocking({
+        let node = node.clone();
+        let name = name.clone();
+        move || {
+            crate::compute::apps::stop(&node, &name)
+                .map_err(|message| ApiError::new(StatusCode::NOT_FOUND, "not_found", message))
+        }
+    })
+    .await?;
+    record(
+        &node,
+        "compute.stop",
+        &name,
+        &format!("allowed: on {stopped}"),
+        0,
+    )?;
+    Ok(Json(json!({ "name": name, "device": stopped })))
 }

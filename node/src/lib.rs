@@ -35,6 +35,7 @@
 
 pub mod api;
 pub mod catalogue;
+pub mod compute;
 pub mod drivers;
 pub mod mesh;
 mod node;

@@ -51,6 +51,10 @@ pub const ADMISSION_PROTOCOL: &str = "/hearth/admission/1";
 pub const MEMBERS_PROTOCOL: &str = "/hearth/members/1";
 /// The protocol admitted peers replicate stores over (`hearth_protocol::sync`).
 pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
+/// Jobs forwarded to the device that holds the data, and their replies.
+pub const COMPUTE_PROTOCOL: &str = "/hearth/compute/1";
+/// How long a forwarded job may take, queueing and running, before the caller gives up.
+const COMPUTE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most devices listed in one peers message.
 const MAX_LISTED_PEERS: usize = 64;
 const MAX_FRAMES: usize = 4;
@@ -211,6 +215,7 @@ struct Behaviour {
     admission: request_response::Behaviour<FrameCodec>,
     members: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
+    compute: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -321,6 +326,28 @@ enum Command {
         bytes: Vec<u8>,
     },
     Disconnect(PeerId),
+    Revocations(oneshot::Sender<hearth_protocol::capability::RevocationSet>),
+    ServeJobs(mpsc::Sender<InboundJob>),
+    ForwardJob {
+        device: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, MeshError>>,
+    },
+    JobResponse {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+}
+
+/// A job another device forwarded here.
+#[derive(Debug)]
+pub struct InboundJob {
+    /// The device that sent it.
+    pub from: String,
+    /// The encoded job.
+    pub bytes: Vec<u8>,
+    /// Where the encoded reply goes.
+    pub reply: oneshot::Sender<Vec<u8>>,
 }
 
 /// A handle to the mesh loop.
@@ -340,6 +367,10 @@ impl std::fmt::Debug for Command {
             Command::RevokeCapability { .. } => "RevokeCapability",
             Command::SyncSend { .. } => "SyncSend",
             Command::Disconnect(_) => "Disconnect",
+            Command::Revocations(_) => "Revocations",
+            Command::ServeJobs(_) => "ServeJobs",
+            Command::ForwardJob { .. } => "ForwardJob",
+            Command::JobResponse { .. } => "JobResponse",
         })
     }
 }
@@ -428,6 +459,44 @@ impl MeshHandle {
             .send(Command::Disconnect(peer))
             .await
             .map_err(|_| MeshError::Stopped)
+    }
+
+    /// The revocations this node knows.
+    pub async fn revocations(
+        &self,
+    ) -> Result<hearth_protocol::capability::RevocationSet, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Revocations(reply))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Hands jobs that other devices forward here to `jobs`.
+    pub(crate) async fn serve_jobs(&self, jobs: mpsc::Sender<InboundJob>) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::ServeJobs(jobs))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Sends an encoded job to the connected device `device`; returns its encoded reply.
+    pub(crate) async fn forward_job(
+        &self,
+        device: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::ForwardJob {
+                device: device.to_owned(),
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)?
     }
 
     /// Revokes the capability `id` (needs the owner key): every device refuses it, and
@@ -519,6 +588,16 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                         .with_request_timeout(Duration::from_secs(60))
                         .with_max_concurrent_streams(32),
                 ),
+                compute: request_response::Behaviour::with_codec(
+                    FrameCodec::new(hearth_protocol::compute::MAX_JOB_BYTES),
+                    [(
+                        StreamProtocol::new(COMPUTE_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(COMPUTE_TIMEOUT)
+                        .with_max_concurrent_streams(16),
+                ),
                 members: request_response::Behaviour::with_codec(
                     FrameCodec::new(membership::MAX_SNAPSHOT_BYTES),
                     [(
@@ -560,6 +639,10 @@ struct Known {
     /// The digest of its membership store, as it last told us.
     digest: Option<[u8; 32]>,
 }
+
+/// How long a LAN peer that was refused (not a device of this mesh) waits before it
+/// is dialled again.
+const STRANGER_RETRY_MS: u64 = 10 * 60 * 1000;
 
 /// When to try a lost device again: 2 s after losing it, doubling to 30 s.
 #[derive(Debug, Clone, Copy)]
@@ -651,6 +734,20 @@ struct MeshLoop {
     dirty: bool,
     /// When to dial each bootstrap address again.
     bootstrap_retry: BTreeMap<String, Backoff>,
+    /// Where jobs forwarded by other devices go.
+    jobs: Option<mpsc::Sender<InboundJob>>,
+    /// Forwarded jobs being run here, waiting for their reply.
+    job_channels: BTreeMap<u64, request_response::ResponseChannel<Frames>>,
+    next_job: u64,
+    /// Jobs forwarded from here, waiting for the other device's reply.
+    forwarded:
+        BTreeMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, MeshError>>>,
+    /// Sends commands to this loop (for tasks it spawns).
+    commands: mpsc::Sender<Command>,
+    /// Peers mDNS found on the LAN, with their addresses, dialled again with backoff
+    /// until admitted: mDNS reports a peer once, so a first attempt that fails (a
+    /// crossed dial, a busy peer) must not leave it unreachable until the record expires.
+    lan: BTreeMap<PeerId, (Vec<Multiaddr>, Backoff)>,
     /// The owner key, on the device that holds it.
     owner_key: Option<hearth_protocol::key::OwnerKey>,
     /// This node's key, which signs certificates under a `devices:admit` grant.
@@ -730,6 +827,12 @@ pub async fn spawn(
         closing: Vec::new(),
         dirty: false,
         bootstrap_retry: BTreeMap::new(),
+        lan: BTreeMap::new(),
+        jobs: None,
+        job_channels: BTreeMap::new(),
+        next_job: 0,
+        forwarded: BTreeMap::new(),
+        commands: commands.clone(),
         owner_key,
         node_key: key.clone(),
         membership: members,
@@ -854,6 +957,47 @@ impl MeshLoop {
                     k.connected = false;
                 }
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Revocations(reply) => {
+                let _ = reply.send(self.gate.revocations.clone());
+            }
+            Command::ServeJobs(jobs) => self.jobs = Some(jobs),
+            Command::ForwardJob {
+                device,
+                bytes,
+                reply,
+            } => {
+                let peer = self
+                    .known
+                    .iter()
+                    .find(|(peer, k)| {
+                        k.name == device && k.connected && self.swarm.is_connected(peer)
+                    })
+                    .map(|(peer, _)| *peer);
+                match peer {
+                    Some(peer) => {
+                        let id = self
+                            .swarm
+                            .behaviour_mut()
+                            .compute
+                            .send_request(&peer, Frames(vec![bytes]));
+                        self.forwarded.insert(id, reply);
+                    }
+                    None => {
+                        let _ = reply.send(Err(MeshError::Join(format!(
+                            "device {device:?} is not connected"
+                        ))));
+                    }
+                }
+            }
+            Command::JobResponse { id, bytes } => {
+                if let Some(channel) = self.job_channels.remove(&id) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .compute
+                        .send_response(channel, Frames(vec![bytes]));
+                }
             }
             Command::RevokeCapability { id, reply } => {
                 let result = self.sign_revocation(
@@ -1255,6 +1399,76 @@ impl MeshLoop {
             )) => {
                 tracing::debug!(%peer, %error, "a sync message was not delivered");
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Compute(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) => {
+                let from = self
+                    .known
+                    .get(&peer)
+                    .filter(|k| k.connected)
+                    .map(|k| k.name.clone());
+                let (Some(from), Some(jobs), Some(bytes)) =
+                    (from, self.jobs.clone(), request.0.into_iter().next())
+                else {
+                    // Not admitted, no compute here, or an empty request: no reply.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .compute
+                        .send_response(channel, Frames(Vec::new()));
+                    return;
+                };
+                let id = self.next_job;
+                self.next_job += 1;
+                self.job_channels.insert(id, channel);
+                let (reply, answer) = oneshot::channel();
+                let busy = hearth_protocol::compute::JobReply::Unavailable(
+                    "the device is busy with other jobs".into(),
+                )
+                .encode();
+                if jobs.try_send(InboundJob { from, bytes, reply }).is_err() {
+                    self.command(Command::JobResponse { id, bytes: busy });
+                    return;
+                }
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    let bytes = answer.await.unwrap_or(busy);
+                    let _ = commands.send(Command::JobResponse { id, bytes }).await;
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Compute(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            })) => {
+                if let Some(reply) = self.forwarded.remove(&request_id) {
+                    let _ =
+                        reply.send(
+                            response.0.into_iter().next().ok_or_else(|| {
+                                MeshError::Join("the device does not run jobs".into())
+                            }),
+                        );
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Compute(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                if let Some(reply) = self.forwarded.remove(&request_id) {
+                    let _ = reply.send(Err(MeshError::Join(format!(
+                        "the job did not reach the device or its reply did not come back: {error}"
+                    ))));
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
@@ -1264,9 +1478,24 @@ impl MeshLoop {
                 self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut new: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
                 for (peer, addr) in found {
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(addr);
+                    new.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in new {
+                    let (known, _) = self.lan.entry(peer).or_default();
+                    add_addrs(known, addrs);
+                }
+                // Dial now rather than at the next tick.
+                self.redial_lan(now().0);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                for (peer, addr) in gone {
+                    if let Some((addrs, _)) = self.lan.get_mut(&peer) {
+                        addrs.retain(|a| *a != addr);
+                        if addrs.is_empty() {
+                            self.lan.remove(&peer);
+                        }
                     }
                 }
             }
@@ -1390,6 +1619,15 @@ impl MeshLoop {
                     // Also a peer admitted before whose fresh admission failed.
                     if let Some(k) = self.known.get_mut(&peer) {
                         k.connected = false;
+                    }
+                    // A stranger on the LAN is not asked again for a while (each try
+                    // is an audit entry); a device of this mesh keeps its backoff.
+                    let member = peer_key(&peer)
+                        .is_some_and(|key| self.membership.certificate(&key).is_some());
+                    if let Some((_, retry)) = self.lan.get_mut(&peer)
+                        && !member
+                    {
+                        retry.next = now().0.saturating_add(STRANGER_RETRY_MS);
                     }
                     self.closing
                         .push((peer, now().saturating_add(Duration::from_millis(500))));
@@ -1570,6 +1808,7 @@ impl MeshLoop {
                 .build();
             let _ = self.swarm.dial(opts);
         }
+        self.redial_lan(now);
         for addr in self.config.bootstrap.clone() {
             let connected = addr.iter().any(|p| match p {
                 libp2p::multiaddr::Protocol::P2p(peer) => self.swarm.is_connected(&peer),
@@ -1581,6 +1820,32 @@ impl MeshLoop {
             } else if retry.due(now) {
                 let _ = self.swarm.dial(addr);
             }
+        }
+    }
+}
+
+impl MeshLoop {
+    /// Dials every LAN peer that is not connected and whose next attempt is due.
+    fn redial_lan(&mut self, now: u64) {
+        let mut targets: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        for (peer, (addrs, retry)) in &mut self.lan {
+            let admitted = self.known.get(peer).is_some_and(|k| k.connected);
+            if admitted && self.swarm.is_connected(peer) {
+                *retry = Backoff::default();
+                continue;
+            }
+            if !self.swarm.is_connected(peer)
+                && !self.admitting.contains_key(peer)
+                && retry.due(now)
+            {
+                targets.push((*peer, addrs.clone()));
+            }
+        }
+        for (peer, addrs) in targets {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            let _ = self.swarm.dial(opts);
         }
     }
 }

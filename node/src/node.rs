@@ -28,6 +28,8 @@ pub mod layout {
     pub const PEERS_FILE: &str = "peers.json";
     /// Locked while a node runs on the data directory.
     pub const LOCK_FILE: &str = "node.lock";
+    /// Compiled modules, run counts and apps.
+    pub const COMPUTE_DIR: &str = "compute";
 }
 
 /// What a node needs to start.
@@ -88,6 +90,9 @@ pub enum NodeError {
     /// The mesh could not start.
     #[error("{0}")]
     Mesh(String),
+    /// The compute runtime could not start.
+    #[error("cannot start the compute runtime: {0}")]
+    Compute(String),
     /// The API may only listen on a loopback address.
     #[error("the local API listens on loopback only, not {0}")]
     NotLoopback(SocketAddr),
@@ -122,6 +127,8 @@ pub struct Node {
     pub(crate) api_addr: std::sync::OnceLock<SocketAddr>,
     /// The running drivers.
     pub(crate) drivers: crate::drivers::Drivers,
+    /// The compute service, on a device of a mesh.
+    pub(crate) compute: Option<crate::compute::Compute>,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) mesh: std::sync::OnceLock<crate::mesh::MeshHandle>,
     /// Turns true when the node stops: ends the mesh loop and open event streams.
@@ -211,6 +218,16 @@ impl Node {
             Some(setup) => Some(crate::catalogue::open(&stores, &setup.owner)?),
             None => None,
         };
+        let compute = match &config.mesh {
+            Some(setup) => Some(
+                crate::compute::Compute::open(
+                    &config.data_dir.join(layout::COMPUTE_DIR),
+                    setup.owner,
+                )
+                .map_err(NodeError::Compute)?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
             config,
             catalogue,
@@ -218,6 +235,7 @@ impl Node {
             replication: std::sync::OnceLock::new(),
             api_addr: std::sync::OnceLock::new(),
             drivers: crate::drivers::Drivers::default(),
+            compute,
             audit: Arc::new(audit),
             mesh: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::channel(false).0,
@@ -353,6 +371,10 @@ impl Node {
             let _ = self.mesh.set(handle);
         }
         crate::drivers::start_all(&self);
+        if self.mesh.get().is_some() {
+            tokio::spawn(crate::compute::serve_forwarded(self.clone()));
+        }
+        crate::compute::apps::start_all(&self);
         let stopping = self.stopping.clone();
         let node = self.clone();
         let shutdown = async move {

@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod capability;
+pub mod compute;
 pub mod device;
 pub mod encoding;
 #[doc(hidden)]

@@ -1,5 +1,6 @@
 //! `hearth app review` and `hearth app approve`: what a manifest asks for, in plain
-//! words, and the owner's signature on it.
+//! words, and the owner's signature on it. (`deploy`, `ls` and `stop` live in
+//! [`crate::cmd::compute`].)
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,16 @@ pub(crate) enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Install a continuous app on the device holding its store: it runs on new
+    /// readings and writes its derived stores.
+    Deploy(crate::cmd::compute::DeployArgs),
+    /// Every app of the mesh.
+    Ls,
+    /// Stop an app, wherever it runs.
+    Stop {
+        /// The app's name.
+        name: String,
+    },
 }
 
 pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
@@ -55,6 +66,9 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             out: cap_path,
             yes,
         } => approve(dir, &manifest, holder, expires, &cap_path, yes, out),
+        Command::Deploy(args) => crate::cmd::compute::deploy(dir, args, out),
+        Command::Ls => crate::cmd::compute::list(dir, out),
+        Command::Stop { name } => crate::cmd::compute::stop(dir, &name, out),
     }
 }
 

@@ -1,0 +1,599 @@
+//! What a computation sees: the host side of the `hearth:compute` world. Every call
+//! is checked against the job's grants; a call the capability does not allow stops
+//! the run, and the job is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use hearth_protocol::capability::{Access, Actions, Grant, ModuleHash, Resource, TimeRange};
+use hearth_protocol::time::UnixMillis;
+use hearth_stores::query::{Aggregate, Selection};
+use hearth_stores::{Kind, Reading, Stores};
+use serde_json::Value;
+use wasmtime::component::{Resource as Handle, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+
+wasmtime::component::bindgen!({
+    path: "../sdk/wit",
+    world: "computation",
+    imports: { default: trappable },
+    with: {
+        "hearth:compute/stores.cursor": Cursor,
+    },
+});
+
+use hearth::compute::log::Level;
+use hearth::compute::stores::{AggregateOp, Reading as WitReading, Window};
+
+/// Most readings one `next` call returns.
+const MAX_BATCH: u32 = 1024;
+/// Most open cursors per run.
+const MAX_CURSORS: usize = 64;
+/// Most log lines kept per run; the rest are counted.
+const MAX_LOG_LINES: u32 = 1000;
+/// Longest log line kept.
+const MAX_LOG_LINE: usize = 2000;
+/// Most readings one run may append.
+const MAX_APPENDS: u64 = 100_000;
+
+/// An open cursor: the readings it still has to hand out.
+#[derive(Debug)]
+#[allow(unreachable_pub)] // named by the generated bindings
+pub struct Cursor {
+    readings: std::vec::IntoIter<Reading>,
+    store: String,
+    fields: Option<BTreeSet<String>>,
+}
+
+/// What one store saw of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ReadStats {
+    /// Readings, keys or documents handed to the computation (or aggregated).
+    pub records: u64,
+    /// Bytes of JSON handed to the computation.
+    pub bytes: u64,
+    /// The store's digest at its first read.
+    pub digest: [u8; 32],
+}
+
+/// Writes a run may make, for a continuous app's derived stores.
+pub(crate) trait DerivedStores: Send + Sync {
+    /// The timeseries store `name`, made if missing.
+    fn derived(&self, name: &str) -> Result<Arc<hearth_stores::Store>, String>;
+}
+
+/// The state of one run.
+pub(crate) struct HostState {
+    pub(crate) limits: StoreLimits,
+    table: ResourceTable,
+    stores: Arc<Stores>,
+    permit: Permit,
+    derived: Option<Arc<dyn DerivedStores>>,
+    /// Per store, what was read.
+    pub(crate) reads: BTreeMap<String, ReadStats>,
+    /// Per store, readings appended.
+    pub(crate) appended: BTreeMap<String, u64>,
+    /// Set when a call was refused: the run stops and the job is refused.
+    pub(crate) refused: Option<String>,
+    log_lines: u32,
+    cursors: usize,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("job", &self.permit.job)
+            .field("reads", &self.reads)
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a run is allowed, from the verified chain.
+#[derive(Debug, Clone)]
+pub(crate) struct Permit {
+    pub grants: Vec<Grant>,
+    pub module_hash: ModuleHash,
+    pub device: String,
+    pub run_number: u64,
+    pub job: String,
+}
+
+impl Permit {
+    /// Is `access`, made by this module on this device in this run, granted? If not,
+    /// why not, in a sentence.
+    pub(crate) fn check(&self, access: Access<'_>) -> Result<(), String> {
+        let access = Access {
+            module_hash: Some(self.module_hash),
+            device: Some(&self.device),
+            run_number: self.run_number,
+            ..access
+        };
+        if self.grants.iter().any(|g| g.allows(&access)) {
+            Ok(())
+        } else {
+            Err(explain(&self.grants, &access))
+        }
+    }
+}
+
+impl HostState {
+    pub(crate) fn new(
+        permit: Permit,
+        stores: Arc<Stores>,
+        memory_bytes: usize,
+        derived: Option<Arc<dyn DerivedStores>>,
+    ) -> Self {
+        Self {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            table: ResourceTable::new(),
+            stores,
+            permit,
+            derived,
+            reads: BTreeMap::new(),
+            appended: BTreeMap::new(),
+            refused: None,
+            log_lines: 0,
+            cursors: 0,
+        }
+    }
+
+    /// The granted time range for `action` on `store` narrowed by the asked window,
+    /// or `None` (all time) when neither limits it. `Err` when nothing is left.
+    fn narrow(&self, store: &str, action: Actions, window: &Window) -> Option<TimeRange> {
+        let resource = Resource::Store(store.to_owned());
+        let granted = self
+            .permit
+            .grants
+            .iter()
+            .filter(|g| applies(g, &resource, action))
+            .find_map(|g| g.caveats.time_range);
+        let start = window.start.unwrap_or(0);
+        let end = window.end.unwrap_or(u64::MAX);
+        match granted {
+            None if window.start.is_none() && window.end.is_none() => None,
+            None => Some(TimeRange {
+                start: UnixMillis(start),
+                end: UnixMillis(end),
+            }),
+            Some(range) => Some(TimeRange {
+                start: UnixMillis(start.max(range.start.0)),
+                end: UnixMillis(end.min(range.end.0)),
+            }),
+        }
+    }
+
+    /// Checks one access; on refusal remembers why and returns the trap that stops
+    /// the run.
+    fn check(&mut self, access: Access<'_>) -> wasmtime::Result<()> {
+        self.permit.check(access).map_err(|reason| {
+            self.refused = Some(reason.clone());
+            wasmtime::Error::msg(reason)
+        })
+    }
+
+    /// The store `name` of `kind`, recording its digest at first use; `Err` with a
+    /// message for the computation when it is not here or of another kind.
+    fn open(&mut self, name: &str, kind: Kind) -> Result<Arc<hearth_stores::Store>, String> {
+        let store = self
+            .stores
+            .get(name)
+            .map_err(|_| format!("there is no store {name:?} on this device"))?;
+        if store.meta().kind != kind {
+            return Err(format!(
+                "store {name:?} is a {} store, not {}",
+                store.meta().kind.as_str(),
+                kind.as_str()
+            ));
+        }
+        self.reads
+            .entry(name.to_owned())
+            .or_insert_with(|| ReadStats {
+                digest: store.digest(),
+                ..ReadStats::default()
+            });
+        Ok(store)
+    }
+
+    fn count(&mut self, store: &str, records: u64, bytes: u64) {
+        let stats = self.reads.entry(store.to_owned()).or_default();
+        stats.records += records;
+        stats.bytes += bytes;
+    }
+}
+
+/// Does `grant` name `resource` (a concrete store) and `action`, caveats aside?
+fn applies(grant: &Grant, resource: &Resource, action: Actions) -> bool {
+    grant.actions.contains(action) && resource.within(&grant.resource)
+}
+
+/// Why no grant allows `access`, in a sentence.
+fn explain(grants: &[Grant], access: &Access<'_>) -> String {
+    let what = match access.resource {
+        Resource::Store(name) => format!("store {name:?}"),
+        other => other.to_string(),
+    };
+    let verb = access.action.names().join("/");
+    let on_resource: Vec<&Grant> = grants
+        .iter()
+        .filter(|g| applies(g, access.resource, access.action))
+        .collect();
+    if on_resource.is_empty() {
+        return format!("the capability does not grant {verb} on {what}");
+    }
+    let mut why = Vec::new();
+    for g in on_resource {
+        let c = &g.caveats;
+        if c.aggregate_only && !access.aggregate {
+            why.push("only aggregates are granted, not readings".to_owned());
+        }
+        if let (Some(allowed), Some(asked)) = (&c.fields, access.fields)
+            && !asked.is_subset(allowed)
+        {
+            let extra: Vec<&String> = asked.difference(allowed).collect();
+            why.push(format!(
+                "fields {extra:?} are outside the granted {:?}",
+                allowed.iter().collect::<Vec<_>>()
+            ));
+        }
+        if c.fields.is_some() && access.fields.is_none() {
+            why.push("the grant limits fields, so the read must name them".to_owned());
+        }
+        if let (Some(devices), Some(device)) = (&c.devices, access.device)
+            && !devices.contains(device)
+        {
+            why.push(format!("it may not run on device {device:?}"));
+        }
+        if c.module_hash.is_some() && c.module_hash != access.module_hash {
+            why.push("the grant is for another module".to_owned());
+        }
+        if let Some(max) = c.max_runs
+            && access.run_number > max
+        {
+            why.push(format!("its {max} granted runs are used up"));
+        }
+        if let Some(max) = c.max_result_bytes
+            && access.result_bytes > max
+        {
+            why.push(format!(
+                "the result is {} bytes, more than the granted {max}",
+                access.result_bytes
+            ));
+        }
+    }
+    if why.is_empty() {
+        why.push("outside the granted time range".to_owned());
+    }
+    why.dedup();
+    format!("{verb} on {what} refused: {}", why.join("; "))
+}
+
+fn window_selection(range: Option<TimeRange>) -> Selection {
+    match range {
+        None => Selection::All,
+        Some(r) if r.end.0 == u64::MAX => Selection::Since(r.start.0),
+        Some(r) => Selection::Range(r.start.0, r.end.0),
+    }
+}
+
+/// `value` keeping only the top-level `fields`.
+fn project(value: &Value, fields: Option<&BTreeSet<String>>) -> Value {
+    match (fields, value) {
+        (None, v) => v.clone(),
+        (Some(fields), Value::Object(map)) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| fields.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        // A scalar reading has no fields to keep.
+        (Some(_), _) => Value::Null,
+    }
+}
+
+fn top_field(path: &str) -> String {
+    path.split('.').next().unwrap_or(path).to_owned()
+}
+
+impl hearth::compute::stores::Host for HostState {
+    fn read(
+        &mut self,
+        store: String,
+        fields: Option<Vec<String>>,
+        window: Window,
+    ) -> wasmtime::Result<Result<Handle<Cursor>, String>> {
+        let fields: Option<BTreeSet<String>> = fields.map(|f| f.into_iter().collect());
+        let range = self.narrow(&store, Actions::READ, &window);
+        let resource = Resource::Store(store.clone());
+        self.check(Access {
+            fields: fields.as_ref(),
+            time_range: range,
+            ..Access::new(&resource, Actions::READ)
+        })?;
+        if self.cursors >= MAX_CURSORS {
+            return Ok(Err(format!("more than {MAX_CURSORS} cursors are open")));
+        }
+        let handle = match self.open(&store, Kind::Timeseries) {
+            Ok(s) => s,
+            Err(message) => return Ok(Err(message)),
+        };
+        let readings = match handle.read(window_selection(range), None) {
+            Ok(r) => r,
+            Err(err) => return Ok(Err(err.to_string())),
+        };
+        let cursor = Cursor {
+            readings: readings.into_iter(),
+            store,
+            fields,
+        };
+        self.cursors += 1;
+        Ok(Ok(self.table.push(cursor)?))
+    }
+
+    fn aggregate(
+        &mut self,
+        store: String,
+        op: AggregateOp,
+        field: Option<String>,
+        window: Window,
+    ) -> wasmtime::Result<Result<Option<f64>, String>> {
+        let range = self.narrow(&store, Actions::READ, &window);
+        let fields: Option<BTreeSet<String>> = match &field {
+            Some(path) => Some([top_field(path)].into_iter().collect()),
+            None if op == AggregateOp::Count => Some(BTreeSet::new()),
+            None => None,
+        };
+        let resource = Resource::Store(store.clone());
+        self.check(Access {
+            fields: fields.as_ref(),
+            time_range: range,
+            aggregate: true,
+            ..Access::new(&resource, Actions::READ)
+        })?;
+        let handle = match self.open(&store, Kind::Timeseries) {
+            Ok(s) => s,
+            Err(message) => return Ok(Err(message)),
+        };
+        let op = match op {
+            AggregateOp::Count => Aggregate::Count,
+            AggregateOp::Sum => Aggregate::Sum,
+            AggregateOp::Min => Aggregate::Min,
+            AggregateOp::Max => Aggregate::Max,
+            AggregateOp::Mean => Aggregate::Mean,
+            AggregateOp::Median => Aggregate::Median,
+            AggregateOp::Sd => Aggregate::Sd,
+        };
+        let selection = window_selection(range);
+        let counted = handle
+            .aggregate(Aggregate::Count, None, selection, None)
+            .unwrap_or(None);
+        match handle.aggregate(op, field.as_deref(), selection, None) {
+            Ok(result) => {
+                // Aggregates hand over one number; the readings behind it count as read.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                self.count(&store, counted.unwrap_or(0.0) as u64, 8);
+                Ok(Ok(result))
+            }
+            Err(err) => Ok(Err(err.to_string())),
+        }
+    }
+
+    fn span(
+        &mut self,
+        store: String,
+        window: Window,
+    ) -> wasmtime::Result<Result<Option<(u64, u64)>, String>> {
+        let range = self.narrow(&store, Actions::READ, &window);
+        let resource = Resource::Store(store.clone());
+        let no_fields = BTreeSet::new();
+        self.check(Access {
+            fields: Some(&no_fields),
+            time_range: range,
+            aggregate: true,
+            ..Access::new(&resource, Actions::READ)
+        })?;
+        let handle = match self.open(&store, Kind::Timeseries) {
+            Ok(s) => s,
+            Err(message) => return Ok(Err(message)),
+        };
+        let (start, end) = match range {
+            None => (0, u64::MAX),
+            Some(r) => (r.start.0, r.end.0),
+        };
+        let first = handle.read(
+            match range {
+                None => Selection::Earliest,
+                Some(_) => Selection::Range(start, end),
+            },
+            None,
+        );
+        let result = first.and_then(|readings| {
+            if range.is_none() {
+                let last = handle.read(Selection::Latest, None)?;
+                Ok(readings
+                    .first()
+                    .zip(last.first())
+                    .map(|(a, b)| (a.ts, b.ts)))
+            } else {
+                Ok(readings
+                    .first()
+                    .zip(readings.last())
+                    .map(|(a, b)| (a.ts, b.ts)))
+            }
+        });
+        match result {
+            Ok(span) => {
+                self.count(&store, 2, 16);
+                Ok(Ok(span))
+            }
+            Err(err) => Ok(Err(err.to_string())),
+        }
+    }
+
+    fn kv_get(
+        &mut self,
+        store: String,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<String>, String>> {
+        let resource = Resource::Store(store.clone());
+        let fields: BTreeSet<String> = [key.clone()].into_iter().collect();
+        self.check(Access {
+            fields: Some(&fields),
+            ..Access::new(&resource, Actions::READ)
+        })?;
+        let handle = match self.open(&store, Kind::Kv) {
+            Ok(s) => s,
+            Err(message) => return Ok(Err(message)),
+        };
+        match handle.get(&key) {
+            Ok(value) => {
+                let text = value.map(|v| v.to_string());
+                let bytes = text.as_ref().map_or(0, String::len) as u64;
+                self.count(&store, 1, bytes);
+                Ok(Ok(text))
+            }
+            Err(err) => Ok(Err(err.to_string())),
+        }
+    }
+
+    fn kv_keys(&mut self, store: String) -> wasmtime::Result<Result<Vec<String>, String>> {
+        let resource = Resource::Store(store.clone());
+        self.check(Access::new(&resource, Actions::READ))?;
+        let handle = match self.open(&store, Kind::Kv) {
+            Ok(s) => s,
+            Err(message) => return Ok(Err(message)),
+        };
+        match handle.keys() {
+            Ok(keys) => {
+                let bytes = keys.iter().map(String::len).sum::<usize>() as u64;
+                self.count(&store, keys.len() as u64, bytes);
+                Ok(Ok(keys))
+            }
+            Err(err) => Ok(Err(err.to_string())),
+        }
+    }
+
+    fn doc_read(&mut self, store: String) -> wasmtime::Result<Result<String, String>> {
+        let resource = Resource::Store(store.clone());
+        self.check(Access::new(&resource, Actions::READ))?;
+        let handle = match self.open(&store, Kind::Doc) {
+            Ok(s) => s,
+            Err(message) => return Ok(Err(message)),
+        };
+        let mut doc = serde_json::Map::new();
+        let keys = match handle.keys() {
+            Ok(keys) => keys,
+            Err(err) => return Ok(Err(err.to_string())),
+        };
+        for key in keys {
+            match handle.get(&key) {
+                Ok(Some(value)) => {
+                    doc.insert(key, value);
+                }
+                Ok(None) => {}
+                Err(err) => return Ok(Err(err.to_string())),
+            }
+        }
+        let text = Value::Object(doc).to_string();
+        self.count(&store, 1, text.len() as u64);
+        Ok(Ok(text))
+    }
+}
+
+impl hearth::compute::stores::HostCursor for HostState {
+    fn next(
+        &mut self,
+        cursor: Handle<Cursor>,
+        max: u32,
+    ) -> wasmtime::Result<Result<Vec<WitReading>, String>> {
+        let cursor = self.table.get_mut(&cursor)?;
+        let take = max.clamp(1, MAX_BATCH) as usize;
+        let mut batch = Vec::with_capacity(take);
+        let mut bytes = 0u64;
+        for reading in cursor.readings.by_ref().take(take) {
+            let value = project(&reading.value, cursor.fields.as_ref()).to_string();
+            bytes += value.len() as u64 + 8;
+            batch.push(WitReading {
+                ts: reading.ts,
+                value,
+            });
+        }
+        let store = cursor.store.clone();
+        self.count(&store, batch.len() as u64, bytes);
+        Ok(Ok(batch))
+    }
+
+    fn drop(&mut self, cursor: Handle<Cursor>) -> wasmtime::Result<()> {
+        self.table.delete(cursor)?;
+        self.cursors = self.cursors.saturating_sub(1);
+        Ok(())
+    }
+}
+
+impl hearth::compute::output::Host for HostState {
+    fn append(
+        &mut self,
+        store: String,
+        ts: u64,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let resource = Resource::Store(store.clone());
+        self.check(Access::new(&resource, Actions::WRITE))?;
+        let Some(derived) = self.derived.clone() else {
+            return Ok(Err(
+                "only a continuous app writes derived stores; deploy it with `hearth app deploy`"
+                    .into(),
+            ));
+        };
+        let appended = self.appended.entry(store.clone()).or_default();
+        if *appended >= MAX_APPENDS {
+            return Ok(Err(format!("more than {MAX_APPENDS} appends in one run")));
+        }
+        let value: Value = match serde_json::from_str(&value) {
+            Ok(v) => v,
+            Err(err) => return Ok(Err(format!("the value is not JSON: {err}"))),
+        };
+        let target = match derived.derived(&store) {
+            Ok(s) => s,
+            Err(message) => return Ok(Err(message)),
+        };
+        match target.append(vec![Reading::new(ts, value)]) {
+            Ok(()) => {
+                *self.appended.entry(store).or_default() += 1;
+                Ok(Ok(()))
+            }
+            Err(err) => Ok(Err(err.to_string())),
+        }
+    }
+}
+
+impl hearth::compute::log::Host for HostState {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return Ok(());
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let job = &self.permit.job;
+        match level {
+            Level::Debug => tracing::debug!(%job, "computation: {message}"),
+            Level::Info => tracing::info!(%job, "computation: {message}"),
+            Level::Warn => tracing::warn!(%job, "computation: {message}"),
+            Level::Error => tracing::error!(%job, "computation: {message}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,670 @@
+//! Computations that travel to the data.
+//!
+//! A job (module, capability chain, holder-signed invocation, parameters) reaches a
+//! node through its API or from another device. The node finds, from the catalogue,
+//! the devices holding every store the capability lets the job read, picks one
+//! ([`hearth_protocol::compute::choose`]), and either runs the job itself or forwards
+//! it over `/hearth/compute/1` and relays the reply. Data never moves to the job.
+//!
+//! The executing node checks everything again itself: the chain, the invocation, the
+//! module hash, the device, the run count, and on every host call the store, fields,
+//! time range and granularity; then it signs a receipt naming the version of every
+//! store read. Each step is an audit entry.
+
+pub(crate) mod apps;
+pub(crate) mod host;
+pub mod runtime;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth_protocol::capability::{
+    Access, Actions, InvocationConfig, InvocationVerifier, ModuleHash, Resource, RevocationSet,
+    Role, VerifiedChain, Verifier, VerifierConfig,
+};
+use hearth_protocol::compute::{
+    Candidate, Job, JobKind, JobReply, Receipt, StoreVersion, choose, result_hash,
+};
+use hearth_protocol::time::UnixMillis;
+use hearth_stores::audit::Event;
+
+use crate::node::Node;
+use host::{HostState, Permit};
+use runtime::{Limits, RunError, Runtime};
+
+/// Jobs forwarded here that may wait for a runner at once.
+const INBOUND_QUEUE: usize = 16;
+/// File (in the compute directory) counting runs per capability.
+const RUNS_FILE: &str = "runs.json";
+
+/// The node's compute service.
+pub struct Compute {
+    pub(crate) runtime: Arc<Runtime>,
+    dir: std::path::PathBuf,
+    verifier: Mutex<Verifier>,
+    /// Replay protection for jobs this node relays.
+    relayed: Mutex<InvocationVerifier>,
+    /// Replay protection for jobs this node runs.
+    executed: Mutex<InvocationVerifier>,
+    runs: Mutex<BTreeMap<String, u64>>,
+    /// Limits of every run.
+    pub limits: Limits,
+    /// Runs at once (one per core keeps the node responsive).
+    slots: tokio::sync::Semaphore,
+    pub(crate) apps: apps::Apps,
+}
+
+impl std::fmt::Debug for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compute")
+            .field("dir", &self.dir)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> UnixMillis {
+    UnixMillis::from_system_time(std::time::SystemTime::now())
+}
+
+impl Compute {
+    /// The compute service keeping its files (compiled modules, run counts, apps)
+    /// in `dir`.
+    pub fn open(
+        dir: &std::path::Path,
+        owner: hearth_protocol::key::PublicKey,
+    ) -> Result<Self, String> {
+        let runtime = Runtime::new(&dir.join("modules"))?;
+        let runs = std::fs::read(dir.join(RUNS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Ok(Self {
+            runtime,
+            dir: dir.to_owned(),
+            verifier: Mutex::new(Verifier::new(owner, VerifierConfig::default())),
+            relayed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
+            executed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
+            runs: Mutex::new(runs),
+            limits: Limits::default(),
+            slots: tokio::sync::Semaphore::new(cores),
+            apps: apps::Apps::open(&dir.join("apps")),
+        })
+    }
+
+    fn verify(&self, job: &Job, revocations: &RevocationSet) -> Result<VerifiedChain, String> {
+        self.verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify(&job.chain, now(), revocations)
+            .map_err(|err| format!("the capability is not valid: {err}"))
+    }
+
+    fn check_invocation(
+        verifier: &Mutex<InvocationVerifier>,
+        job: &Job,
+        chain: &VerifiedChain,
+    ) -> Result<(), String> {
+        let request = Job::signed_request(&job.module_hash(), &job.params, &job.kind);
+        verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(now(), chain, &job.invocation, &request)
+            .map_err(|err| format!("the request is not acceptable: {err}"))
+    }
+
+    /// Counts a run under `cap` and returns its number; kept on disk first.
+    fn count_run(&self, cap: &str) -> u64 {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let n = runs.get(cap).copied().unwrap_or(0) + 1;
+        runs.insert(cap.to_owned(), n);
+        if let Ok(bytes) = serde_json::to_vec(&*runs)
+            && let Err(err) = write_file(&self.dir.join(RUNS_FILE), &bytes)
+        {
+            tracing::warn!(error = %err, "could not save the run counts");
+        }
+        n
+    }
+
+    fn runs_so_far(&self, cap: &str) -> u64 {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cap)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn audit(
+    node: &Node,
+    actor: &str,
+    action: &str,
+    object: &str,
+    cap: &str,
+    outcome: &str,
+    bytes: u64,
+) {
+    let _ = node.audit.record(Event {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        object: object.to_owned(),
+        cap_id: Some(cap.to_owned()),
+        outcome: outcome.to_owned(),
+        bytes,
+    });
+}
+
+async fn revocations(node: &Node) -> Result<RevocationSet, String> {
+    let owner = node
+        .config
+        .mesh
+        .as_ref()
+        .map(|m| m.owner)
+        .ok_or("this device is not part of a mesh")?;
+    match node.mesh.get() {
+        Some(mesh) => mesh.revocations().await.map_err(|err| err.to_string()),
+        None => Ok(RevocationSet::new(owner)),
+    }
+}
+
+/// The stores a job reads (or, for an app, watches): every listed store that a read
+/// grant of the capability names.
+fn stores_read(node: &Node, chain: &VerifiedChain, kind: &JobKind) -> Vec<String> {
+    if let JobKind::Deploy { store, .. } = kind {
+        return vec![store.clone()];
+    }
+    let mut names: BTreeSet<String> = node.stores.list().into_iter().map(|s| s.name).collect();
+    if let Some(listing) = node
+        .catalogue
+        .as_ref()
+        .and_then(|c| crate::catalogue::read(c).ok())
+    {
+        names.extend(listing.stores.into_values().map(|e| e.name));
+    }
+    names.remove(crate::catalogue::NAME);
+    names
+        .into_iter()
+        .filter(|name| {
+            let resource = Resource::Store(name.clone());
+            chain
+                .grants
+                .iter()
+                .any(|g| g.actions.contains(Actions::READ) && resource.within(&g.resource))
+        })
+        .collect()
+}
+
+/// The devices that hold every store in `stores`, as candidates for running a job.
+async fn candidates(
+    node: &Node,
+    stores: &[String],
+    allowed: Option<&BTreeSet<String>>,
+) -> Vec<Candidate> {
+    let me = node.config.name.clone();
+    let my_role: Role = node.config.role.parse().unwrap_or(Role::Home);
+    let devices = match node.mesh.get() {
+        Some(mesh) => mesh.devices().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let listing = node
+        .catalogue
+        .as_ref()
+        .and_then(|c| crate::catalogue::read(c).ok())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut consider = |name: &str, role: Role, online: bool, local: bool| {
+        if allowed.is_some_and(|a| !a.contains(name)) {
+            return;
+        }
+        let mut fresh = true;
+        for store in stores {
+            let holds = if local {
+                node.stores.get(store).is_ok()
+            } else {
+                listing
+                    .id_of(store)
+                    .and_then(|id| listing.stores.get(id))
+                    .is_some_and(|e| e.policy().holds(name, role, &e.origin))
+            };
+            if !holds {
+                return;
+            }
+            // Fresh: this device's last reported digest equals the origin's.
+            if let Some(id) = listing.id_of(store)
+                && let (Some(entry), Some(stats)) =
+                    (listing.stores.get(id), listing.replicas.get(id))
+                && entry.origin != name
+                && let (Some(origin), Some(mine)) = (stats.get(&entry.origin), stats.get(name))
+                && origin.digest != mine.digest
+            {
+                fresh = false;
+            }
+        }
+        out.push(Candidate {
+            device: name.to_owned(),
+            role,
+            online,
+            fresh,
+            local,
+        });
+    };
+    consider(&me, my_role, true, true);
+    for d in devices {
+        if d.name == me || d.revoked {
+            continue;
+        }
+        let Ok(role) = d.role.parse() else { continue };
+        consider(&d.name, role, d.online, false);
+    }
+    out
+}
+
+/// Takes a job from the API: finds where it runs, runs or forwards it, and returns
+/// the reply. Waits up to `wait` for a holder of the data to come online.
+pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> JobReply {
+    let Some(compute) = node.compute.as_ref() else {
+        return JobReply::Unavailable("this node does not run computations".into());
+    };
+    let job = match Job::decode(&bytes) {
+        Ok(job) => job,
+        Err(err) => return JobReply::Refused(format!("the job is malformed: {err}")),
+    };
+    let id = job.id().to_string();
+    let cap = job.chain.leaf().id().to_string();
+    let holder = job.chain.leaf().capability().audience.short();
+    let checked = match revocations(node).await {
+        Ok(revocations) => compute.verify(&job, &revocations).and_then(|chain| {
+            Compute::check_invocation(&compute.relayed, &job, &chain).map(|()| chain)
+        }),
+        Err(reason) => Err(reason),
+    };
+    let chain = match checked {
+        Ok(chain) => chain,
+        Err(reason) => {
+            audit(
+                node,
+                &holder,
+                "compute.job",
+                &id,
+                &cap,
+                &format!("refused: {reason}"),
+                0,
+            );
+            return JobReply::Refused(reason);
+        }
+    };
+    let stores = stores_read(node, &chain, &job.kind);
+    if stores.is_empty() {
+        let reason = "the capability grants reading no store that exists in this mesh".to_owned();
+        audit(
+            node,
+            &holder,
+            "compute.job",
+            &id,
+            &cap,
+            &format!("refused: {reason}"),
+            0,
+        );
+        return JobReply::Refused(reason);
+    }
+    let allowed = chain
+        .grants
+        .iter()
+        .find(|g| g.resource == Resource::Compute)
+        .and_then(|g| g.caveats.devices.clone());
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let found = candidates(node, &stores, allowed.as_ref()).await;
+        let target = choose(&found).cloned();
+        match target {
+            Some(target) if target.local => {
+                return execute(node, compute, job, "local").await;
+            }
+            Some(target) => {
+                audit(
+                    node,
+                    &holder,
+                    "compute.forward",
+                    &id,
+                    &cap,
+                    &format!("allowed: to {}", target.device),
+                    bytes.len() as u64,
+                );
+                let Some(mesh) = node.mesh.get() else {
+                    return JobReply::Unavailable("the mesh is not running".into());
+                };
+                match mesh.forward_job(&target.device, bytes.clone()).await {
+                    Ok(reply) => {
+                        return JobReply::decode(&reply).unwrap_or_else(|err| {
+                            JobReply::Failed(format!(
+                                "device {} sent a malformed reply: {err}",
+                                target.device
+                            ))
+                        });
+                    }
+                    Err(err) if tokio::time::Instant::now() >= deadline => {
+                        return JobReply::Unavailable(format!(
+                            "device {} holds the data but the job did not run there: {err}",
+                            target.device
+                        ));
+                    }
+                    Err(err) => {
+                        tracing::info!(device = %target.device, error = %err, "forwarding a job failed; trying again");
+                    }
+                }
+            }
+            None if tokio::time::Instant::now() >= deadline => {
+                let holders: Vec<String> = found.iter().map(|c| c.device.clone()).collect();
+                let reason = if holders.is_empty() {
+                    format!(
+                        "no device {}holds all of {} ",
+                        if allowed.is_some() {
+                            "the capability allows "
+                        } else {
+                            ""
+                        },
+                        stores.join(", ")
+                    )
+                } else {
+                    format!(
+                        "no device holding {} is online (holders: {}); pass --wait to wait for one",
+                        stores.join(", "),
+                        holders.join(", ")
+                    )
+                };
+                let reason = reason.trim_end().to_owned();
+                audit(
+                    node,
+                    &holder,
+                    "compute.job",
+                    &id,
+                    &cap,
+                    &format!("unavailable: {reason}"),
+                    0,
+                );
+                return JobReply::Unavailable(reason);
+            }
+            None => {}
+        }
+        // Devices come and go; look again shortly.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Serves jobs that other devices forward here.
+pub(crate) async fn serve_forwarded(node: Arc<Node>) {
+    let (Some(mesh), Some(_)) = (node.mesh.get(), node.compute.as_ref()) else {
+        return;
+    };
+    let (sender, mut jobs) = tokio::sync::mpsc::channel::<crate::mesh::InboundJob>(INBOUND_QUEUE);
+    if mesh.serve_jobs(sender).await.is_err() {
+        return;
+    }
+    while let Some(inbound) = jobs.recv().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let reply = match (Job::decode(&inbound.bytes), node.compute.as_ref()) {
+                (Ok(job), Some(compute)) => execute(&node, compute, job, &inbound.from).await,
+                (Err(err), _) => JobReply::Refused(format!("the job is malformed: {err}")),
+                (_, None) => JobReply::Unavailable("this node does not run computations".into()),
+            };
+            let _ = inbound.reply.send(reply.encode());
+        });
+    }
+}
+
+/// Runs (or, for a deploy, installs) `job` here, checking everything. `recipient` is
+/// who gets the result: `local`, or the device that forwarded it.
+pub(crate) async fn execute(
+    node: &Arc<Node>,
+    compute: &Compute,
+    job: Job,
+    recipient: &str,
+) -> JobReply {
+    let id = job.id();
+    let id_text = id.to_string();
+    let cap_id = job.chain.leaf().id();
+    let cap = cap_id.to_string();
+    let holder = job.chain.leaf().capability().audience.short();
+    let refuse = |reason: String| {
+        audit(
+            node,
+            &holder,
+            "compute.job",
+            &id_text,
+            &cap,
+            &format!("refused: {reason}"),
+            0,
+        );
+        JobReply::Refused(reason)
+    };
+    let revocations = match revocations(node).await {
+        Ok(r) => r,
+        Err(reason) => return refuse(reason),
+    };
+    let chain = match compute.verify(&job, &revocations) {
+        Ok(chain) => chain,
+        Err(reason) => return refuse(reason),
+    };
+    if let Err(reason) = Compute::check_invocation(&compute.executed, &job, &chain) {
+        return refuse(reason);
+    }
+    let module_hash = job.module_hash();
+    let device = node.config.name.clone();
+    let run_number = compute.runs_so_far(&cap) + 1;
+    let permit = Permit {
+        grants: chain.grants.clone(),
+        module_hash,
+        device: device.clone(),
+        run_number,
+        job: id_text.clone(),
+    };
+    if let Err(reason) = permit.check(Access::new(&Resource::Compute, Actions::RUN)) {
+        return refuse(reason);
+    }
+    if let JobKind::Deploy { app, store } = &job.kind {
+        let resource = Resource::Store(store.clone());
+        if let Err(reason) = permit.check(Access::new(&resource, Actions::SUBSCRIBE)) {
+            return refuse(reason);
+        }
+        if let Err(err) = compute.runtime.prepare(&job.module) {
+            return refuse(err.to_string());
+        }
+        return match apps::deploy(node, &job, app, store, &chain) {
+            Ok(()) => {
+                audit(
+                    node,
+                    &holder,
+                    "compute.deploy",
+                    app,
+                    &cap,
+                    &format!("allowed: on {device}, watching {store}"),
+                    job.module.len() as u64,
+                );
+                JobReply::Deployed {
+                    app: app.clone(),
+                    device,
+                }
+            }
+            Err(reason) => refuse(reason),
+        };
+    }
+    let run_number = compute.count_run(&cap);
+    let permit = Permit {
+        run_number,
+        ..permit
+    };
+    audit(
+        node,
+        &holder,
+        "compute.job",
+        &id_text,
+        &cap,
+        &format!("allowed: module {} from {recipient}", short(&module_hash)),
+        job.module.len() as u64,
+    );
+    let outcome = run_module(
+        node,
+        compute,
+        &job.module,
+        permit.clone(),
+        &job.params,
+        None,
+    )
+    .await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(RunError::Refused(reason)) => return refuse(reason),
+        Err(err @ (RunError::Module(_) | RunError::Failed(_))) => {
+            let reason = err.to_string();
+            audit(
+                node,
+                &holder,
+                "compute.job",
+                &id_text,
+                &cap,
+                &format!("failed: {reason}"),
+                0,
+            );
+            return JobReply::Failed(reason);
+        }
+    };
+    audit_reads(node, &holder, &cap, &id_text, &outcome.state);
+    let result = match outcome.result {
+        Ok(result) => result,
+        Err(message) => {
+            let reason = format!("the computation failed: {message}");
+            audit(
+                node,
+                &holder,
+                "compute.job",
+                &id_text,
+                &cap,
+                &format!("failed: {reason}"),
+                0,
+            );
+            return JobReply::Failed(reason);
+        }
+    };
+    let size = Access {
+        result_bytes: result.len() as u64,
+        ..Access::new(&Resource::Compute, Actions::RUN)
+    };
+    if let Err(reason) = permit.check(size) {
+        audit(
+            node,
+            &holder,
+            "compute.result",
+            &id_text,
+            &cap,
+            &format!("refused: {reason}"),
+            result.len() as u64,
+        );
+        return JobReply::Refused(reason);
+    }
+    let hash = result_hash(&result);
+    audit(
+        node,
+        &holder,
+        "compute.result",
+        &format!("{id_text} to {recipient}"),
+        &cap,
+        &format!("allowed: sha256 {}", hex::encode(hash)),
+        result.len() as u64,
+    );
+    let Some(setup) = node.config.mesh.as_ref() else {
+        return JobReply::Failed("this device has no certificate to sign a receipt with".into());
+    };
+    let receipt = Receipt {
+        job: id,
+        ran_on: device,
+        node: node.config.node_key.public(),
+        module_hash,
+        cap_id,
+        data_heads: outcome
+            .state
+            .reads
+            .iter()
+            .map(|(store, stats)| StoreVersion {
+                store: store.clone(),
+                digest: stats.digest,
+            })
+            .collect(),
+        result_hash: hash,
+        fuel: outcome.fuel,
+        finished: now(),
+    }
+    .sign(node.config.node_key.secret(), setup.certificate.clone());
+    JobReply::Done {
+        result,
+        receipt: Box::new(receipt),
+    }
+}
+
+fn short(hash: &ModuleHash) -> String {
+    hex::encode(hash.0).chars().take(16).collect()
+}
+
+/// One audit entry per store a run read: records and bytes handed over.
+fn audit_reads(node: &Node, holder: &str, cap: &str, job: &str, state: &HostState) {
+    for (store, stats) in &state.reads {
+        audit(
+            node,
+            holder,
+            "compute.read",
+            store,
+            cap,
+            &format!("allowed: job {job}, {} records", stats.records),
+            stats.bytes,
+        );
+    }
+    for (store, n) in &state.appended {
+        audit(
+            node,
+            holder,
+            "compute.write",
+            store,
+            cap,
+            &format!("allowed: job {job}, {n} readings"),
+            0,
+        );
+    }
+}
+
+/// Runs `module` on a blocking thread, one run per core at a time.
+pub(crate) async fn run_module(
+    node: &Arc<Node>,
+    compute: &Compute,
+    module: &[u8],
+    permit: Permit,
+    params: &str,
+    derived: Option<Arc<dyn host::DerivedStores>>,
+) -> Result<runtime::Outcome, RunError> {
+    let _slot = compute
+        .slots
+        .acquire()
+        .await
+        .map_err(|_| RunError::Failed("the node is stopping".into()))?;
+    let runtime = compute.runtime.clone();
+    let state = HostState::new(
+        permit,
+        node.stores.clone(),
+        compute.limits.memory_bytes,
+        derived,
+    );
+    let module = module.to_vec();
+    let params = params.to_owned();
+    let limits = compute.limits;
+    tokio::task::spawn_blocking(move || runtime.run(&module, state, &params, limits))
+        .await
+        .map_err(|err| RunError::Failed(format!("the run was lost: {err}")))?
+}
