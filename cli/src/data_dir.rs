@@ -34,6 +34,23 @@ pub(crate) struct Config {
     /// Mesh addresses to dial at start (the device that invited this one, say).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) bootstrap: Vec<String>,
+    /// Limits of every computation this device runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) compute: Option<ComputeLimits>,
+}
+
+/// `[compute]` in `config.toml`: the limits of one run (defaults when absent).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ComputeLimits {
+    /// Fuel per run (roughly, WebAssembly instructions).
+    pub(crate) fuel: Option<u64>,
+    /// Linear memory per run, in MiB.
+    pub(crate) memory_mb: Option<u64>,
+    /// Wall time per run, e.g. `30s`.
+    pub(crate) wall_time: Option<String>,
+    /// Largest result, in bytes.
+    pub(crate) result_bytes: Option<u64>,
 }
 
 impl DataDir {

@@ -237,6 +237,7 @@ async fn node_start_round(owner: &OwnerKey, dir: &std::path::Path, round: usize)
                 ..MeshConfig::default()
             },
         }),
+        compute_limits: Default::default(),
     })
     .unwrap();
     let mut stop_b = stop_rx.clone();

@@ -50,6 +50,8 @@ pub struct NodeConfig {
     /// The mesh, when this device has a certificate: its certificate, the owner key
     /// if this device holds it (to admit new devices), and the network settings.
     pub mesh: Option<MeshSetup>,
+    /// Limits of every computation run here.
+    pub compute_limits: crate::compute::runtime::Limits,
 }
 
 /// What the mesh needs from the data directory.
@@ -223,6 +225,7 @@ impl Node {
                 crate::compute::Compute::open(
                     &config.data_dir.join(layout::COMPUTE_DIR),
                     setup.owner,
+                    config.compute_limits,
                 )
                 .map_err(NodeError::Compute)?,
             ),

@@ -203,3 +203,55 @@ pub mod cli {
         );
     }
 }
+
+/// The guest side: the example computations, built for `wasm32-wasip2`.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+pub mod guest {
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    /// The built module `name` (`daily_mean`, `places`, …). The first call in a
+    /// process builds the guest workspace (`examples/compute`) once, into
+    /// `target/guest` next to the test binaries; cargo's lock keeps concurrent test
+    /// processes from building it twice.
+    pub fn module(name: &str) -> PathBuf {
+        static BUILT: OnceLock<PathBuf> = OnceLock::new();
+        let dir = BUILT.get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            // TARGET/debug/hearth → TARGET
+            let bin = crate::cli::hearth_bin();
+            let target = bin
+                .parent()
+                .and_then(|p| p.parent())
+                .expect("the binary sits in TARGET/PROFILE")
+                .to_path_buf();
+            let target = target.join("guest");
+            let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--manifest-path",
+                    "examples/compute/Cargo.toml",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .output()
+                .expect("cargo runs");
+            assert!(
+                out.status.success(),
+                "building the example computations failed (is the wasm32-wasip2 target \
+                 installed? scripts/setup.sh adds it):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            target.join("wasm32-wasip2").join("release")
+        });
+        let path = dir.join(format!("{name}.wasm"));
+        assert!(path.exists(), "{} was not built", path.display());
+        path
+    }
+}

@@ -97,6 +97,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         api: args.api,
         backend,
         mesh: Some(mesh),
+        compute_limits: compute_limits(&config)?,
     })
     .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -226,4 +227,53 @@ pub(crate) fn invite(
         || answer.clone(),
     );
     Ok(())
+}
+
+/// The `[compute]` limits of `config.toml`, over the defaults.
+fn compute_limits(
+    config: &crate::data_dir::Config,
+) -> Result<hearth_node::compute::runtime::Limits> {
+    use hearth_node::compute::runtime::{Limits, MAX_MEMORY_BYTES};
+    let mut limits = Limits::default();
+    let Some(c) = &config.compute else {
+        return Ok(limits);
+    };
+    let bad = |what: String| {
+        CliError::new(Exit::Error, format!("config.toml [compute]: {what}"))
+            .hint("fix config.toml in the data directory")
+    };
+    if let Some(fuel) = c.fuel {
+        if fuel == 0 {
+            return Err(bad("fuel must be above zero".into()));
+        }
+        limits.fuel = fuel;
+    }
+    if let Some(mb) = c.memory_mb {
+        let bytes = usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        if mb == 0 || bytes > MAX_MEMORY_BYTES {
+            return Err(bad(format!(
+                "memory_mb must be between 1 and {}",
+                MAX_MEMORY_BYTES / (1024 * 1024)
+            )));
+        }
+        limits.memory_bytes = bytes;
+    }
+    if let Some(text) = &c.wall_time {
+        limits.wall_time = humantime::parse_duration(text)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| bad(format!("wall_time {text:?} is not a duration such as 30s")))?;
+    }
+    if let Some(bytes) = c.result_bytes {
+        limits.result_bytes = usize::try_from(bytes)
+            .ok()
+            .filter(|b| (1..=hearth_protocol::compute::MAX_RESULT_BYTES).contains(b))
+            .ok_or_else(|| {
+                bad(format!(
+                    "result_bytes must be between 1 and {}",
+                    hearth_protocol::compute::MAX_RESULT_BYTES
+                ))
+            })?;
+    }
+    Ok(limits)
 }

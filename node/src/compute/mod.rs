@@ -74,6 +74,7 @@ impl Compute {
     pub fn open(
         dir: &std::path::Path,
         owner: hearth_protocol::key::PublicKey,
+        limits: Limits,
     ) -> Result<Self, String> {
         let runtime = Runtime::new(&dir.join("modules"))?;
         let runs = std::fs::read(dir.join(RUNS_FILE))
@@ -88,7 +89,7 @@ impl Compute {
             relayed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
             executed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
             runs: Mutex::new(runs),
-            limits: Limits::default(),
+            limits,
             slots: tokio::sync::Semaphore::new(cores),
             apps: apps::Apps::open(&dir.join("apps")),
         })
@@ -473,7 +474,19 @@ pub(crate) async fn execute(
     }
     if let JobKind::Deploy { app, store } = &job.kind {
         let resource = Resource::Store(store.clone());
-        if let Err(reason) = permit.check(Access::new(&resource, Actions::SUBSCRIBE)) {
+        // Following a store reveals nothing by itself (every read is checked when it
+        // happens): no fields, no raw readings, the present only.
+        let nothing = BTreeSet::new();
+        let follow = Access {
+            fields: Some(&nothing),
+            aggregate: true,
+            time_range: Some(hearth_protocol::capability::TimeRange {
+                start: now(),
+                end: now().saturating_add(Duration::from_millis(1)),
+            }),
+            ..Access::new(&resource, Actions::SUBSCRIBE)
+        };
+        if let Err(reason) = permit.check(follow) {
             return refuse(reason);
         }
         if let Err(err) = compute.runtime.prepare(&job.module) {

@@ -1,0 +1,49 @@
+//! `sandbox-probe`: not an example to copy. It misbehaves on request so that the tests
+//! can check that a node stops it: `{"do": "spin"}` loops forever (fuel, wall time),
+//! `"grow"` allocates until memory runs out, `"read"` reads every reading of
+//! `params.store` (grants checked by name), `"big"` returns `params.bytes` bytes,
+//! `"panic"` panics, `"fail"` returns an error.
+
+use hearth_sdk::{Value, Window, json, stores};
+
+fn probe(params: Value) -> Result<Value, String> {
+    match params.get("do").and_then(Value::as_str).unwrap_or("") {
+        "spin" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "grow" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1024 * 1024]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "read" => {
+            let store = params.get("store").and_then(Value::as_str).unwrap_or("");
+            let mut n = 0u64;
+            for reading in stores::read(store, None, Window::all())? {
+                reading?;
+                n += 1;
+            }
+            Ok(json!({ "read": n }))
+        }
+        "big" => {
+            let bytes = params.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+            let len = usize::try_from(bytes).map_err(|e| e.to_string())?;
+            Ok(Value::String("x".repeat(len)))
+        }
+        "panic" => panic_on_purpose(),
+        "fail" => Err("the probe fails on purpose".into()),
+        other => Err(format!("unknown probe {other:?}")),
+    }
+}
+
+#[allow(clippy::panic)]
+fn panic_on_purpose() -> ! {
+    panic!("the probe panics on purpose")
+}
+
+hearth_sdk::computation!(probe);
