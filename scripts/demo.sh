@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job, as far as Hearth is built: create a mesh, make a developer key,
-# review and approve a computation's manifest, delegate a narrower capability to an
+# review and approve computations' manifests, delegate a narrower capability to an
 # app, show that a key that does not hold a capability is refused, run a node, pair a
-# phone, feed drivers (os-monitor; OwnTracks over http-ingest) and watch the track
-# replicate by policy.
+# phone, feed drivers (os-monitor; a day's OwnTracks track over http-ingest), watch the
+# track replicate by policy, and run the `places` and `daily-mean` computations from the
+# phone: they run on home, where the data is, and only their results come back, with
+# receipts that verify offline.
 # Everything happens in a temporary directory that is removed at the end
 # (pass --keep to leave it).
 set -euo pipefail
@@ -13,9 +15,12 @@ keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 
 scripts/setup.sh
-echo "==> Building the hearth command"
+echo "==> Building the hearth command and the example computations"
 cargo build --locked --quiet -p hearth-cli
+cargo build --release --locked --quiet --target wasm32-wasip2 \
+    --manifest-path examples/compute/Cargo.toml --target-dir target/guest
 hearth="$PWD/target/debug/hearth"
+guest="$PWD/target/guest/wasm32-wasip2/release"
 
 work=$(mktemp -d)
 if [ "$keep" = false ]; then
@@ -34,9 +39,7 @@ echo "developer public key: $dev"
 
 say "The developer ships the 'places' computation with a manifest. The owner reviews it in plain words."
 cp "$OLDPWD/examples/manifests/places.toml" places.toml
-# The compute runtime is not built yet, so the demo approves a stand-in module: the
-# smallest valid WebAssembly module. Approval binds whatever bytes it is given.
-printf '\000asm\001\000\000\000' > places.wasm
+cp "$guest/places.wasm" places.wasm
 "$hearth" app review places.toml
 
 say "The owner approves it for the developer's key for 7 days; the capability is bound to the module's hash."
@@ -106,18 +109,25 @@ say "The home device watches itself: an os-monitor driver writes load, CPU, memo
 sleep 2.5
 "$hearth" --data-dir home store read os-monitor --latest
 
-say "The phone takes its own location track as the OwnTracks app posts it: an http-ingest driver on the phone."
+say "The phone takes its own location track as the OwnTracks app posts it: an http-ingest driver on the phone (a day of fixes, shipped in examples/data/day-track.csv)."
 added=$("$hearth" --data-dir phone --json driver add http-ingest --listen 127.0.0.1:0 --store location \
     --description "where the phone was")
 url=$(echo "$added" | sed -n 's/.*"url":"\([^"]*\)".*/\1/p')
 user=$(echo "$added" | sed -n 's/.*"user":"\([^"]*\)".*/\1/p')
 password=$(echo "$added" | sed -n 's/.*"password":"\([^"]*\)".*/\1/p')
 echo "endpoint: $url/owntracks (user $user)"
-for body in "$OLDPWD"/tests/fixtures/owntracks/*.json; do
-    curl -sS -u "$user:$password" -H 'Content-Type: application/json' -H 'X-Limit-U: anna' -H 'X-Limit-D: phone' \
-        --data-binary "@$body" "$url/owntracks"
-    echo "  <- $(basename "$body")"
-done
+day=$(( ($(date +%s) / 86400 - 1) * 86400 ))
+posted=0
+while IFS=, read -r minute lat lon; do
+    case "$minute" in ''|'#'*|minute) continue ;; esac
+    tst=$(( day + minute * 60 ))
+    curl -sS -o /dev/null -u "$user:$password" -H 'Content-Type: application/json' \
+        -H 'X-Limit-U: anna' -H 'X-Limit-D: phone' \
+        --data-binary "{\"_type\":\"location\",\"lat\":$lat,\"lon\":$lon,\"tst\":$tst,\"acc\":12,\"batt\":80,\"tid\":\"ph\"}" \
+        "$url/owntracks"
+    posted=$(( posted + 1 ))
+done < "$OLDPWD/examples/data/day-track.csv"
+echo "posted $posted OwnTracks location messages"
 "$hearth" --data-dir phone driver ls
 
 say "By the default policy (origin,role:home) the track lives on the phone and the home device, nowhere else."
@@ -129,6 +139,26 @@ done
 echo "read on the home device:"
 "$hearth" --data-dir home store read location
 "$hearth" --data-dir home store ls
+
+say "From the phone, the developer runs 'places'. It runs on home (a holder of the track); only the result comes back."
+"$hearth" --data-dir phone --json run places.wasm --cap places.cap --key developer.key \
+    --params '{"grid_m": 250, "top": 3}' > places-run.json
+"$hearth" --data-dir phone run places.wasm --cap places.cap --key developer.key --params '{"grid_m": 250, "top": 3}'
+
+say "Anyone with the owner's public key can check the receipt offline: signed by a device of this mesh, for this result."
+"$hearth" --data-dir phone receipt verify places-run.json
+
+say "'daily-mean' gets aggregates of the home device's load, never a single reading; approved, then run from the phone."
+cp "$OLDPWD/examples/manifests/daily-mean.toml" daily-mean.toml
+cp "$guest/daily_mean.wasm" daily_mean.wasm
+"$hearth" --data-dir home app approve daily-mean.toml --holder "$dev" --expires 7d --out daily-mean.cap --yes
+"$hearth" --data-dir phone run daily_mean.wasm --cap daily-mean.cap --key developer.key --params '{"field": "load1"}'
+
+say "What moved: the results, not the data."
+result_bytes=$(sed -n 's/.*"result_bytes":\([0-9]*\).*/\1/p' places-run.json)
+track=$("$hearth" --data-dir home --json store ls | sed -n 's/.*{"bytes":\([0-9]*\),[^}]*"name":"location","origin":"[a-z]*","records":\([0-9]*\).*/\2 readings, \1 bytes on disk/p')
+echo "the places result is $result_bytes bytes; the track it summarised ($track) never left the phone and home"
+"$hearth" --data-dir home audit --action compute.read
 
 say "Every request was written to the tamper-evident audit log."
 "$hearth" --data-dir home audit | tail -n 8

@@ -48,3 +48,10 @@ if ! need_cmd curl; then
         echo "setup: curl is missing; the demo needs it" >&2
     fi
 fi
+
+# Computations are WebAssembly components built for wasm32-wasip2 (the examples, and
+# what the tests run).
+if need_cmd rustup && ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    echo "setup: adding the wasm32-wasip2 Rust target"
+    rustup target add wasm32-wasip2
+fi

@@ -644,6 +644,55 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "writes the fuzz seeds; run by hand"]
+    fn write_fuzz_seeds() {
+        let (job, owner) = job();
+        let node = NodeKey::from_seed([3; 32]);
+        let cert = issue_certificate(
+            owner.secret(),
+            None,
+            node.public(),
+            "home",
+            Role::Home,
+            UnixMillis(0),
+            UnixMillis(u64::MAX),
+            [1; 16],
+        )
+        .unwrap();
+        let receipt = Receipt {
+            job: job.id(),
+            ran_on: "home".into(),
+            node: node.public(),
+            module_hash: job.module_hash(),
+            cap_id: job.chain.leaf().id(),
+            data_heads: vec![StoreVersion {
+                store: "os-monitor".into(),
+                digest: [9; 32],
+            }],
+            result_hash: result_hash("{}"),
+            fuel: 1234,
+            finished: UnixMillis(99),
+        }
+        .sign(node.secret(), cert);
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/compute_decode");
+        std::fs::create_dir_all(&dir).unwrap();
+        let with = |tag: u8, bytes: Vec<u8>| [vec![tag], bytes].concat();
+        std::fs::write(dir.join("job"), with(0, job.encode())).unwrap();
+        let done = JobReply::Done {
+            result: "{}".into(),
+            receipt: Box::new(receipt.clone()),
+        };
+        std::fs::write(dir.join("reply-done"), with(1, done.encode())).unwrap();
+        std::fs::write(
+            dir.join("reply-refused"),
+            with(1, JobReply::Refused("no".into()).encode()),
+        )
+        .unwrap();
+        std::fs::write(dir.join("receipt"), with(2, receipt.encode())).unwrap();
+    }
+
+    #[test]
     fn placement_prefers_online_fresh_home_unmetered_local() {
         let c = |device: &str, role, online, fresh, local| Candidate {
             device: device.into(),

@@ -236,3 +236,42 @@ pub fn sync_input(data: &[u8]) {
     while engine.poll_transmit().is_some() {}
     while engine.poll_event().is_some() {}
 }
+
+/// The compute decoders: the first byte picks one (0 job, 1 reply, 2 signed receipt),
+/// the rest is its input. Whatever decodes re-encodes to the same bytes, and a
+/// decoded receipt's verification answers without panicking.
+pub fn compute_input(data: &[u8]) {
+    use crate::compute::{Job, JobReply, SignedReceipt};
+
+    let Some((which, data)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            if let Ok(job) = Job::decode(data) {
+                assert_eq!(job.encode(), data, "a decoded job re-encodes differently");
+                let _ = job.id();
+            }
+        }
+        1 => {
+            if let Ok(reply) = JobReply::decode(data) {
+                assert_eq!(
+                    reply.encode(),
+                    data,
+                    "a decoded reply re-encodes differently"
+                );
+            }
+        }
+        _ => {
+            if let Ok(receipt) = SignedReceipt::decode(data) {
+                assert_eq!(
+                    receipt.encode(),
+                    data,
+                    "a decoded receipt re-encodes differently"
+                );
+                let owner = OwnerKey::from_seed([1; 32]);
+                let _ = receipt.verify(&owner.public(), Some("{}"));
+            }
+        }
+    }
+}

@@ -74,3 +74,9 @@ fn sync_decoder_inputs() {
     let count = replay("sync_decode", hearth_protocol::fuzz::sync_input);
     assert!(count >= 5, "the sync seeds are missing");
 }
+
+#[test]
+fn compute_decoder_inputs() {
+    let count = replay("compute_decode", hearth_protocol::fuzz::compute_input);
+    assert!(count >= 3, "the compute seeds are missing");
+}

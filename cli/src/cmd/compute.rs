@@ -181,7 +181,11 @@ pub(crate) fn run(dir: &DataDir, args: RunArgs, out: &mut Output) -> Result<()> 
                     .unwrap_or("")
                     .get(..16)
                     .unwrap_or(""),
-                receipt["cap_id"].as_str().unwrap_or(""),
+                receipt["cap_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .get(..12)
+                    .unwrap_or(""),
                 if reads.is_empty() {
                     "no store".to_owned()
                 } else {
@@ -199,6 +203,7 @@ pub(crate) fn run(dir: &DataDir, args: RunArgs, out: &mut Output) -> Result<()> 
             json!({
                 "result": result,
                 "result_text": answer["result_text"],
+                "result_bytes": answer["result_text"].as_str().map_or(0, str::len),
                 "receipt": receipt,
             })
         },
