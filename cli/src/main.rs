@@ -1,5 +1,6 @@
-//! `hearth`: create a mesh, manage keys, review and approve manifests, and delegate
-//! capabilities. Commands that need a running node arrive with the node.
+//! `hearth`: create a mesh, manage keys, review and approve manifests, delegate
+//! capabilities, run the node and talk to it: stores, devices, drivers, computations,
+//! the audit log.
 
 // The CLI reads API answers with serde_json's `value["field"]`, which yields `Null` for a
 // missing field and never panics; the lint cannot tell it from slice indexing.

@@ -1396,11 +1396,13 @@ impl World {
             || (self.node(from).admitted.contains(&to) && self.node(to).admitted.contains(&from))
     }
 
+    /// Where a job runs: the candidates this strategy allows, ranked by the node's own
+    /// rule (`hearth_protocol::compute::choose`).
     fn executor(&self, h: u32, submitter: u32, reads: &[String]) -> Option<u32> {
         let per = self.scenario.devices.len();
         let first = u32::try_from(h as usize * per).ok()?;
         let last = u32::try_from((h as usize + 1) * per).ok()?;
-        let mut best: Option<(u8, u8, u32)> = None;
+        let mut candidates = Vec::new();
         for n in first..last {
             let d = self.devices.get(n as usize)?;
             let fits = match self.strategy {
@@ -1416,20 +1418,19 @@ impl World {
                         .is_some_and(|e| holds(&self.devices, n, e))
                 }),
             };
-            if !fits || !self.node(n).powered || !self.reachable(submitter, n) {
+            if !fits {
                 continue;
             }
-            let role = match d.role {
-                Role::Home => 0,
-                Role::Cloud => 1,
-                Role::Mobile => 2,
-            };
-            let key = (role, u8::from(n != submitter), n);
-            if best.is_none_or(|b| key < b) {
-                best = Some(key);
-            }
+            candidates.push(hearth_protocol::compute::Candidate {
+                // Zero-padded indices: the final tie-break by name is by index.
+                device: format!("{n:010}"),
+                role: d.role,
+                online: self.node(n).powered && self.reachable(submitter, n),
+                fresh: true,
+                local: n == submitter,
+            });
         }
-        best.map(|(_, _, n)| n)
+        hearth_protocol::compute::choose(&candidates).and_then(|c| c.device.parse().ok())
     }
 
     fn submit(&mut self, h: u32, j: usize) {

@@ -1129,7 +1129,7 @@ async fn submit_job(
 ) -> ApiResult {
     use hearth_protocol::compute::JobReply;
     let Query(query) = query?;
-    let wait = std::time::Duration::from_millis(query.wait_ms.min(24 * 3600 * 1000));
+    let wait = std::time::Duration::from_millis(query.wait_ms).min(crate::compute::MAX_WAIT);
     match crate::compute::submit(&node, body.to_vec(), wait).await {
         JobReply::Done { result, receipt } => {
             let parsed: Value =

@@ -1,16 +1,19 @@
 //! The Hearth node as a library: it opens the node's stores and audit log, joins the
 //! private mesh (libp2p, with admission by device certificate) and serves the local HTTP
 //! API on 127.0.0.1 for the `hearth` CLI, and replicates stores as the catalogue's
-//! placement policies say, and runs the built-in drivers. Compute comes later.
+//! placement policies say, runs the built-in drivers, and runs computations next to the
+//! data (wasmtime; jobs forwarded to the device holding the data; continuous apps).
 //!
 //! Actors:
 //!
 //! ```text
 //! hearth node run
-//! ├── mesh loop (libp2p swarm: admission, membership, sync transport)   MeshHandle
+//! ├── mesh loop (libp2p swarm: admission, membership, sync and compute transport)   MeshHandle
 //! ├── replication loop (sync engine over the stores and catalogue)     ReplicationHandle
 //! │   └── one forwarding task per store (local writes)
 //! ├── drivers: one supervised task each (os-monitor, http-ingest, mqtt, file-import)
+//! ├── compute: jobs forwarded by other devices; one task per app; runs on blocking
+//! │   threads (one per core), each a fresh wasmtime instance
 //! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key
 //!     └── blocking store and audit calls on tokio's blocking pool
 //! ```
@@ -29,6 +32,8 @@
 //! DATA_DIR/peers.json    devices this node was connected to, and their addresses
 //! DATA_DIR/drivers.toml  the drivers ([[driver]] tables)
 //! DATA_DIR/imports.json  file-import progress, per store and file content
+//! DATA_DIR/compute/      compiled modules (by hash), runs.json (runs per capability),
+//!                        apps/NAME.json (continuous apps)
 //! ```
 
 #![deny(missing_docs)]

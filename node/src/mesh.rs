@@ -250,6 +250,9 @@ pub enum MeshError {
     /// No device has that name.
     #[error("no device is named {0:?}")]
     NoSuchDevice(String),
+    /// That device is not connected now.
+    #[error("device {0:?} is not connected")]
+    NotConnected(String),
     /// Only the owner key can do this.
     #[error("only the device holding the owner key can {0}")]
     NotOwner(&'static str),
@@ -984,9 +987,7 @@ impl MeshLoop {
                         self.forwarded.insert(id, reply);
                     }
                     None => {
-                        let _ = reply.send(Err(MeshError::Join(format!(
-                            "device {device:?} is not connected"
-                        ))));
+                        let _ = reply.send(Err(MeshError::NotConnected(device)));
                     }
                 }
             }

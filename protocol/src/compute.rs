@@ -15,6 +15,7 @@
 //!          varint n, n × (str store, digest(32)), result_hash(32), varint fuel,
 //!          varint finished
 //! signed receipt = receipt, bytes certificate (the node's device certificate), sig(64)
+//!          over "hearth/v1/receipt" || receipt
 //! ```
 
 use sha2::{Digest as _, Sha256};
@@ -31,6 +32,8 @@ const JOB_MAGIC: &[u8; 4] = b"HJOB";
 const REPLY_MAGIC: &[u8; 4] = b"HJRP";
 const RECEIPT_MAGIC: &[u8; 4] = b"HRCP";
 const VERSION: u8 = 1;
+/// What a receipt's signature covers: this, then the receipt's encoding.
+const RECEIPT_DOMAIN: &[u8] = b"hearth/v1/receipt";
 
 /// Largest module (a compiled component) a job may carry.
 pub const MAX_MODULE_BYTES: usize = 8 * 1024 * 1024;
@@ -41,12 +44,15 @@ pub const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
 /// Largest encoded job.
 pub const MAX_JOB_BYTES: usize = MAX_MODULE_BYTES + 256 * 1024;
 /// Largest encoded reply.
-pub const MAX_REPLY_BYTES: usize = MAX_RESULT_BYTES + 64 * 1024;
-/// Most stores one receipt lists.
+pub const MAX_REPLY_BYTES: usize = MAX_RESULT_BYTES + MAX_RECEIPT_BYTES + 1024;
+/// Most stores one receipt lists (and one run may read).
 pub const MAX_RECEIPT_STORES: usize = 256;
 const MAX_NAME: usize = 128;
-const MAX_REASON: usize = 4096;
+/// Longest reason in a reply; longer ones are cut when encoded.
+pub const MAX_REASON: usize = 4096;
 const MAX_CHAIN_BYTES: usize = 64 * 1024;
+/// Largest signed receipt: the stores read, the device certificate, the rest.
+const MAX_RECEIPT_BYTES: usize = MAX_CHAIN_BYTES + MAX_RECEIPT_STORES * (MAX_NAME + 40) + 1024;
 
 /// What a job asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,15 +234,15 @@ impl JobReply {
             }
             JobReply::Refused(reason) => {
                 w.u8(3);
-                w.str(reason);
+                w.str(cut(reason));
             }
             JobReply::Unavailable(reason) => {
                 w.u8(4);
-                w.str(reason);
+                w.str(cut(reason));
             }
             JobReply::Failed(reason) => {
                 w.u8(5);
-                w.str(reason);
+                w.str(cut(reason));
             }
         }
         w.into_bytes()
@@ -249,7 +255,7 @@ impl JobReply {
         let reply = match r.u8("reply")? {
             1 => {
                 let result = r.str(MAX_RESULT_BYTES, "result")?.to_owned();
-                let len = r.len(MAX_CHAIN_BYTES + 16 * 1024, "receipt")?;
+                let len = r.len(MAX_RECEIPT_BYTES, "receipt")?;
                 let receipt = Box::new(SignedReceipt::decode(r.take(len, "receipt")?)?);
                 JobReply::Done { result, receipt }
             }
@@ -265,6 +271,15 @@ impl JobReply {
         r.finish("job reply")?;
         Ok(reply)
     }
+}
+
+/// `reason` cut to [`MAX_REASON`] bytes (at a character boundary).
+fn cut(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.get(..end).unwrap_or("")
 }
 
 /// Which version of one store a job read: the store's digest, a hash over the heads
@@ -322,6 +337,10 @@ impl Receipt {
         w.into_bytes()
     }
 
+    fn signing_message(&self) -> Vec<u8> {
+        [RECEIPT_DOMAIN, &self.encode()].concat()
+    }
+
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.magic(RECEIPT_MAGIC, VERSION, "receipt")?;
         let job = JobId(r.array("job id")?);
@@ -359,7 +378,7 @@ impl Receipt {
     /// Signs the receipt with the executing node's key; `certificate` is that node's
     /// device certificate, so anyone with the owner's public key can check it offline.
     pub fn sign(self, key: &SecretKey, certificate: Chain) -> SignedReceipt {
-        let signature = key.sign(&self.encode());
+        let signature = key.sign(&self.signing_message());
         SignedReceipt {
             receipt: self,
             certificate,
@@ -416,7 +435,7 @@ impl SignedReceipt {
 
     /// Decodes a signed receipt (it does not verify it).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::bounded(bytes, MAX_CHAIN_BYTES + 16 * 1024, "receipt")?;
+        let mut r = Reader::bounded(bytes, MAX_RECEIPT_BYTES, "receipt")?;
         let receipt = Receipt::decode(&mut r)?;
         let len = r.len(MAX_CHAIN_BYTES, "device certificate")?;
         let certificate = Chain::decode(r.take(len, "device certificate")?)?;
@@ -435,7 +454,7 @@ impl SignedReceipt {
     /// offline; a device revoked later does not void its earlier receipts.
     pub fn verify(&self, owner: &PublicKey, result: Option<&str>) -> Result<(), ReceiptError> {
         let r = &self.receipt;
-        if !r.node.verify(&r.encode(), &self.signature) {
+        if !r.node.verify(&r.signing_message(), &self.signature) {
             return Err(ReceiptError::BadSignature);
         }
         let mut verifier = Verifier::new(*owner, VerifierConfig::default());
@@ -617,6 +636,12 @@ mod tests {
             assert_eq!(JobReply::decode(&reply.encode()).unwrap(), reply);
         }
         receipt.verify(&owner.public(), Some("42")).unwrap();
+        // A reason too long for a reply is cut, not made undecodable.
+        let long = JobReply::Failed("é".repeat(MAX_REASON));
+        match JobReply::decode(&long.encode()).unwrap() {
+            JobReply::Failed(reason) => assert!(reason.len() <= MAX_REASON && reason.len() > 4000),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             receipt.verify(&owner.public(), Some("43")),
             Err(ReceiptError::ResultMismatch)

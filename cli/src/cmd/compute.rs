@@ -130,8 +130,17 @@ fn job(module_path: &Path, cap: &Path, key: &Path, params: &str, kind: JobKind) 
 }
 
 fn post(dir: &DataDir, job: &Job, wait: Option<Duration>) -> Result<Value> {
-    let client = Client::connect(dir)?;
     let wait = wait.unwrap_or_default();
+    if wait > hearth_node::compute::MAX_WAIT {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "--wait is at most {}",
+                humantime::format_duration(hearth_node::compute::MAX_WAIT)
+            ),
+        ));
+    }
+    let client = Client::connect(dir)?;
     let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
     client.post_bytes(
         "/v1/jobs",
@@ -212,36 +221,36 @@ pub(crate) fn run(dir: &DataDir, args: RunArgs, out: &mut Output) -> Result<()> 
 }
 
 /// The store an app follows when `--store` is not given: the one store the capability
-/// lets it subscribe to (or read, when none is subscribable).
+/// lets it subscribe to.
 fn default_store(chain: &Chain) -> Result<String> {
     let grants = &chain.leaf().capability().grants;
-    for action in [Actions::SUBSCRIBE, Actions::READ] {
-        let stores: Vec<&str> = grants
-            .iter()
-            .filter(|g| g.actions.contains(action))
-            .filter_map(|g| match &g.resource {
-                Resource::Store(name) if !name.contains('*') => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
-        match stores.as_slice() {
-            [one] => return Ok((*one).to_owned()),
-            [] => continue,
-            many => {
-                return Err(CliError::new(
-                    Exit::Usage,
-                    format!(
-                        "the capability names several stores ({}); say which one the app follows",
-                        many.join(", ")
-                    ),
-                )
-                .hint("pass --store NAME"));
-            }
+    let stores: Vec<&str> = grants
+        .iter()
+        .filter(|g| g.actions.contains(Actions::SUBSCRIBE))
+        .filter_map(|g| match &g.resource {
+            Resource::Store(name) if !name.contains('*') => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    match stores.as_slice() {
+        [one] => return Ok((*one).to_owned()),
+        [] => {}
+        many => {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!(
+                    "the capability lets the app follow several stores ({}); say which one",
+                    many.join(", ")
+                ),
+            )
+            .hint("pass --store NAME"));
         }
     }
     Err(CliError::new(
         Exit::Refused,
-        "the capability lets the app read no store by name".to_owned(),
+        "the capability lets the app subscribe to no store by name (its manifest needs \
+         access = [\"read\", \"subscribe\"] on the store it follows)"
+            .to_owned(),
     ))
 }
 

@@ -134,6 +134,15 @@ pub(crate) fn deploy(
             "{app:?} is not a valid app name (letters, digits, '-', '_', '.'; at most 64)"
         ));
     }
+    if let Some(catalogue) = &node.catalogue
+        && let Ok(Some(entry)) = catalogue.get(&catalogue_key(app))
+        && let Some(elsewhere) = entry.get("device").and_then(Value::as_str)
+        && elsewhere != node.config.name
+    {
+        return Err(format!(
+            "an app named {app:?} already runs on {elsewhere}; stop it first or pick another --name"
+        ));
+    }
     if compute.apps.path(app).exists() {
         return Err(format!(
             "an app named {app:?} already runs on {}; stop it first",
@@ -424,7 +433,7 @@ async fn run_once(
         .verify(&chain, now(), &revocations)
         .map_err(|err| format!("its capability is no longer valid: {err}"))?;
     let cap = chain.leaf().id().to_string();
-    let holder = verified.holder.short();
+    let holder = verified.holder.to_string();
     let run_number = compute.count_run(&cap);
     let job = format!("{}#{}", record.name, record.runs + 1);
     let permit = Permit {

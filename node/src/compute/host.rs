@@ -144,8 +144,9 @@ impl HostState {
         }
     }
 
-    /// The granted time range for `action` on `store` narrowed by the asked window,
-    /// or `None` (all time) when neither limits it. `Err` when nothing is left.
+    /// The asked window narrowed to the time range a grant for `action` on `store`
+    /// allows, or `None` (all time) when neither limits it. An empty range (nothing
+    /// left) reads nothing.
     fn narrow(&self, store: &str, action: Actions, window: &Window) -> Option<TimeRange> {
         let resource = Resource::Store(store.to_owned());
         let granted = self
@@ -190,6 +191,14 @@ impl HostState {
                 "store {name:?} is a {} store, not {}",
                 store.meta().kind.as_str(),
                 kind.as_str()
+            ));
+        }
+        if !self.reads.contains_key(name)
+            && self.reads.len() >= hearth_protocol::compute::MAX_RECEIPT_STORES
+        {
+            return Err(format!(
+                "a run may read at most {} stores",
+                hearth_protocol::compute::MAX_RECEIPT_STORES
             ));
         }
         self.reads

@@ -33,8 +33,10 @@ use crate::node::Node;
 use host::{HostState, Permit};
 use runtime::{Limits, RunError, Runtime};
 
-/// Jobs forwarded here that may wait for a runner at once.
+/// Jobs forwarded here that may be queued or running at once; more are answered "busy".
 const INBOUND_QUEUE: usize = 16;
+/// The longest a job may wait for a device holding its data to come online.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// File (in the compute directory) counting runs per capability.
 const RUNS_FILE: &str = "runs.json";
 
@@ -87,7 +89,12 @@ impl Compute {
             dir: dir.to_owned(),
             verifier: Mutex::new(Verifier::new(owner, VerifierConfig::default())),
             relayed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
-            executed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
+            // A job may wait for a holder of its data before it reaches the device that
+            // runs it: that device accepts invocations up to the longest wait old (the
+            // nonce cache still refuses a replay).
+            executed: Mutex::new(InvocationVerifier::new(
+                InvocationConfig::default().with_max_age(MAX_WAIT + Duration::from_secs(300)),
+            )),
             runs: Mutex::new(runs),
             limits,
             slots: tokio::sync::Semaphore::new(cores),
@@ -281,7 +288,7 @@ pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> 
     };
     let id = job.id().to_string();
     let cap = job.chain.leaf().id().to_string();
-    let holder = job.chain.leaf().capability().audience.short();
+    let holder = job.chain.leaf().capability().audience.to_string();
     let checked = match revocations(node).await {
         Ok(revocations) => compute.verify(&job, &revocations).and_then(|chain| {
             Compute::check_invocation(&compute.relayed, &job, &chain).map(|()| chain)
@@ -352,14 +359,23 @@ pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> 
                             ))
                         });
                     }
-                    Err(err) if tokio::time::Instant::now() >= deadline => {
-                        return JobReply::Unavailable(format!(
-                            "device {} holds the data but the job did not run there: {err}",
-                            target.device
-                        ));
-                    }
                     Err(err) => {
-                        tracing::info!(device = %target.device, error = %err, "forwarding a job failed; trying again");
+                        // Once the job left, it may have run there: it is not sent again
+                        // (that device would refuse it as a replay anyway).
+                        let sent = !matches!(err, crate::mesh::MeshError::NotConnected(_));
+                        if sent {
+                            return JobReply::Unavailable(format!(
+                                "the job went to device {} but no answer came back: {err}",
+                                target.device
+                            ));
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            return JobReply::Unavailable(format!(
+                                "device {} holds the data but went offline: {err}",
+                                target.device
+                            ));
+                        }
+                        tracing::info!(device = %target.device, "the device went offline before the job reached it; looking again");
                     }
                 }
             }
@@ -410,9 +426,19 @@ pub(crate) async fn serve_forwarded(node: Arc<Node>) {
     if mesh.serve_jobs(sender).await.is_err() {
         return;
     }
+    let room = Arc::new(tokio::sync::Semaphore::new(INBOUND_QUEUE));
     while let Some(inbound) = jobs.recv().await {
+        let Ok(place) = room.clone().try_acquire_owned() else {
+            let busy = JobReply::Unavailable(format!(
+                "device {} is busy with {INBOUND_QUEUE} other jobs; try again shortly",
+                node.config.name
+            ));
+            let _ = inbound.reply.send(busy.encode());
+            continue;
+        };
         let node = node.clone();
         tokio::spawn(async move {
+            let _place = place;
             let reply = match (Job::decode(&inbound.bytes), node.compute.as_ref()) {
                 (Ok(job), Some(compute)) => execute(&node, compute, job, &inbound.from).await,
                 (Err(err), _) => JobReply::Refused(format!("the job is malformed: {err}")),
@@ -435,7 +461,7 @@ pub(crate) async fn execute(
     let id_text = id.to_string();
     let cap_id = job.chain.leaf().id();
     let cap = cap_id.to_string();
-    let holder = job.chain.leaf().capability().audience.short();
+    let holder = job.chain.leaf().capability().audience.to_string();
     let refuse = |reason: String| {
         audit(
             node,
@@ -490,7 +516,17 @@ pub(crate) async fn execute(
             return refuse(reason);
         }
         if let Err(err) = compute.runtime.prepare(&job.module) {
-            return refuse(err.to_string());
+            let reason = err.to_string();
+            audit(
+                node,
+                &holder,
+                "compute.job",
+                &id_text,
+                &cap,
+                &format!("failed: {reason}"),
+                0,
+            );
+            return JobReply::Failed(reason);
         }
         return match apps::deploy(node, &job, app, store, &chain) {
             Ok(()) => {
@@ -511,11 +547,16 @@ pub(crate) async fn execute(
             Err(reason) => refuse(reason),
         };
     }
+    // Counted before the run; if other runs under the same capability were counted
+    // meanwhile, this one's number is checked again.
     let run_number = compute.count_run(&cap);
     let permit = Permit {
         run_number,
         ..permit
     };
+    if let Err(reason) = permit.check(Access::new(&Resource::Compute, Actions::RUN)) {
+        return refuse(reason);
+    }
     audit(
         node,
         &holder,
