@@ -93,6 +93,10 @@ enum Command {
     /// Receipts of computations.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// The whole loop on a local three-device mesh (home, phone, cloud): pairing,
+    /// drivers, replication by policy, computations run where the data is, receipts,
+    /// the audit log.
+    Demo(cmd::demo::Args),
 }
 
 /// Receipt commands.
@@ -145,6 +149,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Receipt(ReceiptCommand::Verify { file }) => {
             cmd::compute::verify_receipt(&data_dir, &file, &mut out)
         }
+        Command::Demo(args) => cmd::demo::run(args, &mut out),
     }
 }
 

@@ -620,7 +620,7 @@ impl Manifest {
                     History::Recent(d) => {
                         format!(
                             "records from the last {} before approval onwards",
-                            humantime::format_duration(d)
+                            whole_days(d)
                         )
                     }
                     History::Window { since, until } => match (since, until) {
@@ -692,20 +692,39 @@ impl Manifest {
                 let _ = writeln!(out, "  - Any number of runs until the permission expires.");
             }
         }
+        // Resource needs are the developer's estimate; each device runs computations
+        // under its own limits (config.toml [compute]), whatever a manifest says.
+        let mut needs = Vec::new();
         if let Some(fuel) = l.fuel {
-            let _ = writeln!(out, "  - At most {fuel} units of fuel per run.");
+            needs.push(format!("{fuel} units of fuel"));
         }
         if let Some(mb) = l.memory_mb {
-            let _ = writeln!(out, "  - At most {mb} MiB of memory per run.");
+            needs.push(format!("{mb} MiB of memory"));
         }
         if let Some(t) = l.wall_time {
+            needs.push(humantime::format_duration(t).to_string());
+        }
+        if !needs.is_empty() {
             let _ = writeln!(
                 out,
-                "  - At most {} per run.",
-                humantime::format_duration(t)
+                "  - Expects to need at most {} per run (your devices' own limits apply).",
+                needs.join(", ")
             );
         }
         out
+    }
+}
+
+/// `d` in days when it is a whole number of them (`90 days`), else as humantime
+/// writes it.
+fn whole_days(d: std::time::Duration) -> String {
+    const DAY: u64 = 86_400;
+    match d.as_secs() {
+        secs if secs > 0 && secs % DAY == 0 && d.subsec_nanos() == 0 => {
+            let days = secs / DAY;
+            format!("{days} day{}", if days == 1 { "" } else { "s" })
+        }
+        _ => humantime::format_duration(d).to_string(),
     }
 }
 

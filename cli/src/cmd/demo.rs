@@ -1,0 +1,789 @@
+//! `hearth demo`: the whole loop on a local three-device mesh (home, phone, cloud), as
+//! real `hearth` processes on loopback in a temporary directory.
+//!
+//! Every step runs this same binary as a user would (`hearth --data-dir D --json …`),
+//! so the demo exercises exactly what the commands do.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::error::{CliError, Exit, Result};
+use crate::output::Output;
+
+/// What `hearth demo` takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Leave the three nodes running (and their data directories) when done.
+    #[arg(long)]
+    keep: bool,
+    /// Where the built example computations are (`places.wasm`, `daily_mean.wasm`);
+    /// default: `target/guest/wasm32-wasip2/release` next to this binary's target dir.
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+}
+
+const PLACES_MANIFEST: &str = include_str!("../../../examples/manifests/places.toml");
+const DAILY_MEAN_MANIFEST: &str = include_str!("../../../examples/manifests/daily-mean.toml");
+const DAY_TRACK: &str = include_str!("../../../examples/data/day-track.csv");
+const DAY_MS: u64 = 86_400_000;
+
+/// The running demo: its directory and node processes.
+struct Demo {
+    root: PathBuf,
+    exe: PathBuf,
+    nodes: Vec<(String, Child)>,
+    keep: bool,
+    json: bool,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for (_, child) in &mut self.nodes {
+            terminate(child);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Asks a node to stop (SIGTERM, so it checkpoints its audit log) and waits for it.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn fail(message: impl Into<String>) -> CliError {
+    CliError::new(Exit::Error, message)
+}
+
+impl Demo {
+    fn dir(&self, device: &str) -> PathBuf {
+        self.root.join(device)
+    }
+
+    /// Narrates a step. Written directly (not through `Output`): a closed pipe only
+    /// silences the narration, the demo still runs to the end and cleans up.
+    fn say(&self, _out: &mut Output, text: &str) {
+        if !self.json {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "\n==> {text}");
+        }
+    }
+
+    fn show(&self, _out: &mut Output, text: &str) {
+        if !self.json {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "{text}");
+        }
+    }
+
+    /// `hearth --data-dir DIR --json ARGS…`, its JSON answer.
+    fn hearth(&self, device: &str, args: &[&str]) -> Result<Value> {
+        self.hearth_in(device, args, None)
+    }
+
+    fn hearth_in(&self, device: &str, args: &[&str], stdin: Option<&str>) -> Result<Value> {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("--data-dir")
+            .arg(self.dir(device))
+            .arg("--json")
+            .args(args)
+            .current_dir(&self.root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        let mut child = command
+            .spawn()
+            .map_err(|err| fail(format!("cannot run {}: {err}", self.exe.display())))?;
+        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+            use std::io::Write as _;
+            input
+                .write_all(text.as_bytes())
+                .map_err(|err| fail(format!("cannot feed `hearth {}`: {err}", args.join(" "))))?;
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|err| fail(format!("`hearth {}` failed: {err}", args.join(" "))))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(fail(format!(
+                "the demo's step `hearth {}` on {device} failed: {}",
+                args.join(" "),
+                stderr.trim()
+            )));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        Ok(serde_json::from_str(stdout.trim()).unwrap_or(Value::Null))
+    }
+
+    /// `hearth …` expected to fail with `exit`; its message.
+    fn hearth_refused(&self, device: &str, args: &[&str], exit: Exit) -> Result<String> {
+        let output = Command::new(&self.exe)
+            .arg("--data-dir")
+            .arg(self.dir(device))
+            .args(args)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|err| fail(format!("cannot run {}: {err}", self.exe.display())))?;
+        if output.status.code() != Some(exit as i32) {
+            return Err(fail(format!(
+                "`hearth {}` should have exited with {}; it exited with {:?}",
+                args.join(" "),
+                exit as i32,
+                output.status.code()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+
+    /// Starts `device`'s node and waits until its API answers.
+    fn start(&mut self, device: &str) -> Result<String> {
+        let log = std::fs::File::create(self.root.join(format!("{device}.log")))
+            .map_err(|err| fail(format!("cannot create the node's log: {err}")))?;
+        let child = Command::new(&self.exe)
+            .arg("--data-dir")
+            .arg(self.dir(device))
+            .args([
+                "node",
+                "run",
+                "--no-mdns",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|err| fail(format!("cannot start the {device} node: {err}")))?;
+        self.nodes.push((device.to_owned(), child));
+        let addr_file = self.dir(device).join(hearth_node::layout::API_ADDR_FILE);
+        let addr = self.wait(&format!("the {device} node to start"), 30, |_| {
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+        })?;
+        Ok(addr)
+    }
+
+    /// Polls `f` every 100 ms until it gives a value, for at most `secs` seconds;
+    /// fails at once if a node stops meanwhile.
+    fn wait<T>(
+        &mut self,
+        what: &str,
+        secs: u64,
+        mut f: impl FnMut(&Demo) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(value) = f(self) {
+                return Ok(value);
+            }
+            for (device, child) in &mut self.nodes {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(fail(format!(
+                        "the {device} node stopped ({status}) while waiting for {what}; its log is {}",
+                        self.root.join(format!("{device}.log")).display()
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!("gave up waiting for {what} after {secs} s")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn connected(&self, device: &str) -> usize {
+        self.hearth(device, &["status"])
+            .ok()
+            .and_then(|s| {
+                s["peers"]
+                    .as_array()
+                    .map(|p| p.iter().filter(|p| p["connected"] == true).count())
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn modules_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir,
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(|err| fail(format!("cannot find this program: {err}")))?;
+            // TARGET/PROFILE/hearth → TARGET/guest/wasm32-wasip2/release
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|target| target.join("guest/wasm32-wasip2/release"))
+                .unwrap_or_default()
+        }
+    };
+    for module in ["places.wasm", "daily_mean.wasm"] {
+        if !dir.join(module).is_file() {
+            return Err(CliError::new(
+                Exit::Error,
+                format!(
+                    "the example computation {module} is not in {}",
+                    dir.display()
+                ),
+            )
+            .hint(
+                "build them with `cargo build --release --target wasm32-wasip2 --manifest-path \
+                 examples/compute/Cargo.toml --target-dir target/guest` (scripts/demo.sh does), \
+                 or pass --modules DIR",
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+fn make_root() -> Result<PathBuf> {
+    let suffix: [u8; 6] = super::random_bytes()?;
+    let root = std::env::temp_dir().join(format!(
+        "hearth-demo-{}-{}",
+        std::process::id(),
+        hex::encode(suffix)
+    ));
+    std::fs::create_dir_all(&root)
+        .map_err(|err| fail(format!("cannot create {}: {err}", root.display())))?;
+    Ok(root)
+}
+
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or("")
+}
+
+/// The whole demo.
+pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
+    let started = Instant::now();
+    let modules = modules_dir(args.modules)?;
+    let exe =
+        std::env::current_exe().map_err(|err| fail(format!("cannot find this program: {err}")))?;
+    let mut d = Demo {
+        root: make_root()?,
+        exe,
+        nodes: Vec::new(),
+        keep: args.keep,
+        json: out.json(),
+    };
+    let summary = steps(&mut d, &modules, out)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if d.keep {
+        d.say(out, "The mesh keeps running (--keep).");
+        for (device, child) in &d.nodes {
+            d.show(
+                out,
+                &format!(
+                    "{device}: pid {}, data dir {}  (stop: kill {})",
+                    child.id(),
+                    d.dir(device).display(),
+                    child.id()
+                ),
+            );
+        }
+        // The processes outlive this command; nothing waits for them here.
+        d.nodes.clear();
+    } else {
+        d.say(
+            out,
+            "Stopping the three nodes cleanly and verifying each audit log once more.",
+        );
+        for (_, child) in &mut d.nodes {
+            terminate(child);
+        }
+        for device in ["home", "phone", "cloud"] {
+            let verified = d.hearth(device, &["audit", "verify"])?;
+            d.show(
+                out,
+                &format!(
+                    "{device}: audit log intact, {} entries",
+                    verified["entries"].as_u64().unwrap_or(0)
+                ),
+            );
+        }
+        d.nodes.clear();
+    }
+    let mut summary = summary;
+    summary["seconds"] = json!((seconds * 10.0).round() / 10.0);
+    summary["kept"] = json!(d.keep);
+    if out.json() {
+        out.emit(String::new, || summary);
+    } else {
+        d.say(
+            out,
+            &format!(
+                "Done in {seconds:.1} s.{}",
+                if d.keep {
+                    format!(" Everything is in {}.", d.root.display())
+                } else {
+                    " The temporary directory was removed; pass --keep to keep the mesh running."
+                        .to_owned()
+                }
+            ),
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_lines)]
+fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
+    d.say(out, &format!("A new mesh in {}: the home device makes the owner key, its node key and its certificate.", d.root.display()));
+    d.hearth("home", &["init", "--name", "home", "--role", "home"])?;
+    let home_api = d.start("home")?;
+
+    d.say(out, "A phone and a cloud VM join with one-time tickets from home; the mesh admits only devices holding the owner's certificate.");
+    for (device, role) in [("phone", "mobile"), ("cloud", "cloud")] {
+        let ticket = d.hearth("home", &["invite", "--ttl", "5m"])?;
+        d.hearth(
+            device,
+            &[
+                "join",
+                str_of(&ticket, "ticket"),
+                "--name",
+                device,
+                "--role",
+                role,
+            ],
+        )?;
+    }
+    let phone_api = d.start("phone")?;
+    let cloud_api = d.start("cloud")?;
+    d.wait("the three devices to see each other", 60, |d| {
+        ["home", "phone", "cloud"]
+            .iter()
+            .all(|device| d.connected(device) == 2)
+            .then_some(())
+    })?;
+    for device in ["home", "phone", "cloud"] {
+        let status = d.hearth(device, &["status"])?;
+        let peers: Vec<String> = status["peers"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .map(|p| format!("{} ({})", str_of(p, "name"), str_of(p, "role")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        d.show(
+            out,
+            &format!("{device} is connected to {}", peers.join(" and ")),
+        );
+    }
+
+    d.say(out, "Home watches itself: an os-monitor driver writes its load, CPU, memory and disk every second into its own store.");
+    d.hearth("home", &["driver", "add", "os-monitor", "--interval", "1s"])?;
+
+    d.say(out, "The phone posts a day of its location fixes to an http-ingest driver on the phone, exactly as the OwnTracks app does.");
+    let ingest = d.hearth(
+        "phone",
+        &[
+            "driver",
+            "add",
+            "http-ingest",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "location",
+            "--description",
+            "where the phone was",
+        ],
+    )?;
+    let (url, user, password) = (
+        str_of(&ingest, "url"),
+        str_of(&ingest, "user"),
+        str_of(&ingest, "password"),
+    );
+    let day = (now_ms() / DAY_MS - 1) * DAY_MS / 1000;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    let mut posted = 0u64;
+    let mut posted_bytes = 0usize;
+    for line in DAY_TRACK.lines() {
+        let mut fields = line.split(',');
+        let (Some(minute), Some(lat), Some(lon)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Ok(minute) = minute.parse::<u64>() else {
+            continue;
+        };
+        let body = format!(
+            r#"{{"_type":"location","lat":{lat},"lon":{lon},"tst":{},"acc":12,"batt":80,"tid":"ph"}}"#,
+            day + minute * 60
+        );
+        let response = agent
+            .post(&format!("{}/owntracks", url.trim_end_matches('/')))
+            .header("Authorization", &basic)
+            .header("X-Limit-U", "anna")
+            .header("X-Limit-D", "phone")
+            .content_type("application/json")
+            .send(body.as_bytes())
+            .map_err(|err| fail(format!("posting to http-ingest failed: {err}")))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("http-ingest answered {}", response.status())));
+        }
+        posted += 1;
+        posted_bytes += body.len();
+    }
+    d.show(
+        out,
+        &format!(
+            "posted {posted} OwnTracks location messages ({posted_bytes} bytes) to {url}/owntracks"
+        ),
+    );
+
+    d.say(out, "By the default placement policy (origin,role:home) the track lives on the phone and on home; the cloud holds nothing personal.");
+    d.wait("the track to reach home", 60, |d| {
+        d.hearth("phone", &["status"]).ok().and_then(|s| {
+            s["stores"]
+                .as_array()?
+                .iter()
+                .find(|s| s["name"] == "location")
+                .and_then(|s| {
+                    s["replicas"]
+                        .as_array()?
+                        .iter()
+                        .any(|r| r["device"] == "home" && r["in_sync"] == true)
+                        .then_some(())
+                })
+        })
+    })?;
+    let home_records = d.hearth("home", &["store", "read", "location"])?["records"]
+        .as_array()
+        .map_or(0, Vec::len);
+    d.show(
+        out,
+        &format!("home holds the {home_records} readings, in sync with the phone"),
+    );
+    let cloud_stores = d.hearth("cloud", &["store", "ls"])?;
+    let cloud_holds: Vec<String> = cloud_stores["stores"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|s| s["here"] == true && !str_of(s, "name").starts_with("hearth."))
+                .map(|s| str_of(s, "name").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    d.show(
+        out,
+        &format!(
+            "the cloud lists {} stores in its catalogue and holds {}",
+            cloud_stores["stores"].as_array().map_or(0, Vec::len),
+            if cloud_holds.is_empty() {
+                "none of them".to_owned()
+            } else {
+                cloud_holds.join(", ")
+            }
+        ),
+    );
+
+    d.say(out, "A developer makes a key; the owner reviews the `places` computation's manifest in plain words and approves it for that key and that module.");
+    let key = d.hearth("home", &["key", "new", "--out", "developer.key"])?;
+    let developer = str_of(&key, "public_key").to_owned();
+    for (name, manifest, module) in [
+        ("places", PLACES_MANIFEST, "places.wasm"),
+        ("daily-mean", DAILY_MEAN_MANIFEST, "daily_mean.wasm"),
+    ] {
+        std::fs::copy(modules.join(module), d.root.join(module))
+            .map_err(|err| fail(format!("cannot copy {module}: {err}")))?;
+        std::fs::write(d.root.join(format!("{name}.toml")), manifest)
+            .map_err(|err| fail(format!("cannot write the manifest: {err}")))?;
+    }
+    let review = Command::new(&d.exe)
+        .args(["app", "review", "places.toml"])
+        .current_dir(&d.root)
+        .output()
+        .map_err(|err| fail(format!("cannot run `hearth app review`: {err}")))?;
+    d.show(out, String::from_utf8_lossy(&review.stdout).trim_end());
+    for name in ["places", "daily-mean"] {
+        d.hearth(
+            "home",
+            &[
+                "app",
+                "approve",
+                &format!("{name}.toml"),
+                "--holder",
+                &developer,
+                "--expires",
+                "1d",
+                "--out",
+                &format!("{name}.cap"),
+                "--yes",
+            ],
+        )?;
+    }
+    d.show(
+        out,
+        "approved places and daily-mean for the developer's key: places.cap, daily-mean.cap",
+    );
+
+    d.say(out, "From the phone, the developer runs `places`. The phone finds that home holds the track, sends the job there, and relays the result.");
+    let places = d.hearth(
+        "phone",
+        &[
+            "run",
+            "places.wasm",
+            "--cap",
+            "places.cap",
+            "--key",
+            "developer.key",
+            "--params",
+            r#"{"grid_m": 250, "top": 3}"#,
+        ],
+    )?;
+    show_result(d, out, &places);
+    std::fs::write(d.root.join("places-run.json"), places.to_string())
+        .map_err(|err| fail(format!("cannot save the receipt: {err}")))?;
+    let verified = d.hearth("phone", &["receipt", "verify", "places-run.json"])?;
+    d.show(
+        out,
+        &format!(
+            "receipt verified offline against the owner's key: {}",
+            if verified["valid"] == true {
+                "valid"
+            } else {
+                "INVALID"
+            }
+        ),
+    );
+
+    d.say(out, "The capability binds the module: the same job with the daily-mean capability is refused (exit 3).");
+    let refused = d.hearth_refused(
+        "phone",
+        &[
+            "run",
+            "places.wasm",
+            "--cap",
+            "daily-mean.cap",
+            "--key",
+            "developer.key",
+        ],
+        Exit::Refused,
+    )?;
+    d.show(out, &refused);
+
+    d.say(out, "`daily-mean` may see only aggregates of home's load; it runs on home and returns per-day figures.");
+    d.wait("three os-monitor readings", 30, |d| {
+        d.hearth("home", &["store", "read", "os-monitor"])
+            .ok()
+            .and_then(|r| (r["records"].as_array()?.len() >= 3).then_some(()))
+    })?;
+    // Up to now: the driver keeps writing, and the check below asks the store about the
+    // same window.
+    let end = now_ms();
+    let daily = d.hearth(
+        "phone",
+        &[
+            "run",
+            "daily_mean.wasm",
+            "--cap",
+            "daily-mean.cap",
+            "--key",
+            "developer.key",
+            "--params",
+            &format!(r#"{{"field": "load1", "end": {end}}}"#),
+        ],
+    )?;
+    show_result(d, out, &daily);
+    // The same figures, asked of the store directly on home.
+    let mut daily_matches = true;
+    for day in daily["result"]["days"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let Some(start) = day_start(str_of(&day, "day")) else {
+            daily_matches = false;
+            continue;
+        };
+        let (from, to) = (start.to_string(), (start + DAY_MS).min(end).to_string());
+        for op in ["count", "mean", "min", "max"] {
+            let direct = d.hearth(
+                "home",
+                &[
+                    "store",
+                    "agg",
+                    "os-monitor",
+                    op,
+                    "--field",
+                    "load1",
+                    "--range",
+                    &from,
+                    &to,
+                ],
+            )?;
+            let (a, b) = (direct["result"].as_f64(), day[op].as_f64());
+            daily_matches &= matches!((a, b), (Some(a), Some(b)) if (a - b).abs() < 1e-9);
+        }
+    }
+    d.show(
+        out,
+        &format!(
+            "checked against the store's own aggregates on home: {}",
+            if daily_matches {
+                "the same"
+            } else {
+                "DIFFERENT"
+            }
+        ),
+    );
+
+    d.say(out, "What moved: results and receipts, not the data.");
+    let result_bytes =
+        places["result_bytes"].as_u64().unwrap_or(0) + daily["result_bytes"].as_u64().unwrap_or(0);
+    let home_stores = d.hearth("home", &["store", "ls"])?;
+    let held: Vec<Value> = home_stores["stores"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|s| s["here"] == true && !str_of(s, "name").starts_with("hearth."))
+                .map(|s| json!({ "name": s["name"], "records": s["records"], "bytes": s["bytes"] }))
+                .collect()
+        })
+        .unwrap_or_default();
+    let kept_bytes: u64 = held.iter().filter_map(|s| s["bytes"].as_u64()).sum();
+    d.show(out, &format!("the two results are {result_bytes} bytes; the stores they read stayed on home and the phone ({kept_bytes} bytes on home's disk):"));
+    for s in &held {
+        d.show(
+            out,
+            &format!(
+                "  {:<12} {:>6} records {:>9} bytes",
+                str_of(s, "name"),
+                s["records"],
+                s["bytes"]
+            ),
+        );
+    }
+    let reads = d.hearth("home", &["audit", "--action", "compute.read"])?;
+    for entry in reads["entries"].as_array().cloned().unwrap_or_default() {
+        d.show(
+            out,
+            &format!(
+                "  audit on home: {} read {} ({})",
+                str_of(&entry, "action"),
+                str_of(&entry, "object"),
+                str_of(&entry, "outcome")
+            ),
+        );
+    }
+
+    d.say(
+        out,
+        "Every device's audit log is a hash chain with signed checkpoints; verifying them now.",
+    );
+    for device in ["home", "phone", "cloud"] {
+        let verified = d.hearth(device, &["audit", "verify"])?;
+        d.show(
+            out,
+            &format!(
+                "{device}: intact ({} entries)",
+                verified["entries"].as_u64().unwrap_or(0)
+            ),
+        );
+    }
+
+    d.say(out, "Where to look: each node's local API (bearer key in DATA_DIR/api.key); there is no dashboard yet.");
+    for (device, api) in [
+        ("home", &home_api),
+        ("phone", &phone_api),
+        ("cloud", &cloud_api),
+    ] {
+        d.show(
+            out,
+            &format!(
+                "{device}: http://{api}/v1/status  (data dir {})",
+                d.dir(device).display()
+            ),
+        );
+    }
+
+    Ok(json!({
+        "dir": d.root.display().to_string(),
+        "devices": [
+            { "name": "home", "role": "home", "api": home_api, "data_dir": d.dir("home").display().to_string() },
+            { "name": "phone", "role": "mobile", "api": phone_api, "data_dir": d.dir("phone").display().to_string() },
+            { "name": "cloud", "role": "cloud", "api": cloud_api, "data_dir": d.dir("cloud").display().to_string() },
+        ],
+        "track": { "posted": posted, "bytes": posted_bytes, "on_home": home_records },
+        "cloud_holds": cloud_holds,
+        "places": places,
+        "daily_mean": daily,
+        "refused": refused,
+        "checks": {
+            "receipt_valid": verified["valid"] == true,
+            "daily_mean_matches_store": daily_matches,
+            "cloud_holds_nothing_personal": cloud_holds.is_empty(),
+        },
+        "moved": { "result_bytes": result_bytes, "stores_kept": held, "kept_bytes": kept_bytes },
+    }))
+}
+
+fn show_result(d: &Demo, out: &mut Output, run: &Value) {
+    d.show(
+        out,
+        &serde_json::to_string_pretty(&run["result"]).unwrap_or_default(),
+    );
+    let r = &run["receipt"];
+    d.show(
+        out,
+        &format!(
+            "receipt: ran on {}, module {}…, read {}, fuel {}, signed by {}…",
+            str_of(r, "ran_on"),
+            str_of(r, "module_hash").get(..12).unwrap_or(""),
+            r["data_heads"]
+                .as_array()
+                .map(|h| h
+                    .iter()
+                    .map(|h| str_of(h, "store").to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            r["fuel"],
+            str_of(r, "node").get(..16).unwrap_or(""),
+        ),
+    );
+}
+
+fn now_ms() -> u64 {
+    super::now().0
+}
+
+/// Milliseconds at 00:00 UTC of `YYYY-MM-DD`.
+fn day_start(day: &str) -> Option<u64> {
+    hearth_protocol::time::UnixMillis::parse(&format!("{day}T00:00:00Z")).map(|t| t.0)
+}
