@@ -509,6 +509,7 @@ fn jobs_run_at_the_data_within_their_capability_and_limits() {
             .any(|e| e["object"] == "location" && e["bytes"].as_u64().unwrap() > 0)
     );
     assert!(!audit(&home, "compute.result").is_empty());
+
     stop(node);
 
     // A run that never ends is cut off by wall time even with fuel to spare.
@@ -523,6 +524,31 @@ fn jobs_run_at_the_data_within_their_capability_and_limits() {
         1,
     );
     assert!(err.contains("wall-time limit"), "{err}");
+
+    // A revoked capability runs nothing more; `cap ls` says so.
+    json_ok(&home, &["cap", "revoke", probe.to_str().unwrap()]);
+    let err = run_fails(
+        &home,
+        &work,
+        "sandbox_probe",
+        &probe,
+        r#"{"do": "fail"}"#,
+        3,
+    );
+    assert!(err.contains("revoked"), "{err}");
+    let caps = json_ok(&home, &["cap", "ls"]);
+    let states: Vec<&str> = caps["caps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "revoked").count(),
+        1,
+        "{caps}"
+    );
+    assert!(states.len() >= 6, "{caps}");
     stop(node);
     json_ok(&home, &["audit", "verify"]);
 }

@@ -202,6 +202,7 @@ fn approve(
         cap_path,
         format!("{header}{}\n", chain.to_text()).as_bytes(),
     )?;
+    crate::cmd::cap::remember(dir, &chain);
 
     let id = leaf.id();
     let until = leaf.capability().expires;

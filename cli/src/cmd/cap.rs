@@ -34,6 +34,8 @@ pub(crate) enum Command {
     },
     /// Hand a narrower copy of a capability you hold to another holder.
     Delegate(DelegateArgs),
+    /// Every capability signed or delegated with this data directory, and its state.
+    Ls,
     /// Revoke a capability, and every capability delegated from it, on every device
     /// (needs a running node holding the owner key).
     Revoke {
@@ -97,6 +99,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         Command::Show { capfile } => show(dir, &capfile, out),
         Command::Delegate(args) => delegate(dir, args, out),
         Command::Revoke { id } => revoke(dir, &id, out),
+        Command::Ls => list(dir, out),
     }
 }
 
@@ -254,6 +257,7 @@ fn delegate(dir: &DataDir, args: DelegateArgs, out: &mut Output) -> Result<()> {
         &args.out,
         format!("{header}{}\n", delegated.to_text()).as_bytes(),
     )?;
+    remember(dir, &delegated);
     let id = leaf.id();
     let until = leaf.capability().expires;
     out.emit(
@@ -460,9 +464,123 @@ fn revoke(dir: &DataDir, id: &str, out: &mut Output) -> Result<()> {
     };
     let client = crate::client::Client::connect(dir)?;
     let answer = client.send("POST", &format!("/v1/caps/{id}/revoke"), &Value::Null)?;
+    let revoked = dir.root().join(CAPS_DIR).join(REVOKED_FILE);
+    if std::fs::create_dir_all(dir.root().join(CAPS_DIR)).is_ok() {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&revoked)
+        {
+            let _ = writeln!(file, "{id}");
+        }
+    }
     out.emit(
         || format!("Revoked capability {id}: every device refuses it, and what was delegated from it, once it hears of it."),
         || answer.clone(),
+    );
+    Ok(())
+}
+
+/// Where this data directory keeps a copy of every capability signed or delegated
+/// with it, for `hearth cap ls`.
+const CAPS_DIR: &str = "caps";
+/// The ids revoked with this data directory, one per line.
+const REVOKED_FILE: &str = "revoked.txt";
+
+/// Keeps a copy of a capability this data directory signed or delegated (best effort:
+/// the capability file itself is what matters).
+pub(crate) fn remember(dir: &DataDir, chain: &Chain) {
+    if !dir.is_initialised() {
+        return;
+    }
+    let caps = dir.root().join(CAPS_DIR);
+    let path = caps.join(format!("{}.cap", chain.leaf().id()));
+    if std::fs::create_dir_all(&caps).is_ok() && !path.exists() {
+        let _ = std::fs::write(path, format!("{}\n", chain.to_text()));
+    }
+}
+
+fn list(dir: &DataDir, out: &mut Output) -> Result<()> {
+    let caps = dir.root().join(CAPS_DIR);
+    let revoked: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(caps.join(REVOKED_FILE))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .collect();
+    let now = now();
+    let mut list: Vec<(Chain, bool)> = std::fs::read_dir(&caps)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "cap"))
+                .filter_map(|e| read_chain(&e.path()).ok())
+                .map(|chain| {
+                    let revoked = chain
+                        .links()
+                        .iter()
+                        .any(|l| revoked.contains(&l.id().to_string()));
+                    (chain, revoked)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    list.sort_by_key(|(chain, _)| chain.leaf().capability().not_before);
+    let state = |chain: &Chain, revoked: bool| {
+        let leaf = chain.leaf().capability();
+        if revoked {
+            "revoked"
+        } else if leaf.expires < now {
+            "expired"
+        } else if leaf.not_before > now {
+            "not yet valid"
+        } else {
+            "valid"
+        }
+    };
+    out.emit(
+        || {
+            if list.is_empty() {
+                return "No capabilities were signed or delegated with this data directory.".into();
+            }
+            let mut text = String::new();
+            for (chain, revoked) in &list {
+                let leaf = chain.leaf().capability();
+                let grants: Vec<String> = leaf.grants.iter().map(Grant::describe).collect();
+                text.push_str(&format!(
+                    "{}  holder {}  {}  until {}{}\n    {}\n",
+                    chain.leaf().id().short(),
+                    leaf.audience.short(),
+                    state(chain, *revoked),
+                    leaf.expires,
+                    if chain.links().len() > 1 {
+                        "  (delegated)"
+                    } else {
+                        ""
+                    },
+                    grants.join("\n    ")
+                ));
+            }
+            text
+        },
+        || {
+            json!({
+                "caps": list.iter().map(|(chain, revoked)| {
+                    let leaf = chain.leaf().capability();
+                    json!({
+                        "id": chain.leaf().id().to_string(),
+                        "holder": leaf.audience.to_string(),
+                        "issuer": leaf.issuer.to_string(),
+                        "depth": chain.links().len(),
+                        "not_before": leaf.not_before.to_string(),
+                        "expires": leaf.expires.to_string(),
+                        "state": state(chain, *revoked),
+                        "grants": leaf.grants.iter().map(grant_json).collect::<Vec<_>>(),
+                    })
+                }).collect::<Vec<_>>(),
+            })
+        },
     );
     Ok(())
 }
