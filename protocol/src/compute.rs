@@ -587,12 +587,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn jobs_and_replies_round_trip() {
-        let (job, owner) = job();
-        let back = Job::decode(&job.encode()).unwrap();
-        assert_eq!(back.encode(), job.encode());
-        assert_eq!(back.id(), job.id());
+    /// A receipt for `job`, signed by the device "home" of `owner`'s mesh.
+    fn receipt(job: &Job, owner: &OwnerKey, result: &str) -> SignedReceipt {
         let node = NodeKey::from_seed([3; 32]);
         let cert = issue_certificate(
             owner.secret(),
@@ -605,7 +601,7 @@ mod tests {
             [1; 16],
         )
         .unwrap();
-        let receipt = Receipt {
+        Receipt {
             job: job.id(),
             ran_on: "home".into(),
             node: node.public(),
@@ -615,11 +611,20 @@ mod tests {
                 store: "os-monitor".into(),
                 digest: [9; 32],
             }],
-            result_hash: result_hash("42"),
+            result_hash: result_hash(result),
             fuel: 1234,
             finished: UnixMillis(99),
         }
-        .sign(node.secret(), cert);
+        .sign(node.secret(), cert)
+    }
+
+    #[test]
+    fn jobs_and_replies_round_trip() {
+        let (job, owner) = job();
+        let back = Job::decode(&job.encode()).unwrap();
+        assert_eq!(back.encode(), job.encode());
+        assert_eq!(back.id(), job.id());
+        let receipt = receipt(&job, &owner, "42");
         for reply in [
             JobReply::Done {
                 result: "42".into(),
@@ -672,33 +677,7 @@ mod tests {
     #[ignore = "writes the fuzz seeds; run by hand"]
     fn write_fuzz_seeds() {
         let (job, owner) = job();
-        let node = NodeKey::from_seed([3; 32]);
-        let cert = issue_certificate(
-            owner.secret(),
-            None,
-            node.public(),
-            "home",
-            Role::Home,
-            UnixMillis(0),
-            UnixMillis(u64::MAX),
-            [1; 16],
-        )
-        .unwrap();
-        let receipt = Receipt {
-            job: job.id(),
-            ran_on: "home".into(),
-            node: node.public(),
-            module_hash: job.module_hash(),
-            cap_id: job.chain.leaf().id(),
-            data_heads: vec![StoreVersion {
-                store: "os-monitor".into(),
-                digest: [9; 32],
-            }],
-            result_hash: result_hash("{}"),
-            fuel: 1234,
-            finished: UnixMillis(99),
-        }
-        .sign(node.secret(), cert);
+        let receipt = receipt(&job, &owner, "{}");
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/compute_decode");
         std::fs::create_dir_all(&dir).unwrap();

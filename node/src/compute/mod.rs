@@ -474,6 +474,18 @@ pub(crate) async fn execute(
         );
         JobReply::Refused(reason)
     };
+    let fail = |reason: String| {
+        audit(
+            node,
+            &holder,
+            "compute.job",
+            &id_text,
+            &cap,
+            &format!("failed: {reason}"),
+            0,
+        );
+        JobReply::Failed(reason)
+    };
     let revocations = match revocations(node).await {
         Ok(r) => r,
         Err(reason) => return refuse(reason),
@@ -516,17 +528,7 @@ pub(crate) async fn execute(
             return refuse(reason);
         }
         if let Err(err) = compute.runtime.prepare(&job.module) {
-            let reason = err.to_string();
-            audit(
-                node,
-                &holder,
-                "compute.job",
-                &id_text,
-                &cap,
-                &format!("failed: {reason}"),
-                0,
-            );
-            return JobReply::Failed(reason);
+            return fail(err.to_string());
         }
         return match apps::deploy(node, &job, app, store, &chain) {
             Ok(()) => {
@@ -579,17 +581,7 @@ pub(crate) async fn execute(
         Ok(outcome) => outcome,
         Err(RunError::Refused(reason)) => return refuse(reason),
         Err(err @ (RunError::Module(_) | RunError::Failed(_))) => {
-            let reason = err.to_string();
-            audit(
-                node,
-                &holder,
-                "compute.job",
-                &id_text,
-                &cap,
-                &format!("failed: {reason}"),
-                0,
-            );
-            return JobReply::Failed(reason);
+            return fail(err.to_string());
         }
     };
     audit_reads(node, &holder, &cap, &id_text, &outcome.state);
