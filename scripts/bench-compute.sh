@@ -18,9 +18,10 @@ cd "$work"
 h() { "$hearth" --data-dir home "$@"; }
 start_node() {
     rm -f home/api.addr
-    h node run --no-mdns --listen /ip4/127.0.0.1/udp/0/quic-v1 > node.log 2>&1 &
+    "$hearth" --data-dir home node run --no-mdns --listen /ip4/127.0.0.1/udp/0/quic-v1 > node.log 2>&1 &
     node_pid=$!
-    for _ in $(seq 1 100); do [ -s home/api.addr ] && break; sleep 0.1; done
+    for _ in $(seq 1 600); do [ -s home/api.addr ] && break; sleep 0.1; done
+    [ -s home/api.addr ] || { echo "the node did not start:" >&2; cat node.log >&2; exit 1; }
 }
 now_s() { date +%s.%N; }
 elapsed_ms() { python3 -c "import sys; print(f'{(float(sys.argv[2]) - float(sys.argv[1])) * 1000:.1f}')" "$1" "$2"; }
@@ -75,8 +76,10 @@ echo "  first run (compile):        $(run places.wasm places.cap '{}')"
 for _ in $(seq 1 10); do run places.wasm places.cap '{}'; done > pl.txt
 echo "  later runs (median of 10):  $(cut -d' ' -f1 pl.txt | median) ms, $(sed -n 's/.*fuel \([0-9]*\)/\1/p' pl.txt | head -1) fuel"
 kill -TERM "$node_pid"; wait "$node_pid" || true
+t0=$(now_s)
 start_node
 echo "after a restart (compiled module from the disk cache):"
+echo "  the node restarts in $(elapsed_ms "$t0" "$(now_s)") ms (opening its stores)"
 echo "  daily-mean first run:       $(run daily_mean.wasm daily-mean.cap '{"field": "load1"}')"
 echo "  places first run:           $(run places.wasm places.cap '{}')"
 echo "a trivial CLI round trip for comparison (hearth status): $(t0=$(now_s); h status > /dev/null; elapsed_ms "$t0" "$(now_s)") ms"
