@@ -673,27 +673,43 @@ mod tests {
         }
     }
 
+    /// The fuzz seeds (`fuzz/seeds/compute_decode/`) are today's encodings of these
+    /// documents (everything here is deterministic). `HEARTH_WRITE_SEEDS=1` rewrites them
+    /// after a format change.
     #[test]
-    #[ignore = "writes the fuzz seeds; run by hand"]
-    fn write_fuzz_seeds() {
+    fn fuzz_seeds_are_current() {
         let (job, owner) = job();
         let receipt = receipt(&job, &owner, "{}");
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/compute_decode");
-        std::fs::create_dir_all(&dir).unwrap();
         let with = |tag: u8, bytes: Vec<u8>| [vec![tag], bytes].concat();
-        std::fs::write(dir.join("job"), with(0, job.encode())).unwrap();
         let done = JobReply::Done {
             result: "{}".into(),
             receipt: Box::new(receipt.clone()),
         };
-        std::fs::write(dir.join("reply-done"), with(1, done.encode())).unwrap();
-        std::fs::write(
-            dir.join("reply-refused"),
-            with(1, JobReply::Refused("no".into()).encode()),
-        )
-        .unwrap();
-        std::fs::write(dir.join("receipt"), with(2, receipt.encode())).unwrap();
+        let seeds = [
+            ("job", with(0, job.encode())),
+            ("reply-done", with(1, done.encode())),
+            (
+                "reply-refused",
+                with(1, JobReply::Refused("no".into()).encode()),
+            ),
+            ("receipt", with(2, receipt.encode())),
+        ];
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/compute_decode");
+        let write = std::env::var_os("HEARTH_WRITE_SEEDS").is_some();
+        for (name, bytes) in seeds {
+            let path = dir.join(name);
+            if write {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "{} is stale: run this test with HEARTH_WRITE_SEEDS=1",
+                path.display()
+            );
+        }
     }
 
     #[test]
