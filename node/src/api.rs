@@ -1161,6 +1161,9 @@ async fn list_apps(State(node): State<Arc<Node>>) -> ApiResult {
 }
 
 async fn stop_app(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    if !crate::compute::apps::valid_name(&name) {
+        return Err(ApiError::invalid(format!("{name:?} is not an app name")));
+    }
     let stopped = blocking({
         let node = node.clone();
         let name = name.clone();

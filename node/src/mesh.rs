@@ -112,22 +112,36 @@ pub struct Frames(pub Vec<Vec<u8>>);
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     max_frame: usize,
+    max_frames: usize,
 }
 
 impl FrameCodec {
     /// A codec refusing frames longer than `max_frame`.
     pub fn new(max_frame: usize) -> Self {
-        Self { max_frame }
+        Self {
+            max_frame,
+            max_frames: MAX_FRAMES,
+        }
+    }
+
+    /// The same, taking at most one frame per message (for large frames: what a
+    /// peer can make this node buffer before the request is even looked at).
+    pub fn single(max_frame: usize) -> Self {
+        Self {
+            max_frame,
+            max_frames: 1,
+        }
     }
 }
 
 async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
     io: &mut T,
     max_frame: usize,
+    max_frames: usize,
 ) -> std::io::Result<Frames> {
     let mut count = [0u8; 1];
     io.read_exact(&mut count).await?;
-    if usize::from(count[0]) > MAX_FRAMES {
+    if usize::from(count[0]) > max_frames {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "too many frames",
@@ -174,14 +188,14 @@ impl request_response::Codec for FrameCodec {
     where
         T: futures_util::AsyncRead + Unpin + Send,
     {
-        read_frames(io, self.max_frame).await
+        read_frames(io, self.max_frame, self.max_frames).await
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Frames>
     where
         T: futures_util::AsyncRead + Unpin + Send,
     {
-        read_frames(io, self.max_frame).await
+        read_frames(io, self.max_frame, self.max_frames).await
     }
 
     async fn write_request<T>(
@@ -592,14 +606,14 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                         .with_max_concurrent_streams(32),
                 ),
                 compute: request_response::Behaviour::with_codec(
-                    FrameCodec::new(hearth_protocol::compute::MAX_JOB_BYTES),
+                    FrameCodec::single(hearth_protocol::compute::MAX_JOB_BYTES),
                     [(
                         StreamProtocol::new(COMPUTE_PROTOCOL),
                         request_response::ProtocolSupport::Full,
                     )],
                     request_response::Config::default()
                         .with_request_timeout(COMPUTE_TIMEOUT)
-                        .with_max_concurrent_streams(16),
+                        .with_max_concurrent_streams(4),
                 ),
                 members: request_response::Behaviour::with_codec(
                     FrameCodec::new(membership::MAX_SNAPSHOT_BYTES),

@@ -328,6 +328,11 @@ fn jobs_run_at_the_data_within_their_capability_and_limits() {
             .code(),
         Some(3)
     );
+    let mut edited = answer.clone();
+    edited["receipt"]["data_heads"][0]["digest"] = Value::String("00".repeat(32));
+    std::fs::write(&saved, serde_json::to_vec(&edited).unwrap()).unwrap();
+    let out = hearth(&home, &["receipt", "verify", saved.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
 
     // places: the two places, the first one longest; nothing of the raw track.
     let places = approve(&home, &work, "places", "places", "");
@@ -407,10 +412,80 @@ fn jobs_run_at_the_data_within_their_capability_and_limits() {
     );
     assert!(err.contains("5002 bytes"), "{err}");
     let twice = approve(&home, &work, "daily-mean", "daily_mean", "max_runs = 2\n");
-    run_ok(&home, &work, "daily_mean", &twice, "{}");
-    run_ok(&home, &work, "daily_mean", &twice, "{}");
+    // Delegating siblings does not multiply runs: every link is counted.
+    let mut children = Vec::new();
+    for name in ["a", "b"] {
+        let key = work.join(format!("{name}.key"));
+        let public = json_ok(&home, &["key", "new", "--out", key.to_str().unwrap()])["public_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cap = work.join(format!("{name}.cap"));
+        json_ok(
+            &home,
+            &[
+                "cap",
+                "delegate",
+                twice.to_str().unwrap(),
+                "--holder",
+                &public,
+                "--key",
+                work.join("dev.key").to_str().unwrap(),
+                "--out",
+                cap.to_str().unwrap(),
+                "--max-runs",
+                "2",
+            ],
+        );
+        children.push((key, cap));
+    }
+    let run_as = |(key, cap): &(PathBuf, PathBuf)| {
+        hearth(
+            &home,
+            &[
+                "--json",
+                "run",
+                work.join("daily_mean.wasm").to_str().unwrap(),
+                "--cap",
+                cap.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    assert!(run_as(&children[0]).status.success());
+    assert!(run_as(&children[0]).status.success());
+    let out = run_as(&children[1]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs granted by capability"));
     let err = run_fails(&home, &work, "daily_mean", &twice, "{}", 3);
     assert!(err.contains("2 granted runs are used up"), "{err}");
+
+    // Aggregate-only: no figure over fewer than five readings.
+    let small = run_ok(
+        &home,
+        &work,
+        "daily_mean",
+        &daily,
+        &format!(
+            r#"{{"field": "load1", "start": {base}, "end": {}}}"#,
+            base + 2 * 3_600_000
+        ),
+    );
+    assert_eq!(small["result"]["days"][0]["count"], 2, "{small}");
+    assert!(small["result"]["days"][0]["mean"].is_null(), "{small}");
+
+    // An app name is a name, not a path.
+    assert_eq!(
+        hearth(&home, &["app", "stop", "../runs"]).status.code(),
+        Some(1)
+    );
+    assert!(home.join("compute/runs.json").exists());
 
     // Limits and misbehaviour: exit 1 with the reason, the node unharmed.
     let err = run_fails(

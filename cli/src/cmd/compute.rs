@@ -378,13 +378,35 @@ pub(crate) fn verify_receipt(dir: &DataDir, file: &Path, out: &mut Output) -> Re
     let fields = [
         ("job", json!(r.job.to_string())),
         ("ran_on", json!(r.ran_on)),
+        ("node", json!(r.node.peer_id())),
         ("module_hash", json!(hex::encode(r.module_hash.0))),
         ("cap_id", json!(r.cap_id.to_string())),
+        (
+            "data_heads",
+            json!(
+                r.data_heads
+                    .iter()
+                    .map(|v| json!({ "store": v.store, "digest": hex::encode(v.digest) }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
         ("result_hash", json!(hex::encode(r.result_hash))),
         ("fuel", json!(r.fuel)),
+        ("finished", json!(r.finished.0)),
+        ("signature", json!(hex::encode(signed.signature.to_bytes()))),
     ];
+    // The parsed result printed next to the text must be that text.
+    if let (Some(text), Some(parsed)) = (result, value.get("result"))
+        && serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+            != *parsed
+    {
+        return Err(CliError::new(
+            Exit::Refused,
+            "the file's `result` differs from its `result_text`, which the receipt covers",
+        ));
+    }
     for (name, expected) in &fields {
-        if !receipt[*name].is_null() && receipt[*name] != *expected {
+        if receipt.get(*name).is_some_and(|v| v != expected) {
             return Err(CliError::new(
                 Exit::Refused,
                 format!("the receipt's `{name}` field differs from what was signed"),

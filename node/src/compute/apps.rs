@@ -16,6 +16,7 @@ use hearth_protocol::compute::Job;
 use hearth_stores::{Kind, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use super::host::{DerivedStores, Permit};
 use super::{Compute, audit, audit_reads, now, revocations, run_module};
@@ -327,7 +328,16 @@ async fn follow(node: Arc<Node>, mut record: AppRecord) {
             .runtime
             .module_path(&decode_hash(&record.module_hash)),
     ) {
-        Ok(module) => module,
+        Ok(module) if hex::encode(sha2::Sha256::digest(&module)) == record.module_hash => module,
+        Ok(_) => {
+            stopped(
+                &node,
+                compute,
+                &mut record,
+                "its kept module does not match the hash it was approved for".into(),
+            );
+            return;
+        }
         Err(err) => {
             stopped(
                 &node,
@@ -338,6 +348,9 @@ async fn follow(node: Arc<Node>, mut record: AppRecord) {
             return;
         }
     };
+    // The end of the last window that failed by the computation's own error: it is
+    // offered again only with newer readings, not on every check.
+    let mut failed_at: Option<u64> = None;
     loop {
         if !still_listed(&node, &record.name) {
             tracing::info!(app = %record.name, "the app was stopped from another device");
@@ -360,7 +373,12 @@ async fn follow(node: Arc<Node>, mut record: AppRecord) {
             }
         };
         let mut changes = store.subscribe();
-        if let Err(reason) = run_once(&node, compute, &mut record, &store, &module).await {
+        if *stopping.borrow() {
+            return;
+        }
+        if let Err(reason) =
+            run_once(&node, compute, &mut record, &store, &module, &mut failed_at).await
+        {
             stopped(&node, compute, &mut record, reason);
             return;
         }
@@ -410,6 +428,7 @@ async fn run_once(
     record: &mut AppRecord,
     store: &Store,
     module: &[u8],
+    failed_at: &mut Option<u64>,
 ) -> Result<(), String> {
     let latest = match store.read(hearth_stores::query::Selection::Latest, None) {
         Ok(readings) => readings.first().map(|r| r.ts),
@@ -420,12 +439,19 @@ async fn run_once(
     };
     let Some(latest) = latest else { return Ok(()) };
     let end = latest.saturating_add(1);
-    if end <= record.position {
+    if end <= record.position || failed_at.is_some_and(|at| end <= at) {
         return Ok(());
     }
     let chain = Chain::from_text(&record.chain)
         .map_err(|err| format!("its capability does not decode: {err}"))?;
-    let revocations = revocations(node).await?;
+    // Not knowing the revocations now (the mesh stopping) is no reason to stop for good.
+    let revocations = match revocations(node).await {
+        Ok(r) => r,
+        Err(err) => {
+            record.last_error = Some(err);
+            return Ok(());
+        }
+    };
     let verified = compute
         .verifier
         .lock()
@@ -434,7 +460,9 @@ async fn run_once(
         .map_err(|err| format!("its capability is no longer valid: {err}"))?;
     let cap = chain.leaf().id().to_string();
     let holder = verified.holder.to_string();
-    let run_number = compute.count_run(&cap);
+    let run_number = compute
+        .count_runs(&chain)
+        .map_err(|reason| format!("its capability no longer allows it: {reason}"))?;
     let job = format!("{}#{}", record.name, record.runs + 1);
     let permit = Permit {
         grants: verified.grants.clone(),
@@ -470,8 +498,12 @@ async fn run_once(
                 Ok(_) => {
                     record.position = end;
                     record.last_error = None;
+                    *failed_at = None;
                 }
-                Err(message) => record.last_error = Some(message),
+                Err(message) => {
+                    record.last_error = Some(super::cut(&message, 1024).to_owned());
+                    *failed_at = Some(end);
+                }
             }
         }
         Err(super::runtime::RunError::Refused(reason)) => {
@@ -496,11 +528,14 @@ async fn run_once(
                 &format!("failed: {err}"),
                 0,
             );
-            record.last_error = Some(err.to_string());
+            record.last_error = Some(super::cut(&err.to_string(), 1024).to_owned());
             // Skip what it cannot digest rather than fail on it forever.
             record.position = end;
         }
     }
-    compute.apps.save(record)?;
+    // A record that cannot be saved now is saved after the next run.
+    if let Err(err) = compute.apps.save(record) {
+        tracing::warn!(app = %record.name, error = %err, "could not save an app's state");
+    }
     Ok(())
 }

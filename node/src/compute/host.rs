@@ -35,6 +35,28 @@ const MAX_LOG_LINES: u32 = 1000;
 const MAX_LOG_LINE: usize = 2000;
 /// Most readings one run may append.
 const MAX_APPENDS: u64 = 100_000;
+/// Longest store name, field name or key a host call takes.
+const MAX_NAME: usize = 128;
+/// Most fields one read may name.
+const MAX_FIELDS: usize = 64;
+/// Under an aggregate-only grant, sums, means, extremes, medians and deviations over
+/// fewer readings than this come back as none: a window around one reading must not
+/// reveal its value.
+pub(crate) const MIN_GROUP: u64 = 5;
+
+/// `Err` (for the computation, not a refusal: nothing of it is echoed) when a name is
+/// longer than [`MAX_NAME`] or there are too many fields.
+fn names_ok<'a>(names: impl IntoIterator<Item = &'a str>, fields: usize) -> Result<(), String> {
+    if fields > MAX_FIELDS {
+        return Err(format!("a read names at most {MAX_FIELDS} fields"));
+    }
+    if names.into_iter().any(|n| n.len() > MAX_NAME) {
+        return Err(format!(
+            "store names, fields and keys are at most {MAX_NAME} bytes"
+        ));
+    }
+    Ok(())
+}
 
 /// An open cursor: the readings it still has to hand out.
 #[derive(Debug)]
@@ -317,6 +339,13 @@ impl hearth::compute::stores::Host for HostState {
         fields: Option<Vec<String>>,
         window: Window,
     ) -> wasmtime::Result<Result<Handle<Cursor>, String>> {
+        let names = fields.iter().flatten().map(String::as_str);
+        if let Err(message) = names_ok(
+            names.chain([store.as_str()]),
+            fields.as_ref().map_or(0, Vec::len),
+        ) {
+            return Ok(Err(message));
+        }
         let fields: Option<BTreeSet<String>> = fields.map(|f| f.into_iter().collect());
         let range = self.narrow(&store, Actions::READ, &window);
         let resource = Resource::Store(store.clone());
@@ -352,6 +381,9 @@ impl hearth::compute::stores::Host for HostState {
         field: Option<String>,
         window: Window,
     ) -> wasmtime::Result<Result<Option<f64>, String>> {
+        if let Err(message) = names_ok([store.as_str()].into_iter().chain(field.as_deref()), 1) {
+            return Ok(Err(message));
+        }
         let range = self.narrow(&store, Actions::READ, &window);
         let fields: Option<BTreeSet<String>> = match &field {
             Some(path) => Some([top_field(path)].into_iter().collect()),
@@ -359,16 +391,26 @@ impl hearth::compute::stores::Host for HostState {
             None => None,
         };
         let resource = Resource::Store(store.clone());
-        self.check(Access {
+        let access = Access {
             fields: fields.as_ref(),
             time_range: range,
             aggregate: true,
             ..Access::new(&resource, Actions::READ)
-        })?;
+        };
+        // Granted only as an aggregate: small groups are withheld.
+        let aggregate_only = self
+            .permit
+            .check(Access {
+                aggregate: false,
+                ..access.clone()
+            })
+            .is_err();
+        self.check(access)?;
         let handle = match self.open(&store, Kind::Timeseries) {
             Ok(s) => s,
             Err(message) => return Ok(Err(message)),
         };
+        let withheld = aggregate_only && op != AggregateOp::Count;
         let op = match op {
             AggregateOp::Count => Aggregate::Count,
             AggregateOp::Sum => Aggregate::Sum,
@@ -382,6 +424,10 @@ impl hearth::compute::stores::Host for HostState {
         let counted = handle
             .aggregate(Aggregate::Count, None, selection, None)
             .unwrap_or(None);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        if withheld && (counted.unwrap_or(0.0) as u64) < MIN_GROUP {
+            return Ok(Ok(None));
+        }
         match handle.aggregate(op, field.as_deref(), selection, None) {
             Ok(result) => {
                 // Aggregates hand over one number; the readings behind it count as read.
@@ -398,6 +444,9 @@ impl hearth::compute::stores::Host for HostState {
         store: String,
         window: Window,
     ) -> wasmtime::Result<Result<Option<(u64, u64)>, String>> {
+        if let Err(message) = names_ok([store.as_str()], 0) {
+            return Ok(Err(message));
+        }
         let range = self.narrow(&store, Actions::READ, &window);
         let resource = Resource::Store(store.clone());
         let no_fields = BTreeSet::new();
@@ -450,6 +499,9 @@ impl hearth::compute::stores::Host for HostState {
         store: String,
         key: String,
     ) -> wasmtime::Result<Result<Option<String>, String>> {
+        if let Err(message) = names_ok([store.as_str(), key.as_str()], 1) {
+            return Ok(Err(message));
+        }
         let resource = Resource::Store(store.clone());
         let fields: BTreeSet<String> = [key.clone()].into_iter().collect();
         self.check(Access {
@@ -472,6 +524,9 @@ impl hearth::compute::stores::Host for HostState {
     }
 
     fn kv_keys(&mut self, store: String) -> wasmtime::Result<Result<Vec<String>, String>> {
+        if let Err(message) = names_ok([store.as_str()], 0) {
+            return Ok(Err(message));
+        }
         let resource = Resource::Store(store.clone());
         self.check(Access::new(&resource, Actions::READ))?;
         let handle = match self.open(&store, Kind::Kv) {
@@ -489,6 +544,9 @@ impl hearth::compute::stores::Host for HostState {
     }
 
     fn doc_read(&mut self, store: String) -> wasmtime::Result<Result<String, String>> {
+        if let Err(message) = names_ok([store.as_str()], 0) {
+            return Ok(Err(message));
+        }
         let resource = Resource::Store(store.clone());
         self.check(Access::new(&resource, Actions::READ))?;
         let handle = match self.open(&store, Kind::Doc) {
@@ -552,6 +610,9 @@ impl hearth::compute::output::Host for HostState {
         ts: u64,
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
+        if let Err(message) = names_ok([store.as_str()], 0) {
+            return Ok(Err(message));
+        }
         let resource = Resource::Store(store.clone());
         self.check(Access::new(&resource, Actions::WRITE))?;
         let Some(derived) = self.derived.clone() else {

@@ -123,17 +123,44 @@ impl Compute {
             .map_err(|err| format!("the request is not acceptable: {err}"))
     }
 
-    /// Counts a run under `cap` and returns its number; kept on disk first.
-    fn count_run(&self, cap: &str) -> u64 {
+    /// Counts a run under `chain` and returns its number under the leaf. Every link
+    /// counts, and each link's own `max_runs` holds for its count: delegating many
+    /// sibling capabilities does not multiply the runs a parent grants. Kept on disk
+    /// before the run; nothing is counted when a link's runs are used up.
+    fn count_runs(&self, chain: &hearth_protocol::capability::Chain) -> Result<u64, String> {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let n = runs.get(cap).copied().unwrap_or(0) + 1;
-        runs.insert(cap.to_owned(), n);
+        for link in chain.links() {
+            let id = link.id().to_string();
+            let next = runs.get(&id).copied().unwrap_or(0) + 1;
+            let max = link
+                .capability()
+                .grants
+                .iter()
+                .filter(|g| g.resource == Resource::Compute)
+                .filter_map(|g| g.caveats.max_runs)
+                .min();
+            if let Some(max) = max
+                && next > max
+            {
+                return Err(format!(
+                    "run on compute refused: the {max} runs granted by capability {} are used up",
+                    link.id().short()
+                ));
+            }
+        }
+        for link in chain.links() {
+            *runs.entry(link.id().to_string()).or_insert(0) += 1;
+        }
+        let leaf = runs
+            .get(&chain.leaf().id().to_string())
+            .copied()
+            .unwrap_or(1);
         if let Ok(bytes) = serde_json::to_vec(&*runs)
             && let Err(err) = write_file(&self.dir.join(RUNS_FILE), &bytes)
         {
             tracing::warn!(error = %err, "could not save the run counts");
         }
-        n
+        Ok(leaf)
     }
 
     fn runs_so_far(&self, cap: &str) -> u64 {
@@ -166,9 +193,18 @@ fn audit(
         action: action.to_owned(),
         object: object.to_owned(),
         cap_id: Some(cap.to_owned()),
-        outcome: outcome.to_owned(),
+        outcome: cut(outcome, hearth_protocol::compute::MAX_REASON).to_owned(),
         bytes,
     });
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or("")
 }
 
 async fn revocations(node: &Node) -> Result<RevocationSet, String> {
@@ -293,7 +329,7 @@ pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> 
         Ok(revocations) => compute.verify(&job, &revocations).and_then(|chain| {
             Compute::check_invocation(&compute.relayed, &job, &chain).map(|()| chain)
         }),
-        Err(reason) => Err(reason),
+        Err(reason) => return JobReply::Unavailable(reason),
     };
     let chain = match checked {
         Ok(chain) => chain,
@@ -330,6 +366,7 @@ pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> 
         .find(|g| g.resource == Resource::Compute)
         .and_then(|g| g.caveats.devices.clone());
     let deadline = tokio::time::Instant::now() + wait;
+    let mut stopping = node.stopping.subscribe();
     loop {
         let found = candidates(node, &stores, allowed.as_ref()).await;
         let target = choose(&found).cloned();
@@ -412,8 +449,14 @@ pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> 
             }
             None => {}
         }
-        // Devices come and go; look again shortly.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Devices come and go; look again shortly, unless the node is stopping.
+        if *stopping.borrow() {
+            return JobReply::Unavailable("the node is stopping".into());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopping.changed() => {}
+        }
     }
 }
 
@@ -488,7 +531,7 @@ pub(crate) async fn execute(
     };
     let revocations = match revocations(node).await {
         Ok(r) => r,
-        Err(reason) => return refuse(reason),
+        Err(reason) => return JobReply::Unavailable(reason),
     };
     let chain = match compute.verify(&job, &revocations) {
         Ok(chain) => chain,
@@ -527,8 +570,20 @@ pub(crate) async fn execute(
         if let Err(reason) = permit.check(follow) {
             return refuse(reason);
         }
-        if let Err(err) = compute.runtime.prepare(&job.module) {
-            return fail(err.to_string());
+        if !apps::valid_name(app) {
+            return refuse(format!(
+                "{:?} is not a valid app name (letters, digits, '-', '_', '.'; at most 64)",
+                cut(app, 80)
+            ));
+        }
+        // Compiling takes seconds for a large module: not on the async workers.
+        let runtime = compute.runtime.clone();
+        let module = job.module.clone();
+        let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&module)).await;
+        match prepared {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return fail(err.to_string()),
+            Err(err) => return fail(format!("compiling the module was lost: {err}")),
         }
         return match apps::deploy(node, &job, app, store, &chain) {
             Ok(()) => {
@@ -551,7 +606,10 @@ pub(crate) async fn execute(
     }
     // Counted before the run; if other runs under the same capability were counted
     // meanwhile, this one's number is checked again.
-    let run_number = compute.count_run(&cap);
+    let run_number = match compute.count_runs(&job.chain) {
+        Ok(n) => n,
+        Err(reason) => return refuse(reason),
+    };
     let permit = Permit {
         run_number,
         ..permit
@@ -588,7 +646,20 @@ pub(crate) async fn execute(
     let result = match outcome.result {
         Ok(result) => result,
         Err(message) => {
-            let reason = format!("the computation failed: {message}");
+            // The computation's own words are a result too: no longer than a result may
+            // be (else an aggregate-only grant could leak readings through errors).
+            let allowed = chain
+                .grants
+                .iter()
+                .filter(|g| g.resource == Resource::Compute)
+                .filter_map(|g| g.caveats.max_result_bytes)
+                .min()
+                .unwrap_or(1024)
+                .min(1024);
+            let reason = format!(
+                "the computation failed: {}",
+                cut(&message, usize::try_from(allowed).unwrap_or(1024))
+            );
             audit(
                 node,
                 &holder,

@@ -358,7 +358,13 @@ impl Runtime {
                     Some(Trap::MemoryOutOfBounds) => "trapped: out-of-bounds memory access".into(),
                     Some(trap) => format!("trapped: {trap}"),
                     None => {
-                        let text = format!("{err:#}");
+                        // The causes, without the backtrace: its frames depend on the data.
+                        let text = err
+                            .chain()
+                            .map(ToString::to_string)
+                            .filter(|m| !m.contains("wasm backtrace"))
+                            .collect::<Vec<_>>()
+                            .join(": ");
                         if text.contains("memory") && text.contains("grow") {
                             format!(
                                 "needed more memory than the limit of {} MiB",
