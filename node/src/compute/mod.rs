@@ -331,24 +331,7 @@ pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> 
         }),
         Err(reason) => return JobReply::Unavailable(reason),
     };
-    let chain = match checked {
-        Ok(chain) => chain,
-        Err(reason) => {
-            audit(
-                node,
-                &holder,
-                "compute.job",
-                &id,
-                &cap,
-                &format!("refused: {reason}"),
-                0,
-            );
-            return JobReply::Refused(reason);
-        }
-    };
-    let stores = stores_read(node, &chain, &job.kind);
-    if stores.is_empty() {
-        let reason = "the capability grants reading no store that exists in this mesh".to_owned();
+    let refuse = |reason: String| {
         audit(
             node,
             &holder,
@@ -358,7 +341,15 @@ pub(crate) async fn submit(node: &Arc<Node>, bytes: Vec<u8>, wait: Duration) -> 
             &format!("refused: {reason}"),
             0,
         );
-        return JobReply::Refused(reason);
+        JobReply::Refused(reason)
+    };
+    let chain = match checked {
+        Ok(chain) => chain,
+        Err(reason) => return refuse(reason),
+    };
+    let stores = stores_read(node, &chain, &job.kind);
+    if stores.is_empty() {
+        return refuse("the capability grants reading no store that exists in this mesh".into());
     }
     let allowed = chain
         .grants
