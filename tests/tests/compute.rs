@@ -488,42 +488,16 @@ fn jobs_run_at_the_data_within_their_capability_and_limits() {
     assert!(home.join("compute/runs.json").exists());
 
     // Limits and misbehaviour: exit 1 with the reason, the node unharmed.
-    let err = run_fails(
-        &home,
-        &work,
-        "sandbox_probe",
-        &probe,
-        r#"{"do": "spin"}"#,
-        1,
-    );
-    assert!(err.contains("ran out of fuel"), "{err}");
-    let err = run_fails(
-        &home,
-        &work,
-        "sandbox_probe",
-        &probe,
-        r#"{"do": "grow"}"#,
-        1,
-    );
-    assert!(err.contains("memory"), "{err}");
-    let err = run_fails(
-        &home,
-        &work,
-        "sandbox_probe",
-        &probe,
-        r#"{"do": "panic"}"#,
-        1,
-    );
-    assert!(err.contains("trapped"), "{err}");
-    let err = run_fails(
-        &home,
-        &work,
-        "sandbox_probe",
-        &probe,
-        r#"{"do": "fail"}"#,
-        1,
-    );
-    assert!(err.contains("fails on purpose"), "{err}");
+    for (probe_does, expected) in [
+        ("spin", "ran out of fuel"),
+        ("grow", "memory"),
+        ("panic", "trapped"),
+        ("fail", "fails on purpose"),
+    ] {
+        let params = format!(r#"{{"do": "{probe_does}"}}"#);
+        let err = run_fails(&home, &work, "sandbox_probe", &probe, &params, 1);
+        assert!(err.contains(expected), "{probe_does}: {err}");
+    }
     let fs_cap = approve(
         &home,
         &work,

@@ -647,20 +647,10 @@ pub(crate) async fn execute(
                 .min()
                 .unwrap_or(1024)
                 .min(1024);
-            let reason = format!(
+            return fail(format!(
                 "the computation failed: {}",
                 cut(&message, usize::try_from(allowed).unwrap_or(1024))
-            );
-            audit(
-                node,
-                &holder,
-                "compute.job",
-                &id_text,
-                &cap,
-                &format!("failed: {reason}"),
-                0,
-            );
-            return JobReply::Failed(reason);
+            ));
         }
     };
     let size = Access {
