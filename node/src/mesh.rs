@@ -1304,6 +1304,7 @@ impl MeshLoop {
                     // come. Whoever now has an outgoing connection sends its opening
                     // (unless it already answered one, which drained it).
                     if endpoint.is_dialer() {
+                        connection.initiate();
                         let frames: Vec<Vec<u8>> =
                             std::iter::from_fn(|| connection.poll_transmit()).collect();
                         if !frames.is_empty() {
@@ -1319,12 +1320,14 @@ impl MeshLoop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 };
-                let mut connection = Connection::new(
-                    now(),
-                    remote,
-                    Opening::Member(self.certificate.clone()),
-                    &self.config.admission,
-                );
+                // The side that dialled opens; the other answers only once it has
+                // accepted what the dialler presented.
+                let opening = Opening::Member(self.certificate.clone());
+                let mut connection = if endpoint.is_dialer() {
+                    Connection::new(now(), remote, opening, &self.config.admission)
+                } else {
+                    Connection::respond(now(), remote, opening, &self.config.admission)
+                };
                 if endpoint.is_dialer() {
                     let frames: Vec<Vec<u8>> =
                         std::iter::from_fn(|| connection.poll_transmit()).collect();
@@ -1528,7 +1531,7 @@ impl MeshLoop {
                             && !request.0.is_empty()
                             && let Some(remote) = peer_key(&peer)
                         {
-                            let fresh = Connection::new(
+                            let fresh = Connection::respond(
                                 now(),
                                 remote,
                                 Opening::Member(self.certificate.clone()),

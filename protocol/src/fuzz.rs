@@ -121,6 +121,39 @@ pub fn admission_input(data: &[u8]) {
     connection.handle_message(UnixMillis(2), data, &mut gate);
     while connection.poll_transmit().is_some() {}
     while connection.poll_event().is_some() {}
+    // The same bytes to a member answering a connection: a join reaches ticket
+    // redemption and certificate signing.
+    let certificate = crate::device::issue_certificate(
+        owner.secret(),
+        None,
+        local.public(),
+        "home",
+        crate::capability::Role::Home,
+        UnixMillis(0),
+        UnixMillis(u64::MAX / 2),
+        [1; 16],
+    );
+    if let Ok(certificate) = certificate {
+        gate.invitations.issue(
+            owner.public(),
+            local.public(),
+            Vec::new(),
+            [0; 16],
+            [0; 32],
+            UnixMillis(u64::MAX / 2),
+            None,
+            None,
+        );
+        let mut member = Connection::respond(
+            UnixMillis(1),
+            remote,
+            Opening::Member(certificate),
+            &Config::default(),
+        );
+        member.handle_message(UnixMillis(2), data, &mut gate);
+        while member.poll_transmit().is_some() {}
+        while member.poll_event().is_some() {}
+    }
 }
 
 /// The membership snapshot decoder, and a membership merging whatever decodes.

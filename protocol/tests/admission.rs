@@ -97,9 +97,94 @@ fn connect(m: &Mesh, phone_cert: Chain) -> (Connection, Gate, Connection, Gate) 
     let config = Config::default();
     let home_gate = gate(m.owner.public(), &m.home, Some(&m.owner));
     let phone_gate = gate(m.owner.public(), &m.phone, None);
-    let home = Connection::new(NOW, m.phone.public(), Opening::Member(home_cert), &config);
+    // The phone dials; home answers.
+    let home = Connection::respond(NOW, m.phone.public(), Opening::Member(home_cert), &config);
     let phone = Connection::new(NOW, m.home.public(), Opening::Member(phone_cert), &config);
     (home, home_gate, phone, phone_gate)
+}
+
+/// Every message `c` has queued, decoded.
+fn sent(c: &mut Connection) -> Vec<Message> {
+    std::iter::from_fn(|| c.poll_transmit())
+        .map(|m| Message::decode(&m).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_answering_member_shows_its_certificate_only_to_an_admitted_peer() {
+    let m = mesh();
+    let good = cert(
+        &m.owner,
+        &m.phone,
+        "phone",
+        Role::Mobile,
+        UnixMillis(u64::MAX / 2),
+    );
+    // Nothing is sent before the dialler has presented something.
+    let (mut home, mut hg, mut phone, _) = connect(&m, good.clone());
+    assert!(sent(&mut home).is_empty());
+    // A certificate of this mesh's owner whose signature was tampered with.
+    let mut tampered = good.encode();
+    *tampered.last_mut().unwrap() ^= 1;
+    let forged = Chain::decode(&tampered)
+        .map(Message::Hello)
+        .map(|m| m.encode())
+        .unwrap_or(tampered);
+    home.handle_message(NOW, &forged, &mut hg);
+    assert!(home.is_refused());
+    assert!(matches!(sent(&mut home).as_slice(), [Message::Refuse(_)]));
+
+    // Garbage, a stranger's certificate and a wrong ticket secret get only a refusal.
+    let stranger = cert(
+        &OwnerKey::from_seed([9; 32]),
+        &m.phone,
+        "phone",
+        Role::Mobile,
+        UnixMillis(u64::MAX / 2),
+    );
+    let join = Message::Join {
+        ticket: [7; 16],
+        proof: [0; 32],
+        name: "x".into(),
+        role: Role::Mobile,
+    };
+    for opening in [
+        b"\x00\x01garbage".to_vec(),
+        Message::Hello(stranger).encode(),
+        join.encode(),
+    ] {
+        let (mut home, mut hg, _, _) = connect(&m, good.clone());
+        home.handle_message(NOW, &opening, &mut hg);
+        assert!(home.is_refused());
+        assert!(matches!(sent(&mut home).as_slice(), [Message::Refuse(_)]));
+    }
+    // A refused connection does not open later either.
+    home.initiate();
+    assert!(sent(&mut home).is_empty());
+
+    // The phone's valid certificate: home answers with its own, both admitted.
+    let (mut home, mut hg, _, _) = connect(&m, good.clone());
+    let opening = phone.poll_transmit().unwrap();
+    home.handle_message(NOW, &opening, &mut hg);
+    assert!(home.is_admitted());
+    assert!(
+        matches!(sent(&mut home).as_slice(), [Message::Hello(c)] if c.encode() != good.encode())
+    );
+
+    // Two answering sides (both dialled at once): one opens after all.
+    let (mut home, mut hg, _, _) = connect(&m, good.clone());
+    let mut phone = Connection::respond(
+        NOW,
+        m.home.public(),
+        Opening::Member(good),
+        &Config::default(),
+    );
+    let mut pg = gate(m.owner.public(), &m.phone, None);
+    pump(&mut home, &mut hg, &mut phone, &mut pg);
+    assert!(!home.is_admitted() && !phone.is_admitted());
+    phone.initiate();
+    pump(&mut home, &mut hg, &mut phone, &mut pg);
+    assert!(home.is_admitted() && phone.is_admitted());
 }
 
 #[test]
@@ -271,7 +356,7 @@ fn pairing(
         Role::Home,
         UnixMillis(u64::MAX / 2),
     );
-    let mut home = Connection::new(NOW, joiner.public(), Opening::Member(home_cert), &config);
+    let mut home = Connection::respond(NOW, joiner.public(), Opening::Member(home_cert), &config);
     // A joiner knows the owner only from the ticket.
     let mut jg = gate(ticket.owner, joiner, None);
     let mut join = Connection::new(

@@ -80,6 +80,24 @@ fn wait_for_audit(dir: &Path, action: &str, needle: &str) {
     }
 }
 
+/// A data directory for a device that claims membership with `cert` (not made by
+/// `hearth join`).
+fn impostor(
+    dir: &Path,
+    key: &hearth_protocol::key::NodeKey,
+    cert: &hearth_protocol::capability::Chain,
+    owner: &hearth_protocol::key::PublicKey,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    key.write_new(&dir.join("node.key")).unwrap();
+    std::fs::write(dir.join("device.cap"), cert.to_text()).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!("name = \"old-laptop\"\nrole = \"mobile\"\nowner = \"{owner}\"\n"),
+    )
+    .unwrap();
+}
+
 fn kill9(node: RunningNode) {
     let RunningNode { mut child, .. } = node;
     child.kill().unwrap();
@@ -132,6 +150,24 @@ fn three_devices_pair_and_see_each_other() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
 
+    // A wrong secret is refused, audited, and leaves the ticket usable.
+    let open = invite(&home, &[]);
+    let mut guessed = hearth_protocol::mesh::ticket::Ticket::from_text(&open).unwrap();
+    guessed.secret[0] ^= 1;
+    let out = hearth(
+        &tmp.path().join("guesser"),
+        &["join", &guessed.to_text(), "--name", "guesser"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong ticket secret"));
+    assert!(!tmp.path().join("guesser").join("device.cap").exists());
+    wait_for_audit(&home, "mesh.admit", "wrong ticket secret");
+
     let phone_node = start(&phone);
     let cloud_node = start(&cloud);
     wait_for_peers(&home, &["phone", "vm"]);
@@ -159,42 +195,46 @@ fn three_devices_pair_and_see_each_other() {
     assert_eq!(peers.as_array().unwrap().len(), 2, "{peers}");
     kill9(stranger_node);
 
-    // A device of this mesh whose certificate has expired: refused, audited, not a peer.
-    let expired = tmp.path().join("expired");
-    std::fs::create_dir_all(&expired).unwrap();
+    // A device of this mesh whose certificate has expired, and one whose certificate
+    // names this mesh's owner but whose signature was altered: refused, audited, never
+    // peers, and never shown home's certificate.
     let owner_key = hearth_protocol::key::OwnerKey::read(&home.join("owner.key")).unwrap();
-    let node_key = hearth_protocol::key::NodeKey::from_seed([42; 32]);
-    node_key.write_new(&expired.join("node.key")).unwrap();
-    let cert = hearth_protocol::device::issue_certificate(
-        owner_key.secret(),
-        None,
-        node_key.public(),
-        "old-laptop",
-        hearth_protocol::capability::Role::Mobile,
-        hearth_protocol::time::UnixMillis(1_000_000_000_000),
-        hearth_protocol::time::UnixMillis(1_000_086_400_000),
-        [4; 16],
-    )
-    .unwrap();
-    std::fs::write(expired.join("device.cap"), cert.to_text()).unwrap();
-    std::fs::write(
-        expired.join("config.toml"),
-        format!(
-            "name = \"old-laptop\"\nrole = \"mobile\"\nowner = \"{}\"\n",
-            owner_key.public()
-        ),
-    )
-    .unwrap();
-    let expired_node = start_with(&expired, &args);
-    wait_for_audit(&home, "mesh.admit", "expired");
-    assert_eq!(
-        json_ok(&home, &["status"])["peers"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
-    kill9(expired_node);
+    let expired_cert = |node: &hearth_protocol::key::NodeKey, until: u64| {
+        hearth_protocol::device::issue_certificate(
+            owner_key.secret(),
+            None,
+            node.public(),
+            "old-laptop",
+            hearth_protocol::capability::Role::Mobile,
+            hearth_protocol::time::UnixMillis(1_000_000_000_000),
+            hearth_protocol::time::UnixMillis(until),
+            [4; 16],
+        )
+        .unwrap()
+    };
+    let old = hearth_protocol::key::NodeKey::from_seed([42; 32]);
+    let forger = hearth_protocol::key::NodeKey::from_seed([43; 32]);
+    let mut tampered = expired_cert(&forger, u64::MAX / 2).encode();
+    *tampered.last_mut().unwrap() ^= 1;
+    let tampered = hearth_protocol::capability::Chain::decode(&tampered).unwrap();
+    let stale = expired_cert(&old, 1_000_086_400_000);
+    for (name, key, cert, reason) in [
+        ("expired", old, stale, "expired"),
+        ("forged", forger, tampered, "signature"),
+    ] {
+        let dir = tmp.path().join(name);
+        impostor(&dir, &key, &cert, &owner_key.public());
+        let node = start_with(&dir, &args);
+        wait_for_audit(&home, "mesh.admit", reason);
+        assert_eq!(
+            json_ok(&home, &["status"])["peers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        kill9(node);
+    }
 
     // Home is killed and restarted: the others find it again by themselves.
     kill9(home_node);
@@ -203,6 +243,16 @@ fn three_devices_pair_and_see_each_other() {
     wait_for_peers(&home, &["phone", "vm"]);
     wait_for_peers(&phone, &["home", "vm"]);
     wait_for_peers(&cloud, &["home", "phone"]);
+
+    // The phone may admit devices, and has a ticket out when it is lost.
+    json_ok(&home, &["devices", "allow-admit", "phone", "--ttl", "1h"]);
+    let phone_ticket = wait_until("the phone may invite", 20, || {
+        let out = hearth(&phone, &["--json", "invite"]);
+        out.status.success().then(|| {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["ticket"].as_str().unwrap().to_owned()
+        })
+    });
 
     // The phone is lost: revoked on home, it is dropped everywhere within 5 seconds and
     // stays out.
@@ -238,6 +288,51 @@ fn three_devices_pair_and_see_each_other() {
     wait_for_audit(&cloud, "mesh.admit", "revoked");
     wait_for_peers(&phone, &[]);
     wait_for_peers(&home, &["vm"]);
+
+    // What the revoked phone signs is refused too: a device it admits with the ticket
+    // it handed out never gets into the mesh.
+    let tablet = tmp.path().join("tablet");
+    let joined = hearth(
+        &tablet,
+        &["--json", "join", &phone_ticket, "--name", "tablet"],
+    );
+    if joined.status.success() {
+        let tablet_node = start_with(&tablet, &args);
+        let tablet_peer = json_ok(&tablet, &["status"])["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        wait_until("home refuses the tablet", 20, || {
+            let audit = json_ok(&home, &["audit", "--action", "mesh.admit"]);
+            audit["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["object"] == tablet_peer.as_str()
+                        && e["outcome"].as_str().unwrap().contains("revoked")
+                })
+                .then_some(())
+        });
+        wait_for_peers(&home, &["vm"]);
+        wait_for_peers(&cloud, &["home"]);
+        // (The revoked phone and what it admitted may still talk to each other: both
+        // are outside the mesh.)
+        let tablet_sees = json_ok(&tablet, &["status"])["peers"].clone();
+        assert!(
+            tablet_sees
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["connected"] == false || p["name"] == "phone"),
+            "{tablet_sees}"
+        );
+        kill9(tablet_node);
+    } else {
+        // The phone knew it was revoked and issued nothing.
+        assert_eq!(joined.status.code(), Some(3));
+        assert!(!tablet.join("device.cap").exists());
+    }
 
     // The cloud holds no owner key: it may not invite until the owner lets it.
     let refused = hearth(&cloud, &["invite"]);

@@ -14,7 +14,10 @@
 //! ```
 //!
 //! The driver (node/) owns one [`Connection`] per connection and calls, in this order:
-//! [`Connection::new`] when the connection opens, then repeatedly
+//! [`Connection::new`] when it opened the connection (the opening is sent at once) or
+//! [`Connection::respond`] when the peer opened it (this side's certificate is sent
+//! only once the peer's opening has been accepted, so a stranger learns nothing of the
+//! mesh), then repeatedly
 //! [`Connection::poll_transmit`] (send each message), [`Connection::poll_event`]
 //! (act on it), [`Connection::poll_timeout`] (arm a timer); and
 //! [`Connection::handle_message`] for each message received or
@@ -343,15 +346,27 @@ pub struct Connection {
     peer_device: Option<Device>,
     peer_certificate: Option<Chain>,
     welcomed: bool,
+    /// This side's opening, until it is queued.
+    opening: Option<Vec<u8>>,
     deadline: UnixMillis,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
 }
 
 impl Connection {
-    /// Starts admission on a new connection to the peer whose (Noise-authenticated) key
-    /// is `remote`; queues this side's opening message.
+    /// Starts admission on a connection this side opened to the peer whose
+    /// (Noise-authenticated) key is `remote`; queues this side's opening message.
     pub fn new(now: UnixMillis, remote: PublicKey, opening: Opening, config: &Config) -> Self {
+        let mut connection = Self::respond(now, remote, opening, config);
+        connection.initiate();
+        connection
+    }
+
+    /// Starts admission on a connection the peer opened: this side's opening is held
+    /// back until the peer's opening (a valid certificate, or a ticket redeemed) has
+    /// been accepted, so a peer that presents nothing, or something refused, is told
+    /// only the refusal.
+    pub fn respond(now: UnixMillis, remote: PublicKey, opening: Opening, config: &Config) -> Self {
         let (joining, message) = match opening {
             Opening::Member(chain) => (false, Message::Hello(chain)),
             Opening::Joiner {
@@ -376,9 +391,21 @@ impl Connection {
             peer_device: None,
             peer_certificate: None,
             welcomed: false,
+            opening: Some(message.encode()),
             deadline: now.saturating_add(config.deadline),
-            transmit: VecDeque::from([message.encode()]),
+            transmit: VecDeque::new(),
             events: VecDeque::new(),
+        }
+    }
+
+    /// Queues this side's opening now if it has not been sent yet: for a connection
+    /// begun with [`Connection::respond`] that this side must open after all (both
+    /// sides dialled at once and each first saw the other's connection).
+    pub fn initiate(&mut self) {
+        if self.state != State::Refused
+            && let Some(opening) = self.opening.take()
+        {
+            self.transmit.push_back(opening);
         }
     }
 
@@ -446,6 +473,7 @@ impl Connection {
                     Ok(device) => {
                         self.peer_device = Some(device);
                         self.peer_certificate = Some(chain);
+                        self.initiate();
                         self.maybe_admit();
                     }
                     Err(reason) => self.refuse(reason, true),
@@ -464,6 +492,7 @@ impl Connection {
                     Ok((device, chain)) => {
                         self.transmit
                             .push_back(Message::Welcome(chain.clone()).encode());
+                        self.initiate();
                         self.events.push_back(Event::Joined(device.clone()));
                         self.peer_device = Some(device);
                         self.peer_certificate = Some(chain);
