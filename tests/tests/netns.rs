@@ -42,7 +42,9 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Namespaces {
-    /// A bridge namespace and `n` host namespaces, host i at 10.77.0.(i+1)/24.
+    /// A bridge namespace and `n` host namespaces, host i at 10.77.0.(i+1)/24. `Err`
+    /// only when the kernel refuses to create a namespace at all (the test is then
+    /// skipped); any later step that fails fails the test.
     fn create(n: usize) -> Result<Self, String> {
         let prefix = format!("hearth{}", std::process::id());
         let mut ns = Self {
@@ -50,20 +52,34 @@ impl Namespaces {
             hosts: Vec::new(),
         };
         let br = format!("{prefix}-br");
-        ip(&["netns", "add", &br])?;
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &br, "link", "set", "br0", "up"])?;
+        let out = Command::new("ip")
+            .args(["netns", "add", &br])
+            .output()
+            .expect("`ip` runs (scripts/setup.sh installs iproute2)");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        if let Err(err) = ns.setup(&br, n) {
+            panic!("setting up the namespaces: {err}");
+        }
+        Ok(ns)
+    }
+
+    fn setup(&mut self, br: &str, n: usize) -> Result<(), String> {
+        let prefix = self.prefix.clone();
+        ip(&["-n", br, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", br, "link", "set", "br0", "up"])?;
         for i in 0..n {
             let host = format!("{prefix}-h{i}");
             ip(&["netns", "add", &host])?;
-            ns.hosts.push(host.clone());
+            self.hosts.push(host.clone());
             let port = format!("p{i}");
             ip(&[
                 "-n", &host, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-                &br,
+                br,
             ])?;
-            ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
-            ip(&["-n", &br, "link", "set", &port, "up"])?;
+            ip(&["-n", br, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", br, "link", "set", &port, "up"])?;
             ip(&[
                 "-n",
                 &host,
@@ -78,7 +94,7 @@ impl Namespaces {
             // Multicast (mDNS) leaves through eth0.
             ip(&["-n", &host, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
         }
-        Ok(ns)
+        Ok(())
     }
 
     fn link(&self, host: usize, up: bool) {
@@ -190,7 +206,7 @@ fn mdns_discovery_and_healing_in_namespaces() {
     let ns = match Namespaces::create(3) {
         Ok(ns) => ns,
         Err(reason) => {
-            eprintln!("SKIPPED: the kernel refuses network namespaces here: {reason}");
+            eprintln!("SKIPPED: the kernel refuses to create a network namespace here: {reason}");
             return;
         }
     };
