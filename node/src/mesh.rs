@@ -58,6 +58,22 @@ const COMPUTE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most devices listed in one peers message.
 const MAX_LISTED_PEERS: usize = 64;
 const MAX_FRAMES: usize = 4;
+/// Sync bytes sent to one peer and not yet acknowledged, at most (one message larger
+/// than this still goes when nothing else is in flight).
+const MAX_SYNC_IN_FLIGHT: usize = 16 * 1024 * 1024;
+/// Sync bytes held back for one peer while the in-flight window is full, at most;
+/// beyond it a message is dropped and the sync engine's repair sends what it carried.
+const MAX_SYNC_WAITING: usize = 16 * 1024 * 1024;
+
+/// Sync traffic to one peer: a window of unacknowledged bytes, and a bounded queue
+/// behind it.
+#[derive(Default)]
+struct SyncOut {
+    in_flight: usize,
+    pending: BTreeMap<request_response::OutboundRequestId, usize>,
+    waiting: std::collections::VecDeque<Vec<u8>>,
+    waiting_bytes: usize,
+}
 
 /// How the mesh runs. Every default is stated on its field.
 #[derive(Debug, Clone)]
@@ -103,9 +119,25 @@ impl Default for MeshConfig {
     }
 }
 
-/// Frames of admission messages.
+/// The frames of one request or response. A request that broke the protocol's limits
+/// (more frames, or a larger frame, than it allows) arrives with no frames and the
+/// reason, so that the peer can be told off: the request-response layer does not
+/// report a request it could not read.
 #[derive(Debug, Clone, Default)]
-pub struct Frames(pub Vec<Vec<u8>>);
+pub struct Frames(pub Vec<Vec<u8>>, Option<String>);
+
+impl From<Vec<Vec<u8>>> for Frames {
+    fn from(frames: Vec<Vec<u8>>) -> Self {
+        Self(frames, None)
+    }
+}
+
+impl Frames {
+    /// Why the request was refused unread, if it was.
+    fn violation(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+}
 
 /// Length-prefixed frames: a count byte (at most 4), then each frame as a `u32`
 /// big-endian length and its bytes, at most `max_frame` bytes each.
@@ -144,7 +176,7 @@ async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
     if usize::from(count[0]) > max_frames {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "too many frames",
+            "more frames than the protocol allows",
         ));
     }
     let mut frames = Vec::with_capacity(usize::from(count[0]));
@@ -155,14 +187,18 @@ async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
         if len > max_frame {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "frame too large",
+                "a frame larger than the protocol allows",
             ));
         }
-        let mut frame = vec![0u8; len];
-        io.read_exact(&mut frame).await?;
+        // Grown as the bytes arrive: a length alone reserves nothing.
+        let mut frame = Vec::new();
+        (&mut *io).take(len as u64).read_to_end(&mut frame).await?;
+        if frame.len() != len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         frames.push(frame);
     }
-    Ok(Frames(frames))
+    Ok(Frames::from(frames))
 }
 
 async fn write_frames<T: futures_util::AsyncWrite + Unpin + Send>(
@@ -188,7 +224,12 @@ impl request_response::Codec for FrameCodec {
     where
         T: futures_util::AsyncRead + Unpin + Send,
     {
-        read_frames(io, self.max_frame, self.max_frames).await
+        match read_frames(io, self.max_frame, self.max_frames).await {
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Frames(Vec::new(), Some(err.to_string())))
+            }
+            other => other,
+        }
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Frames>
@@ -773,6 +814,8 @@ struct MeshLoop {
     membership: Membership,
     /// Where admitted peers and their sync messages go.
     replication: Option<crate::replication::ReplicationHandle>,
+    /// Sync traffic per peer, bounded.
+    sync_out: BTreeMap<PeerId, SyncOut>,
 }
 
 /// Starts the mesh loop. `gate` holds the issuer when this node holds the owner key;
@@ -849,6 +892,7 @@ pub async fn spawn(
         job_channels: BTreeMap::new(),
         next_job: 0,
         forwarded: BTreeMap::new(),
+        sync_out: BTreeMap::new(),
         commands: commands.clone(),
         owner_key,
         node_key: key.clone(),
@@ -963,10 +1007,14 @@ impl MeshLoop {
             }
             Command::SyncSend { peer, bytes } => {
                 if self.known.get(&peer).is_some_and(|k| k.connected) {
-                    self.swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&peer, Frames(vec![bytes]));
+                    let out = self.sync_out.entry(peer).or_default();
+                    if out.waiting_bytes.saturating_add(bytes.len()) > MAX_SYNC_WAITING {
+                        tracing::debug!(%peer, bytes = bytes.len(), "sync window and queue full: the message is left to repair");
+                    } else {
+                        out.waiting_bytes += bytes.len();
+                        out.waiting.push_back(bytes);
+                        self.send_sync(peer);
+                    }
                 }
             }
             Command::Disconnect(peer) => {
@@ -997,7 +1045,7 @@ impl MeshLoop {
                             .swarm
                             .behaviour_mut()
                             .compute
-                            .send_request(&peer, Frames(vec![bytes]));
+                            .send_request(&peer, Frames::from(vec![bytes]));
                         self.forwarded.insert(id, reply);
                     }
                     None => {
@@ -1011,7 +1059,7 @@ impl MeshLoop {
                         .swarm
                         .behaviour_mut()
                         .compute
-                        .send_response(channel, Frames(vec![bytes]));
+                        .send_response(channel, Frames::from(vec![bytes]));
                 }
             }
             Command::RevokeCapability { id, reply } => {
@@ -1289,8 +1337,79 @@ impl MeshLoop {
         Ok(ticket.to_text().to_string())
     }
 
+    /// Sends a peer's waiting sync messages while its in-flight window has room.
+    fn send_sync(&mut self, peer: PeerId) {
+        let Some(out) = self.sync_out.get_mut(&peer) else {
+            return;
+        };
+        while let Some(next) = out.waiting.front() {
+            let len = next.len();
+            if out.in_flight > 0 && out.in_flight.saturating_add(len) > MAX_SYNC_IN_FLIGHT {
+                return;
+            }
+            let Some(bytes) = out.waiting.pop_front() else {
+                return;
+            };
+            out.waiting_bytes -= len;
+            out.in_flight += len;
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, Frames::from(vec![bytes]));
+            out.pending.insert(id, len);
+        }
+    }
+
+    /// A sync message was acknowledged, or failed: its bytes leave the window.
+    fn sync_done(&mut self, peer: PeerId, id: request_response::OutboundRequestId) {
+        if let Some(out) = self.sync_out.get_mut(&peer)
+            && let Some(len) = out.pending.remove(&id)
+        {
+            out.in_flight -= len;
+            self.send_sync(peer);
+        }
+    }
+
     fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            SwarmEvent::Behaviour(
+                BehaviourEvent::Admission(request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, .. },
+                    ..
+                })
+                | BehaviourEvent::Members(request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, .. },
+                    ..
+                })
+                | BehaviourEvent::Sync(request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, .. },
+                    ..
+                })
+                | BehaviourEvent::Compute(request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, .. },
+                    ..
+                }),
+            ) if request.violation().is_some() => {
+                // Nothing of it was read past the violation, and nothing is answered:
+                // the peer goes, admitted or not.
+                let reason = request.violation().unwrap_or_default();
+                let name = self
+                    .known
+                    .get(&peer)
+                    .map_or_else(|| peer.to_string(), |k| k.name.clone());
+                self.audit("mesh.receive", &name, &format!("refused: {reason}"));
+                tracing::warn!(%peer, %reason, "disconnecting a peer that broke a protocol's limits");
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.connected = false;
+                }
+                self.admitting.remove(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "mesh listening"),
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -1311,7 +1430,7 @@ impl MeshLoop {
                             self.swarm
                                 .behaviour_mut()
                                 .admission
-                                .send_request(&peer_id, Frames(frames));
+                                .send_request(&peer_id, Frames::from(frames));
                         }
                     }
                     return;
@@ -1334,7 +1453,7 @@ impl MeshLoop {
                     self.swarm
                         .behaviour_mut()
                         .admission
-                        .send_request(&peer_id, Frames(frames));
+                        .send_request(&peer_id, Frames::from(frames));
                 }
                 if let Some(k) = self.known.get_mut(&peer_id) {
                     let addr = endpoint.get_remote_address().clone();
@@ -1350,6 +1469,7 @@ impl MeshLoop {
                 ..
             } => {
                 self.admitting.remove(&peer_id);
+                self.sync_out.remove(&peer_id);
                 if self.known.contains_key(&peer_id)
                     && let Some(replication) = &self.replication
                 {
@@ -1377,7 +1497,7 @@ impl MeshLoop {
                         let answer = if admitted {
                             self.peer_list(&peer)
                         } else {
-                            Frames(Vec::new())
+                            Frames::default()
                         };
                         let _ = self
                             .swarm
@@ -1405,7 +1525,7 @@ impl MeshLoop {
                     .swarm
                     .behaviour_mut()
                     .sync
-                    .send_response(channel, Frames(Vec::new()));
+                    .send_response(channel, Frames::default());
                 if admitted && let Some(replication) = &self.replication {
                     for frame in request.0 {
                         replication.offer(peer, frame);
@@ -1413,10 +1533,21 @@ impl MeshLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(
-                request_response::Event::OutboundFailure { peer, error, .. },
+                request_response::Event::OutboundFailure {
+                    peer,
+                    error,
+                    request_id,
+                    ..
+                },
             )) => {
                 tracing::debug!(%peer, %error, "a sync message was not delivered");
+                self.sync_done(peer, request_id);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { request_id, .. },
+                ..
+            })) => self.sync_done(peer, request_id),
             SwarmEvent::Behaviour(BehaviourEvent::Compute(request_response::Event::Message {
                 peer,
                 message:
@@ -1438,7 +1569,7 @@ impl MeshLoop {
                         .swarm
                         .behaviour_mut()
                         .compute
-                        .send_response(channel, Frames(Vec::new()));
+                        .send_response(channel, Frames::default());
                     return;
                 };
                 let id = self.next_job;
@@ -1544,7 +1675,7 @@ impl MeshLoop {
                                 .swarm
                                 .behaviour_mut()
                                 .admission
-                                .send_response(channel, Frames(Vec::new()));
+                                .send_response(channel, Frames::default());
                             return;
                         };
                         for frame in request.0.iter().take(MAX_FRAMES) {
@@ -1556,7 +1687,7 @@ impl MeshLoop {
                             .swarm
                             .behaviour_mut()
                             .admission
-                            .send_response(channel, Frames(frames));
+                            .send_response(channel, Frames::from(frames));
                         self.drain(peer);
                     }
                     request_response::Message::Response { response, .. } => {
@@ -1744,7 +1875,7 @@ impl MeshLoop {
                 .snapshot(now, &self.gate.revocations)
                 .encode()
         };
-        Frames(vec![text, digest.to_vec(), snapshot])
+        Frames::from(vec![text, digest.to_vec(), snapshot])
     }
 
     /// Takes in what an admitted peer told us: its membership (merged), its digest, and
@@ -1937,7 +2068,7 @@ pub async fn join(
             event = swarm.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == inviter => {
                     let frames: Vec<Vec<u8>> = std::iter::from_fn(|| connection.poll_transmit()).collect();
-                    swarm.behaviour_mut().admission.send_request(&inviter, Frames(frames));
+                    swarm.behaviour_mut().admission.send_request(&inviter, Frames::from(frames));
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
                     return Err(MeshError::Join(format!("cannot reach the inviter: {error}")));
@@ -1966,5 +2097,155 @@ pub async fn join(
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+    use hearth_protocol::capability::{RevocationSet, Role, Verifier, VerifierConfig};
+    use hearth_protocol::device;
+    use hearth_protocol::key::OwnerKey;
+
+    async fn connected(handle: &MeshHandle) -> bool {
+        handle
+            .status()
+            .await
+            .unwrap()
+            .peers
+            .iter()
+            .any(|p| p.connected)
+    }
+
+    /// Two meshed devices in this process; the second dials the first.
+    async fn pair(
+        dir: &std::path::Path,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<(MeshHandle, Arc<AuditLog>, PeerId)> {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let mut out: Vec<(MeshHandle, Arc<AuditLog>, PeerId)> = Vec::new();
+        let mut first: Option<Multiaddr> = None;
+        for i in 0..2u8 {
+            let key = NodeKey::from_seed([10 + i; 32]);
+            let cert = device::issue_certificate(
+                owner.secret(),
+                None,
+                key.public(),
+                &format!("n{i}"),
+                Role::Home,
+                UnixMillis(0),
+                UnixMillis(u64::MAX / 2),
+                [i; 16],
+            )
+            .unwrap();
+            let gate = Gate::new(
+                key.public(),
+                Verifier::new(owner.public(), VerifierConfig::default()),
+                RevocationSet::new(owner.public()),
+                None,
+            );
+            let audit = Arc::new(
+                AuditLog::open(
+                    &dir.join(format!("audit-{i}.log")),
+                    &format!("n{i}"),
+                    key.clone(),
+                    Arc::new(|| 0),
+                )
+                .unwrap(),
+            );
+            let config = MeshConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: first.clone().into_iter().collect(),
+                mdns: false,
+                ..MeshConfig::default()
+            };
+            let handle = spawn(
+                &key,
+                cert,
+                gate,
+                None,
+                config,
+                audit.clone(),
+                None,
+                stop.clone(),
+            )
+            .await
+            .unwrap();
+            let peer = peer_id(&key.public()).unwrap();
+            if first.is_none() {
+                let addr = loop {
+                    if let Some(addr) = handle.status().await.unwrap().listen.first().cloned() {
+                        break addr;
+                    }
+                    tokio::task::yield_now().await;
+                };
+                first = Some(format!("{addr}/p2p/{peer}").parse().unwrap());
+            }
+            out.push((handle, audit, peer));
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_sync_message_disconnects_the_sender_with_an_audit_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let nodes = pair(dir.path(), &stop_rx).await;
+        let (receiver, receiver_audit, receiver_peer) = &nodes[0];
+        let (sender, _, _) = &nodes[1];
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !connected(receiver).await || !connected(sender).await {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the two devices admit each other");
+
+        let too_large = vec![0u8; hearth_protocol::sync::message::MAX_MESSAGE_BYTES + 1];
+        sender.sync_send(*receiver_peer, too_large).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let entries = receiver_audit
+                    .entries(None, None, Some("mesh.receive"))
+                    .unwrap();
+                if let Some(entry) = entries.into_iter().next() {
+                    return entry;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the receiver audits the refusal");
+        assert_eq!(refused.object, "n1");
+        assert!(
+            refused.outcome.starts_with("refused:"),
+            "{}",
+            refused.outcome
+        );
+        assert!(refused.outcome.contains("larger"), "{}", refused.outcome);
+        // The connection was closed (the sender redials later, with backoff).
+        let closed = receiver_audit
+            .entries(None, None, Some("mesh.admit"))
+            .unwrap()
+            .len();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while receiver_audit
+                .entries(None, None, Some("mesh.admit"))
+                .unwrap()
+                .len()
+                == closed
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the sender is admitted afresh on a new connection");
+        let _ = stop_tx.send(true);
     }
 }
