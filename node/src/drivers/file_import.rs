@@ -310,6 +310,7 @@ fn import(ctx: &Context) -> Result<Outcome, String> {
             progress.imported
         )));
     }
+    ctx.running(None);
     ctx.set(|s| s.progress = Some((progress.done, total)));
     if !skip && progress.done == 0 {
         // Refuse: look at every line before writing any.

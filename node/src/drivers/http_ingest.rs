@@ -231,7 +231,7 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     } else {
         bound
     };
-    ctx.set(|s| s.detail = Some(format!("http://{shown}")));
+    ctx.running(Some(format!("http://{shown}")));
     let ingest = Ingest {
         credentials: Arc::new((
             ctx.spec.user.clone().unwrap_or_default(),

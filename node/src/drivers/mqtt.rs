@@ -125,10 +125,7 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
             event = events.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
-                    ctx.set(|s| {
-                        s.state = "running".into();
-                        s.detail = Some(format!("subscribed to {filter} on {broker}"));
-                    });
+                    ctx.running(Some(format!("subscribed to {filter} on {broker}")));
                 }
                 Ok(Event::Incoming(Packet::Publish(message))) => {
                     let value = json!({

@@ -143,6 +143,7 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     let data_dir = ctx.node.config.data_dir.clone();
     // CPU use needs two samples: take the first one a moment before the first reading.
     let mut previous = Some(sample(&data_dir, None)?.1);
+    ctx.running(None);
     let mut wait = interval.min(Duration::from_secs(1));
     loop {
         tokio::select! {
