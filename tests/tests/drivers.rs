@@ -1,6 +1,9 @@
-//! The built-in drivers through a real node: os-monitor against /proc, http-ingest with
-//! OwnTracks bodies, mqtt against a real Mosquitto broker (restarted under it), and
-//! file-import of a million lines.
+//! The built-in drivers through a real node: os-monitor against /proc and statvfs,
+//! http-ingest with OwnTracks bodies and headers as the apps send them and credentials
+//! scoped per driver, mqtt against a real Mosquitto broker (restarted under it) and a
+//! scripted one (subscriptions granted or refused), file-import of a million lines
+//! (idempotent, resumed after the node is killed, malformed lines reported), and a
+//! hand-edited drivers.toml with bad entries.
 
 #![allow(
     clippy::unwrap_used,
@@ -39,15 +42,177 @@ fn driver(dir: &Path, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// What the test reads of the system at one moment, as os-monitor defines it.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    /// Wall-clock milliseconds before and after reading.
+    before: u64,
+    after: u64,
+    /// /proc/stat: idle + iowait, and user..steal.
+    cpu_idle: u64,
+    cpu_total: u64,
+    /// /proc/meminfo: MemTotal − MemAvailable.
+    mem_used: u64,
+    /// statvfs of the data directory: (blocks − free) × fragment size, and available.
+    disk_used: u64,
+    disk_free: u64,
+    load1: f64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn snapshot(dir: &Path) -> Snapshot {
+    let before = now_ms();
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |name: &str| -> u64 {
+        let line = meminfo.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let vfs = rustix::fs::statvfs(dir).unwrap();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let after = now_ms();
+    Snapshot {
+        before,
+        after,
+        cpu_idle: cpu[3] + cpu[4],
+        cpu_total: cpu.iter().take(8).sum(),
+        mem_used: kib("MemTotal:") - kib("MemAvailable:"),
+        disk_used: (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize,
+        disk_free: vfs.f_bavail * vfs.f_frsize,
+        load1: load.split_whitespace().next().unwrap().parse().unwrap(),
+    }
+}
+
 #[test]
 fn os_monitor_matches_proc() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     init(&home);
     let node = start(&home);
-    json_ok(&home, &["driver", "add", "os-monitor", "--interval", "1s"]);
-    let reading = wait_until("a reading", 20, || records(&home, "os-monitor").pop());
-    let v = &reading["value"];
+    // Read the system every 10 ms while the driver takes its readings, so that each
+    // reading can be bracketed by what the test saw just before and just after it.
+    let snapshots: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (snapshots, done, home) = (snapshots.clone(), done.clone(), home.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let snap = snapshot(&home);
+                snapshots.lock().unwrap().push(snap);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let started = wait_until("the sampler runs", 20, || {
+        snapshots.lock().unwrap().first().map(|s| s.after)
+    });
+    json_ok(&home, &["driver", "add", "os-monitor", "--interval", "2s"]);
+    // Two consecutive readings, both taken while the sampler ran, and the sampler past
+    // the second one.
+    let (a, b) = wait_until("two readings inside the sampled time", 30, || {
+        let got = records(&home, "os-monitor");
+        let n = got.len();
+        if n < 2 {
+            return None;
+        }
+        let (a, b) = (got[n - 2].clone(), got[n - 1].clone());
+        let b_ts = b["ts"].as_u64().unwrap();
+        let past = snapshots.lock().unwrap().last().unwrap().before > b_ts + 200;
+        (a["ts"].as_u64().unwrap() > started + 200 && past).then_some((a, b))
+    });
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let snaps = snapshots.lock().unwrap().clone();
+    let (a_ts, b_ts) = (a["ts"].as_u64().unwrap(), b["ts"].as_u64().unwrap());
+    let v = &b["value"];
+    // The driver reads /proc/stat first and stamps the reading after its last read:
+    // its reads fall within MARGIN ms before the stamp.
+    const MARGIN: u64 = 50;
+    let last_before = |t: u64| *snaps.iter().rev().find(|s| s.after + MARGIN < t).unwrap();
+    let first_after = |t: u64| *snaps.iter().find(|s| s.before > t).unwrap();
+
+    // CPU use over [a, b]: the sampled windows just inside and just outside that
+    // interval bound it (busy and idle jiffies only grow).
+    let (outer_start, inner_start) = (last_before(a_ts), first_after(a_ts));
+    let (inner_end, outer_end) = (last_before(b_ts), first_after(b_ts));
+    // (In floating point: iowait, counted as idle, can step back a little on some
+    // kernels.)
+    let busy = |from: Snapshot, to: Snapshot| {
+        (to.cpu_total as f64 - to.cpu_idle as f64) - (from.cpu_total as f64 - from.cpu_idle as f64)
+    };
+    let idle = |from: Snapshot, to: Snapshot| to.cpu_idle as f64 - from.cpu_idle as f64;
+    let (busy_in, busy_out) = (busy(inner_start, inner_end), busy(outer_start, outer_end));
+    let (idle_in, idle_out) = (idle(inner_start, inner_end), idle(outer_start, outer_end));
+    let low = 100.0 * busy_in / (busy_in + idle_out);
+    let high = 100.0 * busy_out / (busy_out + idle_in);
+    let cpu = v["cpu_percent"].as_f64().unwrap();
+    assert!(
+        low - 0.5 <= cpu && cpu <= high + 0.5,
+        "cpu_percent {cpu} is outside [{low:.2}, {high:.2}] measured from /proc/stat"
+    );
+
+    // Memory, disk and load at b: between what was seen around it.
+    let around: Vec<Snapshot> = snaps
+        .iter()
+        .filter(|s| s.after + MARGIN + 100 >= b_ts && s.before <= b_ts + 100)
+        .copied()
+        .collect();
+    assert!(around.len() >= 2, "{around:?}");
+    let within = |what: &str, got: u64, seen: &dyn Fn(&Snapshot) -> u64, slack: u64| {
+        let min = around.iter().map(seen).min().unwrap();
+        let max = around.iter().map(seen).max().unwrap();
+        assert!(
+            got + slack >= min && got <= max + slack,
+            "{what} {got} is outside [{min}, {max}] ± {slack} measured at the same time"
+        );
+    };
+    const MIB: u64 = 1024 * 1024;
+    within(
+        "mem_used_bytes",
+        v["mem_used_bytes"].as_u64().unwrap(),
+        &|s| s.mem_used,
+        64 * MIB,
+    );
+    within(
+        "disk_used_bytes",
+        v["disk_used_bytes"].as_u64().unwrap(),
+        &|s| s.disk_used,
+        64 * MIB,
+    );
+    within(
+        "disk_free_bytes",
+        v["disk_free_bytes"].as_u64().unwrap(),
+        &|s| s.disk_free,
+        64 * MIB,
+    );
+    let load = v["load1"].as_f64().unwrap();
+    assert!(
+        around.iter().any(|s| s.load1 == load),
+        "load1 {load} is none of {:?}",
+        around.iter().map(|s| s.load1).collect::<Vec<_>>()
+    );
+    // Exact: the totals, and the percentages from the reading's own figures.
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
     let total_kib: u64 = meminfo
         .lines()
@@ -58,36 +223,21 @@ fn os_monitor_matches_proc() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(v["mem_total_bytes"].as_u64(), Some(total_kib * 1024));
-    let load: f64 = std::fs::read_to_string("/proc/loadavg")
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        (v["load1"].as_f64().unwrap() - load).abs() < 2.0,
-        "{v} vs {load}"
+    let mem_total = total_kib * 1024;
+    assert_eq!(v["mem_total_bytes"].as_u64(), Some(mem_total));
+    let vfs = rustix::fs::statvfs(&home).unwrap();
+    assert_eq!(
+        v["disk_total_bytes"].as_u64(),
+        Some(vfs.f_blocks * vfs.f_frsize)
     );
-    let cpu = v["cpu_percent"].as_f64().unwrap();
-    assert!((0.0..=100.0).contains(&cpu));
-    // Disk: as `stat -f` sees the data directory's file system.
-    let out = Command::new("stat")
-        .args(["-f", "-c", "%b %S"])
-        .arg(&home)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut parts = text.split_whitespace().map(|p| p.parse::<u64>().unwrap());
-    let total = parts.next().unwrap() * parts.next().unwrap();
-    assert_eq!(v["disk_total_bytes"].as_u64(), Some(total));
-    let used = v["mem_used_percent"].as_f64().unwrap();
-    assert!(used > 0.0 && used < 100.0);
-    // It keeps going, once a second.
-    wait_until("more readings", 20, || {
-        (records(&home, "os-monitor").len() >= 3).then_some(())
-    });
+    let percent = |part: &str, whole: f64| 100.0 * v[part].as_f64().unwrap() / whole;
+    let mem_percent = percent("mem_used_bytes", mem_total as f64);
+    assert!((v["mem_used_percent"].as_f64().unwrap() - mem_percent).abs() <= 0.01);
+    let disk_whole =
+        v["disk_used_bytes"].as_f64().unwrap() + v["disk_free_bytes"].as_f64().unwrap();
+    let disk_percent = percent("disk_used_bytes", disk_whole);
+    assert!((v["disk_used_percent"].as_f64().unwrap() - disk_percent).abs() <= 0.01);
+
     let listed = driver(&home, "os-monitor");
     assert_eq!(listed["state"], "running");
     // In the catalogue, with the driver as source.
@@ -131,13 +281,21 @@ fn os_monitor_matches_proc() {
 }
 
 fn post(url: &str, auth: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = auth {
+        headers.push(("Authorization", auth));
+    }
+    post_with(url, &headers, body)
+}
+
+fn post_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let mut request = agent.post(url).content_type("application/json");
-    if let Some(auth) = auth {
-        request = request.header("Authorization", auth);
+    let mut request = agent.post(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = request.send(body).unwrap();
     let status = response.status().as_u16();
@@ -157,6 +315,36 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+fn basic_auth(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// The headers the OwnTracks apps send in HTTP mode.
+fn owntracks_headers<'a>(auth: &'a str, app: &str) -> Vec<(&'static str, &'a str)> {
+    match app {
+        "android" => vec![
+            ("Authorization", auth),
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("User-Agent", "Owntracks-Android/gms/420505020"),
+            ("X-Limit-U", "anna"),
+            ("X-Limit-D", "phone"),
+        ],
+        _ => vec![
+            ("Authorization", auth),
+            ("Content-Type", "application/json"),
+            (
+                "User-Agent",
+                "OwnTracks/18.4.1 CFNetwork/1568.200.51 Darwin/24.1.0",
+            ),
+            ("X-Limit-U", "anna"),
+            ("X-Limit-D", "iphone"),
+        ],
+    }
+}
+
 #[test]
 fn http_ingest_takes_owntracks_and_json_readings() {
     let tmp = tempfile::tempdir().unwrap();
@@ -168,52 +356,73 @@ fn http_ingest_takes_owntracks_and_json_readings() {
         &["driver", "add", "http-ingest", "--listen", "127.0.0.1:0"],
     );
     let url = added["url"].as_str().unwrap().to_owned();
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            added["user"].as_str().unwrap(),
-            added["password"].as_str().unwrap()
-        ))
+    let basic = basic_auth(
+        added["user"].as_str().unwrap(),
+        added["password"].as_str().unwrap(),
     );
     let owntracks = format!("{url}/owntracks");
-    for name in [
-        "location-home.json",
-        "location-walk.json",
-        "location-work.json",
+    // Locations from both apps, with the headers each sends.
+    for (name, app) in [
+        ("location-android-home.json", "android"),
+        ("location-ios-walk.json", "ios"),
+        ("location-android-work.json", "android"),
     ] {
-        let (status, body) = post(&owntracks, Some(&basic), &fixture(name));
+        let (status, body) = post_with(&owntracks, &owntracks_headers(&basic, app), &fixture(name));
         assert_eq!((status, body.as_str()), (200, "[]"), "{name}");
     }
-    // Other message types are acknowledged, not stored.
-    for name in ["transition-work.json", "lwt.json"] {
-        let (status, body) = post(&owntracks, Some(&basic), &fixture(name));
+    // Other message types, and the empty body the apps post when a friend is removed,
+    // are acknowledged, not stored.
+    for name in ["transition-work.json", "waypoint-work.json", "lwt.json"] {
+        let (status, body) = post_with(
+            &owntracks,
+            &owntracks_headers(&basic, "android"),
+            &fixture(name),
+        );
         assert_eq!((status, body.as_str()), (200, "[]"), "{name}");
     }
+    let (status, body) = post_with(&owntracks, &owntracks_headers(&basic, "android"), b"");
+    assert_eq!((status, body.as_str()), (200, "[]"), "the empty body");
     let stored = records(&home, "location");
     assert_eq!(stored.len(), 3);
-    assert_eq!(stored[0]["ts"], 1_700_000_100_000u64);
-    assert_eq!(stored[0]["value"]["lat"], 52.373069);
-    assert_eq!(stored[0]["value"]["batt"], 87);
-    assert!(stored[0]["value"].get("_type").is_none());
-    assert_eq!(stored[2]["value"]["SSID"], "office");
+    // At the fix's time; everything the app sent but `_type`, and who sent it.
+    let home_fix = &stored[0];
+    assert_eq!(home_fix["ts"], 1_700_000_100_000u64);
+    let mut expected: Value =
+        serde_json::from_slice(&fixture("location-android-home.json")).unwrap();
+    expected.as_object_mut().unwrap().remove("_type");
+    expected["user"] = "anna".into();
+    expected["device"] = "phone".into();
+    assert_eq!(home_fix["value"], expected);
+    let walk = &stored[1]["value"];
+    assert_eq!(stored[1]["ts"], 1_700_001_900_000u64);
+    assert_eq!(
+        (walk["device"].as_str(), walk["cog"].as_u64()),
+        (Some("iphone"), Some(132))
+    );
+    assert_eq!(walk["p"], 101.26);
+    let work = &stored[2]["value"];
+    assert_eq!(work["SSID"], "office");
+    assert_eq!(work["inregions"], serde_json::json!(["Work"]));
 
     // Wrong credentials, bad bodies: refused with a message, nothing written.
-    let wrong = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("hearth:not-the-password")
-    );
+    let wrong = basic_auth("hearth", "not-the-password");
     assert_eq!(
-        post(&owntracks, Some(&wrong), &fixture("location-home.json")).0,
+        post(
+            &owntracks,
+            Some(&wrong),
+            &fixture("location-android-home.json")
+        )
+        .0,
         401
     );
     assert_eq!(
-        post(&owntracks, None, &fixture("location-home.json")).0,
+        post(&owntracks, None, &fixture("location-android-home.json")).0,
         401
     );
     for bad in [
         &b"{\"_type\":\"location\",\"lon\":4.9,\"tst\":1700000000}"[..],
         b"{\"_type\":\"location\",\"lat\":123,\"lon\":4.9,\"tst\":1700000000}",
+        b"{\"_type\":\"encrypted\",\"data\":\"b64ciphertext\"}",
         b"not json",
         b"[1,2]",
     ] {
@@ -222,6 +431,12 @@ fn http_ingest_takes_owntracks_and_json_readings() {
         assert!(body.contains("error"), "{body}");
     }
     assert_eq!(records(&home, "location").len(), 3);
+    // The last refusal is shown by `driver ls`, since the app hardly shows it.
+    let last = driver(&home, "http-ingest")["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(last.starts_with("refused an OwnTracks message"), "{last}");
 
     // Generic JSON readings: one object, an array, JSON lines; a bad line refuses all.
     let readings = format!("{url}/readings");
@@ -266,9 +481,88 @@ fn http_ingest_takes_owntracks_and_json_readings() {
         (driver(&home, "http-ingest")["detail"].as_str() == Some(url.as_str())).then_some(())
     });
     assert_eq!(
-        post(&owntracks, Some(&basic), &fixture("location-walk.json")).0,
+        post_with(
+            &owntracks,
+            &owntracks_headers(&basic, "ios"),
+            &fixture("location-ios-walk.json")
+        )
+        .0,
         200
     );
+    stop(node);
+}
+
+#[test]
+fn http_ingest_credentials_are_scoped_to_their_driver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    let node = start(&home);
+    let add = |name: &str, store: &str| {
+        json_ok(
+            &home,
+            &[
+                "driver",
+                "add",
+                "http-ingest",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+                "--store",
+                store,
+            ],
+        )
+    };
+    let a = add("ingest-a", "store-a");
+    let b = add("ingest-b", "store-b");
+    // Both have the default user name: only the password tells them apart.
+    assert_eq!(a["user"], b["user"]);
+    assert_ne!(a["password"], b["password"]);
+    assert_ne!(a["url"], b["url"]);
+    let credentials = |d: &Value| {
+        let password = d["password"].as_str().unwrap();
+        (
+            basic_auth(d["user"].as_str().unwrap(), password),
+            format!("Bearer {password}"),
+        )
+    };
+    let (a_basic, a_bearer) = credentials(&a);
+    let (b_basic, b_bearer) = credentials(&b);
+    let endpoint = |d: &Value, path: &str| format!("{}/{path}", d["url"].as_str().unwrap());
+    let location = fixture("location-android-home.json");
+    let reading = br#"{"ts": 1700000000000, "value": {"watts": 5}}"#;
+    // B's credentials on A's endpoints, and A's on B's: refused, nothing written.
+    for (target, auth) in [
+        (&a, &b_basic),
+        (&a, &b_bearer),
+        (&b, &a_basic),
+        (&b, &a_bearer),
+    ] {
+        let (status, body) = post(&endpoint(target, "owntracks"), Some(auth), &location);
+        assert_eq!(status, 401, "{body}");
+        let (status, body) = post(&endpoint(target, "readings"), Some(auth), reading);
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(records(&home, "store-a").len(), 0);
+    assert_eq!(records(&home, "store-b").len(), 0);
+    // Each driver's own credentials write its own store, and only that one.
+    assert_eq!(
+        post(&endpoint(&a, "owntracks"), Some(&a_basic), &location).0,
+        200
+    );
+    assert_eq!(
+        post(&endpoint(&a, "readings"), Some(&a_bearer), reading).0,
+        200
+    );
+    assert_eq!(
+        post(&endpoint(&b, "readings"), Some(&b_bearer), reading).0,
+        200
+    );
+    assert_eq!(records(&home, "store-a").len(), 2);
+    assert_eq!(records(&home, "store-b").len(), 1);
+    assert_eq!(driver(&home, "ingest-a")["records"], 2);
+    assert_eq!(driver(&home, "ingest-b")["records"], 1);
     stop(node);
 }
 
@@ -448,6 +742,144 @@ fn mqtt_survives_broker_restarts_and_actuates() {
     drop(broker);
 }
 
+/// A scripted MQTT 3.1.1 broker: it accepts every connection, answers pings, reports
+/// each SUBSCRIBE on `subscribed` and answers it with the return code the test sends on
+/// `answer` (0x00-0x02 granted at that QoS, 0x80 refused).
+struct ScriptedBroker {
+    port: u16,
+    subscribed: std::sync::mpsc::Receiver<String>,
+    answer: std::sync::mpsc::SyncSender<u8>,
+}
+
+impl ScriptedBroker {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex, mpsc};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (subscribed_tx, subscribed) = mpsc::sync_channel::<String>(16);
+        let (answer, answer_rx) = mpsc::sync_channel::<u8>(16);
+        let answers = Arc::new(Mutex::new(answer_rx));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (subscribed_tx, answers) = (subscribed_tx.clone(), answers.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let mut header = [0u8; 1];
+                        if stream.read_exact(&mut header).is_err() {
+                            return;
+                        }
+                        let (mut len, mut shift) = (0usize, 0);
+                        loop {
+                            let mut byte = [0u8; 1];
+                            if stream.read_exact(&mut byte).is_err() {
+                                return;
+                            }
+                            len |= usize::from(byte[0] & 0x7f) << shift;
+                            shift += 7;
+                            if byte[0] & 0x80 == 0 {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0u8; len];
+                        if stream.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let reply = match header[0] >> 4 {
+                            1 => vec![0x20, 0x02, 0x00, 0x00], // CONNACK, accepted
+                            8 => {
+                                // SUBSCRIBE: packet id, then (filter, QoS).
+                                let filter_len = usize::from(body[2]) << 8 | usize::from(body[3]);
+                                let filter =
+                                    String::from_utf8_lossy(&body[4..4 + filter_len]).into_owned();
+                                if subscribed_tx.send(filter).is_err() {
+                                    return;
+                                }
+                                let Ok(code) = answers.lock().unwrap().recv() else {
+                                    return;
+                                };
+                                vec![0x90, 0x03, body[0], body[1], code] // SUBACK
+                            }
+                            12 => vec![0xd0, 0x00], // PINGRESP
+                            14 => return,           // DISCONNECT
+                            _ => continue,
+                        };
+                        if stream.write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedBroker {
+            port,
+            subscribed,
+            answer,
+        }
+    }
+
+    /// Waits for the next SUBSCRIBE and returns its filter.
+    fn next_subscribe(&self) -> String {
+        self.subscribed
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the driver did not subscribe")
+    }
+}
+
+#[test]
+fn mqtt_runs_once_the_subscription_is_granted_and_reports_a_refusal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    let node = start(&home);
+    let broker = ScriptedBroker::start();
+    let address = format!("127.0.0.1:{}", broker.port);
+    json_ok(
+        &home,
+        &[
+            "driver", "add", "mqtt", "--broker", &address, "--topic", "home/#", "--name",
+            "scripted",
+        ],
+    );
+    // Connected, the subscription sent and not answered yet: not running.
+    assert_eq!(broker.next_subscribe(), "home/#");
+    let waiting = driver(&home, "scripted");
+    assert_eq!(waiting["state"], "starting", "{waiting}");
+    assert!(
+        waiting["detail"].as_str().unwrap().contains("subscribing"),
+        "{waiting}"
+    );
+    // Refused: an error in `driver ls`, and the driver tries again.
+    broker.answer.send(0x80).unwrap();
+    let refused = wait_until("the refusal shows", 20, || {
+        let d = driver(&home, "scripted");
+        (d["state"] == "retrying").then_some(d)
+    });
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused the subscription to home/#"),
+        "{refused}"
+    );
+    // Granted on the next attempt (after the first backoff): running, error cleared.
+    assert_eq!(broker.next_subscribe(), "home/#");
+    assert_eq!(driver(&home, "scripted")["state"], "retrying");
+    broker.answer.send(0x01).unwrap();
+    let running = wait_until("running", 20, || {
+        let d = driver(&home, "scripted");
+        (d["state"] == "running").then_some(d)
+    });
+    assert_eq!(
+        running["detail"],
+        format!("subscribed to home/# on {address}"),
+        "{running}"
+    );
+    assert_eq!(running["last_error"], Value::Null);
+    stop(node);
+}
+
 #[test]
 fn bad_driver_configuration_is_refused_or_reported() {
     let tmp = tempfile::tempdir().unwrap();
@@ -607,5 +1039,296 @@ fn file_import_of_a_million_lines_is_idempotent_and_reports_bad_lines() {
         "{detail}"
     );
     assert_eq!(count("steps"), 997);
+    stop(node);
+}
+
+#[test]
+fn file_import_resumes_after_the_node_is_killed() {
+    use std::io::Write as _;
+    const LINES: u64 = 1_000_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    let node = start(&home);
+    let file = tmp.path().join("meter.csv");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        writeln!(f, "ts,n").unwrap();
+        for i in 0..LINES {
+            writeln!(f, "{},{i}", 1_600_000_000_000 + i * 1000).unwrap();
+        }
+    }
+    let file = file.to_str().unwrap().to_owned();
+    // `driver add file-import` follows the import until it ends; run it aside.
+    let mut add = Command::new(hearth_tests::cli::hearth_bin())
+        .arg("--data-dir")
+        .arg(&home)
+        .args([
+            "--json",
+            "driver",
+            "add",
+            "file-import",
+            &file,
+            "--store",
+            "meter",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the node once some batches are stored, well before the end.
+    wait_until("the import is under way", 120, || {
+        let d = driver(&home, "file-import");
+        let done = d["progress"][0].as_u64().unwrap_or(0);
+        assert_ne!(
+            d["state"], "done",
+            "the import ended before the node was killed"
+        );
+        (done >= 20_000).then_some(())
+    });
+    let mut node = node;
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    let _ = add.wait().unwrap();
+    // The import was interrupted. Make it the worst case the import allows for: its
+    // last batch stored but its progress not yet saved (a kill between the two).
+    let imports_path = home.join("imports.json");
+    let mut imports: Value =
+        serde_json::from_slice(&std::fs::read(&imports_path).unwrap()).unwrap();
+    let progress = imports
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+        .next()
+        .unwrap();
+    assert_eq!(progress["complete"], false, "{progress}");
+    let done = progress["done"].as_u64().unwrap();
+    assert!((20_000..LINES).contains(&done), "{progress}");
+    progress["done"] = (done - 10_000).into();
+    progress["imported"] = (progress["imported"].as_u64().unwrap() - 10_000).into();
+    std::fs::write(&imports_path, serde_json::to_vec(&imports).unwrap()).unwrap();
+
+    // Started again, the node goes on with the import from drivers.toml.
+    let node = start(&home);
+    let finished = wait_until("the import finishes", 300, || {
+        let d = driver(&home, "file-import");
+        assert_ne!(d["state"], "failed", "{d}");
+        (d["state"] == "done").then_some(d)
+    });
+    let detail = finished["detail"].as_str().unwrap();
+    assert!(detail.starts_with("imported 1000000 records"), "{detail}");
+    // Every line once: the count, and the sum of the numbers 0..LINES.
+    let agg = |op: &str| {
+        json_ok(&home, &["store", "agg", "meter", op, "--field", "n"])["result"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(agg("count") as u64, LINES);
+    assert_eq!(agg("sum") as u64, LINES * (LINES - 1) / 2);
+    assert_eq!(agg("max") as u64, LINES - 1);
+    stop(node);
+}
+
+#[test]
+fn file_import_reports_malformed_csv_lines_by_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    let node = start(&home);
+    let csv = tmp.path().join("rooms.csv");
+    std::fs::write(
+        &csv,
+        "time,celsius,room\n\
+         1600000000,18.5,kitchen\n\
+         1600000001,18.6,kitchen\n\
+         1600000002,20.0\n\
+         1600000003,18.7,kitchen\n\
+         soon,19.0,kitchen\n\
+         1600000005,21.0,kitchen,extra\n\
+         1600000006,18.8,kitchen\n",
+    )
+    .unwrap();
+    let csv = csv.to_str().unwrap();
+    // Refuse (the default): the first malformed line named, nothing imported.
+    let refused = hearth(
+        &home,
+        &["driver", "add", "file-import", csv, "--store", "rooms"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("line 4: 2 fields where the header has 3"),
+        "{message}"
+    );
+    assert!(message.contains("nothing was imported"), "{message}");
+    let failed = driver(&home, "file-import");
+    assert_eq!(failed["state"], "failed");
+    assert!(failed["last_error"].as_str().unwrap().contains("line 4"));
+    let count = || {
+        json_ok(&home, &["store", "agg", "rooms", "count"])["result"]
+            .as_f64()
+            .unwrap() as u64
+    };
+    assert_eq!(count(), 0);
+    // Skip: the good lines imported, each malformed one reported by its line.
+    let skipped = json_ok(
+        &home,
+        &[
+            "driver",
+            "add",
+            "file-import",
+            csv,
+            "--store",
+            "rooms",
+            "--on-error",
+            "skip",
+            "--name",
+            "rooms-skip",
+        ],
+    );
+    let detail = skipped["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("imported 4 records") && detail.contains("skipped 3 malformed lines"),
+        "{detail}"
+    );
+    for reason in [
+        "line 4: 2 fields where the header has 3",
+        "line 6: time \"soon\" is not a time",
+        "line 7: 4 fields where the header has 3",
+    ] {
+        assert!(detail.contains(reason), "{reason} in {detail}");
+    }
+    assert_eq!(count(), 4);
+    let kept: Vec<f64> = records(&home, "rooms")
+        .iter()
+        .map(|r| r["value"]["celsius"].as_f64().unwrap())
+        .collect();
+    assert_eq!(kept, [18.5, 18.6, 18.7, 18.8]);
+    stop(node);
+}
+
+#[test]
+fn a_bad_entry_in_drivers_toml_affects_only_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    // Written by hand while the node is stopped: a good entry, a misspelt field, broken
+    // syntax, and a valid table with an invalid setting.
+    let toml = home.join("drivers.toml");
+    std::fs::write(
+        &toml,
+        r#"# My drivers.
+
+[[driver]]
+name = "os-monitor"
+kind = "os-monitor"
+store = "os-monitor"
+interval_secs = 1
+
+[[driver]]
+name = "typo"
+kind = "os-monitor"
+store = "typo"
+intervl_secs = 5
+
+[[driver]]
+name = "half"
+kind = "mqtt"
+store = "climate"
+broker = 
+
+[[driver]]
+name = "zero"
+kind = "os-monitor"
+store = "zero"
+interval_secs = 0
+"#,
+    )
+    .unwrap();
+    let node = start(&home);
+    // The good one runs.
+    wait_until("a reading from the good entry", 20, || {
+        records(&home, "os-monitor").pop()
+    });
+    assert_eq!(driver(&home, "os-monitor")["state"], "running");
+    // Each bad one is listed as failed, by its name, with what is wrong and where.
+    let failed = |name: &str, kind: &str, words: &[&str]| {
+        let d = driver(&home, name);
+        assert_eq!(d["state"], "failed", "{d}");
+        assert_eq!(d["kind"], kind, "{d}");
+        let error = d["last_error"].as_str().unwrap();
+        for word in words {
+            assert!(error.contains(word), "{word:?} in {error}");
+        }
+    };
+    failed(
+        "typo",
+        "os-monitor",
+        &["drivers.toml line 9:", "intervl_secs"],
+    );
+    failed("half", "mqtt", &["drivers.toml line 19:"]);
+    failed("zero", "os-monitor", &["interval"]);
+    let listed = hearth(&home, &["driver", "ls"]);
+    assert!(listed.status.success());
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains("typo") && text.contains("failed"), "{text}");
+
+    // The node still manages its drivers, and keeps the hand-written entries it cannot
+    // read as they were.
+    json_ok(
+        &home,
+        &["driver", "add", "http-ingest", "--listen", "127.0.0.1:0"],
+    );
+    let written = std::fs::read_to_string(&toml).unwrap();
+    assert!(written.contains("intervl_secs = 5"), "{written}");
+    assert!(written.contains("broker = \n"), "{written}");
+    assert!(written.contains("kind = \"http-ingest\""), "{written}");
+    json_ok(&home, &["driver", "rm", "half"]);
+    json_ok(&home, &["driver", "rm", "typo"]);
+    assert_eq!(driver(&home, "half"), Value::Null);
+    let written = std::fs::read_to_string(&toml).unwrap();
+    assert!(
+        !written.contains("intervl_secs") && !written.contains("broker ="),
+        "{written}"
+    );
+    stop(node);
+
+    // Read again at the next start: the good ones run, the invalid one still fails.
+    let node = start(&home);
+    wait_until("the drivers are back", 20, || {
+        (driver(&home, "http-ingest")["state"] == "running"
+            && driver(&home, "os-monitor")["state"] == "running")
+            .then_some(())
+    });
+    assert_eq!(driver(&home, "zero")["state"], "failed");
+    stop(node);
+
+    // A fault outside the entries (a misspelt table name): listed, and the node will not
+    // rewrite the file until it is fixed by hand; the good entries still run.
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("\n[[drivers]]\nname = \"x\"\n");
+    std::fs::write(&toml, &text).unwrap();
+    let node = start(&home);
+    let whole = wait_until("the fault shows", 20, || {
+        let d = driver(&home, "drivers.toml");
+        (d != Value::Null).then_some(d)
+    });
+    assert_eq!(whole["state"], "failed");
+    assert!(
+        whole["last_error"].as_str().unwrap().contains("drivers"),
+        "{whole}"
+    );
+    let refused = hearth(&home, &["driver", "add", "os-monitor", "--name", "more"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("fixed by hand"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&toml).unwrap(), text);
+    wait_until("the good entries run", 20, || {
+        (driver(&home, "os-monitor")["state"] == "running").then_some(())
+    });
     stop(node);
 }

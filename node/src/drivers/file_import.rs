@@ -242,7 +242,13 @@ fn read_records(
             }
             Err(err) => {
                 let line = err.position().map_or(line, csv::Position::line);
-                if !each((line, Err(err.to_string()))) {
+                let reason = match err.kind() {
+                    csv::ErrorKind::UnequalLengths {
+                        expected_len, len, ..
+                    } => format!("{len} fields where the header has {expected_len}"),
+                    _ => err.to_string(),
+                };
+                if !each((line, Err(reason))) {
                     break;
                 }
                 // A record with the wrong number of fields: go on with the next.
@@ -310,6 +316,7 @@ fn import(ctx: &Context) -> Result<Outcome, String> {
             progress.imported
         )));
     }
+    ctx.running(None);
     ctx.set(|s| s.progress = Some((progress.done, total)));
     if !skip && progress.done == 0 {
         // Refuse: look at every line before writing any.
@@ -337,9 +344,11 @@ fn import(ctx: &Context) -> Result<Outcome, String> {
                      seen: u64,
                      resumed: &mut bool|
      -> Result<(), String> {
+        let mut already = 0;
         if *resumed {
-            // The batch in flight when the last run stopped may be stored already.
-            dedupe_against_store(ctx, batch)?;
+            // The batch in flight when the last run stopped may be stored already:
+            // those readings were imported then, and are not added again.
+            already = dedupe_against_store(ctx, batch)?;
             *resumed = false;
         }
         let count = batch.len() as u64;
@@ -349,7 +358,7 @@ fn import(ctx: &Context) -> Result<Outcome, String> {
                 .map_err(|err| format!("cannot write: {err}"))?;
             ctx.wrote(count);
         }
-        progress.imported += count;
+        progress.imported += count + already;
         progress.done = seen;
         imports.insert(key.clone(), progress.clone());
         save_imports(&imports_path, &imports)?;
@@ -407,14 +416,15 @@ fn import(ctx: &Context) -> Result<Outcome, String> {
     Ok(Outcome::Done(detail))
 }
 
-/// Drops from `batch` the readings the store already holds.
-fn dedupe_against_store(ctx: &Context, batch: &mut Vec<Reading>) -> Result<(), String> {
+/// Drops from `batch` the readings the store already holds; returns how many.
+fn dedupe_against_store(ctx: &Context, batch: &mut Vec<Reading>) -> Result<u64, String> {
     let (Some(min), Some(max)) = (
         batch.iter().map(|r| r.ts).min(),
         batch.iter().map(|r| r.ts).max(),
     ) else {
-        return Ok(());
+        return Ok(0);
     };
+    let before = batch.len();
     let existing = ctx
         .store
         .read(Selection::Range(min, max.saturating_add(1)), None)
@@ -435,7 +445,7 @@ fn dedupe_against_store(ctx: &Context, batch: &mut Vec<Reading>) -> Result<(), S
             None => true,
         }
     });
-    Ok(())
+    Ok((before - batch.len()) as u64)
 }
 
 #[cfg(test)]

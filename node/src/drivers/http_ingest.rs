@@ -4,8 +4,10 @@
 //!   (`_type: location` with `lat`, `lon`, `tst`, `acc`, `batt`, …) becomes a reading at
 //!   `tst` whose value is the message without `_type` (and with `user` and `device` from
 //!   the `X-Limit-U` / `X-Limit-D` headers when the app sends them). Other message types
-//!   (`transition`, `waypoint`, `lwt`, …) are acknowledged and not stored. The answer is
-//!   what OwnTracks expects: `200` with a JSON array (empty: nothing to deliver back).
+//!   (`transition`, `waypoint`, `lwt`, …) and the empty body the app posts when a friend
+//!   is removed are acknowledged and not stored; an `encrypted` message is refused with
+//!   a 400 saying why. The answer is what OwnTracks expects: `200` with a JSON array
+//!   (empty: nothing to deliver back).
 //! - `POST /readings`: generic JSON readings: one object, a JSON array, or JSON lines.
 //!   An object with exactly `ts` (ms) and `value` is a record; anything else is a value
 //!   stamped with the time of arrival.
@@ -104,6 +106,11 @@ async fn store(ingest: &Ingest, readings: Vec<Reading>) -> Response {
 /// An OwnTracks message as a reading, or why it is not acceptable; `None` for a message
 /// type that is acknowledged but not stored.
 pub fn owntracks_reading(body: &[u8], headers: &HeaderMap) -> Result<Option<Reading>, String> {
+    // The app posts an empty body when a friend is removed from it (what MQTT mode
+    // publishes as an empty retained message): nothing to store.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
     let value: Value =
         serde_json::from_slice(body).map_err(|err| format!("the body is not JSON: {err}"))?;
     let Value::Object(mut message) = value else {
@@ -113,8 +120,17 @@ pub fn owntracks_reading(body: &[u8], headers: &HeaderMap) -> Result<Option<Read
         .remove("_type")
         .and_then(|t| t.as_str().map(str::to_owned))
         .ok_or("the message has no _type")?;
-    if kind != "location" {
-        return Ok(None);
+    match kind.as_str() {
+        "location" => {}
+        "encrypted" => {
+            return Err(
+                "the message is encrypted (the app has an encryption key set); this \
+                 endpoint stores plain locations: clear the key in the app's settings"
+                    .into(),
+            );
+        }
+        // transition, waypoint(s), lwt, card, status, steps, …: acknowledged only.
+        _ => return Ok(None),
     }
     let coordinate = |name: &str, limit: f64| -> Result<f64, String> {
         let v = message
@@ -157,7 +173,13 @@ async fn owntracks(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes
             (StatusCode::OK, Json(json!([]))).into_response()
         }
         Ok(None) => (StatusCode::OK, Json(json!([]))).into_response(),
-        Err(message) => reply(StatusCode::BAD_REQUEST, message),
+        Err(message) => {
+            // The app does not show the answer to a post prominently: say it here too.
+            ingest.ctx.set(|s| {
+                s.last_error = Some(format!("refused an OwnTracks message: {message}"));
+            });
+            reply(StatusCode::BAD_REQUEST, message)
+        }
     }
 }
 
@@ -231,7 +253,7 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     } else {
         bound
     };
-    ctx.set(|s| s.detail = Some(format!("http://{shown}")));
+    ctx.running(Some(format!("http://{shown}")));
     let ingest = Ingest {
         credentials: Arc::new((
             ctx.spec.user.clone().unwrap_or_default(),

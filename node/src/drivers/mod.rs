@@ -1,10 +1,12 @@
 //! Drivers: built-in data sources, each writing its own store.
 //!
-//! A driver is configured in `DATA_DIR/drivers.toml` (one `[[driver]]` table each;
-//! `hearth driver add` and `rm` edit it through the running node) and runs under the
-//! node as a supervised task: when it fails it is restarted with backoff (1 s doubling
-//! to 60 s), its error shown by `hearth driver ls` and logged, and a panic in a driver
-//! is caught like any other failure. A driver never takes the node down.
+//! A driver is configured in `DATA_DIR/drivers.toml` (one `[[driver]]` table each; see
+//! [`file`]), which the node reads when it starts; `hearth driver add` and `rm` edit it
+//! through the running node. Each driver runs under the node as a supervised task:
+//! when it fails it is restarted with backoff (1 s doubling to 60 s, from 1 s again
+//! once a run has been up for 10 s), its error shown by `hearth driver ls` and logged,
+//! and a panic in a driver is caught like any other failure. A driver never takes the
+//! node down.
 //!
 //! ```text
 //! Drivers (supervisor)
@@ -14,16 +16,30 @@
 //! │                  and a kv store of actuators published back
 //! └── file-import    CSV or JSON lines, resumable, idempotent      -> timeseries
 //! ```
+//!
+//! A driver's state, as `hearth driver ls` shows it:
+//!
+//! - `starting`: its first run has not come up yet;
+//! - `running`: it is up (os-monitor has read the system once, http-ingest listens,
+//!   mqtt's subscription is confirmed, file-import is importing);
+//! - `retrying`: a run failed in a way that trying again may mend (a broker away, a
+//!   port taken); it runs again after the backoff;
+//! - `failed`: trying again would not help until its configuration or input is
+//!   changed (an invalid or unreadable entry in `drivers.toml`, an import that refused
+//!   its file);
+//! - `done`: a file import finished;
+//! - `stopped`: the node is stopping it.
 
+pub mod file;
 pub mod file_import;
 pub mod http_ingest;
 pub mod mqtt;
 pub mod os_monitor;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hearth_stores::{Kind as StoreKind, Store};
 use serde::{Deserialize, Serialize};
@@ -31,10 +47,12 @@ use tokio::sync::watch;
 
 use crate::node::Node;
 
-/// The drivers file in the data directory.
-pub const DRIVERS_FILE: &str = "drivers.toml";
+pub use file::{Broken, DRIVERS_FILE, Loaded, load};
+
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A run up for this long is healthy: if it fails after, the backoff starts again.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
 
 /// The kinds of driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,44 +251,10 @@ impl Spec {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct DriversFile {
-    #[serde(default)]
-    driver: Vec<Spec>,
-}
-
-/// Reads the drivers file (none: no drivers).
-pub fn load(data_dir: &Path) -> Result<Vec<Spec>, String> {
-    let path = data_dir.join(DRIVERS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(format!("{}: {err}", path.display())),
-    };
-    let file: DriversFile =
-        toml::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
-    Ok(file.driver)
-}
-
-fn save(data_dir: &Path, specs: &[Spec]) -> Result<(), String> {
-    let path = data_dir.join(DRIVERS_FILE);
-    let file = DriversFile {
-        driver: specs.to_vec(),
-    };
-    let text = toml::to_string(&file).map_err(|err| err.to_string())?;
-    let text = format!(
-        "# The drivers of this node; `hearth driver add` and `hearth driver rm` edit this file.\n\n{text}"
-    );
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|err| format!("{}: {err}", path.display()))
-}
-
 /// What a driver is doing, for `hearth driver ls`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
-    /// starting, running, retrying, done, failed or stopped.
+    /// starting, running, retrying, failed, done or stopped (see the module's doc).
     pub state: String,
     /// The last error, if it failed.
     pub last_error: Option<String>,
@@ -282,6 +266,9 @@ pub struct Status {
     pub progress: Option<(u64, u64)>,
     /// Where to reach it (http-ingest) or what it did (file-import).
     pub detail: Option<String>,
+    /// When the current run came up.
+    #[serde(skip)]
+    pub up_since: Option<Instant>,
 }
 
 /// What a running driver gets.
@@ -307,6 +294,20 @@ impl Context {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut status);
+    }
+
+    /// Marks the driver up: connected, listening or working, as its kind means it.
+    /// Clears the last error; `detail`, if given, replaces the detail. The supervisor
+    /// starts the backoff again from 1 s after a run that was up for 10 s.
+    pub fn running(&self, detail: Option<String>) {
+        self.set(|s| {
+            s.state = "running".into();
+            s.last_error = None;
+            if detail.is_some() {
+                s.detail = detail;
+            }
+            s.up_since = Some(Instant::now());
+        });
     }
 
     /// Counts written records.
@@ -335,16 +336,22 @@ pub enum Outcome {
     Refused(String),
 }
 
-struct Running {
-    spec: Spec,
-    status: Arc<Mutex<Status>>,
-    stop: watch::Sender<bool>,
+/// A driver of the drivers file, as the node holds it.
+enum Entry {
+    /// A driver, running under its supervisor (or finished, failed or stopped).
+    Configured {
+        spec: Box<Spec>,
+        status: Arc<Mutex<Status>>,
+        stop: watch::Sender<bool>,
+    },
+    /// An entry of the file that is not a usable driver; shown as failed.
+    Broken(Broken),
 }
 
 /// The node's drivers.
 #[derive(Default)]
 pub struct Drivers {
-    running: Mutex<BTreeMap<String, Running>>,
+    entries: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl std::fmt::Debug for Drivers {
@@ -358,8 +365,8 @@ impl std::fmt::Debug for Drivers {
 pub struct Listed {
     /// Name.
     pub name: String,
-    /// Kind.
-    pub kind: Kind,
+    /// Kind (for an unreadable entry of the drivers file: as written there, if at all).
+    pub kind: String,
     /// Store.
     pub store: String,
     /// State.
@@ -375,8 +382,8 @@ pub struct Listed {
 }
 
 impl Drivers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
-        self.running
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -384,49 +391,60 @@ impl Drivers {
     /// Every driver with its state.
     pub fn list(&self) -> Vec<Listed> {
         self.lock()
-            .values()
-            .map(|r| {
-                let s = r
-                    .status
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
-                Listed {
-                    name: r.spec.name.clone(),
-                    kind: r.spec.kind,
-                    store: r.spec.store.clone(),
-                    state: s.state,
-                    last_error: s.last_error,
-                    records: s.records,
-                    progress: s.progress,
-                    detail: s.detail,
+            .iter()
+            .map(|(name, entry)| match entry {
+                Entry::Configured { spec, status, .. } => {
+                    let s = status
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    Listed {
+                        name: name.clone(),
+                        kind: spec.kind.as_str().to_owned(),
+                        store: spec.store.clone(),
+                        state: s.state,
+                        last_error: s.last_error,
+                        records: s.records,
+                        progress: s.progress,
+                        detail: s.detail,
+                    }
                 }
+                Entry::Broken(broken) => Listed {
+                    name: name.clone(),
+                    kind: broken.kind.clone(),
+                    store: broken.store.clone(),
+                    state: "failed".into(),
+                    last_error: Some(broken.error.clone()),
+                    records: 0,
+                    progress: None,
+                    detail: None,
+                },
             })
             .collect()
     }
 
     /// Stops every driver.
     pub fn stop_all(&self) {
-        for running in self.lock().values() {
-            let _ = running.stop.send(true);
+        for entry in self.lock().values() {
+            if let Entry::Configured { stop, .. } = entry {
+                let _ = stop.send(true);
+            }
         }
     }
 }
 
-/// Starts every configured driver (a driver whose store cannot be made is shown as
-/// failed, not fatal).
+/// Starts every configured driver. Nothing here is fatal: an entry of the drivers file
+/// that cannot be read, or a driver whose configuration is invalid, is shown as failed
+/// with the reason and the others run.
 pub(crate) fn start_all(node: &Arc<Node>) {
-    let specs = match load(&node.config.data_dir) {
-        Ok(specs) => specs,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot read the drivers file; no driver runs");
-            return;
-        }
-    };
-    for spec in specs {
-        if let Err(err) = spec.validate() {
-            tracing::error!(driver = %spec.name, error = %err, "a configured driver is invalid");
-        }
+    let loaded = load(&node.config.data_dir);
+    for broken in loaded.broken {
+        tracing::error!(driver = %broken.name, error = %broken.error, "an entry of the drivers file cannot be used");
+        node.drivers
+            .lock()
+            .insert(broken.name.clone(), Entry::Broken(broken));
+    }
+    for spec in loaded.specs {
         start(node, spec);
     }
 }
@@ -442,10 +460,16 @@ pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
     if spec.kind == Kind::HttpIngest && spec.listen.is_none() {
         spec.listen = Some("0.0.0.0:0".into());
     }
-    let mut specs = load(&node.config.data_dir)?;
-    specs.retain(|s| s.name != spec.name);
-    specs.push(spec.clone());
-    save(&node.config.data_dir, &specs)?;
+    let mut loaded = load(&node.config.data_dir);
+    if loaded.broken.iter().any(|b| b.name == spec.name) {
+        return Err(format!(
+            "an entry named {:?} in {DRIVERS_FILE} cannot be read; fix it or remove it first",
+            spec.name
+        ));
+    }
+    loaded.specs.retain(|s| s.name != spec.name);
+    loaded.specs.push(spec.clone());
+    file::save(&node.config.data_dir, &loaded)?;
     start(node, spec.clone());
     node.drivers
         .list()
@@ -454,29 +478,46 @@ pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
         .ok_or_else(|| "the driver did not start".to_owned())
 }
 
-/// Stops a driver and removes it from the drivers file (its store stays).
+/// Stops a driver and removes it from the drivers file (its store stays). An entry of
+/// the file that cannot be read is removed from the file as well.
 pub(crate) fn remove(node: &Arc<Node>, name: &str) -> Result<(), String> {
-    let running = node.drivers.lock().remove(name);
-    let Some(running) = running else {
-        return Err(format!("no driver is named {name:?}"));
-    };
-    let _ = running.stop.send(true);
-    let mut specs = load(&node.config.data_dir)?;
-    specs.retain(|s| s.name != name);
-    save(&node.config.data_dir, &specs)
+    let entry = node.drivers.lock().remove(name);
+    let mut loaded = load(&node.config.data_dir);
+    match entry {
+        None => return Err(format!("no driver is named {name:?}")),
+        Some(Entry::Configured { stop, .. }) => {
+            let _ = stop.send(true);
+            loaded.specs.retain(|s| s.name != name);
+        }
+        Some(Entry::Broken(broken)) if broken.is_whole_file() => {
+            let error = format!(
+                "{} is not a driver but a fault of the whole file; fix {DRIVERS_FILE} by hand \
+                 (stop the node, edit it, start the node): {}",
+                broken.name, broken.error
+            );
+            node.drivers
+                .lock()
+                .insert(broken.name.clone(), Entry::Broken(broken));
+            return Err(error);
+        }
+        Some(Entry::Broken(broken)) => {
+            if let Some(i) = loaded.broken.iter().position(|b| b.same_entry(&broken)) {
+                loaded.broken.remove(i);
+            }
+        }
+    }
+    file::save(&node.config.data_dir, &loaded)
 }
 
 /// Rewrites a driver's configuration in the file (an http-ingest keeps its port).
 pub(crate) fn remember(node: &Node, spec: &Spec) {
-    let result = load(&node.config.data_dir).and_then(|mut specs| {
-        for s in &mut specs {
-            if s.name == spec.name {
-                *s = spec.clone();
-            }
+    let mut loaded = load(&node.config.data_dir);
+    for s in &mut loaded.specs {
+        if s.name == spec.name {
+            *s = spec.clone();
         }
-        save(&node.config.data_dir, &specs)
-    });
-    if let Err(err) = result {
+    }
+    if let Err(err) = file::save(&node.config.data_dir, &loaded) {
         tracing::warn!(driver = %spec.name, error = %err, "cannot update the drivers file");
     }
 }
@@ -511,8 +552,8 @@ fn start(node: &Arc<Node>, spec: Spec) {
     let (stop, stop_rx) = watch::channel(false);
     node.drivers.lock().insert(
         spec.name.clone(),
-        Running {
-            spec: spec.clone(),
+        Entry::Configured {
+            spec: Box::new(spec.clone()),
             status: status.clone(),
             stop,
         },
@@ -530,6 +571,32 @@ async fn run_once(ctx: Context) -> Result<Outcome, String> {
     }
 }
 
+/// The supervisor's wait before running a failed driver again: 1 s, doubling to 60 s,
+/// and from 1 s again after a run that was up for 10 s, so that a driver that has
+/// worked for a while reconnects quickly however often it failed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The wait after a failed run that was up for `up` (`None`: it never came up).
+    fn after_failure(&mut self, up: Option<Duration>) -> Duration {
+        if up.is_some_and(|up| up >= HEALTHY_RUN) {
+            self.next = MIN_BACKOFF;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        wait
+    }
+}
+
 /// Runs a driver until it is stopped or done; restarts it with backoff when it fails.
 async fn supervise(
     node: Arc<Node>,
@@ -542,17 +609,25 @@ async fn supervise(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner));
     };
-    let mut backoff = MIN_BACKOFF;
+    // An invalid configuration stays invalid: failed, not retried.
+    if let Err(err) = spec.validate() {
+        tracing::error!(driver = %spec.name, error = %err, "a configured driver is invalid");
+        set(&|s| {
+            s.state = "failed".into();
+            s.last_error = Some(err.clone());
+            s.failures += 1;
+        });
+        return;
+    }
+    let mut backoff = Backoff::default();
     loop {
         if *stop.borrow() {
             break;
         }
-        let attempt = match spec.validate().and_then(|()| {
-            let store_node = node.clone();
-            prepare_store(&store_node, &spec)
-        }) {
+        set(&|s| s.up_since = None);
+        // The store may be unavailable for a while (a full disk): retried.
+        let attempt = match prepare_store(&node, &spec) {
             Ok(store) => {
-                set(&|s| s.state = "running".into());
                 let ctx = Context {
                     spec: spec.clone(),
                     store,
@@ -589,17 +664,23 @@ async fn supervise(
                 return;
             }
             Err(err) => {
-                tracing::warn!(driver = %spec.name, error = %err, retry_in = ?backoff, "driver failed");
+                let up = status
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .up_since
+                    .map(|since| since.elapsed());
+                let wait = backoff.after_failure(up);
+                tracing::warn!(driver = %spec.name, error = %err, retry_in = ?wait, "driver failed");
                 set(&|s| {
                     s.state = "retrying".into();
                     s.last_error = Some(err.clone());
                     s.failures += 1;
+                    s.up_since = None;
                 });
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -624,4 +705,30 @@ pub fn to_reading(item: serde_json::Value, now: u64) -> hearth_stores::Reading {
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now()).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute_and_starts_again_after_a_healthy_run() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<u64> = (0..8)
+            .map(|_| backoff.after_failure(None).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // Up, but not for long (a broker that drops the driver at once): no reset.
+        assert_eq!(
+            backoff.after_failure(Some(Duration::from_secs(2))),
+            MAX_BACKOFF
+        );
+        // Up for a while, then lost: reconnect after 1 s, and double from there.
+        assert_eq!(backoff.after_failure(Some(HEALTHY_RUN)), MIN_BACKOFF);
+        assert_eq!(backoff.after_failure(None), Duration::from_secs(2));
+        assert_eq!(
+            backoff.after_failure(Some(Duration::from_secs(3600))),
+            MIN_BACKOFF
+        );
+    }
 }

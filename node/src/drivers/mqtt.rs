@@ -9,10 +9,14 @@
 //! while the driver is disconnected the broker keeps its messages (for as long as the
 //! broker itself keeps its sessions). When the broker goes away the driver fails and
 //! the supervisor reconnects it with backoff.
+//!
+//! The driver is `running` once the broker has granted the subscription (its SUBACK),
+//! not merely accepted the connection; a refused subscription (an ACL, say) is an
+//! error, retried with backoff and shown by `hearth driver ls`.
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::{Value, json};
 
 use super::{Context, Outcome};
@@ -79,7 +83,33 @@ fn publish_payload(value: &Value) -> Vec<u8> {
     }
 }
 
-/// Runs until stopped, or fails when the broker cannot be reached or goes away.
+/// What the broker's answer to the subscription means: the detail to show, or the
+/// error when it refused.
+pub fn subscribed(
+    filter: &str,
+    broker: &str,
+    codes: &[SubscribeReasonCode],
+) -> Result<String, String> {
+    match codes {
+        [SubscribeReasonCode::Success(QoS::AtMostOnce)] => Ok(format!(
+            "subscribed to {filter} on {broker} (the broker granted QoS 0 only: messages \
+             may be lost while the driver is away)"
+        )),
+        [SubscribeReasonCode::Success(_)] => Ok(format!("subscribed to {filter} on {broker}")),
+        [SubscribeReasonCode::Failure] => Err(format!(
+            "the broker {broker} refused the subscription to {filter} (is the user allowed \
+             to read it?)"
+        )),
+        other => Err(format!(
+            "the broker {broker} answered the subscription to {filter} with {} return codes \
+             instead of one",
+            other.len()
+        )),
+    }
+}
+
+/// Runs until stopped, or fails when the broker cannot be reached, goes away or
+/// refuses the subscription.
 pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     let broker = ctx.spec.broker.clone().unwrap_or_default();
     let (host, port) = parse_broker(&broker)?;
@@ -116,6 +146,7 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     };
     let prefix = ctx.spec.actuate.clone().unwrap_or_default();
     let mut connected = false;
+    ctx.set(|s| s.detail = Some(format!("connecting to {broker}")));
     loop {
         tokio::select! {
             () = ctx.stopped() => {
@@ -125,10 +156,11 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
             event = events.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
-                    ctx.set(|s| {
-                        s.state = "running".into();
-                        s.detail = Some(format!("subscribed to {filter} on {broker}"));
-                    });
+                    ctx.set(|s| s.detail = Some(format!("connected to {broker}, subscribing to {filter}")));
+                }
+                // Up only once the broker has granted the subscription.
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    ctx.running(Some(subscribed(&filter, &broker, &ack.return_codes)?));
                 }
                 Ok(Event::Incoming(Packet::Publish(message))) => {
                     let value = json!({
@@ -207,5 +239,24 @@ mod tests {
             Some(("127.0.0.1".into(), 1883))
         );
         assert!(parse_broker("nohost").is_err());
+    }
+
+    #[test]
+    fn reads_the_subscription_answer() {
+        let ok = subscribed(
+            "a/#",
+            "b:1",
+            &[SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+        );
+        assert_eq!(ok, Ok("subscribed to a/# on b:1".to_owned()));
+        let downgraded = subscribed(
+            "a/#",
+            "b:1",
+            &[SubscribeReasonCode::Success(QoS::AtMostOnce)],
+        );
+        assert!(downgraded.is_ok_and(|d| d.contains("QoS 0")));
+        let refused = subscribed("a/#", "b:1", &[SubscribeReasonCode::Failure]);
+        assert!(refused.is_err_and(|e| e.contains("refused the subscription to a/#")));
+        assert!(subscribed("a/#", "b:1", &[]).is_err());
     }
 }

@@ -62,19 +62,74 @@ pub fn parse_mem(meminfo: &str) -> Option<(u64, u64)> {
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
 
-fn battery() -> Option<u64> {
-    let dir = std::fs::read_dir("/sys/class/power_supply").ok()?;
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let kind = std::fs::read_to_string(path.join("type")).unwrap_or_default();
-        if kind.trim() == "Battery"
-            && let Ok(text) = std::fs::read_to_string(path.join("capacity"))
-            && let Ok(percent) = text.trim().parse()
+/// Where Linux lists the device's power supplies.
+pub const POWER_SUPPLY: &str = "/sys/class/power_supply";
+
+/// One battery's charge: energy or charge now and full, and the capacity in percent.
+#[derive(Debug, Default)]
+struct Charge {
+    now_full: Option<(u64, u64)>,
+    percent: Option<u64>,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The device's battery charge in percent, from a power-supply directory laid out as
+/// Linux's `/sys/class/power_supply` (`POWER_SUPPLY`), or `None` when the device has
+/// no battery. Batteries of peripherals (`scope` = `Device`, a wireless mouse, say) and
+/// empty battery bays (`present` = 0) are not counted. Several batteries (some laptops
+/// have two) are combined by their energy (or charge) now and full when every one
+/// reports them, else by the mean of their `capacity`.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+pub fn battery(power_supply: &Path) -> Option<u64> {
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(power_supply)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    dirs.sort();
+    let text = |dir: &Path, name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut charges = Vec::new();
+    for dir in &dirs {
+        if text(dir, "type") != "Battery"
+            || text(dir, "scope") == "Device"
+            || text(dir, "present") == "0"
         {
-            return Some(percent);
+            continue;
         }
+        let pair = |now: &str, full: &str| {
+            Some((read_u64(&dir.join(now))?, read_u64(&dir.join(full))?))
+                .filter(|(_, full)| *full > 0)
+        };
+        charges.push(Charge {
+            now_full: pair("energy_now", "energy_full")
+                .or_else(|| pair("charge_now", "charge_full")),
+            percent: read_u64(&dir.join("capacity")).map(|p| p.min(100)),
+        });
     }
-    None
+    if charges.is_empty() {
+        return None;
+    }
+    let pairs: Option<Vec<(u64, u64)>> = charges.iter().map(|c| c.now_full).collect();
+    if let Some(pairs) = pairs {
+        let now: u64 = pairs.iter().map(|(now, _)| now).sum();
+        let full: u64 = pairs.iter().map(|(_, full)| full).sum();
+        return Some(((100.0 * now as f64 / full as f64).round() as u64).min(100));
+    }
+    let percents: Vec<u64> = charges.iter().filter_map(|c| c.percent).collect();
+    let count = u64::try_from(percents.len()).ok().filter(|n| *n > 0)?;
+    let sum: u64 = percents.iter().sum();
+    Some((sum + count / 2) / count)
 }
 
 fn read(path: &str) -> Result<String, String> {
@@ -86,7 +141,11 @@ fn round(x: f64) -> f64 {
 }
 
 /// One reading's value; `previous` CPU counters give the CPU use since then.
-pub fn sample(data_dir: &Path, previous: Option<CpuTimes>) -> Result<(Value, CpuTimes), String> {
+pub fn sample(
+    data_dir: &Path,
+    power_supply: &Path,
+    previous: Option<CpuTimes>,
+) -> Result<(Value, CpuTimes), String> {
     let load = parse_load(&read("/proc/loadavg")?).ok_or("unreadable /proc/loadavg")?;
     let cpu = parse_cpu(&read("/proc/stat")?).ok_or("unreadable /proc/stat")?;
     let (mem_total, mem_available) =
@@ -131,7 +190,7 @@ pub fn sample(data_dir: &Path, previous: Option<CpuTimes>) -> Result<(Value, Cpu
         "disk_used_percent".into(),
         json!(percent(disk_used, disk_used + disk_free)),
     );
-    if let Some(b) = battery() {
+    if let Some(b) = battery(power_supply) {
         value.insert("battery_percent".into(), json!(b));
     }
     Ok((Value::Object(value), cpu))
@@ -141,8 +200,10 @@ pub fn sample(data_dir: &Path, previous: Option<CpuTimes>) -> Result<(Value, Cpu
 pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     let interval = Duration::from_secs(ctx.spec.interval_secs.unwrap_or(10));
     let data_dir = ctx.node.config.data_dir.clone();
+    let power_supply = Path::new(POWER_SUPPLY);
     // CPU use needs two samples: take the first one a moment before the first reading.
-    let mut previous = Some(sample(&data_dir, None)?.1);
+    let mut previous = Some(sample(&data_dir, power_supply, None)?.1);
+    ctx.running(None);
     let mut wait = interval.min(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -150,7 +211,7 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
             () = ctx.stopped() => return Ok(Outcome::Stopped),
         }
         wait = interval;
-        let (value, cpu) = sample(&data_dir, previous)?;
+        let (value, cpu) = sample(&data_dir, power_supply, previous)?;
         previous = Some(cpu);
         let store = ctx.store.clone();
         let reading = hearth_stores::Reading::new(super::now_ms(), value);
@@ -188,5 +249,80 @@ mod tests {
             Some((16_318_024 * 1024, 12_000_000 * 1024))
         );
         assert_eq!(parse_load("garbage"), None);
+    }
+
+    fn supply(root: &Path, name: &str, files: &[(&str, &str)]) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), format!("{text}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_batteries_from_a_power_supply_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // No such directory, or no battery in it: no reading.
+        assert_eq!(battery(&root.join("missing")), None);
+        supply(root, "AC", &[("type", "Mains"), ("online", "1")]);
+        assert_eq!(battery(root), None);
+        // A wireless mouse's battery is not the device's.
+        supply(
+            root,
+            "hidpp_battery_0",
+            &[("type", "Battery"), ("scope", "Device"), ("capacity", "15")],
+        );
+        assert_eq!(battery(root), None);
+        // One battery with only a capacity.
+        supply(root, "BAT0", &[("type", "Battery"), ("capacity", "81")]);
+        assert_eq!(battery(root), Some(81));
+        // An empty bay is skipped.
+        supply(
+            root,
+            "BAT2",
+            &[("type", "Battery"), ("present", "0"), ("capacity", "0")],
+        );
+        assert_eq!(battery(root), Some(81));
+        // Two batteries, one without energy figures: the mean of the capacities.
+        supply(
+            root,
+            "BAT1",
+            &[
+                ("type", "Battery"),
+                ("capacity", "40"),
+                ("energy_now", "9000000"),
+                ("energy_full", "45000000"),
+            ],
+        );
+        assert_eq!(battery(root), Some(61));
+        // Both with energy figures: weighted by them (30 + 9 Wh of 50 + 45 Wh).
+        supply(
+            root,
+            "BAT0",
+            &[("energy_now", "30000000"), ("energy_full", "50000000")],
+        );
+        assert_eq!(battery(root), Some(41));
+        // Charge figures (µAh) serve as well; an unreadable capacity is ignored.
+        let tmp = tempfile::tempdir().unwrap();
+        supply(
+            tmp.path(),
+            "battery",
+            &[
+                ("type", "Battery"),
+                ("capacity", "n/a"),
+                ("charge_now", "2500000"),
+                ("charge_full", "3000000"),
+            ],
+        );
+        assert_eq!(battery(tmp.path()), Some(83));
+        // A capacity over 100 (a miscalibrated gauge) reads as 100.
+        let tmp = tempfile::tempdir().unwrap();
+        supply(
+            tmp.path(),
+            "BAT0",
+            &[("type", "Battery"), ("capacity", "104")],
+        );
+        assert_eq!(battery(tmp.path()), Some(100));
     }
 }
