@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+
+mod gate;
+use gate::{Admitted, Gated};
 use hearth_protocol::capability::{Chain, Role};
 use hearth_protocol::key::{NodeKey, PublicKey};
 use hearth_protocol::mesh::admission::{
@@ -61,8 +64,9 @@ const MAX_FRAMES: usize = 4;
 /// Sync bytes sent to one peer and not yet acknowledged, at most (one message larger
 /// than this still goes when nothing else is in flight).
 const MAX_SYNC_IN_FLIGHT: usize = 16 * 1024 * 1024;
-/// Sync bytes held back for one peer while the in-flight window is full, at most;
-/// beyond it a message is dropped and the sync engine's repair sends what it carried.
+/// Sync bytes held back for one peer while the in-flight window is full, at most (one
+/// larger message may wait alone); beyond it a message is dropped and the sync engine's
+/// repair sends what it carried.
 const MAX_SYNC_WAITING: usize = 16 * 1024 * 1024;
 
 /// Sync traffic to one peer: a window of unacknowledged bytes, and a bounded queue
@@ -268,9 +272,10 @@ impl request_response::Codec for FrameCodec {
 struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
     admission: request_response::Behaviour<FrameCodec>,
-    members: request_response::Behaviour<FrameCodec>,
-    sync: request_response::Behaviour<FrameCodec>,
-    compute: request_response::Behaviour<FrameCodec>,
+    // Held until the peer is admitted (see `gate`).
+    members: Gated<request_response::Behaviour<FrameCodec>>,
+    sync: Gated<request_response::Behaviour<FrameCodec>>,
+    compute: Gated<request_response::Behaviour<FrameCodec>>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -591,7 +596,11 @@ pub fn peer_id(key: &PublicKey) -> Option<PeerId> {
     )))
 }
 
-fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshError> {
+fn build_swarm(
+    key: &NodeKey,
+    mdns_on: bool,
+    admitted: &Arc<Admitted>,
+) -> Result<Swarm<Behaviour>, MeshError> {
     let seed = key.to_seed();
     let mut bytes = *seed;
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut bytes)
@@ -636,34 +645,43 @@ fn build_swarm(key: &NodeKey, mdns_on: bool) -> Result<Swarm<Behaviour>, MeshErr
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10)),
                 ),
-                sync: request_response::Behaviour::with_codec(
-                    FrameCodec::new(hearth_protocol::sync::message::MAX_MESSAGE_BYTES),
-                    [(
-                        StreamProtocol::new(SYNC_PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60))
-                        .with_max_concurrent_streams(32),
+                sync: Gated::new(
+                    request_response::Behaviour::with_codec(
+                        FrameCodec::new(hearth_protocol::sync::message::MAX_MESSAGE_BYTES),
+                        [(
+                            StreamProtocol::new(SYNC_PROTOCOL),
+                            request_response::ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(60))
+                            .with_max_concurrent_streams(32),
+                    ),
+                    admitted.clone(),
                 ),
-                compute: request_response::Behaviour::with_codec(
-                    FrameCodec::single(hearth_protocol::compute::MAX_JOB_BYTES),
-                    [(
-                        StreamProtocol::new(COMPUTE_PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(COMPUTE_TIMEOUT)
-                        .with_max_concurrent_streams(4),
+                compute: Gated::new(
+                    request_response::Behaviour::with_codec(
+                        FrameCodec::single(hearth_protocol::compute::MAX_JOB_BYTES),
+                        [(
+                            StreamProtocol::new(COMPUTE_PROTOCOL),
+                            request_response::ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(COMPUTE_TIMEOUT)
+                            .with_max_concurrent_streams(4),
+                    ),
+                    admitted.clone(),
                 ),
-                members: request_response::Behaviour::with_codec(
-                    FrameCodec::new(membership::MAX_SNAPSHOT_BYTES),
-                    [(
-                        StreamProtocol::new(MEMBERS_PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
+                members: Gated::new(
+                    request_response::Behaviour::with_codec(
+                        FrameCodec::new(membership::MAX_SNAPSHOT_BYTES),
+                        [(
+                            StreamProtocol::new(MEMBERS_PROTOCOL),
+                            request_response::ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(10)),
+                    ),
+                    admitted.clone(),
                 ),
                 // Identify runs before admission too, so it keeps the listen addresses
                 // to itself: devices tell each other those in the membership exchange.
@@ -816,6 +834,8 @@ struct MeshLoop {
     replication: Option<crate::replication::ReplicationHandle>,
     /// Sync traffic per peer, bounded.
     sync_out: BTreeMap<PeerId, SyncOut>,
+    /// The admitted peers, as the gated protocols see them.
+    admitted: Arc<Admitted>,
 }
 
 /// Starts the mesh loop. `gate` holds the issuer when this node holds the owner key;
@@ -832,7 +852,8 @@ pub async fn spawn(
     replication: Option<crate::replication::ReplicationHandle>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<MeshHandle, MeshError> {
-    let mut swarm = build_swarm(key, config.mdns)?;
+    let admitted = Arc::new(Admitted::default());
+    let mut swarm = build_swarm(key, config.mdns, &admitted)?;
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
@@ -893,6 +914,7 @@ pub async fn spawn(
         next_job: 0,
         forwarded: BTreeMap::new(),
         sync_out: BTreeMap::new(),
+        admitted,
         commands: commands.clone(),
         owner_key,
         node_key: key.clone(),
@@ -926,6 +948,13 @@ impl MeshLoop {
                 _ = tick.tick() => self.timeouts(),
                 _ = redial.tick() => self.redial(),
             }
+            self.admitted.set(
+                self.known
+                    .iter()
+                    .filter(|(_, k)| k.connected)
+                    .map(|(peer, _)| *peer)
+                    .collect(),
+            );
         }
         tracing::info!("mesh stopped");
     }
@@ -1008,7 +1037,9 @@ impl MeshLoop {
             Command::SyncSend { peer, bytes } => {
                 if self.known.get(&peer).is_some_and(|k| k.connected) {
                     let out = self.sync_out.entry(peer).or_default();
-                    if out.waiting_bytes.saturating_add(bytes.len()) > MAX_SYNC_WAITING {
+                    if !out.waiting.is_empty()
+                        && out.waiting_bytes.saturating_add(bytes.len()) > MAX_SYNC_WAITING
+                    {
                         tracing::debug!(%peer, bytes = bytes.len(), "sync window and queue full: the message is left to repair");
                     } else {
                         out.waiting_bytes += bytes.len();
@@ -2020,7 +2051,7 @@ pub async fn join(
     role: Role,
     timeout: Duration,
 ) -> Result<Chain, MeshError> {
-    let mut swarm = build_swarm(key, false)?;
+    let mut swarm = build_swarm(key, false, &Arc::new(Admitted::default()))?;
     swarm
         .listen_on(
             "/ip4/127.0.0.1/udp/0/quic-v1"
@@ -2123,15 +2154,17 @@ mod tests {
             .any(|p| p.connected)
     }
 
-    /// Two meshed devices in this process; the second dials the first.
-    async fn pair(
+    /// `n` meshed devices in this process; each after the first dials the first, whose
+    /// address is returned too.
+    async fn devices(
         dir: &std::path::Path,
         stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> Vec<(MeshHandle, Arc<AuditLog>, PeerId)> {
+        n: u8,
+    ) -> (Vec<(MeshHandle, Arc<AuditLog>, PeerId)>, Multiaddr) {
         let owner = OwnerKey::from_seed([1; 32]);
         let mut out: Vec<(MeshHandle, Arc<AuditLog>, PeerId)> = Vec::new();
         let mut first: Option<Multiaddr> = None;
-        for i in 0..2u8 {
+        for i in 0..n {
             let key = NodeKey::from_seed([10 + i; 32]);
             let cert = device::issue_certificate(
                 owner.secret(),
@@ -2189,14 +2222,14 @@ mod tests {
             }
             out.push((handle, audit, peer));
         }
-        out
+        (out, first.unwrap())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_oversized_sync_message_disconnects_the_sender_with_an_audit_entry() {
         let dir = tempfile::tempdir().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let nodes = pair(dir.path(), &stop_rx).await;
+        let (nodes, _) = devices(dir.path(), &stop_rx, 2).await;
         let (receiver, receiver_audit, receiver_peer) = &nodes[0];
         let (sender, _, _) = &nodes[1];
         tokio::time::timeout(Duration::from_secs(20), async {
@@ -2246,6 +2279,61 @@ mod tests {
         })
         .await
         .expect("the sender is admitted afresh on a new connection");
+        let _ = stop_tx.send(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stranger_gets_nothing_read_but_admission() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (nodes, addr) = devices(dir.path(), &stop_rx, 1).await;
+        let (_, audit, home) = &nodes[0];
+
+        // A stranger dials and, without presenting anything, opens a sync stream with
+        // a frame far over the limit: were it read, its length alone would get the
+        // stranger refused for breaking the protocol's limits.
+        let stranger = NodeKey::from_seed([99; 32]);
+        let mut swarm = build_swarm(&stranger, false, &Arc::new(Admitted::default())).unwrap();
+        swarm.dial(addr).unwrap();
+        let too_large = vec![0u8; hearth_protocol::sync::message::MAX_MESSAGE_BYTES + 1];
+        let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                        assert_eq!(peer_id, *home);
+                        swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_request(&peer_id, Frames::from(vec![too_large.clone()]));
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                        request_response::Event::OutboundFailure { error, .. },
+                    )) => return error.to_string(),
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                        request_response::Event::Message { .. },
+                    )) => panic!("a stranger was answered on the sync protocol"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the stranger's request ends");
+        // It was held unread until the stranger was refused at the admission deadline
+        // and the connection closed.
+        let refusals = audit.entries(None, None, Some("mesh.admit")).unwrap();
+        assert!(
+            refusals
+                .iter()
+                .any(|e| e.outcome.contains("admission deadline")),
+            "{refusals:?} ({outcome})"
+        );
+        assert!(
+            audit
+                .entries(None, None, Some("mesh.receive"))
+                .unwrap()
+                .is_empty(),
+            "the stranger's request was read"
+        );
         let _ = stop_tx.send(true);
     }
 }
