@@ -489,6 +489,16 @@ impl World {
         u32::try_from(household as usize * per + i).ok()
     }
 
+    /// The nodes of household `h` (ids are dense, household by household).
+    fn household_nodes(&self, h: u32) -> std::ops::Range<u32> {
+        let per = self.scenario.devices.len();
+        let first = u32::try_from(h as usize * per).unwrap_or(u32::MAX);
+        let last = u32::try_from((h as usize + 1) * per)
+            .unwrap_or(u32::MAX)
+            .min(u32::try_from(self.nodes.len()).unwrap_or(u32::MAX));
+        first..last
+    }
+
     fn setup(&mut self) -> Result<(), SimError> {
         let per = self.scenario.devices.len();
         for h in 0..self.scenario.households {
@@ -542,20 +552,28 @@ impl World {
                             reason: err.to_string(),
                         })?;
                 }
-                let rx = store.subscribe_local();
-                if let Some(n) = self.nodes.get_mut(origin as usize) {
-                    n.local.insert(id.clone(), rx);
+                let entry = StoreEntry {
+                    household: h,
+                    origin,
+                    origin_name: stream.device.clone(),
+                    policy,
+                    catalogue: false,
+                };
+                // The sync engine hears of local writes only to push them to peers that
+                // hold the store. Placement is fixed for the run, so a store no other
+                // device holds is not subscribed: its writes would reach no peer, and
+                // the digests the store computes around each write for a subscriber
+                // would be thrown away.
+                let shared = self
+                    .household_nodes(h)
+                    .any(|n| n != origin && holds(&self.devices, n, &entry));
+                if shared {
+                    let rx = store.subscribe_local();
+                    if let Some(n) = self.nodes.get_mut(origin as usize) {
+                        n.local.insert(id.clone(), rx);
+                    }
                 }
-                self.catalog.insert(
-                    id.clone(),
-                    StoreEntry {
-                        household: h,
-                        origin,
-                        origin_name: stream.device.clone(),
-                        policy,
-                        catalogue: false,
-                    },
-                );
+                self.catalog.insert(id.clone(), entry);
                 self.stream_ids.insert((h, s), id);
                 let mut rng = Rng::new(Rng::child_seed(self.seed, &format!("stream/{h}/{s}")));
                 let first = rng.below(us(stream.every).max(1));
@@ -1348,7 +1366,8 @@ impl World {
         let target = store.records().unwrap_or(0);
         // Who must receive it.
         let remaining: BTreeSet<u32> = match self.catalog.get(&id) {
-            Some(entry) => (0..u32::try_from(self.devices.len()).unwrap_or(0))
+            Some(entry) => self
+                .household_nodes(h)
                 .filter(|&n| n != origin && holds(&self.devices, n, entry))
                 .collect(),
             None => BTreeSet::new(),
