@@ -218,6 +218,8 @@ pub struct World {
     now: u64,
     end: u64,
     draining: bool,
+    /// No device was offline and no link cut at any moment of the drain (so far).
+    whole_in_drain: bool,
     clock: Arc<AtomicU64>,
     queue: BTreeMap<(u64, u64), Event>,
     seq: u64,
@@ -431,6 +433,7 @@ impl World {
             now: 0,
             end,
             draining: false,
+            whole_in_drain: false,
             clock,
             queue: BTreeMap::new(),
             seq: 0,
@@ -1002,6 +1005,25 @@ impl World {
         });
     }
 
+    /// Should the link between `a` and `b` be up: both online and no rule cutting it?
+    fn wanted(&self, a: u32, b: u32) -> bool {
+        let (_, wan) = self.path(a, b);
+        self.online(a)
+            && self.online(b)
+            && !self.partitions.cuts(self.now, a, b, wan)
+            && !self.extra_rules.iter().any(|r| r.cuts(self.now, a, b, wan))
+    }
+
+    /// Is every link of every household wanted now: every device online, nothing cut?
+    fn whole(&self) -> bool {
+        (0..self.scenario.households).all(|h| {
+            let nodes = self.household_nodes(h);
+            nodes
+                .clone()
+                .all(|a| (a + 1..nodes.end).all(|b| self.wanted(a, b)))
+        })
+    }
+
     /// Brings links up and down to match who is online and what the rules cut.
     fn reconnect(&mut self) {
         let per = self.scenario.devices.len();
@@ -1010,11 +1032,10 @@ impl World {
         while a < total {
             let household_end = (a as usize / per + 1) * per;
             for b in a + 1..u32::try_from(household_end).unwrap_or(0).min(total) {
-                let (_, wan) = self.path(a, b);
-                let want = self.online(a)
-                    && self.online(b)
-                    && !self.partitions.cuts(self.now, a, b, wan)
-                    && !self.extra_rules.iter().any(|r| r.cuts(self.now, a, b, wan));
+                let want = self.wanted(a, b);
+                if self.draining && !want {
+                    self.whole_in_drain = false;
+                }
                 let up = self.links.get(&(a, b)).is_some_and(|l| l.up);
                 if want && !up {
                     self.link_up(a, b);
@@ -1157,6 +1178,10 @@ impl World {
         self.run_until(end, &mut |now| progress(now, total));
         self.recorder.unconverged_at_end = self.pending.values().map(Vec::len).sum();
         self.draining = true;
+        // Links are re-evaluated at every instant a cut or an offline window begins or
+        // ends, and at every power change, so checking now and at each of those during
+        // the drain tells whether the network stayed whole through it.
+        self.whole_in_drain = self.whole();
         self.run_until(total, &mut |now| progress(now, total));
         progress(total, total);
         self.finish()
@@ -1194,6 +1219,7 @@ impl World {
             .count();
         self.recorder.replicas_checked = checked;
         self.recorder.replicas_divergent = divergent;
+        self.recorder.convergence_expected = self.whole_in_drain;
         self.recorder.nodes = self.nodes.len();
         self.recorder.events = self.events;
         self.recorder.end_us = self.end;
