@@ -3,6 +3,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -96,6 +97,34 @@ impl Bar {
     }
 }
 
+/// The run in progress (seed, strategy), for the panic hook.
+static RUNNING: Mutex<Option<(u64, Strategy)>> = Mutex::new(None);
+
+fn running() -> std::sync::MutexGuard<'static, Option<(u64, Strategy)>> {
+    RUNNING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// After the default report of a panic, says which seed reproduces it.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if let Some((seed, strategy)) = *running() {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "the run failed (seed {seed}; rerun with --seed {seed}): the simulator panicked under {}",
+                    strategy.as_str()
+                );
+            }
+        }
+    }));
+}
+
+fn seed_context(seed: u64) -> String {
+    format!("the run failed (seed {seed}; rerun with --seed {seed})")
+}
+
 fn run_one(
     scenario: &Scenario,
     strategy: Strategy,
@@ -103,10 +132,12 @@ fn run_one(
     progress: bool,
 ) -> anyhow::Result<(hearth_netsim::Summary, hearth_netsim::Recorder)> {
     let mut bar = Bar::new(format!("{} {}", scenario.name, strategy.as_str()), progress);
-    simulate(scenario, strategy, seed, &mut |now, end| {
+    *running() = Some((seed, strategy));
+    let result = simulate(scenario, strategy, seed, &mut |now, end| {
         bar.update(now, end)
-    })
-    .with_context(|| format!("the run failed (seed {seed}; rerun with --seed {seed})"))
+    });
+    *running() = None;
+    result.with_context(|| seed_context(seed))
 }
 
 fn strategy(text: &str) -> anyhow::Result<Strategy> {
@@ -134,6 +165,9 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             metrics::write_run(&out, &summary, &recorder)
                 .with_context(|| format!("cannot write the outputs to {}", out.display()))?;
             report(&out, &summary);
+            if let Some(reason) = summary.failure() {
+                anyhow::bail!("{}: {reason}", seed_context(seed));
+            }
         }
         Command::Compare {
             scenario,
@@ -145,6 +179,7 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             let sc = Scenario::load(&scenario)?;
             let seed = seed.unwrap_or(sc.seed);
             let mut runs = Vec::new();
+            let mut failures = Vec::new();
             for s in strategies.split(',').filter(|s| !s.trim().is_empty()) {
                 let strat = strategy(s)?;
                 let (summary, recorder) = run_one(&sc, strat, seed, progress)?;
@@ -152,6 +187,7 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 metrics::write_run(&dir, &summary, &recorder)
                     .with_context(|| format!("cannot write the outputs to {}", dir.display()))?;
                 report(&dir, &summary);
+                failures.extend(summary.failure());
                 runs.push((summary, recorder));
             }
             metrics::write_compare(&out, &runs)
@@ -159,6 +195,9 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             #[allow(clippy::print_stdout)]
             {
                 println!("comparison written to {}", out.display());
+            }
+            if !failures.is_empty() {
+                anyhow::bail!("{}: {}", seed_context(seed), failures.join("; "));
             }
         }
     }
@@ -186,6 +225,7 @@ fn report(dir: &Path, s: &hearth_netsim::Summary) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_panic_hook();
     match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -109,6 +109,8 @@ pub struct Recorder {
     pub replicas_checked: usize,
     /// Replicas that differed from their origin after the drain.
     pub replicas_divergent: usize,
+    /// Every device was online and no link was cut throughout the drain.
+    pub convergence_expected: bool,
     /// Nodes.
     pub nodes: usize,
     /// Events handled.
@@ -288,6 +290,9 @@ pub struct Summary {
     pub replicas_checked: usize,
     /// Of those, different.
     pub replicas_divergent: usize,
+    /// Every device was online and no link was cut throughout the drain, so every
+    /// write must have converged and every replica must equal its origin's.
+    pub convergence_expected: bool,
 }
 
 fn ms(us: u64) -> f64 {
@@ -355,7 +360,41 @@ impl Summary {
             membership_complete: r.membership_complete,
             replicas_checked: r.replicas_checked,
             replicas_divergent: r.replicas_divergent,
+            convergence_expected: r.convergence_expected,
         }
+    }
+
+    /// Why the run failed, if it did: when convergence was expected (see
+    /// [`Summary::convergence_expected`]), a write that never reached every device
+    /// holding its store, or a replica that differs from its origin's after the drain.
+    /// Without it (a partition, an offline window or a power-off during the drain)
+    /// replicas may legitimately lag, and nothing is checked.
+    pub fn failure(&self) -> Option<String> {
+        if !self.convergence_expected {
+            return None;
+        }
+        let mut reasons = Vec::new();
+        if self.writes_converged < self.writes {
+            reasons.push(format!(
+                "{} of {} writes never reached every device that holds their store",
+                self.writes - self.writes_converged,
+                self.writes
+            ));
+        }
+        if self.replicas_divergent > 0 {
+            reasons.push(format!(
+                "{} of {} replicas differ from their origin's after the drain",
+                self.replicas_divergent, self.replicas_checked
+            ));
+        }
+        if reasons.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "under {}, {}, although every device was online and no link was cut during the drain",
+            self.strategy,
+            reasons.join(", and ")
+        ))
     }
 }
 

@@ -218,6 +218,8 @@ pub struct World {
     now: u64,
     end: u64,
     draining: bool,
+    /// No device was offline and no link cut at any moment of the drain (so far).
+    whole_in_drain: bool,
     clock: Arc<AtomicU64>,
     queue: BTreeMap<(u64, u64), Event>,
     seq: u64,
@@ -431,6 +433,7 @@ impl World {
             now: 0,
             end,
             draining: false,
+            whole_in_drain: false,
             clock,
             queue: BTreeMap::new(),
             seq: 0,
@@ -489,6 +492,16 @@ impl World {
         u32::try_from(household as usize * per + i).ok()
     }
 
+    /// The nodes of household `h` (ids are dense, household by household).
+    fn household_nodes(&self, h: u32) -> std::ops::Range<u32> {
+        let per = self.scenario.devices.len();
+        let first = u32::try_from(h as usize * per).unwrap_or(u32::MAX);
+        let last = u32::try_from((h as usize + 1) * per)
+            .unwrap_or(u32::MAX)
+            .min(u32::try_from(self.nodes.len()).unwrap_or(u32::MAX));
+        first..last
+    }
+
     fn setup(&mut self) -> Result<(), SimError> {
         let per = self.scenario.devices.len();
         for h in 0..self.scenario.households {
@@ -542,20 +555,28 @@ impl World {
                             reason: err.to_string(),
                         })?;
                 }
-                let rx = store.subscribe_local();
-                if let Some(n) = self.nodes.get_mut(origin as usize) {
-                    n.local.insert(id.clone(), rx);
+                let entry = StoreEntry {
+                    household: h,
+                    origin,
+                    origin_name: stream.device.clone(),
+                    policy,
+                    catalogue: false,
+                };
+                // The sync engine hears of local writes only to push them to peers that
+                // hold the store. Placement is fixed for the run, so a store no other
+                // device holds is not subscribed: its writes would reach no peer, and
+                // the digests the store computes around each write for a subscriber
+                // would be thrown away.
+                let shared = self
+                    .household_nodes(h)
+                    .any(|n| n != origin && holds(&self.devices, n, &entry));
+                if shared {
+                    let rx = store.subscribe_local();
+                    if let Some(n) = self.nodes.get_mut(origin as usize) {
+                        n.local.insert(id.clone(), rx);
+                    }
                 }
-                self.catalog.insert(
-                    id.clone(),
-                    StoreEntry {
-                        household: h,
-                        origin,
-                        origin_name: stream.device.clone(),
-                        policy,
-                        catalogue: false,
-                    },
-                );
+                self.catalog.insert(id.clone(), entry);
                 self.stream_ids.insert((h, s), id);
                 let mut rng = Rng::new(Rng::child_seed(self.seed, &format!("stream/{h}/{s}")));
                 let first = rng.below(us(stream.every).max(1));
@@ -984,6 +1005,25 @@ impl World {
         });
     }
 
+    /// Should the link between `a` and `b` be up: both online and no rule cutting it?
+    fn wanted(&self, a: u32, b: u32) -> bool {
+        let (_, wan) = self.path(a, b);
+        self.online(a)
+            && self.online(b)
+            && !self.partitions.cuts(self.now, a, b, wan)
+            && !self.extra_rules.iter().any(|r| r.cuts(self.now, a, b, wan))
+    }
+
+    /// Is every link of every household wanted now: every device online, nothing cut?
+    fn whole(&self) -> bool {
+        (0..self.scenario.households).all(|h| {
+            let nodes = self.household_nodes(h);
+            nodes
+                .clone()
+                .all(|a| (a + 1..nodes.end).all(|b| self.wanted(a, b)))
+        })
+    }
+
     /// Brings links up and down to match who is online and what the rules cut.
     fn reconnect(&mut self) {
         let per = self.scenario.devices.len();
@@ -992,11 +1032,10 @@ impl World {
         while a < total {
             let household_end = (a as usize / per + 1) * per;
             for b in a + 1..u32::try_from(household_end).unwrap_or(0).min(total) {
-                let (_, wan) = self.path(a, b);
-                let want = self.online(a)
-                    && self.online(b)
-                    && !self.partitions.cuts(self.now, a, b, wan)
-                    && !self.extra_rules.iter().any(|r| r.cuts(self.now, a, b, wan));
+                let want = self.wanted(a, b);
+                if self.draining && !want {
+                    self.whole_in_drain = false;
+                }
                 let up = self.links.get(&(a, b)).is_some_and(|l| l.up);
                 if want && !up {
                     self.link_up(a, b);
@@ -1139,6 +1178,10 @@ impl World {
         self.run_until(end, &mut |now| progress(now, total));
         self.recorder.unconverged_at_end = self.pending.values().map(Vec::len).sum();
         self.draining = true;
+        // Links are re-evaluated at every instant a cut or an offline window begins or
+        // ends, and at every power change, so checking now and at each of those during
+        // the drain tells whether the network stayed whole through it.
+        self.whole_in_drain = self.whole();
         self.run_until(total, &mut |now| progress(now, total));
         progress(total, total);
         self.finish()
@@ -1176,6 +1219,7 @@ impl World {
             .count();
         self.recorder.replicas_checked = checked;
         self.recorder.replicas_divergent = divergent;
+        self.recorder.convergence_expected = self.whole_in_drain;
         self.recorder.nodes = self.nodes.len();
         self.recorder.events = self.events;
         self.recorder.end_us = self.end;
@@ -1348,7 +1392,8 @@ impl World {
         let target = store.records().unwrap_or(0);
         // Who must receive it.
         let remaining: BTreeSet<u32> = match self.catalog.get(&id) {
-            Some(entry) => (0..u32::try_from(self.devices.len()).unwrap_or(0))
+            Some(entry) => self
+                .household_nodes(h)
                 .filter(|&n| n != origin && holds(&self.devices, n, entry))
                 .collect(),
             None => BTreeSet::new(),
