@@ -79,6 +79,10 @@ fn link(a: usize, b: usize) -> (usize, usize) {
 
 impl World {
     fn new(count: usize, window: u64) -> Self {
+        Self::with_config(count, window, &Config::default())
+    }
+
+    fn with_config(count: usize, window: u64, config: &Config) -> Self {
         let clock = Arc::new(AtomicU64::new(1_000_000));
         let mut nodes = Vec::new();
         for i in 0..count {
@@ -93,7 +97,7 @@ impl World {
             .unwrap();
             nodes.push(Node {
                 stores,
-                engine: Engine::new(Config::default()),
+                engine: Engine::new(config.clone()),
                 local: BTreeMap::new(),
                 _dir: dir,
             });
@@ -444,6 +448,44 @@ fn reconnecting_with_a_thousand_unchanged_stores_costs_one_round_trip() {
         assert_eq!(replicas.len(), 1);
         assert_eq!(replicas[0].confirmed.map(|(d, _)| d), Some(store.digest()));
     }
+}
+
+/// More shared stores than one `Digests` message may list (the limit lowered here from
+/// 4,096 to 16): the sender splits the listing, and every store still reaches the other
+/// device.
+#[test]
+fn more_stores_than_one_digests_message_holds_all_replicate() {
+    let count = 40;
+    let mut world = World::with_config(
+        2,
+        60_000,
+        &Config::default().with_max_stores_per_message(16),
+    );
+    for i in 0..count {
+        let store = world.nodes[0]
+            .stores
+            .create(&format!("s{i}"), Kind::Kv, None)
+            .unwrap();
+        store.put("k", json!(i)).unwrap();
+    }
+    world.connect(0, 1);
+    let mut digests = 0;
+    while !world.wire.is_empty() {
+        if hearth_protocol::sync::Message::decode(&world.wire[0].2)
+            .is_ok_and(|m| matches!(m, hearth_protocol::sync::Message::Digests(ref e) if { assert!(e.len() <= 16); true }))
+        {
+            digests += 1;
+        }
+        world.deliver(0, false);
+    }
+    // 42 stores (with the world's own two) in listings of at most 16.
+    assert!(
+        digests >= 3,
+        "the listing was split: {digests} Digests messages"
+    );
+    world.heal();
+    world.check();
+    assert!(world.nodes[1].stores.all().len() > count);
 }
 
 /// Bad sync data ends the conversation with that peer and leaves the store as it was.

@@ -155,6 +155,9 @@ pub struct Config {
     pub retry: Duration,
     /// Longest delay between comparisons. Default 60 s.
     pub max_retry: Duration,
+    /// Stores listed in one `Digests` message; more are split over several. Default
+    /// (and at most) [`message::MAX_STORES`], what a receiver accepts.
+    pub max_stores_per_message: usize,
 }
 
 impl Default for Config {
@@ -164,11 +167,19 @@ impl Default for Config {
             settle: Duration::from_millis(500),
             retry: Duration::from_secs(2),
             max_retry: Duration::from_secs(60),
+            max_stores_per_message: message::MAX_STORES,
         }
     }
 }
 
 impl Config {
+    /// Sets [`Config::max_stores_per_message`] (kept between 1 and
+    /// [`message::MAX_STORES`]).
+    pub fn with_max_stores_per_message(mut self, stores: usize) -> Self {
+        self.max_stores_per_message = stores.clamp(1, message::MAX_STORES);
+        self
+    }
+
     /// Sets [`Config::max_queued_bytes`].
     pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_bytes = bytes;
@@ -589,7 +600,19 @@ impl<P: Ord + Clone> Engine<P> {
                 s.told = Some(*digest);
             }
         }
-        self.send(peer, &Message::Digests(entries), false);
+        // In messages the receiver accepts (each entry stands on its own).
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let part: Vec<_> = entries
+                .by_ref()
+                .take(
+                    self.config
+                        .max_stores_per_message
+                        .clamp(1, message::MAX_STORES),
+                )
+                .collect();
+            self.send(peer, &Message::Digests(part), false);
+        }
     }
 
     fn on_digests(
