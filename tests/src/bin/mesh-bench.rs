@@ -324,7 +324,8 @@ fn main() {
     });
     let took = started.elapsed();
     eprintln!("the phone holds them");
-    // Sync traffic is audited per peer and store, once a second.
+    // Sync traffic is audited per peer and store every 5 seconds: read it until two
+    // reads 6 seconds apart agree.
     let received = || -> u64 {
         phone_api.get("/v1/audit?action=sync.receive")["entries"]
             .as_array()
@@ -339,8 +340,8 @@ fn main() {
             .sum()
     };
     let mut last = 0;
-    wait("the phone's traffic is audited", 30, || {
-        std::thread::sleep(Duration::from_millis(1500));
+    wait("the phone's traffic is audited", 60, || {
+        std::thread::sleep(Duration::from_secs(6));
         let now = received();
         let settled = now > 0 && now == last;
         last = now;
