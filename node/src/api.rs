@@ -328,6 +328,10 @@ fn store_list(node: &Node) -> Vec<Value> {
                 "records": s.records,
                 "bytes": s.bytes,
                 "error": s.error,
+                "source": entry.and_then(|e| e.source.as_deref()),
+                "unit": entry.and_then(|e| e.unit.as_deref()),
+                "description": entry.and_then(|e| e.description.as_deref()),
+                "heads": listing.replicas.get(&s.id),
             })
         })
         .collect();
@@ -347,6 +351,10 @@ fn store_list(node: &Node) -> Vec<Value> {
             "records": stats.and_then(|r| r.values().map(|s| s.records).max()),
             "bytes": stats.and_then(|r| r.values().map(|s| s.bytes).max()),
             "error": Value::Null,
+            "source": e.source,
+            "unit": e.unit,
+            "description": e.description,
+            "heads": stats,
         }));
     }
     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
