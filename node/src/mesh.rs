@@ -2336,4 +2336,108 @@ mod tests {
         );
         let _ = stop_tx.send(true);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_malformed_sync_message_disconnects_the_sender_with_an_audit_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (nodes, addr) = devices(dir.path(), &stop_rx, 1).await;
+        let (sender, _, _) = &nodes[0];
+
+        // A whole node (stores, replication, audit log) that dials the sender.
+        let owner = OwnerKey::from_seed([1; 32]);
+        let key = NodeKey::from_seed([20; 32]);
+        let data_dir = dir.path().join("node");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let node = crate::Node::open(crate::NodeConfig {
+            data_dir: data_dir.clone(),
+            name: "home".into(),
+            role: "home".into(),
+            node_key: key.clone(),
+            api: "127.0.0.1:0".parse().unwrap(),
+            backend: hearth_stores::backend::BackendKind::Redb,
+            mesh: Some(crate::MeshSetup {
+                certificate: device::issue_certificate(
+                    owner.secret(),
+                    None,
+                    key.public(),
+                    "home",
+                    Role::Home,
+                    UnixMillis(0),
+                    UnixMillis(u64::MAX / 2),
+                    [20; 16],
+                )
+                .unwrap(),
+                owner: owner.public(),
+                owner_key: None,
+                config: MeshConfig {
+                    listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                    bootstrap: vec![addr],
+                    mdns: false,
+                    ..MeshConfig::default()
+                },
+            }),
+            compute_limits: Default::default(),
+        })
+        .unwrap();
+        let mut stop = stop_rx.clone();
+        let served = tokio::spawn(node.clone().serve(
+            async move {
+                let _ = stop.changed().await;
+            },
+            |_| {},
+        ));
+        let home = peer_id(&key.public()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !connected(sender).await {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("home admits the sender");
+        let admitted = node
+            .audit
+            .entries(None, None, Some("mesh.admit"))
+            .unwrap()
+            .len();
+
+        sender
+            .sync_send(home, b"HSYN\x01 not a sync message".to_vec())
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let entries = node
+                    .audit
+                    .entries(None, None, Some("sync.receive"))
+                    .unwrap();
+                if let Some(entry) = entries
+                    .into_iter()
+                    .find(|e| e.outcome.starts_with("refused"))
+                {
+                    return entry;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("home audits the refusal");
+        assert_eq!(refused.object, "n0");
+        // Disconnected: the sender is admitted afresh on a new connection later.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while node
+                .audit
+                .entries(None, None, Some("mesh.admit"))
+                .unwrap()
+                .len()
+                == admitted
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the sender was disconnected and came back");
+        let _ = stop_tx.send(true);
+        let _ = served.await;
+    }
 }
