@@ -99,7 +99,7 @@ fn stores_follow_their_policy_and_catch_up() {
     );
     assert_eq!(created["replicas"], "origin,role:home");
     let location_id = created["id"].as_str().unwrap().to_owned();
-    json_ok(
+    let notes = json_ok(
         &phone,
         &[
             "store",
@@ -111,6 +111,7 @@ fn stores_follow_their_policy_and_catch_up() {
             "origin,role:home,vm",
         ],
     );
+    let notes_id = notes["id"].as_str().unwrap().to_owned();
     json_ok(
         &phone,
         &["store", "put", "notes", "shopping", r#"["bread"]"#],
@@ -212,7 +213,18 @@ fn stores_follow_their_policy_and_catch_up() {
     assert_eq!(location["here"], false, "the catalogue lists it, not held");
     assert_eq!(location["origin"], "phone");
 
-    // Moving the notes off the cloud: it drops its replica.
+    // The cloud reports the notes in sync with the phone only when it holds the same.
+    wait_until("the cloud confirms the phone's notes", 30, || {
+        (in_sync(&cloud, "notes", "phone") == Some(true)).then_some(())
+    });
+    assert_eq!(
+        json_ok(&cloud, &["store", "get", "notes", "shopping"]),
+        json_ok(&phone, &["store", "get", "notes", "shopping"])
+    );
+
+    assert!(cloud.join("stores").join(&notes_id).exists());
+
+    // Moving the notes off the cloud: it drops its replica, files and all.
     json_ok(
         &phone,
         &["store", "policy", "notes", "--replicas", "origin,role:home"],
@@ -222,6 +234,9 @@ fn stores_follow_their_policy_and_catch_up() {
             .status
             .success())
         .then_some(())
+    });
+    wait_until("the cloud removes the notes' files", 30, || {
+        (!cloud.join("stores").join(&notes_id).exists()).then_some(())
     });
 
     // HyperCat listing.
