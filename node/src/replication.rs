@@ -239,13 +239,20 @@ impl Actor {
                 .map_or(Duration::from_secs(1), |at| {
                     Duration::from_millis(at.0.saturating_sub(now().0)).min(Duration::from_secs(1))
                 });
-            tokio::select! {
+            let input = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                Some(input) = inputs.recv() => blocking(|| self.input(input)),
-                () = tokio::time::sleep(timeout) => {}
-            }
-            blocking(|| self.tick());
+                Some(input) = inputs.recv() => Some(input),
+                () = tokio::time::sleep(timeout) => None,
+            };
+            // One hand-off to a blocking thread per turn: the input (store work) and
+            // the engine's timers.
+            blocking(|| {
+                if let Some(input) = input {
+                    self.input(input);
+                }
+                self.tick();
+            });
             self.flush().await;
         }
         self.audit_traffic();
