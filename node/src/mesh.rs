@@ -194,15 +194,34 @@ async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
                 "a frame larger than the protocol allows",
             ));
         }
-        // Grown as the bytes arrive: a length alone reserves nothing.
-        let mut frame = Vec::new();
-        (&mut *io).take(len as u64).read_to_end(&mut frame).await?;
-        if frame.len() != len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        frames.push(frame);
+        frames.push(read_frame(io, len).await?);
     }
     Ok(Frames::from(frames))
+}
+
+/// Reads a frame of `len` bytes into a buffer grown as the bytes arrive (doubling, but
+/// never past `len`): a length alone reserves nothing, and a frame holds no more memory
+/// than its bytes.
+async fn read_frame<T: futures_util::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut frame: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8 * 1024];
+    while frame.len() < len {
+        let want = (len - frame.len()).min(buf.len());
+        let chunk = buf.get_mut(..want).unwrap_or_default();
+        let n = io.read(chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if frame.capacity() < frame.len() + n {
+            let target = (frame.capacity() * 2).max(frame.len() + n).min(len);
+            frame.reserve_exact(target - frame.len());
+        }
+        frame.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    Ok(frame)
 }
 
 async fn write_frames<T: futures_util::AsyncWrite + Unpin + Send>(
@@ -700,7 +719,13 @@ fn build_swarm(
             })
         })
         .map_err(|err| MeshError::Start(err.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(3600))
+                // Streams being negotiated or held for admission, per connection: what
+                // a peer not yet admitted can make the transport buffer is bounded by
+                // this many flow-control windows.
+                .with_max_negotiating_inbound_streams(64)
+        })
         .build();
     Ok(swarm)
 }
@@ -2223,6 +2248,39 @@ mod tests {
             out.push((handle, audit, peer));
         }
         (out, first.unwrap())
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_whole_holding_no_more_than_their_bytes() {
+        let big: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = vec![2u8];
+        for frame in [&b"hello"[..], &big[..]] {
+            wire.extend_from_slice(&u32::try_from(frame.len()).unwrap().to_be_bytes());
+            wire.extend_from_slice(frame);
+        }
+        let frames = read_frames(&mut futures_util::io::Cursor::new(&wire), 1 << 20, 4)
+            .await
+            .unwrap();
+        assert_eq!(frames.0, vec![b"hello".to_vec(), big.clone()]);
+        assert!(frames.0[1].capacity() <= big.len());
+        // Cut short: an error, not a short frame.
+        let cut = &wire[..wire.len() - 1];
+        assert!(
+            read_frames(&mut futures_util::io::Cursor::new(cut), 1 << 20, 4)
+                .await
+                .is_err()
+        );
+        // Over the limits: refused from the prefix alone.
+        assert!(
+            read_frames(&mut futures_util::io::Cursor::new(&wire), 1000, 4)
+                .await
+                .is_err()
+        );
+        assert!(
+            read_frames(&mut futures_util::io::Cursor::new(&wire), 1 << 20, 1)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hearth_protocol::capability::Role;
@@ -77,7 +78,14 @@ pub struct StoreSync {
 #[derive(Debug, Clone)]
 pub struct ReplicationHandle {
     inputs: mpsc::Sender<Input>,
+    /// Bytes of peers' sync messages waiting in `inputs`.
+    inbox_bytes: Arc<AtomicUsize>,
 }
+
+/// Bytes of peers' sync messages that may wait for the replication loop (one larger
+/// message may wait alone); beyond it a message is dropped and the engine's repair
+/// sends what it carried.
+const MAX_INBOX_BYTES: usize = 64 * 1024 * 1024;
 
 impl ReplicationHandle {
     /// Delivers `input`, waiting for room if the loop is busy (for inputs that must
@@ -98,11 +106,19 @@ impl ReplicationHandle {
     /// Delivers a peer's sync message, or drops it when the loop is busy (the engine
     /// compares again later, so nothing is lost for good).
     pub(crate) fn offer(&self, peer: PeerId, bytes: Vec<u8>) {
+        let len = bytes.len();
+        let waiting = self.inbox_bytes.fetch_add(len, Ordering::SeqCst);
+        if waiting > 0 && waiting.saturating_add(len) > MAX_INBOX_BYTES {
+            self.inbox_bytes.fetch_sub(len, Ordering::SeqCst);
+            tracing::debug!(%peer, "replication busy (inbox full); dropping a sync message");
+            return;
+        }
         if self
             .inputs
             .try_send(Input::Message { peer, bytes })
             .is_err()
         {
+            self.inbox_bytes.fetch_sub(len, Ordering::SeqCst);
             tracing::debug!(%peer, "replication busy; dropping a sync message");
         }
     }
@@ -123,7 +139,13 @@ impl ReplicationHandle {
 /// The inlet the mesh loop needs before the replication loop starts.
 pub(crate) fn channel() -> (ReplicationHandle, mpsc::Receiver<Input>) {
     let (inputs, receiver) = mpsc::channel(1024);
-    (ReplicationHandle { inputs }, receiver)
+    (
+        ReplicationHandle {
+            inputs,
+            inbox_bytes: Arc::new(AtomicUsize::new(0)),
+        },
+        receiver,
+    )
 }
 
 /// The placement policy as the engine asks it.
@@ -179,6 +201,8 @@ struct Actor {
     mesh: MeshHandle,
     audit: Arc<AuditLog>,
     inputs: mpsc::Sender<Input>,
+    /// Bytes of peers' messages waiting in the inbox (shared with the handle).
+    inbox_bytes: Arc<AtomicUsize>,
     /// Stores whose local writes are forwarded here.
     watched: BTreeSet<String>,
     /// Sync traffic not yet audited: (peer name, store id, sent?) -> (bytes, messages).
@@ -214,6 +238,7 @@ pub(crate) fn spawn(
         mesh,
         audit,
         inputs: handle.inputs.clone(),
+        inbox_bytes: handle.inbox_bytes.clone(),
         watched: BTreeSet::new(),
         traffic: BTreeMap::new(),
         last_audit: Instant::now(),
@@ -272,6 +297,7 @@ impl Actor {
                 self.engine.handle_disconnected(&peer);
             }
             Input::Message { peer, bytes } => {
+                self.inbox_bytes.fetch_sub(bytes.len(), Ordering::SeqCst);
                 if !self.placement.devices.contains_key(&peer) {
                     return;
                 }

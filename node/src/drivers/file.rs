@@ -185,7 +185,18 @@ pub fn parse(text: &str) -> Loaded {
             let first = starts.first().map_or(lines.len(), |l| l - 1);
             let preamble: String = lines.iter().take(first).copied().collect();
             match toml::from_str::<toml::Table>(&preamble) {
-                Ok(table) => faults.extend(unknown_keys(&table)),
+                Ok(mut table) => {
+                    // `driver = []`, as an emptied file was once written, followed by
+                    // tables added by hand: the tables are what counts.
+                    if table
+                        .get("driver")
+                        .and_then(toml::Value::as_array)
+                        .is_some_and(Vec::is_empty)
+                    {
+                        table.remove("driver");
+                    }
+                    faults.extend(unknown_keys(&table));
+                }
                 Err(err) => faults.push(toml_error(&err, &preamble, 1)),
             }
             for (i, start) in starts.iter().enumerate() {
@@ -380,6 +391,13 @@ mod tests {
         let empty = render(&Loaded::default()).unwrap();
         assert!(!empty.contains("driver ="), "{empty}");
         assert_eq!(parse(&empty), Loaded::default());
+    }
+
+    #[test]
+    fn an_emptied_list_followed_by_tables_added_by_hand_loads() {
+        let loaded = parse(&format!("driver = []\n\n{GOOD}"));
+        assert!(loaded.broken.is_empty(), "{loaded:?}");
+        assert_eq!(loaded.specs.len(), 1);
     }
 
     #[test]

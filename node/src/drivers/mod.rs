@@ -352,6 +352,9 @@ enum Entry {
 #[derive(Default)]
 pub struct Drivers {
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// Held around every read-edit-write of the drivers file, so that two edits (a
+    /// `driver add` and a driver remembering its port, say) never lose one another.
+    file: Mutex<()>,
 }
 
 impl std::fmt::Debug for Drivers {
@@ -384,6 +387,12 @@ pub struct Listed {
 impl Drivers {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn file_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -460,6 +469,7 @@ pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
     if spec.kind == Kind::HttpIngest && spec.listen.is_none() {
         spec.listen = Some("0.0.0.0:0".into());
     }
+    let file = node.drivers.file_lock();
     let mut loaded = load(&node.config.data_dir);
     if loaded.broken.iter().any(|b| b.name == spec.name) {
         return Err(format!(
@@ -470,6 +480,7 @@ pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
     loaded.specs.retain(|s| s.name != spec.name);
     loaded.specs.push(spec.clone());
     file::save(&node.config.data_dir, &loaded)?;
+    drop(file);
     start(node, spec.clone());
     node.drivers
         .list()
@@ -481,36 +492,44 @@ pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
 /// Stops a driver and removes it from the drivers file (its store stays). An entry of
 /// the file that cannot be read is removed from the file as well.
 pub(crate) fn remove(node: &Arc<Node>, name: &str) -> Result<(), String> {
-    let entry = node.drivers.lock().remove(name);
+    let _file = node.drivers.file_lock();
+    // The file first: if it cannot be written, the driver keeps running and stays
+    // listed, as it would be after a restart.
     let mut loaded = load(&node.config.data_dir);
+    let entry = node.drivers.lock().get(name).map(|e| match e {
+        Entry::Configured { .. } => None,
+        Entry::Broken(broken) => Some(broken.clone()),
+    });
     match entry {
         None => return Err(format!("no driver is named {name:?}")),
-        Some(Entry::Configured { stop, .. }) => {
-            let _ = stop.send(true);
-            loaded.specs.retain(|s| s.name != name);
-        }
-        Some(Entry::Broken(broken)) if broken.is_whole_file() => {
-            let error = format!(
+        Some(None) => loaded.specs.retain(|s| s.name != name),
+        Some(Some(broken)) if broken.is_whole_file() => {
+            return Err(format!(
                 "{} is not a driver but a fault of the whole file; fix {DRIVERS_FILE} by hand \
                  (stop the node, edit it, start the node): {}",
                 broken.name, broken.error
-            );
-            node.drivers
-                .lock()
-                .insert(broken.name.clone(), Entry::Broken(broken));
-            return Err(error);
+            ));
         }
-        Some(Entry::Broken(broken)) => {
-            if let Some(i) = loaded.broken.iter().position(|b| b.same_entry(&broken)) {
-                loaded.broken.remove(i);
-            }
+        Some(Some(broken)) => {
+            let Some(i) = loaded.broken.iter().position(|b| b.same_entry(&broken)) else {
+                return Err(format!(
+                    "the entry {name:?} is no longer in {DRIVERS_FILE} as it was read; \
+                     it was edited since the node started: restart the node"
+                ));
+            };
+            loaded.broken.remove(i);
         }
     }
-    file::save(&node.config.data_dir, &loaded)
+    file::save(&node.config.data_dir, &loaded)?;
+    if let Some(Entry::Configured { stop, .. }) = node.drivers.lock().remove(name) {
+        let _ = stop.send(true);
+    }
+    Ok(())
 }
 
 /// Rewrites a driver's configuration in the file (an http-ingest keeps its port).
 pub(crate) fn remember(node: &Node, spec: &Spec) {
+    let _file = node.drivers.file_lock();
     let mut loaded = load(&node.config.data_dir);
     for s in &mut loaded.specs {
         if s.name == spec.name {
