@@ -156,6 +156,45 @@ struct ChunkMeta {
     heads: Vec<String>,
     /// Change records written for the open chunk.
     changes: u64,
+    /// `heads` decoded and sorted, for digests; set and cleared with `heads`.
+    #[serde(skip)]
+    sorted_heads: Vec<Head>,
+}
+
+impl ChunkMeta {
+    /// An open chunk's entry, before its first reading.
+    fn open(min_ts: u64, max_ts: u64) -> Self {
+        Self {
+            count: 0,
+            min_ts,
+            max_ts,
+            closed: false,
+            hash: None,
+            heads: Vec::new(),
+            changes: 0,
+            sorted_heads: Vec::new(),
+        }
+    }
+
+    /// Records a closed chunk's heads, in hex and decoded.
+    fn set_heads(&mut self, heads: &[automerge::ChangeHash]) {
+        self.heads = heads.iter().map(|h| hex::encode(h.0)).collect();
+        self.sorted_heads = heads.iter().map(|h| h.0).collect();
+        self.sorted_heads.sort_unstable();
+    }
+
+    /// Decodes `heads` as read from the index (a head that is not hex is left out).
+    fn decode_heads(&mut self) {
+        self.sorted_heads = self
+            .heads
+            .iter()
+            .filter_map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out).ok().map(|()| out)
+            })
+            .collect();
+        self.sorted_heads.sort_unstable();
+    }
 }
 
 #[derive(Debug)]
@@ -856,7 +895,9 @@ fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result
                 if chunk.closed && chunk.heads.is_empty() {
                     // Closed before heads were kept in the index: read them once.
                     let mut doc = load_closed_chunk(name, backend, start)?;
-                    chunk.heads = doc.get_heads().iter().map(|h| hex::encode(h.0)).collect();
+                    chunk.set_heads(&doc.get_heads());
+                } else {
+                    chunk.decode_heads();
                 }
                 if !chunk.closed {
                     open.insert(start, load_open_chunk(name, backend, actor, start)?);
@@ -967,6 +1008,7 @@ fn reopen_chunk(
         info.closed = false;
         info.hash = None;
         info.heads = Vec::new();
+        info.sorted_heads = Vec::new();
         info.changes = 1;
     }
     Ok(chunk)
@@ -1142,18 +1184,9 @@ fn apply_series<'a>(
                     None => {
                         let (doc, list) = new_chunk_doc(&meta.id, start, actor)
                             .map_err(|err| am_err(name, err))?;
-                        series.index.insert(
-                            start,
-                            ChunkMeta {
-                                count: 0,
-                                min_ts: reading.ts,
-                                max_ts: reading.ts,
-                                closed: false,
-                                hash: None,
-                                heads: Vec::new(),
-                                changes: 0,
-                            },
-                        );
+                        series
+                            .index
+                            .insert(start, ChunkMeta::open(reading.ts, reading.ts));
                         OpenChunk {
                             doc,
                             list: Some(list),
@@ -1253,12 +1286,7 @@ fn close_old_chunks(
         }
         info.closed = true;
         info.hash = Some(heads_hash(&mut chunk.doc));
-        info.heads = chunk
-            .doc
-            .get_heads()
-            .iter()
-            .map(|h| hex::encode(h.0))
-            .collect();
+        info.set_heads(&chunk.doc.get_heads());
         info.changes = 0;
         let payload =
             serde_json::to_vec(&*info).map_err(|err| StoreError::Invalid(err.to_string()))?;

@@ -38,18 +38,7 @@ fn units_locked(body: &mut Body) -> Vec<UnitHeads> {
                 .map(|(start, info)| {
                     let heads = match open.get_mut(start) {
                         Some(chunk) => heads_of(&mut chunk.doc),
-                        None => {
-                            let mut heads: Vec<Head> = info
-                                .heads
-                                .iter()
-                                .filter_map(|h| {
-                                    let mut out = [0u8; 32];
-                                    hex::decode_to_slice(h, &mut out).ok().map(|()| out)
-                                })
-                                .collect();
-                            heads.sort_unstable();
-                            heads
-                        }
+                        None => info.sorted_heads.clone(),
                     };
                     UnitHeads {
                         unit: Unit::Chunk(*start),
@@ -326,18 +315,7 @@ fn remote_chunk(
             }
             None => {
                 created = true;
-                series.index.insert(
-                    start,
-                    ChunkMeta {
-                        count: 0,
-                        min_ts: start,
-                        max_ts: start,
-                        closed: false,
-                        hash: None,
-                        heads: Vec::new(),
-                        changes: 0,
-                    },
-                );
+                series.index.insert(start, ChunkMeta::open(start, start));
                 OpenChunk {
                     doc: AutoCommit::new().with_actor(actor.clone()),
                     list: None,
