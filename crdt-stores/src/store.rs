@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use automerge::transaction::{CommitOptions, Transactable as _};
-use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc as _, ScalarValue};
+use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc as _, ScalarValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -206,6 +206,41 @@ struct OpenChunk {
     /// Length of `list` (automerge's `length` walks the list).
     len: usize,
     readings: Arc<Vec<Reading>>,
+    /// The heads as of the last incremental save: what `save_incremental` keeps inside
+    /// the document, kept here so that a local commit can be saved without searching
+    /// the change history for what is new.
+    saved: Vec<ChangeHash>,
+}
+
+impl OpenChunk {
+    /// The changes made since the last save, encoded, as automerge's
+    /// `save_incremental` gives them.
+    fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved);
+        if !bytes.is_empty() {
+            self.saved = self.doc.get_heads();
+        }
+        bytes
+    }
+
+    /// [`Self::save_incremental`] right after committing `hash`: when the commit is the
+    /// only change since the last save, its bytes are what is new.
+    fn save_commit(&mut self, hash: Option<ChangeHash>) -> Vec<u8> {
+        if let Some(hash) = hash
+            && let Some(change) = self.doc.get_change_by_hash(&hash)
+        {
+            let mut deps = change.deps().to_vec();
+            deps.sort_unstable();
+            let mut saved = self.saved.clone();
+            saved.sort_unstable();
+            if deps == saved {
+                let bytes = change.raw_bytes().to_vec();
+                self.saved = vec![hash];
+                return bytes;
+            }
+        }
+        self.save_incremental()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -945,8 +980,13 @@ fn new_chunk_doc(
     Ok((doc, list))
 }
 
-/// The readings of a chunk document (none if it has no readings list yet).
-fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> {
+/// The readings of a chunk document (none if it has no readings list yet), saved up to
+/// the heads `saved`.
+fn chunk_from_doc(
+    name: &str,
+    doc: AutoCommit,
+    saved: Vec<ChangeHash>,
+) -> Result<OpenChunk, StoreError> {
     let list = match doc.get(ROOT, "readings") {
         Ok(Some((automerge::Value::Object(ObjType::List), id))) => id,
         Ok(None) if doc.keys(ROOT).next().is_none() => {
@@ -955,6 +995,7 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
                 list: None,
                 len: 0,
                 readings: Arc::new(Vec::new()),
+                saved,
             });
         }
         _ => {
@@ -982,6 +1023,7 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
         list: Some(list),
         len,
         readings: Arc::new(readings),
+        saved,
     })
 }
 
@@ -999,7 +1041,8 @@ fn reopen_chunk(
     let doc = load_closed_chunk(name, backend, start)?;
     let mut doc = doc.with_actor(actor.clone());
     let save = doc.save();
-    let chunk = chunk_from_doc(name, doc)?;
+    let saved = doc.get_heads();
+    let chunk = chunk_from_doc(name, doc, saved)?;
     put_sealed(batch, chunk_change_key(start, 0), &save);
     batch.delete(chunk_key(start, b"s"));
     batch.delete(chunk_key(start, b"r"));
@@ -1057,7 +1100,8 @@ fn load_open_chunk(
         doc.load_incremental(payload)
             .map_err(|err| am_err(name, err))?;
     }
-    chunk_from_doc(name, doc)
+    // Loading moves no save cursor: the first save takes everything again.
+    chunk_from_doc(name, doc, Vec::new())
 }
 
 fn apply_doc<'a>(
@@ -1192,6 +1236,7 @@ fn apply_series<'a>(
                             list: Some(list),
                             len: 0,
                             readings: Arc::new(Vec::new()),
+                            saved: Vec::new(),
                         }
                     }
                 };
@@ -1238,10 +1283,10 @@ fn apply_series<'a>(
         else {
             continue;
         };
-        chunk
+        let hash = chunk
             .doc
             .commit_with(CommitOptions::default().with_time(now));
-        let bytes = chunk.doc.save_incremental();
+        let bytes = chunk.save_commit(hash);
         put_sealed(batch, chunk_change_key(*start, info.changes), &bytes);
         info.changes += 1;
         let payload =

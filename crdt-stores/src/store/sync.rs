@@ -367,6 +367,7 @@ fn remote_chunk(
                     list: None,
                     len: 0,
                     readings: Arc::new(Vec::new()),
+                    saved: Vec::new(),
                 }
             }
         };
@@ -395,7 +396,7 @@ fn remote_chunk(
         None
     };
     applied?;
-    let bytes = chunk.doc.save_incremental();
+    let bytes = chunk.save_incremental();
     if bytes.is_empty() {
         if created {
             series.open.remove(&start);
@@ -412,7 +413,8 @@ fn remote_chunk(
         None => {
             let doc = std::mem::replace(&mut chunk.doc, AutoCommit::new());
             let old = chunk.readings.clone();
-            *chunk = chunk_from_doc(name, doc).map_err(|err| {
+            let saved = std::mem::take(&mut chunk.saved);
+            *chunk = chunk_from_doc(name, doc, saved).map_err(|err| {
                 ReplicaError::Peer(format!("the chunk it sent does not hold readings: {err}"))
             })?;
             added(&old, &chunk.readings)
