@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use automerge::transaction::{CommitOptions, Transactable as _};
-use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc as _, ScalarValue};
+use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc as _, ScalarValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -156,6 +156,45 @@ struct ChunkMeta {
     heads: Vec<String>,
     /// Change records written for the open chunk.
     changes: u64,
+    /// `heads` decoded and sorted, for digests; set and cleared with `heads`.
+    #[serde(skip)]
+    sorted_heads: Vec<Head>,
+}
+
+impl ChunkMeta {
+    /// An open chunk's entry, before its first reading.
+    fn open(min_ts: u64, max_ts: u64) -> Self {
+        Self {
+            count: 0,
+            min_ts,
+            max_ts,
+            closed: false,
+            hash: None,
+            heads: Vec::new(),
+            changes: 0,
+            sorted_heads: Vec::new(),
+        }
+    }
+
+    /// Records a closed chunk's heads, in hex and decoded.
+    fn set_heads(&mut self, heads: &[automerge::ChangeHash]) {
+        self.heads = heads.iter().map(|h| hex::encode(h.0)).collect();
+        self.sorted_heads = heads.iter().map(|h| h.0).collect();
+        self.sorted_heads.sort_unstable();
+    }
+
+    /// Decodes `heads` as read from the index (a head that is not hex is left out).
+    fn decode_heads(&mut self) {
+        self.sorted_heads = self
+            .heads
+            .iter()
+            .filter_map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out).ok().map(|()| out)
+            })
+            .collect();
+        self.sorted_heads.sort_unstable();
+    }
 }
 
 #[derive(Debug)]
@@ -167,6 +206,41 @@ struct OpenChunk {
     /// Length of `list` (automerge's `length` walks the list).
     len: usize,
     readings: Arc<Vec<Reading>>,
+    /// The heads as of the last incremental save: what `save_incremental` keeps inside
+    /// the document, kept here so that a local commit can be saved without searching
+    /// the change history for what is new.
+    saved: Vec<ChangeHash>,
+}
+
+impl OpenChunk {
+    /// The changes made since the last save, encoded, as automerge's
+    /// `save_incremental` gives them.
+    fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved);
+        if !bytes.is_empty() {
+            self.saved = self.doc.get_heads();
+        }
+        bytes
+    }
+
+    /// [`Self::save_incremental`] right after committing `hash`: when the commit is the
+    /// only change since the last save, its bytes are what is new.
+    fn save_commit(&mut self, hash: Option<ChangeHash>) -> Vec<u8> {
+        if let Some(hash) = hash
+            && let Some(change) = self.doc.get_change_by_hash(&hash)
+        {
+            let mut deps = change.deps().to_vec();
+            deps.sort_unstable();
+            let mut saved = self.saved.clone();
+            saved.sort_unstable();
+            if deps == saved {
+                let bytes = change.raw_bytes().to_vec();
+                self.saved = vec![hash];
+                return bytes;
+            }
+        }
+        self.save_incremental()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -856,7 +930,9 @@ fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result
                 if chunk.closed && chunk.heads.is_empty() {
                     // Closed before heads were kept in the index: read them once.
                     let mut doc = load_closed_chunk(name, backend, start)?;
-                    chunk.heads = doc.get_heads().iter().map(|h| hex::encode(h.0)).collect();
+                    chunk.set_heads(&doc.get_heads());
+                } else {
+                    chunk.decode_heads();
                 }
                 if !chunk.closed {
                     open.insert(start, load_open_chunk(name, backend, actor, start)?);
@@ -904,8 +980,13 @@ fn new_chunk_doc(
     Ok((doc, list))
 }
 
-/// The readings of a chunk document (none if it has no readings list yet).
-fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> {
+/// The readings of a chunk document (none if it has no readings list yet), saved up to
+/// the heads `saved`.
+fn chunk_from_doc(
+    name: &str,
+    doc: AutoCommit,
+    saved: Vec<ChangeHash>,
+) -> Result<OpenChunk, StoreError> {
     let list = match doc.get(ROOT, "readings") {
         Ok(Some((automerge::Value::Object(ObjType::List), id))) => id,
         Ok(None) if doc.keys(ROOT).next().is_none() => {
@@ -914,6 +995,7 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
                 list: None,
                 len: 0,
                 readings: Arc::new(Vec::new()),
+                saved,
             });
         }
         _ => {
@@ -941,6 +1023,7 @@ fn chunk_from_doc(name: &str, doc: AutoCommit) -> Result<OpenChunk, StoreError> 
         list: Some(list),
         len,
         readings: Arc::new(readings),
+        saved,
     })
 }
 
@@ -958,7 +1041,8 @@ fn reopen_chunk(
     let doc = load_closed_chunk(name, backend, start)?;
     let mut doc = doc.with_actor(actor.clone());
     let save = doc.save();
-    let chunk = chunk_from_doc(name, doc)?;
+    let saved = doc.get_heads();
+    let chunk = chunk_from_doc(name, doc, saved)?;
     put_sealed(batch, chunk_change_key(start, 0), &save);
     batch.delete(chunk_key(start, b"s"));
     batch.delete(chunk_key(start, b"r"));
@@ -967,6 +1051,7 @@ fn reopen_chunk(
         info.closed = false;
         info.hash = None;
         info.heads = Vec::new();
+        info.sorted_heads = Vec::new();
         info.changes = 1;
     }
     Ok(chunk)
@@ -1015,7 +1100,8 @@ fn load_open_chunk(
         doc.load_incremental(payload)
             .map_err(|err| am_err(name, err))?;
     }
-    chunk_from_doc(name, doc)
+    // Loading moves no save cursor: the first save takes everything again.
+    chunk_from_doc(name, doc, Vec::new())
 }
 
 fn apply_doc<'a>(
@@ -1142,23 +1228,15 @@ fn apply_series<'a>(
                     None => {
                         let (doc, list) = new_chunk_doc(&meta.id, start, actor)
                             .map_err(|err| am_err(name, err))?;
-                        series.index.insert(
-                            start,
-                            ChunkMeta {
-                                count: 0,
-                                min_ts: reading.ts,
-                                max_ts: reading.ts,
-                                closed: false,
-                                hash: None,
-                                heads: Vec::new(),
-                                changes: 0,
-                            },
-                        );
+                        series
+                            .index
+                            .insert(start, ChunkMeta::open(reading.ts, reading.ts));
                         OpenChunk {
                             doc,
                             list: Some(list),
                             len: 0,
                             readings: Arc::new(Vec::new()),
+                            saved: Vec::new(),
                         }
                     }
                 };
@@ -1205,10 +1283,10 @@ fn apply_series<'a>(
         else {
             continue;
         };
-        chunk
+        let hash = chunk
             .doc
             .commit_with(CommitOptions::default().with_time(now));
-        let bytes = chunk.doc.save_incremental();
+        let bytes = chunk.save_commit(hash);
         put_sealed(batch, chunk_change_key(*start, info.changes), &bytes);
         info.changes += 1;
         let payload =
@@ -1253,12 +1331,7 @@ fn close_old_chunks(
         }
         info.closed = true;
         info.hash = Some(heads_hash(&mut chunk.doc));
-        info.heads = chunk
-            .doc
-            .get_heads()
-            .iter()
-            .map(|h| hex::encode(h.0))
-            .collect();
+        info.set_heads(&chunk.doc.get_heads());
         info.changes = 0;
         let payload =
             serde_json::to_vec(&*info).map_err(|err| StoreError::Invalid(err.to_string()))?;

@@ -38,18 +38,7 @@ fn units_locked(body: &mut Body) -> Vec<UnitHeads> {
                 .map(|(start, info)| {
                     let heads = match open.get_mut(start) {
                         Some(chunk) => heads_of(&mut chunk.doc),
-                        None => {
-                            let mut heads: Vec<Head> = info
-                                .heads
-                                .iter()
-                                .filter_map(|h| {
-                                    let mut out = [0u8; 32];
-                                    hex::decode_to_slice(h, &mut out).ok().map(|()| out)
-                                })
-                                .collect();
-                            heads.sort_unstable();
-                            heads
-                        }
+                        None => info.sorted_heads.clone(),
                     };
                     UnitHeads {
                         unit: Unit::Chunk(*start),
@@ -294,6 +283,52 @@ fn added(old: &[Reading], new: &[Reading]) -> Vec<Reading> {
     out
 }
 
+/// The readings a peer's changes inserted into a chunk's readings `list`, sorted by
+/// time; `None` if the changes did anything else or a reading does not decode.
+fn inserted_readings(list: &ObjId, patches: &[automerge::Patch]) -> Option<Vec<Reading>> {
+    let mut fresh = Vec::new();
+    for patch in patches {
+        let automerge::PatchAction::Insert { values, .. } = &patch.action else {
+            return None;
+        };
+        if patch.obj != *list {
+            return None;
+        }
+        for (value, _, _) in values.iter() {
+            fresh.push(Reading::decode(value.to_bytes()?)?);
+        }
+    }
+    fresh.sort_by_key(|r| r.ts);
+    Some(fresh)
+}
+
+/// Adds `fresh` (sorted by time) to an open chunk's readings and returns them. `None`,
+/// with the chunk untouched, if a new reading shares its time with another: readings
+/// of equal time keep the order of the document's list, which only a rebuild knows.
+fn merge_readings(chunk: &mut OpenChunk, fresh: Vec<Reading>) -> Option<Vec<Reading>> {
+    let distinct = fresh
+        .iter()
+        .zip(fresh.iter().skip(1))
+        .all(|(a, b)| a.ts != b.ts);
+    let untied = fresh.iter().all(|r| {
+        chunk
+            .readings
+            .binary_search_by_key(&r.ts, |o| o.ts)
+            .is_err()
+    });
+    if !distinct || !untied {
+        return None;
+    }
+    let readings = Arc::make_mut(&mut chunk.readings);
+    readings.reserve(fresh.len());
+    for reading in &fresh {
+        let at = readings.partition_point(|r| r.ts < reading.ts);
+        readings.insert(at, reading.clone());
+    }
+    chunk.len += fresh.len();
+    Some(fresh)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn remote_chunk(
     meta: &StoreMeta,
@@ -326,23 +361,13 @@ fn remote_chunk(
             }
             None => {
                 created = true;
-                series.index.insert(
-                    start,
-                    ChunkMeta {
-                        count: 0,
-                        min_ts: start,
-                        max_ts: start,
-                        closed: false,
-                        hash: None,
-                        heads: Vec::new(),
-                        changes: 0,
-                    },
-                );
+                series.index.insert(start, ChunkMeta::open(start, start));
                 OpenChunk {
                     doc: AutoCommit::new().with_actor(actor.clone()),
                     list: None,
                     len: 0,
                     readings: Arc::new(Vec::new()),
+                    saved: Vec::new(),
                 }
             }
         };
@@ -355,8 +380,23 @@ fn remote_chunk(
             "chunk bookkeeping is inconsistent",
         )));
     };
-    apply_input(&mut chunk.doc, input)?;
-    let bytes = chunk.doc.save_incremental();
+    // With the readings list known, record what the input changes so that only the
+    // new readings are decoded; otherwise (or if it changes anything else) the
+    // readings are rebuilt from the whole document.
+    let incremental = chunk.list.is_some();
+    if incremental {
+        chunk.doc.update_diff_cursor();
+    }
+    let applied = apply_input(&mut chunk.doc, input);
+    let patches = if incremental {
+        let patches = applied.is_ok().then(|| chunk.doc.diff_incremental());
+        chunk.doc.reset_diff_cursor();
+        patches
+    } else {
+        None
+    };
+    applied?;
+    let bytes = chunk.save_incremental();
     if bytes.is_empty() {
         if created {
             series.open.remove(&start);
@@ -364,12 +404,23 @@ fn remote_chunk(
         }
         return Ok(());
     }
-    let doc = std::mem::replace(&mut chunk.doc, AutoCommit::new());
-    let old = chunk.readings.clone();
-    *chunk = chunk_from_doc(name, doc).map_err(|err| {
-        ReplicaError::Peer(format!("the chunk it sent does not hold readings: {err}"))
-    })?;
-    let readings = chunk.readings.clone();
+    let fresh = match (&chunk.list, patches) {
+        (Some(list), Some(patches)) => inserted_readings(list, &patches),
+        _ => None,
+    };
+    let new = match fresh.and_then(|fresh| merge_readings(chunk, fresh)) {
+        Some(new) => new,
+        None => {
+            let doc = std::mem::replace(&mut chunk.doc, AutoCommit::new());
+            let old = chunk.readings.clone();
+            let saved = std::mem::take(&mut chunk.saved);
+            *chunk = chunk_from_doc(name, doc, saved).map_err(|err| {
+                ReplicaError::Peer(format!("the chunk it sent does not hold readings: {err}"))
+            })?;
+            added(&old, &chunk.readings)
+        }
+    };
+    let readings = &chunk.readings;
     info.count = readings.len() as u64;
     if let (Some(first), Some(last)) = (readings.first(), readings.last()) {
         info.min_ts = first.ts;
@@ -380,7 +431,6 @@ fn remote_chunk(
     let payload =
         serde_json::to_vec(&*info).map_err(|err| local(StoreError::Invalid(err.to_string())))?;
     put_sealed(batch, index_key(start), &payload);
-    let new = added(&old, &readings);
     if !new.is_empty() {
         events.push(Change::Append { readings: new });
     }
