@@ -349,7 +349,10 @@ fn import(ctx: &Context) -> Result<Outcome, String> {
             // The batch in flight when the last run stopped may be stored already:
             // those readings were imported then, and are not added again.
             already = dedupe_against_store(ctx, batch)?;
-            *resumed = false;
+            // More than one batch may be stored beyond the saved progress (a kill
+            // between a write and the progress file's update, after an earlier one
+            // was rolled back): keep checking until a batch is new.
+            *resumed = already > 0;
         }
         let count = batch.len() as u64;
         if count > 0 {

@@ -93,7 +93,7 @@ impl Api {
             .header("Authorization", &self.auth)
             .call()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(65_536);
         std::thread::spawn(move || {
             let reader = BufReader::new(response.into_body().into_reader());
             for line in reader.lines() {
