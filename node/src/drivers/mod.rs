@@ -1,7 +1,7 @@
 //! Drivers: built-in data sources, each writing its own store.
 //!
 //! A driver is configured in `DATA_DIR/drivers.toml` (one `[[driver]]` table each; see
-//! [`file`]), which the node reads when it starts; `hearth driver add` and `rm` edit it
+//! [`file`](mod@file)), which the node reads when it starts; `hearth driver add` and `rm` edit it
 //! through the running node. Each driver runs under the node as a supervised task:
 //! when it fails it is restarted with backoff (1 s doubling to 60 s, from 1 s again
 //! once a run has been up for 10 s), its error shown by `hearth driver ls` and logged,
