@@ -1100,8 +1100,10 @@ fn load_open_chunk(
         doc.load_incremental(payload)
             .map_err(|err| am_err(name, err))?;
     }
-    // Loading moves no save cursor: the first save takes everything again.
-    chunk_from_doc(name, doc, Vec::new())
+    // Everything loaded is on disk already: the next save starts from here (rather
+    // than writing, and pushing, the chunk's whole history again).
+    let saved = doc.get_heads();
+    chunk_from_doc(name, doc, saved)
 }
 
 fn apply_doc<'a>(

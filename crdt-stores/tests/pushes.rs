@@ -137,3 +137,43 @@ fn pushed_readings_match_the_store_reopened_from_disk() {
     held.sort();
     assert_eq!(held, expected);
 }
+
+/// After a restart, a write to the open chunk saves and pushes only itself, not the
+/// chunk's whole history again; and the store reopened once more holds everything.
+#[test]
+fn the_first_write_after_a_restart_carries_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let reading =
+        |i: u64| Reading::new(1_700_000_000_000 + i, json!({ "n": i, "room": "kitchen" }));
+    {
+        let stores = open(dir.path(), BackendKind::Redb, 1);
+        let store = stores
+            .create("sensor", Kind::Timeseries, Some(3_600_000))
+            .unwrap();
+        for i in 0..500 {
+            store.append(vec![reading(i)]).unwrap();
+        }
+    }
+    let stores = open(dir.path(), BackendKind::Redb, 1);
+    let store = stores.get("sensor").unwrap();
+    let mut local = store.subscribe_local();
+    store.append(vec![reading(500)]).unwrap();
+    let pushed: usize = drain(&mut local)
+        .iter()
+        .flat_map(|c| c.units.iter().map(|(_, bytes)| bytes.len()))
+        .sum();
+    assert!(
+        pushed > 0 && pushed < 1024,
+        "{pushed} bytes pushed for one reading"
+    );
+    drop(store);
+    drop(stores);
+    let stores = open(dir.path(), BackendKind::Redb, 1);
+    let all = stores
+        .get("sensor")
+        .unwrap()
+        .read(Selection::All, None)
+        .unwrap();
+    assert_eq!(all.len(), 501);
+    assert_eq!(all.last().unwrap().value["n"], 500);
+}
