@@ -653,7 +653,9 @@ fn build_swarm(
                         .with_max_pending_incoming(Some(32))
                         .with_max_pending_outgoing(Some(64))
                         .with_max_established_incoming(Some(128))
-                        .with_max_established_per_peer(Some(2)),
+                        // A device that restarted connects again while the old,
+                        // dead connections still count until ping gives up on them.
+                        .with_max_established_per_peer(Some(4)),
                 ),
                 admission: request_response::Behaviour::with_codec(
                     FrameCodec::new(admission::MAX_MESSAGE_BYTES),
