@@ -243,8 +243,8 @@ struct PeerStore {
     confirmed: Option<(Digest, u64)>,
     /// The digest the peer should have after applying the pushes sent since.
     expected: Option<Digest>,
-    /// Our digest as we last told the peer.
-    told: Option<Digest>,
+    /// Our digest as we last told the peer, and when.
+    told: Option<(Digest, UnixMillis)>,
     /// Automerge sync states, per document, of the current round.
     syncs: BTreeMap<Unit, SyncState>,
     /// Our units were sent in the current round.
@@ -255,6 +255,8 @@ struct PeerStore {
     backoff: Duration,
     /// Last message about this store, either way.
     active: UnixMillis,
+    /// Last message about this store from the peer.
+    heard: UnixMillis,
 }
 
 impl PeerStore {
@@ -268,7 +270,13 @@ impl PeerStore {
             due: None,
             backoff: config.retry,
             active: now,
+            heard: now,
         }
+    }
+
+    /// Compares the store again at `at` at the latest.
+    fn arm(&mut self, at: UnixMillis) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
     }
 }
 
@@ -352,12 +360,16 @@ impl<P: Ord + Clone> Engine<P> {
                 Err(err) => self.local_error(&store.id, &err),
             }
         }
+        // Until the peer answers, every shared store counts as differing: if the
+        // summary or the answer is lost, the comparison starts again at its deadline.
         let config = self.config.clone();
+        let at = now.saturating_add(config.retry);
         if let Some(p) = self.peers.get_mut(peer) {
             for (id, _) in &entries {
                 p.stores
                     .entry(id.clone())
-                    .or_insert_with(|| PeerStore::new(now, &config));
+                    .or_insert_with(|| PeerStore::new(now, &config))
+                    .arm(at);
             }
         }
         let message = Message::Summary {
@@ -392,10 +404,12 @@ impl<P: Ord + Clone> Engine<P> {
             };
             let config = self.config.clone();
             if let Some(p) = self.peers.get_mut(&peer) {
-                p.stores
+                let s = p
+                    .stores
                     .entry(store.id.clone())
-                    .or_insert_with(|| PeerStore::new(now, &config))
-                    .told = Some(digest);
+                    .or_insert_with(|| PeerStore::new(now, &config));
+                s.told = Some((digest, now));
+                s.arm(now.saturating_add(config.retry));
             }
             self.send(
                 &peer,
@@ -430,7 +444,7 @@ impl<P: Ord + Clone> Engine<P> {
         for p in self.peers.values_mut() {
             if let Some(s) = p.stores.get_mut(store) {
                 s.expected = None;
-                s.due = Some(s.due.map_or(at, |d| d.min(at)));
+                s.arm(at);
             }
         }
     }
@@ -471,6 +485,7 @@ impl<P: Ord + Clone> Engine<P> {
             .collect();
         let size: usize = messages.iter().map(Vec::len).sum();
         let settle = self.config.settle;
+        let retry = self.config.retry;
         let max = self.config.max_queued_bytes;
         for (peer, p) in &mut self.peers {
             let Some(s) = p.stores.get_mut(store) else {
@@ -482,6 +497,8 @@ impl<P: Ord + Clone> Engine<P> {
                 p.queue.extend(messages.iter().cloned());
                 s.expected = Some(after);
                 s.active = now;
+                // A push that is lost (or whose answer is) is repaired at this deadline.
+                s.arm(now.saturating_add(retry));
                 self.events.push_back(Event::Sent {
                     peer: peer.clone(),
                     store: store.to_owned(),
@@ -490,8 +507,7 @@ impl<P: Ord + Clone> Engine<P> {
             } else {
                 // Behind, unknown or congested: the catch-up comparison sends it.
                 s.expected = None;
-                let at = now.saturating_add(settle);
-                s.due = Some(s.due.map_or(at, |d| d.min(at)));
+                s.arm(now.saturating_add(settle));
             }
         }
     }
@@ -584,20 +600,28 @@ impl<P: Ord + Clone> Engine<P> {
                 .or_insert_with(|| PeerStore::new(now, &config));
         }
         if root == root_of(&digests) {
-            // The peer holds exactly what we hold: every shared store is in sync.
+            // The peer holds exactly what we hold: every shared store is in sync. (The
+            // peer's summary starts a new exchange: what we told it before no longer
+            // counts, so a later offer of a store is answered.)
             for (store, digest, records) in &entries {
                 if let Some(s) = p.stores.get_mut(&store.id) {
                     s.confirmed = Some((*digest, *records));
-                    s.told = Some(*digest);
+                    s.heard = now;
+                    s.told = None;
                     s.expected = None;
                     s.due = None;
                 }
             }
             return;
         }
+        // The digests answer the summary; if they are lost, or the peer's answers
+        // are, the comparison starts again at its deadline.
+        let at = now.saturating_add(config.retry);
         for (store, digest, _) in &entries {
             if let Some(s) = p.stores.get_mut(&store.id) {
-                s.told = Some(*digest);
+                s.told = Some((*digest, now));
+                s.heard = now;
+                s.arm(at);
             }
         }
         // In messages the receiver accepts (each entry stands on its own).
@@ -622,6 +646,7 @@ impl<P: Ord + Clone> Engine<P> {
         entries: Vec<(StoreRef, Digest, u64)>,
         replica: &mut impl Replica<P>,
     ) {
+        let settle = self.config.settle;
         for (store, digest, records) in entries {
             let known = self
                 .peers
@@ -649,13 +674,19 @@ impl<P: Ord + Clone> Engine<P> {
             };
             s.confirmed = Some((digest, records));
             s.active = now;
+            s.heard = now;
             if digest != ours {
                 self.send_units(now, peer, &store.id, replica);
             } else {
                 s.due = None;
-                if s.told != Some(ours) {
-                    // The peer has not heard that we agree.
-                    self.send_have(peer, &store.id, replica);
+                // Our own digest, sent just now, is crossing this one: the peer will
+                // see that we agree. Otherwise (nothing sent, or sent long ago and
+                // perhaps lost) it has not heard that we agree.
+                let crossing = s
+                    .told
+                    .is_some_and(|(d, at)| d == ours && at.saturating_add(settle) > now);
+                if !crossing {
+                    self.send_have(now, peer, &store.id, replica);
                 }
             }
         }
@@ -698,6 +729,7 @@ impl<P: Ord + Clone> Engine<P> {
             return Ok(());
         };
         s.active = now;
+        s.heard = now;
         let units_sent = s.units_sent;
         let ours = match replica.units(store) {
             Ok(units) => units,
@@ -738,7 +770,7 @@ impl<P: Ord + Clone> Engine<P> {
             self.send_units(now, peer, store, replica);
         }
         if !differs {
-            self.send_have(peer, store, replica);
+            self.send_have(now, peer, store, replica);
         }
         Ok(())
     }
@@ -795,6 +827,7 @@ impl<P: Ord + Clone> Engine<P> {
             return Ok(());
         };
         s.active = now;
+        s.heard = now;
         let state = s.syncs.entry(unit).or_insert_with(SyncState::new);
         let before = replica.digest(store).ok();
         match replica.receive(store, unit, state, message) {
@@ -808,7 +841,7 @@ impl<P: Ord + Clone> Engine<P> {
         let reply = replica.generate(store, unit, state);
         self.after_data(now, peer, store, data.len(), before, replica);
         if self.send_generated(peer, store, unit, reply) {
-            self.send_have(peer, store, replica);
+            self.send_have(now, peer, store, replica);
         }
         Ok(())
     }
@@ -826,6 +859,7 @@ impl<P: Ord + Clone> Engine<P> {
             return Ok(());
         };
         s.active = now;
+        s.heard = now;
         let before = replica.digest(store).ok();
         let applied = match what {
             Data::Chunk(start) => replica.merge_chunk(store, start, data),
@@ -841,17 +875,23 @@ impl<P: Ord + Clone> Engine<P> {
             }
         }
         self.after_data(now, peer, store, len, before, replica);
-        if let Data::Changes(_, theirs) = what
-            && replica.digest(store).ok() == Some(theirs)
-        {
-            // The push says what the sender holds with it: we now hold the same.
+        if let Data::Changes(_, theirs) = what {
             let records = replica.records(store);
+            let same = replica.digest(store).ok() == Some(theirs);
+            let settle = self.config.settle;
             if let Some(s) = self.peer_store(peer, store) {
-                s.confirmed = Some((theirs, records));
-                s.due = None;
+                if same {
+                    // The push says what the sender holds with it: we now hold the same.
+                    s.confirmed = Some((theirs, records));
+                    s.due = None;
+                } else {
+                    // An earlier push was lost, or one side holds what the other lacks:
+                    // this side compares too, even while the sender keeps writing.
+                    s.arm(now.saturating_add(settle));
+                }
             }
         }
-        self.send_have(peer, store, replica);
+        self.send_have(now, peer, store, replica);
         Ok(())
     }
 
@@ -883,19 +923,19 @@ impl<P: Ord + Clone> Engine<P> {
             if let Some(s) = p.stores.get_mut(store) {
                 s.expected = None;
                 let at = now.saturating_add(settle);
-                s.due = Some(s.due.map_or(at, |d| d.min(at)));
+                s.arm(at);
             }
         }
     }
 
-    fn send_have(&mut self, peer: &P, store: &str, replica: &mut impl Replica<P>) {
+    fn send_have(&mut self, now: UnixMillis, peer: &P, store: &str, replica: &mut impl Replica<P>) {
         let digest = match replica.digest(store) {
             Ok(digest) => digest,
             Err(err) => return self.local_error(store, &err),
         };
         let records = replica.records(store);
         if let Some(s) = self.peer_store(peer, store) {
-            s.told = Some(digest);
+            s.told = Some((digest, now));
         }
         let message = Message::Have {
             store: store.to_owned(),
@@ -921,6 +961,7 @@ impl<P: Ord + Clone> Engine<P> {
             return;
         };
         s.active = now;
+        s.heard = now;
         s.confirmed = Some((digest, records));
         if s.expected == Some(digest) {
             s.expected = None;
@@ -1017,17 +1058,65 @@ impl<P: Ord + Clone> Engine<P> {
                 s.due = None;
                 continue;
             }
+            // Every write was pushed and the peer is answering: its answers are on
+            // their way (a writer faster than the round trip is never confirmed
+            // exactly). Once it falls silent, the round below runs.
+            let answering = s.heard.saturating_add(settle);
+            if s.expected == Some(ours) && answering > now {
+                s.due = Some(answering);
+                continue;
+            }
             // A new round: what was in flight may be lost.
+            let offer = s.confirmed.is_none();
             s.syncs.clear();
             s.units_sent = false;
             s.expected = None;
             let backoff = s.backoff;
             s.backoff = (backoff * 2).min(max_retry);
-            self.send_units(now, &peer, &store, replica);
+            if offer {
+                // The peer never said what it holds of this store (its summary or
+                // digests, or ours, were lost; or it lacks the store): offer it again,
+                // as the digests after a summary do.
+                self.offer(now, &peer, &store, ours, replica);
+            } else {
+                self.send_units(now, &peer, &store, replica);
+            }
             if let Some(s) = self.peer_store(&peer, &store) {
                 s.due = Some(now.saturating_add(backoff));
             }
         }
+    }
+
+    /// Sends `peer` the digest of `store` (and what it needs to create a replica), if
+    /// the store is still shared with it; forgets the store for the peer otherwise.
+    fn offer(
+        &mut self,
+        now: UnixMillis,
+        peer: &P,
+        store: &str,
+        digest: Digest,
+        replica: &mut impl Replica<P>,
+    ) {
+        let Some(shared) = replica
+            .shared_with(peer)
+            .into_iter()
+            .find(|s| s.id == store)
+        else {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.stores.remove(store);
+            }
+            return;
+        };
+        let records = replica.records(store);
+        if let Some(s) = self.peer_store(peer, store) {
+            s.told = Some((digest, now));
+            s.active = now;
+        }
+        self.send(
+            peer,
+            &Message::Digests(vec![(shared, digest, records)]),
+            false,
+        );
     }
 
     /// Queues `message` for `peer`. A droppable message is not queued when the peer's
