@@ -20,7 +20,7 @@
 //! in step on `/hearth/members/1`: digests every 2 s, snapshots when they differ, and
 //! each device's listen addresses. docs/mesh.md describes both protocols.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ use hearth_protocol::mesh::ticket::Ticket;
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::{AuditLog, Event as AuditEvent};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, ping, request_response, tcp,
     yamux,
@@ -861,6 +861,12 @@ struct MeshLoop {
     replication: Option<crate::replication::ReplicationHandle>,
     /// Sync traffic per peer, bounded.
     sync_out: BTreeMap<PeerId, SyncOut>,
+    /// Every open connection of each peer.
+    connections: BTreeMap<PeerId, BTreeSet<ConnectionId>>,
+    /// Peers admitted before that asked for admission again (they restarted, or lost
+    /// their connection while ours lives on), with the connection they asked on: once
+    /// admitted, their older connections are closed.
+    readmitting: BTreeMap<PeerId, ConnectionId>,
     /// The admitted peers, as the gated protocols see them.
     admitted: Arc<Admitted>,
 }
@@ -888,11 +894,6 @@ pub async fn spawn(
                 addr: addr.to_string(),
                 reason: err.to_string(),
             })?;
-    }
-    for addr in &config.bootstrap {
-        if let Err(err) = swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, error = %err, "cannot dial a bootstrap address");
-        }
     }
     let owner = *gate.owner();
     let mut members = Membership::new(owner);
@@ -941,6 +942,8 @@ pub async fn spawn(
         next_job: 0,
         forwarded: BTreeMap::new(),
         sync_out: BTreeMap::new(),
+        connections: BTreeMap::new(),
+        readmitting: BTreeMap::new(),
         admitted,
         commands: commands.clone(),
         owner_key,
@@ -1470,8 +1473,15 @@ impl MeshLoop {
             }
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "mesh listening"),
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id);
                 if self.known.get(&peer_id).is_some_and(|k| k.connected) {
                     return;
                 }
@@ -1513,19 +1523,30 @@ impl MeshLoop {
                         .admission
                         .send_request(&peer_id, Frames::from(frames));
                 }
-                if let Some(k) = self.known.get_mut(&peer_id) {
-                    let addr = endpoint.get_remote_address().clone();
-                    if !k.addrs.contains(&addr) && endpoint.is_dialer() {
-                        k.addrs.push(addr);
-                    }
+                if let Some(k) = self.known.get_mut(&peer_id)
+                    && endpoint.is_dialer()
+                    && add_addrs(&mut k.addrs, vec![endpoint.get_remote_address().clone()])
+                {
+                    self.dirty = true;
                 }
                 self.admitting.insert(peer_id, connection);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                if let Some(open) = self.connections.get_mut(&peer_id) {
+                    open.remove(&connection_id);
+                    if open.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
+                if num_established > 0 {
+                    return;
+                }
+                self.readmitting.remove(&peer_id);
                 self.admitting.remove(&peer_id);
                 self.sync_out.remove(&peer_id);
                 if self.known.contains_key(&peer_id)
@@ -1707,7 +1728,11 @@ impl MeshLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Admission(
-                request_response::Event::Message { peer, message, .. },
+                request_response::Event::Message {
+                    peer,
+                    connection_id,
+                    message,
+                },
             )) => {
                 match message {
                     request_response::Message::Request {
@@ -1720,6 +1745,9 @@ impl MeshLoop {
                             && !request.0.is_empty()
                             && let Some(remote) = peer_key(&peer)
                         {
+                            if self.known.get(&peer).is_some_and(|k| k.connected) {
+                                self.readmitting.insert(peer, connection_id);
+                            }
                             let fresh = Connection::respond(
                                 now(),
                                 remote,
@@ -1798,6 +1826,22 @@ impl MeshLoop {
                             ..Snapshot::default()
                         });
                     }
+                    // A new session: the peer's older connections are dead or about
+                    // to be (it asked afresh on a new one), and would take a share of
+                    // every request until ping gives up on them; what waited for the
+                    // old session is superseded by the exchange that starts now.
+                    if let Some(current) = self.readmitting.remove(&peer) {
+                        let older: Vec<ConnectionId> = self
+                            .connections
+                            .get(&peer)
+                            .map(|open| open.range(..current).copied().collect())
+                            .unwrap_or_default();
+                        for connection in older {
+                            tracing::debug!(%peer, ?connection, "closing a connection of the previous session");
+                            self.swarm.close_connection(connection);
+                        }
+                    }
+                    self.sync_out.remove(&peer);
                     // Exchange memberships now rather than at the next tick.
                     let frames = self.peer_list(&peer);
                     self.swarm
@@ -1843,6 +1887,7 @@ impl MeshLoop {
         }
         if done {
             self.admitting.remove(&peer);
+            self.readmitting.remove(&peer);
         }
     }
 
@@ -2000,13 +2045,33 @@ impl MeshLoop {
     fn redial(&mut self) {
         self.share_peers();
         let now = now().0;
+        // A bootstrap address of a device we know is one more address of it, dialled
+        // with the others: a dial of its own (to where the device was when this one
+        // joined, say) would hold back the dial to where it is now, as libp2p dials a
+        // device once at a time.
+        let mut bootstrap: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+        let mut strangers = Vec::new();
+        for addr in &self.config.bootstrap {
+            match bootstrap_peer(addr) {
+                Some((peer, bare)) if self.known.contains_key(&peer) => {
+                    bootstrap.entry(peer).or_default().push(bare);
+                }
+                _ => strangers.push(addr.clone()),
+            }
+        }
         let mut targets: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
         for (peer, k) in &mut self.known {
             let lost = !k.connected
                 && !self.swarm.is_connected(peer)
                 && !peer_key(peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key));
             if lost && k.retry.due(now) {
-                targets.push((*peer, k.addrs.clone()));
+                let mut addrs = k.addrs.clone();
+                for addr in bootstrap.remove(peer).unwrap_or_default() {
+                    if !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
+                targets.push((*peer, addrs));
             }
         }
         for (peer, addrs) in targets {
@@ -2016,7 +2081,7 @@ impl MeshLoop {
             let _ = self.swarm.dial(opts);
         }
         self.redial_lan(now);
-        for addr in self.config.bootstrap.clone() {
+        for addr in strangers {
             let connected = addr.iter().any(|p| match p {
                 libp2p::multiaddr::Protocol::P2p(peer) => self.swarm.is_connected(&peer),
                 _ => false,
@@ -2058,15 +2123,37 @@ impl MeshLoop {
 }
 
 /// Adds addresses not known yet (keeping at most 16); returns whether any was new.
+/// The device a bootstrap address names (`…/p2p/PEER`), and the address without it.
+fn bootstrap_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut peer = None;
+    let bare: Multiaddr = addr
+        .iter()
+        .filter(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => {
+                peer = Some(*id);
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    peer.map(|peer| (peer, bare))
+}
+
+/// Adds the addresses in `new` that `known` lacks, in front (a device that restarted on
+/// new ports is dialled there first), and keeps the 16 most recent. True if it changed.
 fn add_addrs(known: &mut Vec<Multiaddr>, new: Vec<Multiaddr>) -> bool {
-    let before = known.clone();
+    let mut fresh: Vec<Multiaddr> = Vec::new();
     for addr in new {
-        if !known.contains(&addr) {
-            known.push(addr);
+        if !known.contains(&addr) && !fresh.contains(&addr) {
+            fresh.push(addr);
         }
     }
+    if fresh.is_empty() {
+        return false;
+    }
+    known.splice(0..0, fresh);
     known.truncate(16);
-    *known != before
+    true
 }
 
 /// Pairs this (new) device with the inviter named in `ticket`: dials it, redeems the
@@ -2170,6 +2257,32 @@ mod tests {
     use hearth_protocol::capability::{RevocationSet, Role, Verifier, VerifierConfig};
     use hearth_protocol::device;
     use hearth_protocol::key::OwnerKey;
+
+    #[test]
+    fn a_device_restarting_on_new_ports_is_remembered_where_it_is_now() {
+        let addr = |port: u16| -> Multiaddr {
+            format!("/ip4/127.0.0.1/udp/{port}/quic-v1")
+                .parse()
+                .unwrap()
+        };
+        let mut known = Vec::new();
+        // Twenty restarts, each on two new ports.
+        for restart in 0..20u16 {
+            let now = vec![addr(1000 + 2 * restart), addr(1001 + 2 * restart)];
+            assert!(add_addrs(&mut known, now.clone()));
+            assert_eq!(
+                known[..2],
+                now[..],
+                "restart {restart}: the new ports come first"
+            );
+            assert!(known.len() <= 16);
+            // Hearing of them again changes nothing (the address book is not rewritten).
+            assert!(!add_addrs(&mut known, now.clone()));
+            assert!(!add_addrs(&mut known, vec![now[1].clone(), now[0].clone()]));
+        }
+        assert_eq!(known.len(), 16);
+        assert!(!known.contains(&addr(1000)), "the oldest went");
+    }
 
     async fn connected(handle: &MeshHandle) -> bool {
         handle
