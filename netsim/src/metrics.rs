@@ -46,6 +46,21 @@ pub struct ConvergenceRecord {
     pub converged_us: Option<u64>,
 }
 
+/// One device powered on again (after a reboot or a crash), and when it had caught up:
+/// every write it missed while down, and every write of its own that had not reached
+/// the other holders, held by every holder.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartRecord {
+    /// The device.
+    pub device: String,
+    /// When it was powered on, µs.
+    pub powered_on_us: u64,
+    /// Writes it had to receive or pass on.
+    pub missed: usize,
+    /// When the last of them was everywhere, µs.
+    pub caught_up_us: Option<u64>,
+}
+
 /// One job.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobRecord {
@@ -77,6 +92,8 @@ pub struct Recorder {
     pub convergence: Vec<ConvergenceRecord>,
     /// Every job.
     pub jobs: Vec<JobRecord>,
+    /// Every power-on after a reboot or a crash.
+    pub restarts: Vec<RestartRecord>,
     over_time: BTreeMap<(u64, String), u64>,
     per_class: BTreeMap<String, (u64, u64)>,
     per_kind: BTreeMap<&'static str, (u64, u64)>,
@@ -254,6 +271,15 @@ pub struct Summary {
     pub writes_unconverged_at_end: usize,
     /// Convergence time of converged writes, ms.
     pub convergence_ms: Stats,
+    /// Devices powered on again after a reboot or a crash.
+    pub restarts: usize,
+    /// Of those, the ones that had missed writes (or not passed on their own) and
+    /// caught up by the end of the drain.
+    pub restarts_caught_up: usize,
+    /// Of those that missed writes, still catching up at the end of the drain.
+    pub restarts_not_caught_up: usize,
+    /// Power-on to caught up, of the restarts that had something to catch up, ms.
+    pub restart_catch_up_ms: Stats,
     /// Bytes per link class (a message counts on every class it crosses).
     pub bytes_by_class: BTreeMap<String, u64>,
     /// Messages per link class.
@@ -307,6 +333,11 @@ impl Summary {
             .iter()
             .filter_map(|c| c.converged_us.map(|t| ms(t - c.written_us)))
             .collect();
+        let missed: Vec<&RestartRecord> = r.restarts.iter().filter(|x| x.missed > 0).collect();
+        let catch_up: Vec<f64> = missed
+            .iter()
+            .filter_map(|x| x.caught_up_us.map(|t| ms(t - x.powered_on_us)))
+            .collect();
         let ok: Vec<&JobRecord> = r.jobs.iter().filter(|j| j.outcome == "ok").collect();
         let lat: Vec<f64> = ok.iter().filter_map(|j| j.latency_us.map(ms)).collect();
         let during: Vec<&JobRecord> = r.jobs.iter().filter(|j| j.during_partition).collect();
@@ -323,6 +354,10 @@ impl Summary {
             writes_converged: conv.len(),
             writes_unconverged_at_end: r.unconverged_at_end,
             convergence_ms: Stats::of(&conv),
+            restarts: r.restarts.len(),
+            restarts_caught_up: catch_up.len(),
+            restarts_not_caught_up: missed.len() - catch_up.len(),
+            restart_catch_up_ms: Stats::of(&catch_up),
             bytes_by_class: r.per_class.iter().map(|(k, v)| (k.clone(), v.1)).collect(),
             messages_by_class: r.per_class.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
             bytes_by_kind: r
@@ -456,6 +491,21 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
         );
     }
     write(dir, "convergence.csv", &csv)?;
+
+    let mut csv = String::from("device,powered_on_ms,missed,catch_up_ms\n");
+    for x in &r.restarts {
+        let took = x
+            .caught_up_us
+            .map_or_else(String::new, |t| format!("{:.3}", ms(t - x.powered_on_us)));
+        let _ = writeln!(
+            csv,
+            "{},{:.3},{},{took}",
+            x.device,
+            ms(x.powered_on_us),
+            x.missed
+        );
+    }
+    write(dir, "restarts.csv", &csv)?;
 
     let mut csv = String::from(
         "job,from,ran_on,submitted_ms,outcome,latency_ms,records_scanned,records_missing,during_partition\n",

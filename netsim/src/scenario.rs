@@ -256,6 +256,20 @@ pub enum Churn {
         /// Time down.
         down: Duration,
     },
+    /// Like a reboot, but without warning (a crash, a power cut, `kill -9`): the other
+    /// devices notice only after `detect` (a node's ping gives up after about 7 s), and
+    /// until then what they send it is lost. If it comes back before that, it is
+    /// admitted again on a new connection while theirs to it is still open.
+    Crash {
+        /// The device.
+        device: String,
+        /// Period.
+        every: Duration,
+        /// Time down.
+        down: Duration,
+        /// How long the others take to notice.
+        detect: Duration,
+    },
 }
 
 /// A checked scenario.
@@ -420,6 +434,10 @@ struct RawRandom {
     until: String,
 }
 
+/// How long the other devices take to notice a crashed one, by default: a node pings
+/// every 2 s and gives up on a connection after 5 s without an answer.
+pub const DEFAULT_DETECT: Duration = Duration::from_secs(7);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawChurn {
@@ -433,6 +451,8 @@ struct RawChurn {
     every: Option<String>,
     #[serde(default)]
     down: Option<String>,
+    #[serde(default)]
+    detect: Option<String>,
 }
 
 fn duration(field: &str, text: &str) -> Result<Duration, ScenarioError> {
@@ -821,22 +841,41 @@ impl Scenario {
                     from: time_of_day(&f("from"), &need("from", &c.from)?)?,
                     until: time_of_day(&f("until"), &need("until", &c.until)?)?,
                 },
-                "reboot" => {
+                "reboot" | "crash" => {
                     let every = positive(&f("every"), &need("every", &c.every)?)?;
                     let down = positive(&f("down"), &need("down", &c.down)?)?;
                     if down >= every {
                         return Err(invalid(f("down"), "must be shorter than every"));
                     }
-                    Churn::Reboot {
-                        device: dev,
-                        every,
-                        down,
+                    if c.kind == "reboot" {
+                        if c.detect.is_some() {
+                            return Err(invalid(
+                                f("detect"),
+                                "only a crash has a detection delay (a reboot is announced)",
+                            ));
+                        }
+                        Churn::Reboot {
+                            device: dev,
+                            every,
+                            down,
+                        }
+                    } else {
+                        let detect = match &c.detect {
+                            Some(text) => positive(&f("detect"), text)?,
+                            None => DEFAULT_DETECT,
+                        };
+                        Churn::Crash {
+                            device: dev,
+                            every,
+                            down,
+                            detect,
+                        }
                     }
                 }
                 other => {
                     return Err(invalid(
                         f("kind"),
-                        format!("{other:?}: use offline-daily or reboot"),
+                        format!("{other:?}: use offline-daily, reboot or crash"),
                     ));
                 }
             });

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::fault::{LinkFaults, Packet, Partitions, Rule, Verdict};
-use crate::metrics::{ConvergenceRecord, JobRecord, Recorder, TrafficKind};
+use crate::metrics::{ConvergenceRecord, JobRecord, Recorder, RestartRecord, TrafficKind};
 use crate::rng::Rng;
 use crate::scenario::{AtHome, Churn, Cut, Latency, Scenario, Strategy, StreamKind, Transport};
 
@@ -147,6 +147,9 @@ struct Node {
     connections: BTreeMap<u32, Connection>,
     admitted: BTreeSet<u32>,
     powered: bool,
+    /// After a crash: until when (µs) the other devices keep their links to it open,
+    /// not having noticed yet.
+    unnoticed_until: u64,
     timer: Option<u64>,
     membership: Membership,
     /// Each peer's membership digest, as it last sent it.
@@ -194,6 +197,21 @@ enum Event {
     JobRan(u64),
     JobTimeout(u64),
     Power(u32, bool),
+    /// A crash: powered off without the others noticing for the given µs.
+    Crash(u32, u64),
+}
+
+/// A device powered on that is catching up.
+#[derive(Debug)]
+struct RestartWatch {
+    /// Its record in `Recorder::restarts`.
+    record: usize,
+    device: u32,
+    label: String,
+    /// Only writes made before it was powered on count.
+    before: usize,
+    /// Stores with writes it has yet to receive or pass on.
+    stores: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -246,6 +264,8 @@ pub struct World {
     jobs: BTreeMap<u64, JobState>,
     next_job: u64,
     offline_daily: Vec<(u32, u64, u64)>,
+    /// Restarted devices still catching up.
+    watches: Vec<RestartWatch>,
     /// What happened, for the metrics.
     pub recorder: Recorder,
     events: u64,
@@ -381,6 +401,7 @@ impl World {
                     connections: BTreeMap::new(),
                     admitted: BTreeSet::new(),
                     powered: true,
+                    unnoticed_until: 0,
                     timer: None,
                     membership,
                     member_digests: BTreeMap::new(),
@@ -459,6 +480,7 @@ impl World {
             jobs: BTreeMap::new(),
             next_job: 0,
             offline_daily: Vec::new(),
+            watches: Vec::new(),
             recorder: Recorder::new(us(scenario.bucket)),
             events: 0,
             _scratch: scratch,
@@ -616,21 +638,31 @@ impl World {
                     }
                 }
                 Churn::Reboot {
-                    device,
+                    ref device,
                     every,
                     down,
+                }
+                | Churn::Crash {
+                    ref device,
+                    every,
+                    down,
+                    ..
                 } => {
                     let targets: Vec<u32> = self
                         .devices
                         .iter()
                         .enumerate()
-                        .filter(|(_, d)| d.name == device)
+                        .filter(|(_, d)| d.name == *device)
                         .filter_map(|(i, _)| u32::try_from(i).ok())
                         .collect();
                     let mut t = us(every);
                     while t < self.end {
                         for &n in &targets {
-                            self.schedule(t, Event::Power(n, false));
+                            let off = match &churn {
+                                Churn::Crash { detect, .. } => Event::Crash(n, us(*detect)),
+                                _ => Event::Power(n, false),
+                            };
+                            self.schedule(t, off);
                             self.schedule(t + us(down), Event::Power(n, true));
                         }
                         t += us(every);
@@ -1003,6 +1035,79 @@ impl World {
                 true
             }
         });
+        if self.watches.iter().any(|w| w.stores.contains(store)) {
+            self.check_restarts(store);
+        }
+    }
+
+    /// Writes still on their way that concern device `n` (it lacks them, or wrote them
+    /// and another holder lacks them), among the first `before` writes, in `store`.
+    fn missed(&self, n: u32, label: &str, store: &str, before: usize) -> usize {
+        self.pending.get(store).map_or(0, |list| {
+            list.iter()
+                .filter(|p| {
+                    p.record < before
+                        && (p.remaining.contains(&n)
+                            || self
+                                .recorder
+                                .convergence
+                                .get(p.record)
+                                .is_some_and(|c| c.origin == label))
+                })
+                .count()
+        })
+    }
+
+    /// Device `n` was powered on: from now, until every write it missed (or wrote and
+    /// did not pass on) before that has reached every holder, it is catching up.
+    fn watch_restart(&mut self, n: u32) {
+        let label = self.label(n);
+        let before = self.recorder.convergence.len();
+        let stores: BTreeSet<String> = self
+            .pending
+            .keys()
+            .filter(|store| self.missed(n, &label, store, before) > 0)
+            .cloned()
+            .collect();
+        let missed = stores
+            .iter()
+            .map(|store| self.missed(n, &label, store, before))
+            .sum();
+        let record = self.recorder.restarts.len();
+        self.recorder.restarts.push(RestartRecord {
+            device: label.clone(),
+            powered_on_us: self.now,
+            missed,
+            caught_up_us: stores.is_empty().then_some(self.now),
+        });
+        if !stores.is_empty() {
+            self.watches.push(RestartWatch {
+                record,
+                device: n,
+                label,
+                before,
+                stores,
+            });
+        }
+    }
+
+    /// Data of `store` arrived somewhere: restarted devices waiting on it may be done.
+    fn check_restarts(&mut self, store: &str) {
+        let now = self.now;
+        let mut watches = std::mem::take(&mut self.watches);
+        watches.retain_mut(|w| {
+            if w.stores.contains(store) && self.missed(w.device, &w.label, store, w.before) == 0 {
+                w.stores.remove(store);
+            }
+            if w.stores.is_empty() {
+                if let Some(r) = self.recorder.restarts.get_mut(w.record) {
+                    r.caught_up_us = Some(now);
+                }
+                return false;
+            }
+            true
+        });
+        self.watches = watches;
     }
 
     /// Should the link between `a` and `b` be up: both online and no rule cutting it?
@@ -1039,12 +1144,18 @@ impl World {
                 let up = self.links.get(&(a, b)).is_some_and(|l| l.up);
                 if want && !up {
                     self.link_up(a, b);
-                } else if !want && up {
+                } else if !want && up && !self.unnoticed(a) && !self.unnoticed(b) {
                     self.link_down(a, b);
                 }
             }
             a += 1;
         }
+    }
+
+    /// Is `i` down after a crash that the others have not noticed yet?
+    fn unnoticed(&self, i: u32) -> bool {
+        let node = self.node(i);
+        !node.powered && self.now < node.unnoticed_until
     }
 
     fn link_up(&mut self, a: u32, b: u32) {
@@ -1284,22 +1395,54 @@ impl World {
             Event::Power(i, on) => {
                 if let Some(node) = self.nodes.get_mut(i as usize) {
                     node.powered = on;
+                    node.unnoticed_until = 0;
                     if on {
                         // A reboot: the engine starts afresh; the stores are on disk.
                         node.engine = Engine::new(sync::Config::default());
                         node.timer = None;
                     }
                 }
+                if on {
+                    // Links the others still hold open after a crash: the device
+                    // dials again and is admitted afresh on a new connection; what
+                    // was in flight on the old one is lost.
+                    let stale: Vec<u32> = self
+                        .links
+                        .iter()
+                        .filter(|&(&(a, b), l)| l.up && (a == i || b == i))
+                        .map(|(&(a, b), _)| if a == i { b } else { a })
+                        .collect();
+                    for other in stale {
+                        self.link_up(i, other);
+                    }
+                    self.watch_restart(i);
+                }
+                self.reconnect();
+            }
+            Event::Crash(i, detect) => {
+                let now = self.now;
+                if let Some(node) = self.nodes.get_mut(i as usize) {
+                    // Its memory is gone; its stores are on disk. The others are not
+                    // told: their links to it stay open until they notice.
+                    node.powered = false;
+                    node.unnoticed_until = now + detect;
+                    node.engine = Engine::new(sync::Config::default());
+                    node.timer = None;
+                    node.connections.clear();
+                    node.admitted.clear();
+                }
+                self.schedule(now + detect, Event::Reconnect);
                 self.reconnect();
             }
         }
     }
 
     fn deliver(&mut self, from: u32, to: u32, epoch: u64, payload: Payload) {
-        if !self
-            .links
-            .get(&pair(from, to))
-            .is_some_and(|l| l.up && l.epoch == epoch)
+        if !self.node(to).powered
+            || !self
+                .links
+                .get(&pair(from, to))
+                .is_some_and(|l| l.up && l.epoch == epoch)
         {
             self.recorder.lost_on_cut += 1;
             return;
