@@ -3,6 +3,9 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod restart;
+
 /// A small seeded generator (xorshift64*), so that randomized tests replay exactly from
 /// the seed they print.
 #[derive(Debug, Clone)]

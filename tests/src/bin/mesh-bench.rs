@@ -27,97 +27,14 @@
     clippy::cast_sign_loss
 )]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hearth_tests::cli::{LOOPBACK_MESH, RunningNode, init, json_ok, start_with, stop};
+use hearth_tests::api::Api;
+use hearth_tests::cli::{LOOPBACK_MESH, init, json_ok, start_with, stop};
 use serde_json::{Value, json};
-
-/// One node's API.
-struct Api {
-    agent: ureq::Agent,
-    base: String,
-    auth: String,
-}
-
-impl Api {
-    fn new(dir: &Path, node: &RunningNode) -> Self {
-        let key = std::fs::read_to_string(dir.join("api.key")).unwrap();
-        Self {
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into(),
-            base: format!("http://{}", node.addr),
-            auth: format!("Bearer {}", key.trim()),
-        }
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .header("Authorization", &self.auth)
-            .call()
-            .unwrap();
-        let text = response.body_mut().read_to_string().unwrap();
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-
-    fn send(&self, method: &str, path: &str, body: &Value) -> Value {
-        let url = format!("{}{path}", self.base);
-        let body = serde_json::to_vec(body).unwrap();
-        let request = match method {
-            "PUT" => self.agent.put(url),
-            _ => self.agent.post(url),
-        };
-        let mut response = request
-            .header("Authorization", &self.auth)
-            .content_type("application/json")
-            .send(&body[..])
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
-        assert!(status < 300, "{method} {path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-
-    /// The `data:` lines of a store's tail, as they arrive.
-    fn tail(&self, store: &str) -> mpsc::Receiver<(Instant, String)> {
-        let response = self
-            .agent
-            .get(format!("{}/v1/stores/{store}/tail", self.base))
-            .header("Authorization", &self.auth)
-            .call()
-            .unwrap();
-        let (tx, rx) = mpsc::sync_channel(65_536);
-        std::thread::spawn(move || {
-            let reader = BufReader::new(response.into_body().into_reader());
-            for line in reader.lines() {
-                let Ok(line) = line else { return };
-                if let Some(data) = line.strip_prefix("data:")
-                    && tx.send((Instant::now(), data.trim().to_owned())).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        rx
-    }
-
-    fn peer_connected(&self, name: &str) -> bool {
-        self.get("/v1/status")["peers"]
-            .as_array()
-            .is_some_and(|peers| {
-                peers
-                    .iter()
-                    .any(|p| p["name"] == name && p["connected"] == true)
-            })
-    }
-}
 
 fn wait(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
