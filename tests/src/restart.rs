@@ -45,6 +45,8 @@ pub enum Restart {
 /// What one round measured, from the (last) restarted node's process start.
 #[derive(Debug, Clone, Copy)]
 pub struct Round {
+    /// Until the restarted node's API listens (the floor: process start).
+    pub listening: Duration,
     /// Until the restarted device lists the other holder as connected.
     pub admitted: Duration,
     /// Until both holders have every reading written so far.
@@ -276,6 +278,7 @@ impl Mesh {
                 started
             }
         };
+        let listening = started.elapsed();
         let (restarted, other) = match restart {
             Restart::Home => (&self.home, &self.phone),
             Restart::Phone | Restart::Both => (&self.phone, &self.home),
@@ -302,6 +305,7 @@ impl Mesh {
         };
         self.settle();
         Round {
+            listening,
             admitted: admitted.unwrap_or(caught_up),
             caught_up,
         }
