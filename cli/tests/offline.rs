@@ -533,6 +533,64 @@ fn bad_input_is_refused_with_the_right_code_and_no_change() {
         3,
         "expired",
     );
-    let shown = env.ok_json(&["--data-dir", "home", "--json", "cap", "show", "old.cap"]);
+    // Shown for what it claims, and refused for scripts.
+    let out = env.hearth(&["--data-dir", "home", "--json", "cap", "show", "old.cap"]);
+    assert_eq!(out.status.code(), Some(3));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["valid"], false);
+    assert_eq!(shown["expired"], true);
+    assert_eq!(shown["skew_allowance_ms"], Value::Null);
+    let out = env.hearth(&["--data-dir", "home", "cap", "show", "old.cap"]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Expired at 2001-09-10T01:46:40Z"), "{text}");
+    assert!(text.contains("NOT VALID"), "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("expired"), "{stderr}");
+}
+
+#[test]
+fn a_capability_just_past_its_expiry_is_shown_expired_with_the_skew_allowance() {
+    let env = Env::new();
+    env.ok_json(&["--data-dir", "home", "--json", "init", "--name", "home"]);
+    let owner = OwnerKey::read(&env.path("home/owner.key")).unwrap();
+    let holder = OwnerKey::from_seed([7; 32]).public();
+    let now = UnixMillis::from_system_time(std::time::SystemTime::now());
+    let capability = |expires: UnixMillis| {
+        Capability {
+            issuer: owner.public(),
+            audience: holder,
+            parent: None,
+            grants: vec![Grant::new(
+                Resource::Store("location".into()),
+                Actions::READ,
+            )],
+            not_before: now.saturating_sub(std::time::Duration::from_secs(3600)),
+            expires,
+            nonce: [1; 16],
+        }
+        .sign(owner.secret())
+        .unwrap()
+    };
+    // Expired 20 s ago: devices allow 60 s of clock skew, so they still accept it.
+    let recent = capability(now.saturating_sub(std::time::Duration::from_secs(20)));
+    std::fs::write(env.path("recent.cap"), Chain::root(recent).to_text()).unwrap();
+    let shown = env.ok_json(&["--data-dir", "home", "--json", "cap", "show", "recent.cap"]);
+    assert_eq!(shown["valid"], true);
+    assert_eq!(shown["expired"], true);
+    let grace = shown["skew_allowance_ms"].as_u64().unwrap();
+    assert!((1..=40_000).contains(&grace), "{grace}");
+    let out = env.hearth(&["--data-dir", "home", "cap", "show", "recent.cap"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Expired at"), "{text}");
+    assert!(text.contains("Devices still accept it for"), "{text}");
+    // Not expired: says when it will.
+    let live = capability(now.saturating_add(std::time::Duration::from_secs(86_400)));
+    std::fs::write(env.path("live.cap"), Chain::root(live).to_text()).unwrap();
+    let shown = env.ok_json(&["--data-dir", "home", "--json", "cap", "show", "live.cap"]);
+    assert_eq!(shown["expired"], false);
+    let out = env.hearth(&["--data-dir", "home", "cap", "show", "live.cap"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Expires at"));
 }

@@ -124,10 +124,91 @@ fn verify(owner: PublicKey, chain: &Chain, at: UnixMillis) -> std::result::Resul
         .map(|_| ())
 }
 
+/// Where a capability stands in time at `now`: the window every link allows, and the
+/// clock skew devices allow on either side of it.
+struct Window {
+    not_before: UnixMillis,
+    expires: UnixMillis,
+    skew: Duration,
+    now: UnixMillis,
+}
+
+impl Window {
+    fn of(chain: &Chain, now: UnixMillis) -> Self {
+        let links = chain.links();
+        let not_before = links.iter().map(|l| l.capability().not_before).max();
+        let expires = links.iter().map(|l| l.capability().expires).min();
+        Self {
+            not_before: not_before.unwrap_or(UnixMillis(0)),
+            expires: expires.unwrap_or(UnixMillis(0)),
+            skew: VerifierConfig::default().clock_skew,
+            now,
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.now >= self.expires
+    }
+
+    fn early(&self) -> bool {
+        self.now < self.not_before
+    }
+
+    /// While past its window by this clock, how much longer devices still accept it.
+    fn grace(&self) -> Option<Duration> {
+        let until = if self.expired() {
+            self.expires.saturating_add(self.skew)
+        } else if self.early() {
+            return (self.now >= self.not_before.saturating_sub(self.skew))
+                .then(|| Duration::from_millis(self.not_before.0 - self.now.0));
+        } else {
+            return None;
+        };
+        (self.now < until).then(|| Duration::from_millis(until.0 - self.now.0))
+    }
+
+    fn describe(&self) -> String {
+        let ago = |t: UnixMillis| humantime::format_duration(whole(self.now.0.saturating_sub(t.0)));
+        let in_ = |t: UnixMillis| humantime::format_duration(whole(t.0.saturating_sub(self.now.0)));
+        let skew = humantime::format_duration(self.skew);
+        if self.expired() {
+            let mut text = format!("Expired at {} ({} ago).", self.expires, ago(self.expires));
+            if let Some(grace) = self.grace() {
+                text.push_str(&format!(
+                    " Devices still accept it for {} more: they allow {skew} of clock skew.",
+                    humantime::format_duration(whole(grace.as_millis() as u64))
+                ));
+            }
+            text
+        } else if self.early() {
+            let mut text = format!(
+                "Not valid yet: valid from {} (in {}).",
+                self.not_before,
+                in_(self.not_before)
+            );
+            if self.grace().is_some() {
+                text.push_str(&format!(
+                    " Devices accept it already: they allow {skew} of clock skew."
+                ));
+            }
+            text
+        } else {
+            format!("Expires at {} (in {}).", self.expires, in_(self.expires))
+        }
+    }
+}
+
+/// Milliseconds as a duration rounded to whole seconds (for people).
+fn whole(ms: u64) -> Duration {
+    Duration::from_secs(ms.div_ceil(1000))
+}
+
 fn show(dir: &DataDir, path: &Path, out: &mut Output) -> Result<()> {
     let chain = read_chain(path)?;
     let (owner, from_mesh) = owner_for(dir, &chain);
-    let status = verify(owner, &chain, now());
+    let at = now();
+    let status = verify(owner, &chain, at);
+    let window = Window::of(&chain, at);
     let scope = if from_mesh {
         "against this mesh's owner"
     } else {
@@ -162,6 +243,8 @@ fn show(dir: &DataDir, path: &Path, out: &mut Output) -> Result<()> {
                     text.push_str(&format!("    - {}\n", grant.describe()));
                 }
             }
+            text.push_str(&window.describe());
+            text.push('\n');
             match &status {
                 Ok(()) => text.push_str(&format!("Valid now, checked {scope}.\n")),
                 Err(err) => text.push_str(&format!("NOT VALID, checked {scope}: {err}.\n")),
@@ -174,12 +257,18 @@ fn show(dir: &DataDir, path: &Path, out: &mut Output) -> Result<()> {
                 "holder": chain.leaf().capability().audience.to_string(),
                 "valid": status.is_ok(),
                 "error": status.as_ref().err().map(ToString::to_string),
+                "expired": window.expired(),
+                "not_yet_valid": window.early(),
+                "not_before": window.not_before.0,
+                "expires": window.expires.0,
+                "skew_allowance_ms": window.grace().map(|d| d.as_millis() as u64),
                 "checked_against_mesh": from_mesh,
                 "capability": chain_json(&chain),
             })
         },
     );
-    Ok(())
+    // Rendered either way; a capability that does not verify is a refusal for scripts.
+    status.map_err(CliError::refused)
 }
 
 fn delegate(dir: &DataDir, args: DelegateArgs, out: &mut Output) -> Result<()> {
