@@ -154,17 +154,18 @@ impl Window {
         self.now < self.not_before
     }
 
-    /// While past its window by this clock, how much longer devices still accept it.
-    fn grace(&self) -> Option<Duration> {
-        let until = if self.expired() {
-            self.expires.saturating_add(self.skew)
+    /// While outside its window by this clock but inside the skew devices allow: for how
+    /// many more milliseconds devices accept it (expired), or since when (not yet valid).
+    fn grace_ms(&self) -> Option<u64> {
+        if self.expired() {
+            let until = self.expires.saturating_add(self.skew);
+            (self.now < until).then(|| until.0 - self.now.0)
         } else if self.early() {
-            return (self.now >= self.not_before.saturating_sub(self.skew))
-                .then(|| Duration::from_millis(self.not_before.0 - self.now.0));
+            (self.now >= self.not_before.saturating_sub(self.skew))
+                .then(|| self.not_before.0 - self.now.0)
         } else {
-            return None;
-        };
-        (self.now < until).then(|| Duration::from_millis(until.0 - self.now.0))
+            None
+        }
     }
 
     fn describe(&self) -> String {
@@ -173,10 +174,10 @@ impl Window {
         let skew = humantime::format_duration(self.skew);
         if self.expired() {
             let mut text = format!("Expired at {} ({} ago).", self.expires, ago(self.expires));
-            if let Some(grace) = self.grace() {
+            if let Some(grace) = self.grace_ms() {
                 text.push_str(&format!(
                     " Devices still accept it for {} more: they allow {skew} of clock skew.",
-                    humantime::format_duration(whole(grace.as_millis() as u64))
+                    humantime::format_duration(whole(grace))
                 ));
             }
             text
@@ -186,7 +187,7 @@ impl Window {
                 self.not_before,
                 in_(self.not_before)
             );
-            if self.grace().is_some() {
+            if self.grace_ms().is_some() {
                 text.push_str(&format!(
                     " Devices accept it already: they allow {skew} of clock skew."
                 ));
@@ -261,7 +262,7 @@ fn show(dir: &DataDir, path: &Path, out: &mut Output) -> Result<()> {
                 "not_yet_valid": window.early(),
                 "not_before": window.not_before.0,
                 "expires": window.expires.0,
-                "skew_allowance_ms": window.grace().map(|d| d.as_millis() as u64),
+                "skew_allowance_ms": window.grace_ms(),
                 "checked_against_mesh": from_mesh,
                 "capability": chain_json(&chain),
             })
