@@ -1091,6 +1091,12 @@ impl World {
         }
     }
 
+    /// Device `n` went down again: if it was still catching up, it did not (its record
+    /// keeps no catch-up time).
+    fn stop_watching(&mut self, n: u32) {
+        self.watches.retain(|w| w.device != n);
+    }
+
     /// Data of `store` arrived somewhere: restarted devices waiting on it may be done.
     fn check_restarts(&mut self, store: &str) {
         let now = self.now;
@@ -1393,16 +1399,20 @@ impl World {
                 }
             }
             Event::Power(i, on) => {
+                let was = self.nodes.get(i as usize).is_some_and(|n| n.powered);
                 if let Some(node) = self.nodes.get_mut(i as usize) {
                     node.powered = on;
                     node.unnoticed_until = 0;
-                    if on {
+                    if on && !was {
                         // A reboot: the engine starts afresh; the stores are on disk.
                         node.engine = Engine::new(sync::Config::default());
                         node.timer = None;
                     }
                 }
-                if on {
+                if !on {
+                    self.stop_watching(i);
+                }
+                if on && !was {
                     // Links the others still hold open after a crash: the device
                     // dials again and is admitted afresh on a new connection; what
                     // was in flight on the old one is lost.
@@ -1413,13 +1423,19 @@ impl World {
                         .map(|(&(a, b), _)| if a == i { b } else { a })
                         .collect();
                     for other in stale {
-                        self.link_up(i, other);
+                        if self.wanted(i, other) {
+                            self.link_up(i, other);
+                        } else {
+                            // Cut meanwhile (a partition began while it was down).
+                            self.link_down(i, other);
+                        }
                     }
                     self.watch_restart(i);
                 }
                 self.reconnect();
             }
             Event::Crash(i, detect) => {
+                self.stop_watching(i);
                 let now = self.now;
                 if let Some(node) = self.nodes.get_mut(i as usize) {
                     // Its memory is gone; its stores are on disk. The others are not

@@ -27,15 +27,16 @@ use automerge::sync::SyncDoc as _;
 use automerge::transaction::Transactable as _;
 use automerge::{AutoCommit, ROOT};
 use hearth_protocol::sync::{
-    Config, Digest, Engine, Event, Replica, ReplicaError, StoreKind, StoreRef, SyncMessage,
-    SyncState, Unit, UnitHeads,
+    Config, Digest, Engine, Event, Message, Replica, ReplicaError, StoreKind, StoreRef,
+    SyncMessage, SyncState, Unit, UnitHeads,
 };
 use hearth_protocol::time::UnixMillis;
 
-/// The stores of one device: kv stores, one automerge document each. Every device
-/// shares every store it holds with every peer, and accepts every store offered.
+/// The stores of one device: kv stores, one automerge document each, and the stores it
+/// refuses to hold. Every device shares every store it holds with every peer, and
+/// accepts every store offered but those it refuses.
 #[derive(Default)]
-struct Stores(BTreeMap<String, AutoCommit>);
+struct Stores(BTreeMap<String, AutoCommit>, BTreeSet<String>);
 
 fn store_ref(id: &str) -> StoreRef {
     StoreRef {
@@ -63,6 +64,9 @@ impl Replica<usize> for Stores {
         self.0.keys().map(|id| store_ref(id)).collect()
     }
     fn accept(&mut self, _: &usize, store: &StoreRef) -> bool {
+        if self.1.contains(&store.id) {
+            return false;
+        }
         self.0.entry(store.id.clone()).or_default();
         true
     }
@@ -130,6 +134,8 @@ struct World {
     dead: BTreeMap<(usize, usize), u32>,
     /// Messages lost so far.
     lost: u32,
+    /// Stores offered (listed in a `Digests`) so far: (from, to, store) -> times.
+    offered: BTreeMap<(usize, usize, String), u32>,
     writes: u64,
 }
 
@@ -150,6 +156,7 @@ impl World {
             seq: 0,
             dead: BTreeMap::new(),
             lost: 0,
+            offered: BTreeMap::new(),
             writes: 0,
         };
         // Device 0 makes the stores; the others get them by sync.
@@ -193,6 +200,11 @@ impl World {
             }
         }
         for (to, bytes) in out {
+            if let Ok(Message::Digests(entries)) = Message::decode(&bytes) {
+                for (store, _, _) in entries {
+                    *self.offered.entry((i, to, store.id)).or_default() += 1;
+                }
+            }
             let dead = self.dead.entry((i, to)).or_default();
             if *dead > 0 || self.devices[to].engine.is_none() {
                 *dead = dead.saturating_sub(1);
@@ -203,6 +215,16 @@ impl World {
             self.wire
                 .insert((self.now + LATENCY_MS, self.seq), (i, to, bytes));
         }
+    }
+
+    /// Does device `i` hold the write named `key` in `store`?
+    fn holds(&self, i: usize, store: &str, key: &str) -> bool {
+        self.devices[i].stores.0.get(store).is_some_and(|doc| {
+            automerge::ReadDoc::get(doc, ROOT, key)
+                .ok()
+                .flatten()
+                .is_some()
+        })
     }
 
     /// A write on device `i`, pushed as a node pushes it.
@@ -383,6 +405,49 @@ fn a_lost_push_is_repaired_without_another_write() {
     let took = world.converge(CATCH_UP);
     assert!(took.is_some(), "the lost push was never repaired");
     world.assert_quiet(0);
+}
+
+#[test]
+fn a_lost_push_is_repaired_while_the_writer_never_pauses() {
+    // A sensor writing every 100 ms; one push is lost, and so are the receiver's first
+    // answers (its repair round among them). The writer never stops, so the store is
+    // never quiet: the repair must not wait for a pause.
+    let mut world = settled(2);
+    world.dead.insert((0, 1), 1);
+    world.dead.insert((1, 0), 3);
+    world.write(0, "steps");
+    let lost = format!("w{}", world.writes);
+    let start = world.now;
+    while !world.holds(1, "steps", &lost) {
+        assert!(
+            world.now - start < 5_000,
+            "the lost write never reached the other device while writes went on"
+        );
+        world.write(0, "steps");
+        world.run_until(world.now + 100);
+    }
+}
+
+#[test]
+fn writes_to_a_store_the_peer_refuses_do_not_make_it_offered_more_often() {
+    // The peer refuses the store (its placement does not hold it yet, say): the offers
+    // back off, 2 s doubling to 60 s, however often the store is written.
+    let mut world = World::new(2);
+    world.devices[1].stores.1.insert("private".to_owned());
+    world.devices[0]
+        .stores
+        .0
+        .insert("private".to_owned(), AutoCommit::new().with_actor(actor(0)));
+    world.run_until(world.now + 1_000);
+    let start = world.now;
+    while world.now - start < 120_000 {
+        world.write(0, "private");
+        world.run_until(world.now + 100);
+    }
+    let offers = world.offered[&(0, 1, "private".to_owned())];
+    // 2 + 4 + 8 + 16 + 32 + 60 s: seven offers in two minutes, with the first.
+    assert!(offers <= 8, "offered {offers} times in two minutes");
+    assert!(!world.devices[1].stores.0.contains_key("private"));
 }
 
 #[test]

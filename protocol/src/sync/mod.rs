@@ -257,6 +257,8 @@ struct PeerStore {
     active: UnixMillis,
     /// Last message about this store from the peer.
     heard: UnixMillis,
+    /// Since when a due comparison has been put off because the store was busy.
+    busy_since: Option<UnixMillis>,
 }
 
 impl PeerStore {
@@ -271,12 +273,30 @@ impl PeerStore {
             backoff: config.retry,
             active: now,
             heard: now,
+            busy_since: None,
         }
     }
 
     /// Compares the store again at `at` at the latest.
     fn arm(&mut self, at: UnixMillis) {
         self.due = Some(self.due.map_or(at, |d| d.min(at)));
+    }
+
+    /// Compares the store again soon (at `at`), unless the peer has never confirmed
+    /// anything of it: then the comparison already due (offers backing off) stands, so
+    /// that writes to a store the peer does not take cannot make it offer more often.
+    fn arm_soon(&mut self, at: UnixMillis) {
+        if self.confirmed.is_some() || self.due.is_none() {
+            self.arm(at);
+        }
+    }
+
+    /// The peer confirmed our digest: nothing is due, and the next repair starts from
+    /// the first delay again.
+    fn settled(&mut self, retry: Duration) {
+        self.due = None;
+        self.busy_since = None;
+        self.backoff = retry;
     }
 }
 
@@ -444,7 +464,7 @@ impl<P: Ord + Clone> Engine<P> {
         for p in self.peers.values_mut() {
             if let Some(s) = p.stores.get_mut(store) {
                 s.expected = None;
-                s.arm(at);
+                s.arm_soon(at);
             }
         }
     }
@@ -507,7 +527,7 @@ impl<P: Ord + Clone> Engine<P> {
             } else {
                 // Behind, unknown or congested: the catch-up comparison sends it.
                 s.expected = None;
-                s.arm(now.saturating_add(settle));
+                s.arm_soon(now.saturating_add(settle));
             }
         }
     }
@@ -609,7 +629,7 @@ impl<P: Ord + Clone> Engine<P> {
                     s.heard = now;
                     s.told = None;
                     s.expected = None;
-                    s.due = None;
+                    s.settled(config.retry);
                 }
             }
             return;
@@ -647,6 +667,7 @@ impl<P: Ord + Clone> Engine<P> {
         replica: &mut impl Replica<P>,
     ) {
         let settle = self.config.settle;
+        let retry = self.config.retry;
         for (store, digest, records) in entries {
             let known = self
                 .peers
@@ -678,7 +699,7 @@ impl<P: Ord + Clone> Engine<P> {
             if digest != ours {
                 self.send_units(now, peer, &store.id, replica);
             } else {
-                s.due = None;
+                s.settled(retry);
                 // Our own digest, sent just now, is crossing this one: the peer will
                 // see that we agree. Otherwise (nothing sent, or sent long ago and
                 // perhaps lost) it has not heard that we agree.
@@ -879,15 +900,19 @@ impl<P: Ord + Clone> Engine<P> {
             let records = replica.records(store);
             let same = replica.digest(store).ok() == Some(theirs);
             let settle = self.config.settle;
+            let retry = self.config.retry;
             if let Some(s) = self.peer_store(peer, store) {
                 if same {
                     // The push says what the sender holds with it: we now hold the same.
                     s.confirmed = Some((theirs, records));
-                    s.due = None;
+                    s.settled(retry);
                 } else {
                     // An earlier push was lost, or one side holds what the other lacks:
-                    // this side compares too, even while the sender keeps writing.
-                    s.arm(now.saturating_add(settle));
+                    // the push says what the sender holds now (its record count comes
+                    // with its next answer), and this side compares too, even while
+                    // the sender keeps writing.
+                    s.confirmed = Some((theirs, s.confirmed.map_or(0, |(_, records)| records)));
+                    s.arm_soon(now.saturating_add(settle));
                 }
             }
         }
@@ -923,7 +948,7 @@ impl<P: Ord + Clone> Engine<P> {
             if let Some(s) = p.stores.get_mut(store) {
                 s.expected = None;
                 let at = now.saturating_add(settle);
-                s.arm(at);
+                s.arm_soon(at);
             }
         }
     }
@@ -967,10 +992,9 @@ impl<P: Ord + Clone> Engine<P> {
             s.expected = None;
         }
         if Some(digest) == ours {
-            s.due = None;
+            s.settled(retry);
             s.units_sent = false;
             s.syncs.clear();
-            s.backoff = retry;
         } else {
             let at = now.saturating_add(settle);
             s.due = Some(s.due.map_or(at, |d| d.max(at)));
@@ -1023,29 +1047,30 @@ impl<P: Ord + Clone> Engine<P> {
 
     /// Compares again every store whose time came and that still differs.
     pub fn handle_timeout(&mut self, now: UnixMillis, replica: &mut impl Replica<P>) {
-        let mut due: Vec<(P, String)> = Vec::new();
+        let due: Vec<(P, String)> = self
+            .peers
+            .iter()
+            .flat_map(|(peer, p)| {
+                p.stores
+                    .iter()
+                    .filter(|(_, s)| s.due.is_some_and(|at| at <= now))
+                    .map(|(store, _)| (peer.clone(), store.clone()))
+            })
+            .collect();
         let settle = self.config.settle;
-        for (peer, p) in &mut self.peers {
-            for (store, s) in &mut p.stores {
-                let Some(at) = s.due else { continue };
-                if at > now {
-                    continue;
-                }
-                // Still busy: wait until the store has been quiet for `settle`.
-                let quiet = s.active.saturating_add(settle);
-                if quiet > now && s.units_sent {
-                    s.due = Some(quiet);
-                    continue;
-                }
-                due.push((peer.clone(), store.clone()));
-            }
-        }
+        let retry = self.config.retry;
         let max_retry = self.config.max_retry;
+        let mut offers: BTreeMap<P, Vec<(String, Digest)>> = BTreeMap::new();
         for (peer, store) in due {
             let ours = match replica.digest(&store) {
                 Ok(digest) => digest,
                 Err(err) => {
                     self.local_error(&store, &err);
+                    // Try again later, not at once (the error would repeat).
+                    if let Some(s) = self.peer_store(&peer, &store) {
+                        s.due = Some(now.saturating_add(s.backoff));
+                        s.backoff = (s.backoff * 2).min(max_retry);
+                    }
                     continue;
                 }
             };
@@ -1055,68 +1080,93 @@ impl<P: Ord + Clone> Engine<P> {
             // Only what the peer confirmed counts: an expected digest may rest on a
             // push that was lost.
             if s.confirmed.map(|(d, _)| d) == Some(ours) {
-                s.due = None;
+                s.settled(retry);
                 continue;
             }
-            // Every write was pushed and the peer is answering: its answers are on
-            // their way (a writer faster than the round trip is never confirmed
-            // exactly). Once it falls silent, the round below runs.
-            let answering = s.heard.saturating_add(settle);
-            if s.expected == Some(ours) && answering > now {
-                s.due = Some(answering);
-                continue;
+            // Still busy: a round whose messages are still moving, or every write
+            // pushed and the peer answering (a writer faster than the round trip is
+            // never confirmed exactly). Wait until it has been quiet for `settle`, but
+            // not longer than the backoff: a writer that never pauses must not hold
+            // the repair off for ever.
+            let quiet = if s.units_sent {
+                s.active.saturating_add(settle)
+            } else {
+                UnixMillis(0)
+            };
+            let answering = if s.expected == Some(ours) {
+                s.heard.saturating_add(settle)
+            } else {
+                UnixMillis(0)
+            };
+            let busy = quiet.max(answering);
+            if busy > now {
+                let limit = s.busy_since.get_or_insert(now).saturating_add(s.backoff);
+                if now < limit {
+                    s.due = Some(busy.min(limit));
+                    continue;
+                }
             }
             // A new round: what was in flight may be lost.
-            let offer = s.confirmed.is_none();
+            s.busy_since = None;
             s.syncs.clear();
             s.units_sent = false;
             s.expected = None;
             let backoff = s.backoff;
             s.backoff = (backoff * 2).min(max_retry);
-            if offer {
+            s.due = Some(now.saturating_add(backoff));
+            if s.confirmed.is_none() {
                 // The peer never said what it holds of this store (its summary or
                 // digests, or ours, were lost; or it lacks the store): offer it again,
                 // as the digests after a summary do.
-                self.offer(now, &peer, &store, ours, replica);
+                offers.entry(peer).or_default().push((store, ours));
             } else {
                 self.send_units(now, &peer, &store, replica);
+                if let Some(s) = self.peer_store(&peer, &store) {
+                    s.due = Some(now.saturating_add(backoff));
+                }
             }
-            if let Some(s) = self.peer_store(&peer, &store) {
-                s.due = Some(now.saturating_add(backoff));
-            }
+        }
+        for (peer, stores) in offers {
+            self.offer(now, &peer, stores, replica);
         }
     }
 
-    /// Sends `peer` the digest of `store` (and what it needs to create a replica), if
-    /// the store is still shared with it; forgets the store for the peer otherwise.
+    /// Sends `peer` the digests of `stores` (and what it needs to create a replica of
+    /// each), in as few messages as it accepts; forgets those no longer shared with it.
     fn offer(
         &mut self,
         now: UnixMillis,
         peer: &P,
-        store: &str,
-        digest: Digest,
+        stores: Vec<(String, Digest)>,
         replica: &mut impl Replica<P>,
     ) {
-        let Some(shared) = replica
+        let shared: BTreeMap<String, StoreRef> = replica
             .shared_with(peer)
             .into_iter()
-            .find(|s| s.id == store)
-        else {
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.stores.remove(store);
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let mut entries = Vec::with_capacity(stores.len());
+        for (id, digest) in stores {
+            let Some(store) = shared.get(&id) else {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.stores.remove(&id);
+                }
+                continue;
+            };
+            let records = replica.records(&id);
+            if let Some(s) = self.peer_store(peer, &id) {
+                s.told = Some((digest, now));
+                s.active = now;
             }
-            return;
-        };
-        let records = replica.records(store);
-        if let Some(s) = self.peer_store(peer, store) {
-            s.told = Some((digest, now));
-            s.active = now;
+            entries.push((store.clone(), digest, records));
         }
-        self.send(
-            peer,
-            &Message::Digests(vec![(shared, digest, records)]),
-            false,
-        );
+        let per_message = self
+            .config
+            .max_stores_per_message
+            .clamp(1, message::MAX_STORES);
+        for part in entries.chunks(per_message) {
+            self.send(peer, &Message::Digests(part.to_vec()), false);
+        }
     }
 
     /// Queues `message` for `peer`. A droppable message is not queued when the peer's
