@@ -1063,16 +1063,14 @@ impl World {
     fn watch_restart(&mut self, n: u32) {
         let label = self.label(n);
         let before = self.recorder.convergence.len();
-        let stores: BTreeSet<String> = self
+        let counts: Vec<(String, usize)> = self
             .pending
             .keys()
-            .filter(|store| self.missed(n, &label, store, before) > 0)
-            .cloned()
+            .map(|store| (store.clone(), self.missed(n, &label, store, before)))
+            .filter(|(_, missed)| *missed > 0)
             .collect();
-        let missed = stores
-            .iter()
-            .map(|store| self.missed(n, &label, store, before))
-            .sum();
+        let missed = counts.iter().map(|(_, missed)| missed).sum();
+        let stores: BTreeSet<String> = counts.into_iter().map(|(store, _)| store).collect();
         let record = self.recorder.restarts.len();
         self.recorder.restarts.push(RestartRecord {
             device: label.clone(),

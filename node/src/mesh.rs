@@ -2089,8 +2089,10 @@ impl MeshLoop {
             let retry = self.bootstrap_retry.entry(addr.to_string()).or_default();
             if connected {
                 *retry = Backoff::default();
-            } else if retry.due(now) {
-                let _ = self.swarm.dial(addr);
+            } else if retry.due(now)
+                && let Err(err) = self.swarm.dial(addr.clone())
+            {
+                tracing::warn!(%addr, error = %err, "cannot dial a bootstrap address");
             }
         }
     }
