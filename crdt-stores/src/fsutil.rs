@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// Replaces `path` with `bytes` atomically: write a temporary file, fsync it, rename
 /// it over the old one, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;

@@ -32,7 +32,7 @@ mod automerge_json;
 pub mod backend;
 mod error;
 mod frame;
-mod fsutil;
+pub mod fsutil;
 mod pipeline;
 pub mod query;
 mod reading;

@@ -13,7 +13,6 @@ use std::sync::{Arc, RwLock};
 
 use automerge::ActorId;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::backend::BackendKind;
 use crate::error::StoreError;
@@ -182,12 +181,7 @@ impl Stores {
             return Err(StoreError::Exists(name.to_owned()));
         }
         let created = (self.config.clock)();
-        let mut hasher = Sha256::new();
-        hasher.update(self.config.actor);
-        hasher.update(name.as_bytes());
-        hasher.update(created.to_be_bytes());
-        let digest: [u8; 32] = hasher.finalize().into();
-        let id = hex::encode(&digest[..16]);
+        let id = hearth_protocol::sync::authority::store_id(&self.config.actor, name, created);
         let meta = StoreMeta {
             name: name.to_owned(),
             id,

@@ -9,9 +9,10 @@ use crate::store::{Kind, Store, StoreMeta};
 
 /// Who holds which store: the placement policy, as the sync engine asks it.
 pub trait Placement<P> {
-    /// Should `peer` hold a replica of `store`, which this device holds?
+    /// May `peer` hold a replica of `store`? Nothing of a store is sent to a peer, or
+    /// taken from it, unless this is true.
     fn peer_holds(&self, peer: &P, store: &StoreRef) -> bool;
-    /// Should this device hold `store`, which `peer` holds?
+    /// Should this device hold `store`, which `peer` offers?
     fn we_hold(&self, peer: &P, store: &StoreRef) -> bool;
 }
 
@@ -80,7 +81,9 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
     }
 
     fn accept(&mut self, peer: &P, store: &StoreRef) -> bool {
-        if !self.placement.we_hold(peer, store) {
+        // Both: a peer the placement does not name is served nothing of the store and
+        // has nothing of it applied, whatever it offers.
+        if !self.placement.peer_holds(peer, store) || !self.placement.we_hold(peer, store) {
             return false;
         }
         if self.stores.get_by_id(&store.id).is_some() {

@@ -164,7 +164,7 @@ impl World {
                     Event::LocalError { store, reason } => {
                         panic!("node {i} store {store}: {reason}")
                     }
-                    Event::Received { .. } | Event::Sent { .. } => {}
+                    Event::Received { .. } | Event::Sent { .. } | Event::Unshared { .. } => {}
                 }
             }
             if !moved {

@@ -981,7 +981,7 @@ impl World {
                         self.link_down(i, peer);
                     }
                     sync::Event::LocalError { .. } => self.recorder.local_errors += 1,
-                    sync::Event::Sent { .. } => {}
+                    sync::Event::Sent { .. } | sync::Event::Unshared { .. } => {}
                 }
             }
         }

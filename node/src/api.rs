@@ -268,7 +268,7 @@ fn store_status(
     let listing = node
         .catalogue
         .as_ref()
-        .and_then(|c| crate::catalogue::read(c).ok())
+        .and_then(|c| c.read().ok())
         .unwrap_or_default();
     node.stores
         .list()
@@ -309,7 +309,7 @@ fn store_list(node: &Node) -> Vec<Value> {
     let listing = node
         .catalogue
         .as_ref()
-        .and_then(|c| crate::catalogue::read(c).ok())
+        .and_then(|c| c.read().ok())
         .unwrap_or_default();
     let local = node.stores.list();
     let mut out: Vec<Value> = local
@@ -394,7 +394,7 @@ async fn list_stores(
                 let listing = node
                     .catalogue
                     .as_ref()
-                    .map(|c| crate::catalogue::read(c))
+                    .map(|c| c.read())
                     .transpose()?
                     .unwrap_or_default();
                 let base = node
@@ -429,6 +429,50 @@ struct CreateStore {
     replicas: Option<String>,
     /// What the store holds, in words.
     description: Option<String>,
+    /// A capability chain (`hcap1:` text) held by this device's key that allows
+    /// `place` on the store, for a placement the device may not sign alone.
+    authority: Option<String>,
+}
+
+/// The capability a request names as its authority, if any.
+fn authority_of(
+    text: Option<&str>,
+) -> Result<Option<hearth_protocol::capability::Chain>, ApiError> {
+    text.map(|t| {
+        hearth_protocol::capability::Chain::from_text(t)
+            .map_err(|err| ApiError::invalid(format!("the authority capability: {err}")))
+    })
+    .transpose()
+}
+
+impl From<crate::catalogue::CatalogueError> for ApiError {
+    fn from(err: crate::catalogue::CatalogueError) -> Self {
+        use crate::catalogue::CatalogueError as E;
+        match err {
+            E::Refused(message) => ApiError::new(StatusCode::FORBIDDEN, "refused", message),
+            E::NotFound(name) => StoreError::NotFound(name).into(),
+            E::Exists(name) => StoreError::Exists(name).into(),
+            E::Store(err) => err.into(),
+            err @ E::File { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                err.to_string(),
+            ),
+        }
+    }
+}
+
+/// Audits a placement change refused for lack of authority, and passes the error on.
+fn audit_refusal(
+    node: &Node,
+    action: &str,
+    name: &str,
+    err: crate::catalogue::CatalogueError,
+) -> ApiError {
+    if let crate::catalogue::CatalogueError::Refused(reason) = &err {
+        let _ = record(node, action, name, &format!("refused: {reason}"), 0);
+    }
+    err.into()
 }
 
 /// Refuses changes by hand to the stores Hearth manages itself.
@@ -455,35 +499,41 @@ async fn create_store(
             .map_err(|err| ApiError::invalid(err.to_string()))?,
         None => hearth_protocol::sync::placement::Policy::default_policy(),
     };
-    if let Some(catalogue) = &node.catalogue {
-        let listed = blocking({
-            let catalogue = catalogue.clone();
-            let name = body.name.clone();
-            move || Ok(crate::catalogue::read(&catalogue)?.id_of(&name).is_some())
-        })
-        .await?;
-        if listed {
-            return Err(StoreError::Exists(body.name.clone()).into());
-        }
-    }
+    let grant = authority_of(body.authority.as_deref())?;
     let info = blocking({
         let node = node.clone();
         move || {
+            if let Some(catalogue) = &node.catalogue {
+                if catalogue.read()?.id_of(&body.name).is_some() {
+                    return Err(StoreError::Exists(body.name.clone()).into());
+                }
+                // Checked before the store is made, so a refusal leaves nothing behind.
+                if grant.is_none()
+                    && !catalogue.is_owner_device()
+                    && !hearth_protocol::sync::authority::within_default(&policy)
+                {
+                    let err = crate::catalogue::CatalogueError::Refused(format!(
+                        "placing {:?} on {policy} needs the owner's authority (a device alone may \
+                         only place its own stores on itself and the home devices): run it on \
+                         the device that holds the owner key, or pass --cap with a capability \
+                         for this device that allows it",
+                        body.name
+                    ));
+                    return Err(audit_refusal(&node, "store.create", &body.name, err));
+                }
+            }
             let store = node.stores.create(&body.name, kind, body.window_ms)?;
             if let Some(catalogue) = &node.catalogue {
-                let meta = store.meta();
-                let entry = crate::catalogue::Entry {
-                    name: meta.name.clone(),
-                    kind: meta.kind.as_str().to_owned(),
-                    window_ms: meta.window_ms,
-                    origin: node.config.name.clone(),
-                    replicas: policy.to_string(),
-                    created: meta.created,
+                let about = crate::catalogue::About {
                     description: body.description.clone(),
                     source: None,
                     unit: None,
                 };
-                crate::catalogue::put_entry(catalogue, &meta.id, &entry)?;
+                if let Err(err) = catalogue.list_new(store.meta(), &policy, about, grant) {
+                    drop(store);
+                    let _ = node.stores.remove(&body.name);
+                    return Err(audit_refusal(&node, "store.create", &body.name, err));
+                }
             }
             record(&node, "store.create", &body.name, "allowed", 0)?;
             store_list(&node)
@@ -503,6 +553,9 @@ async fn create_store(
 #[serde(deny_unknown_fields)]
 struct PolicyRequest {
     replicas: String,
+    /// A capability chain (`hcap1:` text) held by this device's key that allows
+    /// `place` on the store.
+    authority: Option<String>,
 }
 
 async fn set_policy(
@@ -514,6 +567,7 @@ async fn set_policy(
     user_store(&name)?;
     let policy = hearth_protocol::sync::placement::Policy::parse(&body.replicas)
         .map_err(|err| ApiError::invalid(err.to_string()))?;
+    let grant = authority_of(body.authority.as_deref())?;
     let Some(catalogue) = node.catalogue.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -524,18 +578,9 @@ async fn set_policy(
     let answer = blocking({
         let node = node.clone();
         move || {
-            let listing = crate::catalogue::read(&catalogue)?;
-            let id = listing
-                .id_of(&name)
-                .ok_or_else(|| StoreError::NotFound(name.clone()))?
-                .to_owned();
-            let mut entry = listing
-                .stores
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| StoreError::NotFound(name.clone()))?;
-            entry.replicas = policy.to_string();
-            crate::catalogue::put_entry(&catalogue, &id, &entry)?;
+            let (id, entry) = catalogue
+                .place(&name, &policy, grant)
+                .map_err(|err| audit_refusal(&node, "store.policy", &name, err))?;
             record(
                 &node,
                 "store.policy",
@@ -553,24 +598,37 @@ async fn set_policy(
     Ok(Json(answer))
 }
 
-async fn remove_store(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    /// A capability chain (`hcap1:` text) held by this device's key that allows
+    /// `remove` on the store.
+    authority: Option<String>,
+}
+
+async fn remove_store(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query?;
     user_store(&name)?;
+    let grant = authority_of(query.authority.as_deref())?;
     let answer = blocking({
         let node = node.clone();
         move || {
-            let id = node.stores.get(&name).ok().map(|s| s.meta().id.clone());
             if let Some(catalogue) = &node.catalogue {
-                // Removed from the mesh: every replica drops it.
-                let listing = crate::catalogue::read(catalogue)?;
-                match id.as_deref().or(listing.id_of(&name)) {
-                    Some(id) => crate::catalogue::remove_entry(catalogue, id)?,
-                    None => return Err(StoreError::NotFound(name.clone()).into()),
+                // Removed from the mesh: every holder drops it when the document
+                // reaches it (this one included).
+                catalogue
+                    .remove(&name, grant)
+                    .map_err(|err| audit_refusal(&node, "store.remove", &name, err))?;
+                match node.stores.remove(&name) {
+                    Ok(()) | Err(StoreError::NotFound(_)) => {}
+                    Err(err) => return Err(err.into()),
                 }
-            }
-            match node.stores.remove(&name) {
-                Ok(()) | Err(StoreError::NotFound(_)) if node.catalogue.is_some() => {}
-                Ok(()) => {}
-                Err(err) => return Err(err.into()),
+            } else {
+                node.stores.remove(&name)?;
             }
             record(&node, "store.remove", &name, "allowed", 0)?;
             Ok(json!({ "removed": name }))

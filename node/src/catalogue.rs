@@ -1,24 +1,38 @@
 //! The catalogue: a kv store replicated to every device that lists every store of the
-//! mesh, its placement policy, and what each replica holds.
+//! mesh, the signed documents that place it, and what each replica holds.
 //!
 //! ```text
-//! store/<id>             {name, kind, window_ms, origin, replicas, created}
+//! place/<id>/<hash>      a signed placement document (text, `hplc1:`), one key each
 //! replica/<id>/<device>  {records, bytes, digest, updated}   written by that device
 //! ```
 //!
 //! Its id is derived from the owner key, so every device of the mesh makes the same
-//! (empty) catalogue and sync merges them.
+//! (empty) catalogue and sync merges them. Any member can write to it, so nothing in
+//! it is trusted as written: a placement document counts only once it verifies
+//! (`hearth_protocol::sync::authority`), and of a store's valid documents the highest
+//! ranked wins. Each device keeps the documents that can still win in its own file
+//! (`placements.bin`, written durably), so a member that deletes or replaces keys in
+//! the catalogue cannot roll a store's placement back: the next device that reads the
+//! catalogue writes back what is missing. Replica statistics are what each device
+//! says of itself, for display only; nothing is decided on them.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use hearth_protocol::key::PublicKey;
+use hearth_protocol::capability::{Chain, RevocationSet, Verifier};
+use hearth_protocol::key::{NodeKey, OwnerKey, PublicKey};
+use hearth_protocol::sync::StoreKind;
+use hearth_protocol::sync::authority::{
+    self, Authority, Placement, PlacementError, Rank, SignedPlacement,
+};
 use hearth_protocol::sync::placement::Policy;
+use hearth_protocol::time::UnixMillis;
+use hearth_stores::audit::{AuditLog, Event as AuditEvent};
 use hearth_stores::{Kind, Store, StoreError, StoreMeta, Stores};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-
 /// The catalogue's store name.
 pub const NAME: &str = "hearth.catalogue";
 
@@ -42,7 +56,7 @@ pub fn open(stores: &Stores, owner: &PublicKey) -> Result<Arc<Store>, StoreError
     })
 }
 
-/// A store as the catalogue lists it.
+/// A store as the catalogue lists it: what its winning placement document says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Its name.
@@ -73,6 +87,36 @@ impl Entry {
     pub fn policy(&self) -> Policy {
         Policy::parse(&self.replicas).unwrap_or_else(|_| Policy::default_policy())
     }
+
+    fn of(p: &Placement) -> Self {
+        Self {
+            name: p.name.clone(),
+            kind: kind_name(p.kind).to_owned(),
+            window_ms: p.window_ms,
+            origin: p.origin.clone(),
+            replicas: p.replicas.clone(),
+            created: p.created,
+            description: p.description.clone(),
+            source: p.source.clone(),
+            unit: p.unit.clone(),
+        }
+    }
+}
+
+fn kind_name(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Kv => "kv",
+        StoreKind::Timeseries => "timeseries",
+        StoreKind::Doc => "doc",
+    }
+}
+
+fn store_kind(kind: Kind) -> StoreKind {
+    match kind {
+        Kind::Kv => StoreKind::Kv,
+        Kind::Timeseries => StoreKind::Timeseries,
+        Kind::Doc => StoreKind::Doc,
+    }
 }
 
 /// What one device holds of one store.
@@ -88,12 +132,14 @@ pub struct ReplicaStats {
     pub updated: u64,
 }
 
-/// The catalogue, read.
+/// The catalogue, read: only what verified placement documents say.
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
     /// Stores by id.
     pub stores: BTreeMap<String, Entry>,
-    /// Replica statistics by store id, then device name.
+    /// Stores removed from the mesh, by id.
+    pub removed: BTreeSet<String>,
+    /// Replica statistics by store id, then device name (each device's own claim).
     pub replicas: BTreeMap<String, BTreeMap<String, ReplicaStats>>,
 }
 
@@ -105,49 +151,6 @@ impl Listing {
             .find(|(_, e)| e.name == name)
             .map(|(id, _)| id.as_str())
     }
-}
-
-/// Reads the whole catalogue.
-pub fn read(catalogue: &Store) -> Result<Listing, StoreError> {
-    let mut listing = Listing::default();
-    for key in catalogue.keys()? {
-        let Some(value) = catalogue.get(&key)? else {
-            continue;
-        };
-        if let Some(id) = key.strip_prefix("store/") {
-            if let Ok(entry) = serde_json::from_value::<Entry>(value) {
-                listing.stores.insert(id.to_owned(), entry);
-            }
-        } else if let Some(rest) = key.strip_prefix("replica/")
-            && let Some((id, device)) = rest.split_once('/')
-            && let Ok(stats) = serde_json::from_value::<ReplicaStats>(value)
-        {
-            listing
-                .replicas
-                .entry(id.to_owned())
-                .or_default()
-                .insert(device.to_owned(), stats);
-        }
-    }
-    Ok(listing)
-}
-
-/// Lists (or relists) a store.
-pub fn put_entry(catalogue: &Store, id: &str, entry: &Entry) -> Result<(), StoreError> {
-    let value = serde_json::to_value(entry).map_err(|err| StoreError::Invalid(err.to_string()))?;
-    catalogue.put(&format!("store/{id}"), value)
-}
-
-/// Removes a store from the catalogue, with every replica's statistics.
-pub fn remove_entry(catalogue: &Store, id: &str) -> Result<(), StoreError> {
-    catalogue.delete(&format!("store/{id}"))?;
-    let prefix = format!("replica/{id}/");
-    for key in catalogue.keys()? {
-        if key.starts_with(&prefix) {
-            catalogue.delete(&key)?;
-        }
-    }
-    Ok(())
 }
 
 /// Records what this device holds of a store, if it changed since last written.
@@ -168,6 +171,620 @@ pub fn put_stats(
     }
     let value = serde_json::to_value(stats).map_err(|err| StoreError::Invalid(err.to_string()))?;
     catalogue.put(&key, value)
+}
+
+/// Who this device is, to sign placement documents.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    /// This device's name.
+    pub name: String,
+    /// Its node key.
+    pub node_key: NodeKey,
+    /// Its certificate.
+    pub certificate: Chain,
+    /// The owner key, on the device that holds it.
+    pub owner_key: Option<OwnerKey>,
+}
+
+/// Why a store could not be listed, placed or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogueError {
+    /// This device lacks the authority.
+    #[error("{0}")]
+    Refused(String),
+    /// No store of that name is listed.
+    #[error("no store named {0:?} in the mesh")]
+    NotFound(String),
+    /// A store of that name is listed already.
+    #[error("a store named {0:?} exists in the mesh")]
+    Exists(String),
+    /// The catalogue store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The placements file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Most verdicts on documents remembered (a member writing junk cannot grow it).
+const MAX_VERDICTS: usize = 4096;
+const FILE_MAGIC: &[u8; 5] = b"HPLL\x01";
+/// Largest placements file read.
+const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The catalogue of one device: the replicated store, and the placement documents this
+/// device verified.
+#[derive(Debug)]
+pub struct Catalogue {
+    store: Arc<Store>,
+    signer: Signer,
+    path: PathBuf,
+    audit: Arc<AuditLog>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    verifier: Verifier,
+    revocations: RevocationSet,
+    /// Documents seen in the catalogue, by hash: their rank, or None if refused.
+    verdicts: HashMap<[u8; 32], Option<Rank>>,
+    /// Per store, the valid documents that can still win, best first.
+    docs: BTreeMap<String, Vec<(Rank, SignedPlacement)>>,
+}
+
+fn now() -> UnixMillis {
+    UnixMillis::from_system_time(std::time::SystemTime::now())
+}
+
+fn doc_key(doc: &SignedPlacement) -> String {
+    format!(
+        "place/{}/{}",
+        doc.placement().id,
+        hex::encode(&doc.hash()[..8])
+    )
+}
+
+/// Owner and origin documents are never withdrawn (only grants are revoked): nothing
+/// ranked below one can win again.
+fn is_stable(doc: &SignedPlacement) -> bool {
+    !matches!(doc.placement().authority, Authority::Grant(_))
+}
+
+impl State {
+    /// Takes in a verified document; true if the store's documents changed.
+    fn insert(&mut self, rank: Rank, doc: SignedPlacement) -> bool {
+        let docs = self.docs.entry(doc.placement().id.clone()).or_default();
+        if docs.iter().any(|(r, _)| *r == rank) {
+            return false;
+        }
+        // Below a stable document: can never win.
+        if docs.iter().any(|(r, d)| *r > rank && is_stable(d)) {
+            return false;
+        }
+        let stable = is_stable(&doc);
+        docs.push((rank, doc));
+        docs.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+        if stable {
+            docs.retain(|(r, _)| *r >= rank);
+        }
+        true
+    }
+
+    fn winner(&self, id: &str) -> Option<&SignedPlacement> {
+        self.docs.get(id).and_then(|d| d.first()).map(|(_, d)| d)
+    }
+}
+
+impl Catalogue {
+    /// Opens (creating if needed) the catalogue of the mesh of `owner`, with the
+    /// documents kept in `path`. An unreadable placements file is an error: the node
+    /// does not start on a placement it cannot vouch for.
+    pub fn open(
+        stores: &Stores,
+        owner: &PublicKey,
+        signer: Signer,
+        path: &Path,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, CatalogueError> {
+        let store = open(stores, owner)?;
+        let mut state = State {
+            verifier: Verifier::new(*owner, Default::default()),
+            revocations: RevocationSet::new(*owner),
+            verdicts: HashMap::new(),
+            docs: BTreeMap::new(),
+        };
+        let file_err = |reason: String| CatalogueError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() > MAX_FILE_BYTES => {
+                return Err(file_err(format!(
+                    "larger than {MAX_FILE_BYTES} bytes; delete it to rebuild it from the mesh's catalogue"
+                )));
+            }
+            Ok(_) => {
+                let bytes = std::fs::read(path).map_err(|err| file_err(err.to_string()))?;
+                let docs = decode_file(&bytes).map_err(|reason| {
+                    file_err(format!(
+                        "{reason}; the node will not start on placements it cannot read: \
+                         delete the file to rebuild it from the mesh's catalogue"
+                    ))
+                })?;
+                let at = now();
+                for doc in docs {
+                    // Verified again: a grant may have been revoked since.
+                    if let Ok(rank) = doc.verify(&mut state.verifier, &state.revocations, at) {
+                        state.insert(rank, doc);
+                    }
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(file_err(err.to_string())),
+        }
+        Ok(Self {
+            store,
+            signer,
+            path: path.to_owned(),
+            audit,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The replicated store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The catalogue's store id.
+    pub fn id(&self) -> &str {
+        &self.store.meta().id
+    }
+
+    /// Does this device hold the owner key?
+    pub fn is_owner_device(&self) -> bool {
+        self.signer.owner_key.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes in the mesh's revocations: documents signed under a revoked grant no
+    /// longer count. True if a store's placement changed.
+    pub fn set_revocations(&self, revocations: RevocationSet) -> bool {
+        let mut state = self.lock();
+        state.revocations = revocations;
+        state.verdicts.clear();
+        let at = now();
+        let State {
+            verifier,
+            revocations,
+            docs,
+            ..
+        } = &mut *state;
+        let mut changed = false;
+        for list in docs.values_mut() {
+            let before = list.len();
+            list.retain(|(_, doc)| {
+                !matches!(doc.placement().authority, Authority::Grant(_))
+                    || doc.verify(verifier, revocations, at).is_ok()
+            });
+            changed |= list.len() != before;
+        }
+        docs.retain(|_, list| !list.is_empty());
+        if changed {
+            self.save(&state);
+        }
+        changed
+    }
+
+    /// Reads the catalogue: takes in every new valid document (auditing refused ones
+    /// once each), and lists what the winning documents say.
+    pub fn read(&self) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
+        let mut state = self.lock();
+        let mut changed = false;
+        for key in self.store.keys()? {
+            if let Some(rest) = key.strip_prefix("replica/") {
+                if let Some((id, device)) = rest.split_once('/')
+                    && let Some(value) = self.store.get(&key)?
+                    && let Ok(stats) = serde_json::from_value::<ReplicaStats>(value)
+                {
+                    listing
+                        .replicas
+                        .entry(id.to_owned())
+                        .or_default()
+                        .insert(device.to_owned(), stats);
+                }
+                continue;
+            }
+            if !key.starts_with("place/") {
+                continue;
+            }
+            let Some(value) = self.store.get(&key)? else {
+                continue;
+            };
+            changed |= self.absorb(&mut state, &key, &value);
+        }
+        if changed {
+            self.save(&state);
+        }
+        for (id, docs) in &state.docs {
+            let Some((_, doc)) = docs.first() else {
+                continue;
+            };
+            let p = doc.placement();
+            if p.removed {
+                listing.removed.insert(id.clone());
+            } else {
+                listing.stores.insert(id.clone(), Entry::of(p));
+            }
+        }
+        // Statistics of stores not listed are nobody's business.
+        listing
+            .replicas
+            .retain(|id, _| listing.stores.contains_key(id));
+        Ok(listing)
+    }
+
+    /// Checks one catalogue value; true if it added a document.
+    fn absorb(&self, state: &mut State, key: &str, value: &Value) -> bool {
+        let text = value.as_str().unwrap_or_default();
+        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if state.verdicts.contains_key(&hash) {
+            return false;
+        }
+        if state.verdicts.len() >= MAX_VERDICTS {
+            state.verdicts.clear();
+        }
+        let verdict = SignedPlacement::from_text(text).and_then(|doc| {
+            let State {
+                verifier,
+                revocations,
+                ..
+            } = &mut *state;
+            let rank = doc.verify(verifier, revocations, now())?;
+            if key != doc_key(&doc) {
+                return Err(PlacementError::Invalid(
+                    "listed under another key than its own".into(),
+                ));
+            }
+            Ok((rank, doc))
+        });
+        match verdict {
+            Ok((rank, doc)) => {
+                state.verdicts.insert(hash, Some(rank));
+                state.insert(rank, doc)
+            }
+            Err(err) => {
+                state.verdicts.insert(hash, None);
+                tracing::warn!(%key, error = %err, "a placement document in the catalogue does not count");
+                self.record("placement.check", key, &format!("refused: {err}"));
+                false
+            }
+        }
+    }
+
+    /// Makes the replicated catalogue say what this device verified: writes back
+    /// documents that are missing (deleted or never passed on), removes those that can
+    /// no longer win or do not verify. True if it wrote anything.
+    pub fn reconcile(&self) -> Result<bool, StoreError> {
+        self.adopt_unsigned()?;
+        self.read()?;
+        let keep: BTreeMap<String, SignedPlacement> = {
+            let state = self.lock();
+            state
+                .docs
+                .values()
+                .flatten()
+                .map(|(_, doc)| (doc_key(doc), doc.clone()))
+                .collect()
+        };
+        let mut wrote = false;
+        let present: BTreeSet<String> = self
+            .store
+            .keys()?
+            .into_iter()
+            .filter(|k| k.starts_with("place/"))
+            .collect();
+        for key in present.difference(&keep.keys().cloned().collect()) {
+            self.store.delete(key)?;
+            wrote = true;
+        }
+        for (key, doc) in &keep {
+            if !present.contains(key) {
+                self.store.put(key, Value::String(doc.to_text()))?;
+                wrote = true;
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// On the owner's device: signs the unsigned entries (`store/<id>`) of catalogues
+    /// written before placement documents, as they stand, and removes them. Elsewhere
+    /// they are ignored: nothing unsigned is acted on.
+    fn adopt_unsigned(&self) -> Result<(), StoreError> {
+        let Some(owner) = &self.signer.owner_key else {
+            return Ok(());
+        };
+        for key in self.store.keys()? {
+            let Some(id) = key.strip_prefix("store/") else {
+                continue;
+            };
+            let known = self.lock().docs.contains_key(id);
+            let old = self
+                .store
+                .get(&key)?
+                .and_then(|v| serde_json::from_value::<Entry>(v).ok());
+            if let (false, Some(old)) = (known, old) {
+                let kind = match old.kind.parse::<Kind>() {
+                    Ok(kind) => store_kind(kind),
+                    Err(_) => StoreKind::Kv,
+                };
+                let placement = Placement {
+                    id: id.to_owned(),
+                    name: old.name.clone(),
+                    kind,
+                    window_ms: old.window_ms,
+                    created: old.created,
+                    origin: old.origin.clone(),
+                    replicas: old.policy().to_string(),
+                    removed: false,
+                    issued_at: now(),
+                    description: old.description.clone(),
+                    source: old.source.clone(),
+                    unit: old.unit.clone(),
+                    signer: owner.public(),
+                    authority: Authority::Owner,
+                };
+                match self.publish(placement, None, None) {
+                    Ok(()) => self.record("placement.adopt", &old.name, "allowed"),
+                    Err(err) => {
+                        tracing::warn!(store = %old.name, error = %err, "cannot sign an unsigned catalogue entry");
+                        continue;
+                    }
+                }
+            }
+            self.store.delete(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Lists a store created on this device, under `policy`: signed by the owner key
+    /// if this device holds it, else under `grant` (a capability this device's key
+    /// holds that allows `place` on the store), else by this device as the store's
+    /// origin, which only the default placement (or a narrower one) allows.
+    pub fn list_new(
+        &self,
+        meta: &StoreMeta,
+        policy: &Policy,
+        about: About,
+        grant: Option<Chain>,
+    ) -> Result<(), CatalogueError> {
+        let placement = Placement {
+            id: meta.id.clone(),
+            name: meta.name.clone(),
+            kind: store_kind(meta.kind),
+            window_ms: meta.window_ms,
+            created: meta.created,
+            origin: self.signer.name.clone(),
+            replicas: policy.to_string(),
+            removed: false,
+            issued_at: now(),
+            description: about.description,
+            source: about.source,
+            unit: about.unit,
+            signer: self.signer.node_key.public(),
+            authority: Authority::Origin(self.signer.certificate.clone()),
+        };
+        let needs = if authority::within_default(policy) {
+            None
+        } else {
+            Some(format!(
+                "placing {:?} on {policy} needs the owner's authority (a device alone may only \
+                 place its own stores on itself and the home devices)",
+                meta.name
+            ))
+        };
+        self.publish(placement, grant, needs)
+    }
+
+    /// Signs and publishes `placement`. With the owner key here it is the owner's;
+    /// with `grant` it is the grant holder's; else, when `needs_owner` is None, the
+    /// origin device's (as `placement` says); else refused with that sentence.
+    fn publish(
+        &self,
+        mut placement: Placement,
+        grant: Option<Chain>,
+        needs_owner: Option<String>,
+    ) -> Result<(), CatalogueError> {
+        let key = if let Some(owner) = &self.signer.owner_key {
+            placement.signer = owner.public();
+            placement.authority = Authority::Owner;
+            owner.secret().clone()
+        } else if let Some(chain) = grant {
+            placement.signer = self.signer.node_key.public();
+            placement.authority = Authority::Grant(chain);
+            self.signer.node_key.secret().clone()
+        } else if let Some(sentence) = needs_owner {
+            return Err(CatalogueError::Refused(format!(
+                "{sentence}: run it on the device that holds the owner key, or pass --cap with \
+                 a capability for this device that allows it"
+            )));
+        } else {
+            self.signer.node_key.secret().clone()
+        };
+        let doc = placement
+            .sign(&key)
+            .map_err(|err| CatalogueError::Refused(err.to_string()))?;
+        let mut state = self.lock();
+        let rank = {
+            let State {
+                verifier,
+                revocations,
+                ..
+            } = &mut *state;
+            doc.verify(verifier, revocations, now())
+                .map_err(|err| CatalogueError::Refused(err.to_string()))?
+        };
+        state.insert(rank, doc.clone());
+        if state.winner(&doc.placement().id) != Some(&doc) {
+            return Err(CatalogueError::Refused(
+                "a placement document that ranks higher already decides this store".into(),
+            ));
+        }
+        self.save(&state);
+        drop(state);
+        self.store
+            .put(&doc_key(&doc), Value::String(doc.to_text()))?;
+        Ok(())
+    }
+
+    /// Changes where the store `name` is held. Needs the owner key here or `grant`.
+    pub fn place(
+        &self,
+        name: &str,
+        policy: &Policy,
+        grant: Option<Chain>,
+    ) -> Result<(String, Entry), CatalogueError> {
+        let (id, mut placement) = self.current(name)?;
+        placement.replicas = policy.to_string();
+        placement.issued_at = now().max(UnixMillis(placement.issued_at.0.saturating_add(1)));
+        let sentence = format!("changing where {name:?} is held needs the owner's authority");
+        self.publish(placement.clone(), grant, Some(sentence))?;
+        Ok((id, Entry::of(&placement)))
+    }
+
+    /// Removes the store `name` from every device. Needs the owner key here or `grant`
+    /// (allowing `remove`).
+    pub fn remove(&self, name: &str, grant: Option<Chain>) -> Result<String, CatalogueError> {
+        let (id, mut placement) = self.current(name)?;
+        placement.removed = true;
+        placement.issued_at = now().max(UnixMillis(placement.issued_at.0.saturating_add(1)));
+        let sentence = format!("removing {name:?} from the mesh needs the owner's authority");
+        self.publish(placement, grant, Some(sentence))?;
+        Ok(id)
+    }
+
+    /// The id and winning document of the listed store `name`.
+    fn current(&self, name: &str) -> Result<(String, Placement), CatalogueError> {
+        let listing = self.read()?;
+        let id = listing
+            .id_of(name)
+            .ok_or_else(|| CatalogueError::NotFound(name.to_owned()))?
+            .to_owned();
+        let state = self.lock();
+        let placement = state
+            .winner(&id)
+            .map(|d| d.placement().clone())
+            .ok_or_else(|| CatalogueError::NotFound(name.to_owned()))?;
+        Ok((id, placement))
+    }
+
+    /// Lists every store created on this device that no document lists yet (stores
+    /// made before the catalogue, or whose listing was lost), under the default policy.
+    pub fn list_unlisted(&self, stores: &Stores) {
+        let Ok(listing) = self.read() else {
+            return;
+        };
+        let actor = authority::actor_of(&self.signer.node_key.public());
+        for store in stores.all() {
+            let meta = store.meta();
+            if meta.id == self.id()
+                || listing.stores.contains_key(&meta.id)
+                || listing.removed.contains(&meta.id)
+                || authority::store_id(&actor, &meta.name, meta.created) != meta.id
+            {
+                continue;
+            }
+            let policy = Policy::default_policy();
+            if let Err(err) = self.list_new(meta, &policy, About::default(), None) {
+                tracing::warn!(store = %meta.name, error = %err, "cannot list a store in the catalogue");
+            }
+        }
+    }
+
+    fn save(&self, state: &State) {
+        let docs: Vec<&SignedPlacement> =
+            state.docs.values().flatten().map(|(_, doc)| doc).collect();
+        let bytes = encode_file(&docs);
+        if let Err(err) = hearth_stores::fsutil::write_atomic(&self.path, &bytes) {
+            tracing::error!(path = %self.path.display(), error = %err, "cannot keep the placement documents");
+        }
+    }
+
+    fn record(&self, action: &str, object: &str, outcome: &str) {
+        if let Err(err) = self.audit.record(AuditEvent {
+            actor: "mesh".into(),
+            action: action.into(),
+            object: object.into(),
+            cap_id: None,
+            outcome: outcome.into(),
+            bytes: 0,
+        }) {
+            tracing::error!(error = %err, "cannot write the audit log");
+        }
+    }
+}
+
+/// What a store holds, in words, for its listing.
+#[derive(Debug, Clone, Default)]
+pub struct About {
+    /// What it holds.
+    pub description: Option<String>,
+    /// What writes it.
+    pub source: Option<String>,
+    /// The unit of its values.
+    pub unit: Option<String>,
+}
+
+fn encode_file(docs: &[&SignedPlacement]) -> Vec<u8> {
+    let mut out = FILE_MAGIC.to_vec();
+    for doc in docs {
+        let bytes = doc.encode();
+        // A document is at most MAX_DOCUMENT_BYTES, far below u32::MAX.
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    let sum: [u8; 32] = Sha256::digest(&out).into();
+    out.extend_from_slice(&sum);
+    out
+}
+
+fn decode_file(bytes: &[u8]) -> Result<Vec<SignedPlacement>, String> {
+    let body_len = bytes.len().checked_sub(32).ok_or("the file is truncated")?;
+    let (body, sum) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err("the file is damaged (its checksum does not match)".into());
+    }
+    let mut rest = body
+        .strip_prefix(FILE_MAGIC.as_slice())
+        .ok_or("not a placements file")?;
+    let mut docs = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or("the file is truncated")?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > tail.len() {
+            return Err("the file is truncated".into());
+        }
+        let (doc, tail) = tail.split_at(len);
+        docs.push(SignedPlacement::decode(doc).map_err(|err| err.to_string())?);
+        rest = tail;
+    }
+    Ok(docs)
 }
 
 /// A HyperCat 3.0 catalogue document listing every store of the mesh.

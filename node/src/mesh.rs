@@ -957,6 +957,7 @@ pub async fn spawn(
     }
     mesh.adopt_own_certificate();
     mesh.refresh_issuer();
+    mesh.tell_revocations();
     tokio::spawn(mesh.run(receiver, shutdown));
     Ok(MeshHandle { commands })
 }
@@ -1216,6 +1217,15 @@ impl MeshLoop {
         Ok(id.to_string())
     }
 
+    /// Hands the revocations to replication: a withdrawn grant can change a placement.
+    fn tell_revocations(&self) {
+        if let Some(replication) = &self.replication {
+            replication.deliver(crate::replication::Input::Revocations(
+                self.gate.revocations.clone(),
+            ));
+        }
+    }
+
     /// Merges membership documents (from a peer, or made here): drops newly revoked
     /// devices, keeps the store on disk, and adopts or drops this node's admit grant.
     fn take_in(&mut self, snapshot: &Snapshot) {
@@ -1238,6 +1248,7 @@ impl MeshLoop {
             }
         }
         if merged.new_revocations > 0 {
+            self.tell_revocations();
             // A revoked capability can end a device's certificate (one issued under a
             // withdrawn devices:admit grant, not yet countersigned): drop those too.
             let revoked: Vec<PublicKey> = self

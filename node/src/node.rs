@@ -22,6 +22,8 @@ pub mod layout {
     pub const AUDIT_FILE: &str = "audit.log";
     /// The membership store (device certificates, admit grants, revocations).
     pub const MEMBERSHIP_FILE: &str = "membership.bin";
+    /// The placement documents this device verified.
+    pub const PLACEMENTS_FILE: &str = "placements.bin";
     /// This device's certificate (a capability chain in text form).
     pub const CERTIFICATE_FILE: &str = "device.cap";
     /// The devices this node has admitted and where they were.
@@ -92,6 +94,9 @@ pub enum NodeError {
     /// The mesh could not start.
     #[error("{0}")]
     Mesh(String),
+    /// The catalogue's placement documents could not be read.
+    #[error("{0}")]
+    Catalogue(String),
     /// The compute runtime could not start.
     #[error("cannot start the compute runtime: {0}")]
     Compute(String),
@@ -109,20 +114,13 @@ pub enum NodeError {
     },
 }
 
-/// A stable 16-byte automerge actor id for a device: the first half of its node key.
-fn actor_of(key: &hearth_protocol::key::PublicKey) -> [u8; 16] {
-    let mut actor = [0u8; 16];
-    actor.copy_from_slice(&key.as_bytes()[..16]);
-    actor
-}
-
 /// Shared state of a running node.
 #[derive(Debug)]
 pub struct Node {
     pub(crate) config: NodeConfig,
     pub(crate) stores: Arc<Stores>,
     /// The catalogue, on a device of a mesh.
-    pub(crate) catalogue: Option<Arc<hearth_stores::Store>>,
+    pub(crate) catalogue: Option<Arc<crate::catalogue::Catalogue>>,
     /// The replication loop, once the mesh runs.
     pub(crate) replication: std::sync::OnceLock<crate::replication::ReplicationHandle>,
     /// The API's address, once bound.
@@ -206,18 +204,32 @@ impl Node {
         let stores = Stores::open(StoresConfig {
             root: config.data_dir.join(layout::STORES_DIR),
             backend: config.backend,
-            actor: actor_of(&config.node_key.public()),
+            actor: hearth_protocol::sync::authority::actor_of(&config.node_key.public()),
             clock: clock.clone(),
         })?;
-        let audit = AuditLog::open(
+        let audit = Arc::new(AuditLog::open(
             &config.data_dir.join(layout::AUDIT_FILE),
             &config.name,
             config.node_key.clone(),
             clock,
-        )?;
+        )?);
         let api_key = read_or_create_api_key(&config.data_dir.join(layout::API_KEY_FILE))?;
         let catalogue = match &config.mesh {
-            Some(setup) => Some(crate::catalogue::open(&stores, &setup.owner)?),
+            Some(setup) => Some(Arc::new(
+                crate::catalogue::Catalogue::open(
+                    &stores,
+                    &setup.owner,
+                    crate::catalogue::Signer {
+                        name: config.name.clone(),
+                        node_key: config.node_key.clone(),
+                        certificate: setup.certificate.clone(),
+                        owner_key: setup.owner_key.clone(),
+                    },
+                    &config.data_dir.join(layout::PLACEMENTS_FILE),
+                    audit.clone(),
+                )
+                .map_err(|err| NodeError::Catalogue(err.to_string()))?,
+            )),
             None => None,
         };
         let compute = match &config.mesh {
@@ -239,7 +251,7 @@ impl Node {
             api_addr: std::sync::OnceLock::new(),
             drivers: crate::drivers::Drivers::default(),
             compute,
-            audit: Arc::new(audit),
+            audit,
             mesh: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::channel(false).0,
             api_key,
@@ -272,19 +284,18 @@ impl Node {
             .create(name, kind, None)
             .map_err(|err| err.to_string())?;
         if let Some(catalogue) = &self.catalogue {
-            let meta = store.meta();
-            let entry = crate::catalogue::Entry {
-                name: meta.name.clone(),
-                kind: meta.kind.as_str().to_owned(),
-                window_ms: meta.window_ms,
-                origin: self.config.name.clone(),
-                replicas: hearth_protocol::sync::placement::DEFAULT_POLICY.to_owned(),
-                created: meta.created,
+            let about = crate::catalogue::About {
                 description: Some(description.to_owned()),
                 source: Some(source.to_owned()),
                 unit: unit.map(str::to_owned),
             };
-            crate::catalogue::put_entry(catalogue, &meta.id, &entry)
+            catalogue
+                .list_new(
+                    store.meta(),
+                    &hearth_protocol::sync::placement::Policy::default_policy(),
+                    about,
+                    None,
+                )
                 .map_err(|err| err.to_string())?;
             if let Some(replication) = self.replication.get() {
                 replication.catalogue_changed();
@@ -352,7 +363,7 @@ impl Node {
             .await
             .map_err(|err| NodeError::Mesh(err.to_string()))?;
             if let Some(catalogue) = &self.catalogue {
-                crate::replication::list_unlisted(&self.stores, catalogue, &self.config.name);
+                catalogue.list_unlisted(&self.stores);
                 let role = self
                     .config
                     .role

@@ -25,11 +25,11 @@ use hearth_protocol::sync::{Config, Digest, Engine, Event, StoreRef};
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::{AuditLog, Event as AuditEvent};
 use hearth_stores::replica::{Placement, StoresReplica};
-use hearth_stores::{LocalChange, Store, Stores};
+use hearth_stores::{LocalChange, Stores};
 use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::catalogue;
+use crate::catalogue::{self, Catalogue};
 use crate::mesh::MeshHandle;
 
 /// How often each device records what it holds in the catalogue (when it changed).
@@ -57,6 +57,8 @@ pub(crate) enum Input {
     },
     /// The catalogue was written here (a store created, a policy changed).
     CatalogueChanged,
+    /// The mesh's revocations changed (a grant withdrawn can change a placement).
+    Revocations(hearth_protocol::capability::RevocationSet),
     /// Where every store stands with every connected peer.
     Status(oneshot::Sender<Vec<StoreSync>>),
 }
@@ -148,7 +150,8 @@ pub(crate) fn channel() -> (ReplicationHandle, mpsc::Receiver<Input>) {
     )
 }
 
-/// The placement policy as the engine asks it.
+/// The placement policy as the engine asks it: what the verified placement documents
+/// of the catalogue say (a store without one is held by nobody new).
 #[derive(Debug)]
 struct NodePlacement {
     me: (String, Role),
@@ -156,19 +159,28 @@ struct NodePlacement {
     devices: BTreeMap<PeerId, (String, Role)>,
     /// Each listed store's origin and policy.
     policies: BTreeMap<String, (String, Policy)>,
+    /// Stores removed from the mesh.
+    removed: BTreeSet<String>,
+}
+
+impl NodePlacement {
+    /// May `peer` hold the store `id`?
+    fn holds(&self, peer: &PeerId, id: &str) -> bool {
+        let Some((name, role)) = self.devices.get(peer) else {
+            return false;
+        };
+        if id == self.catalogue_id {
+            return true;
+        }
+        self.policies
+            .get(id)
+            .is_some_and(|(origin, policy)| policy.holds(name, *role, origin))
+    }
 }
 
 impl Placement<PeerId> for NodePlacement {
     fn peer_holds(&self, peer: &PeerId, store: &StoreRef) -> bool {
-        let Some((name, role)) = self.devices.get(peer) else {
-            return false;
-        };
-        if store.id == self.catalogue_id {
-            return true;
-        }
-        self.policies
-            .get(&store.id)
-            .is_some_and(|(origin, policy)| policy.holds(name, *role, origin))
+        self.holds(peer, &store.id)
     }
 
     fn we_hold(&self, _: &PeerId, store: &StoreRef) -> bool {
@@ -196,7 +208,7 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 struct Actor {
     engine: Engine<PeerId>,
     stores: Arc<Stores>,
-    catalogue: Arc<Store>,
+    catalogue: Arc<Catalogue>,
     placement: NodePlacement,
     mesh: MeshHandle,
     audit: Arc<AuditLog>,
@@ -207,6 +219,11 @@ struct Actor {
     watched: BTreeSet<String>,
     /// Sync traffic not yet audited: (peer name, store id, sent?) -> (bytes, messages).
     traffic: BTreeMap<(String, String, bool), (u64, u64)>,
+    /// Messages refused because the peer may not hold the store, not yet audited:
+    /// (peer name, store id) -> messages.
+    refused: BTreeMap<(String, String), u64>,
+    /// A replica this device no longer holds waits for a holder's confirmation.
+    pending_drop: bool,
     last_audit: Instant,
     last_stats: Instant,
 }
@@ -218,7 +235,7 @@ pub(crate) fn spawn(
     handle: &ReplicationHandle,
     receiver: mpsc::Receiver<Input>,
     stores: Arc<Stores>,
-    catalogue: Arc<Store>,
+    catalogue: Arc<Catalogue>,
     name: String,
     role: Role,
     mesh: MeshHandle,
@@ -229,9 +246,10 @@ pub(crate) fn spawn(
         engine: Engine::new(Config::default()),
         placement: NodePlacement {
             me: (name, role),
-            catalogue_id: catalogue.meta().id.clone(),
+            catalogue_id: catalogue.id().to_owned(),
             devices: BTreeMap::new(),
             policies: BTreeMap::new(),
+            removed: BTreeSet::new(),
         },
         stores,
         catalogue,
@@ -241,6 +259,8 @@ pub(crate) fn spawn(
         inbox_bytes: handle.inbox_bytes.clone(),
         watched: BTreeSet::new(),
         traffic: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        pending_drop: false,
         last_audit: Instant::now(),
         last_stats: Instant::now()
             .checked_sub(STATS_EVERY)
@@ -318,6 +338,10 @@ impl Actor {
                 None => self.engine.recheck(at, &store),
             },
             Input::CatalogueChanged => self.reload_catalogue(true),
+            Input::Revocations(revocations) => {
+                self.catalogue.set_revocations(revocations);
+                self.reload_catalogue(true);
+            }
             Input::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -329,6 +353,9 @@ impl Actor {
         if self.engine.poll_timeout().is_some_and(|t| t <= at) {
             let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
             self.engine.handle_timeout(at, &mut replica);
+        }
+        if self.pending_drop {
+            self.drop_unheld();
         }
         if self.last_stats.elapsed() >= STATS_EVERY {
             self.last_stats = Instant::now();
@@ -371,6 +398,17 @@ impl Actor {
                     let t = self.traffic.entry((name, store, true)).or_default();
                     t.0 += bytes;
                     t.1 += 1;
+                }
+                Event::Unshared { peer, store } => {
+                    // Audited when the placement says the peer may not hold the store
+                    // (not for a store this device has no document for yet: the
+                    // document may still be on its way).
+                    if self.placement.policies.contains_key(&store)
+                        && !self.placement.holds(&peer, &store)
+                    {
+                        let name = self.peer_name(&peer);
+                        *self.refused.entry((name, store)).or_default() += 1;
+                    }
                 }
                 Event::LocalError { store, reason } => {
                     tracing::warn!(%store, %reason, "replication cannot use a store");
@@ -428,10 +466,16 @@ impl Actor {
         }
     }
 
-    /// Rereads the policies; offers newly shared stores, drops replicas this device no
-    /// longer holds (never the last confirmed copy).
+    /// Rereads the placements (writing back documents a member deleted); forgets, for
+    /// each peer, the stores it may no longer hold and offers those newly shared; drops
+    /// replicas this device no longer holds (never before a holder confirmed them).
     fn reload_catalogue(&mut self, rescan: bool) {
-        let listing = match catalogue::read(&self.catalogue) {
+        match self.catalogue.reconcile() {
+            Ok(true) => self.last_stats = Instant::now(),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot reconcile the catalogue"),
+        }
+        let listing = match self.catalogue.read() {
             Ok(listing) => listing,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the catalogue");
@@ -443,46 +487,49 @@ impl Actor {
             .iter()
             .map(|(id, e)| (id.clone(), (e.origin.clone(), e.policy())))
             .collect();
-        let changed = policies != self.placement.policies;
+        let changed =
+            policies != self.placement.policies || listing.removed != self.placement.removed;
         self.placement.policies = policies;
+        self.placement.removed = listing.removed;
         if !changed {
             return;
         }
-        self.drop_unheld();
         if rescan {
             let mut replica = StoresReplica::new(&self.stores, &self.placement, now().0);
             self.engine.rescan(now(), &mut replica);
         }
+        self.drop_unheld();
     }
 
-    /// Removes local replicas of stores the catalogue no longer places here, once a
-    /// device that does hold the store has confirmed it has all of ours.
+    /// Removes local replicas the placement no longer puts here: at once for a store
+    /// removed from the mesh; otherwise once a device the placement names has
+    /// confirmed, over sync, that it holds what this one holds. A store no valid
+    /// document lists is kept.
     fn drop_unheld(&mut self) {
         let (me, role) = self.placement.me.clone();
+        self.pending_drop = false;
         for store in self.stores.all() {
             let id = store.meta().id.clone();
             if id == self.placement.catalogue_id {
                 continue;
             }
-            let held = match self.placement.policies.get(&id) {
-                Some((origin, policy)) => policy.holds(&me, role, origin),
-                // Not listed: removed from the mesh (or made before the catalogue; those
-                // are listed at start).
-                None => false,
-            };
-            if held {
-                continue;
-            }
-            let listed = self.placement.policies.contains_key(&id);
-            let digest = store.digest();
-            let safe = !listed
-                || self
-                    .engine
-                    .replicas(&id)
-                    .iter()
-                    .any(|r| r.confirmed.map(|(d, _)| d) == Some(digest));
-            if !safe {
-                continue;
+            let removed = self.placement.removed.contains(&id);
+            if !removed {
+                let Some((origin, policy)) = self.placement.policies.get(&id) else {
+                    continue;
+                };
+                if policy.holds(&me, role, origin) {
+                    continue;
+                }
+                let digest = store.digest();
+                let confirmed = self.engine.replicas(&id).iter().any(|r| {
+                    self.placement.holds(&r.peer, &id)
+                        && r.confirmed.map(|(d, _)| d) == Some(digest)
+                });
+                if !confirmed {
+                    self.pending_drop = true;
+                    continue;
+                }
             }
             let name = store.name().to_owned();
             drop(store);
@@ -490,8 +537,13 @@ impl Actor {
             self.watched.remove(&id);
             match self.stores.remove(&name) {
                 Ok(()) => {
-                    tracing::info!(store = %name, "dropped a replica the policy no longer places here");
-                    self.record("store.drop", &name, "allowed", 0);
+                    let why = if removed {
+                        "removed from the mesh"
+                    } else {
+                        "the placement no longer puts it here; a holder confirmed it"
+                    };
+                    tracing::info!(store = %name, why, "dropped a replica");
+                    self.record("store.drop", &name, &format!("allowed: {why}"), 0);
                 }
                 Err(err) => tracing::warn!(store = %name, error = %err, "cannot drop a replica"),
             }
@@ -521,7 +573,7 @@ impl Actor {
 
     fn write_stats(&mut self) {
         let me = self.placement.me.0.clone();
-        let listing = catalogue::read(&self.catalogue).unwrap_or_default();
+        let listing = self.catalogue.read().unwrap_or_default();
         for info in self.stores.list() {
             if info.id == self.placement.catalogue_id || !listing.stores.contains_key(&info.id) {
                 continue;
@@ -535,7 +587,7 @@ impl Actor {
                 digest: hex::encode(store.digest()),
                 updated: now().0,
             };
-            if let Err(err) = catalogue::put_stats(&self.catalogue, &info.id, &me, &stats) {
+            if let Err(err) = catalogue::put_stats(self.catalogue.store(), &info.id, &me, &stats) {
                 tracing::warn!(error = %err, "cannot write replica statistics");
             }
         }
@@ -554,8 +606,26 @@ impl Actor {
         }
     }
 
-    /// One audit entry per peer, store and direction for the traffic since the last.
+    /// One audit entry per peer, store and direction for the traffic since the last,
+    /// and one per peer and store for what was refused.
     fn audit_traffic(&mut self) {
+        for ((peer, store), messages) in std::mem::take(&mut self.refused) {
+            let name = self
+                .catalogue
+                .read()
+                .ok()
+                .and_then(|l| l.stores.get(&store).map(|e| e.name.clone()))
+                .unwrap_or_else(|| store.clone());
+            tracing::warn!(%peer, store = %name, messages, "a peer named a store the placement does not give it");
+            self.record(
+                "sync.receive",
+                &format!("{name} from {peer}"),
+                &format!(
+                    "refused: the placement does not give {peer} this store ({messages} messages)"
+                ),
+                0,
+            );
+        }
         let traffic = std::mem::take(&mut self.traffic);
         for ((peer, store, sent), (bytes, messages)) in traffic {
             let name = self
@@ -573,34 +643,6 @@ impl Actor {
                 &format!("allowed ({messages} messages)"),
                 bytes,
             );
-        }
-    }
-}
-
-/// Lists in the catalogue every local store it does not list yet (stores made before
-/// the catalogue existed), with this device as origin and the default policy.
-pub(crate) fn list_unlisted(stores: &Stores, catalogue: &Store, me: &str) {
-    let Ok(listing) = catalogue::read(catalogue) else {
-        return;
-    };
-    for store in stores.all() {
-        let meta = store.meta();
-        if meta.id == catalogue.meta().id || listing.stores.contains_key(&meta.id) {
-            continue;
-        }
-        let entry = catalogue::Entry {
-            name: meta.name.clone(),
-            kind: meta.kind.as_str().to_owned(),
-            window_ms: meta.window_ms,
-            origin: me.to_owned(),
-            replicas: hearth_protocol::sync::placement::DEFAULT_POLICY.to_owned(),
-            created: meta.created,
-            description: None,
-            source: None,
-            unit: None,
-        };
-        if let Err(err) = catalogue::put_entry(catalogue, &meta.id, &entry) {
-            tracing::warn!(store = %meta.name, error = %err, "cannot list a store in the catalogue");
         }
     }
 }

@@ -196,7 +196,7 @@ impl World {
             match event {
                 Event::Misbehaved { peer, reason } => panic!("{i} dropped {peer}: {reason}"),
                 Event::LocalError { store, reason } => panic!("{i} store {store}: {reason}"),
-                Event::Received { .. } | Event::Sent { .. } => {}
+                Event::Received { .. } | Event::Sent { .. } | Event::Unshared { .. } => {}
             }
         }
         for (to, bytes) in out {

@@ -95,7 +95,7 @@ fn stores_follow_their_policy_and_catch_up() {
     let cloud_node = start(&cloud);
 
     // On the phone: a location store under the default policy (the phone and home
-    // devices), and a shared notes store the cloud holds too.
+    // devices), and a notes store the owner then shares with the cloud too.
     let created = json_ok(
         &phone,
         &[
@@ -110,19 +110,27 @@ fn stores_follow_their_policy_and_catch_up() {
     );
     assert_eq!(created["replicas"], "origin,role:home");
     let location_id = created["id"].as_str().unwrap().to_owned();
-    let notes = json_ok(
-        &phone,
+    let notes = json_ok(&phone, &["store", "create", "notes", "--kind", "kv"]);
+    let notes_id = notes["id"].as_str().unwrap().to_owned();
+    // Only the owner's authority places a store on the cloud: home holds the owner key.
+    wait_until("home lists the notes", 30, || {
+        let listed = json_ok(&home, &["store", "ls"]);
+        listed["stores"]
+            .as_array()?
+            .iter()
+            .any(|s| s["name"] == "notes")
+            .then_some(())
+    });
+    json_ok(
+        &home,
         &[
             "store",
-            "create",
+            "policy",
             "notes",
-            "--kind",
-            "kv",
             "--replicas",
             "origin,role:home,vm",
         ],
     );
-    let notes_id = notes["id"].as_str().unwrap().to_owned();
     json_ok(
         &phone,
         &["store", "put", "notes", "shopping", r#"["bread"]"#],
@@ -237,7 +245,7 @@ fn stores_follow_their_policy_and_catch_up() {
 
     // Moving the notes off the cloud: it drops its replica, files and all.
     json_ok(
-        &phone,
+        &home,
         &["store", "policy", "notes", "--replicas", "origin,role:home"],
     );
     wait_until("the cloud drops the notes", 30, || {

@@ -97,6 +97,10 @@ pub(crate) enum Command {
         /// What the store holds, in words (shown in the HyperCat listing).
         #[arg(long)]
         description: Option<String>,
+        /// A capability for this device's key that allows it (`place`, or `remove` for
+        /// `rm`), where this device does not hold the owner key.
+        #[arg(long, value_name = "CAPFILE")]
+        cap: Option<std::path::PathBuf>,
     },
     /// List every store of the mesh (from the catalogue), held here or elsewhere.
     Ls {
@@ -112,6 +116,10 @@ pub(crate) enum Command {
         /// The new placement, e.g. `origin,role:home,phone`.
         #[arg(long, value_name = "SPEC")]
         replicas: String,
+        /// A capability for this device's key that allows it (`place`, or `remove` for
+        /// `rm`), where this device does not hold the owner key.
+        #[arg(long, value_name = "CAPFILE")]
+        cap: Option<std::path::PathBuf>,
     },
     /// Set a key (kv and doc stores).
     Put {
@@ -189,6 +197,10 @@ pub(crate) enum Command {
     Rm {
         /// The store.
         name: String,
+        /// A capability for this device's key that allows it (`place`, or `remove` for
+        /// `rm`), where this device does not hold the owner key.
+        #[arg(long, value_name = "CAPFILE")]
+        cap: Option<std::path::PathBuf>,
     },
 }
 
@@ -241,8 +253,12 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             window,
             replicas,
             description,
+            cap,
         } => {
             let mut body = json!({ "name": name, "kind": kind });
+            if let Some(path) = cap {
+                body["authority"] = json!(crate::cmd::cap::read_chain(&path)?.to_text());
+            }
             if let Some(w) = window {
                 body["window_ms"] = json!(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
             }
@@ -317,12 +333,16 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                 || list.clone(),
             );
         }
-        Command::Policy { name, replicas } => {
-            let answer = client.send(
-                "POST",
-                &format!("{}/policy", store_path(&name)),
-                &json!({ "replicas": replicas }),
-            )?;
+        Command::Policy {
+            name,
+            replicas,
+            cap,
+        } => {
+            let mut body = json!({ "replicas": replicas });
+            if let Some(path) = cap {
+                body["authority"] = json!(crate::cmd::cap::read_chain(&path)?.to_text());
+            }
+            let answer = client.send("POST", &format!("{}/policy", store_path(&name)), &body)?;
             out.emit(
                 || {
                     format!(
@@ -455,8 +475,16 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                 true
             })?;
         }
-        Command::Rm { name } => {
-            let r = client.delete(&store_path(&name))?;
+        Command::Rm { name, cap } => {
+            let path = match cap {
+                Some(file) => format!(
+                    "{}?authority={}",
+                    store_path(&name),
+                    crate::cmd::cap::read_chain(&file)?.to_text()
+                ),
+                None => store_path(&name),
+            };
+            let r = client.delete(&path)?;
             out.emit(
                 || format!("Removed store {name} and its data, from every device of the mesh."),
                 || r.clone(),

@@ -136,7 +136,7 @@ pub(crate) fn deploy(
         ));
     }
     if let Some(catalogue) = &node.catalogue
-        && let Ok(Some(entry)) = catalogue.get(&catalogue_key(app))
+        && let Ok(Some(entry)) = catalogue.store().get(&catalogue_key(app))
         && let Some(elsewhere) = entry.get("device").and_then(Value::as_str)
         && elsewhere != node.config.name
     {
@@ -182,7 +182,7 @@ fn list_in_catalogue(node: &Node, record: &AppRecord) {
             "module_hash": record.module_hash,
             "deployed": record.deployed,
         });
-        if let Err(err) = catalogue.put(&catalogue_key(&record.name), entry) {
+        if let Err(err) = catalogue.store().put(&catalogue_key(&record.name), entry) {
             tracing::warn!(app = %record.name, error = %err, "could not list an app in the catalogue");
         }
         if let Some(replication) = node.replication.get() {
@@ -195,7 +195,7 @@ fn list_in_catalogue(node: &Node, record: &AppRecord) {
 fn still_listed(node: &Node, name: &str) -> bool {
     match &node.catalogue {
         None => true,
-        Some(catalogue) => match catalogue.get(&catalogue_key(name)) {
+        Some(catalogue) => match catalogue.store().get(&catalogue_key(name)) {
             Ok(Some(entry)) => {
                 entry.get("device").and_then(Value::as_str) == Some(node.config.name.as_str())
             }
@@ -210,11 +210,11 @@ fn still_listed(node: &Node, name: &str) -> bool {
 pub(crate) fn list_all(node: &Node) -> Vec<Value> {
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
     if let Some(catalogue) = &node.catalogue
-        && let Ok(keys) = catalogue.keys()
+        && let Ok(keys) = catalogue.store().keys()
     {
         for key in keys {
             if let Some(name) = key.strip_prefix("app/")
-                && let Ok(Some(entry)) = catalogue.get(&key)
+                && let Ok(Some(entry)) = catalogue.store().get(&key)
             {
                 out.insert(
                     name.to_owned(),
@@ -254,13 +254,14 @@ pub(crate) fn list_all(node: &Node) -> Vec<Value> {
 pub(crate) fn stop(node: &Node, name: &str) -> Result<String, String> {
     let mut device = None;
     if let Some(catalogue) = &node.catalogue
-        && let Ok(Some(entry)) = catalogue.get(&catalogue_key(name))
+        && let Ok(Some(entry)) = catalogue.store().get(&catalogue_key(name))
     {
         device = entry
             .get("device")
             .and_then(Value::as_str)
             .map(str::to_owned);
         catalogue
+            .store()
             .delete(&catalogue_key(name))
             .map_err(|err| err.to_string())?;
         if let Some(replication) = node.replication.get() {

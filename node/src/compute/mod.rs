@@ -227,11 +227,7 @@ fn stores_read(node: &Node, chain: &VerifiedChain, kind: &JobKind) -> Vec<String
         return vec![store.clone()];
     }
     let mut names: BTreeSet<String> = node.stores.list().into_iter().map(|s| s.name).collect();
-    if let Some(listing) = node
-        .catalogue
-        .as_ref()
-        .and_then(|c| crate::catalogue::read(c).ok())
-    {
+    if let Some(listing) = node.catalogue.as_ref().and_then(|c| c.read().ok()) {
         names.extend(listing.stores.into_values().map(|e| e.name));
     }
     names.remove(crate::catalogue::NAME);
@@ -262,7 +258,7 @@ async fn candidates(
     let listing = node
         .catalogue
         .as_ref()
-        .and_then(|c| crate::catalogue::read(c).ok())
+        .and_then(|c| c.read().ok())
         .unwrap_or_default();
     let mut out = Vec::new();
     let mut consider = |name: &str, role: Role, online: bool, local: bool| {

@@ -158,7 +158,13 @@ impl Resource {
     /// The actions that make sense on this resource.
     pub fn allowed_actions(&self) -> Actions {
         match self {
-            Resource::Store(_) => Actions::READ | Actions::WRITE | Actions::SUBSCRIBE,
+            Resource::Store(_) => {
+                Actions::READ
+                    | Actions::WRITE
+                    | Actions::SUBSCRIBE
+                    | Actions::PLACE
+                    | Actions::REMOVE
+            }
             Resource::Compute => Actions::RUN,
             Resource::Export(_) => Actions::EXPORT,
             Resource::DevicesAdmit => Actions::ADMIT,
@@ -210,14 +216,20 @@ impl Actions {
     pub const EXPORT: Actions = Actions(1 << 4);
     /// Admit a device (issue a device certificate).
     pub const ADMIT: Actions = Actions(1 << 5);
+    /// Create a store or change which devices hold it (sign its placement).
+    pub const PLACE: Actions = Actions(1 << 6);
+    /// Remove a store from every device of the mesh.
+    pub const REMOVE: Actions = Actions(1 << 7);
 
-    const ALL: [(Actions, &'static str); 6] = [
+    const ALL: [(Actions, &'static str); 8] = [
         (Actions::READ, "read"),
         (Actions::WRITE, "write"),
         (Actions::SUBSCRIBE, "subscribe"),
         (Actions::RUN, "run"),
         (Actions::EXPORT, "export"),
         (Actions::ADMIT, "admit"),
+        (Actions::PLACE, "place"),
+        (Actions::REMOVE, "remove"),
     ];
 
     /// Does this set contain every action of `other`?

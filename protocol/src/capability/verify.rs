@@ -342,6 +342,14 @@ impl Verifier {
                     reason: "is not issued by the holder of the link before it",
                 });
             }
+            // A device certificate says "this key is my device"; passed on to another
+            // key it would make a second device of the same name (a clone).
+            if p.device().is_some() {
+                return Err(ChainError::BrokenLink {
+                    index,
+                    reason: "delegates a device certificate, which cannot be delegated",
+                });
+            }
             if !c.within(p) {
                 return Err(ChainError::NotAttenuated { index });
             }

@@ -40,6 +40,7 @@
 //! [`Engine::poll_transmit`] and [`Engine::poll_event`], and arms a timer for
 //! [`Engine::poll_timeout`], calling [`Engine::handle_timeout`] when it fires.
 
+pub mod authority;
 pub mod message;
 pub mod placement;
 
@@ -69,9 +70,10 @@ pub enum ReplicaError {
 pub trait Replica<P> {
     /// The stores this device holds that `peer` should hold too, by policy.
     fn shared_with(&mut self, peer: &P) -> Vec<StoreRef>;
-    /// `peer` holds `store`: should this device hold it too? If the policy says so,
-    /// make sure a local replica exists (empty if new) and return true. A store this
-    /// returns false for is never written here.
+    /// `peer` offers `store`: may the peer hold it, and should this device hold it too?
+    /// If the policy says both, make sure a local replica exists (empty if new) and
+    /// return true. A store this returns false for is neither sent to the peer nor
+    /// written with what it sends.
     fn accept(&mut self, peer: &P, store: &StoreRef) -> bool;
     /// The store's documents and their heads.
     fn units(&mut self, store: &str) -> Result<Vec<UnitHeads>, ReplicaError>;
@@ -226,6 +228,15 @@ pub enum Event<P> {
         store: String,
         /// Bytes of the message.
         bytes: u64,
+    },
+    /// The peer named a store this device does not share with it (offered it, or sent
+    /// its heads, changes or chunks): nothing of it was sent or applied. The driver
+    /// audits it when the placement says the peer may not hold the store.
+    Unshared {
+        /// The peer.
+        peer: P,
+        /// The store id.
+        store: String,
     },
     /// A store here could not be read or written.
     LocalError {
@@ -675,6 +686,7 @@ impl<P: Ord + Clone> Engine<P> {
                 .is_some_and(|p| p.stores.contains_key(&store.id));
             if !known {
                 if !replica.accept(peer, &store) {
+                    self.unshared(peer, &store.id);
                     continue;
                 }
                 let config = self.config.clone();
@@ -747,6 +759,7 @@ impl<P: Ord + Clone> Engine<P> {
     ) -> Result<(), String> {
         let Some(s) = self.peer_store(peer, store) else {
             // Not a store this device shares with the peer: nothing of it is sent.
+            self.unshared(peer, store);
             return Ok(());
         };
         s.active = now;
@@ -845,6 +858,7 @@ impl<P: Ord + Clone> Engine<P> {
         let message = SyncMessage::decode(data)
             .map_err(|err| format!("malformed automerge sync message for {store}: {err}"))?;
         let Some(s) = self.peer_store(peer, store) else {
+            self.unshared(peer, store);
             return Ok(());
         };
         s.active = now;
@@ -877,6 +891,7 @@ impl<P: Ord + Clone> Engine<P> {
         replica: &mut impl Replica<P>,
     ) -> Result<(), String> {
         let Some(s) = self.peer_store(peer, store) else {
+            self.unshared(peer, store);
             return Ok(());
         };
         s.active = now;
@@ -1206,6 +1221,13 @@ impl<P: Ord + Clone> Engine<P> {
         self.events.push_back(Event::Misbehaved {
             peer: peer.clone(),
             reason,
+        });
+    }
+
+    fn unshared(&mut self, peer: &P, store: &str) {
+        self.events.push_back(Event::Unshared {
+            peer: peer.clone(),
+            store: store.to_owned(),
         });
     }
 
