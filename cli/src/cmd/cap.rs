@@ -275,6 +275,17 @@ fn show(dir: &DataDir, path: &Path, out: &mut Output) -> Result<()> {
 fn delegate(dir: &DataDir, args: DelegateArgs, out: &mut Output) -> Result<()> {
     ensure_absent(&args.out)?;
     let chain = read_chain(&args.capfile)?;
+    if chain.leaf().capability().device().is_some() {
+        return Err(CliError::new(
+            Exit::Refused,
+            format!(
+                "{} is a device certificate, which cannot be delegated: passed to another key \
+                 it would make a second device of the same name",
+                args.capfile.display()
+            ),
+        )
+        .hint("a new device joins with its own certificate: run `hearth invite` on a device of the mesh and `hearth join` on the new one"));
+    }
     let key = HolderKey::read(&args.key).map_err(|err| {
         CliError::key_file(err, &args.key, "pass the holder key file (made by `hearth key new`) whose public key the capability names")
     })?;
