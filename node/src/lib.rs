@@ -46,4 +46,7 @@ pub mod mesh;
 mod node;
 pub mod replication;
 
+#[cfg(test)]
+mod hostile_tests;
+
 pub use node::{MeshSetup, Node, NodeConfig, NodeError, layout};

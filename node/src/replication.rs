@@ -164,8 +164,8 @@ struct NodePlacement {
 }
 
 impl NodePlacement {
-    /// May `peer` hold the store `id`?
-    fn holds(&self, peer: &PeerId, id: &str) -> bool {
+    /// Does the placement of the store `id` name `peer` as a holder?
+    fn named(&self, peer: &PeerId, id: &str) -> bool {
         let Some((name, role)) = self.devices.get(peer) else {
             return false;
         };
@@ -175,6 +175,19 @@ impl NodePlacement {
         self.policies
             .get(id)
             .is_some_and(|(origin, policy)| policy.holds(name, *role, origin))
+    }
+
+    /// May `peer` sync the store `id` with this device? The holders the placement
+    /// names, and the store's origin device: the data comes from it, and when a
+    /// placement moves a store off its origin, the origin hands its copy over before it
+    /// drops it (it never counts as a holder that confirms a copy).
+    fn holds(&self, peer: &PeerId, id: &str) -> bool {
+        self.named(peer, id)
+            || self.devices.get(peer).is_some_and(|(name, _)| {
+                self.policies
+                    .get(id)
+                    .is_some_and(|(origin, _)| origin == name)
+            })
     }
 }
 
@@ -523,7 +536,7 @@ impl Actor {
                 }
                 let digest = store.digest();
                 let confirmed = self.engine.replicas(&id).iter().any(|r| {
-                    self.placement.holds(&r.peer, &id)
+                    self.placement.named(&r.peer, &id)
                         && r.confirmed.map(|(d, _)| d) == Some(digest)
                 });
                 if !confirmed {

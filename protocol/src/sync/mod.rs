@@ -998,6 +998,8 @@ impl<P: Ord + Clone> Engine<P> {
         let settle = self.config.settle;
         let retry = self.config.retry;
         let Some(s) = self.peer_store(peer, store) else {
+            // A claim about a store the peer does not share with us proves nothing.
+            self.unshared(peer, store);
             return;
         };
         s.active = now;

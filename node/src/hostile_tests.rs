@@ -1,0 +1,488 @@
+//! A member device turned hostile, played from its side: a device holding a real,
+//! valid certificate (`vm`, role cloud) that runs a node but speaks the mesh's
+//! protocols with its own logic as well: it names stores it may not hold, pushes
+//! changes into them, claims to hold what it does not, writes forged and replayed
+//! placement documents into the catalogue, deletes the newest one, and lets a clone
+//! present a certificate delegated from a real device. Every attack is refused and
+//! audited, and leaves every store byte-identical.
+//!
+//! The devices are whole nodes in this process (stores, replication, audit log, real
+//! libp2p connections over loopback TCP); the clone is a bare mesh actor.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_protocol::capability::{Capability, Chain, Grant, Resource, RevocationSet, Role};
+use hearth_protocol::capability::{Verifier, VerifierConfig};
+use hearth_protocol::device;
+use hearth_protocol::key::{NodeKey, OwnerKey};
+use hearth_protocol::mesh::admission::Gate;
+use hearth_protocol::sync::authority::{Authority, Placement, SignedPlacement};
+use hearth_protocol::sync::{Message, StoreKind};
+use hearth_protocol::time::UnixMillis;
+use hearth_stores::audit::AuditLog;
+use hearth_stores::backend::BackendKind;
+use hearth_stores::replica::store_ref;
+use hearth_stores::{Kind, Stores, StoresConfig};
+use libp2p::{Multiaddr, PeerId};
+use serde_json::json;
+
+use crate::mesh::{MeshConfig, peer_id};
+use crate::{MeshSetup, Node, NodeConfig};
+
+const OWNER_SEED: [u8; 32] = [1; 32];
+
+fn now() -> UnixMillis {
+    UnixMillis::from_system_time(std::time::SystemTime::now())
+}
+
+/// Polls `f` (at most 30 s) until it returns something.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(value) = f() {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("gave up waiting: {what}"))
+}
+
+fn certificate(owner: &OwnerKey, key: &NodeKey, name: &str, role: Role) -> Chain {
+    device::issue_certificate(
+        owner.secret(),
+        None,
+        key.public(),
+        name,
+        role,
+        UnixMillis(0),
+        UnixMillis(u64::MAX / 2),
+        [key.public().as_bytes()[0]; 16],
+    )
+    .unwrap()
+}
+
+struct Device {
+    node: Arc<Node>,
+    key: NodeKey,
+    peer: PeerId,
+}
+
+/// A whole node `name` in `dir`, dialling `bootstrap`; the owner key only on home.
+async fn device(
+    dir: &std::path::Path,
+    seed: u8,
+    name: &str,
+    role: Role,
+    bootstrap: Option<&Multiaddr>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Device {
+    let owner = OwnerKey::from_seed(OWNER_SEED);
+    let key = NodeKey::from_seed([seed; 32]);
+    let data_dir = dir.join(name);
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let node = Node::open(NodeConfig {
+        data_dir,
+        name: name.into(),
+        role: role.as_str().into(),
+        node_key: key.clone(),
+        api: "127.0.0.1:0".parse().unwrap(),
+        backend: BackendKind::Redb,
+        mesh: Some(MeshSetup {
+            certificate: certificate(&owner, &key, name, role),
+            owner: owner.public(),
+            owner_key: (role == Role::Home).then(|| owner.clone()),
+            config: MeshConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: bootstrap.cloned().into_iter().collect(),
+                mdns: false,
+                ..MeshConfig::default()
+            },
+        }),
+        compute_limits: Default::default(),
+    })
+    .unwrap();
+    let mut stop = stop.clone();
+    tokio::spawn(node.clone().serve(
+        async move {
+            let _ = stop.changed().await;
+        },
+        |_| {},
+    ));
+    eventually("the node's mesh starts", || node.mesh.get().map(|_| ())).await;
+    let peer = peer_id(&key.public()).unwrap();
+    Device { node, key, peer }
+}
+
+async fn address(device: &Device) -> Multiaddr {
+    let mesh = device.node.mesh.get().unwrap();
+    loop {
+        if let Some(addr) = mesh.status().await.unwrap().listen.first().cloned() {
+            return format!("{addr}/p2p/{}", device.peer).parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn connected_to(device: &Device, names: &[&str]) -> bool {
+    let peers = device
+        .node
+        .mesh
+        .get()
+        .unwrap()
+        .status()
+        .await
+        .unwrap()
+        .peers;
+    names
+        .iter()
+        .all(|n| peers.iter().any(|p| p.name == *n && p.connected))
+}
+
+fn refusals(audit: &AuditLog, action: &str, object: &str) -> usize {
+    audit
+        .entries(None, None, Some(action))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.outcome.starts_with("refused") && e.object.contains(object))
+        .count()
+}
+
+/// Everything a store holds, to compare byte for byte: its digest and its content.
+fn content(node: &Node, store: &str) -> Option<(hearth_protocol::sync::Digest, Vec<String>)> {
+    let store = node.stores.get(store).ok()?;
+    let mut values = Vec::new();
+    for key in store.keys().unwrap() {
+        values.push(format!("{key}={}", store.get(&key).unwrap().unwrap()));
+    }
+    Some((store.digest(), values))
+}
+
+fn policy_of(node: &Node, store: &str) -> Option<String> {
+    let listing = node.catalogue.as_ref().unwrap().read().unwrap();
+    let id = listing.id_of(store)?;
+    Some(listing.stores[id].replicas.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let owner = OwnerKey::from_seed(OWNER_SEED);
+    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
+    let home_addr = address(&home).await;
+    let vm = device(
+        dir.path(),
+        12,
+        "vm",
+        Role::Cloud,
+        Some(&home_addr),
+        &stop_rx,
+    )
+    .await;
+    eventually_async(|| connected_to(&home, &["vm"])).await;
+
+    // Home's diary, which only home holds; the owner then moves it to the phone, which
+    // is not on line yet: home must keep it until the phone confirms it.
+    let home_catalogue = home.node.catalogue.clone().unwrap();
+    let diary = home.node.stores.create("diary", Kind::Kv, None).unwrap();
+    let origin_only = hearth_protocol::sync::placement::Policy::parse("origin").unwrap();
+    home_catalogue
+        .list_new(diary.meta(), &origin_only, Default::default(), None)
+        .unwrap();
+    diary.put("today", json!("private")).unwrap();
+    let first_text = home_catalogue
+        .store()
+        .keys()
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("place/{}/", diary.meta().id)))
+        .map(|k| home_catalogue.store().get(&k).unwrap().unwrap())
+        .next()
+        .unwrap();
+    let to_phone = hearth_protocol::sync::placement::Policy::parse("phone").unwrap();
+    home_catalogue.place("diary", &to_phone, None).unwrap();
+    home.node.replication.get().unwrap().catalogue_changed();
+    let vm_catalogue = vm.node.catalogue.clone().unwrap();
+    eventually("the vm lists the diary on the phone", || {
+        (vm_catalogue
+            .read()
+            .ok()?
+            .stores
+            .values()
+            .any(|e| e.name == "diary" && e.replicas == "phone"))
+        .then_some(())
+    })
+    .await;
+    let diary_before = content(&home.node, "diary").unwrap();
+    let diary_ref = store_ref(diary.meta());
+    let diary_id = diary.meta().id.clone();
+    let (diary_digest, diary_records) = (diary.digest(), 1);
+    drop(diary);
+
+    let hostile = vm.node.mesh.get().unwrap().clone();
+    let send = |bytes: Vec<u8>| {
+        let hostile = hostile.clone();
+        let to = home.peer;
+        async move { hostile.sync_send(to, bytes).await.unwrap() }
+    };
+
+    // 1. Names the diary, which it may not hold, asks for its heads, and claims to
+    //    hold exactly what home holds (so that home would drop its copy).
+    send(Message::Digests(vec![(diary_ref.clone(), [0; 32], 0)]).encode()).await;
+    send(
+        Message::Units {
+            store: diary_id.clone(),
+            units: Vec::new(),
+        }
+        .encode(),
+    )
+    .await;
+    for _ in 0..50 {
+        send(
+            Message::Have {
+                store: diary_id.clone(),
+                digest: diary_digest,
+                records: diary_records,
+            }
+            .encode(),
+        )
+        .await;
+    }
+
+    // 2. Pushes a real automerge change into the diary: made on a replica of its own.
+    let scratch = Stores::open(StoresConfig {
+        root: dir.path().join("scratch"),
+        backend: BackendKind::Memory,
+        actor: hearth_protocol::sync::authority::actor_of(&vm.key.public()),
+        clock: Arc::new(|| 0),
+    })
+    .unwrap();
+    let copy = scratch
+        .create_replica(home.node.stores.get("diary").unwrap().meta().clone())
+        .unwrap();
+    let mut changes = copy.subscribe_local();
+    copy.put("today", json!("overwritten by the vm")).unwrap();
+    let change = changes.recv().await.unwrap();
+    for (unit, data) in &change.units {
+        send(
+            Message::Push {
+                store: diary_id.clone(),
+                unit: *unit,
+                digest: change.after,
+                data: data.to_vec(),
+            }
+            .encode(),
+        )
+        .await;
+    }
+
+    // Every one of these is audited as refused (in one summary entry, not one per
+    // message), and home still holds its diary, unchanged.
+    let audit = &home.node.audit;
+    eventually("home audits the refused sync", || {
+        (refusals(audit, "sync.receive", "diary from vm") > 0).then_some(())
+    })
+    .await;
+    assert!(
+        refusals(audit, "sync.receive", "diary from vm") <= 2,
+        "refusals are summed up, not one entry per message"
+    );
+    assert_eq!(content(&home.node, "diary").unwrap(), diary_before);
+    assert!(vm.node.stores.get("diary").is_err(), "the vm got nothing");
+
+    // 3. Forged placement documents in the catalogue: claiming the owner's authority,
+    //    and claiming to be the diary's origin; then a replay of the owner's own older
+    //    document, with the newest one deleted.
+    let vm_cert = certificate(&owner, &vm.key, "vm", Role::Cloud);
+    let forge = |authority: Authority, replicas: &str| {
+        let p = Placement {
+            id: diary_id.clone(),
+            name: "diary".into(),
+            kind: StoreKind::Kv,
+            window_ms: diary_ref.window_ms,
+            created: 0,
+            origin: "vm".into(),
+            replicas: replicas.into(),
+            removed: false,
+            issued_at: now(),
+            description: None,
+            source: None,
+            unit: None,
+            signer: vm.key.public(),
+            authority,
+        };
+        p.sign(vm.key.secret()).unwrap()
+    };
+    let forged: Vec<SignedPlacement> = vec![
+        forge(Authority::Owner, "all"),
+        forge(Authority::Origin(vm_cert), "origin"),
+    ];
+    let vm_store = vm_catalogue.store().clone();
+    for doc in &forged {
+        let key = format!(
+            "place/{}/{}",
+            doc.placement().id,
+            hex::encode(&doc.hash()[..8])
+        );
+        vm_store.put(&key, json!(doc.to_text())).unwrap();
+    }
+    let replayed = SignedPlacement::from_text(first_text.as_str().unwrap()).unwrap();
+    let newest: Vec<String> = vm_store
+        .keys()
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("place/{diary_id}/")))
+        .filter(|k| {
+            let text = vm_store.get(k).unwrap().unwrap();
+            SignedPlacement::from_text(text.as_str().unwrap())
+                .is_ok_and(|d| d.placement().replicas == "phone")
+        })
+        .collect();
+    assert_eq!(newest.len(), 1);
+    vm_store
+        .put(
+            &format!("place/{diary_id}/{}", hex::encode(&replayed.hash()[..8])),
+            json!(replayed.to_text()),
+        )
+        .unwrap();
+    vm_store.delete(&newest[0]).unwrap();
+    eventually("home audits both forged documents", || {
+        (refusals(audit, "placement.check", &diary_id) >= 2).then_some(())
+    })
+    .await;
+    // Home keeps (and writes back) the owner's newest placement.
+    eventually("home writes the deleted document back", || {
+        home_catalogue
+            .store()
+            .get(&newest[0])
+            .ok()
+            .flatten()
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(policy_of(&home.node, "diary").as_deref(), Some("phone"));
+    assert_eq!(content(&home.node, "diary").unwrap(), diary_before);
+
+    // 4. A clone: a fresh key presenting a certificate delegated from the vm's own.
+    let clone_key = NodeKey::from_seed([66; 32]);
+    let vm_cert = certificate(&owner, &vm.key, "vm", Role::Cloud);
+    let delegated = vm_cert
+        .extend(
+            Capability {
+                issuer: vm.key.public(),
+                audience: clone_key.public(),
+                parent: Some(vm_cert.leaf().id()),
+                grants: vec![Grant::new(
+                    Resource::Device {
+                        name: "vm".into(),
+                        role: Role::Cloud,
+                    },
+                    hearth_protocol::capability::Actions::NONE,
+                )],
+                not_before: UnixMillis(0),
+                expires: UnixMillis(u64::MAX / 4),
+                nonce: [7; 16],
+            }
+            .sign(vm.key.secret())
+            .unwrap(),
+        )
+        .unwrap();
+    let clone_audit = Arc::new(
+        AuditLog::open(
+            &dir.path().join("clone-audit.log"),
+            "vm",
+            clone_key.clone(),
+            Arc::new(|| 0),
+        )
+        .unwrap(),
+    );
+    let clone = crate::mesh::spawn(
+        &clone_key,
+        delegated,
+        Gate::new(
+            clone_key.public(),
+            Verifier::new(owner.public(), VerifierConfig::default()),
+            RevocationSet::new(owner.public()),
+            None,
+        ),
+        None,
+        MeshConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![home_addr.clone()],
+            mdns: false,
+            ..MeshConfig::default()
+        },
+        clone_audit,
+        None,
+        stop_rx.clone(),
+    )
+    .await
+    .unwrap();
+    eventually("home refuses the clone", || {
+        audit
+            .entries(None, None, Some("mesh.admit"))
+            .unwrap()
+            .into_iter()
+            .find(|e| e.outcome.contains("cannot be delegated"))
+    })
+    .await;
+    assert!(
+        !clone
+            .status()
+            .await
+            .unwrap()
+            .peers
+            .iter()
+            .any(|p| p.connected),
+        "the clone was admitted"
+    );
+
+    // Through all of it home kept the diary. The phone comes on line: it receives the
+    // diary, confirms it, and only then does home drop its copy.
+    assert_eq!(content(&home.node, "diary").unwrap(), diary_before);
+    let phone = device(
+        dir.path(),
+        11,
+        "phone",
+        Role::Mobile,
+        Some(&home_addr),
+        &stop_rx,
+    )
+    .await;
+    eventually("the phone holds the diary", || {
+        (content(&phone.node, "diary")?.1 == diary_before.1).then_some(())
+    })
+    .await;
+    eventually("home drops the diary once the phone holds it", || {
+        home.node.stores.get("diary").is_err().then_some(())
+    })
+    .await;
+    assert_eq!(content(&phone.node, "diary").unwrap(), diary_before);
+    assert!(vm.node.stores.get("diary").is_err());
+    let _ = stop_tx.send(true);
+}
+
+/// Polls an async condition (at most 30 s).
+async fn eventually_async<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !f().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("gave up waiting");
+}
