@@ -46,6 +46,25 @@ struct IndexEntry {
     id: String,
     kind: Kind,
     backend: String,
+    /// The actor of a replica made by sync (hex), when it is not the device's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
+}
+
+/// The actor a device writes a replica made by sync under: one per replica, so that a
+/// replica dropped and made again later never reuses the sequence numbers of the
+/// changes its earlier incarnation wrote (which other devices still hold).
+fn replica_actor(device: &[u8; 16], id: &str, created: u64) -> [u8; 16] {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"hearth/v1/replica-actor");
+    hasher.update(device);
+    hasher.update(id.as_bytes());
+    hasher.update(created.to_be_bytes());
+    let digest: [u8; 32] = hasher.finalize().into();
+    let mut actor = [0u8; 16];
+    actor.copy_from_slice(&digest[..16]);
+    actor
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +98,9 @@ pub struct StoreInfo {
 pub struct Stores {
     config: StoresConfig,
     stores: RwLock<BTreeMap<String, Entry>>,
+    /// The creation time of the last replica made by sync (each is later than the one
+    /// before, so each gets its own actor).
+    last_replica: std::sync::Mutex<u64>,
 }
 
 fn dir_size(path: &Path) -> u64 {
@@ -121,11 +143,17 @@ impl Stores {
                 .parse::<BackendKind>()
                 .map_err(StoreError::Invalid)
                 .and_then(|backend| {
+                    let actor = match &entry.actor {
+                        Some(text) => hex::decode(text).map_err(|_| {
+                            StoreError::Invalid(format!("the actor of {:?} is not hex", entry.name))
+                        })?,
+                        None => config.actor.to_vec(),
+                    };
                     Store::open(
                         &config.root.join(&entry.id),
                         backend,
                         &entry.name,
-                        ActorId::from(config.actor.as_slice()),
+                        ActorId::from(actor.as_slice()),
                         config.clock.clone(),
                     )
                 });
@@ -143,6 +171,7 @@ impl Stores {
         Ok(Self {
             config,
             stores: RwLock::new(stores),
+            last_replica: std::sync::Mutex::new(0),
         })
     }
 
@@ -189,12 +218,13 @@ impl Stores {
             created,
             window_ms,
         };
-        self.insert_new(&mut stores, meta)
+        let actor = self.config.actor;
+        self.insert_new(&mut stores, meta, actor)
     }
 
     /// Creates an empty local replica of a store another device holds (same id, name,
     /// kind and window), for sync to fill.
-    pub fn create_replica(&self, meta: StoreMeta) -> Result<Arc<Store>, StoreError> {
+    pub fn create_replica(&self, mut meta: StoreMeta) -> Result<Arc<Store>, StoreError> {
         let valid_id = meta.id.len() == 32 && meta.id.bytes().all(|b| b.is_ascii_hexdigit());
         if !valid_id
             || !hearth_protocol::capability::is_valid_name(&meta.name)
@@ -220,7 +250,16 @@ impl Stores {
                 _ => Err(StoreError::Exists(meta.name.clone())),
             };
         }
-        self.insert_new(&mut stores, meta)
+        {
+            let mut last = self
+                .last_replica
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            meta.created = meta.created.max(last.saturating_add(1));
+            *last = meta.created;
+        }
+        let actor = replica_actor(&self.config.actor, &meta.id, meta.created);
+        self.insert_new(&mut stores, meta, actor)
     }
 
     /// The store with this id.
@@ -246,6 +285,7 @@ impl Stores {
         &self,
         stores: &mut BTreeMap<String, Entry>,
         meta: StoreMeta,
+        actor: [u8; 16],
     ) -> Result<Arc<Store>, StoreError> {
         let name = meta.name.clone();
         let name = name.as_str();
@@ -259,7 +299,7 @@ impl Stores {
             &dir,
             self.config.backend,
             meta,
-            ActorId::from(self.config.actor.as_slice()),
+            ActorId::from(actor.as_slice()),
             self.config.clock.clone(),
         ) {
             Ok(store) => Arc::new(store),
@@ -343,6 +383,8 @@ impl Stores {
                     id: store.meta().id.clone(),
                     kind: store.meta().kind,
                     backend: self.backend_of(store).to_owned(),
+                    actor: (store.actor() != self.config.actor.as_slice())
+                        .then(|| hex::encode(store.actor())),
                 },
                 Entry::Broken { entry, .. } => entry.clone(),
             })

@@ -1,7 +1,12 @@
 //! A node's stores as the sync engine's [`Replica`], under a placement policy.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use hearth_protocol::capability::Role;
+use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::sync::{
-    Digest, Replica, ReplicaError, StoreKind, StoreRef, SyncMessage, SyncState, Unit, UnitHeads,
+    Digest, Engine, Replica, ReplicaError, StoreKind, StoreRef, SyncMessage, SyncState, Unit,
+    UnitHeads,
 };
 
 use crate::registry::Stores;
@@ -14,6 +19,11 @@ pub trait Placement<P> {
     fn peer_holds(&self, peer: &P, store: &StoreRef) -> bool;
     /// Should this device hold `store`, which `peer` offers?
     fn we_hold(&self, peer: &P, store: &StoreRef) -> bool;
+    /// Does the placement put the store `id` on this device (so it keeps its replica
+    /// until a holder confirms it)?
+    fn keeps(&self, _id: &str) -> bool {
+        true
+    }
 }
 
 /// Every device holds every store: for tests and single-purpose meshes.
@@ -27,6 +37,120 @@ impl<P> Placement<P> for Everywhere {
 
     fn we_hold(&self, _: &P, _: &StoreRef) -> bool {
         true
+    }
+}
+
+/// The placement of a mesh's stores as one device sees it: each store's origin and
+/// policy (from its verified placement document), and the devices connected.
+#[derive(Debug, Clone)]
+pub struct Policies<P> {
+    /// This device's name and role.
+    pub me: (String, Role),
+    /// A store every device holds (the catalogue), if any.
+    pub everyone: Option<String>,
+    /// Connected devices: name and role.
+    pub devices: BTreeMap<P, (String, Role)>,
+    /// Each listed store's origin and policy, by id.
+    pub policies: BTreeMap<String, (String, Policy)>,
+    /// Stores removed from the mesh.
+    pub removed: BTreeSet<String>,
+}
+
+/// What to do with a local replica, given the placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Keep it: the placement puts it here, or no document lists it.
+    Keep,
+    /// The placement no longer puts it here, but no holder it names has confirmed it
+    /// yet: keep it for now.
+    Wait,
+    /// Drop it: removed from the mesh, or a holder the placement names confirmed it.
+    Drop,
+}
+
+impl<P: Ord> Policies<P> {
+    /// No stores, no devices.
+    pub fn new(name: &str, role: Role, everyone: Option<String>) -> Self {
+        Self {
+            me: (name.to_owned(), role),
+            everyone,
+            devices: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            removed: BTreeSet::new(),
+        }
+    }
+
+    /// Does the placement of the store `id` name `peer` as a holder?
+    pub fn named(&self, peer: &P, id: &str) -> bool {
+        let Some((name, role)) = self.devices.get(peer) else {
+            return false;
+        };
+        if self.everyone.as_deref() == Some(id) {
+            return true;
+        }
+        self.policies
+            .get(id)
+            .is_some_and(|(origin, policy)| policy.holds(name, *role, origin))
+    }
+
+    /// May `peer` sync the store `id` with this device? The holders the placement
+    /// names, and the store's origin device: the data comes from it, and when a
+    /// placement moves a store off its origin, the origin hands its copy over before it
+    /// drops it (it never counts as a holder that confirms a copy).
+    pub fn holds(&self, peer: &P, id: &str) -> bool {
+        self.named(peer, id)
+            || self.devices.get(peer).is_some_and(|(name, _)| {
+                self.policies
+                    .get(id)
+                    .is_some_and(|(origin, _)| origin == name)
+            })
+    }
+
+    /// Does the placement put the store `id` on this device?
+    pub fn held_here(&self, id: &str) -> bool {
+        if self.everyone.as_deref() == Some(id) {
+            return true;
+        }
+        self.policies
+            .get(id)
+            .is_some_and(|(origin, policy)| policy.holds(&self.me.0, self.me.1, origin))
+    }
+
+    /// What to do with this device's replica of `id`, whose digest is `ours`: a
+    /// replica the placement no longer puts here is dropped only once a device the
+    /// placement names has confirmed, over sync, that it holds the same and keeps it
+    /// (a claim from a device it does not name proves nothing).
+    pub fn keep(&self, engine: &Engine<P>, id: &str, ours: Digest) -> Keep
+    where
+        P: Clone,
+    {
+        if self.removed.contains(id) {
+            return Keep::Drop;
+        }
+        if !self.policies.contains_key(id) || self.held_here(id) {
+            return Keep::Keep;
+        }
+        // Only a holder that said it keeps the store counts: two devices whose
+        // placements disagree for a moment must not each drop on the other's word.
+        let confirmed = engine
+            .replicas(id)
+            .iter()
+            .any(|r| self.named(&r.peer, id) && r.kept == Some(ours));
+        if confirmed { Keep::Drop } else { Keep::Wait }
+    }
+}
+
+impl<P: Ord> Placement<P> for Policies<P> {
+    fn peer_holds(&self, peer: &P, store: &StoreRef) -> bool {
+        self.holds(peer, &store.id)
+    }
+
+    fn we_hold(&self, _: &P, store: &StoreRef) -> bool {
+        self.held_here(&store.id)
+    }
+
+    fn keeps(&self, id: &str) -> bool {
+        self.held_here(id)
     }
 }
 
@@ -107,6 +231,10 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
                 false
             }
         }
+    }
+
+    fn keeps(&mut self, store: &str) -> bool {
+        self.placement.keeps(store)
     }
 
     fn units(&mut self, store: &str) -> Result<Vec<UnitHeads>, ReplicaError> {

@@ -456,6 +456,11 @@ impl Store {
         })
     }
 
+    /// The automerge actor this device writes this store's changes under.
+    pub fn actor(&self) -> &[u8] {
+        self.actor.to_bytes()
+    }
+
     /// The store's metadata.
     pub fn meta(&self) -> &StoreMeta {
         &self.meta

@@ -253,6 +253,7 @@ async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
                 store: diary_id.clone(),
                 digest: diary_digest,
                 records: diary_records,
+                keeps: true,
             }
             .encode(),
         )

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use hearth_protocol::capability::Role;
 use hearth_protocol::sync::placement::Policy;
-use hearth_protocol::sync::{Config, Digest, Engine, Event, StoreRef};
+use hearth_protocol::sync::{Config, Digest, Engine, Event};
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::{AuditLog, Event as AuditEvent};
-use hearth_stores::replica::{Placement, StoresReplica};
+use hearth_stores::replica::{Keep, Policies, StoresReplica};
 use hearth_stores::{LocalChange, Stores};
 use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -34,6 +34,8 @@ use crate::mesh::MeshHandle;
 
 /// How often each device records what it holds in the catalogue (when it changed).
 const STATS_EVERY: Duration = Duration::from_secs(30);
+/// How often a device asks the holders of a replica it no longer holds to confirm it.
+const HAND_OVER_EVERY: Duration = Duration::from_secs(2);
 /// How often sync traffic is summed up into the audit log.
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
 
@@ -150,61 +152,9 @@ pub(crate) fn channel() -> (ReplicationHandle, mpsc::Receiver<Input>) {
     )
 }
 
-/// The placement policy as the engine asks it: what the verified placement documents
-/// of the catalogue say (a store without one is held by nobody new).
-#[derive(Debug)]
-struct NodePlacement {
-    me: (String, Role),
-    catalogue_id: String,
-    devices: BTreeMap<PeerId, (String, Role)>,
-    /// Each listed store's origin and policy.
-    policies: BTreeMap<String, (String, Policy)>,
-    /// Stores removed from the mesh.
-    removed: BTreeSet<String>,
-}
-
-impl NodePlacement {
-    /// Does the placement of the store `id` name `peer` as a holder?
-    fn named(&self, peer: &PeerId, id: &str) -> bool {
-        let Some((name, role)) = self.devices.get(peer) else {
-            return false;
-        };
-        if id == self.catalogue_id {
-            return true;
-        }
-        self.policies
-            .get(id)
-            .is_some_and(|(origin, policy)| policy.holds(name, *role, origin))
-    }
-
-    /// May `peer` sync the store `id` with this device? The holders the placement
-    /// names, and the store's origin device: the data comes from it, and when a
-    /// placement moves a store off its origin, the origin hands its copy over before it
-    /// drops it (it never counts as a holder that confirms a copy).
-    fn holds(&self, peer: &PeerId, id: &str) -> bool {
-        self.named(peer, id)
-            || self.devices.get(peer).is_some_and(|(name, _)| {
-                self.policies
-                    .get(id)
-                    .is_some_and(|(origin, _)| origin == name)
-            })
-    }
-}
-
-impl Placement<PeerId> for NodePlacement {
-    fn peer_holds(&self, peer: &PeerId, store: &StoreRef) -> bool {
-        self.holds(peer, &store.id)
-    }
-
-    fn we_hold(&self, _: &PeerId, store: &StoreRef) -> bool {
-        if store.id == self.catalogue_id {
-            return true;
-        }
-        self.policies
-            .get(&store.id)
-            .is_some_and(|(origin, policy)| policy.holds(&self.me.0, self.me.1, origin))
-    }
-}
+/// The placement as the engine asks it: what the verified placement documents of the
+/// catalogue say (a store without one is held by nobody new).
+type NodePlacement = Policies<PeerId>;
 
 fn now() -> UnixMillis {
     UnixMillis::from_system_time(std::time::SystemTime::now())
@@ -237,6 +187,8 @@ struct Actor {
     refused: BTreeMap<(String, String), u64>,
     /// A replica this device no longer holds waits for a holder's confirmation.
     pending_drop: bool,
+    /// When the holders of each such replica were last asked to confirm it.
+    handing_over: BTreeMap<String, Instant>,
     last_audit: Instant,
     last_stats: Instant,
 }
@@ -257,13 +209,7 @@ pub(crate) fn spawn(
 ) {
     let mut actor = Actor {
         engine: Engine::new(Config::default()),
-        placement: NodePlacement {
-            me: (name, role),
-            catalogue_id: catalogue.id().to_owned(),
-            devices: BTreeMap::new(),
-            policies: BTreeMap::new(),
-            removed: BTreeSet::new(),
-        },
+        placement: NodePlacement::new(&name, role, Some(catalogue.id().to_owned())),
         stores,
         catalogue,
         mesh,
@@ -274,6 +220,7 @@ pub(crate) fn spawn(
         traffic: BTreeMap::new(),
         refused: BTreeMap::new(),
         pending_drop: false,
+        handing_over: BTreeMap::new(),
         last_audit: Instant::now(),
         last_stats: Instant::now()
             .checked_sub(STATS_EVERY)
@@ -398,7 +345,7 @@ impl Actor {
                     let _ = self.mesh.disconnect(peer).await;
                 }
                 Event::Received { peer, store, bytes } => {
-                    if store == self.placement.catalogue_id {
+                    if self.placement.everyone.as_deref() == Some(store.as_str()) {
                         catalogue_changed = true;
                     }
                     let name = self.peer_name(&peer);
@@ -519,33 +466,31 @@ impl Actor {
     /// confirmed, over sync, that it holds what this one holds. A store no valid
     /// document lists is kept.
     fn drop_unheld(&mut self) {
-        let (me, role) = self.placement.me.clone();
         self.pending_drop = false;
         for store in self.stores.all() {
             let id = store.meta().id.clone();
-            if id == self.placement.catalogue_id {
-                continue;
-            }
-            let removed = self.placement.removed.contains(&id);
-            if !removed {
-                let Some((origin, policy)) = self.placement.policies.get(&id) else {
-                    continue;
-                };
-                if policy.holds(&me, role, origin) {
-                    continue;
-                }
-                let digest = store.digest();
-                let confirmed = self.engine.replicas(&id).iter().any(|r| {
-                    self.placement.named(&r.peer, &id)
-                        && r.confirmed.map(|(d, _)| d) == Some(digest)
-                });
-                if !confirmed {
+            let removed = match self.placement.keep(&self.engine, &id, store.digest()) {
+                Keep::Keep => continue,
+                Keep::Wait => {
                     self.pending_drop = true;
+                    // Ask the holders to confirm, now and then.
+                    let due = self
+                        .handing_over
+                        .get(&id)
+                        .is_none_or(|at| at.elapsed() >= HAND_OVER_EVERY);
+                    if due {
+                        self.handing_over.insert(id.clone(), Instant::now());
+                        let mut replica =
+                            StoresReplica::new(&self.stores, &self.placement, now().0);
+                        self.engine.hand_over(now(), &id, &mut replica);
+                    }
                     continue;
                 }
-            }
+                Keep::Drop => self.placement.removed.contains(&id),
+            };
             let name = store.name().to_owned();
             drop(store);
+            self.handing_over.remove(&id);
             self.engine.forget_store(&id);
             self.watched.remove(&id);
             match self.stores.remove(&name) {
@@ -588,7 +533,9 @@ impl Actor {
         let me = self.placement.me.0.clone();
         let listing = self.catalogue.read().unwrap_or_default();
         for info in self.stores.list() {
-            if info.id == self.placement.catalogue_id || !listing.stores.contains_key(&info.id) {
+            if self.placement.everyone.as_deref() == Some(info.id.as_str())
+                || !listing.stores.contains_key(&info.id)
+            {
                 continue;
             }
             let Some(store) = self.stores.get_by_id(&info.id) else {

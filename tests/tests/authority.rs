@@ -143,7 +143,9 @@ fn members_without_the_owners_authority_cannot_place_create_widely_or_remove() {
     assert!(listed(&cloud, "wide").is_none());
     assert_eq!(refusals(&cloud, "store.create").len(), 1);
     // The phone delegates its device certificate to another key: refused.
-    let holder = json_ok(&phone, &["key", "new", "--out", "clone.key"]);
+    let clone_key = tmp.path().join("clone.key");
+    let clone_key = clone_key.to_str().unwrap();
+    let holder = json_ok(&phone, &["key", "new", "--out", clone_key]);
     let err = refused(
         &phone,
         &[
@@ -153,9 +155,9 @@ fn members_without_the_owners_authority_cannot_place_create_widely_or_remove() {
             "--holder",
             holder["public_key"].as_str().unwrap(),
             "--key",
-            "clone.key",
+            clone_key,
             "--out",
-            "clone.cap",
+            tmp.path().join("clone.cap").to_str().unwrap(),
         ],
     );
     assert!(err.contains("cannot be delegated"), "{err}");

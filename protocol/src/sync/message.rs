@@ -9,7 +9,7 @@
 //! 5 Chunk    str id, varint start, bytes       a closed chunk, whole (an automerge save)
 //! 6 Push     str id, unit, digest(32), bytes   new changes of a local write, and the
 //!                                              sender's digest once they are applied
-//! 7 Have     str id, digest(32), varint records
+//! 7 Have     str id, digest(32), varint records, u8 keeps
 //!
 //! store       = str id, str name, u8 kind (1 kv, 2 timeseries, 3 doc), varint window_ms
 //! unit        = u8 0 (the whole document) | u8 1 varint start (a timeseries chunk)
@@ -161,6 +161,10 @@ pub enum Message {
         digest: Digest,
         /// Its records now.
         records: u64,
+        /// The sender's placement puts the store on it: it keeps this replica until a
+        /// holder its placement names confirms it (so a device the placement moves the
+        /// store off may drop its own copy on this answer).
+        keeps: bool,
     },
 }
 
@@ -261,11 +265,13 @@ impl Message {
                 store,
                 digest,
                 records,
+                keeps,
             } => {
                 w.u8(7);
                 w.str(store);
                 w.raw(digest);
                 w.varint(*records);
+                w.u8(u8::from(*keeps));
             }
         }
         w.into_bytes()
@@ -353,6 +359,16 @@ impl Message {
                 store: read_id(&mut r)?,
                 digest: r.array("digest")?,
                 records: r.varint("records")?,
+                keeps: match r.u8("keeps flag")? {
+                    0 => false,
+                    1 => true,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "keeps flag",
+                            tag,
+                        });
+                    }
+                },
             },
             tag => {
                 return Err(DecodeError::UnknownTag {
@@ -435,6 +451,7 @@ mod tests {
                 store: "s".into(),
                 digest: [5; 32],
                 records: 10,
+                keeps: true,
             },
         ]
     }

@@ -75,6 +75,11 @@ pub trait Replica<P> {
     /// return true. A store this returns false for is neither sent to the peer nor
     /// written with what it sends.
     fn accept(&mut self, peer: &P, store: &StoreRef) -> bool;
+    /// Does this device's placement put `store` here (so that it keeps its replica
+    /// until a holder confirms it)? Told to peers with each [`Message::Have`].
+    fn keeps(&mut self, _store: &str) -> bool {
+        true
+    }
     /// The store's documents and their heads.
     fn units(&mut self, store: &str) -> Result<Vec<UnitHeads>, ReplicaError>;
     /// The store's records (readings or keys).
@@ -270,6 +275,9 @@ struct PeerStore {
     heard: UnixMillis,
     /// Since when a due comparison has been put off because the store was busy.
     busy_since: Option<UnixMillis>,
+    /// The digest the peer last said it holds and keeps (its placement puts the
+    /// store on it).
+    kept: Option<Digest>,
 }
 
 impl PeerStore {
@@ -285,6 +293,7 @@ impl PeerStore {
             active: now,
             heard: now,
             busy_since: None,
+            kept: None,
         }
     }
 
@@ -325,6 +334,9 @@ pub struct PeerReplica<P> {
     pub peer: P,
     /// Its digest and records as it last confirmed them, if it did.
     pub confirmed: Option<(Digest, u64)>,
+    /// The digest it last said it holds and keeps (its placement puts the store on
+    /// it): what a device the placement moves the store off may drop on.
+    pub kept: Option<Digest>,
 }
 
 /// The sync engine of one device: what to send to each connected peer.
@@ -377,6 +389,7 @@ impl<P: Ord + Clone> Engine<P> {
                 p.stores.get(store).map(|s| PeerReplica {
                     peer: peer.clone(),
                     confirmed: s.confirmed,
+                    kept: s.kept,
                 })
             })
             .collect()
@@ -477,6 +490,25 @@ impl<P: Ord + Clone> Engine<P> {
                 s.expected = None;
                 s.arm_soon(at);
             }
+        }
+    }
+
+    /// This device's placement no longer puts `store` here: asks every peer sharing it
+    /// to say what it holds (offers it again), so that a holder that keeps it confirms
+    /// the same digest (a [`Message::Have`] with `keeps`) before this device drops its
+    /// copy.
+    pub fn hand_over(&mut self, now: UnixMillis, store: &str, replica: &mut impl Replica<P>) {
+        let Ok(digest) = replica.digest(store) else {
+            return;
+        };
+        let peers: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.stores.contains_key(store))
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in peers {
+            self.offer(now, &peer, vec![(store.to_owned(), digest)], replica);
         }
     }
 
@@ -591,8 +623,9 @@ impl<P: Ord + Clone> Engine<P> {
                 store,
                 digest,
                 records,
+                keeps,
             } => {
-                self.on_have(now, peer, &store, digest, records, replica);
+                self.on_have(now, peer, &store, digest, records, keeps, replica);
                 Ok(())
             }
         };
@@ -686,7 +719,22 @@ impl<P: Ord + Clone> Engine<P> {
                 .is_some_and(|p| p.stores.contains_key(&store.id));
             if !known {
                 if !replica.accept(peer, &store) {
-                    self.unshared(peer, &store.id);
+                    // A device the placement no longer names hands its copy over: it
+                    // drops it once a holder confirms the same digest. Only an equal
+                    // digest is confirmed (that tells the peer nothing it did not
+                    // know); nothing else of the store is sent or taken.
+                    let ours = replica.digest(&store.id).ok();
+                    if ours == Some(digest) {
+                        let message = Message::Have {
+                            store: store.id.clone(),
+                            digest,
+                            records,
+                            keeps: replica.keeps(&store.id),
+                        };
+                        self.send(peer, &message, false);
+                    } else {
+                        self.unshared(peer, &store.id);
+                    }
                     continue;
                 }
                 let config = self.config.clone();
@@ -974,6 +1022,7 @@ impl<P: Ord + Clone> Engine<P> {
             Err(err) => return self.local_error(store, &err),
         };
         let records = replica.records(store);
+        let keeps = replica.keeps(store);
         if let Some(s) = self.peer_store(peer, store) {
             s.told = Some((digest, now));
         }
@@ -981,10 +1030,12 @@ impl<P: Ord + Clone> Engine<P> {
             store: store.to_owned(),
             digest,
             records,
+            keeps,
         };
         self.send(peer, &message, false);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_have(
         &mut self,
         now: UnixMillis,
@@ -992,6 +1043,7 @@ impl<P: Ord + Clone> Engine<P> {
         store: &str,
         digest: Digest,
         records: u64,
+        keeps: bool,
         replica: &mut impl Replica<P>,
     ) {
         let ours = replica.digest(store).ok();
@@ -1005,6 +1057,7 @@ impl<P: Ord + Clone> Engine<P> {
         s.active = now;
         s.heard = now;
         s.confirmed = Some((digest, records));
+        s.kept = keeps.then_some(digest);
         if s.expected == Some(digest) {
             s.expected = None;
         }
