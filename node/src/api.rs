@@ -960,7 +960,11 @@ fn mesh_error(err: crate::mesh::MeshError) -> ApiError {
         crate::mesh::MeshError::NoSuchDevice(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
         }
-        crate::mesh::MeshError::NotOwner(_) | crate::mesh::MeshError::CannotAdmit => {
+        crate::mesh::MeshError::NotOwner(_)
+        | crate::mesh::MeshError::CannotAdmit
+        | crate::mesh::MeshError::NameTaken(_)
+        | crate::mesh::MeshError::Ambiguous { .. }
+        | crate::mesh::MeshError::RevokeSelf(_) => {
             ApiError::new(StatusCode::FORBIDDEN, "refused", err.to_string())
         }
         other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", other.to_string()),

@@ -338,6 +338,22 @@ pub enum MeshError {
     /// The owner key could not sign.
     #[error("cannot sign: {0}")]
     Sign(String),
+    /// A device of that name exists already.
+    #[error("the mesh already has a device named {0:?}: choose another name")]
+    NameTaken(String),
+    /// More than one device has that name.
+    #[error("{name:?} names more than one device ({peers}); name the one you mean by its peer id")]
+    Ambiguous {
+        /// The name.
+        name: String,
+        /// Their peer ids.
+        peers: String,
+    },
+    /// This device would revoke itself.
+    #[error(
+        "{0:?} is this device: revoke it from another device of the mesh (the owner key can move with `hearth init --recover`)"
+    )]
+    RevokeSelf(String),
 }
 
 /// A peer as the mesh sees it.
@@ -898,20 +914,27 @@ pub async fn spawn(
     let owner = *gate.owner();
     let mut members = Membership::new(owner);
     if let Some(path) = &config.membership_file {
-        match std::fs::read(path).map(|bytes| Snapshot::decode(&bytes)) {
-            Ok(Ok(stored)) => {
+        // Fails closed: the file holds the revocations, and starting without them
+        // would admit revoked devices again.
+        let unreadable = |reason: String| {
+            MeshError::Start(format!(
+                "{}: {reason}. The node will not start on a membership it cannot read: it \
+                 holds the mesh's revocations. Restore the file from a backup; or, knowing \
+                 that a revoked device could be admitted here until another device passes \
+                 the revocations back, delete it",
+                path.display()
+            ))
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let stored = read_membership(&bytes).map_err(unreadable)?;
                 let merged = members.merge(now(), &stored, &mut gate.revocations);
                 for reason in merged.rejected {
                     tracing::info!(%reason, "a stored membership document no longer counts");
                 }
             }
-            Ok(Err(err)) => {
-                tracing::warn!(path = %path.display(), error = %err, "ignoring an unreadable membership file");
-            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                tracing::warn!(path = %path.display(), error = %err, "cannot read the membership file")
-            }
+            Err(err) => return Err(unreadable(err.to_string())),
         }
     }
     if let Err(reason) = members.add_device(now(), &certificate) {
@@ -957,6 +980,7 @@ pub async fn spawn(
     }
     mesh.adopt_own_certificate();
     mesh.refresh_issuer();
+    mesh.refresh_names();
     mesh.tell_revocations();
     tokio::spawn(mesh.run(receiver, shutdown));
     Ok(MeshHandle { commands })
@@ -1136,13 +1160,44 @@ impl MeshLoop {
     }
 
     /// The unrevoked device called `name` in the membership store.
+    /// The unrevoked device called `name`, or whose peer id is `name`; refused when the
+    /// name is ambiguous.
     fn device_named(&self, name: &str) -> Result<PublicKey, MeshError> {
-        self.membership
+        let live: Vec<PublicKey> = self
+            .membership
             .members(&self.gate.revocations)
             .into_iter()
-            .find(|m| m.device.name == name && !m.revoked)
+            .filter(|m| !m.revoked)
+            .filter(|m| {
+                m.device.name == name
+                    || peer_id(&m.device.node_key).is_some_and(|p| p.to_string() == name)
+            })
             .map(|m| m.device.node_key)
-            .ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))
+            .collect();
+        match live.as_slice() {
+            [] => Err(MeshError::NoSuchDevice(name.to_owned())),
+            [key] => Ok(*key),
+            keys => Err(MeshError::Ambiguous {
+                name: name.to_owned(),
+                peers: keys
+                    .iter()
+                    .filter_map(peer_id)
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Names of the unrevoked devices, for the gate (a joiner cannot take one).
+    fn refresh_names(&mut self) {
+        self.gate.taken = self
+            .membership
+            .members(&self.gate.revocations)
+            .into_iter()
+            .filter(|m| !m.revoked)
+            .map(|m| m.device.name)
+            .collect();
     }
 
     fn revoke(&mut self, name: &str) -> Result<String, MeshError> {
@@ -1150,6 +1205,9 @@ impl MeshLoop {
             return Err(MeshError::NotOwner("revoke devices"));
         }
         let key = self.device_named(name)?;
+        if key == self.node_key.public() {
+            return Err(MeshError::RevokeSelf(name.to_owned()));
+        }
         let peer = peer_id(&key).ok_or_else(|| MeshError::NoSuchDevice(name.to_owned()))?;
         self.sign_revocation(
             hearth_protocol::capability::RevocationTarget::Key(key),
@@ -1268,6 +1326,7 @@ impl MeshLoop {
             }
         }
         if merged.changed() {
+            self.refresh_names();
             self.countersign();
             self.adopt_own_certificate();
             self.save_membership();
@@ -1354,9 +1413,10 @@ impl MeshLoop {
         let Some(path) = &self.config.membership_file else {
             return;
         };
-        let bytes = self.membership.stored(&self.gate.revocations).encode();
-        let tmp = path.with_extension("tmp");
-        if let Err(err) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
+        let mut bytes = self.membership.stored(&self.gate.revocations).encode();
+        let sum: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+        bytes.extend_from_slice(&sum);
+        if let Err(err) = hearth_stores::fsutil::write_atomic(path, &bytes) {
             tracing::error!(path = %path.display(), error = %err, "cannot store the membership");
         }
     }
@@ -1382,6 +1442,11 @@ impl MeshLoop {
     ) -> Result<String, MeshError> {
         if !self.gate.can_admit() {
             return Err(MeshError::CannotAdmit);
+        }
+        if let Some(name) = &name
+            && self.gate.taken.contains(name)
+        {
+            return Err(MeshError::NameTaken(name.clone()));
         }
         let mut id = [0u8; 16];
         let mut secret = [0u8; 32];
@@ -1869,6 +1934,9 @@ impl MeshLoop {
                 }
                 Event::Joined(device) => {
                     self.audit("mesh.join", &device.name, "allowed");
+                    // Taken at once: a second join under the name is refused even
+                    // before the new certificate is in the membership.
+                    self.gate.taken.insert(device.name.clone());
                 }
                 Event::Welcomed(_) => {}
                 Event::Refused { reason } => {
@@ -1925,9 +1993,50 @@ impl MeshLoop {
                 k.last_seen = now.0;
             }
         }
+        self.recheck_certificates(now);
         if self.dirty {
             self.dirty = false;
             self.save_peers();
+        }
+    }
+
+    /// Checks the certificate of every connected device again: one that expired or was
+    /// revoked while its connection stayed up is disconnected (and audited).
+    fn recheck_certificates(&mut self, now: UnixMillis) {
+        let connected: Vec<PeerId> = self
+            .known
+            .iter()
+            .filter(|(_, k)| k.connected)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in connected {
+            let Some(key) = peer_key(&peer) else {
+                continue;
+            };
+            let Some(chain) = self.membership.certificate(&key).cloned() else {
+                continue;
+            };
+            let Err(reason) = self.gate.check(now, &key, &chain) else {
+                continue;
+            };
+            let name = self
+                .known
+                .get(&peer)
+                .map(|k| k.name.clone())
+                .unwrap_or_default();
+            tracing::warn!(%peer, device = %name, %reason, "disconnecting a device whose certificate no longer holds");
+            self.audit(
+                "mesh.admit",
+                &name,
+                &format!("refused: {reason} (on a live connection)"),
+            );
+            if let Some(k) = self.known.get_mut(&peer) {
+                k.connected = false;
+            }
+            if let Some(replication) = &self.replication {
+                replication.deliver(crate::replication::Input::Disconnected(peer));
+            }
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -2167,6 +2276,20 @@ fn add_addrs(known: &mut Vec<Multiaddr>, new: Vec<Multiaddr>) -> bool {
     known.splice(0..0, fresh);
     known.truncate(16);
     true
+}
+
+/// Reads `membership.bin`: a snapshot followed by its SHA-256 (a file of earlier
+/// versions has no checksum and is read if it decodes whole).
+fn read_membership(bytes: &[u8]) -> Result<Snapshot, String> {
+    if let Some(body_len) = bytes.len().checked_sub(32) {
+        let (body, sum) = bytes.split_at(body_len);
+        if <sha2::Sha256 as sha2::Digest>::digest(body).as_slice() == sum {
+            return Snapshot::decode_stored(body).map_err(|err| err.to_string());
+        }
+    }
+    Snapshot::decode_stored(bytes).map_err(|_| {
+        "the file is damaged (its checksum does not match and it does not decode)".into()
+    })
 }
 
 /// Pairs this (new) device with the inviter named in `ticket`: dials it, redeems the
@@ -2529,6 +2652,102 @@ mod tests {
                 .is_empty(),
             "the stranger's request was read"
         );
+        let _ = stop_tx.send(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_certificate_that_expires_on_a_live_connection_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let owner = OwnerKey::from_seed([1; 32]);
+        // No clock-skew allowance, so that the certificate ends when it says.
+        let verifier = || {
+            Verifier::new(
+                owner.public(),
+                VerifierConfig::default().with_clock_skew(Duration::ZERO),
+            )
+        };
+        let mut handles = Vec::new();
+        let mut audits = Vec::new();
+        let mut first: Option<Multiaddr> = None;
+        let expires = now().saturating_add(Duration::from_secs(3));
+        for (i, (name, until)) in [
+            (0u8, ("home", UnixMillis(u64::MAX / 2))),
+            (1, ("phone", expires)),
+        ] {
+            let key = NodeKey::from_seed([30 + i; 32]);
+            let cert = device::issue_certificate(
+                owner.secret(),
+                None,
+                key.public(),
+                name,
+                Role::Home,
+                UnixMillis(0),
+                until,
+                [i; 16],
+            )
+            .unwrap();
+            let audit = Arc::new(
+                AuditLog::open(
+                    &dir.path().join(format!("{name}.log")),
+                    name,
+                    key.clone(),
+                    Arc::new(|| 0),
+                )
+                .unwrap(),
+            );
+            let handle = spawn(
+                &key,
+                cert,
+                Gate::new(
+                    key.public(),
+                    verifier(),
+                    RevocationSet::new(owner.public()),
+                    None,
+                ),
+                None,
+                MeshConfig {
+                    listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                    bootstrap: first.clone().into_iter().collect(),
+                    mdns: false,
+                    ..MeshConfig::default()
+                },
+                audit.clone(),
+                None,
+                stop.clone(),
+            )
+            .await
+            .unwrap();
+            if first.is_none() {
+                let peer = peer_id(&key.public()).unwrap();
+                let addr = loop {
+                    if let Some(addr) = handle.status().await.unwrap().listen.first().cloned() {
+                        break addr;
+                    }
+                    tokio::task::yield_now().await;
+                };
+                first = Some(format!("{addr}/p2p/{peer}").parse().unwrap());
+            }
+            handles.push(handle);
+            audits.push(audit);
+        }
+        until_admitted(&[&handles[0], &handles[1]]).await;
+        // The phone's certificate runs out while the connection is up: home ends it
+        // within a second, with an audit entry.
+        let ended = eventually("home drops the phone when its certificate expires", || {
+            audits[0]
+                .entries(None, None, Some("mesh.admit"))
+                .unwrap()
+                .into_iter()
+                .find(|e| e.outcome.contains("on a live connection"))
+        })
+        .await;
+        assert!(now().0 >= expires.0, "not before it expired");
+        assert!(
+            now().0 < expires.0 + 5_000,
+            "within a second or so: {ended:?}"
+        );
+        assert!(ended.outcome.contains("expired"), "{}", ended.outcome);
         let _ = stop_tx.send(true);
     }
 

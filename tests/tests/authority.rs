@@ -238,3 +238,94 @@ fn members_without_the_owners_authority_cannot_place_create_widely_or_remove() {
         stop(node);
     }
 }
+
+#[test]
+fn device_names_are_unique_and_a_revocation_names_exactly_one_other_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, phone, impostor) = (
+        tmp.path().join("home"),
+        tmp.path().join("phone"),
+        tmp.path().join("impostor"),
+    );
+    init(&home);
+    let home_node = start(&home);
+
+    // An invitation for a name the mesh has: refused at once.
+    let err = refused(&home, &["invite", "--name", "home"]);
+    assert!(err.contains("already has a device named"), "{err}");
+    // A joiner asking for the owner's device's name, home's role and all: refused.
+    let ticket = json_ok(&home, &["invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = refused(
+        &impostor,
+        &["join", &ticket, "--name", "home", "--role", "home"],
+    );
+    assert!(err.contains("already has a device named \"home\""), "{err}");
+    let ticket = json_ok(&home, &["invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json_ok(
+        &phone,
+        &["join", &ticket, "--name", "phone", "--role", "mobile"],
+    );
+    let devices = json_ok(&home, &["devices"]);
+    let named: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        named.iter().filter(|n| **n == "home").count(),
+        1,
+        "{named:?}"
+    );
+
+    // The owner's device cannot revoke itself; an unknown name is not found.
+    let err = refused(&home, &["devices", "revoke", "home"]);
+    assert!(err.contains("is this device"), "{err}");
+    assert_eq!(
+        hearth(&home, &["devices", "revoke", "ghost"]).status.code(),
+        Some(4)
+    );
+    json_ok(&home, &["devices", "revoke", "phone"]);
+    stop(home_node);
+
+    // A damaged membership file (it holds the revocation) stops the node, naming it;
+    // nothing starts that could admit the revoked phone again.
+    let file = home.join("membership.bin");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..7]).unwrap();
+    let out = hearth(
+        &home,
+        &[
+            "node",
+            "run",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("membership.bin"), "{stderr}");
+    assert!(stderr.contains("will not start"), "{stderr}");
+    // The file as it was: the node starts, and the phone stays revoked.
+    std::fs::write(&file, &bytes).unwrap();
+    let home_node = start(&home);
+    let devices = json_ok(&home, &["devices"]);
+    let phone_entry = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "phone")
+        .unwrap()
+        .clone();
+    assert_eq!(phone_entry["revoked"], true);
+    stop(home_node);
+}

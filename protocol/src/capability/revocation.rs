@@ -165,7 +165,18 @@ pub enum RevocationError {
     /// The reason is over [`MAX_REASON_LEN`].
     #[error("the revocation reason is longer than {MAX_REASON_LEN} bytes")]
     ReasonTooLong,
+    /// Too many capability revocations signed by keys other than the owner's.
+    #[error(
+        "this device already holds {MAX_FOREIGN_REVOCATIONS} capability revocations signed by keys other than the owner's"
+    )]
+    TooMany,
 }
+
+/// Most capability revocations signed by keys other than the owner's a set takes (a
+/// revocation takes effect only when its issuer is on the revoked chain; a member
+/// signing revocations with throwaway keys must not grow the set without end). The
+/// owner's revocations are always taken.
+pub const MAX_FOREIGN_REVOCATIONS: usize = 4096;
 
 /// Every revocation a node knows, for one mesh.
 ///
@@ -179,6 +190,8 @@ pub struct RevocationSet {
     keys: BTreeSet<PublicKey>,
     /// Every accepted revocation, in the order accepted, to pass on to other devices.
     signed: Vec<SignedRevocation>,
+    /// Capability revocations signed by keys other than the owner's.
+    foreign: usize,
 }
 
 impl RevocationSet {
@@ -189,7 +202,13 @@ impl RevocationSet {
             capabilities: BTreeMap::new(),
             keys: BTreeSet::new(),
             signed: Vec::new(),
+            foreign: 0,
         }
+    }
+
+    /// The mesh owner's key.
+    pub fn owner(&self) -> &PublicKey {
+        &self.owner
     }
 
     /// Every revocation accepted so far, to persist or pass on.
@@ -205,7 +224,20 @@ impl RevocationSet {
         let r = revocation.revocation();
         let new = match r.target {
             RevocationTarget::Capability(id) => {
-                self.capabilities.entry(id).or_default().insert(r.issuer)
+                if r.issuer != self.owner
+                    && self.foreign >= MAX_FOREIGN_REVOCATIONS
+                    && !self
+                        .capabilities
+                        .get(&id)
+                        .is_some_and(|k| k.contains(&r.issuer))
+                {
+                    return Err(RevocationError::TooMany);
+                }
+                let new = self.capabilities.entry(id).or_default().insert(r.issuer);
+                if new && r.issuer != self.owner {
+                    self.foreign += 1;
+                }
+                new
             }
             RevocationTarget::Key(key) => {
                 if r.issuer != self.owner {

@@ -182,6 +182,8 @@ pub struct Gate {
     pub revocations: RevocationSet,
     /// Open pairing tickets.
     pub invitations: Invitations,
+    /// Names of the mesh's unrevoked devices: a joiner cannot take one.
+    pub taken: std::collections::BTreeSet<String>,
     issuer: Option<Issuer>,
     nonce_counter: u64,
 }
@@ -199,6 +201,7 @@ impl Gate {
             verifier,
             revocations,
             invitations: Invitations::new(),
+            taken: std::collections::BTreeSet::new(),
             issuer,
             nonce_counter: 0,
         }
@@ -265,6 +268,13 @@ impl Gate {
             .invitations
             .redeem(now, ticket, proof, remote, &self.local, name, role)
             .map_err(|err: JoinError| format!("pairing refused: {err}"))?;
+        if self.taken.contains(&redeemed.name) {
+            return Err(format!(
+                "pairing refused: the mesh already has a device named {:?}; ask for a new \
+                 invitation and join under another name",
+                redeemed.name
+            ));
+        }
         self.nonce_counter += 1;
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.nonce_counter.to_be_bytes());

@@ -40,8 +40,13 @@ pub const MAX_SNAPSHOT_BYTES: usize = 512 * 1024;
 pub const MAX_DEVICES: usize = 256;
 /// Most `devices:admit` grants a membership holds.
 pub const MAX_ADMITS: usize = 64;
-/// Most revocations a snapshot carries.
+/// Most revocations a snapshot on the wire carries (the owner's key revocations
+/// first).
 pub const MAX_REVOCATIONS: usize = 1024;
+/// Most revocations the membership file holds.
+pub const MAX_STORED_REVOCATIONS: usize = 1_000_000;
+/// Largest membership file.
+pub const MAX_STORED_BYTES: usize = 256 * 1024 * 1024;
 /// Largest single document in a snapshot.
 const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
 
@@ -81,12 +86,26 @@ impl Snapshot {
 
     /// Decodes a snapshot; refuses oversized, malformed or over-full input.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_within(bytes, MAX_SNAPSHOT_BYTES, MAX_REVOCATIONS)
+    }
+
+    /// Decodes a snapshot kept on disk, which holds every revocation (at most
+    /// [`MAX_STORED_REVOCATIONS`]).
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_within(bytes, MAX_STORED_BYTES, MAX_STORED_REVOCATIONS)
+    }
+
+    fn decode_within(
+        bytes: &[u8],
+        max_bytes: usize,
+        max_revocations: usize,
+    ) -> Result<Self, DecodeError> {
         const WHAT: &str = "membership snapshot";
-        let mut r = Reader::bounded(bytes, MAX_SNAPSHOT_BYTES, WHAT)?;
+        let mut r = Reader::bounded(bytes, max_bytes, WHAT)?;
         r.magic(MAGIC, VERSION, WHAT)?;
         let devices = read_chains(&mut r, MAX_DEVICES, "device certificates")?;
         let admits = read_chains(&mut r, MAX_ADMITS, "admit grants")?;
-        let count = r.len(MAX_REVOCATIONS, "revocations")?;
+        let count = r.len(max_revocations, "revocations")?;
         let mut revocations = Vec::with_capacity(count);
         for _ in 0..count {
             let len = r.len(MAX_DOCUMENT_BYTES, "revocation")?;
@@ -113,6 +132,28 @@ fn read_chains(
         out.push(Chain::decode(r.take(len, what)?)?);
     }
     Ok(out)
+}
+
+/// Every revocation, the owner's key revocations first, then the owner's capability
+/// revocations, then the rest, each part in byte order: what a snapshot that cannot
+/// carry them all carries first (a flood of revocations signed by other keys never
+/// pushes a device revocation out).
+fn prioritised(revocations: &RevocationSet) -> Vec<SignedRevocation> {
+    let owner = revocations.owner();
+    let mut all: Vec<(u8, Vec<u8>, SignedRevocation)> = revocations
+        .signed()
+        .iter()
+        .map(|r| {
+            let rank = match (r.revocation().target, r.revocation().issuer == *owner) {
+                (crate::capability::RevocationTarget::Key(_), _) => 0,
+                (_, true) => 1,
+                (_, false) => 2,
+            };
+            (rank, r.encode(), r.clone())
+        })
+        .collect();
+    all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    all.into_iter().map(|(_, _, r)| r).collect()
 }
 
 /// What [`Membership::add_device`] did.
@@ -344,12 +385,7 @@ impl Membership {
             revocations.revoked_link(chain).is_none()
                 && chain.links().iter().all(|l| l.capability().expires > now)
         };
-        let mut revoked: Vec<(Vec<u8>, SignedRevocation)> = revocations
-            .signed()
-            .iter()
-            .map(|r| (r.encode(), r.clone()))
-            .collect();
-        revoked.sort_by(|a, b| a.0.cmp(&b.0));
+        let revoked = prioritised(revocations);
         Snapshot {
             devices: self
                 .devices
@@ -365,11 +401,7 @@ impl Membership {
                 .filter(|c| live(c))
                 .cloned()
                 .collect(),
-            revocations: revoked
-                .into_iter()
-                .take(MAX_REVOCATIONS)
-                .map(|(_, r)| r)
-                .collect(),
+            revocations: revoked.into_iter().take(MAX_REVOCATIONS).collect(),
         }
     }
 
@@ -378,12 +410,7 @@ impl Membership {
         Snapshot {
             devices: self.devices.values().map(|(_, c)| c.clone()).collect(),
             admits: self.admits.values().map(|(_, c)| c.clone()).collect(),
-            revocations: revocations
-                .signed()
-                .iter()
-                .take(MAX_REVOCATIONS)
-                .cloned()
-                .collect(),
+            revocations: prioritised(revocations),
         }
     }
 
@@ -519,6 +546,55 @@ mod tests {
         assert_eq!(m.admit_for(&owner.public(), NOW, &revocations), None);
         revocations.insert(&revoke(&owner, &cloud)).unwrap();
         assert_eq!(m.admit_for(&cloud.public(), NOW, &revocations), None);
+    }
+
+    #[test]
+    fn a_flood_of_foreign_revocations_never_crowds_out_a_device_revocation() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let phone = NodeKey::from_seed([2; 32]);
+        let mut m = Membership::new(owner.public());
+        let mut revocations = RevocationSet::new(owner.public());
+        // A member signs thousands of capability revocations with throwaway keys.
+        let mut refused = 0;
+        for i in 0..(crate::capability::MAX_FOREIGN_REVOCATIONS + 100) {
+            let junk = NodeKey::from_seed([u8::try_from(i % 250).unwrap() + 3; 32]);
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let r = Revocation {
+                issuer: junk.public(),
+                target: RevocationTarget::Capability(CapId(id)),
+                issued_at: NOW,
+                reason: String::new(),
+            }
+            .sign(junk.secret())
+            .unwrap();
+            if revocations.insert(&r).is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 100, "bounded: the rest are refused");
+        // ...then the owner revokes the phone: it is in every snapshot.
+        revocations.insert(&revoke(&owner, &phone)).unwrap();
+        let snapshot = m.snapshot(NOW, &revocations);
+        assert_eq!(snapshot.revocations.len(), MAX_REVOCATIONS);
+        assert!(
+            snapshot
+                .revocations
+                .iter()
+                .any(|r| r.revocation().target == RevocationTarget::Key(phone.public()))
+        );
+        let mut other = RevocationSet::new(owner.public());
+        let merged = Membership::new(owner.public()).merge(NOW, &snapshot, &mut other);
+        assert_eq!(merged.revoked_keys, vec![phone.public()]);
+        // The file keeps every one.
+        let stored = m.stored(&revocations).encode();
+        let back = Snapshot::decode_stored(&stored).unwrap();
+        assert_eq!(back.revocations.len(), revocations.signed().len());
+        assert!(
+            m.merge(NOW, &back, &mut RevocationSet::new(owner.public()))
+                .new_revocations
+                > 0
+        );
     }
 
     #[test]
