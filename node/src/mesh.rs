@@ -28,6 +28,7 @@ use futures_util::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 
 mod gate;
 use gate::{Admitted, Gated};
+use hearth_protocol::capability::Position;
 use hearth_protocol::capability::{Chain, Role};
 use hearth_protocol::key::{NodeKey, PublicKey};
 use hearth_protocol::mesh::admission::{
@@ -757,6 +758,19 @@ struct Known {
     retry: Backoff,
     /// The digest of its membership store, as it last told us.
     digest: Option<[u8; 32]>,
+    /// How far our membership has been paged to it.
+    paging: Paging,
+}
+
+/// Where the membership exchange with one peer stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct Paging {
+    /// Where our next page starts (`None`: at the first revocation).
+    after: Option<Position>,
+    /// The digests (ours, theirs) when we last sent the final page: while both stay
+    /// the same, paging again would not help (the peer refuses something), so only
+    /// the first page is sent.
+    round_done: Option<([u8; 32], Option<[u8; 32]>)>,
 }
 
 /// How long a LAN peer that was refused (not a device of this mesh) waits before it
@@ -832,6 +846,7 @@ fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
                     addrs,
                     retry: Backoff::default(),
                     digest: None,
+                    paging: Paging::default(),
                 },
             ))
         })
@@ -1663,6 +1678,16 @@ impl MeshLoop {
                     request_response::Message::Response { response, .. } => {
                         if admitted {
                             self.learn_peers(&peer, &response);
+                            // Page on at once while either side has more to send.
+                            let theirs_more = response.0.get(3).is_some_and(|f| f == b"1");
+                            let ours_more = self
+                                .known
+                                .get(&peer)
+                                .is_some_and(|k| k.paging.after.is_some());
+                            if theirs_more || ours_more {
+                                let list = self.peer_list(&peer);
+                                self.swarm.behaviour_mut().members.send_request(&peer, list);
+                            }
                         }
                     }
                 }
@@ -1888,6 +1913,7 @@ impl MeshLoop {
                         addrs: Vec::new(),
                         retry: Backoff::default(),
                         digest: None,
+                        paging: Paging::default(),
                     });
                     entry.retry = Backoff::default();
                     entry.name = device.name.clone();
@@ -1896,6 +1922,7 @@ impl MeshLoop {
                     entry.connected = true;
                     entry.last_seen = now().0;
                     entry.digest = None;
+                    entry.paging = Paging::default();
                     if let Some(certificate) = &certificate {
                         self.take_in(&Snapshot {
                             devices: vec![certificate.clone()],
@@ -2065,9 +2092,10 @@ impl MeshLoop {
     }
 
     /// What this node tells an admitted peer: the devices it knows with their
-    /// addresses (one frame of `PEER_ID ADDRESS…` lines), its membership digest, and its
-    /// membership snapshot when the peer's last digest differs (else an empty frame).
-    fn peer_list(&self, peer: &PeerId) -> Frames {
+    /// addresses (one frame of `PEER_ID ADDRESS…` lines), its membership digest, a
+    /// page of its membership when the peer's last digest differs (else an empty
+    /// frame), and whether more pages follow (`1`, else empty). Advances the paging.
+    fn peer_list(&mut self, peer: &PeerId) -> Frames {
         let me = *self.swarm.local_peer_id();
         let own: Vec<String> = self
             .swarm
@@ -2089,16 +2117,36 @@ impl MeshLoop {
         let mut text = text.into_bytes();
         text.truncate(admission::MAX_MESSAGE_BYTES);
         let now = now();
-        let digest = self.membership.digest(now, &self.gate.revocations);
-        let theirs = self.known.get(peer).and_then(|k| k.digest);
-        let snapshot = if theirs == Some(digest) {
-            Vec::new()
-        } else {
-            self.membership
-                .snapshot(now, &self.gate.revocations)
-                .encode()
+        let ours = self.membership.digest(now, &self.gate.revocations);
+        let (snapshot, more) = match self.known.get_mut(peer) {
+            Some(k) if k.digest == Some(ours) => {
+                k.paging = Paging::default();
+                (Vec::new(), false)
+            }
+            Some(k) if k.paging.round_done == Some((ours, k.digest)) => {
+                let page = self.membership.page(now, &self.gate.revocations, None);
+                (page.snapshot.encode(), false)
+            }
+            Some(k) => {
+                let page =
+                    self.membership
+                        .page(now, &self.gate.revocations, k.paging.after.as_ref());
+                k.paging.after = page.next;
+                if page.next.is_none() {
+                    k.paging.round_done = Some((ours, k.digest));
+                }
+                (page.snapshot.encode(), page.next.is_some())
+            }
+            None => (
+                self.membership
+                    .page(now, &self.gate.revocations, None)
+                    .snapshot
+                    .encode(),
+                false,
+            ),
         };
-        Frames::from(vec![text, digest.to_vec(), snapshot])
+        let more = if more { b"1".to_vec() } else { Vec::new() };
+        Frames::from(vec![text, ours.to_vec(), snapshot, more])
     }
 
     /// Takes in what an admitted peer told us: its membership (merged), its digest, and
@@ -2478,6 +2526,17 @@ mod tests {
         n: u8,
     ) -> (Vec<(MeshHandle, Arc<AuditLog>, PeerId)>, Multiaddr) {
         let owner = OwnerKey::from_seed([1; 32]);
+        devices_knowing(dir, stop, n, RevocationSet::new(owner.public())).await
+    }
+
+    /// [`devices`], the first starting with `revocations`.
+    async fn devices_knowing(
+        dir: &std::path::Path,
+        stop: &tokio::sync::watch::Receiver<bool>,
+        n: u8,
+        mut revocations: RevocationSet,
+    ) -> (Vec<(MeshHandle, Arc<AuditLog>, PeerId)>, Multiaddr) {
+        let owner = OwnerKey::from_seed([1; 32]);
         let mut out: Vec<(MeshHandle, Arc<AuditLog>, PeerId)> = Vec::new();
         let mut first: Option<Multiaddr> = None;
         for i in 0..n {
@@ -2496,7 +2555,7 @@ mod tests {
             let gate = Gate::new(
                 key.public(),
                 Verifier::new(owner.public(), VerifierConfig::default()),
-                RevocationSet::new(owner.public()),
+                std::mem::replace(&mut revocations, RevocationSet::new(owner.public())),
                 None,
             );
             let audit = Arc::new(
@@ -2653,6 +2712,56 @@ mod tests {
             "the stranger's request was read"
         );
         let _ = stop_tx.send(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hundred_thousand_revocations_reach_a_device_in_full() {
+        use hearth_protocol::capability::{CapId, Revocation, RevocationTarget};
+        let dir = tempfile::tempdir().unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let owner = OwnerKey::from_seed([1; 32]);
+        let phone = NodeKey::from_seed([99; 32]).public();
+        let mut revocations = RevocationSet::new(owner.public());
+        let revoke = |target| {
+            Revocation {
+                issuer: owner.public(),
+                target,
+                issued_at: UnixMillis(1),
+                reason: String::new(),
+            }
+            .sign(owner.secret())
+            .unwrap()
+        };
+        for i in 0..100_000u64 {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            revocations
+                .insert(&revoke(RevocationTarget::Capability(CapId(id))))
+                .unwrap();
+        }
+        revocations
+            .insert(&revoke(RevocationTarget::Key(phone)))
+            .unwrap();
+        let (nodes, _) = devices_knowing(dir.path(), &stop_rx, 2, revocations).await;
+        until_admitted(&[&nodes[0].0, &nodes[1].0]).await;
+        // The second device learns every one, page by page, and agrees with the first.
+        let started = std::time::Instant::now();
+        let learnt = tokio::time::timeout(Duration::from_secs(180), async {
+            loop {
+                let learnt = nodes[1].0.revocations().await.unwrap();
+                if learnt.len() == 100_001 {
+                    return learnt;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("every revocation arrives");
+        assert!(learnt.is_key_revoked(&phone));
+        let held = nodes[0].0.revocations().await.unwrap();
+        assert_eq!(learnt.digest(), held.digest());
+        eprintln!("paged in {:?}", started.elapsed());
+        let _ = stop.send(true);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

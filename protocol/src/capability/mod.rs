@@ -25,7 +25,7 @@ pub use invocation::{
     Invocation, InvocationConfig, InvocationError, InvocationVerifier, SignedInvocation,
 };
 pub use revocation::{
-    MAX_FOREIGN_REVOCATIONS, MAX_REASON_LEN, Revocation, RevocationError, RevocationSet,
+    MAX_FOREIGN_REVOCATIONS, MAX_REASON_LEN, Position, Revocation, RevocationError, RevocationSet,
     RevocationTarget, SignedRevocation,
 };
 pub use verify::{ChainError, ChainErrorKind, VerifiedChain, Verifier, VerifierConfig};

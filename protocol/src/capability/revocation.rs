@@ -1,7 +1,10 @@
 //! Revocations: signed documents that withdraw a capability or a key, and the set a
 //! verifier consults.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use sha2::{Digest as _, Sha256};
 
 use super::{CapId, Chain};
 use crate::encoding::{DecodeError, Reader, Writer};
@@ -183,15 +186,34 @@ pub const MAX_FOREIGN_REVOCATIONS: usize = 4096;
 /// A capability revocation is stored by id whether or not the capability was ever
 /// seen, so a revocation that arrives before its document still applies. It takes
 /// effect in a chain when its issuer is the owner or issued that link or one above it.
+///
+/// Cloning is cheap (the documents are shared until one of the clones changes).
 #[derive(Debug, Clone)]
 pub struct RevocationSet {
     owner: PublicKey,
-    capabilities: BTreeMap<CapId, BTreeSet<PublicKey>>,
-    keys: BTreeSet<PublicKey>,
-    /// Every accepted revocation, in the order accepted, to pass on to other devices.
-    signed: Vec<SignedRevocation>,
+    inner: Arc<Inner>,
+    /// [`RevocationSet::digest`], computed once per change.
+    digest: OnceLock<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inner {
+    /// Key revocations (always the owner's), by revoked key.
+    keys: BTreeMap<PublicKey, SignedRevocation>,
+    /// Capability revocations, by capability id and issuer.
+    capabilities: BTreeMap<CapId, BTreeMap<PublicKey, SignedRevocation>>,
     /// Capability revocations signed by keys other than the owner's.
     foreign: usize,
+}
+
+/// A place in the order [`RevocationSet::after`] walks: key revocations by key, then
+/// capability revocations by capability id and issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Position {
+    /// The revocation of this key.
+    Key(PublicKey),
+    /// The revocation of this capability by this issuer.
+    Capability(CapId, PublicKey),
 }
 
 impl RevocationSet {
@@ -199,10 +221,8 @@ impl RevocationSet {
     pub fn new(owner: PublicKey) -> Self {
         Self {
             owner,
-            capabilities: BTreeMap::new(),
-            keys: BTreeSet::new(),
-            signed: Vec::new(),
-            foreign: 0,
+            inner: Arc::default(),
+            digest: OnceLock::new(),
         }
     }
 
@@ -211,69 +231,157 @@ impl RevocationSet {
         &self.owner
     }
 
-    /// Every revocation accepted so far, to persist or pass on.
-    pub fn signed(&self) -> &[SignedRevocation] {
-        &self.signed
+    /// The key revocations, in key order.
+    pub fn key_revocations(&self) -> impl Iterator<Item = (Position, &SignedRevocation)> {
+        self.inner
+            .keys
+            .iter()
+            .map(|(key, signed)| (Position::Key(*key), signed))
     }
 
-    /// Adds a revocation after checking its signature. Returns whether it was new.
-    pub fn insert(&mut self, revocation: &SignedRevocation) -> Result<bool, RevocationError> {
-        if !revocation.signature_is_valid() {
-            return Err(RevocationError::BadSignature);
+    /// Every revocation after `position` (from the first when `None`): the key
+    /// revocations by key, then the capability revocations by id and issuer.
+    pub fn after(
+        &self,
+        position: Option<&Position>,
+    ) -> Box<dyn Iterator<Item = (Position, &SignedRevocation)> + '_> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let capabilities = |from: std::ops::Bound<CapId>| {
+            self.inner
+                .capabilities
+                .range((from, Unbounded))
+                .flat_map(|(id, by)| {
+                    by.iter()
+                        .map(move |(issuer, signed)| (Position::Capability(*id, *issuer), signed))
+                })
+        };
+        match position.copied() {
+            None => Box::new(self.key_revocations().chain(capabilities(Unbounded))),
+            Some(Position::Key(key)) => Box::new(
+                self.inner
+                    .keys
+                    .range((Excluded(key), Unbounded))
+                    .map(|(key, signed)| (Position::Key(*key), signed))
+                    .chain(capabilities(Unbounded)),
+            ),
+            Some(Position::Capability(id, issuer)) => {
+                let rest_of_id = self
+                    .inner
+                    .capabilities
+                    .get(&id)
+                    .into_iter()
+                    .flat_map(move |by| {
+                        by.range((Excluded(issuer), Unbounded))
+                            .map(move |(issuer, signed)| {
+                                (Position::Capability(id, *issuer), signed)
+                            })
+                    });
+                Box::new(rest_of_id.chain(capabilities(Excluded(id))))
+            }
         }
+    }
+
+    /// Every revocation accepted so far, in the order of [`RevocationSet::after`].
+    pub fn iter(&self) -> impl Iterator<Item = &SignedRevocation> {
+        self.after(None).map(|(_, signed)| signed)
+    }
+
+    /// A digest of what is revoked (each key, each capability with each issuer), equal
+    /// on two devices that hold the same revocations.
+    pub fn digest(&self) -> [u8; 32] {
+        *self.digest.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            hasher.update(b"hearth/v1/revocations");
+            for key in self.inner.keys.keys() {
+                hasher.update([0]);
+                hasher.update(key.as_bytes());
+            }
+            for (id, by) in &self.inner.capabilities {
+                for issuer in by.keys() {
+                    hasher.update([1]);
+                    hasher.update(id.0);
+                    hasher.update(issuer.as_bytes());
+                }
+            }
+            hasher.finalize().into()
+        })
+    }
+
+    /// Adds a revocation after checking its signature. Returns whether it was new (one
+    /// already held, or another document revoking the same thing by the same issuer,
+    /// is not checked again).
+    pub fn insert(&mut self, revocation: &SignedRevocation) -> Result<bool, RevocationError> {
         let r = revocation.revocation();
-        let new = match r.target {
+        match r.target {
             RevocationTarget::Capability(id) => {
-                if r.issuer != self.owner
-                    && self.foreign >= MAX_FOREIGN_REVOCATIONS
-                    && !self
-                        .capabilities
-                        .get(&id)
-                        .is_some_and(|k| k.contains(&r.issuer))
+                if self
+                    .inner
+                    .capabilities
+                    .get(&id)
+                    .is_some_and(|by| by.contains_key(&r.issuer))
                 {
+                    return Ok(false);
+                }
+                if r.issuer != self.owner && self.inner.foreign >= MAX_FOREIGN_REVOCATIONS {
                     return Err(RevocationError::TooMany);
                 }
-                let new = self.capabilities.entry(id).or_default().insert(r.issuer);
-                if new && r.issuer != self.owner {
-                    self.foreign += 1;
+                if !revocation.signature_is_valid() {
+                    return Err(RevocationError::BadSignature);
                 }
-                new
+                let inner = Arc::make_mut(&mut self.inner);
+                inner
+                    .capabilities
+                    .entry(id)
+                    .or_default()
+                    .insert(r.issuer, revocation.clone());
+                if r.issuer != self.owner {
+                    inner.foreign += 1;
+                }
             }
             RevocationTarget::Key(key) => {
                 if r.issuer != self.owner {
                     return Err(RevocationError::NotOwner);
                 }
-                self.keys.insert(key)
+                if self.inner.keys.contains_key(&key) {
+                    return Ok(false);
+                }
+                if !revocation.signature_is_valid() {
+                    return Err(RevocationError::BadSignature);
+                }
+                Arc::make_mut(&mut self.inner)
+                    .keys
+                    .insert(key, revocation.clone());
             }
-        };
-        if new {
-            self.signed.push(revocation.clone());
         }
-        Ok(new)
+        self.digest = OnceLock::new();
+        Ok(true)
     }
 
     /// Is this key revoked?
     pub fn is_key_revoked(&self, key: &PublicKey) -> bool {
-        self.keys.contains(key)
+        self.inner.keys.contains_key(key)
     }
 
     /// The position of the first revoked link of `chain`, if any.
     pub fn revoked_link(&self, chain: &Chain) -> Option<usize> {
-        if self.capabilities.is_empty() && self.keys.is_empty() {
+        let Inner {
+            keys, capabilities, ..
+        } = &*self.inner;
+        if capabilities.is_empty() && keys.is_empty() {
             return None;
         }
         let links = chain.links();
         for (index, link) in links.iter().enumerate() {
             let c = link.capability();
-            if self.keys.contains(&c.issuer) || self.keys.contains(&c.audience) {
+            if keys.contains_key(&c.issuer) || keys.contains_key(&c.audience) {
                 return Some(index);
             }
-            if let Some(revokers) = self.capabilities.get(&link.id()) {
-                let effective = revokers.contains(&self.owner)
+            if let Some(revokers) = capabilities.get(&link.id()) {
+                let effective = revokers.contains_key(&self.owner)
                     || links
                         .iter()
                         .take(index + 1)
-                        .any(|l| revokers.contains(&l.capability().issuer));
+                        .any(|l| revokers.contains_key(&l.capability().issuer));
                 if effective {
                     return Some(index);
                 }
@@ -282,9 +390,15 @@ impl RevocationSet {
         None
     }
 
-    /// Number of revoked capabilities and keys.
+    /// Number of revocations held (of keys, and of capabilities by each issuer).
     pub fn len(&self) -> usize {
-        self.capabilities.len() + self.keys.len()
+        self.inner.keys.len()
+            + self
+                .inner
+                .capabilities
+                .values()
+                .map(BTreeMap::len)
+                .sum::<usize>()
     }
 
     /// Is the set empty?

@@ -9,15 +9,21 @@
 //! window, a revocation must carry a valid signature (and, for a key, the owner's).
 //!
 //! Two devices compare [`Membership::digest`]s and send a [`Snapshot`] only when they
-//! differ, so an unchanged membership costs 32 bytes per exchange.
+//! differ, so an unchanged membership costs 32 bytes per exchange. The digest covers
+//! every revocation; a snapshot carries one page of them ([`Membership::page`]), and
+//! the sender pages on until the digests agree or it has sent them all, so the set
+//! is never cut short however large it grows.
 //!
-//! Snapshot encoding (canonical binary, at most [`MAX_SNAPSHOT_BYTES`]):
+//! Snapshot encoding (canonical binary, at most [`MAX_SNAPSHOT_BYTES`]; the same
+//! format, with every revocation, is the membership file):
 //!
 //! ```text
 //! "HMEM" 01
 //! varint n, n × (varint len, chain)        device certificates, by node key
 //! varint n, n × (varint len, chain)        devices:admit grants, by capability id
-//! varint n, n × (varint len, revocation)   revocations, in byte order
+//! varint n, n × (varint len, revocation)   revocations: up to PRIORITY_KEYS key
+//!                                          revocations, then the page (keys by key,
+//!                                          capabilities by id and issuer)
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,7 +31,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest as _, Sha256};
 
 use crate::capability::{
-    Actions, CapId, Chain, Grant, Resource, RevocationSet, SignedRevocation, Verifier,
+    Actions, CapId, Chain, Grant, Position, Resource, RevocationSet, SignedRevocation, Verifier,
 };
 use crate::device::{self, Device};
 use crate::encoding::{DecodeError, Reader, Writer};
@@ -35,14 +41,15 @@ use crate::time::UnixMillis;
 const MAGIC: &[u8; 4] = b"HMEM";
 const VERSION: u8 = 1;
 /// Largest snapshot on the wire or on disk.
-pub const MAX_SNAPSHOT_BYTES: usize = 512 * 1024;
+pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
 /// Most device certificates a membership holds.
 pub const MAX_DEVICES: usize = 256;
 /// Most `devices:admit` grants a membership holds.
 pub const MAX_ADMITS: usize = 64;
-/// Most revocations a snapshot on the wire carries (the owner's key revocations
-/// first).
+/// Most revocations one page of the exchange carries (see [`Membership::page`]).
 pub const MAX_REVOCATIONS: usize = 1024;
+/// Most key revocations repeated at the head of every page.
+pub const PRIORITY_KEYS: usize = 256;
 /// Most revocations the membership file holds.
 pub const MAX_STORED_REVOCATIONS: usize = 1_000_000;
 /// Largest membership file.
@@ -132,28 +139,6 @@ fn read_chains(
         out.push(Chain::decode(r.take(len, what)?)?);
     }
     Ok(out)
-}
-
-/// Every revocation, the owner's key revocations first, then the owner's capability
-/// revocations, then the rest, each part in byte order: what a snapshot that cannot
-/// carry them all carries first (a flood of revocations signed by other keys never
-/// pushes a device revocation out).
-fn prioritised(revocations: &RevocationSet) -> Vec<SignedRevocation> {
-    let owner = revocations.owner();
-    let mut all: Vec<(u8, Vec<u8>, SignedRevocation)> = revocations
-        .signed()
-        .iter()
-        .map(|r| {
-            let rank = match (r.revocation().target, r.revocation().issuer == *owner) {
-                (crate::capability::RevocationTarget::Key(_), _) => 0,
-                (_, true) => 1,
-                (_, false) => 2,
-            };
-            (rank, r.encode(), r.clone())
-        })
-        .collect();
-    all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    all.into_iter().map(|(_, _, r)| r).collect()
 }
 
 /// What [`Membership::add_device`] did.
@@ -378,14 +363,72 @@ impl Membership {
             .map(|(_, chain)| chain)
     }
 
-    /// What is passed on: the certificates and grants that are unrevoked and unexpired
-    /// at `now`, and every revocation.
+    /// What is passed on first: the certificates and grants that are unrevoked and
+    /// unexpired at `now`, and the first page of revocations.
     pub fn snapshot(&self, now: UnixMillis, revocations: &RevocationSet) -> Snapshot {
+        self.page(now, revocations, None).snapshot
+    }
+
+    /// The live certificates and grants with one page of revocations: the owner's key
+    /// revocations first (at most [`PRIORITY_KEYS`] of them, on every page, so a
+    /// device revocation never waits behind others), then those after `after` in the
+    /// order of [`RevocationSet::after`], as many as fit in [`MAX_REVOCATIONS`] and
+    /// [`MAX_SNAPSHOT_BYTES`]. Paging from `None` through each [`Page::next`] until it
+    /// is `None` carries every revocation.
+    pub fn page(
+        &self,
+        now: UnixMillis,
+        revocations: &RevocationSet,
+        after: Option<&Position>,
+    ) -> Page {
+        let mut snapshot = self.documents(now, revocations);
+        // Room left for revocations, with space for each one's length prefix and the
+        // count.
+        let mut room = MAX_SNAPSHOT_BYTES.saturating_sub(snapshot.encode().len() + 8);
+        let mut fits = |signed: &SignedRevocation| {
+            let size = signed.encode().len() + 3;
+            let fits = size <= room;
+            if fits {
+                room -= size;
+            }
+            fits
+        };
+        // The priority part, unless the page starts at the beginning anyway.
+        let mut last_priority = None;
+        if after.is_some() {
+            for (position, signed) in revocations.key_revocations().take(PRIORITY_KEYS) {
+                if !fits(signed) {
+                    break;
+                }
+                snapshot.revocations.push(signed.clone());
+                last_priority = Some(position);
+            }
+        }
+        let mut rest = revocations
+            .after(after)
+            .filter(|(position, _)| last_priority.is_none_or(|last| *position > last))
+            .peekable();
+        let mut last = None;
+        while let Some((position, signed)) = rest.peek() {
+            if snapshot.revocations.len() >= MAX_REVOCATIONS || !fits(signed) {
+                break;
+            }
+            snapshot.revocations.push((*signed).clone());
+            last = Some(*position);
+            rest.next();
+        }
+        // More to come only if this page made progress (a page that cannot carry
+        // even one more revocation ends the round rather than repeating itself).
+        let next = last.filter(|_| rest.peek().is_some());
+        Page { snapshot, next }
+    }
+
+    /// The certificates and grants that are unrevoked and unexpired at `now`.
+    fn documents(&self, now: UnixMillis, revocations: &RevocationSet) -> Snapshot {
         let live = |chain: &Chain| {
             revocations.revoked_link(chain).is_none()
                 && chain.links().iter().all(|l| l.capability().expires > now)
         };
-        let revoked = prioritised(revocations);
         Snapshot {
             devices: self
                 .devices
@@ -401,7 +444,7 @@ impl Membership {
                 .filter(|c| live(c))
                 .cloned()
                 .collect(),
-            revocations: revoked.into_iter().take(MAX_REVOCATIONS).collect(),
+            revocations: Vec::new(),
         }
     }
 
@@ -410,15 +453,28 @@ impl Membership {
         Snapshot {
             devices: self.devices.values().map(|(_, c)| c.clone()).collect(),
             admits: self.admits.values().map(|(_, c)| c.clone()).collect(),
-            revocations: prioritised(revocations),
+            revocations: revocations.iter().cloned().collect(),
         }
     }
 
-    /// A digest of [`Membership::snapshot`]: two devices with equal digests hold the
-    /// same live membership.
+    /// A digest of the live certificates and grants and of every revocation: two
+    /// devices with equal digests hold the same live membership.
     pub fn digest(&self, now: UnixMillis, revocations: &RevocationSet) -> [u8; 32] {
-        Sha256::digest(self.snapshot(now, revocations).encode()).into()
+        let mut hasher = Sha256::new();
+        hasher.update(self.documents(now, revocations).encode());
+        hasher.update(revocations.digest());
+        hasher.finalize().into()
     }
+}
+
+/// One page of a membership exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// What to send.
+    pub snapshot: Snapshot,
+    /// Where the next page starts, or `None` when this page reached the last
+    /// revocation.
+    pub next: Option<Position>,
 }
 
 #[cfg(test)]
@@ -589,12 +645,113 @@ mod tests {
         // The file keeps every one.
         let stored = m.stored(&revocations).encode();
         let back = Snapshot::decode_stored(&stored).unwrap();
-        assert_eq!(back.revocations.len(), revocations.signed().len());
+        assert_eq!(back.revocations.len(), revocations.len());
         assert!(
             m.merge(NOW, &back, &mut RevocationSet::new(owner.public()))
                 .new_revocations
                 > 0
         );
+    }
+
+    /// Pages `from`'s membership to `to` as the mesh does, until the digests agree or
+    /// a round ends; returns the pages sent.
+    fn page_across(
+        from: (&Membership, &RevocationSet),
+        to: (&mut Membership, &mut RevocationSet),
+    ) -> Vec<Snapshot> {
+        let mut sent = Vec::new();
+        let mut after = None;
+        loop {
+            if from.0.digest(NOW, from.1) == to.0.digest(NOW, to.1) {
+                return sent;
+            }
+            let page = from.0.page(NOW, from.1, after.as_ref());
+            let bytes = page.snapshot.encode();
+            assert!(bytes.len() <= MAX_SNAPSHOT_BYTES);
+            let snapshot = Snapshot::decode(&bytes).unwrap();
+            let merged = to.0.merge(NOW, &snapshot, to.1);
+            assert!(merged.rejected.is_empty(), "{:?}", merged.rejected);
+            sent.push(snapshot);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return sent,
+            }
+        }
+    }
+
+    fn revoke_capability(owner: &OwnerKey, i: u64) -> SignedRevocation {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&i.to_be_bytes());
+        Revocation {
+            issuer: owner.public(),
+            target: RevocationTarget::Capability(CapId(id)),
+            issued_at: NOW,
+            reason: format!("revocation {i}"),
+        }
+        .sign(owner.secret())
+        .unwrap()
+    }
+
+    #[test]
+    fn a_hundred_thousand_revocations_are_paged_to_the_last_with_device_revocations_on_every_page()
+    {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let phone = NodeKey::from_seed([2; 32]);
+        let home = NodeKey::from_seed([3; 32]);
+        let mut a = Membership::new(owner.public());
+        let mut ra = RevocationSet::new(owner.public());
+        a.add_device(NOW, &cert(&owner, &home, "home", LATER))
+            .unwrap();
+        a.add_device(NOW, &cert(&owner, &phone, "phone", LATER))
+            .unwrap();
+        for i in 0..100_000 {
+            assert!(ra.insert(&revoke_capability(&owner, i)).unwrap());
+        }
+        let mut b = Membership::new(owner.public());
+        let mut rb = RevocationSet::new(owner.public());
+        // b knows most revocations, not the last ten in paging order; then the phone
+        // is revoked.
+        for i in 0..99_990 {
+            rb.insert(&revoke_capability(&owner, i)).unwrap();
+        }
+        ra.insert(&revoke(&owner, &phone)).unwrap();
+        let pages = page_across((&a, &ra), (&mut b, &mut rb));
+        assert!(pages.len() >= 98, "{} pages", pages.len());
+        assert!(pages.iter().all(|p| p.revocations.len() <= MAX_REVOCATIONS));
+        // The device revocation heads every page, the first included.
+        for page in &pages {
+            assert_eq!(
+                page.revocations.first().map(|r| r.revocation().target),
+                Some(RevocationTarget::Key(phone.public()))
+            );
+        }
+        assert_eq!(rb.len(), 100_001);
+        assert!(rb.is_key_revoked(&phone.public()));
+        assert_eq!(a.digest(NOW, &ra), b.digest(NOW, &rb));
+        // An agreeing pair sends nothing more.
+        assert!(page_across((&a, &ra), (&mut b, &mut rb)).is_empty());
+    }
+
+    #[test]
+    fn two_documents_revoking_the_same_thing_count_once() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let mut ra = RevocationSet::new(owner.public());
+        let mut rb = RevocationSet::new(owner.public());
+        let first = revoke_capability(&owner, 7);
+        let mut other = first.revocation().clone();
+        other.reason = "said differently".into();
+        let second = other.sign(owner.secret()).unwrap();
+        assert!(ra.insert(&first).unwrap());
+        assert!(rb.insert(&second).unwrap());
+        assert!(!ra.insert(&second).unwrap());
+        assert_eq!(ra.digest(), rb.digest());
+        // A forged copy of a held revocation changes nothing.
+        let mut forged = first.encode();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let forged = SignedRevocation::decode(&forged).unwrap();
+        assert!(!ra.insert(&forged).unwrap());
+        assert_eq!(ra.len(), 1);
     }
 
     #[test]
