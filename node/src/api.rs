@@ -151,6 +151,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/invite", axum::routing::post(invite))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{name}/revoke", axum::routing::post(revoke))
+        .route("/v1/devices/{name}/approve", axum::routing::post(approve))
         .route(
             "/v1/devices/{name}/allow-admit",
             axum::routing::post(allow_admit),
@@ -960,6 +961,7 @@ fn mesh_error(err: crate::mesh::MeshError) -> ApiError {
         crate::mesh::MeshError::NoSuchDevice(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
         }
+        crate::mesh::MeshError::BadScope(_) => ApiError::invalid(err.to_string()),
         crate::mesh::MeshError::NotOwner(_)
         | crate::mesh::MeshError::CannotAdmit
         | crate::mesh::MeshError::NameTaken(_)
@@ -981,6 +983,10 @@ async fn revoke(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiR
 struct AllowAdmitRequest {
     /// How long the grant lasts; default 30 days.
     ttl_ms: Option<u64>,
+    /// The roles it may admit, comma-separated; default `mobile`.
+    roles: Option<String>,
+    /// The names it may give (`name`, `prefix*` or `*`); default `*`.
+    names: Option<String>,
 }
 
 async fn allow_admit(
@@ -990,14 +996,37 @@ async fn allow_admit(
 ) -> ApiResult {
     let Json(body) = body?;
     let ttl = std::time::Duration::from_millis(body.ttl_ms.unwrap_or(30 * 24 * 3600 * 1000));
+    let roles: hearth_protocol::capability::Roles = body
+        .roles
+        .as_deref()
+        .unwrap_or("mobile")
+        .parse()
+        .map_err(ApiError::invalid)?;
+    let scope = crate::mesh::AdmitScope {
+        roles,
+        names: body.names.unwrap_or_else(|| "*".into()),
+    };
+    let names = scope.names.clone();
     let id = mesh_of(&node)?
-        .allow_admit(&name, ttl)
+        .allow_admit(&name, ttl, scope)
         .await
         .map_err(mesh_error)?;
     let expires = hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now())
         .saturating_add(ttl);
+    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    Ok(Json(json!({
+        "device": name,
+        "cap_id": id,
+        "expires": expires.to_string(),
+        "roles": roles,
+        "names": names,
+    })))
+}
+
+async fn approve(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    let changed = mesh_of(&node)?.approve(&name).await.map_err(mesh_error)?;
     Ok(Json(
-        json!({ "device": name, "cap_id": id, "expires": expires.to_string() }),
+        json!({ "device": name, "approved": true, "changed": changed }),
     ))
 }
 

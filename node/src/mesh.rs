@@ -98,8 +98,8 @@ pub struct MeshConfig {
     /// Where the membership store (certificates, admit grants, revocations) is kept
     /// across restarts. Default: nowhere.
     pub membership_file: Option<std::path::PathBuf>,
-    /// Where this device's certificate is kept, rewritten when the owner's device
-    /// countersigns a certificate a delegated admitter issued. Default: nowhere.
+    /// Where this device's certificate is kept, rewritten when the owner approves a
+    /// device a delegated admitter admitted. Default: nowhere.
     pub certificate_file: Option<std::path::PathBuf>,
 }
 
@@ -350,11 +350,23 @@ pub enum MeshError {
         /// Their peer ids.
         peers: String,
     },
+    /// A `devices:admit` scope that names nothing.
+    #[error("invalid admit scope: {0}")]
+    BadScope(String),
     /// This device would revoke itself.
     #[error(
         "{0:?} is this device: revoke it from another device of the mesh (the owner key can move with `hearth init --recover`)"
     )]
     RevokeSelf(String),
+}
+
+/// What a `devices:admit` grant lets its holder admit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmitScope {
+    /// The roles.
+    pub roles: hearth_protocol::capability::Roles,
+    /// The names: `name`, `prefix*` or `*`.
+    pub names: String,
 }
 
 /// A peer as the mesh sees it.
@@ -387,6 +399,11 @@ pub struct DeviceStatus {
     pub last_seen: u64,
     /// Revoked?
     pub revoked: bool,
+    /// Is its certificate the owner's own (signed at `init`, pairing through the
+    /// owner's device, or `hearth devices approve`)? A device admitted under a
+    /// `devices:admit` grant is not until the owner approves it; its certificate ends
+    /// with the grant.
+    pub approved: bool,
 }
 
 /// What `status` reports.
@@ -414,7 +431,12 @@ enum Command {
     AllowAdmit {
         name: String,
         ttl: Duration,
+        scope: AdmitScope,
         reply: oneshot::Sender<Result<String, MeshError>>,
+    },
+    Approve {
+        name: String,
+        reply: oneshot::Sender<Result<bool, MeshError>>,
     },
     RevokeCapability {
         id: hearth_protocol::capability::CapId,
@@ -463,6 +485,7 @@ impl std::fmt::Debug for Command {
             Command::Revoke { .. } => "Revoke",
             Command::Invite { .. } => "Invite",
             Command::AllowAdmit { .. } => "AllowAdmit",
+            Command::Approve { .. } => "Approve",
             Command::RevokeCapability { .. } => "RevokeCapability",
             Command::SyncSend { .. } => "SyncSend",
             Command::Disconnect(_) => "Disconnect",
@@ -528,15 +551,38 @@ impl MeshHandle {
         answer.await.map_err(|_| MeshError::Stopped)?
     }
 
-    /// Lets the device called `name` admit new devices for `ttl` (needs the owner key):
-    /// signs a `devices:admit` capability for its node key and adds it to the
-    /// membership store, which carries it to that device. Returns the capability id.
-    pub async fn allow_admit(&self, name: &str, ttl: Duration) -> Result<String, MeshError> {
+    /// Lets the device called `name` admit new devices of the roles and names in
+    /// `scope` for `ttl` (needs the owner key): signs a `devices:admit` capability for
+    /// its node key and adds it to the membership store, which carries it to that
+    /// device. Returns the capability id.
+    pub async fn allow_admit(
+        &self,
+        name: &str,
+        ttl: Duration,
+        scope: AdmitScope,
+    ) -> Result<String, MeshError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::AllowAdmit {
                 name: name.to_owned(),
                 ttl,
+                scope,
+                reply,
+            })
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Approves the device called `name`, admitted under a `devices:admit` grant (needs
+    /// the owner key): signs it a certificate of its own, so that it stays a member
+    /// when the grant ends or is withdrawn. Returns `false` when its certificate was
+    /// the owner's already.
+    pub async fn approve(&self, name: &str) -> Result<bool, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Approve {
+                name: name.to_owned(),
                 reply,
             })
             .await
@@ -955,7 +1001,6 @@ pub async fn spawn(
     if let Err(reason) = members.add_device(now(), &certificate) {
         tracing::warn!(%reason, "this device's own certificate is not valid");
     }
-    let pending = !members.delegated().is_empty();
     let config_peers = config
         .peers_file
         .as_deref()
@@ -989,10 +1034,6 @@ pub async fn spawn(
         membership: members,
         replication,
     };
-    if pending {
-        mesh.countersign();
-        mesh.save_membership();
-    }
     mesh.adopt_own_certificate();
     mesh.refresh_issuer();
     mesh.refresh_names();
@@ -1075,6 +1116,10 @@ impl MeshLoop {
                         } else {
                             known.map_or((false, 0), |k| (k.connected, k.last_seen))
                         };
+                        let approved = self
+                            .membership
+                            .certificate(&member.device.node_key)
+                            .is_some_and(|chain| chain.links().len() == 1);
                         Some(DeviceStatus {
                             name: member.device.name,
                             role: member.device.role.to_string(),
@@ -1082,6 +1127,7 @@ impl MeshLoop {
                             online,
                             last_seen,
                             revoked: member.revoked,
+                            approved,
                         })
                     })
                     .collect::<Vec<_>>();
@@ -1101,8 +1147,16 @@ impl MeshLoop {
             } => {
                 let _ = reply.send(self.invite(ttl, name, role));
             }
-            Command::AllowAdmit { name, ttl, reply } => {
-                let _ = reply.send(self.allow_admit(&name, ttl));
+            Command::AllowAdmit {
+                name,
+                ttl,
+                scope,
+                reply,
+            } => {
+                let _ = reply.send(self.allow_admit(&name, ttl, scope));
+            }
+            Command::Approve { name, reply } => {
+                let _ = reply.send(self.approve(&name));
             }
             Command::SyncSend { peer, bytes } => {
                 if self.known.get(&peer).is_some_and(|k| k.connected) {
@@ -1259,10 +1313,23 @@ impl MeshLoop {
         Ok(())
     }
 
-    fn allow_admit(&mut self, name: &str, ttl: Duration) -> Result<String, MeshError> {
+    fn allow_admit(
+        &mut self,
+        name: &str,
+        ttl: Duration,
+        scope: AdmitScope,
+    ) -> Result<String, MeshError> {
         let Some(owner_key) = self.owner_key.clone() else {
             return Err(MeshError::NotOwner("let other devices admit devices"));
         };
+        if scope.roles.is_empty()
+            || !hearth_protocol::capability::is_valid_store_pattern(&scope.names)
+        {
+            return Err(MeshError::BadScope(format!(
+                "name at least one role and a name pattern (`name`, `prefix*` or `*`), not {:?}",
+                scope.names
+            )));
+        }
         let key = self.device_named(name)?;
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).map_err(|err| MeshError::Sign(err.to_string()))?;
@@ -1271,7 +1338,10 @@ impl MeshLoop {
             audience: key,
             parent: None,
             grants: vec![hearth_protocol::capability::Grant::new(
-                hearth_protocol::capability::Resource::DevicesAdmit,
+                hearth_protocol::capability::Resource::DevicesAdmit {
+                    roles: scope.roles,
+                    names: scope.names,
+                },
                 hearth_protocol::capability::Actions::ADMIT,
             )],
             not_before: now(),
@@ -1323,7 +1393,7 @@ impl MeshLoop {
         if merged.new_revocations > 0 {
             self.tell_revocations();
             // A revoked capability can end a device's certificate (one issued under a
-            // withdrawn devices:admit grant, not yet countersigned): drop those too.
+            // withdrawn devices:admit grant, not approved by the owner): drop those too.
             let revoked: Vec<PublicKey> = self
                 .membership
                 .members(&self.gate.revocations)
@@ -1342,7 +1412,6 @@ impl MeshLoop {
         }
         if merged.changed() {
             self.refresh_names();
-            self.countersign();
             self.adopt_own_certificate();
             self.save_membership();
             self.refresh_issuer();
@@ -1350,41 +1419,51 @@ impl MeshLoop {
         }
     }
 
-    /// On the owner's device: replaces certificates issued under a `devices:admit`
-    /// grant by owner-signed ones of full lifetime, so those devices stay members
-    /// when the grant ends or is withdrawn.
-    fn countersign(&mut self) {
+    /// On the owner's device, at the owner's word: replaces the certificate of a
+    /// device admitted under a `devices:admit` grant with one the owner key signs, of
+    /// full lifetime, for the same key, name and role. Until then the device's
+    /// certificate ends with the grant, and revoking the grant (or its holder's key)
+    /// ends the device's membership too.
+    fn approve(&mut self, name: &str) -> Result<bool, MeshError> {
         let Some(owner_key) = self.owner_key.clone() else {
-            return;
+            return Err(MeshError::NotOwner("approve devices"));
         };
-        let now = now();
-        for device in self.membership.delegated() {
-            let mut nonce = [0u8; 16];
-            if getrandom::fill(&mut nonce).is_err() {
-                return;
-            }
-            let signed = hearth_protocol::device::issue_certificate(
-                owner_key.secret(),
-                None,
-                device.node_key,
-                &device.name,
-                device.role,
-                now,
-                now.saturating_add(admission::CERTIFICATE_LIFETIME),
-                nonce,
-            );
-            match signed.map(|chain| self.membership.add_device(now, &chain)) {
-                Ok(Ok(_)) => {
-                    self.audit("mesh.countersign", &device.name, "allowed");
-                }
-                Ok(Err(reason)) => tracing::warn!(%reason, "cannot countersign a certificate"),
-                Err(err) => tracing::warn!(error = %err, "cannot countersign a certificate"),
-            }
+        let key = self.device_named(name)?;
+        let Some(chain) = self.membership.certificate(&key) else {
+            return Err(MeshError::NoSuchDevice(name.to_owned()));
+        };
+        if chain.links().len() == 1 {
+            return Ok(false);
         }
+        let now = now();
+        let device = match self.gate.check(now, &key, chain) {
+            Ok(device) => device,
+            Err(reason) => return Err(MeshError::Join(reason)),
+        };
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|err| MeshError::Sign(err.to_string()))?;
+        let signed = hearth_protocol::device::issue_certificate(
+            owner_key.secret(),
+            None,
+            device.node_key,
+            &device.name,
+            device.role,
+            now,
+            now.saturating_add(admission::CERTIFICATE_LIFETIME),
+            nonce,
+        )
+        .map_err(|err| MeshError::Sign(err.to_string()))?;
+        self.take_in(&Snapshot {
+            devices: vec![signed],
+            ..Snapshot::default()
+        });
+        self.audit("mesh.approve", &device.name, "allowed");
+        self.share_peers();
+        Ok(true)
     }
 
     /// Presents (and keeps on disk) the longest-lasting certificate the membership
-    /// holds for this device, once the owner's device has countersigned it.
+    /// holds for this device, once the owner has approved it.
     fn adopt_own_certificate(&mut self) {
         let Some(best) = self.membership.certificate(&self.node_key.public()) else {
             return;

@@ -465,22 +465,9 @@ fn pairing_works_once_and_only_with_the_secret() {
 
 #[test]
 fn a_device_with_an_admit_grant_issues_certificates_that_end_with_the_grant() {
-    use hearth_protocol::capability::{Actions, Capability, Grant, Resource};
     let m = mesh();
     let grant_expires = UnixMillis(NOW.0 + 3_600_000);
-    let grant = Chain::root(
-        Capability {
-            issuer: m.owner.public(),
-            audience: m.home.public(),
-            parent: None,
-            grants: vec![Grant::new(Resource::DevicesAdmit, Actions::ADMIT)],
-            not_before: UnixMillis(0),
-            expires: grant_expires,
-            nonce: [9; 16],
-        }
-        .sign(m.owner.secret())
-        .unwrap(),
-    );
+    let grant = admit_grant(&m, "mobile", "lap*", grant_expires);
     // "home" here holds only the grant, not the owner key.
     let mut hg = Gate::new(
         m.home.public(),
@@ -523,4 +510,78 @@ fn a_device_with_an_admit_grant_issues_certificates_that_end_with_the_grant() {
     // Without an issuer, pairing is refused.
     hg.set_issuer(None);
     assert!(!hg.can_admit());
+}
+
+fn admit_grant(m: &Mesh, roles: &str, names: &str, expires: UnixMillis) -> Chain {
+    use hearth_protocol::capability::{Actions, Capability, Grant, Resource};
+    Chain::root(
+        Capability {
+            issuer: m.owner.public(),
+            audience: m.home.public(),
+            parent: None,
+            grants: vec![Grant::new(
+                Resource::DevicesAdmit {
+                    roles: roles.parse().unwrap(),
+                    names: names.into(),
+                },
+                Actions::ADMIT,
+            )],
+            not_before: UnixMillis(0),
+            expires,
+            nonce: [9; 16],
+        }
+        .sign(m.owner.secret())
+        .unwrap(),
+    )
+}
+
+#[test]
+fn an_admit_grant_admits_only_the_roles_and_names_it_names() {
+    let m = mesh();
+    let expires = UnixMillis(NOW.0 + 3_600_000);
+    // The joiner asks to be "laptop", a mobile device.
+    for (roles, names, allowed) in [
+        ("mobile", "*", true),
+        ("mobile,cloud", "laptop", true),
+        ("home", "*", false),
+        ("cloud,home", "*", false),
+        ("mobile", "phone*", false),
+    ] {
+        let mut hg = Gate::new(
+            m.home.public(),
+            Verifier::new(m.owner.public(), VerifierConfig::default()),
+            RevocationSet::new(m.owner.public()),
+            Some(Issuer {
+                key: m.home.secret().clone(),
+                admit: Some(admit_grant(&m, roles, names, expires)),
+            }),
+        );
+        let ticket = hg.invitations.issue(
+            m.owner.public(),
+            m.home.public(),
+            vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
+            [7; 16],
+            [8; 32],
+            UnixMillis(NOW.0 + 600_000),
+            None,
+            None,
+        );
+        let laptop = NodeKey::from_seed([4; 32]);
+        let (mut home, _, _) = pairing(
+            &m,
+            &ticket,
+            &laptop,
+            ticket.proof(&laptop.public()),
+            &mut hg,
+        );
+        if allowed {
+            assert!(home.is_admitted(), "{roles} {names}");
+        } else {
+            let reason = refused(&mut home);
+            assert!(
+                reason.contains("may admit only") && reason.contains("\"laptop\" (mobile)"),
+                "{roles} {names}: {reason}"
+            );
+        }
+    }
 }

@@ -88,7 +88,18 @@ fn resource() -> impl Strategy<Value = Resource> {
         4 => proptest::sample::select(STORE_PATTERNS).prop_map(|s| Resource::Store(s.to_owned())),
         1 => Just(Resource::Compute),
         1 => proptest::sample::select(DESTINATIONS).prop_map(|d| Resource::Export(d.to_owned())),
-        1 => Just(Resource::DevicesAdmit),
+        1 => (1u8..8, proptest::sample::select(&["*", "ph*", "phone", "p*"][..])).prop_map(
+            |(bits, names)| Resource::DevicesAdmit {
+                roles: hearth_protocol::capability::Roles::of(
+                    [Role::Home, Role::Mobile, Role::Cloud]
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| bits & (1 << i) != 0)
+                        .map(|(_, role)| role),
+                ),
+                names: names.to_owned(),
+            }
+        ),
     ]
 }
 
@@ -176,7 +187,10 @@ fn access_case() -> impl Strategy<Value = AccessCase> {
             1 => Just(Resource::Compute),
             1 => proptest::sample::select(&["https://e.org/up", "https://e.org/z", "https://f.org/x"][..])
                 .prop_map(|d| Resource::Export(d.to_owned())),
-            1 => Just(Resource::DevicesAdmit),
+            1 => Just(Resource::DevicesAdmit {
+                roles: hearth_protocol::capability::Roles::of([Role::Mobile]),
+                names: "*".to_owned(),
+            }),
         ],
         proptest::sample::select(&["read", "write", "subscribe", "run", "export", "admit"][..]),
         opt(names(FIELDS)),

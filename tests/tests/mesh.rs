@@ -340,23 +340,50 @@ fn three_devices_pair_and_see_each_other() {
     let refused = hearth(&cloud, &["invite"]);
     assert_eq!(refused.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("devices:admit"));
-    let grant = json_ok(&home, &["devices", "allow-admit", "vm", "--ttl", "1h"]);
+    let grant = json_ok(
+        &home,
+        &[
+            "devices",
+            "allow-admit",
+            "vm",
+            "--ttl",
+            "1h",
+            "--roles",
+            "mobile",
+        ],
+    );
+    assert_eq!(grant["roles"], serde_json::json!(["mobile"]));
     let grant_id = grant["cap_id"].as_str().unwrap().to_owned();
     // The grant travels to the cloud in the membership store.
-    let ticket = wait_until("the cloud may invite", 20, || {
-        let out = hearth(&cloud, &["--json", "invite"]);
-        out.status.success().then(|| {
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            v["ticket"].as_str().unwrap().to_owned()
+    let cloud_invite = || {
+        wait_until("the cloud may invite", 20, || {
+            let out = hearth(&cloud, &["--json", "invite"]);
+            out.status.success().then(|| {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                v["ticket"].as_str().unwrap().to_owned()
+            })
         })
-    });
+    };
+    // It admits mobile devices only: a joiner asking for the home role is refused.
+    let intruder = tmp.path().join("intruder");
+    let refused = hearth(
+        &intruder,
+        &["join", &cloud_invite(), "--name", "hub", "--role", "home"],
+    );
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("may admit only"), "{said}");
+    assert!(!intruder.join("device.cap").exists());
+    wait_for_audit(&cloud, "mesh.admit", "may admit only");
+
     let laptop = tmp.path().join("laptop");
-    let joined = json_ok(&laptop, &["join", &ticket, "--name", "laptop"]);
+    let joined = json_ok(&laptop, &["join", &cloud_invite(), "--name", "laptop"]);
     assert_eq!(
         joined["owner"], owner,
         "the cloud admitted it into the same mesh"
     );
-    // Home learns of the laptop from the cloud's membership before ever meeting it.
+    // Home learns of the laptop from the cloud's membership before ever meeting it;
+    // it is not approved: nothing is countersigned without the owner.
     let listed = wait_until("home lists the laptop", 20, || {
         let devices = json_ok(&home, &["devices"]);
         devices["devices"]
@@ -368,22 +395,50 @@ fn three_devices_pair_and_see_each_other() {
     });
     assert_eq!(listed["online"], false);
     assert_eq!(listed["revoked"], false);
+    assert_eq!(listed["approved"], false);
     let laptop_node = start(&laptop);
     wait_for_peers(&home, &["vm", "laptop"]);
     wait_for_peers(&laptop, &["home", "vm"]);
+    // A second device the cloud admits, which the owner never approves.
+    let tablet2 = tmp.path().join("tablet2");
+    json_ok(&tablet2, &["join", &cloud_invite(), "--name", "tablet2"]);
+    let tablet2_node = start(&tablet2);
+    wait_for_peers(&home, &["vm", "laptop", "tablet2"]);
 
-    // Home countersigned the laptop's certificate: withdrawing the grant stops the
-    // cloud from inviting, and the laptop stays a member, across a restart too.
-    wait_for_audit(&home, "mesh.countersign", "allowed");
-    json_ok(&home, &["cap", "revoke", &grant_id]);
-    wait_until("the cloud may no longer invite", 20, || {
-        (hearth(&cloud, &["invite"]).status.code() == Some(3)).then_some(())
-    });
-    wait_until("the laptop holds a countersigned certificate", 20, || {
+    // Only the owner's device approves.
+    let refused = hearth(&cloud, &["devices", "approve", "laptop"]);
+    assert_eq!(refused.status.code(), Some(3));
+    let approved = json_ok(&home, &["devices", "approve", "laptop"]);
+    assert_eq!(approved["changed"], true);
+    wait_for_audit(&home, "mesh.approve", "allowed");
+    assert_eq!(
+        json_ok(&home, &["devices", "approve", "laptop"])["changed"],
+        false
+    );
+    wait_until("the laptop holds the owner's certificate", 20, || {
         let cert = std::fs::read_to_string(laptop.join("device.cap")).unwrap();
         let chain = hearth_protocol::capability::Chain::from_text(cert.trim()).unwrap();
         (chain.links().len() == 1).then_some(())
     });
+    // Withdrawing the grant stops the cloud from inviting and ends what it admitted
+    // that the owner did not approve; the approved laptop stays, across a restart too.
+    json_ok(&home, &["cap", "revoke", &grant_id]);
+    wait_until("the cloud may no longer invite", 20, || {
+        (hearth(&cloud, &["invite"]).status.code() == Some(3)).then_some(())
+    });
+    wait_until("home drops the unapproved tablet", 20, || {
+        let devices = json_ok(&home, &["devices"]);
+        let tablet = devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "tablet2")
+            .cloned();
+        tablet
+            .is_some_and(|t| t["revoked"] == true && t["online"] == false)
+            .then_some(())
+    });
+    kill9(tablet2_node);
     kill9(laptop_node);
     wait_for_peers(&home, &["vm"]);
     let laptop_node = start(&laptop);

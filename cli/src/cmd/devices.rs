@@ -1,4 +1,5 @@
-//! `hearth devices`, `hearth devices revoke NAME`, `hearth devices allow-admit NAME`.
+//! `hearth devices`, `hearth devices revoke NAME`, `hearth devices allow-admit NAME`,
+//! `hearth devices approve NAME`.
 
 use hearth_protocol::time::UnixMillis;
 use serde_json::Value;
@@ -28,13 +29,28 @@ pub(crate) enum Command {
         name: String,
     },
     /// Let a device admit new devices (run `hearth invite` there) for a while, through
-    /// a `devices:admit` capability the owner key signs (needs the owner key).
+    /// a `devices:admit` capability the owner key signs (needs the owner key). The
+    /// devices it admits are members until the grant ends, unless the owner approves
+    /// them.
     AllowAdmit {
         /// The device's name.
         name: String,
         /// How long the permission lasts.
         #[arg(long, default_value = "30d", value_parser = super::parse_duration)]
         ttl: std::time::Duration,
+        /// The roles it may admit, comma-separated (home, mobile, cloud).
+        #[arg(long, default_value = "mobile")]
+        roles: String,
+        /// The names it may give: `name`, `prefix*` or `*`.
+        #[arg(long, default_value = "*")]
+        names: String,
+    },
+    /// Approve a device another device admitted under a `devices:admit` grant: the
+    /// owner key signs it a certificate of its own, so it stays a member when the
+    /// grant ends or is withdrawn (needs the owner key).
+    Approve {
+        /// The device's name (or peer id).
+        name: String,
     },
 }
 
@@ -46,24 +62,29 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
             out.emit(
                 || {
                     let mut text = format!(
-                        "{:<16} {:<7} {:<8} {:<22} {}\n",
+                        "{:<16} {:<7} {:<19} {:<22} {}\n",
                         "NAME", "ROLE", "STATE", "LAST SEEN", "PEER ID"
                     );
                     for d in list["devices"].as_array().into_iter().flatten() {
-                        let state = if d["revoked"] == Value::Bool(true) {
+                        let mut state = if d["revoked"] == Value::Bool(true) {
                             "revoked"
                         } else if d["online"] == Value::Bool(true) {
                             "online"
                         } else {
                             "offline"
-                        };
+                        }
+                        .to_owned();
+                        if d["approved"] == Value::Bool(false) && d["revoked"] != Value::Bool(true)
+                        {
+                            state.push_str(", unapproved");
+                        }
                         let seen = d["last_seen"]
                             .as_u64()
                             .filter(|t| *t > 0)
                             .map(|t| UnixMillis(t).to_string())
                             .unwrap_or_else(|| "never".into());
                         text.push_str(&format!(
-                            "{:<16} {:<7} {:<8} {:<22} {}\n",
+                            "{:<16} {:<7} {:<19} {:<22} {}\n",
                             d["name"].as_str().unwrap_or("?"),
                             d["role"].as_str().unwrap_or("?"),
                             state,
@@ -87,20 +108,43 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
                 || answer.clone(),
             );
         }
-        Command::AllowAdmit { name, ttl } => {
+        Command::AllowAdmit {
+            name,
+            ttl,
+            roles,
+            names,
+        } => {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
             let answer = client.send(
                 "POST",
                 &format!("/v1/devices/{}/allow-admit", segment(&name)),
-                &serde_json::json!({ "ttl_ms": ttl_ms }),
+                &serde_json::json!({ "ttl_ms": ttl_ms, "roles": roles, "names": names }),
             )?;
             out.emit(
                 || {
                     format!(
-                        "{name} may admit new devices until {} (capability {}; withdraw it with `hearth cap revoke`).",
+                        "{name} may admit new {roles} devices named {names} until {} (capability {}; withdraw it with `hearth cap revoke`).\n\
+                         The devices it admits are members until then; approve one for good with `hearth devices approve NAME`.",
                         answer["expires"].as_str().unwrap_or("?"),
                         answer["cap_id"].as_str().unwrap_or("?"),
                     )
+                },
+                || answer.clone(),
+            );
+        }
+        Command::Approve { name } => {
+            let answer = client.send(
+                "POST",
+                &format!("/v1/devices/{}/approve", segment(&name)),
+                &Value::Null,
+            )?;
+            out.emit(
+                || {
+                    if answer["changed"] == Value::Bool(true) {
+                        format!("Approved {name}: it holds a certificate the owner key signed, and stays a member when the grant that admitted it ends.")
+                    } else {
+                        format!("{name} holds a certificate the owner key signed already.")
+                    }
                 },
                 || answer.clone(),
             );

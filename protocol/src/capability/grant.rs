@@ -36,6 +36,10 @@ impl Role {
         }
     }
 
+    fn bit(self) -> u8 {
+        1 << (self.tag() - 1)
+    }
+
     pub(crate) fn tag(self) -> u8 {
         match self {
             Role::Home => 1,
@@ -73,6 +77,70 @@ impl std::str::FromStr for Role {
                 truncate_for_message(other)
             )),
         }
+    }
+}
+
+/// A set of roles, as a `devices:admit` grant names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// No role.
+    pub const NONE: Roles = Roles(0);
+
+    /// The set of these roles.
+    pub fn of(roles: impl IntoIterator<Item = Role>) -> Self {
+        Roles(roles.into_iter().fold(0, |bits, role| bits | role.bit()))
+    }
+
+    /// Does the set hold `role`?
+    pub fn contains(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    /// Is every role of `self` in `parent`?
+    pub fn within(self, parent: Roles) -> bool {
+        self.0 & !parent.0 == 0
+    }
+
+    /// Is the set empty?
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn is_valid(self) -> bool {
+        self.0 & !0b111 == 0
+    }
+
+    /// The roles in the set, home first.
+    pub fn iter(self) -> impl Iterator<Item = Role> {
+        [Role::Home, Role::Mobile, Role::Cloud]
+            .into_iter()
+            .filter(move |role| self.contains(*role))
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Role::as_str).collect();
+        if names.is_empty() {
+            f.write_str("no roles")
+        } else {
+            f.write_str(&names.join(", "))
+        }
+    }
+}
+
+impl std::str::FromStr for Roles {
+    type Err = String;
+
+    /// A comma-separated list of roles, e.g. `mobile,cloud`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let roles = text
+            .split(',')
+            .map(|part| part.trim().parse::<Role>().map_err(|err| err.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Roles::of(roles))
     }
 }
 
@@ -132,8 +200,15 @@ pub enum Resource {
     Compute,
     /// Sending data to a destination outside the mesh through the export gateway.
     Export(String),
-    /// Issuing device certificates (admitting new devices).
-    DevicesAdmit,
+    /// Issuing device certificates (admitting new devices) of these roles, under
+    /// names matching a pattern (`name`, `prefix*` or `*`). A grant of an earlier
+    /// format (resource tag `04`, no value) decodes with no roles and admits nothing.
+    DevicesAdmit {
+        /// The roles it may admit.
+        roles: Roles,
+        /// The names it may give.
+        names: String,
+    },
     /// The statement "the audience key is my device `name` with this role": a device
     /// certificate. It carries no actions and no caveats.
     Device {
@@ -150,7 +225,8 @@ impl Resource {
             Resource::Store(_) => 1,
             Resource::Compute => 2,
             Resource::Export(_) => 3,
-            Resource::DevicesAdmit => 4,
+            Resource::DevicesAdmit { roles, .. } if roles.is_empty() => 4,
+            Resource::DevicesAdmit { .. } => 6,
             Resource::Device { .. } => 5,
         }
     }
@@ -167,9 +243,15 @@ impl Resource {
             }
             Resource::Compute => Actions::RUN,
             Resource::Export(_) => Actions::EXPORT,
-            Resource::DevicesAdmit => Actions::ADMIT,
+            Resource::DevicesAdmit { .. } => Actions::ADMIT,
             Resource::Device { .. } => Actions::NONE,
         }
+    }
+
+    /// Does this `devices:admit` resource cover a device of this name and role?
+    pub fn admits(&self, name: &str, role: Role) -> bool {
+        matches!(self, Resource::DevicesAdmit { roles, names }
+            if roles.contains(role) && pattern_matches(names, name))
     }
 
     /// Is every concrete resource `self` names also named by `parent`?
@@ -178,7 +260,13 @@ impl Resource {
             (Resource::Store(child), Resource::Store(parent)) => pattern_within(child, parent),
             (Resource::Export(child), Resource::Export(parent)) => pattern_within(child, parent),
             (Resource::Compute, Resource::Compute) => true,
-            (Resource::DevicesAdmit, Resource::DevicesAdmit) => true,
+            (
+                Resource::DevicesAdmit { roles, names },
+                Resource::DevicesAdmit {
+                    roles: parent_roles,
+                    names: parent_names,
+                },
+            ) => roles.within(*parent_roles) && pattern_within(names, parent_names),
             (Resource::Device { .. }, Resource::Device { .. }) => self == parent,
             _ => false,
         }
@@ -191,7 +279,9 @@ impl fmt::Display for Resource {
             Resource::Store(pattern) => write!(f, "store:{pattern}"),
             Resource::Compute => f.write_str("compute"),
             Resource::Export(destination) => write!(f, "export:{destination}"),
-            Resource::DevicesAdmit => f.write_str("devices:admit"),
+            Resource::DevicesAdmit { roles, names } => {
+                write!(f, "devices:admit({roles}; names {names})")
+            }
             Resource::Device { name, role } => write!(f, "device:{name} ({role})"),
         }
     }
@@ -561,10 +651,12 @@ impl Grant {
     /// A device certificate (`Resource::Device`) is within a `devices:admit` grant with
     /// the `admit` action: that is how a delegated admitter issues certificates.
     pub fn within(&self, parent: &Grant) -> bool {
-        if let (Resource::Device { .. }, Resource::DevicesAdmit) =
+        if let (Resource::Device { name, role }, Resource::DevicesAdmit { roles, names }) =
             (&self.resource, &parent.resource)
         {
-            return parent.actions.contains(Actions::ADMIT);
+            return parent.actions.contains(Actions::ADMIT)
+                && roles.contains(*role)
+                && pattern_matches(names, name);
         }
         self.resource.within(&parent.resource)
             && parent.actions.contains(self.actions)
@@ -591,7 +683,18 @@ impl Grant {
                 )
             }
             Resource::Export(d) => format!("data to {d} (outside the mesh)"),
-            Resource::DevicesAdmit => "new devices into the mesh".to_owned(),
+            Resource::DevicesAdmit { roles, .. } if roles.is_empty() => {
+                "no new devices (a grant of an earlier format; issue a new one)".to_owned()
+            }
+            Resource::DevicesAdmit { roles, names } if names == "*" => {
+                format!("new {roles} devices into the mesh")
+            }
+            Resource::DevicesAdmit { roles, names } => match names.strip_suffix('*') {
+                Some(prefix) => {
+                    format!("new {roles} devices whose name starts with \"{prefix}\" into the mesh")
+                }
+                None => format!("a new {roles} device named \"{names}\" into the mesh"),
+            },
             Resource::Device { name, role } => {
                 return format!("is the mesh's device \"{name}\" with role {role}");
             }
@@ -692,7 +795,13 @@ impl Grant {
                 w.str(name);
                 w.u8(role.tag());
             }
-            Resource::Compute | Resource::DevicesAdmit => {}
+            Resource::DevicesAdmit { roles, names } => {
+                if !roles.is_empty() {
+                    w.u8(roles.0);
+                    w.str(names);
+                }
+            }
+            Resource::Compute => {}
         }
         w.u8(self.actions.0);
         self.caveats.encode(w);
@@ -704,7 +813,18 @@ impl Grant {
             1 => Resource::Store(r.str(MAX_NAME_LEN + 1, "store pattern")?.to_owned()),
             2 => Resource::Compute,
             3 => Resource::Export(r.str(MAX_DESTINATION_LEN, "export destination")?.to_owned()),
-            4 => Resource::DevicesAdmit,
+            4 => Resource::DevicesAdmit {
+                roles: Roles::NONE,
+                names: String::new(),
+            },
+            6 => {
+                let roles = Roles(r.u8("admitted roles")?);
+                if roles.is_empty() {
+                    return Err(invalid("a devices:admit grant names at least one role"));
+                }
+                let names = r.str(MAX_NAME_LEN + 1, "admitted names")?.to_owned();
+                Resource::DevicesAdmit { roles, names }
+            }
             5 => {
                 let name = r.str(MAX_NAME_LEN, "device name")?.to_owned();
                 let role = Role::from_tag(r.u8("role")?)?;
@@ -741,6 +861,16 @@ impl Grant {
                 return Err(format!(
                     "{:?} is not a valid export destination (an https:// URL)",
                     truncate_for_message(destination)
+                ));
+            }
+            Resource::DevicesAdmit { roles, names }
+                if !roles.is_empty() && (!roles.is_valid() || !is_valid_store_pattern(names)) =>
+            {
+                return Err(format!(
+                    "a devices:admit grant names one to three roles and a valid name pattern, \
+                     not {:#04x} and {:?}",
+                    roles.0,
+                    truncate_for_message(names)
                 ));
             }
             Resource::Device { name, .. } => {
@@ -850,8 +980,51 @@ mod tests {
             Actions::NONE,
         );
         assert!(cert.validate().is_ok());
-        assert!(cert.within(&Grant::new(Resource::DevicesAdmit, Actions::ADMIT)));
+        let admit = |roles: &str, names: &str| {
+            Grant::new(
+                Resource::DevicesAdmit {
+                    roles: roles.parse().unwrap(),
+                    names: names.into(),
+                },
+                Actions::ADMIT,
+            )
+        };
+        assert!(cert.within(&admit("mobile", "*")));
+        assert!(cert.within(&admit("home,mobile", "ph*")));
+        assert!(cert.within(&admit("mobile", "phone")));
+        // A grant for other roles or names does not cover it.
+        assert!(!cert.within(&admit("home,cloud", "*")));
+        assert!(!cert.within(&admit("mobile", "tablet*")));
         assert!(!cert.within(&Grant::new(Resource::Compute, Actions::RUN)));
+        // A grant of the earlier format (no roles) admits nothing.
+        let legacy = Grant::new(
+            Resource::DevicesAdmit {
+                roles: Roles::NONE,
+                names: String::new(),
+            },
+            Actions::ADMIT,
+        );
+        assert!(!cert.within(&legacy));
+        // Delegating an admit grant narrows it: roles and names within the parent's.
+        assert!(admit("mobile", "ph*").within(&admit("home,mobile", "*")));
+        assert!(!admit("home", "*").within(&admit("mobile", "*")));
+        assert!(!admit("mobile", "*").within(&admit("mobile", "ph*")));
+        // Every form round-trips; an empty role set under the new tag is refused.
+        for grant in [admit("mobile,cloud", "phone-*"), legacy] {
+            let mut w = Writer::with_capacity(64);
+            grant.encode(&mut w);
+            let bytes = w.into_bytes();
+            let back = Grant::decode(&mut Reader::new(&bytes)).unwrap();
+            assert_eq!(back, grant);
+        }
+        let mut w = Writer::with_capacity(64);
+        admit("mobile", "*").encode(&mut w);
+        let mut bytes = w.into_bytes();
+        bytes[1] = 0;
+        assert!(Grant::decode(&mut Reader::new(&bytes)).is_err());
+        bytes[1] = 0b1000;
+        assert!(Grant::decode(&mut Reader::new(&bytes)).is_err());
+        assert!("mobile,tv".parse::<Roles>().is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use grant::{
     Access, Actions, Caveats, Grant, MAX_DESTINATION_LEN, MAX_NAME_LEN, MAX_SET_LEN, ModuleHash,
-    Resource, Role, TimeRange, is_valid_destination, is_valid_name, is_valid_store_pattern,
+    Resource, Role, Roles, TimeRange, is_valid_destination, is_valid_name, is_valid_store_pattern,
 };
 pub use invocation::{
     Invocation, InvocationConfig, InvocationError, InvocationVerifier, SignedInvocation,

@@ -29,7 +29,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::capability::{Chain, ChainError, RevocationSet, Role, Verifier, is_valid_name};
+use crate::capability::{
+    Chain, ChainError, Resource, RevocationSet, Role, Verifier, is_valid_name,
+};
 use crate::device::{self, Device, DeviceError};
 use crate::encoding::{DecodeError, Reader, Writer};
 use crate::key::{PublicKey, SecretKey};
@@ -268,6 +270,29 @@ impl Gate {
             .invitations
             .redeem(now, ticket, proof, remote, &self.local, name, role)
             .map_err(|err: JoinError| format!("pairing refused: {err}"))?;
+        if let Some(grant) = &issuer.admit {
+            let scopes: Vec<&Resource> = grant
+                .leaf()
+                .capability()
+                .grants
+                .iter()
+                .map(|g| &g.resource)
+                .filter(|r| matches!(r, Resource::DevicesAdmit { .. }))
+                .collect();
+            if !scopes
+                .iter()
+                .any(|r| r.admits(&redeemed.name, redeemed.role))
+            {
+                let allowed: Vec<String> = scopes.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "pairing refused: this device may admit only what its grant names ({}), \
+                     not {:?} ({}); the owner's device can admit it",
+                    allowed.join("; "),
+                    redeemed.name,
+                    redeemed.role
+                ));
+            }
+        }
         if self.taken.contains(&redeemed.name) {
             return Err(format!(
                 "pairing refused: the mesh already has a device named {:?}; ask for a new \
@@ -279,8 +304,8 @@ impl Gate {
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.nonce_counter.to_be_bytes());
         nonce[8..].copy_from_slice(&ticket[..8]);
-        // Under a devices:admit grant the certificate ends with the grant; the owner's
-        // device countersigns it for the full lifetime when it hears of it.
+        // Under a devices:admit grant the certificate ends with the grant; the owner
+        // may approve the device later (`hearth devices approve`) for the full lifetime.
         let expires = issuer
             .admit
             .iter()

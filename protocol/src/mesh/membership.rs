@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest as _, Sha256};
 
 use crate::capability::{
-    Actions, CapId, Chain, Grant, Position, Resource, RevocationSet, SignedRevocation, Verifier,
+    Actions, CapId, Chain, Position, Resource, RevocationSet, SignedRevocation, Verifier,
 };
 use crate::device::{self, Device};
 use crate::encoding::{DecodeError, Reader, Writer};
@@ -252,17 +252,6 @@ impl Membership {
         self.devices.get(key).map(|(_, chain)| chain)
     }
 
-    /// Devices whose kept certificate was issued under a `devices:admit` grant rather
-    /// than by the owner directly: the owner's device countersigns them, so that they
-    /// stay members when the grant ends.
-    pub fn delegated(&self) -> Vec<Device> {
-        self.devices
-            .values()
-            .filter(|(_, chain)| chain.links().len() > 1)
-            .map(|(device, _)| device.clone())
-            .collect()
-    }
-
     /// Adds a `devices:admit` grant if it is valid now. Returns whether it was new.
     pub fn add_admit(&mut self, now: UnixMillis, chain: &Chain) -> Result<bool, String> {
         let id = chain.leaf().id();
@@ -274,9 +263,16 @@ impl Membership {
             .verifier
             .verify(chain, now, &unrevoked)
             .map_err(|err| format!("admit grant: {err}"))?;
-        let admit = Grant::new(Resource::DevicesAdmit, Actions::ADMIT);
-        if !verified.grants.contains(&admit) {
-            return Err("the capability does not grant devices:admit".into());
+        let admits = verified.grants.iter().any(|grant| {
+            grant.actions.contains(Actions::ADMIT)
+                && matches!(&grant.resource, Resource::DevicesAdmit { roles, .. } if !roles.is_empty())
+        });
+        if !admits {
+            return Err(
+                "the capability does not grant devices:admit for any role (a grant of an \
+                 earlier format admits nothing; the owner issues a new one)"
+                    .into(),
+            );
         }
         if self.admits.len() >= MAX_ADMITS {
             return Err(format!(
@@ -508,7 +504,13 @@ mod tests {
                 issuer: owner.public(),
                 audience: node.public(),
                 parent: None,
-                grants: vec![Grant::new(Resource::DevicesAdmit, Actions::ADMIT)],
+                grants: vec![crate::capability::Grant::new(
+                    Resource::DevicesAdmit {
+                        roles: crate::capability::Roles::of([Role::Mobile]),
+                        names: "*".into(),
+                    },
+                    Actions::ADMIT,
+                )],
                 not_before: UnixMillis(0),
                 expires: LATER,
                 nonce: [7; 16],
@@ -588,6 +590,52 @@ mod tests {
         assert_eq!(merged.rejected.len(), 4, "{:?}", merged.rejected);
         assert!(m.members(&revocations).is_empty());
         assert!(revocations.is_empty());
+    }
+
+    #[test]
+    fn an_admitter_cannot_mint_a_device_beyond_its_grant() {
+        // The cloud holds a grant for mobile devices and signs certificates itself,
+        // outside its own gate: a home device, and a mobile one.
+        let owner = OwnerKey::from_seed([1; 32]);
+        let cloud = NodeKey::from_seed([3; 32]);
+        let grant = admit(&owner, &cloud);
+        let minted = |role, name: &str, seed| {
+            device::issue_certificate(
+                cloud.secret(),
+                Some(&grant),
+                NodeKey::from_seed([seed; 32]).public(),
+                name,
+                role,
+                UnixMillis(0),
+                LATER,
+                [seed; 16],
+            )
+            .unwrap()
+        };
+        let mut m = Membership::new(owner.public());
+        let mut revocations = RevocationSet::new(owner.public());
+        let merged = m.merge(
+            NOW,
+            &Snapshot {
+                devices: vec![minted(Role::Home, "hub", 20), minted(Role::Mobile, "pad", 21)],
+                ..Snapshot::default()
+            },
+            &mut revocations,
+        );
+        assert_eq!(merged.new_devices.len(), 1);
+        assert_eq!(merged.new_devices[0].name, "pad");
+        assert_eq!(merged.rejected.len(), 1, "{:?}", merged.rejected);
+        // Withdrawing the grant ends the device it admitted.
+        let withdrawn = Revocation {
+            issuer: owner.public(),
+            target: RevocationTarget::Capability(grant.leaf().id()),
+            issued_at: NOW,
+            reason: String::new(),
+        }
+        .sign(owner.secret())
+        .unwrap();
+        revocations.insert(&withdrawn).unwrap();
+        assert!(m.members(&revocations).iter().all(|member| member.revoked));
     }
 
     #[test]
