@@ -2,9 +2,10 @@
 //! valid certificate (`vm`, role cloud) that runs a node but speaks the mesh's
 //! protocols with its own logic as well: it names stores it may not hold, pushes
 //! changes into them, claims to hold what it does not, writes forged and replayed
-//! placement documents into the catalogue, deletes the newest one, and lets a clone
-//! present a certificate delegated from a real device. Every attack is refused and
-//! audited, and leaves every store byte-identical.
+//! placement documents into the catalogue, deletes the newest one, lets a clone
+//! present a certificate delegated from a real device, and floods the membership with
+//! revocations it may not sign. Every attack is refused and audited, and leaves every
+//! store byte-identical.
 //!
 //! The devices are whole nodes in this process (stores, replication, audit log, real
 //! libp2p connections over loopback TCP); the clone is a bare mesh actor.
@@ -19,7 +20,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_protocol::capability::{Capability, Chain, Grant, Resource, RevocationSet, Role};
+use hearth_protocol::capability::{
+    Actions, Capability, Chain, Grant, Resource, RevocationSet, Role,
+};
 use hearth_protocol::capability::{Verifier, VerifierConfig};
 use hearth_protocol::device;
 use hearth_protocol::key::{NodeKey, OwnerKey};
@@ -446,6 +449,101 @@ async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
             .iter()
             .any(|p| p.connected),
         "the clone was admitted"
+    );
+
+    // 5. Floods home's membership with revocations: signed by throwaway keys, a key
+    //    revocation of the phone signed by itself, a capability revocation with a
+    //    forged proof; then a page over the limit.
+    use hearth_protocol::capability::{CapId, Revocation, RevocationTarget};
+    use hearth_protocol::mesh::membership::{MAX_REVOCATIONS, Snapshot};
+    let home_mesh = home.node.mesh.get().unwrap().clone();
+    let revocations_before = home_mesh.revocations().await.unwrap().digest();
+    let revoke = |by: &NodeKey, target| {
+        Revocation {
+            issuer: by.public(),
+            target,
+            issued_at: now(),
+            reason: String::new(),
+        }
+        .sign(by.secret())
+        .unwrap()
+    };
+    let mut junk: Vec<_> = (0..300u64)
+        .map(|i| {
+            let throwaway = NodeKey::from_seed([u8::try_from(i % 200).unwrap() + 50; 32]);
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            revoke(&throwaway, RevocationTarget::Capability(CapId(id)))
+        })
+        .collect();
+    junk.push(revoke(
+        &vm.key,
+        RevocationTarget::Key(NodeKey::from_seed([11; 32]).public()),
+    ));
+    let forged = Chain::root(
+        Capability {
+            issuer: vm.key.public(),
+            audience: vm.key.public(),
+            parent: None,
+            grants: vec![Grant::new(Resource::Store("*".into()), Actions::READ)],
+            not_before: UnixMillis(0),
+            expires: UnixMillis(u64::MAX / 2),
+            nonce: [5; 16],
+        }
+        .sign(vm.key.secret())
+        .unwrap(),
+    );
+    junk.push(revoke(&vm.key, RevocationTarget::Capability(forged.leaf().id())).with_proof(forged));
+    let members = |revocations: Vec<hearth_protocol::capability::SignedRevocation>| {
+        vec![
+            Vec::new(),
+            vec![0; 32],
+            Snapshot {
+                revocations,
+                ..Snapshot::default()
+            }
+            .encode(),
+            Vec::new(),
+        ]
+    };
+    hostile
+        .members_send(home.peer, members(junk.clone()))
+        .await
+        .unwrap();
+    let summed = eventually("home audits the refused revocations", || {
+        audit
+            .entries(None, None, Some("mesh.members"))
+            .unwrap()
+            .into_iter()
+            .find(|e| e.outcome.contains("left out"))
+    })
+    .await;
+    assert!(
+        summed.outcome.contains("302 membership document"),
+        "{}",
+        summed.outcome
+    );
+    assert_eq!(
+        home_mesh.revocations().await.unwrap().digest(),
+        revocations_before,
+        "no revocation was taken"
+    );
+    let oversized = std::iter::repeat_n(junk[0].clone(), MAX_REVOCATIONS + 1).collect();
+    hostile
+        .members_send(home.peer, members(oversized))
+        .await
+        .unwrap();
+    eventually("home refuses the oversized page", || {
+        audit
+            .entries(None, None, Some("mesh.members"))
+            .unwrap()
+            .into_iter()
+            .find(|e| e.outcome.contains("malformed membership snapshot"))
+    })
+    .await;
+    assert_eq!(
+        home_mesh.revocations().await.unwrap().digest(),
+        revocations_before
     );
 
     // Through all of it home kept the diary. The phone comes on line: it receives the

@@ -442,6 +442,11 @@ enum Command {
         id: hearth_protocol::capability::CapId,
         reply: oneshot::Sender<Result<(), MeshError>>,
     },
+    #[cfg(test)]
+    MembersSend {
+        peer: PeerId,
+        frames: Vec<Vec<u8>>,
+    },
     SyncSend {
         peer: PeerId,
         bytes: Vec<u8>,
@@ -488,6 +493,8 @@ impl std::fmt::Debug for Command {
             Command::Approve { .. } => "Approve",
             Command::RevokeCapability { .. } => "RevokeCapability",
             Command::SyncSend { .. } => "SyncSend",
+            #[cfg(test)]
+            Command::MembersSend { .. } => "MembersSend",
             Command::Disconnect(_) => "Disconnect",
             Command::Revocations(_) => "Revocations",
             Command::ServeJobs(_) => "ServeJobs",
@@ -594,6 +601,20 @@ impl MeshHandle {
     pub(crate) async fn sync_send(&self, peer: PeerId, bytes: Vec<u8>) -> Result<(), MeshError> {
         self.commands
             .send(Command::SyncSend { peer, bytes })
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Sends a membership request of these frames to an admitted peer, as a hostile
+    /// member would (tests).
+    #[cfg(test)]
+    pub(crate) async fn members_send(
+        &self,
+        peer: PeerId,
+        frames: Vec<Vec<u8>>,
+    ) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::MembersSend { peer, frames })
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -936,6 +957,9 @@ struct MeshLoop {
     membership: Membership,
     /// Where admitted peers and their sync messages go.
     replication: Option<crate::replication::ReplicationHandle>,
+    /// Membership documents peers sent that were left out, summed per peer until
+    /// audited: (count, the first reason, since).
+    left_out: BTreeMap<PeerId, (usize, String, UnixMillis)>,
     /// Sync traffic per peer, bounded.
     sync_out: BTreeMap<PeerId, SyncOut>,
     /// Every open connection of each peer.
@@ -1033,6 +1057,7 @@ pub async fn spawn(
         node_key: key.clone(),
         membership: members,
         replication,
+        left_out: BTreeMap::new(),
     };
     mesh.adopt_own_certificate();
     mesh.refresh_issuer();
@@ -1067,6 +1092,7 @@ impl MeshLoop {
                     .collect(),
             );
         }
+        self.audit_left_out(now(), true);
         tracing::info!("mesh stopped");
     }
 
@@ -1157,6 +1183,13 @@ impl MeshLoop {
             }
             Command::Approve { name, reply } => {
                 let _ = reply.send(self.approve(&name));
+            }
+            #[cfg(test)]
+            Command::MembersSend { peer, frames } => {
+                self.swarm
+                    .behaviour_mut()
+                    .members
+                    .send_request(&peer, Frames::from(frames));
             }
             Command::SyncSend { peer, bytes } => {
                 if self.known.get(&peer).is_some_and(|k| k.connected) {
@@ -1372,11 +1405,24 @@ impl MeshLoop {
     /// Merges membership documents (from a peer, or made here): drops newly revoked
     /// devices, keeps the store on disk, and adopts or drops this node's admit grant.
     fn take_in(&mut self, snapshot: &Snapshot) {
+        self.take_in_from(None, snapshot);
+    }
+
+    /// [`MeshLoop::take_in`] for documents a peer sent: those left out are audited,
+    /// summed per peer over 5 s (`mesh.members`, `refused: …`).
+    fn take_in_from(&mut self, from: Option<&PeerId>, snapshot: &Snapshot) {
         let merged = self
             .membership
             .merge(now(), snapshot, &mut self.gate.revocations);
         for reason in &merged.rejected {
             tracing::warn!(%reason, "a membership document was left out");
+        }
+        if let (Some(peer), Some(first)) = (from, merged.rejected.first()) {
+            let entry = self
+                .left_out
+                .entry(*peer)
+                .or_insert_with(|| (0, first.clone(), now()));
+            entry.0 += merged.rejected.len();
         }
         for device in &merged.new_devices {
             tracing::info!(device = %device.name, role = %device.role, "a device joined the mesh");
@@ -2100,9 +2146,30 @@ impl MeshLoop {
             }
         }
         self.recheck_certificates(now);
+        self.audit_left_out(now, false);
         if self.dirty {
             self.dirty = false;
             self.save_peers();
+        }
+    }
+
+    /// Audits the membership documents peers sent that were left out, one entry per
+    /// peer per 5 s at most (all of them when `all`, at shutdown).
+    fn audit_left_out(&mut self, now: UnixMillis, all: bool) {
+        let due: Vec<PeerId> = self
+            .left_out
+            .iter()
+            .filter(|(_, (_, _, since))| all || now.0 >= since.0.saturating_add(5_000))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            if let Some((count, first, _)) = self.left_out.remove(&peer) {
+                self.audit(
+                    "mesh.members",
+                    &peer.to_string(),
+                    &format!("refused: {count} membership document(s) left out (first: {first})"),
+                );
+            }
         }
     }
 
@@ -2233,7 +2300,7 @@ impl MeshLoop {
     fn learn_peers(&mut self, from: &PeerId, frames: &Frames) {
         if let Some(snapshot) = frames.0.get(2).filter(|f| !f.is_empty()) {
             match Snapshot::decode(snapshot) {
-                Ok(snapshot) => self.take_in(&snapshot),
+                Ok(snapshot) => self.take_in_from(Some(from), &snapshot),
                 Err(err) => {
                     self.audit(
                         "mesh.members",

@@ -523,8 +523,9 @@ fn refusals_have_distinct_kinds() {
 
 #[test]
 fn a_revocation_that_arrives_first_still_applies() {
-    // The holder of link 1 revokes the delegation it is about to issue, before anyone
-    // has seen it; the owner later revokes a key.
+    // The holder of link 1 revokes the delegation it issued, before the device has
+    // seen it (the revocation carries the chain as its proof); the owner later
+    // revokes a key.
     let chain = chain_of_depth(3);
     let leaf_id = chain.leaf().id();
     let mut set = RevocationSet::new(owner().public());
@@ -536,7 +537,12 @@ fn a_revocation_that_arrives_first_still_applies() {
     }
     .sign(holder(2).secret())
     .unwrap();
-    set.insert(&by_delegator).unwrap();
+    assert_eq!(
+        set.insert(&by_delegator),
+        Err(hearth_protocol::capability::RevocationError::NoProof),
+        "not without its proof"
+    );
+    set.insert(&by_delegator.with_proof(chain.clone())).unwrap();
     let mut v = Verifier::new(owner().public(), VerifierConfig::default());
     assert_eq!(
         v.verify(&chain, UnixMillis(1_500_000), &set)
@@ -555,8 +561,12 @@ fn a_revocation_that_arrives_first_still_applies() {
         reason: String::new(),
     }
     .sign(outsider.secret())
-    .unwrap();
-    outsider_set.insert(&by_outsider).unwrap();
+    .unwrap()
+    .with_proof(chain.clone());
+    assert_eq!(
+        outsider_set.insert(&by_outsider),
+        Err(hearth_protocol::capability::RevocationError::NoProof)
+    );
     assert!(
         v.verify(&chain, UnixMillis(1_500_000), &outsider_set)
             .is_ok()

@@ -155,15 +155,25 @@ pub mod cli {
         RunningNode { child, addr }
     }
 
-    pub fn stop(node: RunningNode) {
-        let RunningNode { mut child, .. } = node;
+    pub fn stop(mut node: RunningNode) {
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &node.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let exit = child.wait().unwrap();
+        let exit = node.child.wait().unwrap();
         assert!(exit.success(), "the node did not stop cleanly: {exit}");
+    }
+
+    /// A node still running when its handle goes (a test that failed half-way) is
+    /// killed, so that it does not outlive the test.
+    impl Drop for RunningNode {
+        fn drop(&mut self) {
+            if matches!(self.child.try_wait(), Ok(None)) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
     }
 
     /// Mesh listeners on loopback only (QUIC and TCP, ports chosen by the system),

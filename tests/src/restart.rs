@@ -84,9 +84,9 @@ impl Device {
     /// SIGKILL: no clean shutdown, as in a crash or a power cut.
     fn kill(&mut self) {
         self.api = None;
-        if let Some(RunningNode { mut child, .. }) = self.node.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
+        if let Some(mut node) = self.node.take() {
+            node.child.kill().unwrap();
+            node.child.wait().unwrap();
         }
     }
 

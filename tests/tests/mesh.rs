@@ -100,10 +100,9 @@ fn impostor(
     .unwrap();
 }
 
-fn kill9(node: RunningNode) {
-    let RunningNode { mut child, .. } = node;
-    child.kill().unwrap();
-    child.wait().unwrap();
+fn kill9(mut node: RunningNode) {
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
 }
 
 #[test]

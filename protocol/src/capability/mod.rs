@@ -25,8 +25,8 @@ pub use invocation::{
     Invocation, InvocationConfig, InvocationError, InvocationVerifier, SignedInvocation,
 };
 pub use revocation::{
-    MAX_FOREIGN_REVOCATIONS, MAX_REASON_LEN, Position, Revocation, RevocationError, RevocationSet,
-    RevocationTarget, SignedRevocation,
+    MAX_FOREIGN_REVOCATIONS, MAX_REASON_LEN, MAX_REVOCATION_BYTES, Position, Revocation,
+    RevocationError, RevocationSet, RevocationTarget, SignedRevocation,
 };
 pub use verify::{ChainError, ChainErrorKind, VerifiedChain, Verifier, VerifierConfig};
 

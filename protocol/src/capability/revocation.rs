@@ -16,6 +16,8 @@ const VERSION: u8 = 1;
 const SIGNATURE_DOMAIN: &[u8] = b"hearth/v1/revocation";
 /// Longest reason text in a revocation, in bytes.
 pub const MAX_REASON_LEN: usize = 256;
+/// Largest revocation a set takes, proof included, in bytes.
+pub const MAX_REVOCATION_BYTES: usize = 16 * 1024;
 
 /// What a revocation withdraws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,6 +100,7 @@ impl Revocation {
         Ok(SignedRevocation {
             revocation: self,
             signature,
+            proof: None,
         })
     }
 }
@@ -109,11 +112,16 @@ fn signing_message(body: &[u8]) -> Vec<u8> {
     message
 }
 
-/// A revocation with its issuer's signature.
+/// A revocation with its issuer's signature and, for a capability revocation by a key
+/// other than the owner's, the chain that shows the issuer may revoke it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedRevocation {
     revocation: Revocation,
     signature: Signature,
+    /// A chain from the owner key down to (at least) the revoked capability, in which
+    /// the issuer signed the revoked link or one above it. Not covered by the
+    /// revocation's signature: each of its links carries its own.
+    proof: Option<Chain>,
 }
 
 impl SignedRevocation {
@@ -129,25 +137,47 @@ impl SignedRevocation {
             .verify(&signing_message(&self.revocation.encode()), &self.signature)
     }
 
-    /// Body then signature.
+    /// Attaches the chain that shows the issuer may revoke the capability it names
+    /// (see [`RevocationSet::insert`]).
+    pub fn with_proof(mut self, chain: Chain) -> Self {
+        self.proof = Some(chain);
+        self
+    }
+
+    /// The chain attached with [`SignedRevocation::with_proof`].
+    pub fn proof(&self) -> Option<&Chain> {
+        self.proof.as_ref()
+    }
+
+    /// Body, signature, then the proof chain when there is one.
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = self.revocation.encode();
         bytes.extend_from_slice(&self.signature.0);
+        if let Some(proof) = &self.proof {
+            bytes.extend_from_slice(&proof.encode());
+        }
         bytes
     }
 
-    /// Decodes [`SignedRevocation::encode`] (the signature is not checked here).
+    /// Decodes [`SignedRevocation::encode`] (no signature is checked here).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let revocation = Revocation::decode_from(&mut r)?;
         let signature = Signature(r.array::<SIGNATURE_LEN>("revocation signature")?);
-        r.finish("revocation")?;
-        if bytes.len() != revocation.encode().len() + SIGNATURE_LEN {
+        let rest = r.rest();
+        let proof = if rest.is_empty() {
+            None
+        } else {
+            Some(Chain::decode(rest)?)
+        };
+        let body = revocation.encode().len() + SIGNATURE_LEN;
+        if bytes.len() != body + rest.len() {
             return Err(DecodeError::NotCanonical { what: "revocation" });
         }
         Ok(Self {
             revocation,
             signature,
+            proof,
         })
     }
 }
@@ -168,6 +198,15 @@ pub enum RevocationError {
     /// The reason is over [`MAX_REASON_LEN`].
     #[error("the revocation reason is longer than {MAX_REASON_LEN} bytes")]
     ReasonTooLong,
+    /// A capability revocation by a key other than the owner's without a chain that
+    /// shows the key may revoke it.
+    #[error(
+        "a capability revocation signed by a key other than the owner's must carry a chain, rooted at the owner key, in which that key issued the revoked capability or one above it"
+    )]
+    NoProof,
+    /// Over [`MAX_REVOCATION_BYTES`] encoded.
+    #[error("the revocation is larger than {MAX_REVOCATION_BYTES} bytes")]
+    TooLarge,
     /// Too many capability revocations signed by keys other than the owner's.
     #[error(
         "this device already holds {MAX_FOREIGN_REVOCATIONS} capability revocations signed by keys other than the owner's"
@@ -180,6 +219,33 @@ pub enum RevocationError {
 /// signing revocations with throwaway keys must not grow the set without end). The
 /// owner's revocations are always taken.
 pub const MAX_FOREIGN_REVOCATIONS: usize = 4096;
+
+/// Does `chain` show that `issuer` may revoke capability `target`: rooted at `owner`,
+/// every link signed by the audience of the one above, `target` one of its links, and
+/// `issuer` the issuer of that link or of one above it? (Time windows and attenuation
+/// are not checked: a revocation of an expired or overreaching capability is harmless.)
+fn proves(chain: &Chain, owner: &PublicKey, target: CapId, issuer: &PublicKey) -> bool {
+    let links = chain.links();
+    let Some(position) = links.iter().position(|link| link.id() == target) else {
+        return false;
+    };
+    let linked = links.iter().enumerate().all(|(index, link)| {
+        let c = link.capability();
+        let above = index.checked_sub(1).and_then(|i| links.get(i));
+        let placed = match above {
+            None => c.issuer == *owner && c.parent.is_none(),
+            Some(parent) => {
+                c.parent == Some(parent.id()) && c.issuer == parent.capability().audience
+            }
+        };
+        placed && link.signature_is_valid()
+    });
+    linked
+        && links
+            .iter()
+            .take(position + 1)
+            .any(|link| link.capability().issuer == *issuer)
+}
 
 /// Every revocation a node knows, for one mesh.
 ///
@@ -307,9 +373,11 @@ impl RevocationSet {
         })
     }
 
-    /// Adds a revocation after checking its signature. Returns whether it was new (one
-    /// already held, or another document revoking the same thing by the same issuer,
-    /// is not checked again).
+    /// Adds a revocation after checking its signature (and, for a capability revoked
+    /// by a key other than the owner's, its proof: see [`SignedRevocation::with_proof`];
+    /// at most [`MAX_FOREIGN_REVOCATIONS`] of those are taken). Returns whether it was
+    /// new (one already held, or another document revoking the same thing by the same
+    /// issuer, is not checked again).
     pub fn insert(&mut self, revocation: &SignedRevocation) -> Result<bool, RevocationError> {
         let r = revocation.revocation();
         match r.target {
@@ -322,8 +390,20 @@ impl RevocationSet {
                 {
                     return Ok(false);
                 }
-                if r.issuer != self.owner && self.inner.foreign >= MAX_FOREIGN_REVOCATIONS {
-                    return Err(RevocationError::TooMany);
+                if r.issuer != self.owner {
+                    if revocation.encode().len() > MAX_REVOCATION_BYTES {
+                        return Err(RevocationError::TooLarge);
+                    }
+                    if self.inner.foreign >= MAX_FOREIGN_REVOCATIONS {
+                        return Err(RevocationError::TooMany);
+                    }
+                    if !revocation
+                        .proof
+                        .as_ref()
+                        .is_some_and(|chain| proves(chain, &self.owner, id, &r.issuer))
+                    {
+                        return Err(RevocationError::NoProof);
+                    }
                 }
                 if !revocation.signature_is_valid() {
                     return Err(RevocationError::BadSignature);

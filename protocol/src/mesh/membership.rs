@@ -115,7 +115,7 @@ impl Snapshot {
         let count = r.len(max_revocations, "revocations")?;
         let mut revocations = Vec::with_capacity(count);
         for _ in 0..count {
-            let len = r.len(MAX_DOCUMENT_BYTES, "revocation")?;
+            let len = r.len(crate::capability::MAX_REVOCATION_BYTES, "revocation")?;
             revocations.push(SignedRevocation::decode(r.take(len, "revocation")?)?);
         }
         r.finish(WHAT)?;
@@ -617,7 +617,10 @@ mod tests {
         let merged = m.merge(
             NOW,
             &Snapshot {
-                devices: vec![minted(Role::Home, "hub", 20), minted(Role::Mobile, "pad", 21)],
+                devices: vec![
+                    minted(Role::Home, "hub", 20),
+                    minted(Role::Mobile, "pad", 21),
+                ],
                 ..Snapshot::default()
             },
             &mut revocations,
@@ -654,51 +657,129 @@ mod tests {
 
     #[test]
     fn a_flood_of_foreign_revocations_never_crowds_out_a_device_revocation() {
+        use crate::capability::{Grant, RevocationError};
         let owner = OwnerKey::from_seed([1; 32]);
         let phone = NodeKey::from_seed([2; 32]);
-        let mut m = Membership::new(owner.public());
+        let developer = NodeKey::from_seed([4; 32]);
+        let m = Membership::new(owner.public());
         let mut revocations = RevocationSet::new(owner.public());
-        // A member signs thousands of capability revocations with throwaway keys.
-        let mut refused = 0;
-        for i in 0..(crate::capability::MAX_FOREIGN_REVOCATIONS + 100) {
-            let junk = NodeKey::from_seed([u8::try_from(i % 250).unwrap() + 3; 32]);
-            let mut id = [0u8; 32];
-            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let r = Revocation {
-                issuer: junk.public(),
-                target: RevocationTarget::Capability(CapId(id)),
+        let revocation = |by: &NodeKey, id: CapId| {
+            Revocation {
+                issuer: by.public(),
+                target: RevocationTarget::Capability(id),
                 issued_at: NOW,
                 reason: String::new(),
             }
-            .sign(junk.secret())
-            .unwrap();
-            if revocations.insert(&r).is_err() {
+            .sign(by.secret())
+            .unwrap()
+        };
+        // A member signs capability revocations with throwaway keys: without a chain
+        // that puts the key above the capability, every one is refused.
+        for i in 0..200u64 {
+            let junk = NodeKey::from_seed([u8::try_from(i % 200).unwrap() + 20; 32]);
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            assert_eq!(
+                revocations.insert(&revocation(&junk, CapId(id))),
+                Err(RevocationError::NoProof)
+            );
+        }
+        assert!(revocations.is_empty());
+        // A developer holding a real capability may revoke what it delegated, with
+        // the chain as proof; the same proof does not let another key revoke it, and
+        // a chain not rooted at the owner proves nothing.
+        let grant = Chain::root(
+            Capability {
+                issuer: owner.public(),
+                audience: developer.public(),
+                parent: None,
+                grants: vec![Grant::new(Resource::Store("*".into()), Actions::READ)],
+                not_before: UnixMillis(0),
+                expires: LATER,
+                nonce: [1; 16],
+            }
+            .sign(owner.secret())
+            .unwrap(),
+        );
+        let delegate = |i: u64| {
+            let mut nonce = [0u8; 16];
+            nonce[..8].copy_from_slice(&i.to_be_bytes());
+            grant
+                .extend(
+                    Capability {
+                        issuer: developer.public(),
+                        audience: NodeKey::from_seed([9; 32]).public(),
+                        parent: Some(grant.leaf().id()),
+                        grants: vec![Grant::new(Resource::Store("*".into()), Actions::READ)],
+                        not_before: UnixMillis(0),
+                        expires: LATER,
+                        nonce,
+                    }
+                    .sign(developer.secret())
+                    .unwrap(),
+                )
+                .unwrap()
+        };
+        let chain = delegate(0);
+        let id = chain.leaf().id();
+        let stranger = NodeKey::from_seed([5; 32]);
+        assert_eq!(
+            revocations.insert(&revocation(&stranger, id).with_proof(chain.clone())),
+            Err(RevocationError::NoProof)
+        );
+        let forged_root = Chain::root(
+            Capability {
+                issuer: stranger.public(),
+                audience: developer.public(),
+                parent: None,
+                grants: vec![Grant::new(Resource::Store("*".into()), Actions::READ)],
+                not_before: UnixMillis(0),
+                expires: LATER,
+                nonce: [1; 16],
+            }
+            .sign(stranger.secret())
+            .unwrap(),
+        );
+        assert_eq!(
+            revocations
+                .insert(&revocation(&developer, forged_root.leaf().id()).with_proof(forged_root)),
+            Err(RevocationError::NoProof)
+        );
+        let by_developer = revocation(&developer, id).with_proof(chain.clone());
+        let bytes = by_developer.encode();
+        let decoded = SignedRevocation::decode(&bytes).unwrap();
+        assert_eq!(decoded, by_developer);
+        assert_eq!(revocations.insert(&decoded), Ok(true));
+        assert_eq!(revocations.revoked_link(&chain), Some(1));
+        // Even a holder of a real capability cannot grow the set without end.
+        let mut refused = 0;
+        for i in 1..=(crate::capability::MAX_FOREIGN_REVOCATIONS as u64) {
+            let chain = delegate(i);
+            let r = revocation(&developer, chain.leaf().id()).with_proof(chain);
+            if revocations.insert(&r) == Err(RevocationError::TooMany) {
                 refused += 1;
             }
         }
-        assert_eq!(refused, 100, "bounded: the rest are refused");
-        // ...then the owner revokes the phone: it is in every snapshot.
+        assert_eq!(refused, 1, "bounded: the last is refused");
+        // ...then the owner revokes the phone: it heads the first page.
         revocations.insert(&revoke(&owner, &phone)).unwrap();
         let snapshot = m.snapshot(NOW, &revocations);
-        assert_eq!(snapshot.revocations.len(), MAX_REVOCATIONS);
-        assert!(
-            snapshot
-                .revocations
-                .iter()
-                .any(|r| r.revocation().target == RevocationTarget::Key(phone.public()))
+        assert_eq!(
+            snapshot.revocations.first().map(|r| r.revocation().target),
+            Some(RevocationTarget::Key(phone.public()))
         );
         let mut other = RevocationSet::new(owner.public());
         let merged = Membership::new(owner.public()).merge(NOW, &snapshot, &mut other);
         assert_eq!(merged.revoked_keys, vec![phone.public()]);
-        // The file keeps every one.
+        assert!(merged.rejected.is_empty(), "{:?}", merged.rejected);
+        // The file keeps every one, proofs included.
         let stored = m.stored(&revocations).encode();
         let back = Snapshot::decode_stored(&stored).unwrap();
         assert_eq!(back.revocations.len(), revocations.len());
-        assert!(
-            m.merge(NOW, &back, &mut RevocationSet::new(owner.public()))
-                .new_revocations
-                > 0
-        );
+        let mut again = RevocationSet::new(owner.public());
+        let merged = Membership::new(owner.public()).merge(NOW, &back, &mut again);
+        assert!(merged.rejected.is_empty(), "{:?}", merged.rejected);
+        assert_eq!(again.digest(), revocations.digest());
     }
 
     /// Pages `from`'s membership to `to` as the mesh does, until the digests agree or
