@@ -177,3 +177,58 @@ fn the_first_write_after_a_restart_carries_only_itself() {
     assert_eq!(all.len(), 501);
     assert_eq!(all.last().unwrap().value["n"], 500);
 }
+
+/// Changes a replica already holds, pushed again into a chunk it has closed, change
+/// nothing, on disk included: the store reopened afterwards reads as before. (Such a
+/// push reopened the chunk on disk without saying so in its index, and the restarted
+/// store found a closed chunk with no readings.)
+#[test]
+fn a_push_that_changes_nothing_leaves_a_closed_chunk_intact_on_disk() {
+    let window = 60;
+    let writer_dir = tempfile::tempdir().unwrap();
+    let writer = open(writer_dir.path(), BackendKind::Memory, 1);
+    let origin = writer
+        .create("sensor", Kind::Timeseries, Some(window))
+        .unwrap();
+    let mut local = origin.subscribe_local();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = open(dir.path(), BackendKind::Redb, 2);
+    let replica = receiver.create_replica(origin.meta().clone()).unwrap();
+
+    // Readings of the first chunk, then of a chunk two windows on, which closes the
+    // first on both sides.
+    let mut pushed = Vec::new();
+    for ts in [0, 1, 2, 130] {
+        origin
+            .append(vec![Reading::new(ts, json!({ "ts": ts }))])
+            .unwrap();
+        for change in drain(&mut local) {
+            for (unit, bytes) in change.units {
+                replica.apply_changes(unit, &bytes).unwrap();
+                pushed.push((unit, bytes));
+            }
+        }
+    }
+    assert!(
+        replica.units().iter().any(|u| u.closed),
+        "the first chunk is closed: {:?}",
+        replica.units()
+    );
+    let digest = replica.digest();
+    let units = replica.units();
+
+    // Every push again: nothing new.
+    for (unit, bytes) in &pushed {
+        replica.apply_changes(*unit, bytes).unwrap();
+    }
+    assert_eq!(replica.digest(), digest);
+    assert_eq!(replica.units(), units);
+    assert_eq!(replica.read(Selection::All, None).unwrap().len(), 4);
+
+    drop((replica, receiver));
+    let reopened = open(dir.path(), BackendKind::Redb, 2);
+    let store = reopened.get("sensor").unwrap();
+    assert_eq!(store.read(Selection::All, None).unwrap().len(), 4);
+    assert_eq!(store.digest(), digest);
+    assert_eq!(store.units(), units);
+}

@@ -348,9 +348,13 @@ fn remote_chunk(
         )));
     }
     let mut created = false;
+    // A closed chunk is reopened to take the input; if the input turns out to change
+    // nothing, it is closed again as it was (on disk it never stopped being closed).
+    let mut reopened = None;
     if !series.open.contains_key(&start) {
         let chunk = match series.index.get(&start) {
             Some(info) if info.closed => {
+                reopened = Some(info.clone());
                 reopen_chunk(meta, actor, backend, series, start, batch).map_err(local)?
             }
             Some(_) => {
@@ -401,6 +405,12 @@ fn remote_chunk(
         if created {
             series.open.remove(&start);
             series.index.remove(&start);
+        } else if let Some(info) = reopened {
+            series.open.remove(&start);
+            series.index.insert(start, info);
+            // What reopening would have written (the compact save as a change record,
+            // the closed records deleted) is not written: the index still says closed.
+            *batch = Batch::new();
         }
         return Ok(());
     }
