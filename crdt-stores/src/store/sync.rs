@@ -349,12 +349,13 @@ fn remote_chunk(
     }
     let mut created = false;
     // A closed chunk is reopened to take the input; if the input turns out to change
-    // nothing, it is closed again as it was (on disk it never stopped being closed).
-    let mut reopened = None;
+    // nothing, the chunk stays open (automerge may hold changes waiting for their
+    // dependencies in it), and its index entry says so on disk too.
+    let mut reopened = false;
     if !series.open.contains_key(&start) {
         let chunk = match series.index.get(&start) {
             Some(info) if info.closed => {
-                reopened = Some(info.clone());
+                reopened = true;
                 reopen_chunk(meta, actor, backend, series, start, batch).map_err(local)?
             }
             Some(_) => {
@@ -405,12 +406,12 @@ fn remote_chunk(
         if created {
             series.open.remove(&start);
             series.index.remove(&start);
-        } else if let Some(info) = reopened {
-            series.open.remove(&start);
-            series.index.insert(start, info);
-            // What reopening would have written (the compact save as a change record,
-            // the closed records deleted) is not written: the index still says closed.
-            *batch = Batch::new();
+        } else if reopened {
+            // Reopening wrote the compact save as the chunk's first change record and
+            // deleted its closed records: the index must say it is open.
+            let payload = serde_json::to_vec(&*info)
+                .map_err(|err| local(StoreError::Invalid(err.to_string())))?;
+            put_sealed(batch, index_key(start), &payload);
         }
         return Ok(());
     }
