@@ -371,7 +371,11 @@ impl World {
                 })?;
                 let mut membership = Membership::new(owner.public());
                 membership
-                    .add_device(UnixMillis(BASE_MS), &certificate)
+                    .add_device(
+                        UnixMillis(BASE_MS),
+                        &certificate,
+                        &RevocationSet::new(owner.public()),
+                    )
                     .map_err(|reason| SimError::Certificate {
                         node: label.clone(),
                         reason,

@@ -955,13 +955,17 @@ async fn devices(State(node): State<Arc<Node>>) -> ApiResult {
     Ok(Json(json!({ "devices": list })))
 }
 
-/// A mesh command's failure as an API error: unknown device 404, not allowed 403.
+/// A mesh command's failure as an API error: unknown device 404, not allowed 403, a
+/// certificate that no longer holds 409.
 fn mesh_error(err: crate::mesh::MeshError) -> ApiError {
     match err {
         crate::mesh::MeshError::NoSuchDevice(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
         }
         crate::mesh::MeshError::BadScope(_) => ApiError::invalid(err.to_string()),
+        crate::mesh::MeshError::NotApprovable(..) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
+        }
         crate::mesh::MeshError::NotOwner(_)
         | crate::mesh::MeshError::CannotAdmit
         | crate::mesh::MeshError::NameTaken(_)

@@ -585,3 +585,111 @@ where
     .await
     .expect("gave up waiting");
 }
+
+/// A member that answers every membership exchange with "more to come" and a new
+/// digest each time (as if its membership never settled) gets one exchange per tick,
+/// not an endless back-to-back loop, and the whole revocation set paged to it at most
+/// once per round interval: ten seconds of it cost home a bounded number of pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_always_says_more_gets_no_endless_exchange() {
+    use hearth_protocol::capability::{CapId, Revocation, RevocationTarget};
+    use hearth_protocol::mesh::membership::{MAX_REVOCATIONS, Snapshot};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let owner = OwnerKey::from_seed(OWNER_SEED);
+    // Home holds three pages of the owner's revocations.
+    let count = 3 * MAX_REVOCATIONS - 100;
+    let revocations: Vec<_> = (0..count as u64)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            Revocation {
+                issuer: owner.public(),
+                target: RevocationTarget::Capability(CapId(id)),
+                issued_at: now(),
+                reason: String::new(),
+            }
+            .sign(owner.secret())
+            .unwrap()
+        })
+        .collect();
+    let last = revocations.last().unwrap().clone();
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
+    std::fs::write(
+        dir.path()
+            .join("home")
+            .join(crate::node::layout::MEMBERSHIP_FILE),
+        Snapshot {
+            revocations,
+            ..Snapshot::default()
+        }
+        .encode(),
+    )
+    .unwrap();
+    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
+    let home_addr = address(&home).await;
+    let vm = device(
+        dir.path(),
+        12,
+        "vm",
+        Role::Cloud,
+        Some(&home_addr),
+        &stop_rx,
+    )
+    .await;
+    eventually_async(|| connected_to(&home, &["vm"])).await;
+
+    // The vm turns hostile: its own listing, an empty page, "more", a new digest.
+    let answer = crate::mesh::HostileAnswer {
+        frames: vec![
+            format!("{}\n", vm.peer).into_bytes(),
+            vec![0; 32],
+            Vec::new(),
+            b"1".to_vec(),
+        ],
+        ..Default::default()
+    };
+    let requests = answer.requests.clone();
+    vm.node
+        .mesh
+        .get()
+        .unwrap()
+        .members_answer(answer)
+        .await
+        .unwrap();
+    let received = || requests.lock().unwrap().len();
+    eventually("home asks the hostile vm", || {
+        (received() > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let requests = requests.lock().unwrap().clone();
+    // Rounds that reached the last revocation: the whole set paged.
+    let last = last.encode();
+    let rounds = requests
+        .iter()
+        .filter(|frames| {
+            frames.get(2).is_some_and(|page| {
+                Snapshot::decode(page)
+                    .unwrap()
+                    .revocations
+                    .iter()
+                    .any(|r| r.encode() == last)
+            })
+        })
+        .count();
+    // A tick every 2 s for 10 s, each a request, plus at most two rounds of three
+    // pages (one starting before the window, one in it). Endless paging would be
+    // thousands.
+    assert!(
+        requests.len() <= 16,
+        "{} membership requests in 10 s",
+        requests.len()
+    );
+    assert!(
+        rounds <= 2,
+        "the whole set was paged {rounds} times in 10 s"
+    );
+    let _ = stop_tx.send(true);
+}

@@ -353,6 +353,9 @@ pub enum MeshError {
     /// A `devices:admit` scope that names nothing.
     #[error("invalid admit scope: {0}")]
     BadScope(String),
+    /// The device's certificate no longer holds, so there is nothing to approve.
+    #[error("{0:?} cannot be approved: its certificate no longer holds ({1}); invite it again")]
+    NotApprovable(String, String),
     /// This device would revoke itself.
     #[error(
         "{0:?} is this device: revoke it from another device of the mesh (the owner key can move with `hearth init --recover`)"
@@ -447,6 +450,8 @@ enum Command {
         peer: PeerId,
         frames: Vec<Vec<u8>>,
     },
+    #[cfg(test)]
+    MembersAnswer(HostileAnswer),
     SyncSend {
         peer: PeerId,
         bytes: Vec<u8>,
@@ -495,6 +500,8 @@ impl std::fmt::Debug for Command {
             Command::SyncSend { .. } => "SyncSend",
             #[cfg(test)]
             Command::MembersSend { .. } => "MembersSend",
+            #[cfg(test)]
+            Command::MembersAnswer(_) => "MembersAnswer",
             Command::Disconnect(_) => "Disconnect",
             Command::Revocations(_) => "Revocations",
             Command::ServeJobs(_) => "ServeJobs",
@@ -615,6 +622,17 @@ impl MeshHandle {
     ) -> Result<(), MeshError> {
         self.commands
             .send(Command::MembersSend { peer, frames })
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// From now on answers every membership request with `answer.frames` (the digest
+    /// frame made different each time) and keeps the requests in `answer.requests`, as
+    /// a hostile member would (tests).
+    #[cfg(test)]
+    pub(crate) async fn members_answer(&self, answer: HostileAnswer) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::MembersAnswer(answer))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -838,7 +856,37 @@ struct Paging {
     /// the same, paging again would not help (the peer refuses something), so only
     /// the first page is sent.
     round_done: Option<([u8; 32], Option<[u8; 32]>)>,
+    /// When a new round may start (ms): a peer whose digest keeps changing gets the
+    /// whole set paged to it at most once per [`ROUND_EVERY_MS`], the first page
+    /// otherwise.
+    next_round: u64,
 }
+
+/// How a test playing a hostile member answers membership requests.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostileAnswer {
+    /// The frames of every answer (the second, the digest, is changed each time).
+    pub frames: Vec<Vec<u8>>,
+    /// Every request received since, in order.
+    pub requests: Arc<std::sync::Mutex<Vec<Vec<Vec<u8>>>>>,
+}
+
+#[cfg(test)]
+impl HostileAnswer {
+    fn answer(&self, request: Frames) -> Frames {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests.push(request.0);
+        let mut frames = self.frames.clone();
+        if let Some(digest) = frames.get_mut(1) {
+            *digest = <sha2::Sha256 as sha2::Digest>::digest(requests.len().to_be_bytes()).to_vec();
+        }
+        Frames::from(frames)
+    }
+}
+
+/// Least time between two rounds of paging the whole membership to one peer.
+const ROUND_EVERY_MS: u64 = 10_000;
 
 /// How long a LAN peer that was refused (not a device of this mesh) waits before it
 /// is dialled again.
@@ -960,6 +1008,9 @@ struct MeshLoop {
     /// Membership documents peers sent that were left out, summed per peer until
     /// audited: (count, the first reason, since).
     left_out: BTreeMap<PeerId, (usize, String, UnixMillis)>,
+    /// Set by a test playing a hostile member: how membership requests are answered.
+    #[cfg(test)]
+    hostile_answer: Option<HostileAnswer>,
     /// Sync traffic per peer, bounded.
     sync_out: BTreeMap<PeerId, SyncOut>,
     /// Every open connection of each peer.
@@ -1022,7 +1073,7 @@ pub async fn spawn(
             Err(err) => return Err(unreadable(err.to_string())),
         }
     }
-    if let Err(reason) = members.add_device(now(), &certificate) {
+    if let Err(reason) = members.add_device(now(), &certificate, &gate.revocations) {
         tracing::warn!(%reason, "this device's own certificate is not valid");
     }
     let config_peers = config
@@ -1058,6 +1109,8 @@ pub async fn spawn(
         membership: members,
         replication,
         left_out: BTreeMap::new(),
+        #[cfg(test)]
+        hostile_answer: None,
     };
     mesh.adopt_own_certificate();
     mesh.refresh_issuer();
@@ -1191,6 +1244,8 @@ impl MeshLoop {
                     .members
                     .send_request(&peer, Frames::from(frames));
             }
+            #[cfg(test)]
+            Command::MembersAnswer(answer) => self.hostile_answer = Some(answer),
             Command::SyncSend { peer, bytes } => {
                 if self.known.get(&peer).is_some_and(|k| k.connected) {
                     let out = self.sync_out.entry(peer).or_default();
@@ -1265,15 +1320,22 @@ impl MeshLoop {
     /// The unrevoked device called `name`, or whose peer id is `name`; refused when the
     /// name is ambiguous.
     fn device_named(&self, name: &str) -> Result<PublicKey, MeshError> {
-        let live: Vec<PublicKey> = self
+        let members: Vec<_> = self
             .membership
             .members(&self.gate.revocations)
             .into_iter()
             .filter(|m| !m.revoked)
-            .filter(|m| {
-                m.device.name == name
-                    || peer_id(&m.device.node_key).is_some_and(|p| p.to_string() == name)
-            })
+            .collect();
+        // A peer id names exactly one device, whatever any device is called.
+        if let Some(member) = members
+            .iter()
+            .find(|m| peer_id(&m.device.node_key).is_some_and(|p| p.to_string() == name))
+        {
+            return Ok(member.device.node_key);
+        }
+        let live: Vec<PublicKey> = members
+            .iter()
+            .filter(|m| m.device.name == name)
             .map(|m| m.device.node_key)
             .collect();
         match live.as_slice() {
@@ -1405,12 +1467,13 @@ impl MeshLoop {
     /// Merges membership documents (from a peer, or made here): drops newly revoked
     /// devices, keeps the store on disk, and adopts or drops this node's admit grant.
     fn take_in(&mut self, snapshot: &Snapshot) {
-        self.take_in_from(None, snapshot);
+        let _ = self.take_in_from(None, snapshot);
     }
 
     /// [`MeshLoop::take_in`] for documents a peer sent: those left out are audited,
-    /// summed per peer over 5 s (`mesh.members`, `refused: …`).
-    fn take_in_from(&mut self, from: Option<&PeerId>, snapshot: &Snapshot) {
+    /// summed per peer over 5 s (`mesh.members`, `refused: …`). Returns whether
+    /// anything was new.
+    fn take_in_from(&mut self, from: Option<&PeerId>, snapshot: &Snapshot) -> bool {
         let merged = self
             .membership
             .merge(now(), snapshot, &mut self.gate.revocations);
@@ -1463,6 +1526,7 @@ impl MeshLoop {
             self.refresh_issuer();
             self.dirty = true;
         }
+        merged.changed()
     }
 
     /// On the owner's device, at the owner's word: replaces the certificate of a
@@ -1484,7 +1548,7 @@ impl MeshLoop {
         let now = now();
         let device = match self.gate.check(now, &key, chain) {
             Ok(device) => device,
-            Err(reason) => return Err(MeshError::Join(reason)),
+            Err(reason) => return Err(MeshError::NotApprovable(name.to_owned(), reason)),
         };
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).map_err(|err| MeshError::Sign(err.to_string()))?;
@@ -1554,6 +1618,15 @@ impl MeshLoop {
             return;
         };
         let mut bytes = self.membership.stored(&self.gate.revocations).encode();
+        if bytes.len() > hearth_protocol::mesh::membership::MAX_STORED_BYTES {
+            // Never a file that could not be read back (the revocation set's limits
+            // keep within it; this holds should they ever not).
+            tracing::error!(
+                bytes = bytes.len(),
+                "the membership is larger than its file may be; not stored"
+            );
+            return;
+        }
         let sum: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
         bytes.extend_from_slice(&sum);
         if let Err(err) = hearth_stores::fsutil::write_atomic(path, &bytes) {
@@ -1562,6 +1635,11 @@ impl MeshLoop {
     }
 
     fn share_peers(&mut self) {
+        // A test's hostile member only answers.
+        #[cfg(test)]
+        if self.hostile_answer.is_some() {
+            return;
+        }
         let connected: Vec<PeerId> = self
             .known
             .iter()
@@ -1784,10 +1862,20 @@ impl MeshLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        #[cfg(test)]
+                        if let Some(hostile) = &self.hostile_answer {
+                            let answer = hostile.answer(request);
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .members
+                                .send_response(channel, answer);
+                            return;
+                        }
                         // Take the peer's news in first, so the answer carries the
                         // merged membership only if it still differs from the peer's.
                         if admitted {
-                            self.learn_peers(&peer, &request);
+                            let _ = self.learn_peers(&peer, &request);
                         }
                         let answer = if admitted {
                             self.peer_list(&peer)
@@ -1802,9 +1890,11 @@ impl MeshLoop {
                     }
                     request_response::Message::Response { response, .. } => {
                         if admitted {
-                            self.learn_peers(&peer, &response);
-                            // Page on at once while either side has more to send.
-                            let theirs_more = response.0.get(3).is_some_and(|f| f == b"1");
+                            let news = self.learn_peers(&peer, &response);
+                            // Page on at once while we have more to send, or while the
+                            // peer has more and its last page brought something new (a
+                            // peer that only says "more" gets the next tick's exchange).
+                            let theirs_more = news && response.0.get(3).is_some_and(|f| f == b"1");
                             let ours_more = self
                                 .known
                                 .get(&peer)
@@ -2269,11 +2359,17 @@ impl MeshLoop {
                 k.paging = Paging::default();
                 (Vec::new(), false)
             }
-            Some(k) if k.paging.round_done == Some((ours, k.digest)) => {
+            Some(k)
+                if k.paging.round_done == Some((ours, k.digest))
+                    || (k.paging.after.is_none() && now.0 < k.paging.next_round) =>
+            {
                 let page = self.membership.page(now, &self.gate.revocations, None);
                 (page.snapshot.encode(), false)
             }
             Some(k) => {
+                if k.paging.after.is_none() {
+                    k.paging.next_round = now.0.saturating_add(ROUND_EVERY_MS);
+                }
                 let page =
                     self.membership
                         .page(now, &self.gate.revocations, k.paging.after.as_ref());
@@ -2297,10 +2393,12 @@ impl MeshLoop {
 
     /// Takes in what an admitted peer told us: its membership (merged), its digest, and
     /// the devices it knows, which we dial (admission decides about them).
-    fn learn_peers(&mut self, from: &PeerId, frames: &Frames) {
+    /// Returns whether its membership brought anything new.
+    fn learn_peers(&mut self, from: &PeerId, frames: &Frames) -> bool {
+        let mut news = false;
         if let Some(snapshot) = frames.0.get(2).filter(|f| !f.is_empty()) {
             match Snapshot::decode(snapshot) {
-                Ok(snapshot) => self.take_in_from(Some(from), &snapshot),
+                Ok(snapshot) => news = self.take_in_from(Some(from), &snapshot),
                 Err(err) => {
                     self.audit(
                         "mesh.members",
@@ -2309,7 +2407,7 @@ impl MeshLoop {
                     );
                     tracing::warn!(peer = %from, error = %err, "malformed membership snapshot; disconnecting");
                     let _ = self.swarm.disconnect_peer_id(*from);
-                    return;
+                    return false;
                 }
             }
         }
@@ -2352,6 +2450,7 @@ impl MeshLoop {
                 let _ = self.swarm.dial(opts);
             }
         }
+        news
     }
 
     /// Redials admitted peers that dropped, and bootstrap addresses not connected; asks

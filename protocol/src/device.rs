@@ -33,6 +33,13 @@ pub enum DeviceError {
     NotACertificate,
 }
 
+/// A device name: a valid name (see [`crate::capability::is_valid_name`]) that does
+/// not look like a peer id (`12D3KooW…`, as every device's is), so that naming a
+/// device by name or by peer id is never ambiguous.
+pub fn is_valid_device_name(name: &str) -> bool {
+    crate::capability::is_valid_name(name) && !name.starts_with("12D3KooW")
+}
+
 /// Issues a device certificate for `node_key`, signed by `issuer` (the owner, or an
 /// admitter holding a `devices:admit` grant whose capability is `parent`).
 #[allow(clippy::too_many_arguments)]

@@ -36,12 +36,12 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
-    if !hearth_protocol::capability::is_valid_name(&args.name) {
+    if !hearth_protocol::device::is_valid_device_name(&args.name) {
         return Err(CliError::new(
             Exit::Usage,
             format!("{:?} is not a valid device name", args.name),
         )
-        .hint("use letters, digits, `.`, `_` or `-`, at most 128 characters"));
+        .hint("use letters, digits, `.`, `_` or `-`, at most 128 characters, not starting with `12D3KooW` (peer ids do)"));
     }
     let role: Role = args
         .role

@@ -25,8 +25,10 @@ pub use invocation::{
     Invocation, InvocationConfig, InvocationError, InvocationVerifier, SignedInvocation,
 };
 pub use revocation::{
-    MAX_FOREIGN_REVOCATIONS, MAX_REASON_LEN, MAX_REVOCATION_BYTES, Position, Revocation,
-    RevocationError, RevocationSet, RevocationTarget, SignedRevocation,
+    MAX_CAPABILITY_REVOCATION_BYTES, MAX_CAPABILITY_REVOCATIONS, MAX_FOREIGN_PER_GRANT,
+    MAX_FOREIGN_REVOCATIONS, MAX_KEY_REVOCATIONS, MAX_PLAIN_REVOCATION_BYTES, MAX_PROOF_DEPTH,
+    MAX_REASON_LEN, MAX_REVOCATION_BYTES, Position, Revocation, RevocationError, RevocationSet,
+    RevocationTarget, SignedRevocation,
 };
 pub use verify::{ChainError, ChainErrorKind, VerifiedChain, Verifier, VerifierConfig};
 

@@ -29,9 +29,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::capability::{
-    Chain, ChainError, Resource, RevocationSet, Role, Verifier, is_valid_name,
-};
+use crate::capability::{Chain, ChainError, Resource, RevocationSet, Role, Verifier};
 use crate::device::{self, Device, DeviceError};
 use crate::encoding::{DecodeError, Reader, Writer};
 use crate::key::{PublicKey, SecretKey};
@@ -263,7 +261,7 @@ impl Gate {
         let Some(issuer) = self.issuer.clone() else {
             return Err("this device cannot admit new devices".into());
         };
-        if !is_valid_name(name) {
+        if !crate::device::is_valid_device_name(name) {
             return Err(format!("{name:?} is not a valid device name"));
         }
         let redeemed = self

@@ -51,11 +51,23 @@ pub const MAX_REVOCATIONS: usize = 1024;
 /// Most key revocations repeated at the head of every page.
 pub const PRIORITY_KEYS: usize = 256;
 /// Most revocations the membership file holds.
-pub const MAX_STORED_REVOCATIONS: usize = 1_000_000;
+pub const MAX_STORED_REVOCATIONS: usize =
+    crate::capability::MAX_CAPABILITY_REVOCATIONS + crate::capability::MAX_KEY_REVOCATIONS;
 /// Largest membership file.
 pub const MAX_STORED_BYTES: usize = 256 * 1024 * 1024;
 /// Largest single document in a snapshot.
 const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+
+// Whatever a revocation set and a membership hold fits in a file they can be read back
+// from: the most certificates and grants, the most key revocations (kept without
+// proofs) and the bytes of capability revocations the set allows, with their lengths.
+const _: () = assert!(
+    16 + (MAX_DEVICES + MAX_ADMITS) * (MAX_DOCUMENT_BYTES + 3)
+        + crate::capability::MAX_KEY_REVOCATIONS
+            * (crate::capability::MAX_PLAIN_REVOCATION_BYTES + 3)
+        + crate::capability::MAX_CAPABILITY_REVOCATION_BYTES
+        <= MAX_STORED_BYTES
+);
 
 /// Every document of a membership, as exchanged between devices and stored on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,22 +220,61 @@ impl Membership {
     }
 
     /// Adds a device certificate if it is valid now (revoked or not: a revoked device
-    /// is listed as such). Keeps, per node key, the certificate that expires last (ties
-    /// go to the shorter chain, then the smaller id, so every device keeps the same one).
-    pub fn add_device(&mut self, now: UnixMillis, chain: &Chain) -> Result<Added, String> {
+    /// is listed as such). Keeps one certificate per node key, ranked so that every
+    /// device keeps the same one: an unrevoked one (under `revocations`) over a
+    /// revoked one, then one the owner key signs over one issued under a
+    /// `devices:admit` grant, then the one that expires last, the shorter chain, the
+    /// smaller id.
+    ///
+    /// A certificate issued under a grant (by a device, not the owner) never replaces
+    /// one kept for the same key from elsewhere (only a renewal under the same grant),
+    /// and cannot take the name of another key's unrevoked device: an admitter cannot
+    /// re-certify, rename or impersonate a device the owner or another admitter
+    /// certified.
+    pub fn add_device(
+        &mut self,
+        now: UnixMillis,
+        chain: &Chain,
+        revocations: &RevocationSet,
+    ) -> Result<Added, String> {
         let unrevoked = RevocationSet::new(*self.verifier.owner());
         let device = device::verify_certificate(&mut self.verifier, chain, now, &unrevoked)
             .map_err(|err| format!("device certificate: {err}"))?;
+        let live = |chain: &Chain| revocations.revoked_link(chain).is_none();
+        let by_owner = |chain: &Chain| chain.links().len() == 1;
         let rank = |device: &Device, chain: &Chain| {
             (
+                live(chain),
+                by_owner(chain),
                 device.expires,
                 std::cmp::Reverse(chain.links().len()),
                 std::cmp::Reverse(chain.leaf().id()),
             )
         };
+        if !by_owner(chain)
+            && live(chain)
+            && let Some((other, _)) = self
+                .devices
+                .iter()
+                .find(|(key, (d, c))| **key != device.node_key && d.name == device.name && live(c))
+        {
+            return Err(format!(
+                "a certificate issued under a devices:admit grant names {:?}, the name of                  another device ({})",
+                device.name,
+                other.short()
+            ));
+        }
         match self.devices.get(&device.node_key) {
             Some((known, known_chain)) if rank(known, known_chain) >= rank(&device, chain) => {
                 Ok(Added::Known)
+            }
+            Some((known, known_chain))
+                if !by_owner(chain) && known_chain.root_link().id() != chain.root_link().id() =>
+            {
+                Err(format!(
+                    "a certificate for device {:?} issued under a devices:admit grant does                      not replace the one it holds from elsewhere",
+                    known.name
+                ))
             }
             Some((known, _)) if known.name != device.name || known.role != device.role => {
                 Err(format!(
@@ -307,7 +358,7 @@ impl Membership {
             }
         }
         for chain in &snapshot.devices {
-            match self.add_device(now, chain) {
+            match self.add_device(now, chain, revocations) {
                 Ok(Added::New(device)) => merged.new_devices.push(device),
                 Ok(Added::Renewed(device)) => merged.renewed.push(device),
                 Ok(Added::Known) => {}
@@ -544,11 +595,11 @@ mod tests {
         let mut ra = RevocationSet::new(owner.public());
         let mut b = Membership::new(owner.public());
         let mut rb = RevocationSet::new(owner.public());
-        a.add_device(NOW, &certs[0]).unwrap();
-        a.add_device(NOW, &certs[1]).unwrap();
+        a.add_device(NOW, &certs[0], &ra).unwrap();
+        a.add_device(NOW, &certs[1], &ra).unwrap();
         ra.insert(&revoke(&owner, &nodes[1])).unwrap();
-        b.add_device(NOW, &certs[3]).unwrap();
-        b.add_device(NOW, &certs[2]).unwrap();
+        b.add_device(NOW, &certs[3], &rb).unwrap();
+        b.add_device(NOW, &certs[2], &rb).unwrap();
         b.add_admit(NOW, &admit(&owner, &nodes[2])).unwrap();
         assert_ne!(a.digest(NOW, &ra), b.digest(NOW, &rb));
 
@@ -590,6 +641,117 @@ mod tests {
         assert_eq!(merged.rejected.len(), 4, "{:?}", merged.rejected);
         assert!(m.members(&revocations).is_empty());
         assert!(revocations.is_empty());
+    }
+
+    #[test]
+    fn an_admitter_cannot_recertify_rename_or_impersonate_a_device() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let cloud = NodeKey::from_seed([3; 32]);
+        let tablet = NodeKey::from_seed([4; 32]);
+        let phone = NodeKey::from_seed([2; 32]);
+        let (by_cloud, by_tablet) = (admit(&owner, &cloud), admit(&owner, &tablet));
+        let issue = |signer: &NodeKey, grant: &Chain, node: &NodeKey, name: &str, expires, n| {
+            device::issue_certificate(
+                signer.secret(),
+                Some(grant),
+                node.public(),
+                name,
+                Role::Mobile,
+                UnixMillis(0),
+                expires,
+                [n; 16],
+            )
+            .unwrap()
+        };
+        let by_owner = |node: &NodeKey, name: &str, expires, n| {
+            device::issue_certificate(
+                owner.secret(),
+                None,
+                node.public(),
+                name,
+                Role::Mobile,
+                UnixMillis(0),
+                expires,
+                [n; 16],
+            )
+            .unwrap()
+        };
+        let mut m = Membership::new(owner.public());
+        let mut revocations = RevocationSet::new(owner.public());
+        let phone_cert = by_owner(&phone, "phone", UnixMillis(5_000_000), 1);
+        m.add_device(NOW, &phone_cert, &revocations).unwrap();
+        let pad = NodeKey::from_seed([5; 32]);
+        let pad_cert = issue(&tablet, &by_tablet, &pad, "pad", UnixMillis(5_000_000), 2);
+        m.add_device(NOW, &pad_cert, &revocations).unwrap();
+        let before = m.stored(&revocations);
+
+        // The cloud re-certifies the phone for longer: the owner's certificate stays.
+        let longer = issue(&cloud, &by_cloud, &phone, "phone", LATER, 3);
+        assert_eq!(m.add_device(NOW, &longer, &revocations), Ok(Added::Known));
+        // ...certifies a key of its own under the phone's name: refused.
+        let impostor = NodeKey::from_seed([6; 32]);
+        let named = issue(&cloud, &by_cloud, &impostor, "phone", LATER, 4);
+        assert!(m.add_device(NOW, &named, &revocations).is_err());
+        // ...takes over the pad the tablet admitted: refused.
+        let taken = issue(&cloud, &by_cloud, &pad, "pad", LATER, 5);
+        assert!(m.add_device(NOW, &taken, &revocations).is_err());
+        assert_eq!(m.stored(&revocations), before, "nothing changed");
+        let merged = m.merge(
+            NOW,
+            &Snapshot {
+                devices: vec![longer, named, taken],
+                ..Snapshot::default()
+            },
+            &mut revocations,
+        );
+        assert_eq!(merged.rejected.len(), 2, "{:?}", merged.rejected);
+        assert_eq!(m.stored(&revocations), before);
+
+        // The tablet renews its pad; the owner approves it (signs it outright).
+        let renewed = issue(&tablet, &by_tablet, &pad, "pad", LATER, 6);
+        assert!(matches!(
+            m.add_device(NOW, &renewed, &revocations),
+            Ok(Added::Renewed(_))
+        ));
+        let approved = by_owner(&pad, "pad", UnixMillis(4_000_000), 7);
+        assert!(matches!(
+            m.add_device(NOW, &approved, &revocations),
+            Ok(Added::Renewed(_))
+        ));
+        assert_eq!(m.certificate(&pad.public()), Some(&approved));
+
+        // A revoked certificate never stands in for a live one, whatever its expiry.
+        revocations
+            .insert(
+                &Revocation {
+                    issuer: owner.public(),
+                    target: RevocationTarget::Capability(phone_cert.leaf().id()),
+                    issued_at: NOW,
+                    reason: "reissued".into(),
+                }
+                .sign(owner.secret())
+                .unwrap(),
+            )
+            .unwrap();
+        let reissued = by_owner(&phone, "phone", UnixMillis(2_000_000), 8);
+        assert!(matches!(
+            m.add_device(NOW, &reissued, &revocations),
+            Ok(Added::Renewed(_))
+        ));
+        assert_eq!(
+            m.add_device(NOW, &phone_cert, &revocations),
+            Ok(Added::Known)
+        );
+        assert_eq!(m.certificate(&phone.public()), Some(&reissued));
+        // With the phone's old certificate revoked, its name is still the phone's.
+        assert!(
+            m.add_device(
+                NOW,
+                &issue(&cloud, &by_cloud, &impostor, "phone", LATER, 9),
+                &revocations
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -751,12 +913,13 @@ mod tests {
         assert_eq!(decoded, by_developer);
         assert_eq!(revocations.insert(&decoded), Ok(true));
         assert_eq!(revocations.revoked_link(&chain), Some(1));
-        // Even a holder of a real capability cannot grow the set without end.
+        // Even a holder of a real capability cannot grow the set without end: it has
+        // an allowance under its grant...
         let mut refused = 0;
-        for i in 1..=(crate::capability::MAX_FOREIGN_REVOCATIONS as u64) {
+        for i in 1..=(crate::capability::MAX_FOREIGN_PER_GRANT as u64) {
             let chain = delegate(i);
             let r = revocation(&developer, chain.leaf().id()).with_proof(chain);
-            if revocations.insert(&r) == Err(RevocationError::TooMany) {
+            if revocations.insert(&r) == Err(RevocationError::TooManyUnderGrant) {
                 refused += 1;
             }
         }
@@ -829,9 +992,9 @@ mod tests {
         let home = NodeKey::from_seed([3; 32]);
         let mut a = Membership::new(owner.public());
         let mut ra = RevocationSet::new(owner.public());
-        a.add_device(NOW, &cert(&owner, &home, "home", LATER))
+        a.add_device(NOW, &cert(&owner, &home, "home", LATER), &ra)
             .unwrap();
-        a.add_device(NOW, &cert(&owner, &phone, "phone", LATER))
+        a.add_device(NOW, &cert(&owner, &phone, "phone", LATER), &ra)
             .unwrap();
         for i in 0..100_000 {
             assert!(ra.insert(&revoke_capability(&owner, i)).unwrap());

@@ -14,7 +14,7 @@ use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::capability::{Role, is_valid_name};
+use crate::capability::Role;
 use crate::encoding::{DecodeError, Reader, Writer};
 use crate::key::PublicKey;
 use crate::time::UnixMillis;
@@ -281,7 +281,7 @@ impl Invitations {
             return Err(JoinError::WrongSecret);
         }
         let name = pending.name.clone().unwrap_or_else(|| name.to_owned());
-        if !is_valid_name(&name) {
+        if !crate::device::is_valid_device_name(&name) {
             return Err(JoinError::BadName(format!(
                 "{name:?} is not a valid device name"
             )));
