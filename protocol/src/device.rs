@@ -94,3 +94,20 @@ pub fn verify_certificate(
         expires: verified.expires,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_name_never_looks_like_a_peer_id() {
+        assert!(is_valid_device_name("phone"));
+        assert!(is_valid_device_name("12D3-kitchen"));
+        assert!(!is_valid_device_name(
+            "12D3KooWLpTayT68pEiDcnNC2sY28khhikRhDMZYfn4QGuonTv9Z"
+        ));
+        assert!(!is_valid_device_name("12D3KooW"));
+        assert!(!is_valid_device_name(""));
+        assert!(!is_valid_device_name("two words"));
+    }
+}

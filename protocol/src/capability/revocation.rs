@@ -439,7 +439,7 @@ impl RevocationSet {
 
     /// Adds a revocation after checking its signature (and, for a capability revoked
     /// by a key other than the owner's, its proof: see [`SignedRevocation::with_proof`]
-    /// and [`check_proof`]; at most [`MAX_FOREIGN_REVOCATIONS`] of those are taken, and
+    /// and the checks listed in capabilities.md; at most [`MAX_FOREIGN_REVOCATIONS`] of those are taken, and
     /// [`MAX_FOREIGN_PER_GRANT`] under one owner-issued capability). Returns whether it
     /// was new (one already held, or another document revoking the same thing by the
     /// same issuer, is not checked again).
