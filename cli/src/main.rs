@@ -187,6 +187,8 @@ fn parse_args() -> Cli {
 }
 
 fn main() -> ExitCode {
+    // Keys, certificates, stores and logs: nothing Hearth writes is for other users.
+    hearth_node::keep_files_private();
     let cli = parse_args();
     init_tracing(cli.verbose, cli.quiet);
     match run(cli) {

@@ -32,7 +32,6 @@ mod automerge_json;
 pub mod backend;
 mod error;
 mod frame;
-pub mod fsutil;
 mod pipeline;
 pub mod query;
 mod reading;

@@ -3,7 +3,7 @@
 //! leaves the others usable.
 //!
 //! ```text
-//! ROOT/index.json        [{name, id, kind, backend}], replaced atomically
+//! ROOT/index.json        [{name, id, kind, backend}]: a state file, replaced durably
 //! ROOT/<id>/data.redb    one store (or data.sled/ for sled)
 //! ```
 
@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use automerge::ActorId;
 use serde::{Deserialize, Serialize};
+
+use hearth_protocol::statefile;
 
 use crate::backend::BackendKind;
 use crate::error::StoreError;
@@ -117,6 +119,11 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
+/// What the store index's state file header calls it.
+const INDEX_KIND: &str = "stores";
+/// The largest store index read (a few hundred bytes per store).
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
 impl Stores {
     /// Opens every store under `config.root` (creating the directory if needed). A
     /// store that cannot be opened is kept as broken, with its error, and the others
@@ -128,14 +135,18 @@ impl Stores {
         };
         std::fs::create_dir_all(&config.root).map_err(io)?;
         let index_path = config.root.join("index.json");
-        let index: Vec<IndexEntry> = match std::fs::read(&index_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
-                store: "(store index)".into(),
-                detail: format!("{}: {err}", index_path.display()),
-            })?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(io(err)),
+        let corrupt = |detail: String| StoreError::Corrupt {
+            store: "(store index)".into(),
+            detail,
         };
+        let index: Vec<IndexEntry> =
+            match statefile::read_state(&index_path, INDEX_KIND, MAX_INDEX_BYTES) {
+                Ok(Some(state)) => serde_json::from_slice(&state.payload)
+                    .map_err(|err| corrupt(format!("{}: {err}", index_path.display())))?,
+                Ok(None) => Vec::new(),
+                Err(statefile::StateError::Io { source, .. }) => return Err(io(source)),
+                Err(err) => return Err(corrupt(err.to_string())),
+            };
         let mut stores = BTreeMap::new();
         for entry in index {
             let opened = entry
@@ -391,7 +402,8 @@ impl Stores {
             .collect();
         let bytes = serde_json::to_vec_pretty(&entries)
             .map_err(|err| StoreError::Invalid(err.to_string()))?;
-        crate::fsutil::write_atomic(&self.config.root.join("index.json"), &bytes).map_err(|err| {
+        let path = self.config.root.join("index.json");
+        statefile::write_state(&path, INDEX_KIND, 1, &bytes).map_err(|err| {
             if crate::backend::is_disk_full(&err) {
                 StoreError::DiskFull {
                     store: "(store index)".into(),

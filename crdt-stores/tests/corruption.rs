@@ -112,8 +112,10 @@ fn flips(backend: BackendKind) {
     let (victim_readings, victim_pairs) = fill(&stores, "victim");
     let (other_readings, other_pairs) = fill(&stores, "other");
     drop(stores);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
+    let index = hearth_protocol::statefile::read_state(&root.join("index.json"), "stores", 1 << 20)
+        .unwrap()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index.payload).unwrap();
     let victims: Vec<std::path::PathBuf> = index
         .as_array()
         .unwrap()

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use hearth_protocol::capability::{Chain, RevocationSet, Verifier};
 use hearth_protocol::key::{NodeKey, OwnerKey, PublicKey};
+use hearth_protocol::statefile;
 use hearth_protocol::sync::StoreKind;
 use hearth_protocol::sync::authority::{
     self, Authority, Placement, PlacementError, Rank, SignedPlacement,
@@ -214,7 +215,8 @@ pub enum CatalogueError {
 
 /// Most verdicts on documents remembered (a member writing junk cannot grow it).
 const MAX_VERDICTS: usize = 4096;
-const FILE_MAGIC: &[u8; 5] = b"HPLL\x01";
+/// What the placements state file's header calls it.
+const FILE_KIND: &str = "placements";
 /// Largest placements file read.
 const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -304,30 +306,26 @@ impl Catalogue {
             path: path.display().to_string(),
             reason,
         };
-        match std::fs::metadata(path) {
-            Ok(meta) if meta.len() > MAX_FILE_BYTES => {
-                return Err(file_err(format!(
-                    "larger than {MAX_FILE_BYTES} bytes; delete it to rebuild it from the mesh's catalogue"
-                )));
-            }
-            Ok(_) => {
-                let bytes = std::fs::read(path).map_err(|err| file_err(err.to_string()))?;
-                let docs = decode_file(&bytes).map_err(|reason| {
-                    file_err(format!(
-                        "{reason}; the node will not start on placements it cannot read: \
+        let stored = statefile::read_state(path, FILE_KIND, MAX_FILE_BYTES).map_err(|err| {
+            file_err(format!(
+                "{err}; the node will not start on placements it cannot read: delete the \
+                 file to rebuild it from the mesh's catalogue"
+            ))
+        })?;
+        if let Some(stored) = stored {
+            let docs = decode_file(&stored.payload).map_err(|reason| {
+                file_err(format!(
+                    "{reason}; the node will not start on placements it cannot read: \
                          delete the file to rebuild it from the mesh's catalogue"
-                    ))
-                })?;
-                let at = now();
-                for doc in docs {
-                    // Verified again: a grant may have been revoked since.
-                    if let Ok(rank) = doc.verify(&mut state.verifier, &state.revocations, at) {
-                        state.insert(rank, doc);
-                    }
+                ))
+            })?;
+            let at = now();
+            for doc in docs {
+                // Verified again: a grant may have been revoked since.
+                if let Ok(rank) = doc.verify(&mut state.verifier, &state.revocations, at) {
+                    state.insert(rank, doc);
                 }
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(file_err(err.to_string())),
         }
         Ok(Self {
             store,
@@ -718,7 +716,7 @@ impl Catalogue {
         let docs: Vec<&SignedPlacement> =
             state.docs.values().flatten().map(|(_, doc)| doc).collect();
         let bytes = encode_file(&docs);
-        if let Err(err) = hearth_stores::fsutil::write_atomic(&self.path, &bytes) {
+        if let Err(err) = statefile::write_state(&self.path, FILE_KIND, 1, &bytes) {
             tracing::error!(path = %self.path.display(), error = %err, "cannot keep the placement documents");
         }
     }
@@ -749,7 +747,7 @@ pub struct About {
 }
 
 fn encode_file(docs: &[&SignedPlacement]) -> Vec<u8> {
-    let mut out = FILE_MAGIC.to_vec();
+    let mut out = Vec::new();
     for doc in docs {
         let bytes = doc.encode();
         // A document is at most MAX_DOCUMENT_BYTES, far below u32::MAX.
@@ -757,20 +755,11 @@ fn encode_file(docs: &[&SignedPlacement]) -> Vec<u8> {
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&bytes);
     }
-    let sum: [u8; 32] = Sha256::digest(&out).into();
-    out.extend_from_slice(&sum);
     out
 }
 
 fn decode_file(bytes: &[u8]) -> Result<Vec<SignedPlacement>, String> {
-    let body_len = bytes.len().checked_sub(32).ok_or("the file is truncated")?;
-    let (body, sum) = bytes.split_at(body_len);
-    if Sha256::digest(body).as_slice() != sum {
-        return Err("the file is damaged (its checksum does not match)".into());
-    }
-    let mut rest = body
-        .strip_prefix(FILE_MAGIC.as_slice())
-        .ok_or("not a placements file")?;
+    let mut rest = bytes;
     let mut docs = Vec::new();
     while !rest.is_empty() {
         let (len, tail) = rest

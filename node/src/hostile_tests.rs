@@ -616,11 +616,13 @@ async fn a_member_that_always_says_more_gets_no_endless_exchange() {
         .collect();
     let last = revocations.last().unwrap().clone();
     std::fs::create_dir_all(dir.path().join("home")).unwrap();
-    std::fs::write(
-        dir.path()
+    hearth_protocol::statefile::write_state(
+        &dir.path()
             .join("home")
             .join(crate::node::layout::MEMBERSHIP_FILE),
-        Snapshot {
+        "membership",
+        1,
+        &Snapshot {
             revocations,
             ..Snapshot::default()
         }

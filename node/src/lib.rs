@@ -49,4 +49,4 @@ pub mod replication;
 #[cfg(test)]
 mod hostile_tests;
 
-pub use node::{MeshSetup, Node, NodeConfig, NodeError, layout};
+pub use node::{MeshSetup, Node, NodeConfig, NodeError, keep_files_private, layout};

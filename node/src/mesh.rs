@@ -36,6 +36,7 @@ use hearth_protocol::mesh::admission::{
 };
 use hearth_protocol::mesh::membership::{self, Membership, Snapshot};
 use hearth_protocol::mesh::ticket::Ticket;
+use hearth_protocol::statefile;
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::{AuditLog, Event as AuditEvent};
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -930,9 +931,16 @@ struct Remembered {
     addrs: Vec<String>,
 }
 
+/// The remembered address book. One that cannot be read is reported and started
+/// afresh: it holds only where devices were last reached, never who may connect.
 fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return BTreeMap::new();
+    let bytes = match statefile::read_state(path, PEERS_KIND, MAX_PEERS_BYTES) {
+        Ok(Some(state)) => state.payload,
+        Ok(None) => return BTreeMap::new(),
+        Err(err) => {
+            tracing::warn!(error = %err, "ignoring an unreadable peers file; devices are found again as they connect");
+            return BTreeMap::new();
+        }
     };
     let list: Vec<Remembered> = match serde_json::from_slice(&bytes) {
         Ok(list) => list,
@@ -1054,23 +1062,22 @@ pub async fn spawn(
         // would admit revoked devices again.
         let unreadable = |reason: String| {
             MeshError::Start(format!(
-                "{}: {reason}. The node will not start on a membership it cannot read: it \
+                "{reason}. The node will not start on a membership it cannot read: it \
                  holds the mesh's revocations. Restore the file from a backup; or, knowing \
                  that a revoked device could be admitted here until another device passes \
-                 the revocations back, delete it",
-                path.display()
+                 the revocations back, delete it"
             ))
         };
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let stored = read_membership(&bytes).map_err(unreadable)?;
-                let merged = members.merge(now(), &stored, &mut gate.revocations);
-                for reason in merged.rejected {
-                    tracing::info!(%reason, "a stored membership document no longer counts");
-                }
+        let max = hearth_protocol::mesh::membership::MAX_STORED_BYTES as u64;
+        let stored = statefile::read_state(path, MEMBERSHIP_KIND, max)
+            .map_err(|err| unreadable(err.to_string()))?;
+        if let Some(stored) = stored {
+            let stored = Snapshot::decode_stored(&stored.payload)
+                .map_err(|err| unreadable(format!("{}: {err}", path.display())))?;
+            let merged = members.merge(now(), &stored, &mut gate.revocations);
+            for reason in merged.rejected {
+                tracing::info!(%reason, "a stored membership document no longer counts");
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(unreadable(err.to_string())),
         }
     }
     if let Err(reason) = members.add_device(now(), &certificate, &gate.revocations) {
@@ -1584,10 +1591,8 @@ impl MeshLoop {
         self.certificate = best.clone();
         tracing::info!("this device's certificate was renewed by the owner");
         if let Some(path) = &self.config.certificate_file {
-            let tmp = path.with_extension("tmp");
             let text = format!("{}\n", self.certificate.to_text());
-            if let Err(err) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))
-            {
+            if let Err(err) = statefile::write_durable(path, text.as_bytes()) {
                 tracing::error!(path = %path.display(), error = %err, "cannot store the renewed certificate");
             }
         }
@@ -1617,7 +1622,7 @@ impl MeshLoop {
         let Some(path) = &self.config.membership_file else {
             return;
         };
-        let mut bytes = self.membership.stored(&self.gate.revocations).encode();
+        let bytes = self.membership.stored(&self.gate.revocations).encode();
         if bytes.len() > hearth_protocol::mesh::membership::MAX_STORED_BYTES {
             // Never a file that could not be read back (the revocation set's limits
             // keep within it; this holds should they ever not).
@@ -1627,9 +1632,7 @@ impl MeshLoop {
             );
             return;
         }
-        let sum: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
-        bytes.extend_from_slice(&sum);
-        if let Err(err) = hearth_stores::fsutil::write_atomic(path, &bytes) {
+        if let Err(err) = statefile::write_state(path, MEMBERSHIP_KIND, 1, &bytes) {
             tracing::error!(path = %path.display(), error = %err, "cannot store the membership");
         }
     }
@@ -2321,8 +2324,7 @@ impl MeshLoop {
         let Ok(bytes) = serde_json::to_vec_pretty(&list) else {
             return;
         };
-        let tmp = path.with_extension("tmp");
-        if let Err(err) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
+        if let Err(err) = statefile::write_state(path, PEERS_KIND, 1, &bytes) {
             tracing::warn!(path = %path.display(), error = %err, "cannot remember peers");
         }
     }
@@ -2573,17 +2575,12 @@ fn add_addrs(known: &mut Vec<Multiaddr>, new: Vec<Multiaddr>) -> bool {
 
 /// Reads `membership.bin`: a snapshot followed by its SHA-256 (a file of earlier
 /// versions has no checksum and is read if it decodes whole).
-fn read_membership(bytes: &[u8]) -> Result<Snapshot, String> {
-    if let Some(body_len) = bytes.len().checked_sub(32) {
-        let (body, sum) = bytes.split_at(body_len);
-        if <sha2::Sha256 as sha2::Digest>::digest(body).as_slice() == sum {
-            return Snapshot::decode_stored(body).map_err(|err| err.to_string());
-        }
-    }
-    Snapshot::decode_stored(bytes).map_err(|_| {
-        "the file is damaged (its checksum does not match and it does not decode)".into()
-    })
-}
+/// What the membership state file's header calls it.
+const MEMBERSHIP_KIND: &str = "membership";
+/// What the address book's state file header calls it.
+const PEERS_KIND: &str = "peers";
+/// The largest address book read (1,024 devices of 16 addresses).
+const MAX_PEERS_BYTES: u64 = 16 << 20;
 
 /// Pairs this (new) device with the inviter named in `ticket`: dials it, redeems the
 /// ticket, and returns the certificate it issues.

@@ -32,6 +32,35 @@ pub mod layout {
     pub const LOCK_FILE: &str = "node.lock";
     /// Compiled modules, run counts and apps.
     pub const COMPUTE_DIR: &str = "compute";
+    /// This device's key.
+    pub const NODE_KEY_FILE: &str = "node.key";
+    /// The owner key, on the device where the mesh was created.
+    pub const OWNER_KEY_FILE: &str = "owner.key";
+    /// The files no one but the node's user may read: the node does not start while
+    /// one of them is open to others.
+    pub const PRIVATE: [&str; 3] = [NODE_KEY_FILE, OWNER_KEY_FILE, API_KEY_FILE];
+}
+
+/// Makes every file and directory this process creates from now on private to its
+/// user (umask 077): a data directory's stores, logs and state files are 0600 in
+/// directories of 0700, whatever the library that creates them asks for.
+pub fn keep_files_private() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Makes the data directory private (0700), and answers `Err` naming the file and its
+/// fix when one of its key files is open to other users (as ssh refuses a key others
+/// can read).
+pub(crate) fn check_private(data_dir: &Path) -> Result<(), NodeError> {
+    let exposed = |e: hearth_protocol::statefile::Exposed| NodeError::Exposed(e.to_string());
+    if hearth_protocol::statefile::check_private(data_dir).is_err() {
+        tracing::info!(dir = %data_dir.display(), "making the data directory private (0700)");
+        hearth_protocol::statefile::create_private_dir(data_dir).map_err(io_err(data_dir))?;
+    }
+    for name in layout::PRIVATE {
+        hearth_protocol::statefile::check_private(&data_dir.join(name)).map_err(exposed)?;
+    }
+    Ok(())
 }
 
 /// What a node needs to start.
@@ -103,6 +132,9 @@ pub enum NodeError {
     /// The API may only listen on a loopback address.
     #[error("the local API listens on loopback only, not {0}")]
     NotLoopback(SocketAddr),
+    /// The data directory or a key file in it is open to other users.
+    #[error("{0}; the node does not start while others may read its keys")]
+    Exposed(String),
     /// A file in the data directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -184,6 +216,8 @@ impl Node {
         if !config.api.ip().is_loopback() {
             return Err(NodeError::NotLoopback(config.api));
         }
+        keep_files_private();
+        check_private(&config.data_dir)?;
         let lock_path = config.data_dir.join(layout::LOCK_FILE);
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -409,7 +443,8 @@ impl Node {
             source,
         })?;
         let addr_path = self.config.data_dir.join(layout::API_ADDR_FILE);
-        std::fs::write(&addr_path, format!("{addr}\n")).map_err(io_err(&addr_path))?;
+        hearth_protocol::statefile::write_durable(&addr_path, format!("{addr}\n").as_bytes())
+            .map_err(io_err(&addr_path))?;
         tracing::info!(%addr, "local API listening");
         let _ = self.api_addr.set(addr);
         ready(addr);

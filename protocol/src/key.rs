@@ -436,7 +436,8 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, KeyFileError> 
 }
 
 /// Creates `path` with mode 0600 (owner read and write only) and writes `contents`,
-/// refusing to replace an existing file. The file is synced before returning.
+/// refusing to replace an existing file. The file and its directory are synced before
+/// returning.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
     use std::io::Write as _;
     let io = |source: std::io::Error| KeyFileError::Io {
@@ -461,7 +462,7 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileErro
     };
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
-    Ok(())
+    crate::statefile::sync_parent(path).map_err(io)
 }
 
 pub(crate) fn truncate_for_message(s: &str) -> String {

@@ -38,5 +38,6 @@ pub mod fuzz;
 pub mod key;
 pub mod manifest;
 pub mod mesh;
+pub mod statefile;
 pub mod sync;
 pub mod time;

@@ -104,10 +104,12 @@ impl Device {
     /// Does this device's saved address book list `other` at one of its current
     /// addresses? (What a restarted device dials.)
     fn remembers(&self, other: &Device) -> bool {
-        let Ok(text) = std::fs::read_to_string(self.dir.join("peers.json")) else {
+        let path = self.dir.join("peers.json");
+        let Ok(Some(state)) = hearth_protocol::statefile::read_state(&path, "peers", 1 << 24)
+        else {
             return false;
         };
-        let Ok(Value::Array(peers)) = serde_json::from_str::<Value>(&text) else {
+        let Ok(Value::Array(peers)) = serde_json::from_slice::<Value>(&state.payload) else {
             return false;
         };
         let current = other.listen();

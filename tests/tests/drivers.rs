@@ -1095,8 +1095,10 @@ fn file_import_resumes_after_the_node_is_killed() {
     // batches of 10,000, as if kills had come between writes and the progress file's
     // updates (the kill above may have added one more).
     let imports_path = home.join("imports.json");
-    let mut imports: Value =
-        serde_json::from_slice(&std::fs::read(&imports_path).unwrap()).unwrap();
+    let stored = hearth_protocol::statefile::read_state(&imports_path, "imports", 1 << 24)
+        .unwrap()
+        .unwrap();
+    let mut imports: Value = serde_json::from_slice(&stored.payload).unwrap();
     let progress = imports
         .as_object_mut()
         .unwrap()
@@ -1108,7 +1110,13 @@ fn file_import_resumes_after_the_node_is_killed() {
     assert!((30_000..LINES).contains(&done), "{progress}");
     progress["done"] = (done - 20_000).into();
     progress["imported"] = (progress["imported"].as_u64().unwrap() - 20_000).into();
-    std::fs::write(&imports_path, serde_json::to_vec(&imports).unwrap()).unwrap();
+    hearth_protocol::statefile::write_state(
+        &imports_path,
+        "imports",
+        1,
+        &serde_json::to_vec(&imports).unwrap(),
+    )
+    .unwrap();
 
     // Started again, the node goes on with the import from drivers.toml.
     let node = start(&home);

@@ -598,7 +598,10 @@ pub(crate) fn remember(dir: &DataDir, chain: &Chain) {
     let caps = dir.root().join(CAPS_DIR);
     let path = caps.join(format!("{}.cap", chain.leaf().id()));
     if std::fs::create_dir_all(&caps).is_ok() && !path.exists() {
-        let _ = std::fs::write(path, format!("{}\n", chain.to_text()));
+        let _ = hearth_protocol::statefile::write_durable(
+            &path,
+            format!("{}\n", chain.to_text()).as_bytes(),
+        );
     }
 }
 

@@ -159,15 +159,9 @@ pub(crate) fn data_dir_flag(dir: &DataDir) -> String {
     }
 }
 
-fn create_dir(dir: &DataDir) -> Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        builder.mode(0o700);
-    }
-    builder.create(dir.root()).map_err(|err| {
+/// Creates the data directory, private to this user (0700).
+pub(crate) fn create_dir(dir: &DataDir) -> Result<()> {
+    hearth_protocol::statefile::create_private_dir(dir.root()).map_err(|err| {
         CliError::new(
             Exit::Error,
             format!(

@@ -78,12 +78,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
                 "the inviter sent something that is not a device certificate",
             )
         })?;
-    std::fs::create_dir_all(dir.root()).map_err(|err| {
-        CliError::new(
-            Exit::Error,
-            format!("cannot create {}: {err}", dir.root().display()),
-        )
-    })?;
+    super::init::create_dir(dir)?;
     let path = dir.node_key_path();
     key.write_new(&path)
         .map_err(|err| CliError::key_file(err, &path, "check the data directory's permissions"))?;

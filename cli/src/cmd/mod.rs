@@ -70,6 +70,7 @@ pub(crate) fn write_new_file(path: &Path, contents: &[u8]) -> Result<()> {
         .map_err(|err| CliError::write(path, err))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
+        .and_then(|()| hearth_protocol::statefile::sync_parent(path))
         .map_err(|err| {
             let _ = std::fs::remove_file(path);
             CliError::write(path, err)

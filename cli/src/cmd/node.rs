@@ -107,42 +107,56 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
     let name = config.name.clone();
     let json = out.json();
     runtime
-        .block_on(node.serve(shutdown_signal(), move |addr| {
-            tracing::info!(%addr, "node {name} running");
-            if !json {
-                let mut stderr = std::io::stderr();
-                let _ = std::io::Write::write_all(
-                    &mut stderr,
-                    format!("Node {name} is running; local API on {addr}. Stop it with Ctrl-C.\n")
+        .block_on(async {
+            let shutdown = shutdown_signal();
+            node.serve(shutdown, move |addr| {
+                tracing::info!(%addr, "node {name} running");
+                if !json {
+                    let mut stderr = std::io::stderr();
+                    let _ = std::io::Write::write_all(
+                        &mut stderr,
+                        format!(
+                            "Node {name} is running; local API on {addr}. Stop it with Ctrl-C.\n"
+                        )
                         .as_bytes(),
-                );
-            }
-        }))
+                    );
+                }
+            })
+            .await
+        })
         .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     out.note("Node stopped.");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (in
+/// the runtime), not when first polled: a signal that comes as soon as the node says it
+/// runs still stops it cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

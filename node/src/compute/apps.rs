@@ -53,6 +53,11 @@ pub(crate) struct AppRecord {
     pub deployed: u64,
 }
 
+/// What an app record's state file header calls it.
+const APP_KIND: &str = "app";
+/// The largest app record read.
+const MAX_APP_BYTES: u64 = 1 << 20;
+
 /// The apps of this node.
 #[derive(Debug)]
 pub(crate) struct Apps {
@@ -75,11 +80,12 @@ impl Apps {
 
     fn save(&self, record: &AppRecord) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(record).map_err(|err| err.to_string())?;
-        super::write_file(&self.path(&record.name), &bytes)
+        hearth_protocol::statefile::write_state(&self.path(&record.name), APP_KIND, 1, &bytes)
             .map_err(|err| format!("cannot save app {:?}: {err}", record.name))
     }
 
-    /// Every app installed here.
+    /// Every app installed here. A record that cannot be read is reported and not
+    /// run.
     pub(crate) fn list(&self) -> Vec<AppRecord> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -87,8 +93,18 @@ impl Apps {
         let mut apps: Vec<AppRecord> = entries
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .filter_map(|e| {
+                let path = e.path();
+                let read = hearth_protocol::statefile::read_state(&path, APP_KIND, MAX_APP_BYTES)
+                    .map_err(|err| err.to_string())
+                    .and_then(|state| state.ok_or_else(|| "gone".to_owned()))
+                    .and_then(|state| {
+                        serde_json::from_slice(&state.payload)
+                            .map_err(|err| format!("{} is damaged: {err}", path.display()))
+                    });
+                read.map_err(|err| tracing::warn!(error = %err, "an app record cannot be read; the app does not run"))
+                    .ok()
+            })
             .collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
         apps

@@ -26,6 +26,7 @@ use hearth_protocol::capability::{
 use hearth_protocol::compute::{
     Candidate, Job, JobKind, JobReply, Receipt, StoreVersion, choose, result_hash,
 };
+use hearth_protocol::statefile;
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::Event;
 
@@ -79,10 +80,7 @@ impl Compute {
         limits: Limits,
     ) -> Result<Self, String> {
         let runtime = Runtime::new(&dir.join("modules"))?;
-        let runs = std::fs::read(dir.join(RUNS_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        let runs = load_runs(&dir.join(RUNS_FILE))?;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(Self {
             runtime,
@@ -128,7 +126,8 @@ impl Compute {
     /// sibling capabilities does not multiply the runs a parent grants. Kept on disk
     /// before the run; nothing is counted when a link's runs are used up.
     fn count_runs(&self, chain: &hearth_protocol::capability::Chain) -> Result<u64, String> {
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut runs = held.clone();
         for link in chain.links() {
             let id = link.id().to_string();
             let next = runs.get(&id).copied().unwrap_or(0) + 1;
@@ -155,11 +154,20 @@ impl Compute {
             .get(&chain.leaf().id().to_string())
             .copied()
             .unwrap_or(1);
-        if let Ok(bytes) = serde_json::to_vec(&*runs)
-            && let Err(err) = write_file(&self.dir.join(RUNS_FILE), &bytes)
-        {
-            tracing::warn!(error = %err, "could not save the run counts");
-        }
+        // Nothing runs whose count is not on disk: a count lost in a crash would give
+        // the run back.
+        let path = self.dir.join(RUNS_FILE);
+        serde_json::to_vec(&runs)
+            .map_err(|err| err.to_string())
+            .and_then(|bytes| {
+                statefile::write_state(&path, RUNS_KIND, 1, &bytes)
+                    .map_err(|err| format!("{}: {err}", path.display()))
+            })
+            .map_err(|err| {
+                tracing::error!(error = %err, "cannot keep the run counts; the run is refused");
+                format!("run on compute refused: this device cannot keep its run counts ({err})")
+            })?;
+        *held = runs;
         Ok(leaf)
     }
 
@@ -173,10 +181,27 @@ impl Compute {
     }
 }
 
-fn write_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// What the run counts' state file header calls it.
+const RUNS_KIND: &str = "runs";
+/// The largest run-count file read.
+const MAX_RUNS_BYTES: u64 = 64 << 20;
+
+/// The run counts kept on disk. A file that cannot be read stops the node: starting
+/// with no counts would give every capability its runs again.
+fn load_runs(path: &std::path::Path) -> Result<BTreeMap<String, u64>, String> {
+    let refuse = |reason: String| {
+        format!(
+            "{reason}. The node will not start on run counts it cannot read: capabilities \
+             limited to a number of runs would run again. Restore the file from a backup; \
+             or, knowing that such capabilities may run their count again here, delete it"
+        )
+    };
+    match statefile::read_state(path, RUNS_KIND, MAX_RUNS_BYTES) {
+        Ok(Some(state)) => serde_json::from_slice(&state.payload)
+            .map_err(|err| refuse(format!("{} is damaged: {err}", path.display()))),
+        Ok(None) => Ok(BTreeMap::new()),
+        Err(err) => Err(refuse(err.to_string())),
+    }
 }
 
 fn audit(

@@ -382,8 +382,6 @@ impl Runtime {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
+    hearth_protocol::statefile::write_durable(path, bytes)
         .map_err(|err| format!("cannot write {}: {err}", path.display()))
 }

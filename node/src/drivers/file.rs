@@ -108,9 +108,7 @@ pub fn save(data_dir: &Path, loaded: &Loaded) -> Result<(), String> {
         ));
     }
     let text = render(loaded)?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    hearth_protocol::statefile::write_durable(&path, text.as_bytes())
         .map_err(|err| format!("{}: {err}", path.display()))
 }
 

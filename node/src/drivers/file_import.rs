@@ -44,18 +44,28 @@ struct Progress {
 
 type Imports = BTreeMap<String, Progress>;
 
-fn load_imports(path: &Path) -> Imports {
-    std::fs::read(path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+/// What the import progress state file's header calls it.
+const IMPORTS_KIND: &str = "imports";
+/// The largest import progress file read.
+const MAX_IMPORTS_BYTES: u64 = 16 << 20;
+
+/// The progress of every import. One that cannot be read stops the import (an import
+/// started again from the first line would add every reading twice).
+fn load_imports(path: &Path) -> Result<Imports, String> {
+    let state = hearth_protocol::statefile::read_state(path, IMPORTS_KIND, MAX_IMPORTS_BYTES)
+        .map_err(|err| {
+            format!("{err}; restore it, or delete it to import every file again from its start")
+        })?;
+    match state {
+        Some(state) => serde_json::from_slice(&state.payload)
+            .map_err(|err| format!("{} is damaged: {err}", path.display())),
+        None => Ok(Imports::default()),
+    }
 }
 
 fn save_imports(path: &Path, imports: &Imports) -> Result<(), String> {
     let bytes = serde_json::to_vec_pretty(imports).map_err(|err| err.to_string())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
+    hearth_protocol::statefile::write_state(path, IMPORTS_KIND, 1, &bytes)
         .map_err(|err| format!("{}: {err}", path.display()))
 }
 
@@ -300,7 +310,7 @@ fn import(ctx: &Context) -> Result<Outcome, String> {
     let (hash, lines) = fingerprint(&path)?;
     let imports_path = ctx.node.config.data_dir.join(IMPORTS_FILE);
     let key = format!("{}:{hash}", ctx.store.meta().id);
-    let mut imports = load_imports(&imports_path);
+    let mut imports = load_imports(&imports_path)?;
     let mut progress = imports.get(&key).cloned().unwrap_or_else(|| Progress {
         file: path.clone(),
         ..Progress::default()

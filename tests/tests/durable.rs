@@ -1,0 +1,165 @@
+//! State on disk, through the real `hearth` binary: data directories private to their
+//! user on `init` and `join` alike, a node that will not start while its keys are open
+//! to others, and state files that fail closed when damaged.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use hearth_tests::cli::{hearth, init, json_ok, start_meshed as start, stop, wait_until};
+
+/// Every file and directory under `root` with a permission bit for others or the
+/// group, with its mode.
+fn exposed(root: &Path) -> Vec<(PathBuf, u32)> {
+    let mut found = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            found.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                todo.push(entry.unwrap().path());
+            }
+        }
+    }
+    found
+}
+
+fn run_refused(dir: &Path) -> String {
+    let out = hearth(
+        dir,
+        &[
+            "node",
+            "run",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
+    );
+    assert!(!out.status.success(), "the node started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn data_directories_are_private_and_a_node_with_exposed_keys_does_not_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A parent others may read, as a home directory often is: the data directories
+    // inside it are still private.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (home, phone) = (tmp.path().join("home"), tmp.path().join("phone"));
+    init(&home);
+    let home_node = start(&home);
+    let ticket = json_ok(&home, &["invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json_ok(
+        &phone,
+        &["join", &ticket, "--name", "phone", "--role", "mobile"],
+    );
+    let phone_node = start(&phone);
+    // Stores, the audit log, the membership and the drivers file (with a password) all
+    // come into being.
+    json_ok(&phone, &["store", "create", "notes", "--kind", "kv"]);
+    json_ok(&phone, &["store", "put", "notes", "k", "\"v\""]);
+    json_ok(
+        &phone,
+        &["driver", "add", "http-ingest", "--listen", "127.0.0.1:0"],
+    );
+    wait_until("home knows the phone", 30, || {
+        json_ok(&home, &["devices"])["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "phone" && d["online"] == true)
+            .then_some(())
+    });
+    stop(phone_node);
+    stop(home_node);
+    for dir in [&home, &phone] {
+        assert_eq!(exposed(dir), Vec::new(), "{}", dir.display());
+        for file in ["audit.log", "membership.bin", "drivers.toml", "node.key"] {
+            if file == "drivers.toml" && dir == &home {
+                continue;
+            }
+            assert!(dir.join(file).exists(), "{}/{file}", dir.display());
+        }
+    }
+
+    // A key others can read stops the node, naming the file and the fix.
+    let key = phone.join("node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = run_refused(&phone);
+    assert!(stderr.contains("node.key"), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    let owner_key = home.join("owner.key");
+    std::fs::set_permissions(&owner_key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let stderr = run_refused(&home);
+    assert!(stderr.contains("owner.key"), "{stderr}");
+    // Fixed as told, both start.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&owner_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A data directory opened up by hand is made private again.
+    std::fs::set_permissions(&phone, std::fs::Permissions::from_mode(0o755)).unwrap();
+    stop(start(&phone));
+    stop(start(&home));
+    assert_eq!(exposed(&phone), Vec::new());
+}
+
+#[test]
+fn damaged_state_files_stop_the_node_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    stop(start(&home));
+    // Files only the node writes: each damaged copy stops the node, named, and nothing
+    // is reset behind the owner's back.
+    for (file, kind) in [
+        ("compute/runs.json", "runs"),
+        ("membership.bin", "membership"),
+        ("placements.bin", "placements"),
+        ("stores/index.json", "stores"),
+    ] {
+        let path = home.join(file);
+        let before = std::fs::read(&path).ok();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        // A valid file of another kind, then a bare one without its header, then a cut
+        // one: all refused.
+        let damaged: Vec<Vec<u8>> = vec![
+            hearth_protocol::statefile::encode_state("other", 1, b"{}"),
+            b"{}".to_vec(),
+            {
+                let mut good = hearth_protocol::statefile::encode_state(kind, 1, b"{\"x\":1}");
+                good.truncate(good.len() - 2);
+                good
+            },
+        ];
+        for bytes in damaged {
+            std::fs::write(&path, &bytes).unwrap();
+            let stderr = run_refused(&home);
+            assert!(
+                stderr.contains(file.rsplit('/').next().unwrap()),
+                "{file}: {stderr}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "{file} was rewritten");
+        }
+        match before {
+            Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+        stop(start(&home));
+    }
+}
