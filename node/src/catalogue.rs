@@ -242,7 +242,7 @@ struct State {
 }
 
 fn now() -> UnixMillis {
-    UnixMillis::from_system_time(std::time::SystemTime::now())
+    crate::clock::now()
 }
 
 fn doc_key(doc: &SignedPlacement) -> String {

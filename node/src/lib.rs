@@ -40,6 +40,7 @@
 
 pub mod api;
 pub mod catalogue;
+pub mod clock;
 pub mod compute;
 pub mod drivers;
 pub mod mesh;

@@ -700,7 +700,7 @@ impl MeshHandle {
 }
 
 fn now() -> UnixMillis {
-    UnixMillis::from_system_time(std::time::SystemTime::now())
+    crate::clock::now()
 }
 
 /// The ed25519 key behind a PeerId.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_protocol::key::NodeKey;
 use hearth_stores::audit::{AuditError, AuditLog};
@@ -132,6 +132,9 @@ pub enum NodeError {
     /// The API may only listen on a loopback address.
     #[error("the local API listens on loopback only, not {0}")]
     NotLoopback(SocketAddr),
+    /// The latest time seen could not be read.
+    #[error("{0}")]
+    Time(String),
     /// The data directory or a key file in it is open to other users.
     #[error("{0}; the node does not start while others may read its keys")]
     Exposed(String),
@@ -218,6 +221,7 @@ impl Node {
         }
         keep_files_private();
         check_private(&config.data_dir)?;
+        crate::clock::load(&config.data_dir).map_err(NodeError::Time)?;
         let lock_path = config.data_dir.join(layout::LOCK_FILE);
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -423,6 +427,7 @@ impl Node {
             tokio::spawn(crate::compute::serve_forwarded(self.clone()));
         }
         crate::compute::apps::start_all(&self);
+        tokio::spawn(keep_time(self.clone(), stop_rx.clone()));
         let stopping = self.stopping.clone();
         let node = self.clone();
         let shutdown = async move {
@@ -453,9 +458,52 @@ impl Node {
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = std::fs::remove_file(&addr_path);
+        if let Err(err) = crate::clock::save(&self.config.data_dir) {
+            tracing::error!(error = %err, "could not keep the latest time seen");
+        }
         if let Err(err) = self.audit.checkpoint() {
             tracing::error!(error = %err, "could not checkpoint the audit log");
         }
         served.map_err(|source| NodeError::Bind { addr, source })
+    }
+}
+
+/// Keeps the clock's high-water mark on disk every [`crate::clock::SAVE_EVERY`], and
+/// reports (once each time it happens) a wall clock set back behind it.
+async fn keep_time(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::clock::SAVE_EVERY);
+    let mut behind = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match crate::clock::rolled_back() {
+            Some(by) if !behind => {
+                behind = true;
+                tracing::error!(
+                    behind = %humantime::format_duration(Duration::from_secs(by.as_secs())),
+                    "the wall clock went back; until it catches up, nothing that had expired \
+                     counts again (if the clock was wrong before and is right now, stop the \
+                     node and delete {} from its data directory)",
+                    crate::clock::TIME_FILE
+                );
+                let _ = node.audit.record(hearth_stores::audit::Event {
+                    actor: "node".into(),
+                    action: "clock.rollback".into(),
+                    object: format!("{}s", by.as_secs()),
+                    cap_id: None,
+                    outcome: "detected".into(),
+                    bytes: 0,
+                });
+            }
+            Some(_) => {}
+            None => behind = false,
+        }
+        let dir = node.config.data_dir.clone();
+        let saved = tokio::task::spawn_blocking(move || crate::clock::save(&dir)).await;
+        if let Ok(Err(err)) = saved {
+            tracing::warn!(error = %err, "could not keep the latest time seen");
+        }
     }
 }

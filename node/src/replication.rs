@@ -157,7 +157,7 @@ pub(crate) fn channel() -> (ReplicationHandle, mpsc::Receiver<Input>) {
 type NodePlacement = Policies<PeerId>;
 
 fn now() -> UnixMillis {
-    UnixMillis::from_system_time(std::time::SystemTime::now())
+    crate::clock::now()
 }
 
 /// Runs blocking store work without stalling the runtime's other tasks.

@@ -790,3 +790,206 @@ fn jobs_and_apps_travel_to_the_device_holding_the_data() {
     stop(phone_node);
     stop(cloud_node);
 }
+
+/// Posts an encoded job to `dir`'s node; returns the status and the JSON answer.
+fn post_job(dir: &Path, node: &hearth_tests::cli::RunningNode, bytes: &[u8]) -> (u16, Value) {
+    let key = std::fs::read_to_string(dir.join("api.key")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(format!("http://{}/v1/jobs?wait_ms=0", node.addr))
+        .header("Authorization", &format!("Bearer {}", key.trim()))
+        .header("Content-Type", "application/octet-stream")
+        .send(bytes)
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// An attacker who captured a job on its way (its encoded bytes, signature and all)
+/// sends it again after the device that ran it restarted: refused as a replay, audited,
+/// and nothing runs.
+#[test]
+fn a_job_captured_and_sent_again_after_a_restart_is_refused() {
+    use hearth_protocol::capability::{Chain, Invocation, ModuleHash};
+    use hearth_protocol::compute::{Job, JobKind};
+    use hearth_protocol::key::HolderKey;
+    use hearth_protocol::time::UnixMillis;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    init(&home);
+    let node = start_meshed(&home);
+    json_ok(
+        &home,
+        &["store", "create", "os-monitor", "--kind", "timeseries"],
+    );
+    let base = now_ms() - DAY;
+    append(
+        &home,
+        "os-monitor",
+        &[format!(r#"{{"ts": {base}, "value": {{"load1": 1.5}}}}"#)],
+    );
+    let cap = approve(&home, &work, "daily-mean", "daily_mean", "");
+
+    // The job exactly as `hearth run` builds and signs it.
+    let module_bytes = std::fs::read(module("daily_mean")).unwrap();
+    let chain = Chain::from_text(&std::fs::read_to_string(&cap).unwrap()).unwrap();
+    let holder = HolderKey::read(&work.join("dev.key")).unwrap();
+    let params = r#"{"field": "load1"}"#;
+    let kind = JobKind::Run;
+    let request = Job::signed_request(&ModuleHash::of(&module_bytes), params, &kind);
+    let invocation = Invocation {
+        cap_id: chain.leaf().id(),
+        request_digest: Invocation::digest_request(&request),
+        timestamp: UnixMillis(now_ms()),
+        nonce: [0x5a; 16],
+    }
+    .sign(holder.secret());
+    let captured = Job {
+        module: module_bytes,
+        chain,
+        params: params.to_owned(),
+        kind,
+        invocation,
+    }
+    .encode();
+
+    let (status, answer) = post_job(&home, &node, &captured);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["result"]["days"].is_array(), "{answer}");
+    // At once: refused.
+    let (status, answer) = post_job(&home, &node, &captured);
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("refused")),
+        "{answer}"
+    );
+    stop(node);
+
+    // After a restart (and a crash: the journal is kept before the job runs, not at
+    // shutdown), still refused.
+    let node = start_meshed(&home);
+    let runs_before = audit(&home, "compute.job").len();
+    let (status, answer) = post_job(&home, &node, &captured);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("replayed"),
+        "{answer}"
+    );
+    let mut killed = node;
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let node = start_meshed(&home);
+    let (status, answer) = post_job(&home, &node, &captured);
+    assert_eq!(status, 403, "{answer}");
+    let jobs = audit(&home, "compute.job");
+    assert_eq!(jobs.len(), runs_before + 2, "both replays audited");
+    let replays = jobs
+        .iter()
+        .filter(|e| {
+            let outcome = e["outcome"].as_str().unwrap();
+            outcome.starts_with("refused") && outcome.contains("replayed")
+        })
+        .count();
+    assert_eq!(replays, 3, "{jobs:?}");
+    let ran = jobs
+        .iter()
+        .filter(|e| !e["outcome"].as_str().unwrap().starts_with("refused"))
+        .count();
+    assert_eq!(ran, 1, "it ran once: {jobs:?}");
+    stop(node);
+}
+
+/// The device's clock is set back two hours after it last saw the time (modelled by
+/// the high-water mark it kept being two hours ahead of the wall clock): a capability
+/// that expired by the mark does not come back to life, and the rollback is audited.
+#[test]
+fn a_clock_set_back_does_not_revalidate_an_expired_capability() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    init(&home);
+    let node = start_meshed(&home);
+    json_ok(
+        &home,
+        &["store", "create", "os-monitor", "--kind", "timeseries"],
+    );
+    append(
+        &home,
+        "os-monitor",
+        &[format!(
+            r#"{{"ts": {}, "value": {{"load1": 1.5}}}}"#,
+            now_ms() - DAY
+        )],
+    );
+    let cap = approve(&home, &work, "daily-mean", "daily_mean", "");
+    // Valid for another hour by the wall clock; expired by the time the device saw.
+    let out = hearth(
+        &home,
+        &[
+            "app",
+            "approve",
+            work.join("daily-mean.toml").to_str().unwrap(),
+            "--holder",
+            std::fs::read_to_string(work.join("dev.pub"))
+                .unwrap()
+                .trim(),
+            "--expires",
+            "1h",
+            "--out",
+            work.join("hour.cap").to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_ok(
+        &home,
+        &work,
+        "daily_mean",
+        &work.join("hour.cap"),
+        r#"{"field": "load1"}"#,
+    );
+    stop(node);
+    let ahead = now_ms() + 2 * 3_600_000;
+    hearth_protocol::statefile::write_state(
+        &home.join("time.hwm"),
+        "time",
+        1,
+        ahead.to_string().as_bytes(),
+    )
+    .unwrap();
+    let node = start_meshed(&home);
+    let stderr = run_fails(
+        &home,
+        &work,
+        "daily_mean",
+        &work.join("hour.cap"),
+        r#"{"field": "load1"}"#,
+        3,
+    );
+    assert!(stderr.contains("expired"), "{stderr}");
+    // A request signed now by the wall clock is two hours in this device's past:
+    // refused too, saying why, until the clock catches up.
+    let stderr = run_fails(&home, &work, "daily_mean", &cap, r#"{"field": "load1"}"#, 3);
+    assert!(stderr.contains("verifier's clock"), "{stderr}");
+    let rollbacks = audit(&home, "clock.rollback");
+    assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+    stop(node);
+    // The mark outlives the restart.
+    let kept = hearth_protocol::statefile::read_state(&home.join("time.hwm"), "time", 64)
+        .unwrap()
+        .unwrap();
+    let kept: u64 = String::from_utf8(kept.payload).unwrap().parse().unwrap();
+    assert!(kept >= ahead);
+}

@@ -13,6 +13,7 @@
 
 pub(crate) mod apps;
 pub(crate) mod host;
+mod nonces;
 pub mod runtime;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hearth_protocol::capability::{
-    Access, Actions, InvocationConfig, InvocationVerifier, ModuleHash, Resource, RevocationSet,
-    Role, VerifiedChain, Verifier, VerifierConfig,
+    Accepted, Access, Actions, InvocationConfig, InvocationVerifier, ModuleHash, Resource,
+    RevocationSet, Role, VerifiedChain, Verifier, VerifierConfig,
 };
 use hearth_protocol::compute::{
     Candidate, Job, JobKind, JobReply, Receipt, StoreVersion, choose, result_hash,
@@ -48,8 +49,8 @@ pub struct Compute {
     verifier: Mutex<Verifier>,
     /// Replay protection for jobs this node relays.
     relayed: Mutex<InvocationVerifier>,
-    /// Replay protection for jobs this node runs.
-    executed: Mutex<InvocationVerifier>,
+    /// Replay protection for jobs this node runs, kept on disk.
+    executed: Mutex<(InvocationVerifier, nonces::Journal)>,
     runs: Mutex<BTreeMap<String, u64>>,
     /// Limits of every run.
     pub limits: Limits,
@@ -68,7 +69,7 @@ impl std::fmt::Debug for Compute {
 }
 
 fn now() -> UnixMillis {
-    UnixMillis::from_system_time(std::time::SystemTime::now())
+    crate::clock::now()
 }
 
 impl Compute {
@@ -82,17 +83,19 @@ impl Compute {
         let runtime = Runtime::new(&dir.join("modules"))?;
         let runs = load_runs(&dir.join(RUNS_FILE))?;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        // A job may wait for a holder of its data before it reaches the device that
+        // runs it: that device accepts invocations up to the longest wait old (and
+        // remembers, across restarts, every one it accepted until then).
+        let mut executed = InvocationVerifier::new(
+            InvocationConfig::default().with_max_age(MAX_WAIT + Duration::from_secs(300)),
+        );
+        let journal = nonces::Journal::open(dir, &mut executed, now())?;
         Ok(Self {
             runtime,
             dir: dir.to_owned(),
             verifier: Mutex::new(Verifier::new(owner, VerifierConfig::default())),
             relayed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
-            // A job may wait for a holder of its data before it reaches the device that
-            // runs it: that device accepts invocations up to the longest wait old (the
-            // nonce cache still refuses a replay).
-            executed: Mutex::new(InvocationVerifier::new(
-                InvocationConfig::default().with_max_age(MAX_WAIT + Duration::from_secs(300)),
-            )),
+            executed: Mutex::new((executed, journal)),
             runs: Mutex::new(runs),
             limits,
             slots: tokio::sync::Semaphore::new(cores),
@@ -119,6 +122,32 @@ impl Compute {
             .unwrap_or_else(|e| e.into_inner())
             .check(now(), chain, &job.invocation, &request)
             .map_err(|err| format!("the request is not acceptable: {err}"))
+    }
+
+    /// Checks the invocation of a job this device is about to run, and keeps it on
+    /// disk so that it is refused as a replay after a restart too.
+    fn check_executed(&self, job: &Job, chain: &VerifiedChain) -> Result<(), String> {
+        let mut executed = self.executed.lock().unwrap_or_else(|e| e.into_inner());
+        let (verifier, journal) = &mut *executed;
+        if let Some(start) = journal.not_before
+            && job.invocation.invocation().timestamp < start
+        {
+            return Err(
+                "the request is not acceptable: it was signed before this device restarted, \
+                 and its record of the requests it ran is damaged; sign it again"
+                    .into(),
+            );
+        }
+        let request = Job::signed_request(&job.module_hash(), &job.params, &job.kind);
+        verifier
+            .check(now(), chain, &job.invocation, &request)
+            .map_err(|err| format!("the request is not acceptable: {err}"))?;
+        journal
+            .append(&Accepted::of(chain, &job.invocation), verifier)
+            .map_err(|err| {
+                tracing::error!(error = %err, "cannot keep an accepted invocation; the job is refused");
+                format!("run on compute refused: this device cannot keep its record of runs ({err})")
+            })
     }
 
     /// Counts a run under `chain` and returns its number under the leaf. Every link
@@ -549,7 +578,7 @@ pub(crate) async fn execute(
         Ok(chain) => chain,
         Err(reason) => return refuse(reason),
     };
-    if let Err(reason) = Compute::check_invocation(&compute.executed, &job, &chain) {
+    if let Err(reason) = compute.check_executed(&job, &chain) {
         return refuse(reason);
     }
     let module_hash = job.module_hash();

@@ -243,4 +243,51 @@ impl InvocationVerifier {
     pub fn remembered(&self) -> usize {
         self.seen.len()
     }
+
+    /// Remembers a nonce accepted before (by this verifier, before a restart): its
+    /// invocation is refused as replayed for as long as it is not stale.
+    pub fn remember(&mut self, accepted: Accepted) {
+        self.seen
+            .insert((accepted.timestamp, accepted.holder, accepted.nonce));
+    }
+
+    /// The nonces remembered, oldest first: what a verifier that outlives restarts
+    /// keeps on disk.
+    pub fn accepted(&self) -> impl Iterator<Item = Accepted> + '_ {
+        self.seen
+            .iter()
+            .map(|&(timestamp, holder, nonce)| Accepted {
+                timestamp,
+                holder,
+                nonce,
+            })
+    }
+
+    /// The oldest timestamp this verifier accepts at `now`.
+    pub fn oldest(&self, now: UnixMillis) -> UnixMillis {
+        now.saturating_sub(self.config.max_age)
+    }
+}
+
+/// One accepted invocation, as a replay cache remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The invocation's timestamp.
+    pub timestamp: UnixMillis,
+    /// The holder's public key.
+    pub holder: [u8; 32],
+    /// The invocation's nonce.
+    pub nonce: [u8; 16],
+}
+
+impl Accepted {
+    /// The accepted invocation `invocation` made under `chain`.
+    pub fn of(chain: &VerifiedChain, invocation: &SignedInvocation) -> Self {
+        let inv = invocation.invocation();
+        Self {
+            timestamp: inv.timestamp,
+            holder: *chain.holder.as_bytes(),
+            nonce: inv.nonce,
+        }
+    }
 }

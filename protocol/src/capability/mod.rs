@@ -22,7 +22,7 @@ pub use grant::{
     Resource, Role, Roles, TimeRange, is_valid_destination, is_valid_name, is_valid_store_pattern,
 };
 pub use invocation::{
-    Invocation, InvocationConfig, InvocationError, InvocationVerifier, SignedInvocation,
+    Accepted, Invocation, InvocationConfig, InvocationError, InvocationVerifier, SignedInvocation,
 };
 pub use revocation::{
     MAX_CAPABILITY_REVOCATION_BYTES, MAX_CAPABILITY_REVOCATIONS, MAX_FOREIGN_PER_GRANT,
