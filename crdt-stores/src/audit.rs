@@ -14,6 +14,18 @@
 //! node key, every [`CHECKPOINT_EVERY`] entries, after [`CHECKPOINT_INTERVAL_MS`], and when
 //! the log is closed. Appends are durable (fdatasync) before they return, and concurrent
 //! appends share one flush.
+//!
+//! Beside the log, `audit.head` holds the latest entry written (its number and hash,
+//! signed by the node key), rewritten after every append once the entries are on disk:
+//! a log cut back, even to a checkpoint, no longer matches its head, and
+//! [`verify`] says so. A node that opens a log shorter than its head goes on numbering
+//! after the head and records `audit.truncated`, so the gap stays visible for good.
+//!
+//! Home-role devices keep a [`Mirror`] of every other device's log, fed page by page
+//! ([`AuditLog::page_after`]) and checked entry by entry as it arrives: a device whose
+//! log was edited, reordered, truncated or rolled back after its entries reached home
+//! no longer continues the copy home holds, and [`AuditLog::hashes`] lets home find the
+//! first entry that differs.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
@@ -325,6 +337,37 @@ pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError>
             ),
         });
     }
+    // The head kept beside a device's own log says how far it went.
+    if path.extension().is_some_and(|e| e == "log") && head_path(path).exists() {
+        match read_head(path, node) {
+            Ok(Some(head)) if head.seq >= expected_seq => result.findings.push(Finding {
+                line: 0,
+                problem: format!(
+                    "the log ends before entry {expected_seq} but its head says entry {} was \
+                     written (cut back)",
+                    head.seq
+                ),
+            }),
+            Ok(Some(head)) => {
+                let held = usize::try_from(head.seq)
+                    .ok()
+                    .and_then(|i| hashes.get(i))
+                    .cloned()
+                    .flatten();
+                if held.is_some_and(|h| h != head.hash) {
+                    result.findings.push(Finding {
+                        line: 0,
+                        problem: format!("entry {} differs from what the head signed", head.seq),
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => result.findings.push(Finding {
+                line: 0,
+                problem: reason,
+            }),
+        }
+    }
     result.unsigned_tail = match last_checkpoint {
         Some(last) => expected_seq.saturating_sub(last + 1),
         None => expected_seq,
@@ -339,6 +382,215 @@ struct Tail {
     prev: String,
     since_checkpoint: u64,
     last_checkpoint_time: u64,
+    /// Where entries `0, INDEX_EVERY, 2 * INDEX_EVERY, …` start in the file.
+    index: Vec<u64>,
+    /// The head file, and which of its two slots is written next.
+    head: File,
+    head_slot: u64,
+}
+
+/// Entries between two offsets kept in a log's index.
+const INDEX_EVERY: u64 = 256;
+
+/// What one pass over a log file finds.
+#[derive(Debug)]
+struct Scanned {
+    next_seq: u64,
+    prev: String,
+    since_checkpoint: u64,
+    index: Vec<u64>,
+    /// Bytes up to the end of the last whole line.
+    good_len: u64,
+}
+
+/// Reads a log from the start, indexing its entries.
+fn scan(file: &File) -> std::io::Result<Scanned> {
+    let mut scanned = Scanned {
+        next_seq: 0,
+        prev: GENESIS.to_owned(),
+        since_checkpoint: 0,
+        index: Vec::new(),
+        good_len: 0,
+    };
+    let mut offset = 0u64;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line)?;
+        if read == 0 || !line.ends_with('\n') {
+            break;
+        }
+        match serde_json::from_str::<Line>(line.trim_end()) {
+            Ok(Line::Entry(entry)) => {
+                if entry.seq % INDEX_EVERY == 0
+                    && entry.seq / INDEX_EVERY == scanned.index.len() as u64
+                {
+                    scanned.index.push(offset);
+                }
+                scanned.next_seq = entry.seq + 1;
+                scanned.prev = entry.hash;
+                scanned.since_checkpoint += 1;
+            }
+            Ok(Line::Checkpoint(_)) => scanned.since_checkpoint = 0,
+            Err(_) => {}
+        }
+        offset += read as u64;
+        scanned.good_len = offset;
+    }
+    Ok(scanned)
+}
+
+/// Where a copy of a log ends: its last entry, and whether the copy also holds the
+/// checkpoint that followed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The last entry's number.
+    pub seq: u64,
+    /// Its hash (hex).
+    pub hash: String,
+    /// Does the copy hold a checkpoint of it?
+    pub checkpointed: bool,
+}
+
+/// The lines of `file` after `after` (from the start when `None`), checkpoints
+/// included, about `max_bytes` of them but at least one when there is one; and the
+/// entry `after` names as the log holds it (`None` when it holds no such entry).
+fn read_lines_after(
+    file: &File,
+    index: &[u64],
+    len: u64,
+    after: Option<&Position>,
+    max_bytes: usize,
+) -> std::io::Result<(Option<Entry>, Vec<String>)> {
+    let from = after.map_or(0, |p| p.seq);
+    let start = usize::try_from(from / INDEX_EVERY)
+        .ok()
+        .and_then(|i| index.get(i))
+        .copied()
+        .unwrap_or(0);
+    let mut reader = BufReader::new(file);
+    reader.seek(SeekFrom::Start(start))?;
+    let mut lines = Vec::new();
+    let mut bytes = 0usize;
+    let mut offset = start;
+    let mut line = String::new();
+    let mut found = false;
+    let mut named = None;
+    let mut skip_checkpoints = false;
+    while offset < len {
+        line.clear();
+        let read = reader.read_line(&mut line)?;
+        if read == 0 || !line.ends_with('\n') {
+            break;
+        }
+        offset += read as u64;
+        let parsed = serde_json::from_str::<Line>(line.trim_end());
+        if !found {
+            match parsed {
+                Ok(Line::Entry(entry)) if entry.seq >= from => {
+                    found = true;
+                    if let Some(after) = after {
+                        if entry.seq == after.seq {
+                            skip_checkpoints = after.checkpointed;
+                            named = Some(entry);
+                        }
+                        // The entry the copy ends with, or one past it (then the log
+                        // does not hold it): not sent again.
+                        continue;
+                    }
+                }
+                _ => continue,
+            }
+        } else if skip_checkpoints {
+            if matches!(parsed, Ok(Line::Checkpoint(_))) {
+                continue;
+            }
+            skip_checkpoints = false;
+        }
+        if !lines.is_empty() && bytes + read > max_bytes {
+            break;
+        }
+        bytes += read;
+        lines.push(line.trim_end().to_owned());
+    }
+    Ok((named, lines))
+}
+
+/// The head: the number and hash of the latest entry written, signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The latest entry's number.
+    pub seq: u64,
+    /// Its hash (hex).
+    pub hash: String,
+}
+
+/// The head file of the log at `log`.
+pub fn head_path(log: &Path) -> PathBuf {
+    log.with_extension("head")
+}
+
+const HEAD_MAGIC: &[u8; 4] = b"HAH1";
+const HEAD_SLOT: usize = 128;
+
+fn head_message(seq: u64, hash: &[u8]) -> Vec<u8> {
+    let mut m = b"hearth/v1/audit-head".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+fn encode_head(key: &NodeKey, seq: u64, hash_hex: &str) -> Vec<u8> {
+    let hash = hex::decode(hash_hex).unwrap_or_default();
+    let mut out = HEAD_MAGIC.to_vec();
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(&key.secret().sign(&head_message(seq, &hash)).to_bytes());
+    let check = Sha256::digest(&out);
+    out.extend(check.iter().take(8));
+    out.resize(HEAD_SLOT, 0);
+    out
+}
+
+fn decode_head(slot: &[u8], node: &PublicKey) -> Option<Head> {
+    let rest = slot.strip_prefix(HEAD_MAGIC.as_slice())?;
+    let (seq, rest) = rest.split_first_chunk::<8>()?;
+    let (hash, rest) = rest.split_first_chunk::<32>()?;
+    let (sig, rest) = rest.split_first_chunk::<64>()?;
+    let (check, _) = rest.split_first_chunk::<8>()?;
+    let body = slot.get(..4 + 8 + 32 + 64)?;
+    if Sha256::digest(body).get(..8)? != check.as_slice() {
+        return None;
+    }
+    let seq = u64::from_be_bytes(*seq);
+    node.verify(&head_message(seq, hash), &Signature::from_bytes(*sig))
+        .then(|| Head {
+            seq,
+            hash: hex::encode(hash),
+        })
+}
+
+/// Reads the head kept beside the log at `log`: `Ok(None)` when there is none (a log
+/// written before heads were kept, or never written to), `Err` when the file is there
+/// but neither slot holds a head signed by `node`.
+pub fn read_head(log: &Path, node: &PublicKey) -> Result<Option<Head>, String> {
+    let path = head_path(log);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(format!("{}: {err}", path.display())),
+    };
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    bytes
+        .chunks(HEAD_SLOT)
+        .take(2)
+        .filter_map(|slot| decode_head(slot, node))
+        .max_by_key(|head| head.seq)
+        .map(Some)
+        .ok_or_else(|| format!("{} is damaged or not signed by this node", path.display()))
 }
 
 /// An open audit log that appends.
@@ -379,44 +631,46 @@ impl AuditLog {
             .create(true)
             .open(path)
             .map_err(io)?;
-        let mut next_seq = 0;
-        let mut prev = GENESIS.to_owned();
-        let mut since_checkpoint = 0;
-        let mut good_len = 0u64;
-        let mut offset = 0u64;
-        let mut reader = BufReader::new(&file);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let read = reader.read_line(&mut line).map_err(io)?;
-            if read == 0 {
-                break;
-            }
-            offset += read as u64;
-            if !line.ends_with('\n') {
-                break;
-            }
-            match serde_json::from_str::<Line>(line.trim_end()) {
-                Ok(Line::Entry(entry)) => {
-                    next_seq = entry.seq + 1;
-                    prev = entry.hash;
-                    since_checkpoint += 1;
-                }
-                Ok(Line::Checkpoint(_)) => since_checkpoint = 0,
-                Err(_) => {}
-            }
-            good_len = offset;
-        }
-        drop(reader);
+        let scanned = scan(&file).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        if good_len < len {
+        if scanned.good_len < len {
             tracing::warn!(path = %path.display(), "cutting a torn last line off the audit log");
-            file.set_len(good_len).map_err(io)?;
+            file.set_len(scanned.good_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
+        let Scanned {
+            mut next_seq,
+            mut prev,
+            since_checkpoint,
+            index,
+            ..
+        } = scanned;
+        // The head says how far the log went. A log that ends before it was cut back:
+        // numbering goes on after the head, so the gap stays in the chain for good.
+        let mut found = None;
+        match read_head(path, &key.public()) {
+            Ok(Some(head)) if head.seq >= next_seq => {
+                found = Some(format!(
+                    "entries {next_seq} to {} are missing: the log was cut back after they \
+                     were written",
+                    head.seq
+                ));
+                next_seq = head.seq + 1;
+                prev = head.hash;
+            }
+            Ok(_) => {}
+            Err(reason) => found = Some(format!("{reason}; it is written again")),
+        }
+        let mut head_options = OpenOptions::new();
+        head_options
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false);
+        let head = head_options.open(head_path(path)).map_err(io)?;
         let now = clock();
-        Ok(Self {
+        let log = Self {
             path: path.to_owned(),
             device: device.to_owned(),
             key,
@@ -427,9 +681,27 @@ impl AuditLog {
                 prev,
                 since_checkpoint,
                 last_checkpoint_time: now,
+                index,
+                head,
+                head_slot: 0,
             }),
             commits: GroupCommit::new(),
-        })
+        };
+        if let Some(outcome) = found {
+            tracing::error!(path = %path.display(), "{outcome}");
+            log.record(Event {
+                actor: "node".into(),
+                action: "audit.truncated".into(),
+                object: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                cap_id: None,
+                outcome: format!("detected: {outcome}"),
+                bytes: 0,
+            })?;
+        }
+        Ok(log)
     }
 
     /// The file.
@@ -463,6 +735,8 @@ impl AuditLog {
         let (mut seq, mut prev, mut since) =
             (tail.next_seq, tail.prev.clone(), tail.since_checkpoint);
         let mut checkpoint_time = tail.last_checkpoint_time;
+        let start = tail.file.metadata().map_err(io)?.len();
+        let mut indexed = Vec::new();
         for event in events {
             let mut entry = Entry {
                 seq,
@@ -478,6 +752,9 @@ impl AuditLog {
                 hash: String::new(),
             };
             entry.hash = entry.compute_hash();
+            if seq % INDEX_EVERY == 0 {
+                indexed.push((seq, start + text.len() as u64));
+            }
             text.push_str(&serde_json::to_string(&entry).unwrap_or_default());
             text.push('\n');
             prev = entry.hash;
@@ -491,7 +768,6 @@ impl AuditLog {
                 checkpoint_time = now;
             }
         }
-        let start = tail.file.metadata().map_err(io)?.len();
         let written = tail
             .file
             .write_all(text.as_bytes())
@@ -502,11 +778,72 @@ impl AuditLog {
             let _ = tail.file.sync_data();
             return Err(io(err));
         }
+        for (seq, offset) in indexed {
+            if seq / INDEX_EVERY == tail.index.len() as u64 {
+                tail.index.push(offset);
+            }
+        }
+        // The head, once the entries it names are on disk (so that it is never ahead
+        // of them after a crash). Not synced: a crash that loses it leaves it behind
+        // the log, which is no alarm.
+        let head = encode_head(&self.key, seq - 1, &prev);
+        let slot = tail.head_slot;
+        if let Err(err) =
+            std::os::unix::fs::FileExt::write_all_at(&tail.head, &head, slot * HEAD_SLOT as u64)
+        {
+            tracing::warn!(error = %err, "cannot write the audit log's head");
+        }
+        tail.head_slot = (slot + 1) % 2;
         tail.next_seq = seq;
         tail.prev = prev;
         tail.since_checkpoint = since;
         tail.last_checkpoint_time = checkpoint_time;
         Ok(())
+    }
+
+    /// The lines (entries and checkpoints) after `after`, where a home device's copy
+    /// of this log ends (all of them when `None`), about `max_bytes` of them, provided
+    /// this log holds the entry the copy ends with, with the same hash. Otherwise the
+    /// copy and this log have parted.
+    pub fn page_after(
+        &self,
+        after: Option<&Position>,
+        max_bytes: usize,
+    ) -> Result<Page, AuditError> {
+        let tail = self.lock();
+        let io = |err: std::io::Error| AuditError::Io {
+            path: self.path.display().to_string(),
+            detail: err.to_string(),
+        };
+        let len = tail.file.metadata().map_err(io)?.len();
+        let file = File::open(&self.path).map_err(io)?;
+        let (named, lines) =
+            read_lines_after(&file, &tail.index, len, after, max_bytes).map_err(io)?;
+        if let Some(after) = after
+            && named.is_none_or(|entry| entry.hash != after.hash)
+        {
+            return Ok(Page::Parted {
+                next_seq: tail.next_seq,
+            });
+        }
+        Ok(Page::Lines {
+            lines,
+            next_seq: tail.next_seq,
+        })
+    }
+
+    /// The hashes of entries `from..from + count` that this log holds, in order (a
+    /// missing entry ends the list).
+    pub fn hashes(&self, from: u64, count: usize) -> Result<Vec<String>, AuditError> {
+        let tail = self.lock();
+        let io = |err: std::io::Error| AuditError::Io {
+            path: self.path.display().to_string(),
+            detail: err.to_string(),
+        };
+        let len = tail.file.metadata().map_err(io)?.len();
+        let file = File::open(&self.path).map_err(io)?;
+        drop(tail);
+        hashes_in(&file, len, from, count).map_err(io)
     }
 
     fn checkpoint_line(&self, seq: u64, hash: &str, now: u64) -> String {
@@ -552,25 +889,242 @@ impl AuditLog {
         action: Option<&str>,
     ) -> Result<Vec<Entry>, AuditError> {
         let _guard = self.lock();
-        let file = File::open(&self.path).map_err(|err| AuditError::Io {
+        entries_in(&self.path, since, device, action)
+    }
+}
+
+/// The hashes of entries `from..from + count` in a log file, in order; the first
+/// missing or out-of-order entry ends the list.
+fn hashes_in(file: &File, len: u64, from: u64, count: usize) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut reader = BufReader::new(file);
+    let mut offset = 0u64;
+    let mut line = String::new();
+    while offset < len && out.len() < count {
+        line.clear();
+        let read = reader.read_line(&mut line)?;
+        if read == 0 || !line.ends_with('\n') {
+            break;
+        }
+        offset += read as u64;
+        if let Ok(Line::Entry(entry)) = serde_json::from_str::<Line>(line.trim_end()) {
+            if entry.seq < from {
+                continue;
+            }
+            if entry.seq != from + out.len() as u64 {
+                break;
+            }
+            out.push(entry.hash);
+        }
+    }
+    Ok(out)
+}
+
+/// What a device answers a home device asking for more of its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Page {
+    /// The next lines, and how many entries the log holds.
+    Lines {
+        /// Entries and checkpoints, as written.
+        lines: Vec<String>,
+        /// One more than the last entry's number.
+        next_seq: u64,
+    },
+    /// The log does not hold the entry the copy ends with (cut back) or holds another
+    /// (rewritten).
+    Parted {
+        /// One more than the last entry's number.
+        next_seq: u64,
+    },
+}
+
+/// The most a home device keeps of one other device's log.
+pub const MAX_MIRROR_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A home device's copy of another device's log: the same lines, taken only when
+/// they continue the copy (each entry's hash, each checkpoint's signature by that
+/// device's key), so that what the copy holds is what the device wrote.
+#[derive(Debug)]
+pub struct Mirror {
+    path: PathBuf,
+    node: PublicKey,
+    file: File,
+    len: u64,
+    /// Where the copy ends.
+    last: Option<Position>,
+}
+
+impl Mirror {
+    /// Opens (or creates) the copy at `path` of the log of the device with key `node`.
+    pub fn open(path: &Path, node: PublicKey) -> Result<Self, AuditError> {
+        let io = |err: std::io::Error| AuditError::Io {
+            path: path.display().to_string(),
+            detail: err.to_string(),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io)?;
+        let scanned = scan(&file).map_err(io)?;
+        if scanned.good_len < file.metadata().map_err(io)?.len() {
+            file.set_len(scanned.good_len).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            node,
+            file,
+            len: scanned.good_len,
+            last: (scanned.next_seq > 0).then(|| Position {
+                seq: scanned.next_seq - 1,
+                hash: scanned.prev,
+                checkpointed: scanned.since_checkpoint == 0,
+            }),
+        })
+    }
+
+    /// The device whose log this is.
+    pub fn node(&self) -> &PublicKey {
+        &self.node
+    }
+
+    /// Where the copy ends (what to ask the device for more after).
+    pub fn last(&self) -> Option<&Position> {
+        self.last.as_ref()
+    }
+
+    /// Adds `lines` from the device, all or nothing: each entry must carry the hash of
+    /// its contents and follow the one before (a gap in numbering is taken, and shows
+    /// as missing entries when the copy is verified); each checkpoint must be signed by
+    /// the device and cover the entry just before it. Returns the entries added.
+    pub fn apply(&mut self, lines: &[String]) -> Result<u64, String> {
+        let mut last = self.last.clone();
+        let mut text = String::new();
+        let mut added = 0u64;
+        for line in lines {
+            match serde_json::from_str::<Line>(line) {
+                Ok(Line::Entry(entry)) => {
+                    if entry.compute_hash() != entry.hash {
+                        return Err(format!(
+                            "entry {} does not carry the hash of its contents",
+                            entry.seq
+                        ));
+                    }
+                    match &last {
+                        Some(p) if entry.seq == p.seq + 1 && entry.prev != p.hash => {
+                            return Err(format!(
+                                "entry {} does not follow entry {}",
+                                entry.seq, p.seq
+                            ));
+                        }
+                        Some(p) if entry.seq <= p.seq => {
+                            return Err(format!("entry {} comes after entry {}", entry.seq, p.seq));
+                        }
+                        None if entry.seq == 0 && entry.prev != GENESIS => {
+                            return Err("entry 0 does not start a log".into());
+                        }
+                        _ => {}
+                    }
+                    last = Some(Position {
+                        seq: entry.seq,
+                        hash: entry.hash,
+                        checkpointed: false,
+                    });
+                    added += 1;
+                }
+                Ok(Line::Checkpoint(cp)) => {
+                    let signed = cp.node == self.node.to_string()
+                        && <[u8; 64]>::try_from(hex::decode(&cp.signature).unwrap_or_default())
+                            .map(|sig| {
+                                self.node.verify(
+                                    &checkpoint_message(cp.checkpoint, &cp.hash),
+                                    &Signature::from_bytes(sig),
+                                )
+                            })
+                            .unwrap_or(false);
+                    if !signed {
+                        return Err(format!(
+                            "checkpoint {} is not signed by the device",
+                            cp.checkpoint
+                        ));
+                    }
+                    match &mut last {
+                        Some(p) if p.seq == cp.checkpoint && p.hash == cp.hash => {
+                            p.checkpointed = true;
+                        }
+                        _ => {
+                            return Err(format!(
+                                "checkpoint {} does not cover the entry before it",
+                                cp.checkpoint
+                            ));
+                        }
+                    }
+                }
+                Err(_) => return Err("a line is not an audit entry or checkpoint".into()),
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+        if self.len + text.len() as u64 > MAX_MIRROR_BYTES {
+            return Err(format!(
+                "the copy would outgrow its limit of {} MiB",
+                MAX_MIRROR_BYTES >> 20
+            ));
+        }
+        let io = |err: std::io::Error| format!("{}: {err}", self.path.display());
+        let written = self
+            .file
+            .write_all(text.as_bytes())
+            .and_then(|()| self.file.sync_data());
+        if let Err(err) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(io(err));
+        }
+        self.len += text.len() as u64;
+        self.last = last;
+        Ok(added)
+    }
+
+    /// The hashes of entries `from..from + count` the copy holds.
+    pub fn hashes(&self, from: u64, count: usize) -> Result<Vec<String>, AuditError> {
+        let io = |err: std::io::Error| AuditError::Io {
             path: self.path.display().to_string(),
             detail: err.to_string(),
-        })?;
-        let mut out = Vec::new();
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            if let Ok(Line::Entry(entry)) = serde_json::from_str::<Line>(&line) {
-                let keep = since.is_none_or(|t| entry.time >= t)
-                    && device.is_none_or(|d| entry.device == d)
-                    && action.is_none_or(|a| {
-                        entry.action == a || (a.ends_with('.') && entry.action.starts_with(a))
-                    });
-                if keep {
-                    out.push(entry);
-                }
+        };
+        let file = File::open(&self.path).map_err(io)?;
+        hashes_in(&file, self.len, from, count).map_err(io)
+    }
+}
+
+/// The entries of any log file (a device's own or a copy) matching the filters,
+/// oldest first: `since` (ms), `device`, `action` (an exact action or a prefix ending
+/// in `.`).
+pub fn entries_in(
+    path: &Path,
+    since: Option<u64>,
+    device: Option<&str>,
+    action: Option<&str>,
+) -> Result<Vec<Entry>, AuditError> {
+    let file = File::open(path).map_err(|err| AuditError::Io {
+        path: path.display().to_string(),
+        detail: err.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines().map_while(Result::ok) {
+        if let Ok(Line::Entry(entry)) = serde_json::from_str::<Line>(&line) {
+            let keep = since.is_none_or(|t| entry.time >= t)
+                && device.is_none_or(|d| entry.device == d)
+                && action.is_none_or(|a| {
+                    entry.action == a || (a.ends_with('.') && entry.action.starts_with(a))
+                });
+            if keep {
+                out.push(entry);
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -634,5 +1188,143 @@ mod tests {
         let v = verify(&path, &key.public()).unwrap();
         assert!(v.ok(), "{:?}", v.findings);
         assert_eq!(v.entries, 2);
+    }
+
+    /// Cuts the log at `path` back to its first `keep` lines.
+    fn cut(path: &Path, keep: usize) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let kept: String = text.lines().take(keep).map(|l| format!("{l}\n")).collect();
+        std::fs::write(path, kept).unwrap();
+    }
+
+    #[test]
+    fn a_log_cut_back_no_longer_matches_its_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = NodeKey::from_seed([4; 32]);
+        let log = AuditLog::open(&path, "home", key.clone(), Arc::new(|| 5)).unwrap();
+        for i in 0..250 {
+            log.record(event(i)).unwrap();
+        }
+        log.checkpoint().unwrap();
+        drop(log);
+        assert!(verify(&path, &key.public()).unwrap().ok());
+        let whole = std::fs::read(&path).unwrap();
+        // Back to the first checkpoint (entry 99 and its checkpoint: 101 lines); then
+        // without only the last entry and the final checkpoint.
+        for keep in [101, 250] {
+            std::fs::write(&path, &whole).unwrap();
+            cut(&path, keep);
+            let v = verify(&path, &key.public()).unwrap();
+            assert!(!v.ok(), "cut to {keep} lines passed");
+            assert!(
+                v.findings.iter().any(|f| f.problem.contains("cut back")),
+                "{:?}",
+                v.findings
+            );
+        }
+        // The node opening the cut log says so, and numbers on after the head: the gap
+        // stays visible.
+        let log = AuditLog::open(&path, "home", key.clone(), Arc::new(|| 7)).unwrap();
+        let entries = log.entries(None, None, Some("audit.truncated")).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].seq, 250);
+        assert!(
+            entries[0].outcome.contains("248 to 249"),
+            "{}",
+            entries[0].outcome
+        );
+        drop(log);
+        let v = verify(&path, &key.public()).unwrap();
+        assert!(
+            v.findings.iter().any(|f| f.problem.contains("missing")),
+            "{:?}",
+            v.findings
+        );
+    }
+
+    /// Copies `log` into `mirror` page by page; returns the final page answer.
+    fn copy(log: &AuditLog, mirror: &mut Mirror, page: usize) -> Result<u64, String> {
+        let mut added = 0;
+        loop {
+            let after = mirror.last().cloned();
+            match log.page_after(after.as_ref(), page).unwrap() {
+                Page::Lines { lines, .. } if lines.is_empty() => return Ok(added),
+                Page::Lines { lines, .. } => added += mirror.apply(&lines)?,
+                Page::Parted { next_seq } => return Err(format!("parted at {next_seq}")),
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_follows_the_log_and_sees_it_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = NodeKey::from_seed([4; 32]);
+        let log = AuditLog::open(&path, "phone", key.clone(), Arc::new(|| 5)).unwrap();
+        for i in 0..700 {
+            log.record(event(i)).unwrap();
+        }
+        let copy_path = dir.path().join("copy.log");
+        let mut mirror = Mirror::open(&copy_path, key.public()).unwrap();
+        assert_eq!(copy(&log, &mut mirror, 4096), Ok(700));
+        for i in 700..710 {
+            log.record(event(i)).unwrap();
+        }
+        log.checkpoint().unwrap();
+        assert_eq!(copy(&log, &mut mirror, 1), Ok(10));
+        assert_eq!(mirror.last().unwrap().seq, 709);
+        assert!(verify(&copy_path, &key.public()).unwrap().ok());
+        assert_eq!(mirror.hashes(300, 2).unwrap(), log.hashes(300, 2).unwrap());
+        // Reopened, the copy goes on where it was.
+        drop(mirror);
+        let mut mirror = Mirror::open(&copy_path, key.public()).unwrap();
+        assert_eq!(copy(&log, &mut mirror, 4096), Ok(0));
+
+        // Another key's checkpoints, edited entries and lines out of order are refused
+        // whole.
+        let lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let mut stranger = Mirror::open(
+            &dir.path().join("s.log"),
+            NodeKey::from_seed([9; 32]).public(),
+        )
+        .unwrap();
+        assert!(stranger.apply(&lines).unwrap_err().contains("not signed"));
+        let mut edited = Mirror::open(&dir.path().join("e.log"), key.public()).unwrap();
+        let mut changed = lines.clone();
+        changed[3] = changed[3].replace("\"s3\"", "\"s4\"");
+        assert!(edited.apply(&changed).unwrap_err().contains("hash"));
+        let mut swapped = lines.clone();
+        swapped.swap(1, 2);
+        assert!(edited.apply(&swapped).is_err());
+        assert!(edited.last().is_none(), "nothing of a refused page is kept");
+        drop(log);
+
+        // The phone's log rewritten from about entry 500 on (by its own key): the copy parts,
+        // and the hashes say where.
+        cut(&path, 500);
+        std::fs::remove_file(head_path(&path)).unwrap();
+        let kept = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("{\"seq\""))
+            .count();
+        let log = AuditLog::open(&path, "phone", key.clone(), Arc::new(|| 6)).unwrap();
+        for i in 0..300 {
+            log.record(event(1000 + i)).unwrap();
+        }
+        assert!(
+            copy(&log, &mut mirror, 4096)
+                .unwrap_err()
+                .starts_with("parted")
+        );
+        let theirs = log.hashes(0, 1000).unwrap();
+        let ours = mirror.hashes(0, 1000).unwrap();
+        let first = ours.iter().zip(&theirs).position(|(a, b)| a != b);
+        assert_eq!(first, Some(kept));
     }
 }
