@@ -875,10 +875,47 @@ async fn audit(
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
+    // Another device's entries come from the copy of its log kept here.
+    let copy = match q.device.as_deref() {
+        Some(device) if device != node.config.name => {
+            let devices = match node.mesh.get() {
+                Some(mesh) => mesh.devices().await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let Some(found) = devices.iter().find(|d| d.name == device) else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no device is named {device:?}"),
+                ));
+            };
+            let path = crate::audit_copy::copy_path(&node.config.data_dir, &found.peer_id);
+            if !path.exists() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "this device holds no copy of {device}'s audit log (home-role devices \
+                         copy every device's log)"
+                    ),
+                ));
+            }
+            Some(path)
+        }
+        _ => None,
+    };
     blocking(move || {
-        let entries = node
-            .audit
-            .entries(q.since, q.device.as_deref(), q.action.as_deref())?;
+        let entries = match copy {
+            Some(path) => hearth_stores::audit::entries_in(
+                &path,
+                q.since,
+                q.device.as_deref(),
+                q.action.as_deref(),
+            )?,
+            None => node
+                .audit
+                .entries(q.since, q.device.as_deref(), q.action.as_deref())?,
+        };
         Ok(Json(json!({ "entries": entries })))
     })
     .await
@@ -888,12 +925,14 @@ async fn audit_verify(State(node): State<Arc<Node>>) -> ApiResult {
     blocking(move || {
         let result =
             hearth_stores::audit::verify(node.audit.path(), &node.config.node_key.public())?;
+        let copies = crate::audit_copy::verify_copies(&node.config.data_dir)?;
         Ok(Json(json!({
-            "ok": result.ok(),
+            "ok": result.ok() && copies.iter().all(|c| c.ok),
             "entries": result.entries,
             "checkpoints": result.checkpoints,
             "unsigned_tail": result.unsigned_tail,
             "findings": result.findings,
+            "copies": copies,
         })))
     })
     .await

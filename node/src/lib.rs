@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod audit_copy;
 pub mod catalogue;
 pub mod clock;
 pub mod compute;

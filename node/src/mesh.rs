@@ -58,6 +58,10 @@ pub const MEMBERS_PROTOCOL: &str = "/hearth/members/1";
 pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
 /// Jobs forwarded to the device that holds the data, and their replies.
 pub const COMPUTE_PROTOCOL: &str = "/hearth/compute/1";
+/// Home devices copying other devices' audit logs (see `crate::audit_copy`).
+pub const AUDIT_PROTOCOL: &str = "/hearth/audit/1";
+/// The largest audit message (a page of log lines, or a run of entry hashes).
+pub const MAX_AUDIT_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// How long a forwarded job may take, queueing and running, before the caller gives up.
 const COMPUTE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most devices listed in one peers message.
@@ -297,6 +301,7 @@ struct Behaviour {
     members: Gated<request_response::Behaviour<FrameCodec>>,
     sync: Gated<request_response::Behaviour<FrameCodec>>,
     compute: Gated<request_response::Behaviour<FrameCodec>>,
+    audit: Gated<request_response::Behaviour<FrameCodec>>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -465,6 +470,16 @@ enum Command {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, MeshError>>,
     },
+    ServeAudit(mpsc::Sender<InboundAudit>),
+    AuditRequest {
+        peer: PeerId,
+        frames: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, MeshError>>,
+    },
+    AuditResponse {
+        id: u64,
+        frames: Vec<Vec<u8>>,
+    },
     JobResponse {
         id: u64,
         bytes: Vec<u8>,
@@ -480,6 +495,22 @@ pub struct InboundJob {
     pub bytes: Vec<u8>,
     /// Where the encoded reply goes.
     pub reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// Where the answer to an audit request sent from here goes.
+type AuditReply = oneshot::Sender<Result<Vec<Vec<u8>>, MeshError>>;
+
+/// An admitted device asking for this device's audit log.
+#[derive(Debug)]
+pub struct InboundAudit {
+    /// The device that asks.
+    pub from: String,
+    /// Its role, as its certificate says.
+    pub role: String,
+    /// The request.
+    pub frames: Vec<Vec<u8>>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Vec<Vec<u8>>>,
 }
 
 /// A handle to the mesh loop.
@@ -506,6 +537,9 @@ impl std::fmt::Debug for Command {
             Command::Disconnect(_) => "Disconnect",
             Command::Revocations(_) => "Revocations",
             Command::ServeJobs(_) => "ServeJobs",
+            Command::ServeAudit(_) => "ServeAudit",
+            Command::AuditRequest { .. } => "AuditRequest",
+            Command::AuditResponse { .. } => "AuditResponse",
             Command::ForwardJob { .. } => "ForwardJob",
             Command::JobResponse { .. } => "JobResponse",
         })
@@ -666,6 +700,35 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)
     }
 
+    /// Hands audit requests from other devices to `requests`.
+    pub(crate) async fn serve_audit(
+        &self,
+        requests: mpsc::Sender<InboundAudit>,
+    ) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::ServeAudit(requests))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Sends an audit request to the connected device `peer`; returns its answer.
+    pub(crate) async fn audit_request(
+        &self,
+        peer: PeerId,
+        frames: Vec<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::AuditRequest {
+                peer,
+                frames,
+                reply,
+            })
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)?
+    }
+
     /// Sends an encoded job to the connected device `device`; returns its encoded reply.
     pub(crate) async fn forward_job(
         &self,
@@ -791,6 +854,19 @@ fn build_swarm(
                         )],
                         request_response::Config::default()
                             .with_request_timeout(COMPUTE_TIMEOUT)
+                            .with_max_concurrent_streams(4),
+                    ),
+                    admitted.clone(),
+                ),
+                audit: Gated::new(
+                    request_response::Behaviour::with_codec(
+                        FrameCodec::new(MAX_AUDIT_MESSAGE_BYTES),
+                        [(
+                            StreamProtocol::new(AUDIT_PROTOCOL),
+                            request_response::ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(60))
                             .with_max_concurrent_streams(4),
                     ),
                     admitted.clone(),
@@ -996,6 +1072,12 @@ struct MeshLoop {
     /// Forwarded jobs being run here, waiting for their reply.
     job_channels: BTreeMap<u64, request_response::ResponseChannel<Frames>>,
     next_job: u64,
+    /// Where audit requests from other devices go.
+    audit_requests: Option<mpsc::Sender<InboundAudit>>,
+    /// Audit requests being answered here.
+    audit_channels: BTreeMap<u64, request_response::ResponseChannel<Frames>>,
+    /// Audit requests sent from here, waiting for their answer.
+    audit_asked: BTreeMap<request_response::OutboundRequestId, AuditReply>,
     /// Jobs forwarded from here, waiting for the other device's reply.
     forwarded:
         BTreeMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, MeshError>>>,
@@ -1106,6 +1188,9 @@ pub async fn spawn(
         job_channels: BTreeMap::new(),
         next_job: 0,
         forwarded: BTreeMap::new(),
+        audit_requests: None,
+        audit_channels: BTreeMap::new(),
+        audit_asked: BTreeMap::new(),
         sync_out: BTreeMap::new(),
         connections: BTreeMap::new(),
         readmitting: BTreeMap::new(),
@@ -1277,6 +1362,34 @@ impl MeshLoop {
                 let _ = reply.send(self.gate.revocations.clone());
             }
             Command::ServeJobs(jobs) => self.jobs = Some(jobs),
+            Command::ServeAudit(requests) => self.audit_requests = Some(requests),
+            Command::AuditRequest {
+                peer,
+                frames,
+                reply,
+            } => {
+                if self.swarm.is_connected(&peer)
+                    && self.known.get(&peer).is_some_and(|k| k.connected)
+                {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .audit
+                        .send_request(&peer, Frames::from(frames));
+                    self.audit_asked.insert(id, reply);
+                } else {
+                    let _ = reply.send(Err(MeshError::NotConnected(peer.to_string())));
+                }
+            }
+            Command::AuditResponse { id, frames } => {
+                if let Some(channel) = self.audit_channels.remove(&id) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .audit
+                        .send_response(channel, Frames::from(frames));
+                }
+            }
             Command::ForwardJob {
                 device,
                 bytes,
@@ -1751,6 +1864,11 @@ impl MeshLoop {
                     peer,
                     message: request_response::Message::Request { request, .. },
                     ..
+                })
+                | BehaviourEvent::Audit(request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, .. },
+                    ..
                 }),
             ) if request.violation().is_some() => {
                 // Nothing of it was read past the violation, and nothing is answered:
@@ -2013,6 +2131,75 @@ impl MeshLoop {
                 if let Some(reply) = self.forwarded.remove(&request_id) {
                     let _ = reply.send(Err(MeshError::Join(format!(
                         "the job did not reach the device or its reply did not come back: {error}"
+                    ))));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Audit(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) => {
+                let from = self
+                    .known
+                    .get(&peer)
+                    .filter(|k| k.connected)
+                    .map(|k| (k.name.clone(), k.role.clone()));
+                let (Some((from, role)), Some(requests)) = (from, self.audit_requests.clone())
+                else {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .audit
+                        .send_response(channel, Frames::default());
+                    return;
+                };
+                let id = self.next_job;
+                self.next_job += 1;
+                self.audit_channels.insert(id, channel);
+                let (reply, answer) = oneshot::channel();
+                let inbound = InboundAudit {
+                    from,
+                    role,
+                    frames: request.0,
+                    reply,
+                };
+                if requests.try_send(inbound).is_err() {
+                    // Busy: an empty answer, asked again next round.
+                    self.command(Command::AuditResponse {
+                        id,
+                        frames: Vec::new(),
+                    });
+                    return;
+                }
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    let frames = answer.await.unwrap_or_default();
+                    let _ = commands.send(Command::AuditResponse { id, frames }).await;
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Audit(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            })) => {
+                if let Some(reply) = self.audit_asked.remove(&request_id) {
+                    let _ = reply.send(Ok(response.0));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Audit(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                if let Some(reply) = self.audit_asked.remove(&request_id) {
+                    let _ = reply.send(Err(MeshError::Join(format!(
+                        "the audit request did not reach the device or its answer did not come back: {error}"
                     ))));
                 }
             }

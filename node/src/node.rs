@@ -420,6 +420,14 @@ impl Node {
                 );
                 let _ = self.replication.set(replication);
             }
+            tokio::spawn(crate::audit_copy::serve(self.clone(), handle.clone()));
+            if self.config.role == "home" {
+                tokio::spawn(crate::audit_copy::copy_all(
+                    self.clone(),
+                    handle.clone(),
+                    stop_rx.clone(),
+                ));
+            }
             let _ = self.mesh.set(handle);
         }
         crate::drivers::start_all(&self);

@@ -163,3 +163,112 @@ fn damaged_state_files_stop_the_node_naming_the_file() {
         stop(start(&home));
     }
 }
+
+fn entries(dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["audit"];
+    all.extend_from_slice(args);
+    json_ok(dir, &all)["entries"].as_array().unwrap().clone()
+}
+
+/// The phone's audit log reaches home; the phone's root cuts its log back (and drops
+/// its head, so the phone itself sees nothing wrong) and writes on: home reports the
+/// phone and the first entry that no longer matches, and keeps its copy as it was.
+#[test]
+fn audit_logs_reach_home_and_one_rewritten_is_reported_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, phone) = (tmp.path().join("home"), tmp.path().join("phone"));
+    init(&home);
+    let home_node = start(&home);
+    let ticket = json_ok(&home, &["invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json_ok(
+        &phone,
+        &["join", &ticket, "--name", "phone", "--role", "mobile"],
+    );
+    let phone_node = start(&phone);
+    json_ok(&phone, &["store", "create", "notes", "--kind", "kv"]);
+    for i in 0..20 {
+        json_ok(&phone, &["store", "put", "notes", &format!("k{i}"), "1"]);
+    }
+    let written = entries(&phone, &[]).len();
+    assert!(written >= 20);
+    let copied = wait_until("the phone's log reaches home", 60, || {
+        let out = hearth(&home, &["--json", "audit", "--device", "phone"]);
+        let copied: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let copied = copied["entries"].as_array()?.clone();
+        (copied.len() >= written).then_some(copied)
+    });
+    assert!(copied.iter().all(|e| e["device"] == "phone"));
+    assert!(
+        copied
+            .iter()
+            .any(|e| e["action"] == "store.put" && e["object"] == "notes")
+    );
+    json_ok(&home, &["audit", "verify"]);
+    // The phone, not home, asks for home's log: it holds no copy and gets none.
+    let out = hearth(&phone, &["audit", "--device", "home"]);
+    assert!(!out.status.success());
+    stop(phone_node);
+
+    // Root on the phone rewrites history: the log cut back to its first 5 entries, the
+    // head removed; the phone's own check passes.
+    let log = phone.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| l.starts_with("{\"seq\""))
+        .take(5)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&log, kept).unwrap();
+    std::fs::remove_file(phone.join("audit.head")).unwrap();
+    let phone_node = start(&phone);
+    json_ok(&phone, &["store", "put", "notes", "after", "2"]);
+    json_ok(&phone, &["audit", "verify"]);
+
+    let parted = wait_until("home reports the phone", 60, || {
+        entries(&home, &["--action", "audit.parted"])
+            .first()
+            .cloned()
+    });
+    assert_eq!(parted["object"], "phone");
+    let outcome = parted["outcome"].as_str().unwrap();
+    assert!(outcome.contains("entry 5 "), "{outcome}");
+    let out = hearth(&home, &["--json", "audit", "verify"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let copy = &report["copies"][0];
+    assert_eq!(copy["device"], "phone");
+    assert!(
+        copy["findings"][0].as_str().unwrap().contains("entry 5 "),
+        "{copy}"
+    );
+    // The copy is kept as it was: everything home had, nothing of the rewrite.
+    assert!(entries(&home, &["--device", "phone"]).len() >= written);
+    stop(phone_node);
+    stop(home_node);
+
+    // Locally: home's own log cut back to its first checkpoint fails its check.
+    let log = home.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first_checkpoint = text
+        .lines()
+        .position(|l| l.starts_with("{\"checkpoint\""))
+        .unwrap();
+    let kept: String = text
+        .lines()
+        .take(first_checkpoint + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&log, kept).unwrap();
+    let out = hearth(&home, &["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cut back"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -108,12 +108,16 @@ fn verify(dir: &DataDir, out: &mut Output) -> Result<()> {
     }
     let result = hearth_stores::audit::verify(&path, &key.public())
         .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
+    let copies = hearth_node::audit_copy::verify_copies(dir.root())
+        .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
+    let ok = result.ok() && copies.iter().all(|c| c.ok);
     let value = json!({
-        "ok": result.ok(),
+        "ok": ok,
         "entries": result.entries,
         "checkpoints": result.checkpoints,
         "unsigned_tail": result.unsigned_tail,
         "findings": result.findings,
+        "copies": copies,
     });
     out.emit(
         || {
@@ -136,19 +140,35 @@ fn verify(dir: &DataDir, out: &mut Output) -> Result<()> {
                     }
                 }
             }
+            for copy in &copies {
+                if copy.ok {
+                    text.push_str(&format!(
+                        "The copy of {}'s log held here is intact and its log continues it ({} entries).\n",
+                        copy.device, copy.entries
+                    ));
+                } else {
+                    text.push_str(&format!(
+                        "The copy of {}'s log held here shows tampering ({} problems):\n",
+                        copy.device,
+                        copy.findings.len()
+                    ));
+                    for f in &copy.findings {
+                        text.push_str(&format!("  {f}\n"));
+                    }
+                }
+            }
             text
         },
         || value.clone(),
     );
-    if result.ok() {
+    if ok {
         Ok(())
     } else {
+        let problems =
+            result.findings.len() + copies.iter().map(|c| c.findings.len()).sum::<usize>();
         Err(CliError::new(
             Exit::Error,
-            format!(
-                "audit verification failed: {} problems",
-                result.findings.len()
-            ),
+            format!("audit verification failed: {problems} problems"),
         ))
     }
 }
