@@ -85,6 +85,19 @@ pub(crate) async fn serve(node: Arc<Node>, mesh: MeshHandle) {
     while let Some(request) = requests.recv().await {
         if request.role != "home" {
             tracing::info!(device = %request.from, "refused a request for the audit log from a device that is not home");
+            // Audited before the answer goes, so that the asker never sees the refusal
+            // before the record of it exists.
+            let node = node.clone();
+            let from = request.from.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                record(
+                    &node,
+                    "audit.copy",
+                    &from,
+                    "refused: only home devices copy other devices' audit logs",
+                );
+            })
+            .await;
             let _ = request.reply.send(vec![b"refused".to_vec()]);
             continue;
         }

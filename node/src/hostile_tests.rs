@@ -695,3 +695,45 @@ async fn a_member_that_always_says_more_gets_no_endless_exchange() {
     );
     let _ = stop_tx.send(true);
 }
+
+/// The cloud VM asks home for its audit log (what happened to every store): refused,
+/// audited, nothing sent. Home asking the VM gets the VM's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_home_devices_may_copy_another_devices_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
+    let home_addr = address(&home).await;
+    let vm = device(
+        dir.path(),
+        12,
+        "vm",
+        Role::Cloud,
+        Some(&home_addr),
+        &stop_rx,
+    )
+    .await;
+    eventually_async(|| async { connected_to(&home, &["vm"]).await }).await;
+    let vm_mesh = vm.node.mesh.get().unwrap().clone();
+    let answer = vm_mesh
+        .audit_request(home.peer, vec![b"page".to_vec()])
+        .await
+        .unwrap();
+    assert_eq!(answer, vec![b"refused".to_vec()]);
+    let hashes = vm_mesh
+        .audit_request(
+            home.peer,
+            vec![b"hashes".to_vec(), 0u64.to_be_bytes().to_vec()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(hashes, vec![b"refused".to_vec()]);
+    assert_eq!(refusals(&home.node.audit, "audit.copy", "vm"), 2);
+    let home_mesh = home.node.mesh.get().unwrap().clone();
+    let answer = home_mesh
+        .audit_request(vm.peer, vec![b"page".to_vec()])
+        .await
+        .unwrap();
+    assert_eq!(answer.first().map(Vec::as_slice), Some(&b"lines"[..]));
+    let _ = stop_tx.send(true);
+}
