@@ -1341,3 +1341,92 @@ interval_secs = 0
     });
     stop(node);
 }
+
+/// Sends `head` (a request line and headers) on a fresh connection to `url`'s address,
+/// and nothing else; returns the status line the server answers.
+fn status_line_for_headers(url: &str, head: &str) -> String {
+    use std::io::{BufRead as _, Write as _};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    // Bounds the wait: a server that reads the body before answering never answers.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+/// A stranger on the network: the endpoint is on loopback unless told otherwise, and
+/// a request without credentials is refused before any of its body is read.
+#[test]
+fn http_ingest_is_local_by_default_and_checks_credentials_before_the_body() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    let node = start(&home);
+    let added = json_ok(&home, &["driver", "add", "http-ingest"]);
+    let url = added["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let out = hearth(
+        &home,
+        &[
+            "driver",
+            "add",
+            "http-ingest",
+            "--name",
+            "lan",
+            "--listen",
+            "0.0.0.0:0",
+            "--store",
+            "lan",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("http://0.0.0.0:"), "{text}");
+    assert!(text.contains("reachable from the network"), "{text}");
+
+    // 3 MiB announced, none sent: the 401 comes at once (the body is never waited for).
+    for path in ["/readings", "/owntracks"] {
+        let line = status_line_for_headers(
+            &url,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 3145728\r\n\r\n"
+            ),
+        );
+        assert!(line.starts_with("HTTP/1.1 401"), "{path}: {line}");
+    }
+    // So is a request with the wrong password.
+    let wrong = base64::engine::general_purpose::STANDARD.encode("hearth:wrong");
+    let line = status_line_for_headers(
+        &url,
+        &format!(
+            "POST /readings HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {wrong}\r\n\
+             Content-Length: 3145728\r\n\r\n"
+        ),
+    );
+    assert!(line.starts_with("HTTP/1.1 401"), "{line}");
+    // `GET /` says nothing without credentials.
+    let line = status_line_for_headers(&url, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(line.starts_with("HTTP/1.1 401"), "{line}");
+    let basic = basic_auth(
+        added["user"].as_str().unwrap(),
+        added["password"].as_str().unwrap(),
+    );
+    let line = status_line_for_headers(
+        &url,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nAuthorization: {basic}\r\n\r\n"),
+    );
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    assert!(records(&home, added["store"].as_str().unwrap()).is_empty());
+    stop(node);
+}

@@ -39,7 +39,7 @@ pub(crate) enum Add {
     },
     /// An HTTP endpoint for OwnTracks and JSON readings; prints its URL and credentials.
     HttpIngest {
-        /// Address to listen on (default: every interface, a port chosen once and kept).
+        /// Address to listen on (default: 127.0.0.1, a port chosen once and kept).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
         #[command(flatten)]
@@ -258,6 +258,21 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                             added["user"].as_str().unwrap_or("?"),
                             added["password"].as_str().unwrap_or("?"),
                         ));
+                        let host = url
+                            .trim_start_matches("http://")
+                            .rsplit_once(':')
+                            .map_or("", |(host, _)| host);
+                        let local = host
+                            .trim_matches(['[', ']'])
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback());
+                        if !local {
+                            text.push_str(
+                                "Warning: this endpoint is reachable from the network, in plain \
+                                 HTTP: anyone who can reach it sees the credentials and the \
+                                 readings on the way.\n",
+                            );
+                        }
                     }
                     text
                 },

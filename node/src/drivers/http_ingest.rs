@@ -14,7 +14,10 @@
 //!
 //! Every request needs the driver's credentials, as HTTP basic auth (what OwnTracks
 //! sends) or `Authorization: Bearer PASSWORD`; they are scoped to this driver's store.
-//! A body that is not acceptable gets a 4xx with a message and writes nothing.
+//! They are checked before anything of the body is read: a request without them gets
+//! `401` and its body is never taken in. A body that is not acceptable gets a 4xx
+//! with a message and writes nothing. The endpoint listens on 127.0.0.1 unless the
+//! driver names another address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -160,9 +163,6 @@ pub fn owntracks_reading(body: &[u8], headers: &HeaderMap) -> Result<Option<Read
 }
 
 async fn owntracks(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&ingest, &headers) {
-        return unauthorized();
-    }
     match owntracks_reading(&body, &headers) {
         Ok(Some(reading)) => {
             let stored = store(&ingest, vec![reading]).await;
@@ -216,10 +216,7 @@ pub fn json_readings(body: &[u8], now: u64) -> Result<Vec<Reading>, String> {
         .collect())
 }
 
-async fn readings(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&ingest, &headers) {
-        return unauthorized();
-    }
+async fn readings(State(ingest): State<Ingest>, body: Bytes) -> Response {
     match json_readings(&body, super::now_ms()) {
         Ok(readings) => store(&ingest, readings).await,
         Err(message) => reply(StatusCode::BAD_REQUEST, message),
@@ -230,13 +227,27 @@ async fn health() -> Json<Value> {
     Json(json!({ "ok": true }))
 }
 
+/// Refuses a request without the driver's credentials before its body is read (the
+/// handlers' body extractors run only after this lets the request through).
+async fn require_credentials(
+    State(ingest): State<Ingest>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&ingest, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
 /// Serves until stopped.
 pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     let listen: SocketAddr = ctx
         .spec
         .listen
         .as_deref()
-        .unwrap_or("0.0.0.0:0")
+        .unwrap_or("127.0.0.1:0")
         .parse()
         .map_err(|_| "the listen address is not valid".to_owned())?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -248,12 +259,8 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
         ctx.spec.listen = Some(SocketAddr::new(listen.ip(), bound.port()).to_string());
         super::remember(&ctx.node, &ctx.spec);
     }
-    let shown = if bound.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
-    } else {
-        bound
-    };
-    ctx.running(Some(format!("http://{shown}")));
+    // The address it really listens on; an unspecified one is every interface.
+    ctx.running(Some(format!("http://{bound}")));
     let ingest = Ingest {
         credentials: Arc::new((
             ctx.spec.user.clone().unwrap_or_default(),
@@ -266,6 +273,10 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
         .route("/owntracks", post(owntracks))
         .route("/readings", post(readings))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            ingest.clone(),
+            require_credentials,
+        ))
         .with_state(ingest);
     let mut stop = ctx.clone();
     axum::serve(listener, app)

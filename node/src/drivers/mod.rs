@@ -136,8 +136,8 @@ pub struct Spec {
     /// os-monitor: seconds between readings (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_secs: Option<u64>,
-    /// http-ingest: the address to listen on (default 0.0.0.0, a port chosen once and
-    /// kept).
+    /// http-ingest: the address to listen on (default 127.0.0.1, a port chosen once
+    /// and kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// http-ingest: the user name devices authenticate with; mqtt: the broker's.
@@ -467,7 +467,7 @@ pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
     }
     prepare_store(node, &spec)?;
     if spec.kind == Kind::HttpIngest && spec.listen.is_none() {
-        spec.listen = Some("0.0.0.0:0".into());
+        spec.listen = Some("127.0.0.1:0".into());
     }
     let file = node.drivers.file_lock();
     let mut loaded = load(&node.config.data_dir);
