@@ -200,9 +200,20 @@ impl Verification {
     }
 }
 
-/// Checks a log file: every entry's hash, the chain, sequence numbers, and every
-/// checkpoint's signature (by `node`) and hash.
+/// Checks a device's own log: every entry's hash, the chain, sequence numbers, every
+/// checkpoint's signature (by `node`) and hash, and the head kept beside it (a log
+/// that holds entries and has no head had it removed).
 pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError> {
+    verify_file(path, node, true)
+}
+
+/// Checks a home device's copy of another device's log, as [`verify`] does but for
+/// the head, which stays with the device.
+pub fn verify_copy(path: &Path, node: &PublicKey) -> Result<Verification, AuditError> {
+    verify_file(path, node, false)
+}
+
+fn verify_file(path: &Path, node: &PublicKey, own: bool) -> Result<Verification, AuditError> {
     let io = |err: std::io::Error| AuditError::Io {
         path: path.display().to_string(),
         detail: err.to_string(),
@@ -277,7 +288,7 @@ pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError>
                     }
                 }
                 prev_hash = entry.hash;
-                expected_seq = expected_seq.max(entry.seq + 1);
+                expected_seq = expected_seq.max(entry.seq.saturating_add(1));
             }
             Ok(Line::Checkpoint(cp)) => {
                 let signed = cp.node == node.to_string()
@@ -338,7 +349,7 @@ pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError>
         });
     }
     // The head kept beside a device's own log says how far it went.
-    if path.extension().is_some_and(|e| e == "log") && head_path(path).exists() {
+    if own {
         match read_head(path, node) {
             Ok(Some(head)) if head.seq >= expected_seq => result.findings.push(Finding {
                 line: 0,
@@ -361,6 +372,14 @@ pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError>
                     });
                 }
             }
+            Ok(None) if result.entries > 0 => result.findings.push(Finding {
+                line: 0,
+                problem: format!(
+                    "{} is missing though the log holds entries (removed: a log cut back \
+                     since can no longer be told)",
+                    head_path(path).display()
+                ),
+            }),
             Ok(None) => {}
             Err(reason) => result.findings.push(Finding {
                 line: 0,
@@ -369,7 +388,7 @@ pub fn verify(path: &Path, node: &PublicKey) -> Result<Verification, AuditError>
         }
     }
     result.unsigned_tail = match last_checkpoint {
-        Some(last) => expected_seq.saturating_sub(last + 1),
+        Some(last) => expected_seq.saturating_sub(last.saturating_add(1)),
         None => expected_seq,
     };
     Ok(result)
@@ -422,7 +441,8 @@ fn scan(file: &File) -> std::io::Result<Scanned> {
             break;
         }
         match serde_json::from_str::<Line>(line.trim_end()) {
-            Ok(Line::Entry(entry)) => {
+            // The last number there is cannot be followed: not an entry of a log.
+            Ok(Line::Entry(entry)) if entry.seq < u64::MAX => {
                 if entry.seq % INDEX_EVERY == 0
                     && entry.seq / INDEX_EVERY == scanned.index.len() as u64
                 {
@@ -433,7 +453,7 @@ fn scan(file: &File) -> std::io::Result<Scanned> {
                 scanned.since_checkpoint += 1;
             }
             Ok(Line::Checkpoint(_)) => scanned.since_checkpoint = 0,
-            Err(_) => {}
+            Ok(Line::Entry(_)) | Err(_) => {}
         }
         offset += read as u64;
         scanned.good_len = offset;
@@ -464,11 +484,7 @@ fn read_lines_after(
     max_bytes: usize,
 ) -> std::io::Result<(Option<Entry>, Vec<String>)> {
     let from = after.map_or(0, |p| p.seq);
-    let start = usize::try_from(from / INDEX_EVERY)
-        .ok()
-        .and_then(|i| index.get(i))
-        .copied()
-        .unwrap_or(0);
+    let start = index_before(index, from);
     let mut reader = BufReader::new(file);
     reader.seek(SeekFrom::Start(start))?;
     let mut lines = Vec::new();
@@ -650,7 +666,7 @@ impl AuditLog {
         // numbering goes on after the head, so the gap stays in the chain for good.
         let mut found = None;
         match read_head(path, &key.public()) {
-            Ok(Some(head)) if head.seq >= next_seq => {
+            Ok(Some(head)) if head.seq >= next_seq && head.seq < u64::MAX => {
                 found = Some(format!(
                     "entries {next_seq} to {} are missing: the log was cut back after they \
                      were written",
@@ -659,7 +675,17 @@ impl AuditLog {
                 next_seq = head.seq + 1;
                 prev = head.hash;
             }
-            Ok(_) => {}
+            Ok(Some(_)) => {}
+            // Removed (or never written, by a version that kept no head): whatever was
+            // cut off before now can no longer be told, and the record says so.
+            Ok(None) if next_seq > 0 => {
+                found = Some(format!(
+                    "{} is missing though the log holds {next_seq} entries: a cut back \
+                     before now cannot be told; it is written again",
+                    head_path(path).display()
+                ));
+            }
+            Ok(None) => {}
             Err(reason) => found = Some(format!("{reason}; it is written again")),
         }
         let mut head_options = OpenOptions::new();
@@ -730,6 +756,12 @@ impl AuditLog {
             }
         };
         let mut tail = self.lock();
+        if tail.next_seq.checked_add(events.len() as u64).is_none() {
+            return Err(AuditError::Io {
+                path: self.path.display().to_string(),
+                detail: "the log has run out of entry numbers".into(),
+            });
+        }
         let now = (self.clock)();
         let mut text = String::new();
         let (mut seq, mut prev, mut since) =
@@ -842,8 +874,9 @@ impl AuditLog {
         };
         let len = tail.file.metadata().map_err(io)?.len();
         let file = File::open(&self.path).map_err(io)?;
+        let start = index_before(&tail.index, from);
         drop(tail);
-        hashes_in(&file, len, from, count).map_err(io)
+        hashes_in(&file, start, len, from, count).map_err(io)
     }
 
     fn checkpoint_line(&self, seq: u64, hash: &str, now: u64) -> String {
@@ -893,12 +926,30 @@ impl AuditLog {
     }
 }
 
-/// The hashes of entries `from..from + count` in a log file, in order; the first
-/// missing or out-of-order entry ends the list.
-fn hashes_in(file: &File, len: u64, from: u64, count: usize) -> std::io::Result<Vec<String>> {
+/// The offset an index says to start reading at for entry `seq`.
+fn index_before(index: &[u64], seq: u64) -> u64 {
+    usize::try_from(seq / INDEX_EVERY)
+        .ok()
+        .and_then(|i| index.get(i))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The hashes of entries `from..from + count` in a log file (reading from `start`),
+/// in order, each computed from the entry's contents as the file holds them (so an
+/// entry edited in place shows, whatever hash it carries); the first missing or
+/// out-of-order entry ends the list.
+fn hashes_in(
+    file: &File,
+    start: u64,
+    len: u64,
+    from: u64,
+    count: usize,
+) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut reader = BufReader::new(file);
-    let mut offset = 0u64;
+    reader.seek(SeekFrom::Start(start))?;
+    let mut offset = start;
     let mut line = String::new();
     while offset < len && out.len() < count {
         line.clear();
@@ -914,7 +965,7 @@ fn hashes_in(file: &File, len: u64, from: u64, count: usize) -> std::io::Result<
             if entry.seq != from + out.len() as u64 {
                 break;
             }
-            out.push(entry.hash);
+            out.push(entry.compute_hash());
         }
     }
     Ok(out)
@@ -952,6 +1003,8 @@ pub struct Mirror {
     len: u64,
     /// Where the copy ends.
     last: Option<Position>,
+    /// Where entries `0, INDEX_EVERY, …` start in the copy.
+    index: Vec<u64>,
 }
 
 impl Mirror {
@@ -982,6 +1035,7 @@ impl Mirror {
                 hash: scanned.prev,
                 checkpointed: scanned.since_checkpoint == 0,
             }),
+            index: scanned.index,
         })
     }
 
@@ -1003,6 +1057,7 @@ impl Mirror {
         let mut last = self.last.clone();
         let mut text = String::new();
         let mut added = 0u64;
+        let mut indexed = Vec::new();
         for line in lines {
             match serde_json::from_str::<Line>(line) {
                 Ok(Line::Entry(entry)) => {
@@ -1011,6 +1066,9 @@ impl Mirror {
                             "entry {} does not carry the hash of its contents",
                             entry.seq
                         ));
+                    }
+                    if entry.seq == u64::MAX {
+                        return Err("an entry carries the last number there is".into());
                     }
                     match &last {
                         Some(p) if entry.seq == p.seq + 1 && entry.prev != p.hash => {
@@ -1026,6 +1084,9 @@ impl Mirror {
                             return Err("entry 0 does not start a log".into());
                         }
                         _ => {}
+                    }
+                    if entry.seq % INDEX_EVERY == 0 {
+                        indexed.push((entry.seq, self.len + text.len() as u64));
                     }
                     last = Some(Position {
                         seq: entry.seq,
@@ -1084,6 +1145,11 @@ impl Mirror {
         }
         self.len += text.len() as u64;
         self.last = last;
+        for (seq, offset) in indexed {
+            if seq / INDEX_EVERY == self.index.len() as u64 {
+                self.index.push(offset);
+            }
+        }
         Ok(added)
     }
 
@@ -1094,7 +1160,14 @@ impl Mirror {
             detail: err.to_string(),
         };
         let file = File::open(&self.path).map_err(io)?;
-        hashes_in(&file, self.len, from, count).map_err(io)
+        hashes_in(
+            &file,
+            index_before(&self.index, from),
+            self.len,
+            from,
+            count,
+        )
+        .map_err(io)
     }
 }
 
@@ -1190,6 +1263,53 @@ mod tests {
         assert_eq!(v.entries, 2);
     }
 
+    #[test]
+    fn a_removed_head_is_reported_and_recorded_when_the_log_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = NodeKey::from_seed([4; 32]);
+        let log = AuditLog::open(&path, "home", key.clone(), Arc::new(|| 5)).unwrap();
+        log.record(event(0)).unwrap();
+        drop(log);
+        std::fs::remove_file(head_path(&path)).unwrap();
+        let v = verify(&path, &key.public()).unwrap();
+        assert!(
+            v.findings.iter().any(|f| f.problem.contains("is missing")),
+            "{:?}",
+            v.findings
+        );
+        let log = AuditLog::open(&path, "home", key.clone(), Arc::new(|| 5)).unwrap();
+        let noticed = log.entries(None, None, Some("audit.truncated")).unwrap();
+        assert_eq!(noticed.len(), 1);
+        assert!(noticed[0].outcome.contains("audit.head is missing"));
+        // Recorded, and the head written again: the log checks out from here on.
+        assert!(verify(&path, &key.public()).unwrap().ok());
+    }
+
+    #[test]
+    fn the_last_entry_number_is_refused_not_overflowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::from_seed([4; 32]);
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, "phone", key.clone(), Arc::new(|| 5)).unwrap();
+        log.record(event(0)).unwrap();
+        let mut last: Entry = log.entries(None, None, None).unwrap().remove(0);
+        last.seq = u64::MAX;
+        last.hash = last.compute_hash();
+        let line = serde_json::to_string(&last).unwrap();
+        let mut mirror = Mirror::open(&dir.path().join("copy.log"), key.public()).unwrap();
+        assert!(mirror.apply(std::slice::from_ref(&line)).is_err());
+        assert!(mirror.last().is_none());
+        // In a log file, it is not taken as an entry to number on from.
+        drop(log);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(format!("{line}\n").as_bytes()).unwrap();
+        drop(f);
+        let log = AuditLog::open(&path, "phone", key.clone(), Arc::new(|| 5)).unwrap();
+        log.record(event(1)).unwrap();
+        assert!(!verify(&path, &key.public()).unwrap().ok());
+    }
+
     /// Cuts the log at `path` back to its first `keep` lines.
     fn cut(path: &Path, keep: usize) {
         let text = std::fs::read_to_string(path).unwrap();
@@ -1274,7 +1394,7 @@ mod tests {
         log.checkpoint().unwrap();
         assert_eq!(copy(&log, &mut mirror, 1), Ok(10));
         assert_eq!(mirror.last().unwrap().seq, 709);
-        assert!(verify(&copy_path, &key.public()).unwrap().ok());
+        assert!(verify_copy(&copy_path, &key.public()).unwrap().ok());
         assert_eq!(mirror.hashes(300, 2).unwrap(), log.hashes(300, 2).unwrap());
         // Reopened, the copy goes on where it was.
         drop(mirror);

@@ -14,9 +14,10 @@
 //! Only a home-role device is answered: the cloud and the phone cannot read other
 //! devices' logs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hearth_stores::audit::{Event, Mirror, Page, Position};
 use libp2p::PeerId;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::mesh::{InboundAudit, MeshHandle};
 use crate::node::Node;
+use crate::tally::Tally;
 
 /// How often a home device asks the others for their new entries.
 pub const ROUND_EVERY: Duration = Duration::from_secs(5);
@@ -76,28 +78,38 @@ pub fn parted(copy: &Path) -> Option<Parted> {
 }
 
 /// Answers other devices' audit requests from this device's log: home-role devices
-/// only.
+/// only. A refusal is recorded before it is answered; a device that keeps asking has
+/// its refusals counted and recorded once a minute ([`crate::tally`]).
 pub(crate) async fn serve(node: Arc<Node>, mesh: MeshHandle) {
     let (sender, mut requests) = mpsc::channel::<InboundAudit>(8);
     if mesh.serve_audit(sender).await.is_err() {
         return;
     }
-    while let Some(request) = requests.recv().await {
+    let mut refusals = Tally::new();
+    let mut tick = tokio::time::interval(crate::tally::WINDOW / 4);
+    loop {
+        let request = tokio::select! {
+            request = requests.recv() => match request {
+                Some(request) => request,
+                None => break,
+            },
+            _ = tick.tick() => {
+                record_due(&node, refusals.due(Instant::now())).await;
+                continue;
+            }
+        };
         if request.role != "home" {
-            tracing::info!(device = %request.from, "refused a request for the audit log from a device that is not home");
-            // Audited before the answer goes, so that the asker never sees the refusal
-            // before the record of it exists.
-            let node = node.clone();
-            let from = request.from.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                record(
-                    &node,
-                    "audit.copy",
-                    &from,
-                    "refused: only home devices copy other devices' audit logs",
-                );
-            })
-            .await;
+            if refusals.refused(&request.from, Instant::now()) {
+                tracing::info!(device = %request.from, "refused a request for the audit log from a device that is not home");
+                // Audited before the answer goes, so that the asker never sees the
+                // refusal before the record of it exists.
+                let node = node.clone();
+                let from = request.from.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    record(&node, "audit.copy", &from, REFUSED_NOT_HOME);
+                })
+                .await;
+            }
             let _ = request.reply.send(vec![b"refused".to_vec()]);
             continue;
         }
@@ -107,6 +119,31 @@ pub(crate) async fn serve(node: Arc<Node>, mesh: MeshHandle) {
             .unwrap_or_default();
         let _ = request.reply.send(answer);
     }
+    record_due(&node, refusals.drain(Instant::now())).await;
+}
+
+const REFUSED_NOT_HOME: &str = "refused: only home devices copy other devices' audit logs";
+
+async fn record_due(node: &Arc<Node>, due: Vec<crate::tally::Due>) {
+    if due.is_empty() {
+        return;
+    }
+    let node = node.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for d in due {
+            record(
+                &node,
+                "audit.copy",
+                &d.source,
+                &format!(
+                    "{REFUSED_NOT_HOME} ({} more requests in the last {} s)",
+                    d.count,
+                    d.over.as_secs()
+                ),
+            );
+        }
+    })
+    .await;
 }
 
 fn u64_of(frame: Option<&Vec<u8>>) -> Option<u64> {
@@ -138,7 +175,11 @@ fn answer(node: &Node, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
         }
         Some(b"hashes") => {
             let from = u64_of(frames.get(1)).unwrap_or(0);
-            match node.audit.hashes(from, HASHES_PER_ASK) {
+            let count = u64_of(frames.get(2))
+                .and_then(|c| usize::try_from(c).ok())
+                .unwrap_or(HASHES_PER_ASK)
+                .min(HASHES_PER_ASK);
+            match node.audit.hashes(from, count) {
                 Ok(hashes) => vec![b"hashes".to_vec(), hashes.join("\n").into_bytes()],
                 Err(_) => Vec::new(),
             }
@@ -147,7 +188,15 @@ fn answer(node: &Node, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
     }
 }
 
-/// On a home device: copies the other devices' logs, round after round.
+/// A copy being kept up: the open copy, and where the next check of the entries it
+/// already holds starts.
+struct Copying {
+    mirror: Mirror,
+    check_from: u64,
+}
+
+/// On a home device: copies the other devices' logs, round after round, every device
+/// at once and each for at most [`DEVICE_TIME`] a round.
 pub(crate) async fn copy_all(
     node: Arc<Node>,
     mesh: MeshHandle,
@@ -160,6 +209,7 @@ pub(crate) async fn copy_all(
     }
     let mut tick = tokio::time::interval(ROUND_EVERY);
     let mut refused_copy = std::collections::BTreeSet::new();
+    let mut copies: HashMap<String, Copying> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -168,6 +218,7 @@ pub(crate) async fn copy_all(
         let Ok(devices) = mesh.devices().await else {
             return;
         };
+        let mut round = tokio::task::JoinSet::new();
         for device in devices {
             if !device.online || device.revoked || device.name == node.config.name {
                 continue;
@@ -180,22 +231,46 @@ pub(crate) async fn copy_all(
             };
             let path = copy_path(&node.config.data_dir, &device.peer_id);
             if parted(&path).is_some() {
+                copies.remove(&device.peer_id);
                 continue;
             }
-            if let Err(problem) = copy_one(&node, &mesh, &device.name, peer, key, &path).await
+            let held = copies.remove(&device.peer_id);
+            let (node, mesh) = (node.clone(), mesh.clone());
+            round.spawn(async move {
+                let deadline = tokio::time::Instant::now() + DEVICE_TIME;
+                let outcome =
+                    copy_one(&node, &mesh, &device.name, peer, key, &path, held, deadline).await;
+                (device, outcome)
+            });
+        }
+        while let Some(done) = round.join_next().await {
+            let Ok((device, (held, outcome))) = done else {
+                continue;
+            };
+            if let Some(held) = held {
+                copies.insert(device.peer_id.clone(), held);
+            }
+            if let Err(problem) = outcome
                 && refused_copy.insert(device.peer_id.clone())
             {
                 tracing::warn!(device = %device.name, %problem, "an audit page was refused");
-                record(
-                    &node,
-                    "audit.copy",
-                    &device.name,
-                    &format!("refused: {problem}"),
-                );
+                let node = node.clone();
+                let name = device.name.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    record(&node, "audit.copy", &name, &format!("refused: {problem}"));
+                })
+                .await;
             }
         }
     }
 }
+
+/// The longest one device is copied from in a round.
+pub const DEVICE_TIME: Duration = Duration::from_secs(4);
+/// The longest one request to a device is waited for.
+const ASK_TIME: Duration = Duration::from_secs(30);
+/// Entries whose hashes are compared again each round, going round the copy.
+const CHECK_PER_ROUND: usize = 1024;
 
 fn record(node: &Node, action: &str, object: &str, outcome: &str) {
     let _ = node.audit.record(Event {
@@ -208,6 +283,18 @@ fn record(node: &Node, action: &str, object: &str, outcome: &str) {
     });
 }
 
+/// Asks `peer` and waits at most [`ASK_TIME`].
+async fn ask(mesh: &MeshHandle, peer: PeerId, frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+    tokio::time::timeout(ASK_TIME, mesh.audit_request(peer, frames))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Brings one copy up to date, until `deadline`, then checks a window of the entries
+/// it already holds against the device's log. Gives back the open copy (none when
+/// it could not be opened, or the device parted from it).
+#[allow(clippy::too_many_arguments)]
 async fn copy_one(
     node: &Arc<Node>,
     mesh: &MeshHandle,
@@ -215,98 +302,183 @@ async fn copy_one(
     peer: PeerId,
     key: hearth_protocol::key::PublicKey,
     path: &Path,
-) -> Result<(), String> {
-    let open_path = path.to_owned();
-    let mut mirror = tokio::task::spawn_blocking(move || Mirror::open(&open_path, key))
-        .await
-        .map_err(|err| err.to_string())?
-        .map_err(|err| err.to_string())?;
-    for _ in 0..PAGES_PER_ROUND {
-        let mut ask = vec![b"page".to_vec()];
-        if let Some(p) = mirror.last() {
-            ask.push(p.seq.to_be_bytes().to_vec());
-            ask.push(p.hash.clone().into_bytes());
-            ask.push(vec![u8::from(p.checkpointed)]);
+    held: Option<Copying>,
+    deadline: tokio::time::Instant,
+) -> (Option<Copying>, Result<(), String>) {
+    let mut copying = match held {
+        Some(held) => held,
+        None => {
+            let open_path = path.to_owned();
+            match tokio::task::spawn_blocking(move || Mirror::open(&open_path, key)).await {
+                Ok(Ok(mirror)) => Copying {
+                    mirror,
+                    check_from: 0,
+                },
+                Ok(Err(err)) => return (None, Err(err.to_string())),
+                Err(err) => return (None, Err(err.to_string())),
+            }
         }
-        let Ok(answer) = mesh.audit_request(peer, ask).await else {
-            return Ok(());
+    };
+    for _ in 0..PAGES_PER_ROUND {
+        if tokio::time::Instant::now() >= deadline {
+            return (Some(copying), Ok(()));
+        }
+        let mut frames = vec![b"page".to_vec()];
+        if let Some(p) = copying.mirror.last() {
+            frames.push(p.seq.to_be_bytes().to_vec());
+            frames.push(p.hash.clone().into_bytes());
+            frames.push(vec![u8::from(p.checkpointed)]);
+        }
+        let Some(answer) = ask(mesh, peer, frames).await else {
+            return (Some(copying), Ok(()));
         };
         match answer.first().map(Vec::as_slice) {
             Some(b"lines") => {
                 let text = answer.get(2).cloned().unwrap_or_default();
                 if text.is_empty() {
-                    return Ok(());
+                    break;
                 }
                 let lines: Vec<String> = String::from_utf8_lossy(&text)
                     .lines()
                     .map(str::to_owned)
                     .collect();
-                let (back, applied) = tokio::task::spawn_blocking(move || {
-                    let applied = mirror.apply(&lines);
-                    (mirror, applied)
+                let joined = tokio::task::spawn_blocking(move || {
+                    let applied = copying.mirror.apply(&lines);
+                    (copying, applied)
                 })
-                .await
-                .map_err(|err| err.to_string())?;
-                mirror = back;
-                applied?;
+                .await;
+                let Ok((back, applied)) = joined else {
+                    return (None, Err("the copy could not be written".into()));
+                };
+                copying = back;
+                if let Err(problem) = applied {
+                    return (Some(copying), Err(problem));
+                }
             }
             Some(b"parted") => {
-                let first = first_difference(mesh, peer, &mirror).await;
-                let found = Parted {
-                    device: name.to_owned(),
-                    first_entry: first,
-                    detected_at: crate::clock::now().0,
-                };
-                tracing::error!(device = %name, entry = first, "a device's audit log no longer matches the copy home holds");
-                record(
-                    node,
-                    "audit.parted",
-                    name,
-                    &format!(
-                        "detected: {name}'s audit log no longer holds entry {first} as it was \
-                         copied here (edited, reordered, cut back or rolled back); the copy \
-                         is kept as it was"
-                    ),
-                );
-                let bytes = serde_json::to_vec(&found).map_err(|err| err.to_string())?;
-                hearth_protocol::statefile::write_state(
-                    &path.with_extension("parted"),
-                    PARTED_KIND,
-                    1,
-                    &bytes,
-                )
-                .map_err(|err| err.to_string())?;
-                return Ok(());
+                let first = first_difference(mesh, peer, copying.mirror).await;
+                let outcome = report_parted(node, name, path, first).await;
+                return (None, outcome);
             }
             // Busy, refused (this device is not home to it), or gone: next round.
-            _ => return Ok(()),
+            _ => return (Some(copying), Ok(())),
         }
     }
-    Ok(())
+    // A window of what the copy already holds, compared again: an entry edited in
+    // place on the device (its chain broken there, its last entry untouched) shows.
+    let from = copying.check_from;
+    let theirs = hashes_of(mesh, peer, from, CHECK_PER_ROUND).await;
+    let mirror = copying.mirror;
+    let joined =
+        tokio::task::spawn_blocking(move || (mirror.hashes(from, CHECK_PER_ROUND), mirror)).await;
+    let Ok((ours, mirror)) = joined else {
+        return (None, Err("the copy could not be read".into()));
+    };
+    copying.mirror = mirror;
+    let (Some(theirs), Ok(ours)) = (theirs, ours) else {
+        return (Some(copying), Ok(()));
+    };
+    if let Some(first) = first_mismatch(from, &ours, &theirs) {
+        let outcome = report_parted(node, name, path, first).await;
+        return (None, outcome);
+    }
+    copying.check_from = if ours.len() < CHECK_PER_ROUND {
+        0
+    } else {
+        from + ours.len() as u64
+    };
+    (Some(copying), Ok(()))
+}
+
+/// The first entry two lists of hashes from entry `from` disagree on, or that the
+/// device (`theirs`) no longer holds while the copy (`ours`) does.
+fn first_mismatch(from: u64, ours: &[String], theirs: &[String]) -> Option<u64> {
+    if let Some(i) = ours.iter().zip(theirs).position(|(a, b)| a != b) {
+        return Some(from + i as u64);
+    }
+    (theirs.len() < ours.len()).then(|| from + theirs.len() as u64)
+}
+
+/// Records that `name`'s log parted from the copy at `path` at entry `first`, and
+/// keeps the finding beside the copy.
+async fn report_parted(
+    node: &Arc<Node>,
+    name: &str,
+    path: &Path,
+    first: u64,
+) -> Result<(), String> {
+    let found = Parted {
+        device: name.to_owned(),
+        first_entry: first,
+        detected_at: crate::clock::now().0,
+    };
+    tracing::error!(device = %name, entry = first, "a device's audit log no longer matches the copy home holds");
+    let (node, name, path) = (node.clone(), name.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || {
+        record(
+            &node,
+            "audit.parted",
+            &name,
+            &format!(
+                "detected: {name}'s audit log no longer holds entry {first} as it was \
+                 copied here (edited, reordered, cut back or rolled back); the copy is \
+                 kept as it was"
+            ),
+        );
+        let bytes = serde_json::to_vec(&found).map_err(|err| err.to_string())?;
+        hearth_protocol::statefile::write_state(
+            &path.with_extension("parted"),
+            PARTED_KIND,
+            1,
+            &bytes,
+        )
+        .map_err(|err| err.to_string())
+    })
+    .await
+    .map_err(|err| err.to_string())?
+}
+
+/// The hashes the device gives for its entries from `from`.
+async fn hashes_of(
+    mesh: &MeshHandle,
+    peer: PeerId,
+    from: u64,
+    count: usize,
+) -> Option<Vec<String>> {
+    let frames = vec![
+        b"hashes".to_vec(),
+        from.to_be_bytes().to_vec(),
+        (count as u64).to_be_bytes().to_vec(),
+    ];
+    let answer = ask(mesh, peer, frames).await?;
+    (answer.first().map(Vec::as_slice) == Some(b"hashes")).then(|| {
+        String::from_utf8_lossy(answer.get(1).map_or(&[][..], Vec::as_slice))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    })
 }
 
 /// The first entry the device's log and the copy disagree on (or that the log no
 /// longer holds).
-async fn first_difference(mesh: &MeshHandle, peer: PeerId, mirror: &Mirror) -> u64 {
+async fn first_difference(mesh: &MeshHandle, peer: PeerId, mut mirror: Mirror) -> u64 {
     let mut from = 0u64;
     loop {
-        let ours = mirror.hashes(from, HASHES_PER_ASK).unwrap_or_default();
-        let theirs: Vec<String> = match mesh
-            .audit_request(peer, vec![b"hashes".to_vec(), from.to_be_bytes().to_vec()])
-            .await
-        {
-            Ok(answer) if answer.first().map(Vec::as_slice) == Some(b"hashes") => {
-                String::from_utf8_lossy(answer.get(1).map_or(&[][..], Vec::as_slice))
-                    .lines()
-                    .map(str::to_owned)
-                    .collect()
-            }
-            _ => return from,
+        let Some(theirs) = hashes_of(mesh, peer, from, HASHES_PER_ASK).await else {
+            return from;
         };
-        if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
-            return from + i as u64;
+        let joined =
+            tokio::task::spawn_blocking(move || (mirror.hashes(from, HASHES_PER_ASK), mirror))
+                .await;
+        let Ok((ours, back)) = joined else {
+            return from;
+        };
+        mirror = back;
+        let ours = ours.unwrap_or_default();
+        if let Some(first) = first_mismatch(from, &ours, &theirs) {
+            return first;
         }
-        if theirs.len() < ours.len() || ours.len() < HASHES_PER_ASK {
+        if ours.len() < HASHES_PER_ASK || theirs.len() < HASHES_PER_ASK {
             return from + theirs.len().min(ours.len()) as u64;
         }
         from += ours.len() as u64;
@@ -355,7 +527,7 @@ pub fn verify_copies(data_dir: &Path) -> Result<Vec<CopyReport>, hearth_stores::
         else {
             continue;
         };
-        let result = hearth_stores::audit::verify(&path, &key)?;
+        let result = hearth_stores::audit::verify_copy(&path, &key)?;
         let mut findings: Vec<String> = result
             .findings
             .iter()

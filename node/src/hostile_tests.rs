@@ -696,8 +696,8 @@ async fn a_member_that_always_says_more_gets_no_endless_exchange() {
     let _ = stop_tx.send(true);
 }
 
-/// The cloud VM asks home for its audit log (what happened to every store): refused,
-/// audited, nothing sent. Home asking the VM gets the VM's log.
+/// The cloud VM asks home for its audit log (what happened to every store), again and
+/// again: refused, audited once and then counted, nothing sent. Home asking the VM gets the VM's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_home_devices_may_copy_another_devices_audit_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -728,7 +728,16 @@ async fn only_home_devices_may_copy_another_devices_audit_log() {
         .await
         .unwrap();
     assert_eq!(hashes, vec![b"refused".to_vec()]);
-    assert_eq!(refusals(&home.node.audit, "audit.copy", "vm"), 2);
+    // The VM keeps asking: every request is refused, and the refusals are counted
+    // rather than each written (and synced) to home's log.
+    for _ in 0..100 {
+        let answer = vm_mesh
+            .audit_request(home.peer, vec![b"page".to_vec()])
+            .await
+            .unwrap();
+        assert_eq!(answer, vec![b"refused".to_vec()]);
+    }
+    assert_eq!(refusals(&home.node.audit, "audit.copy", "vm"), 1);
     let home_mesh = home.node.mesh.get().unwrap().clone();
     let answer = home_mesh
         .audit_request(vm.peer, vec![b"page".to_vec()])
@@ -736,4 +745,21 @@ async fn only_home_devices_may_copy_another_devices_audit_log() {
         .unwrap();
     assert_eq!(answer.first().map(Vec::as_slice), Some(&b"lines"[..]));
     let _ = stop_tx.send(true);
+    // When home stops, the count is recorded.
+    eventually_async(|| async {
+        refusals(&home.node.audit, "audit.copy", "vm") == 2
+    })
+    .await;
+    let summary = home
+        .node
+        .audit
+        .entries(None, None, Some("audit.copy"))
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(
+        summary.outcome.contains("(101 more requests"),
+        "{}",
+        summary.outcome
+    );
 }

@@ -47,6 +47,7 @@ pub mod drivers;
 pub mod mesh;
 mod node;
 pub mod replication;
+pub mod tally;
 
 #[cfg(test)]
 mod hostile_tests;

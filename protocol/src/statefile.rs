@@ -76,7 +76,9 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temporary_beside(path);
     let result = (|| {
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        // A new file, never one already there (a symbolic link planted at the
+        // temporary name is not followed).
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt as _;

@@ -57,17 +57,20 @@ fn data_directories_are_private_and_a_node_with_exposed_keys_does_not_start() {
     // A parent others may read, as a home directory often is: the data directories
     // inside it are still private.
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (home, phone) = (tmp.path().join("home"), tmp.path().join("phone"));
+    let (home, phone, cloud) = (
+        tmp.path().join("home"),
+        tmp.path().join("phone"),
+        tmp.path().join("cloud"),
+    );
     init(&home);
     let home_node = start(&home);
-    let ticket = json_ok(&home, &["invite"])["ticket"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    json_ok(
-        &phone,
-        &["join", &ticket, "--name", "phone", "--role", "mobile"],
-    );
+    for (dir, name, role) in [(&phone, "phone", "mobile"), (&cloud, "cloud", "cloud")] {
+        let ticket = json_ok(&home, &["invite"])["ticket"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
+    }
     let phone_node = start(&phone);
     // Stores, the audit log, the membership and the drivers file (with a password) all
     // come into being.
@@ -176,17 +179,20 @@ fn entries(dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
 #[test]
 fn audit_logs_reach_home_and_one_rewritten_is_reported_there() {
     let tmp = tempfile::tempdir().unwrap();
-    let (home, phone) = (tmp.path().join("home"), tmp.path().join("phone"));
+    let (home, phone, cloud) = (
+        tmp.path().join("home"),
+        tmp.path().join("phone"),
+        tmp.path().join("cloud"),
+    );
     init(&home);
     let home_node = start(&home);
-    let ticket = json_ok(&home, &["invite"])["ticket"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    json_ok(
-        &phone,
-        &["join", &ticket, "--name", "phone", "--role", "mobile"],
-    );
+    for (dir, name, role) in [(&phone, "phone", "mobile"), (&cloud, "cloud", "cloud")] {
+        let ticket = json_ok(&home, &["invite"])["ticket"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
+    }
     let phone_node = start(&phone);
     json_ok(&phone, &["store", "create", "notes", "--kind", "kv"]);
     for i in 0..20 {
@@ -227,6 +233,15 @@ fn audit_logs_reach_home_and_one_rewritten_is_reported_there() {
     let phone_node = start(&phone);
     json_ok(&phone, &["store", "put", "notes", "after", "2"]);
     json_ok(&phone, &["audit", "verify"]);
+    // The phone's own log says its head went missing.
+    let noticed = entries(&phone, &["--action", "audit.truncated"]);
+    assert!(
+        noticed[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("audit.head is missing"),
+        "{noticed:?}"
+    );
 
     let parted = wait_until("home reports the phone", 60, || {
         entries(&home, &["--action", "audit.parted"])
@@ -249,6 +264,46 @@ fn audit_logs_reach_home_and_one_rewritten_is_reported_there() {
     // The copy is kept as it was: everything home had, nothing of the rewrite.
     assert!(entries(&home, &["--device", "phone"]).len() >= written);
     stop(phone_node);
+
+    // Root on the cloud edits an old entry in place, keeping its hash and every later
+    // entry: the cloud's log still ends as home's copy does, and home's check of the
+    // entries it already holds finds the edit.
+    let cloud_node = start(&cloud);
+    json_ok(&cloud, &["store", "create", "scratch", "--kind", "kv"]);
+    for i in 0..5 {
+        json_ok(&cloud, &["store", "put", "scratch", &format!("k{i}"), "1"]);
+    }
+    let cloud_written = entries(&cloud, &[]).len();
+    wait_until("the cloud's log reaches home", 60, || {
+        let out = hearth(&home, &["--json", "audit", "--device", "cloud"]);
+        let copied: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (copied["entries"].as_array()?.len() >= cloud_written).then_some(())
+    });
+    stop(cloud_node);
+    let log = cloud.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("{\"seq\":2,") {
+                l.replacen("\"device\":\"cloud\"", "\"device\":\"clouD\"", 1)
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(edited, text);
+    std::fs::write(&log, edited).unwrap();
+    let cloud_node = start(&cloud);
+    let parted = wait_until("home reports the cloud", 60, || {
+        entries(&home, &["--action", "audit.parted"])
+            .into_iter()
+            .find(|e| e["object"] == "cloud")
+    });
+    let outcome = parted["outcome"].as_str().unwrap();
+    assert!(outcome.contains("entry 2 "), "{outcome}");
+    stop(cloud_node);
     stop(home_node);
 
     // Locally: home's own log cut back to its first checkpoint fails its check.

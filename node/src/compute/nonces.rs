@@ -7,7 +7,10 @@
 //! inside the acceptance window are read back and the file is rewritten with only
 //! those. A torn last record (a crash while appending, before the job was
 //! acknowledged) is dropped. Any other damage fails closed: the node starts, and
-//! refuses every invocation signed before it started (its holder signs again).
+//! refuses every invocation signed before it started (its holder signs again). That
+//! refusal is itself kept in the journal (a marker record: holder all `0xff`, nonce all
+//! zero, timestamp the start) until everything it refuses has expired, so the restart
+//! after next does not forget it.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -27,6 +30,16 @@ const RECORD: usize = 64;
 const MAX_RECORDS: usize = 1 << 20;
 /// Appends after which the file is rewritten with the live records only.
 const COMPACT_AFTER: usize = 1 << 16;
+/// The holder of a marker record: invocations signed before its timestamp are refused.
+const MARKER_HOLDER: [u8; 32] = [0xff; 32];
+
+fn marker(not_before: UnixMillis) -> Accepted {
+    Accepted {
+        timestamp: not_before,
+        holder: MARKER_HOLDER,
+        nonce: [0; 16],
+    }
+}
 
 /// The journal of accepted invocations.
 #[derive(Debug)]
@@ -70,13 +83,8 @@ impl Journal {
     ) -> Result<Self, String> {
         let path = dir.join(FILE);
         let mut not_before = None;
-        let mut damaged = |why: &str| {
-            tracing::error!(
-                path = %path.display(),
-                "{why}; invocations signed before now are refused (their holders sign again)"
-            );
-            not_before = Some(now);
-        };
+        let mut damage = None;
+        let mut damaged = |why: &'static str| damage = Some(why);
         let bytes = match std::fs::metadata(&path) {
             Ok(meta) if meta.len() > (MAGIC.len() + MAX_RECORDS * RECORD) as u64 => {
                 damaged("the journal of accepted invocations is too large");
@@ -95,6 +103,12 @@ impl Journal {
                     let oldest = verifier.oldest(now);
                     for (i, chunk) in chunks.into_iter().enumerate() {
                         match decode(chunk) {
+                            // A refusal kept from an earlier damage, still needed.
+                            Some(record) if record.holder == MARKER_HOLDER => {
+                                if record.timestamp >= oldest {
+                                    not_before = not_before.max(Some(record.timestamp));
+                                }
+                            }
                             Some(record) if record.timestamp >= oldest => {
                                 verifier.remember(record);
                             }
@@ -110,7 +124,14 @@ impl Journal {
                 }
             }
         }
-        let file = Self::rewrite(&path, verifier)?;
+        if let Some(why) = damage {
+            tracing::error!(
+                path = %path.display(),
+                "{why}; invocations signed before now are refused (their holders sign again)"
+            );
+            not_before = Some(now);
+        }
+        let file = Self::rewrite(&path, verifier, not_before)?;
         Ok(Self {
             path,
             file,
@@ -120,8 +141,15 @@ impl Journal {
     }
 
     /// Writes the live records durably and opens the file for appending.
-    fn rewrite(path: &Path, verifier: &InvocationVerifier) -> Result<File, String> {
+    fn rewrite(
+        path: &Path,
+        verifier: &InvocationVerifier,
+        not_before: Option<UnixMillis>,
+    ) -> Result<File, String> {
         let mut bytes = MAGIC.to_vec();
+        if let Some(at) = not_before {
+            bytes.extend_from_slice(&encode(&marker(at)));
+        }
         for record in verifier.accepted() {
             bytes.extend_from_slice(&encode(&record));
         }
@@ -141,7 +169,14 @@ impl Journal {
     ) -> Result<(), String> {
         let io = |err: std::io::Error| format!("{}: {err}", self.path.display());
         if self.appended >= COMPACT_AFTER {
-            self.file = Self::rewrite(&self.path, verifier)?;
+            // The marker goes once nothing it refuses is still acceptable.
+            if self
+                .not_before
+                .is_some_and(|at| at < verifier.oldest(record.timestamp))
+            {
+                self.not_before = None;
+            }
+            self.file = Self::rewrite(&self.path, verifier, self.not_before)?;
             self.appended = 0;
             return Ok(());
         }
@@ -207,6 +242,18 @@ mod tests {
         let mut damaged = InvocationVerifier::new(config.clone());
         let journal = Journal::open(dir.path(), &mut damaged, now).unwrap();
         assert_eq!(journal.not_before, Some(now));
+        drop(journal);
+        // The restart after that still refuses them, while they could be acceptable…
+        let soon = UnixMillis(now.0 + 1_000);
+        let mut next = InvocationVerifier::new(config.clone());
+        let journal = Journal::open(dir.path(), &mut next, soon).unwrap();
+        assert_eq!(journal.not_before, Some(now));
+        drop(journal);
+        // …and forgets the refusal once everything it refused has expired.
+        let mut after = InvocationVerifier::new(config.clone());
+        let journal =
+            Journal::open(dir.path(), &mut after, UnixMillis(now.0 + 2 * 3_600_000)).unwrap();
+        assert_eq!(journal.not_before, None);
         // Not a journal at all: the same.
         std::fs::write(&path, b"junk").unwrap();
         let journal = Journal::open(dir.path(), &mut InvocationVerifier::new(config), now).unwrap();
