@@ -746,10 +746,7 @@ async fn only_home_devices_may_copy_another_devices_audit_log() {
     assert_eq!(answer.first().map(Vec::as_slice), Some(&b"lines"[..]));
     let _ = stop_tx.send(true);
     // When home stops, the count is recorded.
-    eventually_async(|| async {
-        refusals(&home.node.audit, "audit.copy", "vm") == 2
-    })
-    .await;
+    eventually_async(|| async { refusals(&home.node.audit, "audit.copy", "vm") == 2 }).await;
     let summary = home
         .node
         .audit
@@ -762,4 +759,89 @@ async fn only_home_devices_may_copy_another_devices_audit_log() {
         "{}",
         summary.outcome
     );
+}
+
+/// The cloud VM asks home, which counts a capability's runs, to count runs it is not
+/// allowed to make (the capability runs only on home): refused, audited, nothing
+/// counted. Under a capability that does let it run, its reservations are counted
+/// and audited under its name (the runs it burns are on the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cannot_have_runs_counted_that_its_capability_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
+    let home_addr = address(&home).await;
+    let vm = device(
+        dir.path(),
+        12,
+        "vm",
+        Role::Cloud,
+        Some(&home_addr),
+        &stop_rx,
+    )
+    .await;
+    eventually_async(|| async { connected_to(&home, &["vm"]).await }).await;
+    let owner = OwnerKey::from_seed(OWNER_SEED);
+    let holder = NodeKey::from_seed([77; 32]);
+    let cap = |devices: Option<&[&str]>| {
+        let mut grant = Grant::new(Resource::Compute, hearth_protocol::capability::Actions::RUN);
+        grant.caveats.max_runs = Some(2);
+        grant.caveats.counter = Some("home".into());
+        grant.caveats.devices = devices.map(|d| d.iter().map(|s| (*s).to_owned()).collect());
+        Chain::root(
+            Capability {
+                issuer: owner.public(),
+                audience: holder.public(),
+                parent: None,
+                grants: vec![grant],
+                not_before: UnixMillis(0),
+                expires: UnixMillis(u64::MAX / 4),
+                nonce: [9; 16],
+            }
+            .sign(owner.secret())
+            .unwrap(),
+        )
+    };
+    let vm_mesh = vm.node.mesh.get().unwrap().clone();
+    let compute = home.node.compute.as_ref().unwrap();
+
+    let home_only = cap(Some(&["home"]));
+    let id = home_only.leaf().id().to_string();
+    let answer = vm_mesh
+        .forward_job(
+            "home",
+            crate::compute::counter::encode_reservation("job-1", &home_only),
+        )
+        .await
+        .unwrap();
+    match hearth_protocol::compute::JobReply::decode(&answer).unwrap() {
+        hearth_protocol::compute::JobReply::Refused(reason) => {
+            assert!(reason.contains("does not allow running on vm"), "{reason}");
+        }
+        other => panic!("counted: {other:?}"),
+    }
+    assert_eq!(compute.runs_so_far(&id), 0);
+    assert_eq!(refusals(&home.node.audit, "compute.count", "on vm"), 1);
+
+    let anywhere = cap(None);
+    let answer = vm_mesh
+        .forward_job(
+            "home",
+            crate::compute::counter::encode_reservation("job-2", &anywhere),
+        )
+        .await
+        .unwrap();
+    assert!(answer.starts_with(b"HRUN-CNT"));
+    assert_eq!(compute.runs_so_far(&anywhere.leaf().id().to_string()), 1);
+    let counted = home
+        .node
+        .audit
+        .entries(None, None, Some("compute.count"))
+        .unwrap();
+    assert!(
+        counted
+            .iter()
+            .any(|e| e.object == "job-2 on vm" && e.outcome == "allowed: run 1")
+    );
+    let _ = stop_tx.send(true);
 }

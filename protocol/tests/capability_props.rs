@@ -59,6 +59,7 @@ fn caveats() -> impl Strategy<Value = Caveats> {
         ]),
         opt(names(DEVICES)),
         opt(0u64..10),
+        opt(proptest::sample::select(&["home", "hub"][..])),
     )
         .prop_map(
             |(
@@ -69,6 +70,7 @@ fn caveats() -> impl Strategy<Value = Caveats> {
                 module_hash,
                 devices,
                 max_runs,
+                counter,
             )| {
                 Caveats {
                     fields,
@@ -78,6 +80,8 @@ fn caveats() -> impl Strategy<Value = Caveats> {
                     module_hash,
                     devices,
                     max_runs,
+                    // Named only with a number of runs to count.
+                    counter: max_runs.and(counter).map(str::to_owned),
                 }
             },
         )

@@ -993,3 +993,151 @@ fn a_clock_set_back_does_not_revalidate_an_expired_capability() {
     let kept: u64 = String::from_utf8(kept.payload).unwrap().parse().unwrap();
     assert!(kept >= ahead);
 }
+
+/// Two home devices hold the data, and a capability allows one run: one result in the
+/// whole mesh. The runs are counted on the device the approval names (`--counted-by
+/// hub`): home asks hub before its run, the second run anywhere is refused (exit 3),
+/// and with hub out of reach home runs nothing rather than counting on its own.
+#[test]
+fn a_run_limit_holds_across_the_mesh_and_a_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, hub) = (tmp.path().join("home"), tmp.path().join("hub"));
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    init(&home);
+    let home_node = start_meshed(&home);
+    let ticket = json_ok(&home, &["invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json_ok(&hub, &["join", &ticket, "--name", "hub", "--role", "home"]);
+    let hub_node = start_meshed(&hub);
+    json_ok(
+        &home,
+        &["store", "create", "os-monitor", "--kind", "timeseries"],
+    );
+    let base = now_ms() - 2 * 3_600_000;
+    let readings: Vec<String> = (0..40u64)
+        .map(|i| load_reading(base + i * 60_000, (i % 7) as f64))
+        .collect();
+    append(&home, "os-monitor", &readings);
+    wait_until("hub holds the readings", 60, || {
+        let out = hearth(&hub, &["--json", "store", "read", "os-monitor"]);
+        let read: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (read["records"].as_array()?.len() == 40).then_some(())
+    });
+
+    // Approved on home, counted on hub.
+    let approve_counted = |name: &str, runs: u32| {
+        let manifest = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests/daily-mean.toml"),
+        )
+        .unwrap();
+        let path = work.join(format!("{name}.toml"));
+        std::fs::write(&path, format!("{manifest}max_runs = {runs}\n")).unwrap();
+        let wasm = work.join("daily_mean.wasm");
+        if !wasm.exists() {
+            std::fs::copy(module("daily_mean"), &wasm).unwrap();
+        }
+        if !work.join("dev.key").exists() {
+            let made = json_ok(
+                &home,
+                &[
+                    "key",
+                    "new",
+                    "--out",
+                    work.join("dev.key").to_str().unwrap(),
+                ],
+            );
+            std::fs::write(work.join("dev.pub"), made["public_key"].as_str().unwrap()).unwrap();
+        }
+        let public = std::fs::read_to_string(work.join("dev.pub")).unwrap();
+        let cap = work.join(format!("{name}.cap"));
+        json_ok(
+            &home,
+            &[
+                "app",
+                "approve",
+                path.to_str().unwrap(),
+                "--holder",
+                &public,
+                "--out",
+                cap.to_str().unwrap(),
+                "--counted-by",
+                "hub",
+                "--yes",
+            ],
+        );
+        cap
+    };
+    let once = approve_counted("once", 1);
+    let shown = json_ok(&home, &["cap", "show", once.to_str().unwrap()]);
+    assert_eq!(
+        shown["capability"]["links"][0]["grants"][0]["caveats"]["counted_by"], "hub",
+        "{shown}"
+    );
+    let first = run_ok(&home, &work, "daily_mean", &once, "{}");
+    assert_eq!(first["receipt"]["ran_on"], "home");
+    // Hub counted it, and says for whom.
+    let counted = audit(&hub, "compute.count");
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert_eq!(counted[0]["outcome"], "allowed: run 1");
+    assert!(counted[0]["object"].as_str().unwrap().ends_with("on home"));
+    // The second run, wherever it is sent, is refused.
+    for dir in [&home, &hub] {
+        let err = run_fails(dir, &work, "daily_mean", &once, "{}", 3);
+        assert!(
+            err.contains("1 granted runs are used up") || err.contains("runs granted"),
+            "{err}"
+        );
+    }
+    let results = |dir: &Path| {
+        audit(dir, "compute.result")
+            .iter()
+            .filter(|e| e["outcome"].as_str().unwrap().starts_with("allowed"))
+            .count()
+    };
+    assert_eq!(results(&home) + results(&hub), 1);
+
+    // Hub out of reach: home runs nothing under a limit hub counts.
+    let thrice = approve_counted("thrice", 3);
+    stop(hub_node);
+    let err = run_fails(&home, &work, "daily_mean", &thrice, "{}", 5);
+    assert!(err.contains("hub, cannot be reached"), "{err}");
+    assert_eq!(results(&home), 1);
+    assert!(audit(&home, "compute.job").iter().any(|e| {
+        e["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("hub, cannot be reached")
+    }));
+    // A delegation cannot move the count elsewhere, nor add a limit without a counter.
+    let other = work.join("other.key");
+    let public = json_ok(&home, &["key", "new", "--out", other.to_str().unwrap()])["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = hearth(
+        &home,
+        &[
+            "cap",
+            "delegate",
+            thrice.to_str().unwrap(),
+            "--holder",
+            &public,
+            "--key",
+            work.join("dev.key").to_str().unwrap(),
+            "--out",
+            work.join("moved.cap").to_str().unwrap(),
+            "--counted-by",
+            "home",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(home_node);
+}

@@ -40,6 +40,10 @@ pub(crate) enum Command {
         /// Where to write the capability (never overwritten).
         #[arg(long, value_name = "CAPFILE")]
         out: PathBuf,
+        /// The device that counts the runs the manifest's `max_runs` allows, for the
+        /// whole mesh (default: this device).
+        #[arg(long, value_name = "DEVICE")]
+        counted_by: Option<String>,
         /// Approve without asking.
         #[arg(long)]
         yes: bool,
@@ -64,8 +68,11 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             holder,
             expires,
             out: cap_path,
+            counted_by,
             yes,
-        } => approve(dir, &manifest, holder, expires, &cap_path, yes, out),
+        } => approve(
+            dir, &manifest, holder, expires, &cap_path, counted_by, yes, out,
+        ),
         Command::Deploy(args) => crate::cmd::compute::deploy(dir, args, out),
         Command::Ls => crate::cmd::compute::list(dir, out),
         Command::Stop { name } => crate::cmd::compute::stop(dir, &name, out),
@@ -148,6 +155,7 @@ fn approve(
     holder: PublicKey,
     expires: Duration,
     cap_path: &Path,
+    counted_by: Option<String>,
     yes: bool,
     out: &mut Output,
 ) -> Result<()> {
@@ -176,7 +184,19 @@ fn approve(
     }
 
     let issued = now();
-    let grants = loaded.manifest.to_grants(module_hash, issued);
+    let mut grants = loaded.manifest.to_grants(module_hash, issued);
+    if loaded.manifest.limits.max_runs.is_some() {
+        // Runs are counted for the whole mesh on one device: this one unless told.
+        let counter = match counted_by {
+            Some(device) => device,
+            None => dir.config()?.name,
+        };
+        for grant in &mut grants {
+            if grant.caveats.max_runs.is_some() {
+                grant.caveats.counter = Some(counter.clone());
+            }
+        }
+    }
     let signed = Capability {
         issuer: owner.public(),
         audience: holder,

@@ -80,9 +80,13 @@ pub(crate) struct DelegateArgs {
     /// Results of at most N bytes.
     #[arg(long, value_name = "N")]
     max_result_bytes: Option<u64>,
-    /// At most N runs.
+    /// At most N runs in the whole mesh.
     #[arg(long, value_name = "N")]
     max_runs: Option<u64>,
+    /// The device that counts the runs of --max-runs for the whole mesh (when the
+    /// capability does not name one already): a run anywhere is counted there first.
+    #[arg(long, value_name = "DEVICE")]
+    counted_by: Option<String>,
     /// Only on these devices (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
@@ -483,6 +487,29 @@ fn narrow(parent: &[Grant], args: &DelegateArgs) -> Result<Vec<Grant>> {
             c.devices = intersect(&c.devices, devices.clone());
             c.max_result_bytes = min_limit(c.max_result_bytes, args.max_result_bytes);
             c.max_runs = min_limit(c.max_runs, args.max_runs);
+            if c.max_runs.is_some() {
+                match (&c.counter, &args.counted_by) {
+                    (None, Some(device)) => c.counter = Some(device.clone()),
+                    (None, None) => {
+                        return Err(CliError::new(
+                            Exit::Usage,
+                            "a number of runs needs a device that counts them for the whole mesh",
+                        )
+                        .hint("pass --counted-by DEVICE: a home device that is usually online"));
+                    }
+                    (Some(counter), Some(device)) if counter != device => {
+                        return Err(CliError::new(
+                            Exit::Refused,
+                            format!(
+                                "the capability's runs are counted on {counter}; a delegation \
+                                 cannot count them elsewhere"
+                            ),
+                        )
+                        .hint("leave out --counted-by"));
+                    }
+                    (Some(_), _) => {}
+                }
+            }
         }
         // Data caveats narrow what is read, so they apply to store grants.
         if is_store {
@@ -547,6 +574,7 @@ fn grant_json(grant: &Grant) -> Value {
             "module_hash": c.module_hash.map(|h| h.to_string()),
             "devices": c.devices,
             "max_runs": c.max_runs,
+            "counted_by": c.counter,
         },
         "description": grant.describe(),
     })

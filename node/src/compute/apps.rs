@@ -477,10 +477,21 @@ async fn run_once(
         .map_err(|err| format!("its capability is no longer valid: {err}"))?;
     let cap = chain.leaf().id().to_string();
     let holder = verified.holder.to_string();
-    let run_number = compute
-        .count_runs(&chain)
-        .map_err(|reason| format!("its capability no longer allows it: {reason}"))?;
     let job = format!("{}#{}", record.name, record.runs + 1);
+    let run_number = match compute.count_run(node, &chain, &job).await {
+        Ok(number) => number,
+        Err(hearth_protocol::compute::JobReply::Refused(reason)) => {
+            return Err(format!("its capability no longer allows it: {reason}"));
+        }
+        // The counter out of reach is no reason to stop for good: tried again later.
+        Err(other) => {
+            record.last_error = Some(match other {
+                hearth_protocol::compute::JobReply::Unavailable(reason) => reason,
+                _ => "the device that counts its runs sent a malformed answer".into(),
+            });
+            return Ok(());
+        }
+    };
     let permit = Permit {
         grants: verified.grants.clone(),
         module_hash: hearth_protocol::capability::ModuleHash(decode_hash(&record.module_hash)),

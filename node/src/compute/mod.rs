@@ -12,6 +12,7 @@
 //! store read. Each step is an audit entry.
 
 pub(crate) mod apps;
+pub(crate) mod counter;
 pub(crate) mod host;
 mod nonces;
 pub mod runtime;
@@ -104,11 +105,36 @@ impl Compute {
     }
 
     fn verify(&self, job: &Job, revocations: &RevocationSet) -> Result<VerifiedChain, String> {
+        self.verify_chain(&job.chain, revocations)
+    }
+
+    fn verify_chain(
+        &self,
+        chain: &hearth_protocol::capability::Chain,
+        revocations: &RevocationSet,
+    ) -> Result<VerifiedChain, String> {
         self.verifier
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .verify(&job.chain, now(), revocations)
+            .verify(chain, now(), revocations)
             .map_err(|err| format!("the capability is not valid: {err}"))
+    }
+
+    /// Counts a run under `chain` where its capability says runs are counted: here,
+    /// or on the counting device ([`counter`]). `job` names the run in the counter's
+    /// audit log.
+    async fn count_run(
+        &self,
+        node: &Node,
+        chain: &hearth_protocol::capability::Chain,
+        job: &str,
+    ) -> Result<u64, JobReply> {
+        match counter::counter_of(chain).map_err(JobReply::Refused)? {
+            Some(counter) if counter != node.config.name => {
+                counter::reserve(node, &counter, job, chain).await
+            }
+            _ => self.count_runs(chain).map_err(JobReply::Refused),
+        }
     }
 
     fn check_invocation(
@@ -200,7 +226,7 @@ impl Compute {
         Ok(leaf)
     }
 
-    fn runs_so_far(&self, cap: &str) -> u64 {
+    pub(crate) fn runs_so_far(&self, cap: &str) -> u64 {
         self.runs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -523,6 +549,14 @@ pub(crate) async fn serve_forwarded(node: Arc<Node>) {
         let node = node.clone();
         tokio::spawn(async move {
             let _place = place;
+            if let Some(compute) = node.compute.as_ref()
+                && counter::is_reservation(&inbound.bytes)
+            {
+                let answer =
+                    counter::count_for(&node, compute, &inbound.from, &inbound.bytes).await;
+                let _ = inbound.reply.send(answer);
+                return;
+            }
             let reply = match (Job::decode(&inbound.bytes), node.compute.as_ref()) {
                 (Ok(job), Some(compute)) => execute(&node, compute, job, &inbound.from).await,
                 (Err(err), _) => JobReply::Refused(format!("the job is malformed: {err}")),
@@ -645,11 +679,26 @@ pub(crate) async fn execute(
             Err(reason) => refuse(reason),
         };
     }
-    // Counted before the run; if other runs under the same capability were counted
-    // meanwhile, this one's number is checked again.
-    let run_number = match compute.count_runs(&job.chain) {
+    // Counted before the run, where the capability says its runs are counted (for a
+    // run-limited one, perhaps another device); if other runs under the same
+    // capability were counted meanwhile, this one's number is checked again.
+    let run_number = match compute.count_run(node, &job.chain, &id_text).await {
         Ok(n) => n,
-        Err(reason) => return refuse(reason),
+        Err(JobReply::Refused(reason)) => return refuse(reason),
+        Err(other) => {
+            if let JobReply::Unavailable(reason) = &other {
+                audit(
+                    node,
+                    &holder,
+                    "compute.job",
+                    &id_text,
+                    &cap,
+                    &format!("unavailable: {reason}"),
+                    0,
+                );
+            }
+            return other;
+        }
     };
     let permit = Permit {
         run_number,

@@ -444,6 +444,9 @@ pub struct Caveats {
     pub devices: Option<BTreeSet<String>>,
     /// The capability may be used for at most this many runs.
     pub max_runs: Option<u64>,
+    /// The device (by name) that counts the runs of `max_runs`, for the whole mesh:
+    /// a run anywhere is counted there before it starts.
+    pub counter: Option<String>,
 }
 
 const CAVEAT_FIELDS: u8 = 1;
@@ -453,6 +456,9 @@ const CAVEAT_MAX_RESULT_BYTES: u8 = 1 << 3;
 const CAVEAT_MODULE_HASH: u8 = 1 << 4;
 const CAVEAT_DEVICES: u8 = 1 << 5;
 const CAVEAT_MAX_RUNS: u8 = 1 << 6;
+/// More caveats: a second flag byte follows.
+const CAVEAT_MORE: u8 = 1 << 7;
+const CAVEAT2_COUNTER: u8 = 1;
 
 fn set_within(child: &Option<BTreeSet<String>>, parent: &Option<BTreeSet<String>>) -> bool {
     match (child, parent) {
@@ -488,6 +494,9 @@ impl Caveats {
             }
             && set_within(&self.devices, &parent.devices)
             && limit_within(self.max_runs, parent.max_runs)
+            // Runs a parent limits are counted where the parent says, or they would be
+            // counted afresh elsewhere.
+            && (parent.counter.is_none() || self.counter == parent.counter)
     }
 
     /// Are all caveats absent?
@@ -518,7 +527,17 @@ impl Caveats {
         if self.max_runs.is_some() {
             present |= CAVEAT_MAX_RUNS;
         }
+        let mut more = 0u8;
+        if self.counter.is_some() {
+            more |= CAVEAT2_COUNTER;
+        }
+        if more != 0 {
+            present |= CAVEAT_MORE;
+        }
         w.u8(present);
+        if more != 0 {
+            w.u8(more);
+        }
         if let Some(fields) = &self.fields {
             encode_set(w, fields);
         }
@@ -538,16 +557,27 @@ impl Caveats {
         if let Some(max) = self.max_runs {
             w.varint(max);
         }
+        if let Some(counter) = &self.counter {
+            w.str(counter);
+        }
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let present = r.u8("caveat flags")?;
-        if present & 0x80 != 0 {
-            return Err(DecodeError::UnknownTag {
-                what: "caveat",
-                tag: present,
-            });
-        }
+        let more = if present & CAVEAT_MORE != 0 {
+            let more = r.u8("more caveat flags")?;
+            // Unknown caveats, or the second byte where none was needed (one grant has
+            // one encoding).
+            if more & !CAVEAT2_COUNTER != 0 || more == 0 {
+                return Err(DecodeError::UnknownTag {
+                    what: "caveat",
+                    tag: more,
+                });
+            }
+            more
+        } else {
+            0
+        };
         let mut caveats = Caveats::default();
         if present & CAVEAT_FIELDS != 0 {
             caveats.fields = Some(decode_set(r, "fields caveat")?);
@@ -573,6 +603,9 @@ impl Caveats {
         if present & CAVEAT_MAX_RUNS != 0 {
             caveats.max_runs = Some(r.varint("max runs")?);
         }
+        if more & CAVEAT2_COUNTER != 0 {
+            caveats.counter = Some(r.str(MAX_NAME_LEN, "run counter")?.to_owned());
+        }
         Ok(caveats)
     }
 
@@ -597,6 +630,17 @@ impl Caveats {
             && range.end < range.start
         {
             return Err("the time range ends before it starts".into());
+        }
+        if let Some(counter) = &self.counter {
+            if !is_valid_name(counter) {
+                return Err(format!(
+                    "{:?} is not a valid device name for the run counter",
+                    truncate_for_message(counter)
+                ));
+            }
+            if self.max_runs.is_none() {
+                return Err("a run counter is named but no number of runs".into());
+            }
         }
         Ok(())
     }
@@ -734,8 +778,12 @@ impl Grant {
         }
         if let Some(max) = c.max_runs {
             limits.push(format!(
-                "at most {max} run{}",
-                if max == 1 { "" } else { "s" }
+                "at most {max} run{}{}",
+                if max == 1 { "" } else { "s" },
+                c.counter
+                    .as_ref()
+                    .map(|d| format!(" in the mesh, counted on {d}"))
+                    .unwrap_or_default()
             ));
         }
         if limits.is_empty() {
@@ -945,6 +993,35 @@ impl<'a> Access<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_stay_counted_where_the_parent_counts_them() {
+        let counted = |counter: Option<&str>| Caveats {
+            max_runs: Some(3),
+            counter: counter.map(str::to_owned),
+            ..Caveats::default()
+        };
+        assert!(counted(Some("hub")).within(&counted(Some("hub"))));
+        assert!(!counted(Some("home")).within(&counted(Some("hub"))));
+        assert!(!counted(None).within(&counted(Some("hub"))));
+        assert!(counted(Some("hub")).within(&counted(None)));
+        // The counter survives encoding; a second flag byte is taken only with a
+        // known caveat in it.
+        let mut w = Writer::default();
+        counted(Some("hub")).encode(&mut w);
+        let bytes = w.into_bytes();
+        let mut r = Reader::new(&bytes);
+        assert_eq!(Caveats::decode(&mut r).unwrap(), counted(Some("hub")));
+        for more in [0u8, 2, 0x80] {
+            let bytes = [CAVEAT_MORE, more];
+            assert!(Caveats::decode(&mut Reader::new(&bytes)).is_err());
+        }
+        // A counter with no number of runs, or not a device name, is not valid.
+        let mut lone = counted(Some("hub"));
+        lone.max_runs = None;
+        assert!(lone.validate().is_err());
+        assert!(counted(Some("not a name!")).validate().is_err());
+    }
 
     #[test]
     fn store_patterns_nest() {
