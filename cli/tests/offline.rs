@@ -274,6 +274,8 @@ fn approve_then_show_then_delegate() {
         "--aggregate-only",
         "--max-runs",
         "3",
+        "--counted-by",
+        "home",
         "--expires",
         "1d",
     ]);
@@ -293,6 +295,7 @@ fn approve_then_show_then_delegate() {
     );
     assert_eq!(store_grant["caveats"]["aggregate_only"], true);
     assert_eq!(store_grant["caveats"]["max_runs"], 3);
+    assert_eq!(store_grant["caveats"]["counted_by"], "home");
     // The export grant was dropped by --no-export.
     assert!(
         !leaf["grants"]
