@@ -261,6 +261,9 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
         self.store(store)?.sync_generate(unit, state)
     }
 
+    // `receive`, `merge_chunk` and `apply` reach automerge through the store, which
+    // bounds what the peer's data inflates to before automerge reads it (the engine has
+    // checked too, but the store's methods are public on their own).
     fn receive(
         &mut self,
         store: &str,

@@ -845,3 +845,111 @@ async fn a_member_cannot_have_runs_counted_that_its_capability_does_not_allow() 
     );
     let _ = stop_tx.send(true);
 }
+
+/// A field of `/proc/self/status` given in kB, in bytes.
+fn proc_status(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    kb.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// The cloud VM, which holds the owner's notes, pushes into them a change of 6.6 MB
+/// that inflates to a GiB (a compressed automerge change chunk). Home refuses it before
+/// automerge inflates it: the VM is disconnected, the refusal is audited naming the
+/// limit, the notes are unchanged, and the process's resident memory hardly grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_pushing_a_change_bomb_is_disconnected_and_audited() {
+    const GIB: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
+    let home_addr = address(&home).await;
+    let vm = device(
+        dir.path(),
+        12,
+        "vm",
+        Role::Cloud,
+        Some(&home_addr),
+        &stop_rx,
+    )
+    .await;
+    eventually_async(|| connected_to(&home, &["vm"])).await;
+
+    let catalogue = home.node.catalogue.clone().unwrap();
+    let notes = home.node.stores.create("notes", Kind::Kv, None).unwrap();
+    let policy = hearth_protocol::sync::placement::Policy::parse("origin,vm").unwrap();
+    catalogue
+        .list_new(notes.meta(), &policy, Default::default(), None)
+        .unwrap();
+    home.node.replication.get().unwrap().catalogue_changed();
+    notes.put("groceries", json!("milk")).unwrap();
+    let notes_id = notes.meta().id.clone();
+    drop(notes);
+    let before = content(&home.node, "notes").unwrap();
+    eventually("the vm holds the notes", || {
+        (content(&vm.node, "notes")?.1 == before.1).then_some(())
+    })
+    .await;
+
+    // The unit a real change of the VM's would be pushed under.
+    let mut changes = vm.node.stores.get("notes").unwrap().subscribe_local();
+    let scratch = vm.node.stores.get("notes").unwrap();
+    scratch.put("groceries", json!("bread")).unwrap();
+    let change = changes.recv().await.unwrap();
+    let (unit, _) = change.units.first().unwrap();
+    eventually("home has the vm's real change", || {
+        (content(&home.node, "notes")?.1 != before.1).then_some(())
+    })
+    .await;
+    let before = content(&home.node, "notes").unwrap();
+
+    // A compressed change chunk (type 2) whose DEFLATE data inflates to a GiB.
+    let deflated = hearth_protocol::fuzz::deflate_then_zeros(b"", GIB);
+    let mut bomb = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+    let mut len = deflated.len() as u64;
+    while len >= 0x80 {
+        bomb.push((len & 0x7f) as u8 | 0x80);
+        len >>= 7;
+    }
+    bomb.push(len.to_le_bytes()[0]);
+    bomb.extend(&deflated);
+    let push = Message::Push {
+        store: notes_id,
+        unit: *unit,
+        digest: change.after,
+        data: bomb,
+    }
+    .encode();
+
+    // "5" resets the peak resident memory (VmHWM) to what is resident now.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let resident = proc_status("VmRSS:");
+    let hostile = vm.node.mesh.get().unwrap().clone();
+    hostile.sync_send(home.peer, push).await.unwrap();
+    let refusal = eventually("home audits the refused push", || {
+        home.node
+            .audit
+            .entries(None, None, Some("sync.receive"))
+            .unwrap()
+            .into_iter()
+            .find(|e| e.object.contains("vm") && e.outcome.contains("inflates to more than"))
+    })
+    .await;
+    let growth = proc_status("VmHWM:").saturating_sub(resident);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "resident memory grew by {growth} bytes"
+    );
+    assert!(refusal.outcome.starts_with("refused"), "{refusal:?}");
+    eventually_async(|| async { !connected_to(&home, &["vm"]).await }).await;
+    assert_eq!(content(&home.node, "notes").unwrap(), before);
+    let _ = stop_tx.send(true);
+}

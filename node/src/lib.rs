@@ -31,6 +31,9 @@
 //! DATA_DIR/membership.bin  the membership store (certificates, grants, revocations)
 //! DATA_DIR/peers.json    devices this node was connected to, and their addresses
 //! DATA_DIR/drivers.toml  the drivers ([[driver]] tables)
+//! DATA_DIR/driver-NAME.crt, driver-NAME.key  an http-ingest driver's HTTPS
+//!                        certificate and key (made by `driver add` when it listens
+//!                        beyond loopback)
 //! DATA_DIR/imports.json  file-import progress, per store and file content
 //! DATA_DIR/compute/      compiled modules (by hash), runs.json (runs per capability),
 //!                        apps/NAME.json (continuous apps)

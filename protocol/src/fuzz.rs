@@ -1,4 +1,5 @@
-//! Entry points shared by the fuzz targets (`fuzz/`) and their regression tests.
+//! Entry points shared by the fuzz targets (`fuzz/`) and their regression tests, and
+//! a builder of inflate bombs for the tests of the bound on automerge data.
 //! Each takes arbitrary bytes, must never panic on them, and asserts the invariants
 //! that hold for any input that is accepted.
 
@@ -270,6 +271,25 @@ pub fn sync_input(data: &[u8]) {
     while engine.poll_event().is_some() {}
 }
 
+/// The bound on what automerge data from a peer inflates to: never panics; a total it
+/// accepts is within the limit, and exact (one byte less of limit refuses the same
+/// data for its size, since nothing else differs on the way).
+pub fn inflate_input(data: &[u8]) {
+    use crate::sync::inflate::{InflateError, check_within};
+
+    const LIMIT: u64 = 1024 * 1024;
+    if let Ok(total) = check_within([data], LIMIT) {
+        assert!(total <= LIMIT, "accepted {total} bytes past the limit");
+        if let Some(less) = total.checked_sub(1) {
+            assert_eq!(
+                check_within([data], less),
+                Err(InflateError::TooLarge { limit: less }),
+                "a limit one byte under the total does not refuse it"
+            );
+        }
+    }
+}
+
 /// The compute decoders: the first byte picks one (0 job, 1 reply, 2 signed receipt),
 /// the rest is its input. Whatever decodes re-encodes to the same bytes, and a
 /// decoded receipt's verification answers without panicking.
@@ -307,4 +327,81 @@ pub fn compute_input(data: &[u8]) {
             }
         }
     }
+}
+
+// ---- building inflate bombs (the fuzz seeds and the tests of the bound) ------------
+
+/// The `len` low bits of `code` in reverse order.
+fn reversed(code: u64, len: u32) -> u64 {
+    (0..len).fold(0, |r, i| (r << 1) | ((code >> i) & 1))
+}
+
+/// Bits of a DEFLATE stream, least significant first.
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u64, count: u32) {
+        self.acc |= value << self.n;
+        self.n += count;
+        while self.n >= 8 {
+            self.out.push(self.acc.to_le_bytes()[0]);
+            self.acc >>= 8;
+            self.n -= 8;
+        }
+    }
+
+    /// A Huffman code, which DEFLATE writes most significant bit first.
+    fn code(&mut self, code: u64, len: u32) {
+        self.put(reversed(code, len), len);
+    }
+
+    /// A literal/length symbol in DEFLATE's fixed code (RFC 1951, 3.2.6).
+    fn symbol(&mut self, symbol: u16) {
+        let s = u64::from(symbol);
+        match symbol {
+            0..=143 => self.code(0x30 + s, 8),
+            144..=255 => self.code(0x190 + s - 144, 9),
+            256..=279 => self.code(s - 256, 7),
+            _ => self.code(0xc0 + s - 280, 8),
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.n > 0 {
+            self.out.push(self.acc.to_le_bytes()[0]);
+        }
+        self.out
+    }
+}
+
+/// Raw DEFLATE, built by hand: one block of fixed codes holding `prefix` as literals,
+/// then `zeros` zero bytes as one literal and back-references of 258 bytes at distance
+/// 1, 13 bits each (a GiB in 6.6 MB).
+pub fn deflate_then_zeros(prefix: &[u8], zeros: u64) -> Vec<u8> {
+    let mut bits = Bits::default();
+    bits.put(1, 1); // the last block
+    bits.put(1, 2); // of fixed codes
+    for byte in prefix {
+        bits.symbol(u16::from(*byte));
+    }
+    if zeros > 0 {
+        bits.symbol(0);
+        // Length 258 (symbol 285, code 11000101), then distance 1 (code 00000).
+        let repeat = reversed(0b1100_0101, 8);
+        let mut left = zeros - 1;
+        while left >= 258 {
+            bits.put(repeat, 13);
+            left -= 258;
+        }
+        for _ in 0..left {
+            bits.symbol(0);
+        }
+    }
+    bits.symbol(256); // end of block
+    bits.finish()
 }

@@ -80,3 +80,9 @@ fn compute_decoder_inputs() {
     let count = replay("compute_decode", hearth_protocol::fuzz::compute_input);
     assert!(count >= 3, "the compute seeds are missing");
 }
+
+#[test]
+fn automerge_inflate_inputs() {
+    let count = replay("automerge_inflate", hearth_protocol::fuzz::inflate_input);
+    assert!(count >= 3, "the automerge inflate seeds are missing");
+}

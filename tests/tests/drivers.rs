@@ -1,6 +1,7 @@
 //! The built-in drivers through a real node: os-monitor against /proc and statvfs,
-//! http-ingest with OwnTracks bodies and headers as the apps send them and credentials
-//! scoped per driver, mqtt against a real Mosquitto broker (restarted under it) and a
+//! http-ingest with OwnTracks bodies and headers as the apps send them, credentials
+//! scoped per driver, and HTTPS beyond loopback checked by a client that pins the
+//! certificate's fingerprint, mqtt against a real Mosquitto broker (restarted under it) and a
 //! scripted one (subscriptions granted or refused), file-import of a million lines
 //! (idempotent, resumed after the node is killed, malformed lines reported), and a
 //! hand-edited drivers.toml with bad entries.
@@ -1391,7 +1392,7 @@ fn http_ingest_is_local_by_default_and_checks_credentials_before_the_body() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("http://0.0.0.0:"), "{text}");
+    assert!(text.contains("https://0.0.0.0:"), "{text}");
     assert!(text.contains("reachable from the network"), "{text}");
 
     // 3 MiB announced, none sent: the 401 comes at once (the body is never waited for).
@@ -1428,5 +1429,324 @@ fn http_ingest_is_local_by_default_and_checks_credentials_before_the_body() {
     );
     assert!(line.starts_with("HTTP/1.1 200"), "{line}");
     assert!(records(&home, added["store"].as_str().unwrap()).is_empty());
+    stop(node);
+}
+
+/// The SHA-256 of a DER certificate as browsers show it, computed here independently
+/// of the node.
+fn sha256_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Accepts exactly the server certificate whose SHA-256 fingerprint it pins (what a
+/// phone set to trust one certificate does), still checking the handshake's
+/// signatures; keeps the certificate it was shown.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    shown: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.shown.lock().unwrap() = Some(end_entity.to_vec());
+        if sha256_fingerprint(end_entity) == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What an HTTPS exchange gave: the status and body, or the error; and the DER
+/// certificate the server showed, if it got that far.
+struct Exchange {
+    answer: Result<(u16, String), String>,
+    shown: Option<Vec<u8>>,
+}
+
+/// Sends `head` (request line and headers, without the blank line) and `body` over
+/// HTTPS to `port` on 127.0.0.1, trusting only the certificate `fingerprint` names.
+fn https(port: u16, fingerprint: &str, head: &str, body: &[u8]) -> Exchange {
+    use std::io::Write as _;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let pinned = std::sync::Arc::new(Pinned {
+        fingerprint: fingerprint.to_owned(),
+        provider: provider.clone(),
+        shown: std::sync::Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(pinned.clone())
+        .with_no_client_auth();
+    let server =
+        rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), server).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let answer = (|| {
+        let mut request = format!(
+            "{head}\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        tls.write_all(&request).map_err(|err| err.to_string())?;
+        tls.flush().map_err(|err| err.to_string())?;
+        let mut response = Vec::new();
+        match tls.read_to_end(&mut response) {
+            Ok(_) => {}
+            // A close without TLS's goodbye, after the whole answer: still an answer.
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+            }
+            Err(err) => return Err(err.to_string()),
+        }
+        let response = String::from_utf8(response).map_err(|err| err.to_string())?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("not an HTTP answer: {response:?}"))?;
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
+        Ok((status, body.to_owned()))
+    })();
+    let shown = pinned.shown.lock().unwrap().clone();
+    Exchange { answer, shown }
+}
+
+/// The value after `label` on a line of `text`.
+fn line_value<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find_map(|line| line.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+        .trim()
+}
+
+/// An endpoint reachable from the network: `driver add` makes a certificate and prints
+/// its fingerprint; the endpoint speaks HTTPS only, with that certificate (also after a
+/// restart), to a client that pins it; plain HTTP on its port writes nothing; without
+/// its certificate or key the driver fails naming the file, and `driver rm` deletes
+/// them.
+#[test]
+fn http_ingest_beyond_loopback_serves_https_with_the_certificate_it_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    init(&home);
+    let node = start(&home);
+    // 0.0.0.0 is not loopback; the test reaches it through 127.0.0.1.
+    let out = hearth(
+        &home,
+        &[
+            "driver",
+            "add",
+            "http-ingest",
+            "--listen",
+            "0.0.0.0:0",
+            "--name",
+            "lan",
+            "--store",
+            "lan",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("reachable from the network"), "{text}");
+    assert!(!text.contains("plain HTTP"), "{text}");
+    let url = line_value(&text, "Endpoint:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(url.starts_with("https://0.0.0.0:"), "{url}");
+    let port: u16 = url.rsplit_once(':').unwrap().1.parse().unwrap();
+    let printed = line_value(&text, "TLS fingerprint (SHA-256):").to_owned();
+    let password = line_value(&text, "Password:").to_owned();
+    let basic = basic_auth(line_value(&text, "User:"), &password);
+    let bearer = format!("Bearer {password}");
+
+    // The certificate file is the one served; its key is private; `driver ls` shows
+    // both the fingerprint and the file.
+    let listed = driver(&home, "lan");
+    assert_eq!(listed["tls_fingerprint"], printed.as_str(), "{listed}");
+    assert_eq!(listed["detail"], url.as_str());
+    let certificate = PathBuf::from(listed["tls_certificate"].as_str().unwrap());
+    assert_eq!(certificate, home.join("driver-lan.crt"));
+    assert_eq!(
+        line_value(&text, "TLS certificate:"),
+        certificate.to_str().unwrap()
+    );
+    let key = home.join("driver-lan.key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let pem = std::fs::read_to_string(&certificate).unwrap();
+    let base64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .unwrap();
+    assert_eq!(sha256_fingerprint(&der), printed);
+
+    // The right credentials over HTTPS, the certificate pinned: stored. What the server
+    // showed is exactly the certificate whose fingerprint was printed.
+    let reading = br#"{"ts": 1700000000000, "value": {"steps": 1}}"#;
+    let sent = https(
+        port,
+        &printed,
+        &format!("POST /readings HTTP/1.1\r\nAuthorization: {bearer}"),
+        reading,
+    );
+    assert_eq!(sent.answer, Ok((200, r#"{"appended":1}"#.to_owned())));
+    assert_eq!(sha256_fingerprint(&sent.shown.unwrap()), printed);
+    let owntracks = https(
+        port,
+        &printed,
+        &format!(
+            "POST /owntracks HTTP/1.1\r\nAuthorization: {basic}\r\nContent-Type: application/json"
+        ),
+        &fixture("location-android-home.json"),
+    );
+    assert_eq!(owntracks.answer, Ok((200, "[]".to_owned())));
+    assert_eq!(records(&home, "lan").len(), 2);
+
+    // Without credentials, or with wrong ones: 401 over HTTPS, nothing written.
+    let refused = https(port, &printed, "POST /readings HTTP/1.1", reading);
+    assert_eq!(refused.answer.map(|(status, _)| status), Ok(401));
+    let wrong = https(
+        port,
+        &printed,
+        "POST /readings HTTP/1.1\r\nAuthorization: Bearer not-the-password",
+        reading,
+    );
+    assert_eq!(wrong.answer.map(|(status, _)| status), Ok(401));
+
+    // A client pinning another certificate does not get to send anything.
+    let other = "00:".repeat(31) + "00";
+    let pinned_other = https(
+        port,
+        &other,
+        &format!("POST /readings HTTP/1.1\r\nAuthorization: {bearer}"),
+        reading,
+    );
+    assert!(pinned_other.answer.is_err(), "{:?}", pinned_other.answer);
+
+    // Plain HTTP to the same port, with the right credentials: no HTTP answer, nothing
+    // written.
+    {
+        use std::io::Write as _;
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let request = format!(
+            "POST /readings HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {bearer}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            reading.len()
+        );
+        let _ = tcp.write_all(request.as_bytes());
+        let _ = tcp.write_all(reading);
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(records(&home, "lan").len(), 2);
+    stop(node);
+
+    // The same certificate after a restart: the phones' pins stay valid.
+    let node = start(&home);
+    wait_until("the endpoint is back", 20, || {
+        (driver(&home, "lan")["state"] == "running").then_some(())
+    });
+    let again = https(
+        port,
+        &printed,
+        &format!("POST /readings HTTP/1.1\r\nAuthorization: {bearer}"),
+        reading,
+    );
+    assert_eq!(again.answer.map(|(status, _)| status), Ok(200));
+    stop(node);
+
+    // Without its key the driver does not start (and never falls back to plain HTTP):
+    // it fails, naming the file.
+    std::fs::remove_file(&key).unwrap();
+    let node = start(&home);
+    let failed = wait_until("the driver fails", 20, || {
+        let d = driver(&home, "lan");
+        (d["state"] == "failed").then_some(d)
+    });
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("{} is missing", key.display())),
+        "{error}"
+    );
+    assert_eq!(failed["tls_fingerprint"], Value::Null);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let text = String::from_utf8_lossy(&hearth(&home, &["driver", "ls"]).stdout).into_owned();
+    assert!(text.contains("is missing"), "{text}");
+
+    // Removing the driver deletes its certificate (and key).
+    json_ok(&home, &["driver", "rm", "lan"]);
+    assert!(!certificate.exists());
     stop(node);
 }

@@ -38,8 +38,12 @@ pub(crate) enum Add {
         common: Common,
     },
     /// An HTTP endpoint for OwnTracks and JSON readings; prints its URL and credentials.
+    ///
+    /// On loopback it speaks plain HTTP; on any other address HTTPS only, with a
+    /// self-signed certificate made now, whose SHA-256 fingerprint it prints.
     HttpIngest {
-        /// Address to listen on (default: 127.0.0.1, a port chosen once and kept).
+        /// Address to listen on, ADDR:PORT (default: 127.0.0.1, a port chosen once and
+        /// kept); beyond loopback the endpoint serves HTTPS.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
         #[command(flatten)]
@@ -225,6 +229,18 @@ fn follow(client: &Client, name: &str, json: bool) -> Result<Value> {
     }
 }
 
+/// Is the endpoint at `url` (`http://` or `https://`, `HOST:PORT`) on loopback?
+fn on_loopback(url: &str) -> bool {
+    let host = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .map_or("", |(host, _)| host);
+    host.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
     let client = Client::connect(dir)?;
     match command {
@@ -258,21 +274,23 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                             added["user"].as_str().unwrap_or("?"),
                             added["password"].as_str().unwrap_or("?"),
                         ));
-                        let host = url
-                            .trim_start_matches("http://")
-                            .rsplit_once(':')
-                            .map_or("", |(host, _)| host);
-                        let local = host
-                            .trim_matches(['[', ']'])
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback());
-                        if !local {
-                            text.push_str(
-                                "Warning: this endpoint is reachable from the network, in plain \
-                                 HTTP: anyone who can reach it sees the credentials and the \
-                                 readings on the way.\n",
-                            );
-                        }
+                    }
+                    let fingerprint = added["tls_fingerprint"].as_str();
+                    if let Some(fingerprint) = fingerprint {
+                        text.push_str(&format!(
+                            "TLS certificate: {}\nTLS fingerprint (SHA-256): {fingerprint}\n",
+                            added["tls_certificate"].as_str().unwrap_or("?"),
+                        ));
+                    }
+                    let networked = added["url"].as_str().is_some_and(|url| !on_loopback(url));
+                    if fingerprint.is_some() || networked {
+                        text.push_str(
+                            "Warning: this endpoint is reachable from the network. Its \
+                             certificate is self-signed: set each device to trust exactly this \
+                             certificate (pin the fingerprint above, or install the certificate \
+                             file), never to accept any certificate, or whoever is in between \
+                             can read the credentials and the readings.\n",
+                        );
                     }
                     text
                 },
@@ -301,6 +319,15 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                             d["state"].as_str().unwrap_or("?"),
                             d["records"].as_u64().unwrap_or(0),
                         ));
+                    }
+                    for d in list["drivers"].as_array().into_iter().flatten() {
+                        if let Some(fingerprint) = d["tls_fingerprint"].as_str() {
+                            text.push_str(&format!(
+                                "{} serves HTTPS with {}, SHA-256 fingerprint {fingerprint}\n",
+                                d["name"].as_str().unwrap_or("?"),
+                                d["tls_certificate"].as_str().unwrap_or("its certificate"),
+                            ));
+                        }
                     }
                     text
                 },

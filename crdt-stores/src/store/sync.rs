@@ -1,10 +1,14 @@
 //! A store as a replica: its documents' heads and digest, automerge sync messages,
 //! closed chunks sent whole, and changes pushed by peers, each applied durably.
+//!
+//! What a peer sends reaches automerge only through [`Store::sync_receive`] and
+//! [`Store::apply_changes`], which first bound what it inflates to
+//! ([`inflate::check`]): a refused payload changes nothing.
 
 use std::collections::BTreeMap;
 
 use automerge::sync::SyncDoc as _;
-use hearth_protocol::sync::{ReplicaError, SyncMessage, SyncState, digest_of};
+use hearth_protocol::sync::{ReplicaError, SyncMessage, SyncState, digest_of, inflate};
 
 use super::*;
 
@@ -122,19 +126,24 @@ impl Store {
         }
     }
 
-    /// Applies an automerge sync message from a peer to one document, durably.
+    /// Applies an automerge sync message from a peer to one document, durably. Changes
+    /// that would inflate past [`inflate::MAX_INFLATED_BYTES`] together are refused
+    /// ([`ReplicaError::Inflate`]) before automerge reads them, and nothing is applied.
     pub fn sync_receive(
         &self,
         unit: Unit,
         sync: &mut SyncState,
         message: SyncMessage,
     ) -> Result<(), ReplicaError> {
+        inflate::check(message.changes.iter())?;
         self.remote(unit, Input::Sync(sync, message))
     }
 
     /// Applies changes (or a whole saved document) from a peer to one document,
-    /// durably.
+    /// durably. Data that would inflate past [`inflate::MAX_INFLATED_BYTES`] is refused
+    /// ([`ReplicaError::Inflate`]) before automerge reads it, and nothing is applied.
     pub fn apply_changes(&self, unit: Unit, changes: &[u8]) -> Result<(), ReplicaError> {
+        inflate::check([changes])?;
         self.remote(unit, Input::Changes(changes))
     }
 

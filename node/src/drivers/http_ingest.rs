@@ -17,7 +17,8 @@
 //! They are checked before anything of the body is read: a request without them gets
 //! `401` and its body is never taken in. A body that is not acceptable gets a 4xx
 //! with a message and writes nothing. The endpoint listens on 127.0.0.1 unless the
-//! driver names another address.
+//! driver names another address; on loopback it speaks plain HTTP, anywhere else HTTPS
+//! only, with the certificate `driver add` made for the driver (see [`tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ use serde_json::{Value, json};
 
 use super::{Context, Outcome};
 use hearth_stores::Reading;
+
+pub(crate) mod tls;
 
 /// Largest request body.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -241,7 +244,7 @@ async fn require_credentials(
     }
 }
 
-/// Serves until stopped.
+/// Serves until stopped: plain HTTP on loopback, HTTPS anywhere else.
 pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
     let listen: SocketAddr = ctx
         .spec
@@ -250,6 +253,16 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
         .unwrap_or("127.0.0.1:0")
         .parse()
         .map_err(|_| "the listen address is not valid".to_owned())?;
+    // Beyond loopback: HTTPS with the driver's own certificate, or nothing; a missing
+    // or broken certificate stays so until someone acts, so the driver fails.
+    let identity = if tls::serves_tls(listen.ip()) {
+        match tls::load(&ctx.node.config.data_dir, &ctx.spec.name) {
+            Ok(identity) => Some(identity),
+            Err(reason) => return Ok(Outcome::Refused(reason)),
+        }
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
@@ -259,8 +272,14 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
         ctx.spec.listen = Some(SocketAddr::new(listen.ip(), bound.port()).to_string());
         super::remember(&ctx.node, &ctx.spec);
     }
+    let certificate = identity.as_ref().map(|i| i.certificate.clone());
+    ctx.set(|s| {
+        s.tls_fingerprint = certificate.as_ref().map(|c| c.fingerprint.clone());
+        s.tls_certificate = certificate.map(|c| c.file);
+    });
     // The address it really listens on; an unspecified one is every interface.
-    ctx.running(Some(format!("http://{bound}")));
+    let scheme = if identity.is_some() { "https" } else { "http" };
+    ctx.running(Some(format!("{scheme}://{bound}")));
     let ingest = Ingest {
         credentials: Arc::new((
             ctx.spec.user.clone().unwrap_or_default(),
@@ -278,10 +297,25 @@ pub async fn run(mut ctx: Context) -> Result<Outcome, String> {
             require_credentials,
         ))
         .with_state(ingest);
-    let mut stop = ctx.clone();
+    let served = match identity {
+        Some(identity) => {
+            let listener = tls::Listener::new(listener, identity.config)
+                .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
+            serve(listener, app, ctx).await
+        }
+        None => serve(listener, app, ctx).await,
+    };
+    served.map_err(|err| format!("the ingest endpoint failed: {err}"))?;
+    Ok(Outcome::Stopped)
+}
+
+/// Serves `app` on `listener` until the driver is stopped.
+async fn serve<L>(listener: L, app: Router, mut stop: Context) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.stopped().await })
         .await
-        .map_err(|err| format!("the ingest endpoint failed: {err}"))?;
-    Ok(Outcome::Stopped)
 }

@@ -11,7 +11,7 @@
 //! ```text
 //! Drivers (supervisor)
 //! ├── os-monitor     every N s: load, CPU, memory, disk, battery   -> timeseries
-//! ├── http-ingest    HTTP listener: OwnTracks and JSON readings    -> timeseries
+//! ├── http-ingest    HTTP(S) listener: OwnTracks and JSON readings -> timeseries
 //! ├── mqtt           broker subscription (QoS 1, acked when stored) -> timeseries
 //! │                  and a kv store of actuators published back
 //! └── file-import    CSV or JSON lines, resumable, idempotent      -> timeseries
@@ -26,7 +26,7 @@
 //!   port taken); it runs again after the backoff;
 //! - `failed`: trying again would not help until its configuration or input is
 //!   changed (an invalid or unreadable entry in `drivers.toml`, an import that refused
-//!   its file);
+//!   its file, an http-ingest whose certificate or key is missing or unusable);
 //! - `done`: a file import finished;
 //! - `stopped`: the node is stopping it.
 
@@ -266,6 +266,10 @@ pub struct Status {
     pub progress: Option<(u64, u64)>,
     /// Where to reach it (http-ingest) or what it did (file-import).
     pub detail: Option<String>,
+    /// http-ingest serving HTTPS: the SHA-256 fingerprint of its certificate.
+    pub tls_fingerprint: Option<String>,
+    /// http-ingest serving HTTPS: its certificate file.
+    pub tls_certificate: Option<PathBuf>,
     /// When the current run came up.
     #[serde(skip)]
     pub up_since: Option<Instant>,
@@ -382,6 +386,11 @@ pub struct Listed {
     pub progress: Option<(u64, u64)>,
     /// Where to reach it or what it did.
     pub detail: Option<String>,
+    /// http-ingest serving HTTPS: the SHA-256 fingerprint of the certificate it serves
+    /// (uppercase hex pairs joined by `:`), for devices to pin.
+    pub tls_fingerprint: Option<String>,
+    /// http-ingest serving HTTPS: its certificate file, to install on devices.
+    pub tls_certificate: Option<PathBuf>,
 }
 
 impl Drivers {
@@ -416,6 +425,8 @@ impl Drivers {
                         records: s.records,
                         progress: s.progress,
                         detail: s.detail,
+                        tls_fingerprint: s.tls_fingerprint,
+                        tls_certificate: s.tls_certificate,
                     }
                 }
                 Entry::Broken(broken) => Listed {
@@ -427,6 +438,8 @@ impl Drivers {
                     records: 0,
                     progress: None,
                     detail: None,
+                    tls_fingerprint: None,
+                    tls_certificate: None,
                 },
             })
             .collect()
@@ -458,8 +471,8 @@ pub(crate) fn start_all(node: &Arc<Node>) {
     }
 }
 
-/// Adds a driver: checks it, makes its store, records it in the drivers file, starts
-/// it.
+/// Adds a driver: checks it, makes its store (and, for an http-ingest beyond loopback,
+/// its certificate), records it in the drivers file, starts it.
 pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
     spec.validate()?;
     if node.drivers.lock().contains_key(&spec.name) {
@@ -477,16 +490,47 @@ pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
             spec.name
         ));
     }
+    // A new certificate for every driver added, before it can start.
+    let certificate = match https_listen(&spec) {
+        Some(ip) => Some(http_ingest::tls::create(
+            &node.config.data_dir,
+            &spec.name,
+            ip,
+        )?),
+        None => None,
+    };
     loaded.specs.retain(|s| s.name != spec.name);
     loaded.specs.push(spec.clone());
-    file::save(&node.config.data_dir, &loaded)?;
+    if let Err(err) = file::save(&node.config.data_dir, &loaded) {
+        if certificate.is_some() {
+            http_ingest::tls::Files::of(&node.config.data_dir, &spec.name).remove();
+        }
+        return Err(err);
+    }
     drop(file);
     start(node, spec.clone());
-    node.drivers
+    let mut listed = node
+        .drivers
         .list()
         .into_iter()
         .find(|d| d.name == spec.name)
-        .ok_or_else(|| "the driver did not start".to_owned())
+        .ok_or_else(|| "the driver did not start".to_owned())?;
+    // The driver reports its certificate once it has read it; this is the same one.
+    if let Some(certificate) = certificate {
+        listed
+            .tls_fingerprint
+            .get_or_insert(certificate.fingerprint);
+        listed.tls_certificate.get_or_insert(certificate.file);
+    }
+    Ok(listed)
+}
+
+/// The address of an http-ingest driver that serves HTTPS (it listens beyond
+/// loopback), `None` for any other driver.
+fn https_listen(spec: &Spec) -> Option<std::net::IpAddr> {
+    let listen: std::net::SocketAddr = spec.listen.as_deref()?.parse().ok()?;
+    (spec.kind == Kind::HttpIngest && http_ingest::tls::serves_tls(listen.ip()))
+        .then_some(listen.ip())
 }
 
 /// Stops a driver and removes it from the drivers file (its store stays). An entry of
@@ -524,6 +568,9 @@ pub(crate) fn remove(node: &Arc<Node>, name: &str) -> Result<(), String> {
     if let Some(Entry::Configured { stop, .. }) = node.drivers.lock().remove(name) {
         let _ = stop.send(true);
     }
+    // An http-ingest driver's certificate and key go with it (a running one has them
+    // in memory until it stops).
+    http_ingest::tls::Files::of(&node.config.data_dir, name).remove();
     Ok(())
 }
 

@@ -29,9 +29,12 @@
 //! Bounded: at most [`Config::max_queued_bytes`] wait to be sent per peer; beyond that
 //! pushes and sync rounds are not queued but left to the catch-up of step 5 (a writer
 //! is never blocked by a slow peer, and nothing is lost: it is on the writer's disk).
-//! Every message is at most [`message::MAX_MESSAGE_BYTES`]. A message that does not
-//! decode, or data the replica refuses, ends the conversation with
-//! [`Event::Misbehaved`]: the driver disconnects that peer.
+//! Every message is at most [`message::MAX_MESSAGE_BYTES`], and the automerge data of
+//! one (pushed changes, a chunk sent whole, the changes of a sync message) inflates to
+//! at most [`inflate::MAX_INFLATED_BYTES`], checked before a replica sees it. A
+//! message that does not decode, automerge data past that limit, or data the replica
+//! refuses, ends the conversation with [`Event::Misbehaved`]: the driver disconnects
+//! that peer.
 //!
 //! The driver calls, in this order: [`Engine::handle_connected`] when a peer is
 //! admitted, [`Engine::handle_message`] for each message from it, [`Engine::local_change`]
@@ -41,6 +44,7 @@
 //! [`Engine::poll_timeout`], calling [`Engine::handle_timeout`] when it fires.
 
 pub mod authority;
+pub mod inflate;
 pub mod message;
 pub mod placement;
 
@@ -50,6 +54,7 @@ use std::time::Duration;
 pub use automerge::sync::{Message as SyncMessage, State as SyncState};
 use sha2::{Digest as _, Sha256};
 
+pub use inflate::InflateError;
 pub use message::{Digest, Head, Message, StoreKind, StoreRef, Unit, UnitHeads};
 
 use crate::time::UnixMillis;
@@ -61,6 +66,10 @@ pub enum ReplicaError {
     /// What the peer sent cannot be applied (malformed, or not for this store).
     #[error("the peer sent bad data: {0}")]
     Peer(String),
+    /// What the peer sent would inflate past [`inflate::MAX_INFLATED_BYTES`] (or does
+    /// not parse far enough to tell): refused before automerge read it.
+    #[error("the peer sent {0}")]
+    Inflate(#[from] InflateError),
     /// This device failed (its disk, say); the peer is not at fault.
     #[error("{0}")]
     Local(String),
@@ -95,7 +104,8 @@ pub trait Replica<P> {
         unit: Unit,
         state: &mut SyncState,
     ) -> Result<Option<SyncMessage>, ReplicaError>;
-    /// Applies a sync message to one document (creating it if missing), durably.
+    /// Applies a sync message to one document (creating it if missing), durably. The
+    /// engine has checked its changes with [`inflate::check`].
     fn receive(
         &mut self,
         store: &str,
@@ -105,9 +115,11 @@ pub trait Replica<P> {
     ) -> Result<(), ReplicaError>;
     /// A closed chunk's document, saved whole.
     fn closed_chunk(&mut self, store: &str, start: u64) -> Result<Option<Vec<u8>>, ReplicaError>;
-    /// Merges a chunk document received whole, durably.
+    /// Merges a chunk document received whole, durably. The engine has checked it
+    /// with [`inflate::check`].
     fn merge_chunk(&mut self, store: &str, start: u64, save: &[u8]) -> Result<(), ReplicaError>;
-    /// Applies pushed changes to one document, durably.
+    /// Applies pushed changes to one document, durably. The engine has checked them
+    /// with [`inflate::check`].
     fn apply(&mut self, store: &str, unit: Unit, changes: &[u8]) -> Result<(), ReplicaError>;
 }
 
@@ -909,6 +921,8 @@ impl<P: Ord + Clone> Engine<P> {
             self.unshared(peer, store);
             return Ok(());
         };
+        inflate::check(message.changes.iter())
+            .map_err(|err| format!("automerge sync message for {store}: {err}"))?;
         s.active = now;
         s.heard = now;
         let state = s.syncs.entry(unit).or_insert_with(SyncState::new);
@@ -916,6 +930,7 @@ impl<P: Ord + Clone> Engine<P> {
         match replica.receive(store, unit, state, message) {
             Ok(()) => {}
             Err(ReplicaError::Peer(reason)) => return Err(reason),
+            Err(err @ ReplicaError::Inflate(_)) => return Err(err.to_string()),
             Err(err) => {
                 self.local_error(store, &err);
                 return Ok(());
@@ -944,6 +959,10 @@ impl<P: Ord + Clone> Engine<P> {
         };
         s.active = now;
         s.heard = now;
+        inflate::check([data]).map_err(|err| match what {
+            Data::Chunk(start) => format!("chunk {start} of {store}: {err}"),
+            Data::Changes(..) => format!("changes pushed for {store}: {err}"),
+        })?;
         let before = replica.digest(store).ok();
         let applied = match what {
             Data::Chunk(start) => replica.merge_chunk(store, start, data),
@@ -953,6 +972,7 @@ impl<P: Ord + Clone> Engine<P> {
         match applied {
             Ok(()) => {}
             Err(ReplicaError::Peer(reason)) => return Err(reason),
+            Err(err @ ReplicaError::Inflate(_)) => return Err(err.to_string()),
             Err(err) => {
                 self.local_error(store, &err);
                 return Ok(());
