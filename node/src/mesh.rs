@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 
 mod gate;
+mod strangers;
 use gate::{Admitted, Gated};
 use hearth_protocol::capability::Position;
 use hearth_protocol::capability::{Chain, Role};
@@ -45,6 +46,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, ping, request_response, tcp,
     yamux,
 };
+use strangers::{AuditWriter, Strangers};
 use tokio::sync::{mpsc, oneshot};
 
 pub use libp2p::Multiaddr as Address;
@@ -1058,7 +1060,10 @@ struct MeshLoop {
     certificate: Chain,
     owner: PublicKey,
     config: MeshConfig,
-    audit: Arc<AuditLog>,
+    /// Writes this loop's audit entries, off the loop.
+    audit: AuditWriter,
+    /// Refusals counted per source, strangers' share of the incoming connections.
+    strangers: Strangers,
     admitting: BTreeMap<PeerId, Connection>,
     known: BTreeMap<PeerId, Known>,
     /// Refused peers, disconnected once their refusal had time to reach them.
@@ -1177,7 +1182,9 @@ pub async fn spawn(
         certificate,
         owner,
         config,
-        audit,
+        audit: AuditWriter::spawn(audit)
+            .map_err(|err| MeshError::Start(format!("cannot start the audit writer: {err}")))?,
+        strangers: Strangers::default(),
         admitting: BTreeMap::new(),
         known: config_peers,
         closing: Vec::new(),
@@ -1238,19 +1245,57 @@ impl MeshLoop {
             );
         }
         self.audit_left_out(now(), true);
+        self.audit_strangers(true);
+        self.audit.close().await;
         tracing::info!("mesh stopped");
     }
 
     fn audit(&self, action: &str, object: &str, outcome: &str) {
-        if let Err(err) = self.audit.record(AuditEvent {
+        self.audit.record(AuditEvent {
             actor: "mesh".into(),
             action: action.into(),
             object: object.into(),
             cap_id: None,
             outcome: outcome.into(),
             bytes: 0,
-        }) {
-            tracing::error!(error = %err, "cannot write the audit log");
+        });
+    }
+
+    /// Audits a refusal of `peer` (`action`, for `reason`): the first for that reason
+    /// from its source in a minute is recorded, the rest are counted
+    /// ([`Self::audit_strangers`]).
+    fn audit_refusal(&mut self, action: &str, peer: &PeerId, reason: &str) {
+        let device = peer_key(peer)
+            .and_then(|key| self.membership.certificate(&key))
+            .and_then(|_| self.known.get(peer))
+            .map(|k| k.name.clone());
+        let (source, first) =
+            self.strangers
+                .count(peer, device.as_deref(), reason, std::time::Instant::now());
+        if first {
+            let object = device.unwrap_or_else(|| peer.to_string());
+            self.audit(
+                action,
+                &object,
+                &format!("refused: {reason} (from {source})"),
+            );
+        }
+    }
+
+    /// Records the refusals counted and not yet recorded, per source, for the
+    /// windows that ended (all of them when `all`, at shutdown).
+    fn audit_strangers(&mut self, all: bool) {
+        for due in self.strangers.due(std::time::Instant::now(), all) {
+            self.audit(
+                "mesh.admit",
+                &due.source,
+                &format!(
+                    "refused: {} more attempts from {} in the last {} s",
+                    due.count,
+                    due.source,
+                    due.over.as_secs()
+                ),
+            );
         }
     }
 
@@ -1874,11 +1919,7 @@ impl MeshLoop {
                 // Nothing of it was read past the violation, and nothing is answered:
                 // the peer goes, admitted or not.
                 let reason = request.violation().unwrap_or_default();
-                let name = self
-                    .known
-                    .get(&peer)
-                    .map_or_else(|| peer.to_string(), |k| k.name.clone());
-                self.audit("mesh.receive", &name, &format!("refused: {reason}"));
+                self.audit_refusal("mesh.receive", &peer, reason);
                 tracing::warn!(%peer, %reason, "disconnecting a peer that broke a protocol's limits");
                 if let Some(k) = self.known.get_mut(&peer) {
                     k.connected = false;
@@ -1897,6 +1938,19 @@ impl MeshLoop {
                     .entry(peer_id)
                     .or_default()
                     .insert(connection_id);
+                let member = peer_key(&peer_id)
+                    .is_some_and(|key| self.membership.certificate(&key).is_some());
+                if !self.strangers.opened(
+                    peer_id,
+                    connection_id,
+                    endpoint.get_remote_address(),
+                    !endpoint.is_dialer(),
+                    member,
+                ) {
+                    tracing::debug!(peer = %peer_id, "closing a stranger's connection: their share of incoming connections is taken");
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
                 if self.known.get(&peer_id).is_some_and(|k| k.connected) {
                     return;
                 }
@@ -1958,6 +2012,8 @@ impl MeshLoop {
                         self.connections.remove(&peer_id);
                     }
                 }
+                self.strangers
+                    .closed(peer_id, connection_id, num_established == 0);
                 if num_established > 0 {
                     return;
                 }
@@ -2244,6 +2300,16 @@ impl MeshLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        // One attempt per connection: one refused is not judged
+                        // again (nor audited) before it closes.
+                        if self.strangers.was_refused(connection_id) {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .admission
+                                .send_response(channel, Frames::default());
+                            return;
+                        }
                         // A peer that asks for admission gets it judged afresh, even
                         // one admitted before: it may have restarted while its old
                         // connection, dead, still counts until ping gives up on it.
@@ -2372,11 +2438,9 @@ impl MeshLoop {
                 }
                 Event::Welcomed(_) => {}
                 Event::Refused { reason } => {
-                    self.audit(
-                        "mesh.admit",
-                        &peer.to_string(),
-                        &format!("refused: {reason}"),
-                    );
+                    self.audit_refusal("mesh.admit", &peer, &reason);
+                    let open = self.connections.get(&peer).cloned().unwrap_or_default();
+                    self.strangers.refuse(open);
                     tracing::warn!(peer = %peer, %reason, "peer refused");
                     // Also a peer admitted before whose fresh admission failed.
                     if let Some(k) = self.known.get_mut(&peer) {
@@ -2427,6 +2491,7 @@ impl MeshLoop {
         }
         self.recheck_certificates(now);
         self.audit_left_out(now, false);
+        self.audit_strangers(false);
         if self.dirty {
             self.dirty = false;
             self.save_peers();
@@ -3125,20 +3190,74 @@ mod tests {
         .await
         .expect("the stranger's request ends");
         // It was held unread until the stranger was refused at the admission deadline
-        // and the connection closed.
-        let refusals = audit.entries(None, None, Some("mesh.admit")).unwrap();
-        assert!(
-            refusals
-                .iter()
-                .any(|e| e.outcome.contains("admission deadline")),
-            "{refusals:?} ({outcome})"
-        );
+        // and the connection closed. (The refusal is written off the mesh loop.)
+        eventually("the refusal is audited", || {
+            refusal(audit, "mesh.admit").filter(|e| e.outcome.contains("admission deadline"))
+        })
+        .await;
+        tracing::debug!(%outcome, "the stranger's request ended");
         assert!(
             audit
                 .entries(None, None, Some("mesh.receive"))
                 .unwrap()
                 .is_empty(),
             "the stranger's request was read"
+        );
+        let _ = stop_tx.send(true);
+    }
+
+    /// A stranger asking for admission three times on one connection is judged once:
+    /// one answer holds the refusal, the others nothing (or the connection is gone),
+    /// and one refusal is audited, naming where it came from.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_gets_one_admission_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (nodes, addr) = devices(dir.path(), &stop_rx, 1).await;
+        let (_, audit, home) = &nodes[0];
+        let stranger = NodeKey::from_seed([98; 32]);
+        let mut swarm = build_swarm(&stranger, false, &Arc::new(Admitted::default())).unwrap();
+        swarm.dial(addr).unwrap();
+        let answers = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut answers = Vec::new();
+            while answers.len() < 3 {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                        assert_eq!(peer_id, *home);
+                        for _ in 0..3 {
+                            swarm
+                                .behaviour_mut()
+                                .admission
+                                .send_request(&peer_id, Frames::from(vec![b"junk".to_vec()]));
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Admission(
+                        request_response::Event::Message {
+                            message: request_response::Message::Response { response, .. },
+                            ..
+                        },
+                    )) => answers.push(response.0.len()),
+                    SwarmEvent::Behaviour(BehaviourEvent::Admission(
+                        request_response::Event::OutboundFailure { .. },
+                    )) => answers.push(0),
+                    _ => {}
+                }
+            }
+            answers
+        })
+        .await
+        .expect("three answers");
+        assert_eq!(
+            answers.iter().filter(|frames| **frames > 0).count(),
+            1,
+            "{answers:?}"
+        );
+        let refused = eventually("the refusal is audited", || refusal(audit, "mesh.admit")).await;
+        assert!(
+            refused.outcome.contains("malformed admission message")
+                && refused.outcome.contains("(from 127.0.0.1)"),
+            "{}",
+            refused.outcome
         );
         let _ = stop_tx.send(true);
     }

@@ -1,9 +1,10 @@
 //! Refusals counted per source and window, so that a flood of refused requests writes
 //! a bounded number of audit entries: the first refusal from a source is recorded at
-//! once, the rest of its window are counted and recorded as one entry when the window
-//! ends ("refused 240 more … in the last minute").
+//! once (the first of each kind, up to [`MAX_KINDS`] kinds, with [`Tally::refused_as`]),
+//! the rest of its window are counted and recorded as one entry when the window ends
+//! ("refused 240 more … in the last minute").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// The window refusals from one source are counted over.
@@ -13,11 +14,15 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_SOURCES: usize = 1024;
 /// The source refusals are counted under once [`MAX_SOURCES`] are being counted.
 pub const OTHERS: &str = "other sources";
+/// Kinds of refusal recorded apart from one source in one window.
+pub const MAX_KINDS: usize = 8;
 
 #[derive(Debug)]
 struct Window {
     opened: Instant,
-    /// Refusals since the one recorded when the window opened.
+    /// The kinds of refusal recorded in this window.
+    kinds: BTreeSet<String>,
+    /// Refusals not recorded.
     more: u64,
 }
 
@@ -47,31 +52,31 @@ impl Tally {
     /// Counts a refusal from `source` at `now`; `true` when it is the first of its
     /// window and is to be recorded now.
     pub fn refused(&mut self, source: &str, now: Instant) -> bool {
-        if let Some(window) = self.windows.get_mut(source) {
-            window.more += 1;
-            return false;
-        }
-        let source = if self.windows.len() >= MAX_SOURCES {
+        self.refused_as(source, "", now)
+    }
+
+    /// Counts a refusal of `kind` from `source` at `now`; `true` when it is the first
+    /// of its kind in the source's window (and the window has recorded fewer than
+    /// [`MAX_KINDS`] kinds) and is to be recorded now.
+    pub fn refused_as(&mut self, source: &str, kind: &str, now: Instant) -> bool {
+        let source = if self.windows.len() >= MAX_SOURCES && !self.windows.contains_key(source) {
             OTHERS
         } else {
             source
         };
-        match self.windows.get_mut(source) {
-            Some(window) => {
-                window.more += 1;
-                false
-            }
-            None => {
-                self.windows.insert(
-                    source.to_owned(),
-                    Window {
-                        opened: now,
-                        more: 0,
-                    },
-                );
-                true
-            }
+        let window = self
+            .windows
+            .entry(source.to_owned())
+            .or_insert_with(|| Window {
+                opened: now,
+                kinds: BTreeSet::new(),
+                more: 0,
+            });
+        if window.kinds.len() < MAX_KINDS && window.kinds.insert(kind.to_owned()) {
+            return true;
         }
+        window.more += 1;
+        false
     }
 
     /// Closes the windows that have ended by `now`, returning the refusals they
@@ -148,9 +153,26 @@ mod tests {
         }
         assert!(tally.refused("one more", now));
         assert!(!tally.refused("and another", now));
+        assert!(!tally.refused("one more", now));
         let due = tally.drain(now);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].source, OTHERS);
-        assert_eq!(due[0].count, 1);
+        assert_eq!(due[0].count, 2);
+    }
+
+    #[test]
+    fn each_kind_is_recorded_once_a_window_up_to_a_limit() {
+        let now = Instant::now();
+        let mut tally = Tally::new();
+        assert!(tally.refused_as("10.0.0.1", "expired ticket", now));
+        assert!(tally.refused_as("10.0.0.1", "wrong ticket secret", now));
+        assert!(!tally.refused_as("10.0.0.1", "wrong ticket secret", now));
+        for i in 0..20 {
+            tally.refused_as("10.0.0.1", &format!("reason {i}"), now);
+        }
+        let due = tally.due(now + WINDOW);
+        assert_eq!(due.len(), 1);
+        // Two kinds, six more up to the limit, recorded; the rest counted.
+        assert_eq!(due[0].count, 1 + 20 - 6);
     }
 }

@@ -1,0 +1,289 @@
+//! What strangers can cost a device: peers that are not devices of the mesh (and
+//! devices whose admission is refused) connect, present bad certificates or tickets,
+//! and break the protocols' limits.
+//!
+//! - Their refusals are counted per source (the address they connect from; a device
+//!   of the mesh by its name) and window ([`crate::tally`]): the first of a window is
+//!   recorded, the rest as one summary entry when the window ends.
+//! - A connection is judged once: a request for admission on a connection already
+//!   refused is not looked at.
+//! - At most [`MAX_INCOMING`] incoming connections from peers that are not devices of
+//!   the mesh are kept at once; past that a new one is closed as it opens, so the
+//!   other slots of the connection limit stay free for the owner's devices.
+//! - The mesh's audit entries are written by [`AuditWriter`], on a thread of its own:
+//!   the mesh loop never waits for the disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
+
+use hearth_stores::audit::{AuditLog, Event as AuditEvent};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::tally::{Due, Tally};
+
+/// Incoming connections kept at once from peers that are not devices of the mesh;
+/// the connection limit allows 128 incoming in all.
+pub(super) const MAX_INCOMING: usize = 64;
+
+/// Entries waiting to be written before the mesh loop waits for the writer.
+const AUDIT_QUEUE: usize = 4096;
+
+/// The mesh's audit entries, written in order by a thread of their own; each is
+/// durable when the thread has written it (the log syncs every entry). When
+/// [`AUDIT_QUEUE`] entries wait (a disk that stopped answering), the loop waits for
+/// the writer rather than lose one.
+pub(super) struct AuditWriter {
+    queue: Option<std_mpsc::SyncSender<AuditEvent>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AuditWriter {
+    /// Starts the thread writing to `log`.
+    pub(super) fn spawn(log: Arc<AuditLog>) -> std::io::Result<Self> {
+        let (queue, entries) = std_mpsc::sync_channel::<AuditEvent>(AUDIT_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("mesh-audit".into())
+            .spawn(move || {
+                for event in entries {
+                    if let Err(err) = log.record(event) {
+                        tracing::error!(error = %err, "cannot write the audit log");
+                    }
+                }
+            })?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues an entry (waits while the queue is full).
+    pub(super) fn record(&self, event: AuditEvent) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let event = match queue.try_send(event) {
+            Ok(()) => return,
+            Err(std_mpsc::TrySendError::Full(event)) => {
+                tracing::warn!(
+                    "the audit log is {AUDIT_QUEUE} entries behind; waiting for the disk"
+                );
+                event
+            }
+            Err(std_mpsc::TrySendError::Disconnected(_)) => {
+                tracing::error!("the mesh's audit writer has stopped; an entry is not written");
+                return;
+            }
+        };
+        if queue.send(event).is_err() {
+            tracing::error!("the mesh's audit writer has stopped; an entry is not written");
+        }
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub(super) async fn close(mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for AuditWriter {
+    fn drop(&mut self) {
+        // Dropped without `close`: the thread still writes what is queued, then ends.
+        self.queue = None;
+    }
+}
+
+/// Where a connection comes from, as refusals are counted: the IP address of
+/// `remote`, or the whole address when it names none.
+pub(super) fn source_of(remote: &Multiaddr) -> String {
+    remote
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+            _ => None,
+        })
+        .map_or_else(|| remote.to_string(), |ip| ip.to_string())
+}
+
+/// The state [`super`] keeps about strangers.
+#[derive(Debug, Default)]
+pub(super) struct Strangers {
+    /// Refusals per source and window.
+    tally: Tally,
+    /// Where each connected peer's latest connection comes from.
+    sources: BTreeMap<PeerId, String>,
+    /// Open incoming connections of peers that are not devices of the mesh.
+    incoming: BTreeSet<ConnectionId>,
+    /// Connections whose admission was refused.
+    refused: BTreeSet<ConnectionId>,
+}
+
+impl Strangers {
+    /// A connection opened. `member`: the peer is a device of the mesh. `false` when
+    /// it is to be closed at once: an incoming one from a stranger past
+    /// [`MAX_INCOMING`].
+    pub(super) fn opened(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        remote: &Multiaddr,
+        incoming: bool,
+        member: bool,
+    ) -> bool {
+        self.sources.insert(peer, source_of(remote));
+        if !incoming || member {
+            return true;
+        }
+        if self.incoming.len() >= MAX_INCOMING {
+            return false;
+        }
+        self.incoming.insert(connection);
+        true
+    }
+
+    /// A connection closed; `last`: the peer has none left.
+    pub(super) fn closed(&mut self, peer: PeerId, connection: ConnectionId, last: bool) {
+        self.incoming.remove(&connection);
+        self.refused.remove(&connection);
+        if last {
+            self.sources.remove(&peer);
+        }
+    }
+
+    /// The admission of `peer` was refused on `connections`.
+    pub(super) fn refuse(&mut self, connections: impl IntoIterator<Item = ConnectionId>) {
+        self.refused.extend(connections);
+    }
+
+    /// Was admission refused on `connection` already?
+    pub(super) fn was_refused(&self, connection: ConnectionId) -> bool {
+        self.refused.contains(&connection)
+    }
+
+    /// Where `peer` connects from, as far as this knows.
+    pub(super) fn source(&self, peer: &PeerId) -> String {
+        self.sources
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| "an unknown address".to_owned())
+    }
+
+    /// Counts a refusal of `peer` for `reason`, `peer` known as `device` when it is a
+    /// device of the mesh; returns where it came from and whether to record it now
+    /// (the first for that reason in its source's window).
+    pub(super) fn count(
+        &mut self,
+        peer: &PeerId,
+        device: Option<&str>,
+        reason: &str,
+        now: Instant,
+    ) -> (String, bool) {
+        let source = match device {
+            Some(name) => format!("{name} at {}", self.source(peer)),
+            None => self.source(peer),
+        };
+        let first = self.tally.refused_as(&source, reason, now);
+        (source, first)
+    }
+
+    /// Summaries of windows that ended by `now` (all of them when `all`).
+    pub(super) fn due(&mut self, now: Instant, all: bool) -> Vec<Due> {
+        if all {
+            self.tally.drain(now)
+        } else {
+            self.tally.due(now)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[test]
+    fn sources_are_ip_addresses() {
+        let tcp: Multiaddr = "/ip4/192.0.2.7/tcp/4001".parse().unwrap();
+        assert_eq!(source_of(&tcp), "192.0.2.7");
+        let quic: Multiaddr = "/ip6/::1/udp/9/quic-v1".parse().unwrap();
+        assert_eq!(source_of(&quic), "::1");
+        assert_eq!(source_of(&Multiaddr::empty()), "");
+    }
+
+    #[test]
+    fn strangers_get_at_most_their_share_of_incoming_slots() {
+        let mut strangers = Strangers::default();
+        let remote: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        for i in 0..MAX_INCOMING {
+            assert!(strangers.opened(
+                PeerId::random(),
+                ConnectionId::new_unchecked(i),
+                &remote,
+                true,
+                false
+            ));
+        }
+        let one_more = ConnectionId::new_unchecked(1000);
+        assert!(!strangers.opened(PeerId::random(), one_more, &remote, true, false));
+        // Devices of the mesh, and connections this side dialled, are not counted.
+        assert!(strangers.opened(
+            PeerId::random(),
+            ConnectionId::new_unchecked(1001),
+            &remote,
+            true,
+            true
+        ));
+        assert!(strangers.opened(
+            PeerId::random(),
+            ConnectionId::new_unchecked(1002),
+            &remote,
+            false,
+            false
+        ));
+        // A stranger's connection closing frees its slot.
+        strangers.closed(PeerId::random(), ConnectionId::new_unchecked(0), true);
+        assert!(strangers.opened(
+            PeerId::random(),
+            ConnectionId::new_unchecked(1003),
+            &remote,
+            true,
+            false
+        ));
+    }
+
+    #[test]
+    fn refusals_are_counted_per_source_and_device() {
+        let mut strangers = Strangers::default();
+        let now = Instant::now();
+        let remote: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let mut firsts = 0;
+        for i in 0..300 {
+            let peer = PeerId::random();
+            strangers.opened(peer, ConnectionId::new_unchecked(i), &remote, true, false);
+            let (source, first) = strangers.count(&peer, None, "wrong ticket secret", now);
+            assert_eq!(source, "127.0.0.1");
+            firsts += usize::from(first);
+            strangers.closed(peer, ConnectionId::new_unchecked(i), true);
+        }
+        assert_eq!(firsts, 1);
+        // A device of the mesh refused from the same address is recorded apart.
+        let phone = PeerId::random();
+        strangers.opened(phone, ConnectionId::new_unchecked(500), &remote, true, true);
+        assert_eq!(
+            strangers.count(&phone, Some("phone"), "revoked", now),
+            ("phone at 127.0.0.1".to_owned(), true)
+        );
+        let due = strangers.due(now + crate::tally::WINDOW, false);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].source.as_str(), due[0].count), ("127.0.0.1", 299));
+    }
+}
