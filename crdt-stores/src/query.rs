@@ -25,7 +25,7 @@ pub enum Selection {
 
 impl Selection {
     /// The timestamps the selection can touch, `[start, end)`.
-    pub(crate) fn bounds(&self) -> (u64, u64) {
+    pub fn bounds(&self) -> (u64, u64) {
         match *self {
             Selection::Since(t) => (t, u64::MAX),
             Selection::Range(a, b) => (a, b),

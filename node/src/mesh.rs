@@ -131,16 +131,58 @@ impl Default for MeshConfig {
     }
 }
 
+/// Bytes of frames from peers being read, or read and not yet dropped, at most, over
+/// every connection and protocol of one node: a frame is read only once its length is
+/// reserved here, and a read waits (the peer's writes wait in the transport's
+/// flow-control window) while others hold the rest.
+pub const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+/// Streams at once on one TCP connection (yamux), each with a receive window of
+/// 256 KiB: at most 16 MiB waits unread in one TCP connection. (QUIC's connection
+/// window is 15 MB.)
+const MAX_STREAMS_PER_CONNECTION: usize = 64;
+/// The unit [`Budget`] counts in.
+const BUDGET_UNIT: usize = 1024;
+
+/// What frames from peers may hold in memory, shared by every codec of one swarm.
+#[derive(Debug, Clone)]
+pub struct Budget(Arc<tokio::sync::Semaphore>);
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(bytes / BUDGET_UNIT)))
+    }
+
+    /// Reserves `len` bytes (rounded up to [`BUDGET_UNIT`]), waiting while others
+    /// hold them.
+    async fn take(&self, len: usize) -> std::io::Result<tokio::sync::OwnedSemaphorePermit> {
+        let units = u32::try_from(len.div_ceil(BUDGET_UNIT)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "a frame past any budget")
+        })?;
+        self.0
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| std::io::Error::other("the frame budget is closed"))
+    }
+}
+
 /// The frames of one request or response. A request that broke the protocol's limits
 /// (more frames, or a larger frame, than it allows) arrives with no frames and the
 /// reason, so that the peer can be told off: the request-response layer does not
-/// report a request it could not read.
+/// report a request it could not read. Frames read from a peer hold their share of the
+/// [`Budget`] until they are dropped.
 #[derive(Debug, Clone, Default)]
-pub struct Frames(pub Vec<Vec<u8>>, Option<String>);
+pub struct Frames(
+    pub Vec<Vec<u8>>,
+    Option<String>,
+    // Held, never read: dropping the frames gives their bytes back to the budget.
+    #[allow(dead_code)] Option<Arc<Vec<tokio::sync::OwnedSemaphorePermit>>>,
+);
 
 impl From<Vec<Vec<u8>>> for Frames {
     fn from(frames: Vec<Vec<u8>>) -> Self {
-        Self(frames, None)
+        Self(frames, None, None)
     }
 }
 
@@ -152,28 +194,32 @@ impl Frames {
 }
 
 /// Length-prefixed frames: a count byte (at most 4), then each frame as a `u32`
-/// big-endian length and its bytes, at most `max_frame` bytes each.
-#[derive(Debug, Clone, Copy)]
+/// big-endian length and its bytes, at most `max_frame` bytes each, read within the
+/// swarm's [`Budget`].
+#[derive(Debug, Clone)]
 pub struct FrameCodec {
     max_frame: usize,
     max_frames: usize,
+    budget: Budget,
 }
 
 impl FrameCodec {
     /// A codec refusing frames longer than `max_frame`.
-    pub fn new(max_frame: usize) -> Self {
+    pub fn new(max_frame: usize, budget: &Budget) -> Self {
         Self {
             max_frame,
             max_frames: MAX_FRAMES,
+            budget: budget.clone(),
         }
     }
 
     /// The same, taking at most one frame per message (for large frames: what a
     /// peer can make this node buffer before the request is even looked at).
-    pub fn single(max_frame: usize) -> Self {
+    pub fn single(max_frame: usize, budget: &Budget) -> Self {
         Self {
             max_frame,
             max_frames: 1,
+            budget: budget.clone(),
         }
     }
 }
@@ -182,6 +228,7 @@ async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
     io: &mut T,
     max_frame: usize,
     max_frames: usize,
+    budget: &Budget,
 ) -> std::io::Result<Frames> {
     let mut count = [0u8; 1];
     io.read_exact(&mut count).await?;
@@ -192,6 +239,7 @@ async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
         ));
     }
     let mut frames = Vec::with_capacity(usize::from(count[0]));
+    let mut held = Vec::with_capacity(usize::from(count[0]));
     for _ in 0..count[0] {
         let mut len = [0u8; 4];
         io.read_exact(&mut len).await?;
@@ -202,9 +250,10 @@ async fn read_frames<T: futures_util::AsyncRead + Unpin + Send>(
                 "a frame larger than the protocol allows",
             ));
         }
+        held.push(budget.take(len).await?);
         frames.push(read_frame(io, len).await?);
     }
-    Ok(Frames::from(frames))
+    Ok(Frames(frames, None, Some(Arc::new(held))))
 }
 
 /// Reads a frame of `len` bytes into a buffer grown as the bytes arrive (doubling, but
@@ -255,9 +304,9 @@ impl request_response::Codec for FrameCodec {
     where
         T: futures_util::AsyncRead + Unpin + Send,
     {
-        match read_frames(io, self.max_frame, self.max_frames).await {
+        match read_frames(io, self.max_frame, self.max_frames, &self.budget).await {
             Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
-                Ok(Frames(Vec::new(), Some(err.to_string())))
+                Ok(Frames(Vec::new(), Some(err.to_string()), None))
             }
             other => other,
         }
@@ -267,7 +316,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: futures_util::AsyncRead + Unpin + Send,
     {
-        read_frames(io, self.max_frame, self.max_frames).await
+        read_frames(io, self.max_frame, self.max_frames, &self.budget).await
     }
 
     async fn write_request<T>(
@@ -792,13 +841,14 @@ fn build_swarm(
     let mut bytes = *seed;
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut bytes)
         .map_err(|err| MeshError::Start(err.to_string()))?;
+    let budget = Budget::new(MAX_BUFFERED_BYTES);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_tcp(tcp::Config::default(), noise::Config::new, || {
+            let mut config = yamux::Config::default();
+            config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+            config
+        })
         .map_err(|err| MeshError::Start(err.to_string()))?
         .with_quic()
         .with_behaviour(|key| {
@@ -826,7 +876,7 @@ fn build_swarm(
                         .with_max_established_per_peer(Some(4)),
                 ),
                 admission: request_response::Behaviour::with_codec(
-                    FrameCodec::new(admission::MAX_MESSAGE_BYTES),
+                    FrameCodec::new(admission::MAX_MESSAGE_BYTES, &budget),
                     [(
                         StreamProtocol::new(ADMISSION_PROTOCOL),
                         request_response::ProtocolSupport::Full,
@@ -836,7 +886,10 @@ fn build_swarm(
                 ),
                 sync: Gated::new(
                     request_response::Behaviour::with_codec(
-                        FrameCodec::new(hearth_protocol::sync::message::MAX_MESSAGE_BYTES),
+                        FrameCodec::single(
+                            hearth_protocol::sync::message::MAX_MESSAGE_BYTES,
+                            &budget,
+                        ),
                         [(
                             StreamProtocol::new(SYNC_PROTOCOL),
                             request_response::ProtocolSupport::Full,
@@ -849,7 +902,7 @@ fn build_swarm(
                 ),
                 compute: Gated::new(
                     request_response::Behaviour::with_codec(
-                        FrameCodec::single(hearth_protocol::compute::MAX_JOB_BYTES),
+                        FrameCodec::single(hearth_protocol::compute::MAX_JOB_BYTES, &budget),
                         [(
                             StreamProtocol::new(COMPUTE_PROTOCOL),
                             request_response::ProtocolSupport::Full,
@@ -862,7 +915,7 @@ fn build_swarm(
                 ),
                 audit: Gated::new(
                     request_response::Behaviour::with_codec(
-                        FrameCodec::new(MAX_AUDIT_MESSAGE_BYTES),
+                        FrameCodec::new(MAX_AUDIT_MESSAGE_BYTES, &budget),
                         [(
                             StreamProtocol::new(AUDIT_PROTOCOL),
                             request_response::ProtocolSupport::Full,
@@ -875,7 +928,7 @@ fn build_swarm(
                 ),
                 members: Gated::new(
                     request_response::Behaviour::with_codec(
-                        FrameCodec::new(membership::MAX_SNAPSHOT_BYTES),
+                        FrameCodec::new(membership::MAX_SNAPSHOT_BYTES, &budget),
                         [(
                             StreamProtocol::new(MEMBERS_PROTOCOL),
                             request_response::ProtocolSupport::Full,
@@ -3096,35 +3149,80 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_read_whole_holding_no_more_than_their_bytes() {
+        let budget = Budget::new(MAX_BUFFERED_BYTES);
         let big: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
         let mut wire = vec![2u8];
         for frame in [&b"hello"[..], &big[..]] {
             wire.extend_from_slice(&u32::try_from(frame.len()).unwrap().to_be_bytes());
             wire.extend_from_slice(frame);
         }
-        let frames = read_frames(&mut futures_util::io::Cursor::new(&wire), 1 << 20, 4)
-            .await
-            .unwrap();
+        let frames = read_frames(
+            &mut futures_util::io::Cursor::new(&wire),
+            1 << 20,
+            4,
+            &budget,
+        )
+        .await
+        .unwrap();
         assert_eq!(frames.0, vec![b"hello".to_vec(), big.clone()]);
         assert!(frames.0[1].capacity() <= big.len());
         // Cut short: an error, not a short frame.
         let cut = &wire[..wire.len() - 1];
         assert!(
-            read_frames(&mut futures_util::io::Cursor::new(cut), 1 << 20, 4)
+            read_frames(&mut futures_util::io::Cursor::new(cut), 1 << 20, 4, &budget)
                 .await
                 .is_err()
         );
         // Over the limits: refused from the prefix alone.
         assert!(
-            read_frames(&mut futures_util::io::Cursor::new(&wire), 1000, 4)
+            read_frames(&mut futures_util::io::Cursor::new(&wire), 1000, 4, &budget)
                 .await
                 .is_err()
         );
         assert!(
-            read_frames(&mut futures_util::io::Cursor::new(&wire), 1 << 20, 1)
-                .await
-                .is_err()
+            read_frames(
+                &mut futures_util::io::Cursor::new(&wire),
+                1 << 20,
+                1,
+                &budget
+            )
+            .await
+            .is_err()
         );
+    }
+
+    /// Frames read hold their bytes of the budget until they are dropped; a read that
+    /// would pass it waits, and goes on once the budget is free again.
+    #[tokio::test]
+    async fn frames_are_read_within_the_budget_and_hold_it_until_dropped() {
+        use futures_util::FutureExt as _;
+
+        let budget = Budget::new(100 * BUDGET_UNIT);
+        let message = |len: usize| {
+            let mut wire = vec![1u8];
+            wire.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+            wire.extend(std::iter::repeat_n(7u8, len));
+            wire
+        };
+        let (sixty, fifty) = (message(60 * BUDGET_UNIT), message(50 * BUDGET_UNIT));
+        let first = read_frames(
+            &mut futures_util::io::Cursor::new(&sixty),
+            1 << 20,
+            4,
+            &budget,
+        )
+        .now_or_never()
+        .expect("within the budget: read at once")
+        .unwrap();
+        let mut cursor = futures_util::io::Cursor::new(&fifty);
+        let mut second = Box::pin(read_frames(&mut cursor, 1 << 20, 4, &budget));
+        assert!(
+            (&mut second).now_or_never().is_none(),
+            "60 + 50 units of a budget of 100: the second waits"
+        );
+        drop(first);
+        let second = second.await.unwrap();
+        assert_eq!(second.0[0].len(), 50 * BUDGET_UNIT);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

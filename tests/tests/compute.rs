@@ -607,6 +607,64 @@ fn load_reading(ts: u64, load1: f64) -> String {
     format!(r#"{{"ts": {ts}, "value": {{"load1": {load1}}}}}"#)
 }
 
+/// A run that opens 64 cursors on a store of large readings would make the node hold
+/// 64 pages of them. What the node holds for a run's reads counts against its memory
+/// limit: the run fails with a memory-limit error, and the node goes on serving; one
+/// cursor read to its end holds one page at a time and succeeds.
+#[test]
+fn what_a_run_reads_counts_against_its_memory_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    init(&home);
+    set_limits(
+        &home,
+        "fuel = 3000000000\nmemory_mb = 32\nwall_time = \"60s\"",
+    );
+    let node = start_meshed(&home);
+    json_ok(&home, &["store", "create", "blobs", "--kind", "timeseries"]);
+    // 6 MB of readings in one hour, in two batches; and a day later, 6 MB more.
+    let base = (now_ms() / DAY - 3) * DAY;
+    let blob = "x".repeat(6000);
+    for (day, half) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let lines: Vec<String> = (0..500u64)
+            .map(|i| {
+                let ts = base + day * DAY + (half * 500 + i) * 1000;
+                format!(r#"{{"ts": {ts}, "value": {{"blob": "{blob}", "i": {i}}}}}"#)
+            })
+            .collect();
+        append(&home, "blobs", &lines);
+    }
+    let manifest = PROBE
+        .replace("store = \"os-monitor\"", "store = \"blobs\"")
+        .replace("max_result_bytes = 4096", "max_result_bytes = 65536");
+    let probe = approve(&home, &work, &manifest, "sandbox_probe", "");
+
+    let err = run_fails(
+        &home,
+        &work,
+        "sandbox_probe",
+        &probe,
+        r#"{"do": "cursors", "store": "blobs"}"#,
+        1,
+    );
+    assert!(
+        err.contains("needed more memory than the limit of 32 MiB"),
+        "{err}"
+    );
+    // The node is unharmed, and reading the store page by page fits.
+    let read = run_ok(
+        &home,
+        &work,
+        "sandbox_probe",
+        &probe,
+        r#"{"do": "read", "store": "blobs"}"#,
+    );
+    assert_eq!(read["result"]["read"], 2000, "{read}");
+    stop(node);
+}
+
 #[test]
 fn jobs_and_apps_travel_to_the_device_holding_the_data() {
     let tmp = tempfile::tempdir().unwrap();

@@ -58,13 +58,159 @@ fn names_ok<'a>(names: impl IntoIterator<Item = &'a str>, fields: usize) -> Resu
     Ok(())
 }
 
-/// An open cursor: the readings it still has to hand out.
+/// An open cursor: it reads its window a chunk window of the store at a time (a page),
+/// and holds one page at most; the page's size counts against the run's memory limit
+/// ([`RunLimits`]).
 #[derive(Debug)]
 #[allow(unreachable_pub)] // named by the generated bindings
 pub struct Cursor {
-    readings: std::vec::IntoIter<Reading>,
+    handle: Arc<hearth_stores::Store>,
     store: String,
     fields: Option<BTreeSet<String>>,
+    /// Where the next page starts, and where the window ends (exclusive).
+    next: u64,
+    end: u64,
+    /// The readings of the page still to hand out, and what the page holds.
+    page: std::vec::IntoIter<Reading>,
+    page_bytes: usize,
+}
+
+/// About what `value` holds in memory, in bytes.
+fn value_size(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    match value {
+        Value::String(s) => NODE + s.len(),
+        Value::Array(items) => NODE + items.iter().map(value_size).sum::<usize>(),
+        Value::Object(map) => {
+            NODE + map
+                .iter()
+                .map(|(k, v)| NODE + k.len() + value_size(v))
+                .sum::<usize>()
+        }
+        _ => NODE,
+    }
+}
+
+/// About what a page of `readings` holds in memory, in bytes.
+fn page_size(readings: &[Reading]) -> usize {
+    readings
+        .iter()
+        .map(|r| std::mem::size_of::<Reading>() + value_size(&r.value))
+        .sum()
+}
+
+/// A run that would hold more memory than its limit: its linear memory and what the
+/// node holds for it (the pages of its cursors) together.
+#[derive(Debug)]
+pub(crate) struct HostMemory {
+    /// What it would hold, in bytes.
+    pub(crate) asked: usize,
+    /// The limit, in bytes.
+    pub(crate) limit: usize,
+}
+
+impl std::fmt::Display for HostMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "needed more memory than the limit of {} MiB (its memory and the readings the \
+             node holds for its reads would be {} MiB)",
+            self.limit / (1024 * 1024),
+            self.asked.div_ceil(1024 * 1024)
+        )
+    }
+}
+
+impl std::error::Error for HostMemory {}
+
+/// A run's memory limit, over its linear memories and what the node holds for its
+/// reads together.
+pub(crate) struct RunLimits {
+    inner: StoreLimits,
+    limit: usize,
+    /// Bytes of the run's linear memories.
+    wasm: usize,
+    /// Bytes the node holds for the run's reads.
+    host: usize,
+}
+
+impl RunLimits {
+    fn new(limit: usize) -> Self {
+        Self {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(limit)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            limit,
+            wasm: 0,
+            host: 0,
+        }
+    }
+
+    /// Takes `bytes` more for the node's side of the run, or fails the run.
+    fn hold(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        let asked = self.wasm.saturating_add(self.host).saturating_add(bytes);
+        if asked > self.limit {
+            return Err(wasmtime::Error::new(HostMemory {
+                asked,
+                limit: self.limit,
+            }));
+        }
+        self.host += bytes;
+        Ok(())
+    }
+
+    /// Gives back `bytes` of the node's side.
+    fn release(&mut self, bytes: usize) {
+        self.host = self.host.saturating_sub(bytes);
+    }
+}
+
+impl wasmtime::ResourceLimiter for RunLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grown = desired.saturating_sub(current);
+        let asked = self.wasm.saturating_add(self.host).saturating_add(grown);
+        if self.host > 0 && asked > self.limit {
+            return Err(wasmtime::Error::new(HostMemory {
+                asked,
+                limit: self.limit,
+            }));
+        }
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.wasm = self.wasm.saturating_add(grown);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 /// What one store saw of a run.
@@ -86,7 +232,7 @@ pub(crate) trait DerivedStores: Send + Sync {
 
 /// The state of one run.
 pub(crate) struct HostState {
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: RunLimits,
     table: ResourceTable,
     stores: Arc<Stores>,
     permit: Permit,
@@ -147,13 +293,7 @@ impl HostState {
         derived: Option<Arc<dyn DerivedStores>>,
     ) -> Self {
         Self {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .instances(16)
-                .tables(16)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: RunLimits::new(memory_bytes),
             table: ResourceTable::new(),
             stores,
             permit,
@@ -361,14 +501,27 @@ impl hearth::compute::stores::Host for HostState {
             Ok(s) => s,
             Err(message) => return Ok(Err(message)),
         };
-        let readings = match handle.read(window_selection(range), None) {
-            Ok(r) => r,
-            Err(err) => return Ok(Err(err.to_string())),
+        // The window, narrowed to the readings there are: pages are read from the
+        // oldest reading on, up to the newest.
+        let (start, end) = window_selection(range).bounds();
+        let first = handle.read(Selection::Earliest, None);
+        let last = handle.read(Selection::Latest, None);
+        let (first, last) = match (first, last) {
+            (Ok(first), Ok(last)) => (first, last),
+            (Err(err), _) | (_, Err(err)) => return Ok(Err(err.to_string())),
+        };
+        let (next, end) = match first.first().zip(last.first()) {
+            Some((first, last)) => (start.max(first.ts), end.min(last.ts.saturating_add(1))),
+            None => (0, 0),
         };
         let cursor = Cursor {
-            readings: readings.into_iter(),
+            handle,
             store,
             fields,
+            next,
+            end,
+            page: Vec::new().into_iter(),
+            page_bytes: 0,
         };
         self.cursors += 1;
         Ok(Ok(self.table.push(cursor)?))
@@ -579,25 +732,51 @@ impl hearth::compute::stores::HostCursor for HostState {
         cursor: Handle<Cursor>,
         max: u32,
     ) -> wasmtime::Result<Result<Vec<WitReading>, String>> {
-        let cursor = self.table.get_mut(&cursor)?;
         let take = max.clamp(1, MAX_BATCH) as usize;
         let mut batch = Vec::with_capacity(take);
         let mut bytes = 0u64;
-        for reading in cursor.readings.by_ref().take(take) {
-            let value = project(&reading.value, cursor.fields.as_ref()).to_string();
-            bytes += value.len() as u64 + 8;
-            batch.push(WitReading {
-                ts: reading.ts,
-                value,
-            });
+        loop {
+            let open = self.table.get_mut(&cursor)?;
+            for reading in open.page.by_ref().take(take - batch.len()) {
+                let value = project(&reading.value, open.fields.as_ref()).to_string();
+                bytes += value.len() as u64 + 8;
+                batch.push(WitReading {
+                    ts: reading.ts,
+                    value,
+                });
+            }
+            if batch.len() == take || open.next >= open.end {
+                break;
+            }
+            // The next page: the rest of the store's chunk window `next` is in.
+            let (start, window) = (open.next, open.handle.meta().window_ms.max(1));
+            let page_end = start
+                .saturating_sub(start % window)
+                .saturating_add(window)
+                .min(open.end);
+            let readings = open.handle.read(Selection::Range(start, page_end), None);
+            open.next = page_end;
+            let released = std::mem::take(&mut open.page_bytes);
+            open.page = Vec::new().into_iter();
+            self.limits.release(released);
+            let readings = match readings {
+                Ok(readings) => readings,
+                Err(err) => return Ok(Err(err.to_string())),
+            };
+            let size = page_size(&readings);
+            self.limits.hold(size)?;
+            let open = self.table.get_mut(&cursor)?;
+            open.page = readings.into_iter();
+            open.page_bytes = size;
         }
-        let store = cursor.store.clone();
+        let store = self.table.get(&cursor)?.store.clone();
         self.count(&store, batch.len() as u64, bytes);
         Ok(Ok(batch))
     }
 
     fn drop(&mut self, cursor: Handle<Cursor>) -> wasmtime::Result<()> {
-        self.table.delete(cursor)?;
+        let closed = self.table.delete(cursor)?;
+        self.limits.release(closed.page_bytes);
         self.cursors = self.cursors.saturating_sub(1);
         Ok(())
     }

@@ -347,6 +347,9 @@ impl Runtime {
                 if let Some(reason) = &state.refused {
                     return Err(RunError::Refused(reason.clone()));
                 }
+                if let Some(memory) = err.downcast_ref::<super::host::HostMemory>() {
+                    return Err(RunError::Failed(memory.to_string()));
+                }
                 let message = match err.downcast_ref::<Trap>() {
                     Some(Trap::OutOfFuel) => {
                         format!("ran out of fuel (the limit is {})", limits.fuel)

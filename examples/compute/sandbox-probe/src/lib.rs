@@ -1,7 +1,9 @@
 //! `sandbox-probe`: not an example to copy. It misbehaves on request so that the tests
 //! can check that a node stops it: `{"do": "spin"}` loops forever (fuel, wall time),
 //! `"grow"` allocates until memory runs out, `"read"` reads every reading of
-//! `params.store` (grants checked by name), `"big"` returns `params.bytes` bytes,
+//! `params.store` (grants checked by name), `"cursors"` opens 64 cursors on it and
+//! takes one reading from each, keeping them all open, `"big"` returns `params.bytes`
+//! bytes,
 //! `"panic"` panics, `"fail"` returns an error.
 
 use hearth_sdk::{Value, Window, json, stores};
@@ -29,6 +31,16 @@ fn probe(params: Value) -> Result<Value, String> {
                 n += 1;
             }
             Ok(json!({ "read": n }))
+        }
+        "cursors" => {
+            let store = params.get("store").and_then(Value::as_str).unwrap_or("");
+            let mut open = Vec::new();
+            for _ in 0..64 {
+                let mut readings = stores::read(store, None, Window::all())?;
+                readings.next().transpose()?;
+                open.push(readings);
+            }
+            Ok(json!({ "open": open.len() }))
         }
         "big" => {
             let bytes = params.get("bytes").and_then(Value::as_u64).unwrap_or(0);
