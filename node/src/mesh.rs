@@ -396,6 +396,13 @@ pub enum MeshError {
     /// The owner key could not sign.
     #[error("cannot sign: {0}")]
     Sign(String),
+    /// A change of the membership was made but could not be stored on this device.
+    #[error(
+        "the change was made but cannot be stored here ({0}); it holds until this node \
+         stops and reaches the devices connected now. Free the disk or fix the data \
+         directory, then do it again"
+    )]
+    Unsaved(String),
     /// A device of that name exists already.
     #[error("the mesh already has a device named {0:?}: choose another name")]
     NameTaken(String),
@@ -1169,6 +1176,8 @@ struct MeshLoop {
     readmitting: BTreeMap<PeerId, ConnectionId>,
     /// The admitted peers, as the gated protocols see them.
     admitted: Arc<Admitted>,
+    /// Why the membership could not be stored, since it last changed.
+    unsaved: Option<String>,
 }
 
 /// Starts the mesh loop. `gate` holds the issuer when this node holds the owner key;
@@ -1255,6 +1264,7 @@ pub async fn spawn(
         connections: BTreeMap::new(),
         readmitting: BTreeMap::new(),
         admitted,
+        unsaved: None,
         commands: commands.clone(),
         owner_key,
         node_key: key.clone(),
@@ -1405,8 +1415,10 @@ impl MeshLoop {
                 list.sort_by(|a, b| (a.peer_id != me, &a.name).cmp(&(b.peer_id != me, &b.name)));
                 let _ = reply.send(list);
             }
+            // The owner's commands are answered once their audit entries are on disk.
             Command::Revoke { name, reply } => {
-                let _ = reply.send(self.revoke(&name));
+                let result = self.revoke(&name);
+                self.audit.then(move || drop(reply.send(result)));
             }
             Command::Invite {
                 ttl,
@@ -1414,7 +1426,8 @@ impl MeshLoop {
                 role,
                 reply,
             } => {
-                let _ = reply.send(self.invite(ttl, name, role));
+                let result = self.invite(ttl, name, role);
+                self.audit.then(move || drop(reply.send(result)));
             }
             Command::AllowAdmit {
                 name,
@@ -1422,10 +1435,12 @@ impl MeshLoop {
                 scope,
                 reply,
             } => {
-                let _ = reply.send(self.allow_admit(&name, ttl, scope));
+                let result = self.allow_admit(&name, ttl, scope);
+                self.audit.then(move || drop(reply.send(result)));
             }
             Command::Approve { name, reply } => {
-                let _ = reply.send(self.approve(&name));
+                let result = self.approve(&name);
+                self.audit.then(move || drop(reply.send(result)));
             }
             #[cfg(test)]
             Command::MembersSend { peer, frames } => {
@@ -1529,7 +1544,7 @@ impl MeshLoop {
                     "revoked by the owner".into(),
                     "revoke capabilities",
                 );
-                let _ = reply.send(result);
+                self.audit.then(move || drop(reply.send(result)));
             }
         }
     }
@@ -1623,7 +1638,7 @@ impl MeshLoop {
         });
         // Tell every connected device now rather than at the next exchange.
         self.share_peers();
-        Ok(())
+        self.stored()
     }
 
     fn allow_admit(
@@ -1670,6 +1685,7 @@ impl MeshLoop {
         });
         self.audit("mesh.allow-admit", name, "allowed");
         self.share_peers();
+        self.stored()?;
         Ok(id.to_string())
     }
 
@@ -1787,6 +1803,7 @@ impl MeshLoop {
         });
         self.audit("mesh.approve", &device.name, "allowed");
         self.share_peers();
+        self.stored()?;
         Ok(true)
     }
 
@@ -1829,22 +1846,35 @@ impl MeshLoop {
         }
     }
 
-    fn save_membership(&self) {
+    /// Stores the membership; a failure is logged and kept in `unsaved` until a later
+    /// save succeeds, so that the owner's command that made the change reports it.
+    fn save_membership(&mut self) {
         let Some(path) = &self.config.membership_file else {
             return;
         };
         let bytes = self.membership.stored(&self.gate.revocations).encode();
-        if bytes.len() > hearth_protocol::mesh::membership::MAX_STORED_BYTES {
+        let saved = if bytes.len() > hearth_protocol::mesh::membership::MAX_STORED_BYTES {
             // Never a file that could not be read back (the revocation set's limits
             // keep within it; this holds should they ever not).
-            tracing::error!(
-                bytes = bytes.len(),
-                "the membership is larger than its file may be; not stored"
-            );
-            return;
+            Err(format!(
+                "the membership is {} bytes, larger than its file may be",
+                bytes.len()
+            ))
+        } else {
+            statefile::write_state(path, MEMBERSHIP_KIND, 1, &bytes)
+                .map_err(|err| format!("{}: {err}", path.display()))
+        };
+        if let Err(err) = &saved {
+            tracing::error!(error = %err, "cannot store the membership");
         }
-        if let Err(err) = statefile::write_state(path, MEMBERSHIP_KIND, 1, &bytes) {
-            tracing::error!(path = %path.display(), error = %err, "cannot store the membership");
+        self.unsaved = saved.err();
+    }
+
+    /// `Err` when the membership could not be stored since it last changed.
+    fn stored(&self) -> Result<(), MeshError> {
+        match &self.unsaved {
+            Some(err) => Err(MeshError::Unsaved(err.clone())),
+            None => Ok(()),
         }
     }
 
@@ -3145,6 +3175,74 @@ mod tests {
             out.push((handle, audit, peer));
         }
         (out, first.unwrap())
+    }
+
+    /// The owner revokes a capability while `membership.bin` cannot be replaced (a
+    /// directory stands where it goes): the command fails saying so, rather than
+    /// acknowledging a revocation that would be gone after a restart. Once the disk is
+    /// fixed, revocations are stored and acknowledged again, the earlier one with them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_that_cannot_be_stored_is_not_acknowledged() {
+        use hearth_protocol::capability::CapId;
+        use hearth_protocol::mesh::admission::Issuer;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let owner = OwnerKey::from_seed([1; 32]);
+        let key = NodeKey::from_seed([10; 32]);
+        let cert = device::issue_certificate(
+            owner.secret(),
+            None,
+            key.public(),
+            "n0",
+            Role::Home,
+            UnixMillis(0),
+            UnixMillis(u64::MAX / 2),
+            [0; 16],
+        )
+        .unwrap();
+        let gate = Gate::new(
+            key.public(),
+            Verifier::new(owner.public(), VerifierConfig::default()),
+            RevocationSet::new(owner.public()),
+            Some(Issuer {
+                key: owner.secret().clone(),
+                admit: None,
+            }),
+        );
+        let audit = Arc::new(
+            AuditLog::open(
+                &dir.path().join("audit.log"),
+                "n0",
+                key.clone(),
+                Arc::new(|| 0),
+            )
+            .unwrap(),
+        );
+        let membership = dir.path().join("membership.bin");
+        let config = MeshConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            membership_file: Some(membership.clone()),
+            ..MeshConfig::default()
+        };
+        let handle = spawn(&key, cert, gate, Some(owner), config, audit, None, stop_rx)
+            .await
+            .unwrap();
+        handle.revoke_capability(CapId([1; 32])).await.unwrap();
+        let stored = std::fs::read(&membership).unwrap();
+
+        std::fs::remove_file(&membership).unwrap();
+        std::fs::create_dir_all(membership.join("in the way")).unwrap();
+        let err = handle.revoke_capability(CapId([2; 32])).await.unwrap_err();
+        assert!(matches!(err, MeshError::Unsaved(_)), "{err}");
+        assert!(err.to_string().contains("cannot be stored here"), "{err}");
+
+        std::fs::remove_dir_all(&membership).unwrap();
+        handle.revoke_capability(CapId([3; 32])).await.unwrap();
+        let now_stored = std::fs::read(&membership).unwrap();
+        assert!(now_stored.len() > stored.len());
+        let _ = stop_tx.send(true);
     }
 
     #[tokio::test]

@@ -84,7 +84,15 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt as _;
             options.mode(0o600);
         }
-        let mut file = options.open(&tmp)?;
+        let mut file = match options.open(&tmp) {
+            // Left by a process that crashed with this process's id (ids come round
+            // again, after a reboot especially): this process never uses a name twice.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp)?;
+                options.open(&tmp)?
+            }
+            opened => opened?,
+        };
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -109,11 +117,17 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
 /// A temporary name beside `path`, unique to this process and call, so that two
 /// writers of one file never write into each other's temporary file.
 fn temporary_beside(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let n = NEXT_TEMPORARY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    temporary_name(path, std::process::id(), n)
+}
+
+/// The number of this process's next temporary file.
+static NEXT_TEMPORARY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The temporary name beside `path` of process `pid`'s `n`th write.
+fn temporary_name(path: &Path, pid: u32, n: u64) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.{n}.tmp", std::process::id()));
+    name.push(format!(".{pid}.{n}.tmp"));
     path.with_file_name(name)
 }
 
@@ -271,6 +285,34 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    /// A process killed mid-write leaves its temporary file; a later process with the
+    /// same id reaches the same name: its write replaces the leftover, and succeeds.
+    #[test]
+    fn a_temporary_file_left_by_a_crash_does_not_fail_a_write() {
+        use std::sync::atomic::Ordering;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.json");
+        let next = NEXT_TEMPORARY.load(Ordering::Relaxed);
+        let leftover = temporary_name(&path, std::process::id(), next);
+        std::fs::write(&leftover, b"half of an old write").unwrap();
+        write_durable(&path, b"whole").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert!(!leftover.exists());
+        // A symbolic link planted there is replaced, not followed.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"untouched").unwrap();
+        let next = NEXT_TEMPORARY.load(Ordering::Relaxed);
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&target, temporary_name(&path, std::process::id(), next))
+                .unwrap();
+            write_durable(&path, b"again").unwrap();
+            assert_eq!(std::fs::read(&target).unwrap(), b"untouched");
+            assert_eq!(std::fs::read(&path).unwrap(), b"again");
+        }
+    }
 
     #[test]
     fn a_state_file_reads_back_what_was_written() {

@@ -426,7 +426,8 @@ fn audited(dir: &Path, cap: &str, phone_peer: &str) -> Audited {
                 if allowed && entry["object"] == "phone" {
                     found.admitted_after.push(seq);
                 }
-                if refused && entry["object"] == phone_peer {
+                // A refused device of the mesh is named; a stranger by its peer id.
+                if refused && (entry["object"] == phone_peer || entry["object"] == "phone") {
                     found.refused_after += 1;
                 }
             }

@@ -33,25 +33,38 @@ pub(super) const MAX_INCOMING: usize = 64;
 /// Entries waiting to be written before the mesh loop waits for the writer.
 const AUDIT_QUEUE: usize = 4096;
 
+/// What the writer is handed.
+enum Queued {
+    /// An entry to write.
+    Entry(AuditEvent),
+    /// Something to do once every entry before it is written (an answer to the owner).
+    Then(Box<dyn FnOnce() + Send>),
+}
+
 /// The mesh's audit entries, written in order by a thread of their own; each is
 /// durable when the thread has written it (the log syncs every entry). When
 /// [`AUDIT_QUEUE`] entries wait (a disk that stopped answering), the loop waits for
 /// the writer rather than lose one.
 pub(super) struct AuditWriter {
-    queue: Option<std_mpsc::SyncSender<AuditEvent>>,
+    queue: Option<std_mpsc::SyncSender<Queued>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AuditWriter {
     /// Starts the thread writing to `log`.
     pub(super) fn spawn(log: Arc<AuditLog>) -> std::io::Result<Self> {
-        let (queue, entries) = std_mpsc::sync_channel::<AuditEvent>(AUDIT_QUEUE);
+        let (queue, entries) = std_mpsc::sync_channel::<Queued>(AUDIT_QUEUE);
         let thread = std::thread::Builder::new()
             .name("mesh-audit".into())
             .spawn(move || {
-                for event in entries {
-                    if let Err(err) = log.record(event) {
-                        tracing::error!(error = %err, "cannot write the audit log");
+                for queued in entries {
+                    match queued {
+                        Queued::Entry(event) => {
+                            if let Err(err) = log.record(event) {
+                                tracing::error!(error = %err, "cannot write the audit log");
+                            }
+                        }
+                        Queued::Then(then) => then(),
                     }
                 }
             })?;
@@ -63,23 +76,32 @@ impl AuditWriter {
 
     /// Queues an entry (waits while the queue is full).
     pub(super) fn record(&self, event: AuditEvent) {
+        self.queue(Queued::Entry(event));
+    }
+
+    /// Runs `then` on the writer once every entry queued before it is written.
+    pub(super) fn then(&self, then: impl FnOnce() + Send + 'static) {
+        self.queue(Queued::Then(Box::new(then)));
+    }
+
+    fn queue(&self, queued: Queued) {
         let Some(queue) = &self.queue else {
             return;
         };
-        let event = match queue.try_send(event) {
+        let queued = match queue.try_send(queued) {
             Ok(()) => return,
-            Err(std_mpsc::TrySendError::Full(event)) => {
+            Err(std_mpsc::TrySendError::Full(queued)) => {
                 tracing::warn!(
                     "the audit log is {AUDIT_QUEUE} entries behind; waiting for the disk"
                 );
-                event
+                queued
             }
             Err(std_mpsc::TrySendError::Disconnected(_)) => {
                 tracing::error!("the mesh's audit writer has stopped; an entry is not written");
                 return;
             }
         };
-        if queue.send(event).is_err() {
+        if queue.send(queued).is_err() {
             tracing::error!("the mesh's audit writer has stopped; an entry is not written");
         }
     }
