@@ -156,7 +156,12 @@ pub fn aggregate<'a>(
         return Some(readings.count() as f64);
     }
     let path = field.unwrap_or("");
-    let numbers = readings.filter_map(|r| r.number(path));
+    aggregate_numbers(aggregate, readings.filter_map(|r| r.number(path)))
+}
+
+/// Computes `aggregate` over `numbers`, in their order. `None` when there is nothing to
+/// aggregate (no numbers, or fewer than two for `sd`).
+pub fn aggregate_numbers(aggregate: Aggregate, numbers: impl Iterator<Item = f64>) -> Option<f64> {
     match aggregate {
         Aggregate::Count => Some(numbers.count() as f64),
         Aggregate::Sum => {

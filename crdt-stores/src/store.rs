@@ -643,6 +643,81 @@ impl Store {
         Ok(aggregate(function, field, selected))
     }
 
+    /// Where the first chunk window that holds readings at or after `from`, and starts
+    /// before `end`, starts (timeseries stores; `None` for others, or when there is
+    /// none): readers that go a chunk window at a time skip the empty ones with it.
+    pub fn next_chunk(&self, from: u64, end: u64) -> Option<u64> {
+        let state = lock(&self.state);
+        let Body::Series(series) = &state.body else {
+            return None;
+        };
+        if from >= end {
+            return None;
+        }
+        let window = self.meta.window_ms.max(1);
+        let first = from - from % window;
+        series
+            .index
+            .range(first..end)
+            .find(|(_, info)| info.count > 0)
+            .map(|(start, _)| (*start).max(from))
+    }
+
+    /// The first and last timestamps of the readings in `[start, end)` (timeseries
+    /// stores). It reads at most the chunks at the two ends of the window, one at a
+    /// time: a chunk wholly inside it answers from its index entry.
+    pub fn span(&self, start: u64, end: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        if start >= end {
+            return Ok(None);
+        }
+        let window = self.meta.window_ms.max(1);
+        let chunks: Vec<(u64, u64, u64)> = {
+            let state = lock(&self.state);
+            let Body::Series(series) = &state.body else {
+                return Err(self.wrong_kind("read", "timeseries"));
+            };
+            series
+                .index
+                .range(start - start % window..end)
+                .filter(|(_, info)| info.count > 0 && info.max_ts >= start && info.min_ts < end)
+                .map(|(chunk, info)| (*chunk, info.min_ts, info.max_ts))
+                .collect()
+        };
+        let edge = |chunk: u64, newest: bool| -> Result<Option<u64>, StoreError> {
+            let page = Selection::Range(chunk.max(start), chunk.saturating_add(window).min(end));
+            let readings = self.read(page, None)?;
+            Ok(if newest {
+                readings.last()
+            } else {
+                readings.first()
+            }
+            .map(|r| r.ts))
+        };
+        let mut first = None;
+        for &(chunk, min, max) in &chunks {
+            first = if min >= start && max < end {
+                Some(min)
+            } else {
+                edge(chunk, false)?
+            };
+            if first.is_some() {
+                break;
+            }
+        }
+        let mut last = None;
+        for &(chunk, min, max) in chunks.iter().rev() {
+            last = if min >= start && max < end {
+                Some(max)
+            } else {
+                edge(chunk, true)?
+            };
+            if last.is_some() {
+                break;
+            }
+        }
+        Ok(first.zip(last))
+    }
+
     /// Number of readings (timeseries) or keys (kv, doc).
     pub fn records(&self) -> Result<u64, StoreError> {
         let state = lock(&self.state);

@@ -296,3 +296,45 @@ fn compaction_keeps_everything() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Reading a window a chunk window at a time (`next_chunk`, as a computation's
+    /// cursor does) gives what reading it whole gives, and `span` (from the index and
+    /// the chunks at the window's ends) the first and last of them; a window that ends
+    /// before it starts holds nothing.
+    #[test]
+    fn paged_reads_and_spans_match_whole_reads(
+        stamps in proptest::collection::vec(0u64..5_000, 0..200),
+        windows in proptest::collection::vec((0u64..6_000, 0u64..6_000), 1..20),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = open(dir.path(), BackendKind::Memory);
+        let ts = stores.create("ts", Kind::Timeseries, Some(WINDOW)).unwrap();
+        for chunk in stamps.chunks(50) {
+            ts.append(chunk.iter().map(|t| Reading::new(*t, json!(t))).collect()).unwrap();
+        }
+        for (start, end) in windows {
+            let whole = if start < end {
+                ts.read(Selection::Range(start, end), None).unwrap()
+            } else {
+                Vec::new()
+            };
+            let mut paged = Vec::new();
+            let mut next = start;
+            while let Some(at) = ts.next_chunk(next, end) {
+                let page_end = (at - at % WINDOW + WINDOW).min(end);
+                prop_assert!(page_end > at);
+                paged.extend(ts.read(Selection::Range(at, page_end), None).unwrap());
+                next = page_end;
+            }
+            let key = |r: &Reading| (r.ts, r.value.to_string());
+            prop_assert_eq!(paged.iter().map(key).collect::<Vec<_>>(), whole.iter().map(key).collect::<Vec<_>>());
+            prop_assert_eq!(
+                ts.span(start, end).unwrap(),
+                whole.first().zip(whole.last()).map(|(a, b)| (a.ts, b.ts))
+            );
+        }
+    }
+}

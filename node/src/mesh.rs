@@ -136,6 +136,9 @@ impl Default for MeshConfig {
 /// reserved here, and a read waits (the peer's writes wait in the transport's
 /// flow-control window) while others hold the rest.
 pub const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes of admission messages being read, or read and not yet dropped, at most, over
+/// every connection: admission is open to anyone, so it has a budget of its own.
+pub const MAX_ADMISSION_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 /// Streams at once on one TCP connection (yamux), each with a receive window of
 /// 256 KiB: at most 16 MiB waits unread in one TCP connection. (QUIC's connection
 /// window is 15 MB.)
@@ -396,6 +399,12 @@ pub enum MeshError {
     /// The owner key could not sign.
     #[error("cannot sign: {0}")]
     Sign(String),
+    /// The change was made but its audit entry could not be written.
+    #[error(
+        "the change was made but its audit entry cannot be written ({0}); fix the disk \
+         and check `hearth audit verify`"
+    )]
+    Unaudited(String),
     /// A change of the membership was made but could not be stored on this device.
     #[error(
         "the change was made but cannot be stored here ({0}); it holds until this node \
@@ -820,6 +829,14 @@ impl MeshHandle {
     }
 }
 
+/// The answer to an owner's command, unless its audit entries could not be written.
+fn audited<T>(result: Result<T, MeshError>, failed: Option<String>) -> Result<T, MeshError> {
+    match failed {
+        Some(err) if result.is_ok() => Err(MeshError::Unaudited(err)),
+        _ => result,
+    }
+}
+
 fn now() -> UnixMillis {
     crate::clock::now()
 }
@@ -849,6 +866,7 @@ fn build_swarm(
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut bytes)
         .map_err(|err| MeshError::Start(err.to_string()))?;
     let budget = Budget::new(MAX_BUFFERED_BYTES);
+    let admission_budget = Budget::new(MAX_ADMISSION_BUFFERED_BYTES);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, || {
@@ -882,14 +900,18 @@ fn build_swarm(
                         // dead connections still count until ping gives up on them.
                         .with_max_established_per_peer(Some(4)),
                 ),
+                // Anyone may speak admission: it reads within a budget of its own
+                // (strangers cannot take the members' share), two streams at once per
+                // connection.
                 admission: request_response::Behaviour::with_codec(
-                    FrameCodec::new(admission::MAX_MESSAGE_BYTES, &budget),
+                    FrameCodec::new(admission::MAX_MESSAGE_BYTES, &admission_budget),
                     [(
                         StreamProtocol::new(ADMISSION_PROTOCOL),
                         request_response::ProtocolSupport::Full,
                     )],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
+                        .with_request_timeout(Duration::from_secs(10))
+                        .with_max_concurrent_streams(2),
                 ),
                 sync: Gated::new(
                     request_response::Behaviour::with_codec(
@@ -1418,7 +1440,8 @@ impl MeshLoop {
             // The owner's commands are answered once their audit entries are on disk.
             Command::Revoke { name, reply } => {
                 let result = self.revoke(&name);
-                self.audit.then(move || drop(reply.send(result)));
+                self.audit
+                    .then(move |failed| drop(reply.send(audited(result, failed))));
             }
             Command::Invite {
                 ttl,
@@ -1427,7 +1450,8 @@ impl MeshLoop {
                 reply,
             } => {
                 let result = self.invite(ttl, name, role);
-                self.audit.then(move || drop(reply.send(result)));
+                self.audit
+                    .then(move |failed| drop(reply.send(audited(result, failed))));
             }
             Command::AllowAdmit {
                 name,
@@ -1436,11 +1460,13 @@ impl MeshLoop {
                 reply,
             } => {
                 let result = self.allow_admit(&name, ttl, scope);
-                self.audit.then(move || drop(reply.send(result)));
+                self.audit
+                    .then(move |failed| drop(reply.send(audited(result, failed))));
             }
             Command::Approve { name, reply } => {
                 let result = self.approve(&name);
-                self.audit.then(move || drop(reply.send(result)));
+                self.audit
+                    .then(move |failed| drop(reply.send(audited(result, failed))));
             }
             #[cfg(test)]
             Command::MembersSend { peer, frames } => {
@@ -1544,7 +1570,8 @@ impl MeshLoop {
                     "revoked by the owner".into(),
                     "revoke capabilities",
                 );
-                self.audit.then(move || drop(reply.send(result)));
+                self.audit
+                    .then(move |failed| drop(reply.send(audited(result, failed))));
             }
         }
     }

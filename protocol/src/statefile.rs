@@ -288,26 +288,37 @@ mod tests {
 
     /// A process killed mid-write leaves its temporary file; a later process with the
     /// same id reaches the same name: its write replaces the leftover, and succeeds.
+    /// (Leftovers are planted at the next 256 names: other tests of this process may
+    /// write meanwhile.)
     #[test]
     fn a_temporary_file_left_by_a_crash_does_not_fail_a_write() {
         use std::sync::atomic::Ordering;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.json");
-        let next = NEXT_TEMPORARY.load(Ordering::Relaxed);
-        let leftover = temporary_name(&path, std::process::id(), next);
-        std::fs::write(&leftover, b"half of an old write").unwrap();
+        let plant = |make: &dyn Fn(&Path)| {
+            let next = NEXT_TEMPORARY.load(Ordering::Relaxed);
+            (next..next + 256)
+                .map(|n| temporary_name(&path, std::process::id(), n))
+                .inspect(|name| make(name))
+                .collect::<Vec<_>>()
+        };
+        let leftovers = plant(&|name| std::fs::write(name, b"half of an old write").unwrap());
         write_durable(&path, b"whole").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
-        assert!(!leftover.exists());
+        assert!(
+            leftovers.iter().any(|name| !name.exists()),
+            "one was replaced"
+        );
+        for name in leftovers {
+            let _ = std::fs::remove_file(name);
+        }
         // A symbolic link planted there is replaced, not followed.
-        let target = dir.path().join("target");
-        std::fs::write(&target, b"untouched").unwrap();
-        let next = NEXT_TEMPORARY.load(Ordering::Relaxed);
         #[cfg(unix)]
         {
-            std::os::unix::fs::symlink(&target, temporary_name(&path, std::process::id(), next))
-                .unwrap();
+            let target = dir.path().join("target");
+            std::fs::write(&target, b"untouched").unwrap();
+            plant(&|name| std::os::unix::fs::symlink(&target, name).unwrap());
             write_durable(&path, b"again").unwrap();
             assert_eq!(std::fs::read(&target).unwrap(), b"untouched");
             assert_eq!(std::fs::read(&path).unwrap(), b"again");

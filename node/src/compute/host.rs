@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use hearth_protocol::capability::{Access, Actions, Grant, ModuleHash, Resource, TimeRange};
 use hearth_protocol::time::UnixMillis;
-use hearth_stores::query::{Aggregate, Selection};
+use hearth_stores::query::{self, Aggregate, Selection};
 use hearth_stores::{Kind, Reading, Stores};
 use serde_json::Value;
 use wasmtime::component::{Resource as Handle, ResourceTable};
@@ -99,6 +99,105 @@ fn page_size(readings: &[Reading]) -> usize {
         .sum()
 }
 
+/// Where the page of a store with chunk windows of `window` ms that starts at `start`
+/// ends: at the end of `start`'s chunk window, or `end`.
+fn page_end(start: u64, window: u64, end: u64) -> u64 {
+    let window = window.max(1);
+    start
+        .saturating_sub(start % window)
+        .saturating_add(window)
+        .min(end)
+}
+
+/// The numbers at `path` of a store's readings in `[next, end)` (a one for every
+/// reading when `path` is `None`), read a chunk window at a time; each page counts
+/// against the run's memory limit while it is read. A store error or the limit ends
+/// the numbers early; [`Pages::finish`] says which.
+struct Pages<'a> {
+    handle: &'a hearth_stores::Store,
+    limits: &'a mut RunLimits,
+    path: Option<&'a str>,
+    next: u64,
+    end: u64,
+    page: std::vec::IntoIter<f64>,
+    failed: Option<Ended>,
+}
+
+/// Why [`Pages`] ended early.
+enum Ended {
+    /// The store could not be read: an error for the computation.
+    Store(String),
+    /// The run's memory limit: the run stops.
+    Limit(wasmtime::Error),
+}
+
+impl<'a> Pages<'a> {
+    fn new(
+        handle: &'a hearth_stores::Store,
+        limits: &'a mut RunLimits,
+        path: Option<&'a str>,
+        next: u64,
+        end: u64,
+    ) -> Self {
+        Self {
+            handle,
+            limits,
+            path,
+            next,
+            end,
+            page: Vec::new().into_iter(),
+            failed: None,
+        }
+    }
+
+    /// `Err` (the run stops) when the memory limit ended the numbers, `Ok(Err)` (an
+    /// error for the computation) when the store could not be read.
+    fn finish(self) -> wasmtime::Result<Result<(), String>> {
+        match self.failed {
+            None => Ok(Ok(())),
+            Some(Ended::Store(message)) => Ok(Err(message)),
+            Some(Ended::Limit(err)) => Err(err),
+        }
+    }
+}
+
+impl Iterator for Pages<'_> {
+    type Item = f64;
+
+    fn next(&mut self) -> Option<f64> {
+        loop {
+            if let Some(number) = self.page.next() {
+                return Some(number);
+            }
+            if self.failed.is_some() {
+                return None;
+            }
+            let start = self.handle.next_chunk(self.next, self.end)?;
+            let page_end = page_end(start, self.handle.meta().window_ms, self.end);
+            self.next = page_end;
+            let readings = match self.handle.read(Selection::Range(start, page_end), None) {
+                Ok(readings) => readings,
+                Err(err) => {
+                    self.failed = Some(Ended::Store(err.to_string()));
+                    return None;
+                }
+            };
+            let size = page_size(&readings);
+            if let Err(err) = self.limits.hold(size) {
+                self.failed = Some(Ended::Limit(err));
+                return None;
+            }
+            let numbers: Vec<f64> = match self.path {
+                None => readings.iter().map(|_| 1.0).collect(),
+                Some(path) => readings.iter().filter_map(|r| r.number(path)).collect(),
+            };
+            drop(readings);
+            self.limits.release(size);
+            self.page = numbers.into_iter();
+        }
+    }
+}
+
 /// A run that would hold more memory than its limit: its linear memory and what the
 /// node holds for it (the pages of its cursors) together.
 #[derive(Debug)]
@@ -178,7 +277,8 @@ impl wasmtime::ResourceLimiter for RunLimits {
     ) -> wasmtime::Result<bool> {
         let grown = desired.saturating_sub(current);
         let asked = self.wasm.saturating_add(self.host).saturating_add(grown);
-        if self.host > 0 && asked > self.limit {
+        // Every linear memory of the run together, and what the node holds for it.
+        if asked > self.limit {
             return Err(wasmtime::Error::new(HostMemory {
                 asked,
                 limit: self.limit,
@@ -197,7 +297,22 @@ impl wasmtime::ResourceLimiter for RunLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
+        // A table element is a pointer: tables count against the limit too.
+        let grown = desired
+            .saturating_sub(current)
+            .saturating_mul(std::mem::size_of::<usize>());
+        let asked = self.wasm.saturating_add(self.host).saturating_add(grown);
+        if asked > self.limit {
+            return Err(wasmtime::Error::new(HostMemory {
+                asked,
+                limit: self.limit,
+            }));
+        }
+        let allowed = self.inner.table_growing(current, desired, maximum)?;
+        if allowed {
+            self.wasm = self.wasm.saturating_add(grown);
+        }
+        Ok(allowed)
     }
 
     fn instances(&self) -> usize {
@@ -501,19 +616,7 @@ impl hearth::compute::stores::Host for HostState {
             Ok(s) => s,
             Err(message) => return Ok(Err(message)),
         };
-        // The window, narrowed to the readings there are: pages are read from the
-        // oldest reading on, up to the newest.
-        let (start, end) = window_selection(range).bounds();
-        let first = handle.read(Selection::Earliest, None);
-        let last = handle.read(Selection::Latest, None);
-        let (first, last) = match (first, last) {
-            (Ok(first), Ok(last)) => (first, last),
-            (Err(err), _) | (_, Err(err)) => return Ok(Err(err.to_string())),
-        };
-        let (next, end) = match first.first().zip(last.first()) {
-            Some((first, last)) => (start.max(first.ts), end.min(last.ts.saturating_add(1))),
-            None => (0, 0),
-        };
+        let (next, end) = window_selection(range).bounds();
         let cursor = Cursor {
             handle,
             store,
@@ -573,23 +676,40 @@ impl hearth::compute::stores::Host for HostState {
             AggregateOp::Median => Aggregate::Median,
             AggregateOp::Sd => Aggregate::Sd,
         };
-        let selection = window_selection(range);
-        let counted = handle
-            .aggregate(Aggregate::Count, None, selection, None)
-            .unwrap_or(None);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        if withheld && (counted.unwrap_or(0.0) as u64) < MIN_GROUP {
+        // A chunk window at a time, each page counted against the run's memory limit
+        // while it is read.
+        let (start, end) = window_selection(range).bounds();
+        let mut ones = Pages::new(&handle, &mut self.limits, None, start, end);
+        let counted = ones.by_ref().count() as u64;
+        if let Err(message) = ones.finish()? {
+            return Ok(Err(message));
+        }
+        if withheld && counted < MIN_GROUP {
             return Ok(Ok(None));
         }
-        match handle.aggregate(op, field.as_deref(), selection, None) {
-            Ok(result) => {
-                // Aggregates hand over one number; the readings behind it count as read.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                self.count(&store, counted.unwrap_or(0.0) as u64, 8);
-                Ok(Ok(result))
-            }
-            Err(err) => Ok(Err(err.to_string())),
+        let path = match (op, field.as_deref()) {
+            (Aggregate::Count, None) => None,
+            (_, field) => Some(field.unwrap_or("")),
+        };
+        // A median holds every number at once.
+        let held = if op == Aggregate::Median {
+            usize::try_from(counted)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(std::mem::size_of::<f64>())
+        } else {
+            0
+        };
+        self.limits.hold(held)?;
+        let mut numbers = Pages::new(&handle, &mut self.limits, path, start, end);
+        let result = query::aggregate_numbers(op, numbers.by_ref());
+        let finished = numbers.finish();
+        self.limits.release(held);
+        if let Err(message) = finished? {
+            return Ok(Err(message));
         }
+        // Aggregates hand over one number; the readings behind it count as read.
+        self.count(&store, counted, 8);
+        Ok(Ok(result))
     }
 
     fn span(
@@ -613,31 +733,9 @@ impl hearth::compute::stores::Host for HostState {
             Ok(s) => s,
             Err(message) => return Ok(Err(message)),
         };
-        let (start, end) = match range {
-            None => (0, u64::MAX),
-            Some(r) => (r.start.0, r.end.0),
-        };
-        let first = handle.read(
-            match range {
-                None => Selection::Earliest,
-                Some(_) => Selection::Range(start, end),
-            },
-            None,
-        );
-        let result = first.and_then(|readings| {
-            if range.is_none() {
-                let last = handle.read(Selection::Latest, None)?;
-                Ok(readings
-                    .first()
-                    .zip(last.first())
-                    .map(|(a, b)| (a.ts, b.ts)))
-            } else {
-                Ok(readings
-                    .first()
-                    .zip(readings.last())
-                    .map(|(a, b)| (a.ts, b.ts)))
-            }
-        });
+        // Read from the store's index, and at most the chunks at the window's ends.
+        let (start, end) = window_selection(range).bounds();
+        let result = handle.span(start, end);
         match result {
             Ok(span) => {
                 self.count(&store, 2, 16);
@@ -745,15 +843,14 @@ impl hearth::compute::stores::HostCursor for HostState {
                     value,
                 });
             }
-            if batch.len() == take || open.next >= open.end {
+            if batch.len() == take {
                 break;
             }
-            // The next page: the rest of the store's chunk window `next` is in.
-            let (start, window) = (open.next, open.handle.meta().window_ms.max(1));
-            let page_end = start
-                .saturating_sub(start % window)
-                .saturating_add(window)
-                .min(open.end);
+            // The next page: the rest of the next chunk window that holds readings.
+            let Some(start) = open.handle.next_chunk(open.next, open.end) else {
+                break;
+            };
+            let page_end = page_end(start, open.handle.meta().window_ms, open.end);
             let readings = open.handle.read(Selection::Range(start, page_end), None);
             open.next = page_end;
             let released = std::mem::take(&mut open.page_bytes);

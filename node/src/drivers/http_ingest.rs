@@ -18,7 +18,7 @@
 //! `401` and its body is never taken in. A body that is not acceptable gets a 4xx
 //! with a message and writes nothing. The endpoint listens on 127.0.0.1 unless the
 //! driver names another address; on loopback it speaks plain HTTP, anywhere else HTTPS
-//! only, with the certificate `driver add` made for the driver (see [`tls`]).
+//! only, with the certificate `driver add` made for the driver (see `tls`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,14 +7,14 @@
 //!   recorded, the rest as one summary entry when the window ends.
 //! - A connection is judged once: a request for admission on a connection already
 //!   refused is not looked at.
-//! - At most [`MAX_INCOMING`] incoming connections from peers that are not devices of
-//!   the mesh are kept at once; past that a new one is closed as it opens, so the
-//!   other slots of the connection limit stay free for the owner's devices.
+//! - At most [`MAX_INCOMING`] connections with peers that are not devices of the mesh
+//!   (either side dialled) are kept at once; past that a new one is closed as it
+//!   opens, so the other slots of the connection limit stay free for the owner's
+//!   devices.
 //! - The mesh's audit entries are written by [`AuditWriter`], on a thread of its own:
 //!   the mesh loop never waits for the disk.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
@@ -37,8 +37,9 @@ const AUDIT_QUEUE: usize = 4096;
 enum Queued {
     /// An entry to write.
     Entry(AuditEvent),
-    /// Something to do once every entry before it is written (an answer to the owner).
-    Then(Box<dyn FnOnce() + Send>),
+    /// Something to do once every entry before it is written (an answer to the owner),
+    /// told why one of them could not be written since the last, if one could not.
+    Then(Box<dyn FnOnce(Option<String>) + Send>),
 }
 
 /// The mesh's audit entries, written in order by a thread of their own; each is
@@ -57,14 +58,16 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("mesh-audit".into())
             .spawn(move || {
+                let mut failed = None;
                 for queued in entries {
                     match queued {
                         Queued::Entry(event) => {
                             if let Err(err) = log.record(event) {
                                 tracing::error!(error = %err, "cannot write the audit log");
+                                failed.get_or_insert(err.to_string());
                             }
                         }
-                        Queued::Then(then) => then(),
+                        Queued::Then(then) => then(failed.take()),
                     }
                 }
             })?;
@@ -79,8 +82,9 @@ impl AuditWriter {
         self.queue(Queued::Entry(event));
     }
 
-    /// Runs `then` on the writer once every entry queued before it is written.
-    pub(super) fn then(&self, then: impl FnOnce() + Send + 'static) {
+    /// Runs `then` on the writer once every entry queued before it is written, with why
+    /// one of them (since the last `then`) could not be, if one could not.
+    pub(super) fn then(&self, then: impl FnOnce(Option<String>) + Send + 'static) {
         self.queue(Queued::Then(Box::new(then)));
     }
 
@@ -122,17 +126,24 @@ impl Drop for AuditWriter {
     }
 }
 
-/// Where a connection comes from, as refusals are counted: the IP address of
-/// `remote`, or the whole address when it names none.
+/// Where a connection comes from, as refusals are counted: the IPv4 address of
+/// `remote`, its IPv6 /64, or the whole address when it names none.
 pub(super) fn source_of(remote: &Multiaddr) -> String {
     remote
         .iter()
         .find_map(|p| match p {
-            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+            Protocol::Ip4(ip) => Some(ip.to_string()),
+            // One network hands out a /64 to each of its hosts.
+            Protocol::Ip6(ip) => Some(match ip.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let net = u128::from(ip) & !((1u128 << 64) - 1);
+                    format!("{}/64", std::net::Ipv6Addr::from(net))
+                }
+            }),
             _ => None,
         })
-        .map_or_else(|| remote.to_string(), |ip| ip.to_string())
+        .unwrap_or_else(|| remote.to_string())
 }
 
 /// The state [`super`] keeps about strangers.
@@ -161,7 +172,10 @@ impl Strangers {
         member: bool,
     ) -> bool {
         self.sources.insert(peer, source_of(remote));
-        if !incoming || member {
+        // Connections this node dialled count too: a LAN peer can announce any number
+        // of names over mDNS, each of which is dialled.
+        let _ = incoming;
+        if member {
             return true;
         }
         if self.incoming.len() >= MAX_INCOMING {
@@ -237,7 +251,11 @@ mod tests {
         let tcp: Multiaddr = "/ip4/192.0.2.7/tcp/4001".parse().unwrap();
         assert_eq!(source_of(&tcp), "192.0.2.7");
         let quic: Multiaddr = "/ip6/::1/udp/9/quic-v1".parse().unwrap();
-        assert_eq!(source_of(&quic), "::1");
+        assert_eq!(source_of(&quic), "::/64");
+        let v6: Multiaddr = "/ip6/2001:db8:1:2:aaaa:bbbb:cccc:dddd/tcp/1"
+            .parse()
+            .unwrap();
+        assert_eq!(source_of(&v6), "2001:db8:1:2::/64");
         assert_eq!(source_of(&Multiaddr::empty()), "");
     }
 
@@ -256,7 +274,8 @@ mod tests {
         }
         let one_more = ConnectionId::new_unchecked(1000);
         assert!(!strangers.opened(PeerId::random(), one_more, &remote, true, false));
-        // Devices of the mesh, and connections this side dialled, are not counted.
+        // Devices of the mesh are not counted; connections to strangers this side
+        // dialled are.
         assert!(strangers.opened(
             PeerId::random(),
             ConnectionId::new_unchecked(1001),
@@ -264,7 +283,7 @@ mod tests {
             true,
             true
         ));
-        assert!(strangers.opened(
+        assert!(!strangers.opened(
             PeerId::random(),
             ConnectionId::new_unchecked(1002),
             &remote,
