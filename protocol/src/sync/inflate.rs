@@ -46,6 +46,16 @@ use crate::encoding::{DecodeError, Reader};
 /// message to such a device, and refused the same way.
 pub const MAX_INFLATED_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Most operations the automerge chunks of one payload may hold together: about
+/// 150 MiB of automerge's memory at the most, and more than any one message of an
+/// ordinary store carries (a chunk of readings is one insert per reading).
+///
+/// Columns are run-length encoded, so a few bytes can declare billions of operations
+/// that automerge would then check and apply one by one: the count is read from the
+/// run headers of each change's and each document's action column, which costs what
+/// the column's encoded bytes cost.
+pub const MAX_OPS: u64 = 1 << 20;
+
 /// automerge's chunk magic bytes.
 const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// Chunk types.
@@ -56,6 +66,8 @@ const COMPRESSED_CHANGE: u8 = 2;
 const DEFLATE: u64 = 0b1000;
 /// Bytes of a change hash.
 const HASH_LEN: u64 = 32;
+/// The action column's specification (column 4, integers), without the DEFLATE bit.
+const ACTION_COLUMN: u64 = (4 << 4) | 2;
 /// Size of the buffer inflated data is counted in and discarded.
 const SCRATCH: usize = 16 * 1024;
 
@@ -72,6 +84,12 @@ pub enum InflateError {
     /// The data is not a sequence of automerge chunks.
     #[error("malformed automerge data: {0}")]
     Malformed(#[from] DecodeError),
+    /// The data holds more operations than one payload may.
+    #[error("automerge data that holds more than {limit} operations, the limit on one payload")]
+    TooManyOps {
+        /// The limit, in operations.
+        limit: u64,
+    },
     /// A compressed part is not a complete DEFLATE stream.
     #[error("automerge data with a compressed part that does not inflate")]
     Deflate,
@@ -91,6 +109,7 @@ pub fn check_within<'a>(
     let mut walk = Walk {
         left: limit,
         limit,
+        ops_left: MAX_OPS,
         decoder: flate2::bufread::DeflateDecoder::new(&[][..]),
         scratch: [0; SCRATCH],
     };
@@ -105,11 +124,32 @@ pub fn check_within<'a>(
     Ok(limit - walk.left)
 }
 
+/// The operations `payload` holds, as [`check`] counts them.
+#[cfg(test)]
+fn ops_in(payload: &[u8]) -> Result<u64, InflateError> {
+    let mut walk = Walk {
+        left: MAX_INFLATED_BYTES,
+        limit: MAX_INFLATED_BYTES,
+        ops_left: MAX_OPS,
+        decoder: flate2::bufread::DeflateDecoder::new(&[][..]),
+        scratch: [0; SCRATCH],
+    };
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let mut r = Reader::new(rest);
+        walk.chunk(&mut r)?;
+        rest = r.rest();
+    }
+    Ok(MAX_OPS - walk.ops_left)
+}
+
 /// One check's budget and inflater (reused for every compressed part: a payload of
 /// many small ones costs no allocation each).
 struct Walk<'a> {
     left: u64,
     limit: u64,
+    /// Operations the payload may still hold.
+    ops_left: u64,
     decoder: flate2::bufread::DeflateDecoder<&'a [u8]>,
     scratch: [u8; SCRATCH],
 }
@@ -144,8 +184,17 @@ impl<'a> Walk<'a> {
         let data = r.take(size(len, "automerge chunk data")?, "automerge chunk data")?;
         match kind {
             DOCUMENT => self.document(data),
-            CHANGE => self.spend(data.len() as u64),
-            COMPRESSED_CHANGE => self.inflate(data),
+            CHANGE => {
+                self.spend(data.len() as u64)?;
+                let ops = change_ops(&mut Slice { data, at: 0 })?;
+                self.ops(ops)
+            }
+            COMPRESSED_CHANGE => {
+                self.decoder.reset(data);
+                let ops = change_ops(&mut Inflating::new(self))?;
+                self.ops(ops)?;
+                self.drain()
+            }
             tag => Err(DecodeError::UnknownTag {
                 what: "automerge chunk type",
                 tag,
@@ -181,16 +230,27 @@ impl<'a> Walk<'a> {
         let deflated = changes.deflated.saturating_add(ops.deflated);
         self.spend((data.len() as u64).saturating_sub(deflated))?;
         let mut meta = Reader::new(metadata);
-        self.inflate_columns(&mut meta, change_data)?;
-        self.inflate_columns(&mut meta, op_data)?;
+        self.inflate_columns(&mut meta, change_data, false)?;
+        self.inflate_columns(&mut meta, op_data, true)?;
+        Ok(())
+    }
+
+    /// Counts `ops` more operations.
+    fn ops(&mut self, ops: u64) -> Result<(), InflateError> {
+        self.ops_left = self
+            .ops_left
+            .checked_sub(ops)
+            .ok_or(InflateError::TooManyOps { limit: MAX_OPS })?;
         Ok(())
     }
 
     /// Inflates the compressed columns of one group, read again from its metadata.
+    /// The operations of the group `ops` are counted from its action column.
     fn inflate_columns(
         &mut self,
         meta: &mut Reader<'a>,
         data: &'a [u8],
+        ops: bool,
     ) -> Result<(), InflateError> {
         let mut data = Reader::new(data);
         let count = meta.varint("column count")?;
@@ -198,17 +258,33 @@ impl<'a> Walk<'a> {
             let spec = meta.varint("column spec")?;
             let len = meta.varint("column length")?;
             let column = data.take(size(len, "column data")?, "column data")?;
-            if spec & DEFLATE != 0 {
-                self.inflate(column)?;
+            let action = ops && spec & !DEFLATE == ACTION_COLUMN;
+            match (spec & DEFLATE != 0, action) {
+                (true, false) => self.inflate(column)?,
+                (true, true) => {
+                    self.decoder.reset(column);
+                    let ops = run_lengths(&mut Inflating::new(self), None)?;
+                    self.ops(ops)?;
+                    self.drain()?;
+                }
+                (false, true) => {
+                    let ops = run_lengths(
+                        &mut Slice {
+                            data: column,
+                            at: 0,
+                        },
+                        Some(len),
+                    )?;
+                    self.ops(ops)?;
+                }
+                (false, false) => {}
             }
         }
         Ok(())
     }
 
-    /// Inflates one raw DEFLATE stream as automerge does (flate2's `bufread`
-    /// decoder, read to its end), counting what comes out.
-    fn inflate(&mut self, compressed: &'a [u8]) -> Result<(), InflateError> {
-        self.decoder.reset(compressed);
+    /// Inflates what is left of the DEFLATE stream the decoder holds, counting it.
+    fn drain(&mut self) -> Result<(), InflateError> {
         loop {
             match self.decoder.read(&mut self.scratch) {
                 Ok(0) => return Ok(()),
@@ -216,6 +292,241 @@ impl<'a> Walk<'a> {
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Err(InflateError::Deflate),
             }
+        }
+    }
+
+    /// Inflates one raw DEFLATE stream as automerge does (flate2's `bufread`
+    /// decoder, read to its end), counting what comes out.
+    fn inflate(&mut self, compressed: &'a [u8]) -> Result<(), InflateError> {
+        self.decoder.reset(compressed);
+        self.drain()
+    }
+}
+
+/// Bytes read one at a time, from a slice or out of a DEFLATE stream.
+trait Source {
+    /// The next byte; `None` at the end.
+    fn byte(&mut self) -> Result<Option<u8>, InflateError>;
+
+    /// Is there no byte left?
+    fn at_end(&mut self) -> Result<bool, InflateError>;
+
+    /// Bytes read so far.
+    fn position(&self) -> u64;
+
+    /// The next byte, which must be there.
+    fn need(&mut self, what: &'static str) -> Result<u8, InflateError> {
+        self.byte()?
+            .ok_or_else(|| DecodeError::Truncated { what }.into())
+    }
+
+    /// Skips `n` bytes, which must be there.
+    fn skip(&mut self, n: u64, what: &'static str) -> Result<(), InflateError> {
+        for _ in 0..n {
+            self.need(what)?;
+        }
+        Ok(())
+    }
+}
+
+/// A slice as a [`Source`].
+struct Slice<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Source for Slice<'_> {
+    fn byte(&mut self) -> Result<Option<u8>, InflateError> {
+        let byte = self.data.get(self.at).copied();
+        self.at += usize::from(byte.is_some());
+        Ok(byte)
+    }
+
+    fn position(&self) -> u64 {
+        self.at as u64
+    }
+
+    fn at_end(&mut self) -> Result<bool, InflateError> {
+        Ok(self.at >= self.data.len())
+    }
+
+    fn skip(&mut self, n: u64, what: &'static str) -> Result<(), InflateError> {
+        let left = (self.data.len() - self.at) as u64;
+        if n > left {
+            return Err(DecodeError::Truncated { what }.into());
+        }
+        self.at += size(n, what)?;
+        Ok(())
+    }
+}
+
+/// What the walk's decoder inflates, read through its scratch buffer and counted
+/// against the limit as it comes.
+struct Inflating<'w, 'a> {
+    walk: &'w mut Walk<'a>,
+    at: usize,
+    filled: usize,
+    read: u64,
+}
+
+impl<'w, 'a> Inflating<'w, 'a> {
+    fn new(walk: &'w mut Walk<'a>) -> Self {
+        Self {
+            walk,
+            at: 0,
+            filled: 0,
+            read: 0,
+        }
+    }
+}
+
+impl Inflating<'_, '_> {
+    /// Inflates more when every byte inflated so far was read; `false` at the end.
+    fn fill(&mut self) -> Result<bool, InflateError> {
+        while self.at == self.filled {
+            match self.walk.decoder.read(&mut self.walk.scratch) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.walk.spend(n as u64)?;
+                    (self.at, self.filled) = (0, n);
+                }
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(InflateError::Deflate),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Source for Inflating<'_, '_> {
+    fn byte(&mut self) -> Result<Option<u8>, InflateError> {
+        if !self.fill()? {
+            return Ok(None);
+        }
+        let byte = self.walk.scratch.get(self.at).copied();
+        self.at += 1;
+        self.read += 1;
+        Ok(byte)
+    }
+
+    fn position(&self) -> u64 {
+        self.read
+    }
+
+    fn at_end(&mut self) -> Result<bool, InflateError> {
+        Ok(!self.fill()?)
+    }
+}
+
+/// An unsigned LEB128 number (automerge's, at most 10 bytes).
+fn uleb(src: &mut impl Source, what: &'static str) -> Result<u64, InflateError> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let byte = src.need(what)?;
+        if shift < 64 {
+            value |= u64::from(byte & 0x7f) << shift;
+        }
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::BadVarint { what }.into())
+}
+
+/// A signed LEB128 number (automerge's, at most 10 bytes).
+fn sleb(src: &mut impl Source, what: &'static str) -> Result<i64, InflateError> {
+    let mut value = 0i64;
+    for shift in (0..70).step_by(7) {
+        let byte = src.need(what)?;
+        if shift < 64 {
+            value |= i64::from(byte & 0x7f) << shift;
+        }
+        if byte & 0x80 == 0 {
+            if shift + 7 < 64 && byte & 0x40 != 0 {
+                value |= -1i64 << (shift + 7);
+            }
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::BadVarint { what }.into())
+}
+
+/// The operations of one change's data (automerge `storage/change.rs`,
+/// `Change::parse_following_header`): its header skipped, the lengths of its columns
+/// read, and its action column's run headers counted.
+fn change_ops(src: &mut impl Source) -> Result<u64, InflateError> {
+    let deps = uleb(src, "change dependencies")?;
+    src.skip(
+        deps.checked_mul(HASH_LEN).ok_or(DecodeError::Truncated {
+            what: "change dependencies",
+        })?,
+        "change dependencies",
+    )?;
+    let actor = uleb(src, "change actor")?;
+    src.skip(actor, "change actor")?;
+    uleb(src, "change sequence number")?;
+    uleb(src, "change start op")?;
+    sleb(src, "change time")?;
+    let message = uleb(src, "change message")?;
+    src.skip(message, "change message")?;
+    let others = uleb(src, "change actors")?;
+    for _ in 0..others {
+        let len = uleb(src, "change actor")?;
+        src.skip(len, "change actor")?;
+    }
+    // Where the action column is among the columns' data, which follow one another.
+    let count = uleb(src, "column count")?;
+    let mut offset = 0u64;
+    let mut action = None;
+    for _ in 0..count {
+        let spec = uleb(src, "column spec")?;
+        let len = uleb(src, "column length")?;
+        if spec & !DEFLATE == ACTION_COLUMN && action.is_none() {
+            action = Some((offset, len));
+        }
+        offset = offset.checked_add(len).ok_or(DecodeError::Truncated {
+            what: "column data",
+        })?;
+    }
+    let Some((at, len)) = action else {
+        return Ok(0);
+    };
+    src.skip(at, "column data")?;
+    run_lengths(src, Some(len))
+}
+
+/// The values of an integer column (`len` bytes of `src`, or all of it): the counts
+/// of its runs (automerge `columnar/encoding/rle.rs`): a positive header `n` is `n`
+/// copies of the value after it, a negative one `-n` literal values, zero a run of
+/// nulls whose length follows. Stops past [`MAX_OPS`].
+fn run_lengths(src: &mut impl Source, len: Option<u64>) -> Result<u64, InflateError> {
+    const WHAT: &str = "action column";
+    let end = len.map(|len| src.position().saturating_add(len));
+    let mut values = 0u64;
+    loop {
+        match end {
+            Some(end) if src.position() >= end => return Ok(values),
+            None if src.at_end()? => return Ok(values),
+            _ => {}
+        }
+        let header = sleb(src, WHAT)?;
+        let run = match header {
+            n if n > 0 => {
+                uleb(src, WHAT)?;
+                n.unsigned_abs()
+            }
+            n if n < 0 => {
+                let n = n.unsigned_abs();
+                for _ in 0..n.min(MAX_OPS.saturating_add(1)) {
+                    uleb(src, WHAT)?;
+                }
+                n
+            }
+            _ => uleb(src, WHAT)?,
+        };
+        values = values.saturating_add(run);
+        if values > MAX_OPS {
+            return Err(InflateError::TooManyOps { limit: MAX_OPS });
         }
     }
 }
@@ -358,6 +669,107 @@ mod tests {
         // Several payloads share the limit.
         let both = check([compressed.as_slice(), save.as_slice()]).unwrap();
         assert_eq!(both, check([compressed.as_slice()]).unwrap() + inflated);
+    }
+
+    #[test]
+    fn operations_are_counted_as_automerge_would_apply_them() {
+        let mut doc = big_doc();
+        for i in 0..50 {
+            doc.put(ROOT, format!("more {i}"), i).unwrap();
+        }
+        doc.commit();
+        // 200 puts in the first change, 50 in the second.
+        assert_eq!(ops_in(&doc.save()).unwrap(), 250);
+        assert_eq!(ops_in(&doc.save_nocompress()).unwrap(), 250);
+        assert_eq!(ops_in(&doc.save_after(&[])).unwrap(), 250);
+        let mut first = AutoCommit::new();
+        for i in 0..200 {
+            first
+                .put(ROOT, format!("key {i}"), "a value that repeats ".repeat(20))
+                .unwrap();
+        }
+        first.commit();
+        let mut change = first.get_last_local_change().unwrap().clone();
+        assert_eq!(change.bytes()[8], COMPRESSED_CHANGE);
+        assert_eq!(ops_in(&change.bytes()).unwrap(), 200);
+        assert_eq!(ops_in(change.raw_bytes()).unwrap(), 200);
+    }
+
+    /// `value` (below 2^62) as a positive signed LEB128 number.
+    fn sleb_out(value: u64, out: &mut Vec<u8>) {
+        let mut value = value;
+        loop {
+            let low = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 && low & 0x40 == 0 {
+                out.push(low);
+                return;
+            }
+            out.push(low | 0x80);
+        }
+    }
+
+    /// A change whose action column is one run of `ops` sets (a few bytes).
+    fn op_bomb(ops: u64) -> Vec<u8> {
+        let mut data = vec![0, 1, 7, 1, 1, 0, 0, 0];
+        let mut column = Vec::new();
+        sleb_out(ops, &mut column); // a positive run header…
+        column.push(1); // …of the value 1, "set"
+        data.push(1);
+        uleb(ACTION_COLUMN, &mut data);
+        uleb(column.len() as u64, &mut data);
+        data.extend(&column);
+        chunk(CHANGE, &data)
+    }
+
+    #[test]
+    fn a_run_of_billions_of_operations_is_refused() {
+        let bomb = op_bomb(1 << 40);
+        assert!(bomb.len() < 40);
+        assert_eq!(
+            check([bomb.as_slice()]),
+            Err(InflateError::TooManyOps { limit: MAX_OPS })
+        );
+        assert_eq!(ops_in(&op_bomb(MAX_OPS)).unwrap(), MAX_OPS);
+        // The limit is on the payload: two changes of half of it and one more.
+        let half = op_bomb(MAX_OPS / 2);
+        assert!(check([half.as_slice(), half.as_slice()]).is_ok());
+        let one = op_bomb(1);
+        assert_eq!(
+            check([half.as_slice(), half.as_slice(), one.as_slice()]),
+            Err(InflateError::TooManyOps { limit: MAX_OPS })
+        );
+        // Compressed, and as a document's op column (compressed or not).
+        let (_, data) = bomb.split_at(header_len(&bomb));
+        let compressed = chunk(COMPRESSED_CHANGE, &deflate(data));
+        assert_eq!(
+            check([compressed.as_slice()]),
+            Err(InflateError::TooManyOps { limit: MAX_OPS })
+        );
+        let mut column = Vec::new();
+        column.push(0); // a null run…
+        uleb(1 << 40, &mut column); // …of 2^40
+        for spec in [ACTION_COLUMN, ACTION_COLUMN | DEFLATE] {
+            let bytes = if spec & DEFLATE == 0 {
+                column.clone()
+            } else {
+                deflate(&column)
+            };
+            let document = document(&[], &[(spec, &bytes)]);
+            assert_eq!(
+                check([document.as_slice()]),
+                Err(InflateError::TooManyOps { limit: MAX_OPS }),
+                "{spec:#x}"
+            );
+        }
+        // A literal run that says more values than follow is cut short.
+        let mut literal = vec![0, 1, 7, 1, 1, 0, 0, 0, 1];
+        uleb(ACTION_COLUMN, &mut literal);
+        literal.extend([3, 0x7d, 1]); // 3 bytes: a header of -3, then one value
+        assert!(matches!(
+            check([chunk(CHANGE, &literal).as_slice()]),
+            Err(InflateError::Malformed(_))
+        ));
     }
 
     #[test]
