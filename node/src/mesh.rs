@@ -2054,7 +2054,6 @@ impl MeshLoop {
                     peer_id,
                     connection_id,
                     endpoint.get_remote_address(),
-                    !endpoint.is_dialer(),
                     member,
                 ) {
                     tracing::debug!(peer = %peer_id, "closing a stranger's connection: their share of incoming connections is taken");

@@ -153,7 +153,7 @@ pub(super) struct Strangers {
     tally: Tally,
     /// Where each connected peer's latest connection comes from.
     sources: BTreeMap<PeerId, String>,
-    /// Open incoming connections of peers that are not devices of the mesh.
+    /// Open connections with peers that are not devices of the mesh.
     incoming: BTreeSet<ConnectionId>,
     /// Connections whose admission was refused.
     refused: BTreeSet<ConnectionId>,
@@ -161,20 +161,18 @@ pub(super) struct Strangers {
 
 impl Strangers {
     /// A connection opened. `member`: the peer is a device of the mesh. `false` when
-    /// it is to be closed at once: an incoming one from a stranger past
+    /// it is to be closed at once: one with a stranger past
     /// [`MAX_INCOMING`].
     pub(super) fn opened(
         &mut self,
         peer: PeerId,
         connection: ConnectionId,
         remote: &Multiaddr,
-        incoming: bool,
         member: bool,
     ) -> bool {
         self.sources.insert(peer, source_of(remote));
         // Connections this node dialled count too: a LAN peer can announce any number
         // of names over mDNS, each of which is dialled.
-        let _ = incoming;
         if member {
             return true;
         }
@@ -268,26 +266,23 @@ mod tests {
                 PeerId::random(),
                 ConnectionId::new_unchecked(i),
                 &remote,
-                true,
                 false
             ));
         }
         let one_more = ConnectionId::new_unchecked(1000);
-        assert!(!strangers.opened(PeerId::random(), one_more, &remote, true, false));
+        assert!(!strangers.opened(PeerId::random(), one_more, &remote, false));
         // Devices of the mesh are not counted; connections to strangers this side
         // dialled are.
         assert!(strangers.opened(
             PeerId::random(),
             ConnectionId::new_unchecked(1001),
             &remote,
-            true,
             true
         ));
         assert!(!strangers.opened(
             PeerId::random(),
             ConnectionId::new_unchecked(1002),
             &remote,
-            false,
             false
         ));
         // A stranger's connection closing frees its slot.
@@ -296,7 +291,6 @@ mod tests {
             PeerId::random(),
             ConnectionId::new_unchecked(1003),
             &remote,
-            true,
             false
         ));
     }
@@ -309,7 +303,7 @@ mod tests {
         let mut firsts = 0;
         for i in 0..300 {
             let peer = PeerId::random();
-            strangers.opened(peer, ConnectionId::new_unchecked(i), &remote, true, false);
+            strangers.opened(peer, ConnectionId::new_unchecked(i), &remote, false);
             let (source, first) = strangers.count(&peer, None, "wrong ticket secret", now);
             assert_eq!(source, "127.0.0.1");
             firsts += usize::from(first);
@@ -318,7 +312,7 @@ mod tests {
         assert_eq!(firsts, 1);
         // A device of the mesh refused from the same address is recorded apart.
         let phone = PeerId::random();
-        strangers.opened(phone, ConnectionId::new_unchecked(500), &remote, true, true);
+        strangers.opened(phone, ConnectionId::new_unchecked(500), &remote, true);
         assert_eq!(
             strangers.count(&phone, Some("phone"), "revoked", now),
             ("phone at 127.0.0.1".to_owned(), true)
