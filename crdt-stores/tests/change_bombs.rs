@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use automerge::sync::{ChunkList, MessageVersion};
 use automerge::transaction::{CommitOptions, Transactable as _};
 use automerge::{ActorId, AutoCommit, ChangeHash, ROOT, ReadDoc as _};
-use hearth_protocol::fuzz::deflate_then_zeros;
+use hearth_protocol::fuzz::{deflate_then_zeros, leb128};
 use hearth_protocol::sync::inflate::{self, MAX_INFLATED_BYTES};
 use hearth_protocol::sync::{
     Config, Engine, Event, InflateError, Message, ReplicaError, SyncMessage, SyncState, Unit,
@@ -78,18 +78,6 @@ fn peak_growth<T>(f: impl FnOnce() -> T) -> (T, u64) {
 
 // ---- building bombs ----------------------------------------------------------------
 
-fn uleb(mut value: u64, out: &mut Vec<u8>) {
-    loop {
-        let low = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
-}
-
 fn read_uleb(bytes: &mut &[u8]) -> u64 {
     let mut value = 0;
     for shift in (0..64).step_by(7) {
@@ -118,7 +106,7 @@ fn chunk(kind: u8, hash: &[u8; 32], data: &[u8]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend(&hash[..4]);
     out.push(kind);
-    uleb(data.len() as u64, &mut out);
+    leb128(data.len() as u64, &mut out);
     out.extend(data);
     out
 }
@@ -176,7 +164,7 @@ fn change_bomb(zeros: u64) -> (Bomb, ChangeHash) {
     let len = body.len() as u64 + zeros;
     // A compressed change's checksum, and hash, are those of the change inflated.
     let mut head = vec![1];
-    uleb(len, &mut head);
+    leb128(len, &mut head);
     let hash = sha256_then_zeros(&[&head, body], zeros);
     let deflated = deflate_then_zeros(body, zeros);
     let bytes = chunk(2, &hash, &deflated);
@@ -222,13 +210,13 @@ fn document_bomb(zeros: u64) -> Bomb {
 
     let column = deflate_then_zeros(&[], zeros);
     let mut out = data[..op_meta].to_vec();
-    uleb(op_columns.len() as u64 + 1, &mut out);
+    leb128(op_columns.len() as u64 + 1, &mut out);
     for (spec, len) in &op_columns {
-        uleb(*spec, &mut out);
-        uleb(*len, &mut out);
+        leb128(*spec, &mut out);
+        leb128(*len, &mut out);
     }
-    uleb(UNKNOWN_COLUMN, &mut out);
-    uleb(column.len() as u64, &mut out);
+    leb128(UNKNOWN_COLUMN, &mut out);
+    leb128(column.len() as u64, &mut out);
     out.extend(change_data);
     out.extend(op_data);
     let at = out.len();
@@ -236,7 +224,7 @@ fn document_bomb(zeros: u64) -> Bomb {
     out.extend(head_indices);
     // A document's checksum is over its data as sent.
     let mut head = vec![0];
-    uleb(out.len() as u64, &mut head);
+    leb128(out.len() as u64, &mut head);
     let hash = sha256_then_zeros(&[&head, &out], 0);
     let inflated = (out.len() - column.len()) as u64 + zeros;
     let bytes = chunk(0, &hash, &out);

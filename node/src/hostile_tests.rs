@@ -151,6 +151,18 @@ async fn connected_to(device: &Device, names: &[&str]) -> bool {
         .all(|n| peers.iter().any(|p| p.name == *n && p.connected))
 }
 
+/// Home (seed 10) and the cloud VM (seed 12, dialling home), once home has admitted it.
+async fn home_and_vm(
+    dir: &std::path::Path,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (Device, Device) {
+    let home = device(dir, 10, "home", Role::Home, None, stop).await;
+    let home_addr = address(&home).await;
+    let vm = device(dir, 12, "vm", Role::Cloud, Some(&home_addr), stop).await;
+    eventually_async(|| connected_to(&home, &["vm"])).await;
+    (home, vm)
+}
+
 fn refusals(audit: &AuditLog, action: &str, object: &str) -> usize {
     audit
         .entries(None, None, Some(action))
@@ -181,18 +193,8 @@ async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let owner = OwnerKey::from_seed(OWNER_SEED);
-    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
+    let (home, vm) = home_and_vm(dir.path(), &stop_rx).await;
     let home_addr = address(&home).await;
-    let vm = device(
-        dir.path(),
-        12,
-        "vm",
-        Role::Cloud,
-        Some(&home_addr),
-        &stop_rx,
-    )
-    .await;
-    eventually_async(|| connected_to(&home, &["vm"])).await;
 
     // Home's diary, which only home holds; the owner then moves it to the phone, which
     // is not on line yet: home must keep it until the phone confirms it.
@@ -629,18 +631,7 @@ async fn a_member_that_always_says_more_gets_no_endless_exchange() {
         .encode(),
     )
     .unwrap();
-    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
-    let home_addr = address(&home).await;
-    let vm = device(
-        dir.path(),
-        12,
-        "vm",
-        Role::Cloud,
-        Some(&home_addr),
-        &stop_rx,
-    )
-    .await;
-    eventually_async(|| connected_to(&home, &["vm"])).await;
+    let (_home, vm) = home_and_vm(dir.path(), &stop_rx).await;
 
     // The vm turns hostile: its own listing, an empty page, "more", a new digest.
     let answer = crate::mesh::HostileAnswer {
@@ -702,18 +693,7 @@ async fn a_member_that_always_says_more_gets_no_endless_exchange() {
 async fn only_home_devices_may_copy_another_devices_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
-    let home_addr = address(&home).await;
-    let vm = device(
-        dir.path(),
-        12,
-        "vm",
-        Role::Cloud,
-        Some(&home_addr),
-        &stop_rx,
-    )
-    .await;
-    eventually_async(|| async { connected_to(&home, &["vm"]).await }).await;
+    let (home, vm) = home_and_vm(dir.path(), &stop_rx).await;
     let vm_mesh = vm.node.mesh.get().unwrap().clone();
     let answer = vm_mesh
         .audit_request(home.peer, vec![b"page".to_vec()])
@@ -769,18 +749,7 @@ async fn only_home_devices_may_copy_another_devices_audit_log() {
 async fn a_member_cannot_have_runs_counted_that_its_capability_does_not_allow() {
     let dir = tempfile::tempdir().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
-    let home_addr = address(&home).await;
-    let vm = device(
-        dir.path(),
-        12,
-        "vm",
-        Role::Cloud,
-        Some(&home_addr),
-        &stop_rx,
-    )
-    .await;
-    eventually_async(|| async { connected_to(&home, &["vm"]).await }).await;
+    let (home, vm) = home_and_vm(dir.path(), &stop_rx).await;
     let owner = OwnerKey::from_seed(OWNER_SEED);
     let holder = NodeKey::from_seed([77; 32]);
     let cap = |devices: Option<&[&str]>| {
@@ -870,18 +839,7 @@ async fn a_member_pushing_a_change_bomb_is_disconnected_and_audited() {
     const GIB: u64 = 1 << 30;
     let dir = tempfile::tempdir().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let home = device(dir.path(), 10, "home", Role::Home, None, &stop_rx).await;
-    let home_addr = address(&home).await;
-    let vm = device(
-        dir.path(),
-        12,
-        "vm",
-        Role::Cloud,
-        Some(&home_addr),
-        &stop_rx,
-    )
-    .await;
-    eventually_async(|| connected_to(&home, &["vm"])).await;
+    let (home, vm) = home_and_vm(dir.path(), &stop_rx).await;
 
     let catalogue = home.node.catalogue.clone().unwrap();
     let notes = home.node.stores.create("notes", Kind::Kv, None).unwrap();

@@ -331,6 +331,19 @@ pub fn compute_input(data: &[u8]) {
 
 // ---- building inflate bombs (the fuzz seeds and the tests of the bound) ------------
 
+/// Appends `value` as an unsigned LEB128 number, as automerge writes it.
+pub fn leb128(mut value: u64, out: &mut Vec<u8>) {
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
+}
+
 /// The `len` low bits of `code` in reverse order.
 fn reversed(code: u64, len: u32) -> u64 {
     (0..len).fold(0, |r, i| (r << 1) | ((code >> i) & 1))

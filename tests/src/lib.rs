@@ -207,6 +207,19 @@ pub mod cli {
         }
     }
 
+    /// Polls `done` every half millisecond until it holds (for benchmarks, which time
+    /// what they wait for); panics with `what` after `secs` seconds.
+    pub fn wait_closely(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gave up waiting: {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+
     pub fn init(dir: &Path) {
         let out = hearth(dir, &["init", "--name", "home"]);
         assert!(

@@ -572,24 +572,13 @@ mod tests {
     use automerge::{AutoCommit, ROOT};
 
     use super::*;
+    use crate::fuzz::leb128;
 
     fn deflate(data: &[u8]) -> Vec<u8> {
         let mut encoder =
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(data).unwrap();
         encoder.finish().unwrap()
-    }
-
-    fn uleb(mut value: u64, out: &mut Vec<u8>) {
-        loop {
-            let low = (value & 0x7f) as u8;
-            value >>= 7;
-            if value == 0 {
-                out.push(low);
-                return;
-            }
-            out.push(low | 0x80);
-        }
     }
 
     /// Bytes of the header of the single chunk `bytes`.
@@ -601,7 +590,7 @@ mod tests {
         let mut out = MAGIC.to_vec();
         out.extend([0; 4]);
         out.push(kind);
-        uleb(data.len() as u64, &mut out);
+        leb128(data.len() as u64, &mut out);
         out.extend(data);
         out
     }
@@ -611,10 +600,10 @@ mod tests {
     fn document(changes: &[(u64, &[u8])], ops: &[(u64, &[u8])]) -> Vec<u8> {
         let mut data = vec![0, 0];
         for group in [changes, ops] {
-            uleb(group.len() as u64, &mut data);
+            leb128(group.len() as u64, &mut data);
             for (spec, bytes) in group {
-                uleb(*spec, &mut data);
-                uleb(bytes.len() as u64, &mut data);
+                leb128(*spec, &mut data);
+                leb128(bytes.len() as u64, &mut data);
             }
         }
         for (_, bytes) in changes.iter().chain(ops) {
@@ -716,8 +705,8 @@ mod tests {
         sleb_out(ops, &mut column); // a positive run header…
         column.push(1); // …of the value 1, "set"
         data.push(1);
-        uleb(ACTION_COLUMN, &mut data);
-        uleb(column.len() as u64, &mut data);
+        leb128(ACTION_COLUMN, &mut data);
+        leb128(column.len() as u64, &mut data);
         data.extend(&column);
         chunk(CHANGE, &data)
     }
@@ -748,7 +737,7 @@ mod tests {
         );
         let mut column = Vec::new();
         column.push(0); // a null run…
-        uleb(1 << 40, &mut column); // …of 2^40
+        leb128(1 << 40, &mut column); // …of 2^40
         for spec in [ACTION_COLUMN, ACTION_COLUMN | DEFLATE] {
             let bytes = if spec & DEFLATE == 0 {
                 column.clone()
@@ -764,7 +753,7 @@ mod tests {
         }
         // A literal run that says more values than follow is cut short.
         let mut literal = vec![0, 1, 7, 1, 1, 0, 0, 0, 1];
-        uleb(ACTION_COLUMN, &mut literal);
+        leb128(ACTION_COLUMN, &mut literal);
         literal.extend([3, 0x7d, 1]); // 3 bytes: a header of -3, then one value
         assert!(matches!(
             check([chunk(CHANGE, &literal).as_slice()]),
@@ -885,8 +874,8 @@ mod tests {
         // out of bounds).
         let mut data = vec![0, 0, 2];
         for _ in 0..2 {
-            uleb(0x12, &mut data);
-            uleb(u64::MAX, &mut data);
+            leb128(0x12, &mut data);
+            leb128(u64::MAX, &mut data);
         }
         data.push(0);
         refused(&chunk(DOCUMENT, &data));

@@ -34,20 +34,12 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hearth_protocol::key::NodeKey;
 use hearth_stores::audit::{AuditLog, Event};
 use hearth_tests::api::Api;
-use hearth_tests::cli::{LOOPBACK_MESH, init, json_ok, start_with, stop};
-
-fn wait(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
+use hearth_tests::cli::{LOOPBACK_MESH, init, json_ok, start_with, stop, wait_closely as wait};
 
 /// Lines in `path` (0 when it is not there yet).
 fn lines(path: &Path) -> usize {

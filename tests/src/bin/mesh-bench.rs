@@ -33,16 +33,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hearth_tests::api::Api;
-use hearth_tests::cli::{LOOPBACK_MESH, init, json_ok, start_with, stop};
+use hearth_tests::cli::{LOOPBACK_MESH, init, json_ok, start_with, stop, wait_closely as wait};
 use serde_json::{Value, json};
-
-fn wait(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_micros(500));
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
