@@ -25,6 +25,19 @@ if ! need_cmd ip; then
     fi
 fi
 
+# The NAT tests build routers in namespaces with iptables and check reachability with
+# ping.
+if ! need_cmd iptables || ! need_cmd ping; then
+    if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
+        echo "setup: installing iptables and iputils-ping"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iputils-ping; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iputils-ping
+        fi
+    else
+        echo "setup: iptables or ping is missing; install iptables and iputils-ping as root for the NAT tests" >&2
+    fi
+fi
+
 # The MQTT driver's test runs a real Mosquitto broker and its command-line clients.
 if ! need_cmd mosquitto || ! need_cmd mosquitto_pub; then
     if [ "$(id -u)" = 0 ] && need_cmd apt-get; then

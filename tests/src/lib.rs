@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod netns;
 pub mod restart;
 
 /// A small seeded generator (xorshift64*), so that randomized tests replay exactly from

@@ -1,7 +1,7 @@
 //! Three hosts in network namespaces that this test creates (a bridge namespace and a
 //! veth pair per host): the devices find each other by mDNS with no addresses given,
 //! a link goes down and comes back, and the mesh heals. Skipped, with the reason
-//! printed, only where the kernel refuses to create namespaces.
+//! printed, only where the kernel refuses to create namespaces, and never under `CI`.
 
 #![allow(
     clippy::unwrap_used,
@@ -206,7 +206,7 @@ fn mdns_discovery_and_healing_in_namespaces() {
     let ns = match Namespaces::create(3) {
         Ok(ns) => ns,
         Err(reason) => {
-            eprintln!("SKIPPED: the kernel refuses to create a network namespace here: {reason}");
+            hearth_tests::netns::skip_without_namespaces(&reason);
             return;
         }
     };
