@@ -37,6 +37,18 @@ pub(crate) struct Config {
     /// Limits of every computation this device runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) compute: Option<ComputeLimits>,
+    /// How this device takes part in the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mesh: Option<MeshSection>,
+}
+
+/// `[mesh]` in `config.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MeshSection {
+    /// Offer a relay to the mesh's devices. Default: on for the cloud role, off
+    /// otherwise.
+    pub(crate) relay: Option<bool>,
 }
 
 /// `[compute]` in `config.toml`: the limits of one run (defaults when absent).

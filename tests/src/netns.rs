@@ -91,6 +91,8 @@ pub struct Internet {
     /// The last bridge port (`p1`, `p2`, …) and LAN number (10.N.0.0/24).
     last_port: u8,
     last_lan: u8,
+    /// Names published to the namespaces' hosts files ([`Internet::publish_name`]).
+    published: Vec<(String, Ipv4Addr)>,
     /// Routers' namespaces, for [`Internet::delay`].
     routers: Vec<String>,
     /// The delay set by [`Internet::delay`], for routers built later.
@@ -164,6 +166,7 @@ impl Internet {
             last_port: 0,
             last_lan: 0,
             routers: Vec::new(),
+            published: Vec::new(),
             delay_ms: None,
             names: BTreeMap::new(),
         };
@@ -310,6 +313,28 @@ impl Internet {
         self.names.get(name).copied()
     }
 
+    /// Publishes `name` for `addr` to programs run in the namespaces (through
+    /// [`exec`]): every namespace gets a hosts file (`/etc/netns/NAMESPACE/hosts`,
+    /// which `ip netns exec` mounts over `/etc/hosts`) naming it, so that a DNS name
+    /// such as `cloud.hearth.test` resolves there. The files go with the internet.
+    ///
+    /// # Panics
+    ///
+    /// When a hosts file cannot be written.
+    pub fn publish_name(&mut self, name: &str, addr: Ipv4Addr) {
+        self.published.push((name.to_owned(), addr));
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (name, addr) in &self.published {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        for namespace in &self.namespaces {
+            let dir = std::path::Path::new("/etc/netns").join(namespace);
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(dir.join("hosts"), &text))
+                .unwrap_or_else(|err| panic!("writing {}/hosts: {err}", dir.display()));
+        }
+    }
+
     /// The `h{pid}{tag}` that starts every namespace's name.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -373,6 +398,9 @@ impl Drop for Internet {
     fn drop(&mut self) {
         for namespace in self.namespaces.iter().rev() {
             let _ = ip(&["netns", "del", namespace]);
+            if !self.published.is_empty() {
+                let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(namespace));
+            }
         }
     }
 }

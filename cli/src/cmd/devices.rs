@@ -54,6 +54,20 @@ pub(crate) enum Command {
     },
 }
 
+/// How a device is reached, from its `path`, `via` and `rtt_ms`: `direct, 3 ms`,
+/// `relayed via cloud, 41 ms`, or `-` when not connected (or this device).
+pub(crate) fn reached(device: &Value) -> String {
+    let rtt = device["rtt_ms"]
+        .as_u64()
+        .map(|ms| format!(", {ms} ms"))
+        .unwrap_or_default();
+    match (device["path"].as_str(), device["via"].as_str()) {
+        (Some("relayed"), Some(via)) => format!("relayed via {via}{rtt}"),
+        (Some(path), _) => format!("{path}{rtt}"),
+        (None, _) => "-".to_owned(),
+    }
+}
+
 pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
     let client = Client::connect(dir)?;
     match args.command.unwrap_or(Command::Ls) {
@@ -62,8 +76,8 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
             out.emit(
                 || {
                     let mut text = format!(
-                        "{:<16} {:<7} {:<19} {:<22} {}\n",
-                        "NAME", "ROLE", "STATE", "LAST SEEN", "PEER ID"
+                        "{:<16} {:<7} {:<19} {:<26} {:<22} {}\n",
+                        "NAME", "ROLE", "STATE", "REACHED", "LAST SEEN", "PEER ID"
                     );
                     for d in list["devices"].as_array().into_iter().flatten() {
                         let mut state = if d["revoked"] == Value::Bool(true) {
@@ -84,10 +98,11 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
                             .map(|t| UnixMillis(t).to_string())
                             .unwrap_or_else(|| "never".into());
                         text.push_str(&format!(
-                            "{:<16} {:<7} {:<19} {:<22} {}\n",
+                            "{:<16} {:<7} {:<19} {:<26} {:<22} {}\n",
                             d["name"].as_str().unwrap_or("?"),
                             d["role"].as_str().unwrap_or("?"),
                             state,
+                            reached(d),
                             seen,
                             d["peer_id"].as_str().unwrap_or("?"),
                         ));

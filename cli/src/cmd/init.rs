@@ -84,6 +84,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         owner: owner.public().to_string(),
         bootstrap: Vec::new(),
         compute: None,
+        mesh: None,
     };
     let config_text = toml::to_string(&config)
         .map_err(|err| CliError::new(Exit::Error, format!("cannot write the config: {err}")))?;

@@ -93,6 +93,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         // The inviter's addresses: where this device first looks for the mesh.
         bootstrap: ticket.addrs.clone(),
         compute: None,
+        mesh: None,
     };
     let text =
         toml::to_string(&config).map_err(|err| CliError::new(Exit::Error, err.to_string()))?;

@@ -77,6 +77,12 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
     bootstrap.extend(args.bootstrap.iter().cloned());
     mesh_config.bootstrap = multiaddrs(&bootstrap, "bootstrap")?;
     mesh_config.mdns = !args.no_mdns;
+    // The cloud is the device with a public address: it relays unless told not to.
+    mesh_config.relay = config
+        .mesh
+        .as_ref()
+        .and_then(|mesh| mesh.relay)
+        .unwrap_or(config.role == "cloud");
     let owner = dir.owner_public()?;
     let owner_key = if dir.owner_key_path().exists() {
         Some(dir.owner_key()?)
@@ -176,7 +182,7 @@ pub(crate) fn status(dir: &DataDir, out: &mut Output) -> Result<()> {
             text.push_str(&format!("Peers: {peers}\n"));
             for peer in status["peers"].as_array().into_iter().flatten() {
                 text.push_str(&format!(
-                    "  {:<16} {:<7} {:<10} {}\n",
+                    "  {:<16} {:<7} {:<10} {:<26} {}\n",
                     peer["name"].as_str().unwrap_or("?"),
                     peer["role"].as_str().unwrap_or("?"),
                     if peer["connected"].as_bool().unwrap_or(false) {
@@ -184,6 +190,7 @@ pub(crate) fn status(dir: &DataDir, out: &mut Output) -> Result<()> {
                     } else {
                         "offline"
                     },
+                    super::devices::reached(peer),
                     peer["peer_id"].as_str().unwrap_or("?"),
                 ));
             }

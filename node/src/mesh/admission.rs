@@ -30,6 +30,7 @@ impl MeshLoop {
             .entry(peer_id)
             .or_default()
             .insert(connection_id);
+        self.reach.opened(peer_id, connection_id, endpoint);
         let member =
             peer_key(&peer_id).is_some_and(|key| self.membership.certificate(&key).is_some());
         if !self.strangers.opened(
@@ -104,6 +105,8 @@ impl MeshLoop {
             }
         }
         self.strangers
+            .closed(peer_id, connection_id, num_established == 0);
+        self.reach
             .closed(peer_id, connection_id, num_established == 0);
         if num_established > 0 {
             return;
@@ -225,6 +228,7 @@ impl MeshLoop {
                     entry.last_seen = now().0;
                     entry.digest = None;
                     entry.paging = Paging::default();
+                    self.reach.admitted(peer);
                     if let Some(certificate) = &certificate {
                         self.take_in(&Snapshot {
                             devices: vec![certificate.clone()],

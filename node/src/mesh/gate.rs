@@ -54,7 +54,7 @@ impl Admitted {
         }
     }
 
-    fn contains(&self, peer: &PeerId) -> bool {
+    pub(crate) fn contains(&self, peer: &PeerId) -> bool {
         self.peers.lock().is_ok_and(|peers| peers.contains(peer))
     }
 

@@ -34,6 +34,15 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Last time it was seen admitted (ms).
     pub last_seen: u64,
+    /// How it is reached while connected: `direct` or `relayed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The relay device's name, when relayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// The last round trip measured on that path, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u64>,
 }
 
 /// A device of the mesh, for `hearth devices`.
@@ -49,6 +58,15 @@ pub struct DeviceStatus {
     pub online: bool,
     /// Last seen (ms; 0 when never).
     pub last_seen: u64,
+    /// How it is reached while online: `direct` or `relayed` (none for this device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The relay device's name, when relayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// The last round trip measured on that path, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u64>,
     /// Revoked?
     pub revoked: bool,
     /// Is its certificate the owner's own (signed at `init`, pairing through the
@@ -407,6 +425,29 @@ impl MeshHandle {
 }
 
 impl MeshLoop {
+    /// How a connected device is reached: its path (`direct` or `relayed`), the relay's
+    /// name, and the round trip. Nothing for a device not connected.
+    fn path_of(
+        &self,
+        peer: &PeerId,
+        connected: bool,
+    ) -> (Option<String>, Option<String>, Option<u64>) {
+        let Some(route) = connected.then(|| self.reach.route(peer)).flatten() else {
+            return (None, None, None);
+        };
+        let path = if route.via.is_some() {
+            "relayed"
+        } else {
+            "direct"
+        };
+        let via = route.via.map(|relay| {
+            self.known
+                .get(&relay)
+                .map_or_else(|| relay.to_string(), |k| k.name.clone())
+        });
+        (Some(path.to_owned()), via, route.rtt_ms)
+    }
+
     pub(super) fn command(&mut self, command: Command) {
         match command {
             Command::Status(reply) => {
@@ -415,12 +456,18 @@ impl MeshLoop {
                     peers: self
                         .known
                         .iter()
-                        .map(|(peer, k)| PeerStatus {
-                            name: k.name.clone(),
-                            role: k.role.clone(),
-                            peer_id: peer.to_string(),
-                            connected: k.connected,
-                            last_seen: k.last_seen,
+                        .map(|(peer, k)| {
+                            let (path, via, rtt_ms) = self.path_of(peer, k.connected);
+                            PeerStatus {
+                                name: k.name.clone(),
+                                role: k.role.clone(),
+                                peer_id: peer.to_string(),
+                                connected: k.connected,
+                                last_seen: k.last_seen,
+                                path,
+                                via,
+                                rtt_ms,
+                            }
                         })
                         .collect(),
                 };
@@ -440,6 +487,7 @@ impl MeshLoop {
                         } else {
                             known.map_or((false, 0), |k| (k.connected, k.last_seen))
                         };
+                        let (path, via, rtt_ms) = self.path_of(&peer, online && peer != me);
                         let approved = self
                             .membership
                             .certificate(&member.device.node_key)
@@ -450,6 +498,9 @@ impl MeshLoop {
                             peer_id: peer.to_string(),
                             online,
                             last_seen,
+                            path,
+                            via,
+                            rtt_ms,
                             revoked: member.revoked,
                             approved,
                         })

@@ -257,7 +257,15 @@ impl MeshLoop {
     /// digest differs (else none), and whether more pages follow. Advances the paging.
     pub(super) fn peer_list(&mut self, peer: &PeerId) -> Frames {
         let me = *self.swarm.local_peer_id();
-        let own: Vec<Multiaddr> = self.swarm.listeners().take(16).cloned().collect();
+        // Where this node listens, then where it is reachable through relays (told
+        // only to the mesh's devices).
+        let own: Vec<Multiaddr> = self
+            .reach
+            .relayed_addresses()
+            .chain(self.swarm.listeners())
+            .take(16)
+            .cloned()
+            .collect();
         let mut devices = vec![(me, own)];
         devices.extend(
             self.known
@@ -366,6 +374,15 @@ impl MeshLoop {
             return;
         };
         let admitted = self.known.get(&peer).is_some_and(|k| k.connected);
+        // A member's request, or its answer with something in it, shows that it
+        // admitted this node too (the protocol is held until then).
+        let spoke = match &message {
+            request_response::Message::Request { .. } => true,
+            request_response::Message::Response { response, .. } => !response.0.is_empty(),
+        };
+        if admitted && spoke {
+            self.reach.answered(peer);
+        }
         match message {
             request_response::Message::Request {
                 request, channel, ..

@@ -1,4 +1,5 @@
-//! The private mesh over libp2p: QUIC and TCP (Noise, Yamux), identify, ping and mDNS,
+//! The private mesh over libp2p: QUIC and TCP (Noise, Yamux) through DNS and relay
+//! circuits, identify, ping, mDNS, AutoNAT and hole punching,
 //! with admission (`hearth_protocol::mesh::admission`) run on every connection before
 //! anything else of Hearth's is served to the peer.
 //!
@@ -27,6 +28,7 @@
 //! | `owner` | the owner's commands: revoke, invite, allow-admit, approve |
 //! | `strangers` | refusals tallied per source, strangers' share of connections |
 //! | `pairing` | a new device redeeming its ticket |
+//! | `relay` | the relay for admitted devices, reservations, AutoNAT, hole punching, paths |
 //! | `handle` | the commands, and the loop's answers to them |
 //!
 //! Admission travels as one request and one response on `/hearth/admission/1`: the
@@ -65,6 +67,7 @@ mod jobs;
 mod members;
 mod owner;
 mod pairing;
+mod relay;
 mod strangers;
 mod swarm;
 mod sync;
@@ -125,6 +128,10 @@ pub struct MeshConfig {
     /// Where this device's certificate is kept, rewritten when the owner approves a
     /// device a delegated admitter admitted. Default: nowhere.
     pub certificate_file: Option<std::path::PathBuf>,
+    /// Offer a relay to the mesh's devices (circuit relay v2, for admitted devices
+    /// only). Default off; `hearth node run` turns it on for cloud-role devices unless
+    /// `[mesh] relay = false`.
+    pub relay: bool,
 }
 
 impl Default for MeshConfig {
@@ -144,6 +151,7 @@ impl Default for MeshConfig {
             peers_file: None,
             membership_file: None,
             certificate_file: None,
+            relay: false,
         }
     }
 }
@@ -239,6 +247,8 @@ struct MeshLoop {
     admitted: Arc<Admitted>,
     /// Why the membership could not be stored, since it last changed.
     unsaved: Option<String>,
+    /// Relays, reservations, and how each device is reached.
+    reach: relay::Reach,
 }
 
 /// Starts the mesh loop. `gate` holds the issuer when this node holds the owner key;
@@ -256,7 +266,7 @@ pub async fn spawn(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<MeshHandle, MeshError> {
     let admitted = Arc::new(Admitted::default());
-    let mut swarm = build_swarm(key, config.mdns, &admitted)?;
+    let mut swarm = build_swarm(key, config.mdns, config.relay, &admitted)?;
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
@@ -326,6 +336,7 @@ pub async fn spawn(
         readmitting: BTreeMap::new(),
         admitted,
         unsaved: None,
+        reach: relay::Reach::default(),
         commands: commands.clone(),
         owner_key,
         node_key: key.clone(),
@@ -358,7 +369,10 @@ impl MeshLoop {
                 Some(command) = commands.recv() => self.command(command),
                 event = self.swarm.select_next_some() => self.swarm_event(event),
                 _ = tick.tick() => self.timeouts(),
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.redial();
+                    self.reserve();
+                }
             }
             self.admitted.set(
                 self.known
@@ -426,7 +440,24 @@ impl MeshLoop {
     fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(event) => self.behaviour_event(event),
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "mesh listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "mesh listening");
+                self.new_listen_addr(&address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let reason = match reason {
+                    Ok(()) => "closed".to_owned(),
+                    Err(err) => err.to_string(),
+                };
+                self.listener_closed(listener_id, &reason);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                self.external_address(address, true);
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -464,7 +495,17 @@ impl MeshLoop {
                 tracing::info!(%peer, error = %err, "ping failed; closing the connection");
                 self.swarm.close_connection(connection);
             }
+            BehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Ok(rtt),
+                ..
+            }) => self.reach.rtt(connection, rtt),
             BehaviourEvent::Mdns(event) => self.mdns_event(event),
+            BehaviourEvent::Identify(event) => self.identify_event(event),
+            BehaviourEvent::Relay(event) => self.relay_event(event),
+            BehaviourEvent::RelayClient(event) => self.relay_client_event(event),
+            BehaviourEvent::Dcutr(event) => self.dcutr_event(event),
+            BehaviourEvent::Autonat(event) => self.autonat_event(event),
             _ => {}
         }
     }

@@ -29,7 +29,7 @@ pub async fn join(
     role: Role,
     timeout: Duration,
 ) -> Result<Chain, MeshError> {
-    let mut swarm = build_swarm(key, false, &Arc::new(Admitted::default()))?;
+    let mut swarm = build_swarm(key, false, false, &Arc::new(Admitted::default()))?;
     swarm
         .listen_on(
             "/ip4/127.0.0.1/udp/0/quic-v1"

@@ -250,7 +250,7 @@ async fn a_stranger_gets_nothing_read_but_admission() {
     // a frame far over the limit: were it read, its length alone would get the
     // stranger refused for breaking the protocol's limits.
     let stranger = NodeKey::from_seed([99; 32]);
-    let mut swarm = build_swarm(&stranger, false, &Arc::new(Admitted::default())).unwrap();
+    let mut swarm = build_swarm(&stranger, false, false, &Arc::new(Admitted::default())).unwrap();
     swarm.dial(addr).unwrap();
     let too_large = vec![0u8; hearth_protocol::sync::message::MAX_MESSAGE_BYTES + 1];
     let outcome = tokio::time::timeout(Duration::from_secs(30), async {
@@ -302,7 +302,7 @@ async fn a_connection_gets_one_admission_attempt() {
     let (nodes, addr) = devices(dir.path(), &stop_rx, 1).await;
     let (_, audit, home) = &nodes[0];
     let stranger = NodeKey::from_seed([98; 32]);
-    let mut swarm = build_swarm(&stranger, false, &Arc::new(Admitted::default())).unwrap();
+    let mut swarm = build_swarm(&stranger, false, false, &Arc::new(Admitted::default())).unwrap();
     swarm.dial(addr).unwrap();
     let answers = tokio::time::timeout(Duration::from_secs(30), async {
         let mut answers = Vec::new();
