@@ -28,13 +28,20 @@ pub struct Api {
 impl Api {
     /// The API of `node`, whose data dir is `dir` (where its key is).
     pub fn new(dir: &Path, node: &RunningNode) -> Self {
+        Self::at(dir, &node.addr)
+    }
+
+    /// The API at `addr` (`127.0.0.1:PORT`) of the node whose data dir is `dir`. Calls
+    /// connect from the calling thread: a node in a network namespace is reached from
+    /// a thread in that namespace ([`crate::netns::Worker`]).
+    pub fn at(dir: &Path, addr: &str) -> Self {
         let key = std::fs::read_to_string(dir.join("api.key")).unwrap();
         Self {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .build()
                 .into(),
-            base: format!("http://{}", node.addr),
+            base: format!("http://{addr}"),
             auth: format!("Bearer {}", key.trim()),
         }
     }

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod nat_mesh;
 pub mod netns;
 pub mod restart;
 

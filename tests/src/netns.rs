@@ -610,3 +610,61 @@ fn check_name(what: &str, name: &str, max: usize) {
 fn fail(err: &str) -> ! {
     panic!("setting up the namespaces: {err}")
 }
+
+/// A thread inside a namespace that runs what it is given: sockets it opens (and threads
+/// it starts) are in that namespace, so a test in the root namespace can reach a node's
+/// loopback API there.
+#[derive(Debug)]
+pub struct Worker {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Worker {
+    /// A thread that joined `namespace`'s network namespace.
+    ///
+    /// # Panics
+    ///
+    /// When the namespace cannot be opened or joined.
+    pub fn enter(namespace: &str) -> Self {
+        let path = std::path::Path::new("/run/netns").join(namespace);
+        let file = std::fs::File::open(&path)
+            .unwrap_or_else(|err| panic!("opening {}: {err}", path.display()));
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(64);
+        let (ready, joined) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let entered = rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&file),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            );
+            let ok = entered.is_ok();
+            let _ = ready.send(entered.map_err(|err| err.to_string()));
+            if ok {
+                for job in queue {
+                    job();
+                }
+            }
+        });
+        match joined.recv() {
+            Ok(Ok(())) => Self { jobs },
+            Ok(Err(err)) => panic!("joining namespace {namespace}: {err}"),
+            Err(_) => panic!("the thread for namespace {namespace} stopped"),
+        }
+    }
+
+    /// Runs `job` in the namespace and returns what it returns.
+    ///
+    /// # Panics
+    ///
+    /// When the job panics.
+    pub fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(job());
+            }))
+            .unwrap_or_else(|_| panic!("the namespace's thread stopped"));
+        result
+            .recv()
+            .unwrap_or_else(|_| panic!("a job in the namespace panicked"))
+    }
+}

@@ -17,219 +17,22 @@
     clippy::indexing_slicing
 )]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use hearth_tests::cli::{await_listening, hearth, hearth_bin, json_ok, start_meshed, stop};
+use hearth_tests::cli::{hearth, json_ok};
 use hearth_tests::guest::module;
-use hearth_tests::netns::{Host, Internet, NatKind, exec};
+use hearth_tests::nat_mesh::{CLOUD_PORT, Mesh, audit, hearth_in, json_in, mesh, peer, wait};
+use hearth_tests::netns::{Host, NatKind};
 use serde_json::Value;
 
-/// The cloud's mesh port (QUIC and TCP), fixed so that the bootstrap address can name it.
-const CLOUD_PORT: u16 = 4001;
-
-/// `hearth` in namespace `ns`, where the node's API is.
-fn hearth_in(ns: &str, dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = exec(ns, hearth_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+/// What the mesh must do over either NAT.
+trait Flows {
+    fn track_replicates(&self);
+    fn job_runs_at_home(&self);
+    fn stranger_is_refused(&self);
 }
 
-fn json_in(host: &Host, dir: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = hearth_in(host.namespace(), dir, &all, None);
-    assert!(
-        out.status.success(),
-        "{args:?} on {}: {}",
-        host.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[allow(clippy::zombie_processes)]
-fn start_in(host: &Host, dir: &Path, port: u16) -> Node {
-    let quic = format!("/ip4/0.0.0.0/udp/{port}/quic-v1");
-    let tcp = format!("/ip4/0.0.0.0/tcp/{port}");
-    let mut child = exec(host.namespace(), hearth_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["node", "run", "--api", "127.0.0.1:0", "--no-mdns"])
-        .args(["--listen", &quic, "--listen", &tcp])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    await_listening(&mut child);
-    Node(child)
-}
-
-fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `name`'s entry in `host`'s status, once connected.
-fn peer(host: &Host, dir: &Path, name: &str) -> Option<Value> {
-    json_in(host, dir, &["status"])["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name && p["connected"] == true)
-        .cloned()
-}
-
-fn audit(host: &Host, dir: &Path, action: &str) -> Vec<Value> {
-    json_in(host, dir, &["audit", "--action", action])["entries"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-/// Keeps `config.toml` but its bootstrap addresses, and bootstraps from `addr`.
-fn bootstrap_only(dir: &Path, addr: &str) {
-    let path = dir.join("config.toml");
-    let config = std::fs::read_to_string(&path).unwrap();
-    let mut out = String::new();
-    for line in config.lines().filter(|l| !l.starts_with("bootstrap")) {
-        out.push_str(line);
-        out.push('\n');
-        if line.starts_with("owner") {
-            out.push_str(&format!("bootstrap = [\"{addr}\"]\n"));
-        }
-    }
-    std::fs::write(&path, out).unwrap();
-    let _ = std::fs::remove_file(dir.join("peers.json"));
-}
-
-struct Mesh {
-    // Nodes first: they stop before their namespaces go.
-    nodes: Vec<Node>,
-    cloud: Host,
-    home: Host,
-    phone: Host,
-    stranger: Host,
-    dirs: [PathBuf; 3],
-    cloud_id: String,
-    home_id: String,
-    net: Internet,
-    _tmp: tempfile::TempDir,
-}
-
-/// Pairs home (the owner's device), the cloud and the phone on loopback, then runs
-/// them in the namespaces: the cloud public, home behind an endpoint-independent NAT,
-/// the phone behind a NAT of `phone_nat`, with 20 ms of delay on each router where
-/// the kernel has netem. None when the kernel refuses namespaces.
-fn mesh(tag: &str, phone_nat: NatKind) -> Option<Mesh> {
-    let mut net = match Internet::create(tag) {
-        Ok(net) => net,
-        Err(reason) => {
-            hearth_tests::netns::skip_without_namespaces(&reason);
-            return None;
-        }
-    };
-    let cloud = net.public_host("cloud");
-    let stranger = net.public_host("stranger");
-    let home = net.behind_nat("home", NatKind::EndpointIndependent);
-    let phone = net.behind_nat("phone", phone_nat);
-    net.publish_name("cloud.hearth.test", cloud.addr());
-    if let Err(err) = net.delay(20) {
-        eprintln!("NOTE: no delay on the routers (this kernel has no netem): {err}");
-    }
-
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = [
-        tmp.path().join("home"),
-        tmp.path().join("cloud"),
-        tmp.path().join("phone"),
-    ];
-    let [home_dir, cloud_dir, phone_dir] = &dirs;
-    hearth_tests::cli::init(home_dir);
-    let pairing = start_meshed(home_dir);
-    let home_id = json_ok(home_dir, &["status"])["peer_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut ids = Vec::new();
-    for (dir, name, role) in [
-        (cloud_dir, "cloud", "cloud"),
-        (phone_dir, "phone", "mobile"),
-    ] {
-        let ticket = json_ok(home_dir, &["invite"])["ticket"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let joined = json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
-        ids.push(joined["peer_id"].as_str().unwrap().to_owned());
-    }
-    stop(pairing);
-    let cloud_id = ids[0].clone();
-    let bootstrap = format!("/dns4/cloud.hearth.test/udp/{CLOUD_PORT}/quic-v1/p2p/{cloud_id}");
-    bootstrap_only(home_dir, &bootstrap);
-    bootstrap_only(phone_dir, &bootstrap);
-    bootstrap_only(cloud_dir, "/ip4/127.0.0.1/udp/1/quic-v1");
-
-    let nodes = vec![
-        start_in(&cloud, cloud_dir, CLOUD_PORT),
-        start_in(&home, home_dir, 0),
-        start_in(&phone, phone_dir, 0),
-    ];
-    Some(Mesh {
-        nodes,
-        cloud,
-        home,
-        phone,
-        stranger,
-        dirs,
-        cloud_id,
-        home_id,
-        net,
-        _tmp: tmp,
-    })
-}
-
-impl Mesh {
-    fn home_dir(&self) -> &Path {
-        &self.dirs[0]
-    }
-    fn cloud_dir(&self) -> &Path {
-        &self.dirs[1]
-    }
-    fn phone_dir(&self) -> &Path {
-        &self.dirs[2]
-    }
-
+impl Flows for Mesh {
     /// The phone's track, written on the phone, reaches home.
     fn track_replicates(&self) {
         json_in(
@@ -273,7 +76,7 @@ impl Mesh {
     /// A job sent from the phone runs on home, where the data is, and its result
     /// comes back.
     fn job_runs_at_home(&self) {
-        let work = self._tmp.path().join("work");
+        let work = self.tmp.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         json_in(
             &self.home,

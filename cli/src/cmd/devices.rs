@@ -58,8 +58,14 @@ pub(crate) enum Command {
 /// `relayed via cloud, 41 ms`, or `-` when not connected (or this device).
 pub(crate) fn reached(device: &Value) -> String {
     let rtt = device["rtt_ms"]
-        .as_u64()
-        .map(|ms| format!(", {ms} ms"))
+        .as_f64()
+        .map(|ms| {
+            if ms < 10.0 {
+                format!(", {ms:.1} ms")
+            } else {
+                format!(", {ms:.0} ms")
+            }
+        })
         .unwrap_or_default();
     match (device["path"].as_str(), device["via"].as_str()) {
         (Some("relayed"), Some(via)) => format!("relayed via {via}{rtt}"),

@@ -42,7 +42,7 @@ pub struct PeerStatus {
     pub via: Option<String>,
     /// The last round trip measured on that path, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rtt_ms: Option<u64>,
+    pub rtt_ms: Option<f64>,
 }
 
 /// A device of the mesh, for `hearth devices`.
@@ -66,7 +66,7 @@ pub struct DeviceStatus {
     pub via: Option<String>,
     /// The last round trip measured on that path, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rtt_ms: Option<u64>,
+    pub rtt_ms: Option<f64>,
     /// Revoked?
     pub revoked: bool,
     /// Is its certificate the owner's own (signed at `init`, pairing through the
@@ -431,7 +431,7 @@ impl MeshLoop {
         &self,
         peer: &PeerId,
         connected: bool,
-    ) -> (Option<String>, Option<String>, Option<u64>) {
+    ) -> (Option<String>, Option<String>, Option<f64>) {
         let Some(route) = connected.then(|| self.reach.route(peer)).flatten() else {
             return (None, None, None);
         };

@@ -144,12 +144,12 @@ pub(super) struct Reach {
 }
 
 /// How a device is reached now, for `hearth status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Route {
     /// Relayed through this device, or direct when none.
     pub(super) via: Option<PeerId>,
-    /// The last round trip measured on it, in milliseconds.
-    pub(super) rtt_ms: Option<u64>,
+    /// The last round trip measured on it, in milliseconds (to the microsecond).
+    pub(super) rtt_ms: Option<f64>,
 }
 
 /// The relay a relayed address or endpoint goes through: the peer named just before
@@ -246,7 +246,7 @@ impl Reach {
             via: best.via,
             rtt_ms: best
                 .rtt
-                .map(|rtt| u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX)),
+                .map(|rtt| (rtt.as_secs_f64() * 1_000_000.0).round() / 1000.0),
         })
     }
 
