@@ -164,8 +164,11 @@ impl MeshLoop {
             let lost = !k.connected
                 && !self.swarm.is_connected(peer)
                 && !peer_key(peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key));
-            if lost && k.retry.due(now) {
-                let mut addrs = k.addrs.clone();
+            // Nothing to dial yet (only relayed addresses, through relays that have
+            // not admitted this node) does not count as an attempt.
+            let addrs = self.reach.dialable(k.addrs.clone());
+            if lost && !addrs.is_empty() && k.retry.due(now) {
+                let mut addrs = addrs;
                 for addr in bootstrap.remove(peer).unwrap_or_default() {
                     if !addrs.contains(&addr) {
                         addrs.push(addr);

@@ -114,6 +114,7 @@ impl MeshLoop {
         self.readmitting.remove(&peer_id);
         self.admitting.remove(&peer_id);
         self.sync_out.remove(&peer_id);
+        self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
         if self.known.contains_key(&peer_id)
             && let Some(replication) = &self.replication
         {
@@ -229,6 +230,8 @@ impl MeshLoop {
                     entry.digest = None;
                     entry.paging = Paging::default();
                     self.reach.admitted(peer);
+                    // Asked whether this node is reachable, as only devices are.
+                    self.swarm.behaviour_mut().autonat.add_server(peer, None);
                     if let Some(certificate) = &certificate {
                         self.take_in(&Snapshot {
                             devices: vec![certificate.clone()],

@@ -11,7 +11,7 @@ use hearth_protocol::statefile;
 use hearth_protocol::time::UnixMillis;
 use libp2p::{Multiaddr, PeerId, request_response};
 
-use super::address_book::add_addrs;
+use super::address_book::{Backoff, add_addrs};
 use super::codec::{Frames, ProtocolEvent};
 use super::{MeshError, MeshLoop, now, peer_id, peer_key};
 
@@ -358,6 +358,7 @@ impl MeshLoop {
             }
             let revoked =
                 peer_key(&peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key));
+            let addrs = self.reach.dialable(addrs);
             if addrs.is_empty() || revoked {
                 continue;
             }
@@ -380,8 +381,12 @@ impl MeshLoop {
             request_response::Message::Request { .. } => true,
             request_response::Message::Response { response, .. } => !response.0.is_empty(),
         };
-        if admitted && spoke {
-            self.reach.answered(peer);
+        if admitted && spoke && self.reach.answered(peer) {
+            // Devices reached through this relay can be dialled now: try them at
+            // the next round rather than after their backoff.
+            for k in self.known.values_mut().filter(|k| !k.connected) {
+                k.retry = Backoff::default();
+            }
         }
         match message {
             request_response::Message::Request {

@@ -24,7 +24,9 @@ use super::{MeshLoop, now};
 
 /// Reservations the relay holds at once, for all devices.
 pub(super) const MAX_RESERVATIONS: usize = 64;
-/// Reservations one device may hold at once.
+/// Reservations one device may hold at once, beyond its first (libp2p refuses a new one
+/// when the device holds more than this many, so this is one less than the most it
+/// holds).
 pub(super) const MAX_RESERVATIONS_PER_DEVICE: usize = 2;
 /// Circuits the relay carries at once, for all devices.
 pub(super) const MAX_CIRCUITS: usize = 64;
@@ -80,6 +82,9 @@ pub(super) fn autonat_config() -> autonat::v1::Config {
         throttle_server_period: Duration::from_secs(5),
         confidence_max: 2,
         only_global_ips: false,
+        // Only admitted devices are asked (added as servers on admission): a
+        // stranger's answer would be believed.
+        use_connected: false,
         ..autonat::v1::Config::default()
     }
 }
@@ -141,6 +146,8 @@ pub(super) struct Reach {
     paths: BTreeMap<ConnectionId, Path>,
     /// The relay each device was last reached through.
     last_via: BTreeMap<PeerId, PeerId>,
+    /// Devices whose hole punch failed since they connected (audited once).
+    punch_failed: BTreeSet<PeerId>,
 }
 
 /// How a device is reached now, for `hearth status`.
@@ -215,6 +222,8 @@ impl Reach {
         if last {
             self.answered.remove(&peer);
             self.last_via.remove(&peer);
+            self.relays.remove(&peer);
+            self.punch_failed.remove(&peer);
         }
     }
 
@@ -223,9 +232,20 @@ impl Reach {
         self.answered.remove(&peer);
     }
 
-    /// A device spoke the members protocol: it admitted this node.
-    pub(super) fn answered(&mut self, peer: PeerId) {
-        self.answered.insert(peer);
+    /// A device spoke the members protocol: it admitted this node. True the first
+    /// time since it was admitted here.
+    pub(super) fn answered(&mut self, peer: PeerId) -> bool {
+        self.answered.insert(peer)
+    }
+
+    /// The addresses worth dialling now: a relayed one only through a relay that has
+    /// admitted this node (the relay refuses a circuit to anyone else, and would audit
+    /// the attempt as a stranger's).
+    pub(super) fn dialable(&self, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        addrs
+            .into_iter()
+            .filter(|a| relay_in(a).is_none_or(|relay| self.answered.contains(&relay)))
+            .collect()
     }
 
     pub(super) fn rtt(&mut self, connection: ConnectionId, rtt: Duration) {
@@ -356,11 +376,14 @@ impl MeshLoop {
     /// An address of this node was confirmed or expired: relayed ones are kept for
     /// the mesh's devices only (identify would tell them to anyone connected).
     pub(super) fn external_address(&mut self, addr: Multiaddr, confirmed: bool) {
-        if !is_relayed(&addr) {
+        if !is_relayed(&addr) || !confirmed {
             return;
         }
-        if confirmed {
-            self.swarm.remove_external_address(&addr);
+        self.swarm.remove_external_address(&addr);
+        // Only the address of a reservation this node asked for, and a few of them.
+        let ours =
+            relay_in(&addr).is_some_and(|relay| self.reach.reservations.contains_key(&relay));
+        if ours && self.reach.relayed.len() < 8 {
             self.reach.relayed.insert(addr);
         }
     }
@@ -368,6 +391,8 @@ impl MeshLoop {
     pub(super) fn identify_event(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
             let hop = info.protocols.iter().any(|p| p.as_ref() == HOP_PROTOCOL);
+            // Identify runs before admission: `reserve` uses only relays that are
+            // admitted devices. The set is of connected peers only (see `closed`).
             if hop && peer_id != *self.swarm.local_peer_id() {
                 self.reach.relays.insert(peer_id);
             } else {
@@ -487,6 +512,9 @@ impl MeshLoop {
             }
             Err(err) => {
                 tracing::info!(device = %name, error = %err, "hole punching failed; staying relayed");
+                if !self.reach.punch_failed.insert(peer) {
+                    return;
+                }
                 self.audit(
                     "mesh.path",
                     &name,
@@ -529,7 +557,7 @@ impl MeshLoop {
             Protocol::Ip6(ip) => ip.is_loopback(),
             _ => false,
         });
-        if self.config.relay && !loopback && !is_relayed(addr) {
+        if self.config.relay && !loopback && is_outside(addr) && !is_relayed(addr) {
             self.swarm.add_external_address(addr.clone());
         }
     }

@@ -45,8 +45,9 @@ pub(super) struct Behaviour {
     pub(super) relay: Toggle<relay::Behaviour>,
     /// Reservations on the mesh's relays, and circuits through them.
     pub(super) relay_client: relay::client::Behaviour,
-    /// Hole punching over a relayed connection.
-    pub(super) dcutr: dcutr::Behaviour,
+    /// Hole punching over a relayed connection: a peer's requests are held, like the
+    /// mesh protocols, until it is admitted.
+    pub(super) dcutr: Gated<dcutr::Behaviour>,
     /// Whether this node is reachable from outside, asked of the mesh's devices; and
     /// dialling back the devices that ask (held, like the mesh protocols, until the
     /// asking peer is admitted).
@@ -186,7 +187,7 @@ pub(super) fn build_swarm(
             mdns: Toggle::from(mdns),
             relay: Toggle::from(relay),
             relay_client,
-            dcutr: dcutr::Behaviour::new(peer),
+            dcutr: Gated::new(dcutr::Behaviour::new(peer), admitted.clone()),
             autonat: Gated::new(
                 autonat::v1::Behaviour::new(peer, autonat_config()),
                 admitted.clone(),
