@@ -261,7 +261,7 @@ fn behind_two_cone_nats_the_phone_goes_direct_after_the_relay() {
 
 #[test]
 fn behind_a_port_randomising_nat_everything_goes_through_the_relay() {
-    let Some(m) = mesh("pr", NatKind::PortRandomising) else {
+    let Some(mut m) = mesh("pr", NatKind::PortRandomising) else {
         return;
     };
     let relayed = wait("the phone reaches home through the cloud", 90, || {
@@ -281,6 +281,54 @@ fn behind_a_port_randomising_nat_everything_goes_through_the_relay() {
             .any(|l| l.starts_with("home") && l.contains("relayed via cloud")),
         "{text}"
     );
-    drop(m.nodes);
+
+    // The phone turned hostile (its node stopped, its key and certificate in other
+    // hands) opens a dozen circuits to home at once: the relay lets it be an end of 7
+    // and refuses the rest, audited; the relay and home go on serving, and the phone's
+    // own node reaches home again afterwards.
+    drop(m.nodes.pop());
+    let relay = format!(
+        "/ip4/{}/udp/{CLOUD_PORT}/quic-v1/p2p/{}",
+        m.cloud.addr(),
+        m.cloud_id
+    );
+    let out = m
+        .phone
+        .command(env!("CARGO_BIN_EXE_relay-probe"))
+        .args([
+            "--member",
+            m.phone_dir().to_str().unwrap(),
+            &relay,
+            &m.home_id,
+            "12",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("relay-probe --member: {said}");
+    assert_eq!(said["admitted"], true, "{said}");
+    let opened = said["opened"].as_u64().unwrap();
+    assert!((1..=7).contains(&opened), "{said}");
+    assert_eq!(opened + said["refused"].as_u64().unwrap(), 12, "{said}");
+    wait("the cloud audits the circuits over its bounds", 30, || {
+        audit(&m.cloud, m.cloud_dir(), "mesh.relay")
+            .iter()
+            .any(|e| {
+                e["outcome"].as_str().is_some_and(|o| {
+                    o.starts_with("refused: relay circuit over the relay's bounds")
+                })
+            })
+            .then_some(())
+    });
+    let phone = hearth_tests::nat_mesh::start_in(&m.phone, m.phone_dir(), 0);
+    m.nodes.push(phone);
+    wait("the phone reaches home again", 90, || {
+        peer(&m.phone, m.phone_dir(), "home")
+    });
     let _ = &m.net;
 }

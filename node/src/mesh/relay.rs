@@ -30,9 +30,11 @@ pub(super) const MAX_RESERVATIONS: usize = 64;
 pub(super) const MAX_RESERVATIONS_PER_DEVICE: usize = 2;
 /// Circuits the relay carries at once, for all devices.
 pub(super) const MAX_CIRCUITS: usize = 64;
-/// Circuits one device may be an end of at once (libp2p refuses a circuit when the
-/// device already has more than this many, so this is the most it has).
-pub(super) const MAX_CIRCUITS_PER_DEVICE: usize = 8;
+/// Circuits one device may be an end of at once, beyond the first (libp2p refuses a
+/// circuit when the device already has more than this many, so it can have one more).
+/// Below the 8 connections a node keeps per device, so that the relay's bound, not the
+/// far end's, is what a device opening too many meets.
+pub(super) const MAX_CIRCUITS_PER_DEVICE: usize = 6;
 /// How long a circuit may last. Devices of the mesh are not cut off: a circuit lasts
 /// as long as their connection (this is u32::MAX seconds, what the protocol can say).
 const CIRCUIT_DURATION: Duration = Duration::from_secs(u32::MAX as u64);
