@@ -11,7 +11,7 @@ use hearth_protocol::statefile;
 use hearth_protocol::time::UnixMillis;
 use libp2p::{Multiaddr, PeerId, request_response};
 
-use super::address_book::{Backoff, add_addrs};
+use super::address_book::add_addrs;
 use super::codec::{Frames, ProtocolEvent};
 use super::{MeshError, MeshLoop, now, peer_id, peer_key};
 
@@ -382,11 +382,8 @@ impl MeshLoop {
             request_response::Message::Response { response, .. } => !response.0.is_empty(),
         };
         if admitted && spoke && self.reach.answered(peer) {
-            // Devices reached through this relay can be dialled now: try them at
-            // the next round rather than after their backoff.
-            for k in self.known.values_mut().filter(|k| !k.connected) {
-                k.retry = Backoff::default();
-            }
+            self.quic_to_relays();
+            self.dial_through(peer);
         }
         match message {
             request_response::Message::Request {

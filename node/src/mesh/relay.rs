@@ -20,7 +20,7 @@ use libp2p::{Multiaddr, PeerId, autonat, dcutr, identify, relay};
 
 use super::address_book::Backoff;
 use super::gate::Admitted;
-use super::{MeshLoop, now};
+use super::{MeshLoop, now, peer_key};
 
 /// Reservations the relay holds at once, for all devices.
 pub(super) const MAX_RESERVATIONS: usize = 64;
@@ -150,6 +150,10 @@ pub(super) struct Reach {
     last_via: BTreeMap<PeerId, PeerId>,
     /// Devices whose hole punch failed since they connected (audited once).
     punch_failed: BTreeSet<PeerId>,
+    /// When to dial each relay over QUIC again, lacking a QUIC connection to it.
+    quic_retry: BTreeMap<PeerId, Backoff>,
+    /// Relays this node knows no QUIC address of.
+    no_quic: BTreeSet<PeerId>,
 }
 
 /// How a device is reached now, for `hearth status`.
@@ -173,6 +177,10 @@ fn relay_in(addr: &Multiaddr) -> Option<PeerId> {
         }
     }
     None
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::QuicV1))
 }
 
 fn is_relayed(addr: &Multiaddr) -> bool {
@@ -226,6 +234,8 @@ impl Reach {
             self.last_via.remove(&peer);
             self.relays.remove(&peer);
             self.punch_failed.remove(&peer);
+            self.quic_retry.remove(&peer);
+            self.no_quic.remove(&peer);
         }
     }
 
@@ -240,14 +250,39 @@ impl Reach {
         self.answered.insert(peer)
     }
 
-    /// The addresses worth dialling now: a relayed one only through a relay that has
-    /// admitted this node (the relay refuses a circuit to anyone else, and would audit
-    /// the attempt as a stranger's).
+    /// Can devices be dialled through `relay` now? Once it has admitted this node (it
+    /// refuses a circuit to anyone else, and would audit the attempt as a stranger's),
+    /// and once this node has a QUIC connection to it (or knows no QUIC address of it):
+    /// hole punching over the circuit offers the addresses this node was seen at when
+    /// the circuit opened, and over TCP alone that would be a TCP address, which the
+    /// other side's QUIC punch never meets.
+    fn relay_ready(&self, relay: &PeerId) -> bool {
+        self.answered.contains(relay) && (self.no_quic.contains(relay) || self.has_quic(relay))
+    }
+
+    fn has_quic(&self, peer: &PeerId) -> bool {
+        self.paths
+            .values()
+            .any(|p| p.peer == *peer && p.via.is_none() && p.dialled.as_ref().is_some_and(is_quic))
+    }
+
+    /// The addresses worth dialling now: a relayed one only through a relay that is
+    /// ready.
     pub(super) fn dialable(&self, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
         addrs
             .into_iter()
-            .filter(|a| relay_in(a).is_none_or(|relay| self.answered.contains(&relay)))
+            .filter(|a| relay_in(a).is_none_or(|relay| self.relay_ready(&relay)))
             .collect()
+    }
+
+    /// Did `connection` just make `peer`, a relay, ready?
+    pub(super) fn relay_became_ready(&self, peer: &PeerId, connection: ConnectionId) -> bool {
+        self.relays.contains(peer)
+            && self
+                .paths
+                .get(&connection)
+                .is_some_and(|p| p.via.is_none() && p.dialled.as_ref().is_some_and(is_quic))
+            && self.relay_ready(peer)
     }
 
     pub(super) fn rtt(&mut self, connection: ConnectionId, rtt: Duration) {
@@ -301,6 +336,7 @@ impl MeshLoop {
         if self.reach.public.is_some() {
             return;
         }
+        self.quic_to_relays();
         let now = now().0;
         let due: Vec<PeerId> = self
             .reach
@@ -347,6 +383,82 @@ impl MeshLoop {
                     tracing::warn!(%addr, error = %err, "cannot ask for a relay reservation");
                 }
             }
+        }
+    }
+
+    /// Keeps a QUIC connection to every admitted relay. Hole punching dials the
+    /// addresses each side was seen at, and a node learns the one it is seen at over
+    /// QUIC only on a QUIC connection; a device that reached the relay over TCP alone
+    /// would offer only a TCP address, which the other side's QUIC punch never meets.
+    pub(super) fn quic_to_relays(&mut self) {
+        let now = now().0;
+        let relays: Vec<PeerId> = self
+            .reach
+            .relays
+            .iter()
+            .filter(|relay| self.known.get(relay).is_some_and(|k| k.connected))
+            .copied()
+            .collect();
+        for relay in relays {
+            if self.reach.has_quic(&relay) {
+                self.reach.quic_retry.remove(&relay);
+                continue;
+            }
+            let Some(addr) = self.known.get(&relay).and_then(|k| {
+                k.addrs
+                    .iter()
+                    .find(|a| is_quic(a) && !is_relayed(a))
+                    .cloned()
+            }) else {
+                if self.reach.no_quic.insert(relay) {
+                    self.dial_through(relay);
+                }
+                continue;
+            };
+            self.reach.no_quic.remove(&relay);
+            if self.reach.quic_retry.entry(relay).or_default().due(now) {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(relay)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .addresses(vec![addr])
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+        }
+    }
+
+    /// `relay` admitted this node: the lost devices known to be reachable through it
+    /// are dialled there now, beside any dial still waiting on their other addresses
+    /// (one to an address a NAT drops takes seconds to give up).
+    pub(super) fn dial_through(&mut self, relay: PeerId) {
+        if !self.reach.relay_ready(&relay) {
+            return;
+        }
+        let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .known
+            .iter()
+            .filter(|(peer, k)| !k.connected && !self.swarm.is_connected(peer))
+            .map(|(peer, k)| {
+                let via: Vec<Multiaddr> = k
+                    .addrs
+                    .iter()
+                    .filter(|a| relay_in(a) == Some(relay))
+                    .cloned()
+                    .collect();
+                (*peer, via)
+            })
+            .filter(|(_, via)| !via.is_empty())
+            .collect();
+        for (peer, addrs) in targets {
+            let revoked =
+                peer_key(&peer).is_some_and(|key| self.gate.revocations.is_key_revoked(&key));
+            if revoked {
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(addrs)
+                .build();
+            let _ = self.swarm.dial(opts);
         }
     }
 
