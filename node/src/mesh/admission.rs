@@ -31,9 +31,6 @@ impl MeshLoop {
             .or_default()
             .insert(connection_id);
         self.reach.opened(peer_id, connection_id, endpoint);
-        if self.reach.relay_became_ready(&peer_id, connection_id) {
-            self.dial_through(peer_id);
-        }
         let member =
             peer_key(&peer_id).is_some_and(|key| self.membership.certificate(&key).is_some());
         if !self.strangers.opened(

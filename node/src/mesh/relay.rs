@@ -154,6 +154,8 @@ pub(super) struct Reach {
     quic_retry: BTreeMap<PeerId, Backoff>,
     /// Relays this node knows no QUIC address of.
     no_quic: BTreeSet<PeerId>,
+    /// Relays that told this node (identify) the address it is seen at over QUIC.
+    seen_over_quic: BTreeSet<PeerId>,
 }
 
 /// How a device is reached now, for `hearth status`.
@@ -236,6 +238,7 @@ impl Reach {
             self.punch_failed.remove(&peer);
             self.quic_retry.remove(&peer);
             self.no_quic.remove(&peer);
+            self.seen_over_quic.remove(&peer);
         }
     }
 
@@ -252,12 +255,13 @@ impl Reach {
 
     /// Can devices be dialled through `relay` now? Once it has admitted this node (it
     /// refuses a circuit to anyone else, and would audit the attempt as a stranger's),
-    /// and once this node has a QUIC connection to it (or knows no QUIC address of it):
-    /// hole punching over the circuit offers the addresses this node was seen at when
-    /// the circuit opened, and over TCP alone that would be a TCP address, which the
-    /// other side's QUIC punch never meets.
+    /// and once it has told this node the address it is seen at over QUIC (or this
+    /// node knows no QUIC address of it): hole punching over the circuit offers the
+    /// addresses this node was seen at when the circuit opened, and a TCP address
+    /// alone never meets the other side's QUIC punch.
     fn relay_ready(&self, relay: &PeerId) -> bool {
-        self.answered.contains(relay) && (self.no_quic.contains(relay) || self.has_quic(relay))
+        self.answered.contains(relay)
+            && (self.no_quic.contains(relay) || self.seen_over_quic.contains(relay))
     }
 
     fn has_quic(&self, peer: &PeerId) -> bool {
@@ -273,16 +277,6 @@ impl Reach {
             .into_iter()
             .filter(|a| relay_in(a).is_none_or(|relay| self.relay_ready(&relay)))
             .collect()
-    }
-
-    /// Did `connection` just make `peer`, a relay, ready?
-    pub(super) fn relay_became_ready(&self, peer: &PeerId, connection: ConnectionId) -> bool {
-        self.relays.contains(peer)
-            && self
-                .paths
-                .get(&connection)
-                .is_some_and(|p| p.via.is_none() && p.dialled.as_ref().is_some_and(is_quic))
-            && self.relay_ready(peer)
     }
 
     pub(super) fn rtt(&mut self, connection: ConnectionId, rtt: Duration) {
@@ -504,6 +498,13 @@ impl MeshLoop {
 
     pub(super) fn identify_event(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
+            if is_quic(&info.observed_addr)
+                && !is_relayed(&info.observed_addr)
+                && self.reach.seen_over_quic.insert(peer_id)
+            {
+                // Devices behind this relay can be dialled through it now.
+                self.dial_through(peer_id);
+            }
             let hop = info.protocols.iter().any(|p| p.as_ref() == HOP_PROTOCOL);
             // Identify runs before admission: `reserve` uses only relays that are
             // admitted devices. The set is of connected peers only (see `closed`).
