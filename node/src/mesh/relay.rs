@@ -9,6 +9,7 @@
 //! relay learns is which devices of the mesh talk to each other, when, and how much.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +44,11 @@ const HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 /// The relay service's settings: reservations and circuits only for the devices
 /// admitted now (a stranger is refused before anything is counted for it), within
-/// the bounds above, no limit on a circuit's bytes or duration, and libp2p's default
-/// rate limits per device and per address (a reservation or circuit every 2 minutes
-/// per device in bursts of up to 30, every minute per address in bursts of up to 60).
+/// the bounds above, no limit on a circuit's bytes or duration, and rate limits sized
+/// for devices that reconnect often (a phone changing networks): per device a
+/// reservation or circuit every 10 s in bursts of up to 60, per address every 5 s in
+/// bursts of up to 120. (libp2p's defaults, a circuit every 2 minutes per device in
+/// bursts of 30, cut a phone off after 30 reconnections in an hour.)
 pub(super) fn server_config(admitted: &Arc<Admitted>) -> relay::Config {
     let mut config = relay::Config {
         max_reservations: MAX_RESERVATIONS,
@@ -54,20 +57,30 @@ pub(super) fn server_config(admitted: &Arc<Admitted>) -> relay::Config {
         max_circuits_per_peer: MAX_CIRCUITS_PER_DEVICE,
         max_circuit_duration: CIRCUIT_DURATION,
         max_circuit_bytes: 0,
+        reservation_rate_limiters: Vec::new(),
+        circuit_src_rate_limiters: Vec::new(),
         ..relay::Config::default()
     };
     // First, so that a stranger's request uses none of the rate limits' tokens.
     let members = admitted.clone();
-    config.reservation_rate_limiters.insert(
-        0,
-        Box::new(move |peer: PeerId, _: &Multiaddr, _| members.contains(&peer)),
-    );
-    let members = admitted.clone();
-    config.circuit_src_rate_limiters.insert(
-        0,
-        Box::new(move |peer: PeerId, _: &Multiaddr, _| members.contains(&peer)),
-    );
     config
+        .reservation_rate_limiters
+        .push(Box::new(move |peer: PeerId, _: &Multiaddr, _| {
+            members.contains(&peer)
+        }));
+    let members = admitted.clone();
+    config
+        .circuit_src_rate_limiters
+        .push(Box::new(move |peer: PeerId, _: &Multiaddr, _| {
+            members.contains(&peer)
+        }));
+    let per_device = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN);
+    let per_address = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN);
+    config
+        .reservation_rate_per_peer(per_device, Duration::from_secs(10))
+        .circuit_src_per_peer(per_device, Duration::from_secs(10))
+        .reservation_rate_per_ip(per_address, Duration::from_secs(5))
+        .circuit_src_per_ip(per_address, Duration::from_secs(5))
 }
 
 /// AutoNAT (v1: its servers answer on any connection, where v2's answer only on
