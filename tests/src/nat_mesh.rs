@@ -46,6 +46,22 @@ pub fn hearth_in(ns: &str, dir: &Path, args: &[&str], stdin: Option<&str>) -> Ou
     child.wait_with_output().unwrap()
 }
 
+/// Appends JSON lines to `store` on `host`'s node; fails the test unless it succeeds.
+pub fn append_in(host: &Host, dir: &Path, store: &str, lines: &[String]) {
+    let out = hearth_in(
+        host.namespace(),
+        dir,
+        &["store", "append", store, "-"],
+        Some(&lines.join("\n")),
+    );
+    assert!(
+        out.status.success(),
+        "append to {store} on {}: {}",
+        host.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn json_in(host: &Host, dir: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);

@@ -21,7 +21,9 @@ use std::path::Path;
 
 use hearth_tests::cli::{hearth, json_ok};
 use hearth_tests::guest::module;
-use hearth_tests::nat_mesh::{CLOUD_PORT, Mesh, audit, hearth_in, json_in, mesh, peer, wait};
+use hearth_tests::nat_mesh::{
+    CLOUD_PORT, Mesh, append_in, audit, hearth_in, json_in, mesh, peer, wait,
+};
 use hearth_tests::netns::{Host, NatKind};
 use serde_json::Value;
 
@@ -50,17 +52,7 @@ impl Flows for Mesh {
                 )
             })
             .collect();
-        let out = hearth_in(
-            self.phone.namespace(),
-            self.phone_dir(),
-            &["store", "append", "track", "-"],
-            Some(&lines.join("\n")),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        append_in(&self.phone, self.phone_dir(), "track", &lines);
         wait("the phone's track on home", 60, || {
             let out = hearth_in(
                 self.home.namespace(),
@@ -93,17 +85,7 @@ impl Flows for Mesh {
                 )
             })
             .collect();
-        let out = hearth_in(
-            self.home.namespace(),
-            self.home_dir(),
-            &["store", "append", "os-monitor", "-"],
-            Some(&lines.join("\n")),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        append_in(&self.home, self.home_dir(), "os-monitor", &lines);
         let wasm = work.join("daily_mean.wasm");
         std::fs::copy(module("daily_mean"), &wasm).unwrap();
         let key = work.join("dev.key");

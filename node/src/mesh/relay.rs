@@ -340,10 +340,11 @@ impl MeshLoop {
     /// from outside, the relay is connected and has admitted this node, and no
     /// reservation is held or pending there.
     pub(super) fn reserve(&mut self) {
+        // Also on a node reachable from outside: it dials devices through relays too.
+        self.quic_to_relays();
         if self.reach.public.is_some() {
             return;
         }
-        self.quic_to_relays();
         let now = now().0;
         let due: Vec<PeerId> = self
             .reach
