@@ -221,6 +221,12 @@ fn report(dir: &Path, s: &hearth_netsim::Summary) {
         s.raw_bytes_over_internet,
         dir.display()
     );
+    if s.relay.connections > 0 {
+        println!(
+            "  through a relay: {} connections ({} made direct by a hole punch), {} bytes forwarded",
+            s.relay.connections, s.relay.punched, s.relay.bytes
+        );
+    }
 }
 
 fn main() -> ExitCode {

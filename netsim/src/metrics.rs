@@ -84,6 +84,21 @@ pub struct JobRecord {
     pub during_partition: bool,
 }
 
+/// What the relays carried.
+#[derive(Debug, Clone, Default)]
+pub struct RelayRecord {
+    /// Connections opened through a relay.
+    pub connections: u64,
+    /// Of those, made direct by a hole punch.
+    pub punches: u64,
+    /// Messages forwarded.
+    pub messages: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Bytes forwarded by each relay node.
+    pub by_relay: BTreeMap<u32, u64>,
+}
+
 /// Raw records of a run.
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
@@ -102,6 +117,8 @@ pub struct Recorder {
     raw_to_cloud: u64,
     /// Size of every Push message sent, in order.
     pub pushes: Vec<u64>,
+    /// What the relays carried.
+    pub relay: RelayRecord,
     /// Messages dropped by a rule (datagram loss) or refused before admission.
     pub dropped: u64,
     /// Messages delivered twice.
@@ -158,6 +175,13 @@ impl Recorder {
         let k = self.per_kind.entry(kind.as_str()).or_insert((0, 0));
         k.0 += 1;
         k.1 += bytes;
+    }
+
+    /// A message of `bytes` went through the relay node `via`.
+    pub fn relayed(&mut self, via: u32, bytes: u64) {
+        self.relay.messages += 1;
+        self.relay.bytes += bytes;
+        *self.relay.by_relay.entry(via).or_insert(0) += bytes;
     }
 
     /// A message carrying store data was sent.
@@ -248,6 +272,21 @@ pub struct JobSummary {
     pub mean_records_missing: f64,
 }
 
+/// What the relays carried in a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RelaySummary {
+    /// Connections opened through a relay (both ends behind NATs).
+    pub connections: u64,
+    /// Of those, made direct by a hole punch.
+    pub punched: u64,
+    /// Messages forwarded by relays.
+    pub messages: u64,
+    /// Bytes forwarded by relays (each message counted once, not per hop).
+    pub bytes: u64,
+    /// Bytes forwarded by the busiest relay node.
+    pub busiest_relay_bytes: u64,
+}
+
 /// The summary of one run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {
@@ -294,6 +333,8 @@ pub struct Summary {
     pub raw_bytes_to_cloud: u64,
     /// Jobs.
     pub jobs: JobSummary,
+    /// What the relays carried.
+    pub relay: RelaySummary,
     /// Messages dropped (loss, or before admission).
     pub messages_dropped: u64,
     /// Messages duplicated.
@@ -383,6 +424,13 @@ impl Summary {
                 } else {
                     r3(ok.iter().map(|j| j.records_missing as f64).sum::<f64>() / ok.len() as f64)
                 },
+            },
+            relay: RelaySummary {
+                connections: r.relay.connections,
+                punched: r.relay.punches,
+                messages: r.relay.messages,
+                bytes: r.relay.bytes,
+                busiest_relay_bytes: r.relay.by_relay.values().copied().max().unwrap_or(0),
             },
             messages_dropped: r.dropped,
             messages_duplicated: r.duplicated,

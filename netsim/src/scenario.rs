@@ -136,6 +136,34 @@ pub enum AtHome {
     Daily(u64, u64),
 }
 
+/// The NAT in front of a device, as the mesh's connections see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nat {
+    /// None: the device has a public address and can be dialled.
+    #[default]
+    None,
+    /// Endpoint-independent mapping (a home router, most Wi-Fi): it cannot be dialled
+    /// first, but a hole punch with another cone NAT gets through.
+    Cone,
+    /// Endpoint-dependent, port-randomising mapping (many carrier NATs): no hole punch
+    /// gets through; reaching another NATed device takes a relay.
+    Symmetric,
+}
+
+impl Nat {
+    fn parse(field: &str, text: Option<&str>) -> Result<Self, ScenarioError> {
+        match text {
+            None | Some("none") => Ok(Nat::None),
+            Some("cone") => Ok(Nat::Cone),
+            Some("symmetric") => Ok(Nat::Symmetric),
+            Some(other) => Err(invalid(
+                field,
+                format!("{other:?} is not a NAT: use none, cone or symmetric"),
+            )),
+        }
+    }
+}
+
 /// One device of each household.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceSpec {
@@ -147,6 +175,12 @@ pub struct DeviceSpec {
     pub access: String,
     /// When it is on the home LAN.
     pub at_home: AtHome,
+    /// The NAT in front of it on its access link (at home, the household's router
+    /// is: [`Scenario::home_nat`]).
+    pub nat: Nat,
+    /// Does it relay for the other devices of its household (a cloud device with a
+    /// public address does, unless told not to)?
+    pub relay: bool,
 }
 
 /// What a stream of readings looks like.
@@ -299,6 +333,8 @@ pub struct Scenario {
     pub home_uplink: String,
     /// The class of an uplink every household shares, if any (a building).
     pub shared_uplink: Option<String>,
+    /// The NAT of each household's router, in front of every device on its LAN.
+    pub home_nat: Nat,
     /// The devices of each household.
     pub devices: Vec<DeviceSpec>,
     /// Readings written.
@@ -334,6 +370,8 @@ struct Raw {
     home_uplink: String,
     #[serde(default)]
     shared_uplink: Option<String>,
+    #[serde(default)]
+    home_nat: Option<String>,
     links: BTreeMap<String, RawLink>,
     devices: Vec<RawDevice>,
     #[serde(default)]
@@ -379,6 +417,10 @@ struct RawDevice {
     access: String,
     #[serde(default)]
     at_home: Option<String>,
+    #[serde(default)]
+    nat: Option<String>,
+    #[serde(default)]
+    relay: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -634,6 +676,7 @@ impl Scenario {
             .as_deref()
             .map(|s| class("shared_uplink", s))
             .transpose()?;
+        let home_nat = Nat::parse("home_nat", raw.home_nat.as_deref())?;
 
         if raw.devices.is_empty() {
             return Err(invalid("devices", "define at least one device"));
@@ -678,11 +721,27 @@ impl Scenario {
                     )
                 }
             };
+            let nat = Nat::parse(&f("nat"), d.nat.as_deref())?;
+            // Reachable from other networks wherever it is.
+            let reachable = match at_home {
+                AtHome::Always => home_nat == Nat::None,
+                AtHome::Never => nat == Nat::None,
+                AtHome::Daily(..) => home_nat == Nat::None && nat == Nat::None,
+            };
+            let relay = d.relay.unwrap_or(role == Role::Cloud && reachable);
+            if relay && !reachable {
+                return Err(invalid(
+                    f("relay"),
+                    "a relay needs a public address wherever it is: nat = \"none\" (and home_nat = \"none\" when it is at home)",
+                ));
+            }
             devices.push(DeviceSpec {
                 name: d.name.clone(),
                 role,
                 access,
                 at_home,
+                nat,
+                relay,
             });
         }
         let device = |field: &str, name: &str| -> Result<String, ScenarioError> {
@@ -894,6 +953,7 @@ impl Scenario {
             lan,
             home_uplink,
             shared_uplink,
+            home_nat,
             devices,
             streams,
             jobs,

@@ -28,7 +28,9 @@ use tokio::sync::broadcast;
 use crate::fault::{LinkFaults, Packet, Partitions, Rule, Verdict};
 use crate::metrics::{ConvergenceRecord, JobRecord, Recorder, RestartRecord, TrafficKind};
 use crate::rng::Rng;
-use crate::scenario::{AtHome, Churn, Cut, Latency, Scenario, Strategy, StreamKind, Transport};
+use crate::scenario::{
+    AtHome, Churn, Cut, Latency, Nat, Scenario, Strategy, StreamKind, Transport,
+};
 
 /// The Unix time (ms) at which every run starts: 2026-01-01T00:00:00Z.
 pub const BASE_MS: u64 = 1_767_225_600_000;
@@ -91,6 +93,8 @@ pub struct DeviceInfo {
     /// Its access link class (an index into the world's classes).
     access: usize,
     at_home: AtHome,
+    nat: Nat,
+    relay: bool,
 }
 
 impl DeviceInfo {
@@ -168,6 +172,23 @@ enum Resource {
 struct Link {
     up: bool,
     epoch: u64,
+    /// How the connection is carried, chosen when it was opened.
+    route: Route,
+    /// A hole punch has made the relayed connection direct.
+    punched: bool,
+    /// Where the two devices were (on their home LAN or not) when it was opened.
+    homes: (bool, bool),
+}
+
+/// How a connection between two devices is carried.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Straight from one to the other: on their LAN, or one of them is public.
+    #[default]
+    Direct,
+    /// Through a relay device of the household, both ends behind NATs. With `punch`
+    /// (both NATs are cone) a hole punch makes it direct soon after admission.
+    Relayed { via: u32, punch: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +220,8 @@ enum Event {
     Power(u32, bool),
     /// A crash: powered off without the others noticing for the given µs.
     Crash(u32, u64),
+    /// The hole punch of a relayed connection (its two ends and epoch) got through.
+    Punch(u32, u32, u64),
 }
 
 /// A device powered on that is catching up.
@@ -329,6 +352,8 @@ impl World {
                     role: spec.role,
                     access: index(&spec.access),
                     at_home: spec.at_home,
+                    nat: spec.nat,
+                    relay: spec.relay,
                 };
                 let label = info.label();
                 let mut rng = Rng::new(Rng::child_seed(seed, &format!("node/{label}")));
@@ -810,7 +835,21 @@ impl World {
             self.recorder.lost_on_cut += 1;
             return;
         }
-        let (hops, wan) = self.path(from, to);
+        let relay = match link.route {
+            Route::Relayed { via, .. } if !link.punched => Some(via),
+            _ => None,
+        };
+        let (hops, wan) = match relay {
+            Some(via) => {
+                let (mut hops, _) = self.path(from, via);
+                hops.extend(self.path(via, to).0);
+                (hops, true)
+            }
+            None => self.path(from, to),
+        };
+        if let Some(via) = relay {
+            self.recorder.relayed(via, bytes);
+        }
         let mut t = self.now;
         let mut latency = 0;
         let mut classes = Vec::with_capacity(hops.len());
@@ -1118,13 +1157,81 @@ impl World {
         self.watches = watches;
     }
 
-    /// Should the link between `a` and `b` be up: both online and no rule cutting it?
+    /// Should the link between `a` and `b` be up: both online, no rule cutting it, and
+    /// a way through their NATs?
     fn wanted(&self, a: u32, b: u32) -> bool {
+        self.open(a, b) && self.route(a, b).is_some()
+    }
+
+    /// Are `a` and `b` online with no rule cutting the path between them?
+    fn open(&self, a: u32, b: u32) -> bool {
         let (_, wan) = self.path(a, b);
         self.online(a)
             && self.online(b)
             && !self.partitions.cuts(self.now, a, b, wan)
             && !self.extra_rules.iter().any(|r| r.cuts(self.now, a, b, wan))
+    }
+
+    /// The NAT in front of `i` where it is now.
+    fn nat(&self, i: u32) -> Nat {
+        if self.at_home(i) {
+            self.scenario.home_nat
+        } else {
+            self.devices.get(i as usize).map_or(Nat::None, |d| d.nat)
+        }
+    }
+
+    /// How a connection between `a` and `b` opened now would be carried; `None` when
+    /// both are behind NATs and no relay of their household can reach both.
+    fn route(&self, a: u32, b: u32) -> Option<Route> {
+        let (_, wan) = self.path(a, b);
+        let (na, nb) = (self.nat(a), self.nat(b));
+        if !wan || na == Nat::None || nb == Nat::None {
+            return Some(Route::Direct);
+        }
+        let household = self.devices.get(a as usize)?.household;
+        let via = self.household_nodes(household).find(|&v| {
+            v != a
+                && v != b
+                && self.devices.get(v as usize).is_some_and(|d| d.relay)
+                && self.open(a, v)
+                && self.open(v, b)
+        })?;
+        Some(Route::Relayed {
+            via,
+            punch: na == Nat::Cone && nb == Nat::Cone,
+        })
+    }
+
+    /// Does the up link between `a` and `b` still work the way it was opened? A direct
+    /// connection made by a hole punch breaks when either end moves network; a relayed
+    /// one when its relay goes or a better way appears.
+    fn route_holds(&self, a: u32, b: u32, link: &Link) -> bool {
+        if link.punched {
+            link.homes == (self.at_home(a.min(b)), self.at_home(a.max(b)))
+        } else {
+            self.route(a, b) == Some(link.route)
+        }
+    }
+
+    /// The typical one-way time (µs) over the path from `a` to `b`, or through `via`:
+    /// the median latency of every hop.
+    fn nominal_one_way(&self, a: u32, b: u32, via: Option<u32>) -> u64 {
+        let hops = match via {
+            Some(v) => {
+                let (mut hops, _) = self.path(a, v);
+                hops.extend(self.path(v, b).0);
+                hops
+            }
+            None => self.path(a, b).0,
+        };
+        hops.iter()
+            .filter_map(|(_, class)| self.classes.get(*class))
+            .map(|c| match c.latency {
+                Latency::Fixed(d) | Latency::Uniform { base: d, .. } => us(d),
+                Latency::LogNormal { median, .. } => us(median),
+            })
+            .sum()
     }
 
     /// Is every link of every household wanted now: every device online, nothing cut?
@@ -1149,8 +1256,14 @@ impl World {
                 if self.draining && !want {
                     self.whole_in_drain = false;
                 }
-                let up = self.links.get(&(a, b)).is_some_and(|l| l.up);
+                let link = self.links.get(&(a, b)).copied().unwrap_or_default();
+                let up = link.up;
                 if want && !up {
+                    self.link_up(a, b);
+                } else if want && !self.route_holds(a, b, &link) {
+                    // The devices moved network or the relay went: the connection
+                    // breaks and is made again the way that works now.
+                    self.link_down(a, b);
                     self.link_up(a, b);
                 } else if !want && up && !self.unnoticed(a) && !self.unnoticed(b) {
                     self.link_down(a, b);
@@ -1167,9 +1280,17 @@ impl World {
     }
 
     fn link_up(&mut self, a: u32, b: u32) {
+        let route = self.route(a, b).unwrap_or_default();
+        let homes = (self.at_home(a.min(b)), self.at_home(a.max(b)));
+        if route != Route::Direct {
+            self.recorder.relay.connections += 1;
+        }
         let link = self.links.entry(pair(a, b)).or_default();
         link.up = true;
         link.epoch += 1;
+        link.route = route;
+        link.punched = false;
+        link.homes = homes;
         let epoch = link.epoch;
         let now = self.now_ms();
         let config = admission::Config::default();
@@ -1233,6 +1354,7 @@ impl World {
                     if let Some(node) = self.nodes.get_mut(x as usize) {
                         node.admitted.insert(y);
                     }
+                    self.schedule_punch(x, y);
                     self.send_members(x, y);
                     self.with_engine(x, |e, r, now| e.handle_connected(now, y, r));
                 }
@@ -1244,6 +1366,31 @@ impl World {
                 admission::Event::Joined(_) | admission::Event::Welcomed(_) => {}
             }
         }
+    }
+
+    /// Once both ends of a relayed connection between cone NATs have admitted each
+    /// other, DCUtR runs over it (as the node holds it until admission): a CONNECT and
+    /// its answer, then SYNC, over the relay (one and a half round trips), then both
+    /// dial and the direct QUIC handshake takes one more round trip.
+    fn schedule_punch(&mut self, x: u32, y: u32) {
+        let Some(link) = self.links.get(&pair(x, y)).copied() else {
+            return;
+        };
+        let Route::Relayed { via, punch: true } = link.route else {
+            return;
+        };
+        if link.punched
+            || !self.node(x).admitted.contains(&y)
+            || !self.node(y).admitted.contains(&x)
+        {
+            return;
+        }
+        let relayed = self.nominal_one_way(x, y, Some(via));
+        let direct = self.nominal_one_way(x, y, None);
+        self.schedule(
+            self.now + 3 * relayed + 2 * direct,
+            Event::Punch(x, y, link.epoch),
+        );
     }
 
     /// Sends `y` this node's membership digest, and its snapshot unless `y` last
@@ -1435,6 +1582,16 @@ impl World {
                     self.watch_restart(i);
                 }
                 self.reconnect();
+            }
+            Event::Punch(a, b, epoch) => {
+                if let Some(link) = self.links.get_mut(&pair(a, b))
+                    && link.up
+                    && link.epoch == epoch
+                    && !link.punched
+                {
+                    link.punched = true;
+                    self.recorder.relay.punches += 1;
+                }
             }
             Event::Crash(i, detect) => {
                 self.stop_watching(i);

@@ -21,6 +21,7 @@ duration = "2h"
 households = 3
 lan = "lan"
 home_uplink = "broadband"
+home_nat = "cone"
 bucket = "10m"
 
 [links.lan]
@@ -55,6 +56,7 @@ name = "phone"
 role = "mobile"
 access = "cellular"
 at_home = "00:30-01:15"
+nat = "cone"
 
 [[devices]]
 name = "vm"

@@ -114,6 +114,21 @@ fn every_refusal_names_its_field() {
             "every = \"1m\"\npolicy = \"role:boss\"",
             "streams[0].policy: \"role:boss\" is not a replica holder",
         ),
+        (
+            "access = \"lan\"",
+            "access = \"lan\"\nnat = \"full-cone\"",
+            "devices[0].nat: \"full-cone\" is not a NAT",
+        ),
+        (
+            "home_uplink = \"lan\"",
+            "home_uplink = \"lan\"\nhome_nat = \"open\"",
+            "home_nat: \"open\" is not a NAT",
+        ),
+        (
+            "access = \"lan\"",
+            "access = \"lan\"\nat_home = \"never\"\nnat = \"cone\"\nrelay = true",
+            "devices[0].relay: a relay needs a public address",
+        ),
     ];
     for (from, to, expected) in cases {
         assert!(GOOD.contains(from), "{from}");
