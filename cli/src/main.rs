@@ -70,6 +70,11 @@ enum Command {
         /// The new device's name (overrides what it asks for).
         #[arg(long)]
         name: Option<String>,
+        /// Where the new device should dial this node, instead of the addresses it
+        /// listens on: a DNS name or a forwarded port, e.g.
+        /// /dns4/cloud.example.org/udp/4001/quic-v1 (repeat for several).
+        #[arg(long = "addr", value_name = "MULTIADDR")]
+        addrs: Vec<String>,
     },
     /// Join an existing mesh with a ticket (on a fresh data directory).
     Join(cmd::join::Args),
@@ -135,9 +140,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Key(command) => cmd::key::run(&data_dir, command, &mut out),
         Command::App(command) => cmd::app::run(&data_dir, command, &mut out),
         Command::Cap(command) => cmd::cap::run(&data_dir, command, &mut out),
-        Command::Invite { ttl, role, name } => {
-            cmd::node::invite(&data_dir, ttl, role, name, &mut out)
-        }
+        Command::Invite {
+            ttl,
+            role,
+            name,
+            addrs,
+        } => cmd::node::invite(&data_dir, ttl, role, name, addrs, &mut out),
         Command::Join(args) => cmd::join::run(&data_dir, args, &mut out),
         Command::Devices(args) => cmd::devices::run(&data_dir, args, &mut out),
         Command::Node(command) => cmd::node::run(&data_dir, command, &mut out),

@@ -944,6 +944,9 @@ struct InviteRequest {
     ttl_ms: Option<u64>,
     name: Option<String>,
     role: Option<String>,
+    /// Where the new device should dial this node, instead of its listen addresses.
+    #[serde(default)]
+    addrs: Vec<String>,
 }
 
 async fn invite(
@@ -966,7 +969,7 @@ async fn invite(
         .map_err(ApiError::invalid)?;
     let ttl = std::time::Duration::from_millis(body.ttl_ms.unwrap_or(600_000));
     let ticket = mesh
-        .invite(ttl, body.name, role)
+        .invite(ttl, body.name, role, body.addrs)
         .await
         .map_err(mesh_error)?;
     let expires = hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now())
@@ -1001,7 +1004,9 @@ fn mesh_error(err: crate::mesh::MeshError) -> ApiError {
         crate::mesh::MeshError::NoSuchDevice(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
         }
-        crate::mesh::MeshError::BadScope(_) => ApiError::invalid(err.to_string()),
+        crate::mesh::MeshError::BadScope(_) | crate::mesh::MeshError::BadAddress(_) => {
+            ApiError::invalid(err.to_string())
+        }
         crate::mesh::MeshError::NotApprovable(..) => {
             ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
         }

@@ -448,3 +448,52 @@ fn three_devices_pair_and_see_each_other() {
         hearth_tests::cli::stop(node);
     }
 }
+
+/// `hearth invite --addr` puts the owner's addresses in the ticket instead of the
+/// listen addresses: a DNS name works for the new device, and an address a device could
+/// not dial, or one naming another node, is refused with nothing issued.
+#[test]
+fn a_ticket_can_name_the_inviter_by_dns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, phone) = (tmp.path().join("home"), tmp.path().join("phone"));
+    init(&home);
+    let _home_node = start(&home);
+    let status = json_ok(&home, &["status"]);
+    let quic = status["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.ends_with("/quic-v1"))
+        .unwrap()
+        .to_owned();
+    let port = quic.split('/').nth(4).unwrap();
+    let me = status["peer_id"].as_str().unwrap();
+    let by_name = format!("/dns4/localhost/udp/{port}/quic-v1");
+
+    let text = invite(&home, &["--addr", &by_name]);
+    let ticket = hearth_protocol::mesh::ticket::Ticket::from_text(&text).unwrap();
+    assert_eq!(ticket.addrs, vec![format!("{by_name}/p2p/{me}")]);
+    let joined = json_ok(&phone, &["join", &text, "--name", "phone"]);
+    assert_eq!(joined["name"], "phone");
+
+    let other = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    for (bad, why) in [
+        ("/dns4/localhost/udp/4001/quic", "use /ip4"),
+        ("/dns4/localhost/udp/0/quic-v1", "use /ip4"),
+        ("/unix/tmp%2Fsock", "use /ip4"),
+        ("localhost:4001", "not a multiaddr"),
+        (
+            &format!("/ip4/127.0.0.1/tcp/4001/p2p/{other}"),
+            "another node's /p2p/ id",
+        ),
+    ] {
+        let out = hearth(&home, &["invite", "--addr", bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains(why), "{bad}: {stderr}");
+    }
+    // Nothing was issued for them: the audit has one invitation.
+    let audit = json_ok(&home, &["audit", "--action", "mesh.invite"]);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 1, "{audit}");
+}

@@ -228,6 +228,7 @@ pub(crate) fn invite(
     ttl: std::time::Duration,
     role: Option<String>,
     name: Option<String>,
+    addrs: Vec<String>,
     out: &mut Output,
 ) -> Result<()> {
     let client = Client::connect(dir)?;
@@ -235,6 +236,7 @@ pub(crate) fn invite(
         "ttl_ms": u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         "role": role,
         "name": name,
+        "addrs": addrs,
     });
     let answer = client.send("POST", "/v1/invite", &body)?;
     out.emit(

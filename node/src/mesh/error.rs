@@ -62,6 +62,9 @@ pub enum MeshError {
         /// Their peer ids.
         peers: String,
     },
+    /// An address for an invitation that a new device could not dial.
+    #[error("invalid address for the ticket: {0}")]
+    BadAddress(String),
     /// A `devices:admit` scope that names nothing.
     #[error("invalid admit scope: {0}")]
     BadScope(String),

@@ -96,6 +96,7 @@ pub(super) enum Command {
         ttl: Duration,
         name: Option<String>,
         role: Option<Role>,
+        addrs: Vec<String>,
         reply: oneshot::Sender<Result<String, MeshError>>,
     },
     AllowAdmit {
@@ -248,6 +249,7 @@ impl MeshHandle {
         ttl: Duration,
         name: Option<String>,
         role: Option<Role>,
+        addrs: Vec<String>,
     ) -> Result<String, MeshError> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -255,6 +257,7 @@ impl MeshHandle {
                 ttl,
                 name,
                 role,
+                addrs,
                 reply,
             })
             .await
@@ -521,9 +524,10 @@ impl MeshLoop {
                 ttl,
                 name,
                 role,
+                addrs,
                 reply,
             } => {
-                let result = self.invite(ttl, name, role);
+                let result = self.invite(ttl, name, role, &addrs);
                 self.audit
                     .then(move |failed| drop(reply.send(audited(result, failed))));
             }

@@ -11,6 +11,9 @@ use hearth_protocol::mesh::admission::{self, Issuer};
 use hearth_protocol::mesh::membership::Snapshot;
 use hearth_protocol::statefile;
 
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
 use super::handle::AdmitScope;
 use super::{MeshError, MeshLoop, now, peer_id, peer_key};
 
@@ -251,10 +254,20 @@ impl MeshLoop {
         ttl: Duration,
         name: Option<String>,
         role: Option<Role>,
+        given: &[String],
     ) -> Result<String, MeshError> {
         if !self.gate.can_admit() {
             return Err(MeshError::CannotAdmit);
         }
+        let me = *self.swarm.local_peer_id();
+        let addrs: Vec<String> = if given.is_empty() {
+            self.swarm
+                .listeners()
+                .map(|a| a.clone().with(Protocol::P2p(me)).to_string())
+                .collect()
+        } else {
+            ticket_addrs(given, me)?
+        };
         if let Some(name) = &name
             && self.gate.taken.contains(name)
         {
@@ -264,16 +277,6 @@ impl MeshLoop {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut id).map_err(|err| MeshError::Start(err.to_string()))?;
         getrandom::fill(&mut secret).map_err(|err| MeshError::Start(err.to_string()))?;
-        let me = *self.swarm.local_peer_id();
-        let addrs: Vec<String> = self
-            .swarm
-            .listeners()
-            .map(|a| {
-                a.clone()
-                    .with(libp2p::multiaddr::Protocol::P2p(me))
-                    .to_string()
-            })
-            .collect();
         let local = peer_key(&me)
             .ok_or_else(|| MeshError::Start("the local PeerId is not ed25519".into()))?;
         let expires = now().saturating_add(ttl);
@@ -284,5 +287,104 @@ impl MeshLoop {
             .issue(self.owner, local, addrs, id, secret, expires, name, role);
         self.audit("mesh.invite", &hex::encode(id), "allowed");
         Ok(ticket.to_text().to_string())
+    }
+}
+
+/// At most this many addresses in a ticket given by the owner.
+const MAX_TICKET_ADDRS: usize = 8;
+
+/// The addresses the owner gave for a ticket (a DNS name, a forwarded port), checked:
+/// each a host (`ip4`, `ip6`, `dns`, `dns4`, `dns6`) then `tcp/PORT` or
+/// `udp/PORT/quic-v1`, and optionally this node's own `/p2p/` id, which is added when
+/// missing.
+pub(super) fn ticket_addrs(given: &[String], me: PeerId) -> Result<Vec<String>, MeshError> {
+    if given.len() > MAX_TICKET_ADDRS {
+        return Err(MeshError::BadAddress(format!(
+            "{} addresses; a ticket holds at most {MAX_TICKET_ADDRS}",
+            given.len()
+        )));
+    }
+    given
+        .iter()
+        .map(|text| {
+            let bad = |why: &str| MeshError::BadAddress(format!("{text:?}: {why}"));
+            let addr: Multiaddr = text
+                .trim()
+                .parse()
+                .map_err(|_| bad("not a multiaddr (e.g. /dns4/cloud.example.org/udp/4001/quic-v1)"))?;
+            let mut protocols: Vec<Protocol<'_>> = addr.iter().collect();
+            if let Some(Protocol::P2p(peer)) = protocols.last() {
+                if *peer != me {
+                    return Err(bad("it names another node's /p2p/ id"));
+                }
+                protocols.pop();
+            }
+            let host = |p: &Protocol<'_>| {
+                matches!(
+                    p,
+                    Protocol::Ip4(_)
+                        | Protocol::Ip6(_)
+                        | Protocol::Dns(_)
+                        | Protocol::Dns4(_)
+                        | Protocol::Dns6(_)
+                )
+            };
+            match protocols.as_slice() {
+                [h, Protocol::Tcp(port)] | [h, Protocol::Udp(port), Protocol::QuicV1]
+                    if host(h) && *port != 0 => {}
+                _ => {
+                    return Err(bad(
+                        "use /ip4, /ip6, /dns, /dns4 or /dns6, then /tcp/PORT or /udp/PORT/quic-v1, and optionally this node's /p2p/ id",
+                    ));
+                }
+            }
+            let dialable: Multiaddr = protocols.into_iter().collect();
+            Ok(dialable.with(Protocol::P2p(me)).to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_addresses_are_dialable_and_name_this_node() {
+        let me = PeerId::random();
+        let other = PeerId::random();
+        let given = [
+            "/dns4/vm.example.org/udp/4001/quic-v1".to_owned(),
+            format!("/ip6/2001:db8::1/tcp/4001/p2p/{me}"),
+            " /ip4/203.0.113.5/tcp/4001 ".to_owned(),
+        ];
+        assert_eq!(
+            ticket_addrs(&given, me).unwrap(),
+            vec![
+                format!("/dns4/vm.example.org/udp/4001/quic-v1/p2p/{me}"),
+                format!("/ip6/2001:db8::1/tcp/4001/p2p/{me}"),
+                format!("/ip4/203.0.113.5/tcp/4001/p2p/{me}"),
+            ]
+        );
+        for bad in [
+            format!("/ip4/1.2.3.4/tcp/4001/p2p/{other}"),
+            format!("/p2p/{me}"),
+            "/ip4/1.2.3.4".to_owned(),
+            "/ip4/1.2.3.4/udp/4001".to_owned(),
+            "/ip4/1.2.3.4/udp/4001/quic-v1/webtransport".to_owned(),
+            format!("/ip4/1.2.3.4/tcp/1/p2p/{me}/p2p/{me}"),
+            "/ip4/1.2.3.4/tcp/0".to_owned(),
+            "".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    ticket_addrs(std::slice::from_ref(&bad), me),
+                    Err(MeshError::BadAddress(_))
+                ),
+                "{bad}"
+            );
+        }
+        let many = vec!["/ip4/1.2.3.4/tcp/1".to_owned(); MAX_TICKET_ADDRS + 1];
+        assert!(ticket_addrs(&many, me).is_err());
     }
 }
