@@ -6,5 +6,7 @@
 # Arguments: [ATTEMPTS] [WRITES] [READINGS].
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# iptables, ping and iproute2 for the NAT routers (idempotent).
+scripts/setup.sh
 cargo build --release --locked -q -p hearth-cli -p hearth-tests --bin hearth --bin nat-bench
 exec target/release/nat-bench "$@"

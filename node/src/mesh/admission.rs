@@ -230,6 +230,7 @@ impl MeshLoop {
                     entry.digest = None;
                     entry.paging = Paging::default();
                     self.reach.admitted(peer);
+                    self.vouch_observed(peer);
                     // Asked whether this node is reachable, as only devices are.
                     self.swarm.behaviour_mut().autonat.add_server(peer, None);
                     if let Some(certificate) = &certificate {

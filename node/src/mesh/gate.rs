@@ -8,9 +8,9 @@
 //! admission: the side that admits first starts talking at once, and its first stream
 //! may reach the other side a moment before that side has read the admission answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -73,15 +73,123 @@ impl Admitted {
     }
 }
 
+/// At most this many addresses admitted devices saw this node at are remembered.
+const MAX_VOUCHED: usize = 16;
+
+/// The addresses admitted devices saw this node at. Identify reports the address every
+/// connected peer says it sees this node at, strangers included; libp2p's AutoNAT keeps
+/// every such candidate (without bound) and postpones its next probe at each new one,
+/// and DCUtR offers its last 20 to the other end of a hole punch. The AutoNAT and DCUtR
+/// of the mesh hear only the candidates that an admitted device reported: the mesh loop
+/// vouches for them once the reporting peer is admitted, and they are announced again
+/// then (identify announced them before admission, when they were held back).
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    state: Mutex<CandidateState>,
+}
+
+#[derive(Debug, Default)]
+struct CandidateState {
+    vouched: VecDeque<Multiaddr>,
+    /// Vouched for but not yet announced.
+    pending: VecDeque<Multiaddr>,
+    waker: Option<Waker>,
+}
+
+impl Candidates {
+    /// An admitted device saw this node at `addrs`: they may be candidates from now on.
+    pub(crate) fn vouch(&self, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let mut woke = false;
+        for addr in addrs {
+            if state.vouched.contains(&addr) {
+                continue;
+            }
+            if state.vouched.len() >= MAX_VOUCHED {
+                state.vouched.pop_front();
+            }
+            state.vouched.push_back(addr.clone());
+            if state.pending.len() < MAX_VOUCHED {
+                state.pending.push_back(addr);
+            }
+            woke = true;
+        }
+        if woke && let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn allows(&self, addr: &Multiaddr) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|state| state.vouched.contains(addr))
+    }
+
+    fn next_pending(&self, cx: &Context<'_>) -> Option<Multiaddr> {
+        let mut state = self.state.lock().ok()?;
+        let next = state.pending.pop_front();
+        if next.is_none() {
+            state.waker = Some(cx.waker().clone());
+        }
+        next
+    }
+}
+
+/// What a gated behaviour does with the address candidates the swarm tells it of.
+enum CandidateFilter {
+    /// Hears them all (the mesh protocols ignore them).
+    All,
+    /// Hears only vouched ones.
+    Vouched(Arc<Candidates>),
+    /// Hears only vouched ones, and announces them to the swarm once vouched for.
+    Announce(Arc<Candidates>),
+}
+
 /// A behaviour whose inbound streams wait for their peer's admission.
 pub(crate) struct Gated<B> {
     inner: B,
     admitted: Arc<Admitted>,
+    candidates: CandidateFilter,
 }
 
 impl<B> Gated<B> {
     pub(crate) fn new(inner: B, admitted: Arc<Admitted>) -> Self {
-        Self { inner, admitted }
+        Self {
+            inner,
+            admitted,
+            candidates: CandidateFilter::All,
+        }
+    }
+
+    /// The same, hearing only the address candidates of `candidates`; with
+    /// `announce`, this behaviour is the one that announces them (exactly one should).
+    pub(crate) fn with_candidates(
+        inner: B,
+        admitted: Arc<Admitted>,
+        candidates: Arc<Candidates>,
+        announce: bool,
+    ) -> Self {
+        Self {
+            inner,
+            admitted,
+            candidates: if announce {
+                CandidateFilter::Announce(candidates)
+            } else {
+                CandidateFilter::Vouched(candidates)
+            },
+        }
+    }
+}
+
+impl<B> Gated<B> {
+    /// The candidates this behaviour hears, if it filters them.
+    pub(crate) fn candidates(&self) -> Option<&Arc<Candidates>> {
+        match &self.candidates {
+            CandidateFilter::All => None,
+            CandidateFilter::Vouched(c) | CandidateFilter::Announce(c) => Some(c),
+        }
     }
 }
 
@@ -170,6 +278,12 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gated<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        if let FromSwarm::NewExternalAddrCandidate(candidate) = &event
+            && let CandidateFilter::Vouched(c) | CandidateFilter::Announce(c) = &self.candidates
+            && !c.allows(candidate.addr)
+        {
+            return;
+        }
         self.inner.on_swarm_event(event);
     }
 
@@ -187,6 +301,11 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gated<B> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        if let CandidateFilter::Announce(c) = &self.candidates
+            && let Some(addr) = c.next_pending(cx)
+        {
+            return Poll::Ready(ToSwarm::NewExternalAddrCandidate(addr));
+        }
         self.inner.poll(cx)
     }
 }
@@ -317,5 +436,133 @@ impl<H: ConnectionHandler> ConnectionHandler for GatedHandler<H> {
             _ => return,
         };
         self.inner.on_connection_event(event);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use libp2p::swarm::{NewExternalAddrCandidate, dummy};
+
+    use super::*;
+
+    /// A behaviour that only listens: the candidates it was told of.
+    #[derive(Default)]
+    struct Heard(Vec<Multiaddr>);
+
+    impl NetworkBehaviour for Heard {
+        type ConnectionHandler = dummy::ConnectionHandler;
+        type ToSwarm = ();
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: &Multiaddr,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(dummy::ConnectionHandler)
+        }
+
+        fn handle_established_outbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: Endpoint,
+            _: PortUse,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(dummy::ConnectionHandler)
+        }
+
+        fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+            if let FromSwarm::NewExternalAddrCandidate(c) = event {
+                self.0.push(c.addr.clone());
+            }
+        }
+
+        fn on_connection_handler_event(
+            &mut self,
+            _: PeerId,
+            _: ConnectionId,
+            event: THandlerOutEvent<Self>,
+        ) {
+            match event {}
+        }
+
+        fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<(), THandlerInEvent<Self>>> {
+            Poll::Pending
+        }
+    }
+
+    fn addr(i: u32) -> Multiaddr {
+        format!("/ip4/10.{}.{}.1/udp/4001/quic-v1", i / 250, i % 250)
+            .parse()
+            .unwrap()
+    }
+
+    fn tell(b: &mut Gated<Heard>, a: &Multiaddr) {
+        b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+            NewExternalAddrCandidate { addr: a },
+        ));
+    }
+
+    #[test]
+    fn only_candidates_admitted_devices_saw_are_heard_and_they_are_bounded() {
+        let candidates = Arc::new(Candidates::default());
+        let admitted = Arc::new(Admitted::default());
+        let mut announcer =
+            Gated::with_candidates(Heard::default(), admitted.clone(), candidates.clone(), true);
+        let mut listener = Gated::with_candidates(
+            Heard::default(),
+            admitted.clone(),
+            candidates.clone(),
+            false,
+        );
+        let mut all = Gated::new(Heard::default(), admitted);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+
+        // What strangers report is heard by neither, however many.
+        for i in 0..1000 {
+            tell(&mut announcer, &addr(i));
+            tell(&mut listener, &addr(i));
+            tell(&mut all, &addr(i));
+        }
+        assert!(announcer.inner.0.is_empty());
+        assert!(listener.inner.0.is_empty());
+        assert_eq!(
+            all.inner.0.len(),
+            1000,
+            "ungated behaviours hear everything"
+        );
+        assert!(announcer.poll(&mut cx).is_pending());
+
+        // An admitted device's report is announced once, then heard by both.
+        let seen = addr(5000);
+        candidates.vouch([seen.clone(), seen.clone()]);
+        let Poll::Ready(ToSwarm::NewExternalAddrCandidate(announced)) = announcer.poll(&mut cx)
+        else {
+            panic!("the vouched candidate is announced");
+        };
+        assert_eq!(announced, seen);
+        assert!(announcer.poll(&mut cx).is_pending(), "announced once");
+        assert!(
+            listener.poll(&mut cx).is_pending(),
+            "only the announcer announces"
+        );
+        tell(&mut announcer, &seen);
+        tell(&mut listener, &seen);
+        assert_eq!(announcer.inner.0, vec![seen.clone()]);
+        assert_eq!(listener.inner.0, vec![seen.clone()]);
+
+        // The vouched set is bounded: the oldest is forgotten.
+        candidates.vouch((0..100).map(|i| addr(10_000 + i)));
+        let state = candidates.state.lock().unwrap();
+        assert_eq!(state.vouched.len(), MAX_VOUCHED);
+        assert!(state.pending.len() <= MAX_VOUCHED);
+        drop(state);
+        assert!(!candidates.allows(&seen));
+        assert!(candidates.allows(&addr(10_099)));
     }
 }

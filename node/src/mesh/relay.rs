@@ -40,6 +40,9 @@ pub(super) const MAX_CIRCUITS_PER_DEVICE: usize = 6;
 /// as long as their connection (this is u32::MAX seconds, what the protocol can say).
 const CIRCUIT_DURATION: Duration = Duration::from_secs(u32::MAX as u64);
 /// The protocol a relay lists in identify.
+/// A reservation held this long (ms) before it ended was a working one: the next is
+/// asked for without backoff.
+const RESERVATION_HELD_MS: u64 = 60_000;
 const HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 /// The relay service's settings: reservations and circuits only for the devices
@@ -149,8 +152,8 @@ pub(super) struct Reach {
     /// refused for want of it.
     answered: BTreeSet<PeerId>,
     /// This node's reservation on each relay: the listener, and whether the relay
-    /// accepted it.
-    reservations: BTreeMap<PeerId, (ListenerId, bool)>,
+    /// accepted it (when, Unix ms).
+    reservations: BTreeMap<PeerId, (ListenerId, Option<u64>)>,
     /// When to ask a relay again after a reservation failed or ended.
     retry: BTreeMap<PeerId, Backoff>,
     /// An address of this node that AutoNAT found reachable from other networks.
@@ -169,6 +172,10 @@ pub(super) struct Reach {
     no_quic: BTreeSet<PeerId>,
     /// Relays that told this node (identify) the address it is seen at over QUIC.
     seen_over_quic: BTreeSet<PeerId>,
+    /// The address each open connection's peer said it sees this node at (identify),
+    /// a QUIC and a TCP one for a device reached both ways: vouched for as candidate
+    /// addresses once the peer is admitted.
+    observed: BTreeMap<ConnectionId, (PeerId, Multiaddr)>,
 }
 
 /// How a device is reached now, for `hearth status`.
@@ -192,6 +199,32 @@ fn relay_in(addr: &Multiaddr) -> Option<PeerId> {
         }
     }
     None
+}
+
+/// The candidate addresses of this node that an observed address gives, as identify
+/// makes them: the observed address itself when its port is one this node listens on
+/// (the port was reused), else the observed host with each listening port of the same
+/// transport.
+fn candidates(observed: &Multiaddr, listeners: &[Multiaddr]) -> Vec<Multiaddr> {
+    fn port(a: &Multiaddr) -> Option<Protocol<'_>> {
+        a.iter()
+            .find(|p| matches!(p, Protocol::Tcp(_) | Protocol::Udp(_)))
+    }
+    let direct = || listeners.iter().filter(|l| !is_relayed(l));
+    if port(observed).is_some() && direct().any(|l| port(l) == port(observed)) {
+        return vec![observed.clone()];
+    }
+    let mut out: Vec<Multiaddr> = direct()
+        .filter(|l| is_quic(l) == is_quic(observed))
+        .filter_map(|l| libp2p::swarm::_address_translation(l, observed))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        vec![observed.clone()]
+    } else {
+        out
+    }
 }
 
 fn is_quic(addr: &Multiaddr) -> bool {
@@ -244,6 +277,7 @@ impl Reach {
     /// Forgets a closed connection; and, once a device has none left, that it answered.
     pub(super) fn closed(&mut self, peer: PeerId, connection: ConnectionId, last: bool) {
         self.paths.remove(&connection);
+        self.observed.remove(&connection);
         if last {
             self.answered.remove(&peer);
             self.last_via.remove(&peer);
@@ -385,7 +419,7 @@ impl MeshLoop {
             match self.swarm.listen_on(addr.clone()) {
                 Ok(listener) => {
                     tracing::info!(relay = %self.name_of(&relay), %addr, "asking for a relay reservation");
-                    self.reach.reservations.insert(relay, (listener, false));
+                    self.reach.reservations.insert(relay, (listener, None));
                 }
                 Err(err) => {
                     tracing::warn!(%addr, error = %err, "cannot ask for a relay reservation");
@@ -481,7 +515,14 @@ impl MeshLoop {
         else {
             return;
         };
-        self.reach.reservations.remove(&relay);
+        // Asked for again soon only after a reservation that held: a relay that
+        // accepts and drops at once is asked ever less often (up to every 30 s), and
+        // its acceptances audited as rarely.
+        if let Some((_, Some(accepted))) = self.reach.reservations.remove(&relay)
+            && now().0.saturating_sub(accepted) >= RESERVATION_HELD_MS
+        {
+            self.reach.retry.remove(&relay);
+        }
         let prefix: Vec<Multiaddr> = self
             .reach
             .relayed
@@ -510,8 +551,40 @@ impl MeshLoop {
         }
     }
 
+    /// AutoNAT and DCUtR may use the address `peer` saw this node at, once `peer` is
+    /// an admitted device (see `gate::Candidates`).
+    pub(super) fn vouch_observed(&mut self, peer: PeerId) {
+        // `known` is where admission is recorded first (the shared `Admitted` set
+        // follows at the end of the loop's turn).
+        if !self.known.get(&peer).is_some_and(|k| k.connected) {
+            return;
+        }
+        let listeners: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let addrs: Vec<Multiaddr> = self
+            .reach
+            .observed
+            .values()
+            .filter(|(p, _)| *p == peer)
+            .flat_map(|(_, observed)| candidates(observed, &listeners))
+            .collect();
+        if let Some(c) = self.swarm.behaviour().autonat.candidates() {
+            c.vouch(addrs);
+        }
+    }
+
     pub(super) fn identify_event(&mut self, event: identify::Event) {
-        if let identify::Event::Received { peer_id, info, .. } = event {
+        if let identify::Event::Received {
+            peer_id,
+            info,
+            connection_id,
+        } = event
+        {
+            if !is_relayed(&info.observed_addr) {
+                self.reach
+                    .observed
+                    .insert(connection_id, (peer_id, info.observed_addr.clone()));
+                self.vouch_observed(peer_id);
+            }
             if is_quic(&info.observed_addr)
                 && !is_relayed(&info.observed_addr)
                 && self.reach.seen_over_quic.insert(peer_id)
@@ -538,9 +611,8 @@ impl MeshLoop {
                 ..
             } => {
                 if let Some((_, accepted)) = self.reach.reservations.get_mut(&relay_peer_id) {
-                    *accepted = true;
+                    accepted.get_or_insert(now().0);
                 }
-                self.reach.retry.remove(&relay_peer_id);
                 if !renewal {
                     let name = self.name_of(&relay_peer_id);
                     tracing::info!(relay = %name, "relay reservation accepted");
@@ -654,15 +726,20 @@ impl MeshLoop {
     }
 
     /// AutoNAT's verdict: reachable from other networks (a device dialled this node
-    /// back at an address outside private ranges), or not. A node reachable from
+    /// back at an IPv4 address outside private ranges), or not. A node reachable from
     /// outside needs no reservation; one on a LAN that only a LAN device could dial
-    /// back still does.
+    /// back still does. A global IPv6 address does not count: a LAN device dials it
+    /// back, while the home router's firewall may keep the internet out.
     pub(super) fn autonat_event(&mut self, event: autonat::v1::Event) {
         let autonat::v1::Event::StatusChanged { new, .. } = event else {
             return;
         };
         let public = match new {
-            autonat::v1::NatStatus::Public(addr) if is_outside(&addr) && !is_relayed(&addr) => {
+            autonat::v1::NatStatus::Public(addr)
+                if is_outside(&addr)
+                    && !is_relayed(&addr)
+                    && addr.iter().any(|p| matches!(p, Protocol::Ip4(_))) =>
+            {
                 Some(addr)
             }
             _ => None,

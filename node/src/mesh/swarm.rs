@@ -15,7 +15,7 @@ use libp2p::{
 };
 
 use super::codec::{Budget, FrameCodec, MAX_ADMISSION_BUFFERED_BYTES, MAX_BUFFERED_BYTES};
-use super::gate::{Admitted, Gated};
+use super::gate::{Admitted, Candidates, Gated};
 use super::relay::{autonat_config, server_config};
 use super::{
     ADMISSION_PROTOCOL, AUDIT_PROTOCOL, COMPUTE_PROTOCOL, MAX_AUDIT_MESSAGE_BYTES,
@@ -72,6 +72,7 @@ pub(super) fn build_swarm(
         .map_err(|err| MeshError::Start(err.to_string()))?;
     let budget = Budget::new(MAX_BUFFERED_BYTES);
     let admission_budget = Budget::new(MAX_ADMISSION_BUFFERED_BYTES);
+    let candidates = Arc::new(Candidates::default());
     let behaviour = |key: &libp2p::identity::Keypair,
                      relay_client: relay::client::Behaviour|
      -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
@@ -187,10 +188,18 @@ pub(super) fn build_swarm(
             mdns: Toggle::from(mdns),
             relay: Toggle::from(relay),
             relay_client,
-            dcutr: Gated::new(dcutr::Behaviour::new(peer), admitted.clone()),
-            autonat: Gated::new(
+            // Both hear only the addresses admitted devices saw this node at.
+            dcutr: Gated::with_candidates(
+                dcutr::Behaviour::new(peer),
+                admitted.clone(),
+                candidates.clone(),
+                false,
+            ),
+            autonat: Gated::with_candidates(
                 autonat::v1::Behaviour::new(peer, autonat_config()),
                 admitted.clone(),
+                candidates.clone(),
+                true,
             ),
         })
     };
