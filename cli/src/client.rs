@@ -155,6 +155,12 @@ impl Client {
                 .header("Authorization", &auth)
                 .content_type("application/json")
                 .send(&bytes[..]),
+            "PATCH" => self
+                .agent
+                .patch(&url)
+                .header("Authorization", &auth)
+                .content_type("application/json")
+                .send(&bytes[..]),
             _ => self
                 .agent
                 .put(&url)

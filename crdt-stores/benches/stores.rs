@@ -1,7 +1,8 @@
 //! Store throughput and query latency on each disk backend; prints a table.
 //!
 //! Run: `cargo bench -p hearth-stores --bench stores` (add `-- --quick` for a shorter
-//! run, `-- --large` for the 10-million-reading check). Figures are recorded in
+//! run, `-- --large` for the 10-million-reading check, `-- --doc` for the doc-store
+//! figures only). Figures are recorded in
 //! docs/benchmarks.md.
 
 #![allow(
@@ -45,8 +46,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let large = args.iter().any(|a| a == "--large");
-    let backends = [BackendKind::Redb, BackendKind::Sled];
-    for backend in backends {
+    // `--doc` runs only the doc-store figures.
+    let backends: &[BackendKind] = if args.iter().any(|a| a == "--doc") {
+        &[]
+    } else {
+        &[BackendKind::Redb, BackendKind::Sled]
+    };
+    for &backend in backends {
         println!("== backend {backend}");
         let dir = tempfile::tempdir().unwrap();
         let stores = open(dir.path(), backend);
@@ -188,6 +194,60 @@ fn main() {
             large_store(&stores);
         }
     }
+    for backend in [BackendKind::Memory, BackendKind::Redb] {
+        let dir = tempfile::tempdir().unwrap();
+        doc_fields(&open(dir.path(), backend), backend, quick);
+    }
+}
+
+/// Writing one field of a 1,000-field document costs about what writing a 1-field
+/// document does: the reconciler writes only what changed. Median of `rounds` writes.
+fn doc_fields(stores: &Stores, backend: BackendKind, quick: bool) {
+    println!("== doc store, backend {backend}");
+    let store = stores.create("doc-fields", Kind::Doc, None).unwrap();
+    let rounds = if quick { 50 } else { 300 };
+    let big = |round: usize, changed: usize| {
+        let fields: serde_json::Map<String, serde_json::Value> = (0..1000)
+            .map(|f| {
+                let v = if f < changed { round } else { 0 };
+                (format!("field{f:04}"), json!(format!("value {v}")))
+            })
+            .collect();
+        serde_json::Value::Object(fields)
+    };
+    let median = |mut times: Vec<Duration>| {
+        times.sort();
+        times
+            .get(times.len() / 2)
+            .map_or(0.0, |t| t.as_secs_f64() * 1000.0)
+    };
+    let time = |write: &mut dyn FnMut(usize)| {
+        let times: Vec<Duration> = (1..=rounds)
+            .map(|round| {
+                let start = Instant::now();
+                write(round);
+                start.elapsed()
+            })
+            .collect();
+        median(times)
+    };
+    let floor = time(&mut |round| {
+        store
+            .put("small", json!({ "field0000": format!("value {round}") }))
+            .unwrap();
+    });
+    println!("put of a 1-field document             {floor:>8.3} ms (the floor)");
+    store.put("big", big(0, 0)).unwrap();
+    for changed in [1, 10, 100] {
+        let ms = time(&mut |round| store.put("big", big(round, changed)).unwrap());
+        println!("put of 1,000 fields, {changed:>3} changed     {ms:>8.3} ms");
+    }
+    let ms = time(&mut |round| {
+        store
+            .patch("big", json!({ "field0500": format!("patched {round}") }))
+            .unwrap();
+    });
+    println!("patch of 1 field of 1,000             {ms:>8.3} ms");
 }
 
 /// A store with 10 million readings appends and reads a recent range as fast as an

@@ -1,13 +1,11 @@
-//! JSON values in and out of automerge documents (for `doc` stores, whose values are
-//! nested objects that merge field by field).
+//! JSON values out of automerge documents (for `doc` stores, whose values are nested
+//! objects that merge field by field; `reconcile` writes them).
 
-use automerge::{
-    AutoCommit, ObjId, ObjType, Prop, ReadDoc as _, ScalarValue, Value as AmValue,
-    transaction::Transactable as _,
-};
-use serde_json::{Map, Number, Value};
+use automerge::{AutoCommit, ObjId, ObjType, ReadDoc as _, ScalarValue, Value as AmValue};
+use serde_json::{Number, Value};
 
-fn scalar(value: &Value) -> Option<ScalarValue> {
+/// The automerge scalar of a JSON scalar (`None` for an array or object).
+pub(crate) fn scalar(value: &Value) -> Option<ScalarValue> {
     Some(match value {
         Value::Null => ScalarValue::Null,
         Value::Bool(b) => ScalarValue::Boolean(*b),
@@ -20,58 +18,6 @@ fn scalar(value: &Value) -> Option<ScalarValue> {
         Value::String(s) => ScalarValue::Str(s.as_str().into()),
         Value::Array(_) | Value::Object(_) => return None,
     })
-}
-
-/// Writes `value` at `obj[key]` (a map), as nested automerge objects.
-pub(crate) fn put(
-    doc: &mut AutoCommit,
-    obj: &ObjId,
-    key: &str,
-    value: &Value,
-) -> Result<(), automerge::AutomergeError> {
-    match value {
-        Value::Object(map) => {
-            let child = doc.put_object(obj, key, ObjType::Map)?;
-            fill_map(doc, &child, map)
-        }
-        Value::Array(items) => {
-            let child = doc.put_object(obj, key, ObjType::List)?;
-            fill_list(doc, &child, items)
-        }
-        other => doc.put(obj, key, scalar(other).unwrap_or(ScalarValue::Null)),
-    }
-}
-
-fn fill_map(
-    doc: &mut AutoCommit,
-    obj: &ObjId,
-    map: &Map<String, Value>,
-) -> Result<(), automerge::AutomergeError> {
-    for (key, value) in map {
-        put(doc, obj, key, value)?;
-    }
-    Ok(())
-}
-
-fn fill_list(
-    doc: &mut AutoCommit,
-    obj: &ObjId,
-    items: &[Value],
-) -> Result<(), automerge::AutomergeError> {
-    for (index, value) in items.iter().enumerate() {
-        match value {
-            Value::Object(map) => {
-                let child = doc.insert_object(obj, index, ObjType::Map)?;
-                fill_map(doc, &child, map)?;
-            }
-            Value::Array(inner) => {
-                let child = doc.insert_object(obj, index, ObjType::List)?;
-                fill_list(doc, &child, inner)?;
-            }
-            other => doc.insert(obj, index, scalar(other).unwrap_or(ScalarValue::Null))?,
-        }
-    }
-    Ok(())
 }
 
 fn scalar_json(value: &ScalarValue) -> Value {
@@ -92,25 +38,17 @@ fn scalar_json(value: &ScalarValue) -> Value {
 fn value_json(doc: &AutoCommit, value: AmValue<'_>, id: ObjId) -> Value {
     match value {
         AmValue::Scalar(s) => scalar_json(&s),
-        AmValue::Object(ObjType::Map | ObjType::Table) => {
-            let mut map = Map::new();
-            for key in doc.keys(&id) {
-                if let Ok(Some((v, child))) = doc.get(&id, Prop::Map(key.clone())) {
-                    map.insert(key, value_json(doc, v, child));
-                }
-            }
-            Value::Object(map)
-        }
-        AmValue::Object(ObjType::List) => {
-            let len = doc.length(&id);
-            let mut items = Vec::with_capacity(len);
-            for index in 0..len {
-                if let Ok(Some((v, child))) = doc.get(&id, index) {
-                    items.push(value_json(doc, v, child));
-                }
-            }
-            Value::Array(items)
-        }
+        // One pass over each object (a lookup per field would cost a search each).
+        AmValue::Object(ObjType::Map | ObjType::Table) => Value::Object(
+            doc.map_range(&id, ..)
+                .map(|item| (item.key.to_owned(), value_json(doc, item.value, item.id)))
+                .collect(),
+        ),
+        AmValue::Object(ObjType::List) => Value::Array(
+            doc.list_range(&id, ..)
+                .map(|item| value_json(doc, item.value, item.id))
+                .collect(),
+        ),
         AmValue::Object(ObjType::Text) => Value::String(doc.text(&id).unwrap_or_default()),
     }
 }

@@ -35,6 +35,7 @@ mod frame;
 mod pipeline;
 pub mod query;
 mod reading;
+mod reconcile;
 mod registry;
 pub mod replica;
 mod store;

@@ -139,6 +139,11 @@ enum Write {
     Delete {
         key: String,
     },
+    /// A JSON Merge Patch (RFC 7386) to a key's value.
+    Patch {
+        key: String,
+        patch: serde_json::Map<String, Value>,
+    },
     /// Readings with their encodings, made before the write lock is taken.
     Append(Vec<(Reading, Vec<u8>)>),
 }
@@ -511,6 +516,44 @@ impl Store {
         })
     }
 
+    /// Applies a JSON Merge Patch (RFC 7386, an object) to `key`'s value (kv and doc
+    /// stores): `null` removes a field, an object patches the field recursively,
+    /// anything else replaces it; a key that does not exist starts as `{}`. In a doc
+    /// store only the fields the patch names are written, so edits other replicas make
+    /// to other fields meanwhile survive the merge; a kv value is replaced whole.
+    /// Returns the value after the patch, once it is on disk.
+    pub fn patch(&self, key: &str, patch: Value) -> Result<Value, StoreError> {
+        if self.meta.kind == Kind::Timeseries {
+            return Err(self.wrong_kind("patch", "kv or doc"));
+        }
+        check_key(key)?;
+        let Value::Object(patch) = patch else {
+            return Err(StoreError::Invalid(
+                "a merge patch must be a JSON object (RFC 7386)".into(),
+            ));
+        };
+        let mut after = self.get(key)?.unwrap_or(Value::Null);
+        merge_patch_json(&mut after, &patch);
+        let size = after.to_string().len();
+        if size > MAX_VALUE_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "the value would be {size} bytes; the limit is {MAX_VALUE_BYTES}"
+            )));
+        }
+        if self.meta.kind == Kind::Kv {
+            self.submit(Write::Put {
+                key: key.to_owned(),
+                value: after.clone(),
+            })?;
+        } else {
+            self.submit(Write::Patch {
+                key: key.to_owned(),
+                patch,
+            })?;
+        }
+        Ok(self.get(key)?.unwrap_or(after))
+    }
+
     /// Removes `key` (kv and doc stores). Returns whether it existed.
     pub fn delete(&self, key: &str) -> Result<bool, StoreError> {
         if self.meta.kind == Kind::Timeseries {
@@ -872,6 +915,7 @@ impl Store {
                 now,
                 &mut batch,
                 &mut events,
+                want_events,
                 &mut pushes,
             ),
             Body::Series(series) => apply_series(
@@ -1186,6 +1230,7 @@ fn load_open_chunk(
     chunk_from_doc(name, doc, saved)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_doc<'a>(
     meta: &StoreMeta,
     state: &mut DocState,
@@ -1193,6 +1238,7 @@ fn apply_doc<'a>(
     now: i64,
     batch: &mut Batch,
     events: &mut Vec<Change>,
+    want_events: bool,
     pushes: &mut Vec<(Unit, Arc<[u8]>)>,
 ) -> Result<(), StoreError> {
     let name = meta.name.as_str();
@@ -1208,13 +1254,38 @@ fn apply_doc<'a>(
                             ScalarValue::Str(value.to_string().into()),
                         )
                         .map_err(|err| am_err(name, err))?,
-                    _ => crate::automerge_json::put(&mut state.doc, &ROOT, key, value)
-                        .map_err(|err| am_err(name, err))?,
+                    _ => crate::reconcile::put(
+                        &mut state.doc,
+                        &ROOT,
+                        key,
+                        value,
+                        crate::reconcile::TextFields::default(),
+                    )
+                    .map_err(|err| am_err(name, err))?,
                 }
                 events.push(Change::Put {
                     key: key.clone(),
                     value: value.clone(),
                 });
+            }
+            Write::Patch { key, patch } => {
+                crate::reconcile::merge_patch(
+                    &mut state.doc,
+                    &ROOT,
+                    key,
+                    patch,
+                    crate::reconcile::TextFields::default(),
+                )
+                .map_err(|err| am_err(name, err))?;
+                // The whole value, read back only for subscribers.
+                if want_events {
+                    let value =
+                        crate::automerge_json::get(&state.doc, &ROOT, key).unwrap_or(Value::Null);
+                    events.push(Change::Put {
+                        key: key.clone(),
+                        value,
+                    });
+                }
             }
             Write::Delete { key } => {
                 // Another writer may have deleted it since the caller looked.
@@ -1421,4 +1492,27 @@ fn close_old_chunks(
         series.cache.insert(start, chunk.readings);
     }
     Ok(())
+}
+
+/// Applies the JSON Merge Patch `patch` to `target` (RFC 7386, section 2).
+fn merge_patch_json(target: &mut Value, patch: &serde_json::Map<String, Value>) {
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(fields) = target else {
+        return;
+    };
+    for (field, change) in patch {
+        match change {
+            Value::Null => {
+                fields.remove(field);
+            }
+            Value::Object(inner) => {
+                merge_patch_json(fields.entry(field.clone()).or_insert(Value::Null), inner);
+            }
+            other => {
+                fields.insert(field.clone(), other.clone());
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /v1/status` | this node |
 //! | `GET /v1/stores` · `POST /v1/stores` · `DELETE /v1/stores/{name}` | list, create, remove |
-//! | `GET /v1/stores/{name}/keys` · `GET`/`PUT`/`DELETE /v1/stores/{name}/keys/{key}` | kv and doc |
+//! | `GET /v1/stores/{name}/keys` · `GET`/`PUT`/`PATCH`/`DELETE /v1/stores/{name}/keys/{key}` | kv and doc |
 //! | `POST /v1/stores/{name}/records` · `GET /v1/stores/{name}/records` | append, read |
 //! | `GET /v1/stores/{name}/aggregate` | aggregates |
 //! | `GET /v1/stores/{name}/tail` | changes, as server-sent events |
@@ -136,7 +136,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/stores/{name}/keys", get(keys))
         .route(
             "/v1/stores/{name}/keys/{key}",
-            get(get_key).put(put_key).delete(delete_key),
+            get(get_key)
+                .put(put_key)
+                .patch(patch_key)
+                .delete(delete_key),
         )
         .route(
             "/v1/stores/{name}/records",
@@ -688,6 +691,22 @@ async fn put_key(
     .await
 }
 
+async fn patch_key(
+    State(node): State<Arc<Node>>,
+    Path((name, key)): Path<(String, String)>,
+    patch: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    user_store(&name)?;
+    let Json(patch) = patch?;
+    blocking(move || {
+        let bytes = patch.to_string().len() as u64;
+        let value = node.stores.get(&name)?.patch(&key, patch)?;
+        record(&node, "store.patch", &name, "allowed", bytes)?;
+        Ok(Json(json!({ "key": key, "value": value })))
+    })
+    .await
+}
+
 async fn delete_key(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
@@ -829,6 +848,12 @@ async fn aggregate(
             filter.as_ref(),
         )?;
         record(&node, "store.aggregate", &name, "allowed", 8)?;
+        // A count is an integer (a whole number of readings, far below 2^53).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let result = match (function, result) {
+            (Aggregate::Count, Some(n)) => json!(n.max(0.0) as u64),
+            (_, other) => json!(other),
+        };
         Ok(Json(json!({ "result": result })))
     })
     .await

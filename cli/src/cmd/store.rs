@@ -131,6 +131,19 @@ pub(crate) enum Command {
         #[arg(value_name = "JSON")]
         value: String,
     },
+    /// Change fields of a key's value with a JSON Merge Patch (RFC 7386): `null`
+    /// removes a field, an object patches it, anything else replaces it. In a doc store
+    /// only the named fields are written, so other devices' edits to other fields
+    /// survive.
+    Patch {
+        /// The store.
+        name: String,
+        /// The key.
+        key: String,
+        /// The patch, a JSON object, e.g. '{"city": "Paris", "old": null}'.
+        #[arg(value_name = "JSON")]
+        patch: String,
+    },
     /// Read a key.
     Get {
         /// The store.
@@ -362,6 +375,18 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             )?;
             out.emit(|| format!("Set {key} in {name}."), || r.clone());
         }
+        Command::Patch { name, key, patch } => {
+            let patch = parse_json(&patch)?;
+            let r = client.send(
+                "PATCH",
+                &format!("{}/keys/{}", store_path(&name), segment(&key)),
+                &patch,
+            )?;
+            out.emit(
+                || format!("Patched {key} in {name}: {}", r["value"]),
+                || r.clone(),
+            );
+        }
         Command::Get { name, key } => {
             let r = client.get(
                 &format!("{}/keys/{}", store_path(&name), segment(&key)),
@@ -464,6 +489,9 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             out.emit(
                 || match &r["result"] {
                     Value::Null => format!("no values to compute the {function} of"),
+                    Value::Number(n) if n.is_f64() => {
+                        n.as_f64().map_or_else(|| n.to_string(), rounded)
+                    }
                     v => v.to_string(),
                 },
                 || r.clone(),
@@ -492,4 +520,37 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A number for people to read: seven significant digits, without trailing zeros
+/// (`21.33333`, `0.0001234568`, `1234568`); `--json` keeps every digit.
+fn rounded(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return x.to_string();
+    }
+    // Digits before the point (for |x| >= 1) or zeros after it (negative).
+    #[allow(clippy::cast_possible_truncation)]
+    let magnitude = x.abs().log10().floor() as i32;
+    let decimals = usize::try_from((6 - magnitude).clamp(0, 17)).unwrap_or(0);
+    let text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rounded;
+
+    #[test]
+    fn aggregates_read_well() {
+        assert_eq!(rounded(21.333_333_333_333_3), "21.33333");
+        assert_eq!(rounded(0.000_123_456_789), "0.0001234568");
+        assert_eq!(rounded(1_234_567.891), "1234568");
+        assert_eq!(rounded(2.5), "2.5");
+        assert_eq!(rounded(-3.0), "-3");
+        assert_eq!(rounded(0.0), "0");
+    }
 }
