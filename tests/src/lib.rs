@@ -40,7 +40,13 @@ impl Rng {
 }
 
 /// Driving the real `hearth` binary: run commands, start and stop nodes.
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 pub mod cli {
     use std::io::{BufRead as _, BufReader, Read as _};
     use std::path::{Path, PathBuf};
@@ -229,6 +235,18 @@ pub mod cli {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Joins each `(data dir, name, role)` to the mesh of `home`'s running node, with a
+    /// ticket `home` issues for it.
+    pub fn join_all(home: &Path, devices: &[(&Path, &str, &str)]) {
+        for (dir, name, role) in devices {
+            let ticket = json_ok(home, &["invite"])["ticket"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
+        }
     }
 }
 

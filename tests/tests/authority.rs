@@ -16,7 +16,7 @@ use std::path::Path;
 use hearth_protocol::capability::{Actions, Capability, Chain, Grant, Resource};
 use hearth_protocol::key::{NodeKey, OwnerKey};
 use hearth_protocol::time::UnixMillis;
-use hearth_tests::cli::{hearth, init, json_ok, start_meshed as start, stop, wait_until};
+use hearth_tests::cli::{hearth, init, join_all, json_ok, start_meshed as start, stop, wait_until};
 use serde_json::Value;
 
 fn listed(dir: &Path, store: &str) -> Option<Value> {
@@ -65,13 +65,10 @@ fn members_without_the_owners_authority_cannot_place_create_widely_or_remove() {
     );
     init(&home);
     let home_node = start(&home);
-    for (dir, name, role) in [(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")] {
-        let ticket = json_ok(&home, &["invite"])["ticket"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
-    }
+    join_all(
+        &home,
+        &[(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")],
+    );
     let phone_node = start(&phone);
     let cloud_node = start(&cloud);
 

@@ -17,7 +17,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use hearth_tests::cli::{hearth, hearth_bin, init, json_ok, start_meshed, stop, wait_until};
+use hearth_tests::cli::{
+    hearth, hearth_bin, init, join_all, json_ok, start_meshed, stop, wait_until,
+};
 use hearth_tests::guest::module;
 use serde_json::Value;
 
@@ -677,13 +679,10 @@ fn jobs_and_apps_travel_to_the_device_holding_the_data() {
     std::fs::create_dir_all(&work).unwrap();
     init(&home);
     let mut home_node = start_meshed(&home);
-    for (dir, name, role) in [(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")] {
-        let ticket = json_ok(&home, &["invite"])["ticket"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
-    }
+    join_all(
+        &home,
+        &[(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")],
+    );
     let phone_node = start_meshed(&phone);
     let cloud_node = start_meshed(&cloud);
     let connected = |dir: &Path, n: usize| {

@@ -12,7 +12,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use hearth_tests::cli::{hearth, init, json_ok, start_meshed as start, stop, wait_until};
+use hearth_tests::cli::{hearth, init, join_all, json_ok, start_meshed as start, stop, wait_until};
 
 /// Every file and directory under `root` with a permission bit for others or the
 /// group, with its mode.
@@ -64,13 +64,10 @@ fn data_directories_are_private_and_a_node_with_exposed_keys_does_not_start() {
     );
     init(&home);
     let home_node = start(&home);
-    for (dir, name, role) in [(&phone, "phone", "mobile"), (&cloud, "cloud", "cloud")] {
-        let ticket = json_ok(&home, &["invite"])["ticket"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
-    }
+    join_all(
+        &home,
+        &[(&phone, "phone", "mobile"), (&cloud, "cloud", "cloud")],
+    );
     let phone_node = start(&phone);
     // Stores, the audit log, the membership and the drivers file (with a password) all
     // come into being.
@@ -186,13 +183,10 @@ fn audit_logs_reach_home_and_one_rewritten_is_reported_there() {
     );
     init(&home);
     let home_node = start(&home);
-    for (dir, name, role) in [(&phone, "phone", "mobile"), (&cloud, "cloud", "cloud")] {
-        let ticket = json_ok(&home, &["invite"])["ticket"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
-    }
+    join_all(
+        &home,
+        &[(&phone, "phone", "mobile"), (&cloud, "cloud", "cloud")],
+    );
     let phone_node = start(&phone);
     json_ok(&phone, &["store", "create", "notes", "--kind", "kv"]);
     for i in 0..20 {

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hearth_tests::cli::{hearth, init, json_ok, start_meshed as start, stop, wait_until};
+use hearth_tests::cli::{hearth, init, join_all, json_ok, start_meshed as start, stop, wait_until};
 use serde_json::{Value, json};
 
 fn get(dir: &Path, store: &str, key: &str) -> Option<Value> {
@@ -65,13 +65,10 @@ fn concurrent_edits_merge_field_by_field() {
     );
     init(&home);
     let home_node = start(&home);
-    for (dir, name, role) in [(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")] {
-        let ticket = json_ok(&home, &["invite"])["ticket"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        json_ok(dir, &["join", &ticket, "--name", name, "--role", role]);
-    }
+    join_all(
+        &home,
+        &[(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")],
+    );
     let phone_node = start(&phone);
     let _cloud_node = start(&cloud);
 
