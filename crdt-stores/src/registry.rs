@@ -205,6 +205,24 @@ impl Stores {
         kind: Kind,
         window_ms: Option<u64>,
     ) -> Result<Arc<Store>, StoreError> {
+        self.create_with_text(name, kind, window_ms, Vec::new())
+    }
+
+    /// Creates a store; a doc store may declare `text` fields (dotted paths) whose
+    /// strings merge character by character.
+    pub fn create_with_text(
+        &self,
+        name: &str,
+        kind: Kind,
+        window_ms: Option<u64>,
+        text: Vec<String>,
+    ) -> Result<Arc<Store>, StoreError> {
+        if !text.is_empty() && kind != Kind::Doc {
+            return Err(StoreError::Invalid(
+                "only a doc store has text fields".into(),
+            ));
+        }
+        hearth_protocol::sync::authority::check_text_fields(&text).map_err(StoreError::Invalid)?;
         if !hearth_protocol::capability::is_valid_name(name) {
             return Err(StoreError::Invalid(format!(
                 "{name:?} is not a valid store name (1 to 128 of A-Z a-z 0-9 . _ - /)"
@@ -228,6 +246,7 @@ impl Stores {
             kind,
             created,
             window_ms,
+            text,
         };
         let actor = self.config.actor;
         self.insert_new(&mut stores, meta, actor)
@@ -240,6 +259,8 @@ impl Stores {
         if !valid_id
             || !hearth_protocol::capability::is_valid_name(&meta.name)
             || meta.window_ms == 0
+            || (meta.kind != Kind::Doc && !meta.text.is_empty())
+            || hearth_protocol::sync::authority::check_text_fields(&meta.text).is_err()
         {
             return Err(StoreError::Invalid(format!(
                 "{:?} ({}) cannot be a store replica",

@@ -24,6 +24,11 @@ pub trait Placement<P> {
     fn keeps(&self, _id: &str) -> bool {
         true
     }
+    /// The text fields a doc store declares (its placement document says), for a new
+    /// replica of it.
+    fn text_fields(&self, _store: &StoreRef) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Every device holds every store: for tests and single-purpose meshes.
@@ -54,6 +59,8 @@ pub struct Policies<P> {
     pub policies: BTreeMap<String, (String, Policy)>,
     /// Stores removed from the mesh.
     pub removed: BTreeSet<String>,
+    /// The text fields of the doc stores that declare any, by id.
+    pub text: BTreeMap<String, Vec<String>>,
 }
 
 /// What to do with a local replica, given the placement.
@@ -77,6 +84,7 @@ impl<P: Ord> Policies<P> {
             devices: BTreeMap::new(),
             policies: BTreeMap::new(),
             removed: BTreeSet::new(),
+            text: BTreeMap::new(),
         }
     }
 
@@ -152,6 +160,10 @@ impl<P: Ord> Placement<P> for Policies<P> {
     fn keeps(&self, id: &str) -> bool {
         self.held_here(id)
     }
+
+    fn text_fields(&self, store: &StoreRef) -> Vec<String> {
+        self.text.get(&store.id).cloned().unwrap_or_default()
+    }
 }
 
 /// What the sync protocol needs to know of a store.
@@ -223,6 +235,7 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
             },
             created: self.now,
             window_ms: store.window_ms,
+            text: self.placement.text_fields(store),
         };
         match self.stores.create_replica(meta) {
             Ok(_) => true,

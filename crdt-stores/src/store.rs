@@ -105,6 +105,10 @@ pub struct StoreMeta {
     pub created: u64,
     /// Timeseries chunk window (ms).
     pub window_ms: u64,
+    /// A doc store's fields that hold text, merged character by character: dotted
+    /// paths from a document's root (array indices left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<String>,
 }
 
 /// A change, as subscribers see it.
@@ -1259,7 +1263,7 @@ fn apply_doc<'a>(
                         &ROOT,
                         key,
                         value,
-                        crate::reconcile::TextFields::default(),
+                        crate::reconcile::TextFields(&meta.text),
                     )
                     .map_err(|err| am_err(name, err))?,
                 }
@@ -1274,7 +1278,7 @@ fn apply_doc<'a>(
                     &ROOT,
                     key,
                     patch,
-                    crate::reconcile::TextFields::default(),
+                    crate::reconcile::TextFields(&meta.text),
                 )
                 .map_err(|err| am_err(name, err))?;
                 // The whole value, read back only for subscribers.

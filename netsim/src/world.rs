@@ -415,6 +415,7 @@ impl World {
                         kind: Kind::Kv,
                         created: BASE_MS,
                         window_ms: hearth_stores::DEFAULT_WINDOW_MS,
+                        text: Vec::new(),
                     })
                     .map_err(|err| SimError::Stores {
                         node: label.clone(),

@@ -433,6 +433,9 @@ struct CreateStore {
     replicas: Option<String>,
     /// What the store holds, in words.
     description: Option<String>,
+    /// A doc store's text fields (dotted paths), merged character by character.
+    #[serde(default)]
+    text: Vec<String>,
     /// A capability chain (`hcap1:` text) held by this device's key that allows
     /// `place` on the store, for a placement the device may not sign alone.
     authority: Option<String>,
@@ -526,7 +529,12 @@ async fn create_store(
                     return Err(audit_refusal(&node, "store.create", &body.name, err));
                 }
             }
-            let store = node.stores.create(&body.name, kind, body.window_ms)?;
+            let store = node.stores.create_with_text(
+                &body.name,
+                kind,
+                body.window_ms,
+                body.text.clone(),
+            )?;
             if let Some(catalogue) = &node.catalogue {
                 let about = crate::catalogue::About {
                     description: body.description.clone(),

@@ -54,6 +54,7 @@ pub fn open(stores: &Stores, owner: &PublicKey) -> Result<Arc<Store>, StoreError
         kind: Kind::Kv,
         created: 0,
         window_ms: hearth_stores::DEFAULT_WINDOW_MS,
+        text: Vec::new(),
     })
 }
 
@@ -81,6 +82,9 @@ pub struct Entry {
     /// The unit of its values, where one applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// A doc store's text fields (merged character by character).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<String>,
 }
 
 impl Entry {
@@ -100,6 +104,7 @@ impl Entry {
             description: p.description.clone(),
             source: p.source.clone(),
             unit: p.unit.clone(),
+            text: p.text.clone(),
         }
     }
 }
@@ -542,6 +547,7 @@ impl Catalogue {
                     description: old.description.clone(),
                     source: old.source.clone(),
                     unit: old.unit.clone(),
+                    text: old.text.clone(),
                     signer: owner.public(),
                     authority: Authority::Owner,
                 };
@@ -582,6 +588,7 @@ impl Catalogue {
             description: about.description,
             source: about.source,
             unit: about.unit,
+            text: meta.text.clone(),
             signer: self.signer.node_key.public(),
             authority: Authority::Origin(self.signer.certificate.clone()),
         };

@@ -324,6 +324,7 @@ async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
             description: None,
             source: None,
             unit: None,
+            text: Vec::new(),
             signer: vm.key.public(),
             authority,
         };

@@ -451,6 +451,12 @@ impl Actor {
             policies != self.placement.policies || listing.removed != self.placement.removed;
         self.placement.policies = policies;
         self.placement.removed = listing.removed;
+        self.placement.text = listing
+            .stores
+            .iter()
+            .filter(|(_, e)| !e.text.is_empty())
+            .map(|(id, e)| (id.clone(), e.text.clone()))
+            .collect();
         if !changed {
             return;
         }

@@ -2,7 +2,8 @@
 //! doc store and a kv store, the cloud VM holds neither (it only tells each where the
 //! other is). Each edits while the other is stopped; once both run again every edit to
 //! a different field survives, edits to the same field converge to one value on both,
-//! and a merge patch made offline merges on reconnect.
+//! edits to different parts of a text field both survive, and a merge patch made
+//! offline merges on reconnect.
 
 #![allow(
     clippy::unwrap_used,
@@ -86,6 +87,22 @@ fn concurrent_edits_merge_field_by_field() {
             ],
         );
     }
+    // A doc store whose `body` is text: concurrent edits to it merge.
+    json_ok(
+        &home,
+        &[
+            "store",
+            "create",
+            "notes",
+            "--kind",
+            "doc",
+            "--replicas",
+            "origin,phone",
+            "--text",
+            "body",
+        ],
+    );
+    put(&home, "notes", "n1", &json!({"body": "buy milk"}));
     let ada = json!({"name": "Ada", "city": "London", "tags": ["math"]});
     let bob = json!({"name": "Bob", "city": "Leeds"});
     put(&home, "contacts", "ada", &ada);
@@ -94,6 +111,7 @@ fn concurrent_edits_merge_field_by_field() {
     wait_for(&phone, "contacts", "ada", &ada);
     wait_for(&phone, "contacts", "bob", &bob);
     wait_for(&phone, "settings", "theme", &json!("light"));
+    wait_for(&phone, "notes", "n1", &json!({"body": "buy milk"}));
 
     // Home is off: the phone edits alone, then goes off too.
     stop(home_node);
@@ -116,6 +134,7 @@ fn concurrent_edits_merge_field_by_field() {
         &json!({"name": "Cara", "pets": {"cat": "Tom"}, "gone": null}),
     );
     assert_eq!(patched, json!({"name": "Cara", "pets": {"cat": "Tom"}}));
+    put(&phone, "notes", "n1", &json!({"body": "buy milk and eggs"}));
     put(&phone, "settings", "lang", &json!("fr"));
     put(&phone, "settings", "theme", &json!("dark"));
     stop(phone_node);
@@ -137,6 +156,7 @@ fn concurrent_edits_merge_field_by_field() {
     );
     patch(&home, "contacts", "ada", &json!({"born": 1815}));
     put(&home, "settings", "theme", &json!("solar"));
+    put(&home, "notes", "n1", &json!({"body": "buy oat milk"}));
 
     // Both run again.
     let _phone_node = start(&phone);
@@ -155,6 +175,12 @@ fn concurrent_edits_merge_field_by_field() {
             &json!({"name": "Cara", "pets": {"cat": "Tom"}}),
         );
         wait_for(dir, "settings", "lang", &json!("fr"));
+        wait_for(
+            dir,
+            "notes",
+            "n1",
+            &json!({"body": "buy oat milk and eggs"}),
+        );
     }
     // One value for the field both changed, the same on both devices.
     wait_until("bob's city converges", 60, || {

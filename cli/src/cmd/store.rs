@@ -97,6 +97,11 @@ pub(crate) enum Command {
         /// What the store holds, in words (shown in the HyperCat listing).
         #[arg(long)]
         description: Option<String>,
+        /// A doc store's fields that hold text, comma-separated dotted paths (`notes`,
+        /// `profile.bio`): concurrent edits to different parts of such a string merge
+        /// instead of one replacing the other.
+        #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
+        text: Vec<String>,
         /// A capability for this device's key that allows it (`place`, or `remove` for
         /// `rm`), where this device does not hold the owner key.
         #[arg(long, value_name = "CAPFILE")]
@@ -266,9 +271,13 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             window,
             replicas,
             description,
+            text,
             cap,
         } => {
             let mut body = json!({ "name": name, "kind": kind });
+            if !text.is_empty() {
+                body["text"] = json!(text);
+            }
             if let Some(path) = cap {
                 body["authority"] = json!(crate::cmd::cap::read_chain(&path)?.to_text());
             }

@@ -57,9 +57,40 @@ pub const MAX_UNIT_LEN: usize = 64;
 /// Text armour prefix of an encoded document.
 pub const TEXT_PREFIX: &str = "hplc1:";
 
+/// Most text fields a doc store declares.
+pub const MAX_TEXT_FIELDS: usize = 32;
+/// Longest text field path.
+pub const MAX_TEXT_FIELD_LEN: usize = 256;
+
 const FLAG_DESCRIPTION: u8 = 1;
 const FLAG_SOURCE: u8 = 1 << 1;
 const FLAG_UNIT: u8 = 1 << 2;
+const FLAG_TEXT: u8 = 1 << 3;
+
+/// Checks a doc store's text fields: at most [`MAX_TEXT_FIELDS`] dotted paths, each of
+/// non-empty segments, at most [`MAX_TEXT_FIELD_LEN`] bytes, none twice.
+pub fn check_text_fields(fields: &[String]) -> Result<(), String> {
+    if fields.len() > MAX_TEXT_FIELDS {
+        return Err(format!(
+            "{} text fields; at most {MAX_TEXT_FIELDS}",
+            fields.len()
+        ));
+    }
+    for (i, field) in fields.iter().enumerate() {
+        if field.is_empty()
+            || field.len() > MAX_TEXT_FIELD_LEN
+            || field.split('.').any(str::is_empty)
+        {
+            return Err(format!(
+                "{field:?} is not a field path (dotted names, e.g. notes or profile.bio, at most {MAX_TEXT_FIELD_LEN} bytes)"
+            ));
+        }
+        if fields.iter().take(i).any(|f| f == field) {
+            return Err(format!("{field:?} is named twice"));
+        }
+    }
+    Ok(())
+}
 
 /// The id of the store `name` created at `created` (ms) by the device whose automerge
 /// actor is `actor` (the first 16 bytes of its node key): 32 hex digits.
@@ -136,6 +167,9 @@ pub struct Placement {
     pub source: Option<String>,
     /// The unit of its values.
     pub unit: Option<String>,
+    /// A doc store's fields that hold text, merged character by character (dotted
+    /// paths; see [`check_text_fields`]).
+    pub text: Vec<String>,
     /// Who signs it.
     pub signer: PublicKey,
     /// Under which authority.
@@ -181,12 +215,21 @@ impl Placement {
         if self.unit.is_some() {
             flags |= FLAG_UNIT;
         }
+        if !self.text.is_empty() {
+            flags |= FLAG_TEXT;
+        }
         w.u8(flags);
         for text in [&self.description, &self.source, &self.unit]
             .into_iter()
             .flatten()
         {
             w.str(text);
+        }
+        if !self.text.is_empty() {
+            w.varint(self.text.len() as u64);
+            for field in &self.text {
+                w.str(field);
+            }
         }
         w.raw(self.signer.as_bytes());
         w.u8(self.authority.tag());
@@ -234,7 +277,7 @@ impl Placement {
         };
         let issued_at = UnixMillis(r.varint("issue time")?);
         let flags = r.u8("placement flags")?;
-        if flags & !(FLAG_DESCRIPTION | FLAG_SOURCE | FLAG_UNIT) != 0 {
+        if flags & !(FLAG_DESCRIPTION | FLAG_SOURCE | FLAG_UNIT | FLAG_TEXT) != 0 {
             return Err(DecodeError::UnknownTag {
                 what: "placement flags",
                 tag: flags,
@@ -249,6 +292,13 @@ impl Placement {
         let description = text(FLAG_DESCRIPTION, MAX_DESCRIPTION_LEN, "description")?;
         let source = text(FLAG_SOURCE, crate::capability::MAX_NAME_LEN, "source")?;
         let unit = text(FLAG_UNIT, MAX_UNIT_LEN, "unit")?;
+        let mut text_fields = Vec::new();
+        if flags & FLAG_TEXT != 0 {
+            let count = r.len(MAX_TEXT_FIELDS, "text fields")?;
+            for _ in 0..count {
+                text_fields.push(r.str(MAX_TEXT_FIELD_LEN, "text field")?.to_owned());
+            }
+        }
         let signer = PublicKey::from_bytes(r.array("signer")?);
         let authority = match r.u8("authority")? {
             1 => Authority::Owner,
@@ -281,6 +331,7 @@ impl Placement {
             description,
             source,
             unit,
+            text: text_fields,
             signer,
             authority,
         })
@@ -288,6 +339,10 @@ impl Placement {
 
     /// Checks what the encoding cannot express.
     fn validate(&self) -> Result<(), String> {
+        check_text_fields(&self.text)?;
+        if !self.text.is_empty() && self.kind != StoreKind::Doc {
+            return Err("only a doc store has text fields".into());
+        }
         if id_bytes(&self.id).is_none() {
             return Err("the store id is not 32 lowercase hex digits".into());
         }
@@ -619,6 +674,7 @@ mod tests {
             description: Some("where I was".into()),
             source: None,
             unit: None,
+            text: Vec::new(),
             signer,
             authority,
         }
@@ -790,5 +846,29 @@ mod tests {
         assert!(p.sign(owner.secret()).is_err());
         assert!(SignedPlacement::from_text("hplc1:!!").is_err());
         assert!(SignedPlacement::from_text("nope").is_err());
+    }
+
+    #[test]
+    fn a_doc_stores_text_fields_travel_in_its_placement() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let mut p = doc(owner.public(), Authority::Owner, "home", "origin,role:home");
+        p.kind = StoreKind::Doc;
+        p.text = vec!["notes".into(), "profile.bio".into()];
+        let signed = p.clone().sign(owner.secret()).unwrap();
+        let back = SignedPlacement::decode(&signed.encode()).unwrap();
+        assert_eq!(back.placement().text, p.text);
+        // Only a doc store has them, as dotted paths, each once, at most 32.
+        for (kind, fields) in [
+            (StoreKind::Timeseries, vec!["notes".to_owned()]),
+            (StoreKind::Doc, vec!["".to_owned()]),
+            (StoreKind::Doc, vec!["a..b".to_owned()]),
+            (StoreKind::Doc, vec!["a".to_owned(), "a".to_owned()]),
+            (StoreKind::Doc, (0..33).map(|i| format!("f{i}")).collect()),
+        ] {
+            let mut bad = p.clone();
+            bad.kind = kind;
+            bad.text = fields.clone();
+            assert!(bad.sign(owner.secret()).is_err(), "{kind:?} {fields:?}");
+        }
     }
 }
