@@ -68,6 +68,10 @@ struct World {
     kv_model: BTreeMap<String, Value>,
     /// Every reading appended, as (ts, value text).
     series_model: Vec<(u64, String)>,
+    /// The documents of the doc store: each node writes only its own field of each
+    /// (`f<node>`), by patch or by putting the whole document as it sees it, so every
+    /// field's value is the last its writer gave it.
+    doc_model: BTreeMap<String, BTreeMap<String, Value>>,
     misbehaved: usize,
     /// Stores created during the run.
     kv_late: Vec<String>,
@@ -107,6 +111,14 @@ impl World {
         origin
             .create("sensor", Kind::Timeseries, Some(window))
             .unwrap();
+        // Documents are created once, on the origin, before anyone edits them: two
+        // devices creating one key apart make two objects, and one of them wins.
+        let contacts = origin.create("contacts", Kind::Doc, None).unwrap();
+        let mut doc_model = BTreeMap::new();
+        for d in 0..4 {
+            contacts.put(&format!("d{d}"), json!({})).unwrap();
+            doc_model.insert(format!("d{d}"), BTreeMap::new());
+        }
         Self {
             nodes,
             clock,
@@ -114,6 +126,7 @@ impl World {
             wire: Vec::new(),
             kv_model: BTreeMap::new(),
             series_model: Vec::new(),
+            doc_model,
             misbehaved: 0,
             kv_late: Vec::new(),
         }
@@ -220,7 +233,31 @@ impl World {
 
     fn write(&mut self, rng: &mut Rng, i: usize, n: u64) {
         let stores = &self.nodes[i].stores;
-        if rng.chance(40) {
+        if rng.chance(30) {
+            // Edit this node's field of a document it holds already.
+            let key = format!("d{}", rng.below(4));
+            let field = format!("f{i}");
+            if let Ok(store) = stores.get("contacts")
+                && let Some(Value::Object(mut doc)) = store.get(&key).unwrap()
+            {
+                let model = self.doc_model.entry(key.clone()).or_default();
+                match rng.below(3) {
+                    0 => {
+                        store.patch(&key, json!({ field.clone(): n })).unwrap();
+                        model.insert(field, json!(n));
+                    }
+                    1 => {
+                        store.patch(&key, json!({ field.clone(): null })).unwrap();
+                        model.remove(&field);
+                    }
+                    _ => {
+                        doc.insert(field.clone(), json!({ "n": n, "by": i }));
+                        store.put(&key, Value::Object(doc)).unwrap();
+                        model.insert(field, json!({ "n": n, "by": i }));
+                    }
+                }
+            }
+        } else if rng.chance(40) {
             if let Ok(store) = stores.get("settings") {
                 let key = format!("n{i}-{n}");
                 let value = json!({ "n": n, "by": i });
@@ -308,6 +345,15 @@ impl World {
                 kv.insert(key.clone(), settings.get(&key).unwrap().unwrap());
             }
             assert_eq!(kv, self.kv_model, "node {i}: kv contents");
+            let contacts = node.stores.get("contacts").unwrap();
+            for (key, fields) in &self.doc_model {
+                let want = Value::Object(fields.clone().into_iter().collect());
+                assert_eq!(
+                    contacts.get(key).unwrap(),
+                    Some(want),
+                    "node {i}: document {key}"
+                );
+            }
             let sensor = node.stores.get("sensor").unwrap();
             let mut got: Vec<(u64, String)> = sensor
                 .read(Selection::All, None)
