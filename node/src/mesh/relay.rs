@@ -39,10 +39,10 @@ pub(super) const MAX_CIRCUITS_PER_DEVICE: usize = 6;
 /// How long a circuit may last. Devices of the mesh are not cut off: a circuit lasts
 /// as long as their connection (this is u32::MAX seconds, what the protocol can say).
 const CIRCUIT_DURATION: Duration = Duration::from_secs(u32::MAX as u64);
-/// The protocol a relay lists in identify.
 /// A reservation held this long (ms) before it ended was a working one: the next is
 /// asked for without backoff.
 const RESERVATION_HELD_MS: u64 = 60_000;
+/// The protocol a relay lists in identify.
 const HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 /// The relay service's settings: reservations and circuits only for the devices
