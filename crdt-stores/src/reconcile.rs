@@ -36,6 +36,10 @@ impl TextFields<'_> {
     }
 }
 
+/// Texts longer than this together (old and new, in bytes or characters) are replaced
+/// rather than diffed.
+const MAX_DIFFED_TEXT: usize = 64 * 1024;
+
 fn child_path(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_owned()
@@ -145,7 +149,15 @@ fn reconcile(
             reconcile_list(doc, &id, items, path, text)
         }
         (Value::String(new), Some((AmValue::Object(ObjType::Text), id))) => {
-            doc.update_text(&id, new)
+            let old = doc.length(&id);
+            if old + new.len() > MAX_DIFFED_TEXT {
+                // A character diff costs up to the product of the lengths: past this,
+                // the text is replaced whole (concurrent edits to it then conflict).
+                let old = isize::try_from(old).unwrap_or(isize::MAX);
+                doc.splice_text(&id, 0, old, new)
+            } else {
+                doc.update_text(&id, new)
+            }
         }
         (Value::Object(_) | Value::Array(_), _) => {
             let id = doc.put_object(parent, prop, object_type(value, path, text))?;
@@ -479,6 +491,25 @@ mod tests {
         let want = json!({"name": "Ada L.", "city": "Paris"});
         assert_eq!(get(&a, &ROOT, "k"), Some(want.clone()));
         assert_eq!(get(&b, &ROOT, "k"), Some(want));
+    }
+
+    #[test]
+    fn a_long_text_is_replaced_not_diffed() {
+        let text = ["notes".to_owned()];
+        let fields = TextFields(&text);
+        let mut doc = AutoCommit::new();
+        let long_a = "a".repeat(MAX_DIFFED_TEXT);
+        let long_b = "b".repeat(MAX_DIFFED_TEXT);
+        put(&mut doc, &ROOT, "k", &json!({"notes": long_a}), fields).unwrap();
+        put(
+            &mut doc,
+            &ROOT,
+            "k",
+            &json!({"notes": long_b.clone()}),
+            fields,
+        )
+        .unwrap();
+        assert_eq!(get(&doc, &ROOT, "k"), Some(json!({"notes": long_b})));
     }
 
     #[test]
