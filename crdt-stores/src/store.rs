@@ -544,17 +544,11 @@ impl Store {
                 "the value would be {size} bytes; the limit is {MAX_VALUE_BYTES}"
             )));
         }
-        if self.meta.kind == Kind::Kv {
-            self.submit(Write::Put {
-                key: key.to_owned(),
-                value: after.clone(),
-            })?;
-        } else {
-            self.submit(Write::Patch {
-                key: key.to_owned(),
-                patch,
-            })?;
-        }
+        // Applied under the store's lock, to the value as it is then.
+        self.submit(Write::Patch {
+            key: key.to_owned(),
+            patch,
+        })?;
         Ok(self.get(key)?.unwrap_or(after))
     }
 
@@ -1270,6 +1264,29 @@ fn apply_doc<'a>(
                 events.push(Change::Put {
                     key: key.clone(),
                     value: value.clone(),
+                });
+            }
+            Write::Patch { key, patch } if meta.kind == Kind::Kv => {
+                // A kv value is opaque to automerge: patched as JSON, replaced whole.
+                let mut value = match state.doc.get(ROOT, key.as_str()) {
+                    Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                        ScalarValue::Str(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+                        _ => Value::Null,
+                    },
+                    _ => Value::Null,
+                };
+                merge_patch_json(&mut value, patch);
+                state
+                    .doc
+                    .put(
+                        ROOT,
+                        key.as_str(),
+                        ScalarValue::Str(value.to_string().into()),
+                    )
+                    .map_err(|err| am_err(name, err))?;
+                events.push(Change::Put {
+                    key: key.clone(),
+                    value,
                 });
             }
             Write::Patch { key, patch } => {

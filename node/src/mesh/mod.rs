@@ -382,6 +382,12 @@ impl MeshLoop {
                     .collect(),
             );
         }
+        // Where the devices are, as learned since the last tick: a device stopped
+        // within a second of hearing of the others would otherwise forget them.
+        if self.dirty {
+            self.dirty = false;
+            self.save_peers();
+        }
         self.audit_left_out(now(), true);
         self.audit_strangers(true);
         self.audit.close().await;
