@@ -277,20 +277,7 @@ fn fill(
     text: TextFields<'_>,
 ) -> Result<(), AutomergeError> {
     match value {
-        Value::Object(map) => {
-            for (field, v) in map {
-                reconcile(
-                    doc,
-                    id,
-                    Prop::Map(field.clone()),
-                    None,
-                    v,
-                    &child_path(path, field),
-                    text,
-                )?;
-            }
-            Ok(())
-        }
+        Value::Object(map) => reconcile_map(doc, id, map, path, text),
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
                 insert(doc, id, index, item, path, text)?;
