@@ -21,7 +21,9 @@ fn patches_apply_and_bad_ones_change_nothing() {
     .unwrap();
     for kind in [Kind::Kv, Kind::Doc] {
         let store = stores.create(&format!("s-{kind:?}"), kind, None).unwrap();
-        store.put("k", json!({"a": 1, "b": {"x": 1, "y": 2}})).unwrap();
+        store
+            .put("k", json!({"a": 1, "b": {"x": 1, "y": 2}}))
+            .unwrap();
         let after = store
             .patch("k", json!({"b": {"y": null, "z": 3}, "c": "new"}))
             .unwrap();
@@ -29,10 +31,16 @@ fn patches_apply_and_bad_ones_change_nothing() {
         assert_eq!(after, want, "{kind:?}");
         assert_eq!(store.get("k").unwrap(), Some(want.clone()), "{kind:?}");
         // A missing key starts as {}.
-        assert_eq!(store.patch("new", json!({"n": 1})).unwrap(), json!({"n": 1}));
+        assert_eq!(
+            store.patch("new", json!({"n": 1})).unwrap(),
+            json!({"n": 1})
+        );
         for bad in [json!([1]), json!("text"), json!(null), json!(3)] {
             let err = store.patch("k", bad.clone()).unwrap_err();
-            assert!(matches!(err, StoreError::Invalid(_)), "{kind:?} {bad}: {err}");
+            assert!(
+                matches!(err, StoreError::Invalid(_)),
+                "{kind:?} {bad}: {err}"
+            );
         }
         assert_eq!(store.get("k").unwrap(), Some(want), "{kind:?}");
     }
