@@ -807,6 +807,19 @@ impl World {
         (hops, true)
     }
 
+    /// The hops from `a` to `b`, through the relay `via` when there is one (a relayed
+    /// path always leaves the LAN).
+    fn path_via(&self, a: u32, b: u32, via: Option<u32>) -> (Vec<(Resource, usize)>, bool) {
+        match via {
+            Some(v) => {
+                let (mut hops, _) = self.path(a, v);
+                hops.extend(self.path(v, b).0);
+                (hops, true)
+            }
+            None => self.path(a, b),
+        }
+    }
+
     fn sample_latency(&mut self, from: u32, to: u32, class: usize) -> u64 {
         let seed = self.seed;
         let rng = self
@@ -840,14 +853,7 @@ impl World {
             Route::Relayed { via, .. } if !link.punched => Some(via),
             _ => None,
         };
-        let (hops, wan) = match relay {
-            Some(via) => {
-                let (mut hops, _) = self.path(from, via);
-                hops.extend(self.path(via, to).0);
-                (hops, true)
-            }
-            None => self.path(from, to),
-        };
+        let (hops, wan) = self.path_via(from, to, relay);
         if let Some(via) = relay {
             self.recorder.relayed(via, bytes);
         }
@@ -1218,15 +1224,9 @@ impl World {
     /// The typical one-way time (µs) over the path from `a` to `b`, or through `via`:
     /// the median latency of every hop.
     fn nominal_one_way(&self, a: u32, b: u32, via: Option<u32>) -> u64 {
-        let hops = match via {
-            Some(v) => {
-                let (mut hops, _) = self.path(a, v);
-                hops.extend(self.path(v, b).0);
-                hops
-            }
-            None => self.path(a, b).0,
-        };
-        hops.iter()
+        self.path_via(a, b, via)
+            .0
+            .iter()
             .filter_map(|(_, class)| self.classes.get(*class))
             .map(|c| match c.latency {
                 Latency::Fixed(d) | Latency::Uniform { base: d, .. } => us(d),
