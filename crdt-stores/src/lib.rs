@@ -44,6 +44,6 @@ pub use error::StoreError;
 pub use reading::{MAX_READING_BYTES, Reading};
 pub use registry::{StoreInfo, Stores, StoresConfig};
 pub use store::{
-    Change, Clock, DEFAULT_WINDOW_MS, Kind, LocalChange, MAX_BATCH, MAX_KEY_LEN, MAX_VALUE_BYTES,
-    Store, StoreMeta,
+    Change, Clock, DEFAULT_WINDOW_MS, Erased, Expired, Kind, LocalChange, MAX_BATCH, MAX_KEY_LEN,
+    MAX_VALUE_BYTES, Store, StoreMeta,
 };

@@ -247,6 +247,7 @@ impl Stores {
             created,
             window_ms,
             text,
+            erasures: 0,
         };
         let actor = self.config.actor;
         self.insert_new(&mut stores, meta, actor)

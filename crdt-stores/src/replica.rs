@@ -29,6 +29,34 @@ pub trait Placement<P> {
     fn text_fields(&self, _store: &StoreRef) -> Vec<String> {
         Vec::new()
     }
+    /// How many erasures of the store `id` this device knows of (verified), if it
+    /// tracks them: a new replica is made only at that count, so a peer cannot make
+    /// this device hold a replica no honest holder will ever sync with.
+    fn erasures(&self, _id: &str) -> Option<u64> {
+        None
+    }
+}
+
+/// A store's id in the sync protocol after `erasures` erasures: the id itself, then
+/// `~N`. Replicas with different counts are different stores to the engine, so no
+/// change crosses an erasure in either direction.
+pub fn sync_id(id: &str, erasures: u64) -> String {
+    if erasures == 0 {
+        id.to_owned()
+    } else {
+        format!("{id}~{erasures}")
+    }
+}
+
+/// Splits a sync id into the store id and its erasure count (`None` if malformed).
+pub fn parse_sync_id(sync: &str) -> Option<(&str, u64)> {
+    match sync.split_once('~') {
+        None => Some((sync, 0)),
+        Some((id, n)) => {
+            let n: u64 = n.parse().ok()?;
+            (n > 0 && n.to_string().len() == sync.len() - id.len() - 1).then_some((id, n))
+        }
+    }
 }
 
 /// Every device holds every store: for tests and single-purpose meshes.
@@ -61,6 +89,8 @@ pub struct Policies<P> {
     pub removed: BTreeSet<String>,
     /// The text fields of the doc stores that declare any, by id.
     pub text: BTreeMap<String, Vec<String>>,
+    /// The erasures of each store the catalogue holds verified, by id.
+    pub erasures: BTreeMap<String, u64>,
 }
 
 /// What to do with a local replica, given the placement.
@@ -85,6 +115,7 @@ impl<P: Ord> Policies<P> {
             policies: BTreeMap::new(),
             removed: BTreeSet::new(),
             text: BTreeMap::new(),
+            erasures: BTreeMap::new(),
         }
     }
 
@@ -164,12 +195,17 @@ impl<P: Ord> Placement<P> for Policies<P> {
     fn text_fields(&self, store: &StoreRef) -> Vec<String> {
         self.text.get(&store.id).cloned().unwrap_or_default()
     }
+
+    fn erasures(&self, id: &str) -> Option<u64> {
+        Some(self.erasures.get(id).copied().unwrap_or(0))
+    }
 }
 
-/// What the sync protocol needs to know of a store.
+/// What the sync protocol needs to know of a store (with the erasure count of `meta`;
+/// [`Store::sync_id`] is the count now).
 pub fn store_ref(meta: &StoreMeta) -> StoreRef {
     StoreRef {
-        id: meta.id.clone(),
+        id: sync_id(&meta.id, meta.erasures),
         name: meta.name.clone(),
         kind: match meta.kind {
             Kind::Kv => StoreKind::Kv,
@@ -199,10 +235,16 @@ impl<'a, L> StoresReplica<'a, L> {
         }
     }
 
-    fn store(&self, id: &str) -> Result<std::sync::Arc<Store>, ReplicaError> {
-        self.stores
-            .get_by_id(id)
-            .ok_or_else(|| ReplicaError::Local(format!("store {id} is not here")))
+    /// The store whose sync id is `sync`: the store with that id, at that erasure
+    /// count.
+    fn store(&self, sync: &str) -> Result<std::sync::Arc<Store>, ReplicaError> {
+        parse_sync_id(sync)
+            .and_then(|(id, erasures)| {
+                self.stores
+                    .get_by_id(id)
+                    .filter(|store| store.erasures() == erasures)
+            })
+            .ok_or_else(|| ReplicaError::Local(format!("store {sync} is not here")))
     }
 }
 
@@ -211,23 +253,41 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
         self.stores
             .all()
             .iter()
-            .map(|store| store_ref(store.meta()))
-            .filter(|store| self.placement.peer_holds(peer, store))
+            .filter(|store| self.placement.peer_holds(peer, &store_ref(store.meta())))
+            .map(|store| StoreRef {
+                id: store.sync_id(),
+                ..store_ref(store.meta())
+            })
             .collect()
     }
 
     fn accept(&mut self, peer: &P, store: &StoreRef) -> bool {
+        let Some((id, erasures)) = parse_sync_id(&store.id) else {
+            return false;
+        };
+        let plain = StoreRef {
+            id: id.to_owned(),
+            ..store.clone()
+        };
         // Both: a peer the placement does not name is served nothing of the store and
         // has nothing of it applied, whatever it offers.
-        if !self.placement.peer_holds(peer, store) || !self.placement.we_hold(peer, store) {
+        if !self.placement.peer_holds(peer, &plain) || !self.placement.we_hold(peer, &plain) {
             return false;
         }
-        if self.stores.get_by_id(&store.id).is_some() {
-            return true;
+        if let Some(local) = self.stores.get_by_id(id) {
+            // A replica on another side of an erasure is not synced with.
+            return local.erasures() == erasures;
+        }
+        if self
+            .placement
+            .erasures(id)
+            .is_some_and(|known| known != erasures)
+        {
+            return false;
         }
         let meta = StoreMeta {
             name: store.name.clone(),
-            id: store.id.clone(),
+            id: id.to_owned(),
             kind: match store.kind {
                 StoreKind::Kv => Kind::Kv,
                 StoreKind::Timeseries => Kind::Timeseries,
@@ -235,7 +295,8 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
             },
             created: self.now,
             window_ms: store.window_ms,
-            text: self.placement.text_fields(store),
+            text: self.placement.text_fields(&plain),
+            erasures,
         };
         match self.stores.create_replica(meta) {
             Ok(_) => true,
@@ -247,7 +308,8 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
     }
 
     fn keeps(&mut self, store: &str) -> bool {
-        self.placement.keeps(store)
+        self.placement
+            .keeps(parse_sync_id(store).map_or(store, |(id, _)| id))
     }
 
     fn units(&mut self, store: &str) -> Result<Vec<UnitHeads>, ReplicaError> {

@@ -33,7 +33,10 @@ use crate::pipeline::GroupCommit;
 use crate::query::{Aggregate, Filter, Selection, aggregate};
 use crate::reading::{self, MAX_READING_BYTES, Reading};
 
+mod erase;
 mod sync;
+
+pub use erase::{Erased, Expired};
 
 /// Milliseconds since the Unix epoch, from the caller's clock.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -109,6 +112,14 @@ pub struct StoreMeta {
     /// paths from a document's root (array indices left out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub text: Vec<String>,
+    /// How many of the store's erasures it has applied, when it was opened or created
+    /// ([`Store::erasures`] says how many now).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub erasures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A change, as subscribers see it.
@@ -339,6 +350,10 @@ pub struct Store {
     commits: GroupCommit<Write, StoreError>,
     changes: broadcast::Sender<Change>,
     local: broadcast::Sender<LocalChange>,
+    /// Erasures applied (see `erase.rs`); changed only under the state lock.
+    erasures: std::sync::atomic::AtomicU64,
+    /// Retention in ms (0: none), as the store's placement says.
+    keep_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -400,6 +415,10 @@ impl Store {
         clock: Clock,
     ) -> Result<Self, StoreError> {
         let path = dir.join(backend_kind.file_name());
+        erase::recover_rewrite(&path).map_err(|err| StoreError::Io {
+            store: meta.name.clone(),
+            detail: err.to_string(),
+        })?;
         let backend = backend_kind
             .open(&path)
             .map_err(|err| StoreError::backend(&meta.name, err))?;
@@ -422,6 +441,10 @@ impl Store {
         clock: Clock,
     ) -> Result<Self, StoreError> {
         let path = dir.join(backend_kind.file_name());
+        erase::recover_rewrite(&path).map_err(|err| StoreError::Io {
+            store: name.to_owned(),
+            detail: err.to_string(),
+        })?;
         let backend = backend_kind
             .open(&path)
             .map_err(|err| StoreError::backend(name, err))?;
@@ -449,6 +472,8 @@ impl Store {
         let (changes, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         let (local, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         Ok(Self {
+            erasures: std::sync::atomic::AtomicU64::new(meta.erasures),
+            keep_ms: std::sync::atomic::AtomicU64::new(0),
             meta,
             path,
             backend_kind,
@@ -615,6 +640,14 @@ impl Store {
             return Err(StoreError::Invalid(format!(
                 "{} readings in one append; the limit is {MAX_BATCH}",
                 readings.len()
+            )));
+        }
+        if let Some(cutoff) = self.cutoff()
+            && let Some(old) = readings.iter().find(|r| r.ts < cutoff)
+        {
+            return Err(StoreError::Invalid(format!(
+                "a reading at {} is older than {:?} keeps readings (its retention ends at {cutoff})",
+                old.ts, self.meta.name
             )));
         }
         let mut encoded = Vec::with_capacity(readings.len());
@@ -1134,6 +1167,10 @@ fn chunk_from_doc(
         let bytes = value.to_bytes().ok_or_else(|| {
             StoreError::corrupt(name, "a chunk holds a reading that is not bytes")
         })?;
+        if bytes.is_empty() {
+            // An erased reading's place.
+            continue;
+        }
         readings.push(
             Reading::decode(bytes)
                 .ok_or_else(|| StoreError::corrupt(name, "a chunk holds an unreadable reading"))?,

@@ -416,6 +416,7 @@ impl World {
                         created: BASE_MS,
                         window_ms: hearth_stores::DEFAULT_WINDOW_MS,
                         text: Vec::new(),
+                        erasures: 0,
                     })
                     .map_err(|err| SimError::Stores {
                         node: label.clone(),

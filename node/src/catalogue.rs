@@ -55,6 +55,7 @@ pub fn open(stores: &Stores, owner: &PublicKey) -> Result<Arc<Store>, StoreError
         created: 0,
         window_ms: hearth_stores::DEFAULT_WINDOW_MS,
         text: Vec::new(),
+        erasures: 0,
     })
 }
 
@@ -548,6 +549,7 @@ impl Catalogue {
                     source: old.source.clone(),
                     unit: old.unit.clone(),
                     text: old.text.clone(),
+                    keep_ms: None,
                     signer: owner.public(),
                     authority: Authority::Owner,
                 };
@@ -589,6 +591,7 @@ impl Catalogue {
             source: about.source,
             unit: about.unit,
             text: meta.text.clone(),
+            keep_ms: None,
             signer: self.signer.node_key.public(),
             authority: Authority::Origin(self.signer.certificate.clone()),
         };

@@ -325,6 +325,7 @@ async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
             source: None,
             unit: None,
             text: Vec::new(),
+            keep_ms: None,
             signer: vm.key.public(),
             authority,
         };

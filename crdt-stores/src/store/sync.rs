@@ -153,7 +153,7 @@ impl Store {
         let Body::Series(series) = &state.body else {
             return Ok(None);
         };
-        if !series.index.get(&start).is_some_and(|c| c.closed) {
+        if !series.index.get(&start).is_some_and(|c| c.closed) || self.expired(start) {
             return Ok(None);
         }
         let key = chunk_key(start, b"s");
@@ -174,6 +174,12 @@ impl Store {
     /// Applies what a peer sent to one document and keeps it on disk; on any failure
     /// the store is put back as the disk has it.
     fn remote(&self, unit: Unit, input: Input<'_>) -> Result<(), ReplicaError> {
+        if let Unit::Chunk(start) = unit
+            && self.expired(start)
+        {
+            // Past the retention: dropped here, so not taken back from a peer.
+            return Ok(());
+        }
         let mut state = lock(&self.state);
         let mut batch = Batch::new();
         let mut events = Vec::new();

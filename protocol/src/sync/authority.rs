@@ -25,6 +25,7 @@
 //! id[16] str(name) u8(kind) varint(window_ms) varint(created) str(origin)
 //! str(replicas) u8(removed) varint(issued_at)
 //! u8(flags) [str(description)] [str(source)] [str(unit)]
+//! [varint(n) n × str(text field)] [varint(keep_ms)]
 //! signer[32] u8(authority) [varint(len) chain]
 //! signature[64]   over "hearth/v1/placement" || everything before it
 //! ```
@@ -66,6 +67,7 @@ const FLAG_DESCRIPTION: u8 = 1;
 const FLAG_SOURCE: u8 = 1 << 1;
 const FLAG_UNIT: u8 = 1 << 2;
 const FLAG_TEXT: u8 = 1 << 3;
+const FLAG_KEEP: u8 = 1 << 4;
 
 /// Checks a doc store's text fields: at most [`MAX_TEXT_FIELDS`] dotted paths, each of
 /// non-empty segments, at most [`MAX_TEXT_FIELD_LEN`] bytes, none twice.
@@ -170,6 +172,9 @@ pub struct Placement {
     /// A doc store's fields that hold text, merged character by character (dotted
     /// paths; see [`check_text_fields`]).
     pub text: Vec<String>,
+    /// A timeseries store's retention (ms): every holder drops readings older than
+    /// this, a whole chunk window at a time. Needs the owner's authority (or a grant).
+    pub keep_ms: Option<u64>,
     /// Who signs it.
     pub signer: PublicKey,
     /// Under which authority.
@@ -218,6 +223,9 @@ impl Placement {
         if !self.text.is_empty() {
             flags |= FLAG_TEXT;
         }
+        if self.keep_ms.is_some() {
+            flags |= FLAG_KEEP;
+        }
         w.u8(flags);
         for text in [&self.description, &self.source, &self.unit]
             .into_iter()
@@ -230,6 +238,9 @@ impl Placement {
             for field in &self.text {
                 w.str(field);
             }
+        }
+        if let Some(keep) = self.keep_ms {
+            w.varint(keep);
         }
         w.raw(self.signer.as_bytes());
         w.u8(self.authority.tag());
@@ -277,7 +288,7 @@ impl Placement {
         };
         let issued_at = UnixMillis(r.varint("issue time")?);
         let flags = r.u8("placement flags")?;
-        if flags & !(FLAG_DESCRIPTION | FLAG_SOURCE | FLAG_UNIT | FLAG_TEXT) != 0 {
+        if flags & !(FLAG_DESCRIPTION | FLAG_SOURCE | FLAG_UNIT | FLAG_TEXT | FLAG_KEEP) != 0 {
             return Err(DecodeError::UnknownTag {
                 what: "placement flags",
                 tag: flags,
@@ -299,6 +310,11 @@ impl Placement {
                 text_fields.push(r.str(MAX_TEXT_FIELD_LEN, "text field")?.to_owned());
             }
         }
+        let keep_ms = if flags & FLAG_KEEP != 0 {
+            Some(r.varint("retention")?)
+        } else {
+            None
+        };
         let signer = PublicKey::from_bytes(r.array("signer")?);
         let authority = match r.u8("authority")? {
             1 => Authority::Owner,
@@ -332,6 +348,7 @@ impl Placement {
             source,
             unit,
             text: text_fields,
+            keep_ms,
             signer,
             authority,
         })
@@ -342,6 +359,17 @@ impl Placement {
         check_text_fields(&self.text)?;
         if !self.text.is_empty() && self.kind != StoreKind::Doc {
             return Err("only a doc store has text fields".into());
+        }
+        if let Some(keep) = self.keep_ms {
+            if self.kind != StoreKind::Timeseries {
+                return Err("only a timeseries store has a retention".into());
+            }
+            if keep < self.window_ms {
+                return Err(format!(
+                    "a retention of {keep} ms is shorter than the store's chunk window ({} ms)",
+                    self.window_ms
+                ));
+            }
         }
         if id_bytes(&self.id).is_none() {
             return Err("the store id is not 32 lowercase hex digits".into());
@@ -594,6 +622,13 @@ impl SignedPlacement {
                         "removing a store needs the owner's authority".into(),
                     ));
                 }
+                if p.keep_ms.is_some() {
+                    return Err(PlacementError::NotAuthorized(
+                        "a retention deletes readings on every holder: it needs the owner's \
+                         authority"
+                            .into(),
+                    ));
+                }
                 if !within_default(&p.policy()) {
                     return Err(PlacementError::NotAuthorized(format!(
                         "placing a store on {:?} needs the owner's authority (a device alone may \
@@ -675,6 +710,7 @@ mod tests {
             source: None,
             unit: None,
             text: Vec::new(),
+            keep_ms: None,
             signer,
             authority,
         }
@@ -870,5 +906,37 @@ mod tests {
             bad.text = fields.clone();
             assert!(bad.sign(owner.secret()).is_err(), "{kind:?} {fields:?}");
         }
+    }
+
+    #[test]
+    fn a_retention_travels_in_the_placement_and_needs_the_owner() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let mut verifier = Verifier::new(owner.public(), Default::default());
+        let revocations = RevocationSet::new(owner.public());
+        let mut p = doc(owner.public(), Authority::Owner, "home", "origin,role:home");
+        p.keep_ms = Some(90 * 86_400_000);
+        let signed = p.clone().sign(owner.secret()).unwrap();
+        let back = SignedPlacement::decode(&signed.encode()).unwrap();
+        assert_eq!(back.placement().keep_ms, p.keep_ms);
+        assert!(back.verify(&mut verifier, &revocations, NOW).is_ok());
+        // Shorter than a chunk window, or on a store without readings: refused.
+        let mut short = p.clone();
+        short.keep_ms = Some(1000);
+        assert!(short.sign(owner.secret()).is_err());
+        let mut kv = p.clone();
+        kv.kind = StoreKind::Kv;
+        assert!(kv.sign(owner.secret()).is_err());
+        // The origin device alone cannot set one: it deletes on every holder.
+        let node = NodeKey::from_seed([2; 32]);
+        let mut origin = doc(
+            node.public(),
+            Authority::Origin(cert(&owner, &node, "phone")),
+            "phone",
+            "origin,role:home",
+        );
+        origin.keep_ms = Some(86_400_000);
+        let signed = origin.sign(node.secret()).unwrap();
+        let err = signed.verify(&mut verifier, &revocations, NOW).unwrap_err();
+        assert!(err.to_string().contains("owner"), "{err}");
     }
 }

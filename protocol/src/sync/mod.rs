@@ -44,6 +44,7 @@
 //! [`Engine::poll_timeout`], calling [`Engine::handle_timeout`] when it fires.
 
 pub mod authority;
+pub mod erasure;
 pub mod inflate;
 pub mod message;
 pub mod placement;
