@@ -155,11 +155,12 @@ impl<P: Ord> Policies<P> {
             .is_some_and(|(origin, policy)| policy.holds(&self.me.0, self.me.1, origin))
     }
 
-    /// What to do with this device's replica of `id`, whose digest is `ours`: a
+    /// What to do with this device's replica of `id` (known to the engine as `sync`),
+    /// whose digest is `ours`: a
     /// replica the placement no longer puts here is dropped only once a device the
     /// placement names has confirmed, over sync, that it holds the same and keeps it
     /// (a claim from a device it does not name proves nothing).
-    pub fn keep(&self, engine: &Engine<P>, id: &str, ours: Digest) -> Keep
+    pub fn keep(&self, engine: &Engine<P>, id: &str, sync: &str, ours: Digest) -> Keep
     where
         P: Clone,
     {
@@ -172,7 +173,7 @@ impl<P: Ord> Policies<P> {
         // Only a holder that said it keeps the store counts: two devices whose
         // placements disagree for a moment must not each drop on the other's word.
         let confirmed = engine
-            .replicas(id)
+            .replicas(sync)
             .iter()
             .any(|r| self.named(&r.peer, id) && r.kept == Some(ours));
         if confirmed { Keep::Drop } else { Keep::Wait }

@@ -223,7 +223,9 @@ impl World {
         for store in self.devices[d].stores.all() {
             let id = store.meta().id.clone();
             let device = &self.devices[d];
-            let keep = device.view.keep(&device.engine, &id, store.digest());
+            let keep = device
+                .view
+                .keep(&device.engine, &id, &store.sync_id(), store.digest());
             if keep == Keep::Wait {
                 // What the node does (every few seconds): ask the holders to confirm.
                 drop(store);

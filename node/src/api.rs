@@ -133,6 +133,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/stores", get(list_stores).post(create_store))
         .route("/v1/stores/{name}", axum::routing::delete(remove_store))
         .route("/v1/stores/{name}/policy", axum::routing::post(set_policy))
+        .route(
+            "/v1/stores/{name}/delete",
+            axum::routing::post(delete_readings),
+        )
         .route("/v1/stores/{name}/keys", get(keys))
         .route(
             "/v1/stores/{name}/keys/{key}",
@@ -336,6 +340,8 @@ fn store_list(node: &Node) -> Vec<Value> {
                 "unit": entry.and_then(|e| e.unit.as_deref()),
                 "description": entry.and_then(|e| e.description.as_deref()),
                 "heads": listing.replicas.get(&s.id),
+                "keep_ms": entry.and_then(|e| e.keep_ms),
+                "erasures": listing.erasures.get(&s.id).map_or(0, Vec::len),
             })
         })
         .collect();
@@ -359,6 +365,8 @@ fn store_list(node: &Node) -> Vec<Value> {
             "unit": e.unit,
             "description": e.description,
             "heads": stats,
+            "keep_ms": e.keep_ms,
+            "erasures": listing.erasures.get(id).map_or(0, Vec::len),
         }));
     }
     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -436,9 +444,16 @@ struct CreateStore {
     /// A doc store's text fields (dotted paths), merged character by character.
     #[serde(default)]
     text: Vec<String>,
+    /// A timeseries store's retention (ms); needs the owner's authority.
+    keep_ms: Option<u64>,
     /// A capability chain (`hcap1:` text) held by this device's key that allows
     /// `place` on the store, for a placement the device may not sign alone.
     authority: Option<String>,
+}
+
+/// A field that may be `null`: present (`Some`, null included) or absent (`None`).
+fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// The capability a request names as its authority, if any.
@@ -459,6 +474,7 @@ impl From<crate::catalogue::CatalogueError> for ApiError {
             E::Refused(message) => ApiError::new(StatusCode::FORBIDDEN, "refused", message),
             E::NotFound(name) => StoreError::NotFound(name).into(),
             E::Exists(name) => StoreError::Exists(name).into(),
+            E::Invalid(message) => ApiError::invalid(message),
             E::Store(err) => err.into(),
             err @ E::File { .. } => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -515,6 +531,29 @@ async fn create_store(
                     return Err(StoreError::Exists(body.name.clone()).into());
                 }
                 // Checked before the store is made, so a refusal leaves nothing behind.
+                if let Some(keep) = body.keep_ms {
+                    if kind != Kind::Timeseries {
+                        return Err(ApiError::invalid(
+                            "only a timeseries store keeps readings for a time (--keep)",
+                        ));
+                    }
+                    let window = body.window_ms.unwrap_or(hearth_stores::DEFAULT_WINDOW_MS);
+                    if keep < window {
+                        return Err(ApiError::invalid(format!(
+                            "a retention of {keep} ms is shorter than the store's chunk window \
+                             ({window} ms)"
+                        )));
+                    }
+                    if grant.is_none() && !catalogue.is_owner_device() {
+                        let err = crate::catalogue::CatalogueError::Refused(format!(
+                            "a retention for {:?} deletes readings on every holder: it needs the \
+                             owner's authority: run it on the device that holds the owner key, \
+                             or pass --cap with a capability for this device that allows it",
+                            body.name
+                        ));
+                        return Err(audit_refusal(&node, "store.create", &body.name, err));
+                    }
+                }
                 if grant.is_none()
                     && !catalogue.is_owner_device()
                     && !hearth_protocol::sync::authority::within_default(&policy)
@@ -540,6 +579,7 @@ async fn create_store(
                     description: body.description.clone(),
                     source: None,
                     unit: None,
+                    keep_ms: body.keep_ms,
                 };
                 if let Err(err) = catalogue.list_new(store.meta(), &policy, about, grant) {
                     drop(store);
@@ -564,7 +604,11 @@ async fn create_store(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyRequest {
-    replicas: String,
+    /// The new placement policy, if it changes.
+    replicas: Option<String>,
+    /// The new retention in ms, `null` for none, absent if it does not change.
+    #[serde(default, deserialize_with = "some_value")]
+    keep_ms: Option<Value>,
     /// A capability chain (`hcap1:` text) held by this device's key that allows
     /// `place` on the store.
     authority: Option<String>,
@@ -577,8 +621,24 @@ async fn set_policy(
 ) -> ApiResult {
     let Json(body) = body?;
     user_store(&name)?;
-    let policy = hearth_protocol::sync::placement::Policy::parse(&body.replicas)
+    let policy = body
+        .replicas
+        .as_deref()
+        .map(hearth_protocol::sync::placement::Policy::parse)
+        .transpose()
         .map_err(|err| ApiError::invalid(err.to_string()))?;
+    let keep = match &body.keep_ms {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(value) => Some(Some(value.as_u64().ok_or_else(|| {
+            ApiError::invalid("keep_ms is a number of milliseconds, or null for no retention")
+        })?)),
+    };
+    if policy.is_none() && keep.is_none() {
+        return Err(ApiError::invalid(
+            "name what changes: replicas, keep_ms or both",
+        ));
+    }
     let grant = authority_of(body.authority.as_deref())?;
     let Some(catalogue) = node.catalogue.clone() else {
         return Err(ApiError::new(
@@ -591,16 +651,115 @@ async fn set_policy(
         let node = node.clone();
         move || {
             let (id, entry) = catalogue
-                .place(&name, &policy, grant)
+                .change(&name, policy.as_ref(), keep, grant)
                 .map_err(|err| audit_refusal(&node, "store.policy", &name, err))?;
+            let keep_text = entry
+                .keep_ms
+                .map_or_else(|| "keep everything".to_owned(), |k| format!("keep {k} ms"));
             record(
                 &node,
                 "store.policy",
                 &name,
-                &format!("allowed: {}", entry.replicas),
+                &format!("allowed: {}; {keep_text}", entry.replicas),
                 0,
             )?;
-            Ok(json!({ "name": name, "id": id, "replicas": entry.replicas }))
+            Ok(json!({ "name": name, "id": id, "replicas": entry.replicas, "keep_ms": entry.keep_ms }))
+        }
+    })
+    .await?;
+    if let Some(replication) = node.replication.get() {
+        replication.catalogue_changed();
+    }
+    Ok(Json(answer))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRequest {
+    /// Readings at or after this instant (ms).
+    from: Option<u64>,
+    /// Readings before this instant (ms).
+    to: Option<u64>,
+    /// `TAG=VALUE`: readings whose value has this tag.
+    filter: Option<String>,
+}
+
+async fn delete_readings(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Result<Json<DeleteRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    user_store(&name)?;
+    let filter = body
+        .filter
+        .as_deref()
+        .map(hearth_stores::query::Filter::parse)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let selector = hearth_protocol::sync::erasure::Selector {
+        from: body.from,
+        to: body.to,
+        filter: filter.as_ref().map(|f| (f.path.clone(), f.value.clone())),
+    };
+    selector.validate().map_err(ApiError::invalid)?;
+    let Some(catalogue) = node.catalogue.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh",
+            "this node is not part of a mesh: there is no owner to order an erasure",
+        ));
+    };
+    let answer = blocking({
+        let node = node.clone();
+        move || {
+            let local = node.stores.get(&name).ok();
+            if let (Some(store), Some(filter)) = (&local, &filter) {
+                // A tag no reading in the range has is a mistake, not an erasure of
+                // nothing.
+                let (from, to) = (selector.from.unwrap_or(0), selector.to.unwrap_or(u64::MAX));
+                let readings =
+                    store.read(hearth_stores::query::Selection::Range(from, to), None)?;
+                if !readings.is_empty() && !readings.iter().any(|r| r.field(&filter.path).is_some())
+                {
+                    return Err(ApiError::invalid(format!(
+                        "no reading of {name:?}{} has a tag {:?}",
+                        if selector.from.is_some() || selector.to.is_some() {
+                            " in that range"
+                        } else {
+                            ""
+                        },
+                        filter.path
+                    )));
+                }
+            }
+            let (id, seq) = catalogue
+                .erase(&name, selector.clone())
+                .map_err(|err| audit_refusal(&node, "store.erase", &name, err))?;
+            let erased = match &local {
+                Some(store) => Some(store.erase(seq, &selector)?),
+                None => None,
+            };
+            record(
+                &node,
+                "store.erase",
+                &name,
+                &format!(
+                    "allowed: erasure {seq} ({selector}){}",
+                    erased.map_or_else(String::new, |e| format!(
+                        "; {} readings in {} chunks here",
+                        e.readings, e.chunks
+                    ))
+                ),
+                0,
+            )?;
+            Ok(json!({
+                "name": name,
+                "id": id,
+                "erasure": seq,
+                "selector": selector.to_string(),
+                "deleted_here": erased.map(|e| e.readings),
+            }))
         }
     })
     .await?;

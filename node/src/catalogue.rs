@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! place/<id>/<hash>      a signed placement document (text, `hplc1:`), one key each
+//! erase/<id>/<seq>       an erasure document signed by the owner key (text, `hers1:`)
 //! replica/<id>/<device>  {records, bytes, digest, updated}   written by that device
 //! ```
 //!
@@ -13,7 +14,9 @@
 //! ranked wins. Each device keeps the documents that can still win in its own file
 //! (`placements.bin`, written durably), so a member that deletes or replaces keys in
 //! the catalogue cannot roll a store's placement back: the next device that reads the
-//! catalogue writes back what is missing. Replica statistics are what each device
+//! catalogue writes back what is missing. Erasure documents count only under the owner
+//! key's signature and are kept the same way (`erasures.bin`). Replica statistics are
+//! what each device
 //! says of itself, for display only; nothing is decided on them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -27,6 +30,7 @@ use hearth_protocol::sync::StoreKind;
 use hearth_protocol::sync::authority::{
     self, Authority, Placement, PlacementError, Rank, SignedPlacement,
 };
+use hearth_protocol::sync::erasure::{Erasure, Selector, SignedErasure};
 use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::{AuditLog, Event as AuditEvent};
@@ -86,6 +90,9 @@ pub struct Entry {
     /// A doc store's text fields (merged character by character).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub text: Vec<String>,
+    /// A timeseries store's retention (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_ms: Option<u64>,
 }
 
 impl Entry {
@@ -106,6 +113,7 @@ impl Entry {
             source: p.source.clone(),
             unit: p.unit.clone(),
             text: p.text.clone(),
+            keep_ms: p.keep_ms,
         }
     }
 }
@@ -148,6 +156,8 @@ pub struct Listing {
     pub removed: BTreeSet<String>,
     /// Replica statistics by store id, then device name (each device's own claim).
     pub replicas: BTreeMap<String, BTreeMap<String, ReplicaStats>>,
+    /// Each store's erasures, in order from the first (up to the first one missing).
+    pub erasures: BTreeMap<String, Vec<Selector>>,
 }
 
 impl Listing {
@@ -206,6 +216,9 @@ pub enum CatalogueError {
     /// A store of that name is listed already.
     #[error("a store named {0:?} exists in the mesh")]
     Exists(String),
+    /// The request cannot be carried out as asked.
+    #[error("{0}")]
+    Invalid(String),
     /// The catalogue store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -245,10 +258,23 @@ struct State {
     verdicts: HashMap<[u8; 32], Option<Rank>>,
     /// Per store, the valid documents that can still win, best first.
     docs: BTreeMap<String, Vec<(Rank, SignedPlacement)>>,
+    /// Per store, its erasure documents (signed by the owner key) by number.
+    erasures: BTreeMap<String, BTreeMap<u64, SignedErasure>>,
 }
 
 fn now() -> UnixMillis {
     crate::clock::now()
+}
+
+fn erasure_key(doc: &SignedErasure) -> String {
+    format!("erase/{}/{}", doc.erasure().id, doc.erasure().seq)
+}
+
+/// What the erasures state file's header calls it.
+const ERASURES_KIND: &str = "erasures";
+
+fn erasures_path(placements: &Path) -> PathBuf {
+    placements.with_file_name("erasures.bin")
 }
 
 fn doc_key(doc: &SignedPlacement) -> String {
@@ -288,6 +314,34 @@ impl State {
     fn winner(&self, id: &str) -> Option<&SignedPlacement> {
         self.docs.get(id).and_then(|d| d.first()).map(|(_, d)| d)
     }
+
+    /// Takes in a verified erasure document; true if it is new. Of two documents with
+    /// one number (which only a copied owner key could sign) the smaller hash counts,
+    /// so every device picks the same one.
+    fn insert_erasure(&mut self, doc: SignedErasure) -> bool {
+        let list = self.erasures.entry(doc.erasure().id.clone()).or_default();
+        match list.get(&doc.erasure().seq) {
+            Some(old) if old.hash() <= doc.hash() => false,
+            _ => {
+                list.insert(doc.erasure().seq, doc);
+                true
+            }
+        }
+    }
+
+    /// A store's erasures in order, up to the first one missing.
+    fn erasures_of(&self, id: &str) -> Vec<Selector> {
+        let mut out = Vec::new();
+        if let Some(list) = self.erasures.get(id) {
+            for (seq, doc) in list {
+                if *seq != out.len() as u64 + 1 {
+                    break;
+                }
+                out.push(doc.erasure().selector.clone());
+            }
+        }
+        out
+    }
 }
 
 impl Catalogue {
@@ -307,6 +361,7 @@ impl Catalogue {
             revocations: RevocationSet::new(*owner),
             verdicts: HashMap::new(),
             docs: BTreeMap::new(),
+            erasures: BTreeMap::new(),
         };
         let file_err = |reason: String| CatalogueError::File {
             path: path.display().to_string(),
@@ -330,6 +385,27 @@ impl Catalogue {
                 // Verified again: a grant may have been revoked since.
                 if let Ok(rank) = doc.verify(&mut state.verifier, &state.revocations, at) {
                     state.insert(rank, doc);
+                }
+            }
+        }
+        let erasures_file = erasures_path(path);
+        let stored = statefile::read_state(&erasures_file, ERASURES_KIND, MAX_FILE_BYTES).map_err(
+            |err| CatalogueError::File {
+                path: erasures_file.display().to_string(),
+                reason: format!(
+                    "{err}; the node will not start on erasures it cannot read: delete the file \
+                     to rebuild it from the mesh's catalogue"
+                ),
+            },
+        )?;
+        if let Some(stored) = stored {
+            let docs = decode_erasures(&stored.payload).map_err(|reason| CatalogueError::File {
+                path: erasures_file.display().to_string(),
+                reason,
+            })?;
+            for doc in docs {
+                if doc.verify(owner, now(), ERASURE_SKEW).is_ok() {
+                    state.insert_erasure(doc);
                 }
             }
         }
@@ -412,6 +488,12 @@ impl Catalogue {
                 }
                 continue;
             }
+            if key.starts_with("erase/") {
+                if let Some(value) = self.store.get(&key)? {
+                    changed |= self.absorb_erasure(&mut state, &key, &value);
+                }
+                continue;
+            }
             if !key.starts_with("place/") {
                 continue;
             }
@@ -438,7 +520,92 @@ impl Catalogue {
         listing
             .replicas
             .retain(|id, _| listing.stores.contains_key(id));
+        for id in listing.stores.keys() {
+            let erasures = state.erasures_of(id);
+            if !erasures.is_empty() {
+                listing.erasures.insert(id.clone(), erasures);
+            }
+        }
         Ok(listing)
+    }
+
+    /// Checks one catalogue value under `erase/`; true if it added a document.
+    fn absorb_erasure(&self, state: &mut State, key: &str, value: &Value) -> bool {
+        let text = value.as_str().unwrap_or_default();
+        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if state.verdicts.contains_key(&hash) {
+            return false;
+        }
+        if state.verdicts.len() >= MAX_VERDICTS {
+            state.verdicts.clear();
+        }
+        let owner = *state.verifier.owner();
+        let verdict = SignedErasure::from_text(text)
+            .and_then(|doc| doc.verify(&owner, now(), ERASURE_SKEW).map(|()| doc))
+            .map_err(|err| err.to_string())
+            .and_then(|doc| {
+                if key == erasure_key(&doc) {
+                    Ok(doc)
+                } else {
+                    Err("listed under another key than its own".to_owned())
+                }
+            });
+        match verdict {
+            Ok(doc) => {
+                state.verdicts.insert(hash, None);
+                state.insert_erasure(doc)
+            }
+            Err(err) => {
+                state.verdicts.insert(hash, None);
+                tracing::warn!(%key, error = %err, "an erasure document in the catalogue does not count");
+                self.record("erasure.check", key, &format!("refused: {err}"));
+                false
+            }
+        }
+    }
+
+    /// Orders the readings `selector` picks of the timeseries store `name` erased on
+    /// every holder. Only the owner key signs one. Returns the store id and the
+    /// erasure's number.
+    pub fn erase(&self, name: &str, selector: Selector) -> Result<(String, u64), CatalogueError> {
+        let listing = self.read()?;
+        let id = listing
+            .id_of(name)
+            .ok_or_else(|| CatalogueError::NotFound(name.to_owned()))?
+            .to_owned();
+        if listing
+            .stores
+            .get(&id)
+            .is_some_and(|e| e.kind != "timeseries")
+        {
+            return Err(CatalogueError::Invalid(format!(
+                "{name:?} is not a timeseries store: only readings are deleted by range or \
+                 filter (a kv or doc key is deleted with `hearth store del`)"
+            )));
+        }
+        let Some(owner) = &self.signer.owner_key else {
+            return Err(CatalogueError::Refused(format!(
+                "deleting readings of {name:?} on every holder needs the owner key (an erasure \
+                 cannot be undone, so no grant allows it): run it on the device that holds \
+                 the owner key"
+            )));
+        };
+        let mut state = self.lock();
+        let seq = state.erasures.get(&id).map_or(0, |l| l.len() as u64) + 1;
+        let doc = Erasure {
+            id: id.clone(),
+            seq,
+            selector,
+            issued_at: now(),
+        }
+        .sign(owner.secret())
+        .map_err(|err| CatalogueError::Invalid(err.to_string()))?;
+        state.insert_erasure(doc.clone());
+        self.save(&state);
+        drop(state);
+        self.store
+            .put(&erasure_key(&doc), Value::String(doc.to_text()))?;
+        Ok((id, seq))
     }
 
     /// Checks one catalogue value; true if it added a document.
@@ -485,14 +652,25 @@ impl Catalogue {
     pub fn reconcile(&self) -> Result<bool, StoreError> {
         self.adopt_unsigned()?;
         self.read()?;
-        let keep: BTreeMap<String, SignedPlacement> = {
+        let (keep, erasures): (
+            BTreeMap<String, SignedPlacement>,
+            BTreeMap<String, SignedErasure>,
+        ) = {
             let state = self.lock();
-            state
-                .docs
-                .values()
-                .flatten()
-                .map(|(_, doc)| (doc_key(doc), doc.clone()))
-                .collect()
+            (
+                state
+                    .docs
+                    .values()
+                    .flatten()
+                    .map(|(_, doc)| (doc_key(doc), doc.clone()))
+                    .collect(),
+                state
+                    .erasures
+                    .values()
+                    .flat_map(BTreeMap::values)
+                    .map(|doc| (erasure_key(doc), doc.clone()))
+                    .collect(),
+            )
         };
         let mut wrote = false;
         let present: BTreeSet<String> = self
@@ -508,6 +686,14 @@ impl Catalogue {
         for (key, doc) in &keep {
             if !present.contains(key) {
                 self.store.put(key, Value::String(doc.to_text()))?;
+                wrote = true;
+            }
+        }
+        // Erasure documents a member deleted or replaced are written back.
+        for (key, doc) in &erasures {
+            let text = doc.to_text();
+            if self.store.get(key)?.as_ref().and_then(Value::as_str) != Some(text.as_str()) {
+                self.store.put(key, Value::String(text))?;
                 wrote = true;
             }
         }
@@ -591,11 +777,17 @@ impl Catalogue {
             source: about.source,
             unit: about.unit,
             text: meta.text.clone(),
-            keep_ms: None,
+            keep_ms: about.keep_ms,
             signer: self.signer.node_key.public(),
             authority: Authority::Origin(self.signer.certificate.clone()),
         };
-        let needs = if authority::within_default(policy) {
+        let needs = if about.keep_ms.is_some() {
+            Some(format!(
+                "a retention for {:?} deletes readings on every holder: it needs the owner's \
+                 authority",
+                meta.name
+            ))
+        } else if authority::within_default(policy) {
             None
         } else {
             Some(format!(
@@ -634,7 +826,7 @@ impl Catalogue {
         };
         let doc = placement
             .sign(&key)
-            .map_err(|err| CatalogueError::Refused(err.to_string()))?;
+            .map_err(|err| CatalogueError::Invalid(err.to_string()))?;
         let mut state = self.lock();
         let rank = {
             let State {
@@ -665,10 +857,32 @@ impl Catalogue {
         policy: &Policy,
         grant: Option<Chain>,
     ) -> Result<(String, Entry), CatalogueError> {
+        self.change(name, Some(policy), None, grant)
+    }
+
+    /// Changes where the store `name` is held (`policy`) and how long it keeps
+    /// readings (`keep`: `Some(None)` keeps them all). Needs the owner key here or
+    /// `grant`.
+    pub fn change(
+        &self,
+        name: &str,
+        policy: Option<&Policy>,
+        keep: Option<Option<u64>>,
+        grant: Option<Chain>,
+    ) -> Result<(String, Entry), CatalogueError> {
         let (id, mut placement) = self.current(name)?;
-        placement.replicas = policy.to_string();
+        if let Some(policy) = policy {
+            placement.replicas = policy.to_string();
+        }
+        if let Some(keep) = keep {
+            placement.keep_ms = keep;
+        }
         placement.issued_at = now().max(UnixMillis(placement.issued_at.0.saturating_add(1)));
-        let sentence = format!("changing where {name:?} is held needs the owner's authority");
+        let sentence = if policy.is_some() {
+            format!("changing where {name:?} is held needs the owner's authority")
+        } else {
+            format!("changing how long {name:?} keeps readings needs the owner's authority")
+        };
         self.publish(placement.clone(), grant, Some(sentence))?;
         Ok((id, Entry::of(&placement)))
     }
@@ -729,6 +943,16 @@ impl Catalogue {
         if let Err(err) = statefile::write_state(&self.path, FILE_KIND, 1, &bytes) {
             tracing::error!(path = %self.path.display(), error = %err, "cannot keep the placement documents");
         }
+        let erasures: Vec<Vec<u8>> = state
+            .erasures
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(SignedErasure::encode)
+            .collect();
+        let path = erasures_path(&self.path);
+        if let Err(err) = statefile::write_state(&path, ERASURES_KIND, 1, &frame_all(&erasures)) {
+            tracing::error!(path = %path.display(), error = %err, "cannot keep the erasure documents");
+        }
     }
 
     fn record(&self, action: &str, object: &str, outcome: &str) {
@@ -754,21 +978,27 @@ pub struct About {
     pub source: Option<String>,
     /// The unit of its values.
     pub unit: Option<String>,
+    /// A timeseries store's retention (ms): needs the owner's authority.
+    pub keep_ms: Option<u64>,
 }
 
-fn encode_file(docs: &[&SignedPlacement]) -> Vec<u8> {
+/// How far in the future an erasure document may be dated.
+const ERASURE_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Documents, each after its length (u32, big-endian).
+fn frame_all(docs: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
-    for doc in docs {
-        let bytes = doc.encode();
-        // A document is at most MAX_DOCUMENT_BYTES, far below u32::MAX.
+    for bytes in docs {
+        // A document is at most 96 KiB, far below u32::MAX.
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&bytes);
+        out.extend_from_slice(bytes);
     }
     out
 }
 
-fn decode_file(bytes: &[u8]) -> Result<Vec<SignedPlacement>, String> {
+/// Splits [`frame_all`]'s output.
+fn unframe_all(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut rest = bytes;
     let mut docs = Vec::new();
     while !rest.is_empty() {
@@ -780,10 +1010,28 @@ fn decode_file(bytes: &[u8]) -> Result<Vec<SignedPlacement>, String> {
             return Err("the file is truncated".into());
         }
         let (doc, tail) = tail.split_at(len);
-        docs.push(SignedPlacement::decode(doc).map_err(|err| err.to_string())?);
+        docs.push(doc);
         rest = tail;
     }
     Ok(docs)
+}
+
+fn encode_file(docs: &[&SignedPlacement]) -> Vec<u8> {
+    frame_all(&docs.iter().map(|d| d.encode()).collect::<Vec<_>>())
+}
+
+fn decode_file(bytes: &[u8]) -> Result<Vec<SignedPlacement>, String> {
+    unframe_all(bytes)?
+        .into_iter()
+        .map(|doc| SignedPlacement::decode(doc).map_err(|err| err.to_string()))
+        .collect()
+}
+
+fn decode_erasures(bytes: &[u8]) -> Result<Vec<SignedErasure>, String> {
+    unframe_all(bytes)?
+        .into_iter()
+        .map(|doc| SignedErasure::decode(doc).map_err(|err| err.to_string()))
+        .collect()
 }
 
 /// A HyperCat 3.0 catalogue document listing every store of the mesh.

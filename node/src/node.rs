@@ -326,6 +326,7 @@ impl Node {
                 description: Some(description.to_owned()),
                 source: Some(source.to_owned()),
                 unit: unit.map(str::to_owned),
+                keep_ms: None,
             };
             catalogue
                 .list_new(

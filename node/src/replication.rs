@@ -38,6 +38,8 @@ const STATS_EVERY: Duration = Duration::from_secs(30);
 const HAND_OVER_EVERY: Duration = Duration::from_secs(2);
 /// How often sync traffic is summed up into the audit log.
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
+/// How often stores with a retention drop what it no longer keeps.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the replication loop is told.
 #[derive(Debug)]
@@ -191,6 +193,9 @@ struct Actor {
     handing_over: BTreeMap<String, Instant>,
     last_audit: Instant,
     last_stats: Instant,
+    last_expire: Instant,
+    /// The sync id each local store had when last looked at (an erasure changes it).
+    sync_ids: BTreeMap<String, String>,
 }
 
 /// Starts the replication loop for `stores` (whose catalogue is `catalogue`) on the
@@ -222,6 +227,8 @@ pub(crate) fn spawn(
         pending_drop: false,
         handing_over: BTreeMap::new(),
         last_audit: Instant::now(),
+        last_expire: Instant::now(),
+        sync_ids: BTreeMap::new(),
         last_stats: Instant::now()
             .checked_sub(STATS_EVERY)
             .unwrap_or_else(Instant::now),
@@ -286,16 +293,19 @@ impl Actor {
             }
             Input::Local { store, change } => match change {
                 Some(change) => {
+                    // The engine knows a store by its sync id.
+                    let Some(sync) = self.stores.get_by_id(&store).map(|s| s.sync_id()) else {
+                        return;
+                    };
                     let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
-                    self.engine.local_change(
-                        at,
-                        &store,
-                        &change.units,
-                        change.before,
-                        &mut replica,
-                    );
+                    self.engine
+                        .local_change(at, &sync, &change.units, change.before, &mut replica);
                 }
-                None => self.engine.recheck(at, &store),
+                None => {
+                    if let Some(sync) = self.stores.get_by_id(&store).map(|s| s.sync_id()) {
+                        self.engine.recheck(at, &sync);
+                    }
+                }
             },
             Input::CatalogueChanged => self.reload_catalogue(true),
             Input::Revocations(revocations) => {
@@ -325,6 +335,86 @@ impl Actor {
             self.last_audit = Instant::now();
             self.audit_traffic();
         }
+        if self.last_expire.elapsed() >= EXPIRE_EVERY {
+            self.last_expire = Instant::now();
+            self.expire();
+        }
+    }
+
+    /// Drops what each store's retention no longer keeps.
+    fn expire(&mut self) {
+        for store in self.stores.all() {
+            if store.keep().is_none() {
+                continue;
+            }
+            match store.expire() {
+                Ok(expired) if expired.chunks > 0 => {
+                    self.record(
+                        "store.expire",
+                        store.name(),
+                        &format!(
+                            "allowed: {} readings in {} chunks past the retention",
+                            expired.readings, expired.chunks
+                        ),
+                        0,
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(store = %store.name(), error = %err, "cannot apply the retention");
+                }
+            }
+        }
+    }
+
+    /// Applies to the local replicas what the catalogue says of them beyond where they
+    /// are held: each store's retention, and the erasures it has not applied yet (in
+    /// order, each audited). True if a store's sync id changed (the engine then knows
+    /// it as another store, and the old one is forgotten).
+    fn apply_lifecycle(&mut self, listing: &catalogue::Listing) -> bool {
+        let mut changed = false;
+        for store in self.stores.all() {
+            let id = store.meta().id.clone();
+            if let Some(entry) = listing.stores.get(&id)
+                && store.keep() != entry.keep_ms
+            {
+                store.set_keep(entry.keep_ms);
+                self.last_expire = Instant::now()
+                    .checked_sub(EXPIRE_EVERY)
+                    .unwrap_or_else(Instant::now);
+            }
+            let erasures = listing.erasures.get(&id).map_or(&[][..], Vec::as_slice);
+            for (seq, selector) in (1u64..).zip(erasures) {
+                if seq <= store.erasures() {
+                    continue;
+                }
+                let outcome = match store.erase(seq, selector) {
+                    Ok(erased) => format!(
+                        "allowed: erasure {seq} ({selector}); {} readings in {} chunks",
+                        erased.readings, erased.chunks
+                    ),
+                    Err(err) => {
+                        tracing::error!(store = %store.name(), error = %err, "cannot apply an erasure");
+                        self.record(
+                            "store.erase",
+                            store.name(),
+                            &format!("failed: erasure {seq}: {err}"),
+                            0,
+                        );
+                        break;
+                    }
+                };
+                self.record("store.erase", store.name(), &outcome, 0);
+            }
+            let sync = store.sync_id();
+            if let Some(old) = self.sync_ids.insert(id, sync.clone())
+                && old != sync
+            {
+                self.engine.forget_store(&old);
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Sends what the engine queued, acts on its events, and follows new stores.
@@ -447,8 +537,16 @@ impl Actor {
             .iter()
             .map(|(id, e)| (id.clone(), (e.origin.clone(), e.policy())))
             .collect();
-        let changed =
-            policies != self.placement.policies || listing.removed != self.placement.removed;
+        let erasures: BTreeMap<String, u64> = listing
+            .erasures
+            .iter()
+            .map(|(id, list)| (id.clone(), list.len() as u64))
+            .collect();
+        let changed = policies != self.placement.policies
+            || listing.removed != self.placement.removed
+            || erasures != self.placement.erasures;
+        self.placement.erasures = erasures;
+        let changed = self.apply_lifecycle(&listing) || changed;
         self.placement.policies = policies;
         self.placement.removed = listing.removed;
         self.placement.text = listing
@@ -475,7 +573,11 @@ impl Actor {
         self.pending_drop = false;
         for store in self.stores.all() {
             let id = store.meta().id.clone();
-            let removed = match self.placement.keep(&self.engine, &id, store.digest()) {
+            let sync = store.sync_id();
+            let removed = match self
+                .placement
+                .keep(&self.engine, &id, &sync, store.digest())
+            {
                 Keep::Keep => continue,
                 Keep::Wait => {
                     self.pending_drop = true;
@@ -488,7 +590,7 @@ impl Actor {
                         self.handing_over.insert(id.clone(), Instant::now());
                         let mut replica =
                             StoresReplica::new(&self.stores, &self.placement, now().0);
-                        self.engine.hand_over(now(), &id, &mut replica);
+                        self.engine.hand_over(now(), &sync, &mut replica);
                     }
                     continue;
                 }
@@ -497,7 +599,7 @@ impl Actor {
             let name = store.name().to_owned();
             drop(store);
             self.handing_over.remove(&id);
-            self.engine.forget_store(&id);
+            self.engine.forget_store(&sync);
             self.watched.remove(&id);
             match self.stores.remove(&name) {
                 Ok(()) => {
@@ -525,7 +627,7 @@ impl Actor {
                     records: store.records().unwrap_or(0),
                     peers: self
                         .engine
-                        .replicas(&id)
+                        .replicas(&store.sync_id())
                         .into_iter()
                         .map(|r| (self.peer_name(&r.peer), r.confirmed))
                         .collect(),
@@ -594,9 +696,8 @@ impl Actor {
         }
         let traffic = std::mem::take(&mut self.traffic);
         for ((peer, store, sent), (bytes, messages)) in traffic {
-            let name = self
-                .stores
-                .get_by_id(&store)
+            let name = hearth_stores::replica::parse_sync_id(&store)
+                .and_then(|(id, _)| self.stores.get_by_id(id))
                 .map_or(store.clone(), |s| s.name().to_owned());
             let (action, object) = if sent {
                 ("sync.send", format!("{name} to {peer}"))

@@ -72,6 +72,34 @@ fn parse_time(text: &str) -> std::result::Result<u64, String> {
         })
 }
 
+/// A retention: a duration, or none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Keep {
+    /// Keep readings this long.
+    For(std::time::Duration),
+    /// Keep every reading.
+    Everything,
+}
+
+fn parse_keep(text: &str) -> std::result::Result<Keep, String> {
+    if text == "none" {
+        return Ok(Keep::Everything);
+    }
+    crate::cmd::parse_duration(text).map(Keep::For)
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A retention in ms, in words (`90days`, `-` for none).
+fn keep_text(keep: &Value) -> String {
+    keep.as_u64().map_or_else(
+        || "-".to_owned(),
+        |ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
+    )
+}
+
 fn parse_filter(text: &str) -> std::result::Result<String, String> {
     hearth_stores::query::Filter::parse(text).map(|_| text.to_owned())
 }
@@ -102,6 +130,10 @@ pub(crate) enum Command {
         /// instead of one replacing the other.
         #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
         text: Vec<String>,
+        /// A timeseries store's retention, e.g. 90d: every holder drops readings older
+        /// than this, a chunk window at a time. Needs the owner's authority.
+        #[arg(long, value_name = "DURATION", value_parser = crate::cmd::parse_duration)]
+        keep: Option<std::time::Duration>,
         /// A capability for this device's key that allows it (`place`, or `remove` for
         /// `rm`), where this device does not hold the owner key.
         #[arg(long, value_name = "CAPFILE")]
@@ -113,14 +145,19 @@ pub(crate) enum Command {
         #[arg(long)]
         hypercat: bool,
     },
-    /// Change which devices hold a store: devices it no longer names drop their
-    /// replica, devices it newly names receive one.
+    /// Change which devices hold a store (devices it no longer names drop their
+    /// replica, devices it newly names receive one) or how long it keeps readings.
+    #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
     Policy {
         /// The store.
         name: String,
         /// The new placement, e.g. `origin,role:home,phone`.
-        #[arg(long, value_name = "SPEC")]
-        replicas: String,
+        #[arg(long, value_name = "SPEC", group = "change")]
+        replicas: Option<String>,
+        /// The new retention of a timeseries store, e.g. 90d, or `none` to keep every
+        /// reading.
+        #[arg(long, value_name = "DURATION|none", value_parser = parse_keep, group = "change")]
+        keep: Option<Keep>,
         /// A capability for this device's key that allows it (`place`, or `remove` for
         /// `rm`), where this device does not hold the owner key.
         #[arg(long, value_name = "CAPFILE")]
@@ -211,6 +248,23 @@ pub(crate) enum Command {
         /// The store.
         name: String,
     },
+    /// Delete readings of a timeseries store on every device that holds it, history
+    /// included (needs the owner key; cannot be undone).
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+    Delete {
+        /// The store.
+        name: String,
+        /// Readings from T1 (inclusive) to T2 (exclusive): RFC 3339, milliseconds, or a
+        /// duration ago such as 2h.
+        #[arg(long, num_args = 2, value_names = ["T1", "T2"], value_parser = parse_time, group = "which", conflicts_with = "before")]
+        range: Option<Vec<u64>>,
+        /// Readings before T.
+        #[arg(long, value_name = "T", value_parser = parse_time, group = "which")]
+        before: Option<u64>,
+        /// Only readings whose TAG equals VALUE.
+        #[arg(long, value_name = "TAG=VALUE", value_parser = parse_filter, group = "which")]
+        filter: Option<String>,
+    },
     /// Delete a store and all its data, from every device of the mesh.
     Rm {
         /// The store.
@@ -272,9 +326,13 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             replicas,
             description,
             text,
+            keep,
             cap,
         } => {
             let mut body = json!({ "name": name, "kind": kind });
+            if let Some(keep) = keep {
+                body["keep_ms"] = json!(millis(keep));
+            }
             if !text.is_empty() {
                 body["text"] = json!(text);
             }
@@ -318,8 +376,8 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             out.emit(
                 || {
                     let mut text = format!(
-                        "{:<28} {:<11} {:>9} {:>11}  {:<22} {}\n",
-                        "NAME", "KIND", "RECORDS", "BYTES", "REPLICAS", "HELD BY"
+                        "{:<28} {:<11} {:>9} {:>11} {:>8}  {:<22} {}\n",
+                        "NAME", "KIND", "RECORDS", "BYTES", "KEEP", "REPLICAS", "HELD BY"
                     );
                     for s in list["stores"].as_array().into_iter().flatten() {
                         let records = s["records"]
@@ -337,11 +395,12 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                             ""
                         };
                         text.push_str(&format!(
-                            "{:<28} {:<11} {:>9} {:>11}  {:<22} {}{here}{}\n",
+                            "{:<28} {:<11} {:>9} {:>11} {:>8}  {:<22} {}{here}{}\n",
                             s["name"].as_str().unwrap_or("?"),
                             s["kind"].as_str().unwrap_or("?"),
                             records,
                             s["bytes"].as_u64().unwrap_or(0),
+                            keep_text(&s["keep_ms"]),
                             s["replicas"].as_str().unwrap_or("?"),
                             held.join(","),
                             s["error"]
@@ -358,18 +417,73 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         Command::Policy {
             name,
             replicas,
+            keep,
             cap,
         } => {
-            let mut body = json!({ "replicas": replicas });
+            let mut body = json!({});
+            if let Some(spec) = &replicas {
+                body["replicas"] = json!(spec);
+            }
+            match keep {
+                Some(Keep::For(d)) => body["keep_ms"] = json!(millis(d)),
+                Some(Keep::Everything) => body["keep_ms"] = Value::Null,
+                None => {}
+            }
             if let Some(path) = cap {
                 body["authority"] = json!(crate::cmd::cap::read_chain(&path)?.to_text());
             }
             let answer = client.send("POST", &format!("{}/policy", store_path(&name)), &body)?;
             out.emit(
                 || {
+                    let mut text = Vec::new();
+                    if replicas.is_some() {
+                        text.push(format!(
+                            "{name} is now held by: {}. Devices it no longer names drop their replica once another holder has it all.",
+                            answer["replicas"].as_str().unwrap_or("?")
+                        ));
+                    }
+                    if keep.is_some() {
+                        text.push(match answer["keep_ms"].as_u64() {
+                            Some(_) => format!(
+                                "{name} keeps readings for {}: every holder drops older ones, a chunk window at a time.",
+                                keep_text(&answer["keep_ms"])
+                            ),
+                            None => format!("{name} keeps every reading."),
+                        });
+                    }
+                    text.join("\n")
+                },
+                || answer.clone(),
+            );
+        }
+        Command::Delete {
+            name,
+            range,
+            before,
+            filter,
+        } => {
+            let mut body = json!({});
+            if let Some(range) = &range {
+                body["from"] = json!(range.first());
+                body["to"] = json!(range.get(1));
+            }
+            if let Some(before) = before {
+                body["to"] = json!(before);
+            }
+            if let Some(filter) = &filter {
+                body["filter"] = json!(filter);
+            }
+            let answer = client.send("POST", &format!("{}/delete", store_path(&name)), &body)?;
+            out.emit(
+                || {
+                    let here = answer["deleted_here"].as_u64().map_or_else(
+                        || "This device holds no replica.".to_owned(),
+                        |n| format!("{n} readings deleted here."),
+                    );
                     format!(
-                        "{name} is now held by: {}. Devices it no longer names drop their replica once another holder has it all.",
-                        answer["replicas"].as_str().unwrap_or("?")
+                        "Erasure {} of {name}: {}. {here} Every holder deletes them, history included, when it hears of it.",
+                        answer["erasure"],
+                        answer["selector"].as_str().unwrap_or("?")
                     )
                 },
                 || answer.clone(),

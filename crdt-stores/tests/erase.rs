@@ -1,0 +1,243 @@
+//! Erasure and retention of readings on one store: what they delete, that the deleted
+//! values are in no byte of the store's files afterwards, that they hold across a
+//! reopen, and that bad requests change nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hearth_protocol::sync::erasure::Selector;
+use hearth_stores::backend::BackendKind;
+use hearth_stores::query::Selection;
+use hearth_stores::{Kind, Reading, Store, Stores, StoresConfig};
+use serde_json::json;
+
+const HOUR: u64 = 3_600_000;
+
+fn open(dir: &Path, clock: &Arc<AtomicU64>) -> Stores {
+    let c = clock.clone();
+    Stores::open(StoresConfig {
+        root: dir.to_path_buf(),
+        backend: BackendKind::Redb,
+        actor: [7; 16],
+        clock: Arc::new(move || c.load(Ordering::SeqCst)),
+    })
+    .unwrap()
+}
+
+/// Does any file under `dir` hold `needle`?
+fn on_disk(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            on_disk(&path, needle)
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        }
+    })
+}
+
+/// Six hours of readings, one a minute; those of 02:00–03:00 carry a marker, and every
+/// tenth one is in the kitchen. The first hours' chunks are closed, the last open.
+fn fill(store: &Store) {
+    let mut readings = Vec::new();
+    for minute in 0..360u64 {
+        let ts = minute * 60_000;
+        let room = if minute % 10 == 0 { "kitchen" } else { "hall" };
+        let mut value = json!({ "t": minute, "room": room });
+        if (120..180).contains(&minute) {
+            value["secret"] = json!(format!("MARK-{minute:04}"));
+        }
+        readings.push(Reading::new(ts, value));
+    }
+    // In several appends, as a driver would.
+    for part in readings.chunks(37) {
+        store.append(part.to_vec()).unwrap();
+    }
+}
+
+fn all(store: &Store) -> Vec<Reading> {
+    store.read(Selection::All, None).unwrap()
+}
+
+#[test]
+fn a_range_erasure_leaves_no_byte_of_the_erased_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let store = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    fill(&store);
+    assert!(on_disk(dir.path(), b"MARK-0150"), "the marker is written");
+    let before = store.digest();
+    let sync_before = store.sync_id();
+
+    let selector = Selector {
+        from: Some(2 * HOUR),
+        to: Some(3 * HOUR),
+        filter: None,
+    };
+    let erased = store.erase(1, &selector).unwrap();
+    assert_eq!((erased.readings, erased.chunks), (60, 1));
+    assert!(erased.applied);
+    let left = all(&store);
+    assert_eq!(left.len(), 300);
+    assert!(left.iter().all(|r| r.ts < 2 * HOUR || r.ts >= 3 * HOUR));
+    assert_eq!(store.records().unwrap(), 300);
+    assert_ne!(store.digest(), before);
+    assert_ne!(store.sync_id(), sync_before);
+    assert_eq!(store.erasures(), 1);
+    for minute in 120..180 {
+        let marker = format!("MARK-{minute:04}");
+        assert!(
+            !on_disk(dir.path(), marker.as_bytes()),
+            "{marker} is still on disk"
+        );
+    }
+    // Applying it again changes nothing; the next must come in order.
+    assert!(!store.erase(1, &selector).unwrap().applied);
+    assert!(store.erase(3, &selector).is_err());
+
+    // Readings written afterwards in that window are new data, kept.
+    store
+        .append(vec![Reading::new(2 * HOUR + 5, json!({ "late": true }))])
+        .unwrap();
+    let digest = store.digest();
+    drop(store);
+    drop(stores);
+    let stores = open(dir.path(), &clock);
+    let store = stores.get("rooms").unwrap();
+    assert_eq!(store.erasures(), 1, "the count survives a reopen");
+    assert_eq!(store.digest(), digest);
+    assert_eq!(all(&store).len(), 301);
+}
+
+#[test]
+fn a_filter_erasure_picks_by_tag_in_open_and_closed_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let store = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    fill(&store);
+    let erased = store
+        .erase(
+            1,
+            &Selector {
+                from: None,
+                to: None,
+                filter: Some(("room".into(), "kitchen".into())),
+            },
+        )
+        .unwrap();
+    assert_eq!((erased.readings, erased.chunks), (36, 6));
+    let left = all(&store);
+    assert_eq!(left.len(), 324);
+    assert!(left.iter().all(|r| r.value["room"] == "hall"));
+    // A second erasure, before a time.
+    let erased = store
+        .erase(
+            2,
+            &Selector {
+                to: Some(HOUR),
+                ..Selector::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(erased.readings, 54);
+    assert_eq!(all(&store).len(), 270);
+    assert_eq!(store.sync_id(), format!("{}~2", store.meta().id));
+}
+
+#[test]
+fn bad_erasures_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let store = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    fill(&store);
+    let digest = store.digest();
+    for bad in [
+        Selector::default(),
+        Selector {
+            from: Some(3 * HOUR),
+            to: Some(2 * HOUR),
+            filter: None,
+        },
+        Selector {
+            filter: Some((String::new(), "x".into())),
+            ..Selector::default()
+        },
+    ] {
+        let err = store.erase(1, &bad).unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
+    assert_eq!(store.digest(), digest);
+    assert_eq!(store.erasures(), 0);
+    let kv = stores.create("settings", Kind::Kv, None).unwrap();
+    kv.put("a", json!(1)).unwrap();
+    assert!(
+        kv.erase(
+            1,
+            &Selector {
+                to: Some(1),
+                ..Selector::default()
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn retention_drops_whole_chunks_and_refuses_what_it_would_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(6 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let store = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    fill(&store);
+    store.set_keep(Some(2 * HOUR));
+    // Now 06:00, keep 2 h: windows that ended by 04:00 go (00:00–04:00).
+    let expired = store.expire().unwrap();
+    assert_eq!((expired.chunks, expired.readings), (4, 240));
+    assert_eq!(all(&store).len(), 120);
+    for minute in [120u64, 150, 179] {
+        assert!(!on_disk(dir.path(), format!("MARK-{minute:04}").as_bytes()));
+    }
+    let err = store
+        .append(vec![Reading::new(HOUR, json!({ "old": true }))])
+        .unwrap_err();
+    assert!(err.to_string().contains("older"), "{err}");
+    assert_eq!(all(&store).len(), 120);
+    // A peer offering an expired chunk changes nothing.
+    let other = tempfile::tempdir().unwrap();
+    let other_stores = open(other.path(), &clock);
+    let source = other_stores
+        .create("old", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    source
+        .append(vec![Reading::new(30 * 60_000, json!(1))])
+        .unwrap();
+    let unit = hearth_protocol::sync::Unit::Chunk(0);
+    let digest = store.digest();
+    let changes = source.units();
+    assert_eq!(changes.len(), 1);
+    let mut state = hearth_protocol::sync::SyncState::new();
+    if let Some(message) = source.sync_generate(unit, &mut state).unwrap() {
+        let mut ours = hearth_protocol::sync::SyncState::new();
+        store.sync_receive(unit, &mut ours, message).unwrap();
+    }
+    assert_eq!(store.digest(), digest);
+    // Nothing more to drop until time moves on.
+    assert_eq!(store.expire().unwrap().chunks, 0);
+    clock.fetch_add(HOUR, Ordering::SeqCst);
+    assert_eq!(store.expire().unwrap().chunks, 1);
+}
