@@ -621,7 +621,8 @@ impl Store {
         let Body::Doc(doc) = &state.body else {
             return Err(self.wrong_kind("keys", "kv or doc"));
         };
-        let mut keys: Vec<String> = doc.doc.keys(ROOT).collect();
+        // `""` is where erased keys' history went (no key can be empty).
+        let mut keys: Vec<String> = doc.doc.keys(ROOT).filter(|k| !k.is_empty()).collect();
         keys.sort();
         Ok(keys)
     }
@@ -796,7 +797,7 @@ impl Store {
     pub fn records(&self) -> Result<u64, StoreError> {
         let state = lock(&self.state);
         Ok(match &state.body {
-            Body::Doc(doc) => doc.doc.keys(ROOT).count() as u64,
+            Body::Doc(doc) => doc.doc.keys(ROOT).filter(|k| !k.is_empty()).count() as u64,
             Body::Series(series) => series.index.values().map(|c| c.count).sum(),
         })
     }

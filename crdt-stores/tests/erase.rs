@@ -80,6 +80,7 @@ fn a_range_erasure_leaves_no_byte_of_the_erased_readings() {
         from: Some(2 * HOUR),
         to: Some(3 * HOUR),
         filter: None,
+        keys: Vec::new(),
     };
     let erased = store.erase(1, &selector).unwrap();
     assert_eq!((erased.readings, erased.chunks), (60, 1));
@@ -132,6 +133,7 @@ fn a_filter_erasure_picks_by_tag_in_open_and_closed_chunks() {
                 from: None,
                 to: None,
                 filter: Some(("room".into(), "kitchen".into())),
+                keys: Vec::new(),
             },
         )
         .unwrap();
@@ -169,7 +171,7 @@ fn bad_erasures_are_refused_and_change_nothing() {
         Selector {
             from: Some(3 * HOUR),
             to: Some(2 * HOUR),
-            filter: None,
+            ..Selector::default()
         },
         Selector {
             filter: Some((String::new(), "x".into())),
@@ -240,4 +242,77 @@ fn retention_drops_whole_chunks_and_refuses_what_it_would_drop() {
     assert_eq!(store.expire().unwrap().chunks, 0);
     clock.fetch_add(HOUR, Ordering::SeqCst);
     assert_eq!(store.expire().unwrap().chunks, 1);
+}
+
+#[test]
+fn an_erased_key_leaves_no_byte_of_any_value_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let kv = stores.create("prefs", Kind::Kv, None).unwrap();
+    kv.put("address", json!("KVSECRET-1 Old Street")).unwrap();
+    kv.put("address", json!("KVSECRET-2 New Street")).unwrap();
+    kv.put("theme", json!("dark")).unwrap();
+    let doc = stores
+        .create_with_text("people", Kind::Doc, None, vec!["notes".into()])
+        .unwrap();
+    doc.put(
+        "ada",
+        json!({
+            "name": "DOCSECRET-name",
+            "pets": { "cat": "DOCSECRET-cat" },
+            "tags": ["DOCSECRET-tag"],
+            "notes": "DOCSECRET-text",
+        }),
+    )
+    .unwrap();
+    doc.patch("ada", json!({ "pets": { "dog": "DOCSECRET-dog" } }))
+        .unwrap();
+    doc.put("bob", json!({ "name": "Bob" })).unwrap();
+    let secrets = [
+        "KVSECRET-1",
+        "KVSECRET-2",
+        "DOCSECRET-name",
+        "DOCSECRET-cat",
+        "DOCSECRET-tag",
+        "DOCSECRET-dog",
+    ];
+    for s in secrets {
+        assert!(on_disk(dir.path(), s.as_bytes()), "{s} is written");
+    }
+    let keys = |k: &str| Selector {
+        keys: vec![k.to_owned()],
+        ..Selector::default()
+    };
+    let erased = kv.erase(1, &keys("address")).unwrap();
+    assert_eq!(erased.keys, 2);
+    assert_eq!(kv.keys().unwrap(), ["theme"]);
+    assert_eq!(kv.get("address").unwrap(), None);
+    assert_eq!(kv.records().unwrap(), 1);
+    let erased = doc.erase(1, &keys("ada")).unwrap();
+    assert!(erased.keys >= 5, "{erased:?}");
+    assert_eq!(doc.keys().unwrap(), ["bob"]);
+    assert_eq!(doc.get("ada").unwrap(), None);
+    for s in secrets {
+        assert!(!on_disk(dir.path(), s.as_bytes()), "{s} is still on disk");
+    }
+    // The key can be written again: new data.
+    doc.put("ada", json!({ "name": "Ada" })).unwrap();
+    kv.put("address", json!("somewhere")).unwrap();
+    drop((kv, doc));
+    drop(stores);
+    let stores = open(dir.path(), &clock);
+    assert_eq!(
+        stores.get("people").unwrap().get("ada").unwrap(),
+        Some(json!({ "name": "Ada" }))
+    );
+    assert_eq!(
+        stores.get("prefs").unwrap().get("address").unwrap(),
+        Some(json!("somewhere"))
+    );
+    // Keys of a timeseries store, or readings of a kv store: refused.
+    let series = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    assert!(series.erase(1, &keys("a")).is_err());
 }

@@ -1,7 +1,7 @@
 //! The sync engine with real stores and no network: 3 to 5 replicas write at random
 //! while a simulated network partitions them, loses, duplicates and reorders
-//! messages, and the owner erases ranges of readings that each replica applies when
-//! it hears of it; once it heals, every replica must hold the same heads and the same
+//! messages, and the owner erases ranges of readings, kv keys and documents, which
+//! each replica applies when it hears of it; once it heals, every replica must hold the same heads and the same
 //! contents as a model of every write and erasure. Each run is seeded; a failure prints the seed
 //! (rerun one with `HEARTH_SYNC_SEED=N`).
 
@@ -73,6 +73,10 @@ struct World {
     erased: Vec<(u64, u64)>,
     /// Readings erased, summed over every replica.
     erased_readings: u64,
+    /// Keys erased, in order, per kv or doc store.
+    erased_keys: BTreeMap<&'static str, Vec<String>>,
+    /// Values of erased keys erased, summed over every replica.
+    erased_values: u64,
     /// The documents of the doc store: each node writes only its own field of each
     /// (`f<node>`), by patch or by putting the whole document as it sees it, so every
     /// field's value is the last its writer gave it.
@@ -133,6 +137,8 @@ impl World {
             series_model: Vec::new(),
             erased: Vec::new(),
             erased_readings: 0,
+            erased_keys: BTreeMap::new(),
+            erased_values: 0,
             doc_model,
             misbehaved: 0,
             kv_late: Vec::new(),
@@ -251,7 +257,18 @@ impl World {
             if let Ok(store) = stores.get("contacts")
                 && let Some(Value::Object(mut doc)) = store.get(&key).unwrap()
             {
-                let model = self.doc_model.entry(key.clone()).or_default();
+                // Edits to a document being erased, made before this replica applied
+                // the erasure, are erased with it.
+                let mut doomed = BTreeMap::new();
+                let model = if self
+                    .erased_keys
+                    .get("contacts")
+                    .is_some_and(|k| k.contains(&key))
+                {
+                    &mut doomed
+                } else {
+                    self.doc_model.entry(key.clone()).or_default()
+                };
                 match rng.below(3) {
                     0 => {
                         store.patch(&key, json!({ field.clone(): n })).unwrap();
@@ -298,8 +315,55 @@ impl World {
         self.apply_erasures(i);
     }
 
+    /// The owner erases a key of a kv or doc store (at most two per store); its
+    /// device applies it at once.
+    fn erase_key(&mut self, rng: &mut Rng, i: usize, store: &'static str) {
+        let erased = self.erased_keys.entry(store).or_default();
+        if erased.len() >= 2 {
+            return;
+        }
+        let key = if store == "settings" {
+            let keys: Vec<&String> = self.kv_model.keys().collect();
+            if keys.is_empty() {
+                return;
+            }
+            keys[rng.below(keys.len() as u64) as usize].clone()
+        } else {
+            format!("d{}", rng.below(4))
+        };
+        if erased.contains(&key) {
+            return;
+        }
+        erased.push(key.clone());
+        self.kv_model.remove(&key);
+        if store == "contacts" {
+            self.doc_model.remove(&key);
+        }
+        self.apply_erasures(i);
+    }
+
     /// Node `i` hears of the erasures it has not applied, and applies them.
     fn apply_erasures(&mut self, i: usize) {
+        for name in ["settings", "contacts"] {
+            let Ok(store) = self.nodes[i].stores.get(name) else {
+                continue;
+            };
+            let old = store.sync_id();
+            let keys = self.erased_keys.get(name).cloned().unwrap_or_default();
+            while let Some(key) = keys.get(store.erasures() as usize) {
+                let selector = hearth_protocol::sync::erasure::Selector {
+                    keys: vec![key.clone()],
+                    ..Default::default()
+                };
+                let erased = store.erase(store.erasures() + 1, &selector).unwrap();
+                assert!(erased.applied);
+                self.erased_values += erased.keys;
+            }
+            if store.sync_id() != old {
+                self.nodes[i].engine.forget_store(&old);
+                self.with(i, |e, r, now| e.rescan(now, r));
+            }
+        }
         let Ok(store) = self.nodes[i].stores.get("sensor") else {
             return;
         };
@@ -308,7 +372,7 @@ impl World {
             let selector = hearth_protocol::sync::erasure::Selector {
                 from: Some(from),
                 to: Some(to),
-                filter: None,
+                ..Default::default()
             };
             let erased = store.erase(store.erasures() + 1, &selector).unwrap();
             assert!(erased.applied);
@@ -413,6 +477,10 @@ impl World {
                     "node {i}: document {key}"
                 );
             }
+            for key in self.erased_keys.get("contacts").into_iter().flatten() {
+                assert_eq!(contacts.get(key).unwrap(), None, "node {i}: erased {key}");
+            }
+            assert!(contacts.keys().unwrap().iter().all(|k| k.starts_with('d')));
             let sensor = node.stores.get("sensor").unwrap();
             let mut got: Vec<(u64, String)> = sensor
                 .read(Selection::All, None)
@@ -440,8 +508,8 @@ impl World {
     }
 }
 
-/// Runs one seeded history; returns how many readings its erasures erased.
-fn run(seed: u64) -> u64 {
+/// Runs one seeded history; returns how many readings and values its erasures erased.
+fn run(seed: u64) -> (u64, u64) {
     let mut rng = Rng::new(seed);
     let count = 3 + rng.below(3) as usize;
     let window = [500, 1_000, 5_000][rng.below(3) as usize];
@@ -482,6 +550,14 @@ fn run(seed: u64) -> u64 {
                 let i = rng.below(count as u64) as usize;
                 world.apply_erasures(i);
             }
+            46 => {
+                let i = rng.below(count as u64) as usize;
+                world.erase_key(&mut rng, i, "settings");
+            }
+            47 if step > steps / 3 => {
+                let i = rng.below(count as u64) as usize;
+                world.erase_key(&mut rng, i, "contacts");
+            }
             42 if step > steps / 2 => {
                 // A store created later, elsewhere.
                 let i = rng.below(count as u64) as usize;
@@ -512,7 +588,7 @@ fn run(seed: u64) -> u64 {
             assert!(node.stores.get(name).is_ok(), "node {i} lacks {name}");
         }
     }
-    world.erased_readings
+    (world.erased_readings, world.erased_values)
 }
 
 #[test]
@@ -521,10 +597,13 @@ fn replicas_converge_after_partitions_loss_duplication_and_reordering() {
         Ok(seed) => vec![seed.parse().unwrap()],
         Err(_) => (1..=12).collect(),
     };
-    let mut erased = 0;
+    let (mut erased, mut values) = (0, 0);
     for seed in seeds {
         match std::panic::catch_unwind(|| run(seed)) {
-            Ok(n) => erased += n,
+            Ok((r, v)) => {
+                erased += r;
+                values += v;
+            }
             Err(panic) => {
                 eprintln!("sync property failed with seed {seed} (rerun: HEARTH_SYNC_SEED={seed})");
                 std::panic::resume_unwind(panic);
@@ -532,7 +611,10 @@ fn replicas_converge_after_partitions_loss_duplication_and_reordering() {
         }
     }
     // The histories do erase readings (the seeds are fixed; this guards the mix).
-    assert!(erased > 0, "no erasure erased anything");
+    assert!(
+        erased > 0 && values > 0,
+        "no erasure erased anything ({erased} readings, {values} values)"
+    );
 }
 
 /// Two devices holding the same 1,000 stores reconnect: one summary each way, a few

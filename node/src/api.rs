@@ -682,6 +682,9 @@ struct DeleteRequest {
     to: Option<u64>,
     /// `TAG=VALUE`: readings whose value has this tag.
     filter: Option<String>,
+    /// Keys of a kv or doc store.
+    #[serde(default)]
+    keys: Vec<String>,
 }
 
 async fn delete_readings(
@@ -701,6 +704,7 @@ async fn delete_readings(
         from: body.from,
         to: body.to,
         filter: filter.as_ref().map(|f| (f.path.clone(), f.value.clone())),
+        keys: body.keys.clone(),
     };
     selector.validate().map_err(ApiError::invalid)?;
     let Some(catalogue) = node.catalogue.clone() else {
@@ -714,7 +718,10 @@ async fn delete_readings(
         let node = node.clone();
         move || {
             let local = node.stores.get(&name).ok();
-            if let (Some(store), Some(filter)) = (&local, &filter) {
+            if let (Some(store), Some(filter)) = (
+                local.as_ref().filter(|s| s.meta().kind == Kind::Timeseries),
+                &filter,
+            ) {
                 // A tag no reading in the range has is a mistake, not an erasure of
                 // nothing.
                 let (from, to) = (selector.from.unwrap_or(0), selector.to.unwrap_or(u64::MAX));
@@ -746,10 +753,11 @@ async fn delete_readings(
                 &name,
                 &format!(
                     "allowed: erasure {seq} ({selector}){}",
-                    erased.map_or_else(String::new, |e| format!(
-                        "; {} readings in {} chunks here",
-                        e.readings, e.chunks
-                    ))
+                    erased.map_or_else(String::new, |e| if selector.is_keys() {
+                        format!("; {} values here", e.keys)
+                    } else {
+                        format!("; {} readings in {} chunks here", e.readings, e.chunks)
+                    })
                 ),
                 0,
             )?;
@@ -758,7 +766,7 @@ async fn delete_readings(
                 "id": id,
                 "erasure": seq,
                 "selector": selector.to_string(),
-                "deleted_here": erased.map(|e| e.readings),
+                "deleted_here": erased.map(|e| if selector.is_keys() { e.keys } else { e.readings }),
             }))
         }
     })

@@ -564,28 +564,34 @@ impl Catalogue {
         }
     }
 
-    /// Orders the readings `selector` picks of the timeseries store `name` erased on
-    /// every holder. Only the owner key signs one. Returns the store id and the
-    /// erasure's number.
+    /// Orders what `selector` picks of the store `name` (readings of a timeseries store,
+    /// keys of a kv or doc store) erased on every holder. Only the owner key signs one.
+    /// Returns the store id and the erasure's number.
     pub fn erase(&self, name: &str, selector: Selector) -> Result<(String, u64), CatalogueError> {
         let listing = self.read()?;
         let id = listing
             .id_of(name)
             .ok_or_else(|| CatalogueError::NotFound(name.to_owned()))?
             .to_owned();
-        if listing
+        let series = listing
             .stores
             .get(&id)
-            .is_some_and(|e| e.kind != "timeseries")
-        {
+            .is_some_and(|e| e.kind == "timeseries");
+        if series && selector.is_keys() {
+            return Err(CatalogueError::Invalid(format!(
+                "{name:?} is a timeseries store: its readings are deleted by --range, --before \
+                 or --filter, not by key"
+            )));
+        }
+        if !series && !selector.is_keys() {
             return Err(CatalogueError::Invalid(format!(
                 "{name:?} is not a timeseries store: only readings are deleted by range or \
-                 filter (a kv or doc key is deleted with `hearth store del`)"
+                 filter (delete a kv or doc key for good with --key)"
             )));
         }
         let Some(owner) = &self.signer.owner_key else {
             return Err(CatalogueError::Refused(format!(
-                "deleting readings of {name:?} on every holder needs the owner key (an erasure \
+                "deleting data of {name:?} on every holder needs the owner key (an erasure \
                  cannot be undone, so no grant allows it): run it on the device that holds \
                  the owner key"
             )));

@@ -389,6 +389,10 @@ impl Actor {
                     continue;
                 }
                 let outcome = match store.erase(seq, selector) {
+                    Ok(erased) if selector.is_keys() => format!(
+                        "allowed: erasure {seq} ({selector}); {} values",
+                        erased.keys
+                    ),
                     Ok(erased) => format!(
                         "allowed: erasure {seq} ({selector}); {} readings in {} chunks",
                         erased.readings, erased.chunks

@@ -1,6 +1,6 @@
-//! Deleting readings for good, through three real `hearth` processes: home (which
-//! holds the owner key) and the phone hold a timeseries store; the phone is off when
-//! home deletes an hour of it. Afterwards no file under any holder's data directory
+//! Deleting data for good, through three real `hearth` processes: home (which holds
+//! the owner key) and the phone hold a timeseries store and a doc store; the phone is
+//! off when home deletes an hour of readings and one document. Afterwards no file under any holder's data directory
 //! holds a deleted reading's marker: not home's, not the phone's once it comes back
 //! (it purges on reconnect and sends nothing back), not the cloud VM's, added as a
 //! holder afterwards. A retention then drops every old reading on every holder. Bad
@@ -110,8 +110,31 @@ fn deleted_readings_are_gone_from_every_holder_and_stay_gone() {
         let record = json!({ "ts": BASE + i * HOUR / 4, "value": value });
         json_ok(&home, &["store", "append", "trips", &record.to_string()]);
     }
+    json_ok(
+        &home,
+        &[
+            "store",
+            "create",
+            "people",
+            "--kind",
+            "doc",
+            "--replicas",
+            "origin,phone",
+        ],
+    );
+    let ada = json!({ "name": "Ada", "health": { "note": "DOCSECRET-ADA" } });
+    json_ok(&home, &["store", "put", "people", "ada", &ada.to_string()]);
+    json_ok(
+        &home,
+        &["store", "put", "people", "bob", r#"{"name": "Bob"}"#],
+    );
     wait_count(&phone, 12);
+    wait_until("the phone to hold bob", 60, || {
+        let out = hearth(&phone, &["--json", "store", "get", "people", "bob"]);
+        out.status.success().then_some(())
+    });
     stop(phone_node);
+    assert!(on_disk(&phone, "DOCSECRET-ADA"));
     let (secret, kept) = markers();
     assert!(
         secret.iter().all(|m| on_disk(&phone, m)),
@@ -170,6 +193,14 @@ fn deleted_readings_are_gone_from_every_holder_and_stay_gone() {
     for m in &secret {
         assert!(!on_disk(&home, m), "home still holds {m}");
     }
+    let answer = json_ok(&home, &["store", "delete", "people", "--key", "ada"]);
+    assert_eq!(answer["erasure"], 1);
+    refused(
+        &home,
+        &["store", "delete", "trips", "--key", "ada"],
+        "timeseries store",
+    );
+    assert!(!on_disk(&home, "DOCSECRET-ADA"));
 
     // A holder added afterwards never receives them.
     json_ok(
@@ -210,6 +241,12 @@ fn deleted_readings_are_gone_from_every_holder_and_stay_gone() {
             assert!(!on_disk(dir, m), "{} holds {m}", dir.display());
         }
     }
+    wait_until("the phone to purge ada", 60, || {
+        let keys = json_ok(&phone, &["store", "keys", "people"]);
+        (keys["keys"] == json!(["bob"])).then_some(())
+    });
+    assert!(!on_disk(&phone, "DOCSECRET-ADA"));
+    assert!(!on_disk(&home, "DOCSECRET-ADA"), "the phone sent it back");
     assert!(on_disk(&home, &kept[0]), "what was not deleted is kept");
 
     // A retention of a day: every reading is from 2023, so every holder drops all.

@@ -248,8 +248,8 @@ pub(crate) enum Command {
         /// The store.
         name: String,
     },
-    /// Delete readings of a timeseries store on every device that holds it, history
-    /// included (needs the owner key; cannot be undone).
+    /// Delete readings of a timeseries store, or keys of a kv or doc store, on every
+    /// device that holds it, history included (needs the owner key; cannot be undone).
     #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
     Delete {
         /// The store.
@@ -264,6 +264,9 @@ pub(crate) enum Command {
         /// Only readings whose TAG equals VALUE.
         #[arg(long, value_name = "TAG=VALUE", value_parser = parse_filter, group = "which")]
         filter: Option<String>,
+        /// A key of a kv or doc store, with every value it ever held (repeatable).
+        #[arg(long = "key", value_name = "KEY", group = "which", conflicts_with_all = ["range", "before", "filter"])]
+        keys: Vec<String>,
     },
     /// Delete a store and all its data, from every device of the mesh.
     Rm {
@@ -461,8 +464,12 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             range,
             before,
             filter,
+            keys,
         } => {
             let mut body = json!({});
+            if !keys.is_empty() {
+                body["keys"] = json!(keys);
+            }
             if let Some(range) = &range {
                 body["from"] = json!(range.first());
                 body["to"] = json!(range.get(1));
@@ -476,9 +483,10 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             let answer = client.send("POST", &format!("{}/delete", store_path(&name)), &body)?;
             out.emit(
                 || {
+                    let what = if keys.is_empty() { "readings" } else { "values" };
                     let here = answer["deleted_here"].as_u64().map_or_else(
                         || "This device holds no replica.".to_owned(),
-                        |n| format!("{n} readings deleted here."),
+                        |n| format!("{n} {what} deleted here."),
                     );
                     format!(
                         "Erasure {} of {name}: {}. {here} Every holder deletes them, history included, when it hears of it.",

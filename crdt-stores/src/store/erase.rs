@@ -17,6 +17,7 @@
 //! before `now - keep`, whole, and takes no reading (local or from a peer) for such a
 //! window; the file is rewritten after a drop too.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use automerge::Change;
@@ -31,6 +32,8 @@ use crate::query::Filter;
 pub struct Erased {
     /// Readings erased.
     pub readings: u64,
+    /// Values (kv and doc stores: operations on the keys erased) erased.
+    pub keys: u64,
     /// Chunks rewritten.
     pub chunks: u64,
     /// False if the store had applied this erasure already.
@@ -56,6 +59,7 @@ impl Picks {
     fn new(selector: &Selector) -> Result<Self, StoreError> {
         selector.validate().map_err(StoreError::Invalid)?;
         let filter = match &selector.filter {
+            _ if selector.is_keys() => None,
             Some((path, value)) => {
                 Some(Filter::parse(&format!("{path}={value}")).map_err(StoreError::Invalid)?)
             }
@@ -113,8 +117,10 @@ impl Store {
     /// store's file is rewritten. Erasures apply in order: `seq` must be the next one
     /// (one applied already changes nothing).
     pub fn erase(&self, seq: u64, selector: &Selector) -> Result<Erased, StoreError> {
-        if self.meta.kind != Kind::Timeseries {
-            return Err(self.wrong_kind("erase readings of", "timeseries"));
+        match (selector.is_keys(), self.meta.kind) {
+            (false, Kind::Timeseries) | (true, Kind::Kv | Kind::Doc) => {}
+            (false, _) => return Err(self.wrong_kind("erase readings of", "timeseries")),
+            (true, _) => return Err(self.wrong_kind("erase keys of", "kv or doc")),
         }
         let picks = Picks::new(selector)?;
         let name = self.meta.name.as_str();
@@ -135,8 +141,26 @@ impl Store {
             ..Erased::default()
         };
         let State { backend, body, .. } = &mut *state;
-        let Body::Series(series) = body else {
-            return Err(self.wrong_kind("erase readings of", "timeseries"));
+        let series = match body {
+            Body::Series(series) => series,
+            Body::Doc(doc) => {
+                let keys: BTreeSet<&str> = selector.keys.iter().map(String::as_str).collect();
+                let (fresh, count, changed) =
+                    redact(name, &mut doc.doc, What::Keys(&keys), &self.actor)?;
+                if changed {
+                    doc.doc = fresh;
+                    let save = doc.doc.save();
+                    // Start later incremental saves from here.
+                    let _ = doc.doc.save_incremental();
+                    put_sealed(&mut batch, SNAPSHOT_KEY.to_vec(), &save);
+                    for seq in doc.next_seq.saturating_sub(doc.changes)..doc.next_seq {
+                        batch.delete(change_key(seq));
+                    }
+                    doc.changes = 0;
+                    erased.keys = count;
+                }
+                return self.finish_erasure(state, batch, seq, erased);
+            }
         };
         let window = self.meta.window_ms;
         let from = selector.from.unwrap_or(0);
@@ -164,7 +188,7 @@ impl Store {
                 Some(open) => open.doc,
                 None => load_closed_chunk(name, backend.as_ref(), start)?,
             };
-            let (mut doc, count) = redact(name, &mut doc, &picks, &self.actor)?;
+            let (mut doc, count, _) = redact(name, &mut doc, What::Readings(&picks), &self.actor)?;
             let heads = doc.get_heads();
             let save = doc.save();
             let chunk = chunk_from_doc(name, doc, heads)?;
@@ -202,6 +226,19 @@ impl Store {
             erased.readings += count;
             erased.chunks += 1;
         }
+        self.finish_erasure(state, batch, seq, erased)
+    }
+
+    /// Records erasure `seq` as applied (with the rewritten records in `batch`), then
+    /// rewrites the file.
+    fn finish_erasure(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        mut batch: Batch,
+        seq: u64,
+        erased: Erased,
+    ) -> Result<Erased, StoreError> {
+        let name = self.meta.name.as_str();
         let meta = StoreMeta {
             erasures: seq,
             ..self.meta.clone()
@@ -431,50 +468,97 @@ fn read_closed_readings(
         .ok_or_else(|| StoreError::corrupt(name, format!("chunk {start} is unreadable")))
 }
 
-/// Rewrites a chunk document's history with the readings `picks` matches made holes
-/// (see the module's documentation). Returns the new document, with `actor` for
-/// later writes, and how many readings it erased.
+/// What a history rewrite erases.
+enum What<'a> {
+    /// The readings these pick (a timeseries chunk).
+    Readings(&'a Picks),
+    /// These root keys, with everything ever written under them (a kv or doc store).
+    Keys(&'a BTreeSet<&'a str>),
+}
+
+/// Rewrites a document's history with what `what` picks erased (see the module's
+/// documentation): an erased reading's value, or an erased key's values, become empty
+/// bytes, and an erased key's operations (and those of every object made under it)
+/// move to the key `""`, which no store key can be, so the key is gone. Returns the new
+/// document, with `actor` for later writes, how many values it erased, and whether
+/// anything changed.
 fn redact(
     name: &str,
     doc: &mut AutoCommit,
-    picks: &Picks,
+    what: What<'_>,
     actor: &ActorId,
-) -> Result<(AutoCommit, u64), StoreError> {
-    // The operation an erased reading becomes: an insert of empty bytes, taken from a
-    // change made for the purpose (automerge names no type for it).
+) -> Result<(AutoCommit, u64, bool), StoreError> {
+    // What an erased value and an erased key become: taken from a change made for the
+    // purpose (automerge names no type for them).
     let mut template = AutoCommit::new();
-    let list = template
-        .put_object(ROOT, "l", ObjType::List)
-        .map_err(|err| am_err(name, err))?;
     template
-        .insert(&list, 0, ScalarValue::Bytes(Vec::new()))
+        .put(ROOT, "", ScalarValue::Bytes(Vec::new()))
         .map_err(|err| am_err(name, err))?;
     template.commit();
-    let hole = template
+    let (hole, nowhere, root) = template
         .get_changes(&[])
         .first()
         .map(|c| c.decode())
-        .and_then(|c| c.operations.get(1).map(|op| op.action.clone()))
-        .ok_or_else(|| StoreError::corrupt(name, "cannot make an erased reading's place"))?;
+        .and_then(|c| {
+            c.operations
+                .first()
+                .map(|op| (op.action.clone(), op.key.clone(), op.obj.clone()))
+        })
+        .ok_or_else(|| StoreError::corrupt(name, "cannot make an erased value's place"))?;
 
-    let mut renamed: std::collections::HashMap<ChangeHash, ChangeHash> =
-        std::collections::HashMap::new();
+    let mut renamed: HashMap<ChangeHash, ChangeHash> = HashMap::new();
+    // Objects made under an erased key ("counter@actor"): erased with it.
+    let mut gone: HashSet<String> = HashSet::new();
     let mut out: Vec<Change> = Vec::new();
     let mut erased = 0u64;
+    let mut changed = false;
     let changes: Vec<Change> = doc.get_changes(&[]).into_iter().cloned().collect();
     for change in changes {
         let old = change.hash();
         let mut expanded = change.decode();
         let mut touched = false;
-        for op in &mut expanded.operations {
-            let pick = op.insert
-                && matches!(op.primitive_value(), Some(ScalarValue::Bytes(bytes))
-                    if !bytes.is_empty()
-                        && Reading::decode(&bytes).is_some_and(|r| picks.matches(&r)));
-            if pick {
-                op.action = hole.clone();
-                touched = true;
-                erased += 1;
+        let start = expanded.start_op.get();
+        let author = expanded.actor_id.to_hex_string();
+        for (i, op) in expanded.operations.iter_mut().enumerate() {
+            match what {
+                What::Readings(picks) => {
+                    let pick = op.insert
+                        && matches!(op.primitive_value(), Some(ScalarValue::Bytes(bytes))
+                            if !bytes.is_empty()
+                                && Reading::decode(&bytes).is_some_and(|r| picks.matches(&r)));
+                    if pick {
+                        op.action = hole.clone();
+                        touched = true;
+                        erased += 1;
+                    }
+                }
+                What::Keys(keys) => {
+                    let under = if op.obj == root {
+                        op.key.is_map_key()
+                            && serde_json::to_value(&op.key)
+                                .ok()
+                                .and_then(|k| k.as_str().map(|k| keys.contains(k)))
+                                .unwrap_or(false)
+                    } else {
+                        serde_json::to_value(&op.obj)
+                            .ok()
+                            .and_then(|o| o.as_str().map(|o| gone.contains(o)))
+                            .unwrap_or(false)
+                    };
+                    if !under {
+                        continue;
+                    }
+                    touched = true;
+                    if op.key.is_map_key() {
+                        op.key = nowhere.clone();
+                    }
+                    if op.obj_type().is_some() {
+                        gone.insert(format!("{}@{author}", start + i as u64));
+                    } else if op.primitive_value().is_some() {
+                        op.action = hole.clone();
+                        erased += 1;
+                    }
+                }
             }
         }
         let deps: Vec<ChangeHash> = expanded
@@ -489,16 +573,17 @@ fn redact(
         expanded.deps = deps;
         expanded.hash = None;
         if touched {
-            // When the erased readings were written is erased with them.
+            // When the erased values were written is erased with them.
             expanded.time = 0;
         }
         let rewritten =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(expanded)))
-                .map_err(|_| StoreError::corrupt(name, "a chunk change cannot be rewritten"))?;
+                .map_err(|_| StoreError::corrupt(name, "a change cannot be rewritten"))?;
         renamed.insert(old, rewritten.hash());
         out.push(rewritten);
+        changed = true;
     }
     let mut fresh = AutoCommit::new();
     fresh.apply_changes(out).map_err(|err| am_err(name, err))?;
-    Ok((fresh.with_actor(actor.clone()), erased))
+    Ok((fresh.with_actor(actor.clone()), erased, changed))
 }

@@ -230,6 +230,7 @@ impl Store {
 /// The values of a kv or doc store, for telling subscribers what a peer changed.
 fn values(kind: Kind, doc: &AutoCommit) -> BTreeMap<String, Value> {
     doc.keys(ROOT)
+        .filter(|key| !key.is_empty())
         .filter_map(|key| {
             let value = match kind {
                 Kind::Kv => match doc.get(ROOT, key.as_str()) {

@@ -1,5 +1,6 @@
 //! Erasure documents: the owner's signed order to delete readings of one timeseries
-//! store on every device that holds it, history included.
+//! store, or keys of a kv or doc store, on every device that holds it, history
+//! included.
 //!
 //! A store's erasures are numbered from 1; every holder applies them in order, so a
 //! replica's erasure count says exactly which it has applied (and sync pairs only
@@ -11,7 +12,7 @@
 //! ```text
 //! "HERS" 01
 //! id[16] varint(seq) varint(issued_at) u8(flags)
-//! [varint(from)] [varint(to)] [str(path) str(value)]
+//! [varint(from)] [varint(to)] [str(path) str(value)] [varint(n) n × str(key)]
 //! signature[64]   by the owner key, over "hearth/v1/erasure" || everything before it
 //! ```
 
@@ -34,15 +35,20 @@ pub const TEXT_PREFIX: &str = "hers1:";
 pub const MAX_PATH_LEN: usize = 256;
 /// Longest filter value.
 pub const MAX_VALUE_LEN: usize = 1024;
+/// Most keys one erasure names.
+pub const MAX_KEYS: usize = 256;
+/// Longest key named (a store key's own limit).
+pub const MAX_KEY_LEN: usize = 1024;
 /// Most erasures of one store.
 pub const MAX_ERASURES: u64 = 100_000;
 
 const FLAG_FROM: u8 = 1;
 const FLAG_TO: u8 = 1 << 1;
 const FLAG_FILTER: u8 = 1 << 2;
+const FLAG_KEYS: u8 = 1 << 3;
 
 /// What an erasure deletes: readings of a timeseries store picked by time and an
-/// optional tag filter.
+/// optional tag filter, or keys of a kv or doc store with every value they held.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selector {
     /// Readings at or after this instant (ms).
@@ -51,6 +57,8 @@ pub struct Selector {
     pub to: Option<u64>,
     /// Readings whose value at this dotted path equals this text (as `--filter`).
     pub filter: Option<(String, String)>,
+    /// Keys of a kv or doc store (when set, nothing else is).
+    pub keys: Vec<String>,
 }
 
 impl Selector {
@@ -59,10 +67,34 @@ impl Selector {
         self.from.is_none_or(|from| ts >= from) && self.to.is_none_or(|to| ts < to)
     }
 
+    /// Does it erase keys (rather than readings)?
+    pub fn is_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     /// Checks what the encoding cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.is_keys() {
+            if self.from.is_some() || self.to.is_some() || self.filter.is_some() {
+                return Err("an erasure names either keys or readings, not both".into());
+            }
+            if self.keys.len() > MAX_KEYS {
+                return Err(format!("{} keys; at most {MAX_KEYS}", self.keys.len()));
+            }
+            for (i, key) in self.keys.iter().enumerate() {
+                if key.is_empty() || key.len() > MAX_KEY_LEN {
+                    return Err(format!("a key is 1 to {MAX_KEY_LEN} bytes long"));
+                }
+                if self.keys.iter().take(i).any(|k| k == key) {
+                    return Err(format!("{key:?} is named twice"));
+                }
+            }
+            return Ok(());
+        }
         if self.from.is_none() && self.to.is_none() && self.filter.is_none() {
-            return Err("an erasure names a range, a time to erase before, or a filter".into());
+            return Err(
+                "an erasure names a range, a time to erase before, a filter, or keys".into(),
+            );
         }
         if let (Some(from), Some(to)) = (self.from, self.to)
             && from >= to
@@ -86,6 +118,9 @@ impl Selector {
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_keys() {
+            return write!(f, "keys {}", self.keys.join(", "));
+        }
         let mut parts = Vec::new();
         match (self.from, self.to) {
             (Some(from), Some(to)) => parts.push(format!("readings from {from} to {to}")),
@@ -138,6 +173,9 @@ impl Erasure {
         if s.filter.is_some() {
             flags |= FLAG_FILTER;
         }
+        if s.is_keys() {
+            flags |= FLAG_KEYS;
+        }
         w.u8(flags);
         for t in [s.from, s.to].into_iter().flatten() {
             w.varint(t);
@@ -145,6 +183,12 @@ impl Erasure {
         if let Some((path, value)) = &s.filter {
             w.str(path);
             w.str(value);
+        }
+        if s.is_keys() {
+            w.varint(s.keys.len() as u64);
+            for key in &s.keys {
+                w.str(key);
+            }
         }
         w.into_bytes()
     }
@@ -155,7 +199,7 @@ impl Erasure {
         let seq = r.varint("erasure number")?;
         let issued_at = UnixMillis(r.varint("issue time")?);
         let flags = r.u8("erasure flags")?;
-        if flags & !(FLAG_FROM | FLAG_TO | FLAG_FILTER) != 0 {
+        if flags & !(FLAG_FROM | FLAG_TO | FLAG_FILTER | FLAG_KEYS) != 0 {
             return Err(DecodeError::UnknownTag {
                 what: "erasure flags",
                 tag: flags,
@@ -172,6 +216,12 @@ impl Erasure {
             let path = r.str(MAX_PATH_LEN, "filter tag")?.to_owned();
             let value = r.str(MAX_VALUE_LEN, "filter value")?.to_owned();
             selector.filter = Some((path, value));
+        }
+        if flags & FLAG_KEYS != 0 {
+            let count = r.len(MAX_KEYS, "keys")?;
+            for _ in 0..count {
+                selector.keys.push(r.str(MAX_KEY_LEN, "key")?.to_owned());
+            }
         }
         Ok(Self {
             id,
@@ -350,7 +400,15 @@ mod tests {
             from: Some(10),
             to: Some(20),
             filter: Some(("room".into(), "kitchen".into())),
+            keys: Vec::new(),
         };
+        let keys = erasure(Selector {
+            keys: vec!["diagnosis".into(), "address".into()],
+            ..Selector::default()
+        })
+        .sign(owner.secret())
+        .unwrap();
+        assert_eq!(SignedErasure::decode(&keys.encode()).unwrap(), keys);
         let signed = erasure(selector).sign(owner.secret()).unwrap();
         let back = SignedErasure::from_text(&signed.to_text()).unwrap();
         assert_eq!(back, signed);
@@ -411,6 +469,19 @@ mod tests {
             },
             Selector {
                 filter: Some(("a".into(), "x".repeat(MAX_VALUE_LEN + 1))),
+                ..Selector::default()
+            },
+            Selector {
+                to: Some(10),
+                keys: vec!["a".into()],
+                ..Selector::default()
+            },
+            Selector {
+                keys: vec!["a".into(), "a".into()],
+                ..Selector::default()
+            },
+            Selector {
+                keys: vec![String::new()],
                 ..Selector::default()
             },
         ] {
