@@ -2,8 +2,8 @@
 //!
 //! Run: `cargo bench -p hearth-stores --bench stores` (add `-- --quick` for a shorter
 //! run, `-- --large` for the 10-million-reading check, `-- --doc` for the doc-store
-//! figures only). Figures are recorded in
-//! docs/benchmarks.md.
+//! figures only, `-- --erase` for erasure and retention of 1 million of 10 million
+//! readings only). Figures are recorded in docs/benchmarks.md.
 
 #![allow(
     clippy::unwrap_used,
@@ -46,6 +46,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let large = args.iter().any(|a| a == "--large");
+    if args.iter().any(|a| a == "--erase") {
+        erase_million();
+        return;
+    }
     // `--doc` runs only the doc-store figures.
     let backends: &[BackendKind] = if args.iter().any(|a| a == "--doc") {
         &[]
@@ -248,6 +252,105 @@ fn doc_fields(stores: &Stores, backend: BackendKind, quick: bool) {
             .unwrap();
     });
     println!("patch of 1 field of 1,000             {ms:>8.3} ms");
+}
+
+/// Bytes under `path`.
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    disk_bytes(&p)
+                } else {
+                    e.metadata().map_or(0, |m| m.len())
+                }
+            })
+            .sum()
+    })
+}
+
+/// Erasing, and expiring, 1 million of 10 million readings (redb). The floor is an
+/// erasure that picks nothing: the rewrite of the store's file alone.
+fn erase_million() {
+    use hearth_protocol::sync::erasure::Selector;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open(dir.path(), BackendKind::Redb);
+    let big = stores
+        .create("ten-million", Kind::Timeseries, None)
+        .unwrap();
+    let base = 1_600_000_000_000u64;
+    let start = Instant::now();
+    for b in 0..1000u64 {
+        let batch: Vec<Reading> = (0..10_000)
+            .map(|i| reading(base + (b * 10_000 + i) * 1000, i))
+            .collect();
+        big.append(batch).unwrap();
+    }
+    println!(
+        "load 10M readings                        {:>8.1} s, {} MB on disk",
+        start.elapsed().as_secs_f64(),
+        disk_bytes(dir.path()) / 1_000_000
+    );
+    let start = Instant::now();
+    let nothing = big
+        .erase(
+            1,
+            &Selector {
+                from: Some(base + 20_000_000_000),
+                ..Selector::default()
+            },
+        )
+        .unwrap();
+    let floor = start.elapsed();
+    assert_eq!(nothing.readings, 0);
+    println!(
+        "floor: erasure of nothing (file rewrite) {:>8.1} s",
+        floor.as_secs_f64()
+    );
+    let start = Instant::now();
+    let erased = big
+        .erase(
+            2,
+            &Selector {
+                from: Some(base + 2_000_000_000),
+                to: Some(base + 3_000_000_000),
+                ..Selector::default()
+            },
+        )
+        .unwrap();
+    let e = start.elapsed();
+    assert_eq!(erased.readings, 1_000_000);
+    println!(
+        "erase 1M of 10M readings ({} chunks)    {:>8.1} s ({:.1} s over the floor), {} MB on disk",
+        erased.chunks,
+        e.as_secs_f64(),
+        (e.saturating_sub(floor)).as_secs_f64(),
+        disk_bytes(dir.path()) / 1_000_000
+    );
+    let start = Instant::now();
+    let read = big
+        .read(Selection::Range(base, base + 4_000_000_000), None)
+        .unwrap();
+    println!(
+        "read the 3M readings around it           {:>8.3} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(read.len(), 3_000_000);
+    // Retention: the clock is at 1_700_000_000_000; keep what is newer than base + 1M s.
+    big.set_keep(Some(1_700_000_000_000 - (base + 1_000_000_000)));
+    let start = Instant::now();
+    let expired = big.expire().unwrap();
+    println!(
+        "retention drops {} of 9M readings ({} chunks) {:>8.1} s, {} MB on disk",
+        expired.readings,
+        expired.chunks,
+        start.elapsed().as_secs_f64(),
+        disk_bytes(dir.path()) / 1_000_000
+    );
+    // Whole chunks: all but the last window's readings before the cutoff.
+    assert!(expired.readings > 1_000_000 - 3_600 && expired.readings <= 1_000_000);
 }
 
 /// A store with 10 million readings appends and reads a recent range as fast as an
