@@ -316,3 +316,50 @@ fn an_erased_key_leaves_no_byte_of_any_value_it_held() {
         .unwrap();
     assert!(series.erase(1, &keys("a")).is_err());
 }
+
+#[test]
+fn history_from_before_an_erasure_is_never_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let store = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    let mut local = store.subscribe_local();
+    store
+        .append(vec![Reading::new(60_000, json!({ "secret": "OLD-1" }))])
+        .unwrap();
+    let first = local.try_recv().unwrap();
+    store
+        .append(vec![Reading::new(120_000, json!({ "secret": "OLD-2" }))])
+        .unwrap();
+    let second = local.try_recv().unwrap();
+    store
+        .append(vec![Reading::new(180_000, json!({ "kept": true }))])
+        .unwrap();
+    store
+        .erase(
+            1,
+            &Selector {
+                to: Some(150_000),
+                ..Selector::default()
+            },
+        )
+        .unwrap();
+    let digest = store.digest();
+    // A holder that did not apply the erasure sends the old changes again (the first
+    // has the same actor and sequence number as its rewrite; the second depends on
+    // history that no longer exists).
+    for change in [&first, &second] {
+        for (unit, bytes) in &change.units {
+            // Refused: automerge sees a second change for one actor and sequence
+            // number (the engine then disconnects the sender).
+            let err = store.apply_changes(*unit, bytes).unwrap_err();
+            assert!(err.to_string().contains("duplicate seq"), "{err}");
+        }
+    }
+    assert_eq!(store.digest(), digest);
+    let values: Vec<String> = all(&store).iter().map(|r| r.value.to_string()).collect();
+    assert_eq!(values, [json!({ "kept": true }).to_string()]);
+    assert!(!on_disk(dir.path(), b"OLD-1") && !on_disk(dir.path(), b"OLD-2"));
+}

@@ -913,3 +913,158 @@ async fn a_member_pushing_a_change_bomb_is_disconnected_and_audited() {
     assert_eq!(content(&home.node, "notes").unwrap(), before);
     let _ = stop_tx.send(true);
 }
+
+/// A holder turned hostile cannot order an erasure (a forged document is audited and
+/// ignored), cannot make one vanish by deleting it from the catalogue (home writes it
+/// back), and cannot hand erased readings back: after the owner's erasure, its pushes
+/// of the old history, under the old sync id or the new one, change nothing at home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_holder_cannot_order_undo_or_reverse_an_erasure() {
+    use hearth_protocol::sync::erasure::{Erasure, Selector};
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (home, vm) = home_and_vm(dir.path(), &stop_rx).await;
+    let home_catalogue = home.node.catalogue.clone().unwrap();
+    let trips = home
+        .node
+        .stores
+        .create("trips", Kind::Timeseries, None)
+        .unwrap();
+    let on_vm = hearth_protocol::sync::placement::Policy::parse("origin,vm").unwrap();
+    home_catalogue
+        .list_new(trips.meta(), &on_vm, Default::default(), None)
+        .unwrap();
+    home.node.replication.get().unwrap().catalogue_changed();
+    let mut local = trips.subscribe_local();
+    let base = 1_700_000_000_000u64;
+    trips
+        .append(vec![hearth_stores::Reading::new(
+            base,
+            json!({ "secret": "TRIP-SECRET" }),
+        )])
+        .unwrap();
+    let old_change = local.recv().await.unwrap();
+    trips
+        .append(vec![hearth_stores::Reading::new(
+            base + 7_200_000,
+            json!({ "kept": true }),
+        )])
+        .unwrap();
+    eventually("the vm holds both readings", || {
+        (vm.node.stores.get("trips").ok()?.records().ok()? == 2).then_some(())
+    })
+    .await;
+    let id = trips.meta().id.clone();
+    let before = trips.digest();
+    let audit = &home.node.audit;
+
+    // 1. A forged erasure of everything, signed by the vm's own key.
+    let vm_catalogue = vm.node.catalogue.clone().unwrap();
+    let forged = Erasure {
+        id: id.clone(),
+        seq: 1,
+        selector: Selector {
+            to: Some(u64::MAX),
+            ..Selector::default()
+        },
+        issued_at: now(),
+    }
+    .sign(vm.key.secret())
+    .unwrap();
+    vm_catalogue
+        .store()
+        .put(&format!("erase/{id}/1"), json!(forged.to_text()))
+        .unwrap();
+    eventually("home audits the forged erasure", || {
+        (refusals(audit, "erasure.check", &id) > 0).then_some(())
+    })
+    .await;
+    assert_eq!(trips.digest(), before);
+    assert_eq!(trips.erasures(), 0);
+
+    // 2. The owner erases the first hour; the vm applies it too, then deletes the
+    //    document from the catalogue: home writes it back.
+    let (_, seq) = home_catalogue
+        .erase(
+            "trips",
+            Selector {
+                from: Some(base),
+                to: Some(base + 3_600_000),
+                ..Selector::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(seq, 1);
+    home.node.replication.get().unwrap().catalogue_changed();
+    eventually("home and the vm apply the erasure", || {
+        let vm_trips = vm.node.stores.get("trips").ok()?;
+        (trips.erasures() == 1 && vm_trips.erasures() == 1 && vm_trips.records().ok()? == 1)
+            .then_some(())
+    })
+    .await;
+    let key = format!("erase/{id}/1");
+    eventually("the legitimate document reached the vm", || {
+        vm_catalogue.store().get(&key).ok()?.map(|_| ())
+    })
+    .await;
+    vm_catalogue.store().delete(&key).unwrap();
+    eventually("home writes the erasure back", || {
+        let text = home_catalogue.store().get(&key).ok()??;
+        hearth_protocol::sync::erasure::SignedErasure::from_text(text.as_str()?)
+            .ok()
+            .filter(|d| d.erasure().selector.from == Some(base))
+            .map(|_| ())
+    })
+    .await;
+    let after = trips.digest();
+
+    // 3. The vm pushes the old history back, under both sync ids.
+    let hostile = vm.node.mesh.get().unwrap().clone();
+    for store in [id.clone(), trips.sync_id()] {
+        for (unit, data) in &old_change.units {
+            hostile
+                .sync_send(
+                    home.peer,
+                    Message::Push {
+                        store: store.clone(),
+                        unit: *unit,
+                        digest: old_change.after,
+                        data: data.to_vec(),
+                    }
+                    .encode(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // The push under the new id is refused as bad data: the vm is disconnected and
+    // that is audited.
+    eventually("home refuses the old history", || {
+        audit
+            .entries(None, None, Some("sync.receive"))
+            .unwrap()
+            .into_iter()
+            .find(|e| e.outcome.contains("duplicate seq"))
+    })
+    .await;
+    assert_eq!(trips.digest(), after);
+    assert_eq!(trips.records().unwrap(), 1);
+    let home_dir = dir.path().join("home");
+    let scan = |d: &std::path::Path| -> bool {
+        fn walk(d: &std::path::Path, out: &mut bool) {
+            for entry in std::fs::read_dir(d).unwrap().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    *out |= bytes.windows(11).any(|w| w == b"TRIP-SECRET");
+                }
+            }
+        }
+        let mut found = false;
+        walk(d, &mut found);
+        found
+    };
+    assert!(!scan(&home_dir), "the secret is back on home's disk");
+    let _ = stop_tx.send(true);
+}
