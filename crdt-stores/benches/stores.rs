@@ -50,6 +50,10 @@ fn main() {
         erase_million();
         return;
     }
+    if args.iter().any(|a| a == "--cold") {
+        cold_read();
+        return;
+    }
     // `--doc` runs only the doc-store figures.
     let backends: &[BackendKind] = if args.iter().any(|a| a == "--doc") {
         &[]
@@ -252,6 +256,42 @@ fn doc_fields(stores: &Stores, backend: BackendKind, quick: bool) {
             .unwrap();
     });
     println!("patch of 1 field of 1,000             {ms:>8.3} ms");
+}
+
+/// The first read of 1 million readings after a store opens, five times (a fresh
+/// open each), with the warm read as the floor.
+fn cold_read() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let stores = open(dir.path(), BackendKind::Redb);
+        let store = stores.create("million", Kind::Timeseries, None).unwrap();
+        for b in 0..100u64 {
+            let batch: Vec<Reading> = (0..10_000)
+                .map(|i| reading(1_700_000_000_000 + (b * 10_000 + i) * 1000, i))
+                .collect();
+            store.append(batch).unwrap();
+        }
+    }
+    let all = Selection::Range(1_700_000_000_000, u64::MAX);
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        let stores = open(dir.path(), BackendKind::Redb);
+        let store = stores.get("million").unwrap();
+        let start = Instant::now();
+        assert_eq!(store.read(all, None).unwrap().len(), 1_000_000);
+        cold.push(start.elapsed());
+        let start = Instant::now();
+        assert_eq!(store.read(all, None).unwrap().len(), 1_000_000);
+        warm.push(start.elapsed());
+    }
+    cold.sort();
+    warm.sort();
+    println!(
+        "range read of 1,000,000: cold {:.1} ms (median of 5), warm {:.1} ms",
+        cold[2].as_secs_f64() * 1000.0,
+        warm[2].as_secs_f64() * 1000.0
+    );
 }
 
 /// Bytes under `path`.
