@@ -10,6 +10,7 @@
     clippy::expect_used,
     clippy::print_stdout,
     clippy::cast_possible_truncation,
+    clippy::indexing_slicing,
     missing_docs
 )]
 

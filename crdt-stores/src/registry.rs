@@ -248,6 +248,7 @@ impl Stores {
             window_ms,
             text,
             erasures: 0,
+            erased: Vec::new(),
         };
         let actor = self.config.actor;
         self.insert_new(&mut stores, meta, actor)

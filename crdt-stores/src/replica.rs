@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_protocol::capability::Role;
+use hearth_protocol::sync::erasure::Selector;
 use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::sync::{
     Digest, Engine, Replica, ReplicaError, StoreKind, StoreRef, SyncMessage, SyncState, Unit,
@@ -29,10 +30,11 @@ pub trait Placement<P> {
     fn text_fields(&self, _store: &StoreRef) -> Vec<String> {
         Vec::new()
     }
-    /// How many erasures of the store `id` this device knows of (verified), if it
+    /// The erasures of the store `id` this device knows of (verified), in order, if it
     /// tracks them: a new replica is made only at that count, so a peer cannot make
-    /// this device hold a replica no honest holder will ever sync with.
-    fn erasures(&self, _id: &str) -> Option<u64> {
+    /// this device hold a replica no honest holder will ever sync with, and what peers
+    /// send it is checked against them.
+    fn erasures(&self, _id: &str) -> Option<Vec<Selector>> {
         None
     }
 }
@@ -89,8 +91,8 @@ pub struct Policies<P> {
     pub removed: BTreeSet<String>,
     /// The text fields of the doc stores that declare any, by id.
     pub text: BTreeMap<String, Vec<String>>,
-    /// The erasures of each store the catalogue holds verified, by id.
-    pub erasures: BTreeMap<String, u64>,
+    /// The erasures of each store the catalogue holds verified, in order, by id.
+    pub erasures: BTreeMap<String, Vec<Selector>>,
 }
 
 /// What to do with a local replica, given the placement.
@@ -197,8 +199,8 @@ impl<P: Ord> Placement<P> for Policies<P> {
         self.text.get(&store.id).cloned().unwrap_or_default()
     }
 
-    fn erasures(&self, id: &str) -> Option<u64> {
-        Some(self.erasures.get(id).copied().unwrap_or(0))
+    fn erasures(&self, id: &str) -> Option<Vec<Selector>> {
+        Some(self.erasures.get(id).cloned().unwrap_or_default())
     }
 }
 
@@ -279,10 +281,10 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
             // A replica on another side of an erasure is not synced with.
             return local.erasures() == erasures;
         }
-        if self
-            .placement
-            .erasures(id)
-            .is_some_and(|known| known != erasures)
+        let known = self.placement.erasures(id);
+        if known
+            .as_ref()
+            .is_some_and(|known| known.len() as u64 != erasures)
         {
             return false;
         }
@@ -298,6 +300,7 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
             window_ms: store.window_ms,
             text: self.placement.text_fields(&plain),
             erasures,
+            erased: known.unwrap_or_default(),
         };
         match self.stores.create_replica(meta) {
             Ok(_) => true,
@@ -347,7 +350,9 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
         state: &mut SyncState,
         message: SyncMessage,
     ) -> Result<(), ReplicaError> {
-        self.store(store)?.sync_receive(unit, state, message)
+        let (_, erasures) = parse_sync_id(store).unwrap_or_default();
+        self.store(store)?
+            .sync_receive_at(erasures, unit, state, message)
     }
 
     fn closed_chunk(&mut self, store: &str, start: u64) -> Result<Option<Vec<u8>>, ReplicaError> {
@@ -355,10 +360,13 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
     }
 
     fn merge_chunk(&mut self, store: &str, start: u64, save: &[u8]) -> Result<(), ReplicaError> {
-        self.store(store)?.apply_changes(Unit::Chunk(start), save)
+        let (_, erasures) = parse_sync_id(store).unwrap_or_default();
+        self.store(store)?
+            .apply_changes_at(erasures, Unit::Chunk(start), save)
     }
 
     fn apply(&mut self, store: &str, unit: Unit, changes: &[u8]) -> Result<(), ReplicaError> {
-        self.store(store)?.apply_changes(unit, changes)
+        let (_, erasures) = parse_sync_id(store).unwrap_or_default();
+        self.store(store)?.apply_changes_at(erasures, unit, changes)
     }
 }

@@ -116,6 +116,11 @@ pub struct StoreMeta {
     /// ([`Store::erasures`] says how many now).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub erasures: u64,
+    /// What those erasures picked, in order, as far as known (a replica made by sync
+    /// after erasures knows what the catalogue said of them): what a peer sends is
+    /// checked against them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erased: Vec<hearth_protocol::sync::erasure::Selector>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -325,6 +330,8 @@ struct State {
     body: Body,
     /// The store's digest (over every unit's heads), until the next change.
     digest: Option<Digest>,
+    /// What the erasures applied picked, in order (see `StoreMeta::erased`).
+    erased: Vec<hearth_protocol::sync::erasure::Selector>,
 }
 
 /// A local write, as the sync engine needs it: the encoded automerge changes of each
@@ -337,6 +344,9 @@ pub struct LocalChange {
     pub before: Digest,
     /// The digest after it.
     pub after: Digest,
+    /// The erasures the store had applied when it was written: its changes belong to
+    /// that replica (see [`Store::sync_id`]).
+    pub erasures: u64,
 }
 
 /// An open store.
@@ -469,9 +479,13 @@ impl Store {
         clock: Clock,
     ) -> Result<Self, StoreError> {
         let body = load_body(&meta, backend.as_ref(), &actor)?;
+        let pending = backend
+            .get(erase::REWRITE_PENDING)
+            .map_err(|err| StoreError::backend(&meta.name, err))?
+            .is_some();
         let (changes, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         let (local, _) = broadcast::channel(SUBSCRIBER_BUFFER);
-        Ok(Self {
+        let store = Self {
             erasures: std::sync::atomic::AtomicU64::new(meta.erasures),
             keep_ms: std::sync::atomic::AtomicU64::new(0),
             meta,
@@ -483,11 +497,21 @@ impl Store {
                 backend,
                 body,
                 digest: None,
+                erased: Vec::new(),
             }),
             commits: GroupCommit::new(),
             changes,
             local,
-        })
+        };
+        {
+            let mut state = lock(&store.state);
+            state.erased = store.meta.erased.clone();
+            // An erasure or retention pass whose file rewrite did not finish.
+            if pending && let Err(err) = store.rewrite_file(&mut state) {
+                tracing::warn!(store = %store.meta.name, error = %err, "cannot rewrite the store's file yet");
+            }
+        }
+        Ok(store)
     }
 
     /// The automerge actor this device writes this store's changes under.
@@ -928,6 +952,8 @@ impl Store {
     fn apply<'a>(&self, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
         let mut state = lock(&self.state);
         let now = i64::try_from((self.clock)()).unwrap_or(i64::MAX);
+        // Changes made after an erasure say so (what peers check them against).
+        let stamp = erase::stamp_message(self.erasures());
         let mut batch = Batch::new();
         let mut events = Vec::new();
         let want_events = self.changes.receiver_count() > 0;
@@ -945,6 +971,7 @@ impl Store {
                 doc,
                 writes,
                 now,
+                stamp.as_deref(),
                 &mut batch,
                 &mut events,
                 want_events,
@@ -957,6 +984,7 @@ impl Store {
                 series,
                 writes,
                 now,
+                stamp.as_deref(),
                 &mut batch,
                 &mut events,
                 want_events,
@@ -984,6 +1012,7 @@ impl Store {
                         units: pushes,
                         before,
                         after,
+                        erasures: self.erasures(),
                     });
                 }
                 Ok(())
@@ -1272,6 +1301,7 @@ fn apply_doc<'a>(
     state: &mut DocState,
     writes: impl Iterator<Item = &'a Write>,
     now: i64,
+    stamp: Option<&str>,
     batch: &mut Batch,
     events: &mut Vec<Change>,
     want_events: bool,
@@ -1362,9 +1392,7 @@ fn apply_doc<'a>(
             }
         }
     }
-    state
-        .doc
-        .commit_with(CommitOptions::default().with_time(now));
+    state.doc.commit_with(commit_options(now, stamp));
     let bytes = state.doc.save_incremental();
     if bytes.is_empty() {
         return Ok(());
@@ -1392,6 +1420,15 @@ fn persist_doc_change(state: &mut DocState, batch: &mut Batch, bytes: &[u8]) {
     }
 }
 
+/// A local commit's options: its time, and the erasures its writer had applied.
+fn commit_options(now: i64, stamp: Option<&str>) -> CommitOptions {
+    let options = CommitOptions::default().with_time(now);
+    match stamp {
+        Some(stamp) => options.with_message(stamp),
+        None => options,
+    }
+}
+
 fn heads_hash(doc: &mut AutoCommit) -> String {
     let mut heads = doc.get_heads();
     heads.sort();
@@ -1410,6 +1447,7 @@ fn apply_series<'a>(
     series: &mut SeriesState,
     writes: impl Iterator<Item = &'a Write>,
     now: i64,
+    stamp: Option<&str>,
     batch: &mut Batch,
     events: &mut Vec<Change>,
     want_events: bool,
@@ -1495,9 +1533,7 @@ fn apply_series<'a>(
         else {
             continue;
         };
-        let hash = chunk
-            .doc
-            .commit_with(CommitOptions::default().with_time(now));
+        let hash = chunk.doc.commit_with(commit_options(now, stamp));
         let bytes = chunk.save_commit(hash);
         put_sealed(batch, chunk_change_key(*start, info.changes), &bytes);
         info.changes += 1;

@@ -363,3 +363,186 @@ fn history_from_before_an_erasure_is_never_taken_back() {
     assert_eq!(values, [json!({ "kept": true }).to_string()]);
     assert!(!on_disk(dir.path(), b"OLD-1") && !on_disk(dir.path(), b"OLD-2"));
 }
+
+/// A holder that kept the history from before an erasure offers it to a replica made
+/// afterwards, under the new sync id: refused (the sender would be disconnected), and
+/// the replica holds only what the erasure left once an honest holder sends it.
+#[test]
+fn a_new_replica_refuses_history_from_before_an_erasure() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let store = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    fill(&store);
+    let unit = hearth_protocol::sync::Unit::Chunk(2 * HOUR);
+    let original = store.closed_chunk(2 * HOUR).unwrap().unwrap();
+    let selector = Selector {
+        from: Some(2 * HOUR),
+        to: Some(3 * HOUR),
+        ..Selector::default()
+    };
+    store.erase(1, &selector).unwrap();
+    let rewritten = store.closed_chunk(2 * HOUR).unwrap().unwrap();
+
+    let other = tempfile::tempdir().unwrap();
+    let other_stores = open(other.path(), &clock);
+    let replica = other_stores
+        .create_replica(hearth_stores::StoreMeta {
+            erasures: 1,
+            erased: vec![selector],
+            ..store.meta().clone()
+        })
+        .unwrap();
+    let err = replica.apply_changes_at(1, unit, &original).unwrap_err();
+    assert!(
+        matches!(err, hearth_protocol::sync::ReplicaError::Peer(_)),
+        "{err}"
+    );
+    assert_eq!(replica.records().unwrap(), 0);
+    assert!(!on_disk(other.path(), b"MARK-0150"));
+    // Offered to the replica as it was before an erasure it has applied: refused as
+    // stale, not applied.
+    assert!(replica.apply_changes_at(0, unit, &rewritten).is_err());
+    replica.apply_changes_at(1, unit, &rewritten).unwrap();
+    assert_eq!(replica.records().unwrap(), 0, "the hour was all erased");
+    let next = store.closed_chunk(3 * HOUR).unwrap().unwrap();
+    replica
+        .apply_changes_at(1, hearth_protocol::sync::Unit::Chunk(3 * HOUR), &next)
+        .unwrap();
+    assert_eq!(replica.records().unwrap(), 60);
+}
+
+/// A chunk change that does anything but add readings of its window (a delete, a
+/// reading of another window) is refused: every holder's history of a chunk is then
+/// readings it can see, which is what an erasure looks through.
+#[test]
+fn a_chunk_change_that_does_more_than_add_readings_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let store = stores
+        .create("rooms", Kind::Timeseries, Some(HOUR))
+        .unwrap();
+    store
+        .append(vec![Reading::new(60_000, json!({ "n": 1 }))])
+        .unwrap();
+    let whole = store.units();
+    assert_eq!(whole.len(), 1);
+    // A peer's copy of the chunk, edited with automerge directly.
+    let mut state = hearth_protocol::sync::SyncState::new();
+    let message = store
+        .sync_generate(hearth_protocol::sync::Unit::Chunk(0), &mut state)
+        .unwrap()
+        .unwrap();
+    let mut peer = automerge::AutoCommit::new();
+    let mut peer_state = automerge::sync::State::new();
+    use automerge::sync::SyncDoc as _;
+    peer.sync()
+        .receive_sync_message(&mut peer_state, message)
+        .unwrap();
+    // Pull everything into the peer's copy.
+    let mut ours = hearth_protocol::sync::SyncState::new();
+    for _ in 0..4 {
+        if let Some(m) = peer.sync().generate_sync_message(&mut peer_state) {
+            store
+                .sync_receive(hearth_protocol::sync::Unit::Chunk(0), &mut ours, m)
+                .unwrap();
+        }
+        if let Some(m) = store
+            .sync_generate(hearth_protocol::sync::Unit::Chunk(0), &mut ours)
+            .unwrap()
+        {
+            peer.sync()
+                .receive_sync_message(&mut peer_state, m)
+                .unwrap();
+        }
+    }
+    use automerge::ReadDoc as _;
+    use automerge::transaction::Transactable as _;
+    let (_, list) = peer.get(automerge::ROOT, "readings").unwrap().unwrap();
+    assert_eq!(peer.length(&list), 1);
+    let digest = store.digest();
+    let heads = peer.get_heads();
+    peer.delete(&list, 0).unwrap();
+    peer.commit();
+    let delete = peer.save_after(&heads);
+    let err = store
+        .apply_changes(hearth_protocol::sync::Unit::Chunk(0), &delete)
+        .unwrap_err();
+    assert!(err.to_string().contains("only add readings"), "{err}");
+    assert_eq!(store.digest(), digest);
+    let mut fork = peer.fork_at(&heads).unwrap();
+    fork.insert(
+        &list,
+        0,
+        automerge::ScalarValue::Bytes(
+            // A reading of the next hour, in this hour's chunk.
+            {
+                let mut b = vec![0x80, 0xee, 0xdb, 0x01]; // varint(3_600_000)
+                b.extend_from_slice(b"1");
+                b
+            },
+        ),
+    )
+    .unwrap();
+    fork.commit();
+    let stray = fork.save_after(&heads);
+    let err = store
+        .apply_changes(hearth_protocol::sync::Unit::Chunk(0), &stray)
+        .unwrap_err();
+    assert!(err.to_string().contains("in the chunk of"), "{err}");
+    assert_eq!(store.digest(), digest);
+    assert_eq!(store.records().unwrap(), 1);
+}
+
+/// The same for a kv store: the history from before a key's erasure is refused by a
+/// replica made afterwards.
+#[test]
+fn a_new_replica_refuses_an_erased_key_from_old_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(10 * HOUR));
+    let stores = open(dir.path(), &clock);
+    let kv = stores.create("prefs", Kind::Kv, None).unwrap();
+    let mut local = kv.subscribe_local();
+    kv.put("address", json!("KVSECRET-3")).unwrap();
+    let old = local.try_recv().unwrap();
+    kv.put("theme", json!("dark")).unwrap();
+    let selector = Selector {
+        keys: vec!["address".into()],
+        ..Selector::default()
+    };
+    kv.erase(1, &selector).unwrap();
+    // Written after the erasure: new data, stamped as such.
+    kv.put("address", json!("new")).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let other_stores = open(other.path(), &clock);
+    let replica = other_stores
+        .create_replica(hearth_stores::StoreMeta {
+            erasures: 1,
+            erased: vec![selector],
+            ..kv.meta().clone()
+        })
+        .unwrap();
+    let unit = hearth_protocol::sync::Unit::Whole;
+    for (_, bytes) in &old.units {
+        let err = replica.apply_changes_at(1, unit, bytes).unwrap_err();
+        assert!(err.to_string().contains("erasure deleted"), "{err}");
+    }
+    assert!(!on_disk(other.path(), b"KVSECRET-3"));
+    // What the erased store holds now syncs whole.
+    let mut ours = hearth_protocol::sync::SyncState::new();
+    let mut theirs = hearth_protocol::sync::SyncState::new();
+    for _ in 0..6 {
+        if let Some(m) = kv.sync_generate(unit, &mut ours).unwrap() {
+            replica.sync_receive_at(1, unit, &mut theirs, m).unwrap();
+        }
+        if let Some(m) = replica.sync_generate(unit, &mut theirs).unwrap() {
+            kv.sync_receive_at(1, unit, &mut ours, m).unwrap();
+        }
+    }
+    assert_eq!(replica.digest(), kv.digest());
+    assert_eq!(replica.get("address").unwrap(), Some(json!("new")));
+    assert_eq!(replica.keys().unwrap(), ["address", "theme"]);
+}

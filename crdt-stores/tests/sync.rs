@@ -236,11 +236,15 @@ impl World {
                     Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
                     Err(_) => break,
                 };
-                // The engine knows a store by its sync id (which an erasure changes).
-                let sync = self.nodes[i]
-                    .stores
-                    .get_by_id(&id)
-                    .map_or_else(|| id.clone(), |s| s.sync_id());
+                // The engine knows a store by its sync id (which an erasure changes);
+                // a write from before an erasure belongs to the replica as it was.
+                let Some(store) = self.nodes[i].stores.get_by_id(&id) else {
+                    continue;
+                };
+                if store.erasures() != change.erasures {
+                    continue;
+                }
+                let sync = store.sync_id();
                 self.with(i, |e, r, now| {
                     e.local_change(now, &sync, &change.units, change.before, r);
                 });

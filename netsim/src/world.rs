@@ -417,6 +417,7 @@ impl World {
                         window_ms: hearth_stores::DEFAULT_WINDOW_MS,
                         text: Vec::new(),
                         erasures: 0,
+                        erased: Vec::new(),
                     })
                     .map_err(|err| SimError::Stores {
                         node: label.clone(),

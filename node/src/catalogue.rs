@@ -30,7 +30,7 @@ use hearth_protocol::sync::StoreKind;
 use hearth_protocol::sync::authority::{
     self, Authority, Placement, PlacementError, Rank, SignedPlacement,
 };
-use hearth_protocol::sync::erasure::{Erasure, Selector, SignedErasure};
+use hearth_protocol::sync::erasure::{Erasure, ErasureError, Selector, SignedErasure};
 use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::time::UnixMillis;
 use hearth_stores::audit::{AuditLog, Event as AuditEvent};
@@ -60,6 +60,7 @@ pub fn open(stores: &Stores, owner: &PublicKey) -> Result<Arc<Store>, StoreError
         window_ms: hearth_stores::DEFAULT_WINDOW_MS,
         text: Vec::new(),
         erasures: 0,
+        erased: Vec::new(),
     })
 }
 
@@ -542,12 +543,15 @@ impl Catalogue {
         let owner = *state.verifier.owner();
         let verdict = SignedErasure::from_text(text)
             .and_then(|doc| doc.verify(&owner, now(), ERASURE_SKEW).map(|()| doc))
-            .map_err(|err| err.to_string())
+            .map_err(|err| {
+                let future = matches!(err, ErasureError::FromTheFuture(_));
+                (err.to_string(), future)
+            })
             .and_then(|doc| {
                 if key == erasure_key(&doc) {
                     Ok(doc)
                 } else {
-                    Err("listed under another key than its own".to_owned())
+                    Err(("listed under another key than its own".to_owned(), false))
                 }
             });
         match verdict {
@@ -555,8 +559,11 @@ impl Catalogue {
                 state.verdicts.insert(hash, None);
                 state.insert_erasure(doc)
             }
-            Err(err) => {
-                state.verdicts.insert(hash, None);
+            Err((err, future)) => {
+                // One dated ahead of this clock may count later: judged again then.
+                if !future {
+                    state.verdicts.insert(hash, None);
+                }
                 tracing::warn!(%key, error = %err, "an erasure document in the catalogue does not count");
                 self.record("erasure.check", key, &format!("refused: {err}"));
                 false
@@ -597,7 +604,12 @@ impl Catalogue {
             )));
         };
         let mut state = self.lock();
-        let seq = state.erasures.get(&id).map_or(0, |l| l.len() as u64) + 1;
+        let seq = state
+            .erasures
+            .get(&id)
+            .and_then(|l| l.keys().next_back().copied())
+            .unwrap_or(0)
+            + 1;
         let doc = Erasure {
             id: id.clone(),
             seq,

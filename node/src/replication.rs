@@ -196,6 +196,8 @@ struct Actor {
     last_expire: Instant,
     /// The sync id each local store had when last looked at (an erasure changes it).
     sync_ids: BTreeMap<String, String>,
+    /// A retention pass is running.
+    expiring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts the replication loop for `stores` (whose catalogue is `catalogue`) on the
@@ -229,6 +231,7 @@ pub(crate) fn spawn(
         last_audit: Instant::now(),
         last_expire: Instant::now(),
         sync_ids: BTreeMap::new(),
+        expiring: Arc::default(),
         last_stats: Instant::now()
             .checked_sub(STATS_EVERY)
             .unwrap_or_else(Instant::now),
@@ -293,10 +296,17 @@ impl Actor {
             }
             Input::Local { store, change } => match change {
                 Some(change) => {
-                    // The engine knows a store by its sync id.
-                    let Some(sync) = self.stores.get_by_id(&store).map(|s| s.sync_id()) else {
+                    // The engine knows a store by its sync id; a write made before an
+                    // erasure was applied belongs to the replica as it was (the
+                    // rewritten one is offered whole instead).
+                    let Some(current) = self.stores.get_by_id(&store) else {
                         return;
                     };
+                    if current.erasures() != change.erasures {
+                        self.engine.recheck(at, &current.sync_id());
+                        return;
+                    }
+                    let sync = current.sync_id();
                     let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
                     self.engine
                         .local_change(at, &sync, &change.units, change.before, &mut replica);
@@ -341,15 +351,26 @@ impl Actor {
         }
     }
 
-    /// Drops what each store's retention no longer keeps.
+    /// Drops what each store's retention no longer keeps, on a thread of its own: a
+    /// pass that drops something rewrites the store's file, which takes time in
+    /// proportion to the store, and sync goes on meanwhile.
     fn expire(&mut self) {
-        for store in self.stores.all() {
-            if store.keep().is_none() {
-                continue;
-            }
-            match store.expire() {
-                Ok(expired) if expired.chunks > 0 => {
-                    self.record(
+        if self.expiring.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let stores: Vec<_> = self
+            .stores
+            .all()
+            .into_iter()
+            .filter(|s| s.keep().is_some())
+            .collect();
+        let audit = self.audit.clone();
+        let expiring = self.expiring.clone();
+        let pass = move || {
+            for store in stores {
+                match store.expire() {
+                    Ok(expired) if expired.chunks > 0 => record_to(
+                        &audit,
                         "store.expire",
                         store.name(),
                         &format!(
@@ -357,13 +378,20 @@ impl Actor {
                             expired.readings, expired.chunks
                         ),
                         0,
-                    );
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(store = %store.name(), error = %err, "cannot apply the retention");
+                    ),
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(store = %store.name(), error = %err, "cannot apply the retention");
+                    }
                 }
             }
+            expiring.store(false, Ordering::SeqCst);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(pass);
+            }
+            Err(_) => pass(),
         }
     }
 
@@ -457,11 +485,14 @@ impl Actor {
                     // Audited when the placement says the peer may not hold the store
                     // (not for a store this device has no document for yet: the
                     // document may still be on its way).
-                    if self.placement.policies.contains_key(&store)
-                        && !self.placement.holds(&peer, &store)
+                    let id = hearth_stores::replica::parse_sync_id(&store)
+                        .map_or(store.as_str(), |(id, _)| id)
+                        .to_owned();
+                    if self.placement.policies.contains_key(&id)
+                        && !self.placement.holds(&peer, &id)
                     {
                         let name = self.peer_name(&peer);
-                        *self.refused.entry((name, store)).or_default() += 1;
+                        *self.refused.entry((name, id)).or_default() += 1;
                     }
                 }
                 Event::LocalError { store, reason } => {
@@ -541,11 +572,7 @@ impl Actor {
             .iter()
             .map(|(id, e)| (id.clone(), (e.origin.clone(), e.policy())))
             .collect();
-        let erasures: BTreeMap<String, u64> = listing
-            .erasures
-            .iter()
-            .map(|(id, list)| (id.clone(), list.len() as u64))
-            .collect();
+        let erasures = listing.erasures.clone();
         let changed = policies != self.placement.policies
             || listing.removed != self.placement.removed
             || erasures != self.placement.erasures;
@@ -666,16 +693,7 @@ impl Actor {
     }
 
     fn record(&self, action: &str, object: &str, outcome: &str, bytes: u64) {
-        if let Err(err) = self.audit.record(AuditEvent {
-            actor: "sync".into(),
-            action: action.into(),
-            object: object.into(),
-            cap_id: None,
-            outcome: outcome.into(),
-            bytes,
-        }) {
-            tracing::error!(error = %err, "cannot write the audit log");
-        }
+        record_to(&self.audit, action, object, outcome, bytes);
     }
 
     /// One audit entry per peer, store and direction for the traffic since the last,
@@ -715,5 +733,19 @@ impl Actor {
                 bytes,
             );
         }
+    }
+}
+
+/// Writes one audit entry of the replication loop.
+fn record_to(audit: &AuditLog, action: &str, object: &str, outcome: &str, bytes: u64) {
+    if let Err(err) = audit.record(AuditEvent {
+        actor: "sync".into(),
+        action: action.into(),
+        object: object.into(),
+        cap_id: None,
+        outcome: outcome.into(),
+        bytes,
+    }) {
+        tracing::error!(error = %err, "cannot write the audit log");
     }
 }

@@ -27,6 +27,10 @@ use super::*;
 use crate::backend::MemoryBackend;
 use crate::query::Filter;
 
+/// Present while the store's file still needs rewriting after an erasure or a
+/// retention pass (the fresh copy never has it); a store opened with it rewrites first.
+pub(super) const REWRITE_PENDING: &[u8] = b"p";
+
 /// What an erasure did here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Erased {
@@ -136,11 +140,62 @@ impl Store {
             )));
         }
         let mut batch = Batch::new();
-        let mut erased = Erased {
-            applied: true,
-            ..Erased::default()
+        let rewritten = self.rewrite_history(&mut state, selector, &picks, &mut batch);
+        let erased = match rewritten {
+            Ok(erased) => erased,
+            Err(err) => {
+                // The documents may be half rewritten in memory: put them back as the
+                // disk has them.
+                if let Err(reload) = self.reload(&mut state) {
+                    tracing::error!(store = %name, error = %reload, "could not reload the store");
+                }
+                return Err(err);
+            }
         };
-        let State { backend, body, .. } = &mut *state;
+        let mut erased_list = state.erased.clone();
+        erased_list.push(selector.clone());
+        let meta = StoreMeta {
+            erasures: seq,
+            erased: erased_list.clone(),
+            ..self.meta.clone()
+        };
+        let payload =
+            serde_json::to_vec(&meta).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        put_sealed(&mut batch, META_KEY.to_vec(), &payload);
+        // Until the file is rewritten: a crash before then redoes the rewrite at open.
+        batch.put(REWRITE_PENDING.to_vec(), Vec::new());
+        let committed = state
+            .backend
+            .commit(batch)
+            .map_err(|err| StoreError::backend(name, err));
+        if let Err(err) = committed {
+            if let Err(reload) = self.reload(&mut state) {
+                tracing::error!(store = %name, error = %reload, "could not reload the store");
+            }
+            return Err(err);
+        }
+        self.erasures.store(seq, Ordering::SeqCst);
+        state.erased = erased_list;
+        state.digest = None;
+        self.rewrite_file(&mut state)?;
+        Ok(Erased {
+            applied: true,
+            ..erased
+        })
+    }
+
+    /// Rewrites, in memory and into `batch`, every document holding something
+    /// `selector` picks.
+    fn rewrite_history(
+        &self,
+        state: &mut State,
+        selector: &Selector,
+        picks: &Picks,
+        batch: &mut Batch,
+    ) -> Result<Erased, StoreError> {
+        let name = self.meta.name.as_str();
+        let mut erased = Erased::default();
+        let State { backend, body, .. } = state;
         let series = match body {
             Body::Series(series) => series,
             Body::Doc(doc) => {
@@ -152,19 +207,22 @@ impl Store {
                     let save = doc.doc.save();
                     // Start later incremental saves from here.
                     let _ = doc.doc.save_incremental();
-                    put_sealed(&mut batch, SNAPSHOT_KEY.to_vec(), &save);
+                    put_sealed(batch, SNAPSHOT_KEY.to_vec(), &save);
                     for seq in doc.next_seq.saturating_sub(doc.changes)..doc.next_seq {
                         batch.delete(change_key(seq));
                     }
                     doc.changes = 0;
                     erased.keys = count;
                 }
-                return self.finish_erasure(state, batch, seq, erased);
+                return Ok(erased);
             }
         };
         let window = self.meta.window_ms;
         let from = selector.from.unwrap_or(0);
         let to = selector.to.unwrap_or(u64::MAX);
+        // A chunk's history holds only readings of its window (what a peer sends is
+        // checked for that), each visible or a hole: its visible readings say whether
+        // anything in it is picked.
         let candidates: Vec<u64> = series
             .index
             .range(from - from % window..to)
@@ -172,7 +230,6 @@ impl Store {
             .map(|(start, _)| *start)
             .collect();
         for start in candidates {
-            // Most chunks can be passed over on their readings alone.
             let readings = match series.open.get(&start) {
                 Some(open) => open.readings.clone(),
                 None => match series.cache.get(start) {
@@ -188,27 +245,31 @@ impl Store {
                 Some(open) => open.doc,
                 None => load_closed_chunk(name, backend.as_ref(), start)?,
             };
-            let (mut doc, count, _) = redact(name, &mut doc, What::Readings(&picks), &self.actor)?;
+            let (mut doc, count, _) = redact(name, &mut doc, What::Readings(picks), &self.actor)?;
             let heads = doc.get_heads();
             let save = doc.save();
             let chunk = chunk_from_doc(name, doc, heads)?;
             let Some(info) = series.index.get_mut(&start) else {
-                continue;
+                return Err(StoreError::corrupt(
+                    name,
+                    "chunk bookkeeping is inconsistent",
+                ));
             };
             for seq in 0..info.changes {
                 batch.delete(chunk_change_key(start, seq));
             }
             info.count = chunk.readings.len() as u64;
-            if let (Some(first), Some(last)) = (chunk.readings.first(), chunk.readings.last()) {
-                info.min_ts = first.ts;
-                info.max_ts = last.ts;
-            }
+            // An emptied chunk keeps no erased reading's time in its bounds.
+            (info.min_ts, info.max_ts) = match (chunk.readings.first(), chunk.readings.last()) {
+                (Some(first), Some(last)) => (first.ts, last.ts),
+                _ => (start, start),
+            };
             series.cache.remove(start);
             if closed {
                 let mut chunk = chunk;
-                put_sealed(&mut batch, chunk_key(start, b"s"), &save);
+                put_sealed(batch, chunk_key(start, b"s"), &save);
                 put_sealed(
-                    &mut batch,
+                    batch,
                     chunk_key(start, b"r"),
                     &reading::encode_many(&chunk.readings),
                 );
@@ -216,49 +277,16 @@ impl Store {
                 info.hash = Some(heads_hash(&mut chunk.doc));
                 info.set_heads(&chunk.doc.get_heads());
             } else {
-                put_sealed(&mut batch, chunk_change_key(start, 0), &save);
+                put_sealed(batch, chunk_change_key(start, 0), &save);
                 info.changes = 1;
                 series.open.insert(start, chunk);
             }
             let payload =
                 serde_json::to_vec(&*info).map_err(|err| StoreError::Invalid(err.to_string()))?;
-            put_sealed(&mut batch, index_key(start), &payload);
+            put_sealed(batch, index_key(start), &payload);
             erased.readings += count;
             erased.chunks += 1;
         }
-        self.finish_erasure(state, batch, seq, erased)
-    }
-
-    /// Records erasure `seq` as applied (with the rewritten records in `batch`), then
-    /// rewrites the file.
-    fn finish_erasure(
-        &self,
-        mut state: MutexGuard<'_, State>,
-        mut batch: Batch,
-        seq: u64,
-        erased: Erased,
-    ) -> Result<Erased, StoreError> {
-        let name = self.meta.name.as_str();
-        let meta = StoreMeta {
-            erasures: seq,
-            ..self.meta.clone()
-        };
-        let payload =
-            serde_json::to_vec(&meta).map_err(|err| StoreError::Invalid(err.to_string()))?;
-        put_sealed(&mut batch, META_KEY.to_vec(), &payload);
-        let committed = state
-            .backend
-            .commit(batch)
-            .map_err(|err| StoreError::backend(name, err));
-        if let Err(err) = committed {
-            if let Err(reload) = self.reload(&mut state) {
-                tracing::error!(store = %name, error = %reload, "could not reload the store");
-            }
-            return Err(err);
-        }
-        self.erasures.store(seq, Ordering::SeqCst);
-        state.digest = None;
-        self.rewrite_file(&mut state)?;
         Ok(erased)
     }
 
@@ -295,6 +323,7 @@ impl Store {
             batch.delete(chunk_key(start, b"s"));
             batch.delete(chunk_key(start, b"r"));
             batch.delete(index_key(start));
+            batch.put(REWRITE_PENDING.to_vec(), Vec::new());
             series.open.remove(&start);
             series.cache.remove(start);
             expired.readings += info.count;
@@ -318,7 +347,7 @@ impl Store {
     /// Copies every live record into a fresh file that replaces the store's, so that
     /// the pages of deleted records (which the engines free but do not overwrite) are
     /// gone with the old file.
-    fn rewrite_file(&self, state: &mut State) -> Result<(), StoreError> {
+    pub(super) fn rewrite_file(&self, state: &mut State) -> Result<(), StoreError> {
         if self.backend_kind == BackendKind::Memory {
             return Ok(());
         }
@@ -418,9 +447,16 @@ fn replace_path(fresh: &Path, path: &Path) -> std::io::Result<()> {
         let old = old_path(path);
         remove_path(&old)?;
         std::fs::rename(path, &old)?;
-        std::fs::rename(fresh, path)?;
+        if let Err(err) = std::fs::rename(fresh, path) {
+            // Put the old one back: it holds every record.
+            std::fs::rename(&old, path)?;
+            return Err(err);
+        }
         sync_parent(path)?;
-        remove_path(&old)?;
+        if let Err(err) = remove_path(&old) {
+            // The replacement is in place; what is left aside goes at the next open.
+            tracing::warn!(path = %old.display(), error = %err, "cannot remove a store's old copy");
+        }
     } else {
         std::fs::rename(fresh, path)?;
     }
@@ -583,7 +619,153 @@ fn redact(
         out.push(rewritten);
         changed = true;
     }
-    let mut fresh = AutoCommit::new();
-    fresh.apply_changes(out).map_err(|err| am_err(name, err))?;
+    let fresh = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut fresh = AutoCommit::new();
+        fresh.apply_changes(out).map(|()| fresh)
+    }))
+    .map_err(|_| StoreError::corrupt(name, "a rewritten history cannot be loaded"))?
+    .map_err(|err| am_err(name, err))?;
     Ok((fresh.with_actor(actor.clone()), erased, changed))
+}
+
+/// What a change's message says when its writer had applied erasures: `hearth/eN`.
+const STAMP: &str = "hearth/e";
+
+/// The commit message of a local change made after `erasures` erasures.
+pub(super) fn stamp_message(erasures: u64) -> Option<String> {
+    (erasures > 0).then(|| format!("{STAMP}{erasures}"))
+}
+
+/// How many erasures a change's writer had applied when it wrote it.
+fn stamp_of(change: &Change) -> u64 {
+    change
+        .message()
+        .and_then(|m| m.strip_prefix(STAMP))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The changes `doc` holds that `before` (its heads before an input) did not.
+pub(super) fn added_changes(doc: &mut AutoCommit, before: &[ChangeHash]) -> Vec<Change> {
+    doc.get_changes(before).into_iter().cloned().collect()
+}
+
+/// Checks the changes a peer added to the chunk starting at `start`: a chunk holds its
+/// genesis and readings inserted into the genesis list, each of the chunk's window
+/// (or a hole), and nothing an erasure picked that the change's writer had not
+/// applied. Anything else is refused (the peer is then disconnected).
+pub(super) fn vet_chunk(
+    meta: &StoreMeta,
+    start: u64,
+    erased: &[Selector],
+    changes: &[Change],
+) -> Result<(), String> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut genesis = AutoCommit::new();
+    create_readings_list(&mut genesis, &meta.id, start, &ActorId::from([0u8; 16]))
+        .map_err(|err| err.to_string())?;
+    let (genesis_hash, list) = genesis
+        .get_changes(&[])
+        .first()
+        .map(|c| (c.hash(), format!("1@{}", c.actor_id().to_hex_string())))
+        .ok_or("no genesis")?;
+    let picks: Vec<Option<Picks>> = erased.iter().map(|s| Picks::new(s).ok()).collect();
+    let end = start.saturating_add(meta.window_ms);
+    for change in changes {
+        if change.hash() == genesis_hash {
+            continue;
+        }
+        let stamp = stamp_of(change);
+        for op in change.decode().operations {
+            let in_list = serde_json::to_value(&op.obj)
+                .ok()
+                .is_some_and(|o| o.as_str() == Some(list.as_str()));
+            let Some(ScalarValue::Bytes(bytes)) = op.primitive_value() else {
+                return Err("a chunk change may only add readings".into());
+            };
+            if !op.insert || !in_list || op.obj_type().is_some() {
+                return Err("a chunk change may only add readings".into());
+            }
+            if bytes.is_empty() {
+                continue;
+            }
+            let reading =
+                Reading::decode(&bytes).ok_or("a chunk change holds an unreadable reading")?;
+            if reading.ts < start || reading.ts >= end {
+                return Err(format!(
+                    "a reading at {} in the chunk of {start}..{end}",
+                    reading.ts
+                ));
+            }
+            for (k, pick) in picks.iter().enumerate() {
+                if (k as u64) >= stamp && pick.as_ref().is_some_and(|p| p.matches(&reading)) {
+                    return Err(format!(
+                        "a reading that erasure {} deleted, in a change made before it",
+                        k + 1
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the changes a peer added to a kv or doc store that has applied `erasures`
+/// (`erased` picked what is known of them): nothing written under the key `""` where
+/// erased keys went, and nothing written to a key an erasure its writer had not
+/// applied erased. `doc` already holds the changes.
+pub(super) fn vet_doc(
+    doc: &AutoCommit,
+    erasures: u64,
+    erased: &[Selector],
+    changes: &[Change],
+) -> Result<(), String> {
+    if erasures == 0 || changes.is_empty() {
+        return Ok(());
+    }
+    // The root key an object hangs from.
+    let root_key = |obj: &str| -> Option<String> {
+        let id = doc.import_obj(obj).ok()?;
+        match doc.parents(&id).ok()?.last()?.prop {
+            automerge::Prop::Map(key) => Some(key),
+            automerge::Prop::Seq(_) => None,
+        }
+    };
+    for change in changes {
+        let stamp = stamp_of(change);
+        let erased_key = |key: &str| {
+            erased
+                .iter()
+                .enumerate()
+                .any(|(k, s)| (k as u64) >= stamp && s.keys.iter().any(|e| e == key))
+        };
+        for op in change.decode().operations {
+            let writes = match op.primitive_value() {
+                Some(ScalarValue::Bytes(bytes)) => !bytes.is_empty(),
+                Some(_) => true,
+                None => false,
+            };
+            let obj = serde_json::to_value(&op.obj).ok();
+            let obj = obj.as_ref().and_then(|o| o.as_str()).unwrap_or("_root");
+            let key = if obj == "_root" {
+                serde_json::to_value(&op.key)
+                    .ok()
+                    .and_then(|k| k.as_str().map(str::to_owned))
+            } else {
+                root_key(obj)
+            };
+            let Some(key) = key else {
+                continue;
+            };
+            let deletes = !writes && op.obj_type().is_none();
+            if (key.is_empty() && writes) || (erased_key(&key) && !deletes) {
+                return Err(format!(
+                    "a write to {key:?}, which an erasure deleted, in a change made before it"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -136,7 +136,32 @@ impl Store {
         message: SyncMessage,
     ) -> Result<(), ReplicaError> {
         inflate::check(message.changes.iter())?;
-        self.remote(unit, Input::Sync(sync, message))
+        self.remote(None, unit, Input::Sync(sync, message))
+    }
+
+    /// [`Store::sync_receive`] for the replica that has applied `erasures` erasures
+    /// (what the sync id named): refused as a local error if the store has applied
+    /// another number meanwhile.
+    pub fn sync_receive_at(
+        &self,
+        erasures: u64,
+        unit: Unit,
+        sync: &mut SyncState,
+        message: SyncMessage,
+    ) -> Result<(), ReplicaError> {
+        inflate::check(message.changes.iter())?;
+        self.remote(Some(erasures), unit, Input::Sync(sync, message))
+    }
+
+    /// [`Store::apply_changes`] for the replica that has applied `erasures` erasures.
+    pub fn apply_changes_at(
+        &self,
+        erasures: u64,
+        unit: Unit,
+        changes: &[u8],
+    ) -> Result<(), ReplicaError> {
+        inflate::check([changes])?;
+        self.remote(Some(erasures), unit, Input::Changes(changes))
     }
 
     /// Applies changes (or a whole saved document) from a peer to one document,
@@ -144,7 +169,7 @@ impl Store {
     /// ([`ReplicaError::Inflate`]) before automerge reads it, and nothing is applied.
     pub fn apply_changes(&self, unit: Unit, changes: &[u8]) -> Result<(), ReplicaError> {
         inflate::check([changes])?;
-        self.remote(unit, Input::Changes(changes))
+        self.remote(None, unit, Input::Changes(changes))
     }
 
     /// A closed chunk's document, saved whole.
@@ -173,7 +198,12 @@ impl Store {
 
     /// Applies what a peer sent to one document and keeps it on disk; on any failure
     /// the store is put back as the disk has it.
-    fn remote(&self, unit: Unit, input: Input<'_>) -> Result<(), ReplicaError> {
+    fn remote(
+        &self,
+        expect: Option<u64>,
+        unit: Unit,
+        input: Input<'_>,
+    ) -> Result<(), ReplicaError> {
         if let Unit::Chunk(start) = unit
             && self.expired(start)
         {
@@ -181,14 +211,34 @@ impl Store {
             return Ok(());
         }
         let mut state = lock(&self.state);
+        let erasures = self.erasures();
+        if expect.is_some_and(|n| n != erasures) {
+            // An erasure was applied since the engine looked: the data is for the
+            // replica as it was.
+            return Err(ReplicaError::Local(format!(
+                "{:?} has applied an erasure since",
+                self.meta.name
+            )));
+        }
         let mut batch = Batch::new();
         let mut events = Vec::new();
         let want_events = self.changes.receiver_count() > 0;
-        let State { backend, body, .. } = &mut *state;
+        let State {
+            backend,
+            body,
+            erased,
+            ..
+        } = &mut *state;
         let applied = match (body, unit) {
-            (Body::Doc(doc), Unit::Whole) => {
-                remote_doc(&self.meta, doc, input, &mut batch, &mut events, want_events)
-            }
+            (Body::Doc(doc), Unit::Whole) => remote_doc(
+                &self.meta,
+                doc,
+                input,
+                (erasures, erased.as_slice()),
+                &mut batch,
+                &mut events,
+                want_events,
+            ),
             (Body::Series(series), Unit::Chunk(start)) => remote_chunk(
                 &self.meta,
                 &self.actor,
@@ -196,6 +246,7 @@ impl Store {
                 series,
                 start,
                 input,
+                erased.as_slice(),
                 &mut batch,
                 &mut events,
             ),
@@ -251,12 +302,18 @@ fn remote_doc(
     meta: &StoreMeta,
     state: &mut DocState,
     input: Input<'_>,
+    (erasures, erased): (u64, &[hearth_protocol::sync::erasure::Selector]),
     batch: &mut Batch,
     events: &mut Vec<Change>,
     want_events: bool,
 ) -> Result<(), ReplicaError> {
     let before = want_events.then(|| values(meta.kind, &state.doc));
+    let heads = state.doc.get_heads();
     apply_input(&mut state.doc, input)?;
+    if erasures > 0 {
+        let added = erase::added_changes(&mut state.doc, &heads);
+        erase::vet_doc(&state.doc, erasures, erased, &added).map_err(ReplicaError::Peer)?;
+    }
     let bytes = state.doc.save_incremental();
     if bytes.is_empty() {
         return Ok(());
@@ -353,6 +410,7 @@ fn remote_chunk(
     series: &mut SeriesState,
     start: u64,
     input: Input<'_>,
+    erased: &[hearth_protocol::sync::erasure::Selector],
     batch: &mut Batch,
     events: &mut Vec<Change>,
 ) -> Result<(), ReplicaError> {
@@ -408,6 +466,7 @@ fn remote_chunk(
     if incremental {
         chunk.doc.update_diff_cursor();
     }
+    let heads = chunk.doc.get_heads();
     let applied = apply_input(&mut chunk.doc, input);
     let patches = if incremental {
         let patches = applied.is_ok().then(|| chunk.doc.diff_incremental());
@@ -417,6 +476,8 @@ fn remote_chunk(
         None
     };
     applied?;
+    let new_changes = erase::added_changes(&mut chunk.doc, &heads);
+    erase::vet_chunk(meta, start, erased, &new_changes).map_err(ReplicaError::Peer)?;
     let bytes = chunk.save_incremental();
     if bytes.is_empty() {
         if created {

@@ -579,7 +579,8 @@ impl SignedPlacement {
                         "the placement grant is held by another key than the signer's".into(),
                     ));
                 }
-                let action = if p.removed {
+                // A retention deletes data on every holder, as a removal does.
+                let action = if p.removed || p.keep_ms.is_some() {
                     Actions::REMOVE
                 } else {
                     Actions::PLACE
@@ -938,5 +939,29 @@ mod tests {
         let signed = origin.sign(node.secret()).unwrap();
         let err = signed.verify(&mut verifier, &revocations, NOW).unwrap_err();
         assert!(err.to_string().contains("owner"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_under_a_grant_needs_remove() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let holder = NodeKey::from_seed([3; 32]);
+        let mut verifier = Verifier::new(owner.public(), Default::default());
+        let revocations = RevocationSet::new(owner.public());
+        for (actions, ok) in [(Actions::PLACE, false), (Actions::REMOVE, true)] {
+            let chain = grant(&owner, holder.public(), "location", actions);
+            let mut p = doc(
+                holder.public(),
+                Authority::Grant(chain),
+                "home",
+                "origin,role:home",
+            );
+            p.keep_ms = Some(86_400_000);
+            let signed = p.sign(holder.secret()).unwrap();
+            assert_eq!(
+                signed.verify(&mut verifier, &revocations, NOW).is_ok(),
+                ok,
+                "{actions:?}"
+            );
+        }
     }
 }

@@ -49,15 +49,20 @@ const FLAG_KEYS: u8 = 1 << 3;
 
 /// What an erasure deletes: readings of a timeseries store picked by time and an
 /// optional tag filter, or keys of a kv or doc store with every value they held.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Selector {
     /// Readings at or after this instant (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<u64>,
     /// Readings before this instant (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<u64>,
     /// Readings whose value at this dotted path equals this text (as `--filter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<(String, String)>,
     /// Keys of a kv or doc store (when set, nothing else is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
 }
 
