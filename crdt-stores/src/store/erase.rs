@@ -1,17 +1,19 @@
-//! Erasure and retention: readings deleted on every holder, history included.
+//! Erasure and retention: data deleted on every holder, history included.
 //!
-//! **Erasure.** An erasure rewrites each chunk that holds a reading it picks. Every
-//! automerge change of the chunk is kept with its actor, sequence number and operation
-//! ids, but each erased reading's value becomes an empty byte string (a *hole*, skipped
-//! when reading), the change's time becomes 0, and its dependencies name the rewritten
-//! changes. The rewrite of a change depends only on that change, its ancestors and the
-//! erasure, so holders that hold different changes of a chunk rewrite the ones they
-//! share into identical bytes and go on merging as before. The erased values are in no
-//! record afterwards, and the store's file is rewritten so that no freed page keeps
-//! them. A store counts the erasures it applied; replicas with different counts never
-//! sync (their sync ids differ: [`crate::replica::sync_id`]), so a replica that missed
-//! an erasure can neither receive rewritten changes it cannot place nor send back what
-//! was erased.
+//! **Erasure.** An erasure rewrites each document (a timeseries chunk, or the document
+//! of a kv or doc store) that holds something it picks. Every automerge change is kept
+//! with its actor, sequence number and operation ids, but each erased value becomes an
+//! empty byte string (a *hole*, skipped when reading), an erased key's operations move
+//! to the key `""` (which no store key can be), the change's time becomes 0, and its
+//! dependencies name the rewritten changes. The rewrite of a change depends only on
+//! that change, its ancestors and the erasure, so holders that hold different changes
+//! rewrite the ones they share into identical bytes and go on merging as before. The
+//! erased values are in no record afterwards, and the store's file is rewritten so that
+//! no freed page keeps them. A store counts the erasures it applied; replicas with
+//! different counts never sync (their sync ids differ: [`crate::replica::sync_id`]),
+//! and what a peer sends is checked against the erasures applied (`vet_chunk`,
+//! `vet_doc`), so a replica that missed an erasure, or a peer that kept the old
+//! history, cannot hand back what was erased.
 //!
 //! **Retention.** A store kept for `keep` ms drops every chunk whose window ended
 //! before `now - keep`, whole, and takes no reading (local or from a peer) for such a

@@ -110,8 +110,10 @@ impl Selector {
             ));
         }
         if let Some((path, value)) = &self.filter {
-            if path.is_empty() || path.len() > MAX_PATH_LEN {
-                return Err(format!("a filter's tag is 1 to {MAX_PATH_LEN} bytes long"));
+            if path.is_empty() || path.len() > MAX_PATH_LEN || path.contains('=') {
+                return Err(format!(
+                    "a filter's tag is 1 to {MAX_PATH_LEN} bytes long, without `=`"
+                ));
             }
             if value.len() > MAX_VALUE_LEN {
                 return Err(format!("a filter's value is at most {MAX_VALUE_LEN} bytes"));
