@@ -37,6 +37,10 @@ pub trait Placement<P> {
     fn erasures(&self, _id: &str) -> Option<Vec<Selector>> {
         None
     }
+    /// The retention (ms) of the store `id`, for a new replica of it.
+    fn keep_ms(&self, _id: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// A store's id in the sync protocol after `erasures` erasures: the id itself, then
@@ -93,6 +97,8 @@ pub struct Policies<P> {
     pub text: BTreeMap<String, Vec<String>>,
     /// The erasures of each store the catalogue holds verified, in order, by id.
     pub erasures: BTreeMap<String, Vec<Selector>>,
+    /// The retention (ms) of each store that has one, by id.
+    pub keeps: BTreeMap<String, u64>,
 }
 
 /// What to do with a local replica, given the placement.
@@ -118,6 +124,7 @@ impl<P: Ord> Policies<P> {
             removed: BTreeSet::new(),
             text: BTreeMap::new(),
             erasures: BTreeMap::new(),
+            keeps: BTreeMap::new(),
         }
     }
 
@@ -201,6 +208,10 @@ impl<P: Ord> Placement<P> for Policies<P> {
 
     fn erasures(&self, id: &str) -> Option<Vec<Selector>> {
         Some(self.erasures.get(id).cloned().unwrap_or_default())
+    }
+
+    fn keep_ms(&self, id: &str) -> Option<u64> {
+        self.keeps.get(id).copied()
     }
 }
 
@@ -303,7 +314,11 @@ impl<P, L: Placement<P>> Replica<P> for StoresReplica<'_, L> {
             erased: known.unwrap_or_default(),
         };
         match self.stores.create_replica(meta) {
-            Ok(_) => true,
+            Ok(replica) => {
+                // Past its retention it takes nothing, from the first exchange on.
+                replica.set_keep(self.placement.keep_ms(id));
+                true
+            }
             Err(err) => {
                 tracing::warn!(store = %store.name, error = %err, "cannot hold a replica");
                 false

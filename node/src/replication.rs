@@ -358,6 +358,13 @@ impl Actor {
         if self.expiring.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Replicas made since the catalogue was read learn their retention here.
+        for store in self.stores.all() {
+            let keep = self.placement.keeps.get(&store.meta().id).copied();
+            if store.keep() != keep {
+                store.set_keep(keep);
+            }
+        }
         let stores: Vec<_> = self
             .stores
             .all()
@@ -401,6 +408,11 @@ impl Actor {
     /// it as another store, and the old one is forgotten).
     fn apply_lifecycle(&mut self, listing: &catalogue::Listing) -> bool {
         let mut changed = false;
+        self.placement.keeps = listing
+            .stores
+            .iter()
+            .filter_map(|(id, e)| Some((id.clone(), e.keep_ms?)))
+            .collect();
         for store in self.stores.all() {
             let id = store.meta().id.clone();
             if let Some(entry) = listing.stores.get(&id)

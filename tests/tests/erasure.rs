@@ -278,6 +278,28 @@ fn deleted_readings_are_gone_from_every_holder_and_stay_gone() {
     // An old reading is refused now, with a reason.
     let old = json!({ "ts": BASE, "value": 1 }).to_string();
     refused(&home, &["store", "append", "trips", &old], "older");
+    // A store made with a retention: a replica made afterwards keeps it from the start.
+    json_ok(
+        &home,
+        &[
+            "store",
+            "create",
+            "steps",
+            "--kind",
+            "timeseries",
+            "--keep",
+            "1day",
+            "--replicas",
+            "origin,vm",
+        ],
+    );
+    json_ok(&home, &["store", "append", "steps", "{\"n\": 1}"]);
+    wait_until("the vm to hold steps", 60, || {
+        let out = hearth(&cloud, &["--json", "store", "read", "steps"]);
+        let answer: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (answer["records"].as_array()?.len() == 1).then_some(())
+    });
+    refused(&cloud, &["store", "append", "steps", &old], "older");
     stop(phone_node);
     stop(cloud_node);
     stop(home_node);
