@@ -293,6 +293,19 @@ fn is_stable(doc: &SignedPlacement) -> bool {
 }
 
 impl State {
+    /// The hash of a catalogue value not judged yet (None if it was), making room for
+    /// its verdict.
+    fn unjudged(&mut self, text: &str) -> Option<[u8; 32]> {
+        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if self.verdicts.contains_key(&hash) {
+            return None;
+        }
+        if self.verdicts.len() >= MAX_VERDICTS {
+            self.verdicts.clear();
+        }
+        Some(hash)
+    }
+
     /// Takes in a verified document; true if the store's documents changed.
     fn insert(&mut self, rank: Rank, doc: SignedPlacement) -> bool {
         let docs = self.docs.entry(doc.placement().id.clone()).or_default();
@@ -533,13 +546,9 @@ impl Catalogue {
     /// Checks one catalogue value under `erase/`; true if it added a document.
     fn absorb_erasure(&self, state: &mut State, key: &str, value: &Value) -> bool {
         let text = value.as_str().unwrap_or_default();
-        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        if state.verdicts.contains_key(&hash) {
+        let Some(hash) = state.unjudged(text) else {
             return false;
-        }
-        if state.verdicts.len() >= MAX_VERDICTS {
-            state.verdicts.clear();
-        }
+        };
         let owner = *state.verifier.owner();
         let verdict = SignedErasure::from_text(text)
             .and_then(|doc| doc.verify(&owner, now(), ERASURE_SKEW).map(|()| doc))
@@ -629,13 +638,9 @@ impl Catalogue {
     /// Checks one catalogue value; true if it added a document.
     fn absorb(&self, state: &mut State, key: &str, value: &Value) -> bool {
         let text = value.as_str().unwrap_or_default();
-        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        if state.verdicts.contains_key(&hash) {
+        let Some(hash) = state.unjudged(text) else {
             return false;
-        }
-        if state.verdicts.len() >= MAX_VERDICTS {
-            state.verdicts.clear();
-        }
+        };
         let verdict = SignedPlacement::from_text(text).and_then(|doc| {
             let State {
                 verifier,

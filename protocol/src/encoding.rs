@@ -272,6 +272,50 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What a signature covers: a domain separator, then the document's body.
+pub(crate) fn domain_message(domain: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(domain.len() + body.len());
+    message.extend_from_slice(domain);
+    message.extend_from_slice(body);
+    message
+}
+
+/// A document as text: `prefix` then the bytes in unpadded base64url.
+pub(crate) fn to_armour(prefix: &str, bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// The bytes of [`to_armour`]'s text, of at most `max` bytes; the error names `what`.
+pub(crate) fn from_armour(
+    prefix: &str,
+    text: &str,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let body = text
+        .trim()
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("{what} starts with {prefix}"))?;
+    if body.len() > max * 4 / 3 + 4 {
+        return Err("the document is too long".into());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|err| format!("not base64url: {err}"))
+}
+
+/// A store id's 16 bytes, if it is exactly 32 lowercase hex digits.
+pub(crate) fn id_bytes(id: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(id, &mut out).ok()?;
+    (hex::encode(out) == id).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,7 @@ use super::placement::{Holder, Policy};
 use crate::capability::{
     Access, Actions, Chain, ChainError, Resource, RevocationSet, Role, Verifier, is_valid_name,
 };
-use crate::encoding::{DecodeError, Reader, Writer};
+use crate::encoding::{DecodeError, Reader, Writer, id_bytes};
 use crate::key::{PublicKey, SIGNATURE_LEN, SecretKey, Signature};
 use crate::time::UnixMillis;
 
@@ -187,12 +187,6 @@ fn kind_tag(kind: StoreKind) -> u8 {
         StoreKind::Timeseries => 2,
         StoreKind::Doc => 3,
     }
-}
-
-fn id_bytes(id: &str) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    hex::decode_to_slice(id, &mut out).ok()?;
-    (hex::encode(out) == id).then_some(out)
 }
 
 impl Placement {
@@ -422,10 +416,7 @@ impl Placement {
 }
 
 fn signing_message(body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGNATURE_DOMAIN.len() + body.len());
-    message.extend_from_slice(SIGNATURE_DOMAIN);
-    message.extend_from_slice(body);
-    message
+    crate::encoding::domain_message(SIGNATURE_DOMAIN, body)
 }
 
 /// Why a placement document does not count.
@@ -515,25 +506,18 @@ impl SignedPlacement {
 
     /// The document as text (`hplc1:` then unpadded base64url).
     pub fn to_text(&self) -> String {
-        use base64::Engine as _;
-        format!(
-            "{TEXT_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.encode())
-        )
+        crate::encoding::to_armour(TEXT_PREFIX, &self.encode())
     }
 
     /// Parses [`SignedPlacement::to_text`].
     pub fn from_text(text: &str) -> Result<Self, PlacementError> {
-        use base64::Engine as _;
-        let body = text.trim().strip_prefix(TEXT_PREFIX).ok_or_else(|| {
-            PlacementError::Invalid(format!("a placement document starts with {TEXT_PREFIX}"))
-        })?;
-        if body.len() > MAX_DOCUMENT_BYTES * 4 / 3 + 4 {
-            return Err(PlacementError::Invalid("the document is too long".into()));
-        }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|err| PlacementError::Invalid(format!("not base64url: {err}")))?;
+        let bytes = crate::encoding::from_armour(
+            TEXT_PREFIX,
+            text,
+            MAX_DOCUMENT_BYTES,
+            "a placement document",
+        )
+        .map_err(PlacementError::Invalid)?;
         Self::decode(&bytes)
     }
 

@@ -20,7 +20,7 @@ use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::encoding::{DecodeError, Reader, Writer};
+use crate::encoding::{DecodeError, Reader, Writer, id_bytes};
 use crate::key::{PublicKey, SIGNATURE_LEN, SecretKey, Signature};
 use crate::time::UnixMillis;
 
@@ -155,12 +155,6 @@ pub struct Erasure {
     pub issued_at: UnixMillis,
 }
 
-fn id_bytes(id: &str) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    hex::decode_to_slice(id, &mut out).ok()?;
-    (hex::encode(out) == id).then_some(out)
-}
-
 impl Erasure {
     fn encode(&self) -> Vec<u8> {
         let s = &self.selector;
@@ -267,10 +261,7 @@ impl Erasure {
 }
 
 fn signing_message(body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGNATURE_DOMAIN.len() + body.len());
-    message.extend_from_slice(SIGNATURE_DOMAIN);
-    message.extend_from_slice(body);
-    message
+    crate::encoding::domain_message(SIGNATURE_DOMAIN, body)
 }
 
 /// Why an erasure document does not count.
@@ -343,25 +334,18 @@ impl SignedErasure {
 
     /// The document as text (`hers1:` then unpadded base64url).
     pub fn to_text(&self) -> String {
-        use base64::Engine as _;
-        format!(
-            "{TEXT_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.encode())
-        )
+        crate::encoding::to_armour(TEXT_PREFIX, &self.encode())
     }
 
     /// Parses [`SignedErasure::to_text`].
     pub fn from_text(text: &str) -> Result<Self, ErasureError> {
-        use base64::Engine as _;
-        let body = text.trim().strip_prefix(TEXT_PREFIX).ok_or_else(|| {
-            ErasureError::Invalid(format!("an erasure document starts with {TEXT_PREFIX}"))
-        })?;
-        if body.len() > MAX_DOCUMENT_BYTES * 4 / 3 + 4 {
-            return Err(ErasureError::Invalid("the document is too long".into()));
-        }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|err| ErasureError::Invalid(format!("not base64url: {err}")))?;
+        let bytes = crate::encoding::from_armour(
+            TEXT_PREFIX,
+            text,
+            MAX_DOCUMENT_BYTES,
+            "an erasure document",
+        )
+        .map_err(ErasureError::Invalid)?;
         Self::decode(&bytes)
     }
 
