@@ -134,8 +134,8 @@ pub(crate) enum Command {
         /// than this, a chunk window at a time. Needs the owner's authority.
         #[arg(long, value_name = "DURATION", value_parser = crate::cmd::parse_duration)]
         keep: Option<std::time::Duration>,
-        /// A capability for this device's key that allows it (`place`, or `remove` for
-        /// `rm`), where this device does not hold the owner key.
+        /// A capability for this device's key that allows it (`place`; `remove` for `rm`
+        /// or `--keep`), where this device does not hold the owner key.
         #[arg(long, value_name = "CAPFILE")]
         cap: Option<std::path::PathBuf>,
     },
@@ -158,8 +158,8 @@ pub(crate) enum Command {
         /// reading.
         #[arg(long, value_name = "DURATION|none", value_parser = parse_keep, group = "change")]
         keep: Option<Keep>,
-        /// A capability for this device's key that allows it (`place`, or `remove` for
-        /// `rm`), where this device does not hold the owner key.
+        /// A capability for this device's key that allows it (`place`; `remove` for `rm`
+        /// or `--keep`), where this device does not hold the owner key.
         #[arg(long, value_name = "CAPFILE")]
         cap: Option<std::path::PathBuf>,
     },
@@ -258,7 +258,7 @@ pub(crate) enum Command {
         /// duration ago such as 2h.
         #[arg(long, num_args = 2, value_names = ["T1", "T2"], value_parser = parse_time, group = "which", conflicts_with = "before")]
         range: Option<Vec<u64>>,
-        /// Readings before T.
+        /// Readings before T (RFC 3339, milliseconds, or a duration ago such as 30d).
         #[arg(long, value_name = "T", value_parser = parse_time, group = "which")]
         before: Option<u64>,
         /// Only readings whose TAG equals VALUE.
@@ -272,8 +272,8 @@ pub(crate) enum Command {
     Rm {
         /// The store.
         name: String,
-        /// A capability for this device's key that allows it (`place`, or `remove` for
-        /// `rm`), where this device does not hold the owner key.
+        /// A capability for this device's key that allows it (`place`; `remove` for `rm`
+        /// or `--keep`), where this device does not hold the owner key.
         #[arg(long, value_name = "CAPFILE")]
         cap: Option<std::path::PathBuf>,
     },
