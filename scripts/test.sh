@@ -10,6 +10,11 @@ if [ "${CI:-}" = "true" ]; then
     profile=ci
 fi
 
+# Property tests draw their cases from a fixed seed, so a run is repeatable; set
+# PROPTEST_RNG_SEED to another number to explore other cases (failures found are
+# saved beside the test, in *.proptest-regressions, and rerun first).
+export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261207}"
+
 # nextest does not run doc tests; the crate-level examples are tests too.
 cargo test --workspace --locked --doc
 cargo nextest run --workspace --locked --profile "$profile"

@@ -289,8 +289,8 @@ struct PeerStore {
     /// Since when a due comparison has been put off because the store was busy.
     busy_since: Option<UnixMillis>,
     /// The digest the peer last said it holds and keeps (its placement puts the
-    /// store on it).
-    kept: Option<Digest>,
+    /// store on it), and when it said so.
+    kept: Option<(Digest, UnixMillis)>,
 }
 
 impl PeerStore {
@@ -348,7 +348,9 @@ pub struct PeerReplica<P> {
     /// Its digest and records as it last confirmed them, if it did.
     pub confirmed: Option<(Digest, u64)>,
     /// The digest it last said it holds and keeps (its placement puts the store on
-    /// it): what a device the placement moves the store off may drop on.
+    /// it), in answer to this device's latest [`Engine::hand_over`] of the store: what a
+    /// device the placement moves the store off may drop on. An answer from before
+    /// that hand-over does not count (the peer may have dropped its copy since).
     pub kept: Option<Digest>,
 }
 
@@ -360,6 +362,8 @@ pub struct Engine<P> {
     events: VecDeque<Event<P>>,
     /// Round-robin position for [`Engine::poll_transmit`].
     next_peer: Option<P>,
+    /// When each store was last handed over ([`Engine::hand_over`]).
+    handed_over: BTreeMap<String, UnixMillis>,
 }
 
 impl<P: Ord + Clone> Engine<P> {
@@ -370,6 +374,7 @@ impl<P: Ord + Clone> Engine<P> {
             peers: BTreeMap::new(),
             events: VecDeque::new(),
             next_peer: None,
+            handed_over: BTreeMap::new(),
         }
     }
 
@@ -396,13 +401,17 @@ impl<P: Ord + Clone> Engine<P> {
 
     /// Each connected peer that shares `store`, with its confirmed digest.
     pub fn replicas(&self, store: &str) -> Vec<PeerReplica<P>> {
+        let since = self.handed_over.get(store).copied();
         self.peers
             .iter()
             .filter_map(|(peer, p)| {
                 p.stores.get(store).map(|s| PeerReplica {
                     peer: peer.clone(),
                     confirmed: s.confirmed,
-                    kept: s.kept,
+                    kept: s
+                        .kept
+                        .filter(|(_, at)| since.is_some_and(|since| *at >= since))
+                        .map(|(digest, _)| digest),
                 })
             })
             .collect()
@@ -514,6 +523,9 @@ impl<P: Ord + Clone> Engine<P> {
         let Ok(digest) = replica.digest(store) else {
             return;
         };
+        // Only answers to the latest hand-over count: an older one may come from a
+        // peer that has dropped its copy since.
+        self.handed_over.insert(store.to_owned(), now);
         let peers: Vec<P> = self
             .peers
             .iter()
@@ -527,6 +539,7 @@ impl<P: Ord + Clone> Engine<P> {
 
     /// `store` is gone from this device: nothing more is sent or accepted for it.
     pub fn forget_store(&mut self, store: &str) {
+        self.handed_over.remove(store);
         for p in self.peers.values_mut() {
             p.stores.remove(store);
         }
@@ -1078,7 +1091,7 @@ impl<P: Ord + Clone> Engine<P> {
         s.active = now;
         s.heard = now;
         s.confirmed = Some((digest, records));
-        s.kept = keeps.then_some(digest);
+        s.kept = keeps.then_some((digest, now));
         if s.expected == Some(digest) {
             s.expected = None;
         }
