@@ -693,16 +693,27 @@ pub(super) fn vet_chunk(
             if bytes.is_empty() {
                 continue;
             }
-            let reading =
-                Reading::decode(&bytes).ok_or("a chunk change holds an unreadable reading")?;
-            if reading.ts < start || reading.ts >= end {
-                return Err(format!(
-                    "a reading at {} in the chunk of {start}..{end}",
-                    reading.ts
-                ));
+            // The time alone, unless an erasure needs the value too.
+            let (ts, _) = reading::get_varint(&bytes)
+                .ok_or("a chunk change holds an unreadable reading")?;
+            if ts < start || ts >= end {
+                return Err(format!("a reading at {ts} in the chunk of {start}..{end}"));
             }
-            for (k, pick) in picks.iter().enumerate() {
-                if (k as u64) >= stamp && pick.as_ref().is_some_and(|p| p.matches(&reading)) {
+            let applicable = picks
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| (*k as u64) >= stamp)
+                .filter_map(|(k, p)| Some((k, p.as_ref()?)))
+                .filter(|(_, p)| p.selector.covers(ts));
+            let mut reading = None;
+            for (k, pick) in applicable {
+                if pick.filter.is_some() && reading.is_none() {
+                    reading = Some(
+                        Reading::decode(&bytes)
+                            .ok_or("a chunk change holds an unreadable reading")?,
+                    );
+                }
+                if reading.as_ref().is_none_or(|r| pick.matches(r)) {
                     return Err(format!(
                         "a reading that erasure {} deleted, in a change made before it",
                         k + 1
