@@ -83,7 +83,7 @@ impl Filter {
     pub fn matches(&self, reading: &Reading) -> bool {
         match reading.field(&self.path) {
             Some(Value::String(s)) => *s == self.value,
-            Some(other) => *other == self.value,
+            Some(other) => self.parsed.as_ref() == Some(other),
             None => false,
         }
     }
@@ -236,5 +236,24 @@ mod tests {
         assert_eq!(aggregate(Aggregate::Count, None, r.iter()), Some(8.0));
         let f = Filter::parse("tag=odd").unwrap();
         assert_eq!(r.iter().filter(|x| f.matches(x)).count(), 4);
+    }
+
+    #[test]
+    fn a_filter_compares_other_fields_as_json() {
+        let r = Reading::new(
+            1,
+            serde_json::json!({ "floor": 2, "on": true, "room": "2" }),
+        );
+        for (text, want) in [
+            ("floor=2", true),
+            ("floor=2.0", false),
+            ("floor=3", false),
+            ("on=true", true),
+            ("room=2", true),
+            ("room=\"2\"", false),
+            ("missing=2", false),
+        ] {
+            assert_eq!(Filter::parse(text).unwrap().matches(&r), want, "{text}");
+        }
     }
 }

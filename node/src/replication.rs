@@ -373,19 +373,28 @@ impl Actor {
             .collect();
         let audit = self.audit.clone();
         let expiring = self.expiring.clone();
+        let inputs = self.inputs.clone();
         let pass = move || {
             for store in stores {
                 match store.expire() {
-                    Ok(expired) if expired.chunks > 0 => record_to(
-                        &audit,
-                        "store.expire",
-                        store.name(),
-                        &format!(
-                            "allowed: {} readings in {} chunks past the retention",
-                            expired.readings, expired.chunks
-                        ),
-                        0,
-                    ),
+                    Ok(expired) if expired.chunks > 0 => {
+                        record_to(
+                            &audit,
+                            "store.expire",
+                            store.name(),
+                            &format!(
+                                "allowed: {} readings in {} chunks past the retention",
+                                expired.readings, expired.chunks
+                            ),
+                            0,
+                        );
+                        // The store changed where the engine did not see it: compare
+                        // it with the peers again (they dropped the same, or will).
+                        let _ = inputs.try_send(Input::Local {
+                            store: store.meta().id.clone(),
+                            change: None,
+                        });
+                    }
                     Ok(_) => {}
                     Err(err) => {
                         tracing::warn!(store = %store.name(), error = %err, "cannot apply the retention");

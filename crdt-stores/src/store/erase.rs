@@ -694,8 +694,8 @@ pub(super) fn vet_chunk(
                 continue;
             }
             // The time alone, unless an erasure needs the value too.
-            let (ts, _) = reading::get_varint(&bytes)
-                .ok_or("a chunk change holds an unreadable reading")?;
+            let (ts, _) =
+                reading::get_varint(&bytes).ok_or("a chunk change holds an unreadable reading")?;
             if ts < start || ts >= end {
                 return Err(format!("a reading at {ts} in the chunk of {start}..{end}"));
             }
