@@ -65,6 +65,20 @@ fn markers() -> (Vec<String>, Vec<String>) {
     (secret, kept)
 }
 
+/// Waits until `dir`'s status says every one of the `holders` of `store` is in sync.
+fn wait_in_sync(dir: &Path, store: &str, holders: usize) {
+    wait_until(&format!("every holder of {store} in sync"), 60, || {
+        let status = json_ok(dir, &["status"]);
+        let entry = status["stores"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == store)?
+            .clone();
+        let replicas = entry["replicas"].as_array()?;
+        (replicas.len() == holders && replicas.iter().all(|r| r["in_sync"] == true)).then_some(())
+    });
+}
+
 fn refused(dir: &Path, args: &[&str], why: &str) -> i32 {
     let out = hearth(dir, args);
     assert!(!out.status.success(), "{args:?} succeeded");
@@ -225,16 +239,7 @@ fn deleted_readings_are_gone_from_every_holder_and_stay_gone() {
         "{audit}"
     );
     // Once all three agree (the status says so), no holder holds a secret.
-    wait_until("every holder in sync", 60, || {
-        let status = json_ok(&home, &["status"]);
-        let trips = status["stores"]
-            .as_array()?
-            .iter()
-            .find(|s| s["name"] == "trips")?
-            .clone();
-        let replicas = trips["replicas"].as_array()?;
-        (replicas.len() == 3 && replicas.iter().all(|r| r["in_sync"] == true)).then_some(())
-    });
+    wait_in_sync(&home, "trips", 3);
     for dir in [&home, &phone, &cloud] {
         assert_eq!(readings(dir).unwrap().len(), 8, "{}", dir.display());
         for m in &secret {
@@ -255,6 +260,9 @@ fn deleted_readings_are_gone_from_every_holder_and_stay_gone() {
     for dir in [&home, &phone, &cloud] {
         wait_count(dir, 0);
     }
+    // The peers compare again after dropping: the status says they agree, without a
+    // write to set them off.
+    wait_in_sync(&home, "trips", 3);
     for dir in [&home, &phone, &cloud] {
         for m in &kept {
             assert!(!on_disk(dir, m), "{} holds {m}", dir.display());
