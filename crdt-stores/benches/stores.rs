@@ -55,6 +55,10 @@ fn main() {
         cold_read();
         return;
     }
+    if args.iter().any(|a| a == "--replicate") {
+        replicate_million();
+        return;
+    }
     // `--doc` runs only the doc-store figures.
     let backends: &[BackendKind] = if args.iter().any(|a| a == "--doc") {
         &[]
@@ -292,6 +296,55 @@ fn cold_read() {
         "range read of 1,000,000: cold {:.1} ms (median of 5), warm {:.1} ms",
         cold[2].as_secs_f64() * 1000.0,
         warm[2].as_secs_f64() * 1000.0
+    );
+}
+
+/// A new replica takes 1 million readings, as closed chunks sent whole (each checked,
+/// then applied durably); the floor is merging the same chunk documents into plain
+/// automerge documents, unchecked and in memory.
+fn replicate_million() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open(dir.path(), BackendKind::Redb);
+    let store = stores.create("million", Kind::Timeseries, None).unwrap();
+    for b in 0..100u64 {
+        let batch: Vec<Reading> = (0..10_000)
+            .map(|i| reading(1_700_000_000_000 + (b * 10_000 + i) * 1000, i))
+            .collect();
+        store.append(batch).unwrap();
+    }
+    let chunks: Vec<(u64, Vec<u8>)> = store
+        .units()
+        .iter()
+        .filter_map(|u| match u.unit {
+            hearth_protocol::sync::Unit::Chunk(start) => {
+                Some((start, store.closed_chunk(start).ok()??))
+            }
+            hearth_protocol::sync::Unit::Whole => None,
+        })
+        .collect();
+    let start = Instant::now();
+    for (_, save) in &chunks {
+        let mut doc = automerge::AutoCommit::new();
+        doc.load_incremental(save).unwrap();
+    }
+    let floor = start.elapsed();
+    let other = tempfile::tempdir().unwrap();
+    let replicas = open(other.path(), BackendKind::Redb);
+    let replica = replicas.create_replica(store.meta().clone()).unwrap();
+    let start = Instant::now();
+    for (chunk, save) in &chunks {
+        replica
+            .apply_changes(hearth_protocol::sync::Unit::Chunk(*chunk), save)
+            .unwrap();
+    }
+    let e = start.elapsed();
+    let readings = replica.records().unwrap();
+    println!(
+        "replicate {readings} readings in {} closed chunks: {:.2} s ({}), floor (automerge load alone) {:.2} s",
+        chunks.len(),
+        e.as_secs_f64(),
+        rate(readings, e).trim(),
+        floor.as_secs_f64()
     );
 }
 
