@@ -27,6 +27,14 @@ fn open(dir: &Path, clock: &Arc<AtomicU64>) -> Stores {
     .unwrap()
 }
 
+/// A temporary directory, a clock at `now`, and a registry of redb stores in it.
+fn fresh(now: u64) -> (tempfile::TempDir, Arc<AtomicU64>, Stores) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(now));
+    let stores = open(dir.path(), &clock);
+    (dir, clock, stores)
+}
+
 /// Does any file under `dir` hold `needle`?
 fn on_disk(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir).unwrap().any(|entry| {
@@ -65,9 +73,7 @@ fn all(store: &Store) -> Vec<Reading> {
 
 #[test]
 fn a_range_erasure_leaves_no_byte_of_the_erased_readings() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (dir, clock, stores) = fresh(10 * HOUR);
     let store = stores
         .create("rooms", Kind::Timeseries, Some(HOUR))
         .unwrap();
@@ -119,9 +125,7 @@ fn a_range_erasure_leaves_no_byte_of_the_erased_readings() {
 
 #[test]
 fn a_filter_erasure_picks_by_tag_in_open_and_closed_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (_dir, _clock, stores) = fresh(10 * HOUR);
     let store = stores
         .create("rooms", Kind::Timeseries, Some(HOUR))
         .unwrap();
@@ -158,9 +162,7 @@ fn a_filter_erasure_picks_by_tag_in_open_and_closed_chunks() {
 
 #[test]
 fn bad_erasures_are_refused_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (_dir, _clock, stores) = fresh(10 * HOUR);
     let store = stores
         .create("rooms", Kind::Timeseries, Some(HOUR))
         .unwrap();
@@ -199,9 +201,7 @@ fn bad_erasures_are_refused_and_change_nothing() {
 
 #[test]
 fn retention_drops_whole_chunks_and_refuses_what_it_would_drop() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(6 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (dir, clock, stores) = fresh(6 * HOUR);
     let store = stores
         .create("rooms", Kind::Timeseries, Some(HOUR))
         .unwrap();
@@ -246,9 +246,7 @@ fn retention_drops_whole_chunks_and_refuses_what_it_would_drop() {
 
 #[test]
 fn an_erased_key_leaves_no_byte_of_any_value_it_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (dir, clock, stores) = fresh(10 * HOUR);
     let kv = stores.create("prefs", Kind::Kv, None).unwrap();
     kv.put("address", json!("KVSECRET-1 Old Street")).unwrap();
     kv.put("address", json!("KVSECRET-2 New Street")).unwrap();
@@ -319,9 +317,7 @@ fn an_erased_key_leaves_no_byte_of_any_value_it_held() {
 
 #[test]
 fn history_from_before_an_erasure_is_never_taken_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (dir, _clock, stores) = fresh(10 * HOUR);
     let store = stores
         .create("rooms", Kind::Timeseries, Some(HOUR))
         .unwrap();
@@ -369,9 +365,7 @@ fn history_from_before_an_erasure_is_never_taken_back() {
 /// the replica holds only what the erasure left once an honest holder sends it.
 #[test]
 fn a_new_replica_refuses_history_from_before_an_erasure() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (_dir, clock, stores) = fresh(10 * HOUR);
     let store = stores
         .create("rooms", Kind::Timeseries, Some(HOUR))
         .unwrap();
@@ -419,9 +413,7 @@ fn a_new_replica_refuses_history_from_before_an_erasure() {
 /// readings it can see, which is what an erasure looks through.
 #[test]
 fn a_chunk_change_that_does_more_than_add_readings_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (_dir, _clock, stores) = fresh(10 * HOUR);
     let store = stores
         .create("rooms", Kind::Timeseries, Some(HOUR))
         .unwrap();
@@ -501,9 +493,7 @@ fn a_chunk_change_that_does_more_than_add_readings_is_refused() {
 /// replica made afterwards.
 #[test]
 fn a_new_replica_refuses_an_erased_key_from_old_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(AtomicU64::new(10 * HOUR));
-    let stores = open(dir.path(), &clock);
+    let (_dir, clock, stores) = fresh(10 * HOUR);
     let kv = stores.create("prefs", Kind::Kv, None).unwrap();
     let mut local = kv.subscribe_local();
     kv.put("address", json!("KVSECRET-3")).unwrap();

@@ -237,6 +237,39 @@ pub mod cli {
         );
     }
 
+    /// Three devices of one mesh in `root`: home (which holds the owner key), the
+    /// phone and the cloud VM (named `vm`), each running.
+    #[derive(Debug)]
+    pub struct Three {
+        /// Home's data directory.
+        pub home: PathBuf,
+        /// The phone's.
+        pub phone: PathBuf,
+        /// The VM's.
+        pub cloud: PathBuf,
+        /// The running nodes, in that order.
+        pub nodes: [RunningNode; 3],
+    }
+
+    /// Makes home, joins the phone and the VM to it, and starts all three.
+    pub fn three_devices(root: &Path) -> Three {
+        let (home, phone, cloud) = (root.join("home"), root.join("phone"), root.join("cloud"));
+        init(&home);
+        let home_node = start_meshed(&home);
+        join_all(
+            &home,
+            &[(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")],
+        );
+        let phone_node = start_meshed(&phone);
+        let cloud_node = start_meshed(&cloud);
+        Three {
+            home,
+            phone,
+            cloud,
+            nodes: [home_node, phone_node, cloud_node],
+        }
+    }
+
     /// Joins each `(data dir, name, role)` to the mesh of `home`'s running node, with a
     /// ticket `home` issues for it.
     pub fn join_all(home: &Path, devices: &[(&Path, &str, &str)]) {

@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use hearth_tests::cli::{hearth, init, join_all, json_ok, start_meshed as start, stop, wait_until};
+use hearth_tests::cli::{hearth, json_ok, start_meshed as start, stop, three_devices, wait_until};
 use serde_json::{Value, json};
 
 /// 2023-11-14T22:13:20Z: readings well in the past.
@@ -90,19 +90,9 @@ fn refused(dir: &Path, args: &[&str], why: &str) -> i32 {
 #[test]
 fn deleted_readings_are_gone_from_every_holder_and_stay_gone() {
     let tmp = tempfile::tempdir().unwrap();
-    let (home, phone, cloud) = (
-        tmp.path().join("home"),
-        tmp.path().join("phone"),
-        tmp.path().join("cloud"),
-    );
-    init(&home);
-    let home_node = start(&home);
-    join_all(
-        &home,
-        &[(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")],
-    );
-    let phone_node = start(&phone);
-    let cloud_node = start(&cloud);
+    let three = three_devices(tmp.path());
+    let (home, phone, cloud) = (three.home.clone(), three.phone.clone(), three.cloud.clone());
+    let [home_node, phone_node, cloud_node] = three.nodes;
     json_ok(
         &home,
         &[

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hearth_tests::cli::{hearth, init, join_all, json_ok, start_meshed as start, stop, wait_until};
+use hearth_tests::cli::{hearth, json_ok, start_meshed as start, stop, three_devices, wait_until};
 use serde_json::{Value, json};
 
 fn get(dir: &Path, store: &str, key: &str) -> Option<Value> {
@@ -59,19 +59,9 @@ fn wait_for(dir: &Path, store: &str, key: &str, want: &Value) {
 #[test]
 fn concurrent_edits_merge_field_by_field() {
     let tmp = tempfile::tempdir().unwrap();
-    let (home, phone, cloud) = (
-        tmp.path().join("home"),
-        tmp.path().join("phone"),
-        tmp.path().join("cloud"),
-    );
-    init(&home);
-    let home_node = start(&home);
-    join_all(
-        &home,
-        &[(&phone, "phone", "mobile"), (&cloud, "vm", "cloud")],
-    );
-    let phone_node = start(&phone);
-    let _cloud_node = start(&cloud);
+    let three = three_devices(tmp.path());
+    let (home, phone) = (three.home.clone(), three.phone.clone());
+    let [home_node, phone_node, _cloud_node] = three.nodes;
 
     for (store, kind) in [("contacts", "doc"), ("settings", "kv")] {
         json_ok(
