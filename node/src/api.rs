@@ -743,7 +743,9 @@ async fn delete_readings(
             let (id, seq) = catalogue
                 .erase(&name, selector.clone())
                 .map_err(|err| audit_refusal(&node, "store.erase", &name, err))?;
-            let erased = match &local {
+            // The replica here, if it is this store's (two stores may share a name
+            // across devices); the replication loop applies it otherwise, as elsewhere.
+            let erased = match local.as_ref().filter(|s| s.meta().id == id) {
                 Some(store) => Some(store.erase(seq, &selector)?),
                 None => None,
             };
