@@ -647,6 +647,13 @@ fn stamp_of(change: &Change) -> u64 {
         .unwrap_or(0)
 }
 
+/// A peer's change, expanded (automerge validated it when it took it; a panic in
+/// expanding it is refused like bad data all the same).
+fn decoded(change: &Change) -> Result<automerge::ExpandedChange, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+        .map_err(|_| "a change that cannot be read".to_owned())
+}
+
 /// The changes `doc` holds that `before` (its heads before an input) did not.
 pub(super) fn added_changes(doc: &mut AutoCommit, before: &[ChangeHash]) -> Vec<Change> {
     doc.get_changes(before).into_iter().cloned().collect()
@@ -680,7 +687,7 @@ pub(super) fn vet_chunk(
             continue;
         }
         let stamp = stamp_of(change);
-        for op in change.decode().operations {
+        for op in decoded(change)?.operations {
             let in_list = serde_json::to_value(&op.obj)
                 .ok()
                 .is_some_and(|o| o.as_str() == Some(list.as_str()));
@@ -754,7 +761,7 @@ pub(super) fn vet_doc(
                 .enumerate()
                 .any(|(k, s)| (k as u64) >= stamp && s.keys.iter().any(|e| e == key))
         };
-        for op in change.decode().operations {
+        for op in decoded(change)?.operations {
             let writes = match op.primitive_value() {
                 Some(ScalarValue::Bytes(bytes)) => !bytes.is_empty(),
                 Some(_) => true,
