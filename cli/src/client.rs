@@ -4,8 +4,10 @@
 use std::io::Read as _;
 use std::time::Duration;
 
+use hearth_node::api::types::ErrorBody;
 use hearth_node::layout;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::data_dir::DataDir;
 use crate::error::{CliError, Exit, Result};
@@ -89,10 +91,10 @@ impl Client {
         .hint("start it with `hearth node run`")
     }
 
-    fn finish(
+    fn finish<T: DeserializeOwned>(
         &self,
         response: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         let response = response.map_err(|err| self.unavailable(&err))?;
         let status = response.status().as_u16();
         let mut text = String::new();
@@ -106,14 +108,19 @@ impl Client {
                     format!("the node's answer was cut off: {err}"),
                 )
             })?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
-            return Ok(value);
+            return serde_json::from_str(&text).map_err(|err| {
+                CliError::new(
+                    Exit::Error,
+                    format!("the node's answer is not what this version of hearth reads: {err}"),
+                )
+                .hint("run the same version of hearth as the node")
+            });
         }
-        let message = value["error"]
-            .as_str()
-            .unwrap_or("the node refused the request")
-            .to_owned();
+        let message = serde_json::from_str::<ErrorBody>(&text).map_or_else(
+            |_| format!("the node refused the request (HTTP {status})"),
+            |body| body.error,
+        );
         let exit = match status {
             404 => Exit::NotFound,
             401 | 403 => Exit::Refused,
@@ -123,9 +130,33 @@ impl Client {
         Err(CliError::new(exit, message))
     }
 
-    fn url(&self, path: &str, query: &[(&str, String)]) -> String {
+    /// The URL of `path` with `query`: a typed query (an object of its set fields) or a
+    /// list of `(name, value)` pairs.
+    fn url(&self, path: &str, query: &impl Serialize) -> String {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match serde_json::to_value(query).unwrap_or_default() {
+            serde_json::Value::Object(map) => {
+                for (k, v) in &map {
+                    if !v.is_null() {
+                        pairs.push((k.clone(), text(v)));
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => {
+                for pair in &list {
+                    if let Some([k, v]) = pair.as_array().map(Vec::as_slice) {
+                        pairs.push((text(k), text(v)));
+                    }
+                }
+            }
+            _ => {}
+        }
         let mut url = format!("{}{path}", self.base);
-        for (i, (k, v)) in query.iter().enumerate() {
+        for (i, (k, v)) in pairs.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(k);
             url.push('=');
@@ -134,7 +165,7 @@ impl Client {
         url
     }
 
-    pub(crate) fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str, query: &impl Serialize) -> Result<T> {
         let url = self.url(path, query);
         self.finish(
             self.agent
@@ -144,9 +175,16 @@ impl Client {
         )
     }
 
-    pub(crate) fn send(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
-        let url = self.url(path, &[]);
-        let bytes = serde_json::to_vec(body).unwrap_or_default();
+    pub(crate) fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T> {
+        let url = self.url(path, &());
+        let bytes = serde_json::to_vec(body).map_err(|err| {
+            CliError::new(Exit::Error, format!("cannot encode the request: {err}"))
+        })?;
         let auth = format!("Bearer {}", self.key);
         let response = match method {
             "POST" => self
@@ -172,13 +210,13 @@ impl Client {
     }
 
     /// POSTs raw bytes (an encoded job), waiting up to `timeout` for the answer.
-    pub(crate) fn post_bytes(
+    pub(crate) fn post_bytes<T: DeserializeOwned>(
         &self,
         path: &str,
-        query: &[(&str, String)],
+        query: &impl Serialize,
         bytes: &[u8],
         timeout: Duration,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         let url = self.url(path, query);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -194,8 +232,8 @@ impl Client {
         )
     }
 
-    pub(crate) fn delete(&self, path: &str) -> Result<Value> {
-        let url = self.url(path, &[]);
+    pub(crate) fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path, &());
         self.finish(
             self.agent
                 .delete(&url)
@@ -206,7 +244,7 @@ impl Client {
 
     /// Follows a server-sent event stream, calling `each` with every event's data.
     pub(crate) fn stream(&self, path: &str, mut each: impl FnMut(&str) -> bool) -> Result<()> {
-        let url = self.url(path, &[]);
+        let url = self.url(path, &());
         let response = self
             .streaming
             .get(&url)
@@ -214,7 +252,7 @@ impl Client {
             .call()
             .map_err(|err| self.unavailable(&err))?;
         if !response.status().is_success() {
-            return self.finish(Ok(response)).map(|_| ());
+            return self.finish::<serde_json::Value>(Ok(response)).map(|_| ());
         }
         let reader = std::io::BufReader::new(response.into_body().into_reader());
         for line in std::io::BufRead::lines(reader) {

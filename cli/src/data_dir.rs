@@ -40,6 +40,24 @@ pub(crate) struct Config {
     /// How this device takes part in the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) mesh: Option<MeshSection>,
+    /// How `hearth node run` runs: the keys of its flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) node: Option<NodeSection>,
+}
+
+/// `[node]` in `config.toml`: what `hearth node run`'s flags set (a flag given on the
+/// command line wins).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeSection {
+    /// `--api`: the local API's address (loopback only).
+    pub(crate) api: Option<String>,
+    /// `--backend`: the storage engine for new stores.
+    pub(crate) backend: Option<String>,
+    /// `--listen`: mesh addresses to listen on.
+    pub(crate) listen: Option<Vec<String>>,
+    /// `--no-mdns` / `--mdns`: look for devices on the LAN.
+    pub(crate) mdns: Option<bool>,
 }
 
 /// `[mesh]` in `config.toml`.

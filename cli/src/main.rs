@@ -2,10 +2,6 @@
 //! capabilities, run the node and talk to it: stores, devices, drivers, computations,
 //! the audit log.
 
-// The CLI reads API answers with serde_json's `value["field"]`, which yields `Null` for a
-// missing field and never panics; the lint cannot tell it from slice indexing.
-#![allow(clippy::indexing_slicing)]
-
 mod client;
 mod cmd;
 mod data_dir;
@@ -83,6 +79,9 @@ enum Command {
     /// Run the node.
     #[command(subcommand)]
     Node(cmd::node::Command),
+    /// The node's configuration: `show` prints every setting and where it came from.
+    #[command(subcommand)]
+    Config(cmd::config::Command),
     /// This node, its peers and its stores.
     Status,
     /// Stores on the running node: kv, timeseries and doc.
@@ -132,7 +131,24 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .try_init();
 }
 
+/// Where `--data-dir`'s value came from: the flag, `$HEARTH_DATA_DIR`, or neither.
+fn data_dir_source(given: Option<&std::path::Path>) -> cmd::config::Source {
+    use cmd::config::Source;
+    let Some(given) = given else {
+        return Source::Default;
+    };
+    let on_command_line = std::env::args_os()
+        .any(|a| a == "--data-dir" || a.to_string_lossy().starts_with("--data-dir="));
+    let from_env = std::env::var_os("HEARTH_DATA_DIR").is_some_and(|v| v == given.as_os_str());
+    if !on_command_line && from_env {
+        Source::Environment
+    } else {
+        Source::Flag
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
+    let source = data_dir_source(cli.data_dir.as_deref());
     let data_dir = DataDir::resolve(cli.data_dir)?;
     let mut out = Output::new(cli.json);
     match cli.command {
@@ -149,6 +165,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Join(args) => cmd::join::run(&data_dir, args, &mut out),
         Command::Devices(args) => cmd::devices::run(&data_dir, args, &mut out),
         Command::Node(command) => cmd::node::run(&data_dir, command, &mut out),
+        Command::Config(command) => cmd::config::run(&data_dir, source, command, &mut out),
         Command::Status => cmd::node::status(&data_dir, &mut out),
         Command::Store(command) => cmd::store::run(&data_dir, command, &mut out),
         Command::Audit(args) => cmd::audit::run(&data_dir, args, &mut out),

@@ -36,6 +36,15 @@ impl Output {
         write_stdout(&rendered);
     }
 
+    /// Prints `text` (a person's view) or `value` as JSON (a script's).
+    pub(crate) fn emit_typed(
+        &mut self,
+        text: impl FnOnce() -> String,
+        value: &impl serde::Serialize,
+    ) {
+        self.emit(text, || serde_json::to_value(value).unwrap_or_default());
+    }
+
     /// Is `--json` on?
     pub(crate) fn json(&self) -> bool {
         self.json

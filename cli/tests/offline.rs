@@ -597,3 +597,110 @@ fn a_capability_just_past_its_expiry_is_shown_expired_with_the_skew_allowance() 
     let out = env.hearth(&["--data-dir", "home", "cap", "show", "live.cap"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Expires at"));
 }
+
+#[test]
+fn config_show_reflects_the_file_and_the_flags() {
+    let env = Env::new();
+    env.init_mesh();
+    let show = |args: &[&str]| {
+        let mut all = vec!["--data-dir", "home", "--json", "config", "show"];
+        all.extend_from_slice(args);
+        env.ok_json(&all)
+    };
+    // Nothing set: defaults, and the data dir from the flag.
+    let v = show(&[]);
+    assert_eq!(v["data_dir"]["source"], "flag");
+    assert_eq!(v["node.api"]["value"], "127.0.0.1:0");
+    assert_eq!(v["node.api"]["source"], "default");
+    assert_eq!(v["node.mdns"]["value"], true);
+    assert_eq!(v["mesh.relay"]["value"], false);
+    assert_eq!(v["name"]["value"], "home");
+
+    // The file sets every flag's key.
+    let config = env.path("home/config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[node]\napi = \"127.0.0.1:7411\"\nbackend = \"redb\"\n\
+         listen = [\"/ip4/127.0.0.1/udp/4101/quic-v1\"]\nmdns = false\n\n\
+         [compute]\nfuel = 5000\n",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let v = show(&[]);
+    assert_eq!(v["node.api"]["value"], "127.0.0.1:7411");
+    assert_eq!(v["node.api"]["source"], "config-file");
+    assert_eq!(
+        v["node.listen"]["value"][0],
+        "/ip4/127.0.0.1/udp/4101/quic-v1"
+    );
+    assert_eq!(v["node.mdns"]["value"], false);
+    assert_eq!(v["node.mdns"]["source"], "config-file");
+    assert_eq!(v["compute.fuel"]["value"], 5000);
+    assert_eq!(v["compute.fuel"]["source"], "config-file");
+    assert_eq!(v["compute.memory_mb"]["source"], "default");
+
+    // Flags win over the file; bootstrap addresses add up.
+    let v = show(&[
+        "--api",
+        "127.0.0.1:7500",
+        "--mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/4102",
+        "--bootstrap",
+        "/ip4/127.0.0.1/tcp/4103",
+    ]);
+    assert_eq!(v["node.api"]["value"], "127.0.0.1:7500");
+    assert_eq!(v["node.api"]["source"], "flag");
+    assert_eq!(v["node.mdns"]["value"], true);
+    assert_eq!(v["node.mdns"]["source"], "flag");
+    assert_eq!(v["node.listen"]["value"][0], "/ip4/127.0.0.1/tcp/4102");
+    assert_eq!(v["bootstrap"]["source"], "flag");
+
+    // The text form names every key and its source.
+    let out = env.hearth(&["--data-dir", "home", "config", "show"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("node.api") && text.contains("(config.toml)"),
+        "{text}"
+    );
+
+    // A bad value in the file is named, with the file, and nothing runs.
+    std::fs::write(
+        &config,
+        text_with(
+            &text_of(&config),
+            "mdns = false",
+            "mdns = false\nbackend2 = 1",
+        ),
+    )
+    .unwrap();
+    env.refuses(&["--data-dir", "home", "config", "show"], 1, "config.toml");
+    std::fs::write(
+        &config,
+        text_with(&text_of(&config), "\nbackend2 = 1", "")
+            .replace("127.0.0.1:7411", "0.0.0.0:7411"),
+    )
+    .unwrap();
+    env.refuses(&["--data-dir", "home", "config", "show"], 1, "loopback");
+    env.refuses(&["--data-dir", "home", "node", "run"], 1, "loopback");
+    env.refuses(
+        &[
+            "--data-dir",
+            "home",
+            "config",
+            "show",
+            "--api",
+            "192.0.2.1:80",
+        ],
+        2,
+        "loopback",
+    );
+}
+
+fn text_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn text_with(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} not in {text}");
+    text.replace(from, to)
+}

@@ -172,7 +172,7 @@ pub enum AuditError {
 }
 
 /// A problem `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// 1-based line of the file.
     pub line: usize,

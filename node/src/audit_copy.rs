@@ -486,7 +486,7 @@ async fn first_difference(mesh: &MeshHandle, peer: PeerId, mut mirror: Mirror) -
 }
 
 /// What `hearth audit verify` reports of one copy held here.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyReport {
     /// The device (as its entries name it; its peer id when it wrote none).
     pub device: String,

@@ -1,9 +1,9 @@
 //! `hearth audit` and `hearth audit verify`.
 
+use hearth_node::api::types as api;
 use hearth_node::layout;
 use hearth_protocol::key::NodeKey;
 use hearth_protocol::time::UnixMillis;
-use serde_json::json;
 
 use crate::client::Client;
 use crate::data_dir::DataDir;
@@ -53,31 +53,26 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
 
 fn list(dir: &DataDir, args: &Args, out: &mut Output) -> Result<()> {
     let client = Client::connect(dir)?;
-    let mut q = Vec::new();
-    if let Some(t) = args.since {
-        q.push(("since", t.to_string()));
-    }
-    if let Some(d) = &args.device {
-        q.push(("device", d.clone()));
-    }
-    if let Some(a) = &args.action {
-        q.push(("action", a.clone()));
-    }
-    let r = client.get("/v1/audit", &q)?;
-    out.emit(
+    let q = api::AuditQuery {
+        since: args.since,
+        device: args.device.clone(),
+        action: args.action.clone(),
+    };
+    let r: api::AuditEntries = client.get("/v1/audit", &q)?;
+    out.emit_typed(
         || {
             let mut text = String::new();
-            for e in r["entries"].as_array().into_iter().flatten() {
+            for e in &r.entries {
                 text.push_str(&format!(
                     "{:>6} {} {:<8} {:<8} {:<16} {:<24} {} ({} bytes)\n",
-                    e["seq"],
-                    UnixMillis(e["time"].as_u64().unwrap_or(0)),
-                    e["device"].as_str().unwrap_or(""),
-                    short_actor(e["actor"].as_str().unwrap_or("")),
-                    e["action"].as_str().unwrap_or(""),
-                    e["object"].as_str().unwrap_or(""),
-                    e["outcome"].as_str().unwrap_or(""),
-                    e["bytes"],
+                    e.seq,
+                    UnixMillis(e.time),
+                    e.device,
+                    short_actor(&e.actor),
+                    e.action,
+                    e.object,
+                    e.outcome,
+                    e.bytes,
                 ));
             }
             if text.is_empty() {
@@ -85,7 +80,7 @@ fn list(dir: &DataDir, args: &Args, out: &mut Output) -> Result<()> {
             }
             text
         },
-        || r.clone(),
+        &r,
     );
     Ok(())
 }
@@ -111,15 +106,15 @@ fn verify(dir: &DataDir, out: &mut Output) -> Result<()> {
     let copies = hearth_node::audit_copy::verify_copies(dir.root())
         .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     let ok = result.ok() && copies.iter().all(|c| c.ok);
-    let value = json!({
-        "ok": ok,
-        "entries": result.entries,
-        "checkpoints": result.checkpoints,
-        "unsigned_tail": result.unsigned_tail,
-        "findings": result.findings,
-        "copies": copies,
-    });
-    out.emit(
+    let value = api::AuditVerified {
+        ok,
+        entries: result.entries,
+        checkpoints: result.checkpoints,
+        unsigned_tail: result.unsigned_tail,
+        findings: result.findings.clone(),
+        copies: copies.clone(),
+    };
+    out.emit_typed(
         || {
             let mut text = String::new();
             if result.ok() {
@@ -159,7 +154,7 @@ fn verify(dir: &DataDir, out: &mut Output) -> Result<()> {
             }
             text
         },
-        || value.clone(),
+        &value,
     );
     if ok {
         Ok(())

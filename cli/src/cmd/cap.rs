@@ -592,7 +592,8 @@ fn revoke(dir: &DataDir, id: &str, out: &mut Output) -> Result<()> {
         }
     };
     let client = crate::client::Client::connect(dir)?;
-    let answer = client.send("POST", &format!("/v1/caps/{id}/revoke"), &Value::Null)?;
+    let answer: hearth_node::api::types::CapRevoked =
+        client.send("POST", &format!("/v1/caps/{id}/revoke"), &())?;
     let revoked = dir.root().join(CAPS_DIR).join(REVOKED_FILE);
     if std::fs::create_dir_all(dir.root().join(CAPS_DIR)).is_ok() {
         use std::io::Write as _;
@@ -604,9 +605,9 @@ fn revoke(dir: &DataDir, id: &str, out: &mut Output) -> Result<()> {
             let _ = writeln!(file, "{id}");
         }
     }
-    out.emit(
+    out.emit_typed(
         || format!("Revoked capability {id}: every device refuses it, and what was delegated from it, once it hears of it."),
-        || answer.clone(),
+        &answer,
     );
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hearth_node::api::types as api;
 use hearth_protocol::capability::{Actions, Chain, Invocation, Resource};
 use hearth_protocol::compute::{Job, JobKind, MAX_MODULE_BYTES, MAX_PARAMS_BYTES, SignedReceipt};
 use hearth_protocol::key::HolderKey;
@@ -129,7 +130,7 @@ fn job(module_path: &Path, cap: &Path, key: &Path, params: &str, kind: JobKind) 
     })
 }
 
-fn post(dir: &DataDir, job: &Job, wait: Option<Duration>) -> Result<Value> {
+fn post(dir: &DataDir, job: &Job, wait: Option<Duration>) -> Result<api::JobAnswer> {
     let wait = wait.unwrap_or_default();
     if wait > hearth_node::compute::MAX_WAIT {
         return Err(CliError::new(
@@ -144,10 +145,23 @@ fn post(dir: &DataDir, job: &Job, wait: Option<Duration>) -> Result<Value> {
     let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
     client.post_bytes(
         "/v1/jobs",
-        &[("wait_ms", wait_ms.to_string())],
+        &api::JobQuery { wait_ms },
         &job.encode(),
         wait + Duration::from_secs(300),
     )
+}
+
+/// What `hearth run --json` prints: the node's answer, and the result's size.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RunOutput {
+    /// The result parsed as JSON (the text itself when it is not JSON).
+    pub(crate) result: Value,
+    /// The exact text the receipt hashes.
+    pub(crate) result_text: String,
+    /// Its length in bytes.
+    pub(crate) result_bytes: u64,
+    /// The signed receipt.
+    pub(crate) receipt: api::Receipt,
 }
 
 /// `hearth run`.
@@ -159,65 +173,58 @@ pub(crate) fn run(dir: &DataDir, args: RunArgs, out: &mut Output) -> Result<()> 
         &args.params,
         JobKind::Run,
     )?;
-    let answer = post(dir, &job, args.wait)?;
-    let result = answer["result"].clone();
-    let receipt = answer["receipt"].clone();
-    out.emit(
+    let api::JobAnswer::Done(answer) = post(dir, &job, args.wait)? else {
+        return Err(unexpected("a result"));
+    };
+    let run = RunOutput {
+        result_bytes: answer.result_text.len() as u64,
+        result: answer.result,
+        result_text: answer.result_text,
+        receipt: answer.receipt,
+    };
+    let receipt = &run.receipt;
+    out.emit_typed(
         || {
-            let pretty = serde_json::to_string_pretty(&result).unwrap_or_default();
-            let reads: Vec<String> = receipt["data_heads"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|v| {
-                            format!(
-                                "{} @ {}",
-                                v["store"].as_str().unwrap_or(""),
-                                v["digest"].as_str().unwrap_or("").get(..16).unwrap_or("")
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let pretty = serde_json::to_string_pretty(&run.result).unwrap_or_default();
+            let reads: Vec<String> = receipt
+                .data_heads
+                .iter()
+                .map(|v| format!("{} @ {}", v.store, short(&v.digest, 16)))
+                .collect();
             format!(
                 "{pretty}\n\nreceipt: job {} ran on {} (module {}, capability {}), read {}, \
                  result sha256 {}, fuel {}\nsave it with --json to check it later: \
                  `hearth receipt verify FILE`",
-                receipt["job"].as_str().unwrap_or(""),
-                receipt["ran_on"].as_str().unwrap_or(""),
-                receipt["module_hash"]
-                    .as_str()
-                    .unwrap_or("")
-                    .get(..16)
-                    .unwrap_or(""),
-                receipt["cap_id"]
-                    .as_str()
-                    .unwrap_or("")
-                    .get(..12)
-                    .unwrap_or(""),
+                receipt.job,
+                receipt.ran_on,
+                short(&receipt.module_hash, 16),
+                short(&receipt.cap_id, 12),
                 if reads.is_empty() {
                     "no store".to_owned()
                 } else {
                     reads.join(", ")
                 },
-                receipt["result_hash"]
-                    .as_str()
-                    .unwrap_or("")
-                    .get(..16)
-                    .unwrap_or(""),
-                receipt["fuel"],
+                short(&receipt.result_hash, 16),
+                receipt.fuel,
             )
         },
-        || {
-            json!({
-                "result": result,
-                "result_text": answer["result_text"],
-                "result_bytes": answer["result_text"].as_str().map_or(0, str::len),
-                "receipt": receipt,
-            })
-        },
+        &run,
     );
     Ok(())
+}
+
+/// The first `n` characters of a hex string or id.
+fn short(text: &str, n: usize) -> &str {
+    text.get(..n).unwrap_or(text)
+}
+
+/// The node answered a job with the other kind of answer (a deploy for a run, or the
+/// reverse).
+fn unexpected(what: &str) -> CliError {
+    CliError::new(
+        Exit::Error,
+        format!("the node's answer to the job is not {what}"),
+    )
 }
 
 /// The store an app follows when `--store` is not given: the one store the capability
@@ -275,25 +282,26 @@ pub(crate) fn deploy(dir: &DataDir, args: DeployArgs, out: &mut Output) -> Resul
         store: store.clone(),
     };
     let job = job(&args.module, &args.cap, &args.key, &args.params, kind)?;
-    let answer = post(dir, &job, args.wait)?;
+    let api::JobAnswer::Deployed(answer) = post(dir, &job, args.wait)? else {
+        return Err(unexpected("a deployed app"));
+    };
     out.emit(
         || {
             format!(
                 "app {} runs on {}, following store {store}",
-                answer["app"].as_str().unwrap_or(""),
-                answer["device"].as_str().unwrap_or("")
+                answer.app, answer.device
             )
         },
-        || json!({ "app": answer["app"], "device": answer["device"], "store": store }),
+        || json!({ "app": answer.app, "device": answer.device, "store": store }),
     );
     Ok(())
 }
 
 /// `hearth app ls`.
 pub(crate) fn list(dir: &DataDir, out: &mut Output) -> Result<()> {
-    let answer = Client::connect(dir)?.get("/v1/apps", &[])?;
-    let apps = answer["apps"].as_array().cloned().unwrap_or_default();
-    out.emit(
+    let answer: api::Apps = Client::connect(dir)?.get("/v1/apps", &())?;
+    let apps = &answer.apps;
+    out.emit_typed(
         || {
             if apps.is_empty() {
                 return "no apps".into();
@@ -302,37 +310,33 @@ pub(crate) fn list(dir: &DataDir, out: &mut Output) -> Result<()> {
                 "{:<20} {:<10} {:<20} {:>6}  state\n",
                 "name", "device", "store", "runs"
             );
-            for a in &apps {
-                let mut state = a["state"].as_str().unwrap_or("").to_owned();
-                if let Some(err) = a["last_error"].as_str() {
+            for a in apps {
+                let mut state = a.state.clone();
+                if let Some(err) = &a.last_error {
                     state.push_str(&format!(" (last error: {err})"));
                 }
                 text.push_str(&format!(
                     "{:<20} {:<10} {:<20} {:>6}  {state}\n",
-                    a["name"].as_str().unwrap_or(""),
-                    a["device"].as_str().unwrap_or(""),
-                    a["store"].as_str().unwrap_or(""),
-                    a["runs"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
+                    a.name,
+                    a.device.as_deref().unwrap_or("-"),
+                    a.store.as_deref().unwrap_or("-"),
+                    a.runs.map_or("-".to_owned(), |n| n.to_string()),
                 ));
             }
             text
         },
-        || json!({ "apps": apps }),
+        &answer,
     );
     Ok(())
 }
 
 /// `hearth app stop`.
 pub(crate) fn stop(dir: &DataDir, name: &str, out: &mut Output) -> Result<()> {
-    let answer = Client::connect(dir)?.delete(&format!("/v1/apps/{}", segment(name)))?;
-    out.emit(
-        || {
-            format!(
-                "stopped app {name} (on {})",
-                answer["device"].as_str().unwrap_or("")
-            )
-        },
-        || json!({ "name": name, "device": answer["device"] }),
+    let answer: api::AppStopped =
+        Client::connect(dir)?.delete(&format!("/v1/apps/{}", segment(name)))?;
+    out.emit_typed(
+        || format!("stopped app {name} (on {})", answer.device),
+        &answer,
     );
     Ok(())
 }
@@ -355,13 +359,13 @@ pub(crate) fn verify_receipt(dir: &DataDir, file: &Path, out: &mut Output) -> Re
     };
     let value: Value =
         serde_json::from_str(&text).map_err(|err| bad(format!("not JSON: {err}")))?;
-    let receipt = if value["receipt"].is_object() {
-        &value["receipt"]
-    } else {
-        &value
-    };
-    let encoded = receipt["encoded"]
-        .as_str()
+    let receipt = value
+        .get("receipt")
+        .filter(|r| r.is_object())
+        .unwrap_or(&value);
+    let encoded = receipt
+        .get("encoded")
+        .and_then(Value::as_str)
         .ok_or_else(|| bad("no receipt (`encoded`) in it".into()))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
@@ -369,32 +373,14 @@ pub(crate) fn verify_receipt(dir: &DataDir, file: &Path, out: &mut Output) -> Re
     let signed = SignedReceipt::decode(&bytes)
         .map_err(|err| bad(format!("the receipt does not decode: {err}")))?;
     let owner = dir.owner_public()?;
-    let result = value["result_text"].as_str();
+    let result = value.get("result_text").and_then(Value::as_str);
     signed.verify(&owner, result).map_err(|err| {
         CliError::new(Exit::Refused, format!("the receipt does not verify: {err}"))
     })?;
     // The readable fields must say what the signed receipt says.
     let r = &signed.receipt;
-    let fields = [
-        ("job", json!(r.job.to_string())),
-        ("ran_on", json!(r.ran_on)),
-        ("node", json!(r.node.peer_id())),
-        ("module_hash", json!(hex::encode(r.module_hash.0))),
-        ("cap_id", json!(r.cap_id.to_string())),
-        (
-            "data_heads",
-            json!(
-                r.data_heads
-                    .iter()
-                    .map(|v| json!({ "store": v.store, "digest": hex::encode(v.digest) }))
-                    .collect::<Vec<_>>()
-            ),
-        ),
-        ("result_hash", json!(hex::encode(r.result_hash))),
-        ("fuel", json!(r.fuel)),
-        ("finished", json!(r.finished.0)),
-        ("signature", json!(hex::encode(signed.signature.to_bytes()))),
-    ];
+    let signed_fields = serde_json::to_value(api::Receipt::of(&signed)).unwrap_or_default();
+    let fields = signed_fields.as_object().cloned().unwrap_or_default();
     // The parsed result printed next to the text must be that text.
     if let (Some(text), Some(parsed)) = (result, value.get("result"))
         && serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.to_owned()))
@@ -406,7 +392,7 @@ pub(crate) fn verify_receipt(dir: &DataDir, file: &Path, out: &mut Output) -> Re
         ));
     }
     for (name, expected) in &fields {
-        if receipt.get(*name).is_some_and(|v| v != expected) {
+        if receipt.get(name).is_some_and(|v| v != expected) {
             return Err(CliError::new(
                 Exit::Refused,
                 format!("the receipt's `{name}` field differs from what was signed"),

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hearth_node::api::types as api;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::cmd::compute::RunOutput;
 use crate::error::{CliError, Exit, Result};
 use crate::output::Output;
 
@@ -95,6 +98,16 @@ impl Demo {
     /// `hearth --data-dir DIR --json ARGS…`, its JSON answer.
     fn hearth(&self, device: &str, args: &[&str]) -> Result<Value> {
         self.hearth_in(device, args, None)
+    }
+
+    /// `hearth --data-dir DIR --json ARGS…`, its answer read as `T`.
+    fn typed<T: DeserializeOwned>(&self, device: &str, args: &[&str]) -> Result<T> {
+        serde_json::from_value(self.hearth(device, args)?).map_err(|err| {
+            fail(format!(
+                "the demo's step `hearth {}` on {device} printed what the demo does not read: {err}",
+                args.join(" ")
+            ))
+        })
     }
 
     fn hearth_in(&self, device: &str, args: &[&str], stdin: Option<&str>) -> Result<Value> {
@@ -220,14 +233,8 @@ impl Demo {
     }
 
     fn connected(&self, device: &str) -> usize {
-        self.hearth(device, &["status"])
-            .ok()
-            .and_then(|s| {
-                s["peers"]
-                    .as_array()
-                    .map(|p| p.iter().filter(|p| p["connected"] == true).count())
-            })
-            .unwrap_or(0)
+        self.typed::<api::Status>(device, &["status"])
+            .map_or(0, |s| s.peers.iter().filter(|p| p.connected).count())
     }
 }
 
@@ -276,7 +283,7 @@ fn make_root() -> Result<PathBuf> {
 }
 
 fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key].as_str().unwrap_or("")
+    value.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The whole demo.
@@ -318,20 +325,19 @@ pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
             terminate(child);
         }
         for device in ["home", "phone", "cloud"] {
-            let verified = d.hearth(device, &["audit", "verify"])?;
+            let verified: api::AuditVerified = d.typed(device, &["audit", "verify"])?;
             d.show(
                 out,
-                &format!(
-                    "{device}: audit log intact, {} entries",
-                    verified["entries"].as_u64().unwrap_or(0)
-                ),
+                &format!("{device}: audit log intact, {} entries", verified.entries),
             );
         }
         d.nodes.clear();
     }
     let mut summary = summary;
-    summary["seconds"] = json!((seconds * 10.0).round() / 10.0);
-    summary["kept"] = json!(d.keep);
+    if let Some(map) = summary.as_object_mut() {
+        map.insert("seconds".into(), json!((seconds * 10.0).round() / 10.0));
+        map.insert("kept".into(), json!(d.keep));
+    }
     if out.json() {
         out.emit(String::new, || summary);
     } else {
@@ -359,17 +365,10 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
 
     d.say(out, "A phone and a cloud VM join with one-time tickets from home; the mesh admits only devices holding the owner's certificate.");
     for (device, role) in [("phone", "mobile"), ("cloud", "cloud")] {
-        let ticket = d.hearth("home", &["invite", "--ttl", "5m"])?;
+        let invite: api::Invite = d.typed("home", &["invite", "--ttl", "5m"])?;
         d.hearth(
             device,
-            &[
-                "join",
-                str_of(&ticket, "ticket"),
-                "--name",
-                device,
-                "--role",
-                role,
-            ],
+            &["join", &invite.ticket, "--name", device, "--role", role],
         )?;
     }
     let phone_api = d.start("phone")?;
@@ -381,15 +380,12 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
             .then_some(())
     })?;
     for device in ["home", "phone", "cloud"] {
-        let status = d.hearth(device, &["status"])?;
-        let peers: Vec<String> = status["peers"]
-            .as_array()
-            .map(|p| {
-                p.iter()
-                    .map(|p| format!("{} ({})", str_of(p, "name"), str_of(p, "role")))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let status: api::Status = d.typed(device, &["status"])?;
+        let peers: Vec<String> = status
+            .peers
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.role))
+            .collect();
         d.show(
             out,
             &format!("{device} is connected to {}", peers.join(" and ")),
@@ -400,7 +396,7 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
     d.hearth("home", &["driver", "add", "os-monitor", "--interval", "1s"])?;
 
     d.say(out, "The phone posts a day of its location fixes to an http-ingest driver on the phone, exactly as the OwnTracks app does.");
-    let ingest = d.hearth(
+    let ingest: api::Driver = d.typed(
         "phone",
         &[
             "driver",
@@ -414,11 +410,11 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
             "where the phone was",
         ],
     )?;
-    let (url, user, password) = (
-        str_of(&ingest, "url"),
-        str_of(&ingest, "user"),
-        str_of(&ingest, "password"),
-    );
+    let (Some(url), Some(user), Some(password)) = (ingest.url, ingest.user, ingest.password) else {
+        return Err(fail(
+            "http-ingest was added without its address or credentials",
+        ));
+    };
     let day = (now_ms() / DAY_MS - 1) * DAY_MS / 1000;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -468,42 +464,36 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
 
     d.say(out, "By the default placement policy (origin,role:home) the track lives on the phone and on home; the cloud holds nothing personal.");
     d.wait("the track to reach home", 60, |d| {
-        d.hearth("phone", &["status"]).ok().and_then(|s| {
-            s["stores"]
-                .as_array()?
-                .iter()
-                .find(|s| s["name"] == "location")
-                .and_then(|s| {
-                    s["replicas"]
-                        .as_array()?
-                        .iter()
-                        .any(|r| r["device"] == "home" && r["in_sync"] == true)
-                        .then_some(())
-                })
-        })
+        let status: api::Status = d.typed("phone", &["status"]).ok()?;
+        status
+            .stores
+            .iter()
+            .find(|s| s.name == "location")?
+            .replicas
+            .iter()
+            .any(|r| r.device == "home" && r.in_sync)
+            .then_some(())
     })?;
-    let home_records = d.hearth("home", &["store", "read", "location"])?["records"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let home_records = d
+        .typed::<api::Records>("home", &["store", "read", "location"])?
+        .records
+        .len();
     d.show(
         out,
         &format!("home holds the {home_records} readings, in sync with the phone"),
     );
-    let cloud_stores = d.hearth("cloud", &["store", "ls"])?;
-    let cloud_holds: Vec<String> = cloud_stores["stores"]
-        .as_array()
-        .map(|s| {
-            s.iter()
-                .filter(|s| s["here"] == true && !str_of(s, "name").starts_with("hearth."))
-                .map(|s| str_of(s, "name").to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let cloud_stores: api::Stores = d.typed("cloud", &["store", "ls"])?;
+    let cloud_holds: Vec<String> = cloud_stores
+        .stores
+        .iter()
+        .filter(|s| s.here && !s.name.starts_with("hearth."))
+        .map(|s| s.name.clone())
+        .collect();
     d.show(
         out,
         &format!(
             "the cloud lists {} stores in its catalogue and holds {}",
-            cloud_stores["stores"].as_array().map_or(0, Vec::len),
+            cloud_stores.stores.len(),
             if cloud_holds.is_empty() {
                 "none of them".to_owned()
             } else {
@@ -553,7 +543,7 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
     );
 
     d.say(out, "From the phone, the developer runs `places`. The phone finds that home holds the track, sends the job there, and relays the result.");
-    let places = d.hearth(
+    let places: RunOutput = d.typed(
         "phone",
         &[
             "run",
@@ -567,14 +557,15 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
         ],
     )?;
     show_result(d, out, &places);
-    std::fs::write(d.root.join("places-run.json"), places.to_string())
+    let saved = serde_json::to_string(&places).unwrap_or_default();
+    std::fs::write(d.root.join("places-run.json"), saved)
         .map_err(|err| fail(format!("cannot save the receipt: {err}")))?;
     let verified = d.hearth("phone", &["receipt", "verify", "places-run.json"])?;
     d.show(
         out,
         &format!(
             "receipt verified offline against the owner's key: {}",
-            if verified["valid"] == true {
+            if verified.get("valid") == Some(&Value::Bool(true)) {
                 "valid"
             } else {
                 "INVALID"
@@ -600,14 +591,14 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
     d.say(out, "`daily-mean` may see only aggregates of home's load; it runs on home and returns per-day figures.");
     // Aggregate-only grants get no figure over fewer than five readings.
     d.wait("six os-monitor readings", 30, |d| {
-        d.hearth("home", &["store", "read", "os-monitor"])
+        d.typed::<api::Records>("home", &["store", "read", "os-monitor"])
             .ok()
-            .and_then(|r| (r["records"].as_array()?.len() >= 6).then_some(()))
+            .and_then(|r| (r.records.len() >= 6).then_some(()))
     })?;
     // Up to now: the driver keeps writing, and the check below asks the store about the
     // same window.
     let end = now_ms();
-    let daily = d.hearth(
+    let daily: RunOutput = d.typed(
         "phone",
         &[
             "run",
@@ -623,18 +614,15 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
     show_result(d, out, &daily);
     // The same figures, asked of the store directly on home.
     let mut daily_matches = true;
-    for day in daily["result"]["days"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let Some(start) = day_start(str_of(&day, "day")) else {
+    let days = daily.result.get("days").and_then(Value::as_array);
+    for day in days.into_iter().flatten() {
+        let Some(start) = day_start(str_of(day, "day")) else {
             daily_matches = false;
             continue;
         };
         let (from, to) = (start.to_string(), (start + DAY_MS).min(end).to_string());
         for op in ["count", "mean", "min", "max"] {
-            let direct = d.hearth(
+            let direct: api::Aggregated = d.typed(
                 "home",
                 &[
                     "store",
@@ -648,7 +636,8 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
                     &to,
                 ],
             )?;
-            let (a, b) = (direct["result"].as_f64(), day[op].as_f64());
+            let a = direct.result.as_ref().and_then(serde_json::Number::as_f64);
+            let b = day.get(op).and_then(Value::as_f64);
             daily_matches &= matches!((a, b), (Some(a), Some(b)) if (a - b).abs() < 1e-9);
         }
     }
@@ -665,40 +654,33 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
     );
 
     d.say(out, "What moved: results and receipts, not the data.");
-    let result_bytes =
-        places["result_bytes"].as_u64().unwrap_or(0) + daily["result_bytes"].as_u64().unwrap_or(0);
-    let home_stores = d.hearth("home", &["store", "ls"])?;
-    let held: Vec<Value> = home_stores["stores"]
-        .as_array()
-        .map(|s| {
-            s.iter()
-                .filter(|s| s["here"] == true && !str_of(s, "name").starts_with("hearth."))
-                .map(|s| json!({ "name": s["name"], "records": s["records"], "bytes": s["bytes"] }))
-                .collect()
-        })
-        .unwrap_or_default();
-    let kept_bytes: u64 = held.iter().filter_map(|s| s["bytes"].as_u64()).sum();
+    let result_bytes = places.result_bytes + daily.result_bytes;
+    let home_stores: api::Stores = d.typed("home", &["store", "ls"])?;
+    let held: Vec<&api::StoreInfo> = home_stores
+        .stores
+        .iter()
+        .filter(|s| s.here && !s.name.starts_with("hearth."))
+        .collect();
+    let kept_bytes: u64 = held.iter().filter_map(|s| s.bytes).sum();
     d.show(out, &format!("the two results are {result_bytes} bytes; the stores they read stayed on home and the phone ({kept_bytes} bytes on home's disk):"));
     for s in &held {
         d.show(
             out,
             &format!(
                 "  {:<12} {:>6} records {:>9} bytes",
-                str_of(s, "name"),
-                s["records"],
-                s["bytes"]
+                s.name,
+                s.records.unwrap_or(0),
+                s.bytes.unwrap_or(0)
             ),
         );
     }
-    let reads = d.hearth("home", &["audit", "--action", "compute.read"])?;
-    for entry in reads["entries"].as_array().cloned().unwrap_or_default() {
+    let reads: api::AuditEntries = d.typed("home", &["audit", "--action", "compute.read"])?;
+    for entry in &reads.entries {
         d.show(
             out,
             &format!(
                 "  audit on home: {} read {} ({})",
-                str_of(&entry, "action"),
-                str_of(&entry, "object"),
-                str_of(&entry, "outcome")
+                entry.action, entry.object, entry.outcome
             ),
         );
     }
@@ -708,13 +690,10 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
         "Every device's audit log is a hash chain with signed checkpoints; verifying them now.",
     );
     for device in ["home", "phone", "cloud"] {
-        let verified = d.hearth(device, &["audit", "verify"])?;
+        let verified: api::AuditVerified = d.typed(device, &["audit", "verify"])?;
         d.show(
             out,
-            &format!(
-                "{device}: intact ({} entries)",
-                verified["entries"].as_u64().unwrap_or(0)
-            ),
+            &format!("{device}: intact ({} entries)", verified.entries),
         );
     }
 
@@ -746,36 +725,40 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
         "daily_mean": daily,
         "refused": refused,
         "checks": {
-            "receipt_valid": verified["valid"] == true,
+            "receipt_valid": verified.get("valid") == Some(&Value::Bool(true)),
             "daily_mean_matches_store": daily_matches,
             "cloud_holds_nothing_personal": cloud_holds.is_empty(),
         },
-        "moved": { "result_bytes": result_bytes, "stores_kept": held, "kept_bytes": kept_bytes },
+        "moved": {
+            "result_bytes": result_bytes,
+            "stores_kept": held
+                .iter()
+                .map(|s| json!({ "name": s.name, "records": s.records, "bytes": s.bytes }))
+                .collect::<Vec<_>>(),
+            "kept_bytes": kept_bytes,
+        },
     }))
 }
 
-fn show_result(d: &Demo, out: &mut Output, run: &Value) {
+fn show_result(d: &Demo, out: &mut Output, run: &RunOutput) {
     d.show(
         out,
-        &serde_json::to_string_pretty(&run["result"]).unwrap_or_default(),
+        &serde_json::to_string_pretty(&run.result).unwrap_or_default(),
     );
-    let r = &run["receipt"];
+    let r = &run.receipt;
     d.show(
         out,
         &format!(
             "receipt: ran on {}, module {}…, read {}, fuel {}, signed by {}…",
-            str_of(r, "ran_on"),
-            str_of(r, "module_hash").get(..12).unwrap_or(""),
-            r["data_heads"]
-                .as_array()
-                .map(|h| h
-                    .iter()
-                    .map(|h| str_of(h, "store").to_owned())
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default(),
-            r["fuel"],
-            str_of(r, "node").get(..16).unwrap_or(""),
+            r.ran_on,
+            r.module_hash.get(..12).unwrap_or(""),
+            r.data_heads
+                .iter()
+                .map(|h| h.store.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.fuel,
+            r.node.get(..16).unwrap_or(""),
         ),
     );
 }

@@ -1,8 +1,8 @@
 //! `hearth devices`, `hearth devices revoke NAME`, `hearth devices allow-admit NAME`,
 //! `hearth devices approve NAME`.
 
+use hearth_node::api::types as api;
 use hearth_protocol::time::UnixMillis;
-use serde_json::Value;
 
 use crate::client::{Client, segment};
 use crate::data_dir::DataDir;
@@ -56,9 +56,8 @@ pub(crate) enum Command {
 
 /// How a device is reached, from its `path`, `via` and `rtt_ms`: `direct, 3 ms`,
 /// `relayed via cloud, 41 ms`, or `-` when not connected (or this device).
-pub(crate) fn reached(device: &Value) -> String {
-    let rtt = device["rtt_ms"]
-        .as_f64()
+pub(crate) fn reached(path: Option<&str>, via: Option<&str>, rtt_ms: Option<f64>) -> String {
+    let rtt = rtt_ms
         .map(|ms| {
             if ms < 10.0 {
                 format!(", {ms:.1} ms")
@@ -67,7 +66,7 @@ pub(crate) fn reached(device: &Value) -> String {
             }
         })
         .unwrap_or_default();
-    match (device["path"].as_str(), device["via"].as_str()) {
+    match (path, via) {
         (Some("relayed"), Some(via)) => format!("relayed via {via}{rtt}"),
         (Some(path), _) => format!("{path}{rtt}"),
         (None, _) => "-".to_owned(),
@@ -78,55 +77,53 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
     let client = Client::connect(dir)?;
     match args.command.unwrap_or(Command::Ls) {
         Command::Ls => {
-            let list = client.get("/v1/devices", &[])?;
-            out.emit(
+            let list: api::Devices = client.get("/v1/devices", &())?;
+            out.emit_typed(
                 || {
                     let mut text = format!(
                         "{:<16} {:<7} {:<19} {:<26} {:<22} {}\n",
                         "NAME", "ROLE", "STATE", "REACHED", "LAST SEEN", "PEER ID"
                     );
-                    for d in list["devices"].as_array().into_iter().flatten() {
-                        let mut state = if d["revoked"] == Value::Bool(true) {
+                    for d in &list.devices {
+                        let mut state = if d.revoked {
                             "revoked"
-                        } else if d["online"] == Value::Bool(true) {
+                        } else if d.online {
                             "online"
                         } else {
                             "offline"
                         }
                         .to_owned();
-                        if d["approved"] == Value::Bool(false) && d["revoked"] != Value::Bool(true)
-                        {
+                        if !d.approved && !d.revoked {
                             state.push_str(", unapproved");
                         }
-                        let seen = d["last_seen"]
-                            .as_u64()
+                        let seen = Some(d.last_seen)
                             .filter(|t| *t > 0)
                             .map(|t| UnixMillis(t).to_string())
                             .unwrap_or_else(|| "never".into());
                         text.push_str(&format!(
                             "{:<16} {:<7} {:<19} {:<26} {:<22} {}\n",
-                            d["name"].as_str().unwrap_or("?"),
-                            d["role"].as_str().unwrap_or("?"),
+                            d.name,
+                            d.role,
                             state,
-                            reached(d),
+                            reached(d.path.as_deref(), d.via.as_deref(), d.rtt_ms),
                             seen,
-                            d["peer_id"].as_str().unwrap_or("?"),
+                            d.peer_id,
                         ));
                     }
                     text
                 },
-                || list.clone(),
+                &list,
             );
         }
         Command::Revoke { name } => {
-            let answer = client.send(
+            let answer: api::DeviceRevoked = client.send(
                 "POST",
                 &format!("/v1/devices/{}/revoke", segment(&name)),
-                &Value::Null,
+                &(),
             )?;
-            out.emit(
+            out.emit_typed(
                 || format!("Revoked {name}: it is disconnected and refused by every device that hears of it."),
-                || answer.clone(),
+                &answer,
             );
         }
         Command::AllowAdmit {
@@ -136,38 +133,42 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
             names,
         } => {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            let answer = client.send(
+            let body = api::AllowAdmitRequest {
+                ttl_ms: Some(ttl_ms),
+                roles: Some(roles.clone()),
+                names: Some(names.clone()),
+            };
+            let answer: api::AdmitGrant = client.send(
                 "POST",
                 &format!("/v1/devices/{}/allow-admit", segment(&name)),
-                &serde_json::json!({ "ttl_ms": ttl_ms, "roles": roles, "names": names }),
+                &body,
             )?;
-            out.emit(
+            out.emit_typed(
                 || {
                     format!(
                         "{name} may admit new {roles} devices named {names} until {} (capability {}; withdraw it with `hearth cap revoke`).\n\
                          The devices it admits are members until then; approve one for good with `hearth devices approve NAME`.",
-                        answer["expires"].as_str().unwrap_or("?"),
-                        answer["cap_id"].as_str().unwrap_or("?"),
+                        answer.expires, answer.cap_id,
                     )
                 },
-                || answer.clone(),
+                &answer,
             );
         }
         Command::Approve { name } => {
-            let answer = client.send(
+            let answer: api::Approved = client.send(
                 "POST",
                 &format!("/v1/devices/{}/approve", segment(&name)),
-                &Value::Null,
+                &(),
             )?;
-            out.emit(
+            out.emit_typed(
                 || {
-                    if answer["changed"] == Value::Bool(true) {
+                    if answer.changed {
                         format!("Approved {name}: it holds a certificate the owner key signed, and stays a member when the grant that admitted it ends.")
                     } else {
                         format!("{name} holds a certificate the owner key signed already.")
                     }
                 },
-                || answer.clone(),
+                &answer,
             );
         }
     }

@@ -4,7 +4,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use hearth_node::api::types as api;
 
 use crate::client::{Client, segment};
 use crate::data_dir::DataDir;
@@ -101,37 +101,30 @@ pub(crate) struct Common {
     description: Option<String>,
 }
 
-fn body(add: Add) -> Result<(Value, bool)> {
-    let with = |mut v: Value, c: Common| {
-        if let Some(store) = c.store {
-            v["store"] = json!(store);
-        }
-        if let Some(name) = c.name {
-            v["name"] = json!(name);
-        }
-        if let Some(unit) = c.unit {
-            v["unit"] = json!(unit);
-        }
-        if let Some(description) = c.description {
-            v["description"] = json!(description);
-        }
-        v
+fn body(add: Add) -> Result<(api::AddDriver, bool)> {
+    let with = |kind: &str, c: Common| api::AddDriver {
+        kind: kind.to_owned(),
+        store: c.store,
+        name: c.name,
+        unit: c.unit,
+        description: c.description,
+        ..Default::default()
     };
     Ok(match add {
         Add::OsMonitor { interval, common } => (
-            with(
-                json!({ "kind": "os-monitor", "interval_secs": interval.as_secs().max(1) }),
-                common,
-            ),
+            api::AddDriver {
+                interval_secs: Some(interval.as_secs().max(1)),
+                ..with("os-monitor", common)
+            },
             false,
         ),
-        Add::HttpIngest { listen, common } => {
-            let mut v = json!({ "kind": "http-ingest" });
-            if let Some(listen) = listen {
-                v["listen"] = json!(listen);
-            }
-            (with(v, common), false)
-        }
+        Add::HttpIngest { listen, common } => (
+            api::AddDriver {
+                listen,
+                ..with("http-ingest", common)
+            },
+            false,
+        ),
         Add::Mqtt {
             broker,
             topic,
@@ -140,15 +133,21 @@ fn body(add: Add) -> Result<(Value, bool)> {
             actuate,
             common,
         } => {
-            let mut v = json!({ "kind": "mqtt", "broker": broker, "topic": topic });
-            if let (Some(user), Some(password)) = (user, password) {
-                v["user"] = json!(user);
-                v["password"] = json!(password);
-            }
-            if let Some(prefix) = actuate {
-                v["actuate"] = json!(prefix);
-            }
-            (with(v, common), false)
+            let (user, password) = match (user, password) {
+                (Some(user), Some(password)) => (Some(user), Some(password)),
+                _ => (None, None),
+            };
+            (
+                api::AddDriver {
+                    broker: Some(broker),
+                    topic: Some(topic),
+                    user,
+                    password,
+                    actuate,
+                    ..with("mqtt", common)
+                },
+                false,
+            )
         }
         Add::FileImport {
             file,
@@ -166,11 +165,15 @@ fn body(add: Add) -> Result<(Value, bool)> {
                     "file-import needs --store NAME: the store to import into",
                 ));
             }
-            let mut v = json!({ "kind": "file-import", "file": file, "on_error": on_error });
-            if let Some(c) = ts_column {
-                v["ts_column"] = json!(c);
-            }
-            (with(v, common), true)
+            (
+                api::AddDriver {
+                    file: Some(file),
+                    on_error: Some(on_error),
+                    ts_column,
+                    ..with("file-import", common)
+                },
+                true,
+            )
         }
     })
 }
@@ -195,24 +198,21 @@ fn progress_bar(done: u64, total: u64) {
 }
 
 /// Waits for a file import to finish, drawing a progress bar on a terminal.
-fn follow(client: &Client, name: &str, json: bool) -> Result<Value> {
+fn follow(client: &Client, name: &str, json: bool) -> Result<api::Driver> {
     let draw = !json && std::io::stderr().is_terminal();
     loop {
-        let d = client.get(&format!("/v1/drivers/{}", segment(name)), &[])?;
-        if let (true, Some(p)) = (draw, d["progress"].as_array()) {
-            progress_bar(
-                p.first().and_then(Value::as_u64).unwrap_or(0),
-                p.get(1).and_then(Value::as_u64).unwrap_or(0),
-            );
+        let d: api::Driver = client.get(&format!("/v1/drivers/{}", segment(name)), &())?;
+        if let (true, Some((done, total))) = (draw, d.progress) {
+            progress_bar(done, total);
         }
-        match d["state"].as_str() {
-            Some("done") => {
+        match d.state.as_str() {
+            "done" => {
                 if draw {
                     let _ = writeln!(std::io::stderr());
                 }
                 return Ok(d);
             }
-            Some("failed" | "retrying" | "stopped") => {
+            "failed" | "retrying" | "stopped" => {
                 if draw {
                     let _ = writeln!(std::io::stderr());
                 }
@@ -220,7 +220,7 @@ fn follow(client: &Client, name: &str, json: bool) -> Result<Value> {
                     Exit::Error,
                     format!(
                         "the import of {name} failed: {}",
-                        d["last_error"].as_str().unwrap_or("no reason given")
+                        d.last_error.as_deref().unwrap_or("no reason given")
                     ),
                 ));
             }
@@ -246,43 +246,45 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
     match command {
         Command::Add(add) => {
             let (body, wait) = body(add)?;
-            let added = client.send("POST", "/v1/drivers", &body)?;
-            let name = added["name"].as_str().unwrap_or("?").to_owned();
+            let added: api::Driver = client.send("POST", "/v1/drivers", &body)?;
+            let name = added.name.clone();
             if wait {
                 let done = follow(&client, &name, out.json())?;
-                out.emit(
+                out.emit_typed(
                     || {
                         format!(
                             "{}.\n",
-                            done["detail"].as_str().unwrap_or("the import finished")
+                            done.detail.as_deref().unwrap_or("the import finished")
                         )
                     },
-                    || done.clone(),
+                    &done,
                 );
                 return Ok(());
             }
-            out.emit(
+            out.emit_typed(
                 || {
                     let mut text = format!(
                         "Driver {name} ({}) writes the store {}.\n",
-                        added["kind"].as_str().unwrap_or("?"),
-                        added["store"].as_str().unwrap_or("?")
+                        added.kind, added.store
                     );
-                    if let Some(url) = added["url"].as_str() {
+                    if let Some(url) = &added.url {
                         text.push_str(&format!(
                             "Endpoint: {url}  (OwnTracks: {url}/owntracks, JSON readings: {url}/readings)\nUser: {}\nPassword: {}\n",
-                            added["user"].as_str().unwrap_or("?"),
-                            added["password"].as_str().unwrap_or("?"),
+                            added.user.as_deref().unwrap_or("-"),
+                            added.password.as_deref().unwrap_or("-"),
                         ));
                     }
-                    let fingerprint = added["tls_fingerprint"].as_str();
+                    let fingerprint = added.tls_fingerprint.as_deref();
                     if let Some(fingerprint) = fingerprint {
                         text.push_str(&format!(
                             "TLS certificate: {}\nTLS fingerprint (SHA-256): {fingerprint}\n",
-                            added["tls_certificate"].as_str().unwrap_or("?"),
+                            added
+                                .tls_certificate
+                                .as_deref()
+                                .map_or_else(|| "-".into(), |p| p.display().to_string()),
                         ));
                     }
-                    let networked = added["url"].as_str().is_some_and(|url| !on_loopback(url));
+                    let networked = added.url.as_deref().is_some_and(|url| !on_loopback(url));
                     if fingerprint.is_some() || networked {
                         text.push_str(
                             "Warning: this endpoint is reachable from the network. Its \
@@ -294,51 +296,51 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                     }
                     text
                 },
-                || added.clone(),
+                &added,
             );
         }
         Command::Ls => {
-            let list = client.get("/v1/drivers", &[])?;
-            out.emit(
+            let list: api::Drivers = client.get("/v1/drivers", &())?;
+            out.emit_typed(
                 || {
                     let mut text = format!(
                         "{:<16} {:<12} {:<20} {:<9} {:>8}  {}\n",
                         "NAME", "KIND", "STORE", "STATE", "RECORDS", "DETAIL / LAST ERROR"
                     );
-                    for d in list["drivers"].as_array().into_iter().flatten() {
-                        let note = d["last_error"]
-                            .as_str()
+                    for d in &list.drivers {
+                        let note = d
+                            .last_error
+                            .as_deref()
                             .map(|e| format!("error: {e}"))
-                            .or_else(|| d["detail"].as_str().map(str::to_owned))
+                            .or_else(|| d.detail.clone())
                             .unwrap_or_default();
                         text.push_str(&format!(
                             "{:<16} {:<12} {:<20} {:<9} {:>8}  {note}\n",
-                            d["name"].as_str().unwrap_or("?"),
-                            d["kind"].as_str().unwrap_or("?"),
-                            d["store"].as_str().unwrap_or("?"),
-                            d["state"].as_str().unwrap_or("?"),
-                            d["records"].as_u64().unwrap_or(0),
+                            d.name, d.kind, d.store, d.state, d.records,
                         ));
                     }
-                    for d in list["drivers"].as_array().into_iter().flatten() {
-                        if let Some(fingerprint) = d["tls_fingerprint"].as_str() {
+                    for d in &list.drivers {
+                        if let Some(fingerprint) = &d.tls_fingerprint {
                             text.push_str(&format!(
                                 "{} serves HTTPS with {}, SHA-256 fingerprint {fingerprint}\n",
-                                d["name"].as_str().unwrap_or("?"),
-                                d["tls_certificate"].as_str().unwrap_or("its certificate"),
+                                d.name,
+                                d.tls_certificate.as_deref().map_or_else(
+                                    || "its certificate".into(),
+                                    |p| p.display().to_string()
+                                ),
                             ));
                         }
                     }
                     text
                 },
-                || list.clone(),
+                &list,
             );
         }
         Command::Rm { name } => {
-            let answer = client.delete(&format!("/v1/drivers/{}", segment(&name)))?;
-            out.emit(
+            let answer: api::Removed = client.delete(&format!("/v1/drivers/{}", segment(&name)))?;
+            out.emit_typed(
                 || format!("Removed driver {name}; its store and data stay."),
-                || answer.clone(),
+                &answer,
             );
         }
     }

@@ -85,6 +85,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         bootstrap: Vec::new(),
         compute: None,
         mesh: None,
+        node: None,
     };
     let config_text = toml::to_string(&config)
         .map_err(|err| CliError::new(Exit::Error, format!("cannot write the config: {err}")))?;

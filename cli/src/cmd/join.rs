@@ -94,6 +94,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         bootstrap: ticket.addrs.clone(),
         compute: None,
         mesh: None,
+        node: None,
     };
     let text =
         toml::to_string(&config).map_err(|err| CliError::new(Exit::Error, err.to_string()))?;

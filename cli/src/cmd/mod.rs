@@ -4,6 +4,7 @@ pub(crate) mod app;
 pub(crate) mod audit;
 pub(crate) mod cap;
 pub(crate) mod compute;
+pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod devices;
 pub(crate) mod driver;

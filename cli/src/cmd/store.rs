@@ -2,8 +2,9 @@
 
 use std::io::BufRead as _;
 
+use hearth_node::api::types as api;
 use hearth_protocol::time::UnixMillis;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::now;
 use crate::client::{Client, segment};
@@ -36,25 +37,26 @@ pub(crate) struct SelectArgs {
 }
 
 impl SelectArgs {
-    fn query(&self) -> Vec<(&'static str, String)> {
-        let mut q = Vec::new();
+    fn query(&self) -> api::ReadQuery {
+        let mut q = api::ReadQuery::default();
+        let select = |name: &str| Some(name.to_owned());
         if self.latest {
-            q.push(("select", "latest".to_owned()));
+            q.select = select("latest");
         } else if self.earliest {
-            q.push(("select", "earliest".to_owned()));
+            q.select = select("earliest");
         } else if let Some(n) = self.last {
-            q.push(("select", "last".to_owned()));
-            q.push(("n", n.to_string()));
+            q.select = select("last");
+            q.n = Some(n);
         } else if let Some(n) = self.first {
-            q.push(("select", "first".to_owned()));
-            q.push(("n", n.to_string()));
+            q.select = select("first");
+            q.n = Some(n);
         } else if let Some(t) = self.since {
-            q.push(("select", "since".to_owned()));
-            q.push(("from", t.to_string()));
+            q.select = select("since");
+            q.from = Some(t);
         } else if let Some(range) = &self.range {
-            q.push(("select", "range".to_owned()));
-            q.push(("from", range.first().copied().unwrap_or(0).to_string()));
-            q.push(("to", range.get(1).copied().unwrap_or(0).to_string()));
+            q.select = select("range");
+            q.from = range.first().copied();
+            q.to = range.get(1).copied();
         }
         q
     }
@@ -93,8 +95,8 @@ fn millis(d: std::time::Duration) -> u64 {
 }
 
 /// A retention in ms, in words (`90days`, `-` for none).
-fn keep_text(keep: &Value) -> String {
-    keep.as_u64().map_or_else(
+fn keep_text(keep: Option<u64>) -> String {
+    keep.map_or_else(
         || "-".to_owned(),
         |ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
     )
@@ -287,35 +289,33 @@ fn parse_json(text: &str) -> Result<Value> {
 }
 
 /// A record `{ts, value}` or a bare value stamped with `ts`.
-fn to_record(value: Value, ts: u64) -> Value {
+fn to_record(value: Value, ts: u64) -> api::Reading {
     if let Value::Object(map) = &value
         && map.len() == 2
-        && map.get("ts").is_some_and(Value::is_u64)
-        && map.contains_key("value")
+        && let (Some(ts), Some(inner)) = (map.get("ts").and_then(Value::as_u64), map.get("value"))
     {
-        return value;
+        return api::Reading::new(ts, inner.clone());
     }
-    json!({ "ts": ts, "value": value })
+    api::Reading::new(ts, value)
 }
 
 fn store_path(name: &str) -> String {
     format!("/v1/stores/{}", segment(name))
 }
 
-fn print_records(out: &mut Output, value: &Value) {
-    out.emit(
+fn print_records(out: &mut Output, records: &api::Records) {
+    out.emit_typed(
         || {
             let mut text = String::new();
-            for r in value["records"].as_array().into_iter().flatten() {
-                let ts = r["ts"].as_u64().unwrap_or(0);
-                text.push_str(&format!("{}  {}\n", UnixMillis(ts), r["value"]));
+            for r in &records.records {
+                text.push_str(&format!("{}  {}\n", UnixMillis(r.ts), r.value));
             }
             if text.is_empty() {
                 text.push_str("(no records)\n");
             }
             text
         },
-        || value.clone(),
+        records,
     );
 }
 
@@ -332,38 +332,30 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             keep,
             cap,
         } => {
-            let mut body = json!({ "name": name, "kind": kind });
-            if let Some(keep) = keep {
-                body["keep_ms"] = json!(millis(keep));
-            }
-            if !text.is_empty() {
-                body["text"] = json!(text);
-            }
-            if let Some(path) = cap {
-                body["authority"] = json!(crate::cmd::cap::read_chain(&path)?.to_text());
-            }
-            if let Some(w) = window {
-                body["window_ms"] = json!(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
-            }
-            if let Some(spec) = replicas {
-                body["replicas"] = json!(spec);
-            }
-            if let Some(text) = description {
-                body["description"] = json!(text);
-            }
-            let info = client.send("POST", "/v1/stores", &body)?;
-            out.emit(
-                || {
-                    format!(
-                        "Created {kind} store {name}, held by: {}.",
-                        info["replicas"].as_str().unwrap_or("?")
-                    )
+            let body = api::CreateStore {
+                name: name.clone(),
+                kind: kind.clone(),
+                window_ms: window.map(millis),
+                replicas,
+                description,
+                text,
+                keep_ms: keep.map(millis),
+                authority: match cap {
+                    Some(path) => Some(crate::cmd::cap::read_chain(&path)?.to_text()),
+                    None => None,
                 },
-                || info.clone(),
+            };
+            let info: api::StoreInfo = client.send("POST", "/v1/stores", &body)?;
+            out.emit_typed(
+                || format!("Created {kind} store {name}, held by: {}.", info.replicas),
+                &info,
             );
         }
         Command::Ls { hypercat: true } => {
-            let doc = client.get("/v1/stores", &[("format", "hypercat".to_owned())])?;
+            let query = api::ListQuery {
+                format: Some("hypercat".to_owned()),
+            };
+            let doc: Value = client.get("/v1/stores", &query)?;
             out.emit(
                 || {
                     format!(
@@ -375,46 +367,34 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             );
         }
         Command::Ls { hypercat: false } => {
-            let list = client.get("/v1/stores", &[])?;
-            out.emit(
+            let list: api::Stores = client.get("/v1/stores", &())?;
+            out.emit_typed(
                 || {
                     let mut text = format!(
                         "{:<28} {:<11} {:>9} {:>11} {:>8}  {:<22} {}\n",
                         "NAME", "KIND", "RECORDS", "BYTES", "KEEP", "REPLICAS", "HELD BY"
                     );
-                    for s in list["stores"].as_array().into_iter().flatten() {
-                        let records = s["records"]
-                            .as_u64()
-                            .map_or("-".to_owned(), |r| r.to_string());
-                        let held: Vec<&str> = s["held_by"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str)
-                            .collect();
-                        let here = if s["here"] == Value::Bool(false) {
-                            " (not here)"
-                        } else {
-                            ""
-                        };
+                    for s in &list.stores {
+                        let records = s.records.map_or("-".to_owned(), |r| r.to_string());
+                        let here = if s.here { "" } else { " (not here)" };
                         text.push_str(&format!(
                             "{:<28} {:<11} {:>9} {:>11} {:>8}  {:<22} {}{here}{}\n",
-                            s["name"].as_str().unwrap_or("?"),
-                            s["kind"].as_str().unwrap_or("?"),
+                            s.name,
+                            s.kind.as_str(),
                             records,
-                            s["bytes"].as_u64().unwrap_or(0),
-                            keep_text(&s["keep_ms"]),
-                            s["replicas"].as_str().unwrap_or("?"),
-                            held.join(","),
-                            s["error"]
-                                .as_str()
+                            s.bytes.unwrap_or(0),
+                            keep_text(s.keep_ms),
+                            s.replicas,
+                            s.held_by.join(","),
+                            s.error
+                                .as_deref()
                                 .map(|e| format!("  ERROR: {e}"))
                                 .unwrap_or_default()
                         ));
                     }
                     text
                 },
-                || list.clone(),
+                &list,
             );
         }
         Command::Policy {
@@ -423,40 +403,41 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             keep,
             cap,
         } => {
-            let mut body = json!({});
-            if let Some(spec) = &replicas {
-                body["replicas"] = json!(spec);
-            }
-            match keep {
-                Some(Keep::For(d)) => body["keep_ms"] = json!(millis(d)),
-                Some(Keep::Everything) => body["keep_ms"] = Value::Null,
-                None => {}
-            }
-            if let Some(path) = cap {
-                body["authority"] = json!(crate::cmd::cap::read_chain(&path)?.to_text());
-            }
-            let answer = client.send("POST", &format!("{}/policy", store_path(&name)), &body)?;
-            out.emit(
+            let body = api::PolicyRequest {
+                replicas: replicas.clone(),
+                keep_ms: match keep {
+                    Some(Keep::For(d)) => Some(Some(millis(d))),
+                    Some(Keep::Everything) => Some(None),
+                    None => None,
+                },
+                authority: match cap {
+                    Some(path) => Some(crate::cmd::cap::read_chain(&path)?.to_text()),
+                    None => None,
+                },
+            };
+            let answer: api::Policy =
+                client.send("POST", &format!("{}/policy", store_path(&name)), &body)?;
+            out.emit_typed(
                 || {
                     let mut text = Vec::new();
                     if replicas.is_some() {
                         text.push(format!(
                             "{name} is now held by: {}. Devices it no longer names drop their replica once another holder has it all.",
-                            answer["replicas"].as_str().unwrap_or("?")
+                            answer.replicas
                         ));
                     }
                     if keep.is_some() {
-                        text.push(match answer["keep_ms"].as_u64() {
+                        text.push(match answer.keep_ms {
                             Some(_) => format!(
                                 "{name} keeps readings for {}: every holder drops older ones, a chunk window at a time.",
-                                keep_text(&answer["keep_ms"])
+                                keep_text(answer.keep_ms)
                             ),
                             None => format!("{name} keeps every reading."),
                         });
                     }
                     text.join("\n")
                 },
-                || answer.clone(),
+                &answer,
             );
         }
         Command::Delete {
@@ -466,83 +447,68 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             filter,
             keys,
         } => {
-            let mut body = json!({});
-            if !keys.is_empty() {
-                body["keys"] = json!(keys);
-            }
+            let mut body = api::DeleteRequest {
+                keys: keys.clone(),
+                filter,
+                ..Default::default()
+            };
             if let Some(range) = &range {
-                body["from"] = json!(range.first());
-                body["to"] = json!(range.get(1));
+                body.from = range.first().copied();
+                body.to = range.get(1).copied();
             }
             if let Some(before) = before {
-                body["to"] = json!(before);
+                body.to = Some(before);
             }
-            if let Some(filter) = &filter {
-                body["filter"] = json!(filter);
-            }
-            let answer = client.send("POST", &format!("{}/delete", store_path(&name)), &body)?;
-            out.emit(
+            let answer: api::Erased =
+                client.send("POST", &format!("{}/delete", store_path(&name)), &body)?;
+            out.emit_typed(
                 || {
                     let what = if keys.is_empty() { "readings" } else { "values" };
-                    let here = answer["deleted_here"].as_u64().map_or_else(
+                    let here = answer.deleted_here.map_or_else(
                         || "This device holds no replica.".to_owned(),
                         |n| format!("{n} {what} deleted here."),
                     );
                     format!(
                         "Erasure {} of {name}: {}. {here} Every holder deletes them, history included, when it hears of it.",
-                        answer["erasure"],
-                        answer["selector"].as_str().unwrap_or("?")
+                        answer.erasure, answer.selector
                     )
                 },
-                || answer.clone(),
+                &answer,
             );
         }
         Command::Put { name, key, value } => {
             let value = parse_json(&value)?;
-            let r = client.send(
+            let r: api::Put = client.send(
                 "PUT",
                 &format!("{}/keys/{}", store_path(&name), segment(&key)),
                 &value,
             )?;
-            out.emit(|| format!("Set {key} in {name}."), || r.clone());
+            out.emit_typed(|| format!("Set {key} in {name}."), &r);
         }
         Command::Patch { name, key, patch } => {
             let patch = parse_json(&patch)?;
-            let r = client.send(
+            let r: api::KeyValue = client.send(
                 "PATCH",
                 &format!("{}/keys/{}", store_path(&name), segment(&key)),
                 &patch,
             )?;
-            out.emit(
-                || format!("Patched {key} in {name}: {}", r["value"]),
-                || r.clone(),
-            );
+            out.emit_typed(|| format!("Patched {key} in {name}: {}", r.value), &r);
         }
         Command::Get { name, key } => {
-            let r = client.get(
+            let r: api::KeyValue = client.get(
                 &format!("{}/keys/{}", store_path(&name), segment(&key)),
-                &[],
+                &(),
             )?;
-            out.emit(|| r["value"].to_string(), || r.clone());
+            out.emit_typed(|| r.value.to_string(), &r);
         }
         Command::Del { name, key } => {
-            let r = client.delete(&format!("{}/keys/{}", store_path(&name), segment(&key)))?;
-            out.emit(|| format!("Deleted {key} from {name}."), || r.clone());
+            let r: api::DeletedKey =
+                client.delete(&format!("{}/keys/{}", store_path(&name), segment(&key)))?;
+            out.emit_typed(|| format!("Deleted {key} from {name}."), &r);
         }
         Command::Keys { name } => {
-            let r = client.get(&format!("{}/keys", store_path(&name)), &[])?;
-            out.emit(
-                || {
-                    r["keys"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                },
-                || r.clone(),
-            );
+            let r: api::Keys = client.get(&format!("{}/keys", store_path(&name)), &())?;
+            out.emit_typed(|| r.keys.join("\n"), &r);
         }
         Command::Append {
             name,
@@ -572,21 +538,18 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             }
             let mut appended = 0u64;
             for chunk in records.chunks(hearth_stores::MAX_BATCH.min(10_000)) {
-                let r = client.send(
-                    "POST",
-                    &format!("{}/records", store_path(&name)),
-                    &Value::Array(chunk.to_vec()),
-                )?;
-                appended += r["appended"].as_u64().unwrap_or(0);
+                let r: api::Appended =
+                    client.send("POST", &format!("{}/records", store_path(&name)), &chunk)?;
+                appended += r.appended;
             }
-            out.emit(
+            out.emit_typed(
                 || {
                     format!(
                         "Appended {appended} record{} to {name}.",
                         if appended == 1 { "" } else { "s" }
                     )
                 },
-                || json!({ "appended": appended }),
+                &api::Appended { appended },
             );
         }
         Command::Read {
@@ -595,10 +558,8 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             filter,
         } => {
             let mut q = select.query();
-            if let Some(f) = filter {
-                q.push(("filter", f));
-            }
-            let r = client.get(&format!("{}/records", store_path(&name)), &q)?;
+            q.filter = filter;
+            let r: api::Records = client.get(&format!("{}/records", store_path(&name)), &q)?;
             print_records(out, &r);
         }
         Command::Agg {
@@ -608,24 +569,17 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             select,
             filter,
         } => {
-            let mut q = select.query();
-            q.push(("fn", function.clone()));
-            if let Some(f) = field {
-                q.push(("field", f));
-            }
-            if let Some(f) = filter {
-                q.push(("filter", f));
-            }
-            let r = client.get(&format!("{}/aggregate", store_path(&name)), &q)?;
-            out.emit(
-                || match &r["result"] {
-                    Value::Null => format!("no values to compute the {function} of"),
-                    Value::Number(n) if n.is_f64() => {
-                        n.as_f64().map_or_else(|| n.to_string(), rounded)
-                    }
-                    v => v.to_string(),
+            let mut read = select.query();
+            read.filter = filter;
+            let q = api::AggregateQuery::of(read, &function, field);
+            let r: api::Aggregated = client.get(&format!("{}/aggregate", store_path(&name)), &q)?;
+            out.emit_typed(
+                || match &r.result {
+                    None => format!("no values to compute the {function} of"),
+                    Some(n) if n.is_f64() => n.as_f64().map_or_else(|| n.to_string(), rounded),
+                    Some(n) => n.to_string(),
                 },
-                || r.clone(),
+                &r,
             );
         }
         Command::Tail { name } => {
@@ -643,10 +597,10 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
                 ),
                 None => store_path(&name),
             };
-            let r = client.delete(&path)?;
-            out.emit(
+            let r: api::Removed = client.delete(&path)?;
+            out.emit_typed(
                 || format!("Removed store {name} and its data, from every device of the mesh."),
-                || r.clone(),
+                &r,
             );
         }
     }

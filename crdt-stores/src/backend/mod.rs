@@ -1,6 +1,6 @@
 //! Persistence behind one small trait: an ordered map of byte keys to byte values with
 //! atomic, durable batches. Three implementations: [`MemoryBackend`] (tests, netsim),
-//! [`SledBackend`] and [`RedbBackend`]; [`BackendKind::default`] is the one chosen by
+//! `SledBackend` (with the `sled` feature) and [`RedbBackend`]; [`BackendKind::default`] is the one chosen by
 //! measurement (see `docs/decisions.md`).
 //!
 //! Backends store what they are given; integrity (checksums) is the store's job, so a
@@ -8,6 +8,7 @@
 
 mod memory;
 mod redb_backend;
+#[cfg(feature = "sled")]
 mod sled_backend;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use std::path::Path;
 
 pub use memory::MemoryBackend;
 pub use redb_backend::RedbBackend;
+#[cfg(feature = "sled")]
 pub use sled_backend::SledBackend;
 
 /// A key and its value.
@@ -125,12 +127,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// Why a build without the `sled` feature cannot open a sled store.
+#[cfg_attr(feature = "sled", allow(dead_code))]
+const NO_SLED: &str = "this build of Hearth has no sled backend (rebuild with `--features sled`)";
+
 /// Which backend a store uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
     /// Memory only: nothing survives the process.
     Memory,
-    /// sled 0.34.
+    /// sled 0.34 (only in builds with the `sled` feature).
     Sled,
     /// redb: the default, chosen by the durability benchmark and crash test.
     #[default]
@@ -152,7 +158,10 @@ impl BackendKind {
     pub fn open(self, path: &Path) -> Result<Box<dyn Backend>, BackendError> {
         Ok(match self {
             BackendKind::Memory => Box::new(MemoryBackend::new()),
+            #[cfg(feature = "sled")]
             BackendKind::Sled => Box::new(SledBackend::open(path)?),
+            #[cfg(not(feature = "sled"))]
+            BackendKind::Sled => return Err(BackendError::Io(NO_SLED.to_owned())),
             BackendKind::Redb => Box::new(RedbBackend::open(path)?),
         })
     }
@@ -173,7 +182,8 @@ impl std::str::FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "memory" => Ok(BackendKind::Memory),
-            "sled" => Ok(BackendKind::Sled),
+            "sled" if cfg!(feature = "sled") => Ok(BackendKind::Sled),
+            "sled" => Err(NO_SLED.to_owned()),
             "redb" => Ok(BackendKind::Redb),
             other => Err(format!(
                 "unknown backend {other:?}; expected redb, sled or memory"

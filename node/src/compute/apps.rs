@@ -223,8 +223,9 @@ fn still_listed(node: &Node, name: &str) -> bool {
 
 /// Every app, as the catalogue lists them (every device's), with this device's own
 /// details where it runs them.
-pub(crate) fn list_all(node: &Node) -> Vec<Value> {
-    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+pub(crate) fn list_all(node: &Node) -> Vec<crate::api::types::AppInfo> {
+    use crate::api::types::AppInfo;
+    let mut out: BTreeMap<String, AppInfo> = BTreeMap::new();
     if let Some(catalogue) = &node.catalogue
         && let Ok(keys) = catalogue.store().keys()
     {
@@ -232,15 +233,20 @@ pub(crate) fn list_all(node: &Node) -> Vec<Value> {
             if let Some(name) = key.strip_prefix("app/")
                 && let Ok(Some(entry)) = catalogue.store().get(&key)
             {
+                let text =
+                    |field: &str| entry.get(field).and_then(Value::as_str).map(str::to_owned);
                 out.insert(
                     name.to_owned(),
-                    json!({
-                        "name": name,
-                        "device": entry.get("device"),
-                        "store": entry.get("store"),
-                        "module_hash": entry.get("module_hash"),
-                        "state": "running",
-                    }),
+                    AppInfo {
+                        name: name.to_owned(),
+                        device: text("device"),
+                        store: text("store"),
+                        module_hash: text("module_hash"),
+                        state: "running".to_owned(),
+                        runs: None,
+                        position: None,
+                        last_error: None,
+                    },
                 );
             }
         }
@@ -249,16 +255,16 @@ pub(crate) fn list_all(node: &Node) -> Vec<Value> {
         for app in compute.apps.list() {
             out.insert(
                 app.name.clone(),
-                json!({
-                    "name": app.name,
-                    "device": node.config.name,
-                    "store": app.store,
-                    "module_hash": app.module_hash,
-                    "state": app.state,
-                    "runs": app.runs,
-                    "position": app.position,
-                    "last_error": app.last_error,
-                }),
+                AppInfo {
+                    name: app.name,
+                    device: Some(node.config.name.clone()),
+                    store: Some(app.store),
+                    module_hash: Some(app.module_hash),
+                    state: app.state,
+                    runs: Some(app.runs),
+                    position: Some(app.position),
+                    last_error: app.last_error,
+                },
             );
         }
     }

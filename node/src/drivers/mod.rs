@@ -368,7 +368,7 @@ impl std::fmt::Debug for Drivers {
 }
 
 /// A driver as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Listed {
     /// Name.
     pub name: String,
@@ -391,6 +391,15 @@ pub struct Listed {
     pub tls_fingerprint: Option<String>,
     /// http-ingest serving HTTPS: its certificate file, to install on devices.
     pub tls_certificate: Option<PathBuf>,
+    /// http-ingest, only in the answer to adding it: where devices post.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// http-ingest, only in the answer to adding it: the user name devices send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// http-ingest, only in the answer to adding it: the password devices send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 impl Drivers {
@@ -427,6 +436,9 @@ impl Drivers {
                         detail: s.detail,
                         tls_fingerprint: s.tls_fingerprint,
                         tls_certificate: s.tls_certificate,
+                        url: None,
+                        user: None,
+                        password: None,
                     }
                 }
                 Entry::Broken(broken) => Listed {
@@ -440,6 +452,9 @@ impl Drivers {
                     detail: None,
                     tls_fingerprint: None,
                     tls_certificate: None,
+                    url: None,
+                    user: None,
+                    password: None,
                 },
             })
             .collect()

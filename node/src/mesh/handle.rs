@@ -22,7 +22,7 @@ pub struct AdmitScope {
 }
 
 /// A peer as the mesh sees it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
     /// Device name.
     pub name: String,
@@ -46,7 +46,7 @@ pub struct PeerStatus {
 }
 
 /// A device of the mesh, for `hearth devices`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceStatus {
     /// Name.
     pub name: String,

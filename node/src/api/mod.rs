@@ -29,12 +29,15 @@ use futures_util::Stream;
 use hearth_stores::audit::{AuditError, Event};
 use hearth_stores::query::{Aggregate, Filter, Selection};
 use hearth_stores::{Kind, Reading, StoreError};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::node::Node;
+
+pub mod types;
+
+use types::*;
 
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -100,7 +103,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({ "error": self.message, "code": self.code })),
+            Json(ErrorBody {
+                error: self.message,
+                code: self.code.to_owned(),
+            }),
         )
             .into_response()
     }
@@ -124,7 +130,7 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// The API's routes over a node.
 pub fn router(node: Arc<Node>) -> Router {
@@ -233,7 +239,7 @@ fn record(
     Ok(())
 }
 
-async fn status(State(node): State<Arc<Node>>) -> ApiResult {
+async fn status(State(node): State<Arc<Node>>) -> ApiResult<Status> {
     let c = &node.config;
     let mesh = match node.mesh.get() {
         Some(handle) => Some(handle.status().await.map_err(|err| {
@@ -255,14 +261,15 @@ async fn status(State(node): State<Arc<Node>>) -> ApiResult {
         move || Ok(store_status(&node, &devices, &sync))
     })
     .await?;
-    Ok(Json(json!({
-        "peer_id": c.node_key.public().peer_id(),
-        "name": c.name,
-        "role": c.role,
-        "listen": mesh.as_ref().map(|m| m.listen.clone()).unwrap_or_default(),
-        "peers": mesh.as_ref().map(|m| m.peers.clone()).unwrap_or_default(),
-        "stores": stores,
-    })))
+    let (listen, peers) = mesh.map(|m| (m.listen, m.peers)).unwrap_or_default();
+    Ok(Json(Status {
+        peer_id: c.node_key.public().peer_id(),
+        name: c.name.clone(),
+        role: c.role.clone(),
+        listen,
+        peers,
+        stores,
+    }))
 }
 
 /// Each store held here, and for every device its policy places it on, whether that
@@ -272,7 +279,7 @@ fn store_status(
     node: &Node,
     devices: &[crate::mesh::DeviceStatus],
     sync: &[crate::replication::StoreSync],
-) -> Vec<Value> {
+) -> Vec<StoreSync> {
     let listing = node
         .catalogue
         .as_ref()
@@ -284,12 +291,20 @@ fn store_status(
         .filter(|s| s.name != crate::catalogue::NAME)
         .map(|s| {
             let mine = sync.iter().find(|x| x.id == s.id);
-            let mut replicas = vec![json!({ "device": node.config.name, "in_sync": s.error.is_none(), "lag": 0 })];
+            let mut replicas = vec![ReplicaSync {
+                device: node.config.name.clone(),
+                in_sync: s.error.is_none(),
+                lag: Some(0),
+                online: None,
+            }];
             if let Some(entry) = listing.stores.get(&s.id) {
                 let policy = entry.policy();
                 for d in devices {
                     let Ok(role) = d.role.parse() else { continue };
-                    if d.name == node.config.name || d.revoked || !policy.holds(&d.name, role, &entry.origin) {
+                    if d.name == node.config.name
+                        || d.revoked
+                        || !policy.holds(&d.name, role, &entry.origin)
+                    {
                         continue;
                     }
                     let confirmed = mine
@@ -300,49 +315,61 @@ fn store_status(
                         _ => false,
                     };
                     let lag = match (mine, confirmed) {
-                        (Some(m), Some((_, records))) => json!(m.records.saturating_sub(records)),
-                        _ => Value::Null,
+                        (Some(m), Some((_, records))) => Some(m.records.saturating_sub(records)),
+                        _ => None,
                     };
-                    replicas.push(json!({ "device": d.name, "in_sync": in_sync, "lag": lag, "online": d.online }));
+                    replicas.push(ReplicaSync {
+                        device: d.name.clone(),
+                        in_sync,
+                        lag,
+                        online: Some(d.online),
+                    });
                 }
             }
-            json!({ "name": s.name, "replicas": replicas })
+            StoreSync {
+                name: s.name.clone(),
+                replicas,
+            }
         })
         .collect()
 }
 
 /// Every store of the mesh: those held here with their local figures, and those the
 /// catalogue lists elsewhere.
-fn store_list(node: &Node) -> Vec<Value> {
+fn store_list(node: &Node) -> Vec<StoreInfo> {
     let listing = node
         .catalogue
         .as_ref()
         .and_then(|c| c.read().ok())
         .unwrap_or_default();
     let local = node.stores.list();
-    let mut out: Vec<Value> = local
+    let erasures = |id: &str| listing.erasures.get(id).map_or(0, |e| e.len() as u64);
+    let mut out: Vec<StoreInfo> = local
         .iter()
         .filter(|s| s.name != crate::catalogue::NAME)
         .map(|s| {
             let entry = listing.stores.get(&s.id);
-            json!({
-                "name": s.name,
-                "id": s.id,
-                "kind": s.kind,
-                "origin": entry.map_or(node.config.name.as_str(), |e| e.origin.as_str()),
-                "replicas": entry.map_or(hearth_protocol::sync::placement::DEFAULT_POLICY, |e| e.replicas.as_str()),
-                "held_by": held_by(&listing, &s.id, &node.config.name),
-                "here": true,
-                "records": s.records,
-                "bytes": s.bytes,
-                "error": s.error,
-                "source": entry.and_then(|e| e.source.as_deref()),
-                "unit": entry.and_then(|e| e.unit.as_deref()),
-                "description": entry.and_then(|e| e.description.as_deref()),
-                "heads": listing.replicas.get(&s.id),
-                "keep_ms": entry.and_then(|e| e.keep_ms),
-                "erasures": listing.erasures.get(&s.id).map_or(0, Vec::len),
-            })
+            StoreInfo {
+                name: s.name.clone(),
+                id: s.id.clone(),
+                kind: s.kind,
+                origin: entry.map_or_else(|| node.config.name.clone(), |e| e.origin.clone()),
+                replicas: entry.map_or_else(
+                    || hearth_protocol::sync::placement::DEFAULT_POLICY.to_owned(),
+                    |e| e.replicas.clone(),
+                ),
+                held_by: held_by(&listing, &s.id, &node.config.name),
+                here: true,
+                records: s.records,
+                bytes: Some(s.bytes),
+                error: s.error.clone(),
+                source: entry.and_then(|e| e.source.clone()),
+                unit: entry.and_then(|e| e.unit.clone()),
+                description: entry.and_then(|e| e.description.clone()),
+                heads: listing.replicas.get(&s.id).cloned(),
+                keep_ms: entry.and_then(|e| e.keep_ms),
+                erasures: erasures(&s.id),
+            }
         })
         .collect();
     for (id, e) in &listing.stores {
@@ -350,26 +377,30 @@ fn store_list(node: &Node) -> Vec<Value> {
             continue;
         }
         let stats = listing.replicas.get(id);
-        out.push(json!({
-            "name": e.name,
-            "id": id,
-            "kind": e.kind,
-            "origin": e.origin,
-            "replicas": e.replicas,
-            "held_by": held_by(&listing, id, ""),
-            "here": false,
-            "records": stats.and_then(|r| r.values().map(|s| s.records).max()),
-            "bytes": stats.and_then(|r| r.values().map(|s| s.bytes).max()),
-            "error": Value::Null,
-            "source": e.source,
-            "unit": e.unit,
-            "description": e.description,
-            "heads": stats,
-            "keep_ms": e.keep_ms,
-            "erasures": listing.erasures.get(id).map_or(0, Vec::len),
-        }));
+        // A kind this version does not know (a newer device's) is left out.
+        let Ok(kind) = e.kind.parse::<Kind>() else {
+            continue;
+        };
+        out.push(StoreInfo {
+            name: e.name.clone(),
+            id: id.clone(),
+            kind,
+            origin: e.origin.clone(),
+            replicas: e.replicas.clone(),
+            held_by: held_by(&listing, id, ""),
+            here: false,
+            records: stats.and_then(|r| r.values().map(|s| s.records).max()),
+            bytes: stats.and_then(|r| r.values().map(|s| s.bytes).max()),
+            error: None,
+            source: e.source.clone(),
+            unit: e.unit.clone(),
+            description: e.description.clone(),
+            heads: stats.cloned(),
+            keep_ms: e.keep_ms,
+            erasures: erasures(id),
+        });
     }
-    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -387,17 +418,10 @@ fn held_by(listing: &crate::catalogue::Listing, id: &str, me: &str) -> Vec<Strin
     devices
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    /// `hypercat` for a HyperCat 3.0 catalogue.
-    format: Option<String>,
-}
-
 async fn list_stores(
     State(node): State<Arc<Node>>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
     match query.format.as_deref() {
         None => {}
@@ -413,7 +437,7 @@ async fn list_stores(
                     .api_addr
                     .get()
                     .map_or_else(String::new, |a| format!("http://{a}"));
-                Ok(Json(crate::catalogue::hypercat(&listing, &base)))
+                Ok(Json(crate::catalogue::hypercat(&listing, &base)).into_response())
             })
             .await;
         }
@@ -428,32 +452,7 @@ async fn list_stores(
         move || Ok(store_list(&node))
     })
     .await?;
-    Ok(Json(json!({ "stores": list })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateStore {
-    name: String,
-    kind: String,
-    window_ms: Option<u64>,
-    /// Placement policy; default `origin,role:home`.
-    replicas: Option<String>,
-    /// What the store holds, in words.
-    description: Option<String>,
-    /// A doc store's text fields (dotted paths), merged character by character.
-    #[serde(default)]
-    text: Vec<String>,
-    /// A timeseries store's retention (ms); needs the owner's authority.
-    keep_ms: Option<u64>,
-    /// A capability chain (`hcap1:` text) held by this device's key that allows
-    /// `place` on the store, for a placement the device may not sign alone.
-    authority: Option<String>,
-}
-
-/// A field that may be `null`: present (`Some`, null included) or absent (`None`).
-fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+    Ok(Json(Stores { stores: list }).into_response())
 }
 
 /// The capability a request names as its authority, if any.
@@ -513,7 +512,7 @@ fn user_store(name: &str) -> Result<(), ApiError> {
 async fn create_store(
     State(node): State<Arc<Node>>,
     body: Result<Json<CreateStore>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<StoreInfo>), ApiError> {
     let Json(body) = body?;
     let kind: Kind = body.kind.parse().map_err(ApiError::invalid)?;
     user_store(&body.name)?;
@@ -590,7 +589,7 @@ async fn create_store(
             record(&node, "store.create", &body.name, "allowed", 0)?;
             store_list(&node)
                 .into_iter()
-                .find(|s| s["name"] == body.name.as_str())
+                .find(|s| s.name == body.name)
                 .ok_or_else(|| StoreError::NotFound(body.name.clone()).into())
         }
     })
@@ -601,24 +600,11 @@ async fn create_store(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyRequest {
-    /// The new placement policy, if it changes.
-    replicas: Option<String>,
-    /// The new retention in ms, `null` for none, absent if it does not change.
-    #[serde(default, deserialize_with = "some_value")]
-    keep_ms: Option<Value>,
-    /// A capability chain (`hcap1:` text) held by this device's key that allows
-    /// `place` on the store.
-    authority: Option<String>,
-}
-
 async fn set_policy(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     body: Result<Json<PolicyRequest>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<Policy> {
     let Json(body) = body?;
     user_store(&name)?;
     let policy = body
@@ -627,13 +613,7 @@ async fn set_policy(
         .map(hearth_protocol::sync::placement::Policy::parse)
         .transpose()
         .map_err(|err| ApiError::invalid(err.to_string()))?;
-    let keep = match &body.keep_ms {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(value) => Some(Some(value.as_u64().ok_or_else(|| {
-            ApiError::invalid("keep_ms is a number of milliseconds, or null for no retention")
-        })?)),
-    };
+    let keep = body.keep_ms;
     if policy.is_none() && keep.is_none() {
         return Err(ApiError::invalid(
             "name what changes: replicas, keep_ms or both",
@@ -663,7 +643,12 @@ async fn set_policy(
                 &format!("allowed: {}; {keep_text}", entry.replicas),
                 0,
             )?;
-            Ok(json!({ "name": name, "id": id, "replicas": entry.replicas, "keep_ms": entry.keep_ms }))
+            Ok(Policy {
+                name,
+                id,
+                replicas: entry.replicas,
+                keep_ms: entry.keep_ms,
+            })
         }
     })
     .await?;
@@ -673,25 +658,11 @@ async fn set_policy(
     Ok(Json(answer))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeleteRequest {
-    /// Readings at or after this instant (ms).
-    from: Option<u64>,
-    /// Readings before this instant (ms).
-    to: Option<u64>,
-    /// `TAG=VALUE`: readings whose value has this tag.
-    filter: Option<String>,
-    /// Keys of a kv or doc store.
-    #[serde(default)]
-    keys: Vec<String>,
-}
-
 async fn delete_readings(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     body: Result<Json<DeleteRequest>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<Erased> {
     let Json(body) = body?;
     user_store(&name)?;
     let filter = body
@@ -763,13 +734,19 @@ async fn delete_readings(
                 ),
                 0,
             )?;
-            Ok(json!({
-                "name": name,
-                "id": id,
-                "erasure": seq,
-                "selector": selector.to_string(),
-                "deleted_here": erased.map(|e| if selector.is_keys() { e.keys } else { e.readings }),
-            }))
+            Ok(Erased {
+                name,
+                id,
+                erasure: seq,
+                selector: selector.to_string(),
+                deleted_here: erased.map(|e| {
+                    if selector.is_keys() {
+                        e.keys
+                    } else {
+                        e.readings
+                    }
+                }),
+            })
         }
     })
     .await?;
@@ -779,19 +756,11 @@ async fn delete_readings(
     Ok(Json(answer))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RemoveQuery {
-    /// A capability chain (`hcap1:` text) held by this device's key that allows
-    /// `remove` on the store.
-    authority: Option<String>,
-}
-
 async fn remove_store(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     query: Result<Query<RemoveQuery>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<Removed> {
     let Query(query) = query?;
     user_store(&name)?;
     let grant = authority_of(query.authority.as_deref())?;
@@ -812,7 +781,7 @@ async fn remove_store(
                 node.stores.remove(&name)?;
             }
             record(&node, "store.remove", &name, "allowed", 0)?;
-            Ok(json!({ "removed": name }))
+            Ok(Removed { removed: name })
         }
     })
     .await?;
@@ -822,11 +791,11 @@ async fn remove_store(
     Ok(Json(answer))
 }
 
-async fn keys(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+async fn keys(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<Keys> {
     blocking(move || {
         let keys = node.stores.get(&name)?.keys()?;
         record(&node, "store.keys", &name, "allowed", 0)?;
-        Ok(Json(json!({ "keys": keys })))
+        Ok(Json(Keys { keys }))
     })
     .await
 }
@@ -834,7 +803,7 @@ async fn keys(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiRes
 async fn get_key(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<KeyValue> {
     blocking(move || {
         let value = node.stores.get(&name)?.get(&key)?;
         let Some(value) = value else {
@@ -847,7 +816,7 @@ async fn get_key(
             "allowed",
             value.to_string().len() as u64,
         )?;
-        Ok(Json(json!({ "key": key, "value": value })))
+        Ok(Json(KeyValue { key, value }))
     })
     .await
 }
@@ -856,14 +825,14 @@ async fn put_key(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
     value: Result<Json<Value>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<Put> {
     user_store(&name)?;
     let Json(value) = value?;
     blocking(move || {
         let bytes = value.to_string().len() as u64;
         node.stores.get(&name)?.put(&key, value)?;
         record(&node, "store.put", &name, "allowed", bytes)?;
-        Ok(Json(json!({ "key": key })))
+        Ok(Json(Put { key }))
     })
     .await
 }
@@ -872,14 +841,14 @@ async fn patch_key(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
     patch: Result<Json<Value>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<KeyValue> {
     user_store(&name)?;
     let Json(patch) = patch?;
     blocking(move || {
         let bytes = patch.to_string().len() as u64;
         let value = node.stores.get(&name)?.patch(&key, patch)?;
         record(&node, "store.patch", &name, "allowed", bytes)?;
-        Ok(Json(json!({ "key": key, "value": value })))
+        Ok(Json(KeyValue { key, value }))
     })
     .await
 }
@@ -887,7 +856,7 @@ async fn patch_key(
 async fn delete_key(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<DeletedKey> {
     user_store(&name)?;
     blocking(move || {
         let existed = node.stores.get(&name)?.delete(&key)?;
@@ -895,7 +864,7 @@ async fn delete_key(
             return Err(ApiError::no_key(&name, &key));
         }
         record(&node, "store.delete", &name, "allowed", 0)?;
-        Ok(Json(json!({ "deleted": key })))
+        Ok(Json(DeletedKey { deleted: key }))
     })
     .await
 }
@@ -904,44 +873,23 @@ async fn append_records(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     records: Result<Json<Vec<Reading>>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<Appended> {
     user_store(&name)?;
     let Json(records) = records?;
     blocking(move || {
-        let count = records.len();
+        let count = records.len() as u64;
         let bytes: u64 = records
             .iter()
             .map(|r| r.value.to_string().len() as u64 + 8)
             .sum();
         node.stores.get(&name)?.append(records)?;
         record(&node, "store.append", &name, "allowed", bytes)?;
-        Ok(Json(json!({ "appended": count })))
+        Ok(Json(Appended { appended: count }))
     })
     .await
 }
 
-/// Query parameters that pick readings.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SelectQuery {
-    /// `all` (default), `latest`, `earliest`, `last`, `first`, `since`, `range`.
-    pub select: Option<String>,
-    /// Count for `last` and `first`.
-    pub n: Option<usize>,
-    /// Start (ms) for `since` and `range`.
-    pub from: Option<u64>,
-    /// End (ms, excluded) for `range`.
-    pub to: Option<u64>,
-    /// `TAG=VALUE`.
-    pub filter: Option<String>,
-    /// Aggregate function (for `/aggregate`).
-    #[serde(rename = "fn")]
-    pub function: Option<String>,
-    /// Dotted field path (for `/aggregate`).
-    pub field: Option<String>,
-}
-
-impl SelectQuery {
+impl ReadQuery {
     fn selection(&self) -> Result<Selection, ApiError> {
         let need = |v: Option<u64>, what: &str| {
             v.ok_or_else(|| ApiError::invalid(format!("this selection needs `{what}`")))
@@ -982,7 +930,7 @@ impl SelectQuery {
 async fn read_records(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    q: Result<Query<SelectQuery>, QueryRejection>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
     let selection = q.selection()?;
@@ -990,7 +938,7 @@ async fn read_records(
     blocking(move || {
         let records = node.stores.get(&name)?.read(selection, filter.as_ref())?;
         // Serialize once: the audit entry records the size of what leaves.
-        let body = serde_json::to_vec(&json!({ "records": records })).map_err(|err| {
+        let body = serde_json::to_vec(&Records { records }).map_err(|err| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -1006,11 +954,11 @@ async fn read_records(
 async fn aggregate(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    q: Result<Query<SelectQuery>, QueryRejection>,
-) -> ApiResult {
+    q: Result<Query<AggregateQuery>, QueryRejection>,
+) -> ApiResult<Aggregated> {
     let Query(q) = q?;
-    let selection = q.selection()?;
-    let filter = q.filter()?;
+    let selection = q.read().selection()?;
+    let filter = q.read().filter()?;
     let function: Aggregate = q
         .function
         .as_deref()
@@ -1028,10 +976,10 @@ async fn aggregate(
         // A count is an integer (a whole number of readings, far below 2^53).
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let result = match (function, result) {
-            (Aggregate::Count, Some(n)) => json!(n.max(0.0) as u64),
-            (_, other) => json!(other),
+            (Aggregate::Count, Some(n)) => Some(serde_json::Number::from(n.max(0.0) as u64)),
+            (_, other) => other.and_then(serde_json::Number::from_f64),
         };
-        Ok(Json(json!({ "result": result })))
+        Ok(Json(Aggregated { result }))
     })
     .await
 }
@@ -1064,18 +1012,10 @@ async fn tail(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditQuery {
-    since: Option<u64>,
-    device: Option<String>,
-    action: Option<String>,
-}
-
 async fn audit(
     State(node): State<Arc<Node>>,
     q: Result<Query<AuditQuery>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<AuditEntries> {
     let Query(q) = q?;
     // Another device's entries come from the copy of its log kept here.
     let copy = match q.device.as_deref() {
@@ -1118,43 +1058,32 @@ async fn audit(
                 .audit
                 .entries(q.since, q.device.as_deref(), q.action.as_deref())?,
         };
-        Ok(Json(json!({ "entries": entries })))
+        Ok(Json(AuditEntries { entries }))
     })
     .await
 }
 
-async fn audit_verify(State(node): State<Arc<Node>>) -> ApiResult {
+async fn audit_verify(State(node): State<Arc<Node>>) -> ApiResult<AuditVerified> {
     blocking(move || {
         let result =
             hearth_stores::audit::verify(node.audit.path(), &node.config.node_key.public())?;
         let copies = crate::audit_copy::verify_copies(&node.config.data_dir)?;
-        Ok(Json(json!({
-            "ok": result.ok() && copies.iter().all(|c| c.ok),
-            "entries": result.entries,
-            "checkpoints": result.checkpoints,
-            "unsigned_tail": result.unsigned_tail,
-            "findings": result.findings,
-            "copies": copies,
-        })))
+        Ok(Json(AuditVerified {
+            ok: result.ok() && copies.iter().all(|c| c.ok),
+            entries: result.entries,
+            checkpoints: result.checkpoints,
+            unsigned_tail: result.unsigned_tail,
+            findings: result.findings,
+            copies,
+        }))
     })
     .await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InviteRequest {
-    ttl_ms: Option<u64>,
-    name: Option<String>,
-    role: Option<String>,
-    /// Where the new device should dial this node, instead of its listen addresses.
-    #[serde(default)]
-    addrs: Vec<String>,
 }
 
 async fn invite(
     State(node): State<Arc<Node>>,
     body: Result<Json<InviteRequest>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<Invite> {
     let Json(body) = body?;
     let Some(mesh) = node.mesh.get() else {
         return Err(ApiError::new(
@@ -1176,9 +1105,10 @@ async fn invite(
         .map_err(mesh_error)?;
     let expires = hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now())
         .saturating_add(ttl);
-    Ok(Json(
-        json!({ "ticket": ticket, "expires": expires.to_string() }),
-    ))
+    Ok(Json(Invite {
+        ticket,
+        expires: expires.to_string(),
+    }))
 }
 
 fn mesh_of(node: &Node) -> Result<&crate::mesh::MeshHandle, ApiError> {
@@ -1191,12 +1121,12 @@ fn mesh_of(node: &Node) -> Result<&crate::mesh::MeshHandle, ApiError> {
     })
 }
 
-async fn devices(State(node): State<Arc<Node>>) -> ApiResult {
+async fn devices(State(node): State<Arc<Node>>) -> ApiResult<Devices> {
     let list = mesh_of(&node)?
         .devices()
         .await
         .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh", err.to_string()))?;
-    Ok(Json(json!({ "devices": list })))
+    Ok(Json(Devices { devices: list }))
 }
 
 /// A mesh command's failure as an API error: unknown device 404, not allowed 403, a
@@ -1223,27 +1153,22 @@ fn mesh_error(err: crate::mesh::MeshError) -> ApiError {
     }
 }
 
-async fn revoke(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+async fn revoke(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<DeviceRevoked> {
     let peer = mesh_of(&node)?.revoke(&name).await.map_err(mesh_error)?;
-    Ok(Json(json!({ "revoked": name, "peer_id": peer })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AllowAdmitRequest {
-    /// How long the grant lasts; default 30 days.
-    ttl_ms: Option<u64>,
-    /// The roles it may admit, comma-separated; default `mobile`.
-    roles: Option<String>,
-    /// The names it may give (`name`, `prefix*` or `*`); default `*`.
-    names: Option<String>,
+    Ok(Json(DeviceRevoked {
+        revoked: name,
+        peer_id: peer,
+    }))
 }
 
 async fn allow_admit(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     body: Result<Json<AllowAdmitRequest>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<AdmitGrant> {
     let Json(body) = body?;
     let ttl = std::time::Duration::from_millis(body.ttl_ms.unwrap_or(30 * 24 * 3600 * 1000));
     let roles: hearth_protocol::capability::Roles = body
@@ -1263,24 +1188,28 @@ async fn allow_admit(
         .map_err(mesh_error)?;
     let expires = hearth_protocol::time::UnixMillis::from_system_time(std::time::SystemTime::now())
         .saturating_add(ttl);
-    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-    Ok(Json(json!({
-        "device": name,
-        "cap_id": id,
-        "expires": expires.to_string(),
-        "roles": roles,
-        "names": names,
-    })))
+    Ok(Json(AdmitGrant {
+        device: name,
+        cap_id: id.to_string(),
+        expires: expires.to_string(),
+        roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        names,
+    }))
 }
 
-async fn approve(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+async fn approve(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<Approved> {
     let changed = mesh_of(&node)?.approve(&name).await.map_err(mesh_error)?;
-    Ok(Json(
-        json!({ "device": name, "approved": true, "changed": changed }),
-    ))
+    Ok(Json(Approved {
+        device: name,
+        approved: true,
+        changed,
+    }))
 }
 
-async fn revoke_capability(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+async fn revoke_capability(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<CapRevoked> {
     let cap: hearth_protocol::capability::CapId =
         id.parse()
             .map_err(|err: hearth_protocol::encoding::DecodeError| {
@@ -1290,14 +1219,18 @@ async fn revoke_capability(State(node): State<Arc<Node>>, Path(id): Path<String>
         .revoke_capability(cap)
         .await
         .map_err(mesh_error)?;
-    Ok(Json(json!({ "revoked": cap.to_string() })))
+    Ok(Json(CapRevoked {
+        revoked: cap.to_string(),
+    }))
 }
 
-async fn list_drivers(State(node): State<Arc<Node>>) -> ApiResult {
-    Ok(Json(json!({ "drivers": node.drivers.list() })))
+async fn list_drivers(State(node): State<Arc<Node>>) -> ApiResult<Drivers> {
+    Ok(Json(Drivers {
+        drivers: node.drivers.list(),
+    }))
 }
 
-async fn get_driver(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+async fn get_driver(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<Driver> {
     let listed = node
         .drivers
         .list()
@@ -1310,33 +1243,13 @@ async fn get_driver(State(node): State<Arc<Node>>, Path(name): Path<String>) -> 
                 format!("no driver is named {name:?}"),
             )
         })?;
-    Ok(Json(json!(listed)))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddDriver {
-    kind: String,
-    name: Option<String>,
-    store: Option<String>,
-    interval_secs: Option<u64>,
-    listen: Option<String>,
-    user: Option<String>,
-    password: Option<String>,
-    broker: Option<String>,
-    topic: Option<String>,
-    actuate: Option<String>,
-    file: Option<std::path::PathBuf>,
-    ts_column: Option<String>,
-    on_error: Option<String>,
-    unit: Option<String>,
-    description: Option<String>,
+    Ok(Json(listed))
 }
 
 async fn add_driver(
     State(node): State<Arc<Node>>,
     body: Result<Json<AddDriver>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Driver>), ApiError> {
     let Json(body) = body?;
     let kind: crate::drivers::Kind = body.kind.parse().map_err(ApiError::invalid)?;
     let name = match body.name {
@@ -1406,7 +1319,7 @@ async fn add_driver(
         &format!("allowed: {}", kind.as_str()),
         0,
     )?;
-    let mut answer = json!(added);
+    let mut answer = added;
     if kind == crate::drivers::Kind::HttpIngest {
         // The listener reports its address once bound.
         let mut url = None;
@@ -1422,60 +1335,31 @@ async fn add_driver(
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        if let Value::Object(map) = &mut answer {
-            map.insert("url".into(), json!(url));
-            map.insert("user".into(), json!(spec.user));
-            map.insert("password".into(), json!(spec.password));
-        }
+        answer.url = url;
+        answer.user = spec.user;
+        answer.password = spec.password;
     }
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
-async fn remove_driver(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+async fn remove_driver(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Removed> {
     blocking(move || {
         crate::drivers::remove(&node, &name)
             .map_err(|err| ApiError::new(StatusCode::NOT_FOUND, "not_found", err))?;
         record(&node, "driver.remove", &name, "allowed", 0)?;
-        Ok(Json(json!({ "removed": name })))
+        Ok(Json(Removed { removed: name }))
     })
     .await
-}
-
-#[derive(Debug, Deserialize)]
-struct JobQuery {
-    /// How long to wait for a holder of the data to come online.
-    #[serde(default)]
-    wait_ms: u64,
-}
-
-/// A signed receipt as JSON: its fields, and the whole of it encoded (base64) so that
-/// it can be verified offline.
-pub fn receipt_json(signed: &hearth_protocol::compute::SignedReceipt) -> Value {
-    use base64::Engine as _;
-    let r = &signed.receipt;
-    json!({
-        "job": r.job.to_string(),
-        "ran_on": r.ran_on,
-        "node": r.node.peer_id(),
-        "module_hash": hex::encode(r.module_hash.0),
-        "cap_id": r.cap_id.to_string(),
-        "data_heads": r.data_heads.iter().map(|v| json!({
-            "store": v.store,
-            "digest": hex::encode(v.digest),
-        })).collect::<Vec<_>>(),
-        "result_hash": hex::encode(r.result_hash),
-        "fuel": r.fuel,
-        "finished": r.finished.0,
-        "signature": hex::encode(signed.signature.to_bytes()),
-        "encoded": base64::engine::general_purpose::STANDARD.encode(signed.encode()),
-    })
 }
 
 async fn submit_job(
     State(node): State<Arc<Node>>,
     query: Result<Query<JobQuery>, QueryRejection>,
     body: axum::body::Bytes,
-) -> ApiResult {
+) -> ApiResult<JobAnswer> {
     use hearth_protocol::compute::JobReply;
     let Query(query) = query?;
     let wait = std::time::Duration::from_millis(query.wait_ms).min(crate::compute::MAX_WAIT);
@@ -1483,13 +1367,15 @@ async fn submit_job(
         JobReply::Done { result, receipt } => {
             let parsed: Value =
                 serde_json::from_str(&result).unwrap_or(Value::String(result.clone()));
-            Ok(Json(json!({
-                "result": parsed,
-                "result_text": result,
-                "receipt": receipt_json(&receipt),
-            })))
+            Ok(Json(JobAnswer::Done(Box::new(JobDone {
+                result: parsed,
+                result_text: result,
+                receipt: Receipt::of(&receipt),
+            }))))
         }
-        JobReply::Deployed { app, device } => Ok(Json(json!({ "app": app, "device": device }))),
+        JobReply::Deployed { app, device } => {
+            Ok(Json(JobAnswer::Deployed(Deployed { app, device })))
+        }
         JobReply::Refused(reason) => Err(ApiError::new(StatusCode::FORBIDDEN, "refused", reason)),
         JobReply::Unavailable(reason) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1504,12 +1390,15 @@ async fn submit_job(
     }
 }
 
-async fn list_apps(State(node): State<Arc<Node>>) -> ApiResult {
+async fn list_apps(State(node): State<Arc<Node>>) -> ApiResult<Apps> {
     let apps = blocking(move || Ok(crate::compute::apps::list_all(&node))).await?;
-    Ok(Json(json!({ "apps": apps })))
+    Ok(Json(Apps { apps }))
 }
 
-async fn stop_app(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+async fn stop_app(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<AppStopped> {
     if !crate::compute::apps::valid_name(&name) {
         return Err(ApiError::invalid(format!("{name:?} is not an app name")));
     }
@@ -1529,5 +1418,8 @@ async fn stop_app(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Ap
         &format!("allowed: on {stopped}"),
         0,
     )?;
-    Ok(Json(json!({ "name": name, "device": stopped })))
+    Ok(Json(AppStopped {
+        name,
+        device: stopped,
+    }))
 }
