@@ -43,6 +43,17 @@ pub(crate) struct Config {
     /// How `hearth node run` runs: the keys of its flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) node: Option<NodeSection>,
+    /// Metrics for Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) metrics: Option<MetricsSection>,
+}
+
+/// `[metrics]` in `config.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsSection {
+    /// Serve `GET /v1/metrics` on the local API (with the API key). Default off.
+    pub(crate) enabled: Option<bool>,
 }
 
 /// `[node]` in `config.toml`: what `hearth node run`'s flags set (a flag given on the

@@ -617,6 +617,8 @@ pub struct AuditLog {
     clock: Clock,
     tail: Mutex<Tail>,
     commits: GroupCommit<Event, AuditError>,
+    /// Entries written since the log was opened, by action and outcome class.
+    written: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -624,6 +626,20 @@ impl std::fmt::Debug for AuditLog {
         f.debug_struct("AuditLog")
             .field("path", &self.path)
             .finish_non_exhaustive()
+    }
+}
+
+/// The class of an outcome: its first word, when it is one of the usual ones.
+pub fn outcome_class(outcome: &str) -> &'static str {
+    let word = outcome
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    match word {
+        "allowed" => "allowed",
+        "refused" => "refused",
+        "failed" => "failed",
+        _ => "other",
     }
 }
 
@@ -712,6 +728,7 @@ impl AuditLog {
                 head_slot: 0,
             }),
             commits: GroupCommit::new(),
+            written: Mutex::new(std::collections::BTreeMap::new()),
         };
         if let Some(outcome) = found {
             tracing::error!(path = %path.display(), "{outcome}");
@@ -741,7 +758,26 @@ impl AuditLog {
 
     /// Appends an entry; returns once it is on disk.
     pub fn record(&self, event: Event) -> Result<(), AuditError> {
-        self.commits.submit(event, |events| self.write(events))
+        let key = (event.action.clone(), outcome_class(&event.outcome));
+        self.commits.submit(event, |events| self.write(events))?;
+        *self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default() += 1;
+        Ok(())
+    }
+
+    /// How many entries were written since the log was opened, by action and outcome
+    /// class (`allowed`, `refused`, `failed` or `other`), for metrics.
+    pub fn written(&self) -> Vec<(String, &'static str, u64)> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|((action, outcome), n)| (action.clone(), *outcome, *n))
+            .collect()
     }
 
     fn write(&self, events: Vec<Event>) -> Result<(), AuditError> {

@@ -238,6 +238,7 @@ async fn node_start_round(owner: &OwnerKey, dir: &std::path::Path, round: usize)
             },
         }),
         compute_limits: Default::default(),
+        metrics: false,
     })
     .unwrap();
     let mut stop_b = stop_rx.clone();

@@ -112,6 +112,7 @@ async fn device(
             },
         }),
         compute_limits: Default::default(),
+        metrics: false,
     })
     .unwrap();
     let mut stop = stop.clone();

@@ -48,6 +48,7 @@ pub mod clock;
 pub mod compute;
 pub mod drivers;
 pub mod mesh;
+pub mod metrics;
 mod node;
 pub mod replication;
 pub mod tally;

@@ -83,6 +83,8 @@ pub struct NodeConfig {
     pub mesh: Option<MeshSetup>,
     /// Limits of every computation run here.
     pub compute_limits: crate::compute::runtime::Limits,
+    /// Serve `GET /v1/metrics` (Prometheus) on the API.
+    pub metrics: bool,
 }
 
 /// What the mesh needs from the data directory.
@@ -169,6 +171,8 @@ pub struct Node {
     /// Turns true when the node stops: ends the mesh loop and open event streams.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     pub(crate) api_key: String,
+    /// What the node counts for `/v1/metrics`.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Held for the node's lifetime: one node per data directory.
     _lock: std::fs::File,
 }
@@ -293,6 +297,7 @@ impl Node {
             mesh: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::channel(false).0,
             api_key,
+            metrics: Arc::default(),
             _lock: lock,
         }))
     }
@@ -417,6 +422,7 @@ impl Node {
                     role,
                     handle.clone(),
                     self.audit.clone(),
+                    self.metrics.clone(),
                     stop_rx.clone(),
                 );
                 let _ = self.replication.set(replication);

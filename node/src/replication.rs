@@ -177,6 +177,7 @@ struct Actor {
     placement: NodePlacement,
     mesh: MeshHandle,
     audit: Arc<AuditLog>,
+    metrics: Arc<crate::metrics::Metrics>,
     inputs: mpsc::Sender<Input>,
     /// Bytes of peers' messages waiting in the inbox (shared with the handle).
     inbox_bytes: Arc<AtomicUsize>,
@@ -212,6 +213,7 @@ pub(crate) fn spawn(
     role: Role,
     mesh: MeshHandle,
     audit: Arc<AuditLog>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut actor = Actor {
@@ -221,6 +223,7 @@ pub(crate) fn spawn(
         catalogue,
         mesh,
         audit,
+        metrics,
         inputs: handle.inputs.clone(),
         inbox_bytes: handle.inbox_bytes.clone(),
         watched: BTreeSet::new(),
@@ -491,12 +494,14 @@ impl Actor {
                     if self.placement.everyone.as_deref() == Some(store.as_str()) {
                         catalogue_changed = true;
                     }
+                    self.metrics.sync(&store, false, bytes);
                     let name = self.peer_name(&peer);
                     let t = self.traffic.entry((name, store, false)).or_default();
                     t.0 += bytes;
                     t.1 += 1;
                 }
                 Event::Sent { peer, store, bytes } => {
+                    self.metrics.sync(&store, true, bytes);
                     let name = self.peer_name(&peer);
                     let t = self.traffic.entry((name, store, true)).or_default();
                     t.0 += bytes;

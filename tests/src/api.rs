@@ -58,6 +58,41 @@ impl Api {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// `GET /v1/metrics`, parsed as Prometheus parses it; fails unless the status is
+    /// 200 and the content type is OpenMetrics text.
+    pub fn metrics(&self) -> Metrics {
+        let mut response = self
+            .agent
+            .get(format!("{}/v1/metrics", self.base))
+            .header("Authorization", &self.auth)
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let text = response.body_mut().read_to_string().unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+        assert!(text.ends_with("# EOF\n"), "not OpenMetrics: {text}");
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        Metrics(prometheus_parse::Scrape::parse(lines).unwrap())
+    }
+
+    /// The status of `GET path`.
+    pub fn status_of(&self, path: &str) -> u16 {
+        self.agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// `PUT` or `POST` (any other `method`) of `body`; fails unless the status is 2xx.
     pub fn send(&self, method: &str, path: &str, body: &Value) -> Value {
         let url = format!("{}{path}", self.base);
@@ -122,5 +157,35 @@ impl Api {
             })
             .and_then(|s| s["records"].as_u64())
             .unwrap_or(0)
+    }
+}
+
+/// One scrape of a node's metrics.
+#[derive(Debug)]
+pub struct Metrics(pub prometheus_parse::Scrape);
+
+impl Metrics {
+    /// The value of the sample `name` whose labels include every `(label, value)`
+    /// (the sum over samples that match); `None` when there is none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+
+    /// [`Metrics::value`], or 0 when there is no such sample.
+    pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels).unwrap_or(0.0)
     }
 }

@@ -231,7 +231,11 @@ fn jobs_run_at_the_data_within_their_capability_and_limits() {
         &home,
         "fuel = 300000000\nmemory_mb = 16\nwall_time = \"20s\"",
     );
-    let node = start_meshed(&home);
+    let mut flags = hearth_tests::cli::LOOPBACK_MESH.to_vec();
+    flags.push("--metrics");
+    let node = hearth_tests::cli::start_with(&home, &flags);
+    let api = hearth_tests::api::Api::new(&home, &node);
+    assert_eq!(api.metrics().count("hearth_jobs_total", &[]), 0.0);
 
     // Three days of load readings, one an hour, and a location track of yesterday.
     json_ok(
@@ -368,6 +372,14 @@ fn jobs_run_at_the_data_within_their_capability_and_limits() {
         3,
     );
     assert!(err.contains("another module"), "{err}");
+    // The metrics count the runs so far by outcome.
+    let metrics = api.metrics();
+    assert!(metrics.count("hearth_jobs_total", &[("outcome", "done")]) >= 2.0);
+    assert_eq!(
+        metrics.count("hearth_jobs_total", &[("outcome", "refused")]),
+        1.0
+    );
+    assert!(metrics.count("hearth_audit_entries_total", &[("action", "compute.job")]) >= 3.0);
     let probe = approve(&home, &work, PROBE, "sandbox_probe", "");
     let ok = run_ok(
         &home,

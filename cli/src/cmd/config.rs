@@ -37,6 +37,10 @@ pub(crate) struct NodeFlags {
     /// Look for devices on the LAN with mDNS (the default) [config: node.mdns = true].
     #[arg(long)]
     mdns: bool,
+    /// Serve metrics for Prometheus at /v1/metrics on the local API, with the API key
+    /// [config: metrics.enabled; default: off].
+    #[arg(long)]
+    metrics: bool,
 }
 
 /// The storage engines `--backend` names.
@@ -98,6 +102,8 @@ pub(crate) struct Effective {
     pub(crate) mesh: MeshConfig,
     /// Limits of every computation.
     pub(crate) limits: Limits,
+    /// Serve `/v1/metrics`.
+    pub(crate) metrics: bool,
     /// Every setting, its value and source.
     pub(crate) settings: Vec<Setting>,
 }
@@ -237,6 +243,13 @@ pub(crate) fn effective(dir: &DataDir, config: &Config, flags: &NodeFlags) -> Re
     mesh.relay = relay;
     show("mesh.relay", relay.into(), source);
 
+    let (metrics, source) = pick(
+        flags.metrics.then_some(true),
+        config.metrics.as_ref().and_then(|m| m.enabled),
+        false,
+    );
+    show("metrics.enabled", metrics.into(), source);
+
     let limits = compute_limits(dir, config)?;
     let c = config.compute.clone();
     let from = |set: bool| {
@@ -273,6 +286,7 @@ pub(crate) fn effective(dir: &DataDir, config: &Config, flags: &NodeFlags) -> Re
         backend,
         mesh,
         limits,
+        metrics,
         settings,
     })
 }

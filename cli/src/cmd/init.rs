@@ -86,6 +86,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         compute: None,
         mesh: None,
         node: None,
+        metrics: None,
     };
     let config_text = toml::to_string(&config)
         .map_err(|err| CliError::new(Exit::Error, format!("cannot write the config: {err}")))?;

@@ -50,6 +50,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         backend: effective.backend,
         mesh: Some(mesh),
         compute_limits: effective.limits,
+        metrics: effective.metrics,
     })
     .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -176,6 +176,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/jobs", axum::routing::post(submit_job))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", axum::routing::delete(stop_app))
+        .route("/v1/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -275,7 +276,7 @@ async fn status(State(node): State<Arc<Node>>) -> ApiResult<Status> {
 /// Each store held here, and for every device its policy places it on, whether that
 /// replica is in sync: this device always is; another is only when, connected, it
 /// confirmed a digest equal to ours. `lag` is how many records it lacks, when known.
-fn store_status(
+pub(crate) fn store_status(
     node: &Node,
     devices: &[crate::mesh::DeviceStatus],
     sync: &[crate::replication::StoreSync],
@@ -1388,6 +1389,25 @@ async fn submit_job(
             reason,
         )),
     }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    if !node.config.metrics {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are off: turn them on with `[metrics] enabled = true` in config.toml or \
+             `hearth node run --metrics`",
+        ));
+    }
+    let text = crate::metrics::render(&node).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the metrics could not be written",
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn list_apps(State(node): State<Arc<Node>>) -> ApiResult<Apps> {

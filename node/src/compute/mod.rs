@@ -568,8 +568,20 @@ pub(crate) async fn serve_forwarded(node: Arc<Node>) {
 }
 
 /// Runs (or, for a deploy, installs) `job` here, checking everything. `recipient` is
-/// who gets the result: `local`, or the device that forwarded it.
+/// who gets the result: `local`, or the device that forwarded it. Counted in the
+/// metrics by outcome.
 pub(crate) async fn execute(
+    node: &Arc<Node>,
+    compute: &Compute,
+    job: Job,
+    recipient: &str,
+) -> JobReply {
+    let reply = execute_checked(node, compute, job, recipient).await;
+    node.metrics.job(&reply);
+    reply
+}
+
+async fn execute_checked(
     node: &Arc<Node>,
     compute: &Compute,
     job: Job,
