@@ -79,11 +79,17 @@ enum Command {
     /// Run the node.
     #[command(subcommand)]
     Node(cmd::node::Command),
+    /// Run the node as a systemd service: `install [--user]` writes the unit.
+    #[command(subcommand)]
+    Service(cmd::service::Command),
     /// The node's configuration: `show` prints every setting and where it came from.
     #[command(subcommand)]
     Config(cmd::config::Command),
     /// This node, its peers and its stores.
     Status,
+    /// Is this node healthy? Checks permissions, config, disk space, the running node,
+    /// peers, clocks, the audit log and the stores; exit code 1 when one fails.
+    Doctor,
     /// Stores on the running node: kv, timeseries and doc.
     #[command(subcommand)]
     Store(cmd::store::Command),
@@ -114,6 +120,21 @@ enum ReceiptCommand {
     },
 }
 
+/// Is stderr the journal (a service started by systemd)? systemd sets `JOURNAL_STREAM`
+/// to the device and inode of the stream it connected.
+fn journal_is_stderr() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(stat.st_dev) && ino.parse::<u64>().ok() == Some(stat.st_ino)
+}
+
 fn init_tracing(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
@@ -124,6 +145,18 @@ fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if journal_is_stderr()
+        && let Ok(journal) = tracing_journald::layer()
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        // Each event's fields become journal fields (`journalctl -o verbose`).
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(journal.with_syslog_identifier("hearth".into()))
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -167,6 +200,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(command) => cmd::node::run(&data_dir, command, &mut out),
         Command::Config(command) => cmd::config::run(&data_dir, source, command, &mut out),
         Command::Status => cmd::node::status(&data_dir, &mut out),
+        Command::Doctor => cmd::doctor::run(&data_dir, &mut out),
+        Command::Service(command) => cmd::service::run(&data_dir, command, &mut out),
         Command::Store(command) => cmd::store::run(&data_dir, command, &mut out),
         Command::Audit(args) => cmd::audit::run(&data_dir, args, &mut out),
         Command::Driver(command) => cmd::driver::run(&data_dir, command, &mut out),

@@ -356,6 +356,26 @@ impl Node {
         Ok(store)
     }
 
+    /// Applies what can change while the node runs (`SIGHUP`): the limits of the
+    /// computations that start from now on, and the drivers, restarted from the drivers
+    /// file. Audited as `node.reload`.
+    pub fn reload(self: &Arc<Self>, limits: Option<crate::compute::runtime::Limits>) {
+        if let (Some(compute), Some(limits)) = (&self.compute, limits) {
+            compute.set_limits(limits);
+        }
+        crate::drivers::restart_all(self);
+        let drivers = self.drivers.list().len();
+        tracing::info!(drivers, "reloaded: computation limits and drivers");
+        let _ = self.audit.record(hearth_stores::audit::Event {
+            actor: "local".into(),
+            action: "node.reload".into(),
+            object: self.config.name.clone(),
+            cap_id: None,
+            outcome: format!("allowed: limits and {drivers} drivers"),
+            bytes: 0,
+        });
+    }
+
     /// Serves the API (and runs the mesh) until `shutdown` completes, then stops
     /// cleanly: the API stops accepting, in-flight requests finish, the mesh stops, the
     /// audit log is checkpointed and the address file removed. Calls `ready` with the

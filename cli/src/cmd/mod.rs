@@ -7,11 +7,13 @@ pub(crate) mod compute;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod devices;
+pub(crate) mod doctor;
 pub(crate) mod driver;
 pub(crate) mod init;
 pub(crate) mod join;
 pub(crate) mod key;
 pub(crate) mod node;
+pub(crate) mod service;
 pub(crate) mod store;
 
 use std::path::Path;

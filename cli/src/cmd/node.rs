@@ -62,6 +62,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
     runtime
         .block_on(async {
             let shutdown = shutdown_signal();
+            reload_on_hangup(dir.clone(), flags.clone(), node.clone());
             node.serve(shutdown, move |addr| {
                 tracing::info!(%addr, "node {name} running");
                 if !json {
@@ -80,6 +81,37 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     out.note("Node stopped.");
     Ok(())
+}
+
+/// On SIGHUP, reads config.toml again and applies what can change while the node runs:
+/// computation limits and drivers (`Node::reload`). The handler is installed before the
+/// node says it runs, so a SIGHUP never stops it; a config.toml that no longer reads
+/// keeps the old settings, and says why.
+fn reload_on_hangup(
+    dir: DataDir,
+    flags: super::config::NodeFlags,
+    node: std::sync::Arc<hearth_node::Node>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let read = dir
+                    .config()
+                    .and_then(|config| super::config::effective(&dir, &config, &flags));
+                match read {
+                    Ok(effective) => node.reload(Some(effective.limits)),
+                    Err(err) => {
+                        tracing::error!(error = %err, "SIGHUP: config.toml does not read; keeping the running settings");
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (in

@@ -1072,6 +1072,7 @@ mod tests {
                 vec![fields::<Apps>, fields::<AppInfo>],
             ),
             ("DELETE /v1/apps/{name}", vec![], vec![fields::<AppStopped>]),
+            ("GET /v1/metrics", vec![], vec![]),
         ]
     }
 

@@ -53,8 +53,8 @@ pub struct Compute {
     /// Replay protection for jobs this node runs, kept on disk.
     executed: Mutex<(InvocationVerifier, nonces::Journal)>,
     runs: Mutex<BTreeMap<String, u64>>,
-    /// Limits of every run.
-    pub limits: Limits,
+    /// Limits of every run (changed by a reload).
+    limits: Mutex<Limits>,
     /// Runs at once (one per core keeps the node responsive).
     slots: tokio::sync::Semaphore,
     pub(crate) apps: apps::Apps,
@@ -64,7 +64,7 @@ impl std::fmt::Debug for Compute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compute")
             .field("dir", &self.dir)
-            .field("limits", &self.limits)
+            .field("limits", &self.limits())
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +74,22 @@ fn now() -> UnixMillis {
 }
 
 impl Compute {
+    /// The limits every run gets now.
+    pub fn limits(&self) -> Limits {
+        *self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the limits of the runs that start from now on.
+    pub fn set_limits(&self, limits: Limits) {
+        *self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+
     /// The compute service keeping its files (compiled modules, run counts, apps)
     /// in `dir`.
     pub fn open(
@@ -98,7 +114,7 @@ impl Compute {
             relayed: Mutex::new(InvocationVerifier::new(InvocationConfig::default())),
             executed: Mutex::new((executed, journal)),
             runs: Mutex::new(runs),
-            limits,
+            limits: Mutex::new(limits),
             slots: tokio::sync::Semaphore::new(cores),
             apps: apps::Apps::open(&dir.join("apps")),
         })
@@ -864,15 +880,10 @@ pub(crate) async fn run_module(
         .await
         .map_err(|_| RunError::Failed("the node is stopping".into()))?;
     let runtime = compute.runtime.clone();
-    let state = HostState::new(
-        permit,
-        node.stores.clone(),
-        compute.limits.memory_bytes,
-        derived,
-    );
+    let limits = compute.limits();
+    let state = HostState::new(permit, node.stores.clone(), limits.memory_bytes, derived);
     let module = module.to_vec();
     let params = params.to_owned();
-    let limits = compute.limits;
     tokio::task::spawn_blocking(move || runtime.run(&module, state, &params, limits))
         .await
         .map_err(|err| RunError::Failed(format!("the run was lost: {err}")))?

@@ -486,6 +486,14 @@ pub(crate) fn start_all(node: &Arc<Node>) {
     }
 }
 
+/// Stops every driver and starts them again from the drivers file (a reload: picks up
+/// entries edited by hand).
+pub(crate) fn restart_all(node: &Arc<Node>) {
+    node.drivers.stop_all();
+    node.drivers.lock().clear();
+    start_all(node);
+}
+
 /// Adds a driver: checks it, makes its store (and, for an http-ingest beyond loopback,
 /// its certificate), records it in the drivers file, starts it.
 pub(crate) fn add(node: &Arc<Node>, mut spec: Spec) -> Result<Listed, String> {
