@@ -105,6 +105,15 @@ pub struct Stores {
     last_replica: std::sync::Mutex<u64>,
 }
 
+/// Bytes a store takes on disk: its redb file (one `stat`), or everything in its
+/// directory (sled).
+fn store_size(dir: &Path) -> u64 {
+    match std::fs::metadata(dir.join(BackendKind::Redb.file_name())) {
+        Ok(m) => m.len(),
+        Err(_) => dir_size(dir),
+    }
+}
+
 fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -373,7 +382,7 @@ impl Stores {
                         id: store.meta().id.clone(),
                         kind: store.meta().kind,
                         records: records.as_ref().ok().copied(),
-                        bytes: dir_size(&self.config.root.join(&store.meta().id)),
+                        bytes: store_size(&self.config.root.join(&store.meta().id)),
                         error: records.err().map(|e| e.to_string()),
                     }
                 }
@@ -382,7 +391,7 @@ impl Stores {
                     id: entry.id.clone(),
                     kind: entry.kind,
                     records: None,
-                    bytes: dir_size(&self.config.root.join(&entry.id)),
+                    bytes: store_size(&self.config.root.join(&entry.id)),
                     error: Some(error.to_string()),
                 },
             })

@@ -266,7 +266,7 @@ fn encode(
     // Sync state: every device each store's policy places it on.
     let in_sync = Family::<ReplicaLabels, Gauge>::default();
     let lag = Family::<ReplicaLabels, Gauge>::default();
-    for store in crate::api::store_status(node, devices, sync_state) {
+    for store in crate::api::store_status(node, &listed, devices, sync_state) {
         for r in store.replicas {
             let labels = ReplicaLabels {
                 store: store.name.clone(),

@@ -358,9 +358,25 @@ impl Node {
 
     /// Applies what can change while the node runs (`SIGHUP`): the limits of the
     /// computations that start from now on, and the drivers, restarted from the drivers
-    /// file. Audited as `node.reload`.
-    pub fn reload(self: &Arc<Self>, limits: Option<crate::compute::runtime::Limits>) {
-        if let (Some(compute), Some(limits)) = (&self.compute, limits) {
+    /// file. Audited as `node.reload`; `Err` (a configuration that does not read)
+    /// changes nothing and is audited as failed.
+    pub fn reload(self: &Arc<Self>, limits: Result<crate::compute::runtime::Limits, String>) {
+        let limits = match limits {
+            Ok(limits) => limits,
+            Err(reason) => {
+                tracing::error!(%reason, "reload: keeping the running settings");
+                let _ = self.audit.record(hearth_stores::audit::Event {
+                    actor: "local".into(),
+                    action: "node.reload".into(),
+                    object: self.config.name.clone(),
+                    cap_id: None,
+                    outcome: format!("failed: {reason}; the running settings stay"),
+                    bytes: 0,
+                });
+                return;
+            }
+        };
+        if let Some(compute) = &self.compute {
             compute.set_limits(limits);
         }
         crate::drivers::restart_all(self);

@@ -103,12 +103,7 @@ fn reload_on_hangup(
                 let read = dir
                     .config()
                     .and_then(|config| super::config::effective(&dir, &config, &flags));
-                match read {
-                    Ok(effective) => node.reload(Some(effective.limits)),
-                    Err(err) => {
-                        tracing::error!(error = %err, "SIGHUP: config.toml does not read; keeping the running settings");
-                    }
-                }
+                node.reload(read.map(|e| e.limits).map_err(|e| e.to_string()));
             }
         });
     }

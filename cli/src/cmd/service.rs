@@ -39,8 +39,8 @@ pub(crate) struct InstallArgs {
     /// Replace an existing unit file.
     #[arg(long)]
     force: bool,
-    /// The system user the node runs as (system units; default: the user running
-    /// this, or the one sudo was run by).
+    /// The system user the node runs as (system units; default: the owner of the data
+    /// directory).
     #[arg(long, value_name = "USER")]
     run_as: Option<String>,
 }
@@ -152,13 +152,12 @@ fn unit_path(user: bool) -> Result<PathBuf> {
     Ok(config.join("systemd/user").join(UNIT))
 }
 
-/// The user a system unit runs the node as by default: the one sudo was run by, else
-/// the one running this.
-fn default_user() -> Option<String> {
-    std::env::var("SUDO_USER")
-        .ok()
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|u| !u.is_empty())
+/// The user a system unit runs the node as by default: the owner of the data directory
+/// (its files are that user's), by uid; none when that is root.
+fn default_user(data_dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata(data_dir).ok()?.uid();
+    (uid != 0).then(|| uid.to_string())
 }
 
 pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
@@ -213,7 +212,7 @@ fn install(dir: &DataDir, args: &InstallArgs, out: &mut Output) -> Result<()> {
             format!("cannot resolve {}: {err}", dir.root().display()),
         )
     })?;
-    let run_as = args.run_as.clone().or_else(default_user);
+    let run_as = args.run_as.clone().or_else(|| default_user(&data_dir));
     let text = unit(&exe, &data_dir, args.user, run_as.as_deref());
     if args.print {
         out.emit(|| text.clone(), || serde_json::json!({ "unit": text }));

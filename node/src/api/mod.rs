@@ -259,7 +259,7 @@ async fn status(State(node): State<Arc<Node>>) -> ApiResult<Status> {
     // Listing reads the catalogue and store sizes: off the async threads.
     let stores = blocking({
         let node = node.clone();
-        move || Ok(store_status(&node, &devices, &sync))
+        move || Ok(store_status(&node, &node.stores.list(), &devices, &sync))
     })
     .await?;
     let (listen, peers) = mesh.map(|m| (m.listen, m.peers)).unwrap_or_default();
@@ -278,6 +278,7 @@ async fn status(State(node): State<Arc<Node>>) -> ApiResult<Status> {
 /// confirmed a digest equal to ours. `lag` is how many records it lacks, when known.
 pub(crate) fn store_status(
     node: &Node,
+    listed: &[hearth_stores::StoreInfo],
     devices: &[crate::mesh::DeviceStatus],
     sync: &[crate::replication::StoreSync],
 ) -> Vec<StoreSync> {
@@ -286,8 +287,7 @@ pub(crate) fn store_status(
         .as_ref()
         .and_then(|c| c.read().ok())
         .unwrap_or_default();
-    node.stores
-        .list()
+    listed
         .iter()
         .filter(|s| s.name != crate::catalogue::NAME)
         .map(|s| {
