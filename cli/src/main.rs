@@ -20,7 +20,19 @@ use crate::output::Output;
 /// Hearth: a personal data mesh. Your data stays on your devices; computations travel
 /// to it.
 #[derive(Debug, Parser)]
-#[command(name = "hearth", version, propagate_version = true)]
+#[command(
+    name = "hearth",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  \
+        hearth init --name home                  # a new mesh, this device its home\n  \
+        hearth node run                          # run the node (or: hearth service install)\n  \
+        hearth invite --name phone --role mobile # a ticket for the next device\n  \
+        hearth store create notes --kind kv\n  \
+        hearth store put notes today '{\"mood\": \"fine\"}'\n  \
+        hearth doctor                            # is it healthy?\n\n\
+        Exit codes: 0 ok, 1 error, 2 usage, 3 refused, 4 not found, 5 unavailable."
+)]
 struct Cli {
     /// The node's data directory [default: $HEARTH_DATA_DIR, else ~/.local/share/hearth].
     #[arg(long, global = true, env = "HEARTH_DATA_DIR", value_name = "DIR")]
@@ -56,13 +68,16 @@ enum Command {
     #[command(subcommand)]
     Cap(cmd::cap::Command),
     /// A one-time ticket for a new device (needs a running node with the owner key).
+    #[command(
+        after_help = "Examples:\n  hearth invite --name phone --role mobile\n  hearth invite --role cloud --addr /dns4/cloud.example.org/udp/4001/quic-v1 --ttl 1h"
+    )]
     Invite {
         /// How long the ticket works.
         #[arg(long, default_value = "10m", value_parser = cmd::parse_duration)]
         ttl: std::time::Duration,
         /// The new device's role (overrides what it asks for).
-        #[arg(long, value_parser = ["home", "mobile", "cloud"])]
-        role: Option<String>,
+        #[arg(long, value_enum)]
+        role: Option<cmd::RoleArg>,
         /// The new device's name (overrides what it asks for).
         #[arg(long)]
         name: Option<String>,
@@ -73,6 +88,9 @@ enum Command {
         addrs: Vec<String>,
     },
     /// Join an existing mesh with a ticket (on a fresh data directory).
+    #[command(
+        after_help = "Examples:\n  hearth --data-dir ~/.local/share/hearth-phone join TICKET --name phone --role mobile"
+    )]
     Join(cmd::join::Args),
     /// The devices of the mesh; `revoke NAME` removes one.
     Devices(cmd::devices::Args),
@@ -89,6 +107,9 @@ enum Command {
     Status,
     /// Is this node healthy? Checks permissions, config, disk space, the running node,
     /// peers, clocks, the audit log and the stores; exit code 1 when one fails.
+    #[command(
+        after_help = "Examples:\n  hearth doctor\n  hearth doctor --json | jq '.checks[] | select(.verdict != \"pass\")'"
+    )]
     Doctor,
     /// Stores on the running node: kv, timeseries and doc.
     #[command(subcommand)]
@@ -99,10 +120,27 @@ enum Command {
     #[command(subcommand)]
     Driver(cmd::driver::Command),
     /// Run a computation where the data is; prints its result and signed receipt.
+    #[command(
+        after_help = "Examples:\n  hearth run daily_mean.wasm --cap daily-mean.cap --key developer.key --params '{\"field\": \"load1\"}'\n  hearth --json run places.wasm --cap places.cap --key developer.key > run.json && hearth receipt verify run.json"
+    )]
     Run(cmd::compute::RunArgs),
     /// Receipts of computations.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// Shell completions, on stdout (e.g. `hearth completions bash >
+    /// ~/.local/share/bash-completion/completions/hearth`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Man pages for every command, written into DIR (e.g. `hearth man --out
+    /// ~/.local/share/man/man1`).
+    Man {
+        /// The directory to write `hearth.1`, `hearth-store.1`, … into.
+        #[arg(long, value_name = "DIR", default_value = "man")]
+        out: PathBuf,
+    },
     /// The whole loop on a local three-device mesh (home, phone, cloud): pairing,
     /// drivers, replication by policy, computations run where the data is, receipts,
     /// the audit log.
@@ -160,6 +198,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr())))
         .with_target(false)
         .try_init();
 }
@@ -194,7 +233,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             role,
             name,
             addrs,
-        } => cmd::node::invite(&data_dir, ttl, role, name, addrs, &mut out),
+        } => cmd::node::invite(
+            &data_dir,
+            ttl,
+            role.map(|r| r.as_str().to_owned()),
+            name,
+            addrs,
+            &mut out,
+        ),
         Command::Join(args) => cmd::join::run(&data_dir, args, &mut out),
         Command::Devices(args) => cmd::devices::run(&data_dir, args, &mut out),
         Command::Node(command) => cmd::node::run(&data_dir, command, &mut out),
@@ -210,7 +256,48 @@ fn run(cli: Cli) -> Result<(), CliError> {
             cmd::compute::verify_receipt(&data_dir, &file, &mut out)
         }
         Command::Demo(args) => cmd::demo::run(args, &mut out),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            // Into memory first: a closed pipe is then the quiet end every command has.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hearth", &mut script);
+            out.raw(&String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Command::Man { out: dir } => man(&dir, &mut out),
     }
+}
+
+/// Writes a man page per command into `dir`.
+fn man(dir: &std::path::Path, out: &mut Output) -> Result<(), CliError> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir).map_err(|err| {
+        CliError::new(
+            error::Exit::Error,
+            format!("cannot create {}: {err}", dir.display()),
+        )
+    })?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(|err| {
+        CliError::new(
+            error::Exit::Error,
+            format!("cannot write the man pages into {}: {err}", dir.display()),
+        )
+    })?;
+    let count = std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "1"))
+            .count()
+    });
+    out.emit(
+        || format!("Wrote {count} man pages into {}.", dir.display()),
+        || serde_json::json!({ "dir": dir.display().to_string(), "pages": count }),
+    );
+    Ok(())
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set (https://no-color.org).
+pub(crate) fn colour(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Parses arguments; a usage error becomes one line on stderr and exit code 2.

@@ -50,6 +50,11 @@ impl Output {
         self.json
     }
 
+    /// Prints `text` as it is (a generated file), whatever `--json` says.
+    pub(crate) fn raw(&mut self, text: &str) {
+        write_stdout(text);
+    }
+
     /// Prints one line as it comes (for streams such as `tail`).
     pub(crate) fn line(&mut self, text: &str) {
         let mut line = text.to_owned();
@@ -82,4 +87,49 @@ fn write_stdout(text: &str) {
 pub(crate) fn error_line(err: &CliError) {
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "hearth: error: {err}");
+}
+
+/// A table for people: a header row, then `rows`; the columns in `right` aligned right
+/// (numbers). No borders, two spaces between columns, no wrapping.
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+    use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().copied());
+    for row in rows {
+        table.add_row(row);
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    for column in right {
+        if let Some(c) = table.column_mut(*column) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut text: String = table
+        .lines()
+        .map(|line| format!("{}\n", line.trim_end()))
+        .collect();
+    if text.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
+/// A progress bar on stderr for `total` steps of `unit`, drawn only on a terminal (and
+/// never under `--json`).
+pub(crate) fn progress(total: u64, unit: &str, json: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let template = format!("[{{bar:40}}] {{percent:>3}}%  {{pos}}/{{len}} {unit}  {{eta}} left");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("#>-"));
+    }
+    bar
 }

@@ -704,3 +704,70 @@ fn text_with(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "{from:?} not in {text}");
     text.replace(from, to)
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    let env = Env::new();
+    for (shell, marker) in [
+        ("bash", "_hearth()"),
+        ("zsh", "#compdef hearth"),
+        ("fish", "complete -c hearth"),
+    ] {
+        let out = env.hearth(&["completions", shell]);
+        assert!(out.status.success());
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains(marker),
+            "{shell}: {}",
+            &script[..200.min(script.len())]
+        );
+        for command in ["doctor", "service", "store"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    env.refuses(&["completions", "tcsh"], 2, "possible values");
+
+    let out = env.hearth(&["man", "--out", "man"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "hearth.1",
+        "hearth-doctor.1",
+        "hearth-store-create.1",
+        "hearth-service-install.1",
+    ] {
+        let text = std::fs::read_to_string(env.path("man").join(page)).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+    let create = std::fs::read_to_string(env.path("man/hearth-store-create.1")).unwrap();
+    assert!(create.contains("timeseries"), "the kinds are listed");
+
+    // Choices are checked by the parser, with the choices named.
+    env.refuses(
+        &["--data-dir", "x", "store", "create", "n", "--kind", "bogus"],
+        2,
+        "possible values: kv, timeseries, doc",
+    );
+    env.refuses(
+        &["--data-dir", "x", "init", "--name", "n", "--role", "fridge"],
+        2,
+        "home, mobile, cloud",
+    );
+    // The main commands' help ends with examples.
+    for args in [
+        &["store", "create", "--help"][..],
+        &["node", "run", "--help"],
+        &["run", "--help"],
+        &["doctor", "--help"],
+    ] {
+        let out = env.hearth(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Examples:\n  hearth"), "{args:?}: {text}");
+    }
+}

@@ -28,6 +28,9 @@ pub(crate) enum Command {
         manifest: PathBuf,
     },
     /// Sign a capability for that module and holder (needs the owner key).
+    #[command(
+        after_help = "Examples:\n  hearth app review places.toml\n  hearth app approve places.toml --holder PUBKEY --expires 30d --out places.cap"
+    )]
     Approve {
         /// The manifest (TOML).
         manifest: PathBuf,

@@ -306,24 +306,23 @@ pub(crate) fn list(dir: &DataDir, out: &mut Output) -> Result<()> {
             if apps.is_empty() {
                 return "no apps".into();
             }
-            let mut text = format!(
-                "{:<20} {:<10} {:<20} {:>6}  state\n",
-                "name", "device", "store", "runs"
-            );
-            for a in apps {
-                let mut state = a.state.clone();
-                if let Some(err) = &a.last_error {
-                    state.push_str(&format!(" (last error: {err})"));
-                }
-                text.push_str(&format!(
-                    "{:<20} {:<10} {:<20} {:>6}  {state}\n",
-                    a.name,
-                    a.device.as_deref().unwrap_or("-"),
-                    a.store.as_deref().unwrap_or("-"),
-                    a.runs.map_or("-".to_owned(), |n| n.to_string()),
-                ));
-            }
-            text
+            let rows = apps
+                .iter()
+                .map(|a| {
+                    let mut state = a.state.clone();
+                    if let Some(err) = &a.last_error {
+                        state.push_str(&format!(" (last error: {err})"));
+                    }
+                    vec![
+                        a.name.clone(),
+                        a.device.clone().unwrap_or_else(|| "-".into()),
+                        a.store.clone().unwrap_or_else(|| "-".into()),
+                        a.runs.map_or("-".to_owned(), |n| n.to_string()),
+                        state,
+                    ]
+                })
+                .collect();
+            crate::output::table(&["NAME", "DEVICE", "STORE", "RUNS", "STATE"], rows, &[3])
         },
         &answer,
     );

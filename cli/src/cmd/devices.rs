@@ -80,10 +80,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
             let list: api::Devices = client.get("/v1/devices", &())?;
             out.emit_typed(
                 || {
-                    let mut text = format!(
-                        "{:<16} {:<7} {:<19} {:<26} {:<22} {}\n",
-                        "NAME", "ROLE", "STATE", "REACHED", "LAST SEEN", "PEER ID"
-                    );
+                    let mut rows = Vec::new();
                     for d in &list.devices {
                         let mut state = if d.revoked {
                             "revoked"
@@ -100,17 +97,20 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
                             .filter(|t| *t > 0)
                             .map(|t| UnixMillis(t).to_string())
                             .unwrap_or_else(|| "never".into());
-                        text.push_str(&format!(
-                            "{:<16} {:<7} {:<19} {:<26} {:<22} {}\n",
-                            d.name,
-                            d.role,
+                        rows.push(vec![
+                            d.name.clone(),
+                            d.role.clone(),
                             state,
                             reached(d.path.as_deref(), d.via.as_deref(), d.rtt_ms),
                             seen,
-                            d.peer_id,
-                        ));
+                            d.peer_id.clone(),
+                        ]);
                     }
-                    text
+                    crate::output::table(
+                        &["NAME", "ROLE", "STATE", "REACHED", "LAST SEEN", "PEER ID"],
+                        rows,
+                        &[],
+                    )
                 },
                 &list,
             );

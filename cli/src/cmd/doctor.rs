@@ -335,11 +335,17 @@ fn audit(dir: &DataDir, client: Option<&Client>) -> Check {
         Ok(v) if v.ok => pass(
             NAME,
             format!(
-                "intact: {} entries, {} signed checkpoints; {} copies of other devices' logs \
-                 intact",
+                "intact: {} entries, {} signed checkpoints{}",
                 v.entries,
                 v.checkpoints,
-                v.copies.len()
+                if v.copies.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; the copies of {} other devices' logs intact",
+                        v.copies.len()
+                    )
+                }
             ),
         ),
         Ok(v) => fail(

@@ -1,6 +1,5 @@
 //! `hearth driver add KIND [options]`, `hearth driver ls`, `hearth driver rm NAME`.
 
-use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,11 +10,32 @@ use crate::data_dir::DataDir;
 use crate::error::{CliError, Exit, Result};
 use crate::output::Output;
 
+/// What file-import does with a malformed line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnError {
+    /// Refuse the whole import.
+    Refuse,
+    /// Skip the line and go on.
+    Skip,
+}
+
+impl OnError {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnError::Refuse => "refuse",
+            OnError::Skip => "skip",
+        }
+    }
+}
+
 /// Driver subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Add a driver to the running node; it starts at once and on every start after.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  hearth driver add os-monitor --interval 10s\n  hearth driver add http-ingest --listen 0.0.0.0:8443 --store location\n  hearth driver add file-import readings.csv --store heart-rate --ts-column time"
+    )]
     Add(Add),
     /// Every driver, its store, state and last error.
     Ls,
@@ -77,8 +97,8 @@ pub(crate) enum Add {
         #[arg(long, value_name = "C")]
         ts_column: Option<String>,
         /// On a malformed line: refuse the whole import, or skip the line.
-        #[arg(long, default_value = "refuse", value_parser = ["refuse", "skip"])]
-        on_error: String,
+        #[arg(long, value_enum, default_value = "refuse")]
+        on_error: OnError,
         #[command(flatten)]
         common: Common,
     },
@@ -168,7 +188,7 @@ fn body(add: Add) -> Result<(api::AddDriver, bool)> {
             (
                 api::AddDriver {
                     file: Some(file),
-                    on_error: Some(on_error),
+                    on_error: Some(on_error.as_str().to_owned()),
                     ts_column,
                     ..with("file-import", common)
                 },
@@ -178,44 +198,22 @@ fn body(add: Add) -> Result<(api::AddDriver, bool)> {
     })
 }
 
-fn progress_bar(done: u64, total: u64) {
-    #[allow(clippy::cast_precision_loss)]
-    let fraction = if total == 0 {
-        1.0
-    } else {
-        (done as f64 / total as f64).min(1.0)
-    };
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let filled = (fraction * 40.0).round() as usize;
-    let bar: String = "#".repeat(filled) + &"-".repeat(40 - filled);
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
-        "\r[{bar}] {:>5.1}%  {done}/{total} lines",
-        fraction * 100.0
-    );
-    let _ = err.flush();
-}
-
 /// Waits for a file import to finish, drawing a progress bar on a terminal.
 fn follow(client: &Client, name: &str, json: bool) -> Result<api::Driver> {
-    let draw = !json && std::io::stderr().is_terminal();
+    let bar = crate::output::progress(0, "lines", json);
     loop {
         let d: api::Driver = client.get(&format!("/v1/drivers/{}", segment(name)), &())?;
-        if let (true, Some((done, total))) = (draw, d.progress) {
-            progress_bar(done, total);
+        if let Some((done, total)) = d.progress {
+            bar.set_length(total);
+            bar.set_position(done);
         }
         match d.state.as_str() {
             "done" => {
-                if draw {
-                    let _ = writeln!(std::io::stderr());
-                }
+                bar.finish_and_clear();
                 return Ok(d);
             }
             "failed" | "retrying" | "stopped" => {
-                if draw {
-                    let _ = writeln!(std::io::stderr());
-                }
+                bar.abandon();
                 return Err(CliError::new(
                     Exit::Error,
                     format!(
@@ -303,22 +301,38 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             let list: api::Drivers = client.get("/v1/drivers", &())?;
             out.emit_typed(
                 || {
-                    let mut text = format!(
-                        "{:<16} {:<12} {:<20} {:<9} {:>8}  {}\n",
-                        "NAME", "KIND", "STORE", "STATE", "RECORDS", "DETAIL / LAST ERROR"
+                    let rows = list
+                        .drivers
+                        .iter()
+                        .map(|d| {
+                            let note = d
+                                .last_error
+                                .as_deref()
+                                .map(|e| format!("error: {e}"))
+                                .or_else(|| d.detail.clone())
+                                .unwrap_or_default();
+                            vec![
+                                d.name.clone(),
+                                d.kind.clone(),
+                                d.store.clone(),
+                                d.state.clone(),
+                                d.records.to_string(),
+                                note,
+                            ]
+                        })
+                        .collect();
+                    let mut text = crate::output::table(
+                        &[
+                            "NAME",
+                            "KIND",
+                            "STORE",
+                            "STATE",
+                            "RECORDS",
+                            "DETAIL / LAST ERROR",
+                        ],
+                        rows,
+                        &[4],
                     );
-                    for d in &list.drivers {
-                        let note = d
-                            .last_error
-                            .as_deref()
-                            .map(|e| format!("error: {e}"))
-                            .or_else(|| d.detail.clone())
-                            .unwrap_or_default();
-                        text.push_str(&format!(
-                            "{:<16} {:<12} {:<20} {:<9} {:>8}  {note}\n",
-                            d.name, d.kind, d.store, d.state, d.records,
-                        ));
-                    }
                     for d in &list.drivers {
                         if let Some(fingerprint) = &d.tls_fingerprint {
                             text.push_str(&format!(

@@ -26,8 +26,8 @@ pub(crate) struct Args {
     name: String,
 
     /// This device's role.
-    #[arg(long, default_value = "home", value_parser = ["home", "mobile", "cloud"])]
-    role: String,
+    #[arg(long, value_enum, default_value = "home")]
+    role: super::RoleArg,
 
     /// Restore the owner key from its 24-word recovery phrase, read from stdin,
     /// instead of making a new one.
@@ -45,6 +45,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
     }
     let role: Role = args
         .role
+        .as_str()
         .parse()
         .map_err(|err: String| CliError::new(Exit::Usage, err))?;
     if dir.is_initialised() {

@@ -21,8 +21,8 @@ pub(crate) struct Args {
     #[arg(long)]
     name: String,
     /// This device's role.
-    #[arg(long, default_value = "mobile", value_parser = ["home", "mobile", "cloud"])]
-    role: String,
+    #[arg(long, value_enum, default_value = "mobile")]
+    role: super::RoleArg,
     /// How long to wait for the inviting device.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     timeout: Duration,
@@ -42,6 +42,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
     })?;
     let role: Role = args
         .role
+        .as_str()
         .parse()
         .map_err(|err: String| CliError::new(Exit::Usage, err))?;
     let key = NodeKey::from_seed(random_bytes()?);

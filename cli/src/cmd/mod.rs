@@ -90,3 +90,24 @@ pub(crate) fn ensure_absent(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A device role, as the command line takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RoleArg {
+    /// An always-on device at home: holds the owner's stores by default.
+    Home,
+    /// A phone or laptop.
+    Mobile,
+    /// A cloud VM: holds no personal store unless placed there.
+    Cloud,
+}
+
+impl RoleArg {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RoleArg::Home => "home",
+            RoleArg::Mobile => "mobile",
+            RoleArg::Cloud => "cloud",
+        }
+    }
+}

@@ -14,6 +14,9 @@ use crate::output::Output;
 pub(crate) enum Command {
     /// Run the node in the foreground until SIGINT or SIGTERM. Every flag has a key in
     /// config.toml; `hearth config show` prints what the node would run with.
+    #[command(
+        after_help = "Examples:\n  hearth node run\n  hearth node run --listen /ip4/0.0.0.0/udp/4001/quic-v1 --bootstrap /dns4/cloud.example.org/udp/4001/quic-v1\n  hearth node run --api 127.0.0.1:7411 --metrics"
+    )]
     Run(super::config::NodeFlags),
 }
 

@@ -72,7 +72,6 @@ pub(crate) fn unit(exe: &Path, data_dir: &Path, user_unit: bool, run_as: Option<
         "# Written by `hearth service install`{}.\n\
          [Unit]\n\
          Description=Hearth node ({data})\n\
-         Documentation=https://example.invalid/hearth/docs/user-guide.md\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
          \n\

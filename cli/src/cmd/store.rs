@@ -106,17 +106,74 @@ fn parse_filter(text: &str) -> std::result::Result<String, String> {
     hearth_stores::query::Filter::parse(text).map(|_| text.to_owned())
 }
 
+/// A store kind, as the command line takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KindArg {
+    /// Keys and JSON values; a key's value is replaced whole.
+    Kv,
+    /// Timestamped readings, kept in chunks of a time window.
+    Timeseries,
+    /// JSON documents under keys, merged field by field.
+    Doc,
+}
+
+impl KindArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            KindArg::Kv => "kv",
+            KindArg::Timeseries => "timeseries",
+            KindArg::Doc => "doc",
+        }
+    }
+}
+
+/// An aggregate function, as the command line takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AggArg {
+    /// How many readings.
+    Count,
+    /// Their sum.
+    Sum,
+    /// The smallest.
+    Min,
+    /// The largest.
+    Max,
+    /// The mean.
+    Mean,
+    /// The median.
+    Median,
+    /// The standard deviation.
+    Sd,
+}
+
+impl AggArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            AggArg::Count => "count",
+            AggArg::Sum => "sum",
+            AggArg::Min => "min",
+            AggArg::Max => "max",
+            AggArg::Mean => "mean",
+            AggArg::Median => "median",
+            AggArg::Sd => "sd",
+        }
+    }
+}
+
 /// Store commands.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Create a store.
+    #[command(
+        after_help = "Examples:\n  hearth store create notes --kind kv\n  hearth store create heart-rate --kind timeseries --window 1d --keep 90d\n  hearth store create diary --kind doc --text body --replicas origin,role:home"
+    )]
     Create {
         /// Its name.
         name: String,
         /// Its kind.
-        #[arg(long, value_parser = ["kv", "timeseries", "doc"])]
-        kind: String,
+        #[arg(long, value_enum)]
+        kind: KindArg,
         /// Timeseries chunk window (default 1h).
         #[arg(long, value_parser = crate::cmd::parse_duration)]
         window: Option<std::time::Duration>,
@@ -166,6 +223,7 @@ pub(crate) enum Command {
         cap: Option<std::path::PathBuf>,
     },
     /// Set a key (kv and doc stores).
+    #[command(after_help = "Examples:\n  hearth store put notes today '{\"mood\": \"fine\"}'")]
     Put {
         /// The store.
         name: String,
@@ -220,6 +278,9 @@ pub(crate) enum Command {
         ts: Option<u64>,
     },
     /// Read readings.
+    #[command(
+        after_help = "Examples:\n  hearth store read heart-rate --last 10\n  hearth store read location --since 1h --filter tid=ph"
+    )]
     Read {
         /// The store.
         name: String,
@@ -233,9 +294,9 @@ pub(crate) enum Command {
     Agg {
         /// The store.
         name: String,
-        /// count, sum, min, max, mean, median or sd.
-        #[arg(value_parser = ["count", "sum", "min", "max", "mean", "median", "sd"])]
-        function: String,
+        /// What to compute.
+        #[arg(value_enum)]
+        function: AggArg,
         /// Dotted path of the number inside each value.
         #[arg(long)]
         field: Option<String>,
@@ -334,7 +395,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         } => {
             let body = api::CreateStore {
                 name: name.clone(),
-                kind: kind.clone(),
+                kind: kind.as_str().to_owned(),
                 window_ms: window.map(millis),
                 replicas,
                 description,
@@ -347,7 +408,13 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             };
             let info: api::StoreInfo = client.send("POST", "/v1/stores", &body)?;
             out.emit_typed(
-                || format!("Created {kind} store {name}, held by: {}.", info.replicas),
+                || {
+                    format!(
+                        "Created {} store {name}, held by: {}.",
+                        kind.as_str(),
+                        info.replicas
+                    )
+                },
                 &info,
             );
         }
@@ -370,29 +437,34 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
             let list: api::Stores = client.get("/v1/stores", &())?;
             out.emit_typed(
                 || {
-                    let mut text = format!(
-                        "{:<28} {:<11} {:>9} {:>11} {:>8}  {:<22} {}\n",
-                        "NAME", "KIND", "RECORDS", "BYTES", "KEEP", "REPLICAS", "HELD BY"
-                    );
-                    for s in &list.stores {
-                        let records = s.records.map_or("-".to_owned(), |r| r.to_string());
-                        let here = if s.here { "" } else { " (not here)" };
-                        text.push_str(&format!(
-                            "{:<28} {:<11} {:>9} {:>11} {:>8}  {:<22} {}{here}{}\n",
-                            s.name,
-                            s.kind.as_str(),
-                            records,
-                            s.bytes.unwrap_or(0),
-                            keep_text(s.keep_ms),
-                            s.replicas,
-                            s.held_by.join(","),
-                            s.error
+                    let rows = list
+                        .stores
+                        .iter()
+                        .map(|s| {
+                            let here = if s.here { "" } else { " (not here)" };
+                            let error = s
+                                .error
                                 .as_deref()
                                 .map(|e| format!("  ERROR: {e}"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                    text
+                                .unwrap_or_default();
+                            vec![
+                                s.name.clone(),
+                                s.kind.as_str().to_owned(),
+                                s.records.map_or("-".to_owned(), |r| r.to_string()),
+                                s.bytes.unwrap_or(0).to_string(),
+                                keep_text(s.keep_ms),
+                                s.replicas.clone(),
+                                format!("{}{here}{error}", s.held_by.join(",")),
+                            ]
+                        })
+                        .collect();
+                    crate::output::table(
+                        &[
+                            "NAME", "KIND", "RECORDS", "BYTES", "KEEP", "REPLICAS", "HELD BY",
+                        ],
+                        rows,
+                        &[2, 3, 4],
+                    )
                 },
                 &list,
             );
@@ -571,11 +643,11 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         } => {
             let mut read = select.query();
             read.filter = filter;
-            let q = api::AggregateQuery::of(read, &function, field);
+            let q = api::AggregateQuery::of(read, function.as_str(), field);
             let r: api::Aggregated = client.get(&format!("{}/aggregate", store_path(&name)), &q)?;
             out.emit_typed(
                 || match &r.result {
-                    None => format!("no values to compute the {function} of"),
+                    None => format!("no values to compute the {} of", function.as_str()),
                     Some(n) if n.is_f64() => n.as_f64().map_or_else(|| n.to_string(), rounded),
                     Some(n) => n.to_string(),
                 },
