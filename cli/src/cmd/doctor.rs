@@ -71,9 +71,6 @@ const DISK_WARN_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// A peer's clock this far from ours is worth a warning: certificates and
 /// capabilities are checked against clocks, with two minutes of allowance.
 const CLOCK_WARN: Duration = Duration::from_secs(60);
-/// How often a device writes its replica statistics to the catalogue (with their
-/// time), plus the time a write takes to arrive.
-const STATS_EVERY: Duration = Duration::from_secs(30 + 30);
 
 fn permissions(dir: &DataDir) -> Check {
     const NAME: &str = "permissions";
@@ -259,14 +256,16 @@ fn peers(status: &api::Status) -> Check {
     }
 }
 
-/// Compares the times connected peers wrote into the catalogue (every 30 s, by their
-/// clocks) with this device's clock: one in the future means that peer's clock is
-/// ahead; none recent means it is behind (or it holds no store).
+/// Compares the times connected peers wrote into the catalogue (by their own clocks,
+/// whenever a replica of theirs changed) with this device's clock: a time in the future
+/// means that peer's clock is ahead of this one. A time in the past proves nothing (the
+/// write may be old), so a clock behind this one is seen from the other side: run the
+/// doctor on each device.
 fn clock(status: &api::Status, stores: &api::Stores) -> Check {
     const NAME: &str = "clock";
     let now = super::now().0;
+    let margin = u64::try_from(CLOCK_WARN.as_millis()).unwrap_or(u64::MAX);
     let mut ahead = Vec::new();
-    let mut behind = Vec::new();
     let mut compared = 0;
     for peer in status.peers.iter().filter(|p| p.connected) {
         let newest = stores
@@ -277,47 +276,33 @@ fn clock(status: &api::Status, stores: &api::Stores) -> Check {
             .max();
         let Some(newest) = newest else { continue };
         compared += 1;
-        let margin = u64::try_from(CLOCK_WARN.as_millis()).unwrap_or(u64::MAX);
-        let window = u64::try_from(STATS_EVERY.as_millis()).unwrap_or(u64::MAX);
         if newest > now.saturating_add(margin) {
             ahead.push(format!(
                 "{} by at least {} s",
                 peer.name,
                 (newest - now) / 1000
             ));
-        } else if newest.saturating_add(window + margin) < now
-            && peer.last_seen.saturating_add(window + margin) < now
-        {
-            behind.push(format!(
-                "{} by about {} s",
-                peer.name,
-                (now - newest) / 1000
-            ));
         }
     }
-    if ahead.is_empty() && behind.is_empty() {
+    if ahead.is_empty() {
         return pass(
             NAME,
             if compared == 0 {
-                "no connected peer has written the time yet to compare with".to_owned()
+                "no connected peer has written a time yet to compare with".to_owned()
             } else {
-                format!("within a minute of {compared} connected peers' clocks")
+                format!(
+                    "no clock of {compared} connected peers is ahead of this one (a clock behind \
+                     shows from that device's doctor)"
+                )
             },
         );
     }
-    let mut detail = Vec::new();
-    if !ahead.is_empty() {
-        detail.push(format!("ahead of this device: {}", ahead.join(", ")));
-    }
-    if !behind.is_empty() {
-        detail.push(format!(
-            "behind this device (or not writing): {}",
-            behind.join(", ")
-        ));
-    }
     warn(
         NAME,
-        detail.join("; "),
+        format!(
+            "ahead of this device's clock (or this one is behind): {}",
+            ahead.join(", ")
+        ),
         "run NTP (systemd-timesyncd or chrony) on every device: certificates, capabilities \
          and retention are judged by clocks",
     )
@@ -516,5 +501,99 @@ pub(crate) fn run(dir: &DataDir, out: &mut Output) -> Result<()> {
                 if failed == 1 { "" } else { "s" }
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(peers: &[(&str, bool)]) -> api::Status {
+        let peers = peers
+            .iter()
+            .map(|(name, connected)| api::PeerStatus {
+                name: (*name).to_owned(),
+                role: "mobile".into(),
+                peer_id: format!("12D3KooW{name}"),
+                connected: *connected,
+                last_seen: super::super::now().0,
+                path: connected.then(|| "direct".to_owned()),
+                via: None,
+                rtt_ms: Some(2.0),
+            })
+            .collect();
+        api::Status {
+            peer_id: "12D3KooWhome".into(),
+            name: "home".into(),
+            role: "home".into(),
+            listen: Vec::new(),
+            peers,
+            stores: Vec::new(),
+        }
+    }
+
+    fn stamped(device: &str, updated: u64) -> api::Stores {
+        let heads = [(
+            device.to_owned(),
+            api::ReplicaStats {
+                records: 1,
+                bytes: 1,
+                digest: "00".into(),
+                updated,
+            },
+        )]
+        .into_iter()
+        .collect();
+        api::Stores {
+            stores: vec![api::StoreInfo {
+                name: "s".into(),
+                id: "i".into(),
+                kind: api::Kind::Kv,
+                origin: device.into(),
+                replicas: "origin".into(),
+                held_by: vec![device.into()],
+                here: false,
+                records: Some(1),
+                bytes: Some(1),
+                error: None,
+                source: None,
+                unit: None,
+                description: None,
+                heads: Some(heads),
+                keep_ms: None,
+                erasures: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_peer_clock_ahead_warns_and_an_old_stamp_does_not() {
+        let now = super::super::now().0;
+        let ahead = clock(
+            &status(&[("phone", true)]),
+            &stamped("phone", now + 300_000),
+        );
+        assert_eq!(ahead.verdict, Verdict::Warn, "{ahead:?}");
+        assert!(
+            ahead.detail.contains("phone by at least 300 s")
+                || ahead.detail.contains("phone by at least 299 s"),
+            "{ahead:?}"
+        );
+        assert!(ahead.fix.contains("NTP"));
+        // An hour-old stamp is an old write, not a slow clock.
+        let old = clock(
+            &status(&[("phone", true)]),
+            &stamped("phone", now - 3_600_000),
+        );
+        assert_eq!(old.verdict, Verdict::Pass, "{old:?}");
+        // Within the minute's allowance; and a peer not connected is not judged.
+        let close = clock(&status(&[("phone", true)]), &stamped("phone", now + 30_000));
+        assert_eq!(close.verdict, Verdict::Pass);
+        let away = clock(
+            &status(&[("phone", false)]),
+            &stamped("phone", now + 300_000),
+        );
+        assert_eq!(away.verdict, Verdict::Pass);
+        assert!(away.detail.contains("no connected peer"));
     }
 }
