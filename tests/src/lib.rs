@@ -334,3 +334,21 @@ pub mod guest {
         path
     }
 }
+
+/// For the benchmark binaries: the `q`-quantile (0..=1) of `samples`, in milliseconds
+/// (nearest rank).
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::indexing_slicing
+)]
+pub fn quantile(samples: &[std::time::Duration], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
+}

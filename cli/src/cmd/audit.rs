@@ -105,15 +105,8 @@ fn verify(dir: &DataDir, out: &mut Output) -> Result<()> {
         .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     let copies = hearth_node::audit_copy::verify_copies(dir.root())
         .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
-    let ok = result.ok() && copies.iter().all(|c| c.ok);
-    let value = api::AuditVerified {
-        ok,
-        entries: result.entries,
-        checkpoints: result.checkpoints,
-        unsigned_tail: result.unsigned_tail,
-        findings: result.findings.clone(),
-        copies: copies.clone(),
-    };
+    let value = api::AuditVerified::of(result.clone(), copies.clone());
+    let ok = value.ok;
     out.emit_typed(
         || {
             let mut text = String::new();

@@ -356,14 +356,7 @@ fn verify_offline(dir: &DataDir) -> std::result::Result<api::AuditVerified, Stri
     }
     let result = hearth_stores::audit::verify(&path, &key.public()).map_err(|e| e.to_string())?;
     let copies = hearth_node::audit_copy::verify_copies(dir.root()).map_err(|e| e.to_string())?;
-    Ok(api::AuditVerified {
-        ok: result.ok() && copies.iter().all(|c| c.ok),
-        entries: result.entries,
-        checkpoints: result.checkpoints,
-        unsigned_tail: result.unsigned_tail,
-        findings: result.findings,
-        copies,
-    })
+    Ok(api::AuditVerified::of(result, copies))
 }
 
 /// The stores this device holds, as the running node reads them (or, with the node

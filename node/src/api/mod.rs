@@ -1069,14 +1069,7 @@ async fn audit_verify(State(node): State<Arc<Node>>) -> ApiResult<AuditVerified>
         let result =
             hearth_stores::audit::verify(node.audit.path(), &node.config.node_key.public())?;
         let copies = crate::audit_copy::verify_copies(&node.config.data_dir)?;
-        Ok(Json(AuditVerified {
-            ok: result.ok() && copies.iter().all(|c| c.ok),
-            entries: result.entries,
-            checkpoints: result.checkpoints,
-            unsigned_tail: result.unsigned_tail,
-            findings: result.findings,
-            copies,
-        }))
+        Ok(Json(AuditVerified::of(result, copies)))
     })
     .await
 }

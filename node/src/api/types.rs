@@ -420,6 +420,20 @@ pub struct AuditVerified {
     pub copies: Vec<CopyReport>,
 }
 
+impl AuditVerified {
+    /// The verdict on this device's log (`log`) and on the copies held here.
+    pub fn of(log: hearth_stores::audit::Verification, copies: Vec<CopyReport>) -> Self {
+        Self {
+            ok: log.ok() && copies.iter().all(|c| c.ok),
+            entries: log.entries,
+            checkpoints: log.checkpoints,
+            unsigned_tail: log.unsigned_tail,
+            findings: log.findings,
+            copies,
+        }
+    }
+}
+
 /// `POST /v1/invite`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

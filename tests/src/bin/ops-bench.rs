@@ -23,14 +23,7 @@ use std::time::{Duration, Instant};
 
 use hearth_tests::api::Api;
 use hearth_tests::cli::{LOOPBACK_MESH, hearth_bin, init, start_with, stop, wait_until};
-
-/// The `q`-quantile (0..=1) of `samples`, in milliseconds (nearest rank).
-fn quantile(samples: &[Duration], q: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1000.0
-}
+use hearth_tests::quantile;
 
 fn line(what: &str, samples: &[Duration]) {
     println!(

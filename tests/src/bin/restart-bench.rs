@@ -22,15 +22,8 @@
 
 use std::time::Duration;
 
+use hearth_tests::quantile;
 use hearth_tests::restart::{Mesh, Restart, Round};
-
-/// The `q`-quantile (0..=1) of `samples`, in milliseconds (nearest rank).
-fn quantile(samples: &[Duration], q: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1000.0
-}
 
 fn main() {
     let rounds: usize = std::env::args()
