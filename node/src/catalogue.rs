@@ -261,6 +261,11 @@ struct State {
     docs: BTreeMap<String, Vec<(Rank, SignedPlacement)>>,
     /// Per store, its erasure documents (signed by the owner key) by number.
     erasures: BTreeMap<String, BTreeMap<u64, SignedErasure>>,
+    /// Counts every change to `docs`, `erasures` and `revocations`.
+    generation: u64,
+    /// The last listing `read` made, for the catalogue's digest and the generation it
+    /// was made at; none while a document dated ahead of the clock waits to be judged.
+    listed: Option<(hearth_protocol::sync::Digest, u64, Listing)>,
 }
 
 fn now() -> UnixMillis {
@@ -308,6 +313,7 @@ impl State {
 
     /// Takes in a verified document; true if the store's documents changed.
     fn insert(&mut self, rank: Rank, doc: SignedPlacement) -> bool {
+        self.generation += 1;
         let docs = self.docs.entry(doc.placement().id.clone()).or_default();
         if docs.iter().any(|(r, _)| *r == rank) {
             return false;
@@ -333,6 +339,7 @@ impl State {
     /// one number (which only a copied owner key could sign) the smaller hash counts,
     /// so every device picks the same one.
     fn insert_erasure(&mut self, doc: SignedErasure) -> bool {
+        self.generation += 1;
         let list = self.erasures.entry(doc.erasure().id.clone()).or_default();
         match list.get(&doc.erasure().seq) {
             Some(old) if old.hash() <= doc.hash() => false,
@@ -376,6 +383,8 @@ impl Catalogue {
             verdicts: HashMap::new(),
             docs: BTreeMap::new(),
             erasures: BTreeMap::new(),
+            generation: 0,
+            listed: None,
         };
         let file_err = |reason: String| CatalogueError::File {
             path: path.display().to_string(),
@@ -459,6 +468,7 @@ impl Catalogue {
         let mut state = self.lock();
         state.revocations = revocations;
         state.verdicts.clear();
+        state.generation += 1;
         let at = now();
         let State {
             verifier,
@@ -487,7 +497,19 @@ impl Catalogue {
     pub fn read(&self) -> Result<Listing, StoreError> {
         let mut listing = Listing::default();
         let mut state = self.lock();
+        // Unchanged since the last read (no write to the catalogue, no document taken
+        // in, no revocation): the same listing, without turning every document into
+        // text again. Taken before the keys are read: a write in between only makes the
+        // next read miss.
+        let digest = self.store.digest();
+        if let Some((d, generation, cached)) = &state.listed
+            && *d == digest
+            && *generation == state.generation
+        {
+            return Ok(cached.clone());
+        }
         let mut changed = false;
+        let mut waiting = false;
         for key in self.store.keys()? {
             if let Some(rest) = key.strip_prefix("replica/") {
                 if let Some((id, device)) = rest.split_once('/')
@@ -504,7 +526,9 @@ impl Catalogue {
             }
             if key.starts_with("erase/") {
                 if let Some(value) = self.store.get(&key)? {
-                    changed |= self.absorb_erasure(&mut state, &key, &value);
+                    let (added, future) = self.absorb_erasure(&mut state, &key, &value);
+                    changed |= added;
+                    waiting |= future;
                 }
                 continue;
             }
@@ -540,14 +564,16 @@ impl Catalogue {
                 listing.erasures.insert(id.clone(), erasures);
             }
         }
+        state.listed = (!waiting).then(|| (digest, state.generation, listing.clone()));
         Ok(listing)
     }
 
-    /// Checks one catalogue value under `erase/`; true if it added a document.
-    fn absorb_erasure(&self, state: &mut State, key: &str, value: &Value) -> bool {
+    /// Checks one catalogue value under `erase/`: whether it added a document, and
+    /// whether it is dated ahead of the clock (judged again on the next read).
+    fn absorb_erasure(&self, state: &mut State, key: &str, value: &Value) -> (bool, bool) {
         let text = value.as_str().unwrap_or_default();
         let Some(hash) = state.unjudged(text) else {
-            return false;
+            return (false, false);
         };
         let owner = *state.verifier.owner();
         let verdict = SignedErasure::from_text(text)
@@ -566,7 +592,7 @@ impl Catalogue {
         match verdict {
             Ok(doc) => {
                 state.verdicts.insert(hash, None);
-                state.insert_erasure(doc)
+                (state.insert_erasure(doc), false)
             }
             Err((err, future)) => {
                 // One dated ahead of this clock may count later: judged again then.
@@ -575,7 +601,7 @@ impl Catalogue {
                 }
                 tracing::warn!(%key, error = %err, "an erasure document in the catalogue does not count");
                 self.record("erasure.check", key, &format!("refused: {err}"));
-                false
+                (false, future)
             }
         }
     }
