@@ -14,6 +14,9 @@ use hearth_stores::{Clock, StoreError, Stores, StoresConfig};
 pub mod layout {
     /// The API's bearer key.
     pub const API_KEY_FILE: &str = "api.key";
+    /// A bearer key good for `GET /v1/metrics` only (made when metrics are on), to give
+    /// a Prometheus instead of the API key.
+    pub const METRICS_KEY_FILE: &str = "metrics.key";
     /// The API's address, written while the node runs.
     pub const API_ADDR_FILE: &str = "api.addr";
     /// The stores.
@@ -171,6 +174,8 @@ pub struct Node {
     /// Turns true when the node stops: ends the mesh loop and open event streams.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     pub(crate) api_key: String,
+    /// The key that opens `GET /v1/metrics` and nothing else, when metrics are on.
+    pub(crate) metrics_key: Option<String>,
     /// What the node counts for `/v1/metrics`.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Held for the node's lifetime: one node per data directory.
@@ -256,6 +261,13 @@ impl Node {
             clock,
         )?);
         let api_key = read_or_create_api_key(&config.data_dir.join(layout::API_KEY_FILE))?;
+        let metrics_key = if config.metrics {
+            Some(read_or_create_api_key(
+                &config.data_dir.join(layout::METRICS_KEY_FILE),
+            )?)
+        } else {
+            None
+        };
         let catalogue = match &config.mesh {
             Some(setup) => Some(Arc::new(
                 crate::catalogue::Catalogue::open(
@@ -297,6 +309,7 @@ impl Node {
             mesh: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::channel(false).0,
             api_key,
+            metrics_key,
             metrics: Arc::default(),
             _lock: lock,
         }))
@@ -376,18 +389,26 @@ impl Node {
                 return;
             }
         };
+        if *self.stopping.borrow() {
+            return;
+        }
         if let Some(compute) = &self.compute {
             compute.set_limits(limits);
         }
-        crate::drivers::restart_all(self);
-        let drivers = self.drivers.list().len();
-        tracing::info!(drivers, "reloaded: computation limits and drivers");
+        let outcome = match crate::drivers::restart_all(self) {
+            Ok(Some(drivers)) => format!("allowed: limits and {drivers} drivers"),
+            Ok(None) => "allowed: limits (the drivers had not started yet)".to_owned(),
+            Err(reason) => {
+                format!("failed: {reason}; limits applied, the running drivers stay")
+            }
+        };
+        tracing::info!(%outcome, "reloaded");
         let _ = self.audit.record(hearth_stores::audit::Event {
             actor: "local".into(),
             action: "node.reload".into(),
             object: self.config.name.clone(),
             cap_id: None,
-            outcome: format!("allowed: limits and {drivers} drivers"),
+            outcome,
             bytes: 0,
         });
     }

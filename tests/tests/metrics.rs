@@ -22,6 +22,7 @@ fn metrics_are_off_by_default_and_follow_writes_and_sync_when_on() {
     // Off by default: 404, and nothing about the node.
     let plain = start_meshed(&home);
     assert_eq!(Api::new(&home, &plain).status_of("/v1/metrics"), 404);
+    let plain_has_metrics_key = home.join("metrics.key").exists();
     stop(plain);
 
     let mut with_metrics = LOOPBACK_MESH.to_vec();
@@ -39,6 +40,34 @@ fn metrics_are_off_by_default_and_follow_writes_and_sync_when_on() {
         .call()
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
+    // The metrics key (for a Prometheus) opens the metrics and nothing else.
+    let metrics_key = std::fs::read_to_string(home.join("metrics.key")).unwrap();
+    let with_metrics_key = |method: &str, path: &str| {
+        let url = format!("http://{}{path}", home_node.addr);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let auth = format!("Bearer {}", metrics_key.trim());
+        let response = match method {
+            "GET" => agent.get(&url).header("Authorization", &auth).call(),
+            _ => agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .content_type("application/json")
+                .send(&br#"{"name": "x", "kind": "kv"}"#[..]),
+        };
+        response.unwrap().status().as_u16()
+    };
+    assert_eq!(with_metrics_key("GET", "/v1/metrics"), 200);
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/stores"),
+        ("POST", "/v1/stores"),
+    ] {
+        assert_eq!(with_metrics_key(method, path), 401, "{method} {path}");
+    }
+    assert!(!plain_has_metrics_key);
 
     let before = home_api.metrics();
     assert_eq!(

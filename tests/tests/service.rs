@@ -41,8 +41,23 @@ fn the_service_unit_runs_this_node_hardened_and_verifies() {
     init(&home);
     let data = home.canonicalize().unwrap();
     let exe = hearth_bin().canonicalize().unwrap();
+    // A system unit for a root-owned data directory would run the node as root: refused
+    // unless asked for by name.
+    let refused = hearth(&home, &["service", "install", "--print"]);
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata(&data).unwrap().uid() == 0 {
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--run-as root"));
+    }
     for user in [false, true] {
-        let unit = unit_for(&home, if user { &["--user"] } else { &[] });
+        let unit = unit_for(
+            &home,
+            if user {
+                &["--user"]
+            } else {
+                &["--run-as", "root"]
+            },
+        );
         // It runs this binary on this data directory, and reloads with SIGHUP.
         assert_eq!(
             value(&unit, "ExecStart"),
@@ -75,13 +90,8 @@ fn the_service_unit_runs_this_node_hardened_and_verifies() {
             })
         );
         if !user {
-            // A system unit runs as the owner of the data directory, without
-            // capabilities.
-            use std::os::unix::fs::MetadataExt as _;
-            let owner = std::fs::metadata(&data).unwrap().uid();
-            if owner != 0 {
-                assert_eq!(value(&unit, "User"), Some(owner.to_string().as_str()));
-            }
+            // A system unit runs as the user named, without capabilities.
+            assert_eq!(value(&unit, "User"), Some("root"));
             assert_eq!(value(&unit, "CapabilityBoundingSet"), Some(""));
         }
         // systemd's own check, where systemd-analyze exists.
@@ -133,6 +143,51 @@ fn the_service_unit_runs_this_node_hardened_and_verifies() {
     );
     assert!(run(&["service", "uninstall", "--user"]).status.success());
     assert!(!installed.exists());
+}
+
+#[test]
+fn odd_paths_are_escaped_in_the_unit_and_a_newline_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Spaces, quotes, systemd's specifier and variable signs.
+    let odd = tmp.path().join("my data \"50%\" $HOME");
+    init(&odd);
+    let unit = unit_for(&odd, &["--user"]);
+    let exec = value(&unit, "ExecStart").unwrap();
+    assert!(
+        exec.contains(r#"my data \"50%%\" $$HOME" node run"#),
+        "{exec}"
+    );
+    assert!(
+        value(&unit, "ReadWritePaths")
+            .unwrap()
+            .contains(r#"my data \"50%%\" $HOME""#)
+    );
+    assert!(
+        !unit.contains("Description=Hearth node ("),
+        "no path in the description"
+    );
+    let file = tmp.path().join("odd.service");
+    std::fs::write(&file, &unit).unwrap();
+    if let Ok(out) = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&file)
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A newline would start a line of the unit's own: refused, nothing written.
+    let newline = tmp.path().join("a\nExecStartPre=+/bin/true");
+    init(&newline);
+    let out = hearth(&newline, &["service", "install", "--user", "--print"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot name"));
+    assert!(out.stdout.is_empty());
 }
 
 #[test]
@@ -192,6 +247,33 @@ fn sighup_reloads_limits_and_drivers_and_a_bad_config_keeps_the_node_running() {
     wait_until("the next good reload audited", 30, || {
         (reloads() == 3).then_some(())
     });
+
+    // A drivers file with an entry that cannot be used: the running drivers stay, and
+    // the reload says why.
+    let drivers_file = home.join("drivers.toml");
+    let drivers_text = std::fs::read_to_string(&drivers_file).unwrap();
+    std::fs::write(
+        &drivers_file,
+        format!("{drivers_text}\n[[driver]]\nname = \"odd\"\nkind = \"toaster\"\n"),
+    )
+    .unwrap();
+    hangup();
+    let refused = wait_until("the refused driver reload audited", 30, || {
+        let entries = json_ok(&home, &["audit", "--action", "node.reload"])["entries"].clone();
+        entries.as_array().unwrap().last().cloned().filter(|e| {
+            e["outcome"]
+                .as_str()
+                .unwrap()
+                .contains("running drivers stay")
+        })
+    });
+    assert!(
+        refused["outcome"].as_str().unwrap().starts_with("failed"),
+        "{refused}"
+    );
+    let d = json_ok(&home, &["driver", "ls"]);
+    assert_eq!(d["drivers"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["drivers"][0]["state"], "running");
     json_ok(&home, &["status"]);
     stop(node);
 }

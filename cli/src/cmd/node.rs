@@ -22,6 +22,16 @@ pub(crate) enum Command {
 
 pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
     let Command::Run(flags) = command;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| CliError::new(Exit::Error, format!("cannot start the runtime: {err}")))?;
+    // First of all: from here on a SIGHUP (`systemctl reload`, even while the stores
+    // open) asks for a reload and never stops the node.
+    let hangup = {
+        let _runtime = runtime.enter();
+        hangup_signal()
+    };
     let config = dir.config()?;
     let effective = super::config::effective(dir, &config, &flags)?;
     let key_path = dir.root().join("node.key");
@@ -56,16 +66,12 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         metrics: effective.metrics,
     })
     .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| CliError::new(Exit::Error, format!("cannot start the runtime: {err}")))?;
     let name = config.name.clone();
     let json = out.json();
     runtime
         .block_on(async {
             let shutdown = shutdown_signal();
-            reload_on_hangup(dir.clone(), flags.clone(), node.clone());
+            reload_on_hangup(hangup, dir.clone(), flags.clone(), node.clone());
             node.serve(shutdown, move |addr| {
                 tracing::info!(%addr, "node {name} running");
                 if !json {
@@ -86,27 +92,45 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
     Ok(())
 }
 
+/// SIGHUP, caught (from now on it no longer ends the process).
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup()).ok()
+    }
+}
+
 /// On SIGHUP, reads config.toml again and applies what can change while the node runs:
-/// computation limits and drivers (`Node::reload`). The handler is installed before the
-/// node says it runs, so a SIGHUP never stops it; a config.toml that no longer reads
-/// keeps the old settings, and says why.
+/// computation limits and drivers (`Node::reload`, which passes over a SIGHUP that comes
+/// before the drivers started or once the node stops). A config.toml that no longer
+/// reads keeps the old settings, and says why.
 fn reload_on_hangup(
+    hangup: Hangup,
     dir: DataDir,
     flags: super::config::NodeFlags,
     node: std::sync::Arc<hearth_node::Node>,
 ) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        let Some(mut hangup) = hangup else {
             return;
         };
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 let read = dir
                     .config()
-                    .and_then(|config| super::config::effective(&dir, &config, &flags));
-                node.reload(read.map(|e| e.limits).map_err(|e| e.to_string()));
+                    .and_then(|config| super::config::effective(&dir, &config, &flags))
+                    .map(|e| e.limits)
+                    .map_err(|e| e.to_string());
+                // Files and an audit write: off the async threads.
+                let node = node.clone();
+                let _ = tokio::task::spawn_blocking(move || node.reload(read)).await;
             }
         });
     }

@@ -48,30 +48,47 @@ pub(crate) struct InstallArgs {
 /// The unit's name.
 pub(crate) const UNIT: &str = "hearth.service";
 
-/// Quotes `text` for a systemd command line when it needs it.
-fn quoted(text: &str) -> String {
+/// `text` (a path) as one word of a unit file: quoted when it needs it, with systemd's
+/// specifiers (`%`) escaped, and in a command line (`exec`) its variables (`$`) too.
+/// Paths with control characters never reach here ([`unit_path`]).
+fn quoted(text: &str, exec: bool) -> String {
+    let mut escaped = text.replace('%', "%%");
+    if exec {
+        escaped = escaped.replace('$', "$$");
+    }
     if text
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c))
     {
-        text.to_owned()
+        escaped
     } else {
-        format!(
-            "\"{}\"",
-            text.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('%', "%%")
+        format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// A path the unit may name: UTF-8 without control characters (a newline in a path
+/// would start a line of its own in the unit).
+fn unit_path(path: &Path, what: &str) -> Result<String> {
+    match path.to_str() {
+        Some(text) if !text.chars().any(char::is_control) => Ok(text.to_owned()),
+        _ => Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "{what} {} has characters a unit file cannot name (control characters or \
+                 bytes that are not UTF-8)",
+                path.display()
+            ),
         )
+        .hint("move it to a plain path")),
     }
 }
 
 /// The unit file for running `exe` on `data_dir`, as `user` (system units).
-pub(crate) fn unit(exe: &Path, data_dir: &Path, user_unit: bool, run_as: Option<&str>) -> String {
-    let data = data_dir.display().to_string();
+pub(crate) fn unit(exe: &str, data_dir: &str, user_unit: bool, run_as: Option<&str>) -> String {
     let mut text = format!(
         "# Written by `hearth service install`{}.\n\
          [Unit]\n\
-         Description=Hearth node ({data})\n\
+         Description=Hearth node\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
          \n\
@@ -84,8 +101,8 @@ pub(crate) fn unit(exe: &Path, data_dir: &Path, user_unit: bool, run_as: Option<
          TimeoutStopSec=30s\n\
          Environment=RUST_LOG=info\n",
         if user_unit { " --user" } else { "" },
-        quoted(&exe.display().to_string()),
-        quoted(&data),
+        quoted(exe, true),
+        quoted(data_dir, true),
     );
     if let Some(user) = run_as.filter(|_| !user_unit) {
         text.push_str(&format!("User={user}\n"));
@@ -111,7 +128,7 @@ pub(crate) fn unit(exe: &Path, data_dir: &Path, user_unit: bool, run_as: Option<
          LockPersonality=yes\n\
          SystemCallArchitectures=native\n\
          RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK\n",
-        quoted(&data)
+        quoted(data_dir, false)
     ));
     if !user_unit {
         text.push_str(
@@ -132,7 +149,7 @@ pub(crate) fn unit(exe: &Path, data_dir: &Path, user_unit: bool, run_as: Option<
 }
 
 /// Where the unit goes.
-fn unit_path(user: bool) -> Result<PathBuf> {
+fn unit_file(user: bool) -> Result<PathBuf> {
     if !user {
         return Ok(PathBuf::from("/etc/systemd/system").join(UNIT));
     }
@@ -159,11 +176,47 @@ fn default_user(data_dir: &Path) -> Option<String> {
     (uid != 0).then(|| uid.to_string())
 }
 
+/// A system unit runs the node as `run_as` at every boot: refuse root unless asked for
+/// by name, and a binary that someone other than root could replace.
+fn system_unit_checks(exe: &Path, run_as: Option<&str>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    if run_as.is_none() {
+        return Err(CliError::new(
+            Exit::Usage,
+            "the data directory belongs to root, so the node would run as root",
+        )
+        .hint(
+            "give the node a user of its own (`useradd --system hearth`, `chown -R hearth \
+             DATA_DIR`) or say `--run-as root` to accept it",
+        ));
+    }
+    for path in [Some(exe), exe.parent()].into_iter().flatten() {
+        let meta = std::fs::metadata(path).map_err(|err| {
+            CliError::new(
+                Exit::Error,
+                format!("cannot read {}: {err}", path.display()),
+            )
+        })?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(CliError::new(
+                Exit::Refused,
+                format!(
+                    "{} may be changed by someone other than root, and a system unit would run \
+                     it at every boot",
+                    path.display()
+                ),
+            )
+            .hint("install hearth where only root writes (e.g. `install -m 755 hearth /usr/local/bin/`) and run that one"));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<()> {
     match command {
         Command::Install(args) => install(dir, &args, out),
         Command::Uninstall { user } => {
-            let path = unit_path(user)?;
+            let path = unit_file(user)?;
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -212,12 +265,20 @@ fn install(dir: &DataDir, args: &InstallArgs, out: &mut Output) -> Result<()> {
         )
     })?;
     let run_as = args.run_as.clone().or_else(|| default_user(&data_dir));
-    let text = unit(&exe, &data_dir, args.user, run_as.as_deref());
+    if !args.user {
+        system_unit_checks(&exe, run_as.as_deref())?;
+    }
+    let text = unit(
+        &unit_path(&exe, "this program's path")?,
+        &unit_path(&data_dir, "the data directory")?,
+        args.user,
+        run_as.as_deref(),
+    );
     if args.print {
         out.emit(|| text.clone(), || serde_json::json!({ "unit": text }));
         return Ok(());
     }
-    let path = unit_path(args.user)?;
+    let path = unit_file(args.user)?;
     if path.exists() && !args.force {
         return Err(
             CliError::new(Exit::Error, format!("{} exists already", path.display()))

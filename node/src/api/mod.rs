@@ -182,7 +182,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Refuses every request without the bearer key (compared in constant time).
+/// Are `presented` and `expected` equal? Compared in constant time.
+fn same_key(presented: &str, expected: &str) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Refuses every request without the bearer key; `GET /v1/metrics` also takes the
+/// metrics key, which opens nothing else.
 async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
@@ -190,13 +201,14 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let expected = node.api_key.as_bytes();
-    let equal = presented.len() == expected.len()
-        && presented
-            .bytes()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    let scrape =
+        request.method() == axum::http::Method::GET && request.uri().path() == "/v1/metrics";
+    let equal = same_key(presented, &node.api_key)
+        || (scrape
+            && node
+                .metrics_key
+                .as_deref()
+                .is_some_and(|key| same_key(presented, key)));
     if !equal {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,

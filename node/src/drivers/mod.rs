@@ -359,6 +359,8 @@ pub struct Drivers {
     /// Held around every read-edit-write of the drivers file, so that two edits (a
     /// `driver add` and a driver remembering its port, say) never lose one another.
     file: Mutex<()>,
+    /// The drivers were started (a reload before that has nothing to restart).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Drivers {
@@ -474,6 +476,9 @@ impl Drivers {
 /// that cannot be read, or a driver whose configuration is invalid, is shown as failed
 /// with the reason and the others run.
 pub(crate) fn start_all(node: &Arc<Node>) {
+    node.drivers
+        .started
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let loaded = load(&node.config.data_dir);
     for broken in loaded.broken {
         tracing::error!(driver = %broken.name, error = %broken.error, "an entry of the drivers file cannot be used");
@@ -487,11 +492,33 @@ pub(crate) fn start_all(node: &Arc<Node>) {
 }
 
 /// Stops every driver and starts them again from the drivers file (a reload: picks up
-/// entries edited by hand).
-pub(crate) fn restart_all(node: &Arc<Node>) {
+/// entries edited by hand). A file with an entry that cannot be used changes nothing:
+/// `Err` names the entry, and the running drivers stay. Passed over (`Ok(None)`) before
+/// the drivers first started; otherwise `Ok(Some(drivers started))`.
+pub(crate) fn restart_all(node: &Arc<Node>) -> Result<Option<usize>, String> {
+    if !node
+        .drivers
+        .started
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Ok(None);
+    }
+    // No `driver add` in between: it edits the file under this lock.
+    let _file = node.drivers.file_lock();
+    let loaded = load(&node.config.data_dir);
+    if let Some(broken) = loaded.broken.first() {
+        return Err(format!(
+            "{DRIVERS_FILE}: the entry {:?} cannot be used: {}",
+            broken.name, broken.error
+        ));
+    }
     node.drivers.stop_all();
     node.drivers.lock().clear();
-    start_all(node);
+    let count = loaded.specs.len();
+    for spec in loaded.specs {
+        start(node, spec);
+    }
+    Ok(Some(count))
 }
 
 /// Adds a driver: checks it, makes its store (and, for an http-ingest beyond loopback,
@@ -639,7 +666,7 @@ fn start(node: &Arc<Node>, spec: Spec) {
         ..Status::default()
     }));
     let (stop, stop_rx) = watch::channel(false);
-    node.drivers.lock().insert(
+    let replaced = node.drivers.lock().insert(
         spec.name.clone(),
         Entry::Configured {
             spec: Box::new(spec.clone()),
@@ -647,6 +674,11 @@ fn start(node: &Arc<Node>, spec: Spec) {
             stop,
         },
     );
+    // A driver of that name still running (a reload and an add crossing) stops: one
+    // runs per name.
+    if let Some(Entry::Configured { stop, .. }) = replaced {
+        let _ = stop.send(true);
+    }
     let node = node.clone();
     tokio::spawn(supervise(node, spec, status, stop_rx));
 }
