@@ -145,18 +145,35 @@ where
     }
 }
 
+/// How long a scrape waits for the mesh and the replication loop (busy writing, say)
+/// before it answers without what they know.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The metrics text of `node` now.
 pub async fn render(node: &std::sync::Arc<Node>) -> Result<String, std::fmt::Error> {
+    let mut partial = false;
     let devices = match node.mesh.get() {
-        Some(mesh) => mesh.devices().await.unwrap_or_default(),
+        Some(mesh) => match tokio::time::timeout(WAIT, mesh.devices()).await {
+            Ok(devices) => devices.unwrap_or_default(),
+            Err(_) => {
+                partial = true;
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
     let sync_state = match node.replication.get() {
-        Some(handle) => handle.status().await.unwrap_or_default(),
+        Some(handle) => match tokio::time::timeout(WAIT, handle.status()).await {
+            Ok(state) => state.unwrap_or_default(),
+            Err(_) => {
+                partial = true;
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
     let node = node.clone();
-    tokio::task::spawn_blocking(move || encode(&node, &devices, &sync_state))
+    tokio::task::spawn_blocking(move || encode(&node, &devices, &sync_state, partial))
         .await
         .map_err(|_| std::fmt::Error)?
 }
@@ -165,8 +182,18 @@ fn encode(
     node: &Node,
     devices: &[crate::mesh::DeviceStatus],
     sync_state: &[crate::replication::StoreSync],
+    partial: bool,
 ) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
+    let gauge = Gauge::<i64>::default();
+    gauge.set(i64::from(partial));
+    add(
+        &mut registry,
+        "hearth_metrics_partial",
+        "1 when the mesh or the replication loop did not answer in time: peers and sync state are missing from this scrape.",
+        None,
+        gauge,
+    );
 
     let info = Family::<InfoLabels, Gauge>::default();
     info.get_or_create(&InfoLabels {

@@ -379,21 +379,26 @@ fn stores(dir: &DataDir, listing: Option<&api::Stores>) -> Check {
             if !root.exists() {
                 return pass(NAME, "no stores yet");
             }
-            // Opened as the node opens them at start, while holding the node's lock.
+            // Opened as the node opens them at start (which writes to them), so only
+            // as the user they belong to: files made by another user would keep the
+            // node out of them.
+            use std::os::unix::fs::MetadataExt as _;
+            let owner = std::fs::metadata(&root).map(|m| m.uid()).ok();
+            if owner != Some(rustix::process::geteuid().as_raw()) {
+                return warn(
+                    NAME,
+                    "not checked: the stores belong to another user",
+                    "run `hearth doctor` as the user the node runs as",
+                );
+            }
+            // Under the node's lock, so that no node starts meanwhile (no lock file: no
+            // node ever ran here).
             let lock = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(false)
-                .open(dir.root().join(layout::LOCK_FILE));
-            let Ok(lock) = lock else {
-                return warn(
-                    NAME,
-                    "cannot take the node's lock",
-                    "run `hearth doctor` as the node's user",
-                );
-            };
-            if lock.try_lock().is_err() {
+                .open(dir.root().join(layout::LOCK_FILE))
+                .ok();
+            if lock.as_ref().is_some_and(|l| l.try_lock().is_err()) {
                 return warn(
                     NAME,
                     "a node holds the stores but does not answer on its API",
@@ -436,8 +441,8 @@ fn stores(dir: &DataDir, listing: Option<&api::Stores>) -> Check {
         fail(
             NAME,
             format!("unreadable: {}", broken.join("; ")),
-            "remove the damaged replica (`hearth store rm` removes it everywhere; moving its \
-             directory away while the node is stopped lets the other holders send it again)",
+            "if the reason is a full disk, free space; otherwise stop the node, keep a copy of \
+             the damaged store's directory, and restore it from a backup",
         )
     }
 }
