@@ -821,7 +821,12 @@ impl Store {
     pub fn records(&self) -> Result<u64, StoreError> {
         let state = lock(&self.state);
         Ok(match &state.body {
-            Body::Doc(doc) => doc.doc.keys(ROOT).filter(|k| !k.is_empty()).count() as u64,
+            // The keys, without `""` (where erased keys' history went), counted without
+            // making each key a `String`.
+            Body::Doc(doc) => {
+                let erased = matches!(doc.doc.get(ROOT, ""), Ok(Some(_)));
+                (doc.doc.length(ROOT) as u64).saturating_sub(u64::from(erased))
+            }
             Body::Series(series) => series.index.values().map(|c| c.count).sum(),
         })
     }
