@@ -545,8 +545,9 @@ impl Actor {
         let stores = self.stores.all();
         // A removed store's task ends with it; forget it, so a replica made again later
         // is followed again.
-        self.watched
-            .retain(|id| stores.iter().any(|s| s.meta().id == *id));
+        let ids: std::collections::HashSet<&str> =
+            stores.iter().map(|s| s.meta().id.as_str()).collect();
+        self.watched.retain(|id| ids.contains(id.as_str()));
         for store in stores {
             let id = store.meta().id.clone();
             if !self.watched.insert(id.clone()) {

@@ -299,11 +299,13 @@ pub(crate) fn store_status(
         .as_ref()
         .and_then(|c| c.read().ok())
         .unwrap_or_default();
+    let sync: std::collections::HashMap<&str, &crate::replication::StoreSync> =
+        sync.iter().map(|x| (x.id.as_str(), x)).collect();
     listed
         .iter()
         .filter(|s| s.name != crate::catalogue::NAME)
         .map(|s| {
-            let mine = sync.iter().find(|x| x.id == s.id);
+            let mine = sync.get(s.id.as_str()).copied();
             let mut replicas = vec![ReplicaSync {
                 device: node.config.name.clone(),
                 in_sync: s.error.is_none(),
