@@ -64,7 +64,8 @@ pub mod cli {
         let bin = path.join("hearth");
         assert!(
             bin.exists(),
-            "{} is missing: build it with `cargo build -p hearth-cli`",
+            "{} is missing: build it with `cargo build -p hearth-cli --features sled` (the \
+             crash test runs it on sled too)",
             bin.display()
         );
         bin
