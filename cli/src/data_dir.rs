@@ -46,6 +46,27 @@ pub(crate) struct Config {
     /// Metrics for Prometheus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) metrics: Option<MetricsSection>,
+    /// The export gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) export: Option<ExportSection>,
+}
+
+/// `[export]` in `config.toml`: how the export gateway sends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportSection {
+    /// PEM files of CAs trusted beside the system's roots (a private CA).
+    pub(crate) ca_files: Option<Vec<PathBuf>>,
+    /// Send plain http:// to a loopback address named literally (tests). Default off.
+    pub(crate) allow_http_loopback: Option<bool>,
+    /// An export not delivered this long after it was queued expires, e.g. `7d`.
+    pub(crate) expire_after: Option<String>,
+    /// The wait before the second attempt, doubling after each failure, e.g. `5s`.
+    pub(crate) retry_initial: Option<String>,
+    /// The longest wait between attempts, e.g. `1h`.
+    pub(crate) retry_max: Option<String>,
+    /// The longest one attempt may take, e.g. `30s`.
+    pub(crate) timeout: Option<String>,
 }
 
 /// `[metrics]` in `config.toml`.

@@ -127,6 +127,10 @@ enum Command {
     /// Receipts of computations.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// The export gateway's outbox: `ls`, `show`, `release`, `drop`, `pause`, `resume`,
+    /// and `verify` for what a destination received.
+    #[command(subcommand)]
+    Export(cmd::export::Command),
     /// Shell completions, on stdout (e.g. `hearth completions bash >
     /// ~/.local/share/bash-completion/completions/hearth`).
     Completions {
@@ -151,7 +155,9 @@ enum Command {
 #[derive(Debug, clap::Subcommand)]
 enum ReceiptCommand {
     /// Check, offline, a receipt saved from `hearth run --json`: signed by a device of
-    /// this mesh, and (when the file has it) for this very result.
+    /// this mesh, and (when the file has it) for this very result. A body an export
+    /// destination received is checked with `hearth export verify`: its
+    /// `Hearth-Signature` names the job (`source=job:<id>`) whose receipt this is.
     Verify {
         /// The saved JSON (`-` for stdin).
         file: std::path::PathBuf,
@@ -255,6 +261,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Receipt(ReceiptCommand::Verify { file }) => {
             cmd::compute::verify_receipt(&data_dir, &file, &mut out)
         }
+        Command::Export(command) => cmd::export::run(&data_dir, command, &mut out),
         Command::Demo(args) => cmd::demo::run(args, &mut out),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;

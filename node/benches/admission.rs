@@ -239,6 +239,7 @@ async fn node_start_round(owner: &OwnerKey, dir: &std::path::Path, round: usize)
         }),
         compute_limits: Default::default(),
         metrics: false,
+        exports: Default::default(),
     })
     .unwrap();
     let mut stop_b = stop_rx.clone();

@@ -113,6 +113,7 @@ async fn device(
         }),
         compute_limits: Default::default(),
         metrics: false,
+        exports: Default::default(),
     })
     .unwrap();
     let mut stop = stop.clone();

@@ -14,6 +14,7 @@
 //! ├── drivers: one supervised task each (os-monitor, http-ingest, mqtt, file-import)
 //! ├── compute: jobs forwarded by other devices; one task per app; runs on blocking
 //! │   threads (one per core), each a fresh wasmtime instance
+//! ├── export gateway: sends what the outbox holds when due (HTTPS, retries, expiry)
 //! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key
 //!     └── blocking store and audit calls on tokio's blocking pool
 //! ```
@@ -37,6 +38,7 @@
 //! DATA_DIR/imports.json  file-import progress, per store and file content
 //! DATA_DIR/compute/      compiled modules (by hash), runs.json (runs per capability),
 //!                        apps/NAME.json (continuous apps)
+//! DATA_DIR/exports/      outbox.log (the export gateway's journal)
 //! ```
 
 #![deny(missing_docs)]
@@ -47,6 +49,7 @@ pub mod catalogue;
 pub mod clock;
 pub mod compute;
 pub mod drivers;
+pub mod export;
 pub mod mesh;
 pub mod metrics;
 mod node;

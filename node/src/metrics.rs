@@ -16,6 +16,17 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::node::Node;
 
+/// The outcomes `hearth_exports_total` always lists.
+const EXPORT_OUTCOMES: [&str; 7] = [
+    "queued",
+    "refused",
+    "delivered",
+    "retried",
+    "failed",
+    "dropped",
+    "expired",
+];
+
 /// The content type of the metrics text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -26,6 +37,8 @@ pub struct Metrics {
     sync: Mutex<BTreeMap<(String, bool), (u64, u64)>>,
     /// Jobs executed here, by outcome.
     jobs: Mutex<BTreeMap<&'static str, u64>>,
+    /// Exports by what happened to them.
+    exports: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -43,6 +56,17 @@ impl Metrics {
         } else {
             sync.insert((id.to_owned(), sent), (bytes, 1));
         }
+    }
+
+    /// Counts one export event: `queued`, `refused`, `delivered`, `retried`,
+    /// `failed`, `dropped` or `expired`.
+    pub(crate) fn export(&self, outcome: &'static str) {
+        *self
+            .exports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(outcome)
+            .or_default() += 1;
     }
 
     /// Counts one job executed here, by its outcome.
@@ -97,6 +121,11 @@ struct ReplicaLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -400,6 +429,60 @@ fn encode(
         None,
         jobs,
     );
+
+    // Exports by outcome, and what waits in the outbox.
+    let exports = Family::<OutcomeLabels, Counter>::default();
+    for outcome in EXPORT_OUTCOMES {
+        let _ = exports.get_or_create(&OutcomeLabels {
+            outcome: outcome.into(),
+        });
+    }
+    for (outcome, n) in node
+        .metrics
+        .exports
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        exports
+            .get_or_create(&OutcomeLabels {
+                outcome: (*outcome).into(),
+            })
+            .inc_by(*n);
+    }
+    add(
+        &mut registry,
+        "hearth_exports",
+        "Exports from this device's gateway, by what happened (queued, refused, delivered, retried, failed, dropped, expired).",
+        None,
+        exports,
+    );
+    if let Some(gateway) = &node.exports {
+        let waiting = Family::<StateLabels, Gauge>::default();
+        for state in ["held", "queued"] {
+            let _ = waiting.get_or_create(&StateLabels {
+                state: state.into(),
+            });
+        }
+        let (_, list) = gateway.list();
+        for e in list
+            .iter()
+            .filter(|e| e.state == "held" || e.state == "queued")
+        {
+            waiting
+                .get_or_create(&StateLabels {
+                    state: e.state.clone(),
+                })
+                .inc();
+        }
+        add(
+            &mut registry,
+            "hearth_exports_waiting",
+            "Exports in the outbox waiting for the owner's release (held) or to be sent (queued).",
+            None,
+            waiting,
+        );
+    }
 
     // Audit entries written since the start.
     let audit = Family::<AuditLabels, Counter>::default();

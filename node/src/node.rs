@@ -35,6 +35,8 @@ pub mod layout {
     pub const LOCK_FILE: &str = "node.lock";
     /// Compiled modules, run counts and apps.
     pub const COMPUTE_DIR: &str = "compute";
+    /// The export outbox.
+    pub const EXPORTS_DIR: &str = crate::export::EXPORTS_DIR;
     /// This device's key.
     pub const NODE_KEY_FILE: &str = "node.key";
     /// The owner key, on the device where the mesh was created.
@@ -88,6 +90,8 @@ pub struct NodeConfig {
     pub compute_limits: crate::compute::runtime::Limits,
     /// Serve `GET /v1/metrics` (Prometheus) on the API.
     pub metrics: bool,
+    /// The export gateway's settings.
+    pub exports: crate::export::ExportConfig,
 }
 
 /// What the mesh needs from the data directory.
@@ -134,6 +138,9 @@ pub enum NodeError {
     /// The compute runtime could not start.
     #[error("cannot start the compute runtime: {0}")]
     Compute(String),
+    /// The export gateway could not start.
+    #[error("cannot start the export gateway: {0}")]
+    Exports(String),
     /// The API may only listen on a loopback address.
     #[error("the local API listens on loopback only, not {0}")]
     NotLoopback(SocketAddr),
@@ -169,6 +176,8 @@ pub struct Node {
     pub(crate) drivers: crate::drivers::Drivers,
     /// The compute service, on a device of a mesh.
     pub(crate) compute: Option<crate::compute::Compute>,
+    /// The export gateway, on a device of a mesh.
+    pub(crate) exports: Option<Arc<crate::export::Gateway>>,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) mesh: std::sync::OnceLock<crate::mesh::MeshHandle>,
     /// Turns true when the node stops: ends the mesh loop and open event streams.
@@ -297,8 +306,19 @@ impl Node {
             ),
             None => None,
         };
+        let exports = match &config.mesh {
+            Some(_) => Some(Arc::new(
+                crate::export::Gateway::open(
+                    &config.data_dir.join(layout::EXPORTS_DIR),
+                    config.exports.clone(),
+                )
+                .map_err(NodeError::Exports)?,
+            )),
+            None => None,
+        };
         Ok(Arc::new(Self {
             config,
+            exports,
             catalogue,
             stores: Arc::new(stores),
             replication: std::sync::OnceLock::new(),
@@ -499,6 +519,7 @@ impl Node {
             tokio::spawn(crate::compute::serve_forwarded(self.clone()));
         }
         crate::compute::apps::start_all(&self);
+        tokio::spawn(crate::export::run(self.clone()));
         tokio::spawn(keep_time(self.clone(), stop_rx.clone()));
         let stopping = self.stopping.clone();
         let node = self.clone();

@@ -32,6 +32,7 @@ pub mod capability;
 pub mod compute;
 pub mod device;
 pub mod encoding;
+pub mod export;
 #[doc(hidden)]
 #[allow(clippy::panic, missing_docs)]
 pub mod fuzz;

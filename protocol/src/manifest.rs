@@ -102,6 +102,9 @@ struct RawOutput {
     store: Option<Spanned<String>>,
     destination: Option<Spanned<String>>,
     purpose: Option<Spanned<String>>,
+    review: Option<Spanned<bool>>,
+    max_per_day: Option<Spanned<u64>>,
+    max_bytes_per_day: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +190,12 @@ pub enum Output {
         destination: String,
         /// Why.
         purpose: String,
+        /// Each export waits until the owner releases it.
+        review: bool,
+        /// At most this many exports per day.
+        max_per_day: Option<u64>,
+        /// At most this many bytes of exports per day.
+        max_bytes_per_day: Option<u64>,
     },
 }
 
@@ -558,10 +567,21 @@ impl Manifest {
                         ..base.clone()
                     },
                 }),
-                Output::Export { destination, .. } => grants.push(Grant {
+                Output::Export {
+                    destination,
+                    review,
+                    max_per_day,
+                    max_bytes_per_day,
+                    ..
+                } => grants.push(Grant {
                     resource: Resource::Export(destination.clone()),
                     actions: Actions::EXPORT,
-                    caveats: base.clone(),
+                    caveats: Caveats {
+                        review: *review,
+                        max_exports_per_day: *max_per_day,
+                        max_export_bytes_per_day: *max_bytes_per_day,
+                        ..base.clone()
+                    },
                 }),
             }
         }
@@ -660,10 +680,31 @@ impl Manifest {
                 Output::Export {
                     destination,
                     purpose,
+                    review,
+                    max_per_day,
+                    max_bytes_per_day,
                 } => {
                     exports += 1;
                     let _ = writeln!(out, "  - It SENDS DATA OUT OF YOUR MESH to {destination}");
                     let _ = writeln!(out, "    Why: {purpose}");
+                    if *review {
+                        let _ = writeln!(
+                            out,
+                            "    Each export waits until you release it (`hearth export release`)."
+                        );
+                    } else {
+                        let _ = writeln!(out, "    Exports are sent without asking you each time.");
+                    }
+                    let mut limits = Vec::new();
+                    if let Some(n) = max_per_day {
+                        limits.push(format!("{n} exports"));
+                    }
+                    if let Some(n) = max_bytes_per_day {
+                        limits.push(format!("{n} bytes"));
+                    }
+                    if !limits.is_empty() {
+                        let _ = writeln!(out, "    At most {} a day.", limits.join(" and "));
+                    }
                 }
             }
         }
@@ -863,14 +904,37 @@ fn validate_output(
                 None => Ok(()),
             }
         };
+    let export_only = |kind: &str| -> Result<(), ManifestError> {
+        let spans = [
+            (o.review.as_ref().map(Spanned::span), "review"),
+            (o.max_per_day.as_ref().map(Spanned::span), "max_per_day"),
+            (
+                o.max_bytes_per_day.as_ref().map(Spanned::span),
+                "max_bytes_per_day",
+            ),
+        ];
+        match spans
+            .into_iter()
+            .find_map(|(span, name)| span.map(|s| (s, name)))
+        {
+            Some((span, name)) => Err(loc.error(
+                span,
+                field(name),
+                format!("a `{kind}` output has no `{name}`; only an `export` output does"),
+            )),
+            None => Ok(()),
+        }
+    };
     match o.kind.get_ref().as_str() {
         "result" => {
             unexpected(&o.store, "store", "result")?;
             unexpected(&o.destination, "destination", "result")?;
+            export_only("result")?;
             Ok(Output::Result { purpose })
         }
         "derived-store" => {
             unexpected(&o.destination, "destination", "derived-store")?;
+            export_only("derived-store")?;
             let store = o.store.as_ref().ok_or_else(|| {
                 loc.error(
                     spanned.span(),
@@ -912,6 +976,24 @@ fn validate_output(
                     ),
                 ));
             }
+            let usable = crate::export::check_pattern(destination.get_ref());
+            if let Err(err) = usable {
+                return Err(loc.error(destination.span(), field("destination"), err.to_string()));
+            }
+            for (value, name) in [
+                (&o.max_per_day, "max_per_day"),
+                (&o.max_bytes_per_day, "max_bytes_per_day"),
+            ] {
+                if let Some(v) = value
+                    && *v.get_ref() == 0
+                {
+                    return Err(loc.error(
+                        v.span(),
+                        field(name),
+                        "a daily limit of 0 allows nothing; leave it out or raise it",
+                    ));
+                }
+            }
             let purpose = purpose.ok_or_else(|| {
                 loc.error(
                     spanned.span(),
@@ -922,6 +1004,9 @@ fn validate_output(
             Ok(Output::Export {
                 destination: destination.get_ref().clone(),
                 purpose,
+                review: o.review.as_ref().is_some_and(|r| *r.get_ref()),
+                max_per_day: o.max_per_day.as_ref().map(|v| *v.get_ref()),
+                max_bytes_per_day: o.max_bytes_per_day.as_ref().map(|v| *v.get_ref()),
             })
         }
         other => Err(loc.error(

@@ -60,6 +60,7 @@ fn caveats() -> impl Strategy<Value = Caveats> {
         opt(names(DEVICES)),
         opt(0u64..10),
         opt(proptest::sample::select(&["home", "hub"][..])),
+        (any::<bool>(), opt(0u64..10), opt(0u64..1000)),
     )
         .prop_map(
             |(
@@ -71,8 +72,12 @@ fn caveats() -> impl Strategy<Value = Caveats> {
                 devices,
                 max_runs,
                 counter,
+                (review, max_exports_per_day, max_export_bytes_per_day),
             )| {
                 Caveats {
+                    review,
+                    max_exports_per_day,
+                    max_export_bytes_per_day,
                     fields,
                     time_range,
                     aggregate_only,

@@ -3,8 +3,9 @@
 //!
 //! A computation is one function from parameters to a result, both JSON. The node
 //! passes the caller's parameters; the function reads the stores its capability grants
-//! through [`stores`], may append to derived stores through [`output`], writes lines
-//! to the node's log through [`log`], and returns its result or a message saying why
+//! through [`stores`], may append to derived stores through [`output`], may hand
+//! bodies to the node's export gateway through [`gateway`], writes lines to the
+//! node's log through [`log`], and returns its result or a message saying why
 //! it failed. The sandbox has no clock, no randomness, no filesystem and no network;
 //! [`time`] turns the timestamps of readings into calendar days.
 //!
@@ -56,6 +57,36 @@ pub mod output {
         let text = serde_json::to_string(value)
             .map_err(|e| format!("could not turn the value for store {store:?} into JSON: {e}"))?;
         host::append(store, ts, &text)
+    }
+}
+
+/// Data that leaves the mesh through the node's export gateway.
+///
+/// The computation never opens a connection: [`gateway::send_json`] hands a body to
+/// the node, which sends it after the run succeeds, to a destination the capability's
+/// `export:` grant names, when the owner's consent allows (perhaps after the owner
+/// releases it).
+pub mod gateway {
+    use serde::Serialize;
+
+    use crate::bindings::hearth::compute::gateway::{self as host, Format};
+
+    /// Marks `value`, as JSON, for export to `destination`.
+    pub fn send_json<T: Serialize + ?Sized>(destination: &str, value: &T) -> Result<(), String> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| format!("could not turn the export for {destination} into JSON: {e}"))?;
+        host::send(destination, Format::Json, &text)
+    }
+
+    /// Marks `json`, JSON text the computation made itself, for export to
+    /// `destination`; the node checks that it is JSON.
+    pub fn send_raw_json(destination: &str, json: &str) -> Result<(), String> {
+        host::send(destination, Format::Json, json)
+    }
+
+    /// Marks `text` for export to `destination`, as plain text.
+    pub fn send_text(destination: &str, text: &str) -> Result<(), String> {
+        host::send(destination, Format::Text, text)
     }
 }
 

@@ -336,6 +336,171 @@ pub mod guest {
     }
 }
 
+/// Computations as a developer runs them: a manifest approved by the owner, `hearth
+/// run` with the developer's key.
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+pub mod work {
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+
+    use serde_json::Value;
+
+    use crate::cli::{hearth, hearth_bin, json_ok};
+    use crate::guest::module;
+
+    /// Appends JSON lines to `store` through the CLI.
+    pub fn append(dir: &Path, store: &str, lines: &[String]) {
+        let mut child = Command::new(hearth_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["store", "append", store, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.join("\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A manifest (from examples/manifests, optionally changed) and its module copied into
+    /// `dir`, approved on `owner` for the holder key in `dir/dev.key`; returns the cap file.
+    pub fn approve(
+        owner: &Path,
+        dir: &Path,
+        manifest: &str,
+        module_name: &str,
+        tweak: &str,
+    ) -> PathBuf {
+        let wasm = dir.join(format!("{module_name}.wasm"));
+        if !wasm.exists() {
+            std::fs::copy(module(module_name), &wasm).unwrap();
+        }
+        let key = dir.join("dev.key");
+        let public_file = dir.join("dev.pub");
+        if !key.exists() {
+            let made = json_ok(owner, &["key", "new", "--out", key.to_str().unwrap()]);
+            std::fs::write(&public_file, made["public_key"].as_str().unwrap()).unwrap();
+        }
+        let public = std::fs::read_to_string(&public_file).unwrap();
+        let text = if manifest.contains('\n') {
+            manifest.to_owned()
+        } else {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests");
+            std::fs::read_to_string(root.join(format!("{manifest}.toml"))).unwrap()
+        };
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let path = dir.join(format!(
+            "{name}{}.toml",
+            if tweak.is_empty() { "" } else { "-tweaked" }
+        ));
+        std::fs::write(&path, format!("{text}{tweak}")).unwrap();
+        let cap = dir.join(format!(
+            "{name}{}.cap",
+            if tweak.is_empty() { "" } else { "-tweaked" }
+        ));
+        let out = hearth(
+            owner,
+            &[
+                "app",
+                "approve",
+                path.to_str().unwrap(),
+                "--holder",
+                &public,
+                "--out",
+                cap.to_str().unwrap(),
+                "--yes",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "approve {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cap
+    }
+
+    /// `hearth run` on `dir`'s node.
+    pub fn run(
+        dir: &Path,
+        work: &Path,
+        module_name: &str,
+        cap: &Path,
+        params: &str,
+        extra: &[&str],
+    ) -> Output {
+        let wasm = work.join(format!("{module_name}.wasm"));
+        if !wasm.exists() {
+            std::fs::copy(module(module_name), &wasm).unwrap();
+        }
+        let key = work.join("dev.key");
+        let mut args = vec![
+            "--json",
+            "run",
+            wasm.to_str().unwrap(),
+            "--cap",
+            cap.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--params",
+            params,
+        ];
+        args.extend_from_slice(extra);
+        hearth(dir, &args)
+    }
+
+    pub fn run_ok(dir: &Path, work: &Path, module_name: &str, cap: &Path, params: &str) -> Value {
+        let out = run(dir, work, module_name, cap, params, &[]);
+        assert!(
+            out.status.success(),
+            "run {module_name} {params}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Runs and expects exit code `code`; returns the error line.
+    pub fn run_fails(
+        dir: &Path,
+        work: &Path,
+        module_name: &str,
+        cap: &Path,
+        params: &str,
+        code: i32,
+    ) -> String {
+        let out = run(dir, work, module_name, cap, params, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "run {module_name} {params}: {stderr}"
+        );
+        stderr
+    }
+}
+
 /// For the benchmark binaries: the `q`-quantile (0..=1) of `samples`, in milliseconds
 /// (nearest rank).
 #[allow(

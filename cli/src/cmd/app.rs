@@ -319,7 +319,12 @@ fn manifest_json(loaded: &Loaded) -> Value {
             ManifestOutput::Export {
                 destination,
                 purpose,
-            } => json!({ "type": "export", "destination": destination, "purpose": purpose }),
+                review,
+                max_per_day,
+                max_bytes_per_day,
+            } => json!({ "type": "export", "destination": destination, "purpose": purpose,
+                         "review": review, "max_per_day": max_per_day,
+                         "max_bytes_per_day": max_bytes_per_day }),
         })
         .collect();
     let destinations: Vec<&str> = m

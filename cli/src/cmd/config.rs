@@ -104,6 +104,8 @@ pub(crate) struct Effective {
     pub(crate) limits: Limits,
     /// Serve `/v1/metrics`.
     pub(crate) metrics: bool,
+    /// The export gateway.
+    pub(crate) exports: hearth_node::export::ExportConfig,
     /// Every setting, its value and source.
     pub(crate) settings: Vec<Setting>,
 }
@@ -281,14 +283,95 @@ pub(crate) fn effective(dir: &DataDir, config: &Config, flags: &NodeFlags) -> Re
         limits.result_bytes.into(),
         from(c.as_ref().is_some_and(|c| c.result_bytes.is_some())),
     );
+    let exports = export_config(dir, config)?;
+    let e = config.export.clone().unwrap_or_default();
+    let duration = |d: std::time::Duration| -> serde_json::Value {
+        humantime::format_duration(d).to_string().into()
+    };
+    show(
+        "export.ca_files",
+        exports
+            .ca_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .into(),
+        from(e.ca_files.is_some()),
+    );
+    show(
+        "export.allow_http_loopback",
+        exports.allow_http_loopback.into(),
+        from(e.allow_http_loopback.is_some()),
+    );
+    show(
+        "export.expire_after",
+        duration(exports.expire_after),
+        from(e.expire_after.is_some()),
+    );
+    show(
+        "export.retry_initial",
+        duration(exports.retry_initial),
+        from(e.retry_initial.is_some()),
+    );
+    show(
+        "export.retry_max",
+        duration(exports.retry_max),
+        from(e.retry_max.is_some()),
+    );
+    show(
+        "export.timeout",
+        duration(exports.timeout),
+        from(e.timeout.is_some()),
+    );
     Ok(Effective {
         api,
         backend,
         mesh,
         limits,
         metrics,
+        exports,
         settings,
     })
+}
+
+/// The `[export]` settings of `config.toml`, over the defaults. CA files are checked
+/// when the node starts (they are read then).
+fn export_config(dir: &DataDir, config: &Config) -> Result<hearth_node::export::ExportConfig> {
+    let mut out = hearth_node::export::ExportConfig::default();
+    let Some(e) = &config.export else {
+        return Ok(out);
+    };
+    let bad = |message: String| bad_file(dir, format!("[export] {message}"));
+    let duration = |key: &str, text: &Option<String>, slot: &mut std::time::Duration| {
+        if let Some(text) = text {
+            *slot = humantime::parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| bad(format!("{key} {text:?} is not a duration such as 30s")))?;
+        }
+        Ok::<(), CliError>(())
+    };
+    duration("expire_after", &e.expire_after, &mut out.expire_after)?;
+    duration("retry_initial", &e.retry_initial, &mut out.retry_initial)?;
+    duration("retry_max", &e.retry_max, &mut out.retry_max)?;
+    duration("timeout", &e.timeout, &mut out.timeout)?;
+    if out.retry_max < out.retry_initial {
+        return Err(bad("retry_max is shorter than retry_initial".into()));
+    }
+    if let Some(files) = &e.ca_files {
+        out.ca_files = files
+            .iter()
+            .map(|p| {
+                if p.is_relative() {
+                    dir.root().join(p)
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
+    }
+    out.allow_http_loopback = e.allow_http_loopback.unwrap_or(false);
+    Ok(out)
 }
 
 /// The `[compute]` limits of `config.toml`, over the defaults.

@@ -88,6 +88,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         mesh: None,
         node: None,
         metrics: None,
+        export: None,
     };
     let config_text = toml::to_string(&config)
         .map_err(|err| CliError::new(Exit::Error, format!("cannot write the config: {err}")))?;

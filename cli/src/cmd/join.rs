@@ -97,6 +97,7 @@ pub(crate) fn run(dir: &DataDir, args: Args, out: &mut Output) -> Result<()> {
         mesh: None,
         node: None,
         metrics: None,
+        export: None,
     };
     let text =
         toml::to_string(&config).map_err(|err| CliError::new(Exit::Error, err.to_string()))?;

@@ -9,6 +9,7 @@ pub(crate) mod demo;
 pub(crate) mod devices;
 pub(crate) mod doctor;
 pub(crate) mod driver;
+pub(crate) mod export;
 pub(crate) mod init;
 pub(crate) mod join;
 pub(crate) mod key;

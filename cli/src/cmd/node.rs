@@ -64,6 +64,7 @@ pub(crate) fn run(dir: &DataDir, command: Command, out: &mut Output) -> Result<(
         mesh: Some(mesh),
         compute_limits: effective.limits,
         metrics: effective.metrics,
+        exports: effective.exports,
     })
     .map_err(|err| CliError::new(Exit::Error, err.to_string()))?;
     let name = config.name.clone();

@@ -177,6 +177,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", axum::routing::delete(stop_app))
         .route("/v1/metrics", get(metrics))
+        .route("/v1/exports", get(list_exports))
+        .route("/v1/exports/pause", axum::routing::post(pause_exports))
+        .route("/v1/exports/resume", axum::routing::post(resume_exports))
+        .route("/v1/exports/{id}", get(show_export))
+        .route(
+            "/v1/exports/{id}/release",
+            axum::routing::post(release_export),
+        )
+        .route("/v1/exports/{id}/drop", axum::routing::post(drop_export))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -1449,4 +1458,89 @@ async fn stop_app(
         name,
         device: stopped,
     }))
+}
+
+fn gateway(node: &Node) -> Result<Arc<crate::export::Gateway>, ApiError> {
+    node.exports.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this node has no export gateway (it is not part of a mesh)",
+        )
+    })
+}
+
+impl From<crate::export::ExportError> for ApiError {
+    fn from(err: crate::export::ExportError) -> Self {
+        use crate::export::ExportError;
+        let (status, code) = match &err {
+            ExportError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ExportError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ExportError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+        };
+        Self::new(status, code, err.to_string())
+    }
+}
+
+/// An export id from a path: 32 hex digits.
+fn export_id(id: &str) -> Result<String, ApiError> {
+    id.parse::<hearth_protocol::export::ExportId>()
+        .map(|id| id.to_string())
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "{:?} is not an export id (32 hex digits)",
+                crate::compute::cut(id, 80)
+            ))
+        })
+}
+
+async fn list_exports(State(node): State<Arc<Node>>) -> ApiResult<Exports> {
+    let gateway = gateway(&node)?;
+    let (paused, exports) = blocking(move || Ok(gateway.list())).await?;
+    Ok(Json(Exports { paused, exports }))
+}
+
+async fn show_export(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<ExportInfo> {
+    let gateway = gateway(&node)?;
+    let id = export_id(&id)?;
+    Ok(Json(blocking(move || Ok(gateway.show(&id)?)).await?))
+}
+
+async fn release_export(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<ExportInfo> {
+    let gateway = gateway(&node)?;
+    let id = export_id(&id)?;
+    Ok(Json(
+        blocking(move || Ok(gateway.release(&node, &id)?)).await?,
+    ))
+}
+
+async fn drop_export(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<ExportInfo> {
+    let gateway = gateway(&node)?;
+    let id = export_id(&id)?;
+    Ok(Json(
+        blocking(move || Ok(gateway.drop_export(&node, &id)?)).await?,
+    ))
+}
+
+async fn set_exports_paused(node: Arc<Node>, paused: bool) -> ApiResult<ExportsPaused> {
+    let gateway = gateway(&node)?;
+    let waiting = blocking(move || Ok(gateway.set_paused(&node, paused)?)).await?;
+    Ok(Json(ExportsPaused { paused, waiting }))
+}
+
+async fn pause_exports(State(node): State<Arc<Node>>) -> ApiResult<ExportsPaused> {
+    set_exports_paused(node, true).await
+}
+
+async fn resume_exports(State(node): State<Arc<Node>>) -> ApiResult<ExportsPaused> {
+    set_exports_paused(node, false).await
 }

@@ -726,6 +726,68 @@ pub struct AppStopped {
     pub device: String,
 }
 
+/// One export in the outbox: `GET /v1/exports/{id}` (with its body), an entry of
+/// `GET /v1/exports` (without), and the answer to release and drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportInfo {
+    /// Its id, also the `Idempotency-Key` the destination sees (32 hex digits).
+    pub id: String,
+    /// Where it goes.
+    pub destination: String,
+    /// `held` (waits for the owner's release), `queued`, `delivered`, `failed`,
+    /// `dropped` or `expired`.
+    pub state: String,
+    /// Whether its grant needs the owner's release.
+    pub review: bool,
+    /// What made it: `job:<id>` or `app:<name>#<run>`.
+    pub source: String,
+    /// The capability it was made under (the chain's leaf).
+    pub cap_id: String,
+    /// `application/json` or `text/plain; charset=utf-8`.
+    pub content_type: String,
+    /// Size of the body in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the body, hex.
+    pub sha256: String,
+    /// When it was queued (ms since the Unix epoch).
+    pub queued_at: u64,
+    /// When it expires if not delivered.
+    pub expires_at: u64,
+    /// When the owner released it.
+    pub released_at: Option<u64>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due, while it is queued.
+    pub next_attempt_at: Option<u64>,
+    /// The status of the destination's last answer.
+    pub status: Option<u16>,
+    /// Why the last attempt did not deliver.
+    pub last_error: Option<String>,
+    /// When it was delivered, failed, dropped or expired.
+    pub finished_at: Option<u64>,
+    /// The body, in `GET /v1/exports/{id}` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// The answer to `GET /v1/exports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exports {
+    /// Whether sending is paused (`hearth export pause`).
+    pub paused: bool,
+    /// The exports waiting, and those finished in the last two days, oldest first.
+    pub exports: Vec<ExportInfo>,
+}
+
+/// The answer to `POST /v1/exports/pause` and `POST /v1/exports/resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportsPaused {
+    /// Whether sending is paused now.
+    pub paused: bool,
+    /// Exports waiting to be sent (queued or held).
+    pub waiting: u64,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -822,6 +884,16 @@ mod tests {
     #[test]
     fn every_answer_and_request_round_trips() {
         round_trip::<ErrorBody>(json!({"error": "no", "code": "refused"}));
+        let export = json!({"id": "00ff", "destination": "https://study.example.org/submit",
+            "state": "held", "review": true, "source": "job:00ff", "cap_id": "ab",
+            "content_type": "application/json", "bytes": 7, "sha256": "cd", "queued_at": 1,
+            "expires_at": 2, "released_at": null, "attempts": 0, "next_attempt_at": null,
+            "status": null, "last_error": null, "finished_at": null});
+        round_trip::<Exports>(json!({"paused": false, "exports": [export.clone()]}));
+        let mut shown = export;
+        shown["body"] = json!("{\"n\":3}");
+        round_trip::<ExportInfo>(shown);
+        round_trip::<ExportsPaused>(json!({"paused": true, "waiting": 2}));
         round_trip::<Status>(
             json!({"peer_id": "12D3KooWhome", "name": "home", "role": "home",
             "listen": ["/ip4/127.0.0.1/udp/4001/quic-v1"], "peers": [peer()],
@@ -1087,6 +1159,24 @@ mod tests {
             ),
             ("DELETE /v1/apps/{name}", vec![], vec![fields::<AppStopped>]),
             ("GET /v1/metrics", vec![], vec![]),
+            (
+                "GET /v1/exports",
+                vec![],
+                vec![fields::<Exports>, fields::<ExportInfo>],
+            ),
+            ("GET /v1/exports/{id}", vec![], vec![fields::<ExportInfo>]),
+            (
+                "POST /v1/exports/{id}/release",
+                vec![],
+                vec![fields::<ExportInfo>],
+            ),
+            (
+                "POST /v1/exports/{id}/drop",
+                vec![],
+                vec![fields::<ExportInfo>],
+            ),
+            ("POST /v1/exports/pause", vec![], vec![fields::<ExportsPaused>]),
+            ("POST /v1/exports/resume", vec![], vec![fields::<ExportsPaused>]),
         ]
     }
 

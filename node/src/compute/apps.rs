@@ -504,6 +504,7 @@ async fn run_once(
         device: node.config.name.clone(),
         run_number,
         job: job.clone(),
+        exports: Arc::new(crate::export::ChainExports::of(&chain)),
     };
     permit
         .check(hearth_protocol::capability::Access::new(
@@ -526,8 +527,32 @@ async fn run_once(
     let outcome = run_module(node, compute, module, permit, &params, Some(derived)).await;
     record.runs += 1;
     match outcome {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
             audit_reads(node, &holder, &cap, &job, &outcome.state);
+            let exports = std::mem::take(&mut outcome.state.exports);
+            let queued = match (&outcome.result, exports.is_empty()) {
+                (Ok(_), false) => super::queue_exports(
+                    node,
+                    &holder,
+                    &format!("app:{job}"),
+                    &cap,
+                    &chain,
+                    exports,
+                )
+                .await
+                .map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(reason) = queued {
+                // Its exports not kept, the run does not count as done: the same readings
+                // are tried again when new ones arrive.
+                record.last_error = Some(super::cut(&reason, 1024).to_owned());
+                *failed_at = Some(end);
+                if let Err(err) = compute.apps.save(record) {
+                    tracing::warn!(app = %record.name, error = %err, "could not save an app's state");
+                }
+                return Ok(());
+            }
             match outcome.result {
                 Ok(_) => {
                     record.position = end;

@@ -22,6 +22,7 @@ wasmtime::component::bindgen!({
     },
 });
 
+use hearth::compute::gateway::Format as WitFormat;
 use hearth::compute::log::Level;
 use hearth::compute::stores::{AggregateOp, Reading as WitReading, Window};
 
@@ -358,6 +359,10 @@ pub(crate) struct HostState {
     pub(crate) appended: BTreeMap<String, u64>,
     /// Set when a call was refused: the run stops and the job is refused.
     pub(crate) refused: Option<String>,
+    /// Bodies marked for export, sent only if the run succeeds.
+    pub(crate) exports: Vec<crate::export::Pending>,
+    /// The gateway that will send them (on a device of a mesh).
+    gateway: Option<Arc<crate::export::Gateway>>,
     log_lines: u32,
     cursors: usize,
 }
@@ -380,6 +385,8 @@ pub(crate) struct Permit {
     pub device: String,
     pub run_number: u64,
     pub job: String,
+    /// The export grants of every link of the chain.
+    pub exports: Arc<crate::export::ChainExports>,
 }
 
 impl Permit {
@@ -406,8 +413,11 @@ impl HostState {
         stores: Arc<Stores>,
         memory_bytes: usize,
         derived: Option<Arc<dyn DerivedStores>>,
+        gateway: Option<Arc<crate::export::Gateway>>,
     ) -> Self {
         Self {
+            exports: Vec::new(),
+            gateway,
             limits: RunLimits::new(memory_bytes),
             table: ResourceTable::new(),
             stores,
@@ -916,6 +926,77 @@ impl hearth::compute::output::Host for HostState {
             }
             Err(err) => Ok(Err(err.to_string())),
         }
+    }
+}
+
+impl hearth::compute::gateway::Host for HostState {
+    fn send(
+        &mut self,
+        destination: String,
+        format: WitFormat,
+        body: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        // Consent first: a destination no grant names stops the run.
+        let resource = Resource::Export(destination.clone());
+        self.check(Access::new(&resource, Actions::EXPORT))?;
+        let shown = crate::compute::cut(&destination, 200).to_owned();
+        let Some(terms) = self.permit.exports.terms(&destination) else {
+            let reason = format!(
+                "export to {shown} refused: no export grant of every link of the capability \
+                 names it (a destination is matched exactly, or by a prefix ending in `*` \
+                 that names the host and the `/` of the path)"
+            );
+            self.refused = Some(reason.clone());
+            return Err(wasmtime::Error::msg(reason));
+        };
+        let Some(gateway) = self.gateway.clone() else {
+            return Ok(Err("this device has no export gateway".into()));
+        };
+        if self.exports.len() >= crate::export::MAX_EXPORTS_PER_RUN {
+            return Ok(Err(format!(
+                "a run makes at most {} exports",
+                crate::export::MAX_EXPORTS_PER_RUN
+            )));
+        }
+        let max = self
+            .permit
+            .grants
+            .iter()
+            .filter(|g| applies(g, &resource, Actions::EXPORT))
+            .map(|g| g.caveats.max_result_bytes.unwrap_or(u64::MAX))
+            .max()
+            .unwrap_or(0)
+            .min(crate::export::MAX_EXPORT_BYTES as u64);
+        if body.len() as u64 > max {
+            return Ok(Err(format!(
+                "the export to {shown} is {} bytes; at most {max} may be sent",
+                body.len()
+            )));
+        }
+        let format = match format {
+            WitFormat::Json => {
+                if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
+                    return Ok(Err(format!(
+                        "the export to {shown} was declared JSON but is not: {err}"
+                    )));
+                }
+                crate::export::outbox::Format::Json
+            }
+            WitFormat::Text => crate::export::outbox::Format::Text,
+        };
+        // A daily limit reached is the owner's consent running out: a refusal.
+        if let Err(reason) = gateway.check_limits(&terms, &self.exports, body.len() as u64, &shown)
+        {
+            self.refused = Some(reason.clone());
+            return Err(wasmtime::Error::msg(reason));
+        }
+        self.exports.push(crate::export::Pending {
+            destination,
+            format,
+            body,
+            terms,
+        });
+        Ok(Ok(()))
     }
 }
 

@@ -652,6 +652,7 @@ async fn execute_checked(
         device: device.clone(),
         run_number,
         job: id_text.clone(),
+        exports: Arc::new(crate::export::ChainExports::of(&job.chain)),
     };
     if let Err(reason) = permit.check(Access::new(&Resource::Compute, Actions::RUN)) {
         return refuse(reason);
@@ -753,7 +754,7 @@ async fn execute_checked(
         None,
     )
     .await;
-    let outcome = match outcome {
+    let mut outcome = match outcome {
         Ok(outcome) => outcome,
         Err(RunError::Refused(reason)) => return refuse(reason),
         Err(err @ (RunError::Module(_) | RunError::Failed(_))) => {
@@ -796,6 +797,22 @@ async fn execute_checked(
         );
         return JobReply::Refused(reason);
     }
+    // The exports are kept (durably) before the job reports success, or the job does
+    // not succeed.
+    let exports = std::mem::take(&mut outcome.state.exports);
+    if !exports.is_empty()
+        && let Err(reason) = queue_exports(
+            node,
+            &holder,
+            &format!("job:{id_text}"),
+            &cap,
+            &job.chain,
+            exports,
+        )
+        .await
+    {
+        return JobReply::Refused(reason);
+    }
     let hash = result_hash(&result);
     audit(
         node,
@@ -833,6 +850,33 @@ async fn execute_checked(
         result,
         receipt: Box::new(receipt),
     }
+}
+
+/// Writes a successful run's exports to the gateway's outbox (all or none), on a
+/// blocking thread: the journal is synced before this returns.
+pub(crate) async fn queue_exports(
+    node: &Arc<Node>,
+    holder: &str,
+    source: &str,
+    cap: &str,
+    chain: &hearth_protocol::capability::Chain,
+    exports: Vec<crate::export::Pending>,
+) -> Result<Vec<String>, String> {
+    let Some(gateway) = node.exports.clone() else {
+        return Err("this device has no export gateway".into());
+    };
+    let links: Vec<String> = chain.links().iter().map(|l| l.id().to_string()).collect();
+    let (node, holder, source, cap) = (
+        node.clone(),
+        holder.to_owned(),
+        source.to_owned(),
+        cap.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        gateway.enqueue(&node, &holder, &source, &cap, &links, exports)
+    })
+    .await
+    .map_err(|err| format!("queuing the exports was lost: {err}"))?
 }
 
 fn short(hash: &ModuleHash) -> String {
@@ -881,7 +925,13 @@ pub(crate) async fn run_module(
         .map_err(|_| RunError::Failed("the node is stopping".into()))?;
     let runtime = compute.runtime.clone();
     let limits = compute.limits();
-    let state = HostState::new(permit, node.stores.clone(), limits.memory_bytes, derived);
+    let state = HostState::new(
+        permit,
+        node.stores.clone(),
+        limits.memory_bytes,
+        derived,
+        node.exports.clone(),
+    );
     let module = module.to_vec();
     let params = params.to_owned();
     tokio::task::spawn_blocking(move || runtime.run(&module, state, &params, limits))

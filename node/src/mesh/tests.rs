@@ -536,6 +536,7 @@ async fn a_malformed_sync_message_disconnects_the_sender_with_an_audit_entry() {
         }),
         compute_limits: Default::default(),
         metrics: false,
+        exports: Default::default(),
     })
     .unwrap();
     let mut stop = stop_rx.clone();

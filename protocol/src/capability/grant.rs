@@ -447,6 +447,14 @@ pub struct Caveats {
     /// The device (by name) that counts the runs of `max_runs`, for the whole mesh:
     /// a run anywhere is counted there before it starts.
     pub counter: Option<String>,
+    /// Each export waits in the outbox until the owner releases it (export grants).
+    pub review: bool,
+    /// At most this many exports per UTC day, counted by the device that sends them
+    /// (export grants).
+    pub max_exports_per_day: Option<u64>,
+    /// At most this many bytes of exports per UTC day, counted by the device that
+    /// sends them (export grants).
+    pub max_export_bytes_per_day: Option<u64>,
 }
 
 const CAVEAT_FIELDS: u8 = 1;
@@ -459,6 +467,11 @@ const CAVEAT_MAX_RUNS: u8 = 1 << 6;
 /// More caveats: a second flag byte follows.
 const CAVEAT_MORE: u8 = 1 << 7;
 const CAVEAT2_COUNTER: u8 = 1;
+const CAVEAT2_REVIEW: u8 = 1 << 1;
+const CAVEAT2_EXPORTS_PER_DAY: u8 = 1 << 2;
+const CAVEAT2_EXPORT_BYTES_PER_DAY: u8 = 1 << 3;
+const CAVEAT2_KNOWN: u8 =
+    CAVEAT2_COUNTER | CAVEAT2_REVIEW | CAVEAT2_EXPORTS_PER_DAY | CAVEAT2_EXPORT_BYTES_PER_DAY;
 
 fn set_within(child: &Option<BTreeSet<String>>, parent: &Option<BTreeSet<String>>) -> bool {
     match (child, parent) {
@@ -497,6 +510,9 @@ impl Caveats {
             // Runs a parent limits are counted where the parent says, or they would be
             // counted afresh elsewhere.
             && (parent.counter.is_none() || self.counter == parent.counter)
+            && (self.review || !parent.review)
+            && limit_within(self.max_exports_per_day, parent.max_exports_per_day)
+            && limit_within(self.max_export_bytes_per_day, parent.max_export_bytes_per_day)
     }
 
     /// Are all caveats absent?
@@ -531,6 +547,15 @@ impl Caveats {
         if self.counter.is_some() {
             more |= CAVEAT2_COUNTER;
         }
+        if self.review {
+            more |= CAVEAT2_REVIEW;
+        }
+        if self.max_exports_per_day.is_some() {
+            more |= CAVEAT2_EXPORTS_PER_DAY;
+        }
+        if self.max_export_bytes_per_day.is_some() {
+            more |= CAVEAT2_EXPORT_BYTES_PER_DAY;
+        }
         if more != 0 {
             present |= CAVEAT_MORE;
         }
@@ -560,6 +585,12 @@ impl Caveats {
         if let Some(counter) = &self.counter {
             w.str(counter);
         }
+        if let Some(max) = self.max_exports_per_day {
+            w.varint(max);
+        }
+        if let Some(max) = self.max_export_bytes_per_day {
+            w.varint(max);
+        }
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -568,7 +599,7 @@ impl Caveats {
             let more = r.u8("more caveat flags")?;
             // Unknown caveats, or the second byte where none was needed (one grant has
             // one encoding).
-            if more & !CAVEAT2_COUNTER != 0 || more == 0 {
+            if more & !CAVEAT2_KNOWN != 0 || more == 0 {
                 return Err(DecodeError::UnknownTag {
                     what: "caveat",
                     tag: more,
@@ -605,6 +636,13 @@ impl Caveats {
         }
         if more & CAVEAT2_COUNTER != 0 {
             caveats.counter = Some(r.str(MAX_NAME_LEN, "run counter")?.to_owned());
+        }
+        caveats.review = more & CAVEAT2_REVIEW != 0;
+        if more & CAVEAT2_EXPORTS_PER_DAY != 0 {
+            caveats.max_exports_per_day = Some(r.varint("exports per day")?);
+        }
+        if more & CAVEAT2_EXPORT_BYTES_PER_DAY != 0 {
+            caveats.max_export_bytes_per_day = Some(r.varint("export bytes per day")?);
         }
         Ok(caveats)
     }
@@ -1012,7 +1050,7 @@ mod tests {
         let bytes = w.into_bytes();
         let mut r = Reader::new(&bytes);
         assert_eq!(Caveats::decode(&mut r).unwrap(), counted(Some("hub")));
-        for more in [0u8, 2, 0x80] {
+        for more in [0u8, 0x10, 0x80] {
             let bytes = [CAVEAT_MORE, more];
             assert!(Caveats::decode(&mut Reader::new(&bytes)).is_err());
         }
@@ -1021,6 +1059,36 @@ mod tests {
         lone.max_runs = None;
         assert!(lone.validate().is_err());
         assert!(counted(Some("not a name!")).validate().is_err());
+    }
+
+    #[test]
+    fn export_consent_and_daily_limits_survive_encoding_and_stay_tight() {
+        let consent = |review: bool, per_day: Option<u64>, bytes: Option<u64>| Caveats {
+            review,
+            max_exports_per_day: per_day,
+            max_export_bytes_per_day: bytes,
+            ..Caveats::default()
+        };
+        for caveats in [
+            consent(true, None, None),
+            consent(false, Some(7), None),
+            consent(true, Some(1), Some(4096)),
+        ] {
+            let mut w = Writer::default();
+            caveats.encode(&mut w);
+            let bytes = w.into_bytes();
+            let mut r = Reader::new(&bytes);
+            assert_eq!(Caveats::decode(&mut r).unwrap(), caveats);
+        }
+        let parent = consent(true, Some(5), Some(1000));
+        assert!(consent(true, Some(5), Some(1000)).within(&parent));
+        assert!(consent(true, Some(1), Some(10)).within(&parent));
+        // A delegation cannot drop the owner's review or raise a limit.
+        assert!(!consent(false, Some(5), Some(1000)).within(&parent));
+        assert!(!consent(true, Some(6), Some(1000)).within(&parent));
+        assert!(!consent(true, None, Some(1000)).within(&parent));
+        assert!(!consent(true, Some(5), None).within(&parent));
+        assert!(consent(true, None, None).within(&Caveats::default()));
     }
 
     #[test]

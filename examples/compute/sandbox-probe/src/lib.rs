@@ -4,7 +4,10 @@
 //! `params.store` (grants checked by name), `"cursors"` opens 64 cursors on it and
 //! takes one reading from each, keeping them all open, `"big"` returns `params.bytes`
 //! bytes,
-//! `"panic"` panics, `"fail"` returns an error.
+//! `"panic"` panics, `"fail"` returns an error, `"export"` hands `params.body` (text)
+//! to the gateway for `params.destination`, `params.times` times (default 1), as
+//! `params.format` (`"json"`, the default, or `"text"`) without checking it, and
+//! returns the gateway's error if any.
 
 use hearth_sdk::{Value, Window, json, stores};
 
@@ -46,6 +49,17 @@ fn probe(params: Value) -> Result<Value, String> {
             let bytes = params.get("bytes").and_then(Value::as_u64).unwrap_or(0);
             let len = usize::try_from(bytes).map_err(|e| e.to_string())?;
             Ok(Value::String("x".repeat(len)))
+        }
+        "export" => {
+            let text = |key: &str| params.get(key).and_then(Value::as_str).unwrap_or("");
+            let times = params.get("times").and_then(Value::as_u64).unwrap_or(1);
+            for _ in 0..times {
+                match text("format") {
+                    "text" => hearth_sdk::gateway::send_text(text("destination"), text("body"))?,
+                    _ => hearth_sdk::gateway::send_raw_json(text("destination"), text("body"))?,
+                }
+            }
+            Ok(json!({ "exported": times }))
         }
         "panic" => panic_on_purpose(),
         "fail" => Err("the probe fails on purpose".into()),

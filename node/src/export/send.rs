@@ -1,0 +1,396 @@
+//! One delivery: resolve the destination once, refuse private addresses it was not
+//! granted literally, connect (TLS with the configured roots, or plain HTTP to
+//! loopback when allowed), send one `POST`, read the status line. Redirects are
+//! answers, not instructions: a 3xx fails the export.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_protocol::export::{Destination, Host, Scheme};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// Largest response head read.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The system's CA bundles, the first that exists is read (`SSL_CERT_FILE` first).
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A 2xx answer.
+    Delivered(u16),
+    /// Worth trying again later (no answer, 5xx, 408, 425, 429).
+    Retry { status: Option<u16>, error: String },
+    /// Will never work as it is (4xx, a redirect, a refused address).
+    Fail { status: Option<u16>, error: String },
+}
+
+/// What a request carries besides the body.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub destination: &'a str,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub export_id: &'a str,
+    pub signature: &'a str,
+    pub certificate: &'a str,
+}
+
+/// The TLS client configuration: the system's roots and the CA files of
+/// `[export] ca_files`.
+pub(crate) fn client_config(
+    ca_files: &[std::path::PathBuf],
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(SYSTEM_BUNDLES.iter().map(std::path::PathBuf::from))
+        .find(|p| p.is_file());
+    if let Some(bundle) = &system {
+        match CertificateDer::pem_file_iter(bundle) {
+            Ok(certs) => {
+                // A bundle may hold a certificate rustls cannot use; the rest still count.
+                let (added, _) = roots.add_parsable_certificates(certs.flatten());
+                tracing::debug!(bundle = %bundle.display(), added, "system roots for exports");
+            }
+            Err(err) => {
+                tracing::warn!(bundle = %bundle.display(), error = %err, "cannot read the system's CA bundle")
+            }
+        }
+    }
+    for file in ca_files {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+            .and_then(|certs| certs.collect())
+            .map_err(|err| format!("[export] ca_files: {}: {err}", file.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "[export] ca_files: {} holds no PEM certificate",
+                file.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|err| format!("[export] ca_files: {}: {err}", file.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|err| err.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Is `ip` an address on the public internet? Loopback, private, link-local,
+/// shared (CGNAT), unique-local, multicast, documentation and unspecified addresses
+/// are not.
+pub(crate) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, _, _] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8
+                || first == 0x0064)
+        }
+    }
+}
+
+fn kind_of(ip: IpAddr) -> &'static str {
+    if ip.is_loopback() {
+        "a loopback address"
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_link_local())
+        || matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+    {
+        "a link-local address"
+    } else {
+        "a private or reserved address"
+    }
+}
+
+/// The one address this delivery connects to: a literal address as granted, or the
+/// name resolved now, every address it resolves to public.
+async fn resolve(dest: &Destination, timeout: Duration) -> Result<SocketAddr, Outcome> {
+    let fail = |error: String| Outcome::Fail {
+        status: None,
+        error,
+    };
+    match &dest.host {
+        Host::Ip(ip) => {
+            if dest.scheme == Scheme::Http && !ip.is_loopback() {
+                return Err(fail(
+                    "plain http:// is sent to a loopback address only".into(),
+                ));
+            }
+            Ok(SocketAddr::new(*ip, dest.port))
+        }
+        Host::Name(name) => {
+            if dest.scheme == Scheme::Http {
+                return Err(fail(
+                    "plain http:// is sent to a loopback address written literally only".into(),
+                ));
+            }
+            let looked_up =
+                tokio::time::timeout(timeout, tokio::net::lookup_host((name.as_str(), dest.port)))
+                    .await;
+            let addrs: Vec<SocketAddr> = match looked_up {
+                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Err(err)) => {
+                    return Err(Outcome::Retry {
+                        status: None,
+                        error: format!("cannot resolve {name}: {err}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(Outcome::Retry {
+                        status: None,
+                        error: format!("resolving {name} took longer than {timeout:?}"),
+                    });
+                }
+            };
+            if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
+                return Err(fail(format!(
+                    "{name} resolves to {}, {}; an export goes to such an address only when \
+                     its grant names the address literally",
+                    private.ip(),
+                    kind_of(private.ip())
+                )));
+            }
+            addrs.first().copied().ok_or_else(|| Outcome::Retry {
+                status: None,
+                error: format!("{name} resolves to no address"),
+            })
+        }
+    }
+}
+
+/// Sends one request and classifies the answer.
+pub(crate) async fn deliver(
+    request: &Request<'_>,
+    tls: &Arc<rustls::ClientConfig>,
+    allow_http: bool,
+    timeout: Duration,
+) -> Outcome {
+    let dest = match Destination::parse(request.destination) {
+        Ok(dest) => dest,
+        Err(err) => {
+            return Outcome::Fail {
+                status: None,
+                error: err.to_string(),
+            };
+        }
+    };
+    if dest.scheme == Scheme::Http && !allow_http {
+        return Outcome::Fail {
+            status: None,
+            error: "plain http:// is not allowed (`[export] allow_http_loopback` is off)".into(),
+        };
+    }
+    let addr = match resolve(&dest, timeout).await {
+        Ok(addr) => addr,
+        Err(outcome) => return outcome,
+    };
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
+        let _ = tcp.set_nodelay(true);
+        match dest.scheme {
+            Scheme::Http => exchange(tcp, &dest, request).await,
+            Scheme::Https => {
+                let name = match &dest.host {
+                    Host::Name(name) => ServerName::try_from(name.clone())
+                        .map_err(|err| format!("{name}: {err}"))?,
+                    Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+                };
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|err| format!("TLS with {}: {err}", dest.authority))?;
+                exchange(stream, &dest, request).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Outcome::Retry {
+            status: None,
+            error: format!("no answer from {} within {timeout:?}", dest.authority),
+        },
+        Ok(Err(error)) => Outcome::Retry {
+            status: None,
+            error,
+        },
+        Ok(Ok((status, location))) => classify(status, location),
+    }
+}
+
+fn classify(status: u16, location: Option<String>) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered(status),
+        300..=399 => Outcome::Fail {
+            status: Some(status),
+            error: format!(
+                "the destination answered {status}, a redirect{}; redirects are not followed",
+                location
+                    .map(|l| format!(" to {}", crate::compute::cut(&l, 200)))
+                    .unwrap_or_default()
+            ),
+        },
+        408 | 425 | 429 | 500..=599 => Outcome::Retry {
+            status: Some(status),
+            error: format!("the destination answered {status}"),
+        },
+        _ => Outcome::Fail {
+            status: Some(status),
+            error: format!("the destination answered {status}"),
+        },
+    }
+}
+
+/// Writes the request on `stream` and reads the status and `Location` of the answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    dest: &Destination,
+    request: &Request<'_>,
+) -> Result<(u16, Option<String>), String> {
+    use base64::Engine as _;
+    let digest = base64::engine::general_purpose::STANDARD
+        .encode(hearth_protocol::export::body_hash(request.body));
+    let head = format!(
+        "POST {target} HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         User-Agent: hearth/{version}\r\n\
+         Content-Type: {content_type}\r\n\
+         Content-Length: {len}\r\n\
+         Content-Digest: sha-256=:{digest}:\r\n\
+         Idempotency-Key: {id}\r\n\
+         {sig_header}: {signature}\r\n\
+         Hearth-Certificate: {certificate}\r\n\
+         Connection: close\r\n\r\n",
+        target = dest.target,
+        host = dest.authority,
+        version = env!("CARGO_PKG_VERSION"),
+        content_type = request.content_type,
+        len = request.body.len(),
+        id = request.export_id,
+        sig_header = hearth_protocol::export::SIGNATURE_HEADER,
+        signature = request.signature,
+        certificate = request.certificate,
+    );
+    let io = |err: std::io::Error| format!("talking to {}: {err}", dest.authority);
+    stream.write_all(head.as_bytes()).await.map_err(io)?;
+    stream.write_all(request.body).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(io)?;
+        if n == 0 {
+            return Err(format!(
+                "{} closed the connection before answering",
+                dest.authority
+            ));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let status = response.code.unwrap_or(0);
+                // 1xx answers come before the real one.
+                if (100..200).contains(&status) {
+                    let Ok(httparse::Status::Complete(len)) = response.parse(&buf) else {
+                        return Err("a malformed interim answer".into());
+                    };
+                    buf.drain(..len);
+                    continue;
+                }
+                let location = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("location"))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
+                return Ok((status, location));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(format!(
+                    "{} sent an answer head over {MAX_HEAD} bytes",
+                    dest.authority
+                ));
+            }
+            Err(err) => return Err(format!("{} sent a malformed answer: {err}", dest.authority)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_count_as_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(classify(201, None), Outcome::Delivered(201));
+        assert!(
+            matches!(classify(302, Some("https://x".into())), Outcome::Fail { error, .. } if error.contains("redirects are not followed"))
+        );
+        assert!(matches!(classify(500, None), Outcome::Retry { .. }));
+        assert!(matches!(classify(429, None), Outcome::Retry { .. }));
+        assert!(matches!(classify(400, None), Outcome::Fail { .. }));
+    }
+}
