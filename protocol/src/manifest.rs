@@ -697,7 +697,7 @@ impl Manifest {
                     }
                     let mut limits = Vec::new();
                     if let Some(n) = max_per_day {
-                        limits.push(format!("{n} exports"));
+                        limits.push(format!("{n} export{}", if *n == 1 { "" } else { "s" }));
                     }
                     if let Some(n) = max_bytes_per_day {
                         limits.push(format!("{n} bytes"));

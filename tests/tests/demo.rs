@@ -89,6 +89,32 @@ fn the_demo_runs_the_whole_loop_and_its_results_match_the_raw_data() {
         summary["checks"]["cloud_holds_nothing_personal"], true,
         "{summary}"
     );
+    // Every check the narration makes is in the summary, and holds.
+    let checks = summary["checks"].as_object().unwrap();
+    for check in [
+        "export_held_until_released",
+        "export_delivered_once",
+        "export_signature_valid",
+        "audit_logs_intact",
+        "audit_logs_intact_after_stop",
+    ] {
+        assert_eq!(checks[check], true, "{check}: {summary}");
+    }
+    assert!(checks.values().all(|v| v == true), "{summary}");
+    for device in ["home", "phone", "cloud"] {
+        assert_eq!(summary["audit"][device]["ok"], true);
+        assert_eq!(summary["audit_after_stop"][device]["ok"], true);
+    }
+    let export = &summary["export"];
+    assert_eq!(export["sent_by"], "home");
+    assert_eq!(export["state"], "delivered");
+    assert_eq!(
+        (export["requests"].as_u64(), export["kept"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(export["result"]["study"], "mobility");
+    let audit = export["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 3, "queue, release, deliver: {audit:?}");
     assert_eq!(summary["cloud_holds"].as_array().unwrap().len(), 0);
     assert!(
         summary["refused"]

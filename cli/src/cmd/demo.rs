@@ -31,6 +31,9 @@ pub(crate) struct Args {
 const PLACES_MANIFEST: &str = include_str!("../../../examples/manifests/places.toml");
 const DAILY_MEAN_MANIFEST: &str = include_str!("../../../examples/manifests/daily-mean.toml");
 const DAY_TRACK: &str = include_str!("../../../examples/data/day-track.csv");
+const STUDY_MANIFEST: &str = include_str!("../../../examples/manifests/research-export.toml");
+/// Where the example manifest sends; the demo's study server stands in for it.
+const STUDY_DESTINATION: &str = "https://study.example.org/submit";
 const DAY_MS: u64 = 86_400_000;
 
 /// The running demo: its directory and node processes.
@@ -251,7 +254,7 @@ fn modules_dir(given: Option<PathBuf>) -> Result<PathBuf> {
                 .unwrap_or_default()
         }
     };
-    for module in ["places.wasm", "daily_mean.wasm"] {
+    for module in ["places.wasm", "daily_mean.wasm", "mobility_study.wasm"] {
         if !dir.join(module).is_file() {
             return Err(CliError::new(
                 Exit::Error,
@@ -300,7 +303,7 @@ pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
         json: out.json(),
     };
     let summary = steps(&mut d, &modules, out)?;
-    let seconds = started.elapsed().as_secs_f64();
+    let mut stopped_audits = serde_json::Map::new();
     if d.keep {
         d.say(out, "The mesh keeps running (--keep).");
         for (device, child) in &d.nodes {
@@ -328,19 +331,38 @@ pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
             let verified: api::AuditVerified = d.typed(device, &["audit", "verify"])?;
             d.show(
                 out,
-                &format!("{device}: audit log intact, {} entries", verified.entries),
+                &format!(
+                    "{device}: audit log {}, {} entries",
+                    if verified.ok { "intact" } else { "DAMAGED" },
+                    verified.entries
+                ),
+            );
+            stopped_audits.insert(
+                device.to_owned(),
+                serde_json::to_value(&verified).unwrap_or_default(),
             );
         }
         d.nodes.clear();
     }
     let mut summary = summary;
     if let Some(map) = summary.as_object_mut() {
-        map.insert("seconds".into(), json!((seconds * 10.0).round() / 10.0));
+        let intact = stopped_audits
+            .values()
+            .all(|v| v.get("ok") == Some(&Value::Bool(true)));
+        if let Some(checks) = map.get_mut("checks").and_then(Value::as_object_mut) {
+            checks.insert("audit_logs_intact_after_stop".into(), json!(intact));
+        }
+        map.insert("audit_after_stop".into(), Value::Object(stopped_audits));
+        map.insert(
+            "seconds".into(),
+            json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        );
         map.insert("kept".into(), json!(d.keep));
     }
     if out.json() {
         out.emit(String::new, || summary);
     } else {
+        let seconds = started.elapsed().as_secs_f64();
         d.say(
             out,
             &format!(
@@ -361,6 +383,25 @@ pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
 fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
     d.say(out, &format!("A new mesh in {}: the home device makes the owner key, its node key and its certificate.", d.root.display()));
     d.hearth("home", &["init", "--name", "home", "--role", "home"])?;
+    // The research study's HTTPS server, on this machine with a CA of its own that home
+    // is told to trust (`[export] ca_files`), as a private CA would be configured.
+    let owner: hearth_protocol::key::PublicKey = d
+        .typed::<Value>("home", &["config", "show"])
+        .ok()
+        .and_then(|c| c.get("owner")?.get("value")?.as_str()?.parse().ok())
+        .ok_or_else(|| fail("cannot read the owner's public key from `hearth config show`"))?;
+    let study = hearth_node::export::receiver::Receiver::start(owner)
+        .map_err(|err| fail(format!("cannot start the study's HTTPS server: {err}")))?;
+    std::fs::write(d.dir("home").join("study-ca.pem"), study.ca_pem())
+        .map_err(|err| fail(format!("cannot write the study's CA: {err}")))?;
+    let config_path = d.dir("home").join("config.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .map_err(|err| fail(format!("cannot read home's config: {err}")))?;
+    std::fs::write(
+        &config_path,
+        format!("{config}\n[export]\nca_files = [\"study-ca.pem\"]\n"),
+    )
+    .map_err(|err| fail(format!("cannot write home's config: {err}")))?;
     let home_api = d.start("home")?;
 
     d.say(out, "A phone and a cloud VM join with one-time tickets from home; the mesh admits only devices holding the owner's certificate.");
@@ -685,15 +726,28 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
         );
     }
 
+    let export = export_step(d, modules, &developer, &study, out)?;
+
     d.say(
         out,
         "Every device's audit log is a hash chain with signed checkpoints; verifying them now.",
     );
+    let mut audits = serde_json::Map::new();
+    let mut audits_ok = true;
     for device in ["home", "phone", "cloud"] {
         let verified: api::AuditVerified = d.typed(device, &["audit", "verify"])?;
+        audits_ok &= verified.ok;
         d.show(
             out,
-            &format!("{device}: intact ({} entries)", verified.entries),
+            &format!(
+                "{device}: {} ({} entries)",
+                if verified.ok { "intact" } else { "DAMAGED" },
+                verified.entries
+            ),
+        );
+        audits.insert(
+            device.to_owned(),
+            serde_json::to_value(&verified).unwrap_or_default(),
         );
     }
 
@@ -724,10 +778,16 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
         "places": places,
         "daily_mean": daily,
         "refused": refused,
+        "export": export,
+        "audit": audits,
         "checks": {
             "receipt_valid": verified.get("valid") == Some(&Value::Bool(true)),
             "daily_mean_matches_store": daily_matches,
             "cloud_holds_nothing_personal": cloud_holds.is_empty(),
+            "export_held_until_released": export["held_until_released"] == json!(true),
+            "export_delivered_once": export["delivered_once"] == json!(true),
+            "export_signature_valid": export["signature_valid"] == json!(true),
+            "audit_logs_intact": audits_ok,
         },
         "moved": {
             "result_bytes": result_bytes,
@@ -737,6 +797,177 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
                 .collect::<Vec<_>>(),
             "kept_bytes": kept_bytes,
         },
+    }))
+}
+
+/// The export gateway: the mobility study runs where the track is, its summary waits
+/// in that device's outbox until the owner releases it, and the study's server gets
+/// it once, signed. Returns the step's summary.
+fn export_step(
+    d: &mut Demo,
+    modules: &Path,
+    developer: &str,
+    study: &hearth_node::export::receiver::Receiver,
+    out: &mut Output,
+) -> Result<Value> {
+    let destination = format!("https://{}/submit", study.addr());
+    d.say(out, &format!("Data leaves the mesh only through the export gateway. A research study's `mobility-study` computation sends a weekly summary of the track to {destination}, a study server on this machine; its manifest asks the owner to release each export."));
+    std::fs::copy(
+        modules.join("mobility_study.wasm"),
+        d.root.join("mobility_study.wasm"),
+    )
+    .map_err(|err| fail(format!("cannot copy mobility_study.wasm: {err}")))?;
+    std::fs::write(
+        d.root.join("mobility-study.toml"),
+        STUDY_MANIFEST.replace(STUDY_DESTINATION, &destination),
+    )
+    .map_err(|err| fail(format!("cannot write the manifest: {err}")))?;
+    let review = Command::new(&d.exe)
+        .args(["app", "review", "mobility-study.toml"])
+        .current_dir(&d.root)
+        .output()
+        .map_err(|err| fail(format!("cannot run `hearth app review`: {err}")))?;
+    let review = String::from_utf8_lossy(&review.stdout).into_owned();
+    let sends = review
+        .lines()
+        .skip_while(|l| !l.contains("SENDS DATA OUT"))
+        .take(4)
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n");
+    d.show(out, &sends);
+    d.hearth(
+        "home",
+        &[
+            "app",
+            "approve",
+            "mobility-study.toml",
+            "--holder",
+            developer,
+            "--expires",
+            "1d",
+            "--out",
+            "mobility-study.cap",
+            "--yes",
+        ],
+    )?;
+    let params = json!({ "destination": destination }).to_string();
+    let ran: RunOutput = d.typed(
+        "phone",
+        &[
+            "run",
+            "mobility_study.wasm",
+            "--cap",
+            "mobility-study.cap",
+            "--key",
+            "developer.key",
+            "--params",
+            &params,
+        ],
+    )?;
+    show_result(d, out, &ran);
+    let sender = ran.receipt.ran_on.clone();
+    let listed: api::Exports = d.typed(&sender, &["export", "ls"])?;
+    let Some(held) = listed.exports.first() else {
+        return Err(fail(format!("{sender}'s outbox is empty after the run")));
+    };
+    let id = held.id.clone();
+    let held_state = held.state.clone();
+    let received_before = study.requests().len();
+    d.show(
+        out,
+        &format!(
+            "{sender}'s outbox: export {} is {held_state} ({} bytes, sha256 {}…); the study has received {received_before} requests",
+            id.get(..12).unwrap_or(&id),
+            held.bytes,
+            held.sha256.get(..16).unwrap_or(&held.sha256)
+        ),
+    );
+
+    d.say(out, &format!("The owner reads what would leave (`hearth export show`) and releases it on {sender} (`hearth export release`); the gateway sends it over HTTPS with an idempotency key and the node's signature."));
+    d.hearth(&sender, &["export", "release", &id])?;
+    let delivered = d.wait("the export to be delivered", 60, |d| {
+        d.typed::<api::ExportInfo>(&sender, &["export", "show", &id])
+            .ok()
+            .filter(|e| e.state == "delivered" || e.state == "failed")
+    })?;
+    let requests = study.requests();
+    let kept = study.kept();
+    let first = requests.first();
+    let signature_valid = first.is_some_and(|r| r.verified.as_deref() == Ok(sender.as_str()));
+    d.show(
+        out,
+        &format!(
+            "the study received {} request(s), kept {} body for idempotency key {}; signature: {}",
+            requests.len(),
+            kept.len(),
+            id.get(..12).unwrap_or(&id),
+            match first.map(|r| &r.verified) {
+                Some(Ok(device)) => format!("valid, by device {device} of this mesh"),
+                Some(Err(why)) => format!("INVALID ({why})"),
+                None => "none received".into(),
+            }
+        ),
+    );
+    // What the study checks, offline, with the owner's public key only.
+    let mut verify_ok = false;
+    if let Some(r) = first {
+        let body_file = d.root.join("study-body.json");
+        std::fs::write(&body_file, &r.body)
+            .map_err(|err| fail(format!("cannot save the body: {err}")))?;
+        let checked = d.hearth(
+            "phone",
+            &[
+                "export",
+                "verify",
+                "--body",
+                &body_file.display().to_string(),
+                "--destination",
+                &destination,
+                "--signature",
+                r.headers.get("hearth-signature").map_or("", String::as_str),
+                "--certificate",
+                r.headers
+                    .get("hearth-certificate")
+                    .map_or("", String::as_str),
+            ],
+        );
+        verify_ok = checked.is_ok_and(|v| v.get("valid") == Some(&json!(true)));
+        d.show(
+            out,
+            &format!(
+                "`hearth export verify` of the received body: {}",
+                if verify_ok { "valid" } else { "INVALID" }
+            ),
+        );
+    }
+    let mut audit_lines = Vec::new();
+    for action in ["export.queue", "export.release", "export.deliver"] {
+        let entries: api::AuditEntries = d.typed(&sender, &["audit", "--action", action])?;
+        for e in &entries.entries {
+            let line = format!(
+                "audit on {sender}: {} {} ({} bytes): {}",
+                e.action, e.object, e.bytes, e.outcome
+            );
+            d.show(out, &format!("  {line}"));
+            audit_lines.push(line);
+        }
+    }
+    Ok(json!({
+        "destination": destination,
+        "sent_by": sender,
+        "id": id,
+        "state_after_run": held_state,
+        "received_before_release": received_before,
+        "state": delivered.state,
+        "requests": requests.len(),
+        "kept": kept.len(),
+        "held_until_released": held_state == "held" && received_before == 0,
+        "delivered_once": delivered.state == "delivered" && kept.len() == 1
+            && requests.iter().all(|r| r.key.as_deref() == Some(id.as_str())),
+        "signature_valid": signature_valid && verify_ok,
+        "result": ran.result,
+        "audit": audit_lines,
     }))
 }
 

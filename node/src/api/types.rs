@@ -1175,8 +1175,16 @@ mod tests {
                 vec![],
                 vec![fields::<ExportInfo>],
             ),
-            ("POST /v1/exports/pause", vec![], vec![fields::<ExportsPaused>]),
-            ("POST /v1/exports/resume", vec![], vec![fields::<ExportsPaused>]),
+            (
+                "POST /v1/exports/pause",
+                vec![],
+                vec![fields::<ExportsPaused>],
+            ),
+            (
+                "POST /v1/exports/resume",
+                vec![],
+                vec![fields::<ExportsPaused>],
+            ),
         ]
     }
 
