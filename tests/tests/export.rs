@@ -285,6 +285,7 @@ fn refused_exports_send_nothing() {
         ("not json", "json", 1, "was declared JSON but is not"),
         (&"x".repeat(600)[..], "text", 1, "at most 512 may be sent"),
         ("{}", "json", 17, "a run makes at most 16 exports"),
+        ("clear\u{1b}[2J", "text", 1, "holds control characters"),
     ] {
         let err = run_fails(
             &s.home,
@@ -338,6 +339,32 @@ fn refused_exports_send_nothing() {
     assert!(
         error.contains("resolves to") && error.contains("loopback"),
         "{error}"
+    );
+    assert_eq!(s.receiver.requests().len(), 1, "nothing more reached it");
+
+    // A capability revoked while its export waits: the export is never sent.
+    let revoked_cap = s.approve_study(&dest, "review = true\n", "revoked");
+    run_ok(
+        &s.home,
+        &s.work,
+        "mobility_study",
+        &revoked_cap,
+        &params(&dest),
+    );
+    let id = s
+        .exports()
+        .into_iter()
+        .find(|e| e["state"] == "held")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json_ok(&s.home, &["cap", "revoke", revoked_cap.to_str().unwrap()]);
+    json_ok(&s.home, &["export", "release", &id]);
+    let failed = s.wait_state(&id, "failed");
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("revoked"),
+        "{failed}"
     );
     assert_eq!(s.receiver.requests().len(), 1, "nothing more reached it");
     stop(s.node.unwrap());

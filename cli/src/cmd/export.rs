@@ -137,6 +137,20 @@ fn list(dir: &DataDir, out: &mut Output) -> Result<()> {
     Ok(())
 }
 
+/// `text` with every control character but line feeds and tabs written as `\u{..}`:
+/// what a destination or a computation wrote cannot redraw the owner's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn describe(e: &api::ExportInfo) -> String {
     let mut text = format!(
         "export {}\n  state:        {}{}\n  destination:  {}\n  from:         {} (capability {})\n  body:         {} bytes of {}, sha256 {}\n  queued:       {}; expires {}\n",
@@ -169,14 +183,14 @@ fn describe(e: &api::ExportInfo) -> String {
         text.push_str(&format!("  last answer:  {status}\n"));
     }
     if let Some(err) = &e.last_error {
-        text.push_str(&format!("  last error:   {err}\n"));
+        text.push_str(&format!("  last error:   {}\n", printable(err)));
     }
     if let Some(at) = e.finished_at {
         text.push_str(&format!("  finished:     {}\n", when(at)));
     }
     if let Some(body) = &e.body {
         text.push_str("  body:\n");
-        for line in body.lines() {
+        for line in printable(body).lines() {
             text.push_str(&format!("    {line}\n"));
         }
     }
@@ -294,4 +308,13 @@ fn verify(dir: &DataDir, args: VerifyArgs, out: &mut Output) -> Result<()> {
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(super::printable("a\tb\nc"), "a\tb\nc");
+        assert_eq!(super::printable("x\u{1b}[2Jy\r"), "x\\u{1b}[2Jy\\u{d}");
+    }
 }

@@ -531,16 +531,11 @@ async fn run_once(
             audit_reads(node, &holder, &cap, &job, &outcome.state);
             let exports = std::mem::take(&mut outcome.state.exports);
             let queued = match (&outcome.result, exports.is_empty()) {
-                (Ok(_), false) => super::queue_exports(
-                    node,
-                    &holder,
-                    &format!("app:{job}"),
-                    &cap,
-                    &chain,
-                    exports,
-                )
-                .await
-                .map(|_| ()),
+                (Ok(_), false) => {
+                    super::queue_exports(node, &holder, &format!("app:{job}"), &chain, exports)
+                        .await
+                        .map(|_| ())
+                }
                 _ => Ok(()),
             };
             if let Err(reason) = queued {

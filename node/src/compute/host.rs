@@ -982,7 +982,20 @@ impl hearth::compute::gateway::Host for HostState {
                 }
                 crate::export::outbox::Format::Json
             }
-            WitFormat::Text => crate::export::outbox::Format::Text,
+            WitFormat::Text => {
+                // What the owner reads before releasing it must be what it is: no
+                // control characters that could redraw a terminal.
+                if body
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t')
+                {
+                    return Ok(Err(format!(
+                        "the export to {shown} holds control characters; text may hold \
+                         line feeds and tabs only"
+                    )));
+                }
+                crate::export::outbox::Format::Text
+            }
         };
         // A daily limit reached is the owner's consent running out: a refusal.
         if let Err(reason) = gateway.check_limits(&terms, &self.exports, body.len() as u64, &shown)

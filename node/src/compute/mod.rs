@@ -303,7 +303,7 @@ pub(crate) fn cut(text: &str, max: usize) -> &str {
     text.get(..end).unwrap_or("")
 }
 
-async fn revocations(node: &Node) -> Result<RevocationSet, String> {
+pub(crate) async fn revocations(node: &Node) -> Result<RevocationSet, String> {
     let owner = node
         .config
         .mesh
@@ -805,7 +805,6 @@ async fn execute_checked(
             node,
             &holder,
             &format!("job:{id_text}"),
-            &cap,
             &job.chain,
             exports,
         )
@@ -858,25 +857,21 @@ pub(crate) async fn queue_exports(
     node: &Arc<Node>,
     holder: &str,
     source: &str,
-    cap: &str,
     chain: &hearth_protocol::capability::Chain,
     exports: Vec<crate::export::Pending>,
 ) -> Result<Vec<String>, String> {
     let Some(gateway) = node.exports.clone() else {
         return Err("this device has no export gateway".into());
     };
-    let links: Vec<String> = chain.links().iter().map(|l| l.id().to_string()).collect();
-    let (node, holder, source, cap) = (
+    let (node, holder, source, chain) = (
         node.clone(),
         holder.to_owned(),
         source.to_owned(),
-        cap.to_owned(),
+        chain.clone(),
     );
-    tokio::task::spawn_blocking(move || {
-        gateway.enqueue(&node, &holder, &source, &cap, &links, exports)
-    })
-    .await
-    .map_err(|err| format!("queuing the exports was lost: {err}"))?
+    tokio::task::spawn_blocking(move || gateway.enqueue(&node, &holder, &source, &chain, exports))
+        .await
+        .map_err(|err| format!("queuing the exports was lost: {err}"))?
 }
 
 fn short(hash: &ModuleHash) -> String {

@@ -35,6 +35,10 @@ pub const MAX_EXPORT_BYTES: usize = 1 << 20;
 pub const MAX_EXPORTS_PER_RUN: usize = 16;
 /// Deliveries under way at once.
 const CONCURRENCY: usize = 4;
+/// Most exports waiting (held or queued) in one outbox.
+pub const MAX_WAITING: usize = 10_000;
+/// Most bytes of exports waiting in one outbox.
+pub const MAX_WAITING_BYTES: u64 = 256 << 20;
 
 /// `[export]` in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +113,10 @@ impl ChainExports {
         }
     }
 
-    /// Per link, the loosest terms of its grants that allow `destination` (any one
-    /// of them is enough); `None` when some link allows no export there.
+    /// Per link, the terms of its grants that allow `destination`: review when any of
+    /// them asks for it, the tightest daily limits any of them sets (terms are never
+    /// mixed from two grants into something looser than either); `None` when some
+    /// link allows no export there.
     pub(crate) fn terms(&self, destination: &str) -> Option<Vec<LinkTerms>> {
         self.links
             .iter()
@@ -128,17 +134,13 @@ impl ChainExports {
                 if allowing.is_empty() {
                     return None;
                 }
-                let loosest = |f: fn(&Grant) -> Option<u64>| {
-                    allowing
-                        .iter()
-                        .map(|g| f(g))
-                        .try_fold(0u64, |max, v| v.map(|v| max.max(v)))
-                };
+                let tightest =
+                    |f: fn(&Grant) -> Option<u64>| allowing.iter().filter_map(|g| f(g)).min();
                 Some(LinkTerms {
                     link: link.clone(),
-                    per_day: loosest(|g| g.caveats.max_exports_per_day),
-                    bytes_per_day: loosest(|g| g.caveats.max_export_bytes_per_day),
-                    review: allowing.iter().all(|g| g.caveats.review),
+                    per_day: tightest(|g| g.caveats.max_exports_per_day),
+                    bytes_per_day: tightest(|g| g.caveats.max_export_bytes_per_day),
+                    review: allowing.iter().any(|g| g.caveats.review),
                 })
             })
             .collect()
@@ -322,25 +324,39 @@ impl Gateway {
         node: &Node,
         holder: &str,
         source: &str,
-        cap_id: &str,
-        links: &[String],
+        chain: &Chain,
         pending: Vec<Pending>,
     ) -> Result<Vec<String>, String> {
         let now = crate::clock::now().0;
+        let links: Vec<String> = chain.links().iter().map(|l| l.id().to_string()).collect();
+        let cap_id = chain.leaf().id().to_string();
+        let chain_text = chain.to_text();
+        // Not kept past the capability's own end: it could not be sent then.
+        let cap_expires = chain
+            .links()
+            .iter()
+            .map(|l| l.capability().expires.0)
+            .min()
+            .unwrap_or(u64::MAX);
+        let expires_at = now
+            .saturating_add(millis(self.config.expire_after))
+            .min(cap_expires);
+        let node_key = node.config.node_key.public();
         let mut entries = Vec::with_capacity(pending.len());
-        for p in &pending {
+        for (index, p) in pending.iter().enumerate() {
             let review = p.terms.iter().any(|t| t.review);
             entries.push(Entry {
-                id: outbox::new_id()?.to_string(),
+                id: outbox::export_id(&node_key, source, index).to_string(),
                 destination: p.destination.clone(),
                 format: p.format,
                 sha256: hex::encode(body_hash(p.body.as_bytes())),
                 body: p.body.clone(),
                 source: source.to_owned(),
-                cap_id: cap_id.to_owned(),
-                links: links.to_vec(),
+                cap_id: cap_id.clone(),
+                links: links.clone(),
+                chain: chain_text.clone(),
                 queued_at: now,
-                expires_at: now.saturating_add(millis(self.config.expire_after)),
+                expires_at,
                 review,
                 state: if review { State::Held } else { State::Queued },
                 attempts: 0,
@@ -352,6 +368,26 @@ impl Gateway {
             });
         }
         let committed = self.outbox.commit::<String>(|book| {
+            // The same run made again (an app after a crash): already kept, not again.
+            if entries.iter().all(|e| book.entries.contains_key(&e.id)) {
+                return Ok(Vec::new());
+            }
+            let waiting: Vec<&Entry> = book
+                .entries
+                .values()
+                .filter(|e| !e.state.is_final())
+                .collect();
+            let adding: u64 = entries.iter().map(Entry::size).sum();
+            if waiting.len() + entries.len() > MAX_WAITING
+                || waiting.iter().map(|e| e.size()).sum::<u64>() + adding > MAX_WAITING_BYTES
+            {
+                return Err(format!(
+                    "export refused: this device's outbox is full ({} exports wait; at most \
+                     {MAX_WAITING} exports or {} MiB may wait); release, drop or resume sending",
+                    waiting.len(),
+                    MAX_WAITING_BYTES >> 20
+                ));
+            }
             for (i, p) in pending.iter().enumerate() {
                 let before = pending.get(..i).unwrap_or(&[]);
                 let extra = |link: &str| pending_under(before, link);
@@ -372,6 +408,7 @@ impl Gateway {
                 .collect())
         });
         match committed {
+            Ok(records) if records.is_empty() => Ok(entries.into_iter().map(|e| e.id).collect()),
             Ok(_) => {
                 for e in &entries {
                     let outcome = if e.review {
@@ -633,6 +670,14 @@ pub(crate) async fn run(node: Arc<Node>) {
                 node.metrics.export("expired");
             }
         }
+        if gateway.outbox.is_broken() {
+            // Nothing is sent that could not be recorded as sent.
+            tracing::error!(
+                "the export journal cannot be written; sending stops until the node restarts"
+            );
+            let _ = stopping.changed().await;
+            return;
+        }
         if !paused {
             for e in due {
                 gateway
@@ -663,35 +708,58 @@ pub(crate) async fn run(node: Arc<Node>) {
     }
 }
 
+/// Is `e` still allowed to leave: its id well formed, its capability not revoked
+/// (the revocations this device knows now)? Returns its id.
+async fn still_allowed(node: &Node, e: &Entry) -> Result<ExportId, String> {
+    let id: ExportId =
+        e.id.parse()
+            .map_err(|_| "the export's id in the journal is malformed".to_owned())?;
+    let chain = Chain::from_text(&e.chain)
+        .map_err(|err| format!("the export's capability does not decode: {err}"))?;
+    let revocations = crate::compute::revocations(node).await?;
+    if let Some(link) = revocations.revoked_link(&chain) {
+        return Err(format!(
+            "its capability was revoked (link {} of the chain) after it was queued",
+            link + 1
+        ));
+    }
+    Ok(id)
+}
+
 /// One attempt at `e`, recorded and audited.
 async fn attempt(node: Arc<Node>, gateway: Arc<Gateway>, e: Entry, certificate: Arc<String>) {
-    let id: ExportId = match e.id.parse() {
-        Ok(id) => id,
-        Err(_) => ExportId([0; 16]),
+    let outcome = match still_allowed(&node, &e).await {
+        Err(error) => send::Outcome::Fail {
+            status: None,
+            error,
+        },
+        Ok(id) => {
+            let id_text = id.to_string();
+            let signature = ExportSignature::sign(
+                node.config.node_key.secret(),
+                id,
+                &e.source,
+                &e.destination,
+                e.body.as_bytes(),
+            )
+            .to_header();
+            let request = send::Request {
+                destination: &e.destination,
+                content_type: e.format.content_type(),
+                body: e.body.as_bytes(),
+                export_id: &id_text,
+                signature: &signature,
+                certificate: &certificate,
+            };
+            send::deliver(
+                &request,
+                &gateway.tls,
+                gateway.config.allow_http_loopback,
+                gateway.config.timeout,
+            )
+            .await
+        }
     };
-    let signature = ExportSignature::sign(
-        node.config.node_key.secret(),
-        id,
-        &e.source,
-        &e.destination,
-        e.body.as_bytes(),
-    )
-    .to_header();
-    let request = send::Request {
-        destination: &e.destination,
-        content_type: e.format.content_type(),
-        body: e.body.as_bytes(),
-        export_id: &e.id,
-        signature: &signature,
-        certificate: &certificate,
-    };
-    let outcome = send::deliver(
-        &request,
-        &gateway.tls,
-        gateway.config.allow_http_loopback,
-        gateway.config.timeout,
-    )
-    .await;
     let now = crate::clock::now().0;
     let attempts = e.attempts.saturating_add(1);
     // Dropped while the attempt was under way: its answer is recorded, the state stays.
@@ -787,7 +855,7 @@ mod tests {
     }
 
     #[test]
-    fn every_link_must_allow_the_destination_and_the_loosest_grant_counts() {
+    fn every_link_must_allow_the_destination_and_terms_are_never_loosened_by_mixing() {
         let dest = "https://study.example.org/up/1";
         let chain = ChainExports {
             links: vec![
@@ -810,7 +878,7 @@ mod tests {
         };
         let terms = chain.terms(dest).unwrap();
         assert_eq!(terms.len(), 2);
-        assert_eq!((terms[0].per_day, terms[0].review), (Some(5), true));
+        assert_eq!((terms[0].per_day, terms[0].review), (Some(2), true));
         assert_eq!(terms[1].per_day, Some(1));
         assert!(chain.terms("https://study.example.org/other").is_none());
         let unlimited = ChainExports {
@@ -822,8 +890,10 @@ mod tests {
                 ],
             )],
         };
+        // An unlimited grant without review beside a limited one with review: the
+        // review and the limit both hold.
         let terms = unlimited.terms(dest).unwrap();
-        assert_eq!((terms[0].per_day, terms[0].review), (None, false));
+        assert_eq!((terms[0].per_day, terms[0].review), (Some(1), true));
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The export outbox: every export the node has accepted, kept in an append-only
 //! journal (`DATA_DIR/exports/outbox.log`) that is synced before an export is
-//! acknowledged. Each record is `len(u32 LE) · sha256(payload)[..8] · payload (JSON)`;
-//! the state is the replay of the records. Concurrent appends share one `fdatasync`
-//! (group commit). A torn record at the end (a crash mid-write, never acknowledged) is
-//! cut off when the journal opens; damage anywhere else stops the node, which will not
-//! guess which exports were sent.
+//! acknowledged. Each frame is `len(u32 LE) · sha256(len)[..4] · sha256(payload)[..8] ·
+//! payload`, the payload a JSON array of the records of one commit, applied together
+//! or not at all; the state is the replay of the frames. A commit is checked, written,
+//! synced and only then applied, under one lock: nothing takes effect (is sent, or
+//! counted) before it is on disk. A torn frame at the end (a crash mid-write, never
+//! acknowledged) is cut off when the journal opens; damage anywhere else, the length of
+//! a frame included, stops the node, which will not guess which exports were sent. A
+//! failed write or sync leaves the outbox refusing everything (and the gateway sending
+//! nothing) until the node restarts and reads the journal back.
 //!
 //! Finished exports stay listed for [`KEEP_FINISHED`] (the daily limits count them);
 //! the journal is rewritten without older ones when it has grown.
@@ -99,6 +103,8 @@ pub(crate) struct Entry {
     pub cap_id: String,
     /// Every link of the chain: the daily limits count under each.
     pub links: Vec<String>,
+    /// The capability chain in text form, checked for revocation before each attempt.
+    pub chain: String,
     pub queued_at: u64,
     pub expires_at: u64,
     /// Needed the owner's release.
@@ -124,7 +130,7 @@ impl Entry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Record {
-    /// An export accepted.
+    /// An export accepted (ignored when an export of that id is already listed).
     Queue { entry: Box<Entry> },
     /// An attempt that did not deliver; the next is due at `next_at`.
     Retry {
@@ -159,7 +165,7 @@ impl Book {
     fn apply(&mut self, record: Record) {
         match record {
             Record::Queue { entry } => {
-                self.entries.insert(entry.id.clone(), *entry);
+                self.entries.entry(entry.id.clone()).or_insert(*entry);
             }
             Record::Retry {
                 id,
@@ -168,7 +174,9 @@ impl Book {
                 error,
                 status,
             } => {
-                if let Some(e) = self.entries.get_mut(&id) {
+                if let Some(e) = self.entries.get_mut(&id)
+                    && !e.state.is_final()
+                {
                     e.attempts = attempts;
                     e.next_at = next_at;
                     e.last_error = Some(error);
@@ -190,7 +198,9 @@ impl Book {
                 error,
                 status,
             } => {
-                if let Some(e) = self.entries.get_mut(&id) {
+                if let Some(e) = self.entries.get_mut(&id)
+                    && !e.state.is_final()
+                {
                     e.state = state;
                     e.finished_at = Some(at);
                     if error.is_some() {
@@ -219,19 +229,14 @@ impl Book {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     path: PathBuf,
-    /// The book, and the journal's write end with the number of records written.
+    /// The book and the journal's write end.
     inner: Mutex<Inner>,
-    /// Serialises syncs; holds the number of records known durable.
-    synced: Mutex<u64>,
-    /// A second handle on the journal, for syncing without holding `inner`.
-    sync_handle: Mutex<File>,
 }
 
 #[derive(Debug)]
 struct Inner {
     book: Book,
     file: File,
-    written: u64,
     /// Bytes in the journal.
     len: u64,
     /// Set when a write failed: nothing more is accepted until the node restarts
@@ -252,72 +257,75 @@ pub(crate) enum OutboxError {
     },
 }
 
-fn checksum(payload: &[u8]) -> [u8; 8] {
-    let digest = Sha256::digest(payload);
-    let mut out = [0u8; 8];
-    out.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
-    out
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
-fn frame(record: &Record) -> Vec<u8> {
-    let payload = serde_json::to_vec(record).unwrap_or_default();
-    let mut out = Vec::with_capacity(payload.len() + 12);
-    out.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    out.extend_from_slice(&checksum(&payload));
+/// Bytes before a frame's payload.
+const HEADER: usize = 16;
+
+fn frame(records: &[Record]) -> Vec<u8> {
+    let payload = serde_json::to_vec(records).unwrap_or_default();
+    let len = u32::try_from(payload.len())
+        .unwrap_or(u32::MAX)
+        .to_le_bytes();
+    let mut out = Vec::with_capacity(payload.len() + HEADER);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(sha(&len).get(..4).unwrap_or(&[0; 4]));
+    out.extend_from_slice(sha(&payload).get(..8).unwrap_or(&[0; 8]));
     out.extend_from_slice(&payload);
     out
 }
 
-/// Replays `bytes`; returns the book and the length of the whole records. A torn
-/// last record is left out; damage before it is an error.
+/// Replays `bytes`; returns the book and the length of the whole frames. A torn last
+/// frame is left out; damage before it (or in a frame's header) is an error.
 fn replay(bytes: &[u8], path: &Path) -> Result<(Book, u64), OutboxError> {
     let mut book = Book::default();
     let mut at = 0usize;
+    let torn = |at: usize| {
+        tracing::warn!(path = %path.display(), offset = at, "cutting a torn frame off the export journal");
+    };
     loop {
         let rest = bytes.get(at..).unwrap_or(&[]);
         if rest.is_empty() {
             break;
         }
-        let len = rest
-            .get(..12)
-            .and_then(|h| h.get(..4))
-            .and_then(|l| <[u8; 4]>::try_from(l).ok())
-            .map(u32::from_le_bytes);
         let damaged = |reason: &str| OutboxError::Damaged {
             path: path.display().to_string(),
             offset: at as u64,
             reason: reason.to_owned(),
         };
-        let Some(len) = len else {
-            // Fewer than 12 bytes left: a torn header.
-            tracing::warn!(path = %path.display(), offset = at, "cutting a torn record off the export journal");
+        let Some(header) = rest.get(..HEADER) else {
+            torn(at);
             break;
         };
+        let len_bytes = header.get(..4).unwrap_or(&[]);
+        if sha(len_bytes).get(..4) != header.get(4..8) {
+            return Err(damaged("a frame's length does not match its check"));
+        }
+        let len = <[u8; 4]>::try_from(len_bytes).map_or(u32::MAX, u32::from_le_bytes);
         if len > MAX_RECORD {
             return Err(damaged(
-                "a record claims to be larger than any the node writes",
+                "a frame claims to be larger than any the node writes",
             ));
         }
-        let end = 12 + len as usize;
-        let Some(payload) = rest.get(12..end) else {
-            tracing::warn!(path = %path.display(), offset = at, "cutting a torn record off the export journal");
+        let end = HEADER + len as usize;
+        let Some(payload) = rest.get(HEADER..end) else {
+            torn(at);
             break;
         };
-        let sum = rest.get(4..12).unwrap_or(&[]);
-        if checksum(payload) != sum {
+        if sha(payload).get(..8) != header.get(8..16) {
             if at + end == bytes.len() {
-                tracing::warn!(path = %path.display(), offset = at, "cutting a torn record off the export journal");
+                torn(at);
                 break;
             }
-            return Err(damaged("a record's checksum does not match"));
+            return Err(damaged("a frame's checksum does not match"));
         }
-        let record: Record = serde_json::from_slice(payload)
-            .map_err(|err| damaged(&format!("a record does not read: {err}")))?;
-        book.apply(record);
+        let records: Vec<Record> = serde_json::from_slice(payload)
+            .map_err(|err| damaged(&format!("a frame does not read: {err}")))?;
+        for record in records {
+            book.apply(record);
+        }
         at += end;
     }
     Ok((book, at as u64))
@@ -352,7 +360,6 @@ impl Outbox {
             file.sync_data().map_err(io(&path))?;
         }
         hearth_protocol::statefile::sync_parent(&path).map_err(io(&path))?;
-        let sync_handle = file.try_clone().map_err(io(&path))?;
         let mut file = file;
         // Appends go at the end (the file is not opened in append mode, so that a
         // rewrite can replace it).
@@ -362,12 +369,9 @@ impl Outbox {
             inner: Mutex::new(Inner {
                 book,
                 file,
-                written: 0,
                 len: whole,
                 broken: None,
             }),
-            synced: Mutex::new(0),
-            sync_handle: Mutex::new(sync_handle),
         };
         Ok(outbox)
     }
@@ -381,65 +385,55 @@ impl Outbox {
         f(&self.lock().book)
     }
 
-    /// Checks `records` against the book with `check` and, when it agrees, writes
-    /// them, syncs the journal and applies them; `Err` from `check` writes nothing.
-    /// Returns when the records are durable.
+    /// Has a write failed (nothing more is accepted until the node restarts)?
+    pub(crate) fn is_broken(&self) -> bool {
+        self.lock().broken.is_some()
+    }
+
+    /// Checks against the book with `check`, which returns the records to add; writes
+    /// them as one frame, syncs the journal and only then applies them. `Err` from
+    /// `check` writes nothing; a failed write or sync applies nothing and leaves the
+    /// outbox refusing every later commit.
     pub(crate) fn commit<E: From<OutboxError>>(
         &self,
         check: impl FnOnce(&Book) -> Result<Vec<Record>, E>,
     ) -> Result<Vec<Record>, E> {
-        let seq = {
-            let mut inner = self.lock();
-            if let Some(reason) = &inner.broken {
-                return Err(OutboxError::Io(format!(
-                    "the export journal could not be written ({reason}); restart the node"
-                ))
-                .into());
-            }
-            let records = check(&inner.book)?;
-            if records.is_empty() {
-                return Ok(records);
-            }
-            let bytes: Vec<u8> = records.iter().flat_map(frame).collect();
-            if let Err(err) = inner.file.write_all(&bytes) {
-                let reason = format!("{}: {err}", self.path.display());
-                inner.broken = Some(reason.clone());
-                return Err(OutboxError::Io(reason).into());
-            }
-            inner.len += bytes.len() as u64;
-            inner.written += 1;
-            for record in &records {
-                inner.book.apply(record.clone());
-            }
-            (inner.written, records)
-        };
-        let (seq, records) = seq;
-        self.sync_to(seq).map_err(E::from)?;
-        Ok(records)
-    }
-
-    /// Waits until record batch `seq` is on disk, syncing if no one else has.
-    fn sync_to(&self, seq: u64) -> Result<(), OutboxError> {
-        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-        if *synced >= seq {
-            return Ok(());
+        let mut inner = self.lock();
+        if let Some(reason) = &inner.broken {
+            return Err(OutboxError::Io(format!(
+                "the export journal could not be written ({reason}); restart the node"
+            ))
+            .into());
         }
-        // Everything written so far is covered by this sync.
-        let target = self.lock().written;
-        let handle = self.sync_handle.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = handle.sync_data() {
+        let records = check(&inner.book)?;
+        if records.is_empty() {
+            return Ok(records);
+        }
+        let bytes = frame(&records);
+        let written = inner
+            .file
+            .write_all(&bytes)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(err) = written {
             let reason = format!("{}: {err}", self.path.display());
-            self.lock().broken = Some(reason.clone());
-            return Err(OutboxError::Io(reason));
+            tracing::error!(%reason, "the export journal cannot be written; the gateway stops until the node restarts");
+            inner.broken = Some(reason.clone());
+            return Err(OutboxError::Io(reason).into());
         }
-        *synced = target;
-        Ok(())
+        inner.len += bytes.len() as u64;
+        for record in &records {
+            inner.book.apply(record.clone());
+        }
+        Ok(records)
     }
 
     /// Rewrites the journal without exports finished before `now - KEEP_FINISHED`,
     /// when it has grown well past what it holds.
     pub(crate) fn compact(&self, now: u64) -> Result<(), OutboxError> {
         let mut inner = self.lock();
+        if inner.len < COMPACT_SLACK || inner.broken.is_some() {
+            return Ok(());
+        }
         let keep = |e: &Entry| {
             !e.state.is_final() || e.finished_at.unwrap_or(0).saturating_add(KEEP_FINISHED) > now
         };
@@ -455,31 +449,51 @@ impl Outbox {
                 paused: inner.book.paused,
             }))
             .collect();
-        let bytes: Vec<u8> = live.iter().flat_map(frame).collect();
+        let bytes = frame(&live);
         if inner.len < bytes.len() as u64 + COMPACT_SLACK {
             return Ok(());
         }
-        let io = |err: std::io::Error| OutboxError::Io(format!("{}: {err}", self.path.display()));
-        hearth_protocol::statefile::write_durable(&self.path, &bytes).map_err(io)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .map_err(io)?;
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(io)?;
-        let handle = file.try_clone().map_err(io)?;
-        inner.file = file;
-        inner.len = bytes.len() as u64;
-        inner.book.entries.retain(|_, e| keep(e));
-        *self.sync_handle.lock().unwrap_or_else(|e| e.into_inner()) = handle;
-        Ok(())
+        let rewritten = hearth_protocol::statefile::write_durable(&self.path, &bytes)
+            .and_then(|()| OpenOptions::new().write(true).open(&self.path))
+            .and_then(|mut file| {
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map(|_| file)
+            });
+        match rewritten {
+            Ok(file) => {
+                inner.file = file;
+                inner.len = bytes.len() as u64;
+                inner.book.entries.retain(|_, e| keep(e));
+                Ok(())
+            }
+            Err(err) => {
+                // Which file later writes would reach is not known: nothing more is
+                // written until the node restarts and reads the journal back.
+                let reason = format!("{}: {err}", self.path.display());
+                inner.broken = Some(reason.clone());
+                Err(OutboxError::Io(reason))
+            }
+        }
     }
 }
 
-/// A fresh export id from the operating system's generator.
-pub(crate) fn new_id() -> Result<ExportId, String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|err| format!("no randomness for an export id: {err}"))?;
-    Ok(ExportId(bytes))
+/// The id of the `index`th export of run `source` on the node with key `node`: the
+/// same run made again (an app re-run after a crash) makes the same ids, so the
+/// destination's idempotency key covers it too.
+pub(crate) fn export_id(
+    node: &hearth_protocol::key::PublicKey,
+    source: &str,
+    index: usize,
+) -> ExportId {
+    let mut hasher = Sha256::new();
+    hasher.update(b"hearth/v1/export-id");
+    hasher.update(node.as_bytes());
+    hasher.update((source.len() as u64).to_le_bytes());
+    hasher.update(source.as_bytes());
+    hasher.update((index as u64).to_le_bytes());
+    let digest = hasher.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+    ExportId(id)
 }
 
 #[cfg(test)]
@@ -496,6 +510,7 @@ mod tests {
             source: "job:00".into(),
             cap_id: "cap".into(),
             links: vec!["root".into(), "cap".into()],
+            chain: String::new(),
             queued_at,
             expires_at: queued_at + DAY_MS,
             review: true,
@@ -559,18 +574,24 @@ mod tests {
         let whole = std::fs::read(&path).unwrap();
         // A crash mid-write: half of a third record.
         let mut torn = whole.clone();
-        torn.extend_from_slice(&frame(&Record::Pause { paused: true })[..10]);
+        torn.extend_from_slice(&frame(&[Record::Pause { paused: true }])[..20]);
         std::fs::write(&path, &torn).unwrap();
         let outbox = Outbox::open(dir.path()).unwrap();
         outbox.with(|book| assert_eq!((book.entries.len(), book.paused), (2, false)));
         drop(outbox);
         assert_eq!(std::fs::read(&path).unwrap(), whole);
-        // A flipped byte in the first record is damage, not a torn end.
+        // A flipped byte in the first frame is damage, not a torn end; so is a length
+        // that points past the end of the file.
         let mut damaged = whole.clone();
         damaged[20] ^= 1;
         std::fs::write(&path, &damaged).unwrap();
         let err = Outbox::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("damaged at byte 0"), "{err}");
+        let mut long = whole.clone();
+        long[2] = 0x7f;
+        std::fs::write(&path, &long).unwrap();
+        let err = Outbox::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("length does not match"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! loopback when allowed), send one `POST`, read the status line. Redirects are
 //! answers, not instructions: a 3xx fails the export.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,7 +98,7 @@ pub(crate) fn client_config(
 pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, _, _] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -108,22 +108,37 @@ pub(crate) fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0)
+                || (a == 192 && b == 0 && c == 0)
                 || (a == 198 && (18..20).contains(&b))
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                Ipv4Addr::new(a, b, c, d)
+            };
+            // Addresses that carry an IPv4 address are as public as it is: mapped and
+            // compatible (::ffff:a.b.c.d, ::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4.
+            if v6.is_loopback() || v6.is_unspecified() {
+                return false;
+            }
+            if let Some(v4) = v6.to_ipv4() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || first == 0x0064)
+            if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return is_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
+            if s[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(s[1], s[2])));
+            }
+            !(v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || s[0] == 0x0064)
         }
     }
 }
@@ -313,9 +328,28 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream.write_all(head.as_bytes()).await.map_err(io)?;
     stream.write_all(request.body).await.map_err(io)?;
     stream.flush().await.map_err(io)?;
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
+        // What was read is parsed before more is read: an interim answer and the
+        // final one may come in one segment.
+        match parse_head(&buf) {
+            Head::Final(status, location) => return Ok((status, location)),
+            Head::Interim(len) => {
+                buf.drain(..len);
+                continue;
+            }
+            Head::Malformed(err) => {
+                return Err(format!("{} sent a malformed answer: {err}", dest.authority));
+            }
+            Head::Partial if buf.len() >= MAX_HEAD => {
+                return Err(format!(
+                    "{} sent an answer head over {MAX_HEAD} bytes",
+                    dest.authority
+                ));
+            }
+            Head::Partial => {}
+        }
         let n = stream.read(&mut chunk).await.map_err(io)?;
         if n == 0 {
             return Err(format!(
@@ -324,35 +358,38 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             ));
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let status = response.code.unwrap_or(0);
-                // 1xx answers come before the real one.
-                if (100..200).contains(&status) {
-                    let Ok(httparse::Status::Complete(len)) = response.parse(&buf) else {
-                        return Err("a malformed interim answer".into());
-                    };
-                    buf.drain(..len);
-                    continue;
-                }
-                let location = response
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("location"))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
-                return Ok((status, location));
+    }
+}
+
+/// What an answer's head says so far.
+enum Head {
+    /// Not all of it yet.
+    Partial,
+    /// A 1xx answer of this many bytes, before the real one.
+    Interim(usize),
+    /// The status and `Location`.
+    Final(u16, Option<String>),
+    Malformed(String),
+}
+
+fn parse_head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let status = response.code.unwrap_or(0);
+            if (100..200).contains(&status) {
+                return Head::Interim(len);
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(format!(
-                    "{} sent an answer head over {MAX_HEAD} bytes",
-                    dest.authority
-                ));
-            }
-            Err(err) => return Err(format!("{} sent a malformed answer: {err}", dest.authority)),
+            let location = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("location"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned());
+            Head::Final(status, location)
         }
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(err) => Head::Malformed(err.to_string()),
     }
 }
 
@@ -375,12 +412,39 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:c0a8:101::1",
+            "fec0::1",
+            "192.0.0.8",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "192.0.78.9",
+            "2606:4700:4700::1111",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
+    }
+
+    #[test]
+    fn an_interim_answer_and_the_final_one_in_one_read() {
+        let both =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let Head::Interim(len) = parse_head(both) else {
+            panic!("not interim")
+        };
+        assert!(matches!(parse_head(&both[len..]), Head::Final(201, None)));
+        assert!(matches!(parse_head(b"HTTP/1.1 2"), Head::Partial));
+        assert!(matches!(
+            parse_head(b"NOT HTTP\r\n\r\n"),
+            Head::Malformed(_)
+        ));
     }
 
     #[test]

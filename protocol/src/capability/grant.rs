@@ -824,6 +824,18 @@ impl Grant {
                     .unwrap_or_default()
             ));
         }
+        if c.review {
+            limits.push("each export released by the owner".into());
+        }
+        if let Some(max) = c.max_exports_per_day {
+            limits.push(format!(
+                "at most {max} export{} a day",
+                if max == 1 { "" } else { "s" }
+            ));
+        }
+        if let Some(max) = c.max_export_bytes_per_day {
+            limits.push(format!("at most {max} bytes of exports a day"));
+        }
         if limits.is_empty() {
             format!("{verbs} {what}")
         } else {
