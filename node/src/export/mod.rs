@@ -837,6 +837,63 @@ async fn attempt(node: Arc<Node>, gateway: Arc<Gateway>, e: Entry, certificate: 
     gateway.wake.notify_one();
 }
 
+/// For the export benchmark (`scripts/bench-export.sh`): the outbox alone.
+#[doc(hidden)]
+pub mod bench {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::outbox::{Entry, Format, Outbox, OutboxError, Record, State};
+
+    /// Queues `n` exports of `body_bytes` bytes into a fresh outbox in `dir`,
+    /// `per_commit` to a commit (each commit synced before the next), and returns the
+    /// time it took.
+    pub fn outbox(
+        dir: &Path,
+        n: usize,
+        per_commit: usize,
+        body_bytes: usize,
+    ) -> Result<Duration, String> {
+        let outbox = Outbox::open(dir).map_err(|e| e.to_string())?;
+        let body = "x".repeat(body_bytes);
+        let entry = |i: usize| Entry {
+            id: format!("{i:032x}"),
+            destination: "https://study.example.org/submit".into(),
+            format: Format::Json,
+            body: body.clone(),
+            sha256: "0".repeat(64),
+            source: format!("job:{i:032x}"),
+            cap_id: "0".repeat(64),
+            links: vec!["0".repeat(64)],
+            chain: String::new(),
+            queued_at: 0,
+            expires_at: u64::MAX,
+            review: false,
+            state: State::Queued,
+            attempts: 0,
+            next_at: 0,
+            last_error: None,
+            status: None,
+            finished_at: None,
+            released_at: None,
+        };
+        let started = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let batch: Vec<Record> = (i..(i + per_commit).min(n))
+                .map(|i| Record::Queue {
+                    entry: Box::new(entry(i)),
+                })
+                .collect();
+            i += batch.len();
+            outbox
+                .commit::<OutboxError>(|_| Ok(batch))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(started.elapsed())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

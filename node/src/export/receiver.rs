@@ -36,6 +36,8 @@ pub struct Received {
     pub status: u16,
     /// The signature check: `Ok(device name)` or why it failed.
     pub verified: Result<String, String>,
+    /// When its head arrived, in milliseconds since the Unix epoch.
+    pub received_at: f64,
 }
 
 /// The answers still to give: a status and, for a redirect, a `Location`.
@@ -180,12 +182,18 @@ fn serve(
     let mut tls = rustls::StreamOwned::new(conn, stream);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut received_at = None;
     let (target, headers, body_start) = loop {
         let n = tls.read(&mut chunk).map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("closed early".into());
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        received_at.get_or_insert_with(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        });
         let mut parsed = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut parsed);
         if let httparse::Status::Complete(len) = request.parse(&buf).map_err(|e| e.to_string())? {
@@ -260,6 +268,7 @@ fn serve(
             body,
             status,
             verified,
+            received_at: received_at.unwrap_or(0.0),
         });
     }
     let location = location
