@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `source` names what produced the body: `job:<32 hex>` (the job id its receipt
-//! names) or `app:<name>#<run>` (a continuous app's run).
+//! names) or `app:<name>@<deployed>#<run>` (a continuous app's run).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -295,7 +295,7 @@ pub struct ExportSignature {
     pub node: PublicKey,
     /// The export.
     pub export: ExportId,
-    /// What produced the body: `job:<id>` or `app:<name>#<run>`.
+    /// What produced the body: `job:<id>` or `app:<name>@<deployed>#<run>`.
     pub source: String,
     /// The node key's signature.
     pub signature: Signature,

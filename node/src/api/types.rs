@@ -739,7 +739,7 @@ pub struct ExportInfo {
     pub state: String,
     /// Whether its grant needs the owner's release.
     pub review: bool,
-    /// What made it: `job:<id>` or `app:<name>#<run>`.
+    /// What made it: `job:<id>` or `app:<name>@<deployed>#<run>`.
     pub source: String,
     /// The capability it was made under (the chain's leaf).
     pub cap_id: String,

@@ -532,7 +532,9 @@ async fn run_once(
             let exports = std::mem::take(&mut outcome.state.exports);
             let queued = match (&outcome.result, exports.is_empty()) {
                 (Ok(_), false) => {
-                    super::queue_exports(node, &holder, &format!("app:{job}"), &chain, exports)
+                    // The deployment's time tells a redeployed app's runs apart.
+                    let source = format!("app:{}@{}#{}", record.name, record.deployed, record.runs);
+                    super::queue_exports(node, &holder, &source, &chain, exports)
                         .await
                         .map(|_| ())
                 }

@@ -318,7 +318,7 @@ impl Gateway {
 
     /// Writes the exports of a finished run to the outbox (durably, each audited) or
     /// none of them: `Err` when a daily limit was reached meanwhile or the outbox
-    /// cannot be written. `source` is `job:<id>` or `app:<name>#<run>`.
+    /// cannot be written. `source` is `job:<id>` or `app:<name>@<deployed>#<run>`.
     pub(crate) fn enqueue(
         &self,
         node: &Node,

@@ -97,7 +97,7 @@ pub(crate) struct Entry {
     pub body: String,
     /// SHA-256 of the body, hex.
     pub sha256: String,
-    /// `job:<id>` or `app:<name>#<run>`.
+    /// `job:<id>` or `app:<name>@<deployed>#<run>`.
     pub source: String,
     /// The capability it was made under (the chain's leaf).
     pub cap_id: String,
