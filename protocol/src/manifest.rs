@@ -1131,4 +1131,69 @@ devices = ["home"]
         let err = Manifest::parse("name = ").unwrap_err();
         assert_eq!(err.line, 1);
     }
+
+    #[test]
+    fn export_consent_terms_become_caveats_and_bad_ones_are_refused() {
+        let held = PLACES.replace(
+            "purpose = \"A study of mobility.\"",
+            "purpose = \"A study of mobility.\"\nreview = true\nmax_per_day = 2\nmax_bytes_per_day = 900",
+        );
+        let m = Manifest::parse(&held).unwrap();
+        let text = m.render_plain();
+        assert!(
+            text.contains("Each export waits until you release it"),
+            "{text}"
+        );
+        assert!(
+            text.contains("At most 2 exports and 900 bytes a day."),
+            "{text}"
+        );
+        let grants = m.to_grants(ModuleHash([1; 32]), UnixMillis(0));
+        let export = grants
+            .iter()
+            .find(|g| matches!(g.resource, Resource::Export(_)))
+            .unwrap();
+        assert!(export.caveats.review);
+        assert_eq!(export.caveats.max_exports_per_day, Some(2));
+        assert_eq!(export.caveats.max_export_bytes_per_day, Some(900));
+        assert!(
+            Manifest::parse(PLACES)
+                .unwrap()
+                .render_plain()
+                .contains("without asking you")
+        );
+
+        for (bad, field, says) in [
+            (
+                held.replace("max_per_day = 2", "max_per_day = 0"),
+                "outputs[1].max_per_day",
+                "allows nothing",
+            ),
+            (
+                PLACES.replace("type = \"result\"", "type = \"result\"\nreview = true"),
+                "outputs[0].review",
+                "only an `export` output",
+            ),
+            (
+                PLACES.replace(
+                    "https://research.example.org/upload",
+                    "https://research.example.org*",
+                ),
+                "outputs[1].destination",
+                "names the host and the `/`",
+            ),
+            (
+                PLACES.replace(
+                    "https://research.example.org/upload",
+                    "https://research.example.org/a/../upload",
+                ),
+                "outputs[1].destination",
+                "'..' segments",
+            ),
+        ] {
+            let err = Manifest::parse(&bad).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            assert!(err.message.contains(says), "{err}");
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //! A computation hands a body and a destination to the host (`gateway.send`); the
 //! host checks the destination against the capability's `export:` grants and keeps
 //! the body with the run. Only when the run succeeds are its exports written to the
-//! durable outbox ([`outbox`]), each audited, and only then does the job report
-//! success. A task sends what is due ([`send`]): held exports wait for the owner's
+//! durable outbox (`outbox.rs`), each audited, and only then does the job report
+//! success. A task sends what is due (`send.rs`): held exports wait for the owner's
 //! release, failed attempts are retried with backoff (across restarts: the attempts
 //! are in the journal), exports not delivered in time expire. Every request carries
 //! an `Idempotency-Key` (the export id), a `Hearth-Signature` by the node key and the
