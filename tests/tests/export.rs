@@ -400,3 +400,50 @@ fn a_failing_destination_gets_the_body_exactly_once_across_a_sigkill() {
     assert!(!s.audit("export.attempt").is_empty());
     stop(s.node.take().unwrap());
 }
+
+#[test]
+fn a_continuous_app_exports_from_each_run() {
+    let s = setup();
+    let dest = s.url("/hook");
+    let manifest = format!(
+        "name = \"probe-app\"\nversion = \"0.1.0\"\ndescription = \"Exports on each run.\"\n\n\
+         [module]\npath = \"sandbox_probe.wasm\"\n\n[[grants]]\nstore = \"location\"\n\
+         access = [\"read\", \"subscribe\"]\ngranularity = \"aggregate\"\n\
+         purpose = \"Follow the track.\"\n\n[[outputs]]\ntype = \"export\"\n\
+         destination = \"{dest}\"\npurpose = \"A webhook.\"\n\n[limits]\nmax_result_bytes = 512\n"
+    );
+    let cap = approve(&s.home, &s.work, &manifest, "sandbox_probe", "");
+    let params = serde_json::json!({"do": "export", "destination": dest,
+                                    "body": "{\"moved\": true}"})
+    .to_string();
+    json_ok(
+        &s.home,
+        &[
+            "app",
+            "deploy",
+            s.work.join("sandbox_probe.wasm").to_str().unwrap(),
+            "--cap",
+            cap.to_str().unwrap(),
+            "--key",
+            s.work.join("dev.key").to_str().unwrap(),
+            "--store",
+            "location",
+            "--params",
+            &params,
+        ],
+    );
+    wait_until("the app's export to arrive", 60, || {
+        (!s.receiver.kept().is_empty()).then_some(())
+    });
+    let exports = s.exports();
+    let source = exports[0]["source"].as_str().unwrap();
+    assert!(source.starts_with("app:sandbox-probe@"), "{source}");
+    let request = &s.receiver.requests()[0];
+    assert_eq!(request.body, b"{\"moved\": true}");
+    assert!(request.verified.is_ok(), "{:?}", request.verified);
+    assert!(
+        request.headers["hearth-signature"].contains(&format!("source={source}")),
+        "the signature names the app's run"
+    );
+    stop(s.node.unwrap());
+}

@@ -1509,26 +1509,30 @@ async fn show_export(
     Ok(Json(blocking(move || Ok(gateway.show(&id)?)).await?))
 }
 
+/// An owner's decision on an export: release or drop.
+type Decision =
+    fn(&crate::export::Gateway, &Node, &str) -> Result<ExportInfo, crate::export::ExportError>;
+
+async fn decide_export(node: Arc<Node>, id: &str, decide: Decision) -> ApiResult<ExportInfo> {
+    let gateway = gateway(&node)?;
+    let id = export_id(id)?;
+    Ok(Json(
+        blocking(move || Ok(decide(&gateway, &node, &id)?)).await?,
+    ))
+}
+
 async fn release_export(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> ApiResult<ExportInfo> {
-    let gateway = gateway(&node)?;
-    let id = export_id(&id)?;
-    Ok(Json(
-        blocking(move || Ok(gateway.release(&node, &id)?)).await?,
-    ))
+    decide_export(node, &id, crate::export::Gateway::release).await
 }
 
 async fn drop_export(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> ApiResult<ExportInfo> {
-    let gateway = gateway(&node)?;
-    let id = export_id(&id)?;
-    Ok(Json(
-        blocking(move || Ok(gateway.drop_export(&node, &id)?)).await?,
-    ))
+    decide_export(node, &id, crate::export::Gateway::drop_export).await
 }
 
 async fn set_exports_paused(node: Arc<Node>, paused: bool) -> ApiResult<ExportsPaused> {

@@ -467,78 +467,84 @@ impl Gateway {
         })
     }
 
-    /// The owner's release of a held export.
-    pub fn release(&self, node: &Node, id: &str) -> Result<ExportInfo, ExportError> {
+    /// An owner's decision on export `id`: `decide` turns the export (as it is now)
+    /// into the record to keep, or refuses; kept, it is audited as `action`.
+    fn decide(
+        &self,
+        node: &Node,
+        id: &str,
+        action: &str,
+        outcome: &str,
+        decide: impl FnOnce(&Entry, u64) -> Result<Record, ExportError>,
+    ) -> Result<ExportInfo, ExportError> {
         let now = crate::clock::now().0;
         self.outbox.commit::<ExportError>(|book| {
             let e = book
                 .entries
                 .get(id)
                 .ok_or_else(|| ExportError::NotFound(id.to_owned()))?;
-            if e.state != State::Held {
-                return Err(ExportError::Conflict(format!(
-                    "export {id} is {}, not held: only a held export is released",
-                    e.state.as_str()
-                )));
-            }
-            if e.expires_at <= now {
-                return Err(ExportError::Conflict(format!(
-                    "export {id} expired before it was released"
-                )));
-            }
-            Ok(vec![Record::Release {
-                id: id.to_owned(),
-                at: now,
-            }])
+            Ok(vec![decide(e, now)?])
         })?;
-        let shown = self.info(id, false)?;
-        if let Some(e) = self.outbox.with(|book| book.entries.get(id).cloned()) {
-            audit(
-                node,
-                "local",
-                "export.release",
-                &e,
-                "allowed: released by the owner".into(),
-            );
+        if let Some(e) = self.entry(id) {
+            audit(node, "local", action, &e, outcome.to_owned());
         }
         self.wake.notify_one();
-        Ok(shown)
+        self.info(id, false)
+    }
+
+    /// The owner's release of a held export.
+    pub fn release(&self, node: &Node, id: &str) -> Result<ExportInfo, ExportError> {
+        self.decide(
+            node,
+            id,
+            "export.release",
+            "allowed: released by the owner",
+            |e, now| {
+                if e.state != State::Held {
+                    return Err(ExportError::Conflict(format!(
+                        "export {id} is {}, not held: only a held export is released",
+                        e.state.as_str()
+                    )));
+                }
+                if e.expires_at <= now {
+                    return Err(ExportError::Conflict(format!(
+                        "export {id} expired before it was released"
+                    )));
+                }
+                Ok(Record::Release {
+                    id: id.to_owned(),
+                    at: now,
+                })
+            },
+        )
     }
 
     /// The owner's drop of an export not yet finished. An attempt under way when the
     /// drop comes may still deliver it.
     pub fn drop_export(&self, node: &Node, id: &str) -> Result<ExportInfo, ExportError> {
-        let now = crate::clock::now().0;
-        self.outbox.commit::<ExportError>(|book| {
-            let e = book
-                .entries
-                .get(id)
-                .ok_or_else(|| ExportError::NotFound(id.to_owned()))?;
-            if e.state.is_final() {
-                return Err(ExportError::Conflict(format!(
-                    "export {id} is already {}",
-                    e.state.as_str()
-                )));
-            }
-            Ok(vec![Record::Finish {
-                id: id.to_owned(),
-                state: State::Dropped,
-                at: now,
-                error: None,
-                status: None,
-            }])
-        })?;
-        if let Some(e) = self.outbox.with(|book| book.entries.get(id).cloned()) {
-            audit(
-                node,
-                "local",
-                "export.drop",
-                &e,
-                "allowed: dropped by the owner".into(),
-            );
-            node.metrics.export("dropped");
-        }
-        self.info(id, false)
+        let dropped = self.decide(
+            node,
+            id,
+            "export.drop",
+            "allowed: dropped by the owner",
+            |e, now| {
+                if e.state.is_final() {
+                    return Err(ExportError::Conflict(format!(
+                        "export {id} is already {}",
+                        e.state.as_str()
+                    )));
+                }
+                Ok(Record::Finish {
+                    id: id.to_owned(),
+                    state: State::Dropped,
+                    at: now,
+                    error: None,
+                    status: None,
+                })
+            },
+        )?;
+        node.metrics.export("dropped");
+        Ok(dropped)
     }
 
     /// Pauses (or resumes) all sending; kept across restarts. Returns the exports

@@ -7,11 +7,18 @@
 //! `"panic"` panics, `"fail"` returns an error, `"export"` hands `params.body` (text)
 //! to the gateway for `params.destination`, `params.times` times (default 1), as
 //! `params.format` (`"json"`, the default, or `"text"`) without checking it, and
-//! returns the gateway's error if any.
+//! returns the gateway's error if any. Deployed as a continuous app, it does what its
+//! deploy parameters say on every run.
 
 use hearth_sdk::{Value, Window, json, stores};
 
 fn probe(params: Value) -> Result<Value, String> {
+    // Deployed as a continuous app, it is called with its deploy parameters under
+    // `params`.
+    let params = match (params.get("do"), params.get("params")) {
+        (None, Some(inner)) => inner.clone(),
+        _ => params,
+    };
     match params.get("do").and_then(Value::as_str).unwrap_or("") {
         "spin" => {
             let mut n: u64 = 0;
