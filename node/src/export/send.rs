@@ -447,6 +447,43 @@ mod tests {
         ));
     }
 
+    fn fails_with(url: &str, allow_http: bool) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let tls = Arc::new(client_config(&[]).unwrap());
+        let request = Request {
+            destination: url,
+            content_type: "application/json",
+            body: b"{}",
+            export_id: "00",
+            signature: "v1",
+            certificate: "hcap1:",
+        };
+        let outcome = runtime.block_on(deliver(&request, &tls, allow_http, Duration::from_secs(5)));
+        match outcome {
+            Outcome::Fail { error, .. } => error,
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_http_goes_only_to_a_literal_loopback_address_and_only_when_allowed() {
+        let err = fails_with("http://127.0.0.1:9/x", false);
+        assert!(err.contains("allow_http_loopback"), "{err}");
+        let err = fails_with("http://192.0.2.1/x", true);
+        assert!(err.contains("loopback address only"), "{err}");
+        let err = fails_with("http://localhost:9/x", true);
+        assert!(err.contains("written literally only"), "{err}");
+        // A name that resolves to this machine, over HTTPS: refused before connecting.
+        let err = fails_with("https://localhost:9/x", false);
+        assert!(
+            err.contains("resolves to") && err.contains("loopback"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn answers_are_classified() {
         assert_eq!(classify(201, None), Outcome::Delivered(201));
