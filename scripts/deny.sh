@@ -10,6 +10,10 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
     cargo install cargo-deny --locked --quiet
 fi
 
+# cargo-deny reads the whole lockfile, other platforms' crates included, which a
+# build for this one never downloads: fetch them all (from crates.io) first.
+cargo fetch --locked --quiet
+
 # The advisory database is a git repository on github.com. Where it cannot be fetched
 # (a closed network), a copy fetched earlier is used; with none, the advisories are
 # not checked, and this says so.

@@ -964,7 +964,8 @@ impl hearth::compute::gateway::Host for HostState {
             .iter()
             .filter(|g| applies(g, &resource, Actions::EXPORT))
             .map(|g| g.caveats.max_result_bytes.unwrap_or(u64::MAX))
-            .max()
+            // As with review and the daily limits, the strictest grant holds.
+            .min()
             .unwrap_or(0)
             .min(crate::export::MAX_EXPORT_BYTES as u64);
         if body.len() as u64 > max {
