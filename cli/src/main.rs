@@ -127,6 +127,14 @@ enum Command {
     /// Receipts of computations.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// The owner's dashboard in a browser: prints a one-time login link (two minutes)
+    /// to the pages this node serves on its loopback address.
+    #[command(after_help = "Examples:\n  hearth dashboard\n  hearth dashboard --open")]
+    Dashboard {
+        /// Open the link in the default browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// The export gateway's outbox: `ls`, `show`, `release`, `drop`, `pause`, `resume`,
     /// and `verify` for what a destination received.
     #[command(subcommand)]
@@ -262,6 +270,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             cmd::compute::verify_receipt(&data_dir, &file, &mut out)
         }
         Command::Export(command) => cmd::export::run(&data_dir, command, &mut out),
+        Command::Dashboard { open } => cmd::dashboard::run(&data_dir, open, &mut out),
         Command::Demo(args) => cmd::demo::run(args, &mut out),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;

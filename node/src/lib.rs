@@ -15,7 +15,8 @@
 //! ├── compute: jobs forwarded by other devices; one task per app; runs on blocking
 //! │   threads (one per core), each a fresh wasmtime instance
 //! ├── export gateway: sends what the outbox holds when due (HTTPS, retries, expiry)
-//! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key
+//! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key; the owner's
+//!     dashboard under /ui/ (one-time login link, session cookie)
 //!     └── blocking store and audit calls on tokio's blocking pool
 //! ```
 //!
@@ -48,6 +49,7 @@ pub mod audit_copy;
 pub mod catalogue;
 pub mod clock;
 pub mod compute;
+pub mod dashboard;
 pub mod drivers;
 pub mod export;
 pub mod mesh;

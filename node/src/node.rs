@@ -187,6 +187,8 @@ pub struct Node {
     pub(crate) metrics_key: Option<String>,
     /// What the node counts for `/v1/metrics`.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The dashboard's login links and sessions.
+    pub(crate) dashboard: crate::dashboard::Sessions,
     /// Held for the node's lifetime: one node per data directory.
     _lock: std::fs::File,
 }
@@ -331,6 +333,7 @@ impl Node {
             api_key,
             metrics_key,
             metrics: Arc::default(),
+            dashboard: crate::dashboard::Sessions::default(),
             _lock: lock,
         }))
     }

@@ -501,6 +501,147 @@ pub mod work {
     }
 }
 
+/// The dashboard as a browser reaches it, over plain HTTP/1.1 on a `TcpStream`, so
+/// that a test controls every header (`Host`, `Origin`, `Cookie`).
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+pub mod dashboard {
+    use std::io::{Read as _, Write as _};
+    use std::path::Path;
+
+    /// An answer: status, headers (names in lower case) and body.
+    #[derive(Debug)]
+    pub struct Answer {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: String,
+    }
+
+    impl Answer {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// One request to `addr` with exactly these headers (and `Host: host`).
+    pub fn raw(
+        addr: &str,
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    /// A logged-in browser session.
+    #[derive(Debug)]
+    pub struct Session {
+        pub addr: String,
+        pub cookie: String,
+    }
+
+    /// `hearth dashboard` on `dir`, and the login link opened.
+    pub fn login(dir: &Path) -> Session {
+        let link = crate::cli::json_ok(dir, &["dashboard"]);
+        let url = link["url"].as_str().unwrap();
+        let rest = url.strip_prefix("http://").unwrap();
+        let (addr, path) = rest.split_once('/').unwrap();
+        let answer = raw(addr, "GET", &format!("/{path}"), addr, &[], "");
+        assert_eq!(answer.status, 303, "{answer:?}");
+        let cookie = answer
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        Session {
+            addr: addr.to_owned(),
+            cookie,
+        }
+    }
+
+    impl Session {
+        pub fn get(&self, path: &str) -> Answer {
+            raw(
+                &self.addr,
+                "GET",
+                path,
+                &self.addr,
+                &[("Cookie", &self.cookie)],
+                "",
+            )
+        }
+
+        /// Posts a form with the CSRF token of the page at `from`.
+        pub fn post(&self, from: &str, path: &str, fields: &[(&str, &str)]) -> Answer {
+            let page = self.get(from);
+            let mut form = format!("csrf={}", csrf(&page.body));
+            for (name, value) in fields {
+                form.push_str(&format!("&{name}={value}"));
+            }
+            raw(
+                &self.addr,
+                "POST",
+                path,
+                &self.addr,
+                &[
+                    ("Cookie", &self.cookie),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                &form,
+            )
+        }
+    }
+
+    /// The CSRF token a page's forms carry.
+    pub fn csrf(page: &str) -> String {
+        let at = page
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token");
+        let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
 /// For the benchmark binaries: the `q`-quantile (0..=1) of `samples`, in milliseconds
 /// (nearest rank).
 #[allow(

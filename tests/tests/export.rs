@@ -360,7 +360,17 @@ fn refused_exports_send_nothing() {
         .unwrap()
         .to_owned();
     json_ok(&s.home, &["cap", "revoke", revoked_cap.to_str().unwrap()]);
-    json_ok(&s.home, &["export", "release", &id]);
+    // Released from the dashboard this time: the page shows what would leave.
+    let session = hearth_tests::dashboard::login(&s.home);
+    let page = session.get(&format!("/ui/exports/{id}"));
+    assert!(page.body.contains("Release: send it to"), "{}", page.body);
+    assert!(page.body.contains("&quot;study&quot;:&quot;mobility&quot;"));
+    let released = session.post(
+        &format!("/ui/exports/{id}"),
+        &format!("/ui/exports/{id}/release"),
+        &[],
+    );
+    assert_eq!(released.status, 303, "{released:?}");
     let failed = s.wait_state(&id, "failed");
     assert!(
         failed["last_error"].as_str().unwrap().contains("revoked"),

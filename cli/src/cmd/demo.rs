@@ -302,10 +302,22 @@ pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
         keep: args.keep,
         json: out.json(),
     };
-    let summary = steps(&mut d, &modules, out)?;
+    let mut summary = steps(&mut d, &modules, out)?;
     let mut stopped_audits = serde_json::Map::new();
     if d.keep {
         d.say(out, "The mesh keeps running (--keep).");
+        let link: api::DashboardLink = d.typed("home", &["dashboard"])?;
+        d.show(
+            out,
+            &format!(
+                "home's dashboard (devices, exports): {}  (works once, for two minutes;                  `hearth --data-dir {} dashboard` makes another)",
+                link.url,
+                d.dir("home").display()
+            ),
+        );
+        if let Some(map) = summary.as_object_mut() {
+            map.insert("dashboard".into(), json!(link.url));
+        }
         for (device, child) in &d.nodes {
             d.show(
                 out,
@@ -344,7 +356,6 @@ pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
         }
         d.nodes.clear();
     }
-    let mut summary = summary;
     if let Some(map) = summary.as_object_mut() {
         let intact = stopped_audits
             .values()
@@ -751,7 +762,7 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
         );
     }
 
-    d.say(out, "Where to look: each node's local API (bearer key in DATA_DIR/api.key); there is no dashboard yet.");
+    d.say(out, "Where to look: each node's local API (bearer key in DATA_DIR/api.key), and its dashboard: `hearth dashboard` prints a one-time login link (devices and exports so far).");
     for (device, api) in [
         ("home", &home_api),
         ("phone", &phone_api),

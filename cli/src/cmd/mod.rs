@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod cap;
 pub(crate) mod compute;
 pub(crate) mod config;
+pub(crate) mod dashboard;
 pub(crate) mod demo;
 pub(crate) mod devices;
 pub(crate) mod doctor;

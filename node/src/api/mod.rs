@@ -186,9 +186,36 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::routing::post(release_export),
         )
         .route("/v1/exports/{id}/drop", axum::routing::post(drop_export))
+        .route("/v1/dashboard/link", axum::routing::post(dashboard_link))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(crate::dashboard::router(node))
+}
+
+async fn dashboard_link(State(node): State<Arc<Node>>) -> ApiResult<DashboardLink> {
+    let addr = node.api_addr.get().copied().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the API is not listening yet",
+        )
+    })?;
+    let (token, expires_at) = node
+        .dashboard
+        .new_link(crate::dashboard::LINK_TTL)
+        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err))?;
+    record(
+        &node,
+        "dashboard.link",
+        &node.config.name,
+        "allowed: a one-time login link",
+        0,
+    )?;
+    Ok(Json(DashboardLink {
+        url: format!("http://{addr}/ui/login?token={token}"),
+        expires_at,
+    }))
 }
 
 /// Are `presented` and `expected` equal? Compared in constant time.

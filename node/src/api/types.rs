@@ -788,6 +788,15 @@ pub struct ExportsPaused {
     pub waiting: u64,
 }
 
+/// The answer to `POST /v1/dashboard/link`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardLink {
+    /// The one-time login link to open in a browser on this device.
+    pub url: String,
+    /// When it stops working (ms since the Unix epoch).
+    pub expires_at: u64,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -894,6 +903,9 @@ mod tests {
         shown["body"] = json!("{\"n\":3}");
         round_trip::<ExportInfo>(shown);
         round_trip::<ExportsPaused>(json!({"paused": true, "waiting": 2}));
+        round_trip::<DashboardLink>(
+            json!({"url": "http://127.0.0.1:1/ui/login?token=ab", "expires_at": 5}),
+        );
         round_trip::<Status>(
             json!({"peer_id": "12D3KooWhome", "name": "home", "role": "home",
             "listen": ["/ip4/127.0.0.1/udp/4001/quic-v1"], "peers": [peer()],
@@ -1184,6 +1196,11 @@ mod tests {
                 "POST /v1/exports/resume",
                 vec![],
                 vec![fields::<ExportsPaused>],
+            ),
+            (
+                "POST /v1/dashboard/link",
+                vec![],
+                vec![fields::<DashboardLink>],
             ),
         ]
     }

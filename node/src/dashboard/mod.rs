@@ -1,0 +1,654 @@
+//! The owner's dashboard, served by the node on its loopback API address under `/ui/`,
+//! from HTML made here and a style sheet compiled into the binary (no scripts yet, no
+//! CDN, nothing fetched at build or run time).
+//!
+//! Who may see it: `hearth dashboard` asks the node (with the API key) for a one-time
+//! login link; opening it exchanges the link's token for a session cookie (HttpOnly,
+//! SameSite=Strict, 12 hours) and the token is spent. Every `/ui/` request is checked
+//! before anything else: its `Host` must name this node's loopback address (a page of
+//! another site that rebinds a name to 127.0.0.1 gets nothing), it must carry a live
+//! session (only the login exchange does not), and a request that changes anything
+//! must be a form `POST` carrying the session's CSRF token. Every answer carries a
+//! strict Content-Security-Policy. The bearer-key API under `/v1/` is unchanged.
+//!
+//! Built so far: the login exchange, the devices page (revoke), the exports page
+//! (release, drop). The other pages of the design (stores, approvals, capabilities,
+//! computations, audit, drivers) and live updates are not built yet.
+
+mod page;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::node::Node;
+use page::{Page, esc};
+
+/// How long a login link works.
+pub const LINK_TTL: Duration = Duration::from_secs(120);
+/// How long a session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// The session cookie's name.
+const COOKIE: &str = "hearth_session";
+/// Most login links and sessions kept at once (the oldest go first).
+const MAX_KEPT: usize = 64;
+/// What every dashboard answer may load: its own style sheet, nothing else.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+fn now_ms() -> u64 {
+    crate::clock::now().0
+}
+
+fn random_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Tokens are kept by their hash: a memory dump does not hand out live sessions.
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// One session.
+#[derive(Debug, Clone)]
+struct Session {
+    csrf: String,
+    expires: u64,
+}
+
+/// Login links and sessions, in memory: a node restart logs everyone out.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    links: Mutex<HashMap<[u8; 32], u64>>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+/// Keeps at most [`MAX_KEPT`] entries, dropping the expired and then the oldest.
+fn prune<V>(map: &mut HashMap<[u8; 32], V>, now: u64, expires: impl Fn(&V) -> u64) {
+    map.retain(|_, v| expires(v) > now);
+    while map.len() >= MAX_KEPT {
+        let Some(oldest) = map.iter().min_by_key(|(_, v)| expires(v)).map(|(k, _)| *k) else {
+            break;
+        };
+        map.remove(&oldest);
+    }
+}
+
+impl Sessions {
+    /// A new one-time login token, working for `ttl`.
+    pub fn new_link(&self, ttl: Duration) -> Result<(String, u64), String> {
+        let token = random_token()?;
+        let now = now_ms();
+        let expires = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        prune(&mut links, now, |e| *e);
+        links.insert(digest(&token), expires);
+        Ok((token, expires))
+    }
+
+    /// Spends a login token: a session id and its CSRF token, or `None` when the token
+    /// is unknown, spent or expired.
+    fn exchange(&self, token: &str) -> Option<(String, Session)> {
+        let now = now_ms();
+        let expires = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest(token))?;
+        if expires <= now {
+            return None;
+        }
+        let id = random_token().ok()?;
+        let session = Session {
+            csrf: random_token().ok()?,
+            expires: now.saturating_add(u64::try_from(SESSION_TTL.as_millis()).unwrap_or(0)),
+        };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        prune(&mut sessions, now, |s| s.expires);
+        sessions.insert(digest(&id), session.clone());
+        Some((id, session))
+    }
+
+    fn session(&self, id: &str) -> Option<Session> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(&digest(id))
+            .filter(|s| s.expires > now_ms())
+            .cloned()
+    }
+
+    fn end(&self, id: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest(id));
+    }
+}
+
+/// The dashboard's routes, under `/ui/`.
+pub fn router(node: Arc<Node>) -> Router {
+    let guarded = Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/devices") }))
+        .route("/ui/", get(|| async { Redirect::to("/ui/devices") }))
+        .route("/ui/app.css", get(style))
+        .route("/ui/devices", get(devices))
+        .route(
+            "/ui/devices/{name}/revoke",
+            get(confirm_revoke).post(revoke),
+        )
+        .route("/ui/exports", get(exports))
+        .route("/ui/exports/{id}", get(export))
+        .route("/ui/exports/{id}/release", post(release))
+        .route("/ui/exports/{id}/drop", post(drop_export))
+        .route("/ui/logout", post(logout))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            require_session,
+        ));
+    Router::new()
+        .route("/ui/login", get(login))
+        .merge(guarded)
+        .layer(middleware::from_fn_with_state(node.clone(), check_host))
+        .layer(middleware::from_fn(headers))
+        .with_state(node)
+}
+
+/// The security headers of every dashboard answer.
+async fn headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The `Host` values this node answers to: its loopback address and port, and
+/// `localhost` with that port.
+fn host_allowed(node: &Node, host: &str) -> bool {
+    let Some(addr) = node.api_addr.get() else {
+        return false;
+    };
+    let port = addr.port();
+    let mut allowed = vec![addr.to_string(), format!("localhost:{port}")];
+    if addr.ip().is_ipv4() {
+        allowed.push(format!("[::1]:{port}"));
+    }
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
+}
+
+async fn check_host(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host_allowed(&node, host) {
+        return refusal(
+            StatusCode::MISDIRECTED_REQUEST,
+            "This dashboard answers only at its own loopback address; open the link \
+             `hearth dashboard` prints.",
+        );
+    }
+    next.run(request).await
+}
+
+fn cookie_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// What a guarded handler knows about its session.
+#[derive(Debug, Clone)]
+struct Ctx {
+    csrf: String,
+}
+
+/// Lets a request through only with a live session; a `POST` also needs a form body
+/// (the handler checks its CSRF token) and, when the browser says where it comes from,
+/// this very origin.
+async fn require_session(
+    State(node): State<Arc<Node>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(session) = cookie_of(request.headers()).and_then(|id| node.dashboard.session(&id))
+    else {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "You are not logged in, or your session ended. Run `hearth dashboard` on this \
+             device and open the link it prints.",
+        );
+    };
+    if request.method() == axum::http::Method::POST {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        let same = |o: &str| {
+            o.strip_prefix("http://")
+                .is_some_and(|host| host_allowed(&node, host))
+        };
+        if origin.is_some_and(|o| !same(o)) {
+            return refusal(
+                StatusCode::FORBIDDEN,
+                "This request came from another site and was refused.",
+            );
+        }
+    }
+    request.extensions_mut().insert(Ctx { csrf: session.csrf });
+    next.run(request).await
+}
+
+/// Does a form's CSRF token match the session's (in constant time)?
+fn csrf_ok(ctx: &Ctx, presented: &str) -> bool {
+    presented.len() == ctx.csrf.len()
+        && presented
+            .bytes()
+            .zip(ctx.csrf.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn refusal(status: StatusCode, message: &str) -> Response {
+    let body = Page::bare(
+        "Hearth",
+        &format!("<p class=\"error\">{}</p>", esc(message)),
+    );
+    (status, axum::response::Html(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    token: String,
+}
+
+async fn login(State(node): State<Arc<Node>>, Query(q): Query<LoginQuery>) -> Response {
+    let Some((id, session)) = node.dashboard.exchange(&q.token) else {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "This login link was used already or has expired. Run `hearth dashboard` for a \
+             new one.",
+        );
+    };
+    let max_age = SESSION_TTL.as_secs();
+    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={max_age}");
+    drop(session);
+    let mut response = Redirect::to("/ui/devices").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    let _ = node.audit.record(hearth_stores::audit::Event {
+        actor: "local".into(),
+        action: "dashboard.login".into(),
+        object: node.config.name.clone(),
+        cap_id: None,
+        outcome: "allowed: a one-time link".into(),
+        bytes: 0,
+    });
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    headers: axum::http::HeaderMap,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return forged();
+    };
+    if !csrf_ok(&ctx, &form.csrf) {
+        return forged();
+    }
+    if let Some(id) = cookie_of(&headers) {
+        node.dashboard.end(&id);
+    }
+    let mut response = refusal(StatusCode::OK, "You are logged out.");
+    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&expired) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+fn forged() -> Response {
+    refusal(
+        StatusCode::FORBIDDEN,
+        "This form's security token does not match your session, so nothing was done. \
+         Reload the page and try again.",
+    )
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("app.css"),
+    )
+        .into_response()
+}
+
+fn when(ms: u64) -> String {
+    if ms == 0 {
+        "never".into()
+    } else {
+        hearth_protocol::time::UnixMillis(ms).to_string()
+    }
+}
+
+async fn devices(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+) -> Response {
+    let mut page = Page::new("Devices", &ctx.csrf);
+    let Some(mesh) = node.mesh.get() else {
+        page.error("This node is not part of a mesh.");
+        return page.into_response();
+    };
+    let list = match mesh.devices().await {
+        Ok(list) => list,
+        Err(err) => {
+            page.error(&err.to_string());
+            return page.into_response();
+        }
+    };
+    page.push("<table><caption>The devices of your mesh</caption><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th><th scope=\"col\">Online</th><th scope=\"col\">Reached</th><th scope=\"col\">Last seen</th><th scope=\"col\">State</th><th scope=\"col\"><span class=\"hidden\">Action</span></th></tr></thead><tbody>");
+    for d in &list {
+        let state = if d.revoked {
+            "revoked"
+        } else if d.approved {
+            "member"
+        } else {
+            "member until its admit grant ends"
+        };
+        let online = if d.name == node.config.name {
+            "this device".to_owned()
+        } else if d.online {
+            "online".to_owned()
+        } else {
+            "offline".to_owned()
+        };
+        let reached = match (&d.path, &d.via) {
+            (Some(path), Some(via)) => format!("{path} via {via}"),
+            (Some(path), None) => path.clone(),
+            _ => "-".into(),
+        };
+        let action = if d.revoked || d.name == node.config.name {
+            String::new()
+        } else {
+            format!(
+                "<a class=\"danger\" href=\"/ui/devices/{0}/revoke\">Revoke {1}…</a>",
+                page::segment(&d.name),
+                esc(&d.name)
+            )
+        };
+        page.push(&format!(
+            "<tr data-device=\"{name}\"><th scope=\"row\">{name}</th><td>{role}</td><td class=\"{online_class}\">{online}</td><td>{reached}</td><td>{seen}</td><td>{state}</td><td>{action}</td></tr>",
+            name = esc(&d.name),
+            role = esc(&d.role),
+            online_class = if d.online { "ok" } else { "muted" },
+            online = esc(&online),
+            reached = esc(&reached),
+            seen = esc(&when(d.last_seen)),
+            state = esc(state),
+        ));
+    }
+    page.push("</tbody></table>");
+    page.into_response()
+}
+
+async fn confirm_revoke(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(name): Path<String>,
+) -> Response {
+    let mut page = Page::new(&format!("Revoke {name}?"), &ctx.csrf);
+    if name == node.config.name {
+        page.error("A device cannot revoke itself; revoke it from another device.");
+        return page.into_response();
+    }
+    page.push(&format!(
+        "<p>Revoking <strong>{name}</strong> removes it from your mesh for good: every \
+         device drops its connections and refuses it from now on, every capability issued \
+         to or by its key stops working, and it receives no more data. What it already \
+         holds stays on it. To bring it back you would pair it again as a new device.</p>\
+         <form method=\"post\" action=\"/ui/devices/{seg}/revoke\">{csrf}\
+         <button class=\"danger\" type=\"submit\">Revoke {name}</button> \
+         <a href=\"/ui/devices\">Cancel</a></form>",
+        name = esc(&name),
+        seg = page::segment(&name),
+        csrf = page.csrf_field(),
+    ));
+    page.into_response()
+}
+
+async fn revoke(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(name): Path<String>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return forged();
+    };
+    if !csrf_ok(&ctx, &form.csrf) {
+        return forged();
+    }
+    let Some(mesh) = node.mesh.get() else {
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This node is not part of a mesh.",
+        );
+    };
+    match mesh.revoke(&name).await {
+        Ok(_) => Redirect::to("/ui/devices").into_response(),
+        Err(err) => {
+            let mut page = Page::new("Devices", &ctx.csrf);
+            page.error(&err.to_string());
+            page.into_response()
+        }
+    }
+}
+
+async fn exports(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+) -> Response {
+    let mut page = Page::new("Exports", &ctx.csrf);
+    let Some(gateway) = node.exports.clone() else {
+        page.error("This node has no export gateway (it is not part of a mesh).");
+        return page.into_response();
+    };
+    let (paused, list) = gateway.list();
+    if paused {
+        page.push("<p class=\"error\">Sending is paused (<code>hearth export resume</code> starts it again).</p>");
+    }
+    if list.is_empty() {
+        page.push(
+            "<p>Nothing waits to leave this device, and nothing left in the last two days.</p>",
+        );
+        return page.into_response();
+    }
+    page.push("<table><caption>This device's export outbox</caption><thead><tr><th scope=\"col\">Export</th><th scope=\"col\">State</th><th scope=\"col\">Destination</th><th scope=\"col\">Bytes</th><th scope=\"col\">Queued</th></tr></thead><tbody>");
+    for e in &list {
+        page.push(&format!(
+            "<tr data-export=\"{id}\"><th scope=\"row\"><a href=\"/ui/exports/{id}\">{short}</a></th><td>{state}</td><td>{dest}</td><td class=\"num\">{bytes}</td><td>{queued}</td></tr>",
+            id = esc(&e.id),
+            short = esc(e.id.get(..12).unwrap_or(&e.id)),
+            state = esc(&e.state),
+            dest = esc(&e.destination),
+            bytes = e.bytes,
+            queued = esc(&when(e.queued_at)),
+        ));
+    }
+    page.push("</tbody></table>");
+    page.into_response()
+}
+
+async fn export(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Response {
+    let mut page = Page::new("Export", &ctx.csrf);
+    let Some(gateway) = node.exports.clone() else {
+        page.error("This node has no export gateway (it is not part of a mesh).");
+        return page.into_response();
+    };
+    let e = match gateway.show(&id) {
+        Ok(e) => e,
+        Err(err) => {
+            page.error(&err.to_string());
+            return page.into_response();
+        }
+    };
+    page.push(&format!(
+        "<dl><dt>State</dt><dd>{state}</dd><dt>Destination (outside your mesh)</dt><dd><strong>{dest}</strong></dd>\
+         <dt>From</dt><dd>{source}</dd><dt>Size</dt><dd>{bytes} bytes of {ctype}</dd><dt>SHA-256</dt><dd><code>{sha}</code></dd>\
+         <dt>Queued</dt><dd>{queued}</dd><dt>Expires</dt><dd>{expires}</dd>{error}</dl>\
+         <h2>What would leave</h2><pre>{body}</pre>",
+        state = esc(&e.state),
+        dest = esc(&e.destination),
+        source = esc(&e.source),
+        bytes = e.bytes,
+        ctype = esc(&e.content_type),
+        sha = esc(&e.sha256),
+        queued = esc(&when(e.queued_at)),
+        expires = esc(&when(e.expires_at)),
+        error = e
+            .last_error
+            .as_ref()
+            .map(|err| format!("<dt>Last error</dt><dd>{}</dd>", esc(err)))
+            .unwrap_or_default(),
+        body = esc(e.body.as_deref().unwrap_or("")),
+    ));
+    let seg = page::segment(&e.id);
+    if e.state == "held" {
+        page.push(&format!(
+            "<form method=\"post\" action=\"/ui/exports/{seg}/release\">{csrf}<button type=\"submit\">Release: send it to {dest}</button></form>",
+            csrf = page.csrf_field(),
+            dest = esc(&e.destination),
+        ));
+    }
+    if e.state == "held" || e.state == "queued" {
+        page.push(&format!(
+            "<form method=\"post\" action=\"/ui/exports/{seg}/drop\">{csrf}<button class=\"danger\" type=\"submit\">Drop: never send it</button></form>",
+            csrf = page.csrf_field(),
+        ));
+    }
+    page.into_response()
+}
+
+async fn decide(
+    node: Arc<Node>,
+    ctx: &Ctx,
+    id: &str,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+    decide: fn(
+        &crate::export::Gateway,
+        &Node,
+        &str,
+    ) -> Result<crate::api::types::ExportInfo, crate::export::ExportError>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return forged();
+    };
+    if !csrf_ok(ctx, &form.csrf) {
+        return forged();
+    }
+    let Some(gateway) = node.exports.clone() else {
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This node has no export gateway.",
+        );
+    };
+    let id = id.to_owned();
+    let node2 = node.clone();
+    let decided = tokio::task::spawn_blocking(move || decide(&gateway, &node2, &id)).await;
+    match decided {
+        Ok(Ok(e)) => Redirect::to(&format!("/ui/exports/{}", page::segment(&e.id))).into_response(),
+        Ok(Err(err)) => refusal(StatusCode::CONFLICT, &err.to_string()),
+        Err(err) => refusal(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+    }
+}
+
+async fn release(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    decide(node, &ctx, &id, form, crate::export::Gateway::release).await
+}
+
+async fn drop_export(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    decide(node, &ctx, &id, form, crate::export::Gateway::drop_export).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_link_works_once_and_not_after_it_expires() {
+        let sessions = Sessions::default();
+        let (token, _) = sessions.new_link(LINK_TTL).unwrap();
+        let (id, session) = sessions.exchange(&token).unwrap();
+        assert_eq!(sessions.session(&id).unwrap().csrf, session.csrf);
+        assert!(sessions.exchange(&token).is_none(), "spent");
+        let (expired, _) = sessions.new_link(Duration::ZERO).unwrap();
+        assert!(sessions.exchange(&expired).is_none(), "expired");
+        assert!(sessions.exchange("not a token").is_none());
+        sessions.end(&id);
+        assert!(sessions.session(&id).is_none(), "logged out");
+    }
+
+    #[test]
+    fn links_and_sessions_are_bounded() {
+        let sessions = Sessions::default();
+        let tokens: Vec<String> = (0..MAX_KEPT * 2)
+            .map(|_| sessions.new_link(LINK_TTL).unwrap().0)
+            .collect();
+        assert!(sessions.links.lock().unwrap().len() <= MAX_KEPT);
+        // The newest still work.
+        assert!(sessions.exchange(tokens.last().unwrap()).is_some());
+    }
+}

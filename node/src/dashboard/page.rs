@@ -1,0 +1,135 @@
+//! The dashboard's page frame: the same header, navigation and footer on every page,
+//! and escaping for everything that goes into HTML.
+
+use std::fmt::Write as _;
+
+use axum::response::{Html, IntoResponse, Response};
+
+/// The pages built so far, in the order of the navigation.
+const PAGES: [(&str, &str); 2] = [("Devices", "/ui/devices"), ("Exports", "/ui/exports")];
+
+/// `text` made safe inside HTML text and attribute values.
+pub(super) fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() && c != '\n' && c != '\t' => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` as one URL path segment: every byte but unreserved characters escaped.
+pub(super) fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A page being written.
+#[derive(Debug)]
+pub(super) struct Page {
+    title: String,
+    csrf: String,
+    body: String,
+}
+
+impl Page {
+    pub(super) fn new(title: &str, csrf: &str) -> Self {
+        Self {
+            title: title.to_owned(),
+            csrf: csrf.to_owned(),
+            body: String::new(),
+        }
+    }
+
+    /// Adds HTML (already escaped where it holds data).
+    pub(super) fn push(&mut self, html: &str) {
+        self.body.push_str(html);
+    }
+
+    /// Adds an error, in a sentence.
+    pub(super) fn error(&mut self, message: &str) {
+        let _ = write!(
+            self.body,
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            esc(message)
+        );
+    }
+
+    /// The hidden field every form carries.
+    pub(super) fn csrf_field(&self) -> String {
+        format!(
+            "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+            esc(&self.csrf)
+        )
+    }
+
+    fn render(&self) -> String {
+        let nav: String = PAGES
+            .iter()
+            .map(|(name, href)| {
+                let current = if *name == self.title {
+                    " aria-current=\"page\""
+                } else {
+                    ""
+                };
+                format!("<li><a href=\"{href}\"{current}>{name}</a></li>")
+            })
+            .collect();
+        let main = format!(
+            "<nav aria-label=\"Pages\"><ul>{nav}</ul><form method=\"post\" action=\"/ui/logout\">{}<button type=\"submit\">Log out</button></form></nav>\
+             <main><h1>{}</h1>{}</main>",
+            self.csrf_field(),
+            esc(&self.title),
+            self.body
+        );
+        Self::bare(&self.title, &main)
+    }
+
+    /// A whole document around `body` (HTML).
+    pub(super) fn bare(title: &str, body: &str) -> String {
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{} · Hearth</title><link rel=\"stylesheet\" href=\"/ui/app.css\"></head>\
+             <body>{body}</body></html>",
+            esc(title)
+        )
+    }
+}
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        Html(self.render()).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_cannot_become_markup() {
+        assert_eq!(
+            esc("<script>alert('x')</script>&\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+        );
+        assert_eq!(esc("a\u{1b}b"), "a\\u{1b}b");
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+    }
+}
