@@ -50,6 +50,18 @@ if ! need_cmd mosquitto || ! need_cmd mosquitto_pub; then
     fi
 fi
 
+# The dashboard's browser tests drive a real headless Chromium over WebDriver.
+if ! need_cmd chromium || ! need_cmd chromedriver; then
+    if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
+        echo "setup: installing chromium and chromium-driver"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+        fi
+    else
+        echo "setup: chromium or chromedriver is missing; install chromium and chromium-driver as root for the dashboard's browser test" >&2
+    fi
+fi
+
 # The demo posts OwnTracks bodies with curl, as the phone app would.
 if ! need_cmd curl; then
     if [ "$(id -u)" = 0 ] && need_cmd apt-get; then

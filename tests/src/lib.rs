@@ -642,6 +642,223 @@ pub mod dashboard {
     }
 }
 
+/// A real headless Chromium driven over WebDriver (`chromedriver`, from Debian's
+/// `chromium-driver`), for the dashboard's browser tests.
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+pub mod webdriver {
+    use std::io::{BufRead as _, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    use serde_json::{Value, json};
+
+    /// The key WebDriver names an element by.
+    const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+    #[derive(Debug)]
+    pub struct Browser {
+        driver: Child,
+        base: String,
+        agent: ureq::Agent,
+    }
+
+    impl Browser {
+        /// Starts chromedriver (port chosen by the system) and a headless Chromium session.
+        pub fn start() -> Browser {
+            let mut driver = Command::new("chromedriver")
+                .arg("--port=0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "chromedriver runs (Debian's chromium-driver; scripts/setup.sh installs it)",
+                );
+            let mut out = BufReader::new(driver.stdout.take().unwrap());
+            let mut line = String::new();
+            let port = loop {
+                line.clear();
+                assert!(
+                    out.read_line(&mut line).unwrap() > 0,
+                    "chromedriver stopped"
+                );
+                if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                    break rest.trim().trim_end_matches('.').to_owned();
+                }
+            };
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while out.read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            });
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut browser = Browser {
+                driver,
+                base: format!("http://127.0.0.1:{port}"),
+                agent,
+            };
+            let session = browser.call(
+                "POST",
+                "/session",
+                Some(json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": "/usr/bin/chromium",
+                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                 "--disable-dev-shm-usage", "--window-size=1200,1000"]
+                    }
+                }}})),
+            );
+            let id = session["sessionId"].as_str().expect("a session").to_owned();
+            browser.base = format!("{}/session/{id}", browser.base);
+            browser
+        }
+
+        fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+            let url = format!("{}{path}", self.base);
+            let response = match (method, body) {
+                ("GET", _) => self.agent.get(&url).call(),
+                ("DELETE", _) => self.agent.delete(&url).call(),
+                (_, body) => self
+                    .agent
+                    .post(&url)
+                    .content_type("application/json")
+                    .send(body.unwrap_or_else(|| json!({})).to_string().as_bytes()),
+            }
+            .unwrap();
+            let text = response.into_body().read_to_string().unwrap();
+            let value: Value = serde_json::from_str(&text).unwrap();
+            let value = value["value"].clone();
+            if let Some(error) = value.get("error") {
+                panic!("webdriver {method} {path}: {error}: {}", value["message"]);
+            }
+            value
+        }
+
+        pub fn goto(&self, url: &str) {
+            self.call("POST", "/url", Some(json!({ "url": url })));
+        }
+
+        pub fn url(&self) -> String {
+            self.call("GET", "/url", None).as_str().unwrap().to_owned()
+        }
+
+        pub fn source(&self) -> String {
+            self.call("GET", "/source", None)
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+
+        /// The elements matching a CSS selector.
+        pub fn all(&self, css: &str) -> Vec<String> {
+            self.call(
+                "POST",
+                "/elements",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e[ELEMENT]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("an element reference: {e}"))
+                    .to_owned()
+            })
+            .collect()
+        }
+
+        fn one(&self, css: &str) -> String {
+            let found = self.all(css);
+            assert!(
+                !found.is_empty(),
+                "no element matches {css}: {}",
+                self.source()
+            );
+            found[0].clone()
+        }
+
+        pub fn text(&self, css: &str) -> String {
+            let id = self.one(css);
+            self.call("GET", &format!("/element/{id}/text"), None)
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+
+        pub fn click(&self, css: &str) {
+            let id = self.one(css);
+            self.call("POST", &format!("/element/{id}/click"), None);
+        }
+
+        pub fn type_into(&self, css: &str, text: &str) {
+            let id = self.one(css);
+            self.call("POST", &format!("/element/{id}/clear"), None);
+            self.call(
+                "POST",
+                &format!("/element/{id}/value"),
+                Some(json!({ "text": text })),
+            );
+        }
+
+        /// Runs a script in the page (WebDriver's, not the page's: the CSP does not
+        /// apply) and returns its value.
+        pub fn run(&self, script: &str) -> Value {
+            self.call(
+                "POST",
+                "/execute/sync",
+                Some(json!({ "script": script, "args": [] })),
+            )
+        }
+
+        /// Marks the document, to tell later whether it was reloaded.
+        pub fn mark(&self) {
+            self.run("window.__hearthMark = 'kept';");
+        }
+
+        pub fn still_marked(&self) -> bool {
+            self.run("return window.__hearthMark === 'kept';") == json!(true)
+        }
+
+        /// Writes a PNG of the page to `TARGET/dashboard-screenshots/NAME.png`.
+        pub fn screenshot(&self, name: &str) -> PathBuf {
+            use base64::Engine as _;
+            let data = self.call("GET", "/screenshot", None);
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(data.as_str().unwrap())
+                .unwrap();
+            let bin = crate::cli::hearth_bin();
+            let dir = bin
+                .parent()
+                .and_then(|p| p.parent())
+                .unwrap()
+                .join("dashboard-screenshots");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{name}.png"));
+            std::fs::write(&path, png).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            let _ = self.agent.delete(&self.base).call();
+            let _ = self.driver.kill();
+            let _ = self.driver.wait();
+        }
+    }
+}
+
 /// For the benchmark binaries: the `q`-quantile (0..=1) of `samples`, in milliseconds
 /// (nearest rank).
 #[allow(

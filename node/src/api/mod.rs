@@ -387,7 +387,7 @@ pub(crate) fn store_status(
 
 /// Every store of the mesh: those held here with their local figures, and those the
 /// catalogue lists elsewhere.
-fn store_list(node: &Node) -> Vec<StoreInfo> {
+pub(crate) fn store_list(node: &Node) -> Vec<StoreInfo> {
     let listing = node
         .catalogue
         .as_ref()

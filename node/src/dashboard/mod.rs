@@ -1,6 +1,6 @@
 //! The owner's dashboard, served by the node on its loopback API address under `/ui/`,
-//! from HTML made here and a style sheet compiled into the binary (no scripts yet, no
-//! CDN, nothing fetched at build or run time).
+//! from HTML made here, and a style sheet and one small script compiled into the
+//! binary (no CDN, nothing fetched at build or run time).
 //!
 //! Who may see it: `hearth dashboard` asks the node (with the API key) for a one-time
 //! login link; opening it exchanges the link's token for a session cookie (HttpOnly,
@@ -11,11 +11,16 @@
 //! must be a form `POST` carrying the session's CSRF token. Every answer carries a
 //! strict Content-Security-Policy. The bearer-key API under `/v1/` is unchanged.
 //!
-//! Built so far: the login exchange, the devices page (revoke), the exports page
-//! (release, drop). The other pages of the design (stores, approvals, capabilities,
-//! computations, audit, drivers) and live updates are not built yet.
+//! Built so far: the login exchange, the devices page (revoke), the stores page (a
+//! chart of a timeseries store's readings, a table of kv entries), the audit page
+//! (filters, pages, verification, live entries), the exports page (release, drop),
+//! and live updates of devices and the audit log (server-sent events). The approvals,
+//! capabilities, computations and drivers pages of the design are not built yet.
 
+mod audit;
+mod live;
 mod page;
+mod stores;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,9 +46,11 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const COOKIE: &str = "hearth_session";
 /// Most login links and sessions kept at once (the oldest go first).
 const MAX_KEPT: usize = 64;
-/// What every dashboard answer may load: its own style sheet, nothing else.
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
-                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// What every dashboard answer may load: its own style sheet, script and event
+/// stream, nothing else.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self' data:; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
 
 fn now_ms() -> u64 {
     crate::clock::now().0
@@ -142,6 +149,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ui", get(|| async { Redirect::to("/ui/devices") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/devices") }))
         .route("/ui/app.css", get(style))
+        .route("/ui/app.js", get(script))
+        .route("/ui/events", get(live::events))
+        .route("/ui/audit", get(audit::page))
+        .route("/ui/audit/verify", get(audit::verify))
+        .route("/ui/stores", get(stores::list))
+        .route("/ui/stores/{name}", get(stores::show))
         .route("/ui/devices", get(devices))
         .route(
             "/ui/devices/{name}/revoke",
@@ -179,7 +192,8 @@ async fn headers(request: Request, next: Next) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // `no-referrer` would make browsers send `Origin: null` on the pages' own forms.
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
@@ -353,6 +367,14 @@ fn forged() -> Response {
     )
 }
 
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("app.js"),
+    )
+        .into_response()
+}
+
 async fn style() -> Response {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
@@ -361,7 +383,7 @@ async fn style() -> Response {
         .into_response()
 }
 
-fn when(ms: u64) -> String {
+pub(super) fn when(ms: u64) -> String {
     if ms == 0 {
         "never".into()
     } else {
@@ -416,7 +438,8 @@ async fn devices(
             )
         };
         page.push(&format!(
-            "<tr data-device=\"{name}\"><th scope=\"row\">{name}</th><td>{role}</td><td class=\"{online_class}\">{online}</td><td>{reached}</td><td>{seen}</td><td>{state}</td><td>{action}</td></tr>",
+            "<tr data-device=\"{name}\"><th scope=\"row\">{name}</th><td>{role}</td><td data-field=\"online\" data-self=\"{me}\" class=\"{online_class}\">{online}</td><td>{reached}</td><td>{seen}</td><td data-field=\"state\">{state}</td><td>{action}</td></tr>",
+            me = d.name == node.config.name,
             name = esc(&d.name),
             role = esc(&d.role),
             online_class = if d.online { "ok" } else { "muted" },

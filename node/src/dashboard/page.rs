@@ -6,7 +6,12 @@ use std::fmt::Write as _;
 use axum::response::{Html, IntoResponse, Response};
 
 /// The pages built so far, in the order of the navigation.
-const PAGES: [(&str, &str); 2] = [("Devices", "/ui/devices"), ("Exports", "/ui/exports")];
+const PAGES: [(&str, &str); 4] = [
+    ("Devices", "/ui/devices"),
+    ("Stores", "/ui/stores"),
+    ("Audit", "/ui/audit"),
+    ("Exports", "/ui/exports"),
+];
 
 /// `text` made safe inside HTML text and attribute values.
 pub(super) fn esc(text: &str) -> String {
@@ -62,6 +67,11 @@ impl Page {
         self.body.push_str(html);
     }
 
+    /// The body written so far, to write into.
+    pub(super) fn body_mut(&mut self) -> &mut String {
+        &mut self.body
+    }
+
     /// Adds an error, in a sentence.
     pub(super) fn error(&mut self, message: &str) {
         let _ = write!(
@@ -83,7 +93,10 @@ impl Page {
         let nav: String = PAGES
             .iter()
             .map(|(name, href)| {
-                let current = if *name == self.title {
+                let current = if self.title == *name
+                    || self.title.starts_with(&format!("{name} "))
+                    || (*name == "Stores" && self.title.starts_with("Store "))
+                {
                     " aria-current=\"page\""
                 } else {
                     ""
@@ -92,7 +105,7 @@ impl Page {
             })
             .collect();
         let main = format!(
-            "<nav aria-label=\"Pages\"><ul>{nav}</ul><form method=\"post\" action=\"/ui/logout\">{}<button type=\"submit\">Log out</button></form></nav>\
+            "<nav aria-label=\"Pages\"><ul>{nav}</ul><span id=\"live\" role=\"status\" class=\"muted\"></span><form method=\"post\" action=\"/ui/logout\">{}<button type=\"submit\">Log out</button></form></nav>\
              <main><h1>{}</h1>{}</main>",
             self.csrf_field(),
             esc(&self.title),
@@ -106,7 +119,8 @@ impl Page {
         format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{} · Hearth</title><link rel=\"stylesheet\" href=\"/ui/app.css\"></head>\
+             <title>{} · Hearth</title><link rel=\"stylesheet\" href=\"/ui/app.css\">\
+             <script src=\"/ui/app.js\" defer></script></head>\
              <body>{body}</body></html>",
             esc(title)
         )

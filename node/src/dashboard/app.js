@@ -1,0 +1,52 @@
+// The dashboard's only script: applies the node's live events (/ui/events) to the page.
+// It writes text, never markup.
+"use strict";
+(function () {
+  if (!window.EventSource) {
+    return;
+  }
+  const source = new EventSource("/ui/events");
+  const status = document.getElementById("live");
+  source.addEventListener("open", function () {
+    if (status) status.textContent = "Live";
+  });
+  source.addEventListener("error", function () {
+    if (status) status.textContent = "Reconnecting…";
+  });
+  source.addEventListener("devices", function (event) {
+    for (const device of JSON.parse(event.data)) {
+      for (const row of document.querySelectorAll("tr[data-device]")) {
+        if (row.dataset.device !== device.name) continue;
+        const online = row.querySelector("td[data-field='online']");
+        if (online && online.dataset.self !== "true") {
+          online.textContent = device.online ? "online" : "offline";
+          online.className = device.online ? "ok" : "muted";
+        }
+        if (device.revoked) {
+          const state = row.querySelector("td[data-field='state']");
+          if (state) state.textContent = "revoked";
+          const action = row.querySelector("a.danger");
+          if (action) action.remove();
+        }
+      }
+    }
+  });
+  source.addEventListener("audit", function (event) {
+    const table = document.querySelector("table[data-live='audit']");
+    if (!table) return;
+    const entry = JSON.parse(event.data);
+    const action = table.dataset.action || "";
+    const outcome = table.dataset.outcome || "";
+    if (action && !(action.endsWith(".") ? entry.action.startsWith(action) : entry.action === action)) return;
+    if (outcome && entry.class !== outcome) return;
+    const row = document.createElement("tr");
+    row.dataset.seq = String(entry.seq);
+    for (const value of [String(entry.seq), entry.time, entry.device, entry.actor, entry.action, entry.object, entry.outcome, String(entry.bytes)]) {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      row.appendChild(cell);
+    }
+    const body = table.querySelector("tbody");
+    body.insertBefore(row, body.firstChild);
+  });
+})();

@@ -1,0 +1,116 @@
+//! Live updates: one server-sent event stream per open page (`/ui/events`). Every
+//! half second the node looks at its devices and its audit log and sends what changed:
+//! `devices` (each device's name, online, revoked) when any of that changed, and one
+//! `audit` event per new entry of this device's log. `app.js` applies them to the page
+//! (text only, never markup). The stream ends when the node stops.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde_json::json;
+
+use crate::node::Node;
+
+/// How often the stream looks for changes.
+const EVERY: Duration = Duration::from_millis(500);
+/// Most audit entries sent in one look (a burst beyond it arrives over the next looks).
+const MAX_ENTRIES: usize = 200;
+
+/// What one look found.
+struct Look {
+    node: Arc<Node>,
+    devices: Option<String>,
+    next_seq: u64,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    first: bool,
+}
+
+async fn devices_json(node: &Node) -> Option<String> {
+    let mesh = node.mesh.get()?;
+    let devices = mesh.devices().await.ok()?;
+    let list: Vec<_> = devices
+        .iter()
+        .map(|d| json!({"name": d.name, "online": d.online, "revoked": d.revoked}))
+        .collect();
+    Some(serde_json::Value::Array(list).to_string())
+}
+
+async fn look(mut state: Look) -> Option<(Vec<Event>, Look)> {
+    if !state.first {
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            _ = state.stopping.wait_for(|stop| *stop) => return None,
+        }
+    }
+    if *state.stopping.borrow() {
+        return None;
+    }
+    state.first = false;
+    let mut events = Vec::new();
+    let devices = devices_json(&state.node).await;
+    if devices.is_some() && devices != state.devices {
+        if let Some(data) = &devices {
+            events.push(Event::default().event("devices").data(data.clone()));
+        }
+        state.devices = devices;
+    }
+    let node = state.node.clone();
+    let from = state.next_seq;
+    let read = tokio::task::spawn_blocking(move || node.audit.entries_from(from, MAX_ENTRIES))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    if let Some((entries, next_seq)) = read {
+        for entry in &entries {
+            events.push(
+                Event::default().event("audit").data(
+                    json!({
+                        "seq": entry.seq,
+                        "time": hearth_protocol::time::UnixMillis(entry.time).to_string(),
+                        "device": entry.device,
+                        "actor": entry.actor,
+                        "action": entry.action,
+                        "object": entry.object,
+                        "outcome": entry.outcome,
+                        "class": hearth_stores::audit::outcome_class(&entry.outcome),
+                        "bytes": entry.bytes,
+                    })
+                    .to_string(),
+                ),
+            );
+        }
+        let _ = next_seq;
+        state.next_seq = entries.last().map_or(from, |e| e.seq + 1);
+    }
+    Some((events, state))
+}
+
+/// `GET /ui/events`.
+pub(super) async fn events(
+    State(node): State<Arc<Node>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let next_seq = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.audit.entries_from(u64::MAX, 0))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |(_, next)| next)
+    };
+    let state = Look {
+        stopping: node.stopping.subscribe(),
+        node,
+        devices: None,
+        next_seq,
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(state, look);
+    let stream = futures_util::StreamExt::flat_map(stream, |events| {
+        futures_util::stream::iter(events.into_iter().map(Ok))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
