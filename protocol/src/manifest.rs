@@ -518,6 +518,41 @@ impl Manifest {
             .unwrap_or(DEFAULT_MAX_RESULT_BYTES)
     }
 
+    /// The owner's approval of this manifest for `holder`: a root capability signed
+    /// with the owner key, its grants bound to `module`, valid from `issued` for
+    /// `valid_for`. A run-limited manifest's runs are counted on device `counter`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn approve(
+        &self,
+        owner: &crate::key::SecretKey,
+        holder: crate::key::PublicKey,
+        module: ModuleHash,
+        issued: UnixMillis,
+        valid_for: Duration,
+        nonce: [u8; 16],
+        counter: &str,
+    ) -> Result<crate::capability::Chain, crate::capability::SignError> {
+        let mut grants = self.to_grants(module, issued);
+        if self.limits.max_runs.is_some() {
+            for grant in &mut grants {
+                if grant.caveats.max_runs.is_some() {
+                    grant.caveats.counter = Some(counter.to_owned());
+                }
+            }
+        }
+        let signed = crate::capability::Capability {
+            issuer: owner.public(),
+            audience: holder,
+            parent: None,
+            grants,
+            not_before: issued,
+            expires: issued.saturating_add(valid_for),
+            nonce,
+        }
+        .sign(owner)?;
+        Ok(crate::capability::Chain::root(signed))
+    }
+
     /// The grants an approval of this manifest signs, bound to `module` and resolved
     /// against the approval time `now` (for `history = "90d"` style windows).
     pub fn to_grants(&self, module: ModuleHash, now: UnixMillis) -> Vec<Grant> {

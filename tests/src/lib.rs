@@ -801,6 +801,29 @@ pub mod webdriver {
             self.call("POST", &format!("/element/{id}/click"), None);
         }
 
+        /// Clicks what submits a form or follows a link, and waits until the page
+        /// that comes of it holds `expect` (a CSS selector): a click does not wait for
+        /// the navigation it starts.
+        pub fn click_to(&self, css: &str, expect: &str) {
+            self.click(css);
+            self.wait_for(expect);
+        }
+
+        /// Waits (up to 30 s) until an element matches `css`.
+        pub fn wait_for(&self, css: &str) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while self.all(css).is_empty() {
+                if std::time::Instant::now() > deadline {
+                    let source = self.source();
+                    let main = source
+                        .find("<main>")
+                        .map_or(&source[..], |at| &source[at..]);
+                    panic!("no element matches {css} at {}: {main}", self.url());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+
         pub fn type_into(&self, css: &str, text: &str) {
             let id = self.one(css);
             self.call("POST", &format!("/element/{id}/clear"), None);

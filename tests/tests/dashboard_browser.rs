@@ -54,19 +54,23 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     // The link works once.
     let base = url[..url.find("/ui/").unwrap()].to_owned();
     browser.goto(&url);
+    browser.wait_for("p.error");
     assert!(browser.source().contains("used already or has expired"));
 
     // Revoke the phone: a confirmation that says what it means, then the row changes
     // without a reload.
     browser.goto(&format!("{base}/ui/devices"));
-    browser.click("tr[data-device='phone'] a.danger");
+    browser.click_to(
+        "tr[data-device='phone'] a.danger",
+        "main form button.danger",
+    );
     assert!(
         browser
             .text("main")
             .contains("removes it from your mesh for good")
     );
     browser.screenshot("revoke");
-    browser.click("main form button.danger");
+    browser.click_to("main form button.danger", "tr[data-device='phone']");
     assert!(
         browser.url().ends_with("/ui/devices"),
         "{}: {}",
@@ -97,16 +101,21 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     browser.mark();
     json_ok(&home, &["store", "create", "notes", "--kind", "kv"]);
     wait_until("the new audit entry on the page", 30, || {
-        let rows = browser.all("table[data-live='audit'] tbody tr");
-        let first = browser.text("table[data-live='audit'] tbody tr:first-child");
-        (!rows.is_empty() && first.contains("store.")).then_some(())
+        let table = browser.text("table[data-live='audit'] tbody");
+        table
+            .lines()
+            .any(|row| row.contains("store.create") && row.contains("notes"))
+            .then_some(())
     });
     assert!(browser.still_marked(), "the page was not reloaded");
     browser.screenshot("audit");
 
     // Filter the audit.
     browser.type_into("form.filters input[name='action']", "dashboard.");
-    browser.click("form.filters button[type='submit']");
+    browser.click_to(
+        "form.filters button[type='submit']",
+        "table:not([data-live]), table[data-action='dashboard.']",
+    );
     assert!(
         browser.url().contains("action=dashboard."),
         "{}",
@@ -117,6 +126,70 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     for line in text.lines() {
         assert!(line.contains("dashboard."), "{line}");
     }
+
+    // Review a manifest in plain words, approve it, and the capability works.
+    json_ok(
+        &home,
+        &["store", "create", "location", "--kind", "timeseries"],
+    );
+    let fixes: Vec<String> = (0..10u64)
+        .map(|i| {
+            format!(
+                r#"{{"ts": {}, "value": {{"lat": 52.37, "lon": 4.89, "tst": {}}}}}"#,
+                now - 7_200_000 + i * 600_000,
+                (now - 7_200_000 + i * 600_000) / 1000
+            )
+        })
+        .collect();
+    append(&home, "location", &fixes);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let wasm = work.join("places.wasm");
+    std::fs::copy(hearth_tests::guest::module("places"), &wasm).unwrap();
+    let key = work.join("dev.key");
+    let made = json_ok(&home, &["key", "new", "--out", key.to_str().unwrap()]);
+    let holder = made["public_key"].as_str().unwrap().to_owned();
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests/places.toml"),
+    )
+    .unwrap();
+    let module_hash =
+        hearth_protocol::capability::ModuleHash::of(&std::fs::read(&wasm).unwrap()).to_string();
+    browser.goto(&format!("{base}/ui/approvals"));
+    browser.type_into("textarea[name='manifest']", &manifest);
+    browser.click_to("main form button[type='submit']", "#review");
+    let review = browser.text("#review");
+    assert!(review.contains("the store \"location\""), "{review}");
+    assert!(
+        review.contains("Nothing is sent outside your mesh"),
+        "{review}"
+    );
+    browser.type_into("input[name='holder']", &holder);
+    browser.type_into("input[name='module']", &module_hash);
+    browser.screenshot("approval");
+    browser.click_to("main form button[type='submit']", "#capability");
+    let cap_text = browser.text("#capability");
+    let cap = work.join("places.cap");
+    std::fs::write(&cap, &cap_text).unwrap();
+    let ran = json_ok(
+        &home,
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "--cap",
+            cap.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran["receipt"]["ran_on"], "home", "{ran}");
+    browser.goto(&format!("{base}/ui/capabilities"));
+    assert_eq!(browser.all("tr[data-cap]").len(), 1);
+    assert!(
+        browser.text("tr[data-cap] td:nth-child(4)").contains('1'),
+        "one run used"
+    );
+    browser.screenshot("capabilities");
 
     // Every chain verified, and the exports page.
     browser.goto(&format!("{base}/ui/audit/verify"));

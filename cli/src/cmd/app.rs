@@ -6,7 +6,7 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hearth_protocol::capability::{Capability, Chain, ModuleHash};
+use hearth_protocol::capability::ModuleHash;
 use hearth_protocol::key::PublicKey;
 use hearth_protocol::manifest::{Granularity, History, Manifest, Output as ManifestOutput};
 use serde_json::{Value, json};
@@ -186,32 +186,23 @@ fn approve(
         confirm(&loaded.manifest, &holder)?;
     }
 
-    let issued = now();
-    let mut grants = loaded.manifest.to_grants(module_hash, issued);
-    if loaded.manifest.limits.max_runs.is_some() {
-        // Runs are counted for the whole mesh on one device: this one unless told.
-        let counter = match counted_by {
-            Some(device) => device,
-            None => dir.config()?.name,
-        };
-        for grant in &mut grants {
-            if grant.caveats.max_runs.is_some() {
-                grant.caveats.counter = Some(counter.clone());
-            }
-        }
-    }
-    let signed = Capability {
-        issuer: owner.public(),
-        audience: holder,
-        parent: None,
-        grants,
-        not_before: issued,
-        expires: issued.saturating_add(expires),
-        nonce: random_bytes()?,
-    }
-    .sign(owner.secret())
-    .map_err(|err| CliError::new(Exit::Error, format!("cannot sign the capability: {err}")))?;
-    let chain = Chain::root(signed);
+    // Runs are counted for the whole mesh on one device: this one unless told.
+    let counter = match counted_by {
+        Some(device) => device,
+        None => dir.config()?.name,
+    };
+    let chain = loaded
+        .manifest
+        .approve(
+            owner.secret(),
+            holder,
+            module_hash,
+            now(),
+            expires,
+            random_bytes()?,
+            &counter,
+        )
+        .map_err(|err| CliError::new(Exit::Error, format!("cannot sign the capability: {err}")))?;
     let leaf = chain.leaf();
     let header = format!(
         "# Hearth capability {id}: {name} {version} for holder {holder}, until {until}.\n",

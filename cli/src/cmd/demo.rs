@@ -310,7 +310,7 @@ pub(crate) fn run(args: Args, out: &mut Output) -> Result<()> {
         d.show(
             out,
             &format!(
-                "home's dashboard (devices, stores, audit, exports): {}  (works once, for two \
+                "home's dashboard: {}  (works once, for two \
                  minutes; `hearth --data-dir {} dashboard` makes another)",
                 link.url,
                 d.dir("home").display()
@@ -763,7 +763,7 @@ fn steps(d: &mut Demo, modules: &Path, out: &mut Output) -> Result<Value> {
         );
     }
 
-    d.say(out, "Where to look: each node's local API (bearer key in DATA_DIR/api.key), and its dashboard: `hearth dashboard` prints a one-time login link (devices, stores, audit and exports so far).");
+    d.say(out, "Where to look: each node's local API (bearer key in DATA_DIR/api.key), and its dashboard: `hearth dashboard` prints a one-time login link.");
     for (device, api) in [
         ("home", &home_api),
         ("phone", &phone_api),

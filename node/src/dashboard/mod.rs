@@ -13,10 +13,12 @@
 //!
 //! Built so far: the login exchange, the devices page (revoke), the stores page (a
 //! chart of a timeseries store's readings, a table of kv entries), the audit page
-//! (filters, pages, verification, live entries), the exports page (release, drop),
-//! and live updates of devices and the audit log (server-sent events). The approvals,
-//! capabilities, computations and drivers pages of the design are not built yet.
+//! (filters, pages, verification, live entries), approvals (review a manifest in
+//! plain words, approve it), capabilities (signed here; revoke), the exports page
+//! (release, drop), and live updates of devices and the audit log (server-sent
+//! events). The computations and drivers pages of the design are not built yet.
 
+mod approvals;
 mod audit;
 mod live;
 mod page;
@@ -153,6 +155,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ui/events", get(live::events))
         .route("/ui/audit", get(audit::page))
         .route("/ui/audit/verify", get(audit::verify))
+        .route("/ui/approvals", get(approvals::form))
+        .route("/ui/approvals/review", post(approvals::review))
+        .route("/ui/approvals/approve", post(approvals::approve))
+        .route("/ui/capabilities", get(approvals::list))
+        .route("/ui/capabilities/{id}/revoke", post(approvals::revoke))
         .route("/ui/stores", get(stores::list))
         .route("/ui/stores/{name}", get(stores::show))
         .route("/ui/devices", get(devices))
@@ -242,7 +249,7 @@ fn cookie_of(headers: &axum::http::HeaderMap) -> Option<String> {
 
 /// What a guarded handler knows about its session.
 #[derive(Debug, Clone)]
-struct Ctx {
+pub(super) struct Ctx {
     csrf: String,
 }
 
@@ -283,7 +290,7 @@ async fn require_session(
 }
 
 /// Does a form's CSRF token match the session's (in constant time)?
-fn csrf_ok(ctx: &Ctx, presented: &str) -> bool {
+pub(super) fn csrf_ok(ctx: &Ctx, presented: &str) -> bool {
     presented.len() == ctx.csrf.len()
         && presented
             .bytes()
@@ -359,7 +366,7 @@ async fn logout(
     response
 }
 
-fn forged() -> Response {
+pub(super) fn forged() -> Response {
     refusal(
         StatusCode::FORBIDDEN,
         "This form's security token does not match your session, so nothing was done. \

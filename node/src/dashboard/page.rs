@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 use axum::response::{Html, IntoResponse, Response};
 
 /// The pages built so far, in the order of the navigation.
-const PAGES: [(&str, &str); 4] = [
+const PAGES: [(&str, &str); 6] = [
     ("Devices", "/ui/devices"),
     ("Stores", "/ui/stores"),
+    ("Approvals", "/ui/approvals"),
+    ("Capabilities", "/ui/capabilities"),
     ("Audit", "/ui/audit"),
     ("Exports", "/ui/exports"),
 ];
@@ -23,7 +25,9 @@ pub(super) fn esc(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => {
+            // Line ends and tabs are text; other control characters are shown, not
+            // sent to the browser.
+            c if c.is_control() && !matches!(c, '\n' | '\r' | '\t') => {
                 let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
             }
             c => out.push(c),

@@ -1,0 +1,327 @@
+//! Approvals and capabilities. The owner pastes an app's manifest, reads the same
+//! plain-words review as `hearth app review` (every destination outside the mesh in
+//! capitals), and approves it for a holder key and a module hash; the capability is
+//! signed with the owner key (on the device that holds it), kept in `DATA_DIR/caps/`
+//! like the CLI's, audited, and shown to copy into a file. The capabilities page lists
+//! every capability this device signed, with its grants, runs used and expiry, and
+//! revokes one.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Form, Path, State};
+use axum::response::{IntoResponse, Response};
+use hearth_protocol::capability::{CapId, Chain, ModuleHash};
+use hearth_protocol::key::PublicKey;
+use hearth_protocol::manifest::Manifest;
+use serde::Deserialize;
+
+use super::page::{Page, esc, segment};
+use super::{Ctx, csrf_ok, forged, when};
+use crate::node::Node;
+
+/// Where signed capabilities are kept (as the CLI keeps them).
+const CAPS_DIR: &str = "caps";
+/// The capabilities revoked from here, one id a line.
+const REVOKED_FILE: &str = "revoked.txt";
+/// The longest manifest taken.
+const MAX_MANIFEST: usize = 64 * 1024;
+
+/// `GET /ui/approvals`.
+pub(super) async fn form(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
+    let mut page = Page::new("Approvals", &ctx.csrf);
+    let csrf = page.csrf_field();
+    page.push(&format!(
+        "<p>Paste an app's manifest to read what it asks for, in plain words, before you \
+         approve it.</p><form class=\"stack\" method=\"post\" action=\"/ui/approvals/review\">{csrf}\
+         <label>Manifest (TOML)<textarea name=\"manifest\" rows=\"16\" cols=\"80\" required></textarea></label>\
+         <button type=\"submit\">Review</button></form>"
+    ));
+    page.into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ReviewForm {
+    csrf: String,
+    manifest: String,
+}
+
+fn parse(text: &str) -> Result<Manifest, String> {
+    if text.len() > MAX_MANIFEST {
+        return Err(format!("a manifest is at most {MAX_MANIFEST} bytes"));
+    }
+    // Browsers send a text area's line ends as CR LF.
+    Manifest::parse(&text.replace("\r\n", "\n"))
+        .map_err(|err| format!("the manifest does not read: {err}"))
+}
+
+/// `POST /ui/approvals/review`.
+pub(super) async fn review(
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    form: Result<Form<ReviewForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return forged();
+    };
+    if !csrf_ok(&ctx, &form.csrf) {
+        return forged();
+    }
+    let mut page = Page::new("Approvals", &ctx.csrf);
+    let manifest = match parse(&form.manifest) {
+        Ok(m) => m,
+        Err(err) => {
+            page.error(&err);
+            return page.into_response();
+        }
+    };
+    let pinned = manifest
+        .module
+        .hash
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let csrf = page.csrf_field();
+    page.push(&format!(
+        "<h2>What it asks for</h2><pre id=\"review\">{review}</pre>\
+         <form class=\"stack\" method=\"post\" action=\"/ui/approvals/approve\">{csrf}\
+         <label>The manifest you are approving<textarea name=\"manifest\" rows=\"8\" readonly>\n{manifest}</textarea></label>\
+         <label>The developer's public key (holder)<input name=\"holder\" required size=\"66\"></label>\
+         <label>The module's SHA-256 (<code>sha256:…</code>, from <code>hearth app review</code>)\
+         <input name=\"module\" value=\"{pinned}\" required size=\"72\"></label>\
+         <label>Valid for (days)<input name=\"days\" type=\"number\" min=\"1\" max=\"3650\" value=\"30\"></label>\
+         <button type=\"submit\">Approve</button> <a href=\"/ui/approvals\">Decline</a></form>",
+        review = esc(&manifest.render_plain()),
+        manifest = esc(&form.manifest),
+        pinned = esc(&pinned),
+    ));
+    page.into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ApproveForm {
+    csrf: String,
+    manifest: String,
+    holder: String,
+    module: String,
+    #[serde(default)]
+    days: Option<u64>,
+}
+
+/// `POST /ui/approvals/approve`.
+pub(super) async fn approve(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    form: Result<Form<ApproveForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return forged();
+    };
+    if !csrf_ok(&ctx, &form.csrf) {
+        return forged();
+    }
+    let mut page = Page::new("Approvals", &ctx.csrf);
+    let signed = (|| -> Result<(Manifest, Chain), String> {
+        let manifest = parse(&form.manifest)?;
+        let holder: PublicKey = form.holder.trim().parse().map_err(|_| {
+            "the holder is a public key of 64 hex digits (`hearth key new` prints it)".to_owned()
+        })?;
+        let module: ModuleHash = form.module.trim().parse()?;
+        if manifest.module.hash.is_some_and(|pinned| pinned != module) {
+            return Err("the module hash differs from the one the manifest pins".into());
+        }
+        let owner = node
+            .config
+            .mesh
+            .as_ref()
+            .and_then(|m| m.owner_key.as_ref())
+            .ok_or("this device does not hold the owner key: approve on the device that does")?;
+        if holder == owner.public() {
+            return Err("the holder is the owner key itself; use a developer's key".into());
+        }
+        let days = form.days.unwrap_or(30).clamp(1, 3650);
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|err| err.to_string())?;
+        let chain = manifest
+            .approve(
+                owner.secret(),
+                holder,
+                module,
+                crate::clock::now(),
+                Duration::from_secs(days * 86_400),
+                nonce,
+                &node.config.name,
+            )
+            .map_err(|err| format!("cannot sign the capability: {err}"))?;
+        Ok((manifest, chain))
+    })();
+    let (manifest, chain) = match signed {
+        Ok(signed) => signed,
+        Err(err) => {
+            page.error(&err);
+            return page.into_response();
+        }
+    };
+    let id = chain.leaf().id();
+    let caps = node.config.data_dir.join(CAPS_DIR);
+    let path = caps.join(format!("{id}.cap"));
+    let kept = std::fs::create_dir_all(&caps).and_then(|()| {
+        hearth_protocol::statefile::write_durable(
+            &path,
+            format!("{}\n", chain.to_text()).as_bytes(),
+        )
+    });
+    if let Err(err) = kept {
+        page.error(&format!("{}: {err}", path.display()));
+        return page.into_response();
+    }
+    let _ = node.audit.record(hearth_stores::audit::Event {
+        actor: "local".into(),
+        action: "app.approve".into(),
+        object: format!("{} {}", manifest.name, manifest.version),
+        cap_id: Some(id.to_string()),
+        outcome: format!(
+            "allowed: for holder {}, until {}",
+            chain.leaf().capability().audience,
+            chain.leaf().capability().expires
+        ),
+        bytes: 0,
+    });
+    page.push(&format!(
+        "<p class=\"ok\" role=\"status\">Approved {name} {version}: capability {short}, until {until}.</p>\
+         <p>Give the developer this text as a file (e.g. <code>{file}.cap</code>); without their \
+         key it cannot be used.</p><pre id=\"capability\"># Hearth capability {short}: {name} {version}\n{text}</pre>",
+        name = esc(&manifest.name),
+        version = esc(&manifest.version),
+        short = esc(&id.short()),
+        until = esc(&chain.leaf().capability().expires.to_string()),
+        file = esc(&manifest.name),
+        text = esc(&chain.to_text()),
+    ));
+    page.into_response()
+}
+
+/// The capabilities kept in `DATA_DIR/caps/`, and the ids revoked from here.
+fn kept(node: &Node) -> (Vec<Chain>, std::collections::BTreeSet<String>) {
+    let caps = node.config.data_dir.join(CAPS_DIR);
+    let revoked = std::fs::read_to_string(caps.join(REVOKED_FILE))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect();
+    let mut chains: Vec<Chain> = std::fs::read_dir(&caps)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "cap"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|text| {
+                    text.lines()
+                        .find(|l| l.starts_with("hcap1:"))
+                        .and_then(|l| Chain::from_text(l.trim()).ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    chains.sort_by_key(|c| std::cmp::Reverse(c.leaf().capability().not_before));
+    (chains, revoked)
+}
+
+/// `GET /ui/capabilities`.
+pub(super) async fn list(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+) -> Response {
+    let mut page = Page::new("Capabilities", &ctx.csrf);
+    let (chains, revoked) = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || kept(&node))
+            .await
+            .unwrap_or_default()
+    };
+    if chains.is_empty() {
+        page.push("<p>This device has signed no capability yet (approvals and delegations made here are listed).</p>");
+        return page.into_response();
+    }
+    let now = crate::clock::now();
+    page.push("<table><caption>Capabilities signed on this device, newest first</caption><thead><tr><th scope=\"col\">Capability</th><th scope=\"col\">Holder</th><th scope=\"col\">Grants</th><th scope=\"col\">Runs used</th><th scope=\"col\">Expires</th><th scope=\"col\">State</th><th scope=\"col\"><span class=\"hidden\">Action</span></th></tr></thead><tbody>");
+    for chain in &chains {
+        let leaf = chain.leaf();
+        let cap = leaf.capability();
+        let id = leaf.id().to_string();
+        let grants: String = cap
+            .grants
+            .iter()
+            .map(|g| format!("<li>{}</li>", esc(&g.describe())))
+            .collect();
+        let runs = node.compute.as_ref().map_or(0, |c| c.runs_so_far(&id));
+        let state = if revoked.contains(&id) {
+            "revoked"
+        } else if cap.expires <= now {
+            "expired"
+        } else {
+            "valid"
+        };
+        let csrf = page.csrf_field();
+        let action = if state == "valid" {
+            format!(
+                "<form method=\"post\" action=\"/ui/capabilities/{seg}/revoke\">{csrf}<button class=\"danger\" type=\"submit\">Revoke</button></form>",
+                seg = segment(&id),
+            )
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            page.body_mut(),
+            "<tr data-cap=\"{id}\"><th scope=\"row\"><code>{short}</code></th><td><code>{holder}</code></td><td><ul>{grants}</ul></td><td class=\"num\">{runs}</td><td>{expires}</td><td data-field=\"state\">{state}</td><td>{action}</td></tr>",
+            id = esc(&id),
+            short = esc(&leaf.id().short()),
+            holder = esc(&cap.audience.short()),
+            expires = esc(&when(cap.expires.0)),
+        );
+    }
+    page.push("</tbody></table>");
+    page.into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CsrfOnly {
+    csrf: String,
+}
+
+/// `POST /ui/capabilities/{id}/revoke`.
+pub(super) async fn revoke(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    form: Result<Form<CsrfOnly>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return forged();
+    };
+    if !csrf_ok(&ctx, &form.csrf) {
+        return forged();
+    }
+    let mut page = Page::new("Capabilities", &ctx.csrf);
+    let cap: CapId = match id.parse() {
+        Ok(cap) => cap,
+        Err(err) => {
+            page.error(&format!("{err}"));
+            return page.into_response();
+        }
+    };
+    let Some(mesh) = node.mesh.get() else {
+        page.error("This node is not part of a mesh.");
+        return page.into_response();
+    };
+    if let Err(err) = mesh.revoke_capability(cap).await {
+        page.error(&err.to_string());
+        return page.into_response();
+    }
+    let revoked = node.config.data_dir.join(CAPS_DIR).join(REVOKED_FILE);
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&revoked)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{cap}\n").as_bytes()));
+    axum::response::Redirect::to("/ui/capabilities").into_response()
+}
