@@ -78,7 +78,12 @@ fn mobility_study(params: Params) -> Result<Summary, String> {
     };
     let (start, end) = week_of(last);
     let week = Window::between(start, end);
-    let fixes = whole(stores::aggregate(store, Aggregate::Count, Some("lat"), week)?);
+    let fixes = whole(stores::aggregate(
+        store,
+        Aggregate::Count,
+        Some("lat"),
+        week,
+    )?);
     let summary = Summary {
         study: "mobility",
         week_start: start,
