@@ -196,9 +196,16 @@ pub(super) async fn show(
                 };
                 let end = newest.ts.saturating_add(1);
                 let start = end.saturating_sub(hours.saturating_mul(3_600_000));
-                let readings = store
-                    .read(hearth_stores::query::Selection::Range(start, end), None)
+                // At most the newest MAX_POINTS + 1 readings are read, whatever the
+                // window: a year of one-second readings does not come into memory.
+                let mut readings = store
+                    .read(
+                        hearth_stores::query::Selection::LastN(MAX_POINTS + 1),
+                        None,
+                    )
                     .map_err(|e| e.to_string())?;
+                let clipped = readings.len() > MAX_POINTS && readings.first().is_some_and(|r| r.ts >= start);
+                readings.retain(|r| r.ts >= start && r.ts < end);
                 let fields = numeric_fields(&newest.value);
                 let field = query
                     .field
@@ -228,12 +235,13 @@ pub(super) async fn show(
                         number_at(&r.value, &field).map(|v| (r.ts, v))
                     })
                     .collect();
-                let total = points.len();
-                if total > MAX_POINTS {
-                    points.drain(..total - MAX_POINTS);
+                if points.len() > MAX_POINTS {
+                    points.drain(..points.len() - MAX_POINTS);
+                }
+                if clipped {
                     let _ = write!(
                         html,
-                        "<p class=\"muted\">The newest {MAX_POINTS} of {total} readings are drawn.</p>"
+                        "<p class=\"muted\">The window holds more readings than a chart draws: the newest {MAX_POINTS} are drawn.</p>"
                     );
                 }
                 if points.is_empty() {
