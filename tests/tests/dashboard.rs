@@ -108,8 +108,15 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     assert_eq!(out.status, 200);
     assert_eq!(session.get("/ui/devices").status, 401, "logged out");
 
+    // Verifying every chain costs: not something a link can start.
+    let session = login(&home);
+    assert_eq!(session.get("/ui/audit/verify").status, 405);
+    let verified = session.post("/ui/audit", "/ui/audit/verify", &[]);
+    assert_eq!(verified.status, 200);
+    assert!(verified.body.contains("intact"), "{}", verified.body);
+
     // Logins are audited.
     let entries = json_ok(&home, &["audit", "--action", "dashboard.login"]);
-    assert_eq!(entries["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(entries["entries"].as_array().unwrap().len(), 3);
     stop(node);
 }

@@ -12,14 +12,25 @@ use crate::output::Output;
 pub(crate) fn run(dir: &DataDir, open: bool, out: &mut Output) -> Result<()> {
     let link: api::DashboardLink =
         Client::connect(dir)?.send("POST", "/v1/dashboard/link", &serde_json::json!({}))?;
-    let opened = open
-        && std::process::Command::new("xdg-open")
-            .arg(&link.url)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+    // The browser is given a file (0600, in the private data directory) that sends it
+    // on to the link: a link on a command line is readable by every local user.
+    let opened = open && {
+        let file = dir.root().join("dashboard-login.html");
+        let _ = std::fs::remove_file(&file);
+        let page = format!(
+            "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" \
+                 content=\"0;url={}\"><title>Hearth</title>",
+            link.url
+        );
+        hearth_protocol::key::write_secret_file(&file, page.as_bytes()).is_ok()
+            && std::process::Command::new("xdg-open")
+                .arg(&file)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    };
     if open && !opened {
         out.note("Could not open a browser (xdg-open); open the link yourself.");
     }

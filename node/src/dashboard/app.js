@@ -15,8 +15,8 @@
   });
   source.addEventListener("devices", function (event) {
     for (const device of JSON.parse(event.data)) {
-      for (const row of document.querySelectorAll("tr[data-device]")) {
-        if (row.dataset.device !== device.name) continue;
+      for (const row of document.querySelectorAll("tr[data-peer]")) {
+        if (row.dataset.peer !== device.peer) continue;
         const online = row.querySelector("td[data-field='online']");
         if (online && online.dataset.self !== "true") {
           online.textContent = device.online ? "online" : "offline";

@@ -84,11 +84,14 @@ pub(super) async fn page(
         esc(&me),
         if device == me { " selected" } else { "" }
     );
-    for (name, _) in devices.iter().filter(|(n, _)| *n != me) {
+    // Other devices by peer id: two devices may carry one name (one revoked).
+    for (name, peer) in devices.iter().filter(|(n, _)| *n != me) {
         options.push_str(&format!(
-            "<option value=\"{0}\"{1}>{0}</option>",
-            esc(name),
-            if *name == device { " selected" } else { "" }
+            "<option value=\"{peer}\"{selected}>{name} ({short})</option>",
+            peer = esc(peer),
+            selected = if *peer == device { " selected" } else { "" },
+            name = esc(name),
+            short = esc(peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer)),
         ));
     }
     let outcomes: String = ["", "allowed", "refused", "failed", "other"]
@@ -110,20 +113,28 @@ pub(super) async fn page(
          <label>Device <select name=\"device\">{options}</select></label> \
          <label>Action <input name=\"action\" value=\"{action}\" placeholder=\"e.g. export. or compute.job\"></label> \
          <label>Outcome <select name=\"outcome\">{outcomes}</select></label> \
-         <button type=\"submit\">Filter</button> <a href=\"/ui/audit/verify\">Verify every chain</a></form>",
+         <button type=\"submit\">Filter</button></form>\
+         <form method=\"post\" action=\"/ui/audit/verify\">{csrf}<button type=\"submit\">Verify every chain</button></form>",
         action = esc(action.as_deref().unwrap_or("")),
+        csrf = page.csrf_field(),
     ));
     let copy = if device == me {
         None
     } else {
-        match devices.iter().find(|(n, _)| *n == device) {
+        match devices.iter().find(|(_, peer)| *peer == device) {
             Some((_, peer)) => Some(crate::audit_copy::copy_path(&node.config.data_dir, peer)),
             None => {
-                page.error(&format!("No device is named {device:?}."));
+                page.error(&format!(
+                    "No device of this mesh has the peer id {device:?}."
+                ));
                 return page.into_response();
             }
         }
     };
+    let shown = devices
+        .iter()
+        .find(|(_, peer)| *peer == device)
+        .map_or(device.clone(), |(name, _)| name.clone());
     let before = filter.before;
     let read = {
         let node = node.clone();
@@ -193,7 +204,7 @@ pub(super) async fn page(
         } else {
             String::new()
         },
-        device = esc(&device),
+        device = esc(&shown),
     ));
     for e in &entries {
         page.push(&format!(
@@ -232,11 +243,24 @@ pub(super) async fn page(
     page.into_response()
 }
 
-/// `GET /ui/audit/verify`: every chain this device holds, checked now.
+#[derive(Debug, Deserialize)]
+pub(super) struct CsrfOnly {
+    csrf: String,
+}
+
+/// `POST /ui/audit/verify`: every chain this device holds, checked now (a `POST`, with
+/// the form's token: it costs a signature check of every chain).
 pub(super) async fn verify(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
+    form: Result<axum::extract::Form<CsrfOnly>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let Ok(axum::extract::Form(form)) = form else {
+        return super::forged();
+    };
+    if !super::csrf_ok(&ctx, &form.csrf) {
+        return super::forged();
+    }
     let mut page = Page::new("Audit", &ctx.csrf);
     let checked = tokio::task::spawn_blocking(move || {
         let own = hearth_stores::audit::verify(node.audit.path(), &node.config.node_key.public())

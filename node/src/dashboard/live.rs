@@ -2,7 +2,8 @@
 //! half second the node looks at its devices and its audit log and sends what changed:
 //! `devices` (each device's name, online, revoked) when any of that changed, and one
 //! `audit` event per new entry of this device's log. `app.js` applies them to the page
-//! (text only, never markup). The stream ends when the node stops.
+//! (text only, never markup). The stream ends when the node stops or the session
+//! ends (logout, expiry); at most [`super::MAX_STREAMS`] are open at once.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ const MAX_ENTRIES: usize = 200;
 /// What one look found.
 struct Look {
     node: Arc<Node>,
+    session: [u8; 32],
+    _slot: Slot,
     devices: Option<String>,
     next_seq: u64,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -34,7 +37,7 @@ async fn devices_json(node: &Node) -> Option<String> {
     let devices = mesh.devices().await.ok()?;
     let list: Vec<_> = devices
         .iter()
-        .map(|d| json!({"name": d.name, "online": d.online, "revoked": d.revoked}))
+        .map(|d| json!({"peer": d.peer_id, "name": d.name, "online": d.online, "revoked": d.revoked}))
         .collect();
     Some(serde_json::Value::Array(list).to_string())
 }
@@ -46,7 +49,7 @@ async fn look(mut state: Look) -> Option<(Vec<Event>, Look)> {
             _ = state.stopping.wait_for(|stop| *stop) => return None,
         }
     }
-    if *state.stopping.borrow() {
+    if *state.stopping.borrow() || !state.node.dashboard.live(&state.session) {
         return None;
     }
     state.first = false;
@@ -64,7 +67,7 @@ async fn look(mut state: Look) -> Option<(Vec<Event>, Look)> {
         .await
         .ok()
         .and_then(Result::ok);
-    if let Some((entries, next_seq)) = read {
+    if let Some((entries, _)) = read {
         for entry in &entries {
             events.push(
                 Event::default().event("audit").data(
@@ -83,15 +86,48 @@ async fn look(mut state: Look) -> Option<(Vec<Event>, Look)> {
                 ),
             );
         }
-        let _ = next_seq;
         state.next_seq = entries.last().map_or(from, |e| e.seq + 1);
     }
     Some((events, state))
 }
 
+/// A place among the open streams, given back when the stream ends.
+struct Slot(Arc<Node>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0
+            .dashboard
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// `GET /ui/events`.
 pub(super) async fn events(
     State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<super::Ctx>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let open = node
+        .dashboard
+        .streams
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let slot = Slot(node.clone());
+    if open >= super::MAX_STREAMS {
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too many live pages are open; close some",
+        )
+            .into_response();
+    }
+    stream(node, ctx.session, slot).await.into_response()
+}
+
+async fn stream(
+    node: Arc<Node>,
+    session: [u8; 32],
+    slot: Slot,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let next_seq = {
         let node = node.clone();
@@ -103,6 +139,8 @@ pub(super) async fn events(
     };
     let state = Look {
         stopping: node.stopping.subscribe(),
+        session,
+        _slot: slot,
         node,
         devices: None,
         next_seq,

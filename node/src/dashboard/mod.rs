@@ -46,6 +46,10 @@ pub const LINK_TTL: Duration = Duration::from_secs(120);
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The session cookie's name.
 const COOKIE: &str = "hearth_session";
+/// The largest form the pages take (a manifest is at most 64 KiB).
+const MAX_FORM_BYTES: usize = 256 * 1024;
+/// Most live event streams open at once.
+pub(super) const MAX_STREAMS: usize = 16;
 /// Most login links and sessions kept at once (the oldest go first).
 const MAX_KEPT: usize = 64;
 /// What every dashboard answer may load: its own style sheet, script and event
@@ -81,6 +85,8 @@ struct Session {
 pub struct Sessions {
     links: Mutex<HashMap<[u8; 32], u64>>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// Live event streams open now.
+    pub(super) streams: std::sync::atomic::AtomicUsize,
 }
 
 /// Keeps at most [`MAX_KEPT`] entries, dropping the expired and then the oldest.
@@ -129,6 +135,15 @@ impl Sessions {
         Some((id, session))
     }
 
+    /// Is the session with this digest still live?
+    pub(super) fn live(&self, digest_of_id: &[u8; 32]) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest_of_id)
+            .is_some_and(|s| s.expires > now_ms())
+    }
+
     fn session(&self, id: &str) -> Option<Session> {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions
@@ -154,7 +169,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ui/app.js", get(script))
         .route("/ui/events", get(live::events))
         .route("/ui/audit", get(audit::page))
-        .route("/ui/audit/verify", get(audit::verify))
+        .route("/ui/audit/verify", post(audit::verify))
         .route("/ui/approvals", get(approvals::form))
         .route("/ui/approvals/review", post(approvals::review))
         .route("/ui/approvals/approve", post(approvals::approve))
@@ -164,7 +179,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ui/stores/{name}", get(stores::show))
         .route("/ui/devices", get(devices))
         .route(
-            "/ui/devices/{name}/revoke",
+            "/ui/devices/{peer}/revoke",
             get(confirm_revoke).post(revoke),
         )
         .route("/ui/exports", get(exports))
@@ -179,6 +194,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/ui/login", get(login))
         .merge(guarded)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::from_fn_with_state(node.clone(), check_host))
         .layer(middleware::from_fn(headers))
         .with_state(node)
@@ -251,6 +267,8 @@ fn cookie_of(headers: &axum::http::HeaderMap) -> Option<String> {
 #[derive(Debug, Clone)]
 pub(super) struct Ctx {
     csrf: String,
+    /// The session's id, hashed: a live stream checks it is still logged in.
+    pub(super) session: [u8; 32],
 }
 
 /// Lets a request through only with a live session; a `POST` also needs a form body
@@ -285,7 +303,11 @@ async fn require_session(
             );
         }
     }
-    request.extensions_mut().insert(Ctx { csrf: session.csrf });
+    let id = cookie_of(request.headers()).unwrap_or_default();
+    request.extensions_mut().insert(Ctx {
+        csrf: session.csrf,
+        session: digest(&id),
+    });
     next.run(request).await
 }
 
@@ -440,13 +462,14 @@ async fn devices(
         } else {
             format!(
                 "<a class=\"danger\" href=\"/ui/devices/{0}/revoke\">Revoke {1}…</a>",
-                page::segment(&d.name),
+                page::segment(&d.peer_id),
                 esc(&d.name)
             )
         };
         page.push(&format!(
-            "<tr data-device=\"{name}\"><th scope=\"row\">{name}</th><td>{role}</td><td data-field=\"online\" data-self=\"{me}\" class=\"{online_class}\">{online}</td><td>{reached}</td><td>{seen}</td><td data-field=\"state\">{state}</td><td>{action}</td></tr>",
+            "<tr data-device=\"{name}\" data-peer=\"{peer}\"><th scope=\"row\">{name}</th><td>{role}</td><td data-field=\"online\" data-self=\"{me}\" class=\"{online_class}\">{online}</td><td>{reached}</td><td>{seen}</td><td data-field=\"state\">{state}</td><td>{action}</td></tr>",
             me = d.name == node.config.name,
+            peer = esc(&d.peer_id),
             name = esc(&d.name),
             role = esc(&d.role),
             online_class = if d.online { "ok" } else { "muted" },
@@ -460,11 +483,28 @@ async fn devices(
     page.into_response()
 }
 
+/// The device with this peer id (devices are named by peer id in the pages: two
+/// devices may carry one name, one of them revoked).
+async fn device_by_peer(node: &Node, peer: &str) -> Option<crate::mesh::DeviceStatus> {
+    let mesh = node.mesh.get()?;
+    mesh.devices()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|d| d.peer_id == peer)
+}
+
 async fn confirm_revoke(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
-    Path(name): Path<String>,
+    Path(peer): Path<String>,
 ) -> Response {
+    let Some(device) = device_by_peer(&node, &peer).await else {
+        let mut page = Page::new("Devices", &ctx.csrf);
+        page.error(&format!("No device of this mesh has the peer id {peer:?}."));
+        return page.into_response();
+    };
+    let name = device.name;
     let mut page = Page::new(&format!("Revoke {name}?"), &ctx.csrf);
     if name == node.config.name {
         page.error("A device cannot revoke itself; revoke it from another device.");
@@ -479,7 +519,7 @@ async fn confirm_revoke(
          <button class=\"danger\" type=\"submit\">Revoke {name}</button> \
          <a href=\"/ui/devices\">Cancel</a></form>",
         name = esc(&name),
-        seg = page::segment(&name),
+        seg = page::segment(&peer),
         csrf = page.csrf_field(),
     ));
     page.into_response()
@@ -488,7 +528,7 @@ async fn confirm_revoke(
 async fn revoke(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
-    Path(name): Path<String>,
+    Path(peer): Path<String>,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
@@ -503,7 +543,7 @@ async fn revoke(
             "This node is not part of a mesh.",
         );
     };
-    match mesh.revoke(&name).await {
+    match mesh.revoke(&peer).await {
         Ok(_) => Redirect::to("/ui/devices").into_response(),
         Err(err) => {
             let mut page = Page::new("Devices", &ctx.csrf);
@@ -535,8 +575,9 @@ async fn exports(
     page.push("<table><caption>This device's export outbox</caption><thead><tr><th scope=\"col\">Export</th><th scope=\"col\">State</th><th scope=\"col\">Destination</th><th scope=\"col\">Bytes</th><th scope=\"col\">Queued</th></tr></thead><tbody>");
     for e in &list {
         page.push(&format!(
-            "<tr data-export=\"{id}\"><th scope=\"row\"><a href=\"/ui/exports/{id}\">{short}</a></th><td>{state}</td><td>{dest}</td><td class=\"num\">{bytes}</td><td>{queued}</td></tr>",
+            "<tr data-export=\"{id}\"><th scope=\"row\"><a href=\"/ui/exports/{seg}\">{short}</a></th><td>{state}</td><td>{dest}</td><td class=\"num\">{bytes}</td><td>{queued}</td></tr>",
             id = esc(&e.id),
+            seg = page::segment(&e.id),
             short = esc(e.id.get(..12).unwrap_or(&e.id)),
             state = esc(&e.state),
             dest = esc(&e.destination),

@@ -27,7 +27,11 @@ pub(super) fn esc(text: &str) -> String {
             '\'' => out.push_str("&#39;"),
             // Line ends and tabs are text; other control characters are shown, not
             // sent to the browser.
-            c if c.is_control() && !matches!(c, '\n' | '\r' | '\t') => {
+            // Direction overrides and invisible characters are shown too: what data
+            // says cannot be made to read as something else.
+            c if (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}') =>
+            {
                 let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
             }
             c => out.push(c),
@@ -148,6 +152,7 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
         );
         assert_eq!(esc("a\u{1b}b"), "a\\u{1b}b");
+        assert_eq!(esc("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
         assert_eq!(segment("a b/c"), "a%20b%2Fc");
     }
 }
