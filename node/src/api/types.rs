@@ -571,7 +571,7 @@ pub struct AddDriver {
     /// file-import: the CSV column holding the time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts_column: Option<String>,
-    /// file-import: `stop` or `skip` on a bad line.
+    /// file-import: `refuse` (the default) or `skip` on a malformed line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<String>,
     /// The unit of its readings.
