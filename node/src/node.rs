@@ -141,6 +141,9 @@ pub enum NodeError {
     /// The export gateway could not start.
     #[error("cannot start the export gateway: {0}")]
     Exports(String),
+    /// The dashboard could not be set up.
+    #[error("cannot start the dashboard: {0}")]
+    Dashboard(String),
     /// The API may only listen on a loopback address.
     #[error("the local API listens on loopback only, not {0}")]
     NotLoopback(SocketAddr),
@@ -333,7 +336,7 @@ impl Node {
             api_key,
             metrics_key,
             metrics: Arc::default(),
-            dashboard: crate::dashboard::Sessions::default(),
+            dashboard: crate::dashboard::Sessions::new().map_err(NodeError::Dashboard)?,
             _lock: lock,
         }))
     }

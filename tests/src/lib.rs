@@ -576,6 +576,8 @@ pub mod dashboard {
     pub struct Session {
         pub addr: String,
         pub cookie: String,
+        /// The dashboard's secret path, `/ui/<secret>`.
+        pub base: String,
     }
 
     /// `hearth dashboard` on `dir`, and the login link opened.
@@ -584,6 +586,7 @@ pub mod dashboard {
         let url = link["url"].as_str().unwrap();
         let rest = url.strip_prefix("http://").unwrap();
         let (addr, path) = rest.split_once('/').unwrap();
+        let base = format!("/{}", path.split_once("/login").unwrap().0);
         let answer = raw(addr, "GET", &format!("/{path}"), addr, &[], "");
         assert_eq!(answer.status, 303, "{answer:?}");
         let cookie = answer
@@ -596,32 +599,34 @@ pub mod dashboard {
         Session {
             addr: addr.to_owned(),
             cookie,
+            base,
         }
     }
 
     impl Session {
-        pub fn get(&self, path: &str) -> Answer {
+        /// `GET` of a page, named by its path under the secret prefix (`devices`).
+        pub fn get(&self, page: &str) -> Answer {
             raw(
                 &self.addr,
                 "GET",
-                path,
+                &format!("{}/{page}", self.base),
                 &self.addr,
                 &[("Cookie", &self.cookie)],
                 "",
             )
         }
 
-        /// Posts a form with the CSRF token of the page at `from`.
-        pub fn post(&self, from: &str, path: &str, fields: &[(&str, &str)]) -> Answer {
-            let page = self.get(from);
-            let mut form = format!("csrf={}", csrf(&page.body));
+        /// Posts a form to `page` with the CSRF token of the page `from`.
+        pub fn post(&self, from: &str, page: &str, fields: &[(&str, &str)]) -> Answer {
+            let token = csrf(&self.get(from).body);
+            let mut form = format!("csrf={token}");
             for (name, value) in fields {
                 form.push_str(&format!("&{name}={value}"));
             }
             raw(
                 &self.addr,
                 "POST",
-                path,
+                &format!("{}/{page}", self.base),
                 &self.addr,
                 &[
                     ("Cookie", &self.cookie),

@@ -1,6 +1,6 @@
 //! The owner's dashboard, from the side of a browser and of a hostile web page: a
 //! real node process, its pages fetched over HTTP with every header under the test's
-//! control. (Browser tests in a real Chromium are not written yet.)
+//! control. The same pages in a real Chromium: `dashboard_browser.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,11 +20,39 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     let node = start_meshed(&home);
     let addr = node.addr.clone();
 
-    // Nothing without a session, not even the style sheet.
-    for path in ["/ui/devices", "/ui/exports", "/ui/app.css", "/ui/"] {
+    // The dashboard lives under a secret path: the link names it.
+    let link = json_ok(&home, &["dashboard"]);
+    let url = link["url"].as_str().unwrap();
+    let path = &url[url.find("/ui/").unwrap()..];
+    let base = path.split_once("/login").unwrap().0.to_owned();
+    let secret = base.strip_prefix("/ui/").unwrap();
+    assert_eq!(secret.len(), 32, "128 bits in hex: {base}");
+
+    // Nothing without a session, not even the style sheet; nothing at all outside the
+    // secret path, and a refusal does not tell the secret.
+    for page in [
+        "",
+        "devices",
+        "exports",
+        "app.css",
+        "events",
+        "stores/readings",
+    ] {
+        let answer = raw(&addr, "GET", &format!("{base}/{page}"), &addr, &[], "");
+        assert_eq!(answer.status, 401, "{page}: {answer:?}");
+        assert!(answer.body.contains("hearth dashboard"), "{page}");
+        assert!(!answer.body.contains(secret), "{page}");
+    }
+    for path in [
+        "/ui/devices",
+        "/ui/login?token=00",
+        "/ui/",
+        "/ui",
+        "/ui/app.css",
+    ] {
         let answer = raw(&addr, "GET", path, &addr, &[], "");
-        assert_eq!(answer.status, 401, "{path}: {answer:?}");
-        assert!(answer.body.contains("hearth dashboard"), "{path}");
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+        assert!(!answer.body.contains(secret), "{path}");
     }
     // The bearer key of the API does not open the pages either.
     let key = std::fs::read_to_string(home.join("api.key")).unwrap();
@@ -32,7 +60,7 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     let answer = raw(
         &addr,
         "GET",
-        "/ui/devices",
+        &format!("{base}/devices"),
         &addr,
         &[("Authorization", &bearer)],
         "",
@@ -41,15 +69,21 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
 
     // A one-time link: a page on another site that rebinds a name to this address
     // gets nothing, and does not spend the link.
-    let link = json_ok(&home, &["dashboard"]);
-    let url = link["url"].as_str().unwrap();
-    let path = &url[url.find("/ui/login").unwrap()..];
     let foreign = raw(&addr, "GET", path, "evil.example:80", &[], "");
     assert_eq!(foreign.status, 421, "{foreign:?}");
     let answer = raw(&addr, "GET", path, &addr, &[], "");
     assert_eq!(answer.status, 303);
+    assert_eq!(answer.header("location"), Some(&*format!("{base}/devices")));
+    // The cookie goes back only under the secret path: browsers send a cookie of
+    // 127.0.0.1 to every port of it, so any other local web server would get it
+    // otherwise.
     let cookie = answer.header("set-cookie").unwrap();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=43200"] {
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        &format!("Path={base};"),
+        "Max-Age=43200",
+    ] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
     let again = raw(&addr, "GET", path, &addr, &[], "");
@@ -57,7 +91,7 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     assert!(again.body.contains("used already or has expired"));
 
     let session = login(&home);
-    let devices = session.get("/ui/devices");
+    let devices = session.get("devices");
     assert_eq!(devices.status, 200);
     assert!(
         devices.body.contains("<th scope=\"row\">home</th>"),
@@ -66,14 +100,29 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     );
     let csp = devices.header("content-security-policy").unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
-    assert_eq!(session.get("/ui/app.css").status, 200);
-    // The session does not work under another Host either.
+    assert!(csp.contains("base-uri 'self'"), "{csp}");
+    assert!(
+        devices.body.contains(&format!("<base href=\"{base}/\">")),
+        "links are relative to the secret path"
+    );
+    assert_eq!(session.get("app.css").status, 200);
+    assert_eq!(
+        session.get("").header("location"),
+        Some(&*format!("{base}/devices")),
+        "the secret path itself leads to the devices page"
+    );
+    // A page of the dashboard is nothing outside the secret path, even with a session.
     let cookie_header = [("Cookie", session.cookie.as_str())];
+    assert_eq!(
+        raw(&addr, "GET", "/ui/devices", &addr, &cookie_header, "").status,
+        404
+    );
+    // The session does not work under another Host either.
     assert_eq!(
         raw(
             &addr,
             "GET",
-            "/ui/devices",
+            &format!("{base}/devices"),
             "rebound.example",
             &cookie_header,
             ""
@@ -87,9 +136,10 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
         ("Cookie", session.cookie.as_str()),
         ("Content-Type", "application/x-www-form-urlencoded"),
     ];
-    let no_token = raw(&addr, "POST", "/ui/logout", &addr, &form, "");
+    let logout = format!("{base}/logout");
+    let no_token = raw(&addr, "POST", &logout, &addr, &form, "");
     assert_eq!(no_token.status, 403, "{no_token:?}");
-    let wrong = raw(&addr, "POST", "/ui/logout", &addr, &form, "csrf=00");
+    let wrong = raw(&addr, "POST", &logout, &addr, &form, "csrf=00");
     assert_eq!(wrong.status, 403);
     let token = hearth_tests::dashboard::csrf(&devices.body);
     let mut cross_site = form.to_vec();
@@ -97,21 +147,29 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     let answer = raw(
         &addr,
         "POST",
-        "/ui/logout",
+        &logout,
         &addr,
         &cross_site,
         &format!("csrf={token}"),
     );
     assert_eq!(answer.status, 403, "another site's form");
-    assert_eq!(session.get("/ui/devices").status, 200, "still logged in");
-    let out = session.post("/ui/devices", "/ui/logout", &[]);
+    // The right token in a body that is not a form is refused too.
+    let mut as_json = vec![("Cookie", session.cookie.as_str())];
+    as_json.push(("Content-Type", "application/json"));
+    let body = format!("{{\"csrf\":\"{token}\"}}");
+    assert_eq!(
+        raw(&addr, "POST", &logout, &addr, &as_json, &body).status,
+        403
+    );
+    assert_eq!(session.get("devices").status, 200, "still logged in");
+    let out = session.post("devices", "logout", &[]);
     assert_eq!(out.status, 200);
-    assert_eq!(session.get("/ui/devices").status, 401, "logged out");
+    assert_eq!(session.get("devices").status, 401, "logged out");
 
     // Verifying every chain costs: not something a link can start.
     let session = login(&home);
-    assert_eq!(session.get("/ui/audit/verify").status, 405);
-    let verified = session.post("/ui/audit", "/ui/audit/verify", &[]);
+    assert_eq!(session.get("audit/verify").status, 405);
+    let verified = session.post("audit", "audit/verify", &[]);
     assert_eq!(verified.status, 200);
     assert!(verified.body.contains("intact"), "{}", verified.body);
 

@@ -44,7 +44,9 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     let link = json_ok(&home, &["dashboard"]);
     let url = link["url"].as_str().unwrap().to_owned();
     browser.goto(&url);
-    assert!(browser.url().ends_with("/ui/devices"), "{}", browser.url());
+    // Every page lives under the link's secret path.
+    let base = url[..url.find("/login").unwrap()].to_owned();
+    assert_eq!(browser.url(), format!("{base}/devices"));
     wait_until("three devices, the phone online", 60, || {
         let rows = browser.all("tr[data-device]").len();
         let phone = browser.text("tr[data-device='phone'] td[data-field='online']");
@@ -52,14 +54,13 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     });
     browser.screenshot("devices");
     // The link works once.
-    let base = url[..url.find("/ui/").unwrap()].to_owned();
     browser.goto(&url);
     browser.wait_for("p.error");
     assert!(browser.source().contains("used already or has expired"));
 
     // Revoke the phone: a confirmation that says what it means, then the row changes
     // without a reload.
-    browser.goto(&format!("{base}/ui/devices"));
+    browser.goto(&format!("{base}/devices"));
     browser.click_to(
         "tr[data-device='phone'] a.danger",
         "main form button.danger",
@@ -72,7 +73,7 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     browser.screenshot("revoke");
     browser.click_to("main form button.danger", "tr[data-device='phone']");
     assert!(
-        browser.url().ends_with("/ui/devices"),
+        browser.url() == format!("{base}/devices"),
         "{}: {}",
         browser.url(),
         browser.text("body")
@@ -89,15 +90,15 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     );
 
     // A chart with one point per reading.
-    browser.goto(&format!("{base}/ui/stores"));
+    browser.goto(&format!("{base}/stores"));
     assert!(!browser.all("tr[data-store='readings'] a").is_empty());
     browser.screenshot("stores");
-    browser.goto(&format!("{base}/ui/stores/readings?field=load1&hours=6"));
+    browser.goto(&format!("{base}/stores/readings?field=load1&hours=6"));
     assert_eq!(browser.all("svg.chart circle.point").len(), 30);
     browser.screenshot("store-chart");
 
     // An audit entry appears live.
-    browser.goto(&format!("{base}/ui/audit"));
+    browser.goto(&format!("{base}/audit"));
     browser.mark();
     json_ok(&home, &["store", "create", "notes", "--kind", "kv"]);
     wait_until("the new audit entry on the page", 30, || {
@@ -155,7 +156,7 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     .unwrap();
     let module_hash =
         hearth_protocol::capability::ModuleHash::of(&std::fs::read(&wasm).unwrap()).to_string();
-    browser.goto(&format!("{base}/ui/approvals"));
+    browser.goto(&format!("{base}/approvals"));
     browser.type_into("textarea[name='manifest']", &manifest);
     browser.click_to("main form button[type='submit']", "#review");
     let review = browser.text("#review");
@@ -183,7 +184,7 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
         ],
     );
     assert_eq!(ran["receipt"]["ran_on"], "home", "{ran}");
-    browser.goto(&format!("{base}/ui/capabilities"));
+    browser.goto(&format!("{base}/capabilities"));
     assert_eq!(browser.all("tr[data-cap]").len(), 1);
     assert!(
         browser.text("tr[data-cap] td:nth-child(4)").contains('1'),
@@ -192,13 +193,10 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     browser.screenshot("capabilities");
 
     // Every chain verified, and the exports page.
-    browser.goto(&format!("{base}/ui/audit"));
-    browser.click_to(
-        "form[action='/ui/audit/verify'] button",
-        "tr[data-log='home']",
-    );
+    browser.goto(&format!("{base}/audit"));
+    browser.click_to("form[action='audit/verify'] button", "tr[data-log='home']");
     assert!(browser.text("tr[data-log='home']").contains("intact"));
-    browser.goto(&format!("{base}/ui/exports"));
+    browser.goto(&format!("{base}/exports"));
     browser.screenshot("exports");
     drop(mesh);
 }

@@ -362,12 +362,12 @@ fn refused_exports_send_nothing() {
     json_ok(&s.home, &["cap", "revoke", revoked_cap.to_str().unwrap()]);
     // Released from the dashboard this time: the page shows what would leave.
     let session = hearth_tests::dashboard::login(&s.home);
-    let page = session.get(&format!("/ui/exports/{id}"));
+    let page = session.get(&format!("exports/{id}"));
     assert!(page.body.contains("Release: send it to"), "{}", page.body);
     assert!(page.body.contains("&quot;study&quot;:&quot;mobility&quot;"));
     let released = session.post(
-        &format!("/ui/exports/{id}"),
-        &format!("/ui/exports/{id}/release"),
+        &format!("exports/{id}"),
+        &format!("exports/{id}/release"),
         &[],
     );
     assert_eq!(released.status, 303, "{released:?}");

@@ -213,7 +213,10 @@ async fn dashboard_link(State(node): State<Arc<Node>>) -> ApiResult<DashboardLin
         0,
     )?;
     Ok(Json(DashboardLink {
-        url: format!("http://{addr}/ui/login?token={token}"),
+        url: format!(
+            "http://{addr}{}/login?token={token}",
+            node.dashboard.base_path()
+        ),
         expires_at,
     }))
 }

@@ -1,11 +1,11 @@
-// The dashboard's only script: applies the node's live events (/ui/events) to the page.
+// The dashboard's only script: applies the node's live events (the page-relative `events`) to the page.
 // It writes text, never markup.
 "use strict";
 (function () {
   if (!window.EventSource) {
     return;
   }
-  const source = new EventSource("/ui/events");
+  const source = new EventSource("events");
   const status = document.getElementById("live");
   source.addEventListener("open", function () {
     if (status) status.textContent = "Live";

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use hearth_protocol::capability::{CapId, Chain, ModuleHash};
 use hearth_protocol::key::PublicKey;
@@ -18,7 +18,7 @@ use hearth_protocol::manifest::Manifest;
 use serde::Deserialize;
 
 use super::page::{Page, esc, segment};
-use super::{Ctx, csrf_ok, forged, when};
+use super::{Ctx, when};
 use crate::node::Node;
 
 /// Where signed capabilities are kept (as the CLI keeps them).
@@ -28,13 +28,13 @@ const REVOKED_FILE: &str = "revoked.txt";
 /// The longest manifest taken.
 const MAX_MANIFEST: usize = 64 * 1024;
 
-/// `GET /ui/approvals`.
+/// `GET approvals`.
 pub(super) async fn form(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
-    let mut page = Page::new("Approvals", &ctx.csrf);
+    let mut page = Page::new("Approvals", &ctx);
     let csrf = page.csrf_field();
     page.push(&format!(
         "<p>Paste an app's manifest to read what it asks for, in plain words, before you \
-         approve it.</p><form class=\"stack\" method=\"post\" action=\"/ui/approvals/review\">{csrf}\
+         approve it.</p><form class=\"stack\" method=\"post\" action=\"approvals/review\">{csrf}\
          <label>Manifest (TOML)<textarea name=\"manifest\" rows=\"16\" cols=\"80\" required></textarea></label>\
          <button type=\"submit\">Review</button></form>"
     ));
@@ -43,7 +43,6 @@ pub(super) async fn form(axum::Extension(ctx): axum::Extension<Ctx>) -> Response
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ReviewForm {
-    csrf: String,
     manifest: String,
 }
 
@@ -56,18 +55,9 @@ fn parse(text: &str) -> Result<Manifest, String> {
         .map_err(|err| format!("the manifest does not read: {err}"))
 }
 
-/// `POST /ui/approvals/review`.
-pub(super) async fn review(
-    axum::Extension(ctx): axum::Extension<Ctx>,
-    form: Result<Form<ReviewForm>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    let Ok(Form(form)) = form else {
-        return forged();
-    };
-    if !csrf_ok(&ctx, &form.csrf) {
-        return forged();
-    }
-    let mut page = Page::new("Approvals", &ctx.csrf);
+/// `POST approvals/review`.
+pub(super) async fn review(super::Posted(ctx, form): super::Posted<ReviewForm>) -> Response {
+    let mut page = Page::new("Approvals", &ctx);
     let manifest = match parse(&form.manifest) {
         Ok(m) => m,
         Err(err) => {
@@ -83,13 +73,13 @@ pub(super) async fn review(
     let csrf = page.csrf_field();
     page.push(&format!(
         "<h2>What it asks for</h2><pre id=\"review\">{review}</pre>\
-         <form class=\"stack\" method=\"post\" action=\"/ui/approvals/approve\">{csrf}\
+         <form class=\"stack\" method=\"post\" action=\"approvals/approve\">{csrf}\
          <label>The manifest you are approving<textarea name=\"manifest\" rows=\"8\" readonly>\n{manifest}</textarea></label>\
          <label>The developer's public key (holder)<input name=\"holder\" required size=\"66\"></label>\
          <label>The module's SHA-256 (<code>sha256:…</code>, from <code>hearth app review</code>)\
          <input name=\"module\" value=\"{pinned}\" required size=\"72\"></label>\
          <label>Valid for (days)<input name=\"days\" type=\"number\" min=\"1\" max=\"3650\" value=\"30\"></label>\
-         <button type=\"submit\">Approve</button> <a href=\"/ui/approvals\">Decline</a></form>",
+         <button type=\"submit\">Approve</button> <a href=\"approvals\">Decline</a></form>",
         review = esc(&manifest.render_plain()),
         manifest = esc(&form.manifest),
         pinned = esc(&pinned),
@@ -99,7 +89,6 @@ pub(super) async fn review(
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ApproveForm {
-    csrf: String,
     manifest: String,
     holder: String,
     module: String,
@@ -107,19 +96,12 @@ pub(super) struct ApproveForm {
     days: Option<u64>,
 }
 
-/// `POST /ui/approvals/approve`.
+/// `POST approvals/approve`.
 pub(super) async fn approve(
     State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
-    form: Result<Form<ApproveForm>, axum::extract::rejection::FormRejection>,
+    super::Posted(ctx, form): super::Posted<ApproveForm>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return forged();
-    };
-    if !csrf_ok(&ctx, &form.csrf) {
-        return forged();
-    }
-    let mut page = Page::new("Approvals", &ctx.csrf);
+    let mut page = Page::new("Approvals", &ctx);
     let signed = (|| -> Result<(Manifest, Chain), String> {
         let manifest = parse(&form.manifest)?;
         let holder: PublicKey = form.holder.trim().parse().map_err(|_| {
@@ -226,12 +208,12 @@ fn kept(node: &Node) -> (Vec<Chain>, std::collections::BTreeSet<String>) {
     (chains, revoked)
 }
 
-/// `GET /ui/capabilities`.
+/// `GET capabilities`.
 pub(super) async fn list(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
 ) -> Response {
-    let mut page = Page::new("Capabilities", &ctx.csrf);
+    let mut page = Page::new("Capabilities", &ctx);
     let (chains, revoked) = {
         let node = node.clone();
         tokio::task::spawn_blocking(move || kept(&node))
@@ -264,7 +246,7 @@ pub(super) async fn list(
         let csrf = page.csrf_field();
         let action = if state == "valid" {
             format!(
-                "<form method=\"post\" action=\"/ui/capabilities/{seg}/revoke\">{csrf}<button class=\"danger\" type=\"submit\">Revoke</button></form>",
+                "<form method=\"post\" action=\"capabilities/{seg}/revoke\">{csrf}<button class=\"danger\" type=\"submit\">Revoke</button></form>",
                 seg = segment(&id),
             )
         } else {
@@ -283,25 +265,13 @@ pub(super) async fn list(
     page.into_response()
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct CsrfOnly {
-    csrf: String,
-}
-
-/// `POST /ui/capabilities/{id}/revoke`.
+/// `POST capabilities/{id}/revoke`.
 pub(super) async fn revoke(
     State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
     Path(id): Path<String>,
-    form: Result<Form<CsrfOnly>, axum::extract::rejection::FormRejection>,
+    super::Posted(ctx, super::Nothing {}): super::Posted<super::Nothing>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return forged();
-    };
-    if !csrf_ok(&ctx, &form.csrf) {
-        return forged();
-    }
-    let mut page = Page::new("Capabilities", &ctx.csrf);
+    let mut page = Page::new("Capabilities", &ctx);
     let cap: CapId = match id.parse() {
         Ok(cap) => cap,
         Err(err) => {
@@ -323,5 +293,5 @@ pub(super) async fn revoke(
         .append(true)
         .open(&revoked)
         .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{cap}\n").as_bytes()));
-    axum::response::Redirect::to("/ui/capabilities").into_response()
+    axum::response::Redirect::to(&ctx.url("capabilities")).into_response()
 }

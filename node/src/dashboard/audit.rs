@@ -49,13 +49,13 @@ fn matches(
     action_ok && outcome.is_none_or(|o| hearth_stores::audit::outcome_class(&entry.outcome) == o)
 }
 
-/// `GET /ui/audit`.
+/// `GET audit`.
 pub(super) async fn page(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
     filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let mut page = Page::new("Audit", &ctx.csrf);
+    let mut page = Page::new("Audit", &ctx);
     let Query(filter) = filter.unwrap_or_default();
     let devices: Vec<(String, String)> = match node.mesh.get() {
         Some(mesh) => mesh
@@ -109,12 +109,12 @@ pub(super) async fn page(
         })
         .collect();
     page.push(&format!(
-        "<form method=\"get\" action=\"/ui/audit\" class=\"filters\">\
+        "<form method=\"get\" action=\"audit\" class=\"filters\">\
          <label>Device <select name=\"device\">{options}</select></label> \
          <label>Action <input name=\"action\" value=\"{action}\" placeholder=\"e.g. export. or compute.job\"></label> \
          <label>Outcome <select name=\"outcome\">{outcomes}</select></label> \
          <button type=\"submit\">Filter</button></form>\
-         <form method=\"post\" action=\"/ui/audit/verify\">{csrf}<button type=\"submit\">Verify every chain</button></form>",
+         <form method=\"post\" action=\"audit/verify\">{csrf}<button type=\"submit\">Verify every chain</button></form>",
         action = esc(action.as_deref().unwrap_or("")),
         csrf = page.csrf_field(),
     ));
@@ -225,7 +225,7 @@ pub(super) async fn page(
         && let Some(last) = entries.last()
     {
         let mut next = format!(
-            "/ui/audit?before={}&device={}",
+            "audit?before={}&device={}",
             last.seq,
             super::page::segment(&device)
         );
@@ -243,25 +243,13 @@ pub(super) async fn page(
     page.into_response()
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct CsrfOnly {
-    csrf: String,
-}
-
-/// `POST /ui/audit/verify`: every chain this device holds, checked now (a `POST`, with
+/// `POST audit/verify`: every chain this device holds, checked now (a `POST`, with
 /// the form's token: it costs a signature check of every chain).
 pub(super) async fn verify(
     State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
-    form: Result<axum::extract::Form<CsrfOnly>, axum::extract::rejection::FormRejection>,
+    super::Posted(ctx, super::Nothing {}): super::Posted<super::Nothing>,
 ) -> Response {
-    let Ok(axum::extract::Form(form)) = form else {
-        return super::forged();
-    };
-    if !super::csrf_ok(&ctx, &form.csrf) {
-        return super::forged();
-    }
-    let mut page = Page::new("Audit", &ctx.csrf);
+    let mut page = Page::new("Audit", &ctx);
     let checked = tokio::task::spawn_blocking(move || {
         let own = hearth_stores::audit::verify(node.audit.path(), &node.config.node_key.public())
             .map_err(|e| e.to_string())?;

@@ -1,4 +1,4 @@
-//! Live updates: one server-sent event stream per open page (`/ui/events`). Every
+//! Live updates: one server-sent event stream per open page (`events`). Every
 //! half second the node looks at its devices and its audit log and sends what changed:
 //! `devices` (each device's name, online, revoked) when any of that changed, and one
 //! `audit` event per new entry of this device's log. `app.js` applies them to the page
@@ -103,7 +103,7 @@ impl Drop for Slot {
     }
 }
 
-/// `GET /ui/events`.
+/// `GET events`.
 pub(super) async fn events(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<super::Ctx>,

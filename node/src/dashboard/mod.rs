@@ -1,15 +1,20 @@
-//! The owner's dashboard, served by the node on its loopback API address under `/ui/`,
-//! from HTML made here, and a style sheet and one small script compiled into the
-//! binary (no CDN, nothing fetched at build or run time).
+//! The owner's dashboard, served by the node on its loopback API address under
+//! `/ui/<secret>/`, from HTML made here, and a style sheet and one small script
+//! compiled into the binary (no CDN, nothing fetched at build or run time).
 //!
 //! Who may see it: `hearth dashboard` asks the node (with the API key) for a one-time
 //! login link; opening it exchanges the link's token for a session cookie (HttpOnly,
-//! SameSite=Strict, 12 hours) and the token is spent. Every `/ui/` request is checked
-//! before anything else: its `Host` must name this node's loopback address (a page of
-//! another site that rebinds a name to 127.0.0.1 gets nothing), it must carry a live
-//! session (only the login exchange does not), and a request that changes anything
-//! must be a form `POST` carrying the session's CSRF token. Every answer carries a
-//! strict Content-Security-Policy. The bearer-key API under `/v1/` is unchanged.
+//! SameSite=Strict, 12 hours) and the token is spent. The `<secret>` is 128 random
+//! bits drawn when the node starts; the cookie's `Path` is scoped to it. Browsers send
+//! a cookie of `127.0.0.1` to every port of that address, so without the secret path
+//! any other local web server (a development server, another program's UI) would be
+//! handed the session; with it, they are not, and a page they serve cannot name a
+//! dashboard URL either. Every request under the secret is checked before anything
+//! else: its `Host` must name this node's loopback address (a page of another site
+//! that rebinds a name to 127.0.0.1 gets nothing), it must carry a live session (only
+//! the login exchange does not), and a request that changes anything must be a form
+//! `POST` carrying the session's CSRF token. Every answer carries a strict
+//! Content-Security-Policy. The bearer-key API under `/v1/` is unchanged.
 //!
 //! Built so far: the login exchange, the devices page (revoke), the stores page (a
 //! chart of a timeseries store's readings, a table of kv entries), the audit page
@@ -29,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -56,7 +61,7 @@ const MAX_KEPT: usize = 64;
 /// stream, nothing else.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    connect-src 'self'; img-src 'self' data:; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
+                   frame-ancestors 'none'; base-uri 'self'";
 
 fn now_ms() -> u64 {
     crate::clock::now().0
@@ -81,8 +86,10 @@ struct Session {
 }
 
 /// Login links and sessions, in memory: a node restart logs everyone out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
+    /// The secret path segment every dashboard URL of this run starts with.
+    prefix: String,
     links: Mutex<HashMap<[u8; 32], u64>>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     /// Live event streams open now.
@@ -101,6 +108,23 @@ fn prune<V>(map: &mut HashMap<[u8; 32], V>, now: u64, expires: impl Fn(&V) -> u6
 }
 
 impl Sessions {
+    /// No links or sessions yet, under a fresh secret path.
+    pub fn new() -> Result<Self, String> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
+        Ok(Self {
+            prefix: hex::encode(bytes),
+            links: Mutex::default(),
+            sessions: Mutex::default(),
+            streams: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// The path every dashboard URL of this run starts with, `/ui/<secret>`.
+    pub fn base_path(&self) -> String {
+        format!("/ui/{}", self.prefix)
+    }
+
     /// A new one-time login token, working for `ttl`.
     pub fn new_link(&self, ttl: Duration) -> Result<(String, u64), String> {
         let token = random_token()?;
@@ -160,44 +184,51 @@ impl Sessions {
     }
 }
 
-/// The dashboard's routes, under `/ui/`.
+/// The dashboard's routes, under `/ui/<secret>/`. Nothing else under `/ui/` answers
+/// (but with a bare 404).
 pub fn router(node: Arc<Node>) -> Router {
+    let base = node.dashboard.base_path();
+    let at = |path: &str| format!("{base}{path}");
     let guarded = Router::new()
-        .route("/ui", get(|| async { Redirect::to("/ui/devices") }))
-        .route("/ui/", get(|| async { Redirect::to("/ui/devices") }))
-        .route("/ui/app.css", get(style))
-        .route("/ui/app.js", get(script))
-        .route("/ui/events", get(live::events))
-        .route("/ui/audit", get(audit::page))
-        .route("/ui/audit/verify", post(audit::verify))
-        .route("/ui/approvals", get(approvals::form))
-        .route("/ui/approvals/review", post(approvals::review))
-        .route("/ui/approvals/approve", post(approvals::approve))
-        .route("/ui/capabilities", get(approvals::list))
-        .route("/ui/capabilities/{id}/revoke", post(approvals::revoke))
-        .route("/ui/stores", get(stores::list))
-        .route("/ui/stores/{name}", get(stores::show))
-        .route("/ui/devices", get(devices))
+        .route(&at(""), get(home))
+        .route(&at("/"), get(home))
+        .route(&at("/app.css"), get(style))
+        .route(&at("/app.js"), get(script))
+        .route(&at("/events"), get(live::events))
+        .route(&at("/audit"), get(audit::page))
+        .route(&at("/audit/verify"), post(audit::verify))
+        .route(&at("/approvals"), get(approvals::form))
+        .route(&at("/approvals/review"), post(approvals::review))
+        .route(&at("/approvals/approve"), post(approvals::approve))
+        .route(&at("/capabilities"), get(approvals::list))
+        .route(&at("/capabilities/{id}/revoke"), post(approvals::revoke))
+        .route(&at("/stores"), get(stores::list))
+        .route(&at("/stores/{name}"), get(stores::show))
+        .route(&at("/devices"), get(devices))
         .route(
-            "/ui/devices/{peer}/revoke",
+            &at("/devices/{peer}/revoke"),
             get(confirm_revoke).post(revoke),
         )
-        .route("/ui/exports", get(exports))
-        .route("/ui/exports/{id}", get(export))
-        .route("/ui/exports/{id}/release", post(release))
-        .route("/ui/exports/{id}/drop", post(drop_export))
-        .route("/ui/logout", post(logout))
-        .layer(middleware::from_fn_with_state(
+        .route(&at("/exports"), get(exports))
+        .route(&at("/exports/{id}"), get(export))
+        .route(&at("/exports/{id}/release"), post(release))
+        .route(&at("/exports/{id}/drop"), post(drop_export))
+        .route(&at("/logout"), post(logout))
+        .route_layer(middleware::from_fn_with_state(
             node.clone(),
             require_session,
         ));
     Router::new()
-        .route("/ui/login", get(login))
+        .route(&at("/login"), get(login))
         .merge(guarded)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::from_fn_with_state(node.clone(), check_host))
         .layer(middleware::from_fn(headers))
         .with_state(node)
+}
+
+async fn home(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
+    Redirect::to(&ctx.url("devices")).into_response()
 }
 
 /// The security headers of every dashboard answer.
@@ -269,6 +300,66 @@ pub(super) struct Ctx {
     csrf: String,
     /// The session's id, hashed: a live stream checks it is still logged in.
     pub(super) session: [u8; 32],
+    /// `/ui/<secret>/`, which every page's links are relative to.
+    base: Arc<str>,
+}
+
+impl Ctx {
+    pub(super) fn csrf(&self) -> &str {
+        &self.csrf
+    }
+
+    /// The absolute path of `relative` (a page's path without the secret prefix).
+    pub(super) fn url(&self, relative: &str) -> String {
+        format!("{}{relative}", self.base)
+    }
+}
+
+/// A form `POST` whose CSRF token matched its session: the session and the form. Any
+/// other body (no token, a wrong one, not a form) is refused before the handler runs.
+pub(super) struct Posted<T>(pub(super) Ctx, pub(super) T);
+
+/// A form with nothing but its CSRF token.
+#[derive(Debug, Deserialize)]
+pub(super) struct Nothing {}
+
+#[derive(Debug, Deserialize)]
+struct CsrfOnly {
+    csrf: String,
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let ctx = request
+            .extensions()
+            .get::<Ctx>()
+            .cloned()
+            .ok_or_else(forged)?;
+        let is_form = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(forged());
+        }
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|_| forged())?;
+        let token: CsrfOnly = serde_urlencoded::from_bytes(&body).map_err(|_| forged())?;
+        if !csrf_ok(&ctx, &token.csrf) {
+            return Err(forged());
+        }
+        let form = serde_urlencoded::from_bytes(&body).map_err(|err| {
+            refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("This form was not filled in as expected ({err}); nothing was done."),
+            )
+        })?;
+        Ok(Self(ctx, form))
+    }
 }
 
 /// Lets a request through only with a live session; a `POST` also needs a form body
@@ -307,6 +398,7 @@ async fn require_session(
     request.extensions_mut().insert(Ctx {
         csrf: session.csrf,
         session: digest(&id),
+        base: format!("{}/", node.dashboard.base_path()).into(),
     });
     next.run(request).await
 }
@@ -343,9 +435,11 @@ async fn login(State(node): State<Arc<Node>>, Query(q): Query<LoginQuery>) -> Re
         );
     };
     let max_age = SESSION_TTL.as_secs();
-    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={max_age}");
+    let base = node.dashboard.base_path();
+    let cookie =
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path={base}; Max-Age={max_age}");
     drop(session);
-    let mut response = Redirect::to("/ui/devices").into_response();
+    let mut response = Redirect::to(&format!("{base}/devices")).into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -360,28 +454,19 @@ async fn login(State(node): State<Arc<Node>>, Query(q): Query<LoginQuery>) -> Re
     response
 }
 
-#[derive(Debug, Deserialize)]
-struct CsrfForm {
-    csrf: String,
-}
-
 async fn logout(
     State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
     headers: axum::http::HeaderMap,
-    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+    Posted(_, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return forged();
-    };
-    if !csrf_ok(&ctx, &form.csrf) {
-        return forged();
-    }
     if let Some(id) = cookie_of(&headers) {
         node.dashboard.end(&id);
     }
     let mut response = refusal(StatusCode::OK, "You are logged out.");
-    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0");
+    let expired = format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path={}; Max-Age=0",
+        node.dashboard.base_path()
+    );
     if let Ok(value) = HeaderValue::from_str(&expired) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -424,7 +509,7 @@ async fn devices(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
 ) -> Response {
-    let mut page = Page::new("Devices", &ctx.csrf);
+    let mut page = Page::new("Devices", &ctx);
     let Some(mesh) = node.mesh.get() else {
         page.error("This node is not part of a mesh.");
         return page.into_response();
@@ -461,7 +546,7 @@ async fn devices(
             String::new()
         } else {
             format!(
-                "<a class=\"danger\" href=\"/ui/devices/{0}/revoke\">Revoke {1}…</a>",
+                "<a class=\"danger\" href=\"devices/{0}/revoke\">Revoke {1}…</a>",
                 page::segment(&d.peer_id),
                 esc(&d.name)
             )
@@ -500,12 +585,12 @@ async fn confirm_revoke(
     Path(peer): Path<String>,
 ) -> Response {
     let Some(device) = device_by_peer(&node, &peer).await else {
-        let mut page = Page::new("Devices", &ctx.csrf);
+        let mut page = Page::new("Devices", &ctx);
         page.error(&format!("No device of this mesh has the peer id {peer:?}."));
         return page.into_response();
     };
     let name = device.name;
-    let mut page = Page::new(&format!("Revoke {name}?"), &ctx.csrf);
+    let mut page = Page::new(&format!("Revoke {name}?"), &ctx);
     if name == node.config.name {
         page.error("A device cannot revoke itself; revoke it from another device.");
         return page.into_response();
@@ -515,9 +600,9 @@ async fn confirm_revoke(
          device drops its connections and refuses it from now on, every capability issued \
          to or by its key stops working, and it receives no more data. What it already \
          holds stays on it. To bring it back you would pair it again as a new device.</p>\
-         <form method=\"post\" action=\"/ui/devices/{seg}/revoke\">{csrf}\
+         <form method=\"post\" action=\"devices/{seg}/revoke\">{csrf}\
          <button class=\"danger\" type=\"submit\">Revoke {name}</button> \
-         <a href=\"/ui/devices\">Cancel</a></form>",
+         <a href=\"devices\">Cancel</a></form>",
         name = esc(&name),
         seg = page::segment(&peer),
         csrf = page.csrf_field(),
@@ -527,16 +612,9 @@ async fn confirm_revoke(
 
 async fn revoke(
     State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
     Path(peer): Path<String>,
-    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+    Posted(ctx, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return forged();
-    };
-    if !csrf_ok(&ctx, &form.csrf) {
-        return forged();
-    }
     let Some(mesh) = node.mesh.get() else {
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -544,9 +622,9 @@ async fn revoke(
         );
     };
     match mesh.revoke(&peer).await {
-        Ok(_) => Redirect::to("/ui/devices").into_response(),
+        Ok(_) => Redirect::to(&ctx.url("devices")).into_response(),
         Err(err) => {
-            let mut page = Page::new("Devices", &ctx.csrf);
+            let mut page = Page::new("Devices", &ctx);
             page.error(&err.to_string());
             page.into_response()
         }
@@ -557,7 +635,7 @@ async fn exports(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
 ) -> Response {
-    let mut page = Page::new("Exports", &ctx.csrf);
+    let mut page = Page::new("Exports", &ctx);
     let Some(gateway) = node.exports.clone() else {
         page.error("This node has no export gateway (it is not part of a mesh).");
         return page.into_response();
@@ -575,7 +653,7 @@ async fn exports(
     page.push("<table><caption>This device's export outbox</caption><thead><tr><th scope=\"col\">Export</th><th scope=\"col\">State</th><th scope=\"col\">Destination</th><th scope=\"col\">Bytes</th><th scope=\"col\">Queued</th></tr></thead><tbody>");
     for e in &list {
         page.push(&format!(
-            "<tr data-export=\"{id}\"><th scope=\"row\"><a href=\"/ui/exports/{seg}\">{short}</a></th><td>{state}</td><td>{dest}</td><td class=\"num\">{bytes}</td><td>{queued}</td></tr>",
+            "<tr data-export=\"{id}\"><th scope=\"row\"><a href=\"exports/{seg}\">{short}</a></th><td>{state}</td><td>{dest}</td><td class=\"num\">{bytes}</td><td>{queued}</td></tr>",
             id = esc(&e.id),
             seg = page::segment(&e.id),
             short = esc(e.id.get(..12).unwrap_or(&e.id)),
@@ -594,7 +672,7 @@ async fn export(
     axum::Extension(ctx): axum::Extension<Ctx>,
     Path(id): Path<String>,
 ) -> Response {
-    let mut page = Page::new("Export", &ctx.csrf);
+    let mut page = Page::new("Export", &ctx);
     let Some(gateway) = node.exports.clone() else {
         page.error("This node has no export gateway (it is not part of a mesh).");
         return page.into_response();
@@ -629,14 +707,14 @@ async fn export(
     let seg = page::segment(&e.id);
     if e.state == "held" {
         page.push(&format!(
-            "<form method=\"post\" action=\"/ui/exports/{seg}/release\">{csrf}<button type=\"submit\">Release: send it to {dest}</button></form>",
+            "<form method=\"post\" action=\"exports/{seg}/release\">{csrf}<button type=\"submit\">Release: send it to {dest}</button></form>",
             csrf = page.csrf_field(),
             dest = esc(&e.destination),
         ));
     }
     if e.state == "held" || e.state == "queued" {
         page.push(&format!(
-            "<form method=\"post\" action=\"/ui/exports/{seg}/drop\">{csrf}<button class=\"danger\" type=\"submit\">Drop: never send it</button></form>",
+            "<form method=\"post\" action=\"exports/{seg}/drop\">{csrf}<button class=\"danger\" type=\"submit\">Drop: never send it</button></form>",
             csrf = page.csrf_field(),
         ));
     }
@@ -647,19 +725,12 @@ async fn decide(
     node: Arc<Node>,
     ctx: &Ctx,
     id: &str,
-    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
     decide: fn(
         &crate::export::Gateway,
         &Node,
         &str,
     ) -> Result<crate::api::types::ExportInfo, crate::export::ExportError>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return forged();
-    };
-    if !csrf_ok(ctx, &form.csrf) {
-        return forged();
-    }
     let Some(gateway) = node.exports.clone() else {
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -670,28 +741,32 @@ async fn decide(
     let node2 = node.clone();
     let decided = tokio::task::spawn_blocking(move || decide(&gateway, &node2, &id)).await;
     match decided {
-        Ok(Ok(e)) => Redirect::to(&format!("/ui/exports/{}", page::segment(&e.id))).into_response(),
-        Ok(Err(err)) => refusal(StatusCode::CONFLICT, &err.to_string()),
+        Ok(Ok(e)) => {
+            Redirect::to(&ctx.url(&format!("exports/{}", page::segment(&e.id)))).into_response()
+        }
+        Ok(Err(err)) => {
+            let mut page = Page::new("Export", ctx);
+            page.error(&err.to_string());
+            page.status(StatusCode::CONFLICT).into_response()
+        }
         Err(err) => refusal(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
     }
 }
 
 async fn release(
     State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
     Path(id): Path<String>,
-    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+    Posted(ctx, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    decide(node, &ctx, &id, form, crate::export::Gateway::release).await
+    decide(node, &ctx, &id, crate::export::Gateway::release).await
 }
 
 async fn drop_export(
     State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
     Path(id): Path<String>,
-    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+    Posted(ctx, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    decide(node, &ctx, &id, form, crate::export::Gateway::drop_export).await
+    decide(node, &ctx, &id, crate::export::Gateway::drop_export).await
 }
 
 #[cfg(test)]
@@ -700,7 +775,7 @@ mod tests {
 
     #[test]
     fn a_login_link_works_once_and_not_after_it_expires() {
-        let sessions = Sessions::default();
+        let sessions = Sessions::new().unwrap();
         let (token, _) = sessions.new_link(LINK_TTL).unwrap();
         let (id, session) = sessions.exchange(&token).unwrap();
         assert_eq!(sessions.session(&id).unwrap().csrf, session.csrf);
@@ -714,7 +789,7 @@ mod tests {
 
     #[test]
     fn links_and_sessions_are_bounded() {
-        let sessions = Sessions::default();
+        let sessions = Sessions::new().unwrap();
         let tokens: Vec<String> = (0..MAX_KEPT * 2)
             .map(|_| sessions.new_link(LINK_TTL).unwrap().0)
             .collect();

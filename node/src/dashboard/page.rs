@@ -3,16 +3,20 @@
 
 use std::fmt::Write as _;
 
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
+use super::Ctx;
+
 /// The pages built so far, in the order of the navigation.
+/// Links are relative to the page's `<base>`, the dashboard's secret path.
 const PAGES: [(&str, &str); 6] = [
-    ("Devices", "/ui/devices"),
-    ("Stores", "/ui/stores"),
-    ("Approvals", "/ui/approvals"),
-    ("Capabilities", "/ui/capabilities"),
-    ("Audit", "/ui/audit"),
-    ("Exports", "/ui/exports"),
+    ("Devices", "devices"),
+    ("Stores", "stores"),
+    ("Approvals", "approvals"),
+    ("Capabilities", "capabilities"),
+    ("Audit", "audit"),
+    ("Exports", "exports"),
 ];
 
 /// `text` made safe inside HTML text and attribute values.
@@ -57,17 +61,25 @@ pub(super) fn segment(text: &str) -> String {
 #[derive(Debug)]
 pub(super) struct Page {
     title: String,
-    csrf: String,
+    ctx: Ctx,
     body: String,
+    status: StatusCode,
 }
 
 impl Page {
-    pub(super) fn new(title: &str, csrf: &str) -> Self {
+    pub(super) fn new(title: &str, ctx: &Ctx) -> Self {
         Self {
             title: title.to_owned(),
-            csrf: csrf.to_owned(),
+            ctx: ctx.clone(),
             body: String::new(),
+            status: StatusCode::OK,
         }
+    }
+
+    /// Answers with `status` instead of 200.
+    pub(super) fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     /// Adds HTML (already escaped where it holds data).
@@ -93,7 +105,7 @@ impl Page {
     pub(super) fn csrf_field(&self) -> String {
         format!(
             "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-            esc(&self.csrf)
+            esc(self.ctx.csrf())
         )
     }
 
@@ -113,23 +125,30 @@ impl Page {
             })
             .collect();
         let main = format!(
-            "<nav aria-label=\"Pages\"><ul>{nav}</ul><span id=\"live\" role=\"status\" class=\"muted\"></span><form method=\"post\" action=\"/ui/logout\">{}<button type=\"submit\">Log out</button></form></nav>\
+            "<nav aria-label=\"Pages\"><ul>{nav}</ul><span id=\"live\" role=\"status\" class=\"muted\"></span><form method=\"post\" action=\"logout\">{}<button type=\"submit\">Log out</button></form></nav>\
              <main><h1>{}</h1>{}</main>",
             self.csrf_field(),
             esc(&self.title),
             self.body
         );
-        Self::bare(&self.title, &main)
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <base href=\"{base}\"><title>{title} · Hearth</title>\
+             <link rel=\"stylesheet\" href=\"app.css\"><script src=\"app.js\" defer></script>\
+             </head><body>{main}</body></html>",
+            base = esc(&self.ctx.url("")),
+            title = esc(&self.title),
+        )
     }
 
-    /// A whole document around `body` (HTML).
+    /// A whole document around `body` (HTML), for answers to requests without a
+    /// session: no style, no script, and nothing of the secret path.
     pub(super) fn bare(title: &str, body: &str) -> String {
         format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{} · Hearth</title><link rel=\"stylesheet\" href=\"/ui/app.css\">\
-             <script src=\"/ui/app.js\" defer></script></head>\
-             <body>{body}</body></html>",
+             <title>{} · Hearth</title></head><body>{body}</body></html>",
             esc(title)
         )
     }
@@ -137,7 +156,7 @@ impl Page {
 
 impl IntoResponse for Page {
     fn into_response(self) -> Response {
-        Html(self.render()).into_response()
+        (self.status, Html(self.render())).into_response()
     }
 }
 

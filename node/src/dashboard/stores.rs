@@ -20,12 +20,12 @@ const MAX_POINTS: usize = 5_000;
 /// Most kv entries a page shows.
 const MAX_ENTRIES: usize = 500;
 
-/// `GET /ui/stores`.
+/// `GET stores`.
 pub(super) async fn list(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
 ) -> Response {
-    let mut page = Page::new("Stores", &ctx.csrf);
+    let mut page = Page::new("Stores", &ctx);
     let stores = {
         let node = node.clone();
         tokio::task::spawn_blocking(move || crate::api::store_list(&node)).await
@@ -50,7 +50,7 @@ pub(super) async fn list(
             .collect();
         let name = if s.here {
             format!(
-                "<a href=\"/ui/stores/{}\">{}</a>",
+                "<a href=\"stores/{}\">{}</a>",
                 segment(&s.name),
                 esc(&s.name)
             )
@@ -165,14 +165,14 @@ fn chart(points: &[(u64, f64)], field: &str) -> String {
     )
 }
 
-/// `GET /ui/stores/{name}`.
+/// `GET stores/{name}`.
 pub(super) async fn show(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<Ctx>,
     Path(name): Path<String>,
     query: Result<Query<ChartQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let mut page = Page::new(&format!("Store {name}"), &ctx.csrf);
+    let mut page = Page::new(&format!("Store {name}"), &ctx);
     let Query(query) = query.unwrap_or_default();
     let store = match node.stores.get(&name) {
         Ok(store) => store,
