@@ -16,7 +16,7 @@
 //! │   threads (one per core), each a fresh wasmtime instance
 //! ├── export gateway: sends what the outbox holds when due (HTTPS, retries, expiry)
 //! └── api server (axum on 127.0.0.1)   bearer key from DATA_DIR/api.key; the owner's
-//!     dashboard under /ui/ (one-time login link, session cookie)
+//!     dashboard under /ui/<secret>/ (one-time login link, session cookie)
 //!     └── blocking store and audit calls on tokio's blocking pool
 //! ```
 //!

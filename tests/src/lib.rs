@@ -621,6 +621,16 @@ pub mod dashboard {
             let token = csrf(&self.get(from).body);
             let mut form = format!("csrf={token}");
             for (name, value) in fields {
+                let value: String = value
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            char::from(b).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
                 form.push_str(&format!("&{name}={value}"));
             }
             raw(

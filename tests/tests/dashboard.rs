@@ -161,6 +161,53 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
         raw(&addr, "POST", &logout, &addr, &as_json, &body).status,
         403
     );
+    // Every form that changes something, without its token: refused, nothing done.
+    json_ok(&home, &["store", "create", "notes", "--kind", "kv"]);
+    for page in [
+        "devices/invite",
+        "devices/12D3KooWAbc/revoke",
+        "drivers/add",
+        "computations/verify",
+        "approvals/review",
+        "approvals/approve",
+        "capabilities/00/revoke",
+        "stores/notes/placement",
+        "stores/notes/placement/apply",
+        "exports/00/release",
+        "exports/00/drop",
+        "audit/verify",
+        "logout",
+    ] {
+        let answer = raw(
+            &addr,
+            "POST",
+            &format!("{base}/{page}"),
+            &addr,
+            &form,
+            "csrf=00&kind=os-monitor&replicas=all&name=x",
+        );
+        assert_eq!(answer.status, 403, "{page}: {answer:?}");
+    }
+    assert!(
+        json_ok(&home, &["driver", "ls"])["drivers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let notes = json_ok(&home, &["store", "ls"]);
+    let notes = notes["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "notes")
+        .unwrap();
+    assert_eq!(notes["replicas"], "origin,role:home");
+    assert!(
+        json_ok(&home, &["audit", "--action", "mesh.invite"])["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(session.get("devices").status, 200, "still logged in");
     let out = session.post("devices", "logout", &[]);
     assert_eq!(out.status, 200);
@@ -177,4 +224,83 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     let entries = json_ok(&home, &["audit", "--action", "dashboard.login"]);
     assert_eq!(entries["entries"].as_array().unwrap().len(), 3);
     stop(node);
+}
+
+/// A device without the owner key (here the cloud VM) gets the same pages, and the
+/// same refusals as its CLI: it cannot re-place a store or invite a device from its
+/// dashboard; each refusal is audited and changes nothing.
+#[test]
+fn a_device_without_the_owner_key_cannot_place_or_invite_from_its_dashboard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, vm) = (tmp.path().join("home"), tmp.path().join("vm"));
+    init(&home);
+    let home_node = start_meshed(&home);
+    json_ok(&home, &["store", "create", "notes", "--kind", "kv"]);
+    hearth_tests::cli::join_all(&home, &[(&vm, "vm", "cloud")]);
+    let vm_node = start_meshed(&vm);
+    hearth_tests::cli::wait_until("the catalogue on the vm", 60, || {
+        let listed = json_ok(&vm, &["store", "ls"]);
+        listed["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "notes")
+            .then_some(())
+    });
+
+    let session = login(&vm);
+    let preview = session.post(
+        "stores",
+        "stores/notes/placement",
+        &[("replicas", "origin,role:home,vm")],
+    );
+    assert_eq!(preview.status, 200);
+    assert!(
+        preview.body.contains("<dd data-field=\"gain\">vm</dd>"),
+        "{}",
+        preview.body
+    );
+    assert!(preview.body.contains("does not hold the owner key"));
+    let applied = session.post(
+        "stores",
+        "stores/notes/placement/apply",
+        &[("replicas", "origin,role:home,vm")],
+    );
+    assert!(
+        applied.body.contains("needs the owner&#39;s authority"),
+        "{}",
+        applied.body
+    );
+    let refused = json_ok(&vm, &["audit", "--action", "store.policy"]);
+    let refused = refused["entries"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused")
+    );
+    for dir in [&home, &vm] {
+        let listed = json_ok(dir, &["store", "ls"]);
+        let notes = listed["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "notes")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            notes["replicas"],
+            "origin,role:home",
+            "on {}",
+            dir.display()
+        );
+    }
+
+    let invite = session.post("devices", "devices/invite", &[("name", "laptop")]);
+    assert_eq!(invite.status, 200);
+    assert!(invite.body.contains("class=\"error\""), "{}", invite.body);
+    assert!(!invite.body.contains("id=\"ticket\""));
+    stop(vm_node);
+    stop(home_node);
 }

@@ -51,6 +51,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What went wrong, in a sentence.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -299,20 +304,7 @@ async fn status(State(node): State<Arc<Node>>) -> ApiResult<Status> {
         })?),
         None => None,
     };
-    let devices = match node.mesh.get() {
-        Some(handle) => handle.devices().await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let sync = match node.replication.get() {
-        Some(handle) => handle.status().await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    // Listing reads the catalogue and store sizes: off the async threads.
-    let stores = blocking({
-        let node = node.clone();
-        move || Ok(store_status(&node, &node.stores.list(), &devices, &sync))
-    })
-    .await?;
+    let stores = sync_status(&node).await?;
     let (listen, peers) = mesh.map(|m| (m.listen, m.peers)).unwrap_or_default();
     Ok(Json(Status {
         peer_id: c.node_key.public().peer_id(),
@@ -322,6 +314,21 @@ async fn status(State(node): State<Arc<Node>>) -> ApiResult<Status> {
         peers,
         stores,
     }))
+}
+
+/// [`store_status`] now: each store held here and where it is in sync.
+pub(crate) async fn sync_status(node: &Arc<Node>) -> Result<Vec<StoreSync>, ApiError> {
+    let devices = match node.mesh.get() {
+        Some(handle) => handle.devices().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let sync = match node.replication.get() {
+        Some(handle) => handle.status().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    // Listing reads the catalogue and store sizes: off the async threads.
+    let node = node.clone();
+    blocking(move || Ok(store_status(&node, &node.stores.list(), &devices, &sync))).await
 }
 
 /// Each store held here, and for every device its policy places it on, whether that
@@ -660,6 +667,16 @@ async fn set_policy(
     body: Result<Json<PolicyRequest>, JsonRejection>,
 ) -> ApiResult<Policy> {
     let Json(body) = body?;
+    Ok(Json(policy_changed(&node, name, body).await?))
+}
+
+/// Changes a store's placement or retention, as `POST /v1/stores/{name}/policy` and
+/// the dashboard do: the same authority check, audit entry and refusals.
+pub(crate) async fn policy_changed(
+    node: &Arc<Node>,
+    name: String,
+    body: PolicyRequest,
+) -> Result<Policy, ApiError> {
     user_store(&name)?;
     let policy = body
         .replicas
@@ -709,7 +726,7 @@ async fn set_policy(
     if let Some(replication) = node.replication.get() {
         replication.catalogue_changed();
     }
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 async fn delete_readings(
@@ -1298,6 +1315,12 @@ async fn add_driver(
     body: Result<Json<AddDriver>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Driver>), ApiError> {
     let Json(body) = body?;
+    Ok((StatusCode::CREATED, Json(driver_added(&node, body).await?)))
+}
+
+/// Adds the driver `body` describes, as `POST /v1/drivers` and the dashboard do: the
+/// same defaults, checks and audit entry.
+pub(crate) async fn driver_added(node: &Arc<Node>, body: AddDriver) -> Result<Driver, ApiError> {
     let kind: crate::drivers::Kind = body.kind.parse().map_err(ApiError::invalid)?;
     let name = match body.name {
         Some(name) => name,
@@ -1360,7 +1383,7 @@ async fn add_driver(
     })
     .await?;
     record(
-        &node,
+        node,
         "driver.add",
         &added.name,
         &format!("allowed: {}", kind.as_str()),
@@ -1386,7 +1409,7 @@ async fn add_driver(
         answer.user = spec.user;
         answer.password = spec.password;
     }
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok(answer)
 }
 
 async fn remove_driver(

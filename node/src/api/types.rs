@@ -904,7 +904,7 @@ mod tests {
         round_trip::<ExportInfo>(shown);
         round_trip::<ExportsPaused>(json!({"paused": true, "waiting": 2}));
         round_trip::<DashboardLink>(
-            json!({"url": "http://127.0.0.1:1/ui/login?token=ab", "expires_at": 5}),
+            json!({"url": "http://127.0.0.1:1/ui/0123456789abcdef0123456789abcdef/login?token=ab", "expires_at": 5}),
         );
         round_trip::<Status>(
             json!({"peer_id": "12D3KooWhome", "name": "home", "role": "home",

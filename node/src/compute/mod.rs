@@ -15,6 +15,7 @@ pub(crate) mod apps;
 pub(crate) mod counter;
 pub(crate) mod host;
 mod nonces;
+pub mod receipt;
 pub mod runtime;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +27,7 @@ use hearth_protocol::capability::{
     RevocationSet, Role, VerifiedChain, Verifier, VerifierConfig,
 };
 use hearth_protocol::compute::{
-    Candidate, Job, JobKind, JobReply, Receipt, StoreVersion, choose, result_hash,
+    Candidate, Job, JobKind, JobReply, Receipt, SignedReceipt, StoreVersion, choose, result_hash,
 };
 use hearth_protocol::statefile;
 use hearth_protocol::time::UnixMillis;
@@ -58,6 +59,30 @@ pub struct Compute {
     /// Runs at once (one per core keeps the node responsive).
     slots: tokio::sync::Semaphore,
     pub(crate) apps: apps::Apps,
+    /// The jobs this device ran lately, newest last (since it started).
+    recent: Mutex<std::collections::VecDeque<RecentJob>>,
+}
+
+/// Most jobs kept in [`Compute::recent`].
+pub const MAX_RECENT: usize = 100;
+
+/// A job this device ran (or refused, or failed), as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct RecentJob {
+    /// The job's id.
+    pub id: String,
+    /// Who invoked it (the capability's holder).
+    pub holder: String,
+    /// The module's SHA-256 (hex).
+    pub module_hash: String,
+    /// The capability's id.
+    pub cap_id: String,
+    /// When it ended.
+    pub finished: UnixMillis,
+    /// `done`, `deployed`, or `refused: …`, `failed: …`, `unavailable: …`.
+    pub outcome: String,
+    /// Its receipt, when it ran to the end.
+    pub receipt: Option<SignedReceipt>,
 }
 
 impl std::fmt::Debug for Compute {
@@ -80,6 +105,29 @@ impl Compute {
             .limits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The jobs this device ran since it started, newest first (at most
+    /// [`MAX_RECENT`]).
+    pub fn recent(&self) -> Vec<RecentJob> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn remember(&self, job: RecentJob) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() >= MAX_RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(job);
     }
 
     /// Sets the limits of the runs that start from now on.
@@ -117,6 +165,7 @@ impl Compute {
             limits: Mutex::new(limits),
             slots: tokio::sync::Semaphore::new(cores),
             apps: apps::Apps::open(&dir.join("apps")),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -592,8 +641,28 @@ pub(crate) async fn execute(
     job: Job,
     recipient: &str,
 ) -> JobReply {
+    let id = job.id().to_string();
+    let holder = job.chain.leaf().capability().audience.to_string();
+    let module_hash = hex::encode(job.module_hash().0);
+    let cap_id = job.chain.leaf().id().to_string();
     let reply = execute_checked(node, compute, job, recipient).await;
     node.metrics.job(&reply);
+    let (outcome, receipt) = match &reply {
+        JobReply::Done { receipt, .. } => ("done".to_owned(), Some((**receipt).clone())),
+        JobReply::Deployed { app, .. } => (format!("deployed: app {app}"), None),
+        JobReply::Refused(why) => (format!("refused: {why}"), None),
+        JobReply::Unavailable(why) => (format!("unavailable: {why}"), None),
+        JobReply::Failed(why) => (format!("failed: {why}"), None),
+    };
+    compute.remember(RecentJob {
+        id,
+        holder,
+        module_hash,
+        cap_id,
+        finished: now(),
+        outcome,
+        receipt,
+    });
     reply
 }
 

@@ -5,7 +5,8 @@
   if (!window.EventSource) {
     return;
   }
-  const source = new EventSource("events");
+  const extra = document.body.dataset.with;
+  const source = new EventSource(extra ? "events?with=" + encodeURIComponent(extra) : "events");
   const status = document.getElementById("live");
   source.addEventListener("open", function () {
     if (status) status.textContent = "Live";
@@ -27,6 +28,41 @@
           if (state) state.textContent = "revoked";
           const action = row.querySelector("a.danger");
           if (action) action.remove();
+        }
+      }
+    }
+  });
+  source.addEventListener("sync", function (event) {
+    for (const store of JSON.parse(event.data)) {
+      for (const row of document.querySelectorAll("tr[data-store]")) {
+        if (row.dataset.store !== store.name) continue;
+        const cell = row.querySelector("td[data-field='sync']");
+        if (cell) cell.textContent = store.text;
+      }
+    }
+  });
+  source.addEventListener("drivers", function (event) {
+    for (const driver of JSON.parse(event.data)) {
+      for (const row of document.querySelectorAll("tr[data-driver]")) {
+        if (row.dataset.driver !== driver.name) continue;
+        const state = row.querySelector("td[data-field='state']");
+        if (state) {
+          state.textContent = driver.state;
+          state.className = driver.class;
+        }
+        const records = row.querySelector("td[data-field='records']");
+        if (records) records.textContent = String(driver.records);
+        const error = row.querySelector("td[data-field='error']");
+        if (error) error.textContent = driver.last_error;
+        const progress = row.querySelector("td[data-field='progress']");
+        if (progress) {
+          const meter = progress.querySelector("progress");
+          if (meter && driver.progress) {
+            meter.max = driver.progress[1];
+            meter.value = Math.min(driver.progress[0], driver.progress[1]);
+          }
+          const text = progress.querySelector("span");
+          if (text) text.textContent = driver.progress_text;
         }
       }
     }

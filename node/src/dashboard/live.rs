@@ -1,7 +1,9 @@
 //! Live updates: one server-sent event stream per open page (`events`). Every
 //! half second the node looks at its devices and its audit log and sends what changed:
-//! `devices` (each device's name, online, revoked) when any of that changed, and one
-//! `audit` event per new entry of this device's log. `app.js` applies them to the page
+//! `devices` (each device's name, online, revoked) when any of that changed, `drivers`
+//! (each driver's state, records, progress, last error) likewise, and one `audit`
+//! event per new entry of this device's log; on the stores page (`events?with=sync`),
+//! `sync` (each store held here and, in words, where it is in sync) when it changed. `app.js` applies them to the page
 //! (text only, never markup). The stream ends when the node stops or the session
 //! ends (logout, expiry); at most [`super::MAX_STREAMS`] are open at once.
 
@@ -27,6 +29,9 @@ struct Look {
     session: [u8; 32],
     _slot: Slot,
     devices: Option<String>,
+    drivers: Option<String>,
+    /// Each store's sync state, when the page asked for it.
+    sync: Option<Option<String>>,
     next_seq: u64,
     stopping: tokio::sync::watch::Receiver<bool>,
     first: bool,
@@ -40,6 +45,35 @@ async fn devices_json(node: &Node) -> Option<String> {
         .map(|d| json!({"peer": d.peer_id, "name": d.name, "online": d.online, "revoked": d.revoked}))
         .collect();
     Some(serde_json::Value::Array(list).to_string())
+}
+
+async fn sync_json(node: &Arc<Node>) -> Option<String> {
+    let sync = crate::api::sync_status(node).await.ok()?;
+    let list: Vec<_> = sync
+        .iter()
+        .map(|s| json!({"name": s.name, "text": super::stores::sync_text(s)}))
+        .collect();
+    Some(serde_json::Value::Array(list).to_string())
+}
+
+fn drivers_json(node: &Node) -> String {
+    let list: Vec<_> = node
+        .drivers
+        .list()
+        .iter()
+        .map(|d| {
+            json!({
+                "name": d.name,
+                "state": d.state,
+                "class": super::drivers::state_class(&d.state),
+                "records": d.records,
+                "progress": d.progress,
+                "progress_text": super::drivers::progress_text(d),
+                "last_error": d.last_error.as_deref().unwrap_or("-"),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
 }
 
 async fn look(mut state: Look) -> Option<(Vec<Event>, Look)> {
@@ -60,6 +94,20 @@ async fn look(mut state: Look) -> Option<(Vec<Event>, Look)> {
             events.push(Event::default().event("devices").data(data.clone()));
         }
         state.devices = devices;
+    }
+    let drivers = drivers_json(&state.node);
+    if state.drivers.as_ref() != Some(&drivers) {
+        events.push(Event::default().event("drivers").data(drivers.clone()));
+        state.drivers = Some(drivers);
+    }
+    if let Some(last) = &state.sync {
+        let now = sync_json(&state.node).await;
+        if now.is_some() && now != *last {
+            if let Some(data) = &now {
+                events.push(Event::default().event("sync").data(data.clone()));
+            }
+            state.sync = Some(now);
+        }
     }
     let node = state.node.clone();
     let from = state.next_seq;
@@ -103,11 +151,20 @@ impl Drop for Slot {
     }
 }
 
+/// What a page asks its stream for beyond the usual.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct With {
+    #[serde(default)]
+    with: Option<String>,
+}
+
 /// `GET events`.
 pub(super) async fn events(
     State(node): State<Arc<Node>>,
     axum::Extension(ctx): axum::Extension<super::Ctx>,
+    query: Result<axum::extract::Query<With>, axum::extract::rejection::QueryRejection>,
 ) -> axum::response::Response {
+    let with_sync = query.is_ok_and(|q| q.0.with.as_deref() == Some("sync"));
     use axum::response::IntoResponse as _;
     let open = node
         .dashboard
@@ -121,13 +178,16 @@ pub(super) async fn events(
         )
             .into_response();
     }
-    stream(node, ctx.session, slot).await.into_response()
+    stream(node, ctx.session, slot, with_sync)
+        .await
+        .into_response()
 }
 
 async fn stream(
     node: Arc<Node>,
     session: [u8; 32],
     slot: Slot,
+    with_sync: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let next_seq = {
         let node = node.clone();
@@ -143,6 +203,8 @@ async fn stream(
         _slot: slot,
         node,
         devices: None,
+        drivers: None,
+        sync: with_sync.then_some(None),
         next_seq,
         first: true,
     };

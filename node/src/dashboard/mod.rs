@@ -25,8 +25,12 @@
 
 mod approvals;
 mod audit;
+mod computations;
+mod devices;
+mod drivers;
 mod live;
 mod page;
+mod placement;
 mod stores;
 
 use std::collections::HashMap;
@@ -200,14 +204,27 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(&at("/approvals"), get(approvals::form))
         .route(&at("/approvals/review"), post(approvals::review))
         .route(&at("/approvals/approve"), post(approvals::approve))
+        .route(&at("/computations"), get(computations::page))
+        .route(&at("/computations/verify"), post(computations::verify))
+        .route(&at("/drivers"), get(drivers::page))
+        .route(&at("/drivers/add"), post(drivers::add))
         .route(&at("/capabilities"), get(approvals::list))
         .route(&at("/capabilities/{id}/revoke"), post(approvals::revoke))
         .route(&at("/stores"), get(stores::list))
         .route(&at("/stores/{name}"), get(stores::show))
-        .route(&at("/devices"), get(devices))
+        .route(
+            &at("/stores/{name}/placement"),
+            get(placement::show).post(placement::preview),
+        )
+        .route(
+            &at("/stores/{name}/placement/apply"),
+            post(placement::apply),
+        )
+        .route(&at("/devices"), get(devices::page))
+        .route(&at("/devices/invite"), post(devices::invite))
         .route(
             &at("/devices/{peer}/revoke"),
-            get(confirm_revoke).post(revoke),
+            get(devices::confirm_revoke).post(devices::revoke),
         )
         .route(&at("/exports"), get(exports))
         .route(&at("/exports/{id}"), get(export))
@@ -502,132 +519,6 @@ pub(super) fn when(ms: u64) -> String {
         "never".into()
     } else {
         hearth_protocol::time::UnixMillis(ms).to_string()
-    }
-}
-
-async fn devices(
-    State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
-) -> Response {
-    let mut page = Page::new("Devices", &ctx);
-    let Some(mesh) = node.mesh.get() else {
-        page.error("This node is not part of a mesh.");
-        return page.into_response();
-    };
-    let list = match mesh.devices().await {
-        Ok(list) => list,
-        Err(err) => {
-            page.error(&err.to_string());
-            return page.into_response();
-        }
-    };
-    page.push("<table><caption>The devices of your mesh</caption><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th><th scope=\"col\">Online</th><th scope=\"col\">Reached</th><th scope=\"col\">Last seen</th><th scope=\"col\">State</th><th scope=\"col\"><span class=\"hidden\">Action</span></th></tr></thead><tbody>");
-    for d in &list {
-        let state = if d.revoked {
-            "revoked"
-        } else if d.approved {
-            "member"
-        } else {
-            "member until its admit grant ends"
-        };
-        let online = if d.name == node.config.name {
-            "this device".to_owned()
-        } else if d.online {
-            "online".to_owned()
-        } else {
-            "offline".to_owned()
-        };
-        let reached = match (&d.path, &d.via) {
-            (Some(path), Some(via)) => format!("{path} via {via}"),
-            (Some(path), None) => path.clone(),
-            _ => "-".into(),
-        };
-        let action = if d.revoked || d.name == node.config.name {
-            String::new()
-        } else {
-            format!(
-                "<a class=\"danger\" href=\"devices/{0}/revoke\">Revoke {1}…</a>",
-                page::segment(&d.peer_id),
-                esc(&d.name)
-            )
-        };
-        page.push(&format!(
-            "<tr data-device=\"{name}\" data-peer=\"{peer}\"><th scope=\"row\">{name}</th><td>{role}</td><td data-field=\"online\" data-self=\"{me}\" class=\"{online_class}\">{online}</td><td>{reached}</td><td>{seen}</td><td data-field=\"state\">{state}</td><td>{action}</td></tr>",
-            me = d.name == node.config.name,
-            peer = esc(&d.peer_id),
-            name = esc(&d.name),
-            role = esc(&d.role),
-            online_class = if d.online { "ok" } else { "muted" },
-            online = esc(&online),
-            reached = esc(&reached),
-            seen = esc(&when(d.last_seen)),
-            state = esc(state),
-        ));
-    }
-    page.push("</tbody></table>");
-    page.into_response()
-}
-
-/// The device with this peer id (devices are named by peer id in the pages: two
-/// devices may carry one name, one of them revoked).
-async fn device_by_peer(node: &Node, peer: &str) -> Option<crate::mesh::DeviceStatus> {
-    let mesh = node.mesh.get()?;
-    mesh.devices()
-        .await
-        .ok()?
-        .into_iter()
-        .find(|d| d.peer_id == peer)
-}
-
-async fn confirm_revoke(
-    State(node): State<Arc<Node>>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
-    Path(peer): Path<String>,
-) -> Response {
-    let Some(device) = device_by_peer(&node, &peer).await else {
-        let mut page = Page::new("Devices", &ctx);
-        page.error(&format!("No device of this mesh has the peer id {peer:?}."));
-        return page.into_response();
-    };
-    let name = device.name;
-    let mut page = Page::new(&format!("Revoke {name}?"), &ctx);
-    if name == node.config.name {
-        page.error("A device cannot revoke itself; revoke it from another device.");
-        return page.into_response();
-    }
-    page.push(&format!(
-        "<p>Revoking <strong>{name}</strong> removes it from your mesh for good: every \
-         device drops its connections and refuses it from now on, every capability issued \
-         to or by its key stops working, and it receives no more data. What it already \
-         holds stays on it. To bring it back you would pair it again as a new device.</p>\
-         <form method=\"post\" action=\"devices/{seg}/revoke\">{csrf}\
-         <button class=\"danger\" type=\"submit\">Revoke {name}</button> \
-         <a href=\"devices\">Cancel</a></form>",
-        name = esc(&name),
-        seg = page::segment(&peer),
-        csrf = page.csrf_field(),
-    ));
-    page.into_response()
-}
-
-async fn revoke(
-    State(node): State<Arc<Node>>,
-    Path(peer): Path<String>,
-    Posted(ctx, Nothing {}): Posted<Nothing>,
-) -> Response {
-    let Some(mesh) = node.mesh.get() else {
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "This node is not part of a mesh.",
-        );
-    };
-    match mesh.revoke(&peer).await {
-        Ok(_) => Redirect::to(&ctx.url("devices")).into_response(),
-        Err(err) => {
-            let mut page = Page::new("Devices", &ctx);
-            page.error(&err.to_string());
-            page.into_response()
-        }
     }
 }
 

@@ -10,11 +10,13 @@ use super::Ctx;
 
 /// The pages built so far, in the order of the navigation.
 /// Links are relative to the page's `<base>`, the dashboard's secret path.
-const PAGES: [(&str, &str); 6] = [
+const PAGES: [(&str, &str); 8] = [
     ("Devices", "devices"),
     ("Stores", "stores"),
     ("Approvals", "approvals"),
     ("Capabilities", "capabilities"),
+    ("Computations", "computations"),
+    ("Drivers", "drivers"),
     ("Audit", "audit"),
     ("Exports", "exports"),
 ];
@@ -64,6 +66,8 @@ pub(super) struct Page {
     ctx: Ctx,
     body: String,
     status: StatusCode,
+    /// What the page's live stream carries beyond devices, drivers and the audit.
+    live_with: Option<&'static str>,
 }
 
 impl Page {
@@ -73,6 +77,7 @@ impl Page {
             ctx: ctx.clone(),
             body: String::new(),
             status: StatusCode::OK,
+            live_with: None,
         }
     }
 
@@ -80,6 +85,11 @@ impl Page {
     pub(super) fn status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
+    }
+
+    /// Asks the live stream for `what` too (`sync`: each store's sync state).
+    pub(super) fn live_with(&mut self, what: &'static str) {
+        self.live_with = Some(what);
     }
 
     /// Adds HTML (already escaped where it holds data).
@@ -136,7 +146,10 @@ impl Page {
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <base href=\"{base}\"><title>{title} · Hearth</title>\
              <link rel=\"stylesheet\" href=\"app.css\"><script src=\"app.js\" defer></script>\
-             </head><body>{main}</body></html>",
+             </head><body{with}>{main}</body></html>",
+            with = self
+                .live_with
+                .map_or_else(String::new, |w| format!(" data-with=\"{}\"", esc(w))),
             base = esc(&self.ctx.url("")),
             title = esc(&self.title),
         )

@@ -34,7 +34,9 @@ pub(super) async fn list(
         page.error("The stores could not be listed.");
         return page.into_response();
     };
-    page.push("<table><caption>Every store of your mesh</caption><thead><tr><th scope=\"col\">Store</th><th scope=\"col\">Kind</th><th scope=\"col\">Origin</th><th scope=\"col\">Placed on</th><th scope=\"col\">Held by</th><th scope=\"col\">Records</th><th scope=\"col\">Bytes</th><th scope=\"col\">Last reports</th></tr></thead><tbody>");
+    let sync = crate::api::sync_status(&node).await.unwrap_or_default();
+    page.live_with("sync");
+    page.push("<table><caption>Every store of your mesh</caption><thead><tr><th scope=\"col\">Store</th><th scope=\"col\">Kind</th><th scope=\"col\">Origin</th><th scope=\"col\">Placed on</th><th scope=\"col\">Held by</th><th scope=\"col\">In sync (as seen from here)</th><th scope=\"col\">Records</th><th scope=\"col\">Bytes</th><th scope=\"col\">Last reports</th></tr></thead><tbody>");
     for s in stores.iter().filter(|s| !s.name.starts_with("hearth.")) {
         let reports: Vec<String> = s
             .heads
@@ -59,11 +61,16 @@ pub(super) async fn list(
         };
         let _ = write!(
             page_buf(&mut page),
-            "<tr data-store=\"{store}\"><th scope=\"row\">{name}</th><td>{kind}</td><td>{origin}</td><td>{replicas}</td><td>{held}</td><td class=\"num\">{records}</td><td class=\"num\">{bytes}</td><td>{reports}</td></tr>",
+            "<tr data-store=\"{store}\"><th scope=\"row\">{name}</th><td>{kind}</td><td>{origin}</td><td><a href=\"stores/{seg}/placement\" title=\"Change where it is held\">{replicas}</a></td><td>{held}</td><td data-field=\"sync\">{sync}</td><td class=\"num\">{records}</td><td class=\"num\">{bytes}</td><td>{reports}</td></tr>",
             store = esc(&s.name),
+            seg = segment(&s.name),
             kind = esc(s.kind.as_str()),
             origin = esc(&s.origin),
             replicas = esc(&s.replicas),
+            sync = esc(&sync
+                .iter()
+                .find(|x| x.name == s.name)
+                .map_or_else(|| "-".to_owned(), sync_text)),
             held = esc(&s.held_by.join(", ")),
             records = s.records.map_or("-".to_owned(), |n| n.to_string()),
             bytes = s.bytes.map_or("-".to_owned(), |n| n.to_string()),
@@ -72,6 +79,35 @@ pub(super) async fn list(
     }
     page.push("</tbody></table><p class=\"muted\">A store's name links to its readings when this device holds it.</p>");
     page.into_response()
+}
+
+/// Where a store held here is in sync, in words: each other device its placement
+/// names, as that device last confirmed it.
+pub(super) fn sync_text(sync: &crate::api::types::StoreSync) -> String {
+    let others: Vec<String> = sync
+        .replicas
+        .iter()
+        .skip(1)
+        .map(|r| {
+            let state = match (r.in_sync, r.lag) {
+                (true, _) => "in sync".to_owned(),
+                (false, Some(0)) => "catching up".to_owned(),
+                (false, Some(lag)) => format!("{lag} records behind"),
+                (false, None) => "not confirmed yet".to_owned(),
+            };
+            let offline = if r.online == Some(false) {
+                ", offline"
+            } else {
+                ""
+            };
+            format!("{}: {state}{offline}", r.device)
+        })
+        .collect();
+    if others.is_empty() {
+        "only here".to_owned()
+    } else {
+        others.join("; ")
+    }
 }
 
 /// A page's body, to write into.
