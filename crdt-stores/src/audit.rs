@@ -28,7 +28,7 @@
 //! first entry that differs.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -997,6 +997,27 @@ impl AuditLog {
         let _guard = self.lock();
         entries_in(&self.path, since, device, action)
     }
+
+    /// The newest `count` entries that `keep` accepts, oldest first, in one pass that
+    /// holds at most `count` entries; the log stays open for writing meanwhile (the
+    /// pass reads up to where the log ended when it began).
+    pub fn newest_matching(
+        &self,
+        count: usize,
+        keep: impl FnMut(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, AuditError> {
+        let len = {
+            let tail = self.lock();
+            tail.file
+                .metadata()
+                .map_err(|err| AuditError::Io {
+                    path: self.path.display().to_string(),
+                    detail: err.to_string(),
+                })?
+                .len()
+        };
+        newest_matching_in(&self.path, Some(len), count, keep)
+    }
 }
 
 /// The offset an index says to start reading at for entry `seq`.
@@ -1244,6 +1265,37 @@ impl Mirror {
     }
 }
 
+/// The newest `count` entries of any log file (a device's own or a copy) that `keep`
+/// accepts, oldest first, in one pass holding at most `count` entries; `len` bounds the
+/// bytes read.
+pub fn newest_matching_in(
+    path: &Path,
+    len: Option<u64>,
+    count: usize,
+    mut keep: impl FnMut(&Entry) -> bool,
+) -> Result<Vec<Entry>, AuditError> {
+    let file = File::open(path).map_err(|err| AuditError::Io {
+        path: path.display().to_string(),
+        detail: err.to_string(),
+    })?;
+    let reader = BufReader::new(file.take(len.unwrap_or(u64::MAX)));
+    let mut out = std::collections::VecDeque::with_capacity(count.min(1024));
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    for line in reader.lines().map_while(Result::ok) {
+        if let Ok(Line::Entry(entry)) = serde_json::from_str::<Line>(&line)
+            && keep(&entry)
+        {
+            if out.len() == count {
+                out.pop_front();
+            }
+            out.push_back(entry);
+        }
+    }
+    Ok(out.into())
+}
+
 /// The entries of any log file (a device's own or a copy) matching the filters,
 /// oldest first: `since` (ms), `device`, `action` (an exact action or a prefix ending
 /// in `.`).
@@ -1306,6 +1358,22 @@ mod tests {
         let (tail, _) = log.entries_from(2_990, 50).unwrap();
         assert_eq!(tail.len(), 10);
         assert!(log.entries_from(3_000, 5).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn the_newest_matching_entries_are_kept_and_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log =
+            AuditLog::open(&path, "home", NodeKey::from_seed([4; 32]), Arc::new(|| 5)).unwrap();
+        for i in 0..500 {
+            log.record(event(i)).unwrap();
+        }
+        let even = log.newest_matching(4, |e| e.bytes % 2 == 0).unwrap();
+        let bytes: Vec<u64> = even.iter().map(|e| e.bytes).collect();
+        assert_eq!(bytes, [492, 494, 496, 498]);
+        assert!(log.newest_matching(0, |_| true).unwrap().is_empty());
+        assert_eq!(log.newest_matching(1_000, |_| true).unwrap().len(), 500);
     }
 
     #[test]

@@ -859,6 +859,15 @@ pub mod webdriver {
             )
         }
 
+        /// Sets the window's size (CSS pixels), as a phone's screen.
+        pub fn resize(&self, width: u32, height: u32) {
+            self.call(
+                "POST",
+                "/window/rect",
+                Some(json!({ "width": width, "height": height })),
+            );
+        }
+
         /// Marks the document, to tell later whether it was reloaded.
         pub fn mark(&self) {
             self.run("window.__hearthMark = 'kept';");

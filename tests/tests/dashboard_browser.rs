@@ -1,7 +1,9 @@
 //! The dashboard in a real headless Chromium over WebDriver, against real node
 //! processes: the one-time login, the devices of a three-device mesh, a revocation
 //! seen live, a chart with one point per reading, an audit entry appearing live, the
-//! audit filtered. Screenshots of each page go to `target/dashboard-screenshots/`.
+//! audit filtered, a manifest approved and run, its receipt checked, a file imported
+//! with its progress, a store re-placed after a preview, a device invited by the
+//! page's ticket, every page on a phone-sized screen. Screenshots of each page go to `target/dashboard-screenshots/`.
 
 #![allow(
     clippy::unwrap_used,
@@ -191,6 +193,134 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
         "one run used"
     );
     browser.screenshot("capabilities");
+
+    // The job on the computations page, its receipt checked here; a saved answer
+    // checked as `hearth receipt verify` checks it, and a forged one refused.
+    browser.goto(&format!("{base}/computations"));
+    assert_eq!(browser.all("tr[data-job]").len(), 1);
+    assert!(
+        browser
+            .text("tr[data-job]")
+            .contains("verifies against your owner key")
+    );
+    browser.screenshot("computations");
+    browser.type_into("textarea[name='answer']", &ran.to_string());
+    browser.click_to("form[action='computations/verify'] button", "#verdict");
+    assert!(browser.text("#verdict").starts_with("valid: job"));
+    browser.screenshot("receipt-check");
+    let mut forged = ran.clone();
+    forged["result_text"] = serde_json::json!("[]");
+    forged["result"] = serde_json::json!([]);
+    browser.type_into("textarea[name='answer']", &forged.to_string());
+    browser.click_to("form[action='computations/verify'] button", "p.error");
+    assert!(
+        browser.text("p.error").contains("does not verify"),
+        "{}",
+        browser.text("p.error")
+    );
+
+    // A file import added from the page, its progress shown until it is done.
+    let csv = work.join("readings.csv");
+    let mut text = String::from("ts,load\n");
+    for i in 0..3_000u64 {
+        text.push_str(&format!("{},{}\n", now - 10_000_000 + i * 1_000, i % 10));
+    }
+    std::fs::write(&csv, text).unwrap();
+    browser.goto(&format!("{base}/drivers"));
+    browser.click("#add-file-import summary");
+    browser.type_into("#add-file-import input[name='file']", "readings.csv");
+    browser.type_into("#add-file-import input[name='store']", "imported");
+    browser.click_to("#add-file-import button", "p.error");
+    assert!(browser.text("p.error").contains("absolute path"));
+    browser.click("#add-file-import summary");
+    browser.type_into("#add-file-import input[name='file']", csv.to_str().unwrap());
+    browser.type_into("#add-file-import input[name='store']", "imported");
+    browser.click_to("#add-file-import button", "tr[data-driver='file-import']");
+    browser.mark();
+    wait_until("the import done on the page", 60, || {
+        let state = browser.text("tr[data-driver='file-import'] td[data-field='state']");
+        let progress = browser.text("tr[data-driver='file-import'] td[data-field='progress']");
+        (state == "done" && progress.contains("3000 of 3000 lines")).then_some(())
+    });
+    assert!(browser.still_marked(), "the page was not reloaded");
+    browser.screenshot("drivers");
+
+    // Re-place a store: the page says who gains it before the owner key signs.
+    browser.goto(&format!("{base}/stores/notes/placement"));
+    browser.type_into("input[name='replicas']", "origin,role:home,vm");
+    browser.click_to("main form button[type='submit']", "#change");
+    assert_eq!(browser.text("dd[data-field='gain']"), "vm");
+    assert_eq!(browser.text("dd[data-field='lose']"), "none");
+    browser.screenshot("placement");
+    browser.click_to("main form button[type='submit']", "#placed");
+    wait_until("the vm to hold notes", 60, || {
+        let listed = json_ok(&mesh.cloud, &["store", "ls"]);
+        listed["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "notes" && s["here"] == true)
+            .then_some(())
+    });
+    browser.goto(&format!("{base}/stores"));
+    browser.mark();
+    wait_until("the vm in sync on the stores page", 60, || {
+        let sync = browser.text("tr[data-store='notes'] td[data-field='sync']");
+        (sync == "vm: in sync").then_some(())
+    });
+    assert!(browser.still_marked(), "the page was not reloaded");
+
+    // Invite a device: the ticket as text and as a QR code; the text admits it.
+    browser.goto(&format!("{base}/devices"));
+    browser.type_into("input[name='name']", "laptop");
+    browser.click_to("form[action='devices/invite'] button", "#ticket");
+    assert!(!browser.all("img.qr").is_empty());
+    browser.screenshot("invite");
+    let ticket = browser.run("return document.getElementById('ticket').value;");
+    let laptop = tmp.path().join("laptop");
+    let joined = json_ok(
+        &laptop,
+        &[
+            "join",
+            ticket.as_str().unwrap(),
+            "--name",
+            "laptop",
+            "--role",
+            "mobile",
+        ],
+    );
+    assert_eq!(joined["name"], "laptop", "{joined}");
+
+    // Every page, on a phone-sized screen: nothing wider than the screen, every
+    // control labelled.
+    browser.resize(390, 844);
+    for page in [
+        "devices",
+        "stores",
+        "stores/readings",
+        "approvals",
+        "capabilities",
+        "computations",
+        "audit",
+        "drivers",
+        "exports",
+    ] {
+        browser.goto(&format!("{base}/{page}"));
+        let fits = browser.run("return document.documentElement.scrollWidth <= window.innerWidth;");
+        assert_eq!(
+            fits,
+            serde_json::json!(true),
+            "{page} is wider than a phone"
+        );
+        let unlabelled = browser.run(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]\
+             .filter(e => e.labels.length === 0).map(e => e.name);",
+        );
+        assert_eq!(unlabelled, serde_json::json!([]), "{page}");
+    }
+    browser.goto(&format!("{base}/devices"));
+    browser.screenshot("phone-devices");
+    browser.resize(1200, 1000);
 
     // Every chain verified, and the exports page.
     browser.goto(&format!("{base}/audit"));

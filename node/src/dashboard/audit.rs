@@ -1,6 +1,7 @@
 //! The audit page: this device's entries (and, on a home device, the copies of the
-//! other devices' logs), newest first, fifty to a page, filtered by device, action
-//! and outcome; new entries appear live on the first page; the verification of every
+//! other devices' logs), newest first, fifty to a page, filtered by device, action,
+//! outcome and time (a filtered page is one pass over the log that keeps at most a
+//! page of entries); new entries appear live on the first page; the verification of every
 //! chain with its result per device.
 
 use std::sync::Arc;
@@ -27,9 +28,27 @@ pub(super) struct Filter {
     /// `allowed`, `refused`, `failed` or `other`.
     #[serde(default)]
     outcome: Option<String>,
+    /// Entries at or after this time (RFC 3339, UTC, e.g. `2026-12-07T10:00`).
+    #[serde(default)]
+    from: Option<String>,
+    /// Entries before this time.
+    #[serde(default)]
+    to: Option<String>,
     /// Entries before this number (the next page).
     #[serde(default)]
     before: Option<u64>,
+}
+
+/// A time typed into the filter: RFC 3339 in UTC, the seconds and the `Z` optional.
+fn time_of(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let full = match text.len() {
+        10 => format!("{text}T00:00:00Z"),
+        16 => format!("{text}:00Z"),
+        19 => format!("{text}Z"),
+        _ => text.to_owned(),
+    };
+    hearth_protocol::time::UnixMillis::parse(&full).map(|t| t.0)
 }
 
 fn nonempty(value: &Option<String>) -> Option<&str> {
@@ -78,6 +97,25 @@ pub(super) async fn page(
         page.error("The outcome is one of allowed, refused, failed or other.");
         return page.into_response();
     }
+    let (from_text, to_text) = (
+        nonempty(&filter.from).map(str::to_owned),
+        nonempty(&filter.to).map(str::to_owned),
+    );
+    let mut window = (None, None);
+    for (text, slot) in [(&from_text, &mut window.0), (&to_text, &mut window.1)] {
+        if let Some(text) = text {
+            match time_of(text) {
+                Some(ms) => *slot = Some(ms),
+                None => {
+                    page.error(&format!(
+                        "{text:?} is not a time: write it as 2026-12-07T10:00 (UTC)."
+                    ));
+                    return page.into_response();
+                }
+            }
+        }
+    }
+    let (since, until) = window;
     // The filter form: a GET, so no token; every control labelled.
     let mut options = format!(
         "<option value=\"{0}\"{1}>{0} (this device)</option>",
@@ -113,9 +151,13 @@ pub(super) async fn page(
          <label>Device <select name=\"device\">{options}</select></label> \
          <label>Action <input name=\"action\" value=\"{action}\" placeholder=\"e.g. export. or compute.job\"></label> \
          <label>Outcome <select name=\"outcome\">{outcomes}</select></label> \
+         <label>From (UTC) <input name=\"from\" value=\"{from}\" placeholder=\"2026-12-07T10:00\" size=\"17\"></label> \
+         <label>Until (UTC) <input name=\"to\" value=\"{to}\" placeholder=\"2026-12-07T12:00\" size=\"17\"></label> \
          <button type=\"submit\">Filter</button></form>\
          <form method=\"post\" action=\"audit/verify\">{csrf}<button type=\"submit\">Verify every chain</button></form>",
         action = esc(action.as_deref().unwrap_or("")),
+        from = esc(from_text.as_deref().unwrap_or("")),
+        to = esc(to_text.as_deref().unwrap_or("")),
         csrf = page.csrf_field(),
     ));
     let copy = if device == me {
@@ -143,7 +185,12 @@ pub(super) async fn page(
             move || -> Result<Vec<hearth_stores::audit::Entry>, String> {
                 let (action, outcome) = (action.as_deref(), outcome.as_deref());
                 // Unfiltered, on this device: read only the page, from the log's index.
-                if copy.is_none() && action.is_none() && outcome.is_none() {
+                if copy.is_none()
+                    && action.is_none()
+                    && outcome.is_none()
+                    && since.is_none()
+                    && until.is_none()
+                {
                     let (_, next) = node
                         .audit
                         .entries_from(u64::MAX, 0)
@@ -158,21 +205,22 @@ pub(super) async fn page(
                     entries.reverse();
                     return Ok(entries);
                 }
-                let prefix = action.filter(|a| a.ends_with('.'));
-                let all = match &copy {
+                // Filtered: one pass over the log, keeping the newest page of matches.
+                let keep = |e: &hearth_stores::audit::Entry| {
+                    before.is_none_or(|b| e.seq < b)
+                        && since.is_none_or(|t| e.time >= t)
+                        && until.is_none_or(|t| e.time < t)
+                        && matches(e, action, outcome)
+                };
+                let mut page = match &copy {
                     Some(path) => {
-                        hearth_stores::audit::entries_in(path, None, None, prefix.or(action))
+                        hearth_stores::audit::newest_matching_in(path, None, PER_PAGE, keep)
                     }
-                    None => node.audit.entries(None, None, prefix.or(action)),
+                    None => node.audit.newest_matching(PER_PAGE, keep),
                 }
                 .map_err(|e| e.to_string())?;
-                Ok(all
-                    .into_iter()
-                    .rev()
-                    .filter(|e| before.is_none_or(|b| e.seq < b))
-                    .filter(|e| matches(e, action, outcome))
-                    .take(PER_PAGE)
-                    .collect())
+                page.reverse();
+                Ok(page)
             },
         )
         .await
@@ -189,7 +237,7 @@ pub(super) async fn page(
         }
     };
     // New entries appear on the first page of this device's log, filtered the same way.
-    let live = before.is_none() && device == me;
+    let live = before.is_none() && device == me && until.is_none();
     page.push(&format!(
         "<table{live}><caption>{device}'s audit log, newest first</caption><thead><tr>\
          <th scope=\"col\">#</th><th scope=\"col\">Time</th><th scope=\"col\">Device</th>\
@@ -234,6 +282,11 @@ pub(super) async fn page(
         }
         if let Some(o) = &outcome {
             next.push_str(&format!("&outcome={}", super::page::segment(o)));
+        }
+        for (name, value) in [("from", &from_text), ("to", &to_text)] {
+            if let Some(v) = value {
+                next.push_str(&format!("&{name}={}", super::page::segment(v)));
+            }
         }
         page.push(&format!(
             "<p><a href=\"{}\">Older entries</a></p>",

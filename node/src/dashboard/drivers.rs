@@ -86,15 +86,15 @@ fn forms(page: &mut Page) {
     let _ = write!(
         page.body_mut(),
         "<h2>Add a driver</h2>\
-         <details><summary>os-monitor: this machine's load, memory and disk</summary>\
+         <details id=\"add-os-monitor\"><summary>os-monitor: this machine's load, memory and disk</summary>\
          <form class=\"stack\" method=\"post\" action=\"drivers/add\">{csrf}<input type=\"hidden\" name=\"kind\" value=\"os-monitor\">\
          <label>Seconds between readings<input name=\"interval_secs\" type=\"number\" min=\"1\" value=\"10\"></label>{os_store}{common}\
          <button type=\"submit\">Add os-monitor</button></form></details>\
-         <details><summary>http-ingest: an endpoint for OwnTracks and JSON readings</summary>\
+         <details id=\"add-http-ingest\"><summary>http-ingest: an endpoint for OwnTracks and JSON readings</summary>\
          <form class=\"stack\" method=\"post\" action=\"drivers/add\">{csrf}<input type=\"hidden\" name=\"kind\" value=\"http-ingest\">\
          <label>Listen on (ADDR:PORT; default 127.0.0.1 and a port kept; beyond loopback it serves HTTPS)<input name=\"listen\" size=\"24\"></label>{http_store}{common}\
          <button type=\"submit\">Add http-ingest</button></form></details>\
-         <details><summary>mqtt: subscribe to a broker's topic</summary>\
+         <details id=\"add-mqtt\"><summary>mqtt: subscribe to a broker's topic</summary>\
          <form class=\"stack\" method=\"post\" action=\"drivers/add\">{csrf}<input type=\"hidden\" name=\"kind\" value=\"mqtt\">\
          <label>Broker (HOST:PORT)<input name=\"broker\" required size=\"24\"></label>\
          <label>Topic filter<input name=\"topic\" required size=\"24\"></label>\
@@ -102,7 +102,7 @@ fn forms(page: &mut Page) {
          <label>Password<input name=\"password\" type=\"password\" size=\"16\" autocomplete=\"off\"></label>\
          <label>Publish actuator keys under this prefix<input name=\"actuate\" size=\"24\"></label>{mqtt_store}{common}\
          <button type=\"submit\">Add mqtt</button></form></details>\
-         <details><summary>file-import: a CSV (with a header) or JSON-lines file</summary>\
+         <details id=\"add-file-import\"><summary>file-import: a CSV (with a header) or JSON-lines file</summary>\
          <form class=\"stack\" method=\"post\" action=\"drivers/add\">{csrf}<input type=\"hidden\" name=\"kind\" value=\"file-import\">\
          <label>The file (an absolute path on this device)<input name=\"file\" required size=\"48\"></label>\
          <label>Store to import into<input name=\"store\" required size=\"24\"></label>\
