@@ -998,13 +998,14 @@ impl AuditLog {
         entries_in(&self.path, since, device, action)
     }
 
-    /// The newest `count` entries that `keep` accepts, oldest first, in one pass that
-    /// holds at most `count` entries; the log stays open for writing meanwhile (the
-    /// pass reads up to where the log ended when it began).
+    /// The newest `count` entries that `keep` accepts, oldest first (see
+    /// [`newest_matching_in`], also for `hint`); the log stays open for writing
+    /// meanwhile (the pass reads up to where the log ended when it began).
     pub fn newest_matching(
         &self,
         count: usize,
-        keep: impl FnMut(&Entry) -> bool,
+        hint: &Hint<'_>,
+        keep: impl FnMut(&Fields<'_>) -> bool,
     ) -> Result<Vec<Entry>, AuditError> {
         let len = {
             let tail = self.lock();
@@ -1016,7 +1017,7 @@ impl AuditLog {
                 })?
                 .len()
         };
-        newest_matching_in(&self.path, Some(len), count, keep)
+        newest_matching_in(&self.path, Some(len), count, hint, keep)
     }
 }
 
@@ -1265,35 +1266,135 @@ impl Mirror {
     }
 }
 
+/// What a filter of the audit log needs, to skip lines that cannot match without
+/// parsing them. A line with an escape (`\\`) is always parsed, since its bytes need
+/// not spell what it decodes to (`\\u0061` is `a`); any other line is skipped when
+/// it lacks one of `texts`, or when it starts as this log writes entries
+/// (`{"seq":N,"time":T,`) with `T` outside `from..to`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hint<'a> {
+    /// Words every entry kept holds somewhere in its fields (an action, the first
+    /// word of an outcome).
+    pub texts: &'a [&'a str],
+    /// Every entry kept has `time >= from`.
+    pub from: Option<u64>,
+    /// Every entry kept has `time < to`.
+    pub to: Option<u64>,
+}
+
+/// The time of a line written as this log writes entries: `{"seq":N,"time":T,…`.
+/// (Another `time` later in the line would make the entry fail to parse at all.)
+fn canonical_time(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = rest.get(digits..)?.strip_prefix(b",\"time\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(rest.get(..digits)?).ok()?.parse().ok()
+}
+
+/// The fields of an entry a filter looks at, borrowed from its line where they need
+/// no unescaping: filtering a log reads these, and only the entries kept in full.
+#[derive(Debug, Deserialize)]
+pub struct Fields<'a> {
+    /// Position in the log.
+    pub seq: u64,
+    /// When (ms since the epoch).
+    pub time: u64,
+    /// Who acted.
+    #[serde(borrow)]
+    pub actor: std::borrow::Cow<'a, str>,
+    /// What was done.
+    #[serde(borrow)]
+    pub action: std::borrow::Cow<'a, str>,
+    /// Allowed or refused, and why.
+    #[serde(borrow)]
+    pub outcome: std::borrow::Cow<'a, str>,
+}
+
 /// The newest `count` entries of any log file (a device's own or a copy) that `keep`
-/// accepts, oldest first, in one pass holding at most `count` entries; `len` bounds the
-/// bytes read.
+/// accepts, oldest first. The file is read backwards from `len` (its end when
+/// `None`) in blocks, and reading stops once `count` entries are found: a page of
+/// recent matches costs what lies between them and the end, a filter that matches
+/// nothing one pass over the file. At most `count` entries are held.
+///
+/// `hint` says what `keep` needs, so that lines that cannot match are skipped
+/// unparsed (see [`Hint`]).
 pub fn newest_matching_in(
     path: &Path,
     len: Option<u64>,
     count: usize,
-    mut keep: impl FnMut(&Entry) -> bool,
+    hint: &Hint<'_>,
+    mut keep: impl FnMut(&Fields<'_>) -> bool,
 ) -> Result<Vec<Entry>, AuditError> {
-    let file = File::open(path).map_err(|err| AuditError::Io {
+    let finders: Vec<memchr::memmem::Finder<'_>> = hint
+        .texts
+        .iter()
+        .map(|t| memchr::memmem::Finder::new(t.as_bytes()))
+        .collect();
+    let may_match = |line: &[u8]| {
+        if memchr::memchr(b'\\', line).is_some() {
+            return true;
+        }
+        let in_window = canonical_time(line)
+            .is_none_or(|t| hint.from.is_none_or(|f| t >= f) && hint.to.is_none_or(|u| t < u));
+        in_window && finders.iter().all(|f| f.find(line).is_some())
+    };
+    const BLOCK: u64 = 1 << 18;
+    let io = |err: std::io::Error| AuditError::Io {
         path: path.display().to_string(),
         detail: err.to_string(),
-    })?;
-    let reader = BufReader::new(file.take(len.unwrap_or(u64::MAX)));
-    let mut out = std::collections::VecDeque::with_capacity(count.min(1024));
-    if count == 0 {
-        return Ok(Vec::new());
-    }
-    for line in reader.lines().map_while(Result::ok) {
-        if let Ok(Line::Entry(entry)) = serde_json::from_str::<Line>(&line)
-            && keep(&entry)
-        {
-            if out.len() == count {
-                out.pop_front();
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let end = match len {
+        Some(len) => len,
+        None => file.metadata().map_err(io)?.len(),
+    };
+    // Newest first while reading.
+    let mut out = Vec::with_capacity(count.min(1024));
+    // The bytes of the line that starts before the block being read and ends in a
+    // block already read.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut pos = end;
+    while pos > 0 && out.len() < count {
+        let start = pos.saturating_sub(BLOCK);
+        let mut buf = vec![0u8; usize::try_from(pos - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        file.read_exact(&mut buf).map_err(io)?;
+        buf.extend_from_slice(&carry);
+        pos = start;
+        // Unless the block starts the file, its first line may have begun earlier.
+        let whole = if start == 0 {
+            0
+        } else {
+            match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => {
+                    carry = buf;
+                    continue;
+                }
             }
-            out.push_back(entry);
+        };
+        for line in buf.get(whole..).unwrap_or_default().rsplit(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            // A checkpoint line does not parse as an entry.
+            if may_match(line)
+                && let Ok(fields) = serde_json::from_slice::<Fields<'_>>(line)
+                && keep(&fields)
+                && let Ok(entry) = serde_json::from_slice::<Entry>(line)
+            {
+                out.push(entry);
+                if out.len() == count {
+                    break;
+                }
+            }
         }
+        buf.truncate(whole.saturating_sub(1));
+        carry = buf;
     }
-    Ok(out.into())
+    out.reverse();
+    Ok(out)
 }
 
 /// The entries of any log file (a device's own or a copy) matching the filters,
@@ -1360,6 +1461,48 @@ mod tests {
         assert!(log.entries_from(3_000, 5).unwrap().0.is_empty());
     }
 
+    fn hint<'a>(texts: &'a [&'a str]) -> Hint<'a> {
+        Hint {
+            texts,
+            ..Hint::default()
+        }
+    }
+
+    #[test]
+    fn a_line_that_spells_its_action_with_escapes_is_still_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log =
+            AuditLog::open(&path, "home", NodeKey::from_seed([4; 32]), Arc::new(|| 5)).unwrap();
+        for i in 0..20 {
+            log.record(event(i)).unwrap();
+        }
+        drop(log);
+        // A copy of another device's log may spell a word any way JSON allows.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let copy = dir.path().join("copy.log");
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines[3] = lines[3].replace(
+            "\"action\":\"store.put\"",
+            "\"action\":\"st\\u006fre.drop\"",
+        );
+        lines[7] = lines[7].replace("\"action\":\"store.put\"", "\"action\":\"store.drop\"");
+        std::fs::write(&copy, lines.join("\n") + "\n").unwrap();
+        let found = newest_matching_in(&copy, None, 10, &hint(&["store.drop"]), |f| {
+            f.action == "store.drop"
+        })
+        .unwrap();
+        let seqs: Vec<u64> = found.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [3, 7]);
+        assert!(
+            newest_matching_in(&copy, None, 10, &hint(&["nothing.here"]), |_| true)
+                .unwrap()
+                .iter()
+                .all(|e| e.seq == 3),
+            "only the escaped line is parsed, and it passes the filter given"
+        );
+    }
+
     #[test]
     fn the_newest_matching_entries_are_kept_and_no_more() {
         let dir = tempfile::tempdir().unwrap();
@@ -1369,11 +1512,72 @@ mod tests {
         for i in 0..500 {
             log.record(event(i)).unwrap();
         }
-        let even = log.newest_matching(4, |e| e.bytes % 2 == 0).unwrap();
+        let even = log
+            .newest_matching(4, &Hint::default(), |e| e.seq % 2 == 0)
+            .unwrap();
         let bytes: Vec<u64> = even.iter().map(|e| e.bytes).collect();
         assert_eq!(bytes, [492, 494, 496, 498]);
-        assert!(log.newest_matching(0, |_| true).unwrap().is_empty());
-        assert_eq!(log.newest_matching(1_000, |_| true).unwrap().len(), 500);
+        assert!(
+            log.newest_matching(0, &Hint::default(), |_| true)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            log.newest_matching(1_000, &Hint::default(), |_| true)
+                .unwrap()
+                .len(),
+            500
+        );
+        // Over many blocks, lines of every length across their edges, checkpoints
+        // between: the same as a forward read.
+        for i in 500..6_000 {
+            let mut e = event(i);
+            e.object = "x".repeat(usize::try_from(i * 37 % 1_500).unwrap());
+            log.record(e).unwrap();
+            if i % 997 == 0 {
+                log.checkpoint().unwrap();
+            }
+        }
+        let all = log.entries(None, None, None).unwrap();
+        assert_eq!(all.len(), 6_000);
+        // A time window skips by the line's head; the same entries as parsing each.
+        let window = Hint {
+            from: Some(5),
+            to: Some(6),
+            ..Hint::default()
+        };
+        assert_eq!(
+            log.newest_matching(10, &window, |_| true).unwrap(),
+            all[5_990..].to_vec()
+        );
+        let empty = Hint {
+            to: Some(5),
+            ..Hint::default()
+        };
+        assert!(
+            log.newest_matching(10, &empty, |_| true)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            canonical_time(b"{\"seq\":12,\"time\":345,\"device\":\"d\"}"),
+            Some(345)
+        );
+        assert_eq!(canonical_time(b"{\"time\":345,\"seq\":12}"), None);
+        for (count, modulus) in [(50, 1), (50, 7), (3, 1_000), (10_000, 3), (5, 100_000)] {
+            let expected: Vec<Entry> = all
+                .iter()
+                .filter(|e| e.seq % modulus == 0)
+                .cloned()
+                .collect();
+            let expected = expected[expected.len().saturating_sub(count)..].to_vec();
+            assert_eq!(
+                log.newest_matching(count, &Hint::default(), |e| e.seq % modulus == 0)
+                    .unwrap(),
+                expected,
+                "{count} of every {modulus}"
+            );
+        }
     }
 
     #[test]

@@ -225,7 +225,11 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     let future = session.get("audit?from=2999-01-01T00:00");
     assert!(!future.body.contains("<tr data-seq"), "{}", future.body);
     let now = session.get("audit?action=dashboard.login&from=2000-01-01&to=2999-01-01T00:00");
-    assert!(now.body.contains("<td>dashboard.login</td>"), "{}", now.body);
+    assert!(
+        now.body.contains("<td>dashboard.login</td>"),
+        "{}",
+        now.body
+    );
     let bad = session.get("audit?from=yesterday");
     assert!(bad.body.contains("is not a time"), "{}", bad.body);
 

@@ -56,7 +56,7 @@ fn nonempty(value: &Option<String>) -> Option<&str> {
 }
 
 fn matches(
-    entry: &hearth_stores::audit::Entry,
+    entry: &hearth_stores::audit::Fields<'_>,
     action: Option<&str>,
     outcome: Option<&str>,
 ) -> bool {
@@ -206,17 +206,27 @@ pub(super) async fn page(
                     return Ok(entries);
                 }
                 // Filtered: one pass over the log, keeping the newest page of matches.
-                let keep = |e: &hearth_stores::audit::Entry| {
+                let keep = |e: &hearth_stores::audit::Fields<'_>| {
                     before.is_none_or(|b| e.seq < b)
                         && since.is_none_or(|t| e.time >= t)
                         && until.is_none_or(|t| e.time < t)
                         && matches(e, action, outcome)
                 };
+                // What every match holds: lines without it are skipped unread.
+                let texts: Vec<&str> = action
+                    .into_iter()
+                    .chain(outcome.filter(|o| *o != "other"))
+                    .collect();
+                let hint = hearth_stores::audit::Hint {
+                    texts: &texts,
+                    from: since,
+                    to: until,
+                };
                 let mut page = match &copy {
                     Some(path) => {
-                        hearth_stores::audit::newest_matching_in(path, None, PER_PAGE, keep)
+                        hearth_stores::audit::newest_matching_in(path, None, PER_PAGE, &hint, keep)
                     }
-                    None => node.audit.newest_matching(PER_PAGE, keep),
+                    None => node.audit.newest_matching(PER_PAGE, &hint, keep),
                 }
                 .map_err(|e| e.to_string())?;
                 page.reverse();
