@@ -859,6 +859,16 @@ pub mod webdriver {
             )
         }
 
+        /// Chooses `path` in the file input `css`, as a person picking a file would.
+        pub fn choose_file(&self, css: &str, path: &std::path::Path) {
+            let id = self.one(css);
+            self.call(
+                "POST",
+                &format!("/element/{id}/value"),
+                Some(json!({ "text": path.to_str().unwrap() })),
+            );
+        }
+
         /// Sets the window's size (CSS pixels), as a phone's screen.
         pub fn resize(&self, width: u32, height: u32) {
             self.call(

@@ -220,6 +220,31 @@ fn pages_need_a_session_a_one_time_link_and_their_own_host_and_forms_their_token
     assert_eq!(verified.status, 200);
     assert!(verified.body.contains("intact"), "{}", verified.body);
 
+    // A manifest picked from the device's manifests folder, and nothing outside it.
+    std::fs::create_dir_all(home.join("manifests")).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests/places.toml"),
+        home.join("manifests/places.toml"),
+    )
+    .unwrap();
+    let listed = session.get("approvals");
+    assert!(
+        listed.body.contains("Review places.toml"),
+        "{}",
+        listed.body
+    );
+    let reviewed = session.post("approvals", "approvals/review", &[("file", "places.toml")]);
+    assert!(reviewed.body.contains("id=\"review\""), "{}", reviewed.body);
+    for outside in ["../node.key", "/etc/passwd", "places.toml/..", "api.key"] {
+        let refused = session.post("approvals", "approvals/review", &[("file", outside)]);
+        assert!(
+            refused.body.contains("is not a manifest in this device"),
+            "{outside}: {}",
+            refused.body
+        );
+        assert!(!refused.body.contains("id=\"review\""));
+    }
+
     // The audit filtered by time: a window in the future holds nothing, one around
     // now holds the logins; a time that does not read is said so.
     let future = session.get("audit?from=2999-01-01T00:00");

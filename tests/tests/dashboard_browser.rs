@@ -159,7 +159,17 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     let module_hash =
         hearth_protocol::capability::ModuleHash::of(&std::fs::read(&wasm).unwrap()).to_string();
     browser.goto(&format!("{base}/approvals"));
-    browser.type_into("textarea[name='manifest']", &manifest);
+    // Uploaded: the page's script reads the chosen file into the box.
+    let manifest_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/manifests/places.toml")
+        .canonicalize()
+        .unwrap();
+    browser.choose_file("input[type='file'][data-into='manifest']", &manifest_file);
+    wait_until("the manifest read into the box", 30, || {
+        let text =
+            browser.run("return document.querySelector(\"textarea[name='manifest']\").value;");
+        (text.as_str() == Some(manifest.as_str())).then_some(())
+    });
     browser.click_to("main form button[type='submit']", "#review");
     let review = browser.text("#review");
     assert!(review.contains("the store \"location\""), "{review}");

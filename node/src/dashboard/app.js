@@ -1,6 +1,18 @@
 // The dashboard's only script: applies the node's live events (the page-relative `events`) to the page.
 // It writes text, never markup.
 "use strict";
+// A file chosen in an input with data-into is read (as text) into the text area of
+// that name: a manifest uploaded without a multipart form.
+document.addEventListener("change", function (event) {
+  const input = event.target;
+  if (!(input instanceof HTMLInputElement) || input.type !== "file" || !input.dataset.into) return;
+  const file = input.files && input.files[0];
+  const area = document.querySelector("textarea[name='" + input.dataset.into + "']");
+  if (!file || !area) return;
+  file.text().then(function (text) {
+    area.value = text;
+  });
+});
 (function () {
   if (!window.EventSource) {
     return;

@@ -1,4 +1,5 @@
-//! Approvals and capabilities. The owner pastes an app's manifest, reads the same
+//! Approvals and capabilities. The owner pastes an app's manifest (or uploads its
+//! file, or picks one from `DATA_DIR/manifests/`), reads the same
 //! plain-words review as `hearth app review` (every destination outside the mesh in
 //! capitals), and approves it for a holder key and a module hash; the capability is
 //! signed with the owner key (on the device that holds it), kept in `DATA_DIR/caps/`
@@ -28,22 +29,100 @@ const REVOKED_FILE: &str = "revoked.txt";
 /// The longest manifest taken.
 const MAX_MANIFEST: usize = 64 * 1024;
 
+/// The folder of this device's data directory a developer or the owner drops
+/// manifests into, to pick from on the approvals page.
+pub(super) const MANIFESTS_DIR: &str = "manifests";
+/// Most manifests listed from it.
+const MAX_LISTED: usize = 200;
+
+/// The manifests in `DATA_DIR/manifests/` (`*.toml`, by name; at most
+/// [`MAX_LISTED`]).
+fn listed(node: &Node) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(node.config.data_dir.join(MANIFESTS_DIR)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    names.truncate(MAX_LISTED);
+    names
+}
+
+/// The text of the listed manifest `name`, read with its size bounded.
+fn read_listed(node: &Node, name: &str) -> Result<String, String> {
+    if !listed(node).iter().any(|n| n == name) {
+        return Err(format!(
+            "{name:?} is not a manifest in this device's {MANIFESTS_DIR} folder"
+        ));
+    }
+    let path = node.config.data_dir.join(MANIFESTS_DIR).join(name);
+    let file = std::fs::File::open(&path).map_err(|err| format!("{name}: {err}"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_MANIFEST as u64 + 1),
+        &mut text,
+    )
+    .map_err(|err| format!("{name}: {err}"))?;
+    Ok(text)
+}
+
 /// `GET approvals`.
-pub(super) async fn form(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
+pub(super) async fn form(
+    State(node): State<Arc<Node>>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+) -> Response {
     let mut page = Page::new("Approvals", &ctx);
     let csrf = page.csrf_field();
     page.push(&format!(
-        "<p>Paste an app's manifest to read what it asks for, in plain words, before you \
-         approve it.</p><form class=\"stack\" method=\"post\" action=\"approvals/review\">{csrf}\
-         <label>Manifest (TOML)<textarea name=\"manifest\" rows=\"16\" cols=\"80\" required></textarea></label>\
+        "<p>Paste an app's manifest, or upload its file, to read what it asks for, in plain \
+         words, before you approve it.</p><form class=\"stack\" method=\"post\" action=\"approvals/review\">{csrf}\
+         <label>Manifest file (its text goes into the box below)<input type=\"file\" accept=\".toml,text/plain\" data-into=\"manifest\"></label>\
+         <label>Manifest (TOML)<textarea name=\"manifest\" rows=\"16\" cols=\"80\"></textarea></label>\
          <button type=\"submit\">Review</button></form>"
     ));
+    let names = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || listed(&node))
+            .await
+            .unwrap_or_default()
+    };
+    let folder = node.config.data_dir.join(MANIFESTS_DIR);
+    if names.is_empty() {
+        let _ = write!(
+            page.body_mut(),
+            "<p class=\"muted\">Manifests put in <code>{}</code> are listed here to pick from.</p>",
+            esc(&folder.display().to_string())
+        );
+    } else {
+        let _ = write!(
+            page.body_mut(),
+            "<h2>Manifests on this device</h2><p class=\"muted\">In <code>{}</code>.</p><ul class=\"manifests\">",
+            esc(&folder.display().to_string())
+        );
+        for name in &names {
+            let _ = write!(
+                page.body_mut(),
+                "<li><form method=\"post\" action=\"approvals/review\">{csrf}<input type=\"hidden\" name=\"file\" value=\"{name}\">\
+                 <button type=\"submit\">Review {name}</button></form></li>",
+                name = esc(name)
+            );
+        }
+        page.push("</ul>");
+    }
     page.into_response()
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ReviewForm {
+    #[serde(default)]
     manifest: String,
+    /// A manifest of the manifests folder, by name, instead of `manifest`.
+    #[serde(default)]
+    file: String,
 }
 
 fn parse(text: &str) -> Result<Manifest, String> {
@@ -56,8 +135,29 @@ fn parse(text: &str) -> Result<Manifest, String> {
 }
 
 /// `POST approvals/review`.
-pub(super) async fn review(super::Posted(ctx, form): super::Posted<ReviewForm>) -> Response {
+pub(super) async fn review(
+    State(node): State<Arc<Node>>,
+    super::Posted(ctx, mut form): super::Posted<ReviewForm>,
+) -> Response {
     let mut page = Page::new("Approvals", &ctx);
+    if !form.file.is_empty() {
+        let (node, name) = (node.clone(), form.file.clone());
+        match tokio::task::spawn_blocking(move || read_listed(&node, &name)).await {
+            Ok(Ok(text)) => form.manifest = text,
+            Ok(Err(err)) => {
+                page.error(&err);
+                return page.into_response();
+            }
+            Err(err) => {
+                page.error(&err.to_string());
+                return page.into_response();
+            }
+        }
+    }
+    if form.manifest.trim().is_empty() {
+        page.error("Paste a manifest, upload its file or pick one: the box was empty.");
+        return page.into_response();
+    }
     let manifest = match parse(&form.manifest) {
         Ok(m) => m,
         Err(err) => {
