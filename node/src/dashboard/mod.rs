@@ -16,12 +16,13 @@
 //! `POST` carrying the session's CSRF token. Every answer carries a strict
 //! Content-Security-Policy. The bearer-key API under `/v1/` is unchanged.
 //!
-//! Built so far: the login exchange, the devices page (revoke), the stores page (a
-//! chart of a timeseries store's readings, a table of kv entries), the audit page
-//! (filters, pages, verification, live entries), approvals (review a manifest in
-//! plain words, approve it), capabilities (signed here; revoke), the exports page
-//! (release, drop), and live updates of devices and the audit log (server-sent
-//! events). The computations and drivers pages of the design are not built yet.
+//! The pages, one module each: devices (revoke; invite with a QR code), stores (a
+//! chart of a timeseries store's readings, kv entries, sync state) and a store's
+//! placement (previewed, then changed), approvals (review a manifest in plain words,
+//! approve it) and capabilities (signed here; revoke), computations (apps, jobs and
+//! their receipts), the audit (filters, pages, verification), drivers (add; progress),
+//! exports (release, drop). `live` streams what changes to the open pages. Every
+//! action calls the code behind the API (`crate::api`), never a copy of it.
 
 mod approvals;
 mod audit;

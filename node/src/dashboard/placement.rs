@@ -177,7 +177,8 @@ pub(super) async fn preview(
          <dt>Will drop their copy (once a device that keeps it has confirmed it holds the same)</dt><dd data-field=\"lose\">{lose}</dd>\
          <dt>Keep holding it</dt><dd data-field=\"keep\">{keep}</dd></dl>\
          <p>Revoked devices receive nothing. A device that drops its copy may already have \
-         read it: what it held is not recalled.</p>\
+         read it: what it held is not recalled. What is signed is the policy, not this \
+         list: a device paired later that it names receives the store too.</p>\
          <form class=\"stack\" method=\"post\" action=\"stores/{seg}/placement/apply\">{csrf}\
          <input type=\"hidden\" name=\"replicas\" value=\"{new_attr}\">{authority}\
          <button type=\"submit\">Change where {name_html} is held</button> <a href=\"stores\">Cancel</a></form>",
