@@ -142,14 +142,10 @@ pub(super) async fn review(
     let mut page = Page::new("Approvals", &ctx);
     if !form.file.is_empty() {
         let (node, name) = (node.clone(), form.file.clone());
-        match tokio::task::spawn_blocking(move || read_listed(&node, &name)).await {
-            Ok(Ok(text)) => form.manifest = text,
-            Ok(Err(err)) => {
-                page.error(&err);
-                return page.into_response();
-            }
+        match super::blocking(move || read_listed(&node, &name)).await {
+            Ok(text) => form.manifest = text,
             Err(err) => {
-                page.error(&err.to_string());
+                page.error(&err);
                 return page.into_response();
             }
         }

@@ -181,7 +181,7 @@ pub(super) async fn page(
     let read = {
         let node = node.clone();
         let (action, outcome) = (action.clone(), outcome.clone());
-        tokio::task::spawn_blocking(
+        super::blocking(
             move || -> Result<Vec<hearth_stores::audit::Entry>, String> {
                 let (action, outcome) = (action.as_deref(), outcome.as_deref());
                 // Unfiltered, on this device: read only the page, from the log's index.
@@ -236,13 +236,9 @@ pub(super) async fn page(
         .await
     };
     let entries = match read {
-        Ok(Ok(entries)) => entries,
-        Ok(Err(err)) => {
-            page.error(&err);
-            return page.into_response();
-        }
+        Ok(entries) => entries,
         Err(err) => {
-            page.error(&err.to_string());
+            page.error(&err);
             return page.into_response();
         }
     };

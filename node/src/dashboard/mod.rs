@@ -515,6 +515,15 @@ async fn style() -> Response {
         .into_response()
 }
 
+/// Runs `f` off the async threads; a task that panicked is an error like any other.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|err| Err(err.to_string()))
+}
+
 pub(super) fn when(ms: u64) -> String {
     if ms == 0 {
         "never".into()
