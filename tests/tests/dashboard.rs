@@ -294,15 +294,31 @@ fn a_device_without_the_owner_key_cannot_place_or_invite_from_its_dashboard() {
     );
     assert_eq!(preview.status, 200);
     assert!(
-        preview.body.contains("<dd data-field=\"gain\">vm</dd>"),
+        preview
+            .body
+            .contains("<dd data-field=\"gain\"><code>vm</code></dd>"),
         "{}",
         preview.body
     );
     assert!(preview.body.contains("does not hold the owner key"));
+    // Confirming a preview of another placement than the one in force is refused.
+    let stale = session.post(
+        "stores",
+        "stores/notes/placement/apply",
+        &[("replicas", "origin,role:home,vm"), ("previewed", "all")],
+    );
+    assert!(
+        stale.body.contains("changed since the preview"),
+        "{}",
+        stale.body
+    );
     let applied = session.post(
         "stores",
         "stores/notes/placement/apply",
-        &[("replicas", "origin,role:home,vm")],
+        &[
+            ("replicas", "origin,role:home,vm"),
+            ("previewed", "origin,role:home"),
+        ],
     );
     assert!(
         applied.body.contains("needs the owner&#39;s authority"),

@@ -260,7 +260,7 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     browser.type_into("input[name='replicas']", "origin,role:home,vm");
     browser.click_to("main form button[type='submit']", "#change");
     assert_eq!(browser.text("dd[data-field='gain']"), "vm");
-    assert_eq!(browser.text("dd[data-field='lose']"), "none");
+    assert_eq!(browser.text("dd[data-field='lose']"), "no device");
     browser.screenshot("placement");
     browser.click_to("main form button[type='submit']", "#placed");
     wait_until("the vm to hold notes", 60, || {

@@ -71,8 +71,12 @@ pub const MAX_RECENT: usize = 100;
 pub struct RecentJob {
     /// The job's id.
     pub id: String,
-    /// Who invoked it (the capability's holder).
+    /// The capability's holder, as the job names it (checked only when `verified`).
     pub holder: String,
+    /// Did its capability chain verify (it ran, or failed while running)?
+    pub verified: bool,
+    /// Where it came from: `local` (this device's API) or the device that sent it.
+    pub from: String,
     /// The module's SHA-256 (hex).
     pub module_hash: String,
     /// The capability's id.
@@ -647,16 +651,22 @@ pub(crate) async fn execute(
     let cap_id = job.chain.leaf().id().to_string();
     let reply = execute_checked(node, compute, job, recipient).await;
     node.metrics.job(&reply);
+    let reason = |why: &str| cut(why, hearth_protocol::compute::MAX_REASON).to_owned();
     let (outcome, receipt) = match &reply {
         JobReply::Done { receipt, .. } => ("done".to_owned(), Some((**receipt).clone())),
         JobReply::Deployed { app, .. } => (format!("deployed: app {app}"), None),
-        JobReply::Refused(why) => (format!("refused: {why}"), None),
-        JobReply::Unavailable(why) => (format!("unavailable: {why}"), None),
-        JobReply::Failed(why) => (format!("failed: {why}"), None),
+        JobReply::Refused(why) => (format!("refused: {}", reason(why)), None),
+        JobReply::Unavailable(why) => (format!("unavailable: {}", reason(why)), None),
+        JobReply::Failed(why) => (format!("failed: {}", reason(why)), None),
     };
     compute.remember(RecentJob {
         id,
         holder,
+        verified: matches!(
+            reply,
+            JobReply::Done { .. } | JobReply::Deployed { .. } | JobReply::Failed(_)
+        ),
+        from: recipient.to_owned(),
         module_hash,
         cap_id,
         finished: now(),

@@ -177,7 +177,8 @@ pub(super) async fn review(
          <label>Valid for (days)<input name=\"days\" type=\"number\" min=\"1\" max=\"3650\" value=\"30\"></label>\
          <button type=\"submit\">Approve</button> <a href=\"approvals\">Decline</a></form>",
         review = esc(&manifest.render_plain()),
-        manifest = esc(&form.manifest),
+        // Exactly as given: what comes back to be signed is what was reviewed.
+        manifest = super::page::esc_exact(&form.manifest),
         pinned = esc(&pinned),
     ));
     page.into_response()

@@ -39,6 +39,19 @@ pub(super) struct Filter {
     before: Option<u64>,
 }
 
+/// Most characters of one field an audit row shows (a copied log's entries may be
+/// far longer; `hearth audit` shows them whole).
+const MAX_SHOWN: usize = 1024;
+
+fn shown_field(text: &str) -> std::borrow::Cow<'_, str> {
+    let kept = crate::compute::cut(text, MAX_SHOWN);
+    if kept.len() == text.len() {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(format!("{kept}… ({} bytes in all)", text.len()))
+    }
+}
+
 /// A time typed into the filter: RFC 3339 in UTC, the seconds and the `Z` optional.
 fn time_of(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -267,10 +280,10 @@ pub(super) async fn page(
             seq = e.seq,
             time = esc(&when(e.time)),
             device = esc(&e.device),
-            actor = esc(&e.actor),
-            action = esc(&e.action),
-            object = esc(&e.object),
-            outcome = esc(&e.outcome),
+            actor = esc(&shown_field(&e.actor)),
+            action = esc(&shown_field(&e.action)),
+            object = esc(&shown_field(&e.object)),
+            outcome = esc(&shown_field(&e.outcome)),
             bytes = e.bytes,
         ));
     }

@@ -19,7 +19,7 @@ use crate::node::Node;
 const MAX_ANSWER: usize = 128 * 1024;
 
 fn short(hex: &str) -> &str {
-    hex.get(..12).unwrap_or(hex)
+    crate::compute::cut(hex, 12)
 }
 
 /// `GET computations`.
@@ -107,7 +107,7 @@ fn jobs_table(page: &mut Page, node: &Node) {
     let owner = node.config.mesh.as_ref().map(|m| m.owner);
     let _ = write!(
         page.body_mut(),
-        "<table data-table=\"jobs\"><caption>Jobs this device ran since it started (the newest {})</caption><thead><tr><th scope=\"col\">Job</th><th scope=\"col\">Ended</th><th scope=\"col\">Invoked by</th><th scope=\"col\">Module</th><th scope=\"col\">Outcome</th><th scope=\"col\">Receipt</th></tr></thead><tbody>",
+        "<table data-table=\"jobs\"><caption>Jobs this device ran since it started (the newest {})</caption><thead><tr><th scope=\"col\">Job</th><th scope=\"col\">Ended</th><th scope=\"col\">From</th><th scope=\"col\">Holder</th><th scope=\"col\">Module</th><th scope=\"col\">Outcome</th><th scope=\"col\">Receipt</th></tr></thead><tbody>",
         crate::compute::MAX_RECENT
     );
     for job in &recent {
@@ -133,11 +133,17 @@ fn jobs_table(page: &mut Page, node: &Node) {
         };
         let _ = write!(
             page.body_mut(),
-            "<tr data-job=\"{id}\"><th scope=\"row\"><code>{short_id}</code></th><td>{ended}</td><td><code>{holder}</code></td><td><code>{module}</code></td><td class=\"{class}\">{outcome}</td><td>{receipt}</td></tr>",
+            "<tr data-job=\"{id}\"><th scope=\"row\"><code>{short_id}</code></th><td>{ended}</td><td>{from}</td><td><code>{holder}</code>{claimed}</td><td><code>{module}</code></td><td class=\"{class}\">{outcome}</td><td>{receipt}</td></tr>",
             id = esc(&job.id),
             short_id = esc(short(&job.id)),
             ended = esc(&job.finished.to_string()),
+            from = esc(&job.from),
             holder = esc(short(&job.holder)),
+            claimed = if job.verified {
+                ""
+            } else {
+                " (claimed, not verified)"
+            },
             module = esc(short(&job.module_hash)),
             class = if job.receipt.is_some() || job.outcome.starts_with("deployed") {
                 "ok"

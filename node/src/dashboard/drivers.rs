@@ -236,7 +236,7 @@ pub(super) async fn add(
     super::Posted(ctx, form): super::Posted<AddForm>,
 ) -> Response {
     let mut page = Page::new("Drivers", &ctx);
-    let added = match request(form) {
+    let added = match super::blocking(move || request(form)).await {
         Ok(body) => crate::api::driver_added(&node, body)
             .await
             .map_err(|err| err.message().to_owned()),

@@ -46,8 +46,30 @@ pub(super) fn esc(text: &str) -> String {
     out
 }
 
-/// `text` as one URL path segment: every byte but unreserved characters escaped.
+/// `text` made safe inside HTML exactly as it is, invisible characters included: for
+/// what the browser sends back (a text area's contents, a hidden field), where
+/// [`esc`]'s visible codes would change the text.
+pub(super) fn esc_exact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` as one URL path segment: every byte but unreserved characters escaped (and
+/// the dots of `.` and `..`, which a browser would resolve as a path).
 pub(super) fn segment(text: &str) -> String {
+    if text == "." || text == ".." {
+        return "%2E".repeat(text.len());
+    }
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -176,6 +198,15 @@ impl IntoResponse for Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_is_never_a_dot_path_and_exact_escaping_keeps_every_character() {
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("."), "%2E");
+        assert_eq!(segment("a.b"), "a.b");
+        assert_eq!(esc_exact("a\u{200b}<b>"), "a\u{200b}&lt;b&gt;");
+        assert_ne!(esc("a\u{200b}"), "a\u{200b}");
+    }
 
     #[test]
     fn data_cannot_become_markup() {

@@ -117,9 +117,13 @@ pub(super) struct PreviewForm {
 
 fn list(names: &[String]) -> String {
     if names.is_empty() {
-        "none".to_owned()
+        "<em>no device</em>".to_owned()
     } else {
-        esc(&names.join(", "))
+        names
+            .iter()
+            .map(|n| format!("<code>{}</code>", esc(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -131,6 +135,12 @@ pub(super) async fn preview(
     Posted(ctx, form_in): Posted<PreviewForm>,
 ) -> Response {
     let mut page = Page::new(&format!("Store {name}: placement"), &ctx);
+    if name.starts_with("hearth.") {
+        page.error(&format!(
+            "{name:?} is the mesh's own store: where it is held is not yours to change."
+        ));
+        return page.into_response();
+    }
     let replicas = form_in.replicas.trim().to_owned();
     let new = match Policy::parse(&replicas) {
         Ok(policy) => policy,
@@ -180,7 +190,8 @@ pub(super) async fn preview(
          read it: what it held is not recalled. What is signed is the policy, not this \
          list: a device paired later that it names receives the store too.</p>\
          <form class=\"stack\" method=\"post\" action=\"stores/{seg}/placement/apply\">{csrf}\
-         <input type=\"hidden\" name=\"replicas\" value=\"{new_attr}\">{authority}\
+         <input type=\"hidden\" name=\"replicas\" value=\"{new_attr}\">\
+         <input type=\"hidden\" name=\"previewed\" value=\"{old_attr}\">{authority}\
          <button type=\"submit\">Change where {name_html} is held</button> <a href=\"stores\">Cancel</a></form>",
         old = esc(&old.to_string()),
         new = esc(&new.to_string()),
@@ -189,6 +200,7 @@ pub(super) async fn preview(
         keep = list(&change.keep),
         seg = segment(&name),
         new_attr = esc(&new.to_string()),
+        old_attr = super::page::esc_exact(&old_text),
         name_html = esc(&name),
     );
     page.into_response()
@@ -197,6 +209,9 @@ pub(super) async fn preview(
 #[derive(Debug, Deserialize)]
 pub(super) struct ApplyForm {
     replicas: String,
+    /// The placement the preview was worked out from.
+    #[serde(default)]
+    previewed: String,
     #[serde(default)]
     authority: String,
 }
@@ -208,6 +223,21 @@ pub(super) async fn apply(
     Posted(ctx, form_in): Posted<ApplyForm>,
 ) -> Response {
     let mut page = Page::new(&format!("Store {name}: placement"), &ctx);
+    match current(&node, &name) {
+        Ok((_, now)) if now == form_in.previewed => {}
+        Ok(_) => {
+            page.error(
+                "Where this store is held changed since the preview: look at the change again \
+                 before you confirm it.",
+            );
+            form(&mut page, &name, &form_in.replicas);
+            return page.into_response();
+        }
+        Err(err) => {
+            page.error(&err);
+            return page.into_response();
+        }
+    }
     let authority = Some(form_in.authority.trim().to_owned()).filter(|a| !a.is_empty());
     let request = PolicyRequest {
         replicas: Some(form_in.replicas),
