@@ -182,6 +182,26 @@ fn the_owner_logs_in_sees_the_mesh_revokes_a_phone_and_reads_the_audit_live() {
     browser.screenshot("approval");
     browser.click_to("main form button[type='submit']", "#capability");
     let cap_text = browser.text("#capability");
+    // The download holds the same text.
+    let href = browser.run("return document.getElementById('download').href;");
+    let href = href.as_str().unwrap();
+    let encoded = href.strip_prefix("data:text/plain;charset=utf-8,").unwrap();
+    let decoded: Vec<u8> = {
+        let bytes = encoded.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                out.push(u8::from_str_radix(&encoded[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    };
+    assert_eq!(String::from_utf8(decoded).unwrap().trim(), cap_text.trim());
     let cap = work.join("places.cap");
     std::fs::write(&cap, &cap_text).unwrap();
     let ran = json_ok(

@@ -265,16 +265,25 @@ pub(super) async fn approve(
         ),
         bytes: 0,
     });
+    let cap_file = format!(
+        "# Hearth capability {}: {} {}\n{}",
+        id.short(),
+        manifest.name,
+        manifest.version,
+        chain.to_text()
+    );
     page.push(&format!(
         "<p class=\"ok\" role=\"status\">Approved {name} {version}: capability {short}, until {until}.</p>\
          <p>Give the developer this text as a file (e.g. <code>{file}.cap</code>); without their \
-         key it cannot be used.</p><pre id=\"capability\"># Hearth capability {short}: {name} {version}\n{text}</pre>",
+         key it cannot be used.</p><pre id=\"capability\">{shown}</pre>\
+         <p><a id=\"download\" download=\"{file}.cap\" href=\"data:text/plain;charset=utf-8,{encoded}\">Download {file}.cap</a></p>",
         name = esc(&manifest.name),
         version = esc(&manifest.version),
         short = esc(&id.short()),
         until = esc(&chain.leaf().capability().expires.to_string()),
         file = esc(&manifest.name),
-        text = esc(&chain.to_text()),
+        shown = esc(&cap_file),
+        encoded = segment(&cap_file),
     ));
     page.into_response()
 }
