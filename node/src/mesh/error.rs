@@ -23,6 +23,9 @@ pub enum MeshError {
         "this device cannot admit new devices: it holds neither the owner key nor a devices:admit capability"
     )]
     CannotAdmit,
+    /// The node has no address to put in a ticket yet (it is still starting to listen).
+    #[error("this node is not listening on any address yet; try again in a moment")]
+    NotListening,
     /// Pairing failed.
     #[error("{0}")]
     Join(String),

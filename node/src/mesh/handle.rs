@@ -251,18 +251,28 @@ impl MeshHandle {
         role: Option<Role>,
         addrs: Vec<String>,
     ) -> Result<String, MeshError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Invite {
-                ttl,
-                name,
-                role,
-                addrs,
-                reply,
-            })
-            .await
-            .map_err(|_| MeshError::Stopped)?;
-        answer.await.map_err(|_| MeshError::Stopped)?
+        // Just after the node starts, its listeners may not have reported an address
+        // yet (a wildcard address is expanded per interface): wait for one, briefly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.commands
+                .send(Command::Invite {
+                    ttl,
+                    name: name.clone(),
+                    role,
+                    addrs: addrs.clone(),
+                    reply,
+                })
+                .await
+                .map_err(|_| MeshError::Stopped)?;
+            match answer.await.map_err(|_| MeshError::Stopped)? {
+                Err(MeshError::NotListening) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Lets the device called `name` admit new devices of the roles and names in

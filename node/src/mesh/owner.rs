@@ -268,6 +268,10 @@ impl MeshLoop {
         } else {
             ticket_addrs(given, me)?
         };
+        // A ticket without an address could not be used: refuse rather than issue it.
+        if addrs.is_empty() {
+            return Err(MeshError::NotListening);
+        }
         if let Some(name) = &name
             && self.gate.taken.contains(name)
         {
