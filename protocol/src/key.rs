@@ -43,6 +43,14 @@ impl PublicKey {
         VerifyingKey::from_bytes(&self.0).is_ok()
     }
 
+    /// The X25519 public key of this ed25519 key (its Montgomery form), or None if it
+    /// is not a valid point.
+    pub(crate) fn x25519(&self) -> Option<[u8; 32]> {
+        VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .map(|k| k.to_montgomery().to_bytes())
+    }
+
     /// The first ten hex digits, for logs and tables.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..5])
@@ -154,6 +162,12 @@ impl SecretKey {
     /// Signs `message`.
     pub fn sign(&self, message: &[u8]) -> Signature {
         Signature(self.0.sign(message).to_bytes())
+    }
+
+    /// The X25519 secret matching [`PublicKey::x25519`] (the key sealed stores' keys
+    /// are wrapped to; see `crate::sealed`).
+    pub(crate) fn x25519(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_scalar_bytes())
     }
 
     fn seed(&self) -> Zeroizing<[u8; 32]> {

@@ -39,6 +39,7 @@ pub mod fuzz;
 pub mod key;
 pub mod manifest;
 pub mod mesh;
+pub mod sealed;
 pub mod statefile;
 pub mod sync;
 pub mod time;

@@ -635,10 +635,11 @@ impl SignedPlacement {
 /// Does `policy` name only what the default placement names (the origin and the home
 /// devices)? A device may list its own stores under such a policy without the owner.
 pub fn within_default(policy: &Policy) -> bool {
-    policy
-        .holders()
-        .iter()
-        .all(|h| matches!(h, Holder::Origin | Holder::Role(Role::Home)))
+    !policy.is_sealed()
+        && policy
+            .holders()
+            .iter()
+            .all(|h| matches!(h, Holder::Origin | Holder::Role(Role::Home)))
 }
 
 impl fmt::Display for SignedPlacement {

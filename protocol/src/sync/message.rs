@@ -168,7 +168,7 @@ pub enum Message {
     },
 }
 
-fn write_unit(w: &mut Writer, unit: Unit) {
+pub(crate) fn write_unit(w: &mut Writer, unit: Unit) {
     match unit {
         Unit::Whole => w.u8(0),
         Unit::Chunk(start) => {
@@ -178,7 +178,7 @@ fn write_unit(w: &mut Writer, unit: Unit) {
     }
 }
 
-fn read_unit(r: &mut Reader<'_>) -> Result<Unit, DecodeError> {
+pub(crate) fn read_unit(r: &mut Reader<'_>) -> Result<Unit, DecodeError> {
     match r.u8("unit")? {
         0 => Ok(Unit::Whole),
         1 => Ok(Unit::Chunk(r.varint("chunk start")?)),
