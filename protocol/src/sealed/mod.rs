@@ -34,7 +34,7 @@
 //! share     "HKSH" 01 sid[16] varint(epoch) envelope
 //! blob      "HBLB" 01 sid[16] varint(epoch) author[32] nonce[24] bytes(ciphertext)
 //!           (the associated data is everything before the ciphertext's length)
-//! bundle    "HBND" 01 varint(n) n × (unit bytes(automerge changes))
+//! bundle    "HBND" 01 varint(erasures) varint(n) n × (unit bytes(automerge changes))
 //! ```
 
 pub mod message;
@@ -868,17 +868,24 @@ impl Blob {
 
 /// The changes of one or more documents of a store: what a blob encrypts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Bundle(pub Vec<(Unit, Vec<u8>)>);
+pub struct Bundle {
+    /// How many erasures the writer's replica had applied (changes from before an
+    /// erasure are not applied after it: they would bring erased data back).
+    pub erasures: u64,
+    /// Each document's changes.
+    pub units: Vec<(Unit, Vec<u8>)>,
+}
 
 impl Bundle {
     /// The encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut w =
-            Writer::with_capacity(64 + self.0.iter().map(|(_, c)| c.len() + 12).sum::<usize>());
+            Writer::with_capacity(64 + self.units.iter().map(|(_, c)| c.len() + 12).sum::<usize>());
         w.raw(BUNDLE_MAGIC);
         w.u8(VERSION);
-        w.varint(self.0.len() as u64);
-        for (unit, changes) in &self.0 {
+        w.varint(self.erasures);
+        w.varint(self.units.len() as u64);
+        for (unit, changes) in &self.units {
             crate::sync::message::write_unit(&mut w, *unit);
             w.varint(changes.len() as u64);
             w.raw(changes);
@@ -891,6 +898,7 @@ impl Bundle {
         const WHAT: &str = "sealed bundle";
         let mut r = Reader::bounded(bytes, MAX_BLOB_BYTES, WHAT)?;
         r.magic(BUNDLE_MAGIC, VERSION, WHAT)?;
+        let erasures = r.varint("erasures")?;
         let n = r.len(MAX_BUNDLE_UNITS, "bundle units")?;
         let mut units = Vec::with_capacity(n.min(64));
         for _ in 0..n {
@@ -899,7 +907,7 @@ impl Bundle {
             units.push((unit, r.take(len, "changes")?.to_vec()));
         }
         r.finish(WHAT)?;
-        Ok(Self(units))
+        Ok(Self { erasures, units })
     }
 }
 
@@ -1021,10 +1029,13 @@ mod tests {
     fn a_blob_opens_only_as_sealed() {
         let author = SecretKey::from_seed([2; 32]).public();
         let k = key(9);
-        let bundle = Bundle(vec![
-            (Unit::Chunk(3_600_000), b"changes".to_vec()),
-            (Unit::Whole, vec![]),
-        ]);
+        let bundle = Bundle {
+            erasures: 2,
+            units: vec![
+                (Unit::Chunk(3_600_000), b"changes".to_vec()),
+                (Unit::Whole, vec![]),
+            ],
+        };
         let blob = Blob::seal(&k, &SID, 1, &author, [3; NONCE_LEN], &bundle.encode());
         let bytes = blob.encode();
         let back = Blob::decode(&bytes).unwrap();
@@ -1054,6 +1065,6 @@ mod tests {
             assert_eq!(moved.open(&k), Err(SealError::Decrypt("a sealed blob")));
         }
         assert!(Blob::decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(Bundle::decode(b"HBND\x01\x05").is_err());
+        assert!(Bundle::decode(b"HBND\x01\x00\x05").is_err());
     }
 }
