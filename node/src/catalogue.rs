@@ -16,8 +16,10 @@
 //! the catalogue cannot roll a store's placement back: the next device that reads the
 //! catalogue writes back what is missing. Erasure documents count only under the owner
 //! key's signature and are kept the same way (`erasures.bin`). Replica statistics are
-//! what each device
-//! says of itself, for display only; nothing is decided on them.
+//! what each device says of itself, for display only; nothing is decided on them.
+//!
+//! A sealed store's placement document is never written here in plaintext: it travels
+//! encrypted in an owner-signed custody document (`seal/…`, see [`sealed`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -38,6 +40,10 @@ use hearth_stores::{Kind, Store, StoreError, StoreMeta, Stores};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+mod sealed;
+
+pub use sealed::CustodyView;
+
 /// The catalogue's store name.
 pub const NAME: &str = "hearth.catalogue";
 
@@ -159,6 +165,11 @@ pub struct Listing {
     pub replicas: BTreeMap<String, BTreeMap<String, ReplicaStats>>,
     /// Each store's erasures, in order from the first (up to the first one missing).
     pub erasures: BTreeMap<String, Vec<Selector>>,
+    /// The seal id of each sealed store this device reads, by store id.
+    pub sealed: BTreeMap<String, hearth_protocol::sealed::SealId>,
+    /// Every sealed store as its winning custody document says, by seal id (what a
+    /// sealed holder knows of it).
+    pub custody: BTreeMap<hearth_protocol::sealed::SealId, CustodyView>,
 }
 
 impl Listing {
@@ -266,6 +277,8 @@ struct State {
     /// The last listing `read` made, for the catalogue's digest and the generation it
     /// was made at; none while a document dated ahead of the clock waits to be judged.
     listed: Option<(hearth_protocol::sync::Digest, u64, Listing)>,
+    /// Sealed stores: custody documents, keys, shares.
+    seal: sealed::SealState,
 }
 
 fn now() -> UnixMillis {
@@ -281,6 +294,10 @@ const ERASURES_KIND: &str = "erasures";
 
 fn erasures_path(placements: &Path) -> PathBuf {
     placements.with_file_name("erasures.bin")
+}
+
+fn custody_path(placements: &Path) -> PathBuf {
+    placements.with_file_name("custody.bin")
 }
 
 fn doc_key(doc: &SignedPlacement) -> String {
@@ -385,6 +402,7 @@ impl Catalogue {
             erasures: BTreeMap::new(),
             generation: 0,
             listed: None,
+            seal: sealed::SealState::default(),
         };
         let file_err = |reason: String| CatalogueError::File {
             path: path.display().to_string(),
@@ -432,13 +450,30 @@ impl Catalogue {
                 }
             }
         }
-        Ok(Self {
+        let custody_file = custody_path(path);
+        let stored = statefile::read_state(&custody_file, sealed::FILE_KIND, MAX_FILE_BYTES)
+            .map_err(|err| err.to_string())
+            .and_then(|stored| stored.map(|s| sealed::decode_file(&s.payload)).transpose())
+            .map_err(|err| CatalogueError::File {
+                path: custody_file.display().to_string(),
+                reason: format!(
+                    "{err}; the node will not start on custody documents it cannot read: delete \
+                     the file to rebuild it from the mesh's catalogue"
+                ),
+            })?;
+        sealed::load(&mut state, stored.unwrap_or_default());
+        let catalogue = Self {
             store,
             signer,
             path: path.to_owned(),
             audit,
             state: Mutex::new(state),
-        })
+        };
+        {
+            let mut state = catalogue.lock();
+            catalogue.open_sealed(&mut state);
+        }
+        Ok(catalogue)
     }
 
     /// The replicated store.
@@ -532,6 +567,18 @@ impl Catalogue {
                 }
                 continue;
             }
+            if key.starts_with("seal/") {
+                if let Some(value) = self.store.get(&key)? {
+                    changed |= self.absorb_custody(&mut state, &key, &value);
+                }
+                continue;
+            }
+            if key.starts_with("share/") {
+                if let Some(value) = self.store.get(&key)? {
+                    self.absorb_share(&mut state, &key, &value);
+                }
+                continue;
+            }
             if !key.starts_with("place/") {
                 continue;
             }
@@ -540,9 +587,12 @@ impl Catalogue {
             };
             changed |= self.absorb(&mut state, &key, &value);
         }
+        changed |= self.open_sealed(&mut state);
         if changed {
             self.save(&state);
         }
+        listing.sealed = state.seal.stores().clone();
+        listing.custody = state.seal.views();
         for (id, docs) in &state.docs {
             let Some((_, doc)) = docs.first() else {
                 continue;
@@ -711,6 +761,8 @@ impl Catalogue {
                     .docs
                     .values()
                     .flatten()
+                    // A sealed placement travels only inside its custody document.
+                    .filter(|(_, doc)| !doc.placement().policy().is_sealed())
                     .map(|(_, doc)| (doc_key(doc), doc.clone()))
                     .collect(),
                 state
@@ -735,6 +787,26 @@ impl Catalogue {
         for (key, doc) in &keep {
             if !present.contains(key) {
                 self.store.put(key, Value::String(doc.to_text()))?;
+                wrote = true;
+            }
+        }
+        // Custody documents likewise; what does not verify goes.
+        let custody: BTreeMap<String, hearth_protocol::sealed::SignedCustody> = self
+            .lock()
+            .seal
+            .all()
+            .map(|doc| (sealed::custody_key(doc), doc.clone()))
+            .collect();
+        for key in self.store.keys()? {
+            if key.starts_with("seal/") && !custody.contains_key(&key) {
+                self.store.delete(&key)?;
+                wrote = true;
+            }
+        }
+        for (key, doc) in &custody {
+            let text = doc.to_text();
+            if self.store.get(key)?.as_ref().and_then(Value::as_str) != Some(text.as_str()) {
+                self.store.put(key, Value::String(text))?;
                 wrote = true;
             }
         }
@@ -857,6 +929,15 @@ impl Catalogue {
         grant: Option<Chain>,
         needs_owner: Option<String>,
     ) -> Result<(), CatalogueError> {
+        let sealing = placement.policy().is_sealed();
+        let was_sealed = Self::is_sealed_store(&self.lock(), &placement.id);
+        if (sealing || was_sealed) && self.signer.owner_key.is_none() {
+            return Err(CatalogueError::Refused(format!(
+                "a sealed placement of {:?} needs the owner key (it draws the store's key): run \
+                 it on the device that holds the owner key",
+                placement.name
+            )));
+        }
         let key = if let Some(owner) = &self.signer.owner_key {
             placement.signer = owner.public();
             placement.authority = Authority::Owner;
@@ -892,10 +973,20 @@ impl Catalogue {
                 "a placement document that ranks higher already decides this store".into(),
             ));
         }
+        let custody = if sealing || was_sealed {
+            Some(self.seal_placement(&mut state, &doc, sealing)?)
+        } else {
+            None
+        };
         self.save(&state);
         drop(state);
-        self.store
-            .put(&doc_key(&doc), Value::String(doc.to_text()))?;
+        if let Some(custody) = &custody {
+            self.put_custody(custody)?;
+        }
+        if !sealing {
+            self.store
+                .put(&doc_key(&doc), Value::String(doc.to_text()))?;
+        }
         Ok(())
     }
 
@@ -1001,6 +1092,13 @@ impl Catalogue {
         let path = erasures_path(&self.path);
         if let Err(err) = statefile::write_state(&path, ERASURES_KIND, 1, &frame_all(&erasures)) {
             tracing::error!(path = %path.display(), error = %err, "cannot keep the erasure documents");
+        }
+        let custody: Vec<_> = state.seal.all().collect();
+        let path = custody_path(&self.path);
+        if let Err(err) =
+            statefile::write_state(&path, sealed::FILE_KIND, 1, &sealed::encode_file(&custody))
+        {
+            tracing::error!(path = %path.display(), error = %err, "cannot keep the custody documents");
         }
     }
 

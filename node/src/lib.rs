@@ -56,6 +56,7 @@ pub mod mesh;
 pub mod metrics;
 mod node;
 pub mod replication;
+pub mod sealed;
 pub mod tally;
 
 #[cfg(test)]

@@ -507,6 +507,10 @@ impl Node {
                     self.audit.clone(),
                     self.metrics.clone(),
                     stop_rx.clone(),
+                    crate::replication::Sealing {
+                        data_dir: self.config.data_dir.clone(),
+                        node_key: self.config.node_key.public(),
+                    },
                 );
                 let _ = self.replication.set(replication);
             }

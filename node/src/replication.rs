@@ -31,6 +31,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::catalogue::{self, Catalogue};
 use crate::mesh::MeshHandle;
+use crate::sealed::{self, Sealed};
 
 /// How often each device records what it holds in the catalogue (when it changed).
 const STATS_EVERY: Duration = Duration::from_secs(30);
@@ -78,6 +79,9 @@ pub struct StoreSync {
     pub records: u64,
     /// Each connected peer sharing it: its name and what it confirmed (digest, records).
     pub peers: Vec<(String, Option<(Digest, u64)>)>,
+    /// Each device holding it sealed: its name, and whether it has stored everything
+    /// this device holds.
+    pub sealed: Vec<(String, bool)>,
 }
 
 /// A handle to the replication loop.
@@ -170,6 +174,19 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// The sealed side's view of the actor (a macro: it borrows fields, not `self`).
+macro_rules! sealed_ctx {
+    ($actor:expr) => {
+        sealed::Ctx {
+            me: (&$actor.placement.me.0, $actor.placement.me.1),
+            stores: &$actor.stores,
+            catalogue: &$actor.catalogue,
+            listing: &$actor.listing,
+            devices: &$actor.placement.devices,
+        }
+    };
+}
+
 struct Actor {
     engine: Engine<PeerId>,
     stores: Arc<Stores>,
@@ -199,6 +216,20 @@ struct Actor {
     sync_ids: BTreeMap<String, String>,
     /// A retention pass is running.
     expiring: Arc<std::sync::atomic::AtomicBool>,
+    /// Sealed replicas: what this device keeps sealed, and sends to and fetches from
+    /// sealed holders.
+    sealed: Sealed,
+    /// The catalogue as last read.
+    listing: catalogue::Listing,
+}
+
+/// Where the sealed side of replication keeps its files, and this device's key.
+#[derive(Debug, Clone)]
+pub(crate) struct Sealing {
+    /// The node's data directory.
+    pub data_dir: std::path::PathBuf,
+    /// Its node key.
+    pub node_key: hearth_protocol::key::PublicKey,
 }
 
 /// Starts the replication loop for `stores` (whose catalogue is `catalogue`) on the
@@ -215,7 +246,15 @@ pub(crate) fn spawn(
     audit: Arc<AuditLog>,
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    sealing: Sealing,
 ) {
+    let sealed = match Sealed::open(&sealing.data_dir, sealing.node_key, audit.clone()) {
+        Ok(sealed) => sealed,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot open the sealed stores; replication does not start");
+            return;
+        }
+    };
     let mut actor = Actor {
         engine: Engine::new(Config::default()),
         placement: NodePlacement::new(&name, role, Some(catalogue.id().to_owned())),
@@ -235,6 +274,8 @@ pub(crate) fn spawn(
         last_expire: Instant::now(),
         sync_ids: BTreeMap::new(),
         expiring: Arc::default(),
+        sealed,
+        listing: catalogue::Listing::default(),
         last_stats: Instant::now()
             .checked_sub(STATS_EVERY)
             .unwrap_or_else(Instant::now),
@@ -284,14 +325,23 @@ impl Actor {
                 self.placement.devices.insert(peer, (name, role));
                 let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
                 self.engine.handle_connected(at, peer, &mut replica);
+                self.share_keys();
+                let ctx = sealed_ctx!(self);
+                self.sealed.connected(peer, &ctx);
             }
             Input::Disconnected(peer) => {
                 self.placement.devices.remove(&peer);
                 self.engine.handle_disconnected(&peer);
+                self.sealed.disconnected(&peer);
             }
             Input::Message { peer, bytes } => {
                 self.inbox_bytes.fetch_sub(bytes.len(), Ordering::SeqCst);
                 if !self.placement.devices.contains_key(&peer) {
+                    return;
+                }
+                if hearth_protocol::sealed::message::is_sealed(&bytes) {
+                    let ctx = sealed_ctx!(self);
+                    self.sealed.message(peer, &bytes, &ctx);
                     return;
                 }
                 let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
@@ -299,6 +349,7 @@ impl Actor {
             }
             Input::Local { store, change } => match change {
                 Some(change) => {
+                    self.sealed.changed(&store);
                     // The engine knows a store by its sync id; a write made before an
                     // erasure was applied belongs to the replica as it was (the
                     // rewritten one is offered whole instead).
@@ -323,6 +374,10 @@ impl Actor {
             Input::CatalogueChanged => self.reload_catalogue(true),
             Input::Revocations(revocations) => {
                 self.catalogue.set_revocations(revocations);
+                // A revoked device may hold a sealed store's key: new epochs.
+                if let Err(err) = self.catalogue.rotate_revoked() {
+                    tracing::warn!(error = %err, "cannot move sealed stores to a new key epoch");
+                }
                 self.reload_catalogue(true);
             }
             Input::Status(reply) => {
@@ -351,6 +406,26 @@ impl Actor {
         if self.last_expire.elapsed() >= EXPIRE_EVERY {
             self.last_expire = Instant::now();
             self.expire();
+        }
+        let ctx = sealed_ctx!(self);
+        self.sealed.tick(&ctx);
+    }
+
+    /// Wraps sealed stores' keys to the connected devices that hold them in plaintext
+    /// and lack them.
+    fn share_keys(&mut self) {
+        let devices: Vec<_> = self
+            .placement
+            .devices
+            .iter()
+            .filter_map(|(peer, (name, role))| {
+                Some((name.clone(), *role, crate::mesh::peer_key(peer)?))
+            })
+            .collect();
+        match self.catalogue.share_keys(&devices) {
+            Ok(0) => {}
+            Ok(_) => self.reload_catalogue(false),
+            Err(err) => tracing::warn!(error = %err, "cannot share sealed stores' keys"),
         }
     }
 
@@ -475,6 +550,18 @@ impl Actor {
 
     /// Sends what the engine queued, acts on its events, and follows new stores.
     async fn flush(&mut self) {
+        let sealed = self.sealed.take_output();
+        if !sealed.changed.is_empty() {
+            blocking(|| {
+                let mut replica = StoresReplica::new(&self.stores, &self.placement, now().0);
+                self.engine.rescan(now(), &mut replica);
+            });
+        }
+        for (peer, bytes) in sealed.send {
+            if self.mesh.sync_send(peer, bytes).await.is_err() {
+                return;
+            }
+        }
         while let Some((peer, bytes)) = self.engine.poll_transmit() {
             if self.mesh.sync_send(peer, bytes).await.is_err() {
                 return;
@@ -493,6 +580,9 @@ impl Actor {
                 Event::Received { peer, store, bytes } => {
                     if self.placement.everyone.as_deref() == Some(store.as_str()) {
                         catalogue_changed = true;
+                    }
+                    if let Some((id, _)) = hearth_stores::replica::parse_sync_id(&store) {
+                        self.sealed.changed(id);
                     }
                     self.metrics.sync(&store, false, bytes);
                     let name = self.peer_name(&peer);
@@ -594,6 +684,16 @@ impl Actor {
                 return;
             }
         };
+        let sealed_changed =
+            listing.custody != self.listing.custody || listing.sealed != self.listing.sealed;
+        self.listing = listing.clone();
+        if sealed_changed {
+            let ctx = sealed_ctx!(self);
+            self.sealed.catalogue_changed(&ctx);
+            if rescan {
+                self.share_keys();
+            }
+        }
         let policies: BTreeMap<String, (String, Policy)> = listing
             .stores
             .iter()
@@ -680,7 +780,14 @@ impl Actor {
             .iter()
             .map(|store| {
                 let id = store.meta().id.clone();
+                let sealed = self
+                    .listing
+                    .sealed
+                    .get(&id)
+                    .map(|sid| self.sealed.status(sid, store))
+                    .unwrap_or_default();
                 StoreSync {
+                    sealed,
                     digest: store.digest(),
                     records: store.records().unwrap_or(0),
                     peers: self
@@ -726,6 +833,7 @@ impl Actor {
     /// One audit entry per peer, store and direction for the traffic since the last,
     /// and one per peer and store for what was refused.
     fn audit_traffic(&mut self) {
+        self.sealed.audit();
         for ((peer, store), messages) in std::mem::take(&mut self.refused) {
             let name = self
                 .catalogue

@@ -199,6 +199,12 @@ pub(crate) fn status(dir: &DataDir, out: &mut Output) -> Result<()> {
                     .replicas
                     .iter()
                     .map(|r| match (r.in_sync, r.lag) {
+                        (true, _) if r.sealed == Some(true) => {
+                            format!("{} sealed, has everything", r.device)
+                        }
+                        (false, _) if r.sealed == Some(true) => {
+                            format!("{} sealed, not sent everything yet", r.device)
+                        }
                         (true, _) => format!("{} in sync", r.device),
                         (_, Some(lag)) if lag > 0 => format!("{} {lag} records behind", r.device),
                         _ => format!("{} not in sync", r.device),

@@ -172,6 +172,42 @@ impl Store {
         self.remote(None, unit, Input::Changes(changes))
     }
 
+    /// The changes of one document that are not below `heads` (all of them for no
+    /// heads; heads the document does not know are left out), as automerge saves
+    /// them: what a sealed copy of the store is sent. None if the store has no such
+    /// document.
+    pub fn changes_since(
+        &self,
+        unit: Unit,
+        heads: &[Head],
+    ) -> Result<Option<Vec<u8>>, ReplicaError> {
+        fn after(doc: &mut AutoCommit, heads: &[Head]) -> Vec<u8> {
+            let known: Vec<automerge::ChangeHash> = heads
+                .iter()
+                .map(|h| automerge::ChangeHash(*h))
+                .filter(|h| doc.get_change_by_hash(h).is_some())
+                .collect();
+            doc.save_after(&known)
+        }
+        let mut state = lock(&self.state);
+        let State { backend, body, .. } = &mut *state;
+        match (body, unit) {
+            (Body::Doc(doc), Unit::Whole) => Ok(Some(after(&mut doc.doc, heads))),
+            (Body::Series(series), Unit::Chunk(start)) => {
+                if let Some(chunk) = series.open.get_mut(&start) {
+                    return Ok(Some(after(&mut chunk.doc, heads)));
+                }
+                if !series.index.contains_key(&start) || self.expired(start) {
+                    return Ok(None);
+                }
+                let mut doc =
+                    load_closed_chunk(&self.meta.name, backend.as_ref(), start).map_err(local)?;
+                Ok(Some(after(&mut doc, heads)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// A closed chunk's document, saved whole.
     pub fn closed_chunk(&self, start: u64) -> Result<Option<Vec<u8>>, ReplicaError> {
         let state = lock(&self.state);

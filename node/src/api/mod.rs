@@ -357,6 +357,7 @@ pub(crate) fn store_status(
                 in_sync: s.error.is_none(),
                 lag: Some(0),
                 online: None,
+                sealed: None,
             }];
             if let Some(entry) = listing.stores.get(&s.id) {
                 let policy = entry.policy();
@@ -384,6 +385,23 @@ pub(crate) fn store_status(
                         in_sync,
                         lag,
                         online: Some(d.online),
+                        sealed: None,
+                    });
+                }
+                for d in devices {
+                    let Ok(role) = d.role.parse() else { continue };
+                    if d.revoked || !policy.seals(&d.name, role, &entry.origin) {
+                        continue;
+                    }
+                    let stored = mine
+                        .and_then(|m| m.sealed.iter().find(|(name, _)| *name == d.name))
+                        .is_some_and(|(_, done)| *done);
+                    replicas.push(ReplicaSync {
+                        device: d.name.clone(),
+                        in_sync: stored,
+                        lag: None,
+                        online: Some(d.online),
+                        sealed: Some(true),
                     });
                 }
             }

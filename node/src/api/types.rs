@@ -66,6 +66,10 @@ pub struct ReplicaSync {
     /// Is it connected now (absent for this device)?
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online: Option<bool>,
+    /// Does that device hold the store sealed (ciphertext only)? Then `in_sync` says
+    /// whether it has stored everything this device holds. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<bool>,
 }
 
 /// `GET /v1/stores`.

@@ -928,8 +928,8 @@ mod tests {
         let policy = Policy::parse("origin,role:home,sealed:role:cloud").unwrap();
         let recipients: Vec<_> = to
             .iter()
-            .enumerate()
-            .map(|(i, p)| (*p, [i as u8 + 10; 32]))
+            .zip(10u8..)
+            .map(|(p, i)| (*p, [i; 32]))
             .collect();
         Custody::seal(
             &CustodyDraft {

@@ -1,0 +1,182 @@
+//! Sealed replicas with real `hearth` processes on loopback: home (holding the owner
+//! key), a phone and a cloud VM that holds the store sealed. The cloud keeps and
+//! forwards ciphertext only: a scan of every byte in its data directory finds none of
+//! the store's name, field names or values; the phone and home, never online at the
+//! same time, still converge through it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+
+use hearth_tests::cli::{hearth, json_ok, start_meshed as start, stop, three_devices, wait_until};
+use hearth_tests::work::append;
+use serde_json::Value;
+
+/// Marker strings that must never reach the cloud's disk.
+const STORE: &str = "hushtrack-7f3a";
+const FIELD: &str = "quietfield_9d2c";
+const VALUE: &str = "whisper-5e1b";
+
+fn records(dir: &Path, store: &str) -> Option<Vec<Value>> {
+    let out = hearth(dir, &["--json", "store", "read", store]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["records"].as_array().cloned()
+}
+
+/// `device`'s replica of `store` as `dir` reports it.
+fn replica(dir: &Path, store: &str, device: &str) -> Option<Value> {
+    json_ok(dir, &["status"])["stores"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == store)?["replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| r["device"] == device)
+        .cloned()
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap().flatten() {
+                stack.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(path);
+        }
+    }
+    hits
+}
+
+fn readings(from: u64, n: u64) -> Vec<String> {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"ts": {}, "value": {{"{FIELD}": "{VALUE}-{i}"}}}}"#,
+                1_700_000_000_000u64 + i * 60_000
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_sealed_cloud_forwards_between_devices_never_online_together_and_learns_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let three = three_devices(tmp.path());
+    let [home_node, phone_node, cloud_node] = three.nodes;
+    let (home, phone, cloud) = (three.home, three.phone, three.cloud);
+
+    // Only the owner's device can seal a store: the phone cannot.
+    let out = hearth(
+        &phone,
+        &[
+            "store",
+            "create",
+            "other",
+            "--kind",
+            "timeseries",
+            "--replicas",
+            "origin,sealed:role:cloud",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    json_ok(
+        &home,
+        &[
+            "store",
+            "create",
+            STORE,
+            "--kind",
+            "timeseries",
+            "--replicas",
+            "origin,phone,sealed:role:cloud",
+        ],
+    );
+    append(&home, STORE, &readings(0, 5));
+    // The phone learns the placement (it gets the key from home) and the readings.
+    wait_until("the phone holds home's readings", 60, || {
+        (records(&phone, STORE)?.len() == 5).then_some(())
+    });
+    // The cloud stored all of it, sealed.
+    wait_until("the cloud stored home's readings", 60, || {
+        let r = replica(&home, STORE, "vm")?;
+        (r["sealed"] == true && r["in_sync"] == true).then_some(())
+    });
+
+    // Home goes away; the phone writes; the cloud keeps it.
+    stop(home_node);
+    append(&phone, STORE, &readings(5, 20));
+    wait_until("the cloud stored the phone's readings", 60, || {
+        let r = replica(&phone, STORE, "vm")?;
+        (r["in_sync"] == true).then_some(())
+    });
+    stop(phone_node);
+
+    // Home comes back while the phone is away: it gets the phone's readings from the
+    // cloud.
+    let home_node = start(&home);
+    wait_until(
+        "home fetched the phone's readings from the cloud",
+        60,
+        || (records(&home, STORE)?.len() == 25).then_some(()),
+    );
+    let got: Vec<String> = records(&home, STORE)
+        .unwrap()
+        .iter()
+        .map(|r| r["value"][FIELD].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(got.contains(&format!("{VALUE}-24")), "{got:?}");
+    // Sync traffic is audited in sums every few seconds.
+    wait_until("home audited the fetch from the cloud", 30, || {
+        let fetched = json_ok(&home, &["audit", "--action", "sealed.fetch"]);
+        fetched["entries"]
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["outcome"].as_str().unwrap().starts_with("allowed")
+                    && e["object"].as_str().unwrap() == format!("{STORE} from vm")
+            })
+            .then_some(())
+    });
+
+    // The cloud lists no such store and holds no replica of it.
+    let listed = json_ok(&cloud, &["store", "ls"]);
+    assert!(!listed.to_string().contains(STORE), "{listed}");
+    assert!(records(&cloud, STORE).is_none());
+    stop(home_node);
+    stop(cloud_node);
+
+    // Every byte of the cloud's data directory: no name, field or value.
+    for needle in [STORE, FIELD, VALUE] {
+        let hits = files_containing(&cloud, needle.as_bytes());
+        assert!(hits.is_empty(), "{needle:?} found on the cloud in {hits:?}");
+    }
+    // ... while the cloud does keep the ciphertext.
+    let kept: u64 = std::fs::read_dir(cloud.join("sealed"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(kept > 0);
+    // The test can fail: home's own directory has them.
+    assert!(!files_containing(&home, VALUE.as_bytes()).is_empty());
+}
