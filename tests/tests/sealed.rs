@@ -13,6 +13,9 @@
 
 use std::path::{Path, PathBuf};
 
+use hearth_protocol::key::{NodeKey, OwnerKey};
+use hearth_protocol::sealed::{Blob, ContentKey, KeyShare, SignedCustody};
+use hearth_protocol::statefile;
 use hearth_tests::cli::{hearth, json_ok, start_meshed as start, stop, three_devices, wait_until};
 use hearth_tests::work::append;
 use serde_json::Value;
@@ -179,4 +182,221 @@ fn a_sealed_cloud_forwards_between_devices_never_online_together_and_learns_noth
     assert!(kept > 0);
     // The test can fail: home's own directory has them.
     assert!(!files_containing(&home, VALUE.as_bytes()).is_empty());
+}
+
+/// The custody documents a node keeps (`custody.bin`).
+fn custody_docs(dir: &Path) -> Vec<SignedCustody> {
+    let Some(state) = statefile::read_state(&dir.join("custody.bin"), "custody", 1 << 30).unwrap()
+    else {
+        return Vec::new();
+    };
+    let mut rest = &state.payload[..];
+    let mut docs = Vec::new();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        docs.push(SignedCustody::decode(&tail[..len]).unwrap());
+        rest = &tail[len..];
+    }
+    docs
+}
+
+/// The key shares the catalogue on `dir` lists.
+fn shares(dir: &Path) -> Vec<KeyShare> {
+    let keys = json_ok(dir, &["store", "keys", "hearth.catalogue"]);
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k.as_str())
+        .filter(|k| k.starts_with("share/"))
+        .map(|k| {
+            let v = json_ok(dir, &["store", "get", "hearth.catalogue", k]);
+            KeyShare::from_text(v["value"].as_str().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// Every content key the key material in `dir` (its node key, its owner key if any)
+/// unwraps from `custody`, directly or through `shares`.
+fn keys_of(dir: &Path, custody: &[SignedCustody], shares: &[KeyShare]) -> Vec<ContentKey> {
+    let mut secrets = vec![
+        NodeKey::read(&dir.join("node.key"))
+            .unwrap()
+            .secret()
+            .clone(),
+    ];
+    if let Ok(owner) = OwnerKey::read(&dir.join("owner.key")) {
+        secrets.push(owner.secret().clone());
+    }
+    let mut keys = Vec::new();
+    for doc in custody {
+        for secret in &secrets {
+            if let Ok(key) = doc.custody().key_for(secret) {
+                keys.push(key);
+            }
+            for share in shares {
+                if let Ok(key) = share.open(secret, doc.custody()) {
+                    keys.push(key);
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// Every blob a sealed holder keeps.
+fn vault_blobs(dir: &Path) -> Vec<Blob> {
+    let mut blobs = Vec::new();
+    for entry in std::fs::read_dir(dir.join("sealed")).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        let mut rest = &bytes[..];
+        while rest.len() >= 8 {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            blobs.push(Blob::decode(&rest[8..8 + len]).unwrap());
+            rest = &rest[8 + len..];
+        }
+    }
+    blobs
+}
+
+/// The blobs that `keys` open and whose plaintext contains `needle`.
+fn opened_with(blobs: &[Blob], keys: &[ContentKey], needle: &str) -> usize {
+    blobs
+        .iter()
+        .filter(|b| {
+            keys.iter().any(|k| {
+                b.open(k)
+                    .is_ok_and(|p| p.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            })
+        })
+        .count()
+}
+
+#[test]
+fn a_device_taken_off_a_sealed_store_or_revoked_cannot_read_what_is_written_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let three = three_devices(tmp.path());
+    let [home_node, phone_node, cloud_node] = three.nodes;
+    let (home, phone, cloud) = (three.home, three.phone, three.cloud);
+
+    // One store the phone is taken off, one it loses by being revoked.
+    json_ok(
+        &home,
+        &[
+            "store",
+            "create",
+            "moved",
+            "--kind",
+            "timeseries",
+            "--replicas",
+            "origin,phone,sealed:role:cloud",
+        ],
+    );
+    json_ok(
+        &home,
+        &[
+            "store",
+            "create",
+            "revoked",
+            "--kind",
+            "timeseries",
+            "--replicas",
+            "origin,role:mobile,sealed:role:cloud",
+        ],
+    );
+    for store in ["moved", "revoked"] {
+        append(
+            &home,
+            store,
+            &[format!(
+                r#"{{"ts": 1700000000000, "value": {{"n": "before-{store}"}}}}"#
+            )],
+        );
+    }
+    for store in ["moved", "revoked"] {
+        wait_until("the phone reads the sealed stores", 60, || {
+            (records(&phone, store)?.len() == 1).then_some(())
+        });
+        wait_until("the cloud stored them", 60, || {
+            (replica(&home, store, "vm")?["in_sync"] == true).then_some(())
+        });
+    }
+    // The phone could read epoch 1 of both.
+    let epoch1 = custody_docs(&phone);
+    assert_eq!(
+        keys_of(&phone, &epoch1, &shares(&phone)).len(),
+        2,
+        "one key per store"
+    );
+
+    json_ok(
+        &home,
+        &[
+            "store",
+            "policy",
+            "moved",
+            "--replicas",
+            "origin,sealed:role:cloud",
+        ],
+    );
+    json_ok(&home, &["devices", "revoke", "phone"]);
+    for store in ["moved", "revoked"] {
+        append(
+            &home,
+            store,
+            &[format!(
+                r#"{{"ts": 1700000060000, "value": {{"n": "after-{store}"}}}}"#
+            )],
+        );
+    }
+    for store in ["moved", "revoked"] {
+        wait_until("the cloud stored what home wrote after", 60, || {
+            (replica(&home, store, "vm")?["in_sync"] == true).then_some(())
+        });
+    }
+    // Both stores moved to a new epoch (a revocation moves every sealed store whose
+    // epoch began before it), and the audit says why the revoked one did.
+    let docs = custody_docs(&home);
+    let sids: std::collections::BTreeSet<_> = docs.iter().map(|d| d.custody().sid).collect();
+    assert_eq!(sids.len(), 2);
+    for sid in sids {
+        let newest = docs
+            .iter()
+            .filter(|d| d.custody().sid == sid)
+            .map(|d| d.custody().epoch)
+            .max();
+        assert!(newest >= Some(2), "{newest:?}");
+    }
+    let rotated = json_ok(&home, &["audit", "--action", "sealed.rotate"]);
+    assert!(rotated.to_string().contains("revoked"), "{rotated}");
+    // Every share the phone's catalogue lists, and home's.
+    let (phone_shares, home_shares) = (shares(&phone), shares(&home));
+    stop(phone_node);
+    stop(home_node);
+    stop(cloud_node);
+
+    // Every custody document any device kept, every share in the phone's catalogue,
+    // its node key: none opens what home wrote after, which home's keys open.
+    let mut all = custody_docs(&home);
+    all.extend(custody_docs(&cloud));
+    all.extend(custody_docs(&phone));
+    let blobs = vault_blobs(&cloud);
+    let phone_keys = keys_of(&phone, &all, &phone_shares);
+    let home_keys = keys_of(&home, &all, &home_shares);
+    for store in ["moved", "revoked"] {
+        assert_eq!(
+            opened_with(&blobs, &home_keys, &format!("after-{store}")),
+            1
+        );
+        assert_eq!(
+            opened_with(&blobs, &phone_keys, &format!("after-{store}")),
+            0,
+            "{store}"
+        );
+        // ... while what was written before stays readable to it (it was its to read).
+        assert_eq!(
+            opened_with(&blobs, &phone_keys, &format!("before-{store}")),
+            1
+        );
+    }
 }

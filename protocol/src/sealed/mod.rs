@@ -926,11 +926,7 @@ mod tests {
 
     fn custody(owner: &SecretKey, epoch: u64, k: &ContentKey, to: &[PublicKey]) -> SignedCustody {
         let policy = Policy::parse("origin,role:home,sealed:role:cloud").unwrap();
-        let recipients: Vec<_> = to
-            .iter()
-            .zip(10u8..)
-            .map(|(p, i)| (*p, [i; 32]))
-            .collect();
+        let recipients: Vec<_> = to.iter().zip(10u8..).map(|(p, i)| (*p, [i; 32])).collect();
         Custody::seal(
             &CustodyDraft {
                 sid: SID,
