@@ -127,6 +127,12 @@ enum Command {
     /// Receipts of computations.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// Fetch every store sealed to a sealed holder (the cloud) onto this device, after
+    /// `hearth init --recover`: verified, with progress.
+    #[command(
+        after_help = "Examples:\n  hearth restore --from /dns4/vm.example.net/udp/4001/quic-v1/p2p/12D3KooW..."
+    )]
+    Restore(cmd::restore::Args),
     /// The owner's dashboard in a browser: prints a one-time login link (two minutes)
     /// to the pages this node serves on its loopback address.
     #[command(after_help = "Examples:\n  hearth dashboard\n  hearth dashboard --open")]
@@ -270,6 +276,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             cmd::compute::verify_receipt(&data_dir, &file, &mut out)
         }
         Command::Export(command) => cmd::export::run(&data_dir, command, &mut out),
+        Command::Restore(args) => cmd::restore::run(&data_dir, args, &mut out),
         Command::Dashboard { open } => cmd::dashboard::run(&data_dir, open, &mut out),
         Command::Demo(args) => cmd::demo::run(args, &mut out),
         Command::Completions { shell } => {

@@ -66,6 +66,20 @@ pub(crate) enum Input {
     Revocations(hearth_protocol::capability::RevocationSet),
     /// Where every store stands with every connected peer.
     Status(oneshot::Sender<Vec<StoreSync>>),
+    /// Restore sealed stores: place each one this device cannot read yet on it too
+    /// (the owner's device only).
+    Restore,
+    /// Where fetching sealed stores stands.
+    Sealed(oneshot::Sender<SealedStatus>),
+}
+
+/// Where fetching sealed stores stands, for `hearth restore`.
+#[derive(Debug, Clone)]
+pub struct SealedStatus {
+    /// Sealed holders connected now whose copy of the catalogue equals ours.
+    pub catalogue_from: Vec<String>,
+    /// Each sealed store this device reads, per sealed holder.
+    pub stores: Vec<sealed::Progress>,
 }
 
 /// One store's sync state, for `hearth status`.
@@ -136,6 +150,18 @@ impl ReplicationHandle {
     /// The catalogue changed here.
     pub(crate) fn catalogue_changed(&self) {
         self.deliver(Input::CatalogueChanged);
+    }
+
+    /// Restores sealed stores (see [`Input::Restore`]).
+    pub(crate) fn restore(&self) {
+        self.deliver(Input::Restore);
+    }
+
+    /// Where fetching sealed stores stands.
+    pub async fn sealed(&self) -> Option<SealedStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Sealed(reply)).await.ok()?;
+        answer.await.ok()
     }
 
     /// Each store's sync state with connected peers.
@@ -221,6 +247,8 @@ struct Actor {
     sealed: Sealed,
     /// The catalogue as last read.
     listing: catalogue::Listing,
+    /// Restoring: every sealed store this device can open is placed on it too.
+    restoring: bool,
 }
 
 /// Where the sealed side of replication keeps its files, and this device's key.
@@ -276,6 +304,7 @@ pub(crate) fn spawn(
         expiring: Arc::default(),
         sealed,
         listing: catalogue::Listing::default(),
+        restoring: false,
         last_stats: Instant::now()
             .checked_sub(STATS_EVERY)
             .unwrap_or_else(Instant::now),
@@ -383,6 +412,31 @@ impl Actor {
             Input::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Input::Restore => {
+                self.restoring = true;
+                self.reload_catalogue(true);
+            }
+            Input::Sealed(reply) => {
+                let ctx = sealed_ctx!(self);
+                let stores = self.sealed.progress(&ctx);
+                let ours = self.catalogue.store().digest();
+                let sync = self.catalogue.store().sync_id();
+                let catalogue_from = self
+                    .engine
+                    .replicas(&sync)
+                    .iter()
+                    .filter(|r| r.confirmed.is_some_and(|(d, _)| d == ours))
+                    .filter_map(|r| self.placement.devices.get(&r.peer))
+                    .filter(|(name, role)| {
+                        self.listing.custody.values().any(|v| v.keeps(name, *role))
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let _ = reply.send(SealedStatus {
+                    catalogue_from,
+                    stores,
+                });
+            }
         }
     }
 
@@ -409,6 +463,53 @@ impl Actor {
         }
         let ctx = sealed_ctx!(self);
         self.sealed.tick(&ctx);
+    }
+
+    /// While restoring, on the owner's device: places every sealed store this device
+    /// can open but is not a plaintext holder of on it too (a new key epoch each), so
+    /// that sealed holders serve it.
+    fn place_sealed_here(&mut self) {
+        if !self.catalogue.is_owner_device() {
+            return;
+        }
+        let (me, role) = (self.placement.me.0.clone(), self.placement.me.1);
+        let mut placed = Vec::new();
+        for (id, sid) in &self.listing.sealed {
+            let (Some(view), Some(entry)) =
+                (self.listing.custody.get(sid), self.listing.stores.get(id))
+            else {
+                continue;
+            };
+            if view.removed || view.reads(&me, role) {
+                continue;
+            }
+            let policy = match Policy::parse(&format!("{},{me}", entry.replicas)) {
+                Ok(policy) => policy,
+                Err(err) => {
+                    tracing::warn!(store = %entry.name, error = %err, "cannot place a sealed store here");
+                    continue;
+                }
+            };
+            placed.push((entry.name.clone(), policy));
+        }
+        if !placed.is_empty() {
+            // Read again next turn, with the new custody documents.
+            let _ = self.inputs.try_send(Input::CatalogueChanged);
+        }
+        for (name, policy) in placed {
+            match self.catalogue.place(&name, &policy, None) {
+                Ok(_) => self.record(
+                    "sealed.restore",
+                    &name,
+                    &format!("allowed: placed on this device too ({policy})"),
+                    0,
+                ),
+                Err(err) => {
+                    tracing::warn!(store = %name, error = %err, "cannot place a sealed store here");
+                    self.record("sealed.restore", &name, &format!("failed: {err}"), 0);
+                }
+            }
+        }
     }
 
     /// Wraps sealed stores' keys to the connected devices that hold them in plaintext
@@ -687,6 +788,9 @@ impl Actor {
         let sealed_changed =
             listing.custody != self.listing.custody || listing.sealed != self.listing.sealed;
         self.listing = listing.clone();
+        if self.restoring && sealed_changed {
+            self.place_sealed_here();
+        }
         if sealed_changed {
             let ctx = sealed_ctx!(self);
             self.sealed.catalogue_changed(&ctx);

@@ -400,3 +400,151 @@ fn a_device_taken_off_a_sealed_store_or_revoked_cannot_read_what_is_written_afte
         );
     }
 }
+
+/// `hearth init --recover` with `phrase` on stdin.
+fn recover(dir: &Path, name: &str, phrase: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(hearth_tests::cli::hearth_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["init", "--recover", "--name", name, "--role", "home"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{phrase}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_new_device_from_the_recovery_phrase_alone_restores_every_sealed_store_from_the_cloud() {
+    let tmp = tempfile::tempdir().unwrap();
+    let three = three_devices(tmp.path());
+    let [home_node, phone_node, cloud_node] = three.nodes;
+    let (home, phone, cloud) = (three.home, three.phone, three.cloud);
+
+    // A track sealed for the home devices, one for home and the phone only (the
+    // restored device is not named: restoring places it there), and a kv store.
+    let stores = [
+        ("track", "timeseries", "origin,role:home,sealed:role:cloud"),
+        ("diary", "timeseries", "origin,phone,sealed:role:cloud"),
+        ("settings", "kv", "origin,role:home,sealed:role:cloud"),
+    ];
+    for (name, kind, replicas) in stores {
+        json_ok(
+            &home,
+            &[
+                "store",
+                "create",
+                name,
+                "--kind",
+                kind,
+                "--replicas",
+                replicas,
+            ],
+        );
+    }
+    let lines: Vec<String> = (0..300u64)
+        .map(|i| {
+            format!(
+                r#"{{"ts": {}, "value": {{"lat": 52.{i:04}, "note": "entry {i}"}}, "tags": {{"src": "gps"}}}}"#,
+                1_700_000_000_000u64 + i * 30_000
+            )
+        })
+        .collect();
+    append(&home, "track", &lines);
+    append(&home, "diary", &lines[..40]);
+    for i in 0..20 {
+        json_ok(
+            &home,
+            &[
+                "store",
+                "put",
+                "settings",
+                &format!("k{i}"),
+                &format!(r#"{{"v": {i}}}"#),
+            ],
+        );
+    }
+    for (name, _, _) in stores {
+        wait_until("the cloud stored every sealed store", 60, || {
+            (replica(&home, name, "vm")?["in_sync"] == true).then_some(())
+        });
+    }
+    let before: Vec<Value> = stores
+        .iter()
+        .map(|(name, kind, _)| {
+            if *kind == "kv" {
+                json_ok(&home, &["store", "keys", name])
+            } else {
+                json_ok(&home, &["store", "read", name])
+            }
+        })
+        .collect();
+    let phrase = json_ok(&home, &["key", "recovery-phrase"])["recovery_phrase"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = json_ok(&cloud, &["status"]);
+    let from = format!(
+        "{}/p2p/{}",
+        status["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .find(|a| a.contains("/udp/"))
+            .unwrap(),
+        status["peer_id"].as_str().unwrap()
+    );
+
+    // A member without the owner key cannot start a restore.
+    let out = hearth(&phone, &["restore", "--from", &from]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Home's disk dies; the phone is away. A fresh machine, the phrase, the address.
+    stop(home_node);
+    stop(phone_node);
+    std::fs::remove_dir_all(&home).unwrap();
+    let fresh = tmp.path().join("fresh");
+    recover(&fresh, "home2", &phrase);
+    let fresh_node = start(&fresh);
+    let restored = json_ok(&fresh, &["restore", "--from", &from, "--timeout", "120s"]);
+    assert_eq!(restored["done"], true, "{restored}");
+    assert_eq!(
+        restored["stores"].as_array().unwrap().len(),
+        3,
+        "{restored}"
+    );
+    for (i, (name, kind, _)) in stores.iter().enumerate() {
+        let after = if *kind == "kv" {
+            json_ok(&fresh, &["store", "keys", name])
+        } else {
+            json_ok(&fresh, &["store", "read", name])
+        };
+        assert_eq!(after, before[i], "{name}");
+    }
+    for i in [0, 19] {
+        assert_eq!(
+            json_ok(&fresh, &["store", "get", "settings", &format!("k{i}")])["value"]["v"],
+            i
+        );
+    }
+    // The recovered device speaks for the owner: it revokes the lost home.
+    json_ok(&fresh, &["devices", "revoke", "home"]);
+    let audit = json_ok(&fresh, &["audit", "--action", "sealed.restore"]);
+    assert!(audit.to_string().contains("diary"), "{audit}");
+    stop(fresh_node);
+    stop(cloud_node);
+}

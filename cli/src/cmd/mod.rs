@@ -15,6 +15,7 @@ pub(crate) mod init;
 pub(crate) mod join;
 pub(crate) mod key;
 pub(crate) mod node;
+pub(crate) mod restore;
 pub(crate) mod service;
 pub(crate) mod store;
 

@@ -169,6 +169,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/invite", axum::routing::post(invite))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{name}/revoke", axum::routing::post(revoke))
+        .route("/v1/restore", get(restore_status).post(restore))
         .route("/v1/devices/{name}/approve", axum::routing::post(approve))
         .route(
             "/v1/devices/{name}/allow-admit",
@@ -1243,6 +1244,89 @@ async fn revoke(
     Ok(Json(DeviceRevoked {
         revoked: name,
         peer_id: peer,
+    }))
+}
+
+/// Starts fetching every sealed store from the sealed holder at `from`: dials it, and
+/// places each sealed store this device can open (the owner key opens them all) on
+/// this device too. Needs the owner key here.
+async fn restore(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<RestoreRequest>, JsonRejection>,
+) -> ApiResult<Restore> {
+    let Json(body) = body?;
+    let owner = node.catalogue.as_ref().is_some_and(|c| c.is_owner_device());
+    if !owner {
+        record(
+            &node,
+            "sealed.restore",
+            &body.from,
+            "refused: the owner key is not on this device",
+            0,
+        )?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "refused",
+            "restoring sealed stores needs the owner key on this device (hearth init --recover)",
+        ));
+    }
+    let addr: libp2p::Multiaddr = body
+        .from
+        .parse()
+        .map_err(|err| ApiError::invalid(format!("{:?} is not a multiaddr: {err}", body.from)))?;
+    let replication = node.replication.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh",
+            "this node does not replicate (no mesh)",
+        )
+    })?;
+    record(
+        &node,
+        "sealed.restore",
+        &body.from,
+        "allowed: fetching sealed stores",
+        0,
+    )?;
+    mesh_of(&node)?.bootstrap(addr).await.map_err(mesh_error)?;
+    replication.restore();
+    restore_status(State(node)).await
+}
+
+async fn restore_status(State(node): State<Arc<Node>>) -> ApiResult<Restore> {
+    let status = match node.replication.get() {
+        Some(handle) => handle.sealed().await,
+        None => None,
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh",
+            "this node does not replicate (no mesh)",
+        )
+    })?;
+    let stores: Vec<RestoreStore> = status
+        .stores
+        .into_iter()
+        .map(|p| RestoreStore {
+            name: p.store,
+            holder: p.holder,
+            online: p.online,
+            fetched: p.fetched,
+            kept: p.kept,
+            refused: p.refused,
+            records: p.records,
+        })
+        .collect();
+    let done = !status.catalogue_from.is_empty()
+        && stores
+            .iter()
+            .filter(|s| s.online)
+            .all(|s| s.kept.is_some_and(|k| s.fetched >= k));
+    Ok(Json(Restore {
+        catalogue_from: status.catalogue_from,
+        stores,
+        done,
     }))
 }
 

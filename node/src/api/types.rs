@@ -481,6 +481,46 @@ pub struct DeviceRevoked {
     pub peer_id: String,
 }
 
+/// `POST /v1/restore`: fetch every sealed store from a sealed holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The sealed holder's address (a multiaddr, `/p2p/PEER` at the end).
+    pub from: String,
+}
+
+/// `GET /v1/restore` (also the answer to `POST /v1/restore`): where fetching the
+/// sealed stores stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// Sealed holders connected now whose copy of the catalogue equals this device's.
+    pub catalogue_from: Vec<String>,
+    /// Each sealed store this device reads, per sealed holder.
+    pub stores: Vec<RestoreStore>,
+    /// Every sealed store fetched whole from a connected sealed holder, after the
+    /// catalogue came in.
+    pub done: bool,
+}
+
+/// One sealed store of [`Restore`], from one sealed holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreStore {
+    /// The store.
+    pub name: String,
+    /// The sealed holder.
+    pub holder: String,
+    /// Is it connected?
+    pub online: bool,
+    /// Blobs fetched from it (each authenticated and applied, or refused).
+    pub fetched: u64,
+    /// Blobs it keeps, once it said.
+    pub kept: Option<u64>,
+    /// Blobs refused: tampered, or not what they claim.
+    pub refused: u64,
+    /// The store's records here.
+    pub records: u64,
+}
+
 /// `POST /v1/devices/{name}/allow-admit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1152,6 +1192,16 @@ mod tests {
                 "POST /v1/devices/{name}/approve",
                 vec![],
                 vec![fields::<Approved>],
+            ),
+            (
+                "POST /v1/restore",
+                vec![fields::<RestoreRequest>],
+                vec![fields::<Restore>, fields::<RestoreStore>],
+            ),
+            (
+                "GET /v1/restore",
+                vec![],
+                vec![fields::<Restore>, fields::<RestoreStore>],
             ),
             (
                 "POST /v1/caps/{id}/revoke",

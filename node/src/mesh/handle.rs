@@ -125,6 +125,7 @@ pub(super) enum Command {
         bytes: Vec<u8>,
     },
     Disconnect(PeerId),
+    Bootstrap(libp2p::Multiaddr),
     Revocations(oneshot::Sender<hearth_protocol::capability::RevocationSet>),
     ServeJobs(mpsc::Sender<InboundJob>),
     ForwardJob {
@@ -198,6 +199,7 @@ impl std::fmt::Debug for Command {
             #[cfg(test)]
             Command::MembersAnswer(_) => "MembersAnswer",
             Command::Disconnect(_) => "Disconnect",
+            Command::Bootstrap(_) => "Bootstrap",
             Command::Revocations(_) => "Revocations",
             Command::ServeJobs(_) => "ServeJobs",
             Command::ServeAudit(_) => "ServeAudit",
@@ -422,6 +424,15 @@ impl MeshHandle {
         answer.await.map_err(|_| MeshError::Stopped)?
     }
 
+    /// Dials `addr` now and again whenever it is not connected, as a bootstrap
+    /// address (until the node stops; the device is remembered once admitted).
+    pub async fn bootstrap(&self, addr: libp2p::Multiaddr) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::Bootstrap(addr))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
     /// Revokes the capability `id` (needs the owner key): every device refuses it, and
     /// every capability delegated from it, from then on.
     pub async fn revoke_capability(
@@ -571,6 +582,12 @@ impl MeshLoop {
                     k.connected = false;
                 }
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Bootstrap(addr) => {
+                if !self.config.bootstrap.contains(&addr) {
+                    self.config.bootstrap.push(addr);
+                }
+                self.redial();
             }
             Command::Revocations(reply) => {
                 let _ = reply.send(self.gate.revocations.clone());

@@ -112,6 +112,25 @@ pub(crate) struct Output {
     pub changed: BTreeSet<String>,
 }
 
+/// Where fetching one sealed store from one sealed holder stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The store's name.
+    pub store: String,
+    /// The sealed holder.
+    pub holder: String,
+    /// Is it connected now?
+    pub online: bool,
+    /// Blobs fetched from it.
+    pub fetched: u64,
+    /// Blobs it keeps, when it said (connected only).
+    pub kept: Option<u64>,
+    /// Blobs refused (since the node started): tampered, or not what they claim.
+    pub refused: u64,
+    /// The store's records here.
+    pub records: u64,
+}
+
 /// A sealed holder's and a plaintext holder's sealed state.
 pub(crate) struct Sealed {
     me: PublicKey,
@@ -129,6 +148,8 @@ pub(crate) struct Sealed {
     dirty: BTreeSet<String>,
     last_scan: Instant,
     audit: Arc<AuditLog>,
+    /// Blobs refused per seal id since the node started.
+    refused: BTreeMap<SealId, u64>,
     /// Audit lines not yet written: (action, object, outcome) -> (bytes, count).
     tally: BTreeMap<(String, String, String), (u64, u64)>,
     out: Output,
@@ -174,6 +195,7 @@ impl Sealed {
             dirty: BTreeSet::new(),
             last_scan: Instant::now(),
             audit,
+            refused: BTreeMap::new(),
             tally: BTreeMap::new(),
             out: Output::default(),
         })
@@ -240,6 +262,53 @@ impl Sealed {
             .collect()
     }
 
+    /// Where fetching stands for each sealed store this device reads, with each
+    /// sealed holder connected now or fetched from before.
+    pub(crate) fn progress(&self, ctx: &Ctx<'_>) -> Vec<Progress> {
+        let mut out = Vec::new();
+        for (id, sid) in &ctx.listing.sealed {
+            let Some(view) = ctx.listing.custody.get(sid) else {
+                continue;
+            };
+            let name = ctx
+                .listing
+                .stores
+                .get(id)
+                .map_or_else(|| hex::encode(sid), |e| e.name.clone());
+            let records = ctx
+                .stores
+                .get_by_id(id)
+                .and_then(|s| s.records().ok())
+                .unwrap_or(0);
+            let mut holders: BTreeMap<String, Option<PeerId>> = self
+                .cursors
+                .keys()
+                .filter_map(|k| k.strip_prefix(&format!("{}/", hex::encode(sid))))
+                .map(|h| (h.to_owned(), None))
+                .collect();
+            for (peer, (holder, role)) in ctx.devices {
+                if view.keeps(holder, *role) {
+                    holders.insert(holder.clone(), Some(*peer));
+                }
+            }
+            for (holder, peer) in holders {
+                out.push(Progress {
+                    store: name.clone(),
+                    holder: holder.clone(),
+                    online: peer.is_some(),
+                    fetched: self
+                        .cursors
+                        .get(&Self::cursor_key(sid, &holder))
+                        .map_or(0, |c| c.fetched),
+                    kept: peer.and_then(|p| self.index.get(&(p, *sid)).copied()),
+                    refused: self.refused.get(sid).copied().unwrap_or(0),
+                    records,
+                });
+            }
+        }
+        out
+    }
+
     /// A peer was admitted: a sealed holder tells it what it keeps of the stores it
     /// may read; a plaintext holder sends it what it has not had stored.
     pub(crate) fn connected(&mut self, peer: PeerId, ctx: &Ctx<'_>) {
@@ -257,6 +326,7 @@ impl Sealed {
             self.send(peer, &SealedMessage::Index(entries));
         }
         self.dirty.extend(ctx.listing.sealed.keys().cloned());
+        self.fetch_all(ctx);
     }
 
     /// A peer's connection closed.
@@ -294,10 +364,25 @@ impl Sealed {
         }
         self.dirty.extend(ctx.listing.sealed.keys().cloned());
         // Fetch what sealed holders keep of stores this device can read now.
-        let known: Vec<((PeerId, SealId), u64)> =
-            self.index.iter().map(|(k, v)| (*k, *v)).collect();
-        for ((peer, sid), next) in known {
-            self.maybe_fetch(peer, sid, next, ctx);
+        self.fetch_all(ctx);
+    }
+
+    /// Asks every connected sealed holder of every sealed store this device reads for
+    /// what it has not fetched (unless it is known to have nothing more).
+    fn fetch_all(&mut self, ctx: &Ctx<'_>) {
+        let mut wanted = Vec::new();
+        for sid in ctx.listing.sealed.values() {
+            let Some(view) = ctx.listing.custody.get(sid) else {
+                continue;
+            };
+            for (peer, (name, role)) in ctx.devices {
+                if view.keeps(name, *role) {
+                    wanted.push((*peer, *sid));
+                }
+            }
+        }
+        for (peer, sid) in wanted {
+            self.maybe_fetch(peer, sid, ctx);
         }
     }
 
@@ -323,7 +408,7 @@ impl Sealed {
                         continue;
                     }
                     self.index.insert((peer, sid), next);
-                    self.maybe_fetch(peer, sid, next, ctx);
+                    self.maybe_fetch(peer, sid, ctx);
                 }
             }
             SealedMessage::Blobs { sid, from, blobs } => {
@@ -520,7 +605,9 @@ impl Sealed {
         self.dirty.insert(String::new());
     }
 
-    fn maybe_fetch(&mut self, peer: PeerId, sid: SealId, next: u64, ctx: &Ctx<'_>) {
+    /// Asks `peer` (a sealed holder of `sid`) for the blobs this device has not
+    /// fetched, unless it is known to keep no more or a fetch is under way.
+    fn maybe_fetch(&mut self, peer: PeerId, sid: SealId, ctx: &Ctx<'_>) {
         let Some((name, role)) = ctx.devices.get(&peer) else {
             return;
         };
@@ -538,7 +625,11 @@ impl Sealed {
             .cursors
             .get(&Self::cursor_key(&sid, name))
             .map_or(0, |c| c.fetched);
-        if from >= next {
+        if self
+            .index
+            .get(&(peer, sid))
+            .is_some_and(|next| from >= *next)
+        {
             return;
         }
         if self
@@ -591,6 +682,7 @@ impl Sealed {
             match self.open_blob(&store, &view, sid, blob, ctx) {
                 Step::Applied => applied += 1,
                 Step::Refused(reason) => {
+                    *self.refused.entry(sid).or_default() += 1;
                     tracing::warn!(store = %store.name(), peer = %name, %reason, "refused a sealed blob");
                     record_to(
                         &self.audit,
@@ -625,9 +717,12 @@ impl Sealed {
             cursor.fetched = at;
             self.save_cursors();
         }
-        let next = self.index.get(&(peer, sid)).copied().unwrap_or(0);
-        if at > from && at < next {
-            self.maybe_fetch(peer, sid, next, ctx);
+        if blobs.is_empty() {
+            // Nothing more: the holder keeps `from` blobs.
+            self.index.insert((peer, sid), from);
+        } else if at == from + blobs.len() as u64 {
+            // All taken in: ask for more (a blob that must wait is asked for later).
+            self.maybe_fetch(peer, sid, ctx);
         }
     }
 
@@ -726,11 +821,7 @@ impl Sealed {
         let all = rescan || self.dirty.contains("");
         if rescan {
             self.last_scan = Instant::now();
-            let known: Vec<((PeerId, SealId), u64)> =
-                self.index.iter().map(|(k, v)| (*k, *v)).collect();
-            for ((peer, sid), next) in known {
-                self.maybe_fetch(peer, sid, next, ctx);
-            }
+            self.fetch_all(ctx);
         }
         let dirty = std::mem::take(&mut self.dirty);
         for (id, sid) in &ctx.listing.sealed {
