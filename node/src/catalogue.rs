@@ -43,6 +43,8 @@ use sha2::{Digest as _, Sha256};
 mod sealed;
 
 pub use sealed::CustodyView;
+#[cfg(test)]
+pub(crate) use sealed::share_key;
 
 /// The catalogue's store name.
 pub const NAME: &str = "hearth.catalogue";
@@ -545,6 +547,7 @@ impl Catalogue {
         }
         let mut changed = false;
         let mut waiting = false;
+        Self::forget_shares(&mut state);
         for key in self.store.keys()? {
             if let Some(rest) = key.strip_prefix("replica/") {
                 if let Some((id, device)) = rest.split_once('/')

@@ -40,14 +40,14 @@ use serde_json::json;
 use crate::mesh::{MeshConfig, peer_id};
 use crate::{MeshSetup, Node, NodeConfig};
 
-const OWNER_SEED: [u8; 32] = [1; 32];
+pub(crate) const OWNER_SEED: [u8; 32] = [1; 32];
 
 fn now() -> UnixMillis {
     UnixMillis::from_system_time(std::time::SystemTime::now())
 }
 
 /// Polls `f` (at most 30 s) until it returns something.
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Some(value) = f() {
@@ -74,14 +74,15 @@ fn certificate(owner: &OwnerKey, key: &NodeKey, name: &str, role: Role) -> Chain
     .unwrap()
 }
 
-struct Device {
-    node: Arc<Node>,
-    key: NodeKey,
-    peer: PeerId,
+pub(crate) struct Device {
+    pub(crate) node: Arc<Node>,
+    pub(crate) key: NodeKey,
+    pub(crate) peer: PeerId,
 }
 
-/// A whole node `name` in `dir`, dialling `bootstrap`; the owner key only on home.
-async fn device(
+/// A whole node `name` in `dir`, dialling `bootstrap`; the owner key only on the
+/// device named home.
+pub(crate) async fn device(
     dir: &std::path::Path,
     seed: u8,
     name: &str,
@@ -103,7 +104,7 @@ async fn device(
         mesh: Some(MeshSetup {
             certificate: certificate(&owner, &key, name, role),
             owner: owner.public(),
-            owner_key: (role == Role::Home).then(|| owner.clone()),
+            owner_key: (name == "home").then(|| owner.clone()),
             config: MeshConfig {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
                 bootstrap: bootstrap.cloned().into_iter().collect(),
@@ -128,7 +129,7 @@ async fn device(
     Device { node, key, peer }
 }
 
-async fn address(device: &Device) -> Multiaddr {
+pub(crate) async fn address(device: &Device) -> Multiaddr {
     let mesh = device.node.mesh.get().unwrap();
     loop {
         if let Some(addr) = mesh.status().await.unwrap().listen.first().cloned() {
@@ -138,7 +139,7 @@ async fn address(device: &Device) -> Multiaddr {
     }
 }
 
-async fn connected_to(device: &Device, names: &[&str]) -> bool {
+pub(crate) async fn connected_to(device: &Device, names: &[&str]) -> bool {
     let peers = device
         .node
         .mesh
@@ -154,7 +155,7 @@ async fn connected_to(device: &Device, names: &[&str]) -> bool {
 }
 
 /// Home (seed 10) and the cloud VM (seed 12, dialling home), once home has admitted it.
-async fn home_and_vm(
+pub(crate) async fn home_and_vm(
     dir: &std::path::Path,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> (Device, Device) {
@@ -165,7 +166,7 @@ async fn home_and_vm(
     (home, vm)
 }
 
-fn refusals(audit: &AuditLog, action: &str, object: &str) -> usize {
+pub(crate) fn refusals(audit: &AuditLog, action: &str, object: &str) -> usize {
     audit
         .entries(None, None, Some(action))
         .unwrap()
@@ -175,7 +176,10 @@ fn refusals(audit: &AuditLog, action: &str, object: &str) -> usize {
 }
 
 /// Everything a store holds, to compare byte for byte: its digest and its content.
-fn content(node: &Node, store: &str) -> Option<(hearth_protocol::sync::Digest, Vec<String>)> {
+pub(crate) fn content(
+    node: &Node,
+    store: &str,
+) -> Option<(hearth_protocol::sync::Digest, Vec<String>)> {
     let store = node.stores.get(store).ok()?;
     let mut values = Vec::new();
     for key in store.keys().unwrap() {
@@ -578,7 +582,7 @@ async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
 }
 
 /// Polls an async condition (at most 30 s).
-async fn eventually_async<F, Fut>(mut f: F)
+pub(crate) async fn eventually_async<F, Fut>(mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! seal/<sid>/<hash>                 a custody document signed by the owner key (`hcus1:`)
-//! share/<sid>/<epoch>/<recipient>   an epoch's key wrapped to one more device (`hksh1:`)
+//! share/<sid>/<epoch>/<recipient>/<hash>   an epoch's key wrapped to one more device (`hksh1:`)
 //! ```
 //!
 //! The placement document of a sealed store is never written to the catalogue in
@@ -24,11 +24,16 @@ use hearth_protocol::sealed::{
 use hearth_protocol::sync::authority::SignedPlacement;
 use hearth_protocol::sync::placement::Policy;
 use serde_json::Value;
+use sha2::Digest as _;
 
 use super::{Catalogue, CatalogueError, State, now};
 
 /// How far in the future a custody document may be dated.
 const CUSTODY_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+/// Most refused shares remembered (beyond, they are judged, and audited, again).
+const MAX_REFUSED_SHARES: usize = 4096;
+/// Most shares to this device judged per epoch (any member can write them).
+const MAX_SHARES: usize = 64;
 /// Most custody documents kept per seal id (epochs; the oldest go first).
 const MAX_EPOCHS: usize = 1024;
 /// What the custody state file's header calls it.
@@ -39,10 +44,13 @@ pub(super) const FILE_KIND: &str = "custody";
 pub(super) struct SealState {
     /// Verified custody documents, per seal id, by rank (the winner last).
     custody: BTreeMap<SealId, BTreeMap<CustodyRank, SignedCustody>>,
-    /// Shares wrapped to this device, by seal id and epoch.
-    shares: BTreeMap<(SealId, u64), KeyShare>,
-    /// Every share the catalogue lists: seal id, epoch, recipient.
-    shared: BTreeSet<(SealId, u64, PublicKey)>,
+    /// Shares wrapped to this device for epochs it has no key of, by seal id and epoch
+    /// (any member can write one: each is checked against the owner's commitment).
+    shares: BTreeMap<(SealId, u64), Vec<KeyShare>>,
+    /// Shares refused once (by catalogue key): not judged or audited again.
+    refused_shares: BTreeSet<String>,
+    /// Every share the catalogue lists, by catalogue key.
+    shared: BTreeSet<String>,
     /// Keys this device unwrapped, by seal id and epoch.
     keys: BTreeMap<(SealId, u64), ContentKey>,
     /// Custody documents whose placement this device opened (or cannot: no key).
@@ -86,12 +94,15 @@ pub(super) fn custody_key(doc: &SignedCustody) -> String {
     )
 }
 
-fn share_key(share: &KeyShare) -> String {
+/// Where a share is listed in the catalogue.
+pub(crate) fn share_key(share: &KeyShare) -> String {
+    let hash: [u8; 32] = sha2::Sha256::digest(share.encode()).into();
     format!(
-        "share/{}/{}/{}",
+        "share/{}/{}/{}/{}",
         hex::encode(share.sid),
         share.epoch,
-        hex::encode(share.envelope.recipient.as_bytes())
+        hex::encode(share.envelope.recipient.as_bytes()),
+        hex::encode(&hash[..8])
     )
 }
 
@@ -191,14 +202,19 @@ impl Catalogue {
         if key != share_key(&share) {
             return;
         }
-        state
-            .seal
-            .shared
-            .insert((share.sid, share.epoch, share.envelope.recipient));
+        state.seal.shared.insert(key.to_owned());
         if share.envelope.recipient == self.signer.node_key.public()
             && !state.seal.keys.contains_key(&(share.sid, share.epoch))
+            && !state.seal.refused_shares.contains(key)
         {
-            state.seal.shares.insert((share.sid, share.epoch), share);
+            let list = state
+                .seal
+                .shares
+                .entry((share.sid, share.epoch))
+                .or_default();
+            if !list.contains(&share) && list.len() < MAX_SHARES {
+                list.push(share);
+            }
         }
     }
 
@@ -217,27 +233,29 @@ impl Catalogue {
                 if seal.keys.contains_key(&at) {
                     continue;
                 }
-                let key = owner
+                let mut key = owner
                     .as_ref()
                     .and_then(|o| c.key_for(o).ok())
                     .or_else(|| c.key_for(&node).ok());
-                let key = match (key, seal.shares.remove(&at)) {
-                    (Some(key), _) => Some(key),
-                    (None, Some(share)) => match share.open(&node, c) {
-                        Ok(key) => Some(key),
-                        Err(err) => {
-                            refused.push((share_key(&share), err.to_string()));
-                            None
+                // Every share is judged (and a bad one audited), even after a good one.
+                for share in seal.shares.remove(&at).unwrap_or_default() {
+                    match share.open(&node, c) {
+                        Ok(opened) => {
+                            key.get_or_insert(opened);
                         }
-                    },
-                    (None, None) => None,
-                };
+                        Err(err) => refused.push((share_key(&share), err.to_string())),
+                    }
+                }
                 if let Some(key) = key {
                     seal.keys.insert(at, key);
                 }
             }
         }
         for (key, err) in refused {
+            if state.seal.refused_shares.len() >= MAX_REFUSED_SHARES {
+                state.seal.refused_shares.clear();
+            }
+            state.seal.refused_shares.insert(key.clone());
             tracing::warn!(%key, error = %err, "a key share does not count");
             self.record("sealed.share", &key, &format!("refused: {err}"));
         }
@@ -376,6 +394,20 @@ impl Catalogue {
         state.seal.stores.contains_key(id)
     }
 
+    /// Is there a custody document of `sid` for `epoch`?
+    pub fn has_epoch(&self, sid: &SealId, epoch: u64) -> bool {
+        self.lock()
+            .seal
+            .custody
+            .get(sid)
+            .is_some_and(|docs| docs.values().any(|d| d.custody().epoch == epoch))
+    }
+
+    /// Forgets which shares the catalogue lists, before it is read again.
+    pub(super) fn forget_shares(state: &mut State) {
+        state.seal.shared.clear();
+    }
+
     /// The key of `sid`'s `epoch`, if this device holds it.
     pub fn sealed_key(&self, sid: &SealId, epoch: u64) -> Option<ContentKey> {
         self.lock().seal.keys.get(&(*sid, epoch)).cloned()
@@ -406,23 +438,23 @@ impl Catalogue {
                         || !policy.holds(name, *role, &c.origin)
                         || state.revocations.is_key_revoked(node)
                         || c.recipients().any(|r| r == node)
-                        || state.seal.shared.contains(&(c.sid, c.epoch, *node))
                     {
                         continue;
                     }
-                    let share = KeyShare::new(key, &c.sid, c.epoch, node, random()?)
+                    // Made alike by every holder: listed already unless a member
+                    // deleted it (what else is listed for the device does not count).
+                    let share = KeyShare::for_holder(key, &c.sid, c.epoch, node)
                         .map_err(|err| CatalogueError::Invalid(err.to_string()))?;
-                    shares.push((name.clone(), share));
+                    if !state.seal.shared.contains(&share_key(&share)) {
+                        shares.push((name.clone(), share));
+                    }
                 }
             }
         }
         for (name, share) in &shares {
             self.store
                 .put(&share_key(share), Value::String(share.to_text()))?;
-            self.lock()
-                .seal
-                .shared
-                .insert((share.sid, share.epoch, share.envelope.recipient));
+            self.lock().seal.shared.insert(share_key(share));
             self.record(
                 "sealed.share",
                 &format!("{} epoch {} to {name}", hex::encode(share.sid), share.epoch),

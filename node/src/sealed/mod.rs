@@ -24,6 +24,9 @@
 
 pub mod vault;
 
+#[cfg(test)]
+mod hostile_tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -780,6 +783,12 @@ impl Sealed {
             ));
         }
         let Some(key) = ctx.catalogue.sealed_key(&sid, blob.epoch) else {
+            if !ctx.catalogue.has_epoch(&sid, blob.epoch) {
+                return Step::Refused(format!(
+                    "the blob claims key epoch {}, which the owner never started",
+                    blob.epoch
+                ));
+            }
             // The key of that epoch has not reached this device yet.
             return Step::Wait;
         };

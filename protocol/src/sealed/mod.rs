@@ -705,6 +705,27 @@ impl KeyShare {
         })
     }
 
+    /// The share of `key` for `recipient` that every holder of the key makes alike: its
+    /// ephemeral secret is derived from the key (HKDF-SHA256), so a holder can tell
+    /// whether the share it would write is listed already, whatever else (a member's
+    /// junk) is listed beside it.
+    pub fn for_holder(
+        key: &ContentKey,
+        sid: &SealId,
+        epoch: u64,
+        recipient: &PublicKey,
+    ) -> Result<Self, SealError> {
+        let mut salt = sid.to_vec();
+        salt.extend_from_slice(&epoch.to_be_bytes());
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(&salt), key.as_bytes());
+        let mut seed = Zeroizing::new([0u8; 32]);
+        let mut info = b"hearth/v1/share-seed".to_vec();
+        info.extend_from_slice(recipient.as_bytes());
+        // 32 bytes is far below HKDF-SHA256's limit.
+        let _ = hk.expand(&info, seed.as_mut());
+        Self::new(key, sid, epoch, recipient, *seed)
+    }
+
     /// The key, unwrapped with `secret` and checked against the commitment of
     /// `custody` (the custody document of the same seal id and epoch).
     pub fn open(&self, secret: &SecretKey, custody: &Custody) -> Result<ContentKey, SealError> {
@@ -1017,6 +1038,18 @@ mod tests {
         assert!(replayed.open(&phone, e2.custody()).is_err());
         assert!(old.open(&phone, e2.custody()).is_err());
         assert_eq!(old.open(&phone, e1.custody()).unwrap(), k1);
+        // Every holder of the key makes the same share for a device.
+        assert_eq!(
+            KeyShare::for_holder(&k2, &SID, 2, &phone.public()).unwrap(),
+            KeyShare::for_holder(&k2, &SID, 2, &phone.public()).unwrap()
+        );
+        assert_eq!(
+            KeyShare::for_holder(&k2, &SID, 2, &phone.public())
+                .unwrap()
+                .open(&phone, e2.custody())
+                .unwrap(),
+            k2
+        );
         // Another device's share does not open for this one.
         assert_eq!(share.open(&home, e2.custody()), Err(SealError::NotForMe));
     }
