@@ -172,16 +172,21 @@ impl Store {
         self.remote(None, unit, Input::Changes(changes))
     }
 
-    /// The changes of one document that are not below `heads` (all of them for no
-    /// heads; heads the document does not know are left out), as automerge saves
-    /// them: what a sealed copy of the store is sent. None if the store has no such
-    /// document.
+    /// The changes of one document that are not below `heads` (for no heads, the
+    /// whole document saved; heads the document does not know are left out), as
+    /// automerge saves them: what a sealed copy of the store is sent. None if the store
+    /// has no such document.
     pub fn changes_since(
         &self,
         unit: Unit,
         heads: &[Head],
     ) -> Result<Option<Vec<u8>>, ReplicaError> {
         fn after(doc: &mut AutoCommit, heads: &[Head]) -> Vec<u8> {
+            // From nothing: the whole document, saved (compressed), which loads as
+            // changes do.
+            if heads.is_empty() {
+                return doc.save();
+            }
             let known: Vec<automerge::ChangeHash> = heads
                 .iter()
                 .map(|h| automerge::ChangeHash(*h))
@@ -197,8 +202,23 @@ impl Store {
                 if let Some(chunk) = series.open.get_mut(&start) {
                     return Ok(Some(after(&mut chunk.doc, heads)));
                 }
-                if !series.index.contains_key(&start) || self.expired(start) {
+                let Some(info) = series.index.get(&start) else {
                     return Ok(None);
+                };
+                if self.expired(start) {
+                    return Ok(None);
+                }
+                if heads.is_empty() && info.closed {
+                    // A closed chunk is kept saved: sent as it is.
+                    let key = chunk_key(start, b"s");
+                    let raw = backend
+                        .get(&key)
+                        .map_err(|err| local(StoreError::backend(&self.meta.name, err)))?;
+                    if let Some(saved) =
+                        raw.and_then(|raw| frame::open(&key, &raw).map(<[u8]>::to_vec))
+                    {
+                        return Ok(Some(saved));
+                    }
                 }
                 let mut doc =
                     load_closed_chunk(&self.meta.name, backend.as_ref(), start).map_err(local)?;
