@@ -910,8 +910,11 @@ impl Actor {
         let me = self.placement.me.0.clone();
         let listing = self.catalogue.read().unwrap_or_default();
         for info in self.stores.list() {
+            // A sealed store's figures would tell its sealed holders how much it holds
+            // and when it grows: they stay on this device.
             if self.placement.everyone.as_deref() == Some(info.id.as_str())
                 || !listing.stores.contains_key(&info.id)
+                || listing.sealed.contains_key(&info.id)
             {
                 continue;
             }
