@@ -40,9 +40,9 @@ enum Command {
     Compare {
         /// The scenario file.
         scenario: PathBuf,
-        /// Comma-separated strategies.
-        #[arg(long, default_value = "compute-to-data,data-to-cloud,data-to-home")]
-        strategies: String,
+        /// Comma-separated strategies (default: every strategy).
+        #[arg(long)]
+        strategies: Option<String>,
         /// Seed (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
@@ -141,9 +141,8 @@ fn run_one(
 }
 
 fn strategy(text: &str) -> anyhow::Result<Strategy> {
-    Strategy::parse(text).with_context(|| {
-        format!("{text:?} is not a strategy: use compute-to-data, data-to-cloud or data-to-home")
-    })
+    Strategy::parse(text)
+        .with_context(|| format!("{text:?} is not a strategy: use {}", Strategy::names()))
 }
 
 fn main_inner(cli: Cli) -> anyhow::Result<()> {
@@ -178,10 +177,17 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
         } => {
             let sc = Scenario::load(&scenario)?;
             let seed = seed.unwrap_or(sc.seed);
+            let chosen = match strategies {
+                Some(list) => list
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(strategy)
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                None => Strategy::ALL.to_vec(),
+            };
             let mut runs = Vec::new();
             let mut failures = Vec::new();
-            for s in strategies.split(',').filter(|s| !s.trim().is_empty()) {
-                let strat = strategy(s)?;
+            for strat in chosen {
                 let (summary, recorder) = run_one(&sc, strat, seed, progress)?;
                 let dir = out.join(strat.as_str());
                 metrics::write_run(&dir, &summary, &recorder)
@@ -207,7 +213,7 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout)]
 fn report(dir: &Path, s: &hearth_netsim::Summary) {
     println!(
-        "{} {} seed {}: {} nodes, {} writes (convergence p50 {} ms, p99 {} ms), {} jobs ({:.1}% answered, p50 {} ms), raw data over the internet {} bytes; outputs in {}",
+        "{} {} seed {}: {} nodes, {} writes (convergence p50 {} ms, p99 {} ms), {} jobs ({:.1}% answered, p50 {} ms), raw data over the internet {} bytes{}; outputs in {}",
         s.scenario,
         s.strategy,
         s.seed,
@@ -219,6 +225,14 @@ fn report(dir: &Path, s: &hearth_netsim::Summary) {
         s.jobs.availability * 100.0,
         s.jobs.latency_ms.p50,
         s.raw_bytes_over_internet,
+        if s.sealed_bytes_to_cloud > 0 {
+            format!(
+                ", sealed data to the cloud {} bytes",
+                s.sealed_bytes_to_cloud
+            )
+        } else {
+            String::new()
+        },
         dir.display()
     );
     if s.relay.connections > 0 {

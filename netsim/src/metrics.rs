@@ -115,7 +115,8 @@ pub struct Recorder {
     raw_left_origin: u64,
     raw_over_wan: u64,
     raw_to_cloud: u64,
-    /// Size of every Push message sent, in order.
+    sealed_to_cloud: u64,
+    /// Size of every Push message of plaintext store data sent, in order.
     pub pushes: Vec<u64>,
     /// What the relays carried.
     pub relay: RelayRecord,
@@ -194,6 +195,14 @@ impl Recorder {
         }
         if to_cloud {
             self.raw_to_cloud += bytes;
+        }
+    }
+
+    /// A message carrying store data as ciphertext (to or from a sealed holder) was
+    /// sent; `bytes` include the sealing overhead.
+    pub fn sealed(&mut self, to_cloud: bool, bytes: u64) {
+        if to_cloud {
+            self.sealed_to_cloud += bytes;
         }
     }
 }
@@ -331,6 +340,9 @@ pub struct Summary {
     pub raw_bytes_over_internet: u64,
     /// Bytes of store data received by cloud devices.
     pub raw_bytes_to_cloud: u64,
+    /// Bytes of store data received by cloud devices as ciphertext (sealed holding),
+    /// the sealing overhead included.
+    pub sealed_bytes_to_cloud: u64,
     /// Jobs.
     pub jobs: JobSummary,
     /// What the relays carried.
@@ -409,6 +421,7 @@ impl Summary {
             raw_bytes_left_origin: r.raw_left_origin,
             raw_bytes_over_internet: r.raw_over_wan,
             raw_bytes_to_cloud: r.raw_to_cloud,
+            sealed_bytes_to_cloud: r.sealed_to_cloud,
             jobs: JobSummary {
                 submitted: r.jobs.len(),
                 ok: ok.len(),
@@ -517,6 +530,30 @@ fn convergence_values(r: &Recorder) -> Vec<f64> {
 
 fn latency_values(r: &Recorder) -> Vec<f64> {
     r.jobs.iter().filter_map(|j| j.latency_us.map(ms)).collect()
+}
+
+/// The groups of the store-data charts: raw data three ways, then ciphertext to the
+/// cloud.
+fn raw_groups() -> [String; 4] {
+    [
+        "left origin".to_owned(),
+        "over internet".to_owned(),
+        "to cloud".to_owned(),
+        "sealed to cloud".to_owned(),
+    ]
+}
+
+/// A summary's values for [`raw_groups`], in units of `unit` bytes.
+fn raw_values(s: &Summary, unit: f64) -> Vec<f64> {
+    [
+        s.raw_bytes_left_origin,
+        s.raw_bytes_over_internet,
+        s.raw_bytes_to_cloud,
+        s.sealed_bytes_to_cloud,
+    ]
+    .iter()
+    .map(|&b| b as f64 / unit)
+    .collect()
 }
 
 /// Writes one run's files into `dir`: summary.json, the CSVs and the plots.
@@ -637,21 +674,10 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
         dir,
         "raw_bytes.svg",
         &svg::bars(
-            &format!("Raw store data moved: {title}"),
+            &format!("Store data moved: {title}"),
             "KiB",
-            &[
-                "left origin".to_owned(),
-                "over internet".to_owned(),
-                "to cloud".to_owned(),
-            ],
-            &[(
-                summary.strategy.clone(),
-                vec![
-                    summary.raw_bytes_left_origin as f64 / 1024.0,
-                    summary.raw_bytes_over_internet as f64 / 1024.0,
-                    summary.raw_bytes_to_cloud as f64 / 1024.0,
-                ],
-            )],
+            &raw_groups(),
+            &[(summary.strategy.clone(), raw_values(summary, 1024.0))],
         ),
     )?;
     write(
@@ -679,12 +705,12 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
     let summaries: Vec<&Summary> = runs.iter().map(|(s, _)| s).collect();
     write(dir, "summary.json", &json(&summaries)?)?;
     let mut csv = String::from(
-        "strategy,raw_bytes_left_origin,raw_bytes_over_internet,raw_bytes_to_cloud,convergence_p50_ms,convergence_p99_ms,job_latency_p50_ms,job_latency_p90_ms,job_latency_p99_ms,availability,availability_during_partition,total_bytes\n",
+        "strategy,raw_bytes_left_origin,raw_bytes_over_internet,raw_bytes_to_cloud,convergence_p50_ms,convergence_p99_ms,job_latency_p50_ms,job_latency_p90_ms,job_latency_p99_ms,availability,availability_during_partition,total_bytes,sealed_bytes_to_cloud\n",
     );
     for s in &summaries {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             s.strategy,
             s.raw_bytes_left_origin,
             s.raw_bytes_over_internet,
@@ -696,7 +722,8 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
             s.jobs.latency_ms.p99,
             s.jobs.availability,
             s.jobs.availability_during_partition,
-            s.bytes_by_class.values().sum::<u64>()
+            s.bytes_by_class.values().sum::<u64>(),
+            s.sealed_bytes_to_cloud
         );
     }
     write(dir, "compare.csv", &csv)?;
@@ -708,25 +735,12 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
         dir,
         "compare_raw_bytes.svg",
         &svg::bars(
-            &format!("Raw store data moved: {title}"),
+            &format!("Store data moved: {title}"),
             "MiB",
-            &[
-                "left origin".to_owned(),
-                "over internet".to_owned(),
-                "to cloud".to_owned(),
-            ],
+            &raw_groups(),
             &summaries
                 .iter()
-                .map(|s| {
-                    (
-                        s.strategy.clone(),
-                        vec![
-                            s.raw_bytes_left_origin as f64 / 1_048_576.0,
-                            s.raw_bytes_over_internet as f64 / 1_048_576.0,
-                            s.raw_bytes_to_cloud as f64 / 1_048_576.0,
-                        ],
-                    )
-                })
+                .map(|s| (s.strategy.clone(), raw_values(s, 1_048_576.0)))
                 .collect::<Vec<_>>(),
         ),
     )?;

@@ -50,14 +50,19 @@ pub enum Strategy {
     DataToCloud,
     /// Every store is replicated to the home devices; jobs run there.
     DataToHome,
+    /// As compute-to-data, and every store is also held sealed (ciphertext only) by the
+    /// cloud devices, which forward it between the plaintext holders; jobs run only
+    /// where the plaintext is.
+    DataToSealedCloud,
 }
 
 impl Strategy {
     /// Every strategy, in the order of comparisons.
-    pub const ALL: [Strategy; 3] = [
+    pub const ALL: [Strategy; 4] = [
         Strategy::ComputeToData,
         Strategy::DataToCloud,
         Strategy::DataToHome,
+        Strategy::DataToSealedCloud,
     ];
 
     /// The name used in scenario files and on the command line.
@@ -66,6 +71,16 @@ impl Strategy {
             Strategy::ComputeToData => "compute-to-data",
             Strategy::DataToCloud => "data-to-cloud",
             Strategy::DataToHome => "data-to-home",
+            Strategy::DataToSealedCloud => "data-to-sealed-cloud",
+        }
+    }
+
+    /// Every name, for messages: `a, b, c or d`.
+    pub fn names() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.join(""),
         }
     }
 
@@ -205,7 +220,8 @@ pub struct StreamSpec {
     pub every: Duration,
     /// Readings per write.
     pub batch: u32,
-    /// The store's placement policy under compute-to-data.
+    /// The store's placement policy under compute-to-data (and, with the cloud devices
+    /// added as sealed holders, under data-to-sealed-cloud).
     pub policy: Policy,
     /// The timeseries chunk window.
     pub window: Duration,
@@ -575,7 +591,7 @@ impl Scenario {
             Some(s) => Strategy::parse(s).ok_or_else(|| {
                 invalid(
                     "strategy",
-                    format!("{s:?} is not a strategy: use compute-to-data, data-to-cloud or data-to-home"),
+                    format!("{s:?} is not a strategy: use {}", Strategy::names()),
                 )
             })?,
         };

@@ -228,6 +228,9 @@ pub fn bars(
     let n = groups.len().max(1) as f64;
     let group_w = pw / n;
     let bar_w = group_w * 0.8 / series.len().max(1) as f64;
+    // Value labels no wider than a bar (about five characters of half an em each), so
+    // that the labels of neighbouring bars of one height do not run together.
+    let font = (bar_w / 2.5).clamp(6.0, 10.0).floor();
     for (g, name) in groups.iter().enumerate() {
         let gx = LEFT + group_w * g as f64;
         let _ = writeln!(
@@ -243,7 +246,7 @@ pub fn bars(
             let x = gx + group_w * 0.1 + bar_w * i as f64;
             let _ = writeln!(
                 s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{font}">{}</text>"#,
                 TOP + ph - h,
                 bar_w * 0.95,
                 colour(i),

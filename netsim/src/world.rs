@@ -16,6 +16,7 @@ use hearth_protocol::device;
 use hearth_protocol::key::{PublicKey, SecretKey};
 use hearth_protocol::mesh::admission::{self, Connection, Gate, Opening};
 use hearth_protocol::mesh::membership::{Membership, Snapshot};
+use hearth_protocol::sealed::{NONCE_LEN, TAG_LEN};
 use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::sync::{self, Engine, Message, StoreRef};
 use hearth_protocol::time::UnixMillis;
@@ -50,6 +51,13 @@ fn catalogue_id(owner: &PublicKey) -> String {
     let digest: [u8; 32] = hasher.finalize().into();
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
+
+/// Bytes a sealed blob adds to the automerge changes it carries: the encoding of
+/// `hearth_protocol::sealed::Blob`, `"HBLB"` and its version (5), the seal id (16), the
+/// key epoch (a varint, 1), the author's key (32), the XChaCha20 nonce (24), the
+/// ciphertext's length (a varint, 2 from 128 B to 16 KiB) and the Poly1305 tag (16).
+/// Added to every message of store data to or from a sealed holder.
+pub const SEALED_OVERHEAD: u64 = 5 + 16 + 1 + 32 + NONCE_LEN as u64 + 2 + TAG_LEN as u64;
 
 /// Shortest retransmission timeout of a reliable transport.
 const RTO_MIN_US: u64 = 200_000;
@@ -121,23 +129,40 @@ struct SimPlacement<'a> {
     catalog: &'a BTreeMap<String, StoreEntry>,
 }
 
+/// Does `node` hold the store in plaintext (it can read it, run jobs on it)?
 fn holds(devices: &[DeviceInfo], node: u32, entry: &StoreEntry) -> bool {
     devices.get(node as usize).is_some_and(|d| {
         d.household == entry.household && entry.policy.holds(&d.name, d.role, &entry.origin_name)
     })
 }
 
+/// Does `node` hold the store sealed (ciphertext only)?
+fn seals(devices: &[DeviceInfo], node: u32, entry: &StoreEntry) -> bool {
+    devices.get(node as usize).is_some_and(|d| {
+        d.household == entry.household && entry.policy.seals(&d.name, d.role, &entry.origin_name)
+    })
+}
+
+/// Does `node` take part in the replication of the store, in plaintext or sealed? A
+/// sealed holder is modelled as a replica that the sync engine keeps like any other
+/// (see `docs/netsim.md`): the same changes move at the same times as between the
+/// real plaintext holders and the sealed one, whose messages are counted as
+/// ciphertext.
+fn replicates(devices: &[DeviceInfo], node: u32, entry: &StoreEntry) -> bool {
+    holds(devices, node, entry) || seals(devices, node, entry)
+}
+
 impl Placement<u32> for SimPlacement<'_> {
     fn peer_holds(&self, peer: &u32, store: &StoreRef) -> bool {
         self.catalog
             .get(&store.id)
-            .is_some_and(|e| holds(self.devices, *peer, e))
+            .is_some_and(|e| replicates(self.devices, *peer, e))
     }
 
     fn we_hold(&self, _peer: &u32, store: &StoreRef) -> bool {
         self.catalog
             .get(&store.id)
-            .is_some_and(|e| holds(self.devices, self.me, e))
+            .is_some_and(|e| replicates(self.devices, self.me, e))
     }
 }
 
@@ -527,16 +552,24 @@ impl World {
     }
 
     fn policy_for(&self, stream: usize) -> Policy {
-        match self.strategy {
-            Strategy::ComputeToData => self
-                .scenario
+        let own = || {
+            self.scenario
                 .streams
                 .get(stream)
-                .map_or_else(Policy::default_policy, |s| s.policy.clone()),
+                .map_or_else(Policy::default_policy, |s| s.policy.clone())
+        };
+        match self.strategy {
+            Strategy::ComputeToData => own(),
             Strategy::DataToCloud => {
                 Policy::parse("origin,role:cloud").unwrap_or_else(|_| Policy::default_policy())
             }
             Strategy::DataToHome => Policy::default_policy(),
+            // The stream's own policy, and the cloud devices hold the store sealed
+            // (unless the policy already names them in plaintext: plaintext wins).
+            Strategy::DataToSealedCloud => {
+                let own = own();
+                Policy::parse(&format!("{own},sealed:role:cloud")).unwrap_or(own)
+            }
         }
     }
 
@@ -623,7 +656,7 @@ impl World {
                 // would be thrown away.
                 let shared = self
                     .household_nodes(h)
-                    .any(|n| n != origin && holds(&self.devices, n, &entry));
+                    .any(|n| n != origin && replicates(&self.devices, n, &entry));
                 if shared {
                     let rx = store.subscribe_local();
                     if let Some(n) = self.nodes.get_mut(origin as usize) {
@@ -851,6 +884,21 @@ impl World {
             self.recorder.lost_on_cut += 1;
             return;
         }
+        // Store data (not the catalogue, which is metadata): its origin, whether it is a
+        // push, and whether it travels sealed (one end holds the store sealed).
+        let data = match &payload {
+            Payload::Sync(data) => self.carried(data).map(|(entry, push)| {
+                let sealed = seals(&self.devices, from, entry) || seals(&self.devices, to, entry);
+                (entry.origin, push, sealed)
+            }),
+            _ => None,
+        };
+        // Ciphertext is the changes in a blob: bigger on the wire by the blob's header
+        // and tag.
+        let bytes = match data {
+            Some((_, _, true)) => bytes + SEALED_OVERHEAD,
+            _ => bytes,
+        };
         let relay = match link.route {
             Route::Relayed { via, .. } if !link.punched => Some(via),
             _ => None,
@@ -891,27 +939,19 @@ impl World {
                 .map_or_else(String::new, |c| c.name.clone());
             self.recorder.traffic(self.now, &name, kind, bytes);
         }
-        if let Payload::Sync(data) = &payload
-            && let Ok(message) = Message::decode(data)
-            && matches!(
-                message,
-                Message::Push { .. } | Message::Sync { .. } | Message::Chunk { .. }
-            )
-        {
-            let entry = message.store().and_then(|id| self.catalog.get(id));
-            // The catalogue is metadata (store names, kinds, policies), not raw data.
-            let raw = entry.is_some_and(|e| !e.catalogue);
-            let origin = entry.map(|e| e.origin);
-            if raw && matches!(message, Message::Push { .. }) {
-                self.recorder.pushes.push(bytes);
-            }
+        if let Some((origin, push, sealed)) = data {
             let to_cloud = self
                 .devices
                 .get(to as usize)
                 .is_some_and(|d| d.role == Role::Cloud);
-            if raw {
-                self.recorder
-                    .raw(origin == Some(from), wan, to_cloud, bytes);
+            if sealed {
+                // Ciphertext: not raw data, wherever it goes.
+                self.recorder.sealed(to_cloud, bytes);
+            } else {
+                if push {
+                    self.recorder.pushes.push(bytes);
+                }
+                self.recorder.raw(origin == from, wan, to_cloud, bytes);
             }
         }
         // Faults.
@@ -983,6 +1023,21 @@ impl World {
                 payload,
             },
         );
+    }
+
+    /// The stream store whose contents a sync message carries (a `Push`, `Sync` or
+    /// `Chunk`; the catalogue is metadata: store names, kinds, policies), and whether
+    /// the message is a push.
+    fn carried(&self, data: &[u8]) -> Option<(&StoreEntry, bool)> {
+        let message = Message::decode(data).ok()?;
+        if !matches!(
+            message,
+            Message::Push { .. } | Message::Sync { .. } | Message::Chunk { .. }
+        ) {
+            return None;
+        }
+        let entry = message.store().and_then(|id| self.catalog.get(id))?;
+        (!entry.catalogue).then_some((entry, matches!(message, Message::Push { .. })))
     }
 
     /// Runs `f` on node `i`'s engine with its replica, then sends what it queued.
@@ -1471,7 +1526,7 @@ impl World {
             let digest = origin.digest();
             for (i, node) in self.nodes.iter().enumerate() {
                 let Ok(i) = u32::try_from(i) else { continue };
-                if i == entry.origin || !holds(&self.devices, i, entry) {
+                if i == entry.origin || !replicates(&self.devices, i, entry) {
                     continue;
                 }
                 checked += 1;
@@ -1774,15 +1829,18 @@ impl World {
             let fits = match self.strategy {
                 Strategy::DataToCloud => d.role == Role::Cloud,
                 Strategy::DataToHome => d.role == Role::Home,
-                Strategy::ComputeToData => reads.iter().all(|store| {
-                    self.scenario
-                        .streams
-                        .iter()
-                        .position(|s| &s.store == store)
-                        .and_then(|s| self.stream_ids.get(&(h, s)))
-                        .and_then(|id| self.catalog.get(id))
-                        .is_some_and(|e| holds(&self.devices, n, e))
-                }),
+                // Only where the plaintext is: never on a sealed holder.
+                Strategy::ComputeToData | Strategy::DataToSealedCloud => {
+                    reads.iter().all(|store| {
+                        self.scenario
+                            .streams
+                            .iter()
+                            .position(|s| &s.store == store)
+                            .and_then(|s| self.stream_ids.get(&(h, s)))
+                            .and_then(|id| self.catalog.get(id))
+                            .is_some_and(|e| holds(&self.devices, n, e))
+                    })
+                }
             };
             if !fits {
                 continue;
