@@ -71,6 +71,9 @@ pub(crate) enum Input {
     Restore,
     /// Where fetching sealed stores stands.
     Sealed(oneshot::Sender<SealedStatus>),
+    /// Every unrevoked device of the mesh (name, role, node key): sealed stores' keys
+    /// are shared with those their policies name.
+    Members(Vec<(String, Role, hearth_protocol::key::PublicKey)>),
 }
 
 /// Where fetching sealed stores stands, for `hearth restore`.
@@ -412,6 +415,11 @@ impl Actor {
             Input::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Input::Members(devices) => match self.catalogue.share_keys(&devices) {
+                Ok(0) => {}
+                Ok(_) => self.reload_catalogue(false),
+                Err(err) => tracing::warn!(error = %err, "cannot share sealed stores' keys"),
+            },
             Input::Restore => {
                 self.restoring = true;
                 self.reload_catalogue(true);
@@ -512,21 +520,32 @@ impl Actor {
         }
     }
 
-    /// Wraps sealed stores' keys to the connected devices that hold them in plaintext
-    /// and lack them.
+    /// Wraps sealed stores' keys to the devices of the mesh (connected or not) that
+    /// hold them in plaintext and lack them: asks the mesh for its devices, and takes
+    /// the answer as [`Input::Members`].
     fn share_keys(&mut self) {
-        let devices: Vec<_> = self
-            .placement
-            .devices
-            .iter()
-            .filter_map(|(peer, (name, role))| {
-                Some((name.clone(), *role, crate::mesh::peer_key(peer)?))
-            })
-            .collect();
-        match self.catalogue.share_keys(&devices) {
-            Ok(0) => {}
-            Ok(_) => self.reload_catalogue(false),
-            Err(err) => tracing::warn!(error = %err, "cannot share sealed stores' keys"),
+        if self.listing.custody.is_empty() {
+            return;
+        }
+        let mesh = self.mesh.clone();
+        let inputs = self.inputs.clone();
+        let ask = async move {
+            let Ok(devices) = mesh.devices().await else {
+                return;
+            };
+            let members = devices
+                .into_iter()
+                .filter(|d| !d.revoked)
+                .filter_map(|d| {
+                    let role = d.role.parse().ok()?;
+                    let peer: PeerId = d.peer_id.parse().ok()?;
+                    Some((d.name, role, crate::mesh::peer_key(&peer)?))
+                })
+                .collect();
+            let _ = inputs.send(Input::Members(members)).await;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(ask);
         }
     }
 

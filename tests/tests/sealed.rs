@@ -384,20 +384,15 @@ fn a_device_taken_off_a_sealed_store_or_revoked_cannot_read_what_is_written_afte
     let phone_keys = keys_of(&phone, &all, &phone_shares);
     let home_keys = keys_of(&home, &all, &home_shares);
     for store in ["moved", "revoked"] {
-        assert_eq!(
-            opened_with(&blobs, &home_keys, &format!("after-{store}")),
-            1
-        );
+        assert!(opened_with(&blobs, &home_keys, &format!("after-{store}")) >= 1);
         assert_eq!(
             opened_with(&blobs, &phone_keys, &format!("after-{store}")),
             0,
             "{store}"
         );
-        // ... while what was written before stays readable to it (it was its to read).
-        assert_eq!(
-            opened_with(&blobs, &phone_keys, &format!("before-{store}")),
-            1
-        );
+        // ... while what was written before stays readable to it (it was its to read;
+        // home and the phone may each have sent it).
+        assert!(opened_with(&blobs, &phone_keys, &format!("before-{store}")) >= 1);
     }
 }
 
