@@ -783,7 +783,15 @@ impl Catalogue {
             .into_iter()
             .filter(|k| k.starts_with("place/"))
             .collect();
+        // The plaintext documents of a store sealed since are left where they are: a
+        // device that cannot open the sealed one (a sealed holder) keeps them as the
+        // store's placement and would write them back (what they say it knew before).
+        let sealed: BTreeSet<String> = self.lock().seal.stores().keys().cloned().collect();
         for key in present.difference(&keep.keys().cloned().collect()) {
+            let id = key.split('/').nth(1).unwrap_or_default();
+            if sealed.contains(id) {
+                continue;
+            }
             self.store.delete(key)?;
             wrote = true;
         }

@@ -543,3 +543,53 @@ fn a_new_device_from_the_recovery_phrase_alone_restores_every_sealed_store_from_
     stop(fresh_node);
     stop(cloud_node);
 }
+
+#[test]
+fn a_store_placed_in_plaintext_first_can_be_sealed_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let three = three_devices(tmp.path());
+    let [home_node, phone_node, cloud_node] = three.nodes;
+    let (home, cloud) = (three.home, three.cloud);
+    json_ok(&home, &["store", "create", "later", "--kind", "kv"]);
+    json_ok(&home, &["store", "put", "later", "a", "1"]);
+    let place_keys = |dir: &Path| -> usize {
+        json_ok(dir, &["store", "keys", "hearth.catalogue"])["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k.as_str().unwrap().starts_with("place/"))
+            .count()
+    };
+    wait_until("the cloud lists the store", 60, || {
+        json_ok(&cloud, &["store", "ls"])
+            .to_string()
+            .contains("later")
+            .then_some(())
+    });
+    let before = place_keys(&home);
+    json_ok(
+        &home,
+        &[
+            "store",
+            "policy",
+            "later",
+            "--replicas",
+            "origin,role:home,sealed:role:cloud",
+        ],
+    );
+    json_ok(&home, &["store", "put", "later", "b", "2"]);
+    wait_until("the cloud stored it sealed", 60, || {
+        (replica(&home, "later", "vm")?["in_sync"] == true).then_some(())
+    });
+    // The cloud knew the store by its name before; it keeps the placement it could
+    // read (the sealed one never reaches it in plaintext), and home leaves that
+    // document in the catalogue rather than fight the cloud over it.
+    let listed = json_ok(&cloud, &["store", "ls"]);
+    assert!(listed.to_string().contains("origin,role:home"), "{listed}");
+    assert!(!listed.to_string().contains("sealed:"), "{listed}");
+    assert_eq!(place_keys(&home), before);
+    assert!(!hearth(&cloud, &["store", "keys", "later"]).status.success());
+    stop(home_node);
+    stop(phone_node);
+    stop(cloud_node);
+}
