@@ -997,8 +997,8 @@ impl Actor {
     }
 }
 
-/// Writes one audit entry of the replication loop.
-fn record_to(audit: &AuditLog, action: &str, object: &str, outcome: &str, bytes: u64) {
+/// Writes one audit entry of the replication loop (and its sealed side).
+pub(crate) fn record_to(audit: &AuditLog, action: &str, object: &str, outcome: &str, bytes: u64) {
     if let Err(err) = audit.record(AuditEvent {
         actor: "sync".into(),
         action: action.into(),

@@ -271,6 +271,45 @@ pub mod cli {
         }
     }
 
+    /// `hearth init --recover --name NAME --role home` in `dir`, with `phrase` on stdin.
+    pub fn recover(dir: &Path, name: &str, phrase: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new(hearth_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["init", "--recover", "--name", name, "--role", "home"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{phrase}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Every file under `dir` whose bytes contain `needle`.
+    pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                for entry in std::fs::read_dir(&path).unwrap().flatten() {
+                    stack.push(entry.path());
+                }
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(path);
+            }
+        }
+        hits
+    }
+
     /// Joins each `(data dir, name, role)` to the mesh of `home`'s running node, with a
     /// ticket `home` issues for it.
     pub fn join_all(home: &Path, devices: &[(&Path, &str, &str)]) {

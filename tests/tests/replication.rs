@@ -14,7 +14,9 @@
 
 use std::path::Path;
 
-use hearth_tests::cli::{hearth, init, json_ok, start_meshed as start, stop, wait_until};
+use hearth_tests::cli::{
+    files_containing, hearth, init, json_ok, start_meshed as start, stop, wait_until,
+};
 use serde_json::Value;
 
 /// Every record of `store` on `dir`'s node, or `None` while that node does not hold
@@ -46,23 +48,6 @@ fn in_sync(dir: &Path, store: &str, device: &str) -> Option<bool> {
         .iter()
         .find(|r| r["device"] == device)?["in_sync"]
         .as_bool()
-}
-
-fn files_contain(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap().flatten() {
-                stack.push(entry.path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&path)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            hits.push(path.display().to_string());
-        }
-    }
-    hits
 }
 
 #[test]
@@ -210,9 +195,9 @@ fn stores_follow_their_policy_and_catch_up() {
     // audit entry naming it.
     assert!(!cloud.join("stores").join(&location_id).exists());
     assert!(
-        files_contain(&cloud, b"marker-").is_empty(),
+        files_containing(&cloud, b"marker-").is_empty(),
         "readings reached the cloud: {:?}",
-        files_contain(&cloud, b"marker-")
+        files_containing(&cloud, b"marker-")
     );
     let audit = json_ok(&cloud, &["audit"]);
     for entry in audit["entries"].as_array().unwrap() {

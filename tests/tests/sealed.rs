@@ -11,12 +11,15 @@
     clippy::indexing_slicing
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hearth_protocol::key::{NodeKey, OwnerKey};
 use hearth_protocol::sealed::{Blob, ContentKey, KeyShare, SignedCustody};
 use hearth_protocol::statefile;
-use hearth_tests::cli::{hearth, json_ok, start_meshed as start, stop, three_devices, wait_until};
+use hearth_tests::cli::{
+    files_containing, hearth, json_ok, recover, start_meshed as start, stop, three_devices,
+    wait_until,
+};
 use hearth_tests::work::append;
 use serde_json::Value;
 
@@ -44,24 +47,6 @@ fn replica(dir: &Path, store: &str, device: &str) -> Option<Value> {
         .iter()
         .find(|r| r["device"] == device)
         .cloned()
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap().flatten() {
-                stack.push(entry.path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&path)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            hits.push(path);
-        }
-    }
-    hits
 }
 
 fn readings(from: u64, n: u64) -> Vec<String> {
@@ -394,27 +379,6 @@ fn a_device_taken_off_a_sealed_store_or_revoked_cannot_read_what_is_written_afte
         // home and the phone may each have sent it).
         assert!(opened_with(&blobs, &phone_keys, &format!("before-{store}")) >= 1);
     }
-}
-
-/// `hearth init --recover` with `phrase` on stdin.
-fn recover(dir: &Path, name: &str, phrase: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(hearth_tests::cli::hearth_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["init", "--recover", "--name", name, "--role", "home"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{phrase}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -38,12 +38,13 @@ use hearth_protocol::sealed::message::SealedMessage;
 use hearth_protocol::sealed::{Blob, Bundle, MAX_BLOB_BYTES, SealId};
 use hearth_protocol::statefile;
 use hearth_protocol::sync::{Head, ReplicaError, Unit};
-use hearth_stores::audit::{AuditLog, Event as AuditEvent};
+use hearth_stores::audit::AuditLog;
 use hearth_stores::{Kind, Store, StoreMeta, Stores};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Catalogue, CustodyView, Listing};
+use crate::replication::record_to;
 pub use vault::Vault;
 
 /// Bytes of changes gathered into one blob before it is sent (a document's changes
@@ -950,18 +951,4 @@ enum Step {
     Refused(String),
     Skipped,
     Wait,
-}
-
-/// Writes one audit entry of the sealed side.
-fn record_to(audit: &AuditLog, action: &str, object: &str, outcome: &str, bytes: u64) {
-    if let Err(err) = audit.record(AuditEvent {
-        actor: "sync".into(),
-        action: action.into(),
-        object: object.into(),
-        cap_id: None,
-        outcome: outcome.into(),
-        bytes,
-    }) {
-        tracing::error!(error = %err, "cannot write the audit log");
-    }
 }

@@ -36,7 +36,7 @@ use hearth_protocol::key::SecretKey;
 use hearth_protocol::sealed::{Blob, ContentKey};
 use hearth_tests::api::Api;
 use hearth_tests::cli::{
-    LOOPBACK_MESH, RunningNode, hearth_bin, init, join_all, json_ok, start_with, stop,
+    LOOPBACK_MESH, RunningNode, hearth_bin, init, join_all, json_ok, recover, start_with, stop,
     wait_closely as wait,
 };
 use serde_json::{Value, json};
@@ -351,7 +351,7 @@ fn main() {
     stop(home_node);
     std::fs::remove_dir_all(&home).unwrap();
     let fresh = tmp.join("fresh");
-    recover(&fresh, &phrase);
+    recover(&fresh, "home2", &phrase);
     let (fresh_node, fresh_api) = start(&fresh);
     let started = Instant::now();
     let out = std::process::Command::new(hearth_bin())
@@ -379,25 +379,4 @@ fn main() {
     stop(fresh_node);
     stop(cloud_node);
     let _ = std::fs::remove_dir_all(&tmp);
-}
-
-/// `hearth init --recover` with `phrase` on stdin.
-fn recover(dir: &Path, phrase: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(hearth_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["init", "--recover", "--name", "home2", "--role", "home"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{phrase}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
