@@ -99,10 +99,11 @@ fn a_sealed_cloud_forwards_between_devices_never_online_together_and_learns_noth
             "origin,phone,sealed:role:cloud",
         ],
     );
-    append(&home, STORE, &readings(0, 5));
+    // A day of readings, one a minute: two thirds written at home, the rest on the phone.
+    append(&home, STORE, &readings(0, 960));
     // The phone learns the placement (it gets the key from home) and the readings.
     wait_until("the phone holds home's readings", 60, || {
-        (records(&phone, STORE)?.len() == 5).then_some(())
+        (records(&phone, STORE)?.len() == 960).then_some(())
     });
     // The cloud stored all of it, sealed.
     wait_until("the cloud stored home's readings", 60, || {
@@ -112,7 +113,7 @@ fn a_sealed_cloud_forwards_between_devices_never_online_together_and_learns_noth
 
     // Home goes away; the phone writes; the cloud keeps it.
     stop(home_node);
-    append(&phone, STORE, &readings(5, 20));
+    append(&phone, STORE, &readings(960, 480));
     wait_until("the cloud stored the phone's readings", 60, || {
         let r = replica(&phone, STORE, "vm")?;
         (r["in_sync"] == true).then_some(())
@@ -125,14 +126,14 @@ fn a_sealed_cloud_forwards_between_devices_never_online_together_and_learns_noth
     wait_until(
         "home fetched the phone's readings from the cloud",
         60,
-        || (records(&home, STORE)?.len() == 25).then_some(()),
+        || (records(&home, STORE)?.len() == 1440).then_some(()),
     );
     let got: Vec<String> = records(&home, STORE)
         .unwrap()
         .iter()
         .map(|r| r["value"][FIELD].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert!(got.contains(&format!("{VALUE}-24")), "{got:?}");
+    assert!(got.contains(&format!("{VALUE}-1439")));
     // Sync traffic is audited in sums every few seconds.
     wait_until("home audited the fetch from the cloud", 30, || {
         let fetched = json_ok(&home, &["audit", "--action", "sealed.fetch"]);
