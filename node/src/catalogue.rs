@@ -19,7 +19,8 @@
 //! what each device says of itself, for display only; nothing is decided on them.
 //!
 //! A sealed store's placement document is never written here in plaintext: it travels
-//! encrypted in an owner-signed custody document (`seal/…`, see [`sealed`]).
+//! encrypted in an owner-signed custody document (`seal/…`, kept by the private module
+//! `sealed`; see [`CustodyView`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
