@@ -99,7 +99,14 @@ pub struct StoreInfo {
 #[derive(Debug)]
 pub struct Stores {
     config: StoresConfig,
+    /// Are the stores on disk, under `config.root` with an index? (Not when made by
+    /// [`Stores::in_memory`].)
+    on_disk: bool,
+    /// Decoded readings of closed chunks each timeseries store keeps in memory.
+    cache_readings: usize,
     stores: RwLock<BTreeMap<String, Entry>>,
+    /// The usable stores by id; changed only under the write lock of `stores`.
+    by_id: RwLock<std::collections::HashMap<String, Arc<Store>>>,
     /// The creation time of the last replica made by sync (each is later than the one
     /// before, so each gets its own actor).
     last_replica: std::sync::Mutex<u64>,
@@ -175,6 +182,7 @@ impl Stores {
                         &entry.name,
                         ActorId::from(actor.as_slice()),
                         config.clock.clone(),
+                        crate::store::CACHE_READINGS,
                     )
                 });
             let name = entry.name.clone();
@@ -188,11 +196,41 @@ impl Stores {
                 }
             }
         }
+        let by_id = stores
+            .values()
+            .filter_map(|entry| match entry {
+                Entry::Ready(store) => Some((store.meta().id.clone(), store.clone())),
+                Entry::Broken { .. } => None,
+            })
+            .collect();
         Ok(Self {
             config,
+            on_disk: true,
+            cache_readings: crate::store::CACHE_READINGS,
             stores: RwLock::new(stores),
+            by_id: RwLock::new(by_id),
             last_replica: std::sync::Mutex::new(0),
         })
+    }
+
+    /// Stores that live in memory only, for simulations and tests: no directory, no
+    /// index file, every store on the memory backend; nothing touches the disk and
+    /// nothing survives the value. Timeseries stores keep the decoded readings of at
+    /// most `cache_readings` readings of closed chunks (0: none; reads decode them).
+    pub fn in_memory(actor: [u8; 16], clock: Clock, cache_readings: usize) -> Self {
+        Self {
+            config: StoresConfig {
+                root: PathBuf::new(),
+                backend: BackendKind::Memory,
+                actor,
+                clock,
+            },
+            on_disk: false,
+            cache_readings,
+            stores: RwLock::new(BTreeMap::new()),
+            by_id: RwLock::new(std::collections::HashMap::new()),
+            last_replica: std::sync::Mutex::new(0),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
@@ -293,6 +331,12 @@ impl Stores {
                 _ => Err(StoreError::Exists(meta.name.clone())),
             };
         }
+        if self.get_by_id(&meta.id).is_some() {
+            return Err(StoreError::Invalid(format!(
+                "another store here already has the id of {:?} ({})",
+                meta.name, meta.id
+            )));
+        }
         {
             let mut last = self
                 .last_replica
@@ -307,10 +351,19 @@ impl Stores {
 
     /// The store with this id.
     pub fn get_by_id(&self, id: &str) -> Option<Arc<Store>> {
-        self.read().values().find_map(|entry| match entry {
-            Entry::Ready(store) if store.meta().id == id => Some(store.clone()),
-            _ => None,
-        })
+        self.by_id
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn by_id_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<String, Arc<Store>>> {
+        self.by_id
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every usable store.
@@ -334,20 +387,25 @@ impl Stores {
         let name = name.as_str();
         let id = meta.id.clone();
         let dir = self.config.root.join(&id);
-        std::fs::create_dir_all(&dir).map_err(|err| StoreError::Io {
-            store: name.to_owned(),
-            detail: err.to_string(),
-        })?;
+        if self.on_disk {
+            std::fs::create_dir_all(&dir).map_err(|err| StoreError::Io {
+                store: name.to_owned(),
+                detail: err.to_string(),
+            })?;
+        }
         let store = match Store::create(
             &dir,
             self.config.backend,
             meta,
             ActorId::from(actor.as_slice()),
             self.config.clock.clone(),
+            self.cache_readings,
         ) {
             Ok(store) => Arc::new(store),
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                if self.on_disk {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 return Err(err);
             }
         };
@@ -358,6 +416,7 @@ impl Stores {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err);
         }
+        self.by_id_mut().insert(id, store.clone());
         Ok(store)
     }
 
@@ -382,7 +441,7 @@ impl Stores {
                         id: store.meta().id.clone(),
                         kind: store.meta().kind,
                         records: records.as_ref().ok().copied(),
-                        bytes: store_size(&self.config.root.join(&store.meta().id)),
+                        bytes: self.size_of(&store.meta().id),
                         error: records.err().map(|e| e.to_string()),
                     }
                 }
@@ -391,7 +450,7 @@ impl Stores {
                     id: entry.id.clone(),
                     kind: entry.kind,
                     records: None,
-                    bytes: store_size(&self.config.root.join(&entry.id)),
+                    bytes: self.size_of(&entry.id),
                     error: Some(error.to_string()),
                 },
             })
@@ -412,12 +471,18 @@ impl Stores {
             stores.insert(name.to_owned(), entry);
             return Err(err);
         }
+        self.by_id_mut().remove(&id);
         drop(entry);
-        let _ = std::fs::remove_dir_all(self.config.root.join(id));
+        if self.on_disk {
+            let _ = std::fs::remove_dir_all(self.config.root.join(id));
+        }
         Ok(())
     }
 
     fn write_index(&self, stores: &BTreeMap<String, Entry>) -> Result<(), StoreError> {
+        if !self.on_disk {
+            return Ok(());
+        }
         let entries: Vec<IndexEntry> = stores
             .iter()
             .map(|(name, entry)| match entry {
@@ -447,6 +512,15 @@ impl Stores {
                 }
             }
         })
+    }
+
+    /// Bytes the store with this id takes on disk (none in memory).
+    fn size_of(&self, id: &str) -> u64 {
+        if self.on_disk {
+            store_size(&self.config.root.join(id))
+        } else {
+            0
+        }
     }
 
     fn backend_of(&self, store: &Store) -> &'static str {

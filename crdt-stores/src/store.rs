@@ -52,8 +52,9 @@ pub const DEFAULT_WINDOW_MS: u64 = 3_600_000;
 /// Change records a kv or doc store, or an open chunk, accumulates before they are
 /// folded into one compact save.
 const COMPACT_AFTER: u64 = 500;
-/// Decoded readings of closed chunks kept in memory per store.
-const CACHE_READINGS: usize = 2_000_000;
+/// Decoded readings of closed chunks kept in memory per store, unless the registry
+/// says otherwise ([`crate::Stores::in_memory`]).
+pub(crate) const CACHE_READINGS: usize = 2_000_000;
 /// Change events buffered per subscriber before it is told it lagged.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -268,26 +269,40 @@ impl OpenChunk {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ChunkCache {
     chunks: BTreeMap<u64, Arc<Vec<Reading>>>,
     order: VecDeque<u64>,
     readings: usize,
+    /// Readings kept at most (but always the newest chunk inserted, unless 0).
+    limit: usize,
 }
 
 impl ChunkCache {
+    fn new(limit: usize) -> Self {
+        Self {
+            chunks: BTreeMap::new(),
+            order: VecDeque::new(),
+            readings: 0,
+            limit,
+        }
+    }
+
     fn get(&self, start: u64) -> Option<Arc<Vec<Reading>>> {
         self.chunks.get(&start).cloned()
     }
 
     fn insert(&mut self, start: u64, readings: Arc<Vec<Reading>>) {
+        if self.limit == 0 {
+            return;
+        }
         if let Some(old) = self.chunks.insert(start, readings.clone()) {
             self.readings -= old.len();
         } else {
             self.order.push_back(start);
         }
         self.readings += readings.len();
-        while self.readings > CACHE_READINGS && self.order.len() > 1 {
+        while self.readings > self.limit && self.order.len() > 1 {
             if let Some(oldest) = self.order.pop_front()
                 && let Some(old) = self.chunks.remove(&oldest)
             {
@@ -358,12 +373,14 @@ pub struct Store {
     clock: Clock,
     state: Mutex<State>,
     commits: GroupCommit<Write, StoreError>,
-    changes: broadcast::Sender<Change>,
-    local: broadcast::Sender<LocalChange>,
+    changes: Fanout<Change>,
+    local: Fanout<LocalChange>,
     /// Erasures applied (see `erase.rs`); changed only under the state lock.
     erasures: std::sync::atomic::AtomicU64,
     /// Retention in ms (0: none), as the store's placement says.
     keep_ms: std::sync::atomic::AtomicU64,
+    /// Decoded readings of closed chunks kept in memory at most.
+    cache_readings: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -373,6 +390,41 @@ impl std::fmt::Debug for Store {
             .field("kind", &self.meta.kind)
             .field("backend", &self.backend_kind)
             .finish_non_exhaustive()
+    }
+}
+
+/// A broadcast channel made on its first subscriber: a store nobody follows keeps no
+/// buffer (each is [`SUBSCRIBER_BUFFER`] slots).
+#[derive(Debug)]
+pub(crate) struct Fanout<T> {
+    sender: std::sync::OnceLock<broadcast::Sender<T>>,
+}
+
+impl<T: Clone> Fanout<T> {
+    fn new() -> Self {
+        Self {
+            sender: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<T> {
+        self.sender
+            .get_or_init(|| broadcast::channel(SUBSCRIBER_BUFFER).0)
+            .subscribe()
+    }
+
+    pub(crate) fn receiver_count(&self) -> usize {
+        self.sender
+            .get()
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    /// Sends to the subscribers, if any.
+    pub(crate) fn send(&self, value: T) {
+        if let Some(sender) = self.sender.get() {
+            // No subscribers left is fine.
+            let _ = sender.send(value);
+        }
     }
 }
 
@@ -423,12 +475,15 @@ impl Store {
         meta: StoreMeta,
         actor: ActorId,
         clock: Clock,
+        cache_readings: usize,
     ) -> Result<Self, StoreError> {
         let path = dir.join(backend_kind.file_name());
-        erase::recover_rewrite(&path).map_err(|err| StoreError::Io {
-            store: meta.name.clone(),
-            detail: err.to_string(),
-        })?;
+        if backend_kind != BackendKind::Memory {
+            erase::recover_rewrite(&path).map_err(|err| StoreError::Io {
+                store: meta.name.clone(),
+                detail: err.to_string(),
+            })?;
+        }
         let backend = backend_kind
             .open(&path)
             .map_err(|err| StoreError::backend(&meta.name, err))?;
@@ -439,7 +494,15 @@ impl Store {
         backend
             .commit(batch)
             .map_err(|err| StoreError::backend(&meta.name, err))?;
-        Self::with_backend(path, backend_kind, backend, meta, actor, clock)
+        Self::with_backend(
+            path,
+            backend_kind,
+            backend,
+            meta,
+            actor,
+            clock,
+            cache_readings,
+        )
     }
 
     /// Opens an existing store; `name` is what the registry knows it as, for errors.
@@ -449,6 +512,7 @@ impl Store {
         name: &str,
         actor: ActorId,
         clock: Clock,
+        cache_readings: usize,
     ) -> Result<Self, StoreError> {
         let path = dir.join(backend_kind.file_name());
         erase::recover_rewrite(&path).map_err(|err| StoreError::Io {
@@ -467,7 +531,15 @@ impl Store {
         let meta: StoreMeta = serde_json::from_slice(payload).map_err(|err| {
             StoreError::corrupt(name, format!("the metadata record is unreadable: {err}"))
         })?;
-        Self::with_backend(path, backend_kind, backend, meta, actor, clock)
+        Self::with_backend(
+            path,
+            backend_kind,
+            backend,
+            meta,
+            actor,
+            clock,
+            cache_readings,
+        )
     }
 
     fn with_backend(
@@ -477,14 +549,13 @@ impl Store {
         meta: StoreMeta,
         actor: ActorId,
         clock: Clock,
+        cache_readings: usize,
     ) -> Result<Self, StoreError> {
-        let body = load_body(&meta, backend.as_ref(), &actor)?;
+        let body = load_body(&meta, backend.as_ref(), &actor, cache_readings)?;
         let pending = backend
             .get(erase::REWRITE_PENDING)
             .map_err(|err| StoreError::backend(&meta.name, err))?
             .is_some();
-        let (changes, _) = broadcast::channel(SUBSCRIBER_BUFFER);
-        let (local, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         let store = Self {
             erasures: std::sync::atomic::AtomicU64::new(meta.erasures),
             keep_ms: std::sync::atomic::AtomicU64::new(0),
@@ -500,8 +571,9 @@ impl Store {
                 erased: Vec::new(),
             }),
             commits: GroupCommit::new(),
-            changes,
-            local,
+            changes: Fanout::new(),
+            local: Fanout::new(),
+            cache_readings,
         };
         {
             let mut state = lock(&store.state);
@@ -1006,14 +1078,13 @@ impl Store {
             Ok(()) => {
                 state.digest = None;
                 for event in events {
-                    // No subscribers is fine.
-                    let _ = self.changes.send(event);
+                    self.changes.send(event);
                 }
                 if let Some(before) = before
                     && !pushes.is_empty()
                 {
                     let after = sync::digest_locked(&mut state);
-                    let _ = self.local.send(LocalChange {
+                    self.local.send(LocalChange {
                         units: pushes,
                         before,
                         after,
@@ -1044,7 +1115,12 @@ impl Store {
                 .open(&self.path)
                 .map_err(|err| StoreError::backend(&self.meta.name, err))?;
         }
-        state.body = load_body(&self.meta, state.backend.as_ref(), &self.actor)?;
+        state.body = load_body(
+            &self.meta,
+            state.backend.as_ref(),
+            &self.actor,
+            self.cache_readings,
+        )?;
         state.digest = None;
         Ok(())
     }
@@ -1063,7 +1139,12 @@ fn am_err(store: &str, err: automerge::AutomergeError) -> StoreError {
     StoreError::corrupt(store, format!("automerge: {err}"))
 }
 
-fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result<Body, StoreError> {
+fn load_body(
+    meta: &StoreMeta,
+    backend: &dyn Backend,
+    actor: &ActorId,
+    cache_readings: usize,
+) -> Result<Body, StoreError> {
     let name = meta.name.as_str();
     let be = |err| StoreError::backend(name, err);
     match meta.kind {
@@ -1132,7 +1213,7 @@ fn load_body(meta: &StoreMeta, backend: &dyn Backend, actor: &ActorId) -> Result
             Ok(Body::Series(SeriesState {
                 index,
                 open,
-                cache: ChunkCache::default(),
+                cache: ChunkCache::new(cache_readings),
             }))
         }
     }

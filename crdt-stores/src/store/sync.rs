@@ -319,7 +319,7 @@ impl Store {
                 state.digest = None;
                 if want_events {
                     for event in events {
-                        let _ = self.changes.send(event);
+                        self.changes.send(event);
                     }
                 }
                 Ok(())
