@@ -92,12 +92,17 @@ pub(crate) fn get_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 
 /// A chunk's readings in one record: `varint(count) { varint(len) reading }*`.
 pub(crate) fn encode_many(readings: &[Reading]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(readings.len() * 32);
-    put_varint(&mut out, readings.len() as u64);
-    for reading in readings {
-        let encoded = reading.encode();
-        put_varint(&mut out, encoded.len() as u64);
-        out.extend_from_slice(&encoded);
+    let encoded: Vec<Vec<u8>> = readings.iter().map(Reading::encode).collect();
+    encode_encoded(encoded.iter().map(Vec::as_slice), encoded.len())
+}
+
+/// [`encode_many`] of `count` readings already encoded.
+pub(crate) fn encode_encoded<'a>(encoded: impl Iterator<Item = &'a [u8]>, count: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count * 32);
+    put_varint(&mut out, count as u64);
+    for reading in encoded {
+        put_varint(&mut out, reading.len() as u64);
+        out.extend_from_slice(reading);
     }
     out
 }

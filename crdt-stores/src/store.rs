@@ -236,9 +236,40 @@ struct OpenChunk {
     /// the document, kept here so that a local commit can be saved without searching
     /// the change history for what is new.
     saved: Vec<ChangeHash>,
+    /// The chunk's genesis, once a peer's changes were checked against it.
+    genesis: Option<erase::Genesis>,
 }
 
 impl OpenChunk {
+    /// The chunk's readings record (see [`reading::encode_many`]) made from the
+    /// encodings the document holds rather than by encoding each reading again: the
+    /// document's readings in its order, sorted by time (a stable sort, as
+    /// `readings` is kept).
+    fn encode_readings(&self) -> Vec<u8> {
+        let Some(list) = &self.list else {
+            return reading::encode_many(&self.readings);
+        };
+        let mut items: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.len);
+        for item in self.doc.list_range(list, ..) {
+            let Some(bytes) = item.value.to_bytes() else {
+                return reading::encode_many(&self.readings);
+            };
+            if bytes.is_empty() {
+                // An erased reading's place.
+                continue;
+            }
+            let Some((ts, _)) = reading::get_varint(bytes) else {
+                return reading::encode_many(&self.readings);
+            };
+            items.push((ts, bytes.to_vec()));
+        }
+        if items.len() != self.readings.len() {
+            return reading::encode_many(&self.readings);
+        }
+        items.sort_by_key(|(ts, _)| *ts);
+        reading::encode_encoded(items.iter().map(|(_, bytes)| bytes.as_slice()), items.len())
+    }
+
     /// The changes made since the last save, encoded, as automerge's
     /// `save_incremental` gives them.
     fn save_incremental(&mut self) -> Vec<u8> {
@@ -1267,6 +1298,7 @@ fn chunk_from_doc(
                 len: 0,
                 readings: Arc::new(Vec::new()),
                 saved,
+                genesis: None,
             });
         }
         _ => {
@@ -1299,6 +1331,7 @@ fn chunk_from_doc(
         len,
         readings: Arc::new(readings),
         saved,
+        genesis: None,
     })
 }
 
@@ -1573,6 +1606,7 @@ fn apply_series<'a>(
                             len: 0,
                             readings: Arc::new(Vec::new()),
                             saved: Vec::new(),
+                            genesis: None,
                         }
                     }
                 };
@@ -1655,11 +1689,7 @@ fn close_old_chunks(
         };
         let save = chunk.doc.save();
         put_sealed(batch, chunk_key(start, b"s"), &save);
-        put_sealed(
-            batch,
-            chunk_key(start, b"r"),
-            &reading::encode_many(&chunk.readings),
-        );
+        put_sealed(batch, chunk_key(start, b"r"), &chunk.encode_readings());
         for seq in 0..info.changes {
             batch.delete(chunk_change_key(start, seq));
         }

@@ -659,6 +659,31 @@ pub(super) fn added_changes(doc: &mut AutoCommit, before: &[ChangeHash]) -> Vec<
     doc.get_changes(before).into_iter().cloned().collect()
 }
 
+/// The first change of every replica of a chunk (made by every device alike) and the
+/// readings list it creates, as automerge names it.
+#[derive(Debug, Clone)]
+pub(super) struct Genesis {
+    hash: ChangeHash,
+    list: String,
+}
+
+impl Genesis {
+    /// The genesis of the chunk of `meta`'s store starting at `start`.
+    pub(super) fn of(meta: &StoreMeta, start: u64) -> Result<Self, String> {
+        let mut genesis = AutoCommit::new();
+        create_readings_list(&mut genesis, &meta.id, start, &ActorId::from([0u8; 16]))
+            .map_err(|err| err.to_string())?;
+        genesis
+            .get_changes(&[])
+            .first()
+            .map(|c| Self {
+                hash: c.hash(),
+                list: format!("1@{}", c.actor_id().to_hex_string()),
+            })
+            .ok_or_else(|| "no genesis".to_owned())
+    }
+}
+
 /// Checks the changes a peer added to the chunk starting at `start`: a chunk holds its
 /// genesis and readings inserted into the genesis list, each of the chunk's window
 /// (or a hole), and nothing an erasure picked that the change's writer had not
@@ -666,20 +691,18 @@ pub(super) fn added_changes(doc: &mut AutoCommit, before: &[ChangeHash]) -> Vec<
 pub(super) fn vet_chunk(
     meta: &StoreMeta,
     start: u64,
+    genesis: &Genesis,
     erased: &[Selector],
     changes: &[Change],
 ) -> Result<(), String> {
     if changes.is_empty() {
         return Ok(());
     }
-    let mut genesis = AutoCommit::new();
-    create_readings_list(&mut genesis, &meta.id, start, &ActorId::from([0u8; 16]))
-        .map_err(|err| err.to_string())?;
-    let (genesis_hash, list) = genesis
-        .get_changes(&[])
-        .first()
-        .map(|c| (c.hash(), format!("1@{}", c.actor_id().to_hex_string())))
-        .ok_or("no genesis")?;
+    let Genesis {
+        hash: genesis_hash,
+        list,
+    } = genesis;
+    let genesis_hash = *genesis_hash;
     let picks: Vec<Option<Picks>> = erased.iter().map(|s| Picks::new(s).ok()).collect();
     let end = start.saturating_add(meta.window_ms);
     for change in changes {

@@ -503,6 +503,7 @@ fn remote_chunk(
                     len: 0,
                     readings: Arc::new(Vec::new()),
                     saved: Vec::new(),
+                    genesis: None,
                 }
             }
         };
@@ -533,7 +534,12 @@ fn remote_chunk(
     };
     applied?;
     let new_changes = erase::added_changes(&mut chunk.doc, &heads);
-    erase::vet_chunk(meta, start, erased, &new_changes).map_err(ReplicaError::Peer)?;
+    if !new_changes.is_empty() && chunk.genesis.is_none() {
+        chunk.genesis = Some(erase::Genesis::of(meta, start).map_err(ReplicaError::Peer)?);
+    }
+    if let Some(genesis) = &chunk.genesis {
+        erase::vet_chunk(meta, start, genesis, erased, &new_changes).map_err(ReplicaError::Peer)?;
+    }
     let bytes = chunk.save_incremental();
     if bytes.is_empty() {
         if created {
