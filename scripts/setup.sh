@@ -80,3 +80,23 @@ if need_cmd rustup && ! rustup target list --installed | grep -qx wasm32-wasip2;
     echo "setup: adding the wasm32-wasip2 Rust target"
     rustup target add wasm32-wasip2
 fi
+
+# The simulator's Slurm test submits a real job array to a single-node cluster on this
+# machine: munge for authentication, slurmctld and slurmd started directly (CI has no
+# systemd), the node described by `slurmd -C`, no cgroups.
+if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
+    if ! need_cmd slurmctld || ! need_cmd slurmd || ! need_cmd sbatch || ! need_cmd munged; then
+        echo "setup: installing slurm-wlm and munge"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
+        fi
+    fi
+    scripts/slurm-cluster.sh
+else
+    for cmd in slurmctld slurmd sbatch munged; do
+        if ! need_cmd "$cmd"; then
+            echo "setup: $cmd is missing; as root, setup installs slurm-wlm and munge and starts a one-node cluster for the simulator's Slurm test" >&2
+            break
+        fi
+    done
+fi
