@@ -33,13 +33,19 @@ fn run(dir: &Path, jobs: &str) -> String {
 fn one_job_or_two_give_byte_identical_outputs() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let said = run(a.path(), "1");
-    assert!(said.contains("2 points × 2 strategies × 3 seeds = 12 runs"), "{said}");
+    assert!(
+        said.contains("2 points × 2 strategies × 3 seeds = 12 runs"),
+        "{said}"
+    );
     assert!(said.contains("ran 12 runs; skipped 0"), "{said}");
     run(b.path(), "2");
     let (fa, fb) = (files(&a.path().join("out")), files(&b.path().join("out")));
     let runs: Vec<&String> = fa.keys().filter(|k| k.starts_with("runs/")).collect();
     assert_eq!(runs.len(), 12, "{runs:?}");
-    assert!(runs.iter().all(|k| k.ends_with("/summary.json")), "{runs:?}");
+    assert!(
+        runs.iter().all(|k| k.ends_with("/summary.json")),
+        "{runs:?}"
+    );
     assert!(fa.contains_key("runs/p1/data-to-cloud/seed-3/summary.json"));
     assert_eq!(
         fa.keys().collect::<Vec<_>>(),
@@ -47,7 +53,10 @@ fn one_job_or_two_give_byte_identical_outputs() {
         "the two sweeps wrote different files (a temporary left behind?)"
     );
     for (name, bytes) in &fa {
-        assert!(fb[name] == *bytes, "{name} differs between --jobs 1 and --jobs 2");
+        assert!(
+            fb[name] == *bytes,
+            "{name} differs between --jobs 1 and --jobs 2"
+        );
     }
     for name in [
         "sweep.json",
@@ -76,7 +85,10 @@ fn a_rerun_runs_only_what_is_missing() {
     let victim = out.join("runs/p1/compute-to-data/seed-2");
     std::fs::remove_dir_all(&victim).unwrap();
     let said = run(dir.path(), "2");
-    assert!(said.contains("ran 1 runs; skipped 11 whose outputs exist"), "{said}");
+    assert!(
+        said.contains("ran 1 runs; skipped 11 whose outputs exist"),
+        "{said}"
+    );
     assert_eq!(files(&out), before, "the rerun changed the outputs");
     // Nothing to do: everything skipped.
     let said = run(dir.path(), "2");
@@ -85,7 +97,12 @@ fn a_rerun_runs_only_what_is_missing() {
     // Another sweep into the same directory is refused, and changes nothing.
     let other = SWEEP.replace("seeds = 3", "seeds = 4");
     let sweep = write_sweep(dir.path(), &other);
-    let refused = netsim(&["sweep", sweep.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let refused = netsim(&[
+        "sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("holds the runs of another sweep"), "{err}");
@@ -107,7 +124,10 @@ fn collect_tabulates_every_run_and_its_intervals() {
     let out = dir.path().join("out");
 
     let (header, rows) = csv(&out.join("results.csv"));
-    assert_eq!(header[..4], ["point", "partitions.0.end", "strategy", "seed"]);
+    assert_eq!(
+        header[..4],
+        ["point", "partitions.0.end", "strategy", "seed"]
+    );
     assert_eq!(rows.len(), 12);
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let metrics = [
@@ -130,11 +150,18 @@ fn collect_tabulates_every_run_and_its_intervals() {
     for (row, (point, end, strategy, seed)) in rows.iter().zip(&expected_rows) {
         assert_eq!(
             (&row[0], &row[1], &row[2], &row[3]),
-            (point, &end.to_string(), &strategy.to_string(), &seed.to_string())
+            (
+                point,
+                &end.to_string(),
+                &strategy.to_string(),
+                &seed.to_string()
+            )
         );
         let summary: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join(format!("runs/{point}/{strategy}/seed-{seed}/summary.json")))
-                .unwrap(),
+            &std::fs::read_to_string(
+                out.join(format!("runs/{point}/{strategy}/seed-{seed}/summary.json")),
+            )
+            .unwrap(),
         )
         .unwrap();
         for m in metrics {
@@ -145,18 +172,21 @@ fn collect_tabulates_every_run_and_its_intervals() {
 
     // Means, standard deviations and 95 % intervals (t(0.975; 2) = 4.303).
     let (sheader, srows) = csv(&out.join("summary.csv"));
-    assert_eq!(sheader, [
-        "point",
-        "partitions.0.end",
-        "strategy",
-        "metric",
-        "n",
-        "mean",
-        "sd",
-        "ci95_half",
-        "ci95_low",
-        "ci95_high"
-    ]);
+    assert_eq!(
+        sheader,
+        [
+            "point",
+            "partitions.0.end",
+            "strategy",
+            "metric",
+            "n",
+            "mean",
+            "sd",
+            "ci95_half",
+            "ci95_low",
+            "ci95_high"
+        ]
+    );
     let mut checked = 0;
     for (point, _, strategy, _) in expected_rows.iter().step_by(3) {
         for m in metrics {
@@ -176,9 +206,21 @@ fn collect_tabulates_every_run_and_its_intervals() {
             let num = |i: usize| -> f64 { s[i].parse().unwrap() };
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
             assert_eq!(s[4], "3");
-            assert!(close(num(5), mean), "{point} {strategy} {m}: mean {} vs {mean}", s[5]);
-            assert!(close(num(6), sd), "{point} {strategy} {m}: sd {} vs {sd}", s[6]);
-            assert!(close(num(7), half), "{point} {strategy} {m}: ci {} vs {half}", s[7]);
+            assert!(
+                close(num(5), mean),
+                "{point} {strategy} {m}: mean {} vs {mean}",
+                s[5]
+            );
+            assert!(
+                close(num(6), sd),
+                "{point} {strategy} {m}: sd {} vs {sd}",
+                s[6]
+            );
+            assert!(
+                close(num(7), half),
+                "{point} {strategy} {m}: ci {} vs {half}",
+                s[7]
+            );
             assert!(close(num(8), mean - half) && close(num(9), mean + half));
             checked += 1;
         }
@@ -204,7 +246,10 @@ fn collect_tabulates_every_run_and_its_intervals() {
     std::fs::remove_dir_all(out.join("runs/p0/data-to-cloud/seed-1")).unwrap();
     let said = netsim_ok(&["sweep", "collect", out.to_str().unwrap()]);
     assert!(said.contains("collected 11 of 12 runs"), "{said}");
-    assert!(said.contains("missing 1 runs: p0 data-to-cloud seed 1"), "{said}");
+    assert!(
+        said.contains("missing 1 runs: p0 data-to-cloud seed 1"),
+        "{said}"
+    );
     let (_, rows) = csv(&out.join("results.csv"));
     assert_eq!(rows.len(), 11);
     let (_, srows) = csv(&out.join("summary.csv"));
@@ -223,23 +268,52 @@ fn bad_sweep_files_are_refused_and_nothing_is_written() {
     let cases: Vec<(String, Vec<&str>)> = vec![
         (
             bare.replace("\"partitions.0.end\"", "\"links.wifi.loss\""),
-            vec!["sweep point p0", "links.wifi.loss", "the scenario has no links.wifi"],
+            vec![
+                "sweep point p0",
+                "links.wifi.loss",
+                "the scenario has no links.wifi",
+            ],
         ),
         (
-            bare.replace("\"partitions.0.end\" = [\"8m\", \"12m\"]", "\"links.broadband.loss\" = [0.0, 2.0]"),
-            vec!["sweep point p1", "links.broadband.loss = 2.0", "not a probability"],
+            bare.replace(
+                "\"partitions.0.end\" = [\"8m\", \"12m\"]",
+                "\"links.broadband.loss\" = [0.0, 2.0]",
+            ),
+            vec![
+                "sweep point p1",
+                "links.broadband.loss = 2.0",
+                "not a probability",
+            ],
         ),
         (
-            SWEEP.replace("\"partitions.0.end\" = [\"8m\", \"12m\"]", "\"partitions.0.end\" = [\"8m\", \"soon\"]"),
-            vec!["sweep point p1", "partitions.0.end = \"soon\"", "not a duration"],
+            SWEEP.replace(
+                "\"partitions.0.end\" = [\"8m\", \"12m\"]",
+                "\"partitions.0.end\" = [\"8m\", \"soon\"]",
+            ),
+            vec![
+                "sweep point p1",
+                "partitions.0.end = \"soon\"",
+                "not a duration",
+            ],
         ),
         (
             bare.replace("\"partitions.0.end\" = [", "\"partitions.4.end\" = ["),
-            vec!["sweep point p0", "partitions.4.end", "partitions has 1 entries"],
+            vec![
+                "sweep point p0",
+                "partitions.4.end",
+                "partitions has 1 entries",
+            ],
         ),
         (
-            bare.replace("\"partitions.0.end\" = [\"8m\", \"12m\"]", "\"links.broadband.lossy\" = [0.1]"),
-            vec!["sweep point p0", "links.broadband.lossy = 0.1", "unknown field `lossy`"],
+            bare.replace(
+                "\"partitions.0.end\" = [\"8m\", \"12m\"]",
+                "\"links.broadband.lossy\" = [0.1]",
+            ),
+            vec![
+                "sweep point p0",
+                "links.broadband.lossy = 0.1",
+                "unknown field `lossy`",
+            ],
         ),
         (
             SWEEP.replace("base.toml", "nowhere.toml"),
@@ -249,9 +323,15 @@ fn bad_sweep_files_are_refused_and_nothing_is_written() {
             SWEEP.replace("\"data-to-cloud\"]", "\"data-to-moon\"]"),
             vec!["strategies[1]", "\"data-to-moon\" is not a strategy"],
         ),
-        (SWEEP.replace("seeds = 3", "seeds = 0"), vec!["seeds", "between 1 and 100000"]),
         (
-            SWEEP.replace("metric = \"raw_bytes_over_internet\"", "metric = \"raw_bytes\""),
+            SWEEP.replace("seeds = 3", "seeds = 0"),
+            vec!["seeds", "between 1 and 100000"],
+        ),
+        (
+            SWEEP.replace(
+                "metric = \"raw_bytes_over_internet\"",
+                "metric = \"raw_bytes\"",
+            ),
             vec!["plots[1].metric", "\"raw_bytes\" is not a metric"],
         ),
         (
@@ -262,14 +342,22 @@ fn bad_sweep_files_are_refused_and_nothing_is_written() {
             bare.replace("\"partitions.0.end\" = [", "\"seed\" = ["),
             vec!["grid.\"seed\"", "the sweep sets the seeds"],
         ),
-        (SWEEP.replace("seeds = 3", "seeds = 3\ncolour = 1"), vec!["unknown field `colour`"]),
+        (
+            SWEEP.replace("seeds = 3", "seeds = 3\ncolour = 1"),
+            vec!["unknown field `colour`"],
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let case = dir.path().join(format!("case{i}"));
         let sweep = write_sweep(&case, text);
         let out = case.join("out");
         for extra in [&[][..], &["--slurm", "--dry-run"][..]] {
-            let mut args = vec!["sweep", sweep.to_str().unwrap(), "--out", out.to_str().unwrap()];
+            let mut args = vec![
+                "sweep",
+                sweep.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ];
             args.extend_from_slice(extra);
             let result = netsim(&args);
             let err = String::from_utf8_lossy(&result.stderr);
@@ -297,7 +385,10 @@ fn the_dry_run_writes_a_job_array_script_that_runs_the_packs() {
         "--pack",
         "5",
     ]);
-    assert!(said.contains("12 runs in 3 array tasks of up to 5"), "{said}");
+    assert!(
+        said.contains("12 runs in 3 array tasks of up to 5"),
+        "{said}"
+    );
     assert!(said.contains("submit it with: sbatch "), "{said}");
     let out = std::fs::canonicalize(&out).unwrap();
     let script = std::fs::read_to_string(out.join("sweep.sbatch")).unwrap();
@@ -314,7 +405,10 @@ fn the_dry_run_writes_a_job_array_script_that_runs_the_packs() {
             exe.display()
         ),
     ] {
-        assert!(script.lines().any(|l| l == line), "no line {line:?} in\n{script}");
+        assert!(
+            script.lines().any(|l| l == line),
+            "no line {line:?} in\n{script}"
+        );
     }
     assert!(out.join("sweep.json").is_file());
     assert!(out.join("slurm").is_dir());
@@ -328,12 +422,27 @@ fn the_dry_run_writes_a_job_array_script_that_runs_the_packs() {
             .env("SLURM_ARRAY_TASK_ID", task.to_string())
             .output()
             .unwrap();
-        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
         let said = String::from_utf8_lossy(&status.stdout);
         let expect = if task < 2 { 5 } else { 2 };
-        assert!(said.contains(&format!("pack {task}: ran {expect} runs")), "{said}");
+        assert!(
+            said.contains(&format!("pack {task}: ran {expect} runs")),
+            "{said}"
+        );
     }
-    let bad = netsim(&["sweep", "run-pack", o.to_string().as_str(), "--pack-size", "5", "--pack", "3"]);
+    let bad = netsim(&[
+        "sweep",
+        "run-pack",
+        o.to_string().as_str(),
+        "--pack-size",
+        "5",
+        "--pack",
+        "3",
+    ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("pack 3 does not exist"));
     netsim_ok(&["sweep", "collect", o.to_string().as_str()]);

@@ -109,7 +109,11 @@ fn run_locally(sweep: &Sweep, out: &Path, jobs: usize) -> anyhow::Result<()> {
     );
     collect_and_report(out)?;
     if !report.failed.is_empty() {
-        anyhow::bail!("{} runs failed: {}", report.failed.len(), failures(&report.failed));
+        anyhow::bail!(
+            "{} runs failed: {}",
+            report.failed.len(),
+            failures(&report.failed)
+        );
     }
     Ok(())
 }
@@ -141,7 +145,11 @@ fn run_pack(dir: &Path, size: usize, index: usize) -> anyhow::Result<()> {
         report.ran, report.skipped
     );
     if !report.failed.is_empty() {
-        anyhow::bail!("{} runs failed: {}", report.failed.len(), failures(&report.failed));
+        anyhow::bail!(
+            "{} runs failed: {}",
+            report.failed.len(),
+            failures(&report.failed)
+        );
     }
     Ok(())
 }
@@ -168,11 +176,10 @@ fn submit(
     }
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     sweep.write(out)?;
-    let out = std::fs::canonicalize(out)
-        .with_context(|| format!("cannot resolve {}", out.display()))?;
+    let out =
+        std::fs::canonicalize(out).with_context(|| format!("cannot resolve {}", out.display()))?;
     let logs = out.join("slurm");
-    std::fs::create_dir_all(&logs)
-        .with_context(|| format!("cannot create {}", logs.display()))?;
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let script_path = out.join("sweep.sbatch");
     hearth_netsim::sweep::write_atomic(
         &script_path,
@@ -216,7 +223,10 @@ fn submit(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    println!("submitted job array {job} ({tasks} tasks); logs in {}", logs.display());
+    println!(
+        "submitted job array {job} ({tasks} tasks); logs in {}",
+        logs.display()
+    );
     if !wait {
         println!(
             "when it has finished (squeue -j {job} lists nothing): hearth-netsim sweep collect {}",
@@ -253,7 +263,11 @@ fn collect_and_report(dir: &Path) -> anyhow::Result<()> {
             "missing {} runs: {}{}",
             c.missing.len(),
             shown.join(", "),
-            if c.missing.len() > shown.len() { ", ..." } else { "" }
+            if c.missing.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
         );
     }
     if !c.failed.is_empty() {

@@ -289,7 +289,11 @@ fn summary_of(v: &serde_json::Value) -> Option<crate::Summary> {
 }
 
 fn params(sweep: &Sweep, point: usize) -> BTreeMap<String, serde_json::Value> {
-    let values = sweep.points.get(point).map(|p| p.params.as_slice()).unwrap_or(&[]);
+    let values = sweep
+        .points
+        .get(point)
+        .map(|p| p.params.as_slice())
+        .unwrap_or(&[]);
     sweep
         .keys
         .iter()
@@ -357,7 +361,13 @@ fn json<T: Serialize>(value: &T) -> Result<String, SweepError> {
 
 fn file_name(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

@@ -48,6 +48,7 @@
 //! assert_eq!(sweep.points.len(), 2);
 //! assert_eq!(sweep.runs().len(), 4);
 //! let out = dir.path().join("out");
+//! sweep.write(&out)?; // sweep.json: what collect (and a cluster's tasks) read
 //! let report = hearth_netsim::sweep::local::run(&sweep, &out, &sweep.runs(), 2, &|_| {})?;
 //! assert_eq!((report.ran, report.skipped), (4, 0));
 //! let collected = hearth_netsim::sweep::collect::collect(&out)?;

@@ -25,7 +25,11 @@ pub fn estimate(sweep: &Sweep) -> Result<Vec<f64>, SweepError> {
                 .streams
                 .iter()
                 .map(|s| secs / s.every.as_secs_f64().max(1e-6))
-                .chain(sc.jobs.iter().map(|j| secs / j.every.as_secs_f64().max(1e-6)))
+                .chain(
+                    sc.jobs
+                        .iter()
+                        .map(|j| secs / j.every.as_secs_f64().max(1e-6)),
+                )
                 .sum();
             Ok((per_household * f64::from(sc.households)).max(1.0))
         })
@@ -68,7 +72,13 @@ pub fn script(sweep: &Sweep, exe: &Path, out: &Path, size: usize, tasks: usize) 
     let name: String = sweep
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!(
         "#!/bin/sh\n\

@@ -107,11 +107,15 @@ pub fn set_path(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result
                 .ok_or_else(|| format!("the scenario has no {here}"))?,
             toml::Value::Array(a) => {
                 let len = a.len();
-                let index: usize = part
-                    .parse()
-                    .map_err(|_| format!("{walked} is a list: index it with a number, not {part:?}"))?;
-                a.get_mut(index)
-                    .ok_or_else(|| format!("{walked} has {len} entries (0 to {})", len.saturating_sub(1)))?
+                let index: usize = part.parse().map_err(|_| {
+                    format!("{walked} is a list: index it with a number, not {part:?}")
+                })?;
+                a.get_mut(index).ok_or_else(|| {
+                    format!(
+                        "{walked} has {len} entries (0 to {})",
+                        len.saturating_sub(1)
+                    )
+                })?
             }
             _ => return Err(format!("{walked} is a value, not a table or a list")),
         };
@@ -127,9 +131,12 @@ pub fn set_path(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result
             let index: usize = last
                 .parse()
                 .map_err(|_| format!("{walked} is a list: index it with a number, not {last:?}"))?;
-            let slot = a
-                .get_mut(index)
-                .ok_or_else(|| format!("{walked} has {len} entries (0 to {})", len.saturating_sub(1)))?;
+            let slot = a.get_mut(index).ok_or_else(|| {
+                format!(
+                    "{walked} has {len} entries (0 to {})",
+                    len.saturating_sub(1)
+                )
+            })?;
             *slot = value;
             Ok(())
         }
@@ -153,7 +160,10 @@ fn get_path<'a>(tree: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
 /// Every metric name a summary flattens to (maps' entries aside).
 pub(super) fn known_metric(name: &str) -> bool {
     const MAPS: [&str; 3] = ["bytes_by_class.", "messages_by_class.", "bytes_by_kind."];
-    if MAPS.iter().any(|m| name.starts_with(m) && name.len() > m.len()) {
+    if MAPS
+        .iter()
+        .any(|m| name.starts_with(m) && name.len() > m.len())
+    {
         return true;
     }
     let summary = Summary::of("", "", 0, &Recorder::new(1));
@@ -181,7 +191,10 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
     };
 
     let strategies: Vec<String> = match &raw.strategies {
-        None => Strategy::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+        None => Strategy::ALL
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
         Some(list) => {
             if list.is_empty() {
                 return Err(invalid("strategies", "name at least one strategy"));
@@ -195,7 +208,10 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
                     )
                 })?;
                 if out.iter().any(|x| x == strategy.as_str()) {
-                    return Err(invalid(format!("strategies[{i}]"), format!("{s:?} is named twice")));
+                    return Err(invalid(
+                        format!("strategies[{i}]"),
+                        format!("{s:?} is named twice"),
+                    ));
                 }
                 out.push(strategy.as_str().to_owned());
             }
@@ -219,7 +235,10 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
     for (key, values) in grid {
         let field = format!("grid.{key:?}");
         let toml::Value::Array(values) = values else {
-            return Err(invalid(field, "a grid key takes a list of values, e.g. [0.0, 0.01]"));
+            return Err(invalid(
+                field,
+                "a grid key takes a list of values, e.g. [0.0, 0.01]",
+            ));
         };
         if values.is_empty() {
             return Err(invalid(field, "give at least one value"));
@@ -390,8 +409,14 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
 /// Keys the sweep itself sets, or that are not paths.
 fn check_key(field: &str, key: &str) -> Result<(), SweepError> {
     match key {
-        "seed" => Err(invalid(field, "the sweep sets the seeds: use seeds and first_seed")),
-        "strategy" => Err(invalid(field, "the sweep sets the strategies: use strategies")),
+        "seed" => Err(invalid(
+            field,
+            "the sweep sets the seeds: use seeds and first_seed",
+        )),
+        "strategy" => Err(invalid(
+            field,
+            "the sweep sets the strategies: use strategies",
+        )),
         _ if key.split('.').any(str::is_empty) => Err(invalid(
             field,
             "a key path is names and list indices joined by dots, e.g. \"partitions.0.end\"",
@@ -424,12 +449,18 @@ mod tests {
         set_path(&mut t, "links.lan.loss", toml::Value::Float(0.05)).unwrap();
         set_path(&mut t, "partitions.0.end", toml::Value::String("4h".into())).unwrap();
         set_path(&mut t, "links.lan.duplicate", toml::Value::Float(0.01)).unwrap();
-        assert_eq!(get_path(&t, "links.lan.loss"), Some(&toml::Value::Float(0.05)));
+        assert_eq!(
+            get_path(&t, "links.lan.loss"),
+            Some(&toml::Value::Float(0.05))
+        );
         assert_eq!(
             get_path(&t, "partitions.0.end"),
             Some(&toml::Value::String("4h".into()))
         );
-        assert_eq!(get_path(&t, "links.lan.duplicate"), Some(&toml::Value::Float(0.01)));
+        assert_eq!(
+            get_path(&t, "links.lan.duplicate"),
+            Some(&toml::Value::Float(0.01))
+        );
     }
 
     #[test]

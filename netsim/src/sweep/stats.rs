@@ -100,7 +100,10 @@ mod tests {
         assert!((e.ci95.unwrap() - half).abs() < 1e-12);
         assert!((e.low() - (2.0 - half)).abs() < 1e-12);
         let one = Estimate::of(&[5.0]).unwrap();
-        assert_eq!((one.sd, one.ci95, one.low(), one.high()), (0.0, None, 5.0, 5.0));
+        assert_eq!(
+            (one.sd, one.ci95, one.low(), one.high()),
+            (0.0, None, 5.0, 5.0)
+        );
         assert_eq!(Estimate::of(&[]), None);
     }
 }

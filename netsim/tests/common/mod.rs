@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-pub const SCENARIO: &str = r#"
+pub(crate) const SCENARIO: &str = r#"
 name = "tiny"
 duration = "20m"
 lan = "lan"
@@ -67,7 +67,7 @@ end = "10m"
 cut = "internet"
 "#;
 
-pub const SWEEP: &str = r#"
+pub(crate) const SWEEP: &str = r#"
 name = "tiny"
 scenario = "base.toml"
 strategies = ["compute-to-data", "data-to-cloud"]
@@ -87,7 +87,7 @@ x = "partitions.0.end"
 
 /// Writes the scenario and `sweep` (the sweep file's text) into `dir`; returns the
 /// sweep file's path.
-pub fn write_sweep(dir: &Path, sweep: &str) -> PathBuf {
+pub(crate) fn write_sweep(dir: &Path, sweep: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("base.toml"), SCENARIO).unwrap();
     let path = dir.join("sweep.toml");
@@ -95,7 +95,7 @@ pub fn write_sweep(dir: &Path, sweep: &str) -> PathBuf {
     path
 }
 
-pub fn netsim(args: &[&str]) -> Output {
+pub(crate) fn netsim(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_hearth-netsim"))
         .args(args)
         .output()
@@ -103,7 +103,7 @@ pub fn netsim(args: &[&str]) -> Output {
 }
 
 /// Runs the binary and requires success.
-pub fn netsim_ok(args: &[&str]) -> String {
+pub(crate) fn netsim_ok(args: &[&str]) -> String {
     let out = netsim(args);
     assert!(
         out.status.success(),
@@ -115,14 +115,18 @@ pub fn netsim_ok(args: &[&str]) -> String {
 }
 
 /// Every file under `dir`, by path relative to it (hidden temporaries would show).
-pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 walk(root, &path, out);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.insert(rel, std::fs::read(&path).unwrap());
             }
         }
@@ -133,7 +137,7 @@ pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// A CSV file as its header and rows (no quoted cells in these files' numbers).
-pub fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+pub(crate) fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header = lines
