@@ -18,6 +18,9 @@ const COLOURS: [&str; 8] = [
     "#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c", "#8d6a9f", "#444444",
 ];
 
+/// Dash patterns of the lines of a [`bands`] chart, in turn (the first solid).
+const DASHES: [&str; 4] = ["none", "7 4", "2 3", "10 3 2 3"];
+
 /// The "nice number" near `x` (> 0): 1, 2, 5 or 10 × 10ⁿ. Rounded to the nearest when
 /// `round`, else the smallest not below `x`.
 pub fn nice_number(x: f64, round: bool) -> f64 {
@@ -147,7 +150,7 @@ fn colour(i: usize) -> &'static str {
 /// Width of the legend column for these names (about 7 px a character).
 fn legend_width(names: &[&str]) -> f64 {
     let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
-    (40.0 + 7.0 * longest as f64).max(120.0)
+    (50.0 + 7.0 * longest as f64).max(120.0)
 }
 
 fn header(title: &str, x_label: &str, y_label: &str, width: f64) -> String {
@@ -191,20 +194,35 @@ fn header(title: &str, x_label: &str, y_label: &str, width: f64) -> String {
     s
 }
 
-/// The legend, in a column to the right of the plot area.
-fn legend(s: &mut String, names: &[&str]) {
+/// The legend, in a column to the right of the plot area: a swatch per name, or with
+/// `dashed` a short line in the series' dash pattern.
+fn legend(s: &mut String, names: &[&str], dashed: bool) {
     for (i, name) in names.iter().enumerate() {
         let y = TOP + 10.0 + 18.0 * i as f64;
         let x = LEFT + PW + 12.0;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            y - 10.0,
-            colour(i),
-            x + 18.0,
-            y,
-            escape(name)
-        );
+        if dashed {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{x:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{}" stroke-width="2.5" stroke-dasharray="{}"/><text x="{:.1}" y="{y:.1}">{}</text>"#,
+                y - 4.0,
+                x + 22.0,
+                y - 4.0,
+                colour(i),
+                DASHES.get(i % DASHES.len()).copied().unwrap_or("none"),
+                x + 28.0,
+                escape(name)
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                y - 10.0,
+                colour(i),
+                x + 18.0,
+                y,
+                escape(name)
+            );
+        }
     }
 }
 
@@ -348,7 +366,7 @@ pub fn lines(
             colour(i)
         );
     }
-    legend(&mut s, &names);
+    legend(&mut s, &names, false);
     s.push_str("</svg>\n");
     s
 }
@@ -402,7 +420,7 @@ pub fn bars(
             );
         }
     }
-    legend(&mut s, &names);
+    legend(&mut s, &names, false);
     s.push_str("</svg>\n");
     s
 }
@@ -455,10 +473,7 @@ pub fn bands(
                 hi: count - 0.5,
             }
         }
-        None => {
-            let span = (x1 - x0).abs().max(f64::EPSILON);
-            Axis::new(x0 - span * 0.02, x1 + span * 0.02, 6)
-        }
+        None => Axis::new(x0, x1, 6),
     };
     let x_step = x_axis.step();
     for (i, &v) in x_axis.ticks.iter().enumerate() {
@@ -503,10 +518,14 @@ pub fn bands(
                 py(m)
             );
         }
+        // Dashes differ from line to line, so that lines lying on each other all show.
         let _ = writeln!(
             s,
-            r#"<path d="{line}" fill="none" stroke="{}" stroke-width="1.8" clip-path="url(#plot)"/>"#,
-            colour(i)
+            r#"<path d="{line}" fill="none" stroke="{}" stroke-width="1.8"{} clip-path="url(#plot)"/>"#,
+            colour(i),
+            DASHES
+                .get(i % DASHES.len())
+                .map_or_else(String::new, |d| format!(r#" stroke-dasharray="{d}""#))
         );
         for &(x, m, _, _) in &band.points {
             let _ = writeln!(
@@ -518,7 +537,7 @@ pub fn bands(
             );
         }
     }
-    legend(&mut s, &names);
+    legend(&mut s, &names, true);
     s.push_str("</svg>\n");
     s
 }
@@ -621,7 +640,7 @@ mod tests {
             None,
         );
         let x = LEFT + PW + 12.0;
-        assert!(svg.contains(&format!(r#"<rect x="{x:.1}""#)));
+        assert!(svg.contains(&format!(r#"<line x1="{x:.1}""#)));
         let width: f64 = svg
             .split("width=\"")
             .nth(1)

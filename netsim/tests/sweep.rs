@@ -94,6 +94,28 @@ fn a_rerun_runs_only_what_is_missing() {
     let said = run(dir.path(), "2");
     assert!(said.contains("ran 0 runs; skipped 12"), "{said}");
 
+    // The same runs with other plots: nothing runs, the plots are redrawn.
+    let replotted = SWEEP.replace(
+        "metric = \"raw_bytes_over_internet\"",
+        "metric = \"raw_bytes_to_cloud\"",
+    );
+    let sweep = write_sweep(dir.path(), &replotted);
+    let said = netsim_ok(&[
+        "sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(said.contains("ran 0 runs; skipped 12"), "{said}");
+    assert!(
+        out.join("plots/raw_bytes_to_cloud-vs-partitions_0_end.svg")
+            .is_file()
+    );
+    write_sweep(dir.path(), SWEEP);
+    run(dir.path(), "1");
+    std::fs::remove_file(out.join("plots/raw_bytes_to_cloud-vs-partitions_0_end.svg")).unwrap();
+    assert_eq!(files(&out), before);
+
     // Another sweep into the same directory is refused, and changes nothing.
     let other = SWEEP.replace("seeds = 3", "seeds = 4");
     let sweep = write_sweep(dir.path(), &other);

@@ -139,6 +139,15 @@ pub fn number(x: f64) -> String {
     }
 }
 
+/// A statistic in a CSV cell: rounded to 12 significant digits (summing rounds the
+/// last ones anyway), then as [`number`].
+pub fn statistic(x: f64) -> String {
+    match format!("{x:.11e}").parse::<f64>() {
+        Ok(rounded) => number(rounded),
+        Err(_) => number(x),
+    }
+}
+
 /// Collects the runs of the sweep in `out` and writes the tables and plots there.
 pub fn collect(out: &Path) -> Result<Collected, SweepError> {
     let sweep = Sweep::read(out)?;
@@ -244,11 +253,11 @@ pub fn collect(out: &Path) -> Result<Collected, SweepError> {
                 g.strategy,
                 csv_text(metric),
                 m.n,
-                number(m.mean),
-                number(m.sd),
-                m.ci95_half.map_or_else(String::new, number),
-                number(m.ci95_low),
-                number(m.ci95_high)
+                statistic(m.mean),
+                statistic(m.sd),
+                m.ci95_half.map_or_else(String::new, statistic),
+                statistic(m.ci95_low),
+                statistic(m.ci95_high)
             );
         }
     }
@@ -260,7 +269,7 @@ pub fn collect(out: &Path) -> Result<Collected, SweepError> {
         let name = format!("{}-vs-{}.svg", file_name(&plot.metric), file_name(&plot.x));
         write_atomic(
             &out.join("plots").join(&name),
-            plot_svg(&sweep, &groups, &plot.metric, &plot.x).as_bytes(),
+            plot_svg(&sweep, &groups, plot).as_bytes(),
         )?;
         plots.push(name);
     }
@@ -371,22 +380,24 @@ fn file_name(text: &str) -> String {
         .collect()
 }
 
-/// How a metric is shown: its values' scale and the axis label's unit.
-fn metric_axis(metric: &str, top: f64) -> (f64, String) {
+/// How a metric is shown: its values' scale and the axis label (`label`, or the
+/// metric's name) with its unit.
+fn metric_axis(metric: &str, label: Option<&str>, top: f64) -> (f64, String) {
     let leaf = metric.rsplit('.').next().unwrap_or(metric);
+    let label = label.unwrap_or(metric);
     if metric.contains("availability") {
-        (100.0, format!("{metric} (%)"))
+        (100.0, format!("{label} (%)"))
     } else if metric.contains("bytes") {
         let (per, unit) = svg::bytes_unit(top);
-        (1.0 / per, format!("{metric} ({unit})"))
+        (1.0 / per, format!("{label} ({unit})"))
     } else if metric.contains("_ms") {
         let (per, unit) = svg::time_unit(top);
-        (1.0 / per, format!("{metric} ({unit})"))
+        (1.0 / per, format!("{label} ({unit})"))
     } else if leaf == "duration_s" {
         let (per, unit) = svg::time_unit(top * 1000.0);
-        (1000.0 / per, format!("{metric} ({unit})"))
+        (1000.0 / per, format!("{label} ({unit})"))
     } else {
-        (1.0, metric.to_owned())
+        (1.0, label.to_owned())
     }
 }
 
@@ -404,7 +415,8 @@ fn numeric(v: &serde_json::Value) -> Option<(f64, bool)> {
 
 /// The plot of `metric` against the swept key `x`: one line per strategy (and per
 /// combination of the other swept keys), the mean with its 95 % interval shaded.
-fn plot_svg(sweep: &Sweep, groups: &[Group], metric: &str, x: &str) -> String {
+fn plot_svg(sweep: &Sweep, groups: &[Group], plot: &super::Plot) -> String {
+    let (metric, x) = (plot.metric.as_str(), plot.x.as_str());
     let others: Vec<&String> = sweep.keys.iter().filter(|k| *k != x).collect();
     let xs: Vec<&serde_json::Value> = groups.iter().filter_map(|g| g.params.get(x)).collect();
     let nums: Option<Vec<(f64, bool)>> = xs.iter().map(|v| numeric(v)).collect();
@@ -447,7 +459,7 @@ fn plot_svg(sweep: &Sweep, groups: &[Group], metric: &str, x: &str) -> String {
         .filter_map(|g| g.metrics.get(metric))
         .map(|m| m.ci95_high.abs().max(m.mean.abs()))
         .fold(0.0, f64::max);
-    let (scale, y_label) = metric_axis(metric, top);
+    let (scale, y_label) = metric_axis(metric, plot.y_label.as_deref(), top);
     let mut series: Vec<svg::Band> = Vec::new();
     for g in groups {
         let (Some(m), Some(xv)) = (g.metrics.get(metric), g.params.get(x).and_then(x_of)) else {
@@ -474,8 +486,13 @@ fn plot_svg(sweep: &Sweep, groups: &[Group], metric: &str, x: &str) -> String {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     svg::bands(
-        &format!("{metric} by {x}: {} (mean, 95 % CI)", sweep.name),
-        &format!("{x}{x_unit}"),
+        &format!(
+            "{}: {} (mean and 95 % CI over {} seeds)",
+            plot.y_label.as_deref().unwrap_or(metric),
+            sweep.name,
+            sweep.seeds.len()
+        ),
+        &format!("{}{x_unit}", plot.x_label.as_deref().unwrap_or(x)),
         &y_label,
         &series,
         if categories.is_empty() {
@@ -496,6 +513,8 @@ mod tests {
         assert_eq!(number(0.25), "0.25");
         assert_eq!(number(-2.0), "-2");
         assert_eq!(number(1e20), "100000000000000000000");
+        assert_eq!(statistic(84.00609999999999), "84.0061");
+        assert_eq!(statistic(0.45499999999999996), "0.455");
     }
 
     #[test]

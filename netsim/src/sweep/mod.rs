@@ -187,6 +187,12 @@ pub struct Plot {
     pub metric: String,
     /// A swept key.
     pub x: String,
+    /// The x axis's label (default: the key); its unit is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_label: Option<String>,
+    /// The y axis's label (default: the metric); its unit is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y_label: Option<String>,
 }
 
 /// A resolved sweep, as `DIR/sweep.json` holds it: everything a run needs, so that a
@@ -329,16 +335,31 @@ impl Sweep {
         Ok(sweep)
     }
 
-    /// Writes `DIR/sweep.json` (atomically), or checks that the one there is this sweep's.
+    /// Do the two sweeps have the same runs (points, strategies and seeds)? Their names
+    /// and plots may differ.
+    pub fn same_runs(&self, other: &Sweep) -> bool {
+        self.version == other.version
+            && self.keys == other.keys
+            && self.points == other.points
+            && self.strategies == other.strategies
+            && self.seeds == other.seeds
+    }
+
+    /// Writes `DIR/sweep.json` (atomically). One already there must have the same runs
+    /// ([`Sweep::same_runs`]); its name and plots are replaced by this one's.
     pub fn write(&self, out: &Path) -> Result<(), SweepError> {
         let text = self.to_json()?;
         let path = out.join("sweep.json");
         match std::fs::read_to_string(&path) {
             Ok(existing) if existing == text => return Ok(()),
-            Ok(_) => {
-                return Err(SweepError::OtherSweep {
-                    dir: out.display().to_string(),
-                });
+            Ok(existing) => {
+                let same =
+                    serde_json::from_str::<Sweep>(&existing).is_ok_and(|old| old.same_runs(self));
+                if !same {
+                    return Err(SweepError::OtherSweep {
+                        dir: out.display().to_string(),
+                    });
+                }
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {

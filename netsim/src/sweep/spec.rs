@@ -41,6 +41,10 @@ fn one() -> u64 {
 struct RawPlot {
     metric: String,
     x: String,
+    #[serde(default)]
+    x_label: Option<String>,
+    #[serde(default)]
+    y_label: Option<String>,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SweepError {
@@ -327,6 +331,8 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
         plots.push(Plot {
             metric: p.metric.clone(),
             x: p.x.clone(),
+            x_label: p.x_label.clone(),
+            y_label: p.y_label.clone(),
         });
     }
 

@@ -51,8 +51,18 @@ impl Estimate {
             return None;
         }
         let n = values.len();
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let sd = if n > 1 {
+        let (lo, hi) = values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            });
+        // A constant sample has that mean and no spread, exactly (no rounding noise).
+        let mean = if lo == hi {
+            lo
+        } else {
+            values.iter().sum::<f64>() / n as f64
+        };
+        let sd = if n > 1 && lo != hi {
             (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
         } else {
             0.0
@@ -99,6 +109,8 @@ mod tests {
         let half = 4.303 / 3f64.sqrt();
         assert!((e.ci95.unwrap() - half).abs() < 1e-12);
         assert!((e.low() - (2.0 - half)).abs() < 1e-12);
+        let same = Estimate::of(&[0.455; 10]).unwrap();
+        assert_eq!((same.mean, same.sd, same.ci95), (0.455, 0.0, Some(0.0)));
         let one = Estimate::of(&[5.0]).unwrap();
         assert_eq!(
             (one.sd, one.ci95, one.low(), one.high()),
