@@ -109,6 +109,22 @@ pub fn tick_label(v: f64, step: f64) -> String {
     }
 }
 
+/// A bar's value: three significant digits or so (at least the integer part).
+fn value_label(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0".to_owned()
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 /// The unit to show `max_bytes` in: (bytes per unit, its name), B, KB, MB or GB
 /// (powers of 1000).
 pub fn bytes_unit(max_bytes: f64) -> (f64, &'static str) {
@@ -388,7 +404,6 @@ pub fn bars(
     // Room above the tallest bar for its label.
     let y = Axis::new(0.0, if top > 0.0 { top * 1.08 } else { 1.0 }, 5);
     y_grid(&mut s, &y);
-    let step = y.step();
     let n = groups.len().max(1) as f64;
     let group_w = PW / n;
     let bar_w = group_w * 0.8 / series.len().max(1) as f64;
@@ -416,7 +431,7 @@ pub fn bars(
                 colour(i),
                 x + bar_w / 2.0,
                 TOP + PH - h - 3.0,
-                tick_label(v, step / 10.0)
+                value_label(v)
             );
         }
     }
