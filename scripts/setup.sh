@@ -91,7 +91,7 @@ if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
         fi
     fi
-    scripts/slurm-cluster.sh
+    "$(dirname "$0")/slurm-cluster.sh"
 else
     for cmd in slurmctld slurmd sbatch munged; do
         if ! need_cmd "$cmd"; then

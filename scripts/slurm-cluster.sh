@@ -25,11 +25,13 @@ chown slurm:slurm /var/spool/slurmctld /var/log/slurm 2>/dev/null || true
 if [ ! -f "$conf" ]; then
     echo "slurm-cluster: writing $conf for node $host"
     # CPUs, boards, sockets, cores, threads and memory as slurmd sees them.
-    node="$(slurmd -C | head -n 1 | sed -e "s/^NodeName=[^ ]*/NodeName=$host/")"
+    # The node and the controller on the loopback address, so that nothing depends on
+    # the host name resolving.
+    node="$(slurmd -C | head -n 1 | sed -e "s/^NodeName=[^ ]*/NodeName=$host NodeAddr=127.0.0.1/")"
     cat >"$conf" <<CONF
 # A one-node cluster for tests (written by scripts/slurm-cluster.sh).
 ClusterName=hearth
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
