@@ -475,3 +475,37 @@ fn the_dry_run_writes_a_job_array_script_that_runs_the_packs() {
         std::fs::read(local.path().join("out/results.csv")).unwrap()
     );
 }
+
+#[test]
+fn the_example_sweeps_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweeps");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let sweep = hearth_netsim::sweep::Sweep::load(&path)
+                .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            assert!(!sweep.runs().is_empty());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "{seen} example sweeps");
+    let loss = hearth_netsim::sweep::Sweep::load(&dir.join("loss.toml")).unwrap();
+    assert_eq!(loss.points.len(), 8);
+    assert_eq!(
+        loss.keys,
+        [
+            "links.broadband.loss",
+            "partitions.0.end",
+            "links.cellular.mbps",
+            "devices.2.at_home"
+        ]
+    );
+    // A listed point shows the base scenario's values for the keys it does not set.
+    assert_eq!(loss.points[6].params[0], serde_json::json!(0.002));
+    assert_eq!(loss.points[6].params[2], serde_json::json!(0.5));
+    assert_eq!(loss.points[7].params[3], serde_json::json!("never"));
+    assert_eq!(loss.runs().len(), 160);
+    let thesis = hearth_netsim::sweep::Sweep::load(&dir.join("thesis.toml")).unwrap();
+    assert_eq!(thesis.runs().len(), 160);
+}
