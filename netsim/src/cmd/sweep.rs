@@ -186,8 +186,9 @@ fn submit(
         slurm::script(sweep, &exe, &out, size, tasks).as_bytes(),
     )?;
     println!(
-        "wrote {} ({runs} runs in {tasks} array tasks of up to {size})",
-        script_path.display()
+        "wrote {} ({runs} runs in {tasks} array {} of up to {size})",
+        script_path.display(),
+        if tasks == 1 { "task" } else { "tasks" }
     );
     if dry_run {
         println!(

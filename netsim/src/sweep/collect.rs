@@ -413,11 +413,28 @@ fn numeric(v: &serde_json::Value) -> Option<(f64, bool)> {
     }
 }
 
-/// The plot of `metric` against the swept key `x`: one line per strategy (and per
-/// combination of the other swept keys), the mean with its 95 % interval shaded.
+/// The plot of `metric` against the swept key `x`, over the points that set `x`: one
+/// line per strategy (and per combination of the other swept keys that vary among
+/// those points), the mean with its 95 % interval shaded.
 fn plot_svg(sweep: &Sweep, groups: &[Group], plot: &super::Plot) -> String {
     let (metric, x) = (plot.metric.as_str(), plot.x.as_str());
-    let others: Vec<&String> = sweep.keys.iter().filter(|k| *k != x).collect();
+    let sets_x = |g: &Group| {
+        sweep
+            .points
+            .iter()
+            .any(|p| p.id == g.point && p.set.iter().any(|k| k == x))
+    };
+    let groups: Vec<&Group> = groups.iter().filter(|g| sets_x(g)).collect();
+    let others: Vec<&String> = sweep
+        .keys
+        .iter()
+        .filter(|k| *k != x)
+        .filter(|k| {
+            let mut values = groups.iter().map(|g| g.params.get(*k));
+            let first = values.next().flatten();
+            values.any(|v| v != first)
+        })
+        .collect();
     let xs: Vec<&serde_json::Value> = groups.iter().filter_map(|g| g.params.get(x)).collect();
     let nums: Option<Vec<(f64, bool)>> = xs.iter().map(|v| numeric(v)).collect();
     let durations = nums.as_ref().is_some_and(|n| n.iter().all(|(_, d)| *d));
@@ -461,7 +478,7 @@ fn plot_svg(sweep: &Sweep, groups: &[Group], plot: &super::Plot) -> String {
         .fold(0.0, f64::max);
     let (scale, y_label) = metric_axis(metric, plot.y_label.as_deref(), top);
     let mut series: Vec<svg::Band> = Vec::new();
-    for g in groups {
+    for g in &groups {
         let (Some(m), Some(xv)) = (g.metrics.get(metric), g.params.get(x).and_then(x_of)) else {
             continue;
         };

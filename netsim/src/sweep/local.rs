@@ -106,9 +106,12 @@ fn one(sweep: &Sweep, scenario: &Scenario, out: &Path, r: &Run) -> Result<Option
     let seed = r.seed;
     let rerun = || {
         format!(
-            "seed {seed}; rerun with `hearth-netsim run` on point {}'s scenario (the `scenario` of sweep.json) with --seed {seed} --strategy {}",
-            sweep.points.get(r.point).map_or("?", |p| p.id.as_str()),
-            r.strategy.as_str()
+            "seed {seed}; rerun with `hearth-netsim run SCENARIO --seed {seed} --strategy {}` on the base scenario with {}",
+            r.strategy.as_str(),
+            sweep
+                .points
+                .get(r.point)
+                .map_or("this point's overrides", |p| p.overrides.as_str())
         )
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

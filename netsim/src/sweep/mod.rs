@@ -176,6 +176,8 @@ pub struct Point {
     pub params: Vec<serde_json::Value>,
     /// The overrides this point applied, `key = value, ...` (for messages).
     pub overrides: String,
+    /// The keys this point overrides (a listed point may set only some of the swept keys).
+    pub set: Vec<String>,
     /// The point's whole scenario tree (the TOML as JSON).
     pub scenario: serde_json::Value,
 }

@@ -358,7 +358,7 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
     for (k, point) in overrides.iter().enumerate() {
         let id = format!("p{k}");
         let described = if point.is_empty() {
-            "the base scenario".to_owned()
+            "no overrides".to_owned()
         } else {
             point
                 .iter()
@@ -397,6 +397,7 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
             id,
             params,
             overrides: described,
+            set: point.iter().map(|(k, _)| k.clone()).collect(),
             scenario,
         });
     }
