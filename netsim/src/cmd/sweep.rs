@@ -33,7 +33,7 @@ pub(crate) struct Args {
     #[arg(long, requires = "slurm", conflicts_with = "dry_run")]
     wait: bool,
     /// With --slurm: runs per array task (default: estimated from the scenario's size,
-    /// about a minute of work per task).
+    /// about half a minute of work per task).
     #[arg(long, requires = "slurm", value_parser = clap::value_parser!(u32).range(1..))]
     pack: Option<u32>,
 }
