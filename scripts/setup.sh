@@ -80,3 +80,25 @@ if need_cmd rustup && ! rustup target list --installed | grep -qx wasm32-wasip2;
     echo "setup: adding the wasm32-wasip2 Rust target"
     rustup target add wasm32-wasip2
 fi
+
+# The simulator's Slurm test submits a real job array to a single-node cluster on this
+# machine: munge for authentication, slurmctld and slurmd started directly (CI has no
+# systemd), the node described by `slurmd -C`, no cgroups.
+slurm_ready() { need_cmd slurmctld && need_cmd slurmd && need_cmd sbatch && need_cmd munged; }
+if ! slurm_ready; then
+    if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
+        echo "setup: installing slurm-wlm and munge"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
+        fi
+    else
+        echo "setup: slurmctld, slurmd, sbatch or munged is missing; install slurm-wlm and munge as root for the simulator's Slurm test" >&2
+    fi
+fi
+if slurm_ready; then
+    if [ "$(id -u)" = 0 ]; then
+        "$(dirname "$0")/slurm-cluster.sh"
+    elif ! sinfo -h >/dev/null 2>&1; then
+        echo "setup: no Slurm controller answers; run scripts/slurm-cluster.sh as root to start a one-node cluster for the simulator's Slurm test" >&2
+    fi
+fi

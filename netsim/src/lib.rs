@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod rng;
 pub mod scenario;
 pub mod svg;
+pub mod sweep;
 pub mod world;
 
 pub use metrics::{Recorder, Summary};

@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hearth_netsim::{Scenario, Strategy, metrics, simulate};
 
+mod cmd;
+
 /// Deterministic simulation of Hearth meshes.
 #[derive(Debug, Parser)]
 #[command(name = "hearth-netsim", version, about)]
@@ -53,6 +55,9 @@ enum Command {
         #[arg(long)]
         progress: bool,
     },
+    /// Runs a parameter sweep (points × strategies × seeds) locally or on Slurm, or
+    /// collects one (`sweep collect DIR`).
+    Sweep(cmd::sweep::Args),
 }
 
 /// A progress bar on stderr, redrawn when the percentage changes.
@@ -147,6 +152,7 @@ fn strategy(text: &str) -> anyhow::Result<Strategy> {
 
 fn main_inner(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Sweep(args) => cmd::sweep::main(args)?,
         Command::Run {
             scenario,
             seed,

@@ -504,7 +504,7 @@ fn json<T: Serialize>(value: &T) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// The empirical CDF of `values` as plot points (x, fraction ≤ x).
+/// The empirical CDF of `values` as plot points (x, per cent ≤ x).
 fn cdf(values: &[f64]) -> Vec<(f64, f64)> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -515,7 +515,7 @@ fn cdf(values: &[f64]) -> Vec<(f64, f64)> {
         .iter()
         .enumerate()
         .filter(|(i, _)| i % step == 0 || i + 1 == v.len())
-        .map(|(i, x)| (*x, (i + 1) as f64 / n))
+        .map(|(i, x)| (*x, (i + 1) as f64 / n * 100.0))
         .collect();
     points.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     points
@@ -541,6 +541,23 @@ fn raw_groups() -> [String; 4] {
         "to cloud".to_owned(),
         "sealed to cloud".to_owned(),
     ]
+}
+
+/// The unit to show the store data charts of these summaries in.
+fn raw_unit(summaries: &[&Summary]) -> (f64, &'static str) {
+    let top = summaries
+        .iter()
+        .flat_map(|s| {
+            [
+                s.raw_bytes_left_origin,
+                s.raw_bytes_over_internet,
+                s.raw_bytes_to_cloud,
+                s.sealed_bytes_to_cloud,
+            ]
+        })
+        .max()
+        .unwrap_or(0);
+    svg::bytes_unit(top as f64)
 }
 
 /// A summary's values for [`raw_groups`], in units of `unit` bytes.
@@ -634,8 +651,8 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
         "convergence_cdf.svg",
         &svg::lines(
             &format!("Convergence time: {title}"),
-            "convergence time (ms, log)",
-            "fraction of writes",
+            "convergence time (ms, log scale)",
+            "writes converged (%)",
             &[("writes".to_owned(), cdf(&convergence_values(r)))],
             true,
         ),
@@ -645,17 +662,20 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
         "job_latency_cdf.svg",
         &svg::lines(
             &format!("Job latency: {title}"),
-            "job latency (ms, log)",
-            "fraction of answered jobs",
+            "job latency (ms, log scale)",
+            "answered jobs (%)",
             &[("jobs".to_owned(), cdf(&latency_values(r)))],
             true,
         ),
     )?;
+    let top = r.over_time.values().copied().max().unwrap_or(0) as f64;
+    let (per_unit, unit) = svg::bytes_unit(top);
+    let (bucket_per_unit, bucket_unit) = svg::time_unit(ms(r.bucket_us));
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for ((bucket, class), bytes) in &r.over_time {
         series.entry(class.clone()).or_default().push((
             ms(bucket * r.bucket_us) / 3_600_000.0,
-            *bytes as f64 / 1024.0,
+            *bytes as f64 / per_unit,
         ));
     }
     let series: Vec<(String, Vec<(f64, f64)>)> = series.into_iter().collect();
@@ -665,7 +685,12 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
         &svg::lines(
             &format!("Bytes per link class over time: {title}"),
             "time (h)",
-            "KiB per bucket",
+            &format!(
+                "{unit} per {} {bucket_unit}",
+                svg::tick_label(ms(r.bucket_us) / bucket_per_unit, 0.01)
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+            ),
             &series,
             false,
         ),
@@ -675,9 +700,12 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
         "raw_bytes.svg",
         &svg::bars(
             &format!("Store data moved: {title}"),
-            "KiB",
+            &format!("store data ({})", raw_unit(&[summary]).1),
             &raw_groups(),
-            &[(summary.strategy.clone(), raw_values(summary, 1024.0))],
+            &[(
+                summary.strategy.clone(),
+                raw_values(summary, raw_unit(&[summary]).0),
+            )],
         ),
     )?;
     write(
@@ -685,13 +713,13 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
         "availability.svg",
         &svg::bars(
             &format!("Availability of job results: {title}"),
-            "fraction answered",
+            "jobs answered (%)",
             &["all jobs".to_owned(), "during partitions".to_owned()],
             &[(
                 summary.strategy.clone(),
                 vec![
-                    summary.jobs.availability,
-                    summary.jobs.availability_during_partition,
+                    summary.jobs.availability * 100.0,
+                    summary.jobs.availability_during_partition * 100.0,
                 ],
             )],
         ),
@@ -736,11 +764,11 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
         "compare_raw_bytes.svg",
         &svg::bars(
             &format!("Store data moved: {title}"),
-            "MiB",
+            &format!("store data ({})", raw_unit(&summaries).1),
             &raw_groups(),
             &summaries
                 .iter()
-                .map(|s| (s.strategy.clone(), raw_values(s, 1_048_576.0)))
+                .map(|s| (s.strategy.clone(), raw_values(s, raw_unit(&summaries).0)))
                 .collect::<Vec<_>>(),
         ),
     )?;
@@ -749,14 +777,17 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
         "compare_availability.svg",
         &svg::bars(
             &format!("Availability of job results: {title}"),
-            "fraction answered",
+            "jobs answered (%)",
             &["all jobs".to_owned(), "during partitions".to_owned()],
             &summaries
                 .iter()
                 .map(|s| {
                     (
                         s.strategy.clone(),
-                        vec![s.jobs.availability, s.jobs.availability_during_partition],
+                        vec![
+                            s.jobs.availability * 100.0,
+                            s.jobs.availability_during_partition * 100.0,
+                        ],
                     )
                 })
                 .collect::<Vec<_>>(),
@@ -767,8 +798,8 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
         "compare_job_latency_cdf.svg",
         &svg::lines(
             &format!("Job latency: {title}"),
-            "job latency (ms, log)",
-            "fraction of answered jobs",
+            "job latency (ms, log scale)",
+            "answered jobs (%)",
             &runs
                 .iter()
                 .map(|(s, r)| (s.strategy.clone(), cdf(&latency_values(r))))
@@ -781,8 +812,8 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
         "compare_convergence_cdf.svg",
         &svg::lines(
             &format!("Convergence time: {title}"),
-            "convergence time (ms, log)",
-            "fraction of writes",
+            "convergence time (ms, log scale)",
+            "writes converged (%)",
             &runs
                 .iter()
                 .map(|(s, r)| (s.strategy.clone(), cdf(&convergence_values(r))))
@@ -796,12 +827,18 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    let top = summaries
+        .iter()
+        .flat_map(|s| s.bytes_by_class.values().copied())
+        .max()
+        .unwrap_or(0) as f64;
+    let (per_unit, unit) = svg::bytes_unit(top);
     write(
         dir,
         "compare_bytes_by_class.svg",
         &svg::bars(
             &format!("Bytes per link class: {title}"),
-            "MiB",
+            &format!("bytes ({unit})"),
             &classes,
             &summaries
                 .iter()
@@ -811,7 +848,7 @@ pub fn write_compare(dir: &Path, runs: &[(Summary, Recorder)]) -> std::io::Resul
                         classes
                             .iter()
                             .map(|c| {
-                                s.bytes_by_class.get(c).copied().unwrap_or(0) as f64 / 1_048_576.0
+                                s.bytes_by_class.get(c).copied().unwrap_or(0) as f64 / per_unit
                             })
                             .collect(),
                     )

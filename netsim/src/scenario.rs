@@ -578,6 +578,19 @@ impl Scenario {
     pub fn parse(text: &str) -> Result<Self, ScenarioError> {
         let raw: Raw = toml::from_str(text)
             .map_err(|err| ScenarioError::Syntax(err.to_string().trim_end().replace('\n', " ")))?;
+        Self::check(raw)
+    }
+
+    /// Checks a scenario already parsed as TOML (a sweep edits the tree of a scenario
+    /// file, then checks each point with this).
+    pub fn from_value(value: toml::Value) -> Result<Self, ScenarioError> {
+        let raw: Raw = value.try_into().map_err(|err: toml::de::Error| {
+            ScenarioError::Syntax(err.to_string().trim_end().replace('\n', " "))
+        })?;
+        Self::check(raw)
+    }
+
+    fn check(raw: Raw) -> Result<Self, ScenarioError> {
         let name = raw.name.trim().to_owned();
         if name.is_empty() {
             return Err(invalid("name", "must not be empty"));
