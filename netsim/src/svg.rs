@@ -21,6 +21,27 @@ const COLOURS: [&str; 8] = [
 /// Dash patterns of the lines of a [`bands`] chart, in turn (the first solid).
 const DASHES: [&str; 4] = ["none", "7 4", "2 3", "10 3 2 3"];
 
+/// The dash pattern of line `i` of a [`bands`] chart: in turn, shifted by one each time
+/// the colours come round again, so that the first 32 lines all differ in colour or
+/// dashes.
+fn dash(i: usize) -> &'static str {
+    DASHES
+        .get((i + i / COLOURS.len()) % DASHES.len())
+        .copied()
+        .unwrap_or("none")
+}
+
+/// The height of a chart whose legend has `rows` names: the legend runs below the plot
+/// area rather than out of the picture.
+fn height(rows: usize) -> f64 {
+    H.max(TOP + 20.0 + 18.0 * rows as f64)
+}
+
+/// Are all of a point's coordinates numbers (not NaN or infinite)?
+fn finite(values: &[f64]) -> bool {
+    values.iter().all(|v| v.is_finite())
+}
+
 /// The "nice number" near `x` (> 0): 1, 2, 5 or 10 × 10ⁿ. Rounded to the nearest when
 /// `round`, else the smallest not below `x`.
 pub fn nice_number(x: f64, round: bool) -> f64 {
@@ -57,12 +78,16 @@ pub fn nice_number(x: f64, round: bool) -> f64 {
 /// 5 × 10ⁿ, the first at or below `lo` and the last at or above `hi` (the axis spans
 /// them). A degenerate range is widened first.
 pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
+    // Within ±1e307, so that the range itself is a number.
+    const LIMIT: f64 = 1e307;
     let (mut lo, mut hi) = if lo.is_finite() && hi.is_finite() {
-        (lo.min(hi), lo.max(hi))
+        (lo.min(hi).max(-LIMIT), lo.max(hi).min(LIMIT))
     } else {
         (0.0, 1.0)
     };
-    if hi - lo < f64::EPSILON * hi.abs().max(1.0) {
+    // A range too narrow for its magnitude (a billionth) is as good as one value: its
+    // ticks would need more digits than a label shows.
+    if hi - lo <= 1e-9 * hi.abs().max(lo.abs()) {
         let pad = if hi == 0.0 { 1.0 } else { hi.abs() / 2.0 };
         lo -= pad;
         hi += pad;
@@ -91,6 +116,13 @@ fn tick_step(lo: f64, hi: f64, target: usize) -> f64 {
 
 /// A tick's label, with as many decimals as the step between ticks needs.
 pub fn tick_label(v: f64, step: f64) -> String {
+    if v != 0.0 && (step < 1e-6 || v.abs() >= 1e12) && step > 0.0 && v.is_finite() {
+        // Tiny steps or huge values: scientific notation, with as many digits as the
+        // step needs beside the value's own (2e-12, 1.5e-12, 3e15).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let digits = (v.abs().log10().floor() - step.log10().floor()).clamp(0.0, 15.0) as usize;
+        return format!("{v:.digits$e}");
+    }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let decimals = if step > 0.0 && step < 1.0 {
         (-step.log10().floor()).clamp(0.0, 9.0) as usize
@@ -169,15 +201,16 @@ fn legend_width(names: &[&str]) -> f64 {
     (50.0 + 7.0 * longest as f64).max(120.0)
 }
 
-fn header(title: &str, x_label: &str, y_label: &str, width: f64) -> String {
+fn header(title: &str, x_label: &str, y_label: &str, width: f64, rows: usize) -> String {
     let mut s = String::new();
+    let h = height(rows);
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{H}" viewBox="0 0 {width:.0} {H}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{h}" viewBox="0 0 {width:.0} {h}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(
         s,
-        r##"<rect width="{width:.0}" height="{H}" fill="#ffffff"/>"##
+        r##"<rect width="{width:.0}" height="{h}" fill="#ffffff"/>"##
     );
     let _ = writeln!(
         s,
@@ -224,7 +257,7 @@ fn legend(s: &mut String, names: &[&str], dashed: bool) {
                 x + 22.0,
                 y - 4.0,
                 colour(i),
-                DASHES.get(i % DASHES.len()).copied().unwrap_or("none"),
+                dash(i),
                 x + 28.0,
                 escape(name)
             );
@@ -318,7 +351,26 @@ pub fn lines(
     log_x: bool,
 ) -> String {
     let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
-    let mut s = header(title, x_label, y_label, LEFT + PW + legend_width(&names));
+    let mut s = header(
+        title,
+        x_label,
+        y_label,
+        LEFT + PW + legend_width(&names),
+        names.len(),
+    );
+    // A point that is not a number has no place on the chart.
+    let series: Vec<(&String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, p)| {
+            (
+                n,
+                p.iter()
+                    .copied()
+                    .filter(|(x, y)| finite(&[*x, *y]))
+                    .collect(),
+            )
+        })
+        .collect();
     let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if points.is_empty() {
         no_data(&mut s);
@@ -396,10 +448,17 @@ pub fn bars(
     series: &[(String, Vec<f64>)],
 ) -> String {
     let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
-    let mut s = header(title, "", y_label, LEFT + PW + legend_width(&names));
+    let mut s = header(
+        title,
+        "",
+        y_label,
+        LEFT + PW + legend_width(&names),
+        names.len(),
+    );
     let top = series
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
     // Room above the tallest bar for its label.
     let y = Axis::new(0.0, if top > 0.0 { top * 1.08 } else { 1.0 }, 5);
@@ -420,7 +479,11 @@ pub fn bars(
             escape(name)
         );
         for (i, (_, values)) in series.iter().enumerate() {
-            let v = values.get(g).copied().unwrap_or(0.0);
+            let v = values
+                .get(g)
+                .copied()
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0);
             let h = y.at(v, PH);
             let x = gx + group_w * 0.1 + bar_w * i as f64;
             let _ = writeln!(
@@ -460,7 +523,26 @@ pub fn bands(
     categories: Option<&[String]>,
 ) -> String {
     let names: Vec<&str> = series.iter().map(|b| b.name.as_str()).collect();
-    let mut s = header(title, x_label, y_label, LEFT + PW + legend_width(&names));
+    let mut s = header(
+        title,
+        x_label,
+        y_label,
+        LEFT + PW + legend_width(&names),
+        names.len(),
+    );
+    // A point that is not a number has no place on the chart.
+    let series: Vec<Band> = series
+        .iter()
+        .map(|b| Band {
+            name: b.name.clone(),
+            points: b
+                .points
+                .iter()
+                .copied()
+                .filter(|&(x, m, lo, hi)| finite(&[x, m, lo, hi]))
+                .collect(),
+        })
+        .collect();
     let points: Vec<(f64, f64, f64, f64)> = series
         .iter()
         .flat_map(|b| b.points.iter().copied())
@@ -536,11 +618,9 @@ pub fn bands(
         // Dashes differ from line to line, so that lines lying on each other all show.
         let _ = writeln!(
             s,
-            r#"<path d="{line}" fill="none" stroke="{}" stroke-width="1.8"{} clip-path="url(#plot)"/>"#,
+            r#"<path d="{line}" fill="none" stroke="{}" stroke-width="1.8" stroke-dasharray="{}" clip-path="url(#plot)"/>"#,
             colour(i),
-            DASHES
-                .get(i % DASHES.len())
-                .map_or_else(String::new, |d| format!(r#" stroke-dasharray="{d}""#))
+            dash(i)
         );
         for &(x, m, _, _) in &band.points {
             let _ = writeln!(
@@ -640,6 +720,102 @@ mod tests {
         assert_eq!(time_unit(250.0), (1.0, "ms"));
         assert_eq!(time_unit(12_000.0), (1000.0, "s"));
         assert_eq!(time_unit(4.0 * 3_600_000.0), (3_600_000.0, "h"));
+    }
+
+    #[test]
+    fn tiny_huge_and_degenerate_ranges_get_distinct_labels() {
+        for (lo, hi) in [
+            (1e-12, 3e-12),
+            (-3e-12, -1e-12),
+            (0.0, 4e-15),
+            (1e14, 3e14),
+            (0.0, 1e300),
+            (-f64::MAX, f64::MAX),
+            (1_000.0, 1_000.000_000_1),
+            (-2.5, -2.5),
+            (0.0, 0.0),
+        ] {
+            let ticks = nice_ticks(lo, hi, 6);
+            assert!(
+                ticks.len() >= 2 && ticks.len() <= 12,
+                "{lo}..{hi}: {ticks:?}"
+            );
+            assert!(ticks.iter().all(|t| t.is_finite()), "{lo}..{hi}: {ticks:?}");
+            assert!(
+                ticks.windows(2).all(|w| w[0] < w[1]),
+                "{lo}..{hi}: {ticks:?}"
+            );
+            let step = ticks[1] - ticks[0];
+            let labels: Vec<String> = ticks.iter().map(|t| tick_label(*t, step)).collect();
+            let mut unique = labels.clone();
+            unique.dedup();
+            assert_eq!(unique, labels, "{lo}..{hi}: labels repeat");
+            assert!(
+                labels.iter().all(|l| l.len() <= 12),
+                "{lo}..{hi}: {labels:?}"
+            );
+        }
+        assert_eq!(tick_label(2e-12, 1e-12), "2e-12");
+        assert_eq!(tick_label(1.5e-12, 5e-13), "1.5e-12");
+        assert_eq!(tick_label(3e15, 1e15), "3e15");
+        assert_eq!(tick_label(0.0, 1e-12), "0");
+    }
+
+    #[test]
+    fn points_that_are_not_numbers_are_left_out() {
+        let svg = bands(
+            "t",
+            "x",
+            "y",
+            &[Band {
+                name: "a".to_owned(),
+                points: vec![
+                    (0.0, 1.0, 0.5, 1.5),
+                    (1.0, f64::NAN, f64::NAN, f64::NAN),
+                    (f64::INFINITY, 2.0, 1.0, 3.0),
+                    (2.0, 2.0, 1.0, 3.0),
+                ],
+            }],
+            None,
+        );
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        assert_eq!(svg.matches("<circle").count(), 2);
+        let svg = lines(
+            "t",
+            "x",
+            "y",
+            &[("a".to_owned(), vec![(0.0, 1.0), (1.0, f64::NAN)])],
+            false,
+        );
+        assert!(!svg.contains("NaN"), "{svg}");
+        let svg = bars(
+            "t",
+            "y",
+            &["g".to_owned()],
+            &[("a".to_owned(), vec![f64::NAN])],
+        );
+        assert!(!svg.contains("NaN"), "{svg}");
+    }
+
+    #[test]
+    fn a_long_legend_makes_the_chart_taller_and_lines_stay_apart() {
+        let series: Vec<Band> = (0..40)
+            .map(|i| Band {
+                name: format!("s{i}"),
+                points: vec![(0.0, 1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0)],
+            })
+            .collect();
+        let svg = bands("t", "x", "y", &series, None);
+        let last_y = TOP + 10.0 + 18.0 * 39.0;
+        let h = height(40);
+        assert!(h > last_y + 4.0, "{h} {last_y}");
+        assert!(svg.contains(&format!(r#"height="{h}""#)), "{svg}");
+        assert_eq!(height(3), H);
+        let styles: Vec<(&str, &str)> = (0..32).map(|i| (colour(i), dash(i))).collect();
+        let mut unique = styles.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 32, "two of the first 32 lines look the same");
     }
 
     #[test]
