@@ -368,6 +368,23 @@ fn bad_sweep_files_are_refused_and_nothing_is_written() {
             SWEEP.replace("seeds = 3", "seeds = 3\ncolour = 1"),
             vec!["unknown field `colour`"],
         ),
+        (
+            bare.replace("[\"8m\", \"12m\"]", "[\"8m\", \"12m\", \"8m\"]"),
+            vec![
+                "p2 (partitions.0.end = \"8m\") is the same scenario as p0",
+                "each point must differ",
+            ],
+        ),
+        (
+            format!(
+                "{bare}\n[grid.links.lan]\nloss = [{}]\n",
+                (0..5001)
+                    .map(|i| format!("{}.0e-4", i))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            vec!["grid", "more than 10000 points"],
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let case = dir.path().join(format!("case{i}"));
@@ -389,6 +406,125 @@ fn bad_sweep_files_are_refused_and_nothing_is_written() {
             }
             assert!(!out.exists(), "case {i} {extra:?} wrote {}", out.display());
         }
+    }
+    // The scenario's own message is said once, not once more as its cause.
+    let err = netsim(&[
+        "sweep",
+        dir.path().join("case1/sweep.toml").to_str().unwrap(),
+        "--out",
+        dir.path().join("case1/out").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert_eq!(err.matches("not a probability").count(), 1, "{err}");
+}
+
+#[test]
+fn collect_refuses_a_summary_that_is_not_its_runs_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), "2");
+    let out = dir.path().join("out");
+    let before = files(&out);
+    let o = out.to_str().unwrap();
+    let summary = out.join("runs/p1/data-to-cloud/seed-3/summary.json");
+    let other = std::fs::read(out.join("runs/p1/data-to-cloud/seed-2/summary.json")).unwrap();
+    let original = std::fs::read(&summary).unwrap();
+    for (junk, says) in [
+        (&b"{\"writes\": "[..], "EOF while parsing"),
+        (&b"[1, 2]"[..], "not a run summary"),
+        (&other[..], "it holds strategy \"data-to-cloud\", seed 2"),
+    ] {
+        std::fs::write(&summary, junk).unwrap();
+        let refused = netsim(&["sweep", "collect", o]);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        for e in [
+            "runs/p1/data-to-cloud/seed-3/summary.json is not the summary of run p1 data-to-cloud seed 3",
+            says,
+            "delete its directory and rerun the sweep",
+        ] {
+            assert!(err.contains(e), "{e:?} not in {err}");
+        }
+        let mut now = files(&out);
+        now.remove("runs/p1/data-to-cloud/seed-3/summary.json");
+        let mut then = before.clone();
+        then.remove("runs/p1/data-to-cloud/seed-3/summary.json");
+        assert_eq!(now, then, "a refused collect changed the outputs");
+    }
+    std::fs::write(&summary, original).unwrap();
+
+    // A sweep.json that is not one is named as such, and left alone.
+    std::fs::write(out.join("sweep.json"), "{").unwrap();
+    for args in [
+        vec!["sweep", "collect", o],
+        vec![
+            "sweep",
+            dir.path().join("sweep.toml").to_str().unwrap(),
+            "--out",
+            o,
+        ],
+    ] {
+        let refused = netsim(&args);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("sweep.json is not a sweep"), "{err}");
+        assert_eq!(std::fs::read(out.join("sweep.json")).unwrap(), b"{");
+    }
+}
+
+#[test]
+fn slurm_submission_refuses_unusable_paths_and_reports_sbatch_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = write_sweep(dir.path(), SWEEP);
+    let sweep = sweep.to_str().unwrap();
+    // #SBATCH lines cannot carry a space or a % in the logs' path.
+    for name in ["my sweep", "100%"] {
+        let out = dir.path().join(name);
+        let refused = netsim(&[
+            "sweep",
+            sweep,
+            "--out",
+            out.to_str().unwrap(),
+            "--slurm",
+            "--dry-run",
+        ]);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("--out: ") && err.contains("#SBATCH"), "{err}");
+        assert!(!out.exists(), "the refused {name:?} was written");
+    }
+    // An sbatch that refuses the job: its exit status and stderr are reported.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("sbatch");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\nexit 1\n",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = dir.path().join("out");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_hearth-netsim"))
+        .args(["sweep", sweep, "--out", out.to_str().unwrap(), "--slurm"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    for e in [
+        "sbatch failed (exit status: 1)",
+        "Invalid partition name specified",
+        "sweep.sbatch",
+    ] {
+        assert!(err.contains(e), "{e:?} not in {err}");
     }
 }
 

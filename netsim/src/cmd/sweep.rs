@@ -175,9 +175,15 @@ fn submit(
         );
     }
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
-    sweep.write(out)?;
     let out =
-        std::fs::canonicalize(out).with_context(|| format!("cannot resolve {}", out.display()))?;
+        std::path::absolute(out).with_context(|| format!("cannot resolve {}", out.display()))?;
+    slurm::check_out_dir(&out)?;
+    sweep.write(&out)?;
+    // Without symbolic links, if that path can be named too.
+    let out = std::fs::canonicalize(&out)
+        .ok()
+        .filter(|c| slurm::check_out_dir(c).is_ok())
+        .unwrap_or(out);
     let logs = out.join("slurm");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let script_path = out.join("sweep.sbatch");
@@ -209,6 +215,19 @@ fn submit(
         )
     })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = if stderr.trim().is_empty() {
+        "it printed nothing on stderr".to_owned()
+    } else {
+        stderr.trim().to_owned()
+    };
+    if !wait && !output.status.success() {
+        anyhow::bail!(
+            "sbatch failed ({}): {stderr}; the script is {}",
+            output.status,
+            script_path.display()
+        );
+    }
     let job = stdout
         .lines()
         .next()
@@ -220,8 +239,9 @@ fn submit(
         .to_owned();
     if job.is_empty() {
         anyhow::bail!(
-            "sbatch did not submit the job array: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+            "sbatch did not submit the job array ({}): {stderr}; the script is {}",
+            output.status,
+            script_path.display()
         );
     }
     println!(

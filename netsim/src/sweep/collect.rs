@@ -132,7 +132,10 @@ fn csv_text(s: &str) -> String {
 /// A number in a CSV cell: integers without a fraction, others in the shortest form that
 /// reads back to the same value.
 pub fn number(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
+    if x == 0.0 {
+        // -0 too.
+        "0".to_owned()
+    } else if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{x:.0}")
     } else {
         format!("{x}")
@@ -170,15 +173,23 @@ pub fn collect(out: &Path) -> Result<Collected, SweepError> {
                 });
             }
         };
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|err| SweepError::Corrupt {
-                path: path.display().to_string(),
-                message: err.to_string(),
-            })?;
-        let summary: crate::Summary = summary_of(&value).ok_or_else(|| SweepError::Corrupt {
+        let bad = |message: String| SweepError::BadRun {
             path: path.display().to_string(),
-            message: "not a run summary".to_owned(),
-        })?;
+            run: sweep.label(run),
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|err| bad(err.to_string()))?;
+        let summary: crate::Summary =
+            summary_of(&value).ok_or_else(|| bad("not a run summary".to_owned()))?;
+        let seed = value.get("seed").and_then(serde_json::Value::as_u64);
+        if summary.strategy != run.strategy.as_str() || seed != Some(run.seed) {
+            return Err(bad(format!(
+                "it holds strategy {:?}, seed {}",
+                summary.strategy,
+                seed.map_or_else(|| "none".to_owned(), |s| s.to_string())
+            )));
+        }
         let failure = summary.failure();
         if failure.is_some() {
             failed.push(sweep.label(run));
@@ -219,7 +230,7 @@ pub fn collect(out: &Path) -> Result<Collected, SweepError> {
     }
     csv.push('\n');
     for row in &rows {
-        csv.push_str(&row.point);
+        csv.push_str(&csv_text(&row.point));
         for k in &sweep.keys {
             csv.push(',');
             csv.push_str(&row.params.get(k).map_or_else(String::new, cell));
@@ -242,7 +253,7 @@ pub fn collect(out: &Path) -> Result<Collected, SweepError> {
     csv.push_str(",strategy,metric,n,mean,sd,ci95_half,ci95_low,ci95_high\n");
     for g in &groups {
         for (metric, m) in &g.metrics {
-            csv.push_str(&g.point);
+            csv.push_str(&csv_text(&g.point));
             for k in &sweep.keys {
                 csv.push(',');
                 csv.push_str(&g.params.get(k).map_or_else(String::new, cell));
@@ -418,13 +429,16 @@ fn numeric(v: &serde_json::Value) -> Option<(f64, bool)> {
 /// those points), the mean with its 95 % interval shaded.
 fn plot_svg(sweep: &Sweep, groups: &[Group], plot: &super::Plot) -> String {
     let (metric, x) = (plot.metric.as_str(), plot.x.as_str());
-    let sets_x = |g: &Group| {
-        sweep
-            .points
-            .iter()
-            .any(|p| p.id == g.point && p.set.iter().any(|k| k == x))
-    };
-    let groups: Vec<&Group> = groups.iter().filter(|g| sets_x(g)).collect();
+    let setting_x: std::collections::HashSet<&str> = sweep
+        .points
+        .iter()
+        .filter(|p| p.set.iter().any(|k| k == x))
+        .map(|p| p.id.as_str())
+        .collect();
+    let groups: Vec<&Group> = groups
+        .iter()
+        .filter(|g| setting_x.contains(g.point.as_str()))
+        .collect();
     let others: Vec<&String> = sweep
         .keys
         .iter()
@@ -530,6 +544,9 @@ mod tests {
         assert_eq!(number(0.25), "0.25");
         assert_eq!(number(-2.0), "-2");
         assert_eq!(number(1e20), "100000000000000000000");
+        assert_eq!(number(-0.0), "0");
+        assert_eq!(statistic(-0.0), "0");
+        assert_eq!(csv_text("p,1"), "\"p,1\"");
         assert_eq!(statistic(84.00609999999999), "84.0061");
         assert_eq!(statistic(0.45499999999999996), "0.455");
     }

@@ -124,7 +124,8 @@ fn one(sweep: &Sweep, scenario: &Scenario, out: &Path, r: &Run) -> Result<Option
     };
     let mut text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     text.push('\n');
-    write_run_dir(&sweep.run_dir(out, r), &[(DONE, text.as_bytes())]).map_err(|e| e.to_string())?;
+    write_run_dir(&sweep.run_dir(out, r), &[(DONE, text.as_bytes())])
+        .map_err(|e| super::chain(&e))?;
     Ok(summary.failure().map(|why| format!("{why} ({})", rerun())))
 }
 
@@ -142,8 +143,14 @@ fn write_run_dir(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), SweepError> 
         source,
     };
     std::fs::create_dir_all(parent).map_err(err)?;
+    // The process, the thread and the clock: two array tasks on two nodes may have the
+    // same process id, and a task resubmitted while the first still runs does the same
+    // runs; neither may take the other's temporary directory.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let tmp = parent.join(format!(
-        ".{name}.tmp-{}-{:?}",
+        ".{name}.tmp-{}-{:?}-{nanos}",
         std::process::id(),
         std::thread::current().id()
     ));

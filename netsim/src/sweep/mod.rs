@@ -75,11 +75,15 @@ pub use spec::set_path;
 pub const VERSION: u32 = 1;
 
 /// Why a sweep was refused or could not be run.
+///
+/// A variant with a `source` names it as its [`std::error::Error::source`] and leaves it
+/// out of its own message: print the whole chain ([`chain`], or `{:#}` of an
+/// `anyhow::Error`), not only `to_string()`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SweepError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,
@@ -103,7 +107,7 @@ pub enum SweepError {
         message: String,
     },
     /// The base scenario is not valid by itself.
-    #[error("the base scenario {path}: {source}")]
+    #[error("the base scenario {path}")]
     Base {
         /// The scenario file.
         path: String,
@@ -123,7 +127,7 @@ pub enum SweepError {
         message: String,
     },
     /// A point's scenario, with its overrides applied, is not valid.
-    #[error("sweep point {point} ({overrides}): {source}")]
+    #[error("sweep point {point} ({overrides})")]
     Point {
         /// The point (`p3`).
         point: String,
@@ -156,14 +160,39 @@ pub enum SweepError {
         /// What is wrong.
         message: String,
     },
+    /// A run's `summary.json` is not the summary of that run (edited, truncated or
+    /// copied from another run by hand: the sweep writes it whole).
+    #[error(
+        "{path} is not the summary of run {run}: {message}; delete its directory and rerun the sweep to run it again"
+    )]
+    BadRun {
+        /// The file.
+        path: String,
+        /// The run (`p1 data-to-cloud seed 3`).
+        run: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Writing an output failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file or directory.
         path: String,
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// An error and its sources, joined by `: ` (what `{:#}` of an `anyhow::Error` prints).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// One point of a sweep: the scenario with its overrides applied.
@@ -355,9 +384,13 @@ impl Sweep {
         match std::fs::read_to_string(&path) {
             Ok(existing) if existing == text => return Ok(()),
             Ok(existing) => {
-                let same =
-                    serde_json::from_str::<Sweep>(&existing).is_ok_and(|old| old.same_runs(self));
-                if !same {
+                let old = serde_json::from_str::<Sweep>(&existing).map_err(|err| {
+                    SweepError::Corrupt {
+                        path: path.display().to_string(),
+                        message: format!("{err}; choose another --out or remove it"),
+                    }
+                })?;
+                if !old.same_runs(self) {
                     return Err(SweepError::OtherSweep {
                         dir: out.display().to_string(),
                     });

@@ -60,6 +60,31 @@ pub fn pack(runs: &[Run], size: usize, index: usize) -> &[Run] {
     runs.get(start..end).unwrap_or(&[])
 }
 
+/// Refuses an output directory (absolute) that the script's `#SBATCH --output` and
+/// `--error` lines cannot name: sbatch splits those lines at white space, and reads `%`
+/// and `\` in a file name as patterns and escapes.
+pub fn check_out_dir(out: &Path) -> Result<(), SweepError> {
+    let text = out.to_str().ok_or_else(|| SweepError::Invalid {
+        field: "--out".to_owned(),
+        message: format!(
+            "{} is not UTF-8, which a Slurm script cannot name",
+            out.display()
+        ),
+    })?;
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '%' | '\\' | '"' | '\''))
+    {
+        return Err(SweepError::Invalid {
+            field: "--out".to_owned(),
+            message: format!(
+                "{text:?} holds {c:?}, which a Slurm script's #SBATCH lines cannot carry in a log's path; choose a directory without white space, quotes, % or \\"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Quotes a word for a POSIX shell.
 fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
@@ -122,6 +147,22 @@ mod tests {
         assert_eq!(pack(&runs, 3, 2).len(), 1);
         assert!(pack(&runs, 3, 3).is_empty());
         assert!(pack(&runs, 3, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn log_paths_sbatch_cannot_carry_are_refused() {
+        assert!(check_out_dir(Path::new("/home/me/sweeps/loss-1")).is_ok());
+        for bad in [
+            "/home/me/my sweeps",
+            "/a/100%",
+            "/a/b\\c",
+            "/a/\"x\"",
+            "/a/it's",
+            "/a/b\tc",
+        ] {
+            let err = check_out_dir(Path::new(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("--out: "), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -13,6 +13,10 @@ use crate::scenario::{Scenario, Strategy};
 /// At most this many runs in one sweep.
 const MAX_RUNS: usize = 1_000_000;
 
+/// At most this many points in one sweep: `sweep.json` holds every point's whole
+/// scenario, and every point is checked before anything runs.
+const MAX_POINTS: usize = 10_000;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSweep {
@@ -255,8 +259,13 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
         let total = axes
             .iter()
             .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
-            .filter(|n| *n <= MAX_RUNS)
-            .ok_or_else(|| invalid("grid", format!("more than {MAX_RUNS} points")))?;
+            .filter(|n| n.saturating_add(raw.points.len()) <= MAX_POINTS)
+            .ok_or_else(|| {
+                invalid(
+                    "grid",
+                    format!("the grid and the points make more than {MAX_POINTS} points"),
+                )
+            })?;
         for index in 0..total {
             let mut rest = index;
             let mut point = Vec::new();
@@ -270,6 +279,9 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
             point.reverse();
             overrides.push(point);
         }
+    }
+    if raw.points.len() > MAX_POINTS {
+        return Err(invalid("points", format!("more than {MAX_POINTS} points")));
     }
     for (i, table) in raw.points.iter().enumerate() {
         let mut flat = BTreeMap::new();
@@ -355,6 +367,9 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
     })?;
 
     let mut points = Vec::new();
+    // Each point's scenario (as JSON text) and its id: two points with the same scenario
+    // would run the same runs twice and draw two marks at one place.
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (k, point) in overrides.iter().enumerate() {
         let id = format!("p{k}");
         let described = if point.is_empty() {
@@ -393,6 +408,14 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
             overrides: described.clone(),
             source: crate::ScenarioError::Syntax(err.to_string()),
         })?;
+        if let Some(first) = seen.insert(scenario.to_string(), id.clone()) {
+            return Err(invalid(
+                "points",
+                format!(
+                    "{id} ({described}) is the same scenario as {first}: each point must differ"
+                ),
+            ));
+        }
         points.push(Point {
             id,
             params,
