@@ -84,15 +84,15 @@ fi
 # The simulator's Slurm test submits a real job array to a single-node cluster on this
 # machine: munge for authentication, slurmctld and slurmd started directly (CI has no
 # systemd), the node described by `slurmd -C`, no cgroups.
-slurm_ready() { need_cmd slurmctld && need_cmd slurmd && need_cmd sbatch && need_cmd munged; }
+slurm_ready() { need_cmd slurmctld && need_cmd slurmd && need_cmd sbatch && need_cmd munged && need_cmd pgrep; }
 if ! slurm_ready; then
     if [ "$(id -u)" = 0 ] && need_cmd apt-get; then
-        echo "setup: installing slurm-wlm and munge"
-        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
+        echo "setup: installing slurm-wlm, munge and procps"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge procps; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge procps
         fi
     else
-        echo "setup: slurmctld, slurmd, sbatch or munged is missing; install slurm-wlm and munge as root for the simulator's Slurm test" >&2
+        echo "setup: slurmctld, slurmd, sbatch, munged or pgrep is missing; install slurm-wlm, munge and procps as root for the simulator's Slurm test" >&2
     fi
 fi
 if slurm_ready; then

@@ -16,6 +16,13 @@ for cmd in munged slurmctld slurmd sinfo scontrol; do
         exit 1
     }
 done
+# Without pgrep every run would start the daemons again (and fail on the ones running).
+for cmd in pgrep runuser hostname; do
+    command -v "$cmd" >/dev/null 2>&1 || {
+        echo "slurm-cluster: $cmd is missing; install procps, util-linux and hostname" >&2
+        exit 1
+    }
+done
 
 host="$(hostname -s)"
 conf=/etc/slurm/slurm.conf
