@@ -67,6 +67,23 @@ impl Estimate {
         } else {
             0.0
         };
+        // Values near f64::MAX overflow the sums above: then the same, on values scaled
+        // down by the largest magnitude (only then, so that other samples' results do
+        // not move by a rounding).
+        let (mean, sd) = if mean.is_finite() && sd.is_finite() {
+            (mean, sd)
+        } else {
+            let m = lo.abs().max(hi.abs());
+            if m.is_finite() && m > 0.0 {
+                let mean = values.iter().map(|v| v / m).sum::<f64>() / n as f64;
+                let sd = (values.iter().map(|v| (v / m - mean).powi(2)).sum::<f64>()
+                    / (n - 1).max(1) as f64)
+                    .sqrt();
+                (mean * m, sd * m)
+            } else {
+                (mean, sd)
+            }
+        };
         let ci95 = t_critical_95(n - 1).map(|t| t * sd / (n as f64).sqrt());
         Some(Self { n, mean, sd, ci95 })
     }
@@ -92,7 +109,9 @@ mod tests {
         assert_eq!(t_critical_95(1), Some(12.706));
         assert_eq!(t_critical_95(2), Some(4.303));
         assert_eq!(t_critical_95(9), Some(2.262));
+        assert_eq!(t_critical_95(29), Some(2.045));
         assert_eq!(t_critical_95(30), Some(2.042));
+        assert!((t_critical_95(1_000_000).unwrap() - 1.960).abs() < 0.001);
         // Exact: 2.021 (40), 2.000 (60), 1.980 (120), 1.962 (1000).
         for (df, exact) in [(40, 2.021), (60, 2.000), (120, 1.980), (1000, 1.962)] {
             let t = t_critical_95(df).unwrap();
@@ -117,5 +136,11 @@ mod tests {
             (0.0, None, 5.0, 5.0)
         );
         assert_eq!(Estimate::of(&[]), None);
+        // Sums that overflow: the statistics of values near the largest f64 are numbers.
+        let big = Estimate::of(&[f64::MAX, f64::MAX / 2.0, f64::MAX / 4.0]).unwrap();
+        assert!(big.mean.is_finite() && big.sd.is_finite(), "{big:?}");
+        assert!((big.mean / f64::MAX - 7.0 / 12.0).abs() < 1e-12, "{big:?}");
+        let sd = ((25.0 + 1.0 + 16.0) / 144.0 / 2.0_f64).sqrt();
+        assert!((big.sd / f64::MAX - sd).abs() < 1e-12, "{big:?}");
     }
 }
