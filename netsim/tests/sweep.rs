@@ -351,6 +351,17 @@ fn bad_sweep_files_are_refused_and_nothing_is_written() {
         ),
         (
             SWEEP.replace(
+                "strategies = [\"compute-to-data\", \"data-to-cloud\"]",
+                "strategies = []",
+            ),
+            vec!["strategies", "name at least one strategy"],
+        ),
+        (
+            SWEEP.replace("seeds = 3", "seeds = 3\nfirst_seed = 18446744073709551614"),
+            vec!["first_seed", "overflows"],
+        ),
+        (
+            SWEEP.replace(
                 "metric = \"raw_bytes_over_internet\"",
                 "metric = \"raw_bytes\"",
             ),
@@ -492,6 +503,11 @@ fn slurm_submission_refuses_unusable_paths_and_reports_sbatch_errors() {
         assert!(err.contains("--out: ") && err.contains("#SBATCH"), "{err}");
         assert!(!out.exists(), "the refused {name:?} was written");
     }
+    // Slurm's tasks run one run at a time: --jobs does not go with --slurm.
+    let refused = netsim(&["sweep", sweep, "--slurm", "--dry-run", "--jobs", "2"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--jobs") && err.contains("--slurm"), "{err}");
     // An sbatch that refuses the job: its exit status and stderr are reported.
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();

@@ -20,8 +20,9 @@ pub(crate) struct Args {
     /// Output directory: sweep.json, runs/, results and plots.
     #[arg(long, default_value = "sweep-out")]
     out: PathBuf,
-    /// Runs at once (default: the machine's available parallelism).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Runs at once (default: the machine's available parallelism). Not with --slurm,
+    /// whose tasks run one run at a time on one CPU each.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), conflicts_with = "slurm")]
     jobs: Option<u32>,
     /// Write a Slurm job array script (DIR/sweep.sbatch) and submit it with sbatch.
     #[arg(long)]
