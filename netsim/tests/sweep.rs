@@ -129,6 +129,24 @@ fn a_rerun_runs_only_what_is_missing() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("holds the runs of another sweep"), "{err}");
     assert_eq!(files(&out), before);
+
+    // So is any sweep into a directory whose runs have lost their sweep.json.
+    std::fs::remove_file(out.join("sweep.json")).unwrap();
+    let mut before = before;
+    before.remove("sweep.json");
+    for text in [SWEEP, other.as_str()] {
+        let sweep = write_sweep(dir.path(), text);
+        let refused = netsim(&[
+            "sweep",
+            sweep.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("has runs/ but no sweep.json"), "{err}");
+        assert_eq!(files(&out), before);
+    }
 }
 
 fn value(v: &serde_json::Value, dotted: &str) -> f64 {

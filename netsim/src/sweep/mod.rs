@@ -136,9 +136,9 @@ pub enum SweepError {
         /// Why.
         source: ScenarioError,
     },
-    /// The output directory holds another sweep.
+    /// The output directory holds another sweep, or runs without a `sweep.json`.
     #[error(
-        "{dir} holds the runs of another sweep (its sweep.json differs from this one); choose another --out or remove it"
+        "{dir} holds the runs of another sweep (its sweep.json differs from this one, or it has runs/ but no sweep.json); choose another --out or remove it"
     )]
     OtherSweep {
         /// The directory.
@@ -396,7 +396,17 @@ impl Sweep {
                     });
                 }
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // Runs without the sweep.json that says what they are runs of (deleted
+                // by hand) could be another sweep's: taken as this one's, they would be
+                // skipped and collected as this sweep's points.
+                let runs = out.join("runs");
+                if std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some()) {
+                    return Err(SweepError::OtherSweep {
+                        dir: out.display().to_string(),
+                    });
+                }
+            }
             Err(source) => {
                 return Err(SweepError::Read {
                     path: path.display().to_string(),
