@@ -364,6 +364,16 @@ fn bad_sweep_files_are_refused_and_nothing_is_written() {
             vec!["strategies[1]", "\"data-to-moon\" is not a strategy"],
         ),
         (
+            format!("{bare}\n[grid.partitions.0]\nend = [\"9m\"]\n"),
+            vec!["grid.\"partitions.0.end\"", "given twice"],
+        ),
+        (
+            format!(
+                "{bare}\n[[points]]\n\"links.lan.loss\" = 0.1\n[points.links.lan]\nloss = 0.2\n"
+            ),
+            vec!["points[0].\"links.lan.loss\"", "given twice"],
+        ),
+        (
             SWEEP.replace("seeds = 3", "seeds = 0"),
             vec!["seeds", "between 1 and 100000"],
         ),

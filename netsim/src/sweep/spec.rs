@@ -59,8 +59,12 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SweepError {
 }
 
 /// Flattens nested tables into dotted keys, so that `[grid] "links.lan.loss" = [..]` and
-/// `[grid.links.lan] loss = [..]` mean the same.
-fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+/// `[grid.links.lan] loss = [..]` mean the same. A key written both ways is `Err(key)`.
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut BTreeMap<String, toml::Value>,
+) -> Result<(), String> {
     for (k, v) in table {
         let key = if prefix.is_empty() {
             k.clone()
@@ -68,12 +72,23 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::V
             format!("{prefix}.{k}")
         };
         match v {
-            toml::Value::Table(t) => flatten(&key, t, out),
+            toml::Value::Table(t) => flatten(&key, t, out)?,
             other => {
-                out.insert(key, other.clone());
+                if out.insert(key.clone(), other.clone()).is_some() {
+                    return Err(key);
+                }
             }
         }
     }
+    Ok(())
+}
+
+/// The refusal of a key written twice in `field` (once dotted, once as tables).
+fn twice(field: &str, key: &str) -> SweepError {
+    invalid(
+        format!("{field}.{key:?}"),
+        "given twice (once as a dotted key, once as nested tables)",
+    )
 }
 
 /// A value as TOML would write it, for messages and overrides' descriptions.
@@ -238,7 +253,7 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
     // The grid: each key's list of values; its points are the cartesian product, keys in
     // sorted order, the last varying fastest.
     let mut grid = BTreeMap::new();
-    flatten("", &raw.grid, &mut grid);
+    flatten("", &raw.grid, &mut grid).map_err(|key| twice("grid", &key))?;
     let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
     for (key, values) in grid {
         let field = format!("grid.{key:?}");
@@ -285,7 +300,7 @@ pub(super) fn load(path: &Path) -> Result<Sweep, SweepError> {
     }
     for (i, table) in raw.points.iter().enumerate() {
         let mut flat = BTreeMap::new();
-        flatten("", table, &mut flat);
+        flatten("", table, &mut flat).map_err(|key| twice(&format!("points[{i}]"), &key))?;
         for key in flat.keys() {
             check_key(&format!("points[{i}].{key:?}"), key)?;
         }
