@@ -1575,6 +1575,7 @@ fn apply_series<'a>(
     let name = meta.name.as_str();
     let window = meta.window_ms;
     let mut touched = std::collections::BTreeSet::new();
+    let mut inserts: BTreeMap<u64, (ObjId, Vec<ScalarValue>)> = BTreeMap::new();
     for write in writes {
         let Write::Append(readings) = write else {
             return Err(StoreError::Invalid(
@@ -1629,11 +1630,13 @@ fn apply_series<'a>(
                     list
                 }
             };
-            chunk
-                .doc
-                .insert(&list, chunk.len, ScalarValue::Bytes(encoded.clone()))
-                .map_err(|err| am_err(name, err))?;
-            chunk.len += 1;
+            // Every reading goes to the end of its chunk's list, so each chunk's are
+            // inserted at once below (one search for the place, not one a reading).
+            inserts
+                .entry(start)
+                .or_insert_with(|| (list, Vec::new()))
+                .1
+                .push(ScalarValue::Bytes(encoded.clone()));
             let readings = Arc::make_mut(&mut chunk.readings);
             let at = readings.partition_point(|r| r.ts <= reading.ts);
             readings.insert(at, reading.clone());
@@ -1653,6 +1656,14 @@ fn apply_series<'a>(
         else {
             continue;
         };
+        if let Some((list, values)) = inserts.remove(start) {
+            let count = values.len();
+            chunk
+                .doc
+                .splice(&list, chunk.len, 0, values)
+                .map_err(|err| am_err(name, err))?;
+            chunk.len += count;
+        }
         let hash = chunk.doc.commit_with(commit_options(now, stamp));
         let bytes = chunk.save_commit(hash);
         put_sealed(batch, chunk_change_key(*start, info.changes), &bytes);
