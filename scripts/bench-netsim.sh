@@ -4,8 +4,8 @@
 # memory and speed work) in a scratch worktree and from this checkout, then runs the
 # city-1000 day with each, one after the other, and prints for each the events, wall
 # and user time, events per second and maximum resident memory, and whether the two
-# runs' data (summary.json and the CSVs) are byte-identical. With --city-10000 it then runs the 10,000-node day
-# with this checkout's build. Arguments: [--city-10000] [BASE].
+# runs' data (summary.json and the CSVs) are byte-identical. With --city-10000 it then
+# runs the 10,000-node day with this checkout's build. Arguments: [--city-10000] [BASE].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
