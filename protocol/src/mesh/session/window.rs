@@ -1,0 +1,96 @@
+//! Sync flow control towards one peer: a window of bytes sent and not yet acknowledged,
+//! and a bounded queue of messages waiting behind it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// The identity of one message sent on a session, for its acknowledgement or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SendId(pub u64);
+
+/// What happened to a message handed to the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// It waits (or was sent at once).
+    Waiting,
+    /// The queue was full: it is dropped, left to the sync engine's repair.
+    Dropped,
+}
+
+/// Sync bytes in flight and waiting for one peer.
+#[derive(Debug)]
+pub(crate) struct Window {
+    max_in_flight: usize,
+    max_waiting: usize,
+    in_flight: usize,
+    pending: BTreeMap<SendId, usize>,
+    waiting: VecDeque<Vec<u8>>,
+    waiting_bytes: usize,
+}
+
+impl Window {
+    pub(crate) fn new(max_in_flight: usize, max_waiting: usize) -> Self {
+        Self {
+            max_in_flight,
+            max_waiting,
+            in_flight: 0,
+            pending: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+        }
+    }
+
+    /// Queues a message: refused when others wait and it would take the queue past its
+    /// bound (one larger message may wait alone).
+    pub(crate) fn push(&mut self, bytes: Vec<u8>) -> Queued {
+        if !self.waiting.is_empty()
+            && self.waiting_bytes.saturating_add(bytes.len()) > self.max_waiting
+        {
+            return Queued::Dropped;
+        }
+        self.waiting_bytes = self.waiting_bytes.saturating_add(bytes.len());
+        self.waiting.push_back(bytes);
+        Queued::Waiting
+    }
+
+    /// The next message the window has room for, recorded as in flight under `id`.
+    /// One message larger than the window goes when nothing else is in flight.
+    pub(crate) fn next(&mut self, id: SendId) -> Option<Vec<u8>> {
+        let len = self.waiting.front()?.len();
+        if self.in_flight > 0 && self.in_flight.saturating_add(len) > self.max_in_flight {
+            return None;
+        }
+        let bytes = self.waiting.pop_front()?;
+        self.waiting_bytes = self.waiting_bytes.saturating_sub(len);
+        self.in_flight = self.in_flight.saturating_add(len);
+        self.pending.insert(id, len);
+        Some(bytes)
+    }
+
+    /// A message was acknowledged or failed: its bytes leave the window. False when
+    /// `id` was not in flight here.
+    pub(crate) fn done(&mut self, id: SendId) -> bool {
+        match self.pending.remove(&id) {
+            Some(len) => {
+                self.in_flight = self.in_flight.saturating_sub(len);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub(crate) fn waiting_bytes(&self) -> usize {
+        self.waiting_bytes
+    }
+
+    /// Forgets everything: a new session starts afresh.
+    pub(crate) fn clear(&mut self) {
+        self.in_flight = 0;
+        self.pending.clear();
+        self.waiting.clear();
+        self.waiting_bytes = 0;
+    }
+}
