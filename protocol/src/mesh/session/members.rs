@@ -3,7 +3,7 @@
 //! differed, and the devices it knows with where they listen.
 //!
 //! ```text
-//! "HMEM" 01 flags(1) digest(32) page(bytes, empty: none) count(varint) entry…
+//! "HMEX" 01 flags(1) digest(32) page(bytes, empty: none) count(varint) entry…
 //! flags bit 0: an answer is wanted; bit 1: more pages follow
 //! entry: key(32) count(varint) address(str)…
 //! ```
@@ -12,7 +12,7 @@ use crate::encoding::{DecodeError, Reader, Writer};
 use crate::key::PublicKey;
 use crate::mesh::membership::MAX_SNAPSHOT_BYTES;
 
-const MAGIC: &[u8; 4] = b"HMEM";
+const MAGIC: &[u8; 4] = b"HMEX";
 const VERSION: u8 = 1;
 /// Most devices listed in one exchange.
 pub const MAX_LISTED: usize = 64;

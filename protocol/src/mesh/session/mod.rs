@@ -54,7 +54,7 @@ pub use local::{LocalAction, LocalChanges};
 pub use members::{
     Exchange, Listed, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_EXCHANGE_BYTES, MAX_LISTED,
 };
-pub use window::SendId;
+pub use window::{Queued, SendId, Window};
 
 use crate::capability::{Chain, Position};
 use crate::device::Device;
@@ -62,7 +62,6 @@ use crate::key::PublicKey;
 use crate::mesh::admission::{self, Connection, Gate, Opening};
 use crate::mesh::membership::{Membership, Merged, Snapshot};
 use crate::time::UnixMillis;
-use window::{Queued, Window};
 
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

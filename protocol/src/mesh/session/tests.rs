@@ -573,7 +573,7 @@ fn a_hostile_peer_is_refused_and_changes_nothing() {
     let hostile_inputs: Vec<(Channel, Vec<u8>)> = vec![
         (Channel::Admission, b"\x00garbage".to_vec()),
         (Channel::Admission, vec![0xff; 3]),
-        (Channel::Members, b"HMEM\x01".to_vec()),
+        (Channel::Members, b"HMEX\x01".to_vec()),
         (
             Channel::Members,
             Exchange {
@@ -641,7 +641,7 @@ fn a_hostile_member_is_dropped_and_changes_nothing() {
     }
     .encode();
     let inputs: Vec<(Channel, Vec<u8>)> = vec![
-        (Channel::Members, b"HMEM\x01\x09".to_vec()),
+        (Channel::Members, b"HMEX\x01\x09".to_vec()),
         (Channel::Members, page_garbage),
         (
             Channel::Sync,

@@ -9,16 +9,19 @@ pub struct SendId(pub u64);
 
 /// What happened to a message handed to the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Queued {
+pub enum Queued {
     /// It waits (or was sent at once).
     Waiting,
     /// The queue was full: it is dropped, left to the sync engine's repair.
     Dropped,
 }
 
-/// Sync bytes in flight and waiting for one peer.
+/// Sync bytes in flight and waiting for one peer. A [`Session`](super::Session) keeps
+/// one; a driver that keeps its own per-peer state may use one directly: [`Window::push`]
+/// each message, send what [`Window::next`] gives under an id, and report each id's
+/// acknowledgement or failure to [`Window::done`].
 #[derive(Debug)]
-pub(crate) struct Window {
+pub struct Window {
     max_in_flight: usize,
     max_waiting: usize,
     in_flight: usize,
@@ -28,7 +31,9 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub(crate) fn new(max_in_flight: usize, max_waiting: usize) -> Self {
+    /// A window of `max_in_flight` unacknowledged bytes with a queue of at most
+    /// `max_waiting` bytes behind it.
+    pub fn new(max_in_flight: usize, max_waiting: usize) -> Self {
         Self {
             max_in_flight,
             max_waiting,
@@ -41,7 +46,7 @@ impl Window {
 
     /// Queues a message: refused when others wait and it would take the queue past its
     /// bound (one larger message may wait alone).
-    pub(crate) fn push(&mut self, bytes: Vec<u8>) -> Queued {
+    pub fn push(&mut self, bytes: Vec<u8>) -> Queued {
         if !self.waiting.is_empty()
             && self.waiting_bytes.saturating_add(bytes.len()) > self.max_waiting
         {
@@ -54,7 +59,7 @@ impl Window {
 
     /// The next message the window has room for, recorded as in flight under `id`.
     /// One message larger than the window goes when nothing else is in flight.
-    pub(crate) fn next(&mut self, id: SendId) -> Option<Vec<u8>> {
+    pub fn next(&mut self, id: SendId) -> Option<Vec<u8>> {
         let len = self.waiting.front()?.len();
         if self.in_flight > 0 && self.in_flight.saturating_add(len) > self.max_in_flight {
             return None;
@@ -68,7 +73,7 @@ impl Window {
 
     /// A message was acknowledged or failed: its bytes leave the window. False when
     /// `id` was not in flight here.
-    pub(crate) fn done(&mut self, id: SendId) -> bool {
+    pub fn done(&mut self, id: SendId) -> bool {
         match self.pending.remove(&id) {
             Some(len) => {
                 self.in_flight = self.in_flight.saturating_sub(len);
@@ -78,16 +83,18 @@ impl Window {
         }
     }
 
-    pub(crate) fn in_flight(&self) -> usize {
+    /// Bytes sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    pub(crate) fn waiting_bytes(&self) -> usize {
+    /// Bytes waiting behind the window.
+    pub fn waiting_bytes(&self) -> usize {
         self.waiting_bytes
     }
 
     /// Forgets everything: a new session starts afresh.
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.in_flight = 0;
         self.pending.clear();
         self.waiting.clear();
