@@ -1,5 +1,5 @@
 //! The simulator: a virtual clock, an ordered queue of events, modelled links and the
-//! real protocol machines of every node (admission, sync engine, stores).
+//! real protocol machines of every node (a session per link, sync engine, stores).
 //!
 //! A [`World`] is a stepper like quinn-proto's test `Pair`: [`World::step`] handles the
 //! next event, [`World::run_until`] steps to an instant. Time is in microseconds from
