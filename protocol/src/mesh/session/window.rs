@@ -101,3 +101,74 @@ impl Window {
         self.waiting_bytes = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(7),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Any sequence of pushes, sends, acknowledgements and failures: the window and
+        /// the queue stay within their limits (but for one message alone), every byte is
+        /// accounted for, and acknowledging everything drains both.
+        #[test]
+        fn the_window_keeps_its_bounds(
+            steps in proptest::collection::vec((0u8..3, 1usize..400), 0..200),
+        ) {
+            let (max_in_flight, max_waiting) = (1_000, 1_500);
+            let mut window = Window::new(max_in_flight, max_waiting);
+            let mut sent: Vec<(SendId, usize)> = Vec::new();
+            let mut next = 0u64;
+            let mut accepted = 0usize;
+            let mut finished = 0usize;
+            for (kind, n) in steps {
+                match kind {
+                    0 => {
+                        if window.push(vec![0; n]) == Queued::Waiting {
+                            accepted += n;
+                        }
+                    }
+                    1 => {
+                        next += 1;
+                        if let Some(bytes) = window.next(SendId(next)) {
+                            sent.push((SendId(next), bytes.len()));
+                        }
+                    }
+                    _ => {
+                        if !sent.is_empty() {
+                            let (id, len) = sent.remove(n % sent.len());
+                            proptest::prop_assert!(window.done(id));
+                            proptest::prop_assert!(!window.done(id));
+                            finished += len;
+                        }
+                    }
+                }
+                let flying: usize = sent.iter().map(|(_, len)| len).sum();
+                proptest::prop_assert_eq!(window.in_flight(), flying);
+                proptest::prop_assert!(flying <= max_in_flight || sent.len() == 1);
+                proptest::prop_assert!(window.waiting_bytes() <= max_waiting.max(400));
+                proptest::prop_assert_eq!(accepted, finished + flying + window.waiting_bytes());
+            }
+            loop {
+                next += 1;
+                if let Some(bytes) = window.next(SendId(next)) {
+                    sent.push((SendId(next), bytes.len()));
+                } else if let Some((id, _)) = sent.pop() {
+                    window.done(id);
+                } else {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(window.in_flight(), 0);
+            proptest::prop_assert_eq!(window.waiting_bytes(), 0);
+        }
+    }
+}
