@@ -1,5 +1,6 @@
 //! A deterministic discrete-event simulator of Hearth meshes. It drives the same
-//! protocol machines a node runs (admission from `hearth-protocol`, the sync engine,
+//! protocol machines a node runs (the per-peer session of `hearth-protocol`: admission,
+//! the membership exchange, the sync window; the sync engine,
 //! placement policies) over modelled links, with real stores on the in-memory backend,
 //! and measures convergence, traffic per link class, raw data movement, job latency
 //! and availability. It never links a network stack or a WebAssembly runtime: a job is

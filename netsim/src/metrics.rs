@@ -130,6 +130,9 @@ pub struct Recorder {
     pub lost_on_cut: u64,
     /// Peers disconnected for misbehaving.
     pub misbehaved: u64,
+    /// Sync messages dropped because the peer's window and the queue behind it were
+    /// full (the sync engine's repair sends what they carried).
+    pub sync_queue_full: u64,
     /// Store errors.
     pub local_errors: u64,
     /// Admissions (one per side per connection).
@@ -361,6 +364,9 @@ pub struct Summary {
     pub admissions_refused: u64,
     /// Peers disconnected for misbehaving.
     pub misbehaved: u64,
+    /// Sync messages dropped because the peer's window and the queue behind it were
+    /// full (the sync engine's repair sends what they carried).
+    pub sync_queue_full: u64,
     /// Store errors.
     pub local_errors: u64,
     /// Nodes whose membership lists every device of their household at the end.
@@ -452,6 +458,7 @@ impl Summary {
             admissions: r.admissions,
             admissions_refused: r.refused,
             misbehaved: r.misbehaved,
+            sync_queue_full: r.sync_queue_full,
             local_errors: r.local_errors,
             membership_complete: r.membership_complete,
             replicas_checked: r.replicas_checked,

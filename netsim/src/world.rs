@@ -1,5 +1,5 @@
 //! The simulator: a virtual clock, an ordered queue of events, modelled links and the
-//! real protocol machines of every node (admission, sync engine, stores).
+//! real protocol machines of every node (a session per link, sync engine, stores).
 //!
 //! A [`World`] is a stepper like quinn-proto's test `Pair`: [`World::step`] handles the
 //! next event, [`World::run_until`] steps to an instant. Time is in microseconds from
@@ -14,8 +14,11 @@ use std::time::Duration;
 use hearth_protocol::capability::{Chain, RevocationSet, Role, Verifier, VerifierConfig};
 use hearth_protocol::device;
 use hearth_protocol::key::{PublicKey, SecretKey};
-use hearth_protocol::mesh::admission::{self, Connection, Gate, Opening};
-use hearth_protocol::mesh::membership::{Membership, Snapshot};
+use hearth_protocol::mesh::admission::{Gate, Opening};
+use hearth_protocol::mesh::membership::Membership;
+use hearth_protocol::mesh::session::{
+    self, Action, Channel, Context, LocalAction, LocalChanges, SendId, Session, Side,
+};
 use hearth_protocol::sealed::{NONCE_LEN, TAG_LEN};
 use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::sync::{self, Engine, Message, StoreRef};
@@ -69,6 +72,9 @@ const BACKLOG: usize = 32;
 const RTO_MIN_US: u64 = 200_000;
 /// Delay before a refused or failed connection is tried again.
 const RECONNECT_US: u64 = 5_000_000;
+/// Time after which a sync message never acknowledged counts as failed (the node's
+/// sync request timeout).
+const SYNC_TIMEOUT_US: u64 = 60_000_000;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -173,10 +179,15 @@ struct Node {
     stores: Stores,
     engine: Engine<u32>,
     local: BTreeMap<String, broadcast::Receiver<LocalChange>>,
+    /// Local writes seen or missed, on their way to the engine.
+    changes: LocalChanges<LocalChange>,
     key: PublicKey,
     certificate: Chain,
     gate: Gate,
-    connections: BTreeMap<u32, Connection>,
+    /// The session with each connected peer.
+    sessions: BTreeMap<u32, Session>,
+    /// When each session's timer event is scheduled (µs).
+    session_timers: BTreeMap<u32, u64>,
     admitted: BTreeSet<u32>,
     powered: bool,
     /// After a crash: until when (µs) the other devices keep their links to it open,
@@ -184,8 +195,6 @@ struct Node {
     unnoticed_until: u64,
     timer: Option<u64>,
     membership: Membership,
-    /// Each peer's membership digest, as it last sent it.
-    member_digests: BTreeMap<u32, [u8; 32]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -221,13 +230,16 @@ enum Route {
 
 #[derive(Debug, Clone)]
 enum Payload {
-    Admission(Vec<u8>),
-    Sync(Vec<u8>),
+    /// A message of the session between the two devices.
+    Session {
+        channel: Channel,
+        id: SendId,
+        bytes: Vec<u8>,
+    },
+    /// The transport's acknowledgement of a sync message (the node's empty response).
+    Ack(SendId),
     JobRequest(u64),
     JobResult(u64),
-    /// A membership exchange: the sender's digest and, if the receiver's last digest
-    /// differed, the snapshot.
-    Members([u8; 32], Option<Vec<u8>>),
 }
 
 #[derive(Debug, Clone)]
@@ -240,7 +252,11 @@ enum Event {
     },
     Timer(u32),
     Reconnect,
-    AdmissionDeadline(u32, u32, u64),
+    /// The timer of `x`'s session with `y` on the link of the given epoch.
+    SessionTimer(u32, u32, u64),
+    /// A sync message `x` sent to `y` on the link of the given epoch was never
+    /// acknowledged.
+    SyncFailed(u32, u32, u64, SendId),
     Write(u32, usize),
     Job(u32, usize),
     JobRan(u64),
@@ -450,16 +466,17 @@ impl World {
                     stores,
                     engine: Engine::new(sync::Config::default()),
                     local: BTreeMap::new(),
+                    changes: LocalChanges::new(),
                     key,
                     certificate,
                     gate,
-                    connections: BTreeMap::new(),
+                    sessions: BTreeMap::new(),
+                    session_timers: BTreeMap::new(),
                     admitted: BTreeSet::new(),
                     powered: true,
                     unnoticed_until: 0,
                     timer: None,
                     membership,
-                    member_digests: BTreeMap::new(),
                 });
                 node_rngs.push(rng);
                 devices.push(info);
@@ -885,7 +902,11 @@ impl World {
         // Store data (not the catalogue, which is metadata): its origin, whether it is a
         // push, and whether it travels sealed (one end holds the store sealed).
         let data = match &payload {
-            Payload::Sync(data) => self.carried(data).map(|(entry, push)| {
+            Payload::Session {
+                channel: Channel::Sync,
+                bytes: data,
+                ..
+            } => self.carried(data).map(|(entry, push)| {
                 let sealed = seals(&self.devices, from, entry) || seals(&self.devices, to, entry);
                 (entry.origin, push, sealed)
             }),
@@ -925,9 +946,12 @@ impl World {
         let mut arrival = t + latency;
         // Accounting.
         let kind = match &payload {
-            Payload::Admission(_) => TrafficKind::Admission,
-            Payload::Members(..) => TrafficKind::Membership,
-            Payload::Sync(_) => TrafficKind::Sync,
+            Payload::Session { channel, .. } => match channel {
+                Channel::Admission => TrafficKind::Admission,
+                Channel::Members => TrafficKind::Membership,
+                Channel::Sync => TrafficKind::Sync,
+            },
+            Payload::Ack(_) => TrafficKind::Sync,
             Payload::JobRequest(_) | Payload::JobResult(_) => TrafficKind::Job,
         };
         for class in &classes {
@@ -984,6 +1008,7 @@ impl World {
                 }
                 Verdict::Drop => {
                     self.recorder.dropped += 1;
+                    self.never_acknowledged(from, to, link.epoch, &payload);
                     return;
                 }
                 Verdict::Duplicate if reliable => {}
@@ -1075,8 +1100,14 @@ impl World {
                 break;
             }
             for (to, bytes) in out {
-                let len = bytes.len() as u64;
-                self.send(i, to, Payload::Sync(bytes), len);
+                if let Some(session) = self
+                    .nodes
+                    .get_mut(i as usize)
+                    .and_then(|n| n.sessions.get_mut(&to))
+                {
+                    session.send_sync(bytes);
+                }
+                self.session_flush(i, to);
             }
             for event in events {
                 match event {
@@ -1347,23 +1378,21 @@ impl World {
         link.route = route;
         link.punched = false;
         link.homes = homes;
-        let epoch = link.epoch;
         let now = self.now_ms();
-        let config = admission::Config::default();
-        for (x, y) in [(a, b), (b, a)] {
+        // `a` dials: its session opens as initiator, `b`'s as responder.
+        for (x, y, side) in [(a, b, Side::Initiator), (b, a, Side::Responder)] {
             let remote = self.node(y).key;
             let opening = Opening::Member(self.node(x).certificate.clone());
             if let Some(node) = self.nodes.get_mut(x as usize) {
-                node.connections
-                    .insert(y, Connection::new(now, remote, opening, &config));
+                node.sessions.insert(
+                    y,
+                    Session::new(now, remote, side, opening, session::Config::default()),
+                );
+                node.session_timers.remove(&y);
             }
         }
-        self.admission_flush(a, b);
-        self.admission_flush(b, a);
-        self.schedule(
-            self.now + us(config.deadline),
-            Event::AdmissionDeadline(a, b, epoch),
-        );
+        self.session_flush(a, b);
+        self.session_flush(b, a);
     }
 
     fn link_down(&mut self, a: u32, b: u32) {
@@ -1375,7 +1404,8 @@ impl World {
         link.epoch += 1;
         for (x, y) in [(a, b), (b, a)] {
             if let Some(node) = self.nodes.get_mut(x as usize) {
-                node.connections.remove(&y);
+                node.sessions.remove(&y);
+                node.session_timers.remove(&y);
                 if node.admitted.remove(&y) {
                     node.engine.handle_disconnected(&y);
                 }
@@ -1383,45 +1413,108 @@ impl World {
         }
     }
 
-    /// Sends what the admission of `x`'s connection to `y` queued, and acts on its events.
-    fn admission_flush(&mut self, x: u32, y: u32) {
-        let mut out = Vec::new();
-        let mut events = Vec::new();
-        if let Some(conn) = self
+    /// Runs `f` on `x`'s session with `y`, lending it the node's gate and membership,
+    /// then acts on what the session asks for.
+    fn with_session(
+        &mut self,
+        x: u32,
+        y: u32,
+        f: impl FnOnce(&mut Session, &mut Context<'_>, UnixMillis),
+    ) {
+        let now = self.now_ms();
+        let Some(node) = self.nodes.get_mut(x as usize) else {
+            return;
+        };
+        let Some(session) = node.sessions.get_mut(&y) else {
+            return;
+        };
+        let mut cx = Context {
+            gate: &mut node.gate,
+            membership: &mut node.membership,
+        };
+        f(session, &mut cx, now);
+        self.session_flush(x, y);
+    }
+
+    /// Acts on what `x`'s session with `y` asks for, and arms its timer.
+    fn session_flush(&mut self, x: u32, y: u32) {
+        let Some(session) = self
             .nodes
             .get_mut(x as usize)
-            .and_then(|n| n.connections.get_mut(&y))
-        {
-            while let Some(m) = conn.poll_transmit() {
-                out.push(m);
-            }
-            while let Some(e) = conn.poll_event() {
-                events.push(e);
-            }
-        }
-        for m in out {
-            let len = m.len() as u64;
-            self.send(x, y, Payload::Admission(m), len);
-        }
-        for e in events {
-            match e {
-                admission::Event::Admitted(_) => {
+            .and_then(|n| n.sessions.get_mut(&y))
+        else {
+            return;
+        };
+        let actions: Vec<Action> = std::iter::from_fn(|| session.poll_action()).collect();
+        for action in actions {
+            match action {
+                Action::Send { channel, id, bytes } => {
+                    let len = bytes.len() as u64;
+                    self.send(x, y, Payload::Session { channel, id, bytes }, len);
+                }
+                Action::Admitted(_) => {
                     self.recorder.admissions += 1;
                     if let Some(node) = self.nodes.get_mut(x as usize) {
                         node.admitted.insert(y);
                     }
                     self.schedule_punch(x, y);
-                    self.send_members(x, y);
                     self.with_engine(x, |e, r, now| e.handle_connected(now, y, r));
                 }
-                admission::Event::Refused { .. } => {
+                Action::Refused { .. } => {
                     self.recorder.refused += 1;
                     self.link_down(x, y);
                     self.schedule(self.now + RECONNECT_US, Event::Reconnect);
+                    return;
                 }
-                admission::Event::Joined(_) | admission::Event::Welcomed(_) => {}
+                Action::Sync(bytes) => {
+                    self.with_engine(x, |e, r, now| e.handle_message(now, &y, &bytes, r));
+                }
+                Action::SyncDropped { .. } => self.recorder.sync_queue_full += 1,
+                // The membership is merged already; netsim has no addresses to dial,
+                // no pairing and no audit log.
+                Action::Merged(_) | Action::Listed(_) | Action::Joined(_) | Action::Welcomed(_) => {
+                }
             }
         }
+        self.arm_session(x, y);
+    }
+
+    /// Schedules the timer of `x`'s session with `y`, unless it is already due then.
+    fn arm_session(&mut self, x: u32, y: u32) {
+        let epoch = self.links.get(&pair(x, y)).map_or(0, |l| l.epoch);
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(x as usize) else {
+            return;
+        };
+        let Some(due) = node.sessions.get(&y).and_then(Session::poll_timeout) else {
+            node.session_timers.remove(&y);
+            return;
+        };
+        let t = due.0.saturating_sub(BASE_MS).saturating_mul(1000);
+        let at = t.max(now);
+        if node.session_timers.get(&y) == Some(&at) {
+            return;
+        }
+        node.session_timers.insert(y, at);
+        self.schedule(at, Event::SessionTimer(x, y, epoch));
+    }
+
+    /// A sync message, or its acknowledgement, was lost for good: its sender hears of
+    /// the failure when the request times out.
+    fn never_acknowledged(&mut self, from: u32, to: u32, epoch: u64, payload: &Payload) {
+        let (sender, receiver, id) = match payload {
+            Payload::Session {
+                channel: Channel::Sync,
+                id,
+                ..
+            } => (from, to, *id),
+            Payload::Ack(id) => (to, from, *id),
+            _ => return,
+        };
+        self.schedule(
+            self.now + SYNC_TIMEOUT_US,
+            Event::SyncFailed(sender, receiver, epoch, id),
+        );
     }
 
     /// Once both ends of a relayed connection between cone NATs have admitted each
@@ -1447,21 +1540,6 @@ impl World {
             self.now + 3 * relayed + 2 * direct,
             Event::Punch(x, y, link.epoch),
         );
-    }
-
-    /// Sends `y` this node's membership digest, and its snapshot unless `y` last
-    /// reported the same digest (what `/hearth/members/1` does right after admission).
-    fn send_members(&mut self, x: u32, y: u32) {
-        let now = self.now_ms();
-        let node = self.node(x);
-        let digest = node.membership.digest(now, &node.gate.revocations);
-        let snapshot = (node.member_digests.get(&y) != Some(&digest)).then(|| {
-            node.membership
-                .snapshot(now, &node.gate.revocations)
-                .encode()
-        });
-        let bytes = 32 + snapshot.as_ref().map_or(0, |s| s.len() as u64);
-        self.send(x, y, Payload::Members(digest, snapshot), bytes);
     }
 
     /// Handles the next event, if it is due by `until`. False when none is.
@@ -1574,23 +1652,30 @@ impl World {
                 }
             }
             Event::Reconnect => self.reconnect(),
-            Event::AdmissionDeadline(a, b, epoch) => {
+            Event::SessionTimer(x, y, epoch) => {
+                let at = self.now;
+                let current = self
+                    .links
+                    .get(&pair(x, y))
+                    .is_some_and(|l| l.up && l.epoch == epoch)
+                    && self
+                        .nodes
+                        .get(x as usize)
+                        .is_some_and(|n| n.session_timers.get(&y) == Some(&at));
+                if current {
+                    if let Some(node) = self.nodes.get_mut(x as usize) {
+                        node.session_timers.remove(&y);
+                    }
+                    self.with_session(x, y, |s, cx, now| s.handle_timeout(now, cx));
+                }
+            }
+            Event::SyncFailed(x, y, epoch, id) => {
                 if self
                     .links
-                    .get(&pair(a, b))
-                    .is_some_and(|l| l.epoch == epoch && l.up)
+                    .get(&pair(x, y))
+                    .is_some_and(|l| l.up && l.epoch == epoch)
                 {
-                    let now = self.now_ms();
-                    for (x, y) in [(a, b), (b, a)] {
-                        if let Some(c) = self
-                            .nodes
-                            .get_mut(x as usize)
-                            .and_then(|n| n.connections.get_mut(&y))
-                        {
-                            c.handle_timeout(now);
-                        }
-                        self.admission_flush(x, y);
-                    }
+                    self.with_session(x, y, |s, _, _| s.handle_failed(id));
                 }
             }
             Event::Write(h, s) => self.write(h, s),
@@ -1662,7 +1747,8 @@ impl World {
                     node.unnoticed_until = now + detect;
                     node.engine = Engine::new(sync::Config::default());
                     node.timer = None;
-                    node.connections.clear();
+                    node.sessions.clear();
+                    node.session_timers.clear();
                     node.admitted.clear();
                 }
                 self.schedule(now + detect, Event::Reconnect);
@@ -1682,43 +1768,20 @@ impl World {
             return;
         }
         match payload {
-            Payload::Admission(bytes) => {
-                let now = self.now_ms();
-                if let Some(node) = self.nodes.get_mut(to as usize)
-                    && let Some(conn) = node.connections.get_mut(&from)
-                {
-                    conn.handle_message(now, &bytes, &mut node.gate);
-                }
-                self.admission_flush(to, from);
-            }
-            Payload::Sync(bytes) => {
-                if !self.node(to).admitted.contains(&from) {
-                    // Nothing is served before admission.
+            Payload::Session { channel, id, bytes } => {
+                if !self.node(to).sessions.contains_key(&from) {
                     self.recorder.dropped += 1;
                     return;
                 }
-                self.with_engine(to, |e, r, now| e.handle_message(now, &from, &bytes, r));
-            }
-            Payload::Members(digest, snapshot) => {
-                if !self.node(to).admitted.contains(&from) {
-                    self.recorder.dropped += 1;
-                    return;
-                }
-                let now = self.now_ms();
-                let Some(node) = self.nodes.get_mut(to as usize) else {
-                    return;
-                };
-                node.member_digests.insert(from, digest);
-                if let Some(bytes) = snapshot {
-                    match Snapshot::decode(&bytes) {
-                        Ok(snapshot) => {
-                            node.membership
-                                .merge(now, &snapshot, &mut node.gate.revocations);
-                        }
-                        Err(_) => self.recorder.misbehaved += 1,
-                    }
+                self.with_session(to, from, |s, cx, now| {
+                    s.handle_received(now, channel, &bytes, cx);
+                });
+                // The transport acknowledges a sync message once it is received.
+                if channel == Channel::Sync {
+                    self.send(to, from, Payload::Ack(id), 0);
                 }
             }
+            Payload::Ack(id) => self.with_session(to, from, |s, _, _| s.handle_sent(id)),
             Payload::JobRequest(id) => self.job_arrived(id, to),
             Payload::JobResult(id) => self.complete(id),
         }
@@ -1819,24 +1882,33 @@ impl World {
         }
     }
 
-    /// Hands the node's local writes to its engine.
+    /// Hands the node's local writes to its engine; writes missed (the subscription
+    /// lagged) make the engine compare the store with its peers again.
     fn pump_local(&mut self, i: u32) {
-        let mut changes = Vec::new();
+        let mut actions = Vec::new();
         if let Some(node) = self.nodes.get_mut(i as usize) {
             for (id, rx) in &mut node.local {
                 loop {
                     match rx.try_recv() {
-                        Ok(change) => changes.push((id.clone(), change)),
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Ok(change) => node.changes.handle_change(id, change),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            node.changes.handle_lagged(id);
+                        }
                         Err(_) => break,
                     }
                 }
             }
+            actions.extend(std::iter::from_fn(|| node.changes.poll_action()));
         }
-        for (id, change) in changes {
-            self.with_engine(i, |e, r, now| {
-                e.local_change(now, &id, &change.units, change.before, r);
-            });
+        for action in actions {
+            match action {
+                LocalAction::Apply { store, change } => self.with_engine(i, |e, r, now| {
+                    e.local_change(now, &store, &change.units, change.before, r);
+                }),
+                LocalAction::Recheck { store } => {
+                    self.with_engine(i, |e, _, now| e.recheck(now, &store));
+                }
+            }
         }
     }
 

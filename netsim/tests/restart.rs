@@ -72,9 +72,20 @@ fn restarted_devices_catch_up_within_seconds() {
     }
 }
 
+/// Over datagrams an admission message can be lost too: the connection is refused at
+/// the admission deadline (5 s) and made again after the reconnection delay (5 s), and
+/// only then does the catch-up start. Seed 7 has such a restart: a hub whose admission
+/// messages to two of its peers were both lost.
+const ADMISSION_LOST_MS: f64 = 10_000.0;
+
 #[test]
 fn restarted_devices_catch_up_when_the_engine_sees_every_loss() {
     for seed in [5, 6, 7, 8] {
-        check("transport = \"datagram\"", Some(0.05), seed, 5000.0);
+        check(
+            "transport = \"datagram\"",
+            Some(0.05),
+            seed,
+            ADMISSION_LOST_MS + 5000.0,
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hearth_protocol::capability::Role;
+use hearth_protocol::mesh::session::{LocalAction, LocalChanges};
 use hearth_protocol::sync::placement::Policy;
 use hearth_protocol::sync::{Config, Digest, Engine, Event};
 use hearth_protocol::time::UnixMillis;
@@ -218,6 +219,8 @@ macro_rules! sealed_ctx {
 
 struct Actor {
     engine: Engine<PeerId>,
+    /// Local writes seen or missed, on their way to the engine.
+    local: LocalChanges<LocalChange>,
     stores: Arc<Stores>,
     catalogue: Arc<Catalogue>,
     placement: NodePlacement,
@@ -288,6 +291,7 @@ pub(crate) fn spawn(
     };
     let mut actor = Actor {
         engine: Engine::new(Config::default()),
+        local: LocalChanges::new(),
         placement: NodePlacement::new(&name, role, Some(catalogue.id().to_owned())),
         stores,
         catalogue,
@@ -379,30 +383,49 @@ impl Actor {
                 let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
                 self.engine.handle_message(at, &peer, &bytes, &mut replica);
             }
-            Input::Local { store, change } => match change {
-                Some(change) => {
-                    self.sealed.changed(&store);
-                    // The engine knows a store by its sync id; a write made before an
-                    // erasure was applied belongs to the replica as it was (the
-                    // rewritten one is offered whole instead).
-                    let Some(current) = self.stores.get_by_id(&store) else {
-                        return;
-                    };
-                    if current.erasures() != change.erasures {
-                        self.engine.recheck(at, &current.sync_id());
-                        return;
+            Input::Local { store, change } => {
+                match change {
+                    Some(change) => {
+                        self.sealed.changed(&store);
+                        // The engine knows a store by its sync id; a write made before
+                        // an erasure was applied belongs to the replica as it was (the
+                        // rewritten one is offered whole instead).
+                        let Some(current) = self.stores.get_by_id(&store) else {
+                            return;
+                        };
+                        if current.erasures() == change.erasures {
+                            self.local.handle_change(&store, change);
+                        } else {
+                            self.local.handle_lagged(&store);
+                        }
                     }
-                    let sync = current.sync_id();
-                    let mut replica = StoresReplica::new(&self.stores, &self.placement, at.0);
-                    self.engine
-                        .local_change(at, &sync, &change.units, change.before, &mut replica);
+                    None => self.local.handle_lagged(&store),
                 }
-                None => {
-                    if let Some(sync) = self.stores.get_by_id(&store).map(|s| s.sync_id()) {
-                        self.engine.recheck(at, &sync);
+                while let Some(action) = self.local.poll_action() {
+                    match action {
+                        LocalAction::Apply { store, change } => {
+                            let Some(sync) = self.stores.get_by_id(&store).map(|s| s.sync_id())
+                            else {
+                                continue;
+                            };
+                            let mut replica =
+                                StoresReplica::new(&self.stores, &self.placement, at.0);
+                            self.engine.local_change(
+                                at,
+                                &sync,
+                                &change.units,
+                                change.before,
+                                &mut replica,
+                            );
+                        }
+                        LocalAction::Recheck { store } => {
+                            if let Some(sync) = self.stores.get_by_id(&store).map(|s| s.sync_id()) {
+                                self.engine.recheck(at, &sync);
+                            }
+                        }
                     }
                 }
-            },
+            }
             Input::CatalogueChanged => self.reload_catalogue(true),
             Input::Revocations(revocations) => {
                 self.catalogue.set_revocations(revocations);

@@ -418,3 +418,137 @@ pub fn deflate_then_zeros(prefix: &[u8], zeros: u64) -> Vec<u8> {
     bits.symbol(256); // end of block
     bits.finish()
 }
+
+/// The session machine's exchange decoder, and two sessions fed the bytes: a responder
+/// that has admitted no one (anything but admission must refuse the peer and take
+/// nothing in) and an initiator whose peer is admitted. The first byte picks the
+/// channel (0 admission, 1 members, 2 sync, taken modulo 3); the rest is the message.
+pub fn session_input(data: &[u8]) {
+    use crate::device;
+    use crate::key::NodeKey;
+    use crate::mesh::admission::{Gate, Opening};
+    use crate::mesh::membership::Membership;
+    use crate::mesh::session::{Action, Channel, Config, Context, Exchange, Session, Side};
+
+    let Some((&pick, message)) = data.split_first() else {
+        return;
+    };
+    if let Ok(exchange) = Exchange::decode(message) {
+        assert_eq!(
+            exchange.encode(),
+            message,
+            "a decoded exchange re-encodes differently"
+        );
+    }
+    let channel = match pick % 3 {
+        0 => Channel::Admission,
+        1 => Channel::Members,
+        _ => Channel::Sync,
+    };
+    let now = UnixMillis(1_800_000_000_000);
+    let owner = OwnerKey::from_seed([1; 32]);
+    let device = |seed: u8, name: &str| {
+        let key = NodeKey::from_seed([seed; 32]);
+        let certificate = device::issue_certificate(
+            owner.secret(),
+            None,
+            key.public(),
+            name,
+            crate::capability::Role::Home,
+            UnixMillis(0),
+            UnixMillis(now.0 + 86_400_000),
+            [seed; 16],
+        );
+        let gate = Gate::new(
+            key.public(),
+            Verifier::new(owner.public(), VerifierConfig::default()),
+            RevocationSet::new(owner.public()),
+            None,
+        );
+        let mut membership = Membership::new(owner.public());
+        if let Ok(certificate) = &certificate {
+            let _ = membership.add_device(now, certificate, &RevocationSet::new(owner.public()));
+        }
+        (key, certificate, gate, membership)
+    };
+    let (a_key, Ok(a_cert), mut a_gate, mut a_members) = device(2, "home") else {
+        return;
+    };
+    let (b_key, Ok(b_cert), mut b_gate, mut b_members) = device(3, "phone") else {
+        return;
+    };
+    let digest = a_members.digest(now, &a_gate.revocations);
+
+    // A responder: nothing but admission before the peer is admitted.
+    let mut responder = Session::new(
+        now,
+        b_key.public(),
+        Side::Responder,
+        Opening::Member(a_cert.clone()),
+        Config::default(),
+    );
+    let mut cx = Context {
+        gate: &mut a_gate,
+        membership: &mut a_members,
+    };
+    responder.handle_received(now, channel, message, &mut cx);
+    let actions: Vec<Action> = std::iter::from_fn(|| responder.poll_action()).collect();
+    if channel != Channel::Admission {
+        assert!(
+            responder.is_closed(),
+            "a responder took a message before admission"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Sync(_) | Action::Merged(_) | Action::Listed(_))),
+            "a responder passed on a message before admission"
+        );
+        assert_eq!(digest, a_members.digest(now, &a_gate.revocations));
+    }
+
+    // An initiator admitted by its peer, then fed the bytes.
+    let mut initiator = Session::new(
+        now,
+        b_key.public(),
+        Side::Initiator,
+        Opening::Member(a_cert),
+        Config::default(),
+    );
+    let mut peer = Session::new(
+        now,
+        a_key.public(),
+        Side::Responder,
+        Opening::Member(b_cert),
+        Config::default(),
+    );
+    for _ in 0..4 {
+        let mut a_cx = Context {
+            gate: &mut a_gate,
+            membership: &mut a_members,
+        };
+        let mut b_cx = Context {
+            gate: &mut b_gate,
+            membership: &mut b_members,
+        };
+        while let Some(action) = initiator.poll_action() {
+            if let Action::Send { channel, bytes, .. } = action {
+                peer.handle_received(now, channel, &bytes, &mut b_cx);
+            }
+        }
+        while let Some(action) = peer.poll_action() {
+            if let Action::Send { channel, bytes, .. } = action {
+                initiator.handle_received(now, channel, &bytes, &mut a_cx);
+            }
+        }
+    }
+    let mut cx = Context {
+        gate: &mut a_gate,
+        membership: &mut a_members,
+    };
+    initiator.handle_received(now, channel, message, &mut cx);
+    while initiator.poll_action().is_some() {}
+    initiator.send_sync(message.to_vec());
+    while initiator.poll_action().is_some() {}
+    assert!(initiator.in_flight() <= message.len().max(Config::default().max_in_flight));
+}

@@ -70,6 +70,12 @@ fn membership_decoder_inputs() {
 }
 
 #[test]
+fn session_decoder_inputs() {
+    let count = replay("session_decode", hearth_protocol::fuzz::session_input);
+    assert!(count >= 3, "the session seeds are missing");
+}
+
+#[test]
 fn sync_decoder_inputs() {
     let count = replay("sync_decode", hearth_protocol::fuzz::sync_input);
     assert!(count >= 5, "the sync seeds are missing");

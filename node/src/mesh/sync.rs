@@ -1,30 +1,33 @@
 //! Store replication between admitted devices (`/hearth/sync/1`): each sync message is
 //! one request, acknowledged empty, under a per-peer window of unacknowledged bytes and
-//! a bounded queue behind it. What the messages say is `hearth_protocol::sync`'s.
+//! a bounded queue behind it (`hearth_protocol::mesh::session::Window`, the one the
+//! protocol's session machine keeps). What the messages say is `hearth_protocol::sync`'s.
 
 use std::collections::BTreeMap;
 
+use hearth_protocol::mesh::session::{self, Queued, SendId, Window};
 use libp2p::{PeerId, request_response};
 
 use super::MeshLoop;
 use super::codec::{Frames, ProtocolEvent};
 
-/// Sync bytes sent to one peer and not yet acknowledged, at most (one message larger
-/// than this still goes when nothing else is in flight).
-const MAX_SYNC_IN_FLIGHT: usize = 16 * 1024 * 1024;
-/// Sync bytes held back for one peer while the in-flight window is full, at most (one
-/// larger message may wait alone); beyond it a message is dropped and the sync engine's
-/// repair sends what it carried.
-const MAX_SYNC_WAITING: usize = 16 * 1024 * 1024;
-
-/// Sync traffic to one peer: a window of unacknowledged bytes, and a bounded queue
-/// behind it.
-#[derive(Default)]
+/// Sync traffic to one peer: the window, and which request carries which of its
+/// messages.
 pub(super) struct SyncOut {
-    pub(super) in_flight: usize,
-    pub(super) pending: BTreeMap<request_response::OutboundRequestId, usize>,
-    pub(super) waiting: std::collections::VecDeque<Vec<u8>>,
-    pub(super) waiting_bytes: usize,
+    window: Window,
+    pending: BTreeMap<request_response::OutboundRequestId, SendId>,
+    next_id: u64,
+}
+
+impl Default for SyncOut {
+    fn default() -> Self {
+        let config = session::Config::default();
+        Self {
+            window: Window::new(config.max_in_flight, config.max_waiting),
+            pending: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
 }
 
 impl MeshLoop {
@@ -32,13 +35,10 @@ impl MeshLoop {
     pub(super) fn sync_send(&mut self, peer: PeerId, bytes: Vec<u8>) {
         if self.known.get(&peer).is_some_and(|k| k.connected) {
             let out = self.sync_out.entry(peer).or_default();
-            if !out.waiting.is_empty()
-                && out.waiting_bytes.saturating_add(bytes.len()) > MAX_SYNC_WAITING
-            {
-                tracing::debug!(%peer, bytes = bytes.len(), "sync window and queue full: the message is left to repair");
+            let len = bytes.len();
+            if out.window.push(bytes) == Queued::Dropped {
+                tracing::debug!(%peer, bytes = len, "sync window and queue full: the message is left to repair");
             } else {
-                out.waiting_bytes += bytes.len();
-                out.waiting.push_back(bytes);
                 self.send_sync(peer);
             }
         }
@@ -49,31 +49,27 @@ impl MeshLoop {
         let Some(out) = self.sync_out.get_mut(&peer) else {
             return;
         };
-        while let Some(next) = out.waiting.front() {
-            let len = next.len();
-            if out.in_flight > 0 && out.in_flight.saturating_add(len) > MAX_SYNC_IN_FLIGHT {
-                return;
-            }
-            let Some(bytes) = out.waiting.pop_front() else {
+        loop {
+            let id = SendId(out.next_id.wrapping_add(1));
+            let Some(bytes) = out.window.next(id) else {
                 return;
             };
-            out.waiting_bytes -= len;
-            out.in_flight += len;
-            let id = self
+            out.next_id = id.0;
+            let request = self
                 .swarm
                 .behaviour_mut()
                 .sync
                 .send_request(&peer, Frames::from(vec![bytes]));
-            out.pending.insert(id, len);
+            out.pending.insert(request, id);
         }
     }
 
     /// A sync message was acknowledged, or failed: its bytes leave the window.
-    fn sync_done(&mut self, peer: PeerId, id: request_response::OutboundRequestId) {
+    fn sync_done(&mut self, peer: PeerId, request: request_response::OutboundRequestId) {
         if let Some(out) = self.sync_out.get_mut(&peer)
-            && let Some(len) = out.pending.remove(&id)
+            && let Some(id) = out.pending.remove(&request)
+            && out.window.done(id)
         {
-            out.in_flight -= len;
             self.send_sync(peer);
         }
     }
