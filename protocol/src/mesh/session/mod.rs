@@ -15,9 +15,14 @@
 //!
 //! - [`Channel::Admission`] carries [`admission::Message`]s.
 //! - [`Channel::Members`] carries [`Exchange`]s, once admitted. Each side sends one right after
-//!   admission and then every [`Config::members_every`], asking for an answer; the
-//!   answer never asks for one. A message carries a page of the sender's membership
-//!   only while the receiver's last digest differs from the sender's.
+//!   admission and then periodically, asking for an answer; the answer never asks for
+//!   one. The period starts at [`Config::members_every`] and doubles after each
+//!   exchange that found both digests equal and nothing new to list, up to
+//!   [`Config::members_idle`]; a difference, a change here or new addresses bring it
+//!   back to [`Config::members_every`]. A change here is told at once. A message
+//!   carries pages of the sender's membership only while the receiver's last digest
+//!   differs from the sender's: the whole set at most once per [`Config::round_every`],
+//!   the first page otherwise.
 //! - [`Channel::Sync`] carries the sync engine's messages, once admitted, under a window of
 //!   [`Config::max_in_flight`] unacknowledged bytes and a queue of at most
 //!   [`Config::max_waiting`] bytes behind it; beyond that a message is dropped and the
@@ -99,8 +104,16 @@ impl Channel {
 pub struct Config {
     /// Admission, with its deadline. Default [`admission::Config::default`] (5 s).
     pub admission: admission::Config,
-    /// Time between two membership exchanges asked of the peer. Default 2 seconds.
+    /// Time between two membership exchanges asked of the peer while anything differs
+    /// or changed. Default 2 seconds.
     pub members_every: Duration,
+    /// Time between two membership exchanges at most, once both sides agree: the period
+    /// doubles from [`Config::members_every`] up to this. Default 30 seconds.
+    pub members_idle: Duration,
+    /// Least time between two rounds that page the whole membership to the peer: a
+    /// peer whose digest keeps changing gets the first page otherwise. Default 10
+    /// seconds.
+    pub round_every: Duration,
     /// Sync bytes sent and not yet acknowledged, at most (one larger message still goes
     /// when nothing else is in flight). Default 16 MiB.
     pub max_in_flight: usize,
@@ -117,6 +130,8 @@ impl Default for Config {
         Self {
             admission: admission::Config::default(),
             members_every: Duration::from_secs(2),
+            members_idle: Duration::from_secs(30),
+            round_every: Duration::from_secs(10),
             max_in_flight: 16 * 1024 * 1024,
             max_waiting: 16 * 1024 * 1024,
             max_early: 1024 * 1024,
@@ -134,6 +149,18 @@ impl Config {
     /// Sets [`Config::members_every`].
     pub fn with_members_every(mut self, every: Duration) -> Self {
         self.members_every = every;
+        self
+    }
+
+    /// Sets [`Config::members_idle`].
+    pub fn with_members_idle(mut self, idle: Duration) -> Self {
+        self.members_idle = idle;
+        self
+    }
+
+    /// Sets [`Config::round_every`].
+    pub fn with_round_every(mut self, every: Duration) -> Self {
+        self.round_every = every;
         self
     }
 
@@ -222,6 +249,8 @@ struct Paging {
     /// the same, paging again would not help (the peer refuses something), so only
     /// the first page is sent.
     round_done: Option<([u8; 32], Option<[u8; 32]>)>,
+    /// When a new round may start.
+    next_round: UnixMillis,
 }
 
 /// The session with one peer over one connection.
@@ -239,7 +268,11 @@ pub struct Session {
     window: Window,
     paging: Paging,
     listed: Vec<Listed>,
+    /// The listing changed since the last periodic exchange.
+    listed_changed: bool,
     next_exchange: Option<UnixMillis>,
+    /// The current period of the exchange.
+    period: Duration,
 }
 
 impl Session {
@@ -269,8 +302,11 @@ impl Session {
             window,
             paging: Paging::default(),
             listed: Vec::new(),
+            listed_changed: false,
             next_exchange: None,
+            period: Duration::ZERO,
         };
+        session.period = session.config.members_every;
         session.flush_admission();
         session
     }
@@ -323,11 +359,31 @@ impl Session {
         self.window.waiting_bytes()
     }
 
+    /// The current period of the membership exchange.
+    pub fn members_period(&self) -> Duration {
+        self.period
+    }
+
     /// Sets the devices this side tells the peer of in its next exchanges, itself
-    /// first (at most [`MAX_LISTED`]).
-    pub fn set_listed(&mut self, listed: Vec<Listed>) {
-        self.listed = listed;
-        self.listed.truncate(MAX_LISTED);
+    /// first (at most [`MAX_LISTED`]). A listing that differs from the last one is told
+    /// within [`Config::members_every`].
+    pub fn set_listed(&mut self, now: UnixMillis, mut listed: Vec<Listed>) {
+        listed.truncate(MAX_LISTED);
+        if listed != self.listed {
+            self.listed = listed;
+            self.listed_changed = true;
+            self.hurry(now);
+        }
+    }
+
+    /// Something differs or changed: the exchange goes back to its fastest period, and
+    /// the next one is due within it.
+    fn hurry(&mut self, now: UnixMillis) {
+        self.period = self.config.members_every;
+        let soon = now.saturating_add(self.period);
+        if let Some(due) = self.next_exchange.as_mut() {
+            *due = (*due).min(soon);
+        }
     }
 
     fn id(&mut self) -> SendId {
@@ -426,7 +482,8 @@ impl Session {
     /// Admission is done: the first exchange, then what arrived early.
     fn start(&mut self, now: UnixMillis, cx: &mut Context<'_>) {
         self.send_members(now, true, cx);
-        self.next_exchange = Some(now.saturating_add(self.config.members_every));
+        self.listed_changed = false;
+        self.next_exchange = Some(now.saturating_add(self.period));
         self.early_bytes = 0;
         let early = std::mem::take(&mut self.early);
         for (channel, bytes) in early {
@@ -461,14 +518,19 @@ impl Session {
         if !exchange.listed.is_empty() {
             self.actions.push_back(Action::Listed(exchange.listed));
         }
-        if exchange.request {
-            self.send_members(now, false, cx);
+        let ours = if exchange.request {
+            self.send_members(now, false, cx)
+        } else {
+            cx.membership.digest(now, &cx.gate.revocations)
+        };
+        if exchange.digest != ours {
+            self.hurry(now);
         }
     }
 
     /// Sends an exchange: the digest, and pages of the membership while the peer's last
-    /// digest differs (the whole round at once).
-    fn send_members(&mut self, now: UnixMillis, request: bool, cx: &mut Context<'_>) {
+    /// digest differs (the whole round at once). Returns our digest.
+    fn send_members(&mut self, now: UnixMillis, request: bool, cx: &mut Context<'_>) -> [u8; 32] {
         let revocations = &cx.gate.revocations;
         let ours = cx.membership.digest(now, revocations);
         let theirs = self.paging.peer_digest;
@@ -477,10 +539,15 @@ impl Session {
             let (page, more) = if theirs == Some(ours) {
                 self.paging.after = None;
                 (Vec::new(), false)
-            } else if self.paging.round_done == Some((ours, theirs)) {
+            } else if self.paging.round_done == Some((ours, theirs))
+                || (self.paging.after.is_none() && now < self.paging.next_round)
+            {
                 let page = cx.membership.page(now, revocations, None);
                 (page.snapshot.encode(), false)
             } else {
+                if self.paging.after.is_none() {
+                    self.paging.next_round = now.saturating_add(self.config.round_every);
+                }
                 let page = cx
                     .membership
                     .page(now, revocations, self.paging.after.as_ref());
@@ -499,7 +566,7 @@ impl Session {
             };
             self.send(Channel::Members, exchange.encode());
             if !more {
-                return;
+                return ours;
             }
             // Only the first message of a round asks for an answer.
             request = false;
@@ -511,6 +578,7 @@ impl Session {
     pub fn handle_membership_changed(&mut self, now: UnixMillis, cx: &mut Context<'_>) {
         if self.state == State::Admitted {
             self.send_members(now, true, cx);
+            self.hurry(now);
         }
     }
 
@@ -564,8 +632,14 @@ impl Session {
             }
             State::Admitted => {
                 if self.next_exchange.is_some_and(|due| now >= due) {
-                    self.send_members(now, true, cx);
-                    self.next_exchange = Some(now.saturating_add(self.config.members_every));
+                    let ours = self.send_members(now, true, cx);
+                    self.period = if self.paging.peer_digest == Some(ours) && !self.listed_changed {
+                        self.period.saturating_mul(2).min(self.config.members_idle)
+                    } else {
+                        self.config.members_every
+                    };
+                    self.listed_changed = false;
+                    self.next_exchange = Some(now.saturating_add(self.period));
                 }
             }
             State::Closed => {}

@@ -367,9 +367,155 @@ fn addresses_are_listed_to_the_peer() {
         key: node(2).public(),
         addresses: vec!["/ip4/10.0.0.2/udp/7000/quic-v1".into()],
     }];
-    pair.sa.set_listed(listed.clone());
+    pair.sa.set_listed(NOW, listed.clone());
     pair.run(true);
     assert!(pair.done_b.contains(&Action::Listed(listed)));
+}
+
+/// Fires `a`'s exchange timer once it is due and delivers what follows; returns the
+/// period it armed next.
+fn next_exchange(pair: &mut Pair) -> Duration {
+    let due = pair.sa.poll_timeout().unwrap();
+    pair.now = due;
+    pair.sa.handle_timeout(due, &mut pair.a.cx());
+    pair.run(true);
+    let next = pair.sa.poll_timeout().unwrap();
+    Duration::from_millis(next.0 - due.0)
+}
+
+#[test]
+fn the_exchange_slows_while_both_agree_and_hurries_on_a_change() {
+    let o = owner(1);
+    let mut pair = Pair::new(
+        Device::new(&o, node(2), "home"),
+        Device::new(&o, node(3), "phone"),
+        Side::Initiator,
+        Side::Responder,
+        &Config::default(),
+    );
+    pair.run(true);
+    assert_eq!(pair.sa.members_period(), Duration::from_secs(2));
+    let periods: Vec<u64> = (0..6).map(|_| next_exchange(&mut pair).as_secs()).collect();
+    assert_eq!(periods, [4, 8, 16, 30, 30, 30]);
+
+    // A change here is told at once and the period is fast again.
+    pair.a
+        .membership
+        .add_device(
+            pair.now,
+            &cert(&o, &node(6), "tv"),
+            &RevocationSet::new(o.public()),
+        )
+        .unwrap();
+    let now = pair.now;
+    pair.sa.handle_membership_changed(now, &mut pair.a.cx());
+    assert_eq!(
+        pair.sa.poll_timeout(),
+        Some(now.saturating_add(Duration::from_secs(2)))
+    );
+    pair.run(true);
+    assert_eq!(pair.a.digest(), pair.b.digest());
+    // The peer merged it; its own exchange hurried too, since ours differed.
+    assert_eq!(pair.sb.members_period(), Duration::from_secs(2));
+    assert_eq!(next_exchange(&mut pair).as_secs(), 4);
+
+    // New addresses are told within the fast period, and slow down again after.
+    let now = pair.now;
+    pair.sa.set_listed(
+        now,
+        vec![Listed {
+            key: node(2).public(),
+            addresses: vec!["/ip4/10.0.0.2/tcp/7000".into()],
+        }],
+    );
+    assert_eq!(
+        pair.sa.poll_timeout(),
+        Some(now.saturating_add(Duration::from_secs(2)))
+    );
+    assert_eq!(next_exchange(&mut pair).as_secs(), 2);
+    assert!(
+        pair.done_b
+            .iter()
+            .any(|a| matches!(a, Action::Listed(l) if l[0].addresses.len() == 1))
+    );
+    assert_eq!(next_exchange(&mut pair).as_secs(), 4);
+    // The same listing again is no news.
+    pair.sa.set_listed(
+        pair.now,
+        vec![Listed {
+            key: node(2).public(),
+            addresses: vec!["/ip4/10.0.0.2/tcp/7000".into()],
+        }],
+    );
+    assert_eq!(next_exchange(&mut pair).as_secs(), 8);
+}
+
+/// A member whose digest changes with every message (as if its membership never
+/// settled) and that asks for an answer each time: each is answered, but the whole
+/// set is paged to it at most once per round interval, the first page otherwise.
+#[test]
+fn a_peer_whose_digest_keeps_changing_gets_the_whole_set_once_per_round() {
+    use crate::capability::CapId;
+    use crate::mesh::membership::MAX_REVOCATIONS;
+
+    let o = owner(1);
+    let mut a = Device::new(&o, node(2), "home");
+    // Three pages of the owner's revocations.
+    let mut last = None;
+    for i in 0..(3 * MAX_REVOCATIONS - 100) as u64 {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&i.to_be_bytes());
+        let revocation = Revocation {
+            issuer: o.public(),
+            target: RevocationTarget::Capability(CapId(id)),
+            issued_at: NOW,
+            reason: String::new(),
+        }
+        .sign(o.secret())
+        .unwrap();
+        a.gate.revocations.insert(&revocation).unwrap();
+        last = Some(revocation.encode());
+    }
+    let last = last.unwrap();
+    let b = Device::new(&o, node(3), "phone");
+    let mut pair = Pair::new(a, b, Side::Initiator, Side::Responder, &Config::default());
+    pair.run(true);
+    assert!(pair.admitted());
+
+    // Twenty seconds of the hostile peer asking every half second with a new digest.
+    let mut answers = Vec::new();
+    for i in 0..40u64 {
+        let now = NOW.saturating_add(Duration::from_millis(500 * (i + 1)));
+        let exchange = Exchange {
+            request: true,
+            more: true,
+            digest: [i as u8 + 1; 32],
+            page: Vec::new(),
+            listed: Vec::new(),
+        };
+        pair.sa
+            .handle_received(now, Channel::Members, &exchange.encode(), &mut pair.a.cx());
+        while let Some(action) = pair.sa.poll_action() {
+            if let Action::Send { bytes, .. } = action {
+                answers.push(Exchange::decode(&bytes).unwrap());
+            }
+        }
+    }
+    assert!(!pair.sa.is_closed());
+    let rounds = answers
+        .iter()
+        .filter(|e| {
+            Snapshot::decode(&e.page)
+                .unwrap()
+                .revocations
+                .iter()
+                .any(|r| r.encode() == last)
+        })
+        .count();
+    // One round at 10 s and one at 20 s (the first went at admission).
+    assert_eq!(rounds, 2, "the whole set was paged {rounds} times in 20 s");
+    // Otherwise one message per question.
+    assert_eq!(answers.len(), 40 + 2 * 2);
 }
 
 fn sync_sends(pair: &Pair, from_a: bool) -> usize {
