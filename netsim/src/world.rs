@@ -1781,7 +1781,9 @@ impl World {
                     self.send(to, from, Payload::Ack(id), 0);
                 }
             }
-            Payload::Ack(id) => self.with_session(to, from, |s, _, _| s.handle_sent(id)),
+            Payload::Ack(id) => {
+                self.with_session(to, from, |s, cx, now| s.handle_sent(now, id, cx))
+            }
             Payload::JobRequest(id) => self.job_arrived(id, to),
             Payload::JobResult(id) => self.complete(id),
         }

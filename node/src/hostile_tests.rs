@@ -505,16 +505,18 @@ async fn a_hostile_member_is_refused_audited_and_changes_nothing() {
     );
     junk.push(revoke(&vm.key, RevocationTarget::Capability(forged.leaf().id())).with_proof(forged));
     let members = |revocations: Vec<hearth_protocol::capability::SignedRevocation>| {
-        vec![
-            Vec::new(),
-            vec![0; 32],
-            Snapshot {
+        let exchange = hearth_protocol::mesh::session::Exchange {
+            request: false,
+            more: false,
+            digest: [0; 32],
+            page: Snapshot {
                 revocations,
                 ..Snapshot::default()
             }
             .encode(),
-            Vec::new(),
-        ]
+            listed: Vec::new(),
+        };
+        vec![exchange.encode()]
     };
     hostile
         .members_send(home.peer, members(junk.clone()))
@@ -641,16 +643,9 @@ async fn a_member_that_always_says_more_gets_no_endless_exchange() {
     .unwrap();
     let (_home, vm) = home_and_vm(dir.path(), &stop_rx).await;
 
-    // The vm turns hostile: its own listing, an empty page, "more", a new digest.
-    let answer = crate::mesh::HostileAnswer {
-        frames: vec![
-            format!("{}\n", vm.peer).into_bytes(),
-            vec![0; 32],
-            Vec::new(),
-            b"1".to_vec(),
-        ],
-        ..Default::default()
-    };
+    // The vm turns hostile: it answers every question with an empty page, "more",
+    // and a new digest.
+    let answer = crate::mesh::HostileAnswer::default();
     let requests = answer.requests.clone();
     vm.node
         .mesh
@@ -670,19 +665,19 @@ async fn a_member_that_always_says_more_gets_no_endless_exchange() {
     let last = last.encode();
     let rounds = requests
         .iter()
-        .filter(|frames| {
-            frames.get(2).is_some_and(|page| {
-                Snapshot::decode(page)
+        .filter(|message| {
+            let exchange = hearth_protocol::mesh::session::Exchange::decode(message).unwrap();
+            !exchange.page.is_empty()
+                && Snapshot::decode(&exchange.page)
                     .unwrap()
                     .revocations
                     .iter()
                     .any(|r| r.encode() == last)
-            })
         })
         .count();
-    // A tick every 2 s for 10 s, each a request, plus at most two rounds of three
-    // pages (one starting before the window, one in it). Endless paging would be
-    // thousands.
+    // An exchange every 2 s for 10 s (the digests never agree), plus at most two
+    // rounds of three pages (one starting before the window, one in it). Endless
+    // paging would be thousands.
     assert!(
         requests.len() <= 16,
         "{} membership requests in 10 s",

@@ -8,7 +8,7 @@ use hearth_protocol::statefile;
 use libp2p::{Multiaddr, PeerId, mdns};
 
 use super::MeshLoop;
-use super::members::Paging;
+use super::sessions::PeerSession;
 use super::{now, peer_key};
 
 pub(super) struct Known {
@@ -18,10 +18,6 @@ pub(super) struct Known {
     pub(super) last_seen: u64,
     pub(super) addrs: Vec<Multiaddr>,
     pub(super) retry: Backoff,
-    /// The digest of its membership store, as it last told us.
-    pub(super) digest: Option<[u8; 32]>,
-    /// How far our membership has been paged to it.
-    pub(super) paging: Paging,
 }
 
 /// How long a LAN peer that was refused (not a device of this mesh) waits before it
@@ -103,8 +99,6 @@ pub(super) fn load_peers(path: &std::path::Path) -> BTreeMap<PeerId, Known> {
                     last_seen: r.last_seen,
                     addrs,
                     retry: Backoff::default(),
-                    digest: None,
-                    paging: Paging::default(),
                 },
             ))
         })
@@ -143,7 +137,7 @@ impl MeshLoop {
     /// Redials admitted peers that dropped, and bootstrap addresses not connected; asks
     /// connected peers which devices they know.
     pub(super) fn redial(&mut self) {
-        self.share_peers();
+        self.refresh_listing();
         let now = now().0;
         // A bootstrap address of a device we know is one more address of it, dialled
         // with the others: a dial of its own (to where the device was when this one
@@ -210,7 +204,7 @@ impl MeshLoop {
                 continue;
             }
             if !self.swarm.is_connected(peer)
-                && !self.admitting.contains_key(peer)
+                && !self.sessions.get(peer).is_some_and(PeerSession::admitting)
                 && retry.due(now)
             {
                 targets.push((*peer, addrs.clone()));

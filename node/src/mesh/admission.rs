@@ -1,14 +1,16 @@
 //! Admission on every connection (`/hearth/admission/1`), before anything else of
 //! Hearth's is served: the dialler sends its opening (its certificate) as one request,
 //! the listener answers with its own once it has accepted the dialler's, and the
-//! sans-IO machine `hearth_protocol::mesh::admission::Connection` judges both sides.
+//! session machine (`hearth_protocol::mesh::session`, driven in `sessions`) judges both
+//! sides.
 //! A connection gets one attempt; a device admitted before that asks again (it
 //! restarted) is judged afresh and its older connections are closed once it passes.
 
 use std::time::Duration;
 
-use hearth_protocol::mesh::admission::{Connection, Event, Opening};
+use hearth_protocol::device::Device;
 use hearth_protocol::mesh::membership::Snapshot;
+use hearth_protocol::mesh::session::{Channel, Side};
 use hearth_protocol::time::UnixMillis;
 use libp2p::core::ConnectedPoint;
 use libp2p::swarm::ConnectionId;
@@ -16,7 +18,7 @@ use libp2p::{PeerId, request_response};
 
 use super::address_book::{Backoff, Known, STRANGER_RETRY_MS, add_addrs};
 use super::codec::{Frames, MAX_FRAMES, ProtocolEvent};
-use super::members::Paging;
+use super::sessions::{PeerSession, Route};
 use super::{MeshLoop, now, peer_key};
 
 impl MeshLoop {
@@ -46,21 +48,19 @@ impl MeshLoop {
         if self.known.get(&peer_id).is_some_and(|k| k.connected) {
             return;
         }
-        if let Some(connection) = self.admitting.get_mut(&peer_id) {
+        if self
+            .sessions
+            .get(&peer_id)
+            .is_some_and(PeerSession::admitting)
+        {
             // Both sides dialled at once and each saw the other's connection
             // first, as listener: each waits for a request that would never
             // come. Whoever now has an outgoing connection sends its opening
             // (unless it already answered one, which drained it).
             if endpoint.is_dialer() {
-                connection.initiate();
-                let frames: Vec<Vec<u8>> =
-                    std::iter::from_fn(|| connection.poll_transmit()).collect();
-                if !frames.is_empty() {
-                    self.swarm
-                        .behaviour_mut()
-                        .admission
-                        .send_request(&peer_id, Frames::from(frames));
-                }
+                self.with_session(peer_id, Route::Request, |session, _| {
+                    session.handle_opened_as_initiator();
+                });
             }
             return;
         }
@@ -70,26 +70,18 @@ impl MeshLoop {
         };
         // The side that dialled opens; the other answers only once it has
         // accepted what the dialler presented.
-        let opening = Opening::Member(self.certificate.clone());
-        let mut connection = if endpoint.is_dialer() {
-            Connection::new(now(), remote, opening, &self.config.admission)
+        let side = if endpoint.is_dialer() {
+            Side::Initiator
         } else {
-            Connection::respond(now(), remote, opening, &self.config.admission)
+            Side::Responder
         };
-        if endpoint.is_dialer() {
-            let frames: Vec<Vec<u8>> = std::iter::from_fn(|| connection.poll_transmit()).collect();
-            self.swarm
-                .behaviour_mut()
-                .admission
-                .send_request(&peer_id, Frames::from(frames));
-        }
+        self.open_session(peer_id, remote, side);
         if let Some(k) = self.known.get_mut(&peer_id)
             && endpoint.is_dialer()
             && add_addrs(&mut k.addrs, vec![endpoint.get_remote_address().clone()])
         {
             self.dirty = true;
         }
-        self.admitting.insert(peer_id, connection);
     }
 
     pub(super) fn connection_closed(
@@ -112,8 +104,7 @@ impl MeshLoop {
             return;
         }
         self.readmitting.remove(&peer_id);
-        self.admitting.remove(&peer_id);
-        self.sync_out.remove(&peer_id);
+        self.sessions.remove(&peer_id);
         self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
         if self.known.contains_key(&peer_id)
             && let Some(replication) = &self.replication
@@ -151,157 +142,140 @@ impl MeshLoop {
                 // A peer that asks for admission gets it judged afresh, even
                 // one admitted before: it may have restarted while its old
                 // connection, dead, still counts until ping gives up on it.
-                if !self.admitting.contains_key(&peer)
+                let admitting = self.sessions.get(&peer).is_some_and(PeerSession::admitting);
+                if !admitting
                     && !request.0.is_empty()
                     && let Some(remote) = peer_key(&peer)
                 {
                     if self.known.get(&peer).is_some_and(|k| k.connected) {
                         self.readmitting.insert(peer, connection_id);
                     }
-                    let fresh = Connection::respond(
-                        now(),
-                        remote,
-                        Opening::Member(self.certificate.clone()),
-                        &self.config.admission,
-                    );
-                    self.admitting.insert(peer, fresh);
+                    self.open_session(peer, remote, Side::Responder);
                 }
-                let Some(connection) = self.admitting.get_mut(&peer) else {
+                if !self.sessions.get(&peer).is_some_and(PeerSession::admitting) {
                     let _ = self
                         .swarm
                         .behaviour_mut()
                         .admission
                         .send_response(channel, Frames::default());
                     return;
-                };
-                for frame in request.0.iter().take(MAX_FRAMES) {
-                    connection.handle_message(now(), frame, &mut self.gate);
                 }
-                let frames: Vec<Vec<u8>> =
-                    std::iter::from_fn(|| connection.poll_transmit()).collect();
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .admission
-                    .send_response(channel, Frames::from(frames));
-                self.drain(peer);
+                let now = now();
+                self.with_session(peer, Route::Reply(channel), |session, cx| {
+                    for frame in request.0.iter().take(MAX_FRAMES) {
+                        session.handle_received(now, Channel::Admission, frame, cx);
+                    }
+                });
             }
             request_response::Message::Response { response, .. } => {
-                if let Some(connection) = self.admitting.get_mut(&peer) {
-                    for frame in response.0.iter().take(MAX_FRAMES) {
-                        connection.handle_message(now(), frame, &mut self.gate);
-                    }
-                    while connection.poll_transmit().is_some() {}
-                    self.drain(peer);
+                if self.sessions.get(&peer).is_some_and(PeerSession::admitting) {
+                    let now = now();
+                    self.with_session(peer, Route::Drop, |session, cx| {
+                        for frame in response.0.iter().take(MAX_FRAMES) {
+                            session.handle_received(now, Channel::Admission, frame, cx);
+                        }
+                    });
                 }
             }
         }
     }
 
-    /// Acts on a connection's admission events.
-    pub(super) fn drain(&mut self, peer: PeerId) {
-        let Some(connection) = self.admitting.get_mut(&peer) else {
-            return;
-        };
-        let events: Vec<Event> = std::iter::from_fn(|| connection.poll_event()).collect();
-        let done = connection.is_admitted() || connection.is_refused();
-        let certificate = connection.peer_certificate().cloned();
-        for event in events {
-            match event {
-                Event::Admitted(device) => {
-                    self.audit("mesh.admit", &device.name, "allowed");
-                    tracing::info!(peer = %peer, device = %device.name, "peer admitted");
-                    let entry = self.known.entry(peer).or_insert_with(|| Known {
-                        name: device.name.clone(),
-                        role: device.role.to_string(),
-                        connected: true,
-                        last_seen: 0,
-                        addrs: Vec::new(),
-                        retry: Backoff::default(),
-                        digest: None,
-                        paging: Paging::default(),
-                    });
-                    entry.retry = Backoff::default();
-                    entry.name = device.name.clone();
-                    entry.role = device.role.to_string();
-                    self.dirty = true;
-                    entry.connected = true;
-                    entry.last_seen = now().0;
-                    entry.digest = None;
-                    entry.paging = Paging::default();
-                    self.reach.admitted(peer);
-                    self.vouch_observed(peer);
-                    // Asked whether this node is reachable, as only devices are.
-                    self.swarm.behaviour_mut().autonat.add_server(peer, None);
-                    if let Some(certificate) = &certificate {
-                        self.take_in(&Snapshot {
-                            devices: vec![certificate.clone()],
-                            ..Snapshot::default()
-                        });
-                    }
-                    // A new session: the peer's older connections are dead or about
-                    // to be (it asked afresh on a new one), and would take a share of
-                    // every request until ping gives up on them; what waited for the
-                    // old session is superseded by the exchange that starts now.
-                    if let Some(current) = self.readmitting.remove(&peer) {
-                        let older: Vec<ConnectionId> = self
-                            .connections
-                            .get(&peer)
-                            .map(|open| open.range(..current).copied().collect())
-                            .unwrap_or_default();
-                        for connection in older {
-                            tracing::debug!(%peer, ?connection, "closing a connection of the previous session");
-                            self.swarm.close_connection(connection);
-                        }
-                    }
-                    self.sync_out.remove(&peer);
-                    // Exchange memberships now rather than at the next tick.
-                    let frames = self.peer_list(&peer);
-                    self.swarm
-                        .behaviour_mut()
-                        .members
-                        .send_request(&peer, frames);
-                    if let Some(replication) = &self.replication {
-                        replication.deliver(crate::replication::Input::Connected {
-                            peer,
-                            name: device.name.clone(),
-                            role: device.role,
-                        });
-                    }
-                }
-                Event::Joined(device) => {
-                    self.audit("mesh.join", &device.name, "allowed");
-                    // Taken at once: a second join under the name is refused even
-                    // before the new certificate is in the membership.
-                    self.gate.taken.insert(device.name.clone());
-                }
-                Event::Welcomed(_) => {}
-                Event::Refused { reason } => {
-                    self.audit_refusal("mesh.admit", &peer, &reason);
-                    let open = self.connections.get(&peer).cloned().unwrap_or_default();
-                    self.strangers.refuse(open);
-                    tracing::warn!(peer = %peer, %reason, "peer refused");
-                    // Also a peer admitted before whose fresh admission failed.
-                    if let Some(k) = self.known.get_mut(&peer) {
-                        k.connected = false;
-                    }
-                    // A stranger on the LAN is not asked again for a while (each try
-                    // is an audit entry); a device of this mesh keeps its backoff.
-                    let member = peer_key(&peer)
-                        .is_some_and(|key| self.membership.certificate(&key).is_some());
-                    if let Some((_, retry)) = self.lan.get_mut(&peer)
-                        && !member
-                    {
-                        retry.next = now().0.saturating_add(STRANGER_RETRY_MS);
-                    }
-                    self.closing
-                        .push((peer, now().saturating_add(Duration::from_millis(500))));
-                }
+    /// A session admitted `peer`.
+    pub(super) fn admitted_peer(&mut self, peer: PeerId, device: &Device) {
+        self.audit("mesh.admit", &device.name, "allowed");
+        tracing::info!(peer = %peer, device = %device.name, "peer admitted");
+        let entry = self.known.entry(peer).or_insert_with(|| Known {
+            name: device.name.clone(),
+            role: device.role.to_string(),
+            connected: true,
+            last_seen: 0,
+            addrs: Vec::new(),
+            retry: Backoff::default(),
+        });
+        entry.retry = Backoff::default();
+        entry.name = device.name.clone();
+        entry.role = device.role.to_string();
+        self.dirty = true;
+        entry.connected = true;
+        entry.last_seen = now().0;
+        self.reach.admitted(peer);
+        self.vouch_observed(peer);
+        // Asked whether this node is reachable, as only devices are.
+        self.swarm.behaviour_mut().autonat.add_server(peer, None);
+        let certificate = self
+            .sessions
+            .get(&peer)
+            .and_then(|entry| entry.session.peer_certificate())
+            .cloned();
+        if let Some(certificate) = certificate {
+            self.take_in(&Snapshot {
+                devices: vec![certificate],
+                ..Snapshot::default()
+            });
+        }
+        // A new session: the peer's older connections are dead or about to be (it
+        // asked afresh on a new one), and would take a share of every request until
+        // ping gives up on them.
+        if let Some(current) = self.readmitting.remove(&peer) {
+            let older: Vec<ConnectionId> = self
+                .connections
+                .get(&peer)
+                .map(|open| open.range(..current).copied().collect())
+                .unwrap_or_default();
+            for connection in older {
+                tracing::debug!(%peer, ?connection, "closing a connection of the previous session");
+                self.swarm.close_connection(connection);
             }
         }
-        if done {
-            self.admitting.remove(&peer);
-            self.readmitting.remove(&peer);
+        if let Some(replication) = &self.replication {
+            replication.deliver(crate::replication::Input::Connected {
+                peer,
+                name: device.name.clone(),
+                role: device.role,
+            });
+        }
+    }
+
+    /// A session refused `peer` before admitting it.
+    pub(super) fn refused_peer(&mut self, peer: PeerId, reason: &str) {
+        self.readmitting.remove(&peer);
+        self.audit_refusal("mesh.admit", &peer, reason);
+        let open = self.connections.get(&peer).cloned().unwrap_or_default();
+        self.strangers.refuse(open);
+        tracing::warn!(peer = %peer, %reason, "peer refused");
+        // Also a peer admitted before whose fresh admission failed.
+        self.disconnected(peer);
+        // A stranger on the LAN is not asked again for a while (each try is an audit
+        // entry); a device of this mesh keeps its backoff.
+        let member = peer_key(&peer).is_some_and(|key| self.membership.certificate(&key).is_some());
+        if let Some((_, retry)) = self.lan.get_mut(&peer)
+            && !member
+        {
+            retry.next = now().0.saturating_add(STRANGER_RETRY_MS);
+        }
+        self.closing
+            .push((peer, now().saturating_add(Duration::from_millis(500))));
+    }
+
+    /// A session dropped an admitted peer (it broke the exchange's rules).
+    pub(super) fn dropped_member(&mut self, peer: PeerId, reason: &str) {
+        self.audit(
+            "mesh.members",
+            &peer.to_string(),
+            &format!("refused: {reason}"),
+        );
+        tracing::warn!(%peer, %reason, "an admitted peer broke the membership exchange; disconnecting");
+        self.disconnected(peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// `peer` no longer counts as connected: the sync engine is told.
+    fn disconnected(&mut self, peer: PeerId) {
+        if let Some(k) = self.known.get_mut(&peer)
+            && std::mem::take(&mut k.connected)
+            && let Some(replication) = &self.replication
+        {
+            replication.deliver(crate::replication::Input::Disconnected(peer));
         }
     }
 

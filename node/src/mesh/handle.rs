@@ -338,9 +338,10 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)
     }
 
-    /// From now on answers every membership request with `answer.frames` (the digest
-    /// frame made different each time) and keeps the requests in `answer.requests`, as
-    /// a hostile member would (tests).
+    /// From now on answers every membership exchange that asks for an answer with an
+    /// empty page, "more", and a new digest each time, keeps every message received in
+    /// `answer.requests`, and sends no exchange of its own, as a hostile member would
+    /// (tests).
     #[cfg(test)]
     pub(crate) async fn members_answer(&self, answer: HostileAnswer) -> Result<(), MeshError> {
         self.commands

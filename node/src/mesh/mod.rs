@@ -8,8 +8,8 @@
 //! channel.
 //!
 //! ```text
-//! MeshHandle ──commands──▶ mesh loop ──▶ libp2p Swarm (admission, identify, ping, mdns)
-//!                              └── admission::Connection per peer, Gate shared
+//! MeshHandle ──commands──▶ mesh loop ──▶ libp2p Swarm (admission, members, sync, …)
+//!                              └── session::Session per peer; Gate, Membership shared
 //! ```
 //!
 //! This module is the loop and its router; each concern has a module of its own:
@@ -19,8 +19,9 @@
 //! | `swarm` | transports and the behaviour of every protocol |
 //! | `codec` | length-prefixed frames read within a byte budget |
 //! | `gate` | mesh protocols held until their peer is admitted |
+//! | `sessions` | the session machine per peer, its messages carried over libp2p |
 //! | `admission` | `/hearth/admission/1` on every connection |
-//! | `members` | `/hearth/members/1`: the membership store and where devices are |
+//! | `members` | `/hearth/members/2`: the membership store and where devices are |
 //! | `address_book` | remembered devices, redial with backoff, bootstrap, mDNS |
 //! | `sync` | `/hearth/sync/1`: replication traffic, windowed per peer |
 //! | `jobs` | `/hearth/compute/1`: jobs forwarded to the device with the data |
@@ -37,8 +38,10 @@
 //! each length-prefixed (u32, big endian), at most 64 KiB each and 4 per exchange.
 //!
 //! Admitted peers then keep the membership store (`hearth_protocol::mesh::membership`)
-//! in step on `/hearth/members/1`: digests every 2 s, snapshots when they differ, and
-//! each device's listen addresses. docs/mesh.md describes both protocols.
+//! in step on `/hearth/members/2`: the session machine's exchange messages, each one
+//! request acknowledged empty: digests every 2 s slowing to every 30 s while both
+//! agree, a change told at once, snapshots when digests differ, and each device's
+//! listen addresses. docs/mesh.md describes both protocols.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -47,7 +50,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use hearth_protocol::capability::Chain;
 use hearth_protocol::key::{NodeKey, PublicKey};
-use hearth_protocol::mesh::admission::{Config as AdmissionConfig, Connection, Gate};
+use hearth_protocol::mesh::admission::{Config as AdmissionConfig, Gate};
 use hearth_protocol::mesh::membership::{Membership, Snapshot};
 use hearth_protocol::statefile;
 use hearth_protocol::time::UnixMillis;
@@ -68,6 +71,7 @@ mod members;
 mod owner;
 mod pairing;
 mod relay;
+mod sessions;
 mod strangers;
 mod swarm;
 mod sync;
@@ -87,9 +91,9 @@ use handle::{AuditReply, Command};
 pub(crate) use members::HostileAnswer;
 use members::MEMBERSHIP_KIND;
 pub use pairing::join;
+use sessions::PeerSession;
 use strangers::{AuditWriter, Strangers};
 use swarm::{Behaviour, BehaviourEvent, build_swarm};
-use sync::SyncOut;
 
 pub use libp2p::Multiaddr as Address;
 
@@ -97,7 +101,7 @@ pub use libp2p::Multiaddr as Address;
 pub const ADMISSION_PROTOCOL: &str = "/hearth/admission/1";
 /// The protocol admitted peers use to keep the membership store in step and to tell
 /// each other where the devices are.
-pub const MEMBERS_PROTOCOL: &str = "/hearth/members/1";
+pub const MEMBERS_PROTOCOL: &str = "/hearth/members/2";
 /// The protocol admitted peers replicate stores over (`hearth_protocol::sync`).
 pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
 /// Jobs forwarded to the device that holds the data, and their replies.
@@ -193,7 +197,8 @@ struct MeshLoop {
     audit: AuditWriter,
     /// Refusals counted per source, strangers' share of the incoming connections.
     strangers: Strangers,
-    admitting: BTreeMap<PeerId, Connection>,
+    /// The session with each peer (admitting, admitted, or refused and closing).
+    sessions: BTreeMap<PeerId, PeerSession>,
     known: BTreeMap<PeerId, Known>,
     /// Refused peers, disconnected once their refusal had time to reach them.
     closing: Vec<(PeerId, UnixMillis)>,
@@ -235,8 +240,6 @@ struct MeshLoop {
     /// Set by a test playing a hostile member: how membership requests are answered.
     #[cfg(test)]
     hostile_answer: Option<HostileAnswer>,
-    /// Sync traffic per peer, bounded.
-    sync_out: BTreeMap<PeerId, SyncOut>,
     /// Every open connection of each peer.
     connections: BTreeMap<PeerId, BTreeSet<ConnectionId>>,
     /// Peers admitted before that asked for admission again (they restarted, or lost
@@ -318,7 +321,7 @@ pub async fn spawn(
         audit: AuditWriter::spawn(audit)
             .map_err(|err| MeshError::Start(format!("cannot start the audit writer: {err}")))?,
         strangers: Strangers::default(),
-        admitting: BTreeMap::new(),
+        sessions: BTreeMap::new(),
         known: config_peers,
         closing: Vec::new(),
         dirty: false,
@@ -331,7 +334,6 @@ pub async fn spawn(
         audit_requests: None,
         audit_channels: BTreeMap::new(),
         audit_asked: BTreeMap::new(),
-        sync_out: BTreeMap::new(),
         connections: BTreeMap::new(),
         readmitting: BTreeMap::new(),
         admitted,
@@ -537,7 +539,7 @@ impl MeshLoop {
         if let Some(k) = self.known.get_mut(&peer) {
             k.connected = false;
         }
-        self.admitting.remove(&peer);
+        self.sessions.remove(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
         true
     }
@@ -551,15 +553,7 @@ impl MeshLoop {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
-        let peers: Vec<PeerId> = self.admitting.keys().copied().collect();
-        for peer in peers {
-            if let Some(connection) = self.admitting.get_mut(&peer)
-                && connection.poll_timeout().is_some_and(|t| now >= t)
-            {
-                connection.handle_timeout(now);
-                self.drain(peer);
-            }
-        }
+        self.session_timeouts();
         for (peer, k) in &mut self.known {
             if k.connected && self.swarm.is_connected(peer) {
                 k.last_seen = now.0;

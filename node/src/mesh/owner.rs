@@ -105,7 +105,6 @@ impl MeshLoop {
             ..Snapshot::default()
         });
         // Tell every connected device now rather than at the next exchange.
-        self.share_peers();
         self.stored()
     }
 
@@ -152,7 +151,6 @@ impl MeshLoop {
             ..Snapshot::default()
         });
         self.audit("mesh.allow-admit", name, "allowed");
-        self.share_peers();
         self.stored()?;
         Ok(id.to_string())
     }
@@ -205,7 +203,6 @@ impl MeshLoop {
             ..Snapshot::default()
         });
         self.audit("mesh.approve", &device.name, "allowed");
-        self.share_peers();
         self.stored()?;
         Ok(true)
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_protocol::key::NodeKey;
-use hearth_protocol::mesh::{admission, membership};
+use hearth_protocol::mesh::{admission, session};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -162,7 +162,7 @@ pub(super) fn build_swarm(
             ),
             members: Gated::new(
                 request_response::Behaviour::with_codec(
-                    FrameCodec::new(membership::MAX_SNAPSHOT_BYTES, &budget),
+                    FrameCodec::single(session::MAX_EXCHANGE_BYTES, &budget),
                     [(
                         StreamProtocol::new(MEMBERS_PROTOCOL),
                         request_response::ProtocolSupport::Full,

@@ -20,9 +20,10 @@
 //!   exchange that found both digests equal and nothing new to list, up to
 //!   [`Config::members_idle`]; a difference, a change here or new addresses bring it
 //!   back to [`Config::members_every`]. A change here is told at once. A message
-//!   carries pages of the sender's membership only while the receiver's last digest
+//!   carries a page of the sender's membership only while the receiver's last digest
 //!   differs from the sender's: the whole set at most once per [`Config::round_every`],
-//!   the first page otherwise.
+//!   a page at a time (the next once the last was acknowledged), the first page
+//!   otherwise.
 //! - [`Channel::Sync`] carries the sync engine's messages, once admitted, under a window of
 //!   [`Config::max_in_flight`] unacknowledged bytes and a queue of at most
 //!   [`Config::max_waiting`] bytes behind it; beyond that a message is dropped and the
@@ -251,6 +252,9 @@ struct Paging {
     round_done: Option<([u8; 32], Option<[u8; 32]>)>,
     /// When a new round may start.
     next_round: UnixMillis,
+    /// The page of a round sent last, while it is not acknowledged: the next goes
+    /// once it is.
+    awaiting: Option<SendId>,
 }
 
 /// The session with one peer over one connection.
@@ -528,49 +532,55 @@ impl Session {
         }
     }
 
-    /// Sends an exchange: the digest, and pages of the membership while the peer's last
-    /// digest differs (the whole round at once). Returns our digest.
+    /// Sends an exchange: the digest, and a page of the membership while the peer's
+    /// last digest differs. The pages of a round go one at a time, each once the one
+    /// before was acknowledged; meanwhile an exchange carries no page. Returns our
+    /// digest.
     fn send_members(&mut self, now: UnixMillis, request: bool, cx: &mut Context<'_>) -> [u8; 32] {
         let revocations = &cx.gate.revocations;
         let ours = cx.membership.digest(now, revocations);
         let theirs = self.paging.peer_digest;
-        let mut request = request;
-        loop {
-            let (page, more) = if theirs == Some(ours) {
-                self.paging.after = None;
-                (Vec::new(), false)
-            } else if self.paging.round_done == Some((ours, theirs))
-                || (self.paging.after.is_none() && now < self.paging.next_round)
-            {
-                let page = cx.membership.page(now, revocations, None);
-                (page.snapshot.encode(), false)
-            } else {
-                if self.paging.after.is_none() {
-                    self.paging.next_round = now.saturating_add(self.config.round_every);
-                }
-                let page = cx
-                    .membership
-                    .page(now, revocations, self.paging.after.as_ref());
-                self.paging.after = page.next;
-                if page.next.is_none() {
-                    self.paging.round_done = Some((ours, theirs));
-                }
-                (page.snapshot.encode(), page.next.is_some())
-            };
-            let exchange = Exchange {
-                request,
-                more,
-                digest: ours,
-                page,
-                listed: self.listed.clone(),
-            };
-            self.send(Channel::Members, exchange.encode());
-            if !more {
-                return ours;
+        let (page, more) = if theirs == Some(ours) {
+            self.paging.after = None;
+            (Vec::new(), false)
+        } else if self.paging.awaiting.is_some() {
+            (Vec::new(), true)
+        } else if self.paging.round_done == Some((ours, theirs))
+            || (self.paging.after.is_none() && now < self.paging.next_round)
+        {
+            let page = cx.membership.page(now, revocations, None);
+            (page.snapshot.encode(), false)
+        } else {
+            if self.paging.after.is_none() {
+                self.paging.next_round = now.saturating_add(self.config.round_every);
             }
-            // Only the first message of a round asks for an answer.
-            request = false;
+            let page = cx
+                .membership
+                .page(now, revocations, self.paging.after.as_ref());
+            self.paging.after = page.next;
+            if page.next.is_none() {
+                self.paging.round_done = Some((ours, theirs));
+            }
+            (page.snapshot.encode(), page.next.is_some())
+        };
+        let paged = more && !page.is_empty();
+        let exchange = Exchange {
+            request,
+            more,
+            digest: ours,
+            page,
+            listed: self.listed.clone(),
+        };
+        let id = self.id();
+        self.actions.push_back(Action::Send {
+            channel: Channel::Members,
+            id,
+            bytes: exchange.encode(),
+        });
+        if paged {
+            self.paging.awaiting = Some(id);
         }
+        ours
     }
 
     /// The membership changed here (an owner's action, a merge from another peer): the
@@ -610,17 +620,30 @@ impl Session {
         }
     }
 
-    /// The message `id` was acknowledged by the peer.
-    pub fn handle_sent(&mut self, id: SendId) {
-        if self.window.done(id) {
+    /// The message `id` was acknowledged by the peer: the next page of a round goes.
+    pub fn handle_sent(&mut self, now: UnixMillis, id: SendId, cx: &mut Context<'_>) {
+        if self.paging.awaiting == Some(id) {
+            self.paging.awaiting = None;
+            if self.state == State::Admitted && self.paging.after.is_some() {
+                self.send_members(now, false, cx);
+            }
+        } else if self.window.done(id) {
             self.pump_window();
         }
     }
 
-    /// The message `id` could not be delivered: its bytes leave the window (the sync
-    /// engine's repair resends what matters).
+    /// The message `id` could not be delivered: sync bytes leave the window (the sync
+    /// engine's repair resends what matters); a round's page is sent again with the
+    /// next exchange.
     pub fn handle_failed(&mut self, id: SendId) {
-        self.handle_sent(id);
+        if self.paging.awaiting == Some(id) {
+            self.paging.awaiting = None;
+            self.paging.after = None;
+            self.paging.round_done = None;
+            self.paging.next_round = UnixMillis(0);
+        } else if self.window.done(id) {
+            self.pump_window();
+        }
     }
 
     /// Handles the timer set by [`Session::poll_timeout`].

@@ -166,13 +166,13 @@ impl Pair {
                 self.sb
                     .handle_received(now, channel, &bytes, &mut self.b.cx());
                 if ack {
-                    self.sa.handle_sent(id);
+                    self.sa.handle_sent(now, id, &mut self.a.cx());
                 }
             } else {
                 self.sa
                     .handle_received(now, channel, &bytes, &mut self.a.cx());
                 if ack {
-                    self.sb.handle_sent(id);
+                    self.sb.handle_sent(now, id, &mut self.b.cx());
                 }
             }
         }
@@ -484,20 +484,22 @@ fn a_peer_whose_digest_keeps_changing_gets_the_whole_set_once_per_round() {
 
     // Twenty seconds of the hostile peer asking every half second with a new digest.
     let mut answers = Vec::new();
-    for i in 0..40u64 {
-        let now = NOW.saturating_add(Duration::from_millis(500 * (i + 1)));
+    for i in 0..40u8 {
+        let now = NOW.saturating_add(Duration::from_millis(500 * (u64::from(i) + 1)));
         let exchange = Exchange {
             request: true,
             more: true,
-            digest: [i as u8 + 1; 32],
+            digest: [i + 1; 32],
             page: Vec::new(),
             listed: Vec::new(),
         };
         pair.sa
             .handle_received(now, Channel::Members, &exchange.encode(), &mut pair.a.cx());
+        // Each answer is acknowledged (the next page of a round goes then).
         while let Some(action) = pair.sa.poll_action() {
-            if let Action::Send { bytes, .. } = action {
+            if let Action::Send { id, bytes, .. } = action {
                 answers.push(Exchange::decode(&bytes).unwrap());
+                pair.sa.handle_sent(now, id, &mut pair.a.cx());
             }
         }
     }
@@ -566,7 +568,8 @@ fn the_window_never_exceeds_its_limit_and_drains_on_acks() {
         assert!(from_a);
         pair.sb
             .handle_received(pair.now, channel, &bytes, &mut pair.b.cx());
-        pair.sa.handle_sent(id);
+        let now = pair.now;
+        pair.sa.handle_sent(now, id, &mut pair.a.cx());
         assert!(pair.sa.in_flight() <= 1_000);
     }
     assert_eq!(pair.sa.in_flight(), 0);
