@@ -15,7 +15,7 @@ use hearth_protocol::capability::{Chain, RevocationSet, Role, Verifier, Verifier
 use hearth_protocol::device;
 use hearth_protocol::key::{PublicKey, SecretKey};
 use hearth_protocol::mesh::admission::{Gate, Opening};
-use hearth_protocol::mesh::membership::Membership;
+use hearth_protocol::mesh::membership::{Membership, Snapshot};
 use hearth_protocol::mesh::session::{
     self, Action, Channel, Context, LocalAction, LocalChanges, SendId, Session, Side,
 };
@@ -1459,6 +1459,7 @@ impl World {
                     }
                     self.schedule_punch(x, y);
                     self.with_engine(x, |e, r, now| e.handle_connected(now, y, r));
+                    self.take_peer_certificate(x, y);
                 }
                 Action::Refused { .. } => {
                     self.recorder.refused += 1;
@@ -1470,13 +1471,62 @@ impl World {
                     self.with_engine(x, |e, r, now| e.handle_message(now, &y, &bytes, r));
                 }
                 Action::SyncDropped { .. } => self.recorder.sync_queue_full += 1,
-                // The membership is merged already; netsim has no addresses to dial,
-                // no pairing and no audit log.
-                Action::Merged(_) | Action::Listed(_) | Action::Joined(_) | Action::Welcomed(_) => {
+                // Merged already: what changed is told to the other peers at once, as
+                // the node does.
+                Action::Merged(merged) => {
+                    if merged.changed() {
+                        self.membership_changed(x, Some(y));
+                    }
                 }
+                // netsim has no addresses to dial, no pairing and no audit log.
+                Action::Listed(_) | Action::Joined(_) | Action::Welcomed(_) => {}
             }
         }
         self.arm_session(x, y);
+    }
+
+    /// `x` admitted `y`: `y`'s certificate joins `x`'s membership (as the node takes
+    /// it in), and if that is news every admitted peer is told.
+    fn take_peer_certificate(&mut self, x: u32, y: u32) {
+        let now = self.now_ms();
+        let Some(node) = self.nodes.get_mut(x as usize) else {
+            return;
+        };
+        let Some(chain) = node
+            .sessions
+            .get(&y)
+            .and_then(Session::peer_certificate)
+            .cloned()
+        else {
+            return;
+        };
+        let snapshot = Snapshot {
+            devices: vec![chain],
+            ..Snapshot::default()
+        };
+        if node
+            .membership
+            .merge(now, &snapshot, &mut node.gate.revocations)
+            .changed()
+        {
+            self.membership_changed(x, None);
+        }
+    }
+
+    /// `x`'s membership changed: every admitted peer but `except` is told now.
+    fn membership_changed(&mut self, x: u32, except: Option<u32>) {
+        let Some(node) = self.nodes.get(x as usize) else {
+            return;
+        };
+        let peers: Vec<u32> = node
+            .sessions
+            .iter()
+            .filter(|(y, s)| Some(**y) != except && s.is_admitted())
+            .map(|(y, _)| *y)
+            .collect();
+        for y in peers {
+            self.with_session(x, y, |s, cx, now| s.handle_membership_changed(now, cx));
+        }
     }
 
     /// Schedules the timer of `x`'s session with `y`, unless it is already due then.
