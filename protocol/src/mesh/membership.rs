@@ -207,6 +207,21 @@ pub struct Membership {
     verifier: Verifier,
     devices: BTreeMap<PublicKey, (Device, Chain)>,
     admits: BTreeMap<CapId, (PublicKey, Chain)>,
+    /// The last digest, while nothing it covers changed (cleared by every change to
+    /// the certificates and grants).
+    digest_cache: std::sync::Mutex<Option<DigestCache>>,
+}
+
+/// A digest and what it holds for.
+#[derive(Debug, Clone, Copy)]
+struct DigestCache {
+    /// The revocations' digest it was made with.
+    revocations: [u8; 32],
+    /// It holds from this time (it was made then)...
+    from: UnixMillis,
+    /// ... until the first live document in it expires.
+    until: UnixMillis,
+    digest: [u8; 32],
 }
 
 impl Membership {
@@ -216,6 +231,16 @@ impl Membership {
             verifier: Verifier::new(owner, Default::default()),
             devices: BTreeMap::new(),
             admits: BTreeMap::new(),
+            digest_cache: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Forgets the cached digest (the certificates or grants changed).
+    fn changed(&mut self) {
+        if let Ok(cache) = self.digest_cache.get_mut() {
+            *cache = None;
+        } else {
+            self.digest_cache = std::sync::Mutex::new(None);
         }
     }
 
@@ -237,6 +262,7 @@ impl Membership {
         chain: &Chain,
         revocations: &RevocationSet,
     ) -> Result<Added, String> {
+        self.changed();
         let unrevoked = RevocationSet::new(*self.verifier.owner());
         let device = device::verify_certificate(&mut self.verifier, chain, now, &unrevoked)
             .map_err(|err| format!("device certificate: {err}"))?;
@@ -305,6 +331,7 @@ impl Membership {
 
     /// Adds a `devices:admit` grant if it is valid now. Returns whether it was new.
     pub fn add_admit(&mut self, now: UnixMillis, chain: &Chain) -> Result<bool, String> {
+        self.changed();
         let id = chain.leaf().id();
         if self.admits.contains_key(&id) {
             return Ok(false);
@@ -506,11 +533,39 @@ impl Membership {
 
     /// A digest of the live certificates and grants and of every revocation: two
     /// devices with equal digests hold the same live membership.
+    ///
+    /// Kept from one call to the next while the certificates, grants and revocations
+    /// stay the same and no live document expires (the exchange asks for it with every
+    /// message).
     pub fn digest(&self, now: UnixMillis, revocations: &RevocationSet) -> [u8; 32] {
+        let revoked = revocations.digest();
+        let mut cache = self.digest_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref()
+            && c.revocations == revoked
+            && c.from <= now
+            && now < c.until
+        {
+            return c.digest;
+        }
+        let documents = self.documents(now, revocations);
+        let until = documents
+            .devices
+            .iter()
+            .chain(&documents.admits)
+            .flat_map(|chain| chain.links().iter().map(|l| l.capability().expires))
+            .min()
+            .unwrap_or(UnixMillis(u64::MAX));
         let mut hasher = Sha256::new();
-        hasher.update(self.documents(now, revocations).encode());
-        hasher.update(revocations.digest());
-        hasher.finalize().into()
+        hasher.update(documents.encode());
+        hasher.update(revoked);
+        let digest = hasher.finalize().into();
+        *cache = Some(DigestCache {
+            revocations: revoked,
+            from: now,
+            until,
+            digest,
+        });
+        digest
     }
 }
 
@@ -569,6 +624,59 @@ mod tests {
             .sign(owner.secret())
             .unwrap(),
         )
+    }
+
+    /// The digest kept between calls is the one made afresh, through every change:
+    /// a device, a grant, a revocation, a certificate expiring, the clock going back.
+    #[test]
+    fn the_kept_digest_follows_every_change() {
+        let owner = OwnerKey::from_seed([1; 32]);
+        let mut revocations = RevocationSet::new(owner.public());
+        let mut m = Membership::new(owner.public());
+        let fresh = |m: &Membership, now, revocations: &RevocationSet| {
+            let mut copy = Membership::new(owner.public());
+            copy.merge(now, &m.stored(revocations), &mut revocations.clone());
+            let mut hasher = Sha256::new();
+            hasher.update(copy.documents(now, revocations).encode());
+            hasher.update(revocations.digest());
+            <[u8; 32]>::from(hasher.finalize())
+        };
+        let short = NodeKey::from_seed([2; 32]);
+        m.add_device(
+            NOW,
+            &cert(&owner, &short, "phone", UnixMillis(2_000_000)),
+            &revocations,
+        )
+        .unwrap();
+        let first = m.digest(NOW, &revocations);
+        assert_eq!(first, fresh(&m, NOW, &revocations));
+        assert_eq!(m.digest(NOW, &revocations), first);
+
+        let hub = NodeKey::from_seed([3; 32]);
+        m.add_device(NOW, &cert(&owner, &hub, "hub", LATER), &revocations)
+            .unwrap();
+        let second = m.digest(NOW, &revocations);
+        assert_ne!(second, first);
+        assert_eq!(second, fresh(&m, NOW, &revocations));
+
+        m.add_admit(NOW, &admit(&owner, &hub)).unwrap();
+        let third = m.digest(NOW, &revocations);
+        assert_ne!(third, second);
+        assert_eq!(third, fresh(&m, NOW, &revocations));
+
+        revocations.insert(&revoke(&owner, &short)).unwrap();
+        let fourth = m.digest(NOW, &revocations);
+        assert_ne!(fourth, third);
+        assert_eq!(fourth, fresh(&m, NOW, &revocations));
+
+        // The hub's certificate expires: the digest moves at that instant.
+        let before = UnixMillis(LATER.0 - 1);
+        assert_eq!(m.digest(before, &revocations), fourth);
+        let expired = m.digest(LATER, &revocations);
+        assert_ne!(expired, fourth);
+        assert_eq!(expired, fresh(&m, LATER, &revocations));
+        // The clock goes back: the digest of that time again.
+        assert_eq!(m.digest(NOW, &revocations), fourth);
     }
 
     fn revoke(owner: &OwnerKey, node: &NodeKey) -> SignedRevocation {
