@@ -109,7 +109,8 @@ pub struct Recorder {
     pub jobs: Vec<JobRecord>,
     /// Every power-on after a reboot or a crash.
     pub restarts: Vec<RestartRecord>,
-    over_time: BTreeMap<(u64, String), u64>,
+    /// Bytes per time bucket, then per link class.
+    over_time: BTreeMap<u64, BTreeMap<String, u64>>,
     per_class: BTreeMap<String, (u64, u64)>,
     per_kind: BTreeMap<&'static str, (u64, u64)>,
     raw_left_origin: u64,
@@ -168,17 +169,36 @@ impl Recorder {
 
     /// A message of `bytes` crossed a link of `class` at `now`.
     pub fn traffic(&mut self, now: u64, class: &str, kind: TrafficKind, bytes: u64) {
+        // Looked up by the borrowed name first: a class is new only a few times a run.
         let bucket = now / self.bucket_us;
-        *self
-            .over_time
-            .entry((bucket, class.to_owned()))
-            .or_insert(0) += bytes;
-        let c = self.per_class.entry(class.to_owned()).or_insert((0, 0));
-        c.0 += 1;
-        c.1 += bytes;
+        let classes = self.over_time.entry(bucket).or_default();
+        match classes.get_mut(class) {
+            Some(sum) => *sum += bytes,
+            None => {
+                classes.insert(class.to_owned(), bytes);
+            }
+        }
+        match self.per_class.get_mut(class) {
+            Some(c) => {
+                c.0 += 1;
+                c.1 += bytes;
+            }
+            None => {
+                self.per_class.insert(class.to_owned(), (1, bytes));
+            }
+        }
         let k = self.per_kind.entry(kind.as_str()).or_insert((0, 0));
         k.0 += 1;
         k.1 += bytes;
+    }
+
+    /// Bytes per (time bucket, link class), in that order.
+    fn over_time(&self) -> impl Iterator<Item = (u64, &str, u64)> {
+        self.over_time.iter().flat_map(|(bucket, classes)| {
+            classes
+                .iter()
+                .map(move |(class, bytes)| (*bucket, class.as_str(), *bytes))
+        })
     }
 
     /// A message of `bytes` went through the relay node `via`.
@@ -638,7 +658,7 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
     write(dir, "jobs.csv", &csv)?;
 
     let mut csv = String::from("bucket_start_s,class,bytes\n");
-    for ((bucket, class), bytes) in &r.over_time {
+    for (bucket, class, bytes) in r.over_time() {
         let _ = writeln!(csv, "{},{class},{bytes}", ms(bucket * r.bucket_us) / 1000.0);
     }
     write(dir, "bytes_over_time.csv", &csv)?;
@@ -675,14 +695,14 @@ pub fn write_run(dir: &Path, summary: &Summary, r: &Recorder) -> std::io::Result
             true,
         ),
     )?;
-    let top = r.over_time.values().copied().max().unwrap_or(0) as f64;
+    let top = r.over_time().map(|(_, _, b)| b).max().unwrap_or(0) as f64;
     let (per_unit, unit) = svg::bytes_unit(top);
     let (bucket_per_unit, bucket_unit) = svg::time_unit(ms(r.bucket_us));
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for ((bucket, class), bytes) in &r.over_time {
-        series.entry(class.clone()).or_default().push((
+    for (bucket, class, bytes) in r.over_time() {
+        series.entry(class.to_owned()).or_default().push((
             ms(bucket * r.bucket_us) / 3_600_000.0,
-            *bytes as f64 / per_unit,
+            bytes as f64 / per_unit,
         ));
     }
     let series: Vec<(String, Vec<(f64, f64)>)> = series.into_iter().collect();

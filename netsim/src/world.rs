@@ -955,11 +955,8 @@ impl World {
             Payload::JobRequest(_) | Payload::JobResult(_) => TrafficKind::Job,
         };
         for class in &classes {
-            let name = self
-                .classes
-                .get(*class)
-                .map_or_else(String::new, |c| c.name.clone());
-            self.recorder.traffic(self.now, &name, kind, bytes);
+            let name = self.classes.get(*class).map_or("", |c| c.name.as_str());
+            self.recorder.traffic(self.now, name, kind, bytes);
         }
         if let Some((origin, push, sealed)) = data {
             let to_cloud = self
