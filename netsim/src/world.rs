@@ -75,6 +75,8 @@ const RECONNECT_US: u64 = 5_000_000;
 /// Time after which a sync message never acknowledged counts as failed (the node's
 /// sync request timeout).
 const SYNC_TIMEOUT_US: u64 = 60_000_000;
+/// The same for a members message (the node's members request timeout).
+const MEMBERS_TIMEOUT_US: u64 = 10_000_000;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +238,9 @@ enum Payload {
         id: SendId,
         bytes: Vec<u8>,
     },
-    /// The transport's acknowledgement of a sync message (the node's empty response).
-    Ack(SendId),
+    /// The transport's acknowledgement of a members or sync message (the node's empty
+    /// response).
+    Ack(Channel, SendId),
     JobRequest(u64),
     JobResult(u64),
 }
@@ -254,9 +257,9 @@ enum Event {
     Reconnect,
     /// The timer of `x`'s session with `y` on the link of the given epoch.
     SessionTimer(u32, u32, u64),
-    /// A sync message `x` sent to `y` on the link of the given epoch was never
-    /// acknowledged.
-    SyncFailed(u32, u32, u64, SendId),
+    /// A members or sync message `x` sent to `y` on the link of the given epoch was
+    /// never acknowledged.
+    SendFailed(u32, u32, u64, SendId),
     Write(u32, usize),
     Job(u32, usize),
     JobRan(u64),
@@ -951,7 +954,8 @@ impl World {
                 Channel::Members => TrafficKind::Membership,
                 Channel::Sync => TrafficKind::Sync,
             },
-            Payload::Ack(_) => TrafficKind::Sync,
+            Payload::Ack(Channel::Members, _) => TrafficKind::Membership,
+            Payload::Ack(_, _) => TrafficKind::Sync,
             Payload::JobRequest(_) | Payload::JobResult(_) => TrafficKind::Job,
         };
         for class in &classes {
@@ -1546,21 +1550,25 @@ impl World {
         self.schedule(at, Event::SessionTimer(x, y, epoch));
     }
 
-    /// A sync message, or its acknowledgement, was lost for good: its sender hears of
-    /// the failure when the request times out.
+    /// A members or sync message, or its acknowledgement, was lost for good: its sender
+    /// hears of the failure when the request times out.
     fn never_acknowledged(&mut self, from: u32, to: u32, epoch: u64, payload: &Payload) {
-        let (sender, receiver, id) = match payload {
+        let (sender, receiver, channel, id) = match payload {
             Payload::Session {
-                channel: Channel::Sync,
+                channel: channel @ (Channel::Members | Channel::Sync),
                 id,
                 ..
-            } => (from, to, *id),
-            Payload::Ack(id) => (to, from, *id),
+            } => (from, to, *channel, *id),
+            Payload::Ack(channel, id) => (to, from, *channel, *id),
             _ => return,
         };
+        let timeout = match channel {
+            Channel::Members => MEMBERS_TIMEOUT_US,
+            _ => SYNC_TIMEOUT_US,
+        };
         self.schedule(
-            self.now + SYNC_TIMEOUT_US,
-            Event::SyncFailed(sender, receiver, epoch, id),
+            self.now + timeout,
+            Event::SendFailed(sender, receiver, epoch, id),
         );
     }
 
@@ -1716,7 +1724,7 @@ impl World {
                     self.with_session(x, y, |s, cx, now| s.handle_timeout(now, cx));
                 }
             }
-            Event::SyncFailed(x, y, epoch, id) => {
+            Event::SendFailed(x, y, epoch, id) => {
                 if self
                     .links
                     .get(&pair(x, y))
@@ -1816,19 +1824,20 @@ impl World {
         }
         match payload {
             Payload::Session { channel, id, bytes } => {
-                if !self.node(to).sessions.contains_key(&from) {
+                if self.node(to).sessions.contains_key(&from) {
+                    self.with_session(to, from, |s, cx, now| {
+                        s.handle_received(now, channel, &bytes, cx);
+                    });
+                } else {
                     self.recorder.dropped += 1;
-                    return;
                 }
-                self.with_session(to, from, |s, cx, now| {
-                    s.handle_received(now, channel, &bytes, cx);
-                });
-                // The transport acknowledges a sync message once it is received.
-                if channel == Channel::Sync {
-                    self.send(to, from, Payload::Ack(id), 0);
+                // The transport acknowledges a members or sync message once it is
+                // received, with or without a session (the node answers every request).
+                if channel != Channel::Admission {
+                    self.send(to, from, Payload::Ack(channel, id), 0);
                 }
             }
-            Payload::Ack(id) => {
+            Payload::Ack(_, id) => {
                 self.with_session(to, from, |s, cx, now| s.handle_sent(now, id, cx))
             }
             Payload::JobRequest(id) => self.job_arrived(id, to),

@@ -539,7 +539,7 @@ impl MeshLoop {
         if let Some(k) = self.known.get_mut(&peer) {
             k.connected = false;
         }
-        self.sessions.remove(&peer);
+        self.end_session(peer);
         let _ = self.swarm.disconnect_peer_id(peer);
         true
     }

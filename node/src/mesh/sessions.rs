@@ -110,6 +110,13 @@ impl MeshLoop {
         self.drive(peer, route);
     }
 
+    /// Ends the session with `peer` at once (its certificate no longer holds, or it
+    /// broke a limit): nothing more it sent is taken in and nothing more is sent to
+    /// it, whatever its connection still carries until it closes.
+    pub(super) fn end_session(&mut self, peer: PeerId) {
+        self.sessions.remove(&peer);
+    }
+
     /// Hands a message from `peer` to its session, if the session admitted it: a
     /// message on the old connection of a peer being admitted afresh is left (the
     /// sync engine's repair and the next exchange carry what it held).
@@ -209,6 +216,9 @@ impl MeshLoop {
                     self.membership_changed(Some(peer));
                 }
             }
+            // What came with a message that ended the session (a revocation of the
+            // sender) is left.
+            Action::Listed(_) | Action::Sync(_) if !self.sessions.contains_key(&peer) => {}
             Action::Listed(listed) => self.learn_listed(peer, listed),
             Action::Sync(bytes) => {
                 if let Some(replication) = &self.replication {

@@ -262,7 +262,6 @@ impl Membership {
         chain: &Chain,
         revocations: &RevocationSet,
     ) -> Result<Added, String> {
-        self.changed();
         let unrevoked = RevocationSet::new(*self.verifier.owner());
         let device = device::verify_certificate(&mut self.verifier, chain, now, &unrevoked)
             .map_err(|err| format!("device certificate: {err}"))?;
@@ -285,7 +284,8 @@ impl Membership {
                 .find(|(key, (d, c))| **key != device.node_key && d.name == device.name && live(c))
         {
             return Err(format!(
-                "a certificate issued under a devices:admit grant names {:?}, the name of                  another device ({})",
+                "a certificate issued under a devices:admit grant names {:?}, the name of \
+                 another device ({})",
                 device.name,
                 other.short()
             ));
@@ -298,7 +298,8 @@ impl Membership {
                 if !by_owner(chain) && known_chain.root_link().id() != chain.root_link().id() =>
             {
                 Err(format!(
-                    "a certificate for device {:?} issued under a devices:admit grant does                      not replace the one it holds from elsewhere",
+                    "a certificate for device {:?} issued under a devices:admit grant does \
+                     not replace the one it holds from elsewhere",
                     known.name
                 ))
             }
@@ -309,6 +310,7 @@ impl Membership {
                 ))
             }
             Some(_) => {
+                self.changed();
                 self.devices
                     .insert(device.node_key, (device.clone(), chain.clone()));
                 Ok(Added::Renewed(device))
@@ -317,6 +319,7 @@ impl Membership {
                 "the membership already holds {MAX_DEVICES} devices"
             )),
             None => {
+                self.changed();
                 self.devices
                     .insert(device.node_key, (device.clone(), chain.clone()));
                 Ok(Added::New(device))
@@ -331,7 +334,6 @@ impl Membership {
 
     /// Adds a `devices:admit` grant if it is valid now. Returns whether it was new.
     pub fn add_admit(&mut self, now: UnixMillis, chain: &Chain) -> Result<bool, String> {
-        self.changed();
         let id = chain.leaf().id();
         if self.admits.contains_key(&id) {
             return Ok(false);
@@ -357,6 +359,7 @@ impl Membership {
                 "the membership already holds {MAX_ADMITS} admit grants"
             ));
         }
+        self.changed();
         self.admits.insert(id, (verified.holder, chain.clone()));
         Ok(true)
     }

@@ -19,11 +19,15 @@
 //!   one. The period starts at [`Config::members_every`] and doubles after each
 //!   exchange that found both digests equal and nothing new to list, up to
 //!   [`Config::members_idle`]; a difference, a change here or new addresses bring it
-//!   back to [`Config::members_every`]. A change here is told at once. A message
-//!   carries a page of the sender's membership only while the receiver's last digest
-//!   differs from the sender's: the whole set at most once per [`Config::round_every`],
-//!   a page at a time (the next once the last was acknowledged), the first page
-//!   otherwise.
+//!   back to [`Config::members_every`]. A change here is told at once. At most one
+//!   exchange is on its way at a time: what is to be sent while one is (an answer, a
+//!   change, the next exchange) goes as one message once it is acknowledged, so a peer
+//!   that asks without end gets one answer per acknowledgement. A message carries a
+//!   page of the sender's membership only while the receiver's last digest differs
+//!   from the sender's: the whole set at most once per [`Config::round_every`], a page
+//!   at a time (the next once the last was acknowledged, the same again if it
+//!   failed), the first page otherwise; a round during which the membership here
+//!   changed is followed by another.
 //! - [`Channel::Sync`] carries the sync engine's messages, once admitted, under a window of
 //!   [`Config::max_in_flight`] unacknowledged bytes and a queue of at most
 //!   [`Config::max_waiting`] bytes behind it; beyond that a message is dropped and the
@@ -83,7 +87,7 @@ pub enum Side {
 pub enum Channel {
     /// Admission (`/hearth/admission/1` on the node).
     Admission,
-    /// The membership and address exchange (`/hearth/members/1`).
+    /// The membership and address exchange (`/hearth/members/2`).
     Members,
     /// Store replication (`/hearth/sync/1`).
     Sync,
@@ -246,15 +250,27 @@ struct Paging {
     peer_digest: Option<[u8; 32]>,
     /// Where the next page starts (`None`: at the first revocation).
     after: Option<Position>,
-    /// The digests (ours, theirs) when the last page of a round went: while both stay
-    /// the same, paging again would not help (the peer refuses something), so only
-    /// the first page is sent.
+    /// The digests (ours when the round began, theirs) once the last page of a round
+    /// went: while both stay the same, paging again would not help (the peer refuses
+    /// something), so only the first page is sent. Ours is taken at the round's start:
+    /// what changed here during a round may lie behind its cursor, and then a new
+    /// round is needed.
     round_done: Option<([u8; 32], Option<[u8; 32]>)>,
+    /// Our digest when the current round's first page went.
+    round_from: Option<[u8; 32]>,
     /// When a new round may start.
     next_round: UnixMillis,
-    /// The page of a round sent last, while it is not acknowledged: the next goes
-    /// once it is.
-    awaiting: Option<SendId>,
+    /// The page of a round sent last, while it is not acknowledged, and where that
+    /// page started: the next goes once it is acknowledged, the same again if it
+    /// failed.
+    awaiting: Option<(SendId, Option<Position>)>,
+    /// The exchange message sent last, while it is not acknowledged: at most one is
+    /// on its way to the peer; what is to be sent meanwhile waits for it (one message
+    /// then carries all of it), so questions, changes and pages cannot pile up.
+    in_flight: Option<SendId>,
+    /// An exchange is due once the one in flight is acknowledged, and whether it asks
+    /// for an answer.
+    due: Option<bool>,
 }
 
 /// The session with one peer over one connection.
@@ -539,12 +555,16 @@ impl Session {
     fn send_members(&mut self, now: UnixMillis, request: bool, cx: &mut Context<'_>) -> [u8; 32] {
         let revocations = &cx.gate.revocations;
         let ours = cx.membership.digest(now, revocations);
+        if self.paging.in_flight.is_some() {
+            self.paging.due = Some(request || self.paging.due == Some(true));
+            return ours;
+        }
+        self.paging.due = None;
         let theirs = self.paging.peer_digest;
+        let mut page_from = None;
         let (page, more) = if theirs == Some(ours) {
             self.paging.after = None;
             (Vec::new(), false)
-        } else if self.paging.awaiting.is_some() {
-            (Vec::new(), true)
         } else if self.paging.round_done == Some((ours, theirs))
             || (self.paging.after.is_none() && now < self.paging.next_round)
         {
@@ -553,13 +573,15 @@ impl Session {
         } else {
             if self.paging.after.is_none() {
                 self.paging.next_round = now.saturating_add(self.config.round_every);
+                self.paging.round_from = Some(ours);
             }
             let page = cx
                 .membership
                 .page(now, revocations, self.paging.after.as_ref());
+            page_from = self.paging.after;
             self.paging.after = page.next;
             if page.next.is_none() {
-                self.paging.round_done = Some((ours, theirs));
+                self.paging.round_done = Some((self.paging.round_from.unwrap_or(ours), theirs));
             }
             (page.snapshot.encode(), page.next.is_some())
         };
@@ -577,8 +599,9 @@ impl Session {
             id,
             bytes: exchange.encode(),
         });
+        self.paging.in_flight = Some(id);
         if paged {
-            self.paging.awaiting = Some(id);
+            self.paging.awaiting = Some((id, page_from));
         }
         ours
     }
@@ -622,10 +645,17 @@ impl Session {
 
     /// The message `id` was acknowledged by the peer: the next page of a round goes.
     pub fn handle_sent(&mut self, now: UnixMillis, id: SendId, cx: &mut Context<'_>) {
-        if self.paging.awaiting == Some(id) {
-            self.paging.awaiting = None;
-            if self.state == State::Admitted && self.paging.after.is_some() {
-                self.send_members(now, false, cx);
+        if self.paging.in_flight == Some(id) {
+            self.paging.in_flight = None;
+            let paging = self
+                .paging
+                .awaiting
+                .take()
+                .is_some_and(|(sent, _)| sent == id)
+                && self.paging.after.is_some();
+            if self.state == State::Admitted && (paging || self.paging.due.is_some()) {
+                let request = self.paging.due == Some(true);
+                self.send_members(now, request, cx);
             }
         } else if self.window.done(id) {
             self.pump_window();
@@ -633,14 +663,17 @@ impl Session {
     }
 
     /// The message `id` could not be delivered: sync bytes leave the window (the sync
-    /// engine's repair resends what matters); a round's page is sent again with the
-    /// next exchange.
+    /// engine's repair resends what matters); a round's page is sent again, from where
+    /// it started, with the next exchange (the round goes on: a failure does not start
+    /// a new one before its time).
     pub fn handle_failed(&mut self, id: SendId) {
-        if self.paging.awaiting == Some(id) {
-            self.paging.awaiting = None;
-            self.paging.after = None;
-            self.paging.round_done = None;
-            self.paging.next_round = UnixMillis(0);
+        if self.paging.in_flight == Some(id) {
+            self.paging.in_flight = None;
+            if let Some((sent, from)) = self.paging.awaiting.take()
+                && sent == id
+            {
+                self.paging.after = from;
+            }
         } else if self.window.done(id) {
             self.pump_window();
         }
