@@ -303,7 +303,9 @@ fn three_devices_pair_and_see_each_other() {
             .as_str()
             .unwrap()
             .to_owned();
-        wait_until("home refuses the tablet", 20, || {
+        // The tablet has to start, be admitted by the phone, hear of home from it and
+        // dial it: allow for a loaded machine.
+        wait_until("home refuses the tablet", 60, || {
             let audit = json_ok(&home, &["audit", "--action", "mesh.admit"]);
             audit["entries"]
                 .as_array()
