@@ -312,7 +312,6 @@ impl MeshLoop {
             if let Some(k) = self.known.get_mut(&peer) {
                 k.connected = false;
             }
-            self.end_session(peer);
             if let Some(replication) = &self.replication {
                 replication.deliver(crate::replication::Input::Disconnected(peer));
             }

@@ -87,7 +87,6 @@ impl MeshLoop {
                 if let Some(k) = self.known.get_mut(&peer) {
                     k.connected = false;
                 }
-                self.end_session(peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
@@ -107,7 +106,6 @@ impl MeshLoop {
                     && self.known.get(&peer).is_some_and(|k| k.connected)
                 {
                     self.known.entry(peer).and_modify(|k| k.connected = false);
-                    self.end_session(peer);
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }

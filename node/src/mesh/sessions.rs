@@ -110,9 +110,9 @@ impl MeshLoop {
         self.drive(peer, route);
     }
 
-    /// Ends the session with `peer` at once (its certificate no longer holds, or it
-    /// broke a limit): nothing more it sent is taken in and nothing more is sent to
-    /// it, whatever its connection still carries until it closes.
+    /// Ends the session with `peer` at once (it broke a protocol's limits): nothing
+    /// more it sent is taken in and nothing more is sent to it, whatever its connection
+    /// still carries until it closes.
     pub(super) fn end_session(&mut self, peer: PeerId) {
         self.sessions.remove(&peer);
     }
