@@ -31,6 +31,7 @@
 //! DATA_DIR/audit.log     the audit log
 //! DATA_DIR/device.cap    this device's certificate
 //! DATA_DIR/membership.bin  the membership store (certificates, grants, revocations)
+//! DATA_DIR/revocations-audited.bin  the revoked keys whose audit entries are written
 //! DATA_DIR/peers.json    devices this node was connected to, and their addresses
 //! DATA_DIR/drivers.toml  the drivers ([[driver]] tables)
 //! DATA_DIR/driver-NAME.crt, driver-NAME.key  an http-ingest driver's HTTPS

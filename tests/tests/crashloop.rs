@@ -396,6 +396,9 @@ struct Audited {
     admitted_after: Vec<u64>,
     /// `mesh.admit` refused for the phone's peer id after it.
     refused_after: u64,
+    /// Every `mesh.revoke` and `mesh.admit` entry, as `seq action object outcome`, for
+    /// the message of a failed check.
+    membership: Vec<String>,
 }
 
 fn audited(dir: &Path, cap: &str, phone_peer: &str) -> Audited {
@@ -416,7 +419,14 @@ fn audited(dir: &Path, cap: &str, phone_peer: &str) -> Audited {
             .as_str()
             .is_some_and(|o| o.starts_with("refused"));
         let ours = entry["cap_id"] == cap;
-        match entry["action"].as_str().unwrap_or("") {
+        let action = entry["action"].as_str().unwrap_or("");
+        if matches!(action, "mesh.revoke" | "mesh.admit") {
+            found.membership.push(format!(
+                "{seq} {action} {} {}",
+                entry["object"], entry["outcome"]
+            ));
+        }
+        match action {
             "store.put" if allowed && entry["object"] == KV => found.puts += 1,
             "store.append" if allowed && entry["object"] == SERIES => found.appends += 1,
             "compute.result" if allowed && ours => found.results += 1,
@@ -545,8 +555,10 @@ fn check_stopped(
         );
         assert!(
             audit.admitted_after.is_empty(),
-            "{at}: the revoked phone was admitted again (audit entries {:?})\n{}",
+            "{at}: the revoked phone was admitted again (audit entries {:?})\n\
+             admissions and revocations audited:\n{}\n{}",
             audit.admitted_after,
+            audit.membership.join("\n"),
             home.tail()
         );
     }

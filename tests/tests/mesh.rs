@@ -259,6 +259,9 @@ fn three_devices_pair_and_see_each_other() {
     // stays out.
     let revoked = json_ok(&home, &["devices", "revoke", "phone"]);
     assert_eq!(revoked["revoked"], "phone");
+    // Answered once stored and audited, and listed as audited (a start need not read
+    // the audit log to know).
+    assert!(home.join("revocations-audited.bin").exists());
     let started = Instant::now();
     wait_for_peers(&home, &["vm"]);
     wait_for_peers(&cloud, &["home"]);

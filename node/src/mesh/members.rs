@@ -5,19 +5,122 @@
 //! and what is the session machine's (`sessions`); this module takes in what was
 //! merged. The store is kept on disk (`membership.bin`).
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use hearth_protocol::capability::{Position, RevocationSet};
 use hearth_protocol::key::PublicKey;
+use hearth_protocol::mesh::membership::MAX_STORED_BYTES;
 use hearth_protocol::mesh::membership::{Merged, Snapshot};
 use hearth_protocol::mesh::session::Channel;
 use hearth_protocol::statefile;
 use hearth_protocol::time::UnixMillis;
+use hearth_stores::audit::{AuditLog, Event as AuditEvent};
 use libp2p::{PeerId, request_response};
 
 use super::codec::{Frames, ProtocolEvent};
-use super::sessions::PeerSession;
 use super::{MeshError, MeshLoop, now, peer_id};
 
 /// What the membership state file's header calls it.
 pub(super) const MEMBERSHIP_KIND: &str = "membership";
+
+/// What the header of the file of audited key revocations calls it.
+const REVOCATIONS_AUDITED_KIND: &str = "revocations-audited";
+
+/// The file beside `membership` that lists the revoked keys whose `mesh.revoke`
+/// entries are written.
+fn audited_path(membership: &Path) -> PathBuf {
+    membership.with_file_name("revocations-audited.bin")
+}
+
+/// The keys `revocations` revokes, in order.
+fn revoked_keys(revocations: &RevocationSet) -> Vec<PublicKey> {
+    revocations
+        .key_revocations()
+        .filter_map(|(position, _)| match position {
+            Position::Key(key) => Some(key),
+            Position::Capability(..) => None,
+        })
+        .collect()
+}
+
+/// Audits the key revocations `revocations` holds that the audit log may not tell of:
+/// the node stored them and stopped before their entries were written. Those the
+/// file of audited revocations lists are skipped; for the others (all of them when
+/// that file is missing or unreadable) the audit log is read. Returns how many were
+/// audited now.
+pub(super) fn audit_kept_revocations(
+    membership: &Path,
+    revocations: &RevocationSet,
+    log: &AuditLog,
+) -> usize {
+    let path = audited_path(membership);
+    let listed: BTreeSet<[u8; 32]> = match statefile::read_state(
+        &path,
+        REVOCATIONS_AUDITED_KIND,
+        MAX_STORED_BYTES as u64,
+    ) {
+        Ok(Some(state)) if state.payload.len() % 32 == 0 => state
+            .payload
+            .chunks_exact(32)
+            .filter_map(|chunk| <[u8; 32]>::try_from(chunk).ok())
+            .collect(),
+        Ok(None) => BTreeSet::new(),
+        Ok(Some(_)) => {
+            tracing::warn!(path = %path.display(), "the list of audited revocations is damaged; reading the audit log instead");
+            BTreeSet::new()
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the list of audited revocations cannot be read; reading the audit log instead");
+            BTreeSet::new()
+        }
+    };
+    let unlisted: Vec<PublicKey> = revoked_keys(revocations)
+        .into_iter()
+        .filter(|key| !listed.contains(key.as_bytes()))
+        .collect();
+    if unlisted.is_empty() {
+        return 0;
+    }
+    // An audit log that cannot be read: each is audited again (a second entry for a
+    // revocation is better than none).
+    let audited: BTreeSet<String> = match log.entries(None, None, Some("mesh.revoke")) {
+        Ok(entries) => entries.into_iter().map(|entry| entry.object).collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the audit log; auditing every unlisted revocation");
+            BTreeSet::new()
+        }
+    };
+    let mut written = 0;
+    for key in unlisted {
+        if audited.contains(&key.short()) {
+            continue;
+        }
+        let recorded = log.record(AuditEvent {
+            actor: "mesh".into(),
+            action: "mesh.revoke".into(),
+            object: key.short(),
+            cap_id: None,
+            outcome: "allowed (taken in before the node last stopped; audited at start)".into(),
+            bytes: 0,
+        });
+        match recorded {
+            Ok(()) => written += 1,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot audit a revocation kept before the node stopped");
+                return written;
+            }
+        }
+    }
+    let payload: Vec<u8> = revoked_keys(revocations)
+        .iter()
+        .flat_map(|key| *key.as_bytes())
+        .collect();
+    if let Err(err) = statefile::write_state(&path, REVOCATIONS_AUDITED_KIND, 1, &payload) {
+        tracing::warn!(path = %path.display(), error = %err, "cannot record which revocations are audited");
+    }
+    written
+}
 
 /// How a test playing a hostile member answers membership messages.
 #[cfg(test)]
@@ -82,7 +185,6 @@ impl MeshLoop {
             tracing::info!(device = %device.name, role = %device.role, "a device joined the mesh");
         }
         for key in &merged.revoked_keys {
-            self.audit("mesh.revoke", &key.short(), "allowed");
             if let Some(peer) = peer_id(key) {
                 if let Some(k) = self.known.get_mut(&peer) {
                     k.connected = false;
@@ -117,7 +219,42 @@ impl MeshLoop {
             self.refresh_issuer();
             self.dirty = true;
         }
+        // Audited once stored: an entry never tells of a revocation that a restart
+        // would lose. One stored but not yet audited when the node stopped is audited
+        // when it starts again (`audit_kept_revocations`).
+        if !merged.revoked_keys.is_empty() {
+            let outcome = match &self.unsaved {
+                None => "allowed".to_owned(),
+                Some(err) => format!("allowed (in force until the node stops: not stored: {err})"),
+            };
+            for key in &merged.revoked_keys {
+                self.audit("mesh.revoke", &key.short(), &outcome);
+            }
+            self.note_revocations_audited();
+        }
         merged.changed()
+    }
+
+    /// Once the audit entries queued so far are written, records that every key
+    /// revocation held now is audited (`revocations-audited.bin`, beside the
+    /// membership file), so that a start need not read the audit log to know it.
+    fn note_revocations_audited(&self) {
+        let Some(path) = self.config.membership_file.as_deref().map(audited_path) else {
+            return;
+        };
+        let payload: Vec<u8> = revoked_keys(&self.gate.revocations)
+            .iter()
+            .flat_map(|key| *key.as_bytes())
+            .collect();
+        self.audit.then(move |failed| {
+            if let Some(err) = failed {
+                tracing::warn!(error = %err, "a revocation's audit entry may be missing; the next start looks for it");
+                return;
+            }
+            if let Err(err) = statefile::write_state(&path, REVOCATIONS_AUDITED_KIND, 1, &payload) {
+                tracing::warn!(path = %path.display(), error = %err, "cannot record which revocations are audited; the next start reads the audit log to know");
+            }
+        });
     }
 
     /// Stores the membership; a failure is logged and kept in `unsaved` until a later
@@ -198,7 +335,7 @@ impl MeshLoop {
             .behaviour_mut()
             .members
             .send_response(channel, Frames::default());
-        if !self.sessions.get(&peer).is_some_and(PeerSession::admitted) {
+        if !self.is_live(&peer) {
             return;
         }
         // A member's message shows that it admitted this node too (the protocol is

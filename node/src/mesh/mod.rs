@@ -311,6 +311,15 @@ pub async fn spawn(
         .as_deref()
         .map(load_peers)
         .unwrap_or_default();
+    if let Some(path) = &config.membership_file {
+        let audited = members::audit_kept_revocations(path, &gate.revocations, &audit);
+        if audited > 0 {
+            tracing::warn!(
+                audited,
+                "revocations stored before the node stopped are audited now"
+            );
+        }
+    }
     let (commands, receiver) = mpsc::channel(64);
     let mut mesh = MeshLoop {
         swarm,

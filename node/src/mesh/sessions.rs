@@ -117,11 +117,20 @@ impl MeshLoop {
         self.sessions.remove(&peer);
     }
 
-    /// Hands a message from `peer` to its session, if the session admitted it: a
-    /// message on the old connection of a peer being admitted afresh is left (the
-    /// sync engine's repair and the next exchange carry what it held).
+    /// Admitted by its session and not revoked, expired or dropped since: a device
+    /// whose certificate stopped holding is disconnected at once, but what its
+    /// connection still carries until it closes is neither taken in nor answered.
+    pub(super) fn is_live(&self, peer: &PeerId) -> bool {
+        self.sessions.get(peer).is_some_and(PeerSession::admitted)
+            && self.known.get(peer).is_some_and(|k| k.connected)
+    }
+
+    /// Hands a message from `peer` to its session, if the session admitted it and it
+    /// is still live: a message on the old connection of a peer being admitted afresh
+    /// is left (the sync engine's repair and the next exchange carry what it held), and
+    /// so is one from a device revoked since.
     pub(super) fn received(&mut self, peer: PeerId, channel: Channel, messages: &[Vec<u8>]) {
-        if !self.sessions.get(&peer).is_some_and(PeerSession::admitted) {
+        if !self.is_live(&peer) {
             return;
         }
         let now = now();
@@ -134,9 +143,13 @@ impl MeshLoop {
 
     /// Carries out what the session with `peer` decided.
     pub(super) fn drive(&mut self, peer: PeerId, route: Route) {
+        // A device revoked (or whose certificate expired) since its session admitted
+        // it is sent nothing more: no membership, no addresses, no store data.
+        let cut_off = !self.known.get(&peer).is_some_and(|k| k.connected);
         let Some(entry) = self.sessions.get_mut(&peer) else {
             return;
         };
+        let cut_off = cut_off && entry.admitted;
         let behaviour = self.swarm.behaviour_mut();
         let mut admission = Vec::new();
         let mut decided = Vec::new();
@@ -147,6 +160,10 @@ impl MeshLoop {
                     bytes,
                     ..
                 } => admission.push(bytes),
+                Action::Send {
+                    channel: Channel::Members | Channel::Sync,
+                    ..
+                } if cut_off => {}
                 Action::Send {
                     channel: Channel::Members,
                     id,

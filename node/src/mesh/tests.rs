@@ -571,3 +571,81 @@ async fn a_malformed_sync_message_disconnects_the_sender_with_an_audit_entry() {
     let _ = stop_tx.send(true);
     let _ = served.await;
 }
+
+/// A key revocation stored but not audited when the node stopped (killed between
+/// the two) is audited when it starts again: once, and not when it was audited before.
+#[test]
+fn a_revocation_stored_before_a_kill_is_audited_at_the_next_start() {
+    use hearth_protocol::capability::{Revocation, RevocationTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let owner = OwnerKey::from_seed([1; 32]);
+    let (phone, tablet) = (
+        NodeKey::from_seed([2; 32]).public(),
+        NodeKey::from_seed([3; 32]).public(),
+    );
+    let mut revocations = RevocationSet::new(owner.public());
+    for key in [phone, tablet] {
+        let revocation = Revocation {
+            issuer: owner.public(),
+            target: RevocationTarget::Key(key),
+            issued_at: UnixMillis(1),
+            reason: "lost".into(),
+        }
+        .sign(owner.secret())
+        .unwrap();
+        assert!(revocations.insert(&revocation).unwrap());
+    }
+    let log = AuditLog::open(
+        &dir.path().join("audit.log"),
+        "home",
+        NodeKey::from_seed([4; 32]),
+        Arc::new(|| 0),
+    )
+    .unwrap();
+    // The tablet's entry was written before the kill; the phone's was not.
+    log.record(AuditEvent {
+        actor: "mesh".into(),
+        action: "mesh.revoke".into(),
+        object: tablet.short(),
+        cap_id: None,
+        outcome: "allowed".into(),
+        bytes: 0,
+    })
+    .unwrap();
+    let membership = dir.path().join("membership.bin");
+    let revoked = |log: &AuditLog| -> Vec<(String, String)> {
+        log.entries(None, None, Some("mesh.revoke"))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.object, e.outcome))
+            .collect()
+    };
+    assert_eq!(
+        members::audit_kept_revocations(&membership, &revocations, &log),
+        1
+    );
+    let entries = revoked(&log);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[1].0, phone.short());
+    assert!(entries[1].1.starts_with("allowed"), "{entries:?}");
+
+    // The next start finds both listed as audited and writes nothing.
+    assert_eq!(
+        members::audit_kept_revocations(&membership, &revocations, &log),
+        0
+    );
+    // A damaged list: the audit log is read instead; still nothing twice.
+    let list = dir.path().join("revocations-audited.bin");
+    std::fs::write(&list, b"not a state file").unwrap();
+    assert_eq!(
+        members::audit_kept_revocations(&membership, &revocations, &log),
+        0
+    );
+    assert_eq!(revoked(&log).len(), 2);
+    assert!(
+        hearth_protocol::statefile::read_state(&list, "revocations-audited", 1 << 20)
+            .unwrap()
+            .is_some(),
+        "the list is written again"
+    );
+}
