@@ -48,12 +48,12 @@ fn revoked_keys(revocations: &RevocationSet) -> Vec<PublicKey> {
 /// the node stored them and stopped before their entries were written. Those the
 /// file of audited revocations lists are skipped; for the others (all of them when
 /// that file is missing or unreadable) the audit log is read. Returns how many were
-/// audited now.
+/// audited now, or why one could not be (the file is then left as it was).
 pub(super) fn audit_kept_revocations(
     membership: &Path,
     revocations: &RevocationSet,
     log: &AuditLog,
-) -> usize {
+) -> Result<usize, String> {
     let path = audited_path(membership);
     let listed: BTreeSet<[u8; 32]> = match statefile::read_state(
         &path,
@@ -80,7 +80,7 @@ pub(super) fn audit_kept_revocations(
         .filter(|key| !listed.contains(key.as_bytes()))
         .collect();
     if unlisted.is_empty() {
-        return 0;
+        return Ok(0);
     }
     // An audit log that cannot be read: each is audited again (a second entry for a
     // revocation is better than none).
@@ -104,13 +104,8 @@ pub(super) fn audit_kept_revocations(
             outcome: "allowed (taken in before the node last stopped; audited at start)".into(),
             bytes: 0,
         });
-        match recorded {
-            Ok(()) => written += 1,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot audit a revocation kept before the node stopped");
-                return written;
-            }
-        }
+        recorded.map_err(|err| err.to_string())?;
+        written += 1;
     }
     let payload: Vec<u8> = revoked_keys(revocations)
         .iter()
@@ -119,7 +114,7 @@ pub(super) fn audit_kept_revocations(
     if let Err(err) = statefile::write_state(&path, REVOCATIONS_AUDITED_KIND, 1, &payload) {
         tracing::warn!(path = %path.display(), error = %err, "cannot record which revocations are audited");
     }
-    written
+    Ok(written)
 }
 
 /// How a test playing a hostile member answers membership messages.
@@ -246,11 +241,9 @@ impl MeshLoop {
             .iter()
             .flat_map(|key| *key.as_bytes())
             .collect();
-        self.audit.then(move |failed| {
-            if let Some(err) = failed {
-                tracing::warn!(error = %err, "a revocation's audit entry may be missing; the next start looks for it");
-                return;
-            }
+        // Not after an entry that could not be written: the next start then reads the
+        // audit log and writes what is missing.
+        self.audit.if_all_written(move || {
             if let Err(err) = statefile::write_state(&path, REVOCATIONS_AUDITED_KIND, 1, &payload) {
                 tracing::warn!(path = %path.display(), error = %err, "cannot record which revocations are audited; the next start reads the audit log to know");
             }

@@ -311,13 +311,20 @@ pub async fn spawn(
         .as_deref()
         .map(load_peers)
         .unwrap_or_default();
+    // Revocations stored before the node stopped and not yet audited are audited now;
+    // should one not be, no revocation is listed as audited while this node runs.
+    let mut all_audited = true;
     if let Some(path) = &config.membership_file {
-        let audited = members::audit_kept_revocations(path, &gate.revocations, &audit);
-        if audited > 0 {
-            tracing::warn!(
+        match members::audit_kept_revocations(path, &gate.revocations, &audit) {
+            Ok(0) => {}
+            Ok(audited) => tracing::warn!(
                 audited,
                 "revocations stored before the node stopped are audited now"
-            );
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot audit the revocations stored before the node stopped");
+                all_audited = false;
+            }
         }
     }
     let (commands, receiver) = mpsc::channel(64);
@@ -327,7 +334,7 @@ pub async fn spawn(
         certificate,
         owner,
         config,
-        audit: AuditWriter::spawn(audit)
+        audit: AuditWriter::spawn(audit, all_audited)
             .map_err(|err| MeshError::Start(format!("cannot start the audit writer: {err}")))?,
         strangers: Strangers::default(),
         sessions: BTreeMap::new(),

@@ -40,6 +40,10 @@ enum Queued {
     /// Something to do once every entry before it is written (an answer to the owner),
     /// told why one of them could not be written since the last, if one could not.
     Then(Box<dyn FnOnce(Option<String>) + Send>),
+    /// Something to do once every entry before it is written, skipped when any entry
+    /// could not be written since the writer started (or before: `spawn`'s
+    /// `all_written`).
+    IfAllWritten(Box<dyn FnOnce() + Send>),
 }
 
 /// The mesh's audit entries, written in order by a thread of their own; each is
@@ -52,22 +56,30 @@ pub(super) struct AuditWriter {
 }
 
 impl AuditWriter {
-    /// Starts the thread writing to `log`.
-    pub(super) fn spawn(log: Arc<AuditLog>) -> std::io::Result<Self> {
+    /// Starts the thread writing to `log`; `all_written` says whether every entry meant
+    /// for it before now was written.
+    pub(super) fn spawn(log: Arc<AuditLog>, all_written: bool) -> std::io::Result<Self> {
         let (queue, entries) = std_mpsc::sync_channel::<Queued>(AUDIT_QUEUE);
         let thread = std::thread::Builder::new()
             .name("mesh-audit".into())
             .spawn(move || {
                 let mut failed = None;
+                let mut all_written = all_written;
                 for queued in entries {
                     match queued {
                         Queued::Entry(event) => {
                             if let Err(err) = log.record(event) {
                                 tracing::error!(error = %err, "cannot write the audit log");
                                 failed.get_or_insert(err.to_string());
+                                all_written = false;
                             }
                         }
                         Queued::Then(then) => then(failed.take()),
+                        Queued::IfAllWritten(then) => {
+                            if all_written {
+                                then();
+                            }
+                        }
                     }
                 }
             })?;
@@ -86,6 +98,12 @@ impl AuditWriter {
     /// one of them (since the last `then`) could not be, if one could not.
     pub(super) fn then(&self, then: impl FnOnce(Option<String>) + Send + 'static) {
         self.queue(Queued::Then(Box::new(then)));
+    }
+
+    /// Runs `then` on the writer once every entry queued before it is written, unless
+    /// one entry, any since the writer started, could not be.
+    pub(super) fn if_all_written(&self, then: impl FnOnce() + Send + 'static) {
+        self.queue(Queued::IfAllWritten(Box::new(then)));
     }
 
     fn queue(&self, queued: Queued) {
