@@ -75,8 +75,9 @@ pub(super) fn audit_kept_revocations(
             BTreeSet::new()
         }
     };
-    let unlisted: Vec<PublicKey> = revoked_keys(revocations)
-        .into_iter()
+    let revoked = revoked_keys(revocations);
+    let unlisted: Vec<&PublicKey> = revoked
+        .iter()
         .filter(|key| !listed.contains(key.as_bytes()))
         .collect();
     if unlisted.is_empty() {
@@ -107,14 +108,17 @@ pub(super) fn audit_kept_revocations(
         recorded.map_err(|err| err.to_string())?;
         written += 1;
     }
-    let payload: Vec<u8> = revoked_keys(revocations)
-        .iter()
-        .flat_map(|key| *key.as_bytes())
-        .collect();
-    if let Err(err) = statefile::write_state(&path, REVOCATIONS_AUDITED_KIND, 1, &payload) {
-        tracing::warn!(path = %path.display(), error = %err, "cannot record which revocations are audited");
-    }
+    write_audited_list(&path, &revoked);
     Ok(written)
+}
+
+/// Writes the list of revoked keys whose audit entries are written; a failure is
+/// logged (the next start reads the audit log instead).
+fn write_audited_list(path: &Path, keys: &[PublicKey]) {
+    let payload: Vec<u8> = keys.iter().flat_map(|key| *key.as_bytes()).collect();
+    if let Err(err) = statefile::write_state(path, REVOCATIONS_AUDITED_KIND, 1, &payload) {
+        tracing::warn!(path = %path.display(), error = %err, "cannot record which revocations are audited; the next start reads the audit log to know");
+    }
 }
 
 /// How a test playing a hostile member answers membership messages.
@@ -237,17 +241,11 @@ impl MeshLoop {
         let Some(path) = self.config.membership_file.as_deref().map(audited_path) else {
             return;
         };
-        let payload: Vec<u8> = revoked_keys(&self.gate.revocations)
-            .iter()
-            .flat_map(|key| *key.as_bytes())
-            .collect();
+        let keys = revoked_keys(&self.gate.revocations);
         // Not after an entry that could not be written: the next start then reads the
         // audit log and writes what is missing.
-        self.audit.if_all_written(move || {
-            if let Err(err) = statefile::write_state(&path, REVOCATIONS_AUDITED_KIND, 1, &payload) {
-                tracing::warn!(path = %path.display(), error = %err, "cannot record which revocations are audited; the next start reads the audit log to know");
-            }
-        });
+        self.audit
+            .if_all_written(move || write_audited_list(&path, &keys));
     }
 
     /// Stores the membership; a failure is logged and kept in `unsaved` until a later

@@ -555,7 +555,7 @@ impl MeshLoop {
         if let Some(k) = self.known.get_mut(&peer) {
             k.connected = false;
         }
-        self.end_session(peer);
+        self.sessions.remove(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
         true
     }

@@ -110,13 +110,6 @@ impl MeshLoop {
         self.drive(peer, route);
     }
 
-    /// Ends the session with `peer` at once (it broke a protocol's limits): nothing
-    /// more it sent is taken in and nothing more is sent to it, whatever its connection
-    /// still carries until it closes.
-    pub(super) fn end_session(&mut self, peer: PeerId) {
-        self.sessions.remove(&peer);
-    }
-
     /// Admitted by its session and not revoked, expired or dropped since: a device
     /// whose certificate stopped holding is disconnected at once, but what its
     /// connection still carries until it closes is neither taken in nor answered.
@@ -233,9 +226,9 @@ impl MeshLoop {
                     self.membership_changed(Some(peer));
                 }
             }
-            // What came with a message that ended the session (a revocation of the
-            // sender) is left.
-            Action::Listed(_) | Action::Sync(_) if !self.sessions.contains_key(&peer) => {}
+            // What came with a message that revoked its sender (or after it was
+            // dropped) is left.
+            Action::Listed(_) | Action::Sync(_) if !self.is_live(&peer) => {}
             Action::Listed(listed) => self.learn_listed(peer, listed),
             Action::Sync(bytes) => {
                 if let Some(replication) = &self.replication {
